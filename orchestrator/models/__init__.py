@@ -1,0 +1,228 @@
+"""The model registry: each model's input schema, friendly names and input validation.
+
+A model is one JSON file in this folder: RunComfy's published schema (``input_schema``,
+``output_schema``) plus ``friendly_names`` (friendly name -> raw ComfyUI node-id key) and
+``media_inputs`` (the raw keys that take an image or video URL). Adding a model is adding a file.
+
+RunComfy's schemas say ``"type": "float"``, which is not JSON Schema: it means a JSON number, and a
+float field's ``4`` and ``4.0`` are the same value. An integer field's ``4.0`` is a type error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+from orchestrator.errors import InputError, SpecError
+
+__all__ = ["FieldProblem", "Model", "get_model", "known_models", "suggest"]
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """One input field that does not fit the schema."""
+
+    key: str
+    name: str
+    message: str
+    kind: str  # missing | unknown | type | enum | range | invalid
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model the registry knows, or an unknown one that is validated only by the server."""
+
+    model_id: str
+    summary: str = ""
+    input_schema: Mapping[str, Any] = field(default_factory=dict)
+    output_schema: Mapping[str, Any] = field(default_factory=dict)
+    friendly_names: Mapping[str, str] = field(default_factory=dict)
+    media_inputs: frozenset[str] = frozenset()
+
+    @property
+    def has_schema(self) -> bool:
+        return bool(self.input_schema.get("properties"))
+
+    @property
+    def properties(self) -> Mapping[str, Mapping[str, Any]]:
+        props: Mapping[str, Mapping[str, Any]] = self.input_schema.get("properties", {})
+        return props
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(self.input_schema.get("required", ()))
+
+    def raw_key(self, name: str) -> str | None:
+        """The raw key for a friendly name or a raw key; None if the schema knows neither."""
+        if name in self.friendly_names:
+            return self.friendly_names[name]
+        if name in self.properties or not self.has_schema:
+            return name
+        return None
+
+    def display_name(self, key: str) -> str:
+        """The friendly name of a raw key, or the key itself."""
+        return _reverse(self.friendly_names).get(key, key)
+
+    def field_names(self) -> list[str]:
+        """Every name a spec may use for this model: friendly names first, then raw keys."""
+        return [*self.friendly_names, *self.properties]
+
+    def defaults(self) -> dict[str, Any]:
+        """The schema's default for each raw key that has one."""
+        return {k: p["default"] for k, p in self.properties.items() if "default" in p}
+
+    def normalise(self, key: str, value: Any) -> Any:
+        """``value`` made canonical for raw ``key`` (floats for float fields); raises InputError."""
+        problem = self.check(key, value)
+        if problem is not None:
+            raise InputError(str(problem), field=problem.name)
+        if _schema_type(self.properties.get(key, {})) == "number":
+            return float(value)
+        return value
+
+    def check(self, key: str, value: Any) -> FieldProblem | None:
+        """The problem with ``value`` for raw ``key``, or None when it fits."""
+        name = self.display_name(key)
+        if not self.has_schema:
+            return None
+        prop = self.properties.get(key)
+        if prop is None:
+            hint = suggest(name, self.field_names())
+            return FieldProblem(key, name, f"unknown input{hint}", "unknown")
+        kind = _schema_type(prop)
+        problem = _check_type(kind, value)
+        if problem:
+            return FieldProblem(key, name, f"{problem}, got {_show(value)}", "type")
+        subschema = {k: v for k, v in prop.items() if k not in ("type", "default")}
+        error = jsonschema.exceptions.best_match(
+            jsonschema.Draft7Validator(subschema).iter_errors(
+                float(value) if kind == "number" else value
+            )
+        )
+        if error is None:
+            return None
+        if error.validator == "enum":
+            allowed = ", ".join(_show(v) for v in prop["enum"])
+            hint = suggest(str(value), [str(v) for v in prop["enum"]]) if kind == "string" else ""
+            return FieldProblem(
+                key, name, f"{_show(value)} is not allowed{hint}; allowed: {allowed}", "enum"
+            )
+        if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            low, high = prop.get("minimum", "-inf"), prop.get("maximum", "inf")
+            return FieldProblem(
+                key, name, f"must be between {low} and {high}, got {_show(value)}", "range"
+            )
+        return FieldProblem(key, name, error.message, "invalid")
+
+    def problems(self, inputs: Mapping[str, Any]) -> list[FieldProblem]:
+        """Every problem with a complete input object keyed by raw keys (the emulator's 422)."""
+        found = [p for k, v in inputs.items() if (p := self.check(k, v)) is not None]
+        found += [
+            FieldProblem(k, self.display_name(k), "is required", "missing")
+            for k in self.required
+            if k not in inputs
+        ]
+        return found
+
+    def complete(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Raw-keyed, normalised input with the schema's defaults applied; raises InputError."""
+        given: dict[str, Any] = {}
+        for name, value in inputs.items():
+            key = self.raw_key(name)
+            if key is None:
+                hint = suggest(name, self.field_names())
+                raise InputError(f"{name}: unknown input{hint}", field=name)
+            given[key] = self.normalise(key, value)
+        # Required means the user gives it, even where the schema shows an example default.
+        missing = [self.display_name(k) for k in self.required if k not in given]
+        if missing:
+            raise InputError(f"{', '.join(missing)}: required input missing", field=missing[0])
+        defaults = {k: self.normalise(k, v) for k, v in self.defaults().items()}
+        return defaults | given
+
+
+def get_model(model_id: str, *, strict: bool = False) -> Model:
+    """The registered model, or (unless ``strict``) a schema-less model validated by the server."""
+    model = _registry().get(model_id)
+    if model is not None:
+        return model
+    if strict:
+        hint = suggest(model_id, list(_registry()))
+        raise SpecError(f"unknown model {model_id!r}{hint}", field="model")
+    return Model(model_id=model_id)
+
+
+def known_models() -> list[Model]:
+    """Every model that ships a schema with comfysweep."""
+    return list(_registry().values())
+
+
+def suggest(word: str, choices: list[str]) -> str:
+    """A ``" (did you mean 'x'?)"`` hint, or an empty string."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@cache
+def _registry() -> dict[str, Model]:
+    models = {}
+    for entry in _model_files():
+        data = json.loads(entry)
+        model = Model(
+            model_id=data["model_id"],
+            summary=data.get("summary", ""),
+            input_schema=data.get("input_schema", {}),
+            output_schema=data.get("output_schema", {}),
+            friendly_names=data.get("friendly_names", {}),
+            media_inputs=frozenset(data.get("media_inputs", ())),
+        )
+        models[model.model_id] = model
+    return models
+
+
+def _model_files() -> Iterator[str]:
+    for entry in sorted(resources.files(__name__).iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".json"):
+            yield entry.read_text(encoding="utf-8")
+
+
+def _reverse(mapping: Mapping[str, str]) -> dict[str, str]:
+    return {v: k for k, v in mapping.items()}
+
+
+def _schema_type(prop: Mapping[str, Any]) -> str:
+    kind = prop.get("type", "")
+    return "number" if kind == "float" else str(kind)
+
+
+def _check_type(kind: str, value: Any) -> str | None:
+    if kind == "integer":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else "must be a whole number"
+    if kind == "number":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            return "must be a finite number"
+        return None if ok else "must be a number"
+    if kind == "string":
+        return None if isinstance(value, str) else "must be a string"
+    if kind == "boolean":
+        return None if isinstance(value, bool) else "must be true or false"
+    return None
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import pytest
+
+from orchestrator import canonical_json, get_model, job_key
+from orchestrator.errors import InputError, SpecError
+
+WAN = "community/wan-2-2/vace-fun"
+BASE = {"prompt": "a fox", "image": "https://example.com/a.png"}
+
+
+def test_complete_applies_defaults_and_friendly_names() -> None:
+    full = get_model(WAN).complete({**BASE, "cfg": 4, "steps": 8})
+    assert full["56_text"] == "a fox"
+    assert full["108_cfg"] == 4.0
+    assert isinstance(full["108_cfg"], float)
+    assert full["47_value"] == 8
+    assert full["41_value"] == 8.0  # the schema's integer default of a float field is normalised
+    assert full["4_valuex3_value"] == "1024x576 (16:9)"
+
+
+def test_float_field_int_and_float_are_one_job() -> None:
+    model = get_model(WAN)
+    a = model.complete({**BASE, "cfg": 4})
+    b = model.complete({**BASE, "108_cfg": 4.0})
+    assert canonical_json(a) == canonical_json(b)
+    assert job_key(WAN, a) == job_key(WAN, b)
+    assert job_key(WAN, a) != job_key(WAN, a, repeat=1)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"cfg": 12}, "cfg: must be between 0 and 10, got 12"),
+        ({"steps": 4.0}, "steps: must be a whole number, got 4.0"),
+        ({"steps": True}, "steps: must be a whole number, got true"),
+        ({"frames": 80}, "frames: 80 is not allowed; allowed: 81, 141"),
+        ({"resolution": "480x480"}, "did you mean '480x480 (1:1)'?"),
+        ({"sead": 1}, "sead: unknown input (did you mean 'seed'?)"),
+        ({"prompt": 3}, "prompt: must be a string, got 3"),
+        ({"cfg": float("nan")}, "cfg: must be a finite number"),
+    ],
+)
+def test_bad_values_name_the_friendly_field(bad: dict[str, object], message: str) -> None:
+    with pytest.raises(InputError, match=None) as info:
+        get_model(WAN).complete({**BASE, **bad})
+    assert message in str(info.value)
+
+
+def test_required_inputs() -> None:
+    with pytest.raises(InputError, match="image: required input missing"):
+        get_model(WAN).complete({"prompt": "x"})
+
+
+def test_problems_lists_every_bad_raw_key() -> None:
+    problems = get_model(WAN).problems({"56_text": 3, "25_value": 80})
+    assert {(p.key, p.kind) for p in problems} == {
+        ("56_text", "type"),
+        ("25_value", "enum"),
+        ("118_image", "missing"),
+    }
+
+
+def test_unknown_model_is_schema_less_unless_strict() -> None:
+    model = get_model("someone/else")
+    assert not model.has_schema
+    assert model.complete({"anything": 1.5}) == {"anything": 1.5}
+    with pytest.raises(SpecError, match="unknown model 'community/wan-2-2/vace-fan'"):
+        get_model("community/wan-2-2/vace-fan", strict=True)
+
+
+def test_canonical_json_is_compact_sorted_utf8() -> None:
+    assert canonical_json({"b": 1, "a": "é"}) == '{"a":"é","b":1}'
