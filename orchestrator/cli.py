@@ -7,6 +7,9 @@ its traceback.
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -39,6 +42,136 @@ def one_line(exc: BaseException) -> str:
 @click.version_option(package_name="comfysweep")
 def cli() -> None:
     """Resumable parameter sweeps on RunComfy's Model API (or its embedded emulator)."""
+
+
+_SPEC = click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+_STORE = click.option(
+    "--store",
+    metavar="PATH|URL",
+    help="Store file or postgresql+psycopg:// URL (default: in the results folder).",
+)
+
+
+@cli.command()
+@_SPEC
+@click.option(
+    "--emulator", is_flag=True, help="Run against the embedded emulator (no token, no cost)."
+)
+@_STORE
+@click.option("--concurrency", type=click.IntRange(1, 4096), help="Jobs in flight remotely.")
+@click.option("--downloads", type=click.IntRange(1, 256), help="Parallel downloads.")
+@click.option("--poll-interval", type=click.FloatRange(0.01, 3600), help="Seconds between polls.")
+@click.option("--max-cost", type=click.FloatRange(0), help="Stop submitting at this spend (USD).")
+@click.option("--force", is_flag=True, help="Render again jobs that are already done (pays again).")
+@click.option(
+    "--abort", is_flag=True, help="On Ctrl-C also cancel queued jobs (running ones are billed)."
+)
+def run(
+    spec: Path,
+    emulator: bool,
+    store: str | None,
+    concurrency: int | None,
+    downloads: int | None,
+    poll_interval: float | None,
+    max_cost: float | None,
+    force: bool,
+    abort: bool,
+) -> None:
+    """Run or resume a sweep: submit, poll, download; never pay twice."""
+    from orchestrator import sweep
+
+    report = sweep.run_sweep(
+        spec,
+        emulator=emulator,
+        store=store,
+        overrides=sweep.Overrides(concurrency, downloads, poll_interval, max_cost),
+        force=force,
+        abort_on_stop=abort,
+        handle_signals=True,
+        stream=sys.stderr,
+    )
+    states = ", ".join(f"{n} {s}" for s, n in report.counts.items() if n)
+    click.echo(f"{states}; spent ${report.spent_usd:.2f} in {report.elapsed:.1f}s")
+    for state, hint in _HINTS.items():
+        if report.counts.get(state):
+            click.echo(f"{report.counts[state]} {state}: {hint}")
+    if report.fatal:
+        raise ComfysweepError(report.stop_reason or "the run stopped")
+    if not report.complete:
+        sys.exit(3)
+
+
+_HINTS = {
+    "unknown": "the submit's answer was lost, the job may exist and be billed; "
+    "`comfysweep retry SPEC --unknown` submits again on purpose",
+    "failed": "see `comfysweep status SPEC`; `comfysweep retry SPEC --failed`",
+    "expired": "outputs expired before download; `comfysweep retry SPEC --expired` renders again",
+    "lost": "the API forgot these requests; `comfysweep retry SPEC --lost`",
+    "pending": "not submitted yet; run again to continue",
+    "succeeded": "paid but not downloaded yet; run again to download",
+}
+
+
+@cli.command()
+@_SPEC
+@_STORE
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def status(spec: Path, store: str | None, as_json: bool) -> None:
+    """Counts of jobs per state (readable while a run is live)."""
+    from orchestrator import sweep
+
+    info = sweep.sweep_status(spec, store=store)
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    click.echo(f"{info['sweep']}: {info['jobs']} jobs, spent ${info['spent_usd']:.2f}")
+    for state, n in info["counts"].items():
+        if n:
+            click.echo(f"  {state:<11} {n}")
+
+
+@cli.command()
+@_SPEC
+@_STORE
+@click.option("--failed", is_flag=True, help="Jobs the API reported as failed.")
+@click.option("--expired", is_flag=True, help="Jobs whose outputs expired before download.")
+@click.option("--lost", is_flag=True, help="Jobs the API no longer knows.")
+@click.option("--cancelled", is_flag=True, help="Jobs that were cancelled.")
+@click.option("--unknown", is_flag=True, help="Jobs whose submit answer was lost (may pay twice).")
+@click.option("--yes", is_flag=True, help="Do not ask before resubmitting unknown jobs.")
+def retry(
+    spec: Path,
+    store: str | None,
+    failed: bool,
+    expired: bool,
+    lost: bool,
+    cancelled: bool,
+    unknown: bool,
+    yes: bool,
+) -> None:
+    """Put jobs back to pending on purpose; the next `run` submits them."""
+    from orchestrator import sweep
+
+    chosen = {
+        "failed": failed,
+        "expired": expired,
+        "lost": lost,
+        "cancelled": cancelled,
+        "unknown": unknown,
+    }
+    states = [s for s, on in chosen.items() if on]
+    if not states:
+        raise click.UsageError(
+            "say which jobs: --failed, --expired, --lost, --cancelled or --unknown"
+        )
+    if unknown and not yes:
+        click.confirm(
+            "Unknown jobs may already exist remotely and be billed; submitting them again may pay "
+            "twice. Continue?",
+            abort=True,
+        )
+    n = sweep.retry_jobs(spec, states, store=store)
+    click.echo(f"{n} job(s) back to pending; `comfysweep run {spec}` submits them")
 
 
 def main() -> None:
