@@ -6,12 +6,32 @@ The public API; the ``comfysweep`` CLI only calls what is exported here.
 from __future__ import annotations
 
 from orchestrator.canonical import canonical_json, input_sha256, job_key
+from orchestrator.client import (
+    CancelOutcome,
+    Downloaded,
+    ModelApiClient,
+    ModelInfo,
+    RemoteState,
+    Result,
+    Status,
+    Submitted,
+)
 from orchestrator.errors import ComfysweepError
 from orchestrator.models import Model, get_model, known_models
+from orchestrator.retry import RetryPolicy
 
 __all__ = [
+    "CancelOutcome",
     "ComfysweepError",
+    "Downloaded",
     "Model",
+    "ModelApiClient",
+    "ModelInfo",
+    "RemoteState",
+    "Result",
+    "RetryPolicy",
+    "Status",
+    "Submitted",
     "canonical_json",
     "get_model",
     "input_sha256",
