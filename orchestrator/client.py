@@ -8,6 +8,7 @@ request provably never reached the server. The protocol: shared/reference/runcom
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -186,49 +187,39 @@ _URL_KEYS = ("video", "videos", "image", "images", "url", "path", "audio")
 def collect_urls(output: Any) -> list[str]:
     """Every http(s) URL in an ``output`` of any shape, well-known keys first, deduplicated."""
     found: list[str] = []
-
-    def walk(value: Any) -> None:
+    stack = [output]  # depth-first without recursion: a deeply nested body cannot crash us
+    while stack:
+        value = stack.pop()
         if isinstance(value, str):
             text = value.strip()
             if text.lower().startswith(("http://", "https://")):
                 found.append(text)
         elif isinstance(value, list | tuple):
-            for item in value:
-                walk(item)
+            stack.extend(reversed(value))
         elif isinstance(value, dict):
-            for key in _URL_KEYS:
-                if key in value:
-                    walk(value[key])
-            for key, item in value.items():
-                if key not in _URL_KEYS:
-                    walk(item)
-
-    walk(output)
+            known = [value[key] for key in _URL_KEYS if key in value]
+            rest = [item for key, item in value.items() if key not in _URL_KEYS]
+            stack.extend(reversed(known + rest))
     return list(dict.fromkeys(found))
 
 
-def error_message(error: Any) -> str | None:
+def error_message(error: Any, _depth: int = 0) -> str | None:
     """A readable message from an error of any shape: string, {type, message}, or a list."""
-    if error is None:
+    if error is None or _depth > 8:
         return None
     if isinstance(error, str):
         return error.strip() or None
     if isinstance(error, list | tuple):
-        parts = [m for m in (error_message(item) for item in error) if m]
+        parts = [m for m in (error_message(item, _depth + 1) for item in error) if m]
         return "; ".join(parts) or None
     if isinstance(error, dict):
-        text = next(
-            (
-                m
-                for k in ("message", "error_message", "msg", "detail", "error")
-                if (m := error_message(error.get(k)))
-            ),
-            None,
-        )
-        kind = error.get("type")
-        if isinstance(kind, str) and kind and text:
+        keys = ("message", "error_message", "msg", "detail", "error")
+        said = (error_message(error.get(key), _depth + 1) for key in keys)
+        text = next((m for m in said if m), None)
+        kind = error.get("type") if isinstance(error.get("type"), str) else None
+        if kind and text:
             return f"{kind}: {text}"
-        return text or (kind if isinstance(kind, str) and kind else None)
+        return text or kind or json.dumps(error, default=str)[:300]
     return str(error)
 
 
@@ -236,7 +227,7 @@ def _json_object(response: httpx.Response) -> dict[str, Any] | None:
     """The body as a JSON object, or None for anything else (HTML, text, a list, bad JSON)."""
     try:
         body = response.json()
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return body if isinstance(body, dict) else None
 

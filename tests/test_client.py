@@ -578,6 +578,13 @@ def test_collect_urls_from_every_shape(output: Any, urls: list[str]) -> None:
     assert collect_urls(output) == urls
 
 
+def test_collect_urls_survives_a_very_deep_body() -> None:
+    deep: Any = U1
+    for _ in range(50_000):
+        deep = [deep]
+    assert collect_urls({"output": deep}) == [U1]
+
+
 @pytest.mark.parametrize(
     ("error", "message"),
     [
@@ -590,6 +597,8 @@ def test_collect_urls_from_every_shape(output: Any, urls: list[str]) -> None:
         (None, None),
         ("", None),
         (42, "42"),
+        ({"code": 7, "where": "sampler"}, '{"code": 7, "where": "sampler"}'),
+        ({"type": "", "message": "plain"}, "plain"),
     ],
 )
 def test_error_message_from_every_shape(error: Any, message: str | None) -> None:
