@@ -1,0 +1,73 @@
+"""The exclusive runner lock of an SQLite store: flock on a side file naming its holder.
+
+The kernel drops a flock when its holder dies, SIGKILL included, so a killed run never leaves a
+stale lock behind; the pid and host in the file only serve the error message. The side file is
+never deleted (deleting a lock file under flock races with the next locker).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+from pathlib import Path
+
+from orchestrator.errors import StoreError, StoreLockedError
+
+__all__ = ["FileLock"]
+
+
+class FileLock:
+    """An exclusive, non-blocking flock on ``path``; ``acquire`` raises StoreLockedError if held."""
+
+    def __init__(self, path: Path, store_name: str) -> None:
+        self.path = path
+        self._store_name = store_name
+        self._fd: int | None = None
+
+    def acquire(self, owner: str) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StoreError(f"lock file {self.path} cannot be opened: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe(fd)
+            os.close(fd)
+            raise StoreLockedError(
+                f"store {self._store_name} is in use: locked by {holder} ({self.path})"
+            ) from None
+        # One pwrite then a truncate: a concurrent reader sees the old or the new holder, never
+        # an empty file in between.
+        record = json.dumps({"owner": owner, "pid": os.getpid(), "host": socket.gethostname()})
+        data = record.encode() + b"\n"
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # closing the descriptor drops the flock
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+
+def _describe(fd: int) -> str:
+    """The holder recorded in the lock file, as 'owner (pid N on host H)'."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        info = {}
+    if not isinstance(info, dict) or "pid" not in info:
+        return "another process"
+    owner = f"{info['owner']} " if info.get("owner") else ""
+    return f"{owner}(held by pid {info['pid']} on host {info.get('host', '?')})"

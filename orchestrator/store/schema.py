@@ -1,0 +1,198 @@
+"""Opening a store: where it is, the connection settings, and alembic migrations applied on open.
+
+SQLite runs in WAL mode with synchronous=NORMAL: a commit is in the OS's hands when it returns, so
+a killed process loses nothing; only a power cut or kernel crash can drop the last commits. The two
+records the money rule rests on (a claim, i.e. `submitting`, and `queued` with its request id) are
+committed with synchronous=FULL (an fsync of the WAL) by the store; see Store.transition.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import URL, Connection, Engine
+
+from orchestrator.errors import StoreError
+
+__all__ = ["BUSY_TIMEOUT_MS", "connect", "head_revision", "migrate", "resolve", "script_directory"]
+
+BUSY_TIMEOUT_MS = 10_000
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+# pg_advisory_xact_lock key: serialises migrations of several runners sharing one database.
+_PG_MIGRATION_LOCK = 0x636F6D6679  # "comfy"
+
+
+def resolve(target: str | os.PathLike[str]) -> tuple[URL, Path | None]:
+    """A store target as an SQLAlchemy URL, plus the SQLite file path when there is one."""
+    text = os.fspath(target)
+    if "://" not in text:
+        path = Path(text).expanduser().absolute()
+        return URL.create("sqlite", database=str(path)), path
+    try:
+        url = sa.make_url(text)
+    except sa.exc.ArgumentError as exc:
+        raise StoreError(f"store URL {text!r} is not a valid database URL") from exc
+    if url.get_backend_name() == "sqlite":
+        if not url.database or url.database == ":memory:":
+            raise StoreError(f"store URL {text!r} names no file; give an SQLite file path")
+        return url, Path(url.database).expanduser().absolute()
+    if url.get_backend_name() != "postgresql":
+        raise StoreError(f"store URL {text!r}: only SQLite files and postgresql+psycopg:// URLs")
+    return url, None
+
+
+def check_sqlite_file(path: Path, *, readonly: bool) -> None:
+    """Refuse, before SQLite touches it, a path that is not an SQLite file."""
+    if path.is_dir():
+        raise StoreError(f"store {path} is a directory, not an SQLite file")
+    if not path.exists():
+        if readonly:
+            raise StoreError(f"no store at {path}")
+        if not path.parent.is_dir():
+            raise StoreError(f"store {path}: folder {path.parent} does not exist")
+        return
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise StoreError(f"store {path} cannot be read: {exc.strerror}") from exc
+    if head and head != SQLITE_MAGIC:
+        raise StoreError(f"store {path} is not an SQLite database (not a comfysweep store)")
+
+
+def connect(url: URL, path: Path | None, *, readonly: bool) -> tuple[Engine, Connection]:
+    """An engine and the store's one connection, with the per-connection settings applied."""
+    if path is not None:
+        check_sqlite_file(path, readonly=readonly)
+        # isolation_level=None: the driver never BEGINs by itself; the store says BEGIN IMMEDIATE.
+        args: dict[str, Any] = {"isolation_level": None, "check_same_thread": False}
+        if readonly:
+            args["uri"] = True
+            url = url.set(database=f"{path.as_uri()}?mode=ro")
+        engine = sa.create_engine(url, connect_args=args, poolclass=sa.pool.NullPool)
+        sa.event.listen(engine, "connect", _sqlite_settings)
+    else:
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        if readonly:
+            sa.event.listen(engine, "connect", _pg_readonly)
+    try:
+        conn = engine.connect()
+        if path is not None:
+            # Touch the file through SQLite once: a corrupt header surfaces here, not mid-run.
+            conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()
+            conn.commit()
+    except sa.exc.DBAPIError as exc:
+        engine.dispose()
+        raise StoreError(f"store {_name(url, path)} cannot be opened: {_reason(exc)}") from exc
+    return engine, conn
+
+
+def _sqlite_settings(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA foreign_keys = ON")
+    cur.execute("PRAGMA synchronous = NORMAL")
+    cur.close()
+
+
+def _pg_readonly(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+    cur.close()
+    dbapi_conn.commit()
+
+
+@functools.cache
+def script_directory() -> ScriptDirectory:
+    """The alembic scripts shipped beside the package (no alembic.ini: configured here)."""
+    if not (MIGRATIONS / "env.py").is_file():
+        raise StoreError(f"store migrations are missing from {MIGRATIONS}; reinstall comfysweep")
+    return ScriptDirectory.from_config(_config())
+
+
+def _config(connection: Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    """The schema revision this code writes."""
+    head = script_directory().get_current_head()
+    assert head is not None, "migrations/versions is empty"
+    return head
+
+
+def migrate(conn: Connection, name: str, *, readonly: bool, is_sqlite: bool) -> str:
+    """Bring the store to the code's schema in one transaction, or refuse; returns the revision.
+
+    A revision this code does not know means a newer comfysweep wrote the store: refused, and
+    nothing is written (the check runs in a read transaction before anything else).
+    """
+    current = _check(conn, name)
+    head = head_revision()
+    if current == head:
+        return head
+    if readonly:
+        raise StoreError(
+            f"store {name} is at schema {current or 'none'}, this comfysweep needs {head}; "
+            "open it once for writing (e.g. `comfysweep run`) to upgrade it"
+        )
+    if is_sqlite:
+        # WAL is a property of the file: set it once, after the version check, outside any
+        # transaction (SQLite refuses to switch journal mode inside one).
+        conn.exec_driver_sql("PRAGMA journal_mode = WAL")
+        conn.commit()
+    from alembic import command  # imported late: only a store that needs migrating pays for it
+
+    with conn.begin():
+        if is_sqlite:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
+        # Another opener may have migrated while we waited for the write lock: look again.
+        current = _check(conn, name, in_transaction=True)
+        if current != head:
+            command.upgrade(_config(conn), "head")
+    return head
+
+
+def _check(conn: Connection, name: str, *, in_transaction: bool = False) -> str | None:
+    """The store's current revision; refuses unknown revisions and databases that are not ours."""
+    if not in_transaction:
+        conn.begin()
+    try:
+        current = MigrationContext.configure(conn).get_current_revision()
+        if current is None:
+            tables = set(sa.inspect(conn).get_table_names())
+            if tables:
+                raise StoreError(
+                    f"store {name} is a database with other tables ({', '.join(sorted(tables)[:3])}"
+                    "), not a comfysweep store"
+                )
+        elif current not in {r.revision for r in script_directory().walk_revisions()}:
+            raise StoreError(
+                f"store {name} was written by a newer comfysweep (schema {current}); "
+                "upgrade comfysweep to use it"
+            )
+    finally:
+        if not in_transaction:
+            conn.rollback()
+    return current
+
+
+def _name(url: URL, path: Path | None) -> str:
+    return str(path) if path is not None else url.render_as_string(hide_password=True)
+
+
+def _reason(exc: sa.exc.DBAPIError) -> str:
+    return str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)

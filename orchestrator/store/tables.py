@@ -1,0 +1,121 @@
+"""The store's tables, declared once as SQLModel classes; migrations must produce exactly these."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
+
+__all__ = ["EventTable", "JobTable", "MetaTable", "RunTable", "UTCDateTime", "metadata"]
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on SQLite (naive text) and PostgreSQL."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use an aware UTC datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# A registry of our own, so tables other modules declare never leak into the store's schema.
+_registry = registry()
+
+
+class _Base(SQLModel, registry=_registry):
+    pass
+
+
+def _ts(*, nullable: bool = True) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable)
+
+
+class RunTable(_Base, table=True):
+    """One row per `Store.lock()`: who ran, where, when."""
+
+    __tablename__ = "runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    owner: str = Field(sa_type=sa.Text)
+    pid: int
+    host: str = Field(sa_type=sa.Text)
+    version: str = Field(sa_type=sa.Text)
+    started_at: datetime = _ts(nullable=False)
+    finished_at: datetime | None = _ts()
+
+
+class JobTable(_Base, table=True):
+    """One row per job key; JSON columns hold canonical JSON text."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # Claim reads `state = 'pending' ORDER BY index`; counts group by state.
+        sa.Index("ix_jobs_state_index", "state", "index"),
+        # Streaming in grid order, keyset-paged on (index, key).
+        sa.Index("ix_jobs_index_key", "index", "key"),
+    )
+
+    key: str = Field(sa_type=sa.Text, primary_key=True)
+    index: int
+    model_id: str = Field(sa_type=sa.Text)
+    inputs: str = Field(sa_type=sa.Text)
+    repeat: int = 0
+    state: str = Field(sa_type=sa.Text)
+    prev_state: str | None = Field(default=None, sa_type=sa.Text)
+    request_id: str | None = Field(default=None, sa_type=sa.Text)
+    attempts: int = 0
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    cost: float | None = Field(default=None, sa_type=sa.Float)
+    outputs: str = Field(default="[]", sa_type=sa.Text)
+    result: str | None = Field(default=None, sa_type=sa.Text)
+    in_spec: bool = True
+    run_id: int | None = Field(default=None, foreign_key="runs.id")
+    created_at: datetime = _ts(nullable=False)
+    submitted_at: datetime | None = _ts()
+    started_at: datetime | None = _ts()
+    finished_at: datetime | None = _ts()
+    downloaded_at: datetime | None = _ts()
+    updated_at: datetime = _ts(nullable=False)
+
+
+class EventTable(_Base, table=True):
+    """The append-only log of transitions, so `show JOB` can tell a job's story."""
+
+    __tablename__ = "events"
+    __table_args__ = (sa.Index("ix_events_job_key_id", "job_key", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_key: str = Field(sa_type=sa.Text, foreign_key="jobs.key")
+    from_state: str | None = Field(default=None, sa_type=sa.Text)
+    to_state: str = Field(sa_type=sa.Text)
+    at: datetime = _ts(nullable=False)
+    detail: str | None = Field(default=None, sa_type=sa.Text)
+    request_id: str | None = Field(default=None, sa_type=sa.Text)
+    run_id: int | None = Field(default=None, foreign_key="runs.id")
+
+
+class MetaTable(_Base, table=True):
+    """Store-wide settings and facts, JSON values by name."""
+
+    __tablename__ = "meta"
+
+    name: str = Field(sa_type=sa.Text, primary_key=True)
+    value: str = Field(sa_type=sa.Text)
+
+
+metadata: sa.MetaData = _registry.metadata
