@@ -1,0 +1,230 @@
+"""A spec expanded into jobs (lazily, in a fixed order, each with its key) and counted without it.
+
+Order: the zip groups, then the axes, each in spec order, the first slowest (like nested loops
+written top to bottom); then the ``include`` entries; each combination's ``repeat`` copies are
+adjacent. Values are already distinct per dimension (spec.py), and no field varies in two
+dimensions, so the product has no duplicates and its size is plain arithmetic. ``exclude`` rules
+drop grid jobs only (an ``include`` entry always runs); ``include`` entries already in the grid
+collapse into it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.canonical import job_key
+from orchestrator.errors import SpecError
+from orchestrator.models import get_model
+from orchestrator.sources import LocalImage, Problem
+from orchestrator.spec import Spec, identity
+
+__all__ = ["GridCount", "Job", "count_jobs", "iter_inputs", "iter_jobs"]
+
+# Data URIs kept between jobs; a grid of a few images reads each file once.
+_MEDIA_CACHE_BYTES = 256 * 1024 * 1024
+# Up to this many exclude rules are counted by inclusion-exclusion (2**n terms), beyond by walking.
+_MAX_ARITHMETIC_RULES = 16
+
+Rule = dict[int, frozenset[int]]  # dimension index -> row indices the rule matches there
+
+
+@dataclass(frozen=True)
+class Job:
+    """One submission: the exact POST body of a model and its identity (the job key)."""
+
+    key: str  # orchestrator.canonical.job_key(model_id, inputs, repeat)
+    index: int  # 0-based position in the grid order
+    model_id: str
+    inputs: dict[str, Any]  # raw keys, complete, normalised: exactly the POST body (do not mutate)
+    repeat: int = 0
+    sources: Mapping[str, str] = field(default_factory=dict)  # raw key -> local file of a data: URI
+
+    def friendly(self) -> dict[str, Any]:
+        """The inputs keyed by friendly name where the model has one."""
+        model = get_model(self.model_id)
+        return {model.display_name(k): v for k, v in self.inputs.items()}
+
+
+@dataclass(frozen=True)
+class GridCount:
+    """How many jobs a spec makes, and why."""
+
+    jobs: int  # distinct jobs, repeats included
+    duplicates: int  # jobs collapsed because an identical one already exists (repeats included)
+    axes: dict[str, int]  # each dimension's name -> its number of distinct values (rows for zip)
+    excluded: int = 0  # grid jobs dropped by exclude rules (repeats included)
+    included: int = 0  # include entries that added a job (repeats included)
+
+
+def iter_jobs(spec: Spec) -> Iterator[Job]:
+    """Every job of the spec, lazily, in grid order, duplicates collapsed; reads each image once."""
+    media = _MediaCache()
+    keys = sorted(spec.definition.media_inputs)
+    index = 0
+    for values in iter_inputs(spec):
+        inputs, sources = media.materialise(values, keys)
+        for repeat in range(spec.repeat):
+            yield Job(
+                job_key(spec.model, inputs, repeat), index, spec.model, inputs, repeat, sources
+            )
+            index += 1
+
+
+def iter_inputs(spec: Spec) -> Iterator[dict[str, Any]]:
+    """Each distinct combination's complete input in grid order, repeats not expanded.
+
+    Local media are still ``LocalImage`` placeholders here (cheap: no file is read).
+    """
+    dims = spec.dimensions
+    rules = _rules(spec)
+    choices = [[dict(zip(d.keys, row, strict=True)) for row in d.rows] for d in dims]
+    for combo in itertools.product(*(list(enumerate(c)) for c in choices)):
+        if rules and _hit(rules, [i for i, _ in combo]):
+            continue
+        values = dict(spec.fixed)
+        for _, row in combo:
+            values.update(row)
+        yield values
+    yield from _extra(spec, rules)
+
+
+def count_jobs(spec: Spec) -> GridCount:
+    """The job count, duplicates collapsed and exclusions: arithmetic unless rules force a walk."""
+    sizes = [len(d.rows) for d in spec.dimensions]
+    grid, grid_raw = math.prod(sizes), math.prod(d.raw_size for d in spec.dimensions)
+    rules = _rules(spec)
+    excluded = _count_excluded(rules, sizes)
+    included = sum(1 for _ in _extra(spec, rules))
+    repeated = (len(spec.include) - included) * spec.repeat
+    return GridCount(
+        jobs=(grid - excluded + included) * spec.repeat,
+        duplicates=(grid_raw - grid) * spec.repeat + repeated,
+        axes={d.name: len(d.rows) for d in spec.dimensions},
+        excluded=excluded * spec.repeat,
+        included=included * spec.repeat,
+    )
+
+
+def _rules(spec: Spec) -> list[Rule]:
+    """The exclude rules that can match, each as the rows it matches per dimension."""
+    where = {k: (d, pos) for d, dim in enumerate(spec.dimensions) for pos, k in enumerate(dim.keys)}
+    rules = []
+    for entry in spec.exclude:
+        rule: dict[int, frozenset[int]] = {}
+        alive = True
+        for key, value in entry.items():
+            wanted = identity(value)
+            if key not in where:
+                alive = alive and key in spec.fixed and identity(spec.fixed[key]) == wanted
+                continue
+            d, pos = where[key]
+            rows = spec.dimensions[d].rows
+            match = frozenset(i for i, row in enumerate(rows) if identity(row[pos]) == wanted)
+            rule[d] = rule.get(d, match) & match
+        if alive and all(rule.values()):
+            rules.append(rule)
+    return rules
+
+
+def _hit(rules: list[Rule], index: list[int]) -> bool:
+    return any(all(index[d] in rows for d, rows in rule.items()) for rule in rules)
+
+
+def _count_excluded(rules: list[Rule], sizes: list[int]) -> int:
+    """Grid jobs that match at least one rule: inclusion-exclusion over the rules, else a walk."""
+    if not rules:
+        return 0
+    if len(rules) > _MAX_ARITHMETIC_RULES:
+        ranges = [range(n) for n in sizes]
+        return sum(1 for idx in itertools.product(*ranges) if _hit(rules, list(idx)))
+    total = 0
+    for r in range(1, len(rules) + 1):
+        for subset in itertools.combinations(rules, r):
+            merged: dict[int, frozenset[int]] = {}
+            for rule in subset:
+                for d, rows in rule.items():
+                    merged[d] = merged.get(d, rows) & rows
+            size = math.prod(len(merged[d]) if d in merged else n for d, n in enumerate(sizes))
+            total += size if r % 2 else -size
+    return total
+
+
+def _extra(spec: Spec, rules: list[Rule]) -> Iterator[dict[str, Any]]:
+    """The include entries that are neither in the grid (after exclusion) nor repeated."""
+    if not spec.include:
+        return
+    dims = spec.dimensions
+    lookup = [{tuple(identity(v) for v in row): i for i, row in enumerate(d.rows)} for d in dims]
+    grid_keys = set(spec.fixed).union(*(d.keys for d in dims))
+    seen: set[tuple[Any, ...]] = set()
+    for entry in spec.include:
+        ident = tuple(sorted((k, identity(v)) for k, v in entry.items()))
+        if ident in seen:
+            continue
+        seen.add(ident)
+        if not _in_grid(spec, entry, lookup, grid_keys, rules):
+            yield dict(entry)
+
+
+def _in_grid(
+    spec: Spec,
+    entry: Mapping[str, Any],
+    lookup: list[dict[tuple[Any, ...], int]],
+    grid_keys: set[str],
+    rules: list[Rule],
+) -> bool:
+    if set(entry) != grid_keys:
+        return False
+    index = []
+    for d, dim in enumerate(spec.dimensions):
+        i = lookup[d].get(tuple(identity(entry[k]) for k in dim.keys))
+        if i is None:
+            return False
+        index.append(i)
+    varied = {k for d in spec.dimensions for k in d.keys}
+    for key, value in entry.items():
+        if key not in varied and identity(value) != identity(spec.fixed[key]):
+            return False
+    return not _hit(rules, index)
+
+
+class _MediaCache:
+    """Local media read once and kept as data URIs, least recently used dropped past a budget."""
+
+    def __init__(self, budget: int = _MEDIA_CACHE_BYTES) -> None:
+        self.budget = budget
+        self.used = 0
+        self.uris: OrderedDict[LocalImage, str] = OrderedDict()
+
+    def materialise(
+        self, values: dict[str, Any], keys: list[str]
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """``values`` with local files under ``keys`` swapped for data URIs, and those files."""
+        sources: dict[str, str] = {}
+        for key in keys:
+            value = values.get(key)
+            if isinstance(value, LocalImage):
+                values[key] = self.uri(value)
+                sources[key] = value.label
+        return values, sources
+
+    def uri(self, image: LocalImage) -> str:
+        uri = self.uris.get(image)
+        if uri is not None:
+            self.uris.move_to_end(image)
+            return uri
+        try:
+            uri = image.data_uri()
+        except Problem as exc:
+            raise SpecError(exc.message) from None
+        self.uris[image] = uri
+        self.used += len(uri)
+        while self.used > self.budget and len(self.uris) > 1:
+            _, dropped = self.uris.popitem(last=False)
+            self.used -= len(dropped)
+        return uri

@@ -1,0 +1,182 @@
+"""Output file names: the spec's ``run.filename`` template, checked early and rendered safely.
+
+A template is Python ``str.format`` text over a job's inputs (friendly names or raw keys) plus
+``key`` (the first 10 hex digits of the job key), ``index`` and ``repeat``; ``/`` makes folders.
+Every rendered part is sanitised, so no input value can climb out of the results folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import string
+from functools import lru_cache
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.models import get_model
+
+if TYPE_CHECKING:
+    from orchestrator.grid import Job
+    from orchestrator.spec import Spec
+
+__all__ = [
+    "SPECIAL_FIELDS",
+    "TemplateError",
+    "default_template",
+    "render_output_name",
+    "sanitise",
+    "validate_template",
+]
+
+SPECIAL_FIELDS = ("key", "index", "repeat")
+SHORT_KEY = 10
+_MAX_PART = 255  # bytes: the file-name limit of ext4, APFS and NTFS alike
+_MAX_VALUE = 60  # characters of one long value (a prompt) kept in a name
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|\s]+')
+_EXT = re.compile(r"\.[A-Za-z0-9]{1,8}$")
+_RESERVED = {
+    "CON",
+    "PRN",
+    "AUX",
+    "NUL",
+    *(f"COM{i}" for i in range(10)),
+    *(f"LPT{i}" for i in range(10)),
+}
+
+
+class TemplateError(ValueError):
+    """The output name template is invalid (the message says why)."""
+
+
+def validate_template(
+    template: str, fields: list[str], samples: dict[str, Any] | None = None
+) -> set[str]:
+    """The fields ``template`` uses; raises TemplateError for unknown fields or unsafe paths.
+
+    ``samples`` (field -> a value it takes) lets a format spec such as ``{cfg:.1f}`` be tried now
+    rather than fail on the first output.
+    """
+    allowed = [*fields, *SPECIAL_FIELDS]
+    samples = {"key": "0" * SHORT_KEY, "index": 0, "repeat": 0, **(samples or {})}
+    used: set[str] = set()
+    for _literal, field, spec, conversion in _parse(template):
+        if field is None:
+            continue
+        if field not in allowed:
+            raise TemplateError(f"unknown field {{{field}}}; allowed: {', '.join(allowed)}")
+        if conversion:
+            raise TemplateError(f"{{{field}!{conversion}}}: conversions are not supported")
+        if "{" in (spec or ""):
+            raise TemplateError(f"{{{field}:{spec}}}: nested fields are not supported")
+        if spec and field in samples:
+            try:
+                format(samples[field], spec)
+            except (ValueError, TypeError):
+                value = _plain(samples[field])
+                raise TemplateError(f"{{{field}:{spec}}}: format does not suit {value!r}") from None
+        used.add(field)
+    literal = "".join(lit for lit, *_ in _parse(template))
+    if template.startswith("/") or re.match(r"^[A-Za-z]:", template):
+        raise TemplateError("must be a relative path inside the results folder")
+    if any(part in ("..", ".") for part in literal.split("/")) or "/../" in f"/{literal}/":
+        raise TemplateError("must not contain '..' or '.' folders")
+    if not _strip_ext(template).strip("/"):
+        raise TemplateError("gives an empty name")
+    return used
+
+
+def default_template(varied: list[str]) -> str:
+    """``seed-{seed}_steps-{steps}_{key}``: readable varying parameters, then the short key."""
+    return "_".join([*(f"{name}-{{{name}}}" for name in varied), "{key}"])
+
+
+def render_output_name(
+    spec_or_template: Spec | str, job: Job, *, n: int = 1, count: int = 1, ext: str
+) -> str:
+    """The relative POSIX path of output ``n`` of ``count`` of ``job``, safe inside the folder."""
+    template = spec_or_template if isinstance(spec_or_template, str) else spec_or_template.filename
+    model = get_model(job.model_id)
+    pieces = []
+    for literal, field, spec, _conversion in _parse(_strip_ext(template)):
+        pieces.append(literal.replace("\x00", "_"))
+        if field is not None:
+            value = _field_value(field, job, model.raw_key(field) or field)
+            text = format(value, spec) if spec else _plain(value)
+            pieces.append(sanitise(_shorten(text)))
+    parts = [p for p in "".join(pieces).split("/") if p]
+    parts = [sanitise(p) for p in parts] or ["_"]
+    suffix = f"-{n}" if count > 1 else ""
+    extension = ("." + ext.lstrip(".")) if ext else ""
+    extension = sanitise(extension) if extension else ""
+    parts = [_fit(p, "") for p in parts[:-1]] + [_fit(parts[-1], suffix + extension)]
+    name = str(PurePosixPath(*parts))
+    assert not name.startswith(("/", "..")), name  # sanitise() makes this impossible
+    return name
+
+
+def sanitise(text: str) -> str:
+    """One safe path part: no separators, control characters, leading dots or reserved names."""
+    clean = _UNSAFE.sub("_", text).lstrip(".").rstrip(". ")
+    if not clean:
+        return "_"
+    if clean.split(".")[0].upper() in _RESERVED:
+        clean = "_" + clean
+    return clean
+
+
+def _field_value(field: str, job: Job, key: str) -> Any:
+    if field == "key":
+        return job.key[:SHORT_KEY]
+    if field == "index":
+        return job.index
+    if field == "repeat":
+        return job.repeat
+    if key in job.sources:
+        return PurePosixPath(job.sources[key]).stem
+    value = job.inputs.get(key, "")
+    if isinstance(value, str) and value.startswith("data:"):
+        return "data"
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
+        return PurePosixPath(value.split("?")[0].split("#")[0]).stem or "url"
+    return value
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _shorten(text: str) -> str:
+    """A long value cut to a readable prefix plus a hash of the whole, so names stay distinct."""
+    if len(text) <= _MAX_VALUE:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{text[: _MAX_VALUE - 10].rstrip()}~{digest}"
+
+
+def _fit(part: str, tail: str) -> str:
+    """``part + tail`` cut to 255 UTF-8 bytes, keeping the tail and marking the cut with a hash."""
+    room = _MAX_PART - len(tail.encode())
+    if len(part.encode()) <= room:
+        return part + tail
+    digest = "~" + hashlib.sha256(part.encode()).hexdigest()[:8]
+    cut = part.encode()[: room - len(digest)].decode("utf-8", "ignore")
+    return cut + digest + tail
+
+
+def _strip_ext(template: str) -> str:
+    """The template without a trailing literal extension: the output's real type decides it."""
+    pieces = list(_parse(template))
+    if pieces and pieces[-1][1] is None and _EXT.search(pieces[-1][0]):
+        return template[: len(template) - len(_EXT.search(pieces[-1][0]).group())]  # type: ignore[union-attr]
+    return template
+
+
+@lru_cache(maxsize=64)
+def _parse(template: str) -> tuple[tuple[str, str | None, str | None, str | None], ...]:
+    try:
+        return tuple(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise TemplateError(f"{exc}; write a literal brace as {{{{ or }}}}") from None

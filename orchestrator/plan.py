@@ -1,0 +1,164 @@
+"""What ``comfysweep plan`` reports, as plain data: counts, axes, first jobs, cost and time.
+
+Offline: nothing here talks to the network. The CLI renders this as a table or JSON.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from orchestrator.grid import Job, count_jobs, iter_jobs
+from orchestrator.models import get_model
+from orchestrator.prices import estimate
+from orchestrator.sources import LocalImage
+from orchestrator.spec import Spec
+
+__all__ = ["job_record", "plan_summary", "render_plan", "short", "stream_jobs", "varying_fields"]
+
+FIRST_JOBS = 5
+
+
+def plan_summary(
+    spec: Spec, *, concurrency: int | None = None, first: int = FIRST_JOBS
+) -> dict[str, Any]:
+    """The plan as one JSON-ready object (``jobs`` and ``estimated_cost_usd`` among it)."""
+    count = count_jobs(spec)
+    workers = concurrency or spec.run.concurrency
+    guess = estimate(spec, count, concurrency=workers)
+    model = spec.definition
+    varied = set(varying_fields(spec))
+    return {
+        "spec": str(spec.path),
+        "name": spec.name,
+        "model": spec.model,
+        "results_dir": str(spec.results_dir),
+        "jobs": count.jobs,
+        "duplicates": count.duplicates,
+        "excluded": count.excluded,
+        "included": count.included,
+        "repeat": spec.repeat,
+        "axes": count.axes,
+        "fixed": {
+            model.display_name(k): short(v.label if isinstance(v, LocalImage) else v, 60)
+            for k, v in spec.fixed.items()
+            if model.display_name(k) not in varied
+        },
+        "concurrency": workers,
+        "max_cost": spec.run.max_cost,
+        "estimated_cost_usd": None if guess.cost_usd is None else round(guess.cost_usd, 4),
+        "estimated_wall_seconds": guess.wall_seconds,
+        "output_seconds": guess.output_seconds,
+        "price": None if guess.price is None else guess.price.__dict__,
+        "cost_note": guess.cost_note,
+        "time_note": guess.time_note,
+        "filename": spec.filename,
+        "varying": varying_fields(spec),
+        "first_jobs": [job_record(job) for job in itertools.islice(iter_jobs(spec), first)],
+    }
+
+
+def job_record(job: Job, width: int = 48) -> dict[str, Any]:
+    """One job for display or JSONL: key, index, repeat, friendly inputs (long values cut)."""
+    record: dict[str, Any] = {
+        "key": job.key,
+        "index": job.index,
+        "repeat": job.repeat,
+        "inputs": {name: short(value, width) for name, value in job.friendly().items()},
+    }
+    if job.sources:
+        model = get_model(job.model_id)
+        record["files"] = {model.display_name(k): path for k, path in job.sources.items()}
+    return record
+
+
+def varying_fields(spec: Spec) -> list[str]:
+    """Friendly names of the fields that differ between jobs, in grid order."""
+    model = spec.definition
+    keys = [k for d in spec.dimensions for k in d.keys]
+    keys += [k for e in spec.include for k, v in e.items() if spec.fixed.get(k) != v]
+    return list(dict.fromkeys(model.display_name(k) for k in keys))
+
+
+def short(value: Any, width: int) -> Any:
+    """A string cut to ``width`` characters with an ellipsis; a data: URI shows its type only."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith("data:") and len(value) > 64:
+        head = value.split(",", 1)[0]
+        return f"{head},… ({len(value):,} chars)"
+    return value if len(value) <= width else value[: width - 1] + "…"
+
+
+def stream_jobs(spec: Spec) -> Iterator[dict[str, Any]]:
+    """Every job as a display record, lazily (``plan --jobs``)."""
+    for job in iter_jobs(spec):
+        yield job_record(job, width=10**9)
+
+
+def render_plan(summary: dict[str, Any], console: Console) -> None:
+    """The plan as a human reads it: counts, axes, fixed inputs, first jobs, estimates."""
+    console.print(
+        f"[bold]{summary['name']}[/]  {summary['model']}  ({summary['spec']})", highlight=False
+    )
+    facts = [
+        f"[bold]{summary['jobs']:,}[/] jobs",
+        f"{summary['duplicates']:,} duplicates collapsed",
+    ]
+    if summary["excluded"]:
+        facts.append(f"{summary['excluded']:,} excluded")
+    if summary["included"]:
+        facts.append(f"{summary['included']:,} added by include")
+    if summary["repeat"] > 1:
+        facts.append(f"each x{summary['repeat']}")
+    console.print(", ".join(facts), highlight=False)
+    if summary["axes"]:
+        axes = " x ".join(f"{name} ({size:,})" for name, size in summary["axes"].items())
+        console.print(f"axes: {axes}", highlight=False)
+    if summary["fixed"]:
+        fixed = ", ".join(f"{k}={short(v, 40)}" for k, v in summary["fixed"].items())
+        console.print(f"fixed: {escape(fixed)}", highlight=False)
+    console.print(f"results: {summary['results_dir']}  (names: {summary['filename']})")
+    jobs = summary["first_jobs"]
+    if jobs:
+        shown = len(jobs) if len(jobs) == summary["jobs"] else f"first {len(jobs)}"
+        table = Table(title=f"jobs ({shown})", title_justify="left")
+        table.add_column("#", justify="right")
+        table.add_column("key")
+        columns = [c for c in summary["varying"] if c in jobs[0]["inputs"]]
+        for column in columns:
+            table.add_column(column)
+        for job in jobs:
+            cells = [_cell(job, c) for c in columns]
+            table.add_row(str(job["index"]), job["key"][:10], *cells)
+        console.print(table)
+    cost = summary["estimated_cost_usd"]
+    wall = summary["estimated_wall_seconds"]
+    cost_text = "unknown" if cost is None else f"${cost:,.2f}"
+    wall_text = "unknown" if wall is None else _duration(wall)
+    console.print(f"estimated cost: [bold]{cost_text}[/] ({escape(summary['cost_note'])})")
+    console.print(
+        f"estimated wall time at concurrency {summary['concurrency']}: [bold]{wall_text}[/] "
+        f"({escape(summary['time_note'])})"
+    )
+    if cost is None:
+        console.print(
+            "  `comfysweep plan --online` reads the catalog price; every run records it too.",
+            highlight=False,
+        )
+
+
+def _cell(job: dict[str, Any], column: str) -> str:
+    value = job.get("files", {}).get(column, job["inputs"].get(column))
+    return escape(str(short(value, 32)))
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

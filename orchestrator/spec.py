@@ -1,0 +1,586 @@
+"""The sweep spec: a YAML file read, validated and normalised into a ``Spec`` ready to expand.
+
+Every mistake becomes one ``SpecError`` line: ``<file>:<line>:<col>: <field path>: what is wrong;
+what is allowed`` (the line and column come from the YAML node tree), or ``<data file>:<line>:
+<field>: ...`` for a fault inside a prompts or rows file. Expansion into jobs lives in ``grid.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator import naming
+from orchestrator.errors import SpecError
+from orchestrator.models import Model, get_model, known_models, suggest
+from orchestrator.sources import (
+    LocalImage,
+    Problem,
+    expand_glob,
+    is_url,
+    local_media,
+    random_seeds,
+    read_lines,
+    read_table,
+    span,
+    text_value,
+)
+
+__all__ = ["Dimension", "RunSettings", "Spec", "identity", "load_spec"]
+
+Path_ = Annotated[Path, Field(strict=False)]
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+_SOURCES = ("start", "stop", "step", "count", "from", "file", "glob")
+
+
+class RunSettings(BaseModel):
+    """How a sweep runs; defaults are written here once, and command-line flags override them."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    concurrency: int = Field(8, ge=1, le=4096)
+    max_cost: float | None = Field(None, gt=0)
+    output: Path_ = Path("results")  # resolved against the spec's folder by load_spec
+    filename: str | None = None
+    downloads: int = Field(4, ge=1, le=64)
+    poll_interval: float = Field(2.0, gt=0, le=3600)
+
+
+class _SpecFile(BaseModel):
+    """The YAML file's shape; values inside inputs/axes/zip are checked against the model later."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str | None = Field(None, pattern=_NAME)
+    model: str = Field(min_length=1)
+    schema_: Literal["local", "server"] = Field("local", alias="schema")
+    inputs: dict[str, Any] = {}
+    axes: dict[str, Any] = {}
+    zip: list[dict[str, Any]] = []
+    include: list[dict[str, Any]] = []
+    exclude: list[dict[str, Any]] = []
+    repeat: int = Field(1, ge=1, le=1000)
+    run: RunSettings = RunSettings()
+
+
+_TOP_KEYS = [
+    "name",
+    "model",
+    "schema",
+    "inputs",
+    "axes",
+    "zip",
+    "include",
+    "exclude",
+    "repeat",
+    "run",
+]
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One thing that varies: an axis (one field) or a zip group (fields that vary together)."""
+
+    name: str  # "seed", or "prompt+image" for a zip group
+    keys: tuple[str, ...]  # raw keys
+    rows: tuple[tuple[Any, ...], ...]  # distinct, normalised; LocalImage for local media
+    raw_size: int  # rows before duplicates were collapsed
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated sweep: what to vary, what is fixed, and how to run it."""
+
+    name: str
+    model: str
+    path: Path
+    base_dir: Path
+    run: RunSettings
+    definition: Model
+    fixed: Mapping[str, Any]  # raw keys, defaults applied, normalised
+    dimensions: tuple[Dimension, ...]  # zip groups, then axes in spec order; first is slowest
+    include: tuple[Mapping[str, Any], ...]  # each a complete input (fixed merged with the entry)
+    exclude: tuple[Mapping[str, Any], ...]  # raw key -> value; a job matching all is dropped
+    repeat: int
+    filename: str  # the output name template (the spec's or the default)
+
+    @property
+    def results_dir(self) -> Path:
+        """Where this sweep's outputs and store live: ``<run.output>/<name>``."""
+        return self.run.output / self.name
+
+    def with_run(self, **changes: Any) -> Spec:
+        """A copy with run settings overridden (``None`` values are ignored), for CLI flags."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        if not given:
+            return self
+        try:
+            run = RunSettings.model_validate(self.run.model_dump() | given)
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise SpecError(f"--{field.replace('_', '-')}: {_pydantic_message(first)}") from None
+        return replace(self, run=run)
+
+
+def identity(value: Any) -> Any:
+    """A hashable stand-in that equals another exactly when both give the same JSON."""
+    if isinstance(value, LocalImage):
+        return value
+    return (type(value).__name__, repr(value)) if isinstance(value, float | bool) else value
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read, validate and normalise a sweep spec; raises SpecError naming the file and place."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a folder; give a .yaml spec file") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    data, where = _parse_yaml(path, text)
+    return _Builder(path, data, where).build()
+
+
+class _Where:
+    """Maps field paths to YAML line:column and formats the one-line errors."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.values: dict[tuple[str, ...], yaml.Mark] = {}
+        self.keys: dict[tuple[str, ...], yaml.Mark] = {}
+
+    def walk(self, node: yaml.Node, path: tuple[str, ...] = ()) -> None:
+        self.values[path] = node.start_mark
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = str(key_node.value)
+                if key in seen:
+                    raise self.error((*path, key), "duplicate key; give each key once", key=True)
+                seen.add(key)
+                self.keys[(*path, key)] = key_node.start_mark
+                self.walk(value_node, (*path, key))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self.walk(item, (*path, str(i)))
+
+    def error(self, path: tuple[Any, ...], message: str, *, key: bool = False) -> SpecError:
+        parts = tuple(str(p) for p in path)
+        mark = self.keys.get(parts) if key else None
+        probe = parts
+        while mark is None and probe:
+            mark = self.values.get(probe)
+            probe = probe[:-1]
+        mark = mark or self.values.get(())
+        place = f"{self.file}:{mark.line + 1}:{mark.column + 1}" if mark else str(self.file)
+        return SpecError(f"{place}: {_dotted(path)}: {message}" if path else f"{place}: {message}")
+
+
+def _parse_yaml(path: Path, text: str) -> tuple[Any, _Where]:
+    where = _Where(path)
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise SpecError(f"{path}: empty spec; it needs at least model and inputs")
+        where.walk(node)
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        place = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = " ".join(filter(None, [exc.problem, exc.context])) or "invalid YAML"
+        raise SpecError(f"{place}: YAML syntax error: {what}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: YAML error: {' '.join(str(exc).split())}") from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise where.error((), "the spec must be a mapping of keys (model, inputs, axes, ...)")
+    return data, where
+
+
+class _Builder:
+    """Turns the parsed YAML into a Spec, one section at a time, with exact error places."""
+
+    def __init__(self, path: Path, data: dict[str, Any], where: _Where) -> None:
+        self.path = path
+        self.base = path.parent.resolve()
+        self.data = data
+        self.where = where
+        self.media: dict[Path, LocalImage] = {}
+
+    def build(self) -> Spec:
+        raw = self._validate_shape()
+        self.model = self._model(raw)
+        given = self._fields(raw.inputs, ("inputs",), self._single)
+        fixed = {k: self._norm(k, v, ("inputs", name), self.base) for k, (name, v) in given.items()}
+        defaults = {k: self.model.normalise(k, v) for k, v in self.model.defaults().items()}
+        placed = self._zips(raw.zip) + self._axes(raw.axes)
+        self._check_disjoint(placed)
+        dims = [dim for dim, _ in placed]
+        varied = {k for d in dims for k in d.keys}
+        missing = [k for k in self.model.required if k not in fixed and k not in varied]
+        if missing:
+            name = self.model.display_name(missing[0])
+            raise self.where.error(("inputs",), f"{name}: required input missing; add it to inputs")
+        base_input = defaults | fixed
+        include = tuple(self._include(i, e, base_input) for i, e in enumerate(raw.include))
+        exclude = tuple(self._exclude(i, e) for i, e in enumerate(raw.exclude))
+        name = raw.name or self._default_name()
+        run = raw.run.model_copy(update={"output": (self.base / raw.run.output).resolve()})
+        template = self._template(raw, dims, base_input)
+        return Spec(
+            name=name,
+            model=self.model.model_id,
+            path=self.path,
+            base_dir=self.base,
+            run=run,
+            definition=self.model,
+            fixed=base_input,
+            dimensions=tuple(dims),
+            include=include,
+            exclude=exclude,
+            repeat=raw.repeat,
+            filename=template,
+        )
+
+    def _validate_shape(self) -> _SpecFile:
+        try:
+            return _SpecFile.model_validate(self.data)
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            loc = tuple(first["loc"])
+            if first["type"] == "extra_forbidden":
+                allowed = _TOP_KEYS if len(loc) == 1 else list(RunSettings.model_fields)
+                hint = suggest(str(loc[-1]), allowed)
+                message = f"unknown key{hint}; allowed: {', '.join(allowed)}"
+                raise self.where.error(loc, message, key=True) from None
+            if first["type"] == "missing":
+                raise self.where.error(loc[:-1], f"{loc[-1]}: required key missing") from None
+            if first["type"] == "string_pattern_mismatch" and loc == ("name",):
+                message = "must be a folder name: letters, digits, '.', '_' and '-'"
+                raise self.where.error(loc, f"{message}, got {first['input']!r}") from None
+            raise self.where.error(loc, _pydantic_message(first)) from None
+
+    def _model(self, raw: _SpecFile) -> Model:
+        if raw.schema_ == "server":
+            return get_model(raw.model)
+        try:
+            return get_model(raw.model, strict=True)
+        except SpecError as exc:
+            known = ", ".join(m.model_id for m in known_models())
+            message = f"{exc}; known: {known} (or set schema: server to skip local validation)"
+            raise self.where.error(("model",), message) from None
+
+    def _fields(
+        self, mapping: Mapping[str, Any], path: tuple[str, ...], check: Any
+    ) -> dict[str, tuple[str, Any]]:
+        """Friendly or raw names -> raw key: (name as written, value), rejecting unknown names."""
+        out: dict[str, tuple[str, Any]] = {}
+        for name, value in mapping.items():
+            key = self.model.raw_key(name)
+            if key is None:
+                hint = suggest(name, self.model.field_names())
+                allowed = ", ".join(self.model.friendly_names or self.model.properties)
+                message = f"unknown input{hint}; inputs: {allowed}"
+                raise self.where.error((*path, name), message, key=True)
+            if key in out:
+                other = out[key][0]
+                message = f"names the same input as {other!r}; give it once"
+                raise self.where.error((*path, name), message, key=True)
+            check((*path, name), value)
+            out[key] = (name, value)
+        return out
+
+    def _single(self, path: tuple[str, ...], value: Any) -> None:
+        if isinstance(value, dict | list):
+            raise self.where.error(path, "takes one value; to vary it, move it under axes or zip")
+
+    def _norm(self, key: str, value: Any, place: Any, base: Path) -> Any:
+        """One value checked against the schema and normalised; local media become LocalImage."""
+        name = self.model.display_name(key)
+        try:
+            if key in self.model.media_inputs and isinstance(value, str) and not is_url(value):
+                return local_media(value, base, self.base, self.media)
+            problem = self.model.check(key, value)
+            if problem is not None:
+                raise Problem(problem.message)
+            return self.model.normalise(key, value)
+        except Problem as exc:
+            raise self._fail(place, name, exc) from None
+
+    def _fail(self, place: Any, name: str, exc: Problem) -> SpecError:
+        if exc.file is not None:
+            return SpecError(f"{exc.file}:{exc.line}: {name}: {exc.message}")
+        if isinstance(place, tuple):
+            return self.where.error(place, exc.message)
+        file, line = place
+        return SpecError(f"{file}:{line}: {name}: {exc.message}")
+
+    def _axes(self, axes: Mapping[str, Any]) -> list[tuple[Dimension, tuple[str, ...]]]:
+        dims: list[tuple[Dimension, tuple[str, ...]]] = []
+        for key, (name, source) in self._fields(axes, ("axes",), _ok).items():
+            values = self._source(key, source, ("axes", name))
+            rows = _distinct([(v,) for v in values])
+            dim = Dimension(self.model.display_name(key), (key,), rows, len(values))
+            dims.append((dim, ("axes", name)))
+        return dims
+
+    def _zips(self, groups: list[dict[str, Any]]) -> list[tuple[Dimension, tuple[str, ...]]]:
+        dims: list[tuple[Dimension, tuple[str, ...]]] = []
+        for i, group in enumerate(groups):
+            path = ("zip", str(i))
+            if not group:
+                raise self.where.error(path, "empty zip group; give fields with equal-length lists")
+            if set(group) == {"file"} and isinstance(group["file"], str):
+                keys, rows = self._table(group["file"], (*path, "file"))
+            else:
+                fields = self._fields(group, path, _ok)
+                keys = tuple(fields)
+                columns = [self._source(k, src, (*path, n)) for k, (n, src) in fields.items()]
+                sizes = {
+                    self.model.display_name(k): len(c) for k, c in zip(keys, columns, strict=True)
+                }
+                if len(set(sizes.values())) > 1:
+                    shown = ", ".join(f"{n} has {s}" for n, s in sizes.items())
+                    raise self.where.error(
+                        path, f"lists differ in length: {shown}; make them equal"
+                    )
+                rows = list(zip(*columns, strict=True))
+            name = "+".join(self.model.display_name(k) for k in keys)
+            dims.append((Dimension(name, keys, _distinct(rows), len(rows)), path))
+        return dims
+
+    def _table(
+        self, file: str, path: tuple[str, ...]
+    ) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        table = (self.base / file).resolve()
+        label = _rel(table, self.base, file)
+        try:
+            columns, rows = read_table(table, label)
+        except Problem as exc:
+            raise self._fail(path, "file", exc) from None
+        keys = []
+        for column in columns:
+            key = self.model.raw_key(column)
+            if key is None or key in keys:
+                why = (
+                    "repeats a column"
+                    if key
+                    else f"unknown input{suggest(column, self.model.field_names())}"
+                )
+                raise SpecError(f"{label}:1: {column}: {why}")
+            keys.append(key)
+        out = []
+        for cells, line in rows:
+            values = []
+            for key, cell in zip(keys, cells, strict=True):
+                value = cell
+                if isinstance(cell, str):
+                    value = self._typed(key, cell, (label, line))
+                values.append(self._norm(key, value, (label, line), table.parent))
+            out.append(tuple(values))
+        return tuple(keys), out
+
+    def _typed(self, key: str, text: str, place: tuple[str, int]) -> Any:
+        kind = str(self.model.properties.get(key, {}).get("type", ""))
+        try:
+            return text_value("number" if kind == "float" else kind, text)
+        except Problem as exc:
+            raise self._fail(place, self.model.display_name(key), exc) from None
+
+    def _source(self, key: str, source: Any, path: tuple[str, ...]) -> list[Any]:
+        """The normalised values an axis or zip field lists, in order, duplicates kept."""
+        name = self.model.display_name(key)
+        if isinstance(source, list):
+            if not source:
+                raise self.where.error(path, "empty axis; give at least one value")
+            for i, item in enumerate(source):
+                self._single((*path, str(i)), item)
+            return [self._norm(key, v, (*path, str(i)), self.base) for i, v in enumerate(source)]
+        if not isinstance(source, dict):
+            message = (
+                "must be a list, {start, stop, step}, {count, from}, {file} or {glob}; "
+                "for one fixed value, use inputs"
+            )
+            raise self.where.error(path, message)
+        for k in source:
+            if k not in _SOURCES:
+                hint = suggest(str(k), list(_SOURCES))
+                message = f"unknown key{hint}; allowed: start/stop/step, count/from, file, glob"
+                raise self.where.error((*path, k), message, key=True)
+        shape = frozenset(source)
+        try:
+            if shape == {"start", "stop", "step"}:
+                raw: list[tuple[Any, Any]] = [(v, path) for v in span(**source)]
+            elif shape in ({"count"}, {"count", "from"}):
+                raw = [(v, path) for v in random_seeds(source["count"], source.get("from", 0))]
+            elif shape == {"file"}:
+                raw = self._lines(key, source["file"], path)
+            elif shape == {"glob"}:
+                if key not in self.model.media_inputs:
+                    media = ", ".join(self.model.display_name(k) for k in self.model.media_inputs)
+                    raise Problem(f"glob lists files, so it suits media inputs only ({media})")
+                if not isinstance(source["glob"], str):
+                    raise Problem("glob must be a pattern such as images/*.png")
+                raw = [(v, path) for v in expand_glob(source["glob"], self.base)]
+            else:
+                raise Problem(
+                    "give start, stop and step together, count (with from), file, or glob; "
+                    f"got {', '.join(sorted(shape))}"
+                )
+        except Problem as exc:
+            raise self._fail(path, name, exc) from None
+        folder = self.base
+        if shape == {"file"}:
+            folder = (self.base / source["file"]).resolve().parent
+        return [self._norm(key, v, place, folder) for v, place in raw]
+
+    def _lines(self, key: str, file: Any, path: tuple[str, ...]) -> list[tuple[Any, Any]]:
+        if not isinstance(file, str):
+            raise Problem("file must be a path such as prompts.txt")
+        resolved = (self.base / file).resolve()
+        label = _rel(resolved, self.base, file)
+        return [
+            (self._typed(key, text, (label, n)), (label, n))
+            for text, n in read_lines(resolved, label)
+        ]
+
+    def _check_disjoint(self, placed: list[tuple[Dimension, tuple[str, ...]]]) -> None:
+        """A field varies in one place only: two sources for it would make the grid ambiguous."""
+        owner: dict[str, str] = {}
+        for dim, path in placed:
+            for key in dim.keys:
+                if key in owner:
+                    name = self.model.display_name(key)
+                    message = (
+                        f"{name} already varies in {owner[key]}; a field may vary in one place"
+                    )
+                    raise self.where.error(path, message)
+                owner[key] = _dotted(path)
+
+    def _include(
+        self, i: int, entry: Mapping[str, Any], base_input: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        path = ("include", str(i))
+        if not entry:
+            raise self.where.error(path, "empty include entry; give the inputs of one combination")
+        given = self._fields(entry, path, self._single)
+        values = {k: self._norm(k, v, (*path, n), self.base) for k, (n, v) in given.items()}
+        combined = dict(base_input) | values
+        missing = [k for k in self.model.required if k not in combined]
+        if missing:
+            name = self.model.display_name(missing[0])
+            raise self.where.error(
+                path, f"{name}: required input missing; add it here or to inputs"
+            )
+        return combined
+
+    def _exclude(self, i: int, entry: Mapping[str, Any]) -> dict[str, Any]:
+        path = ("exclude", str(i))
+        if not entry:
+            raise self.where.error(path, "empty exclude rule; give the values a dropped job has")
+        given = self._fields(entry, path, self._single)
+        return {k: self._norm(k, v, (*path, n), self.base) for k, (n, v) in given.items()}
+
+    def _template(
+        self, raw: _SpecFile, dims: list[Dimension], base_input: Mapping[str, Any]
+    ) -> str:
+        """The output name template; a given one must tell every pair of jobs apart."""
+        groups = [d.keys for d in dims]
+        groups += [tuple(k for k in map(self.model.raw_key, e) if k) for e in raw.include]
+        if raw.repeat > 1:
+            groups.append(("repeat",))
+        varied = list(dict.fromkeys(self.model.display_name(k) for g in groups for k in g))
+        if raw.run.filename is None:
+            return naming.default_template(varied)
+        sample = dict(base_input) | {
+            k: v for d in dims for k, v in zip(d.keys, d.rows[0], strict=True)
+        }
+        samples = {self.model.display_name(k): _sample(v) for k, v in sample.items()}
+        fields = list(dict.fromkeys([*self.model.field_names(), *samples]))
+        try:
+            used = naming.validate_template(raw.run.filename, fields, samples)
+        except naming.TemplateError as exc:
+            raise self.where.error(("run", "filename"), str(exc)) from None
+        used_keys = {self.model.raw_key(f) or f for f in used}
+        uncovered = [g for g in groups if g and not used_keys & set(g)]
+        if uncovered and "key" not in used:
+            names = list(dict.fromkeys(self.model.display_name(g[0]) for g in uncovered))
+            message = (
+                f"names would repeat across jobs: add {{key}} or {{{names[0]}}}"
+                f" (varying but not in the name: {', '.join(names)})"
+            )
+            raise self.where.error(("run", "filename"), message)
+        return raw.run.filename
+
+    def _default_name(self) -> str:
+        stem = "".join(c if c.isalnum() or c in "._-" else "-" for c in self.path.stem)
+        return stem.lstrip("._-")[:100] or "sweep"
+
+
+def _ok(path: tuple[str, ...], value: Any) -> None:
+    del path, value
+
+
+def _sample(value: Any) -> Any:
+    return Path(value.label).stem if isinstance(value, LocalImage) else value
+
+
+def _distinct(rows: list[tuple[Any, ...]]) -> tuple[tuple[Any, ...], ...]:
+    seen: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for row in rows:
+        seen.setdefault(tuple(identity(v) for v in row), row)
+    return tuple(seen.values())
+
+
+def _rel(path: Path, base: Path, written: str) -> str:
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return written
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    text = ""
+    for part in path:
+        if isinstance(part, int) or (isinstance(part, str) and part.isdigit() and text):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _pydantic_message(error: Any) -> str:
+    kind, ctx, got = error["type"], error.get("ctx") or {}, error.get("input")
+    shown = f", got {got!r}"
+    messages = {
+        "int_type": "must be a whole number",
+        "float_type": "must be a number",
+        "string_type": "must be a string",
+        "bool_type": "must be true or false",
+        "dict_type": "must be a mapping of keys to values",
+        "list_type": "must be a list",
+        "model_type": "must be a mapping of keys to values",
+        "greater_than_equal": f"must be at least {ctx.get('ge')}",
+        "greater_than": f"must be above {ctx.get('gt')}",
+        "less_than_equal": f"must be at most {ctx.get('le')}",
+        "string_too_short": "must not be empty",
+        "literal_error": f"must be one of {ctx.get('expected')}",
+        "is_instance_of": "must be a path",
+    }
+    return messages.get(kind, str(error["msg"]).lower()) + shown
