@@ -17,24 +17,31 @@ from orchestrator.client import (
     Submitted,
 )
 from orchestrator.errors import ComfysweepError
+from orchestrator.grid import Job, count_jobs, iter_jobs
 from orchestrator.models import Model, get_model, known_models
 from orchestrator.retry import RetryPolicy
+from orchestrator.spec import Spec, load_spec
 
 __all__ = [
     "CancelOutcome",
     "ComfysweepError",
     "Downloaded",
+    "Job",
     "Model",
     "ModelApiClient",
     "ModelInfo",
     "RemoteState",
     "Result",
     "RetryPolicy",
+    "Spec",
     "Status",
     "Submitted",
     "canonical_json",
+    "count_jobs",
     "get_model",
     "input_sha256",
+    "iter_jobs",
     "job_key",
     "known_models",
+    "load_spec",
 ]

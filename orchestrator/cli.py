@@ -174,6 +174,32 @@ def retry(
     click.echo(f"{n} job(s) back to pending; `comfysweep run {spec}` submits them")
 
 
+@cli.command()
+@click.argument("spec", metavar="SPEC", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON object.")
+@click.option("--jobs", "as_jobs", is_flag=True, help="Stream every job as JSONL (key, inputs).")
+@click.option("--concurrency", type=click.IntRange(1, 4096), help="Estimate at this concurrency.")
+def plan(spec: Path, as_json: bool, as_jobs: bool, concurrency: int | None) -> None:
+    """Show, offline, what a sweep will submit and roughly what it will cost."""
+    from rich.console import Console
+
+    from orchestrator import load_spec
+    from orchestrator import plan as planning
+
+    if as_json and as_jobs:
+        raise click.UsageError("give --json or --jobs, not both")
+    loaded = load_spec(spec).with_run(concurrency=concurrency)
+    if as_jobs:
+        for record in planning.stream_jobs(loaded):
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        return
+    summary = planning.plan_summary(loaded)
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
+    else:
+        planning.render_plan(summary, Console())
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="comfysweep")
