@@ -76,6 +76,8 @@ NEVER_SENDABLE: tuple[type[Exception], ...] = (httpx.UnsupportedProtocol, httpx.
 AUTH_CODES = frozenset({400004, 401001})
 BALANCE_CODES = frozenset({400002, 10003})
 RETRY_STATUSES = frozenset({408, 429})
+# The Model API answers "cancelled"; the serverless API "cancellation_requested".
+CANCEL_ACCEPTED = frozenset({"cancelled", "canceled", "cancellation_requested"})
 
 
 class RemoteState(StrEnum):
@@ -277,10 +279,18 @@ def _float(value: Any) -> float | None:
     return None
 
 
+def _int(value: Any) -> int | None:
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _short(url: str | httpx.URL) -> str:
     """A URL without its query (signed CDN URLs carry credentials there)."""
-    u = httpx.URL(str(url))
-    return str(u.copy_with(query=None, fragment=None))
+    try:
+        return str(httpx.URL(str(url)).copy_with(query=None, fragment=None))
+    except httpx.InvalidURL:
+        return repr(str(url)[:200])
 
 
 class _ShortBody(DownloadError):
@@ -431,16 +441,10 @@ class ModelApiClient:
         """The job's current state (``COMPLETED`` means: ask ``result``)."""
         url = self._request_url(request_id, "status")
         body = await self._read("GET", url, f"status of {request_id}", usable=_has_status)
-        state = _str(body.get("status")) or ""
-        position = body.get("queue_position")
-        if isinstance(position, str) and position.strip().isdigit():
-            position = int(position)
         return Status(
             request_id=request_id,
-            state=remote_state(state),
-            queue_position=position
-            if isinstance(position, int) and not isinstance(position, bool)
-            else None,
+            state=remote_state(_str(body.get("status")) or ""),
+            queue_position=_int(body.get("queue_position")),
             raw=body,
         )
 
@@ -481,11 +485,7 @@ class ModelApiClient:
         )
         outcome = (_str(body.get("outcome")) or "").lower()
         status = (_str(body.get("status")) or "").lower()
-        done = outcome == "cancelled" or status in (
-            "cancelled",
-            "canceled",
-            "cancellation_requested",
-        )
+        done = outcome == "cancelled" or status in CANCEL_ACCEPTED
         return CancelOutcome(cancelled=done and outcome != "not_cancellable", raw=body)
 
     async def model(self, model_id: str) -> ModelInfo:
@@ -564,7 +564,7 @@ class ModelApiClient:
                 ),
                 None,
             )
-        said = said or response.reason_phrase or "no readable message"
+        said = (said or response.reason_phrase or "no readable message")[:500]
         where = f"HTTP {response.status_code}" + (f", error_code {code}" if code else "")
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         kwargs: dict[str, Any] = {
@@ -591,7 +591,7 @@ class ModelApiClient:
         if code == 404001 or (code is None and status == 404 and body is not None and not submit):
             return RequestNotFound(text(), **kwargs)
         if status >= 500 or status in RETRY_STATUSES:
-            kwargs["status_code"] = status if code else response.status_code
+            kwargs["status_code"] = status  # a 5xx-class code in a 200 is a server error too
             return ServerError(text(), **kwargs)
         return ApiError(text(), **kwargs)
 

@@ -393,6 +393,15 @@ async def test_submit_refusals_map_to_their_error(
 
 
 @pytest.mark.anyio
+async def test_huge_error_messages_are_cut() -> None:
+    server = Server(ok({"error_message": "x" * 100_000}, 400))
+    async with client(server) as api:
+        with pytest.raises(ApiError) as info:
+            await api.submit(MODEL, INPUTS)
+    assert len(str(info.value)) < 700
+
+
+@pytest.mark.anyio
 async def test_validation_failure_keeps_detail_and_names_the_fields() -> None:
     detail = [
         {"loc": ["body", "38_value"], "msg": "must be <= 24", "type": "value_error"},
@@ -816,6 +825,8 @@ async def test_download_from_the_api_host_over_http(tmp_path: Path) -> None:
         "file:///etc/passwd",
         "http://127.0.0.1:8123/a.mp4",
         "not a url at all",
+        "http://[::1",
+        "https://",
     ],
 )
 async def test_download_refuses_other_hosts(tmp_path: Path, url: str) -> None:
@@ -1015,3 +1026,18 @@ async def test_failed_result_message_is_scrubbed_too(monkeypatch: pytest.MonkeyP
     async with client(server) as api:
         result = await api.result("r1")
     assert result.error_message == "bad auth ***"
+
+
+@pytest.mark.anyio
+async def test_every_call_carries_all_four_timeouts(tmp_path: Path) -> None:
+    server = Server(lambda r: media() if r.url.host.startswith("play") else ok(SUBMITTED))
+    async with client(server, timeout=12.0) as api:
+        await api.submit(MODEL, INPUTS)
+        await api.download(CDN, tmp_path / "f")
+    for request in server.requests:
+        assert request.extensions["timeout"] == {
+            "connect": 10.0,
+            "read": 12.0,
+            "write": 12.0,
+            "pool": 12.0,
+        }
