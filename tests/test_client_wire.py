@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import pytest
 
 from orchestrator.client import ModelApiClient
@@ -179,3 +180,13 @@ async def test_real_download_streams_to_disk(tmp_path: Path) -> None:
         done = await client.download(base.removesuffix("/v1") + "/media/a.mp4", dest)
     assert dest.read_bytes() == data
     assert done.sha256 == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_submit_is_not_retried() -> None:
+    async with wire(stall) as (server, base), api(base, timeout=30.0) as client:
+        with anyio.move_on_after(0.3) as scope:
+            await client.submit(MODEL, {"56_text": "x"})
+        await anyio.sleep(0.1)
+    assert scope.cancelled_caught
+    assert len(server.requests) == 1
