@@ -1,0 +1,189 @@
+"""The results folder: output file names, atomic writes, the manifest and metadata.jsonl.
+
+Everything about one sweep lives in ``<output>/<name>/``: the outputs, the store, ``manifest.jsonl``
+(one line per job, always describing files that exist), ``metadata.jsonl`` (Hugging Face
+``datasets`` folder-loader form: a ``file_name`` column) and ``run.log``. Downloads land in
+``.partial/`` first and are renamed into place only once complete and verified, so a partial file
+never carries a final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import posixpath
+import tempfile
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from orchestrator.grid import Job
+from orchestrator.models import Model
+from orchestrator.naming import render_output_name
+from orchestrator.store import JobRow
+
+__all__ = ["MANIFEST", "METADATA", "ResultsFolder", "atomic_write", "extension_of"]
+
+MANIFEST = "manifest.jsonl"
+METADATA = "metadata.jsonl"
+PARTIAL = ".partial"
+_DATA_URI_SHOWN = 64
+
+
+class ResultsFolder:
+    """One sweep's folder on disk."""
+
+    def __init__(self, root: Path, model: Model, template: str) -> None:
+        self.root = root
+        self.model = model
+        self.template = template
+        self.partial_dir = root / PARTIAL
+
+    def prepare(self) -> int:
+        """Create the folder and remove partial downloads a killed run left; returns how many."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.partial_dir.mkdir(exist_ok=True)
+        removed = 0
+        for leftover in self.partial_dir.iterdir():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def temp_path(self, key: str, n: int) -> Path:
+        """Where output ``n`` of job ``key`` is downloaded before it is verified."""
+        return self.partial_dir / f"{key[:16]}-{n}.part"
+
+    def output_name(self, row: JobRow, n: int, count: int, url: str) -> str:
+        """The relative final name of output ``n`` of ``count`` of a job."""
+        job = Job(
+            key=row.key,
+            index=row.index,
+            model_id=row.model_id,
+            inputs=row.inputs,
+            repeat=row.repeat,
+        )
+        return render_output_name(self.template, job, n=n + 1, count=count, ext=extension_of(url))
+
+    def place(self, tmp: Path, name: str, key: str, own: Collection[str] = ()) -> str:
+        """Rename a verified download into place; a name another job holds gets the key added."""
+        final = self.root / name
+        if final.exists() and name not in own:
+            stem, dot, ext = name.rpartition(".")
+            name = f"{stem}_{key[:10]}.{ext}" if dot else f"{name}_{key[:10]}"
+            final = self.root / name
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        return name
+
+    def has(self, output: Mapping[str, Any]) -> bool:
+        """Whether a recorded output is on disk with its recorded size."""
+        path = self.root / str(output.get("path", ""))
+        try:
+            return path.is_file() and path.stat().st_size == output.get("size")
+        except OSError:
+            return False
+
+    def write_manifest(self, rows: Iterable[JobRow]) -> int:
+        """Rewrite manifest.jsonl and metadata.jsonl atomically from the store; returns lines."""
+        count = 0
+
+        def manifest_lines(items: Iterable[JobRow]) -> Iterator[str]:
+            nonlocal count
+            for row in items:
+                count += 1
+                yield json.dumps(self._manifest_entry(row), ensure_ascii=False) + "\n"
+
+        done: list[JobRow] = []
+
+        def keep_done(items: Iterable[JobRow]) -> Iterator[JobRow]:
+            for row in items:
+                if row.outputs and row.state == "done":
+                    done.append(row)
+                yield row
+
+        atomic_write(self.root / MANIFEST, manifest_lines(keep_done(rows)))
+        atomic_write(self.root / METADATA, self._metadata_lines(done))
+        return count
+
+    def _manifest_entry(self, row: JobRow) -> dict[str, Any]:
+        outputs = [o for o in row.outputs if self.has(o)] if row.state == "done" else []
+        return {
+            "key": row.key,
+            "index": row.index,
+            "state": str(row.state),
+            "request_id": row.request_id,
+            "model": row.model_id,
+            "inputs": self.friendly_inputs(row.inputs),
+            "repeat": row.repeat,
+            "attempts": row.attempts,
+            "created_at": _iso(row.created_at),
+            "submitted_at": _iso(row.submitted_at),
+            "started_at": _iso(row.started_at),
+            "finished_at": _iso(row.finished_at),
+            "downloaded_at": _iso(row.downloaded_at),
+            "cost_usd": row.cost,
+            "error": row.error,
+            "outputs": [{k: o.get(k) for k in ("path", "size", "sha256", "url")} for o in outputs],
+        }
+
+    def _metadata_lines(self, rows: Iterable[JobRow]) -> Iterator[str]:
+        for row in rows:
+            for output in row.outputs:
+                if not self.has(output):
+                    continue
+                entry = {"file_name": output["path"], "job_key": row.key}
+                entry |= self.friendly_inputs(row.inputs)
+                yield json.dumps(entry, ensure_ascii=False) + "\n"
+
+    def friendly_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Inputs by friendly name, with data: URIs shortened to a readable reference."""
+        return {self.model.display_name(k): _shorten(v) for k, v in inputs.items()}
+
+
+def extension_of(url: str, default: str = "mp4") -> str:
+    """The file extension an output URL names, or ``default``."""
+    _, ext = posixpath.splitext(urlsplit(url).path)
+    ext = ext.lstrip(".").lower()
+    return ext if ext.isalnum() and 0 < len(ext) <= 5 else default
+
+
+def atomic_write(path: Path, lines: Iterable[str]) -> None:
+    """Write ``lines`` to ``path`` via a temporary file, fsync and rename: never half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.writelines(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _shorten(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("data:") and len(value) > _DATA_URI_SHOWN:
+        head = value.split(",", 1)[0]
+        digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+        return f"{head},<{len(value)} chars, sha256 {digest}>"
+    return value
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)

@@ -1,0 +1,521 @@
+"""The runner: one anyio task group that submits, polls and downloads a sweep's jobs.
+
+The money rule shapes every step: the store commits ``submitting`` before the POST leaves and the
+request id before anything else happens to the job; a submit whose answer was lost becomes
+``unknown`` and is never sent again on its own; a finished job's outputs are downloaded before any
+new job is submitted. Tasks are proportional to jobs in flight: one task per job on the remote side
+or being downloaded, plus a submitter and a ticker. No SQL and no raw HTTP here: the store and the
+client own those, and the client owns every retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from orchestrator.client import ModelApiClient, RemoteState, Result
+from orchestrator.errors import (
+    ApiError,
+    AuthError,
+    BalanceError,
+    ComfysweepError,
+    DownloadError,
+    ModelNotFound,
+    OutcomeUnknown,
+    OutputExpired,
+    RequestNotFound,
+    ServerError,
+    TransportError,
+    ValidationFailed,
+)
+from orchestrator.progress import Progress, Snapshot
+from orchestrator.results import ResultsFolder
+from orchestrator.store import JobRow, JobState, Store
+
+__all__ = ["RunOptions", "RunReport", "Runner"]
+
+log = logging.getLogger("comfysweep.runner")
+
+_IN_FLIGHT = (JobState.QUEUED, JobState.RUNNING)
+_NOT_DONE = ("pending", "submitting", "queued", "running", "succeeded")
+# Consecutive failed polls (each already retried by the client) before a job is left for next run.
+_POLL_GIVE_UP = 8
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run paces itself; the defaults are written once, here."""
+
+    concurrency: int = 8
+    downloads: int = 4
+    poll_interval: float = 2.0
+    max_cost: float | None = None
+    abort_on_stop: bool = False
+    handle_signals: bool = False
+    tick: float = 1.0
+
+
+@dataclass
+class RunReport:
+    """How a run ended."""
+
+    counts: dict[str, int]
+    spent_usd: float
+    elapsed: float
+    stop_reason: str | None = None
+    fatal: bool = False
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Every job of the sweep is done."""
+        return not self.fatal and all(n == 0 for state, n in self.counts.items() if state != "done")
+
+    @property
+    def unfinished(self) -> int:
+        return sum(self.counts.get(s, 0) for s in _NOT_DONE)
+
+
+class Runner:
+    """Runs the pending and in-flight jobs of one store against one API client."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: ModelApiClient,
+        folder: ResultsFolder,
+        options: RunOptions | None = None,
+        *,
+        progress: Progress | None = None,
+        price_per_job: float | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.folder = folder
+        self.options = options or RunOptions()
+        self.progress = progress
+        self.price_per_job = price_per_job
+        self._stop_reason: str | None = None
+        self._fatal = False
+        self._messages: list[str] = []
+        self._remote = 0  # jobs submitting, queued or running on the remote side
+        self._waiting_downloads = 0
+        self._changed = anyio.Event()
+        self._any_submit_ok = False
+        self._spent = 0.0
+        self._committed: dict[str, float | None] = {}  # in-flight key -> estimated cost
+        self._dirty = True
+        self._downloads = anyio.CapacityLimiter(max(1, self.options.downloads))
+        self._interrupts = 0
+        self._started: dict[str, float] = {}
+        self.durations: list[float] = []  # seconds from submit to result, this run's jobs
+        self._jobs: TaskGroup | None = None
+
+    # -- public -----------------------------------------------------------------------------
+
+    def stop(self, reason: str, *, fatal: bool = False) -> None:
+        """Submit nothing more; jobs in flight are still polled and downloaded."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            self._say(reason)
+        self._fatal = self._fatal or fatal
+        self._wake()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_reason is not None
+
+    async def run(self) -> RunReport:
+        """Resume what a previous run left, submit every pending job, wait for all of it."""
+        started = time.monotonic()
+        self._recover()
+        self._spent = sum(row.cost or 0.0 for row in self.store.jobs())
+        counts = self.store.counts()
+        snapshot = Snapshot(counts=counts, spent_usd=self._spent)
+        snapshot.finished_at_start = snapshot.finished
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._ticker, snapshot)
+            if self.options.handle_signals:
+                outer.start_soon(self._signals, outer)
+            async with anyio.create_task_group() as jobs:
+                self._jobs = jobs
+                self._resume(jobs)
+                await self._submit_loop(jobs)
+            outer.cancel_scope.cancel()
+        self._write_manifest()
+        counts = self.store.counts()
+        if self.progress is not None:
+            snapshot.counts, snapshot.spent_usd = counts, self._spent
+            self.progress.update(snapshot)
+        return RunReport(
+            counts=counts,
+            spent_usd=self._spent,
+            elapsed=time.monotonic() - started,
+            stop_reason=self._stop_reason,
+            fatal=self._fatal,
+            messages=self._messages,
+        )
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Make a killed run's leftovers safe: no partial file, no submit silently repeated."""
+        removed = self.folder.prepare()
+        if removed:
+            self._say(f"removed {removed} partial download(s) left by an interrupted run")
+        for row in self.store.jobs([JobState.SUBMITTING]):
+            self.store.transition(
+                row.key,
+                JobState.UNKNOWN,
+                detail="interrupted while submitting: the job may exist remotely and be billed; "
+                "`comfysweep retry --unknown` submits it again on purpose",
+            )
+        for row in self.store.jobs([JobState.DONE]):
+            if not all(self.folder.has(o) for o in row.outputs):
+                self.store.transition(
+                    row.key, JobState.SUCCEEDED, detail="output missing on disk: download again"
+                )
+
+    def _resume(self, jobs: TaskGroup) -> None:
+        for row in self.store.jobs(_IN_FLIGHT):
+            self._remote += 1
+            jobs.start_soon(self._track, row, 0.0)
+        for row in self.store.jobs([JobState.SUCCEEDED]):
+            self._waiting_downloads += 1
+            jobs.start_soon(self._download, row)
+
+    # -- submitting -------------------------------------------------------------------------
+
+    async def _submit_loop(self, jobs: TaskGroup) -> None:
+        while True:
+            await self._wait_until(self._may_submit)
+            if self.stopping:
+                return
+            claimed = self.store.claim(1)
+            if not claimed:
+                return
+            row = claimed[0]
+            self._remote += 1
+            self._committed[row.key] = self._estimate()
+            jobs.start_soon(self._submit, row)
+
+    def _may_submit(self) -> bool:
+        if self.stopping:
+            return True
+        if self._remote >= self.options.concurrency or self._waiting_downloads > 0:
+            return False
+        return self._within_budget()
+
+    def _within_budget(self) -> bool:
+        limit = self.options.max_cost
+        if limit is None:
+            return True
+        estimate = self._estimate()
+        if estimate is None:
+            # No price known yet: one job at a time until a real cost is seen.
+            if self._remote > 0:
+                return False
+            estimate = 0.0
+        committed = self._spent + sum(v or 0.0 for v in self._committed.values())
+        if committed + estimate > limit:
+            self.stop(f"budget reached: ${committed:.2f} spent or committed of ${limit:.2f}")
+            return True
+        return True
+
+    def _estimate(self) -> float | None:
+        return self.price_per_job
+
+    async def _submit(self, row: JobRow) -> None:
+        try:
+            submitted = await self.client.submit(row.model_id, row.inputs)
+        except OutcomeUnknown as exc:
+            self._release(row.key)
+            self._move(row.key, JobState.UNKNOWN, detail=_text(exc))
+            return
+        except (AuthError, BalanceError) as exc:
+            self._release(row.key)
+            self._move(row.key, JobState.PENDING, detail=_text(exc))
+            self.stop(f"stopped submitting: {_text(exc)}", fatal=True)
+            return
+        except ModelNotFound as exc:
+            self._release(row.key)
+            self._move(row.key, JobState.FAILED, error=_error(exc), detail=_text(exc))
+            self.stop(f"stopped submitting: {_text(exc)}", fatal=True)
+            return
+        except ValidationFailed as exc:
+            self._release(row.key)
+            self._move(row.key, JobState.FAILED, error=_error(exc), detail=_text(exc))
+            if not self._any_submit_ok:
+                self.stop(
+                    f"stopped submitting: the first job was refused: {_text(exc)}", fatal=True
+                )
+            return
+        except ServerError as exc:
+            self._release(row.key)
+            if exc.status_code in (429, 408):  # refused before it was created
+                self._move(row.key, JobState.PENDING, detail=_text(exc))
+                self.stop(f"stopped submitting: the API keeps refusing: {_text(exc)}", fatal=True)
+            else:
+                self._move(row.key, JobState.UNKNOWN, detail=_text(exc))
+            return
+        except TransportError as exc:  # provably never sent (the client retried already)
+            self._release(row.key)
+            self._move(row.key, JobState.PENDING, detail=_text(exc))
+            self.stop(f"stopped submitting: the API is unreachable: {_text(exc)}", fatal=True)
+            return
+        except ApiError as exc:
+            self._release(row.key)
+            self._move(row.key, JobState.FAILED, error=_error(exc), detail=_text(exc))
+            return
+        self._any_submit_ok = True
+        self._started[row.key] = time.monotonic()
+        row = self._move(row.key, JobState.QUEUED, request_id=submitted.request_id)
+        await self._track(row, self.options.poll_interval)
+
+    # -- polling ----------------------------------------------------------------------------
+
+    async def _track(self, row: JobRow, first_delay: float) -> None:
+        """Poll a job on the remote side until it ends, then hand it to the downloader."""
+        assert row.request_id is not None
+        delay, failures = first_delay, 0
+        while True:
+            await anyio.sleep(_jitter(delay))
+            delay = self.options.poll_interval
+            try:
+                status = await self.client.status(row.request_id)
+                state = status.state
+                result = None
+                if state in (
+                    RemoteState.COMPLETED,
+                    RemoteState.SUCCEEDED,
+                    RemoteState.FAILED,
+                    RemoteState.CANCELLED,
+                ):
+                    result = await self.client.result(row.request_id)
+                    state = result.state
+            except RequestNotFound as exc:
+                self._release(row.key)
+                self._move(
+                    row.key,
+                    JobState.LOST,
+                    detail=f"the API no longer knows request {row.request_id}: {_text(exc)}",
+                )
+                return
+            except ComfysweepError as exc:
+                failures += 1
+                log.warning("polling %s failed (%d in a row): %s", row.key[:10], failures, exc)
+                if failures >= _POLL_GIVE_UP:
+                    self._release(row.key)
+                    self.stop(f"polling keeps failing, run again to resume: {_text(exc)}")
+                    return
+                continue
+            failures = 0
+            if state is RemoteState.RUNNING and row.state is JobState.QUEUED:
+                row = self._move(row.key, JobState.RUNNING)
+            elif result is not None and self._settle(row, result):
+                return
+
+    def _settle(self, row: JobRow, result: Result) -> bool:
+        """Record a final result; True when the job left the remote side."""
+        if result.state is RemoteState.SUCCEEDED:
+            self._release(row.key, cost=result.cost)
+            if not result.urls:
+                self._move(row.key, JobState.FAILED, error="succeeded without any output URL")
+                return True
+            row = self._move(
+                row.key,
+                JobState.SUCCEEDED,
+                cost=result.cost,
+                result={"urls": result.urls, "raw": result.raw},
+            )
+            self._waiting_downloads += 1
+            self._spawn_download(row)
+            return True
+        if result.state is RemoteState.FAILED:
+            self._release(row.key, cost=result.cost)
+            message = result.error_message or "the job failed"
+            self._move(
+                row.key, JobState.FAILED, cost=result.cost, error=result.error, detail=message
+            )
+            return True
+        if result.state is RemoteState.CANCELLED:
+            self._release(row.key, cost=result.cost)
+            self._move(row.key, JobState.CANCELLED, cost=result.cost)
+            return True
+        return False
+
+    # -- downloading ------------------------------------------------------------------------
+
+    def _spawn_download(self, row: JobRow) -> None:
+        assert self._jobs is not None
+        self._jobs.start_soon(self._download, row)
+
+    async def _download(self, row: JobRow) -> None:
+        try:
+            async with self._downloads:
+                await self._fetch_outputs(row)
+        finally:
+            self._waiting_downloads -= 1
+            self._wake()
+
+    async def _fetch_outputs(self, row: JobRow) -> None:
+        urls = list((row.result or {}).get("urls", []))
+        done = {o["url"]: o for o in row.outputs if self.folder.has(o)}
+        own = {o["path"] for o in row.outputs}
+        outputs: list[dict[str, Any]] = []
+        refreshed = False
+        n = 0
+        while n < len(urls):
+            url = urls[n]
+            if url in done:
+                outputs.append(done[url])
+                n += 1
+                continue
+            name = self.folder.output_name(row, n, len(urls), url)
+            tmp = self.folder.temp_path(row.key, n)
+            try:
+                got = await self.client.download(url, tmp)
+                path = self.folder.place(tmp, name, row.key, own)
+            except OutputExpired as exc:
+                fresh = None if refreshed else await self._fresh_urls(row)
+                refreshed = True
+                if not fresh:
+                    self._move(row.key, JobState.EXPIRED, detail=f"output expired: {_text(exc)}")
+                    return
+                urls, outputs, n = fresh, [], 0
+                continue
+            except DownloadError as exc:
+                self.store.update(row.key, error=f"download failed: {_text(exc)}")
+                self._say(f"job {row.key[:10]}: download failed, run again to retry: {_text(exc)}")
+                return
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                self.store.update(row.key, error=f"cannot write output: {exc}")
+                self.stop(
+                    f"stopped submitting: cannot write to {self.folder.root}: {exc}", fatal=True
+                )
+                return
+            outputs.append({"url": url, "path": path, "size": got.size, "sha256": got.sha256})
+            self.store.update(row.key, outputs=outputs)
+            n += 1
+        self._move(row.key, JobState.DONE, outputs=outputs, error=None)
+
+    async def _fresh_urls(self, row: JobRow) -> list[str] | None:
+        if row.request_id is None:
+            return None
+        try:
+            result = await self.client.result(row.request_id)
+        except ComfysweepError as exc:
+            log.warning("refreshing the result of %s failed: %s", row.key[:10], exc)
+            return None
+        if result.state is not RemoteState.SUCCEEDED or not result.urls:
+            return None
+        if result.urls == list((row.result or {}).get("urls", [])):
+            return None
+        self.store.update(row.key, result={"urls": result.urls, "raw": result.raw})
+        return result.urls
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def _move(self, key: str, to: JobState, *, detail: str | None = None, **fields: Any) -> JobRow:
+        row = self.store.transition(key, to, detail=detail, **fields)
+        self._dirty = True
+        return row
+
+    def _release(self, key: str, cost: float | None = None) -> None:
+        """A job left the remote side: free its slot and count what it really cost."""
+        self._remote -= 1
+        self._committed.pop(key, None)
+        if cost:
+            self._spent += cost
+            if self.price_per_job is None:
+                self.price_per_job = cost
+        started = self._started.pop(key, None)
+        if started is not None:
+            self.durations.append(time.monotonic() - started)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+
+    async def _wait_until(self, ready: Callable[[], bool]) -> None:
+        while not ready():
+            self._changed = anyio.Event()
+            await self._changed.wait()
+
+    async def _ticker(self, snapshot: Snapshot) -> None:
+        last_manifest = 0.0
+        manifest_cost = 0.0
+        while True:
+            await anyio.sleep(self.options.tick)
+            snapshot.counts = self.store.counts()
+            snapshot.spent_usd = self._spent
+            if self.progress is not None:
+                self.progress.update(snapshot)
+            now = time.monotonic()
+            # Rewriting the manifest costs O(jobs): do it less often as the sweep grows.
+            if self._dirty and now - last_manifest >= max(2.0, 10 * manifest_cost):
+                self._write_manifest()
+                manifest_cost = time.monotonic() - now
+                last_manifest = time.monotonic()
+
+    def _write_manifest(self) -> None:
+        self._dirty = False
+        self.folder.write_manifest(self.store.jobs(in_spec=True))
+
+    async def _signals(self, outer: TaskGroup) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                self._interrupts += 1
+                if self._interrupts > 1:
+                    self._say("interrupted again: exiting now; `comfysweep run` resumes")
+                    outer.cancel_scope.cancel()
+                    return
+                self.stop(
+                    "interrupted: no new submits; waiting for jobs in flight "
+                    "(Ctrl-C again to exit now, the next run resumes)"
+                )
+                if self.options.abort_on_stop:
+                    await self._cancel_queued()
+
+    async def _cancel_queued(self) -> None:
+        running = 0
+        for row in self.store.jobs(_IN_FLIGHT):
+            if row.state is JobState.RUNNING or row.request_id is None:
+                running += 1
+                continue
+            try:
+                outcome = await self.client.cancel(row.request_id)
+            except ComfysweepError as exc:
+                log.warning("cancelling %s failed: %s", row.key[:10], exc)
+                continue
+            if not outcome.cancelled:
+                running += 1
+        if running:
+            self._say(f"{running} job(s) already running cannot be cancelled and will be billed")
+
+    def _say(self, text: str) -> None:
+        self._messages.append(text)
+        log.info("%s", text)
+        if self.progress is not None:
+            self.progress.message(text)
+
+
+def _jitter(delay: float) -> float:
+    return delay * random.uniform(0.8, 1.2) if delay > 0 else 0.0
+
+
+def _text(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _error(exc: ApiError) -> Any:
+    return {"error_code": exc.error_code, "message": str(exc), "detail": exc.detail}

@@ -1,0 +1,240 @@
+"""What the CLI's run, status and retry do, as library calls: open a sweep's store and act on it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import statistics
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+
+from orchestrator import prices
+from orchestrator.client import ModelApiClient, ModelInfo
+from orchestrator.emulator import Emulator, EmulatorConfig
+from orchestrator.errors import ComfysweepError, StoreError
+from orchestrator.grid import iter_jobs
+from orchestrator.models import get_model
+from orchestrator.progress import make_progress
+from orchestrator.results import ResultsFolder
+from orchestrator.runner import Runner, RunOptions, RunReport
+from orchestrator.spec import Spec, load_spec
+from orchestrator.store import JobState, Store
+
+__all__ = [
+    "EMULATOR_SPEED",
+    "RETRYABLE",
+    "job_cost",
+    "retry_jobs",
+    "run_sweep",
+    "store_path",
+    "sweep_status",
+]
+
+log = logging.getLogger("comfysweep")
+
+STORE_FILE = "comfysweep.db"
+LOG_FILE = "run.log"
+# The quickstart's emulator: a demo in seconds, with a render time that still shows in progress.
+EMULATOR_SPEED = 40.0
+RETRYABLE = frozenset(
+    {JobState.FAILED, JobState.EXPIRED, JobState.LOST, JobState.CANCELLED, JobState.UNKNOWN}
+)
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Run settings given on the command line; None keeps the spec's value."""
+
+    concurrency: int | None = None
+    downloads: int | None = None
+    poll_interval: float | None = None
+    max_cost: float | None = None
+
+
+def store_path(spec: Spec, store: str | Path | None = None) -> str | Path:
+    """The store a sweep uses: ``--store`` if given, else a file inside its results folder."""
+    return store if store is not None else spec.results_dir / STORE_FILE
+
+
+def run_sweep(
+    spec: Spec | str | Path,
+    *,
+    emulator: bool | EmulatorConfig = False,
+    store: str | Path | None = None,
+    overrides: Overrides | None = None,
+    force: bool = False,
+    abort_on_stop: bool = False,
+    handle_signals: bool = False,
+    stream: IO[str] | None = None,
+    base_url: str | None = None,
+    token: str | None = None,
+) -> RunReport:
+    """Run (or resume) a sweep to the end: submit, poll, download; returns how it ended."""
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    options = _options(spec, overrides or Overrides(), emulator is not False)
+    options = replace(options, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
+    spec.results_dir.mkdir(parents=True, exist_ok=True)
+    with (
+        _run_log(spec.results_dir / LOG_FILE),
+        Store.open(store_path(spec, store)) as db,
+        db.lock(owner=f"comfysweep run {spec.name}"),
+        _backend(emulator, spec, base_url, token) as (url, key),
+    ):
+        synced = db.sync_jobs(iter_jobs(spec), spec.model)
+        log.info("sweep %s: %d jobs in the spec, %d new", spec.name, synced.total, synced.new)
+        if force:
+            renewed = _renew_done(db)
+            log.info("--force: %d finished job(s) will render again", renewed)
+        progress = make_progress(stream) if stream is not None else None
+        try:
+            return anyio.run(_run, db, spec, options, url, key, progress)
+        finally:
+            if progress is not None:
+                progress.close()
+
+
+async def _run(
+    db: Store,
+    spec: Spec,
+    options: RunOptions,
+    base_url: str | None,
+    token: str | None,
+    progress: Any,
+) -> RunReport:
+    model = get_model(spec.model)
+    folder = ResultsFolder(spec.results_dir, model, spec.filename)
+    async with ModelApiClient(base_url, token) as client:
+        info = await _catalog(client, spec.model)
+        sample = next(iter(db.jobs([JobState.PENDING], in_spec=True)), None)
+        price = job_cost(info, sample.inputs) if info is not None and sample else None
+        runner = Runner(db, client, folder, options, progress=progress, price_per_job=price)
+        report = await runner.run()
+    if runner.durations:
+        median = statistics.median(runner.durations)
+        prices.remember_duration(spec.model, median, api_base=base_url)
+    return report
+
+
+async def _catalog(client: ModelApiClient, model_id: str) -> ModelInfo | None:
+    try:
+        info = await client.model(model_id)
+    except ComfysweepError as exc:
+        log.warning("the model catalog did not answer (%s): cost estimates are unknown", exc)
+        return None
+    prices.remember_price(model_id, info, api_base=client.base_url)
+    return info
+
+
+def job_cost(info: ModelInfo, inputs: Mapping[str, Any]) -> float | None:
+    """A job's price from the catalog: per second of output video, or per output."""
+    if info.base_price_usd is None:
+        return None
+    if info.price_unit == "second":
+        frames, fps = inputs.get("25_value"), inputs.get("38_value")
+        if not isinstance(frames, int) or not isinstance(fps, int) or fps <= 0:
+            return None
+        return info.base_price_usd * frames / fps
+    if info.price_unit == "output":
+        return info.base_price_usd
+    return None
+
+
+def sweep_status(spec: Spec | str | Path, *, store: str | Path | None = None) -> dict[str, Any]:
+    """Counts of the sweep's jobs per state, readable while a run writes."""
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    path = store_path(spec, store)
+    _require_store(path)
+    with Store.open(path, readonly=True) as db:
+        counts = db.counts()
+        return {
+            "sweep": spec.name,
+            "store": str(path),
+            "results": str(spec.results_dir),
+            "jobs": sum(counts.values()),
+            "counts": counts,
+            "spent_usd": sum(row.cost or 0.0 for row in db.jobs()),
+        }
+
+
+def retry_jobs(
+    spec: Spec | str | Path, states: Iterable[JobState | str], *, store: str | Path | None = None
+) -> int:
+    """Put the sweep's jobs in ``states`` back to pending, on purpose; returns how many."""
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    chosen = {JobState(s) for s in states}
+    wrong = chosen - RETRYABLE
+    if wrong:
+        raise StoreError(f"cannot retry jobs that are {', '.join(sorted(wrong))}")
+    path = store_path(spec, store)
+    _require_store(path)
+    with Store.open(path) as db, db.lock(owner=f"comfysweep retry {spec.name}"):
+        keys = [row.key for row in db.jobs(chosen, in_spec=True)]
+        for key in keys:
+            db.transition(key, JobState.PENDING, detail="retry requested")
+        return len(keys)
+
+
+def _renew_done(db: Store) -> int:
+    keys = [row.key for row in db.jobs([JobState.DONE], in_spec=True)]
+    for key in keys:
+        db.transition(key, JobState.PENDING, detail="--force: render again")
+    return len(keys)
+
+
+def _options(spec: Spec, given: Overrides, emulated: bool) -> RunOptions:
+    run = spec.run
+    poll = given.poll_interval or (0.25 if emulated else run.poll_interval)
+    return RunOptions(
+        concurrency=given.concurrency or run.concurrency,
+        downloads=given.downloads or run.downloads,
+        poll_interval=poll,
+        max_cost=given.max_cost if given.max_cost is not None else run.max_cost,
+    )
+
+
+def _require_store(path: str | Path) -> None:
+    if isinstance(path, Path) and not path.exists():
+        raise StoreError(f"{path}: no store yet; `comfysweep run` creates it")
+
+
+@contextlib.contextmanager
+def _backend(
+    emulator: bool | EmulatorConfig, spec: Spec, base_url: str | None, token: str | None
+) -> Iterator[tuple[str | None, str | None]]:
+    if emulator is False:
+        yield base_url, token
+        return
+    config = (
+        emulator
+        if isinstance(emulator, EmulatorConfig)
+        else EmulatorConfig(speed=EMULATOR_SPEED, state_path=spec.results_dir / ".emulator")
+    )
+    with Emulator(config) as emu:
+        log.info("embedded emulator at %s", emu.base_url)
+        yield emu.base_url, emu.token
+
+
+@contextlib.contextmanager
+def _run_log(path: Path) -> Iterator[None]:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(
+        logging.Formatter(
+            f"%(asctime)s {socket.gethostname()}:{os.getpid()} %(levelname)s %(name)s: %(message)s"
+        )
+    )
+    root = logging.getLogger("comfysweep")
+    root.addHandler(handler)
+    previous = root.level
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+        handler.close()

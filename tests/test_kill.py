@@ -1,0 +1,87 @@
+"""SIGKILL the runner at its most dangerous moments, run again: nothing paid twice or lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.emulator import Emulator, EmulatorConfig
+from orchestrator.store import Store
+from orchestrator.sweep import Overrides, run_sweep
+
+from .sweeps import write_spec
+
+DRIVER = Path(__file__).with_name("kill_driver.py")
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    with Emulator(EmulatorConfig(speed=500.0, workers=4)) as emu:
+        yield emu
+
+
+def killed_run(spec: Path, emu: Emulator, point: str, after: int = 1) -> None:
+    env = {**os.environ, "RUNCOMFY_MODEL_API_BASE": emu.base_url, "RUNCOMFY_API_TOKEN": emu.token}
+    proc = subprocess.run(
+        [sys.executable, str(DRIVER), str(spec), point, str(after)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+@pytest.mark.parametrize(("point", "after"), [("submit-sent", 1), ("submit-sent", 3)])
+def test_kill_before_the_request_id_is_stored(
+    tmp_path: Path, emulator: Emulator, point: str, after: int
+) -> None:
+    spec = write_spec(tmp_path)
+    killed_run(spec, emulator, point, after)
+    report = run_sweep(
+        spec,
+        base_url=emulator.base_url,
+        token=emulator.token,
+        overrides=Overrides(poll_interval=0.02),
+    )
+    # Every submit in flight when the process died is unknown, not resubmitted: at most paid once.
+    assert report.counts["unknown"] >= 1
+    assert report.counts["done"] + report.counts["unknown"] == 4
+    ledger = emulator.ledger()
+    assert set(ledger["submissions_by_input"].values()) == {1}
+    assert len(ledger["jobs"]) >= report.counts["done"] + 1
+
+
+@pytest.mark.parametrize(
+    ("point", "after"), [("polling", 1), ("polling", 5), ("downloading", 1), ("downloading", 3)]
+)
+def test_kill_mid_poll_or_download_loses_nothing(
+    tmp_path: Path, emulator: Emulator, point: str, after: int
+) -> None:
+    spec = write_spec(tmp_path)
+    killed_run(spec, emulator, point, after)
+    report = run_sweep(
+        spec,
+        base_url=emulator.base_url,
+        token=emulator.token,
+        overrides=Overrides(poll_interval=0.02),
+    )
+    assert report.complete, report
+    ledger = emulator.ledger()
+    assert len(ledger["jobs"]) == 4
+    assert set(ledger["submissions_by_input"].values()) == {1}
+    folder = tmp_path / "results" / "grid"
+    assert not list((folder / ".partial").iterdir())
+    entries = [json.loads(x) for x in (folder / "manifest.jsonl").read_text().splitlines()]
+    with Store.open(folder / "comfysweep.db", readonly=True) as db:
+        for entry in entries:
+            (output,) = entry["outputs"]
+            assert (folder / output["path"]).stat().st_size == output["size"]
+            assert db.get(entry["key"]).state == "done"

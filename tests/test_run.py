@@ -1,0 +1,198 @@
+"""`comfysweep run` end to end against the embedded emulator: files, manifest, ledger, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import cli
+from orchestrator.emulator import Emulator, EmulatorConfig, FaultProfile
+from orchestrator.store import JobState, Store
+from orchestrator.sweep import Overrides, run_sweep, sweep_status
+
+from .sweeps import write_spec
+
+FAST = Overrides(poll_interval=0.02)
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    with Emulator(EmulatorConfig(speed=2000.0, workers=4)) as emu:
+        yield emu
+
+
+def run(spec: Path, emu: Emulator, **kwargs: Any) -> Any:
+    kwargs.setdefault("overrides", FAST)
+    return run_sweep(spec, base_url=emu.base_url, token=emu.token, **kwargs)
+
+
+def manifest(folder: Path) -> list[dict[str, Any]]:
+    lines = (folder / "manifest.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_sweep_ends_with_real_videos_a_manifest_and_one_charge_each(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    spec = write_spec(tmp_path)
+    report = run(spec, emulator)
+    assert report.complete, report
+    folder = tmp_path / "results" / "grid"
+    entries = manifest(folder)
+    assert len(entries) == 4
+    seeds = set()
+    for entry in entries:
+        assert entry["state"] == "done"
+        assert entry["request_id"]
+        assert entry["cost_usd"]
+        assert entry["cost_usd"] > 0
+        (output,) = entry["outputs"]
+        path = folder / output["path"]
+        data = path.read_bytes()
+        assert len(data) == output["size"]
+        assert hashlib.sha256(data).hexdigest() == output["sha256"]
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            assert (stream.codec_context.width, stream.codec_context.height) == (480, 480)
+            assert stream.average_rate == 16
+            assert sum(1 for _ in container.decode(stream)) == 81
+        seeds.add(entry["inputs"]["seed"])
+    assert seeds == {1, 2}
+    ledger = emulator.ledger()
+    assert len(ledger["jobs"]) == 4
+    assert set(ledger["submissions_by_input"].values()) == {1}
+    metadata = [json.loads(x) for x in (folder / "metadata.jsonl").read_text().splitlines()]
+    assert {m["file_name"] for m in metadata} == {e["outputs"][0]["path"] for e in entries}
+    assert not list((folder / ".partial").iterdir())
+
+
+def test_running_again_pays_nothing_and_editing_submits_only_new_keys(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    spec = write_spec(tmp_path)
+    assert run(spec, emulator).complete
+    assert run(spec, emulator).complete
+    assert len(emulator.ledger()["jobs"]) == 4
+    spec.write_text(spec.read_text().replace("steps: [4, 8]", "steps: [4, 8, 12]"))
+    assert run(spec, emulator).complete
+    ledger = emulator.ledger()
+    assert len(ledger["jobs"]) == 6
+    assert set(ledger["submissions_by_input"].values()) == {1}
+
+
+def test_force_renders_again(tmp_path: Path, emulator: Emulator) -> None:
+    spec = write_spec(tmp_path)
+    assert run(spec, emulator).complete
+    assert run(spec, emulator, force=True).complete
+    assert set(emulator.ledger()["submissions_by_input"].values()) == {2}
+
+
+def test_missing_output_is_downloaded_again_without_paying(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    spec = write_spec(tmp_path)
+    assert run(spec, emulator).complete
+    folder = tmp_path / "results" / "grid"
+    victim = folder / manifest(folder)[0]["outputs"][0]["path"]
+    victim.unlink()
+    assert run(spec, emulator).complete
+    assert victim.exists()
+    assert len(emulator.ledger()["jobs"]) == 4
+
+
+def test_budget_stops_submitting_and_the_next_run_continues(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    spec = write_spec(tmp_path)
+    catalog = httpx.get(
+        f"{emulator.base_url}/models/community/wan-2-2/vace-fun",
+        headers={"Authorization": f"Bearer {emulator.token}"},
+    ).json()
+    assert catalog["price_unit"] == "second"
+    one_job = catalog["base_price_usd"] * 81 / 16
+    budget = Overrides(concurrency=1, max_cost=one_job * 1.5, poll_interval=0.02)
+    report = run(spec, emulator, overrides=budget)
+    assert report.stop_reason
+    assert "budget" in report.stop_reason
+    assert report.counts["done"] == 1
+    assert report.counts["pending"] == 3
+    assert report.spent_usd == pytest.approx(one_job)
+    assert sweep_status(spec)["counts"]["pending"] == 3
+    assert run(spec, emulator).complete
+    assert len(emulator.ledger()["jobs"]) == 4
+    assert len(manifest(tmp_path / "results" / "grid")) == 4
+
+
+def fault_run(tmp_path: Path, fault: str, **params: Any) -> tuple[Any, dict[str, Any], Path]:
+    profile = FaultProfile.parse({"seed": 7, "faults": {fault: {"rate": 1.0, **params}}})
+    config = EmulatorConfig(speed=2000.0, workers=4, faults=profile)
+    spec = write_spec(tmp_path, name=fault)
+    with Emulator(config) as emu:
+        report = run(spec, emu)
+        return report, emu.ledger(), spec
+
+
+@pytest.mark.parametrize(
+    ("fault", "state"),
+    [
+        ("fail_string", "failed"),
+        ("fail_object", "failed"),
+        ("fail_list", "failed"),
+        ("bare_output", "done"),
+        ("spell_processing", "done"),
+        ("spell_pending", "done"),
+        ("spell_succeeded", "done"),
+        ("spell_completed", "done"),
+    ],
+)
+def test_job_faults_end_in_the_designed_state(tmp_path: Path, fault: str, state: str) -> None:
+    report, _, _ = fault_run(tmp_path, fault)
+    assert report.counts[state] == 4, report
+
+
+def test_failed_jobs_keep_the_error_message(tmp_path: Path) -> None:
+    _, _, _spec = fault_run(tmp_path, "fail_object")
+    entries = manifest(tmp_path / "results" / "fail_object")
+    assert all(e["error"] for e in entries)
+    with Store.open(tmp_path / "results" / "fail_object" / "comfysweep.db") as db:
+        row = next(db.jobs([JobState.FAILED]))
+        assert any(e.detail for e in db.events(row.key) if e.to_state == "failed")
+
+
+def test_dropped_submit_becomes_unknown_and_is_never_resent(tmp_path: Path) -> None:
+    report, ledger, _spec = fault_run(tmp_path, "drop_after_create")
+    assert report.counts["unknown"] == 4
+    assert set(ledger["submissions_by_input"].values()) == {1}
+
+
+def test_bad_token_stops_at_once(tmp_path: Path, emulator: Emulator) -> None:
+    spec = write_spec(tmp_path)
+    report = run_sweep(spec, base_url=emulator.base_url, token="wrong", overrides=FAST)
+    assert report.fatal
+    assert report.counts["pending"] == 4
+    assert "token" in (report.stop_reason or "").lower()
+    assert emulator.ledger()["jobs"] == []
+
+
+def test_cli_run_without_token_says_how_to_get_one(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path)
+    result = CliRunner().invoke(cli, ["run", str(spec)], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert "RUNCOMFY_API_TOKEN" in result.output
+    assert "--emulator" in result.output
+
+
+def test_cli_status_json_counts(tmp_path: Path, emulator: Emulator) -> None:
+    spec = write_spec(tmp_path)
+    run(spec, emulator)
+    result = CliRunner().invoke(cli, ["status", str(spec), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0
+    assert json.loads(result.output)["counts"]["done"] == 4
