@@ -75,8 +75,8 @@ def connect(url: URL, path: Path | None, *, readonly: bool) -> tuple[Engine, Con
         # isolation_level=None: the driver never BEGINs by itself; the store says BEGIN IMMEDIATE.
         args: dict[str, Any] = {"isolation_level": None, "check_same_thread": False}
         if readonly:
-            args["uri"] = True
-            url = url.set(database=f"{path.as_uri()}?mode=ro")
+            # mode=ro: the reader can never write, and needs no lock; as_uri() escapes the path.
+            url = url.set(database=path.as_uri(), query={"mode": "ro", "uri": "true"})
         engine = sa.create_engine(url, connect_args=args, poolclass=sa.pool.NullPool)
         sa.event.listen(engine, "connect", _sqlite_settings)
     else:
@@ -173,7 +173,7 @@ def _check(conn: Connection, name: str, *, in_transaction: bool = False) -> str 
     try:
         current = MigrationContext.configure(conn).get_current_revision()
         if current is None:
-            tables = set(sa.inspect(conn).get_table_names())
+            tables = set(sa.inspect(conn).get_table_names()) - {"alembic_version"}
             if tables:
                 raise StoreError(
                     f"store {name} is a database with other tables ({', '.join(sorted(tables)[:3])}"

@@ -1,0 +1,455 @@
+"""The job store on SQLite: the state machine, events, claim, sync, streaming, lock, faults.
+
+The backend-neutral tests take the ``target`` fixture; tests/test_store_postgres.py imports them and
+runs them again on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import weakref
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.errors import StoreError, StoreLockedError, TransitionError
+from orchestrator.store import FINAL, TRANSITIONS, JobState, Store
+from orchestrator.store.store import PAGE, SYNC_BATCH
+
+MODEL = "community/wan-2-2/vace-fun"
+S = JobState
+
+
+@dataclass(eq=False)
+class FakeJob:
+    """What orchestrator.grid.Job offers the store (weak-referenceable, for the memory test)."""
+
+    key: str
+    index: int
+    model_id: str = MODEL
+    inputs: dict[str, Any] = field(default_factory=dict)
+    repeat: int = 0
+
+
+def make_jobs(n: int, start: int = 0, *, prefix: str = "job") -> Iterator[FakeJob]:
+    for i in range(start, start + n):
+        yield FakeJob(f"{prefix}-{i:06d}", i - start, inputs={"56_text": f"prompt {i}"})
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> str:
+    return str(tmp_path / "store.db")
+
+
+@pytest.fixture
+def store(target: str) -> Iterator[Store]:
+    with Store.open(target) as s:
+        yield s
+
+
+def path_to(state: JobState) -> list[JobState]:
+    """The shortest legal walk from pending to ``state`` (breadth-first over TRANSITIONS)."""
+    paths = {S.PENDING: [S.PENDING]}
+    queue = deque([S.PENDING])
+    while queue:
+        here = queue.popleft()
+        for nxt in sorted(TRANSITIONS[here]):
+            if nxt not in paths:
+                paths[nxt] = [*paths[here], nxt]
+                queue.append(nxt)
+    return paths[state]
+
+
+def walk(store: Store, key: str, state: JobState) -> None:
+    for step in path_to(state)[1:]:
+        fields: dict[str, Any] = {"request_id": "req-1"} if step is S.QUEUED else {}
+        store.transition(key, step, **fields)
+
+
+def one_job(store: Store) -> str:
+    store.sync_jobs(make_jobs(1), MODEL)
+    return "job-000000"
+
+
+LEGAL = [(a, b) for a in JobState for b in sorted(TRANSITIONS[a])]
+ILLEGAL = [(a, b) for a in JobState for b in JobState if b not in TRANSITIONS[a]]
+
+
+def test_every_state_is_reachable_and_final_states_leave_only_by_retry() -> None:
+    assert {s for s in JobState if path_to(s)} == set(JobState)
+    for state in FINAL:
+        assert TRANSITIONS[state] <= {S.PENDING}
+
+
+@pytest.mark.parametrize(("source", "to"), LEGAL, ids=[f"{a}->{b}" for a, b in LEGAL])
+def test_legal_transition_moves_and_appends_an_event(
+    store: Store, source: JobState, to: JobState
+) -> None:
+    key = one_job(store)
+    walk(store, key, source)
+    before = store.events(key)
+    row = store.transition(key, to, detail="because")
+    assert row.state is to
+    stored = store.get(key)
+    assert stored is not None
+    assert stored.state is to
+    events = store.events(key)
+    assert len(events) == len(before) + 1
+    last = events[-1]
+    assert (last.key, last.from_state, last.to_state, last.detail) == (key, source, to, "because")
+
+
+@pytest.mark.parametrize(("source", "to"), ILLEGAL, ids=[f"{a}->{b}" for a, b in ILLEGAL])
+def test_illegal_transition_is_refused_and_changes_nothing(
+    store: Store, source: JobState, to: JobState
+) -> None:
+    key = one_job(store)
+    walk(store, key, source)
+    before = store.get(key)
+    events = store.events(key)
+    with pytest.raises(TransitionError, match=f"is {source}: {source} -> {to} not allowed"):
+        store.transition(key, to)
+    assert store.get(key) == before
+    assert store.events(key) == events
+
+
+def test_expect_narrows_the_allowed_sources(store: Store) -> None:
+    key = one_job(store)
+    walk(store, key, S.QUEUED)
+    with pytest.raises(TransitionError, match="queued -> succeeded expected running"):
+        store.transition(key, S.SUCCEEDED, expect=[S.RUNNING])
+    assert store.transition(key, S.SUCCEEDED, expect=[S.QUEUED, S.RUNNING]).state is S.SUCCEEDED
+
+
+def test_transition_of_an_unknown_job_says_so(store: Store) -> None:
+    with pytest.raises(TransitionError, match="has no job nope"):
+        store.transition("nope", S.SUBMITTING)
+
+
+def test_fields_and_timestamps_follow_the_target_state(store: Store) -> None:
+    key = one_job(store)
+    row = store.transition(key, S.SUBMITTING)
+    assert (row.attempts, row.request_id, row.submitted_at) == (1, None, None)
+    row = store.transition(key, S.QUEUED, request_id="req-9")
+    assert row.request_id == "req-9"
+    assert row.submitted_at is not None
+    assert row.submitted_at.tzinfo is not None
+    row = store.transition(key, S.RUNNING)
+    assert row.started_at is not None
+    assert row.finished_at is None
+    outputs = [{"url": "https://x.runcomfy.net/a.mp4", "path": "a.mp4", "size": 3, "sha256": "ab"}]
+    row = store.transition(
+        key, S.SUCCEEDED, result={"status": "succeeded"}, cost=0.25, outputs=outputs
+    )
+    assert (row.result, row.cost, row.outputs) == ({"status": "succeeded"}, 0.25, outputs)
+    assert row.finished_at is not None
+    assert row.started_at is not None
+    assert row.submitted_at is not None
+    assert row.finished_at >= row.started_at >= row.submitted_at
+    finished = row.finished_at
+    row = store.transition(key, S.DONE)
+    assert row.downloaded_at is not None
+    assert row.downloaded_at >= finished
+    assert row.inputs == {"56_text": "prompt 0"}
+    assert [e.request_id for e in store.events(key)] == [None, "req-9", "req-9", "req-9", "req-9"]
+
+
+def test_retry_starts_a_fresh_attempt_and_keeps_the_story(store: Store) -> None:
+    key = one_job(store)
+    walk(store, key, S.QUEUED)
+    store.transition(key, S.FAILED, error={"error_code": 500001, "message": "boom"})
+    row = store.transition(key, S.PENDING, detail="retry --failed")
+    assert row.error == {"error_code": 500001, "message": "boom"}  # still shown until resubmitted
+    row = store.transition(key, S.SUBMITTING)
+    assert (row.attempts, row.error, row.request_id, row.submitted_at) == (2, None, None, None)
+    assert "req-1" in [e.request_id for e in store.events(key)]
+
+
+def test_unknown_field_is_a_bug_in_the_caller(store: Store) -> None:
+    key = one_job(store)
+    with pytest.raises(TypeError, match="not a job field: colour"):
+        store.transition(key, S.SUBMITTING, colour="red")
+    with pytest.raises(TypeError, match="not a job field: state"):
+        store.update(key, state="done")
+
+
+def test_update_sets_fields_without_an_event(store: Store) -> None:
+    key = one_job(store)
+    walk(store, key, S.SUCCEEDED)
+    events = store.events(key)
+    store.update(key, outputs=[{"url": "u", "path": "p", "size": 1, "sha256": "s"}])
+    row = store.get(key)
+    assert row is not None
+    assert row.outputs == [{"url": "u", "path": "p", "size": 1, "sha256": "s"}]
+    assert row.state is S.SUCCEEDED
+    assert store.events(key) == events
+    with pytest.raises(StoreError, match="has no job nope"):
+        store.update("nope", cost=1.0)
+
+
+def test_claim_takes_pending_spec_jobs_in_index_order(store: Store) -> None:
+    assert store.claim(4) == []
+    store.sync_jobs(make_jobs(10), MODEL)
+    store.transition("job-000001", S.SUBMITTING)
+    claimed = store.claim(3)
+    assert [r.key for r in claimed] == ["job-000000", "job-000002", "job-000003"]
+    assert {r.state for r in claimed} == {S.SUBMITTING}
+    assert {r.attempts for r in claimed} == {1}
+    assert store.events("job-000002")[-1].detail == "claimed"
+    assert store.claim(0) == []
+    # A pending job that left the spec is never submitted.
+    store.sync_jobs(make_jobs(6), MODEL)
+    assert [r.key for r in store.claim(100)] == ["job-000004", "job-000005"]
+    assert store.claim(100) == []
+    assert store.counts()["pending"] == 4
+
+
+def test_sync_counts_new_jobs_renumbers_and_marks_the_spec(store: Store) -> None:
+    assert (store.sync_jobs(make_jobs(5), MODEL).total, store.counts()["pending"]) == (5, 5)
+    again = store.sync_jobs(make_jobs(5), MODEL)
+    assert (again.total, again.new) == (5, 0)
+    walk(store, "job-000003", S.QUEUED)
+    # The edited spec: job 0 gone, jobs 3-4 kept, 5-6 new, order changed.
+    edited = [FakeJob(f"job-{i:06d}", n) for n, i in enumerate([6, 4, 3, 5])]
+    result = store.sync_jobs(edited, MODEL)
+    assert (result.total, result.new) == (4, 2)
+    rows = {r.key: r for r in store.jobs()}
+    assert [(k, r.index) for k, r in rows.items() if r.in_spec] == [
+        ("job-000006", 0),
+        ("job-000004", 1),
+        ("job-000003", 2),
+        ("job-000005", 3),
+    ]
+    assert not rows["job-000000"].in_spec
+    assert rows["job-000003"].state is S.QUEUED  # known keys keep their state
+    assert sum(store.counts(in_spec=True).values()) == 4
+    assert sum(store.counts().values()) == 7
+    assert store.get_meta("model_id") == MODEL
+
+
+def test_sync_rejects_a_job_of_another_model(store: Store) -> None:
+    with pytest.raises(ValueError, match="is for other/model"):
+        store.sync_jobs([FakeJob("k", 0, model_id="other/model")], MODEL)
+    assert sum(store.counts().values()) == 0  # one transaction: nothing half-synced
+
+
+def test_sync_streams_without_holding_the_jobs(store: Store) -> None:
+    alive: weakref.WeakSet[FakeJob] = weakref.WeakSet()
+    most = 0
+
+    def jobs() -> Iterator[FakeJob]:
+        nonlocal most
+        for job in make_jobs(5 * SYNC_BATCH):
+            alive.add(job)
+            most = max(most, len(alive))
+            yield job
+
+    assert store.sync_jobs(jobs(), MODEL).new == 5 * SYNC_BATCH
+    assert most <= 2 * SYNC_BATCH + 1  # the batch being filled and the one just written
+
+
+def test_jobs_stream_in_index_order_and_allow_writes_between_pages(store: Store) -> None:
+    n = 2 * PAGE + 7
+    store.sync_jobs(make_jobs(n), MODEL)
+    for row in store.claim(PAGE + 3):
+        assert row.state is S.SUBMITTING
+    assert [r.index for r in store.jobs()] == list(range(n))
+    # The resume pattern: rewrite states while iterating them.
+    for row in store.jobs([S.SUBMITTING]):
+        store.transition(row.key, S.UNKNOWN, expect=[S.SUBMITTING], detail="resumed")
+    counts = store.counts()
+    assert (counts["unknown"], counts["pending"], counts["submitting"]) == (
+        PAGE + 3,
+        n - PAGE - 3,
+        0,
+    )
+    assert [r.index for r in store.jobs([S.PENDING, S.UNKNOWN], in_spec=True)] == list(range(n))
+
+
+def test_counts_name_every_state(store: Store) -> None:
+    assert store.counts() == {s.value: 0 for s in JobState}
+
+
+def test_meta_holds_json_values(store: Store) -> None:
+    assert store.get_meta("budget") is None
+    store.set_meta("budget", {"max_cost": 12.5, "spent": [1, 2]})
+    store.set_meta("budget", {"max_cost": 10.0})
+    assert store.get_meta("budget") == {"max_cost": 10.0}
+
+
+def test_lock_records_the_run_on_what_it_touches(store: Store) -> None:
+    key = one_job(store)
+    with store.lock("test run") as run_id:
+        assert store.run_id == run_id
+        row = store.transition(key, S.SUBMITTING)
+        assert row.run_id == run_id
+        assert store.events(key)[-1].run_id == run_id
+        with pytest.raises(StoreError, match="already locked by this process"), store.lock("2"):
+            pass
+    assert store.run_id is None
+    row = store.transition(key, S.PENDING)
+    assert row.run_id == run_id  # the last run that touched it stays recorded
+    with store.lock("next run") as second:
+        assert second != run_id
+
+
+def test_readonly_store_refuses_writes_and_closed_store_refuses_all(target: str) -> None:
+    with Store.open(target) as writer:
+        one_job(writer)
+        with Store.open(target, readonly=True) as reader:
+            assert reader.counts()["pending"] == 1
+            with pytest.raises(StoreError, match="read-only"):
+                reader.transition("job-000000", S.SUBMITTING)
+            with pytest.raises(StoreError, match="read-only"):
+                reader.claim(1)
+            writer.transition("job-000000", S.SUBMITTING)
+            row = reader.get("job-000000")
+            assert row is not None
+            assert row.state is S.SUBMITTING
+    with pytest.raises(StoreError, match="is closed"):
+        writer.counts()
+
+
+# ---- SQLite only -------------------------------------------------------------------------------
+
+
+def test_sqlite_store_is_in_wal_mode_with_foreign_keys(store: Store, target: str) -> None:
+    one_job(store)
+    with sqlite3.connect(target) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        raw.execute("PRAGMA foreign_keys = ON")
+        with pytest.raises(sqlite3.IntegrityError):
+            raw.execute(
+                "INSERT INTO events (job_key, to_state, at) VALUES ('nope', 'pending', '2026')"
+            )
+
+
+def test_two_stores_claiming_one_file_never_share_a_job(target: str) -> None:
+    with Store.open(target) as s:
+        s.sync_jobs(make_jobs(300), MODEL)
+    taken: list[list[str]] = [[], []]
+    errors: list[BaseException] = []
+
+    def runner(n: int) -> None:
+        try:
+            with Store.open(target) as mine:
+                while batch := mine.claim(8):
+                    taken[n].extend(r.key for r in batch)
+        except BaseException as exc:  # reported below: a thread's exception is otherwise lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=runner, args=(n,)) for n in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert not set(taken[0]) & set(taken[1])
+    assert sorted(taken[0] + taken[1]) == [f"job-{i:06d}" for i in range(300)]
+
+
+def test_readonly_reader_reads_while_a_writer_holds_the_write_lock(
+    store: Store, target: str
+) -> None:
+    store.sync_jobs(make_jobs(3), MODEL)
+    with Store.open(target, readonly=True) as reader:
+        raw = sqlite3.connect(target, isolation_level=None)
+        raw.execute("BEGIN IMMEDIATE")
+        raw.execute("UPDATE jobs SET state = 'queued'")
+        assert reader.counts()["pending"] == 3  # the last committed state, without waiting
+        raw.execute("COMMIT")
+        raw.close()
+        assert reader.counts()["queued"] == 3
+
+
+HOLDER = """
+import sys, time
+from orchestrator.store import Store
+store = Store.open(sys.argv[1])
+with store.lock("comfysweep run"):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_lock_held_by_another_process_names_it_and_dies_with_it(store: Store, target: str) -> None:
+    one_job(store)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, target], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "locked\n"
+        host = socket.gethostname()
+        expected = re.escape(f"locked by comfysweep run (held by pid {holder.pid} on host {host})")
+        with pytest.raises(StoreLockedError, match=expected), store.lock("second run"):
+            pass
+        with Store.open(target, readonly=True) as reader:  # status still reads
+            assert reader.counts()["pending"] == 1
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+    with store.lock("after the kill") as run_id:  # the kernel dropped the flock
+        assert run_id > 0
+
+
+def test_second_lock_in_one_process_names_this_pid(store: Store, target: str) -> None:
+    with (
+        Store.open(target) as other,
+        store.lock("first"),
+        pytest.raises(StoreLockedError, match=f"pid {os.getpid()} on host"),
+        other.lock("second"),
+    ):
+        pass
+
+
+def untouched(path: Path) -> tuple[bytes, int]:
+    return path.read_bytes(), path.stat().st_mtime_ns
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_file_that_is_not_sqlite_is_refused_untouched(tmp_path: Path, readonly: bool) -> None:
+    path = tmp_path / "results.db"
+    path.write_bytes(b"id,prompt\n1,a fox\n" * 20)
+    before = untouched(path)
+    with pytest.raises(StoreError, match=f"store {path} is not an SQLite database"):
+        Store.open(path, readonly=readonly)
+    assert untouched(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.db"]
+
+
+def test_another_sqlite_database_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TABLE users (id INTEGER)")
+    raw.close()
+    before = untouched(path)
+    with pytest.raises(StoreError, match=f"store {path} is a database with other tables"):
+        Store.open(path)
+    assert untouched(path) == before
+
+
+def test_missing_and_misplaced_stores_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=f"no store at {tmp_path / 'x.db'}"):
+        Store.open(tmp_path / "x.db", readonly=True)
+    with pytest.raises(StoreError, match="does not exist"):
+        Store.open(tmp_path / "missing" / "x.db")
+    with pytest.raises(StoreError, match="is a directory"):
+        Store.open(tmp_path)
+    with pytest.raises(StoreError, match="only SQLite files and postgresql"):
+        Store.open("mysql://u@h/db")

@@ -1,0 +1,148 @@
+"""The job store on PostgreSQL: the backend-neutral tests of test_store.py again, plus what only a
+shared server does (several runners, SKIP LOCKED). Runs when COMFYSWEEP_TEST_POSTGRES_URL is set
+(.ci/run starts a server); each test gets a schema of its own."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from orchestrator.errors import StoreError
+from orchestrator.store import JobState, Store
+from orchestrator.store.schema import head_revision
+from tests.test_migrations import schema_diffs
+from tests.test_store import (  # noqa: F401  (collected again here, against PostgreSQL)
+    MODEL,
+    make_jobs,
+    test_claim_takes_pending_spec_jobs_in_index_order,
+    test_counts_name_every_state,
+    test_expect_narrows_the_allowed_sources,
+    test_fields_and_timestamps_follow_the_target_state,
+    test_illegal_transition_is_refused_and_changes_nothing,
+    test_jobs_stream_in_index_order_and_allow_writes_between_pages,
+    test_legal_transition_moves_and_appends_an_event,
+    test_lock_records_the_run_on_what_it_touches,
+    test_meta_holds_json_values,
+    test_readonly_store_refuses_writes_and_closed_store_refuses_all,
+    test_retry_starts_a_fresh_attempt_and_keeps_the_story,
+    test_sync_counts_new_jobs_renumbers_and_marks_the_spec,
+    test_sync_rejects_a_job_of_another_model,
+    test_sync_streams_without_holding_the_jobs,
+    test_transition_of_an_unknown_job_says_so,
+    test_unknown_field_is_a_bug_in_the_caller,
+    test_update_sets_fields_without_an_event,
+)
+
+pytestmark = pytest.mark.postgres
+SERVER = os.environ.get("COMFYSWEEP_TEST_POSTGRES_URL")
+
+
+@pytest.fixture
+def admin() -> Iterator[sa.Engine]:
+    if not SERVER:
+        pytest.skip("COMFYSWEEP_TEST_POSTGRES_URL is not set")
+    engine = sa.create_engine(SERVER)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def store(target: str) -> Iterator[Store]:
+    with Store.open(target) as s:
+        yield s
+
+
+@pytest.fixture
+def target(admin: sa.Engine) -> Iterator[str]:
+    """A store URL whose tables live in a fresh schema (search_path), dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    assert SERVER is not None
+    yield f"{SERVER}?options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_migrated_schema_equals_the_declared_tables(target: str) -> None:
+    Store.open(target).close()
+    assert schema_diffs(target) == []
+
+
+def test_concurrent_opens_migrate_once(target: str) -> None:
+    errors: list[BaseException] = []
+
+    def opener() -> None:
+        try:
+            Store.open(target).close()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opener) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert schema_diffs(target) == []
+
+
+def test_a_store_from_a_newer_comfysweep_is_refused(target: str) -> None:
+    Store.open(target).close()
+    engine = sa.create_engine(target)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    with pytest.raises(StoreError, match="written by a newer comfysweep"):
+        Store.open(target)
+    with engine.connect() as conn:
+        version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    engine.dispose()
+    assert version == "9999_from_the_future"
+    assert head_revision() != version
+
+
+def test_claim_skips_rows_another_runner_has_locked(store: Store, target: str) -> None:
+    store.sync_jobs(make_jobs(6), MODEL)
+    engine = sa.create_engine(target)
+    with engine.connect() as other:
+        other.exec_driver_sql(
+            "SELECT key FROM jobs WHERE key IN ('job-000000', 'job-000001') FOR UPDATE"
+        ).all()
+        # Does not wait for the other transaction: takes the next free jobs.
+        assert [r.key for r in store.claim(3)] == ["job-000002", "job-000003", "job-000004"]
+        other.rollback()
+    engine.dispose()
+    assert [r.key for r in store.claim(3)] == ["job-000000", "job-000001", "job-000005"]
+
+
+def test_several_runners_share_a_store_and_never_share_a_job(target: str) -> None:
+    with Store.open(target) as s:
+        s.sync_jobs(make_jobs(300), MODEL)
+    taken: list[list[str]] = [[], [], []]
+    errors: list[BaseException] = []
+
+    def runner(n: int) -> None:
+        try:
+            with Store.open(target) as mine, mine.lock(f"runner {n}"):  # shared on PostgreSQL
+                while batch := mine.claim(8):
+                    taken[n].extend(r.key for r in batch)
+                    for row in batch:
+                        mine.transition(row.key, JobState.QUEUED, request_id=f"r-{row.key}")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=runner, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    everything = [k for keys in taken for k in keys]
+    assert sorted(everything) == [f"job-{i:06d}" for i in range(300)]
+    with Store.open(target, readonly=True) as reader:
+        assert reader.counts()["queued"] == 300
