@@ -107,8 +107,8 @@ def render_output_name(
     parts = [p for p in "".join(pieces).split("/") if p]
     parts = [sanitise(p) for p in parts] or ["_"]
     suffix = f"-{n}" if count > 1 else ""
-    extension = ("." + ext.lstrip(".")) if ext else ""
-    extension = sanitise(extension) if extension else ""
+    # sanitise() strips leading dots, so the dot goes on after it.
+    extension = "." + sanitise(ext.lstrip(".")) if ext.lstrip(".") else ""
     parts = [_fit(p, "") for p in parts[:-1]] + [_fit(parts[-1], suffix + extension)]
     name = str(PurePosixPath(*parts))
     assert not name.startswith(("/", "..")), name  # sanitise() makes this impossible

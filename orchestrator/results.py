@@ -155,6 +155,7 @@ def atomic_write(path: Path, lines: Iterable[str]) -> None:
     """Write ``lines`` to ``path`` via a temporary file, fsync and rename: never half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the folder is meant to be shared
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.writelines(lines)
             handle.flush()
@@ -165,6 +166,12 @@ def atomic_write(path: Path, lines: Iterable[str]) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:
