@@ -175,6 +175,104 @@ def retry(
 
 
 @cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8188,
+    show_default=True,
+    help="Port (0 picks a free one).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 1024),
+    default=3,
+    show_default=True,
+    help="Simulated GPU workers.",
+)
+@click.option(
+    "--speed",
+    type=click.FloatRange(0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Divides every simulated job duration.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault dice.")
+@click.option(
+    "--token",
+    "tokens",
+    multiple=True,
+    metavar="T",
+    help="Accepted API token, one account each (default: emulator-token).",
+)
+@click.option(
+    "--balance",
+    type=click.FloatRange(0),
+    default=100.0,
+    show_default=True,
+    help="Each account's starting balance in USD.",
+)
+@click.option(
+    "--output-ttl",
+    type=click.FloatRange(0),
+    default=3600.0,
+    show_default=True,
+    help="Seconds an output URL lives.",
+)
+@click.option(
+    "--faults",
+    "profile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML fault profile.",
+)
+@click.option(
+    "--fault",
+    "fault_flags",
+    multiple=True,
+    metavar="NAME=RATE[@EP,...]",
+    help="A fault, e.g. rate_limit=0.1@submit (repeatable; adds to --faults).",
+)
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Journal file: jobs and the ledger survive a restart.",
+)
+def emulator(
+    host: str,
+    port: int,
+    workers: int,
+    speed: float,
+    seed: int,
+    tokens: tuple[str, ...],
+    balance: float,
+    output_ttl: float,
+    profile: Path | None,
+    fault_flags: tuple[str, ...],
+    state_path: Path | None,
+) -> None:
+    """Serve the RunComfy Model API emulator; prints its base URL (ends in /v1) first."""
+    from orchestrator import emulator as emu
+
+    faults = emu.load_fault_profile(profile) if profile else emu.FaultProfile()
+    flags = {spec.name: spec for spec in map(emu.parse_fault_flag, fault_flags)}
+    faults = faults.merged(emu.FaultProfile(faults=flags))
+    config = emu.EmulatorConfig(
+        workers=workers,
+        speed=speed,
+        seed=seed,
+        tokens=tokens or ("emulator-token",),
+        balance_usd=balance,
+        output_ttl=output_ttl,
+        faults=faults,
+        state_path=state_path,
+        host=host,
+        port=port,
+    )
+    emu.serve(config)
+
+
+@cli.command()
 @click.argument("spec", metavar="SPEC", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON object.")
 @click.option("--jobs", "as_jobs", is_flag=True, help="Stream every job as JSONL (key, inputs).")
@@ -198,6 +296,24 @@ def plan(spec: Path, as_json: bool, as_jobs: bool, concurrency: int | None) -> N
         click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
     else:
         planning.render_plan(summary, Console())
+
+
+@cli.command()
+@_SPEC
+@click.option("--emulator", is_flag=True, help="The sweep ran on the embedded emulator.")
+@_STORE
+def cancel(spec: Path, emulator: bool, store: str | None) -> None:
+    """Cancel the sweep's jobs still queued remotely (running jobs finish and are billed)."""
+    from orchestrator import sweep
+
+    report = sweep.cancel_sweep(spec, emulator=emulator, store=store)
+    click.echo(f"{report.cancelled} queued job(s) cancelled")
+    if report.not_cancellable:
+        click.echo(f"{report.not_cancellable} job(s) already running: they finish and are billed")
+    for line in report.failed:
+        click.echo(f"could not cancel {line}", err=True)
+    if report.failed:
+        sys.exit(1)
 
 
 def main() -> None:

@@ -428,6 +428,8 @@ class Runner:
     def _move(self, key: str, to: JobState, *, detail: str | None = None, **fields: Any) -> JobRow:
         row = self.store.transition(key, to, detail=detail, **fields)
         self._dirty = True
+        rid = f" ({row.request_id})" if row.request_id else ""
+        log.info("job %s%s -> %s%s", key[:10], rid, to, f": {detail}" if detail else "")
         return row
 
     def _release(self, key: str, cost: float | None = None) -> None:

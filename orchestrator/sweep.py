@@ -29,6 +29,8 @@ from orchestrator.store import JobState, Store
 __all__ = [
     "EMULATOR_SPEED",
     "RETRYABLE",
+    "CancelReport",
+    "cancel_sweep",
     "job_cost",
     "retry_jobs",
     "run_sweep",
@@ -178,6 +180,55 @@ def retry_jobs(
         for key in keys:
             db.transition(key, JobState.PENDING, detail="retry requested")
         return len(keys)
+
+
+@dataclass(frozen=True)
+class CancelReport:
+    """What `cancel` did: queued jobs cancelled, and jobs already running (billed anyway)."""
+
+    cancelled: int
+    not_cancellable: int
+    failed: list[str]
+
+
+def cancel_sweep(
+    spec: Spec | str | Path,
+    *,
+    emulator: bool | EmulatorConfig = False,
+    store: str | Path | None = None,
+    base_url: str | None = None,
+    token: str | None = None,
+) -> CancelReport:
+    """Cancel the sweep's jobs still queued remotely; running jobs cannot be and are billed."""
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    path = store_path(spec, store)
+    _require_store(path)
+    with (
+        Store.open(path) as db,
+        db.lock(owner=f"comfysweep cancel {spec.name}"),
+        _backend(emulator, spec, base_url, token) as (url, key),
+    ):
+        return anyio.run(_cancel, db, ModelApiClient(url, key))
+
+
+async def _cancel(db: Store, client: ModelApiClient) -> CancelReport:
+    cancelled, running, failed = 0, 0, []
+    async with client:
+        for row in list(db.jobs([JobState.QUEUED, JobState.RUNNING])):
+            if row.state is JobState.RUNNING or row.request_id is None:
+                running += 1
+                continue
+            try:
+                outcome = await client.cancel(row.request_id)
+            except ComfysweepError as exc:
+                failed.append(f"{row.key[:10]}: {exc}")
+                continue
+            if outcome.cancelled:
+                db.transition(row.key, JobState.CANCELLED, detail="cancelled on request")
+                cancelled += 1
+            else:
+                running += 1
+    return CancelReport(cancelled, running, failed)
 
 
 def _renew_done(db: Store) -> int:

@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.store import Store
-from orchestrator.sweep import Overrides, run_sweep
+from orchestrator.sweep import Overrides, cancel_sweep, run_sweep, sweep_status
 
 from .sweeps import write_spec
 
@@ -85,3 +85,17 @@ def test_kill_mid_poll_or_download_loses_nothing(
             (output,) = entry["outputs"]
             assert (folder / output["path"]).stat().st_size == output["size"]
             assert db.get(entry["key"]).state == "done"
+
+
+def test_cancel_after_a_killed_run_cancels_only_queued_jobs(tmp_path: Path) -> None:
+    with Emulator(EmulatorConfig(speed=1.0, workers=1)) as emu:
+        spec = write_spec(tmp_path)
+        killed_run(spec, emu, "polling", 3)
+        report = cancel_sweep(spec, base_url=emu.base_url, token=emu.token)
+        assert report.failed == []
+        assert report.not_cancellable == 1  # the one job the single worker is rendering
+        assert report.cancelled == 2
+        counts = sweep_status(spec)["counts"]
+        assert counts["cancelled"] == 2
+        ledger = {job["request_id"]: job["status"] for job in emu.ledger()["jobs"]}
+        assert sorted(ledger.values()).count("cancelled") == 2
