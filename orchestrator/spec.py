@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import pydantic
 import yaml
@@ -36,7 +36,15 @@ __all__ = ["Dimension", "RunSettings", "Spec", "identity", "load_spec"]
 
 Path_ = Annotated[Path, Field(strict=False)]
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
-_SOURCES = ("start", "stop", "step", "count", "from", "file", "glob")
+_SOURCES = ("start", "step", "stop", "count", "from", "file", "glob")
+
+
+class _Line(NamedTuple):
+    """A place in a data file (prompts.txt, rows.csv), as opposed to a YAML field path."""
+
+    file: str
+    line: int
+
 
 
 class RunSettings(BaseModel):
@@ -169,10 +177,10 @@ class _Where:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     continue
                 key = str(key_node.value)
+                self.keys[(*path, key)] = key_node.start_mark
                 if key in seen:
                     raise self.error((*path, key), "duplicate key; give each key once", key=True)
                 seen.add(key)
-                self.keys[(*path, key)] = key_node.start_mark
                 self.walk(value_node, (*path, key))
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
@@ -326,10 +334,9 @@ class _Builder:
     def _fail(self, place: Any, name: str, exc: Problem) -> SpecError:
         if exc.file is not None:
             return SpecError(f"{exc.file}:{exc.line}: {name}: {exc.message}")
-        if isinstance(place, tuple):
-            return self.where.error(place, exc.message)
-        file, line = place
-        return SpecError(f"{file}:{line}: {name}: {exc.message}")
+        if isinstance(place, _Line):
+            return SpecError(f"{place.file}:{place.line}: {name}: {exc.message}")
+        return self.where.error(place, exc.message)
 
     def _axes(self, axes: Mapping[str, Any]) -> list[tuple[Dimension, tuple[str, ...]]]:
         dims: list[tuple[Dimension, tuple[str, ...]]] = []
@@ -391,12 +398,12 @@ class _Builder:
             for key, cell in zip(keys, cells, strict=True):
                 value = cell
                 if isinstance(cell, str):
-                    value = self._typed(key, cell, (label, line))
-                values.append(self._norm(key, value, (label, line), table.parent))
+                    value = self._typed(key, cell, _Line(label, line))
+                values.append(self._norm(key, value, _Line(label, line), table.parent))
             out.append(tuple(values))
         return tuple(keys), out
 
-    def _typed(self, key: str, text: str, place: tuple[str, int]) -> Any:
+    def _typed(self, key: str, text: str, place: _Line) -> Any:
         kind = str(self.model.properties.get(key, {}).get("type", ""))
         try:
             return text_value("number" if kind == "float" else kind, text)
@@ -456,7 +463,7 @@ class _Builder:
         resolved = (self.base / file).resolve()
         label = _rel(resolved, self.base, file)
         return [
-            (self._typed(key, text, (label, n)), (label, n))
+            (self._typed(key, text, _Line(label, n)), _Line(label, n))
             for text, n in read_lines(resolved, label)
         ]
 
