@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator import Job, get_model, iter_jobs, load_spec
+from orchestrator.naming import (
+    TemplateError,
+    default_template,
+    render_output_name,
+    validate_template,
+)
+
+WAN = "community/wan-2-2/vace-fun"
+KEY = "ab12cd34ef" + "0" * 54
+FIELDS = get_model(WAN).field_names()
+
+
+def job(**friendly: Any) -> Job:
+    """A job of the first model with the given friendly inputs over complete defaults."""
+    model = get_model(WAN)
+    inputs = model.complete({"prompt": "a fox", "image": "https://x.io/start.png", **friendly})
+    return Job(key=KEY, index=3, model_id=WAN, inputs=inputs)
+
+
+def inside(name: str, root: Path) -> bool:
+    """Whether ``name`` joined to ``root`` resolves to a path inside ``root``."""
+    target = Path(os.path.normpath(root / name))
+    return target.is_relative_to(root) and target != root
+
+
+def test_the_issue_template_renders_readably() -> None:
+    template = "seed-{seed}/steps-{steps}_cfg-{cfg}_shift-{shift}.mp4"
+    name = render_output_name(template, job(seed=1234, steps=8, cfg=2, shift=5), ext=".mp4")
+    assert name == "seed-1234/steps-8_cfg-2.0_shift-5.0.mp4"
+
+
+def test_the_output_type_decides_the_extension() -> None:
+    assert render_output_name("{seed}.mp4", job(seed=1), ext="png") == "1.png"
+    assert render_output_name("{seed}", job(seed=1), ext=".webm") == "1.webm"
+    assert render_output_name("cfg-{cfg}", job(cfg=2.5), ext="") == "cfg-2.5"
+
+
+def test_several_outputs_get_a_number() -> None:
+    names = [render_output_name("{seed}", job(seed=1), n=n, count=2, ext="mp4") for n in (1, 2)]
+    assert names == ["1-1.mp4", "1-2.mp4"]
+
+
+def test_special_fields_and_format_specs() -> None:
+    name = render_output_name("{index:04d}_{key}_{seed:08d}_{cfg:.2f}", job(seed=7), ext="mp4")
+    assert name == "0003_ab12cd34ef_00000007_3.50.mp4"
+    assert render_output_name("{98_seed}", job(seed=7), ext="mp4") == "7.mp4"
+
+
+def test_media_render_as_their_file_stem() -> None:
+    local = Job(
+        KEY, 0, WAN, {"118_image": "data:image/png;base64,AAAA"}, 0, {"118_image": "in/cat.png"}
+    )
+    assert render_output_name("{image}", local, ext="mp4") == "cat.mp4"
+    assert render_output_name("{image}", job(), ext="mp4") == "start.mp4"
+
+
+def test_default_template_names_varying_fields_and_short_key(tmp_path: Path) -> None:
+    assert default_template(["seed", "steps"]) == "seed-{seed}_steps-{steps}_{key}"
+    assert default_template([]) == "{key}"
+    body = {
+        "model": WAN,
+        "inputs": {"prompt": "a fox", "image": "https://x.io/a.png"},
+        "axes": {"seed": [1234, 5], "steps": [8], "cfg": [2, 3]},
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
+    spec = load_spec(tmp_path / "s.yaml")
+    jobs = list(iter_jobs(spec))
+    names = [render_output_name(spec, j, ext="mp4") for j in jobs]
+    assert names[0] == f"seed-1234_steps-8_cfg-2.0_{jobs[0].key[:10]}.mp4"
+    assert len(set(names)) == len(jobs)
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        (
+            "{sead}.mp4",
+            "unknown field {sead}; allowed: prompt, image, resolution, frames, fps, seed",
+        ),
+        ("{seed!r}", "{seed!r}: conversions are not supported"),
+        ("{seed:{cfg}}", "nested fields are not supported"),
+        ("/abs/{seed}", "must be a relative path inside the results folder"),
+        ("a/../{seed}", "must not contain '..' or '.' folders"),
+        ("{seed", "expected '}' before end of string"),
+        (".mp4", "gives an empty name"),
+    ],
+)
+def test_bad_templates(template: str, message: str) -> None:
+    with pytest.raises(TemplateError) as caught:
+        validate_template(template, FIELDS)
+    assert message in str(caught.value)
+
+
+def test_unknown_field_lists_special_fields_too() -> None:
+    with pytest.raises(TemplateError, match=r"allowed: .*shift, .*, key, index, repeat$"):
+        validate_template("{nope}", FIELDS)
+    assert validate_template("s-{seed}/{key}.mp4", FIELDS) == {"seed", "key"}
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "..",
+        ".",
+        "a\x00b",
+        "C:\\Windows\\system32",
+        "  ",
+        "con",
+        "x" * 1000,
+        "é" * 400,
+        "line\nbreak\ttab",
+    ],
+)
+def test_hostile_values_stay_inside_the_folder(prompt: str, tmp_path: Path) -> None:
+    for template in ("{prompt}", "p/{prompt}/{prompt}", "{prompt}{prompt}{prompt}{prompt}x"):
+        name = render_output_name(template, job(prompt=prompt), ext="mp4")
+        assert inside(name, tmp_path), name
+        assert "\x00" not in name
+        assert "\\" not in name
+        assert all(0 < len(part.encode()) <= 255 for part in PurePosixPath(name).parts)
+        assert not any(part.startswith(".") for part in PurePosixPath(name).parts)
+        assert name.endswith(".mp4")
+        assert PurePosixPath(name).stem.upper() != "CON"
+
+
+def test_long_values_stay_distinct() -> None:
+    a = render_output_name("{prompt}", job(prompt="x" * 300 + "a"), ext="mp4")
+    b = render_output_name("{prompt}", job(prompt="x" * 300 + "b"), ext="mp4")
+    assert a != b
+    assert len(a) < 80
+
+
+@given(st.text(min_size=1, max_size=300))
+def test_any_prompt_stays_inside(prompt: str) -> None:
+    name = render_output_name("runs/{prompt}/{seed}", job(prompt=prompt), ext=".mp4")
+    root = Path("/results/sweep")
+    assert inside(name, root), name
+    assert all(0 < len(part.encode()) <= 255 for part in PurePosixPath(name).parts)
+    assert "\x00" not in name
