@@ -295,7 +295,7 @@ def plan(spec: Path, as_json: bool, as_jobs: bool, concurrency: int | None) -> N
     if as_json:
         click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
     else:
-        planning.render_plan(summary, Console())
+        planning.render_plan(summary, Console(soft_wrap=True))
 
 
 @cli.command()
