@@ -168,13 +168,14 @@ def read_lines(path: Path, label: str) -> list[tuple[str, int]]:
 
 def read_table(path: Path, label: str) -> tuple[list[str], list[tuple[list[Any], int]]]:
     """A .csv (header row) or .jsonl (one object a line) file: its columns and rows with lines."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".ndjson"):
+        raise Problem(
+            f"{label}: a zip group's file is a .csv or .jsonl table; "
+            "for one field, write e.g. prompt: {file: prompts.txt}"
+        )
     text = _read_text(path, label)
-    if path.suffix.lower() == ".csv":
-        columns, rows = _csv(text, label)
-    elif path.suffix.lower() in (".jsonl", ".ndjson"):
-        columns, rows = _jsonl(text, label)
-    else:
-        raise Problem(f"{label}: a table file must end in .csv or .jsonl")
+    columns, rows = _csv(text, label) if suffix == ".csv" else _jsonl(text, label)
     if not rows:
         raise Problem(f"{label} has no rows; add one row for each combination")
     return columns, rows

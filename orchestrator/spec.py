@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
 import pydantic
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator import naming
@@ -31,6 +30,7 @@ from orchestrator.sources import (
     span,
     text_value,
 )
+from orchestrator.yamlplaces import Places, dotted, parse_yaml, pydantic_message
 
 __all__ = ["Dimension", "RunSettings", "Spec", "identity", "load_spec"]
 
@@ -44,7 +44,6 @@ class _Line(NamedTuple):
 
     file: str
     line: int
-
 
 
 class RunSettings(BaseModel):
@@ -133,7 +132,7 @@ class Spec:
         except pydantic.ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"])
-            raise SpecError(f"--{field.replace('_', '-')}: {_pydantic_message(first)}") from None
+            raise SpecError(f"--{field.replace('_', '-')}: {pydantic_message(first)}") from None
         return replace(self, run=run)
 
 
@@ -157,74 +156,14 @@ def load_spec(path: str | Path) -> Spec:
         raise SpecError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise SpecError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    data, where = _parse_yaml(path, text)
+    data, where = parse_yaml(path, text)
     return _Builder(path, data, where).build()
-
-
-class _Where:
-    """Maps field paths to YAML line:column and formats the one-line errors."""
-
-    def __init__(self, file: Path) -> None:
-        self.file = file
-        self.values: dict[tuple[str, ...], yaml.Mark] = {}
-        self.keys: dict[tuple[str, ...], yaml.Mark] = {}
-
-    def walk(self, node: yaml.Node, path: tuple[str, ...] = ()) -> None:
-        self.values[path] = node.start_mark
-        if isinstance(node, yaml.MappingNode):
-            seen: set[str] = set()
-            for key_node, value_node in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = str(key_node.value)
-                self.keys[(*path, key)] = key_node.start_mark
-                if key in seen:
-                    raise self.error((*path, key), "duplicate key; give each key once", key=True)
-                seen.add(key)
-                self.walk(value_node, (*path, key))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self.walk(item, (*path, str(i)))
-
-    def error(self, path: tuple[Any, ...], message: str, *, key: bool = False) -> SpecError:
-        parts = tuple(str(p) for p in path)
-        mark = self.keys.get(parts) if key else None
-        probe = parts
-        while mark is None and probe:
-            mark = self.values.get(probe)
-            probe = probe[:-1]
-        mark = mark or self.values.get(())
-        place = f"{self.file}:{mark.line + 1}:{mark.column + 1}" if mark else str(self.file)
-        return SpecError(f"{place}: {_dotted(path)}: {message}" if path else f"{place}: {message}")
-
-
-def _parse_yaml(path: Path, text: str) -> tuple[Any, _Where]:
-    where = _Where(path)
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            raise SpecError(f"{path}: empty spec; it needs at least model and inputs")
-        where.walk(node)
-        data = loader.construct_document(node)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        place = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        what = " ".join(filter(None, [exc.problem, exc.context])) or "invalid YAML"
-        raise SpecError(f"{place}: YAML syntax error: {what}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: YAML error: {' '.join(str(exc).split())}") from None
-    finally:
-        loader.dispose()
-    if not isinstance(data, dict):
-        raise where.error((), "the spec must be a mapping of keys (model, inputs, axes, ...)")
-    return data, where
 
 
 class _Builder:
     """Turns the parsed YAML into a Spec, one section at a time, with exact error places."""
 
-    def __init__(self, path: Path, data: dict[str, Any], where: _Where) -> None:
+    def __init__(self, path: Path, data: dict[str, Any], where: Places) -> None:
         self.path = path
         self.base = path.parent.resolve()
         self.data = data
@@ -234,7 +173,7 @@ class _Builder:
     def build(self) -> Spec:
         raw = self._validate_shape()
         self.model = self._model(raw)
-        given = self._fields(raw.inputs, ("inputs",), self._single)
+        given = self._fields(raw.inputs, ("inputs",), single=True)
         fixed = {k: self._norm(k, v, ("inputs", name), self.base) for k, (name, v) in given.items()}
         defaults = {k: self.model.normalise(k, v) for k, v in self.model.defaults().items()}
         placed = self._zips(raw.zip) + self._axes(raw.axes)
@@ -277,12 +216,15 @@ class _Builder:
                 hint = suggest(str(loc[-1]), allowed)
                 message = f"unknown key{hint}; allowed: {', '.join(allowed)}"
                 raise self.where.error(loc, message, key=True) from None
+            if loc and loc[-1] == "[key]":
+                message = f"keys must be names (text), got {loc[-2]!r}"
+                raise self.where.error(loc[:-1], message, key=True) from None
             if first["type"] == "missing":
                 raise self.where.error(loc[:-1], f"{loc[-1]}: required key missing") from None
             if first["type"] == "string_pattern_mismatch" and loc == ("name",):
                 message = "must be a folder name: letters, digits, '.', '_' and '-'"
                 raise self.where.error(loc, f"{message}, got {first['input']!r}") from None
-            raise self.where.error(loc, _pydantic_message(first)) from None
+            raise self.where.error(loc, pydantic_message(first)) from None
 
     def _model(self, raw: _SpecFile) -> Model:
         if raw.schema_ == "server":
@@ -295,9 +237,12 @@ class _Builder:
             raise self.where.error(("model",), message) from None
 
     def _fields(
-        self, mapping: Mapping[str, Any], path: tuple[str, ...], check: Any
+        self, mapping: Mapping[str, Any], path: tuple[str, ...], *, single: bool
     ) -> dict[str, tuple[str, Any]]:
-        """Friendly or raw names -> raw key: (name as written, value), rejecting unknown names."""
+        """Friendly or raw names -> raw key: (name as written, value), rejecting unknown names.
+
+        ``single``: each value must be one value (inputs, include, exclude), not a list of them.
+        """
         out: dict[str, tuple[str, Any]] = {}
         for name, value in mapping.items():
             key = self.model.raw_key(name)
@@ -310,13 +255,11 @@ class _Builder:
                 other = out[key][0]
                 message = f"names the same input as {other!r}; give it once"
                 raise self.where.error((*path, name), message, key=True)
-            check((*path, name), value)
+            if single and isinstance(value, dict | list):
+                message = "takes one value; to vary it, move it under axes or zip"
+                raise self.where.error((*path, name), message)
             out[key] = (name, value)
         return out
-
-    def _single(self, path: tuple[str, ...], value: Any) -> None:
-        if isinstance(value, dict | list):
-            raise self.where.error(path, "takes one value; to vary it, move it under axes or zip")
 
     def _norm(self, key: str, value: Any, place: Any, base: Path) -> Any:
         """One value checked against the schema and normalised; local media become LocalImage."""
@@ -340,7 +283,7 @@ class _Builder:
 
     def _axes(self, axes: Mapping[str, Any]) -> list[tuple[Dimension, tuple[str, ...]]]:
         dims: list[tuple[Dimension, tuple[str, ...]]] = []
-        for key, (name, source) in self._fields(axes, ("axes",), _ok).items():
+        for key, (name, source) in self._fields(axes, ("axes",), single=False).items():
             values = self._source(key, source, ("axes", name))
             rows = _distinct([(v,) for v in values])
             dim = Dimension(self.model.display_name(key), (key,), rows, len(values))
@@ -356,7 +299,7 @@ class _Builder:
             if set(group) == {"file"} and isinstance(group["file"], str):
                 keys, rows = self._table(group["file"], (*path, "file"))
             else:
-                fields = self._fields(group, path, _ok)
+                fields = self._fields(group, path, single=False)
                 keys = tuple(fields)
                 columns = [self._source(k, src, (*path, n)) for k, (n, src) in fields.items()]
                 sizes = {
@@ -417,7 +360,8 @@ class _Builder:
             if not source:
                 raise self.where.error(path, "empty axis; give at least one value")
             for i, item in enumerate(source):
-                self._single((*path, str(i)), item)
+                if isinstance(item, dict | list):
+                    raise self.where.error((*path, str(i)), "must be a single value")
             return [self._norm(key, v, (*path, str(i)), self.base) for i, v in enumerate(source)]
         if not isinstance(source, dict):
             message = (
@@ -478,7 +422,7 @@ class _Builder:
                         f"{name} already varies in {owner[key]}; a field may vary in one place"
                     )
                     raise self.where.error(path, message)
-                owner[key] = _dotted(path)
+                owner[key] = dotted(path)
 
     def _include(
         self, i: int, entry: Mapping[str, Any], base_input: Mapping[str, Any]
@@ -486,7 +430,7 @@ class _Builder:
         path = ("include", str(i))
         if not entry:
             raise self.where.error(path, "empty include entry; give the inputs of one combination")
-        given = self._fields(entry, path, self._single)
+        given = self._fields(entry, path, single=True)
         values = {k: self._norm(k, v, (*path, n), self.base) for k, (n, v) in given.items()}
         combined = dict(base_input) | values
         missing = [k for k in self.model.required if k not in combined]
@@ -501,7 +445,7 @@ class _Builder:
         path = ("exclude", str(i))
         if not entry:
             raise self.where.error(path, "empty exclude rule; give the values a dropped job has")
-        given = self._fields(entry, path, self._single)
+        given = self._fields(entry, path, single=True)
         return {k: self._norm(k, v, (*path, n), self.base) for k, (n, v) in given.items()}
 
     def _template(
@@ -540,10 +484,6 @@ class _Builder:
         return stem.lstrip("._-")[:100] or "sweep"
 
 
-def _ok(path: tuple[str, ...], value: Any) -> None:
-    del path, value
-
-
 def _sample(value: Any) -> Any:
     return Path(value.label).stem if isinstance(value, LocalImage) else value
 
@@ -560,34 +500,3 @@ def _rel(path: Path, base: Path, written: str) -> str:
         return path.relative_to(base).as_posix()
     except ValueError:
         return written
-
-
-def _dotted(path: tuple[Any, ...]) -> str:
-    text = ""
-    for part in path:
-        if isinstance(part, int) or (isinstance(part, str) and part.isdigit() and text):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else str(part)
-    return text
-
-
-def _pydantic_message(error: Any) -> str:
-    kind, ctx, got = error["type"], error.get("ctx") or {}, error.get("input")
-    shown = f", got {got!r}"
-    messages = {
-        "int_type": "must be a whole number",
-        "float_type": "must be a number",
-        "string_type": "must be a string",
-        "bool_type": "must be true or false",
-        "dict_type": "must be a mapping of keys to values",
-        "list_type": "must be a list",
-        "model_type": "must be a mapping of keys to values",
-        "greater_than_equal": f"must be at least {ctx.get('ge')}",
-        "greater_than": f"must be above {ctx.get('gt')}",
-        "less_than_equal": f"must be at most {ctx.get('le')}",
-        "string_too_short": "must not be empty",
-        "literal_error": f"must be one of {ctx.get('expected')}",
-        "is_instance_of": "must be a path",
-    }
-    return messages.get(kind, str(error["msg"]).lower()) + shown
