@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import socket
+import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -61,6 +62,7 @@ _FRESH_ATTEMPT = {
     "finished_at": None,
     "downloaded_at": None,
 }
+_EVENT_INSERT = sa.insert(EVENTS)
 PAGE = 500
 SYNC_BATCH = 1000
 
@@ -85,7 +87,9 @@ class Store:
         self._synchronous = "NORMAL"
         self._run_id: int | None = None
         self._lock_held = False
-        self._transition_stmts: dict[tuple[JobState, frozenset[str]], sa.Update] = {}
+        self._transition_stmts: dict[
+            tuple[JobState, frozenset[JobState], frozenset[str]], sa.Update
+        ] = {}
 
     # -- opening and closing ------------------------------------------------------------------
 
@@ -133,14 +137,17 @@ class Store:
         tx = conn.begin()
         try:
             if self.is_sqlite and write:
+                # Straight to the driver: these two carry no parameters and run on every write.
+                raw = conn.connection.driver_connection
+                assert raw is not None
                 wanted = "FULL" if durable else "NORMAL"
                 if wanted != self._synchronous:
-                    conn.exec_driver_sql(f"PRAGMA synchronous = {wanted}")
+                    raw.execute(f"PRAGMA synchronous = {wanted}")
                     self._synchronous = wanted
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                raw.execute("BEGIN IMMEDIATE")
             yield conn
             tx.commit()
-        except sa.exc.DBAPIError as exc:
+        except (sa.exc.DBAPIError, sqlite3.Error) as exc:
             tx.rollback()
             raise StoreError(f"store {self.name}: {_reason(exc)}") from exc
         except BaseException:
@@ -163,6 +170,7 @@ class Store:
         if flock is not None:
             flock.acquire(owner)
         self._lock_held = True
+        run_id: int | None = None
         try:
             with self._tx(write=True) as conn:
                 run_id = conn.execute(
@@ -181,11 +189,10 @@ class Store:
             self._run_id = None
             self._lock_held = False
             try:
-                if self._conn is not None and "run_id" in locals():
+                if run_id is not None and self._conn is not None:
                     with self._tx(write=True) as conn:
-                        conn.execute(
-                            RUNS.update().where(RUNS.c.id == run_id).values(finished_at=_now())
-                        )
+                        finish = RUNS.update().where(RUNS.c.id == run_id)
+                        conn.execute(finish.values(finished_at=_now()))
             finally:
                 if flock is not None:
                     flock.release()
@@ -245,15 +252,15 @@ class Store:
         to = JobState(to)
         sources = allowed_from(to, expect)
         values = encode_fields(fields)
-        stmt = self._transition_stmt(to, frozenset(values))
+        stmt = self._transition_stmt(to, sources, frozenset(values))
         now = _now()
-        params = {"p_key": key, "p_sources": sorted(sources), "p_now": now, "p_run": self._run_id}
+        params = {"p_key": key, "p_now": now, "p_run": self._run_id}
         params.update({f"v_{name}": value for name, value in values.items()})
         with self._tx(write=True, durable=to in DURABLE) as conn:
             row = conn.execute(stmt, params).mappings().first() if sources else None
             if row is None:
                 raise self._refusal(conn, key, to, expect)
-            conn.execute(sa.insert(EVENTS), [_event(row, now, detail)])
+            conn.execute(_EVENT_INSERT, [_event(row, now, detail)])
         return JobRow.from_row(row)
 
     def claim(self, limit: int) -> list[JobRow]:
@@ -264,29 +271,22 @@ class Store:
         """
         if limit <= 0:
             return []
-        pick = (
-            sa.select(JOBS.c.key)
-            .where(JOBS.c.state == _S.PENDING.value, JOBS.c.in_spec)
-            .order_by(JOBS.c["index"], JOBS.c.key)
-            .limit(limit)
-        )
-        if not self.is_sqlite:
-            pick = pick.with_for_update(skip_locked=True)
-        stmt = self._transition_stmt(_S.SUBMITTING, frozenset())
         now = _now()
+        params: dict[str, Any] = {"p_limit": limit, "p_now": now, "p_run": self._run_id}
         with self._tx(write=True, durable=True) as conn:
-            keys = list(conn.execute(pick).scalars())
-            if not keys:
-                return []
-            rows = []
-            for key in keys:  # one prepared UPDATE per key beats an expanding IN for small batches
-                params = {"p_key": key, "p_sources": [_S.PENDING.value], "p_now": now}
-                row = conn.execute(stmt, {**params, "p_run": self._run_id}).mappings().first()
-                if row is not None:
-                    rows.append(row)
+            if self.is_sqlite:
+                # One statement: BEGIN IMMEDIATE already excludes every other writer.
+                rows = conn.execute(_CLAIM_SQLITE, params).mappings().all()
+            else:
+                # Pick first, then update: PostgreSQL may re-run a LIMIT subquery inside an
+                # UPDATE (taking more than `limit` rows), and SKIP LOCKED belongs on the pick.
+                params["p_keys"] = list(conn.execute(_PICK_PG, params).scalars())
+                if not params["p_keys"]:
+                    return []
+                rows = conn.execute(_CLAIM_PG, params).mappings().all()
             if rows:
-                conn.execute(sa.insert(EVENTS), [_event(row, now, "claimed") for row in rows])
-        return [JobRow.from_row(row) for row in rows]
+                conn.execute(_EVENT_INSERT, [_event(row, now, "claimed") for row in rows])
+        return sorted((JobRow.from_row(row) for row in rows), key=lambda r: (r.index, r.key))
 
     def update(self, key: str, **fields: Any) -> None:
         """Set non-state fields (e.g. outputs as they land); no event."""
@@ -299,31 +299,22 @@ class Store:
             if not matched:
                 raise StoreError(f"store {self.name} has no job {key}")
 
-    def _transition_stmt(self, to: JobState, fields: frozenset[str]) -> sa.Update:
-        cached = self._transition_stmts.get((to, fields))
+    def _transition_stmt(
+        self, to: JobState, sources: frozenset[JobState], fields: frozenset[str]
+    ) -> sa.Update:
+        """The UPDATE for one (target, sources, fields) shape, built once and reused."""
+        cached = self._transition_stmts.get((to, sources, fields))
         if cached is not None:
             return cached
-        c = JOBS.c
-        values: dict[str, Any] = {
-            # SET expressions read the row as it was, so prev_state gets the old state.
-            "prev_state": c.state,
-            "state": to.value,
-            "updated_at": sa.bindparam("p_now"),
-            "run_id": sa.func.coalesce(sa.bindparam("p_run", type_=sa.Integer), c.run_id),
-        }
-        if to is _S.SUBMITTING:
-            values.update(_FRESH_ATTEMPT, attempts=c.attempts + 1)
-        if to in STAMPS:
-            values[STAMPS[to]] = sa.bindparam("p_now")
-        values.update({name: sa.bindparam(f"v_{name}") for name in fields})
         stmt = (
             JOBS.update()
-            .where(c.key == sa.bindparam("p_key"))
-            .where(c.state.in_(sa.bindparam("p_sources", expanding=True)))
-            .values(values)
+            .where(JOBS.c.key == sa.bindparam("p_key"))
+            # OR of equalities, not an expanding IN: no per-call re-rendering of the SQL.
+            .where(sa.or_(*(JOBS.c.state == s.value for s in sorted(sources))))
+            .values(_set_clause(to, fields))
             .returning(*JOBS.c)
         )
-        self._transition_stmts[(to, fields)] = stmt
+        self._transition_stmts[(to, sources, fields)] = stmt
         return stmt
 
     def _refusal(
@@ -406,6 +397,42 @@ class Store:
         )
 
 
+def _set_clause(to: JobState, fields: frozenset[str]) -> dict[str, Any]:
+    """The SET of a move to ``to``: state, history, timestamps, and the caller's ``fields``."""
+    c = JOBS.c
+    values: dict[str, Any] = {
+        # SET expressions read the row as it was, so prev_state gets the old state.
+        "prev_state": c.state,
+        "state": to.value,
+        "updated_at": sa.bindparam("p_now"),
+        "run_id": sa.func.coalesce(sa.bindparam("p_run", type_=sa.Integer), c.run_id),
+    }
+    if to is _S.SUBMITTING:
+        values.update(_FRESH_ATTEMPT, attempts=c.attempts + 1)
+    if to in STAMPS:
+        values[STAMPS[to]] = sa.bindparam("p_now")
+    values.update({name: sa.bindparam(f"v_{name}") for name in fields})
+    return values
+
+
+# claim(): the oldest pending jobs of the spec -> submitting (statements built once).
+_PICK = (
+    sa.select(JOBS.c.key)
+    .where(JOBS.c.state == _S.PENDING.value, JOBS.c.in_spec)
+    .order_by(JOBS.c["index"], JOBS.c.key)
+    .limit(sa.bindparam("p_limit", type_=sa.Integer))
+)
+_CLAIM = (
+    JOBS.update()
+    .where(JOBS.c.state == _S.PENDING.value)
+    .values(_set_clause(_S.SUBMITTING, frozenset()))
+    .returning(*JOBS.c)
+)
+_CLAIM_SQLITE = _CLAIM.where(JOBS.c.key.in_(_PICK))
+_PICK_PG = _PICK.with_for_update(skip_locked=True)
+_CLAIM_PG = _CLAIM.where(JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True)))
+
+
 def _new_job(job: JobLike, now: datetime, run_id: int | None) -> dict[str, Any]:
     return {
         "key": job.key,
@@ -444,8 +471,9 @@ def _event(row: Mapping[Any, Any], at: datetime, detail: str | None) -> dict[str
     }
 
 
-def _reason(exc: sa.exc.DBAPIError) -> str:
-    return str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+def _reason(exc: BaseException) -> str:
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
 
 
 def _version() -> str:
