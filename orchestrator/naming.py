@@ -136,7 +136,8 @@ def _field_value(field: str, job: Job, key: str) -> Any:
         return PurePosixPath(job.sources[key]).stem
     value = job.inputs.get(key, "")
     if isinstance(value, str) and value.startswith("data:"):
-        return "data"
+        # Without the job's sources the file name is gone; a content hash still tells files apart.
+        return "data-" + hashlib.sha256(value.encode()).hexdigest()[:8]
     if isinstance(value, str) and value.startswith(("http://", "https://")):
         return PurePosixPath(value.split("?")[0].split("#")[0]).stem or "url"
     return value

@@ -64,6 +64,12 @@ def test_media_render_as_their_file_stem() -> None:
     )
     assert render_output_name("{image}", local, ext="mp4") == "cat.mp4"
     assert render_output_name("{image}", job(), ext="mp4") == "start.mp4"
+    bare = Job(KEY, 0, WAN, {"118_image": "data:image/png;base64,AAAA"})
+    other = Job(KEY, 0, WAN, {"118_image": "data:image/png;base64,AAAB"})
+    assert render_output_name("{image}", bare, ext="mp4").startswith("data-")
+    assert render_output_name("{image}", bare, ext="mp4") != render_output_name(
+        "{image}", other, ext="mp4"
+    )
 
 
 def test_default_template_names_varying_fields_and_short_key(tmp_path: Path) -> None:
