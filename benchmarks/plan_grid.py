@@ -25,6 +25,14 @@ axes:
   shift: {start: 1, stop: 10, step: 1}
 """
 
+RULES = """\
+include:
+  - {seed: 7, cfg: 3.5, shift: 8}
+exclude:
+  - {cfg: 0.1}
+  - {shift: 2, cfg: 0.2}
+"""
+
 ITERATE = """\
 import sys
 from orchestrator import iter_jobs, load_spec
@@ -52,7 +60,8 @@ def measure(label: str, argv: list[str]) -> None:
     if done.returncode:
         sys.exit(f"{label}: failed: {done.stderr.strip()}")
     wall, peak, *tail = done.stdout.split(maxsplit=2)
-    print(f"{label:<42} {float(wall):7.2f} s  peak RSS {float(peak):7.1f} MiB  {''.join(tail)}")
+    note = "".join(tail).strip()
+    print(f"{label:<42} {float(wall):7.2f} s  peak RSS {float(peak):7.1f} MiB  {note}")
 
 
 def main() -> None:
@@ -63,18 +72,12 @@ def main() -> None:
         (folder / "start.png").write_bytes(image.read_bytes())
         spec = str(folder / "million.yaml")
         measure("import orchestrator (baseline)", [sys.executable, "-c", "import orchestrator"])
-        measure(
-            "comfysweep plan --json (1,000,000 jobs)",
-            [
-                sys.executable,
-                "-m",
-                "orchestrator",
-                "plan",
-                "--json",
-                spec,
-            ],
-        )
+        plan = [sys.executable, "-m", "orchestrator", "plan", "--json"]
+        measure("comfysweep plan --json (1,000,000 jobs)", [*plan, spec])
         measure("iter_jobs: all 1,000,000 jobs with keys", [sys.executable, "-c", ITERATE, spec])
+        (folder / "rules.yaml").write_text(SPEC + RULES)
+        rules = str(folder / "rules.yaml")
+        measure("plan --json, with include and exclude", [*plan, rules])
 
 
 if __name__ == "__main__":
