@@ -470,7 +470,7 @@ class _Builder:
             raise self.where.error(("run", "filename"), str(exc)) from None
         used_keys = {self.model.raw_key(f) or f for f in used}
         uncovered = [g for g in groups if g and not used_keys & set(g)]
-        if uncovered and "key" not in used:
+        if uncovered and not used & {"key", "index"}:
             names = list(dict.fromkeys(self.model.display_name(g[0]) for g in uncovered))
             message = (
                 f"names would repeat across jobs: add {{key}} or {{{names[0]}}}"

@@ -406,3 +406,25 @@ def test_shipped_example_specs_load() -> None:
         assert job.inputs["4_valuex3_value"] == "480x480 (1:1)"
         assert job.inputs["25_value"] == 81
         assert job.inputs["47_value"] <= 8
+
+
+def test_spec_path_that_is_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r": is a folder; give a \.yaml spec file$"):
+        load_spec(tmp_path)
+    assert_cli_error(tmp_path, f"{tmp_path}: is a folder; give a .yaml spec file")
+
+
+def test_an_axis_overrides_inputs_which_stay_the_base_of_includes(tmp_path: Path) -> None:
+    text = HEAD + "  cfg: 3\naxes:\n  cfg: [4, 5]\ninclude:\n  - {seed: 7}\n"
+    jobs = list(iter_jobs(load_spec(write(tmp_path, text))))
+    assert [(j.inputs["108_cfg"], j.inputs["98_seed"]) for j in jobs] == [
+        (4.0, 96860978),
+        (5.0, 96860978),
+        (3.0, 7),
+    ]
+
+
+def test_index_or_key_in_a_template_tells_jobs_apart(tmp_path: Path) -> None:
+    for template in ("{index}", "run/{key}.mp4"):
+        text = HEAD + f"axes:\n  seed: [1, 2]\nrepeat: 2\nrun:\n  filename: '{template}'\n"
+        assert load_spec(write(tmp_path, text)).filename == template
