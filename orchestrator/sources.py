@@ -14,10 +14,11 @@ import json
 import math
 import mimetypes
 import re
-from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+
+from orchestrator.errors import SpecError
 
 __all__ = [
     "MAX_MEDIA_BYTES",
@@ -51,19 +52,44 @@ class Problem(Exception):
         self.line = line
 
 
-@dataclass(frozen=True)
 class LocalImage:
     """A local media file that becomes a base64 ``data:`` URI when a job is built.
 
-    Two files with the same bytes and type make the same data URI, so they compare equal: the
-    grid collapses them like any other duplicate value.
+    Two files with the same bytes and type make the same data URI, so they compare equal and the
+    grid collapses them like any other duplicate value. Files are hashed only when their sizes
+    match, so a dataset of thousands of images loads without reading them.
     """
 
-    mime: str
-    sha256: str
-    path: Path = field(compare=False)
-    label: str = field(compare=False)  # as the user wrote it, for names and tables
-    size: int = field(compare=False)
+    __slots__ = ("_digest", "label", "mime", "path", "size")
+
+    def __init__(self, mime: str, path: Path, label: str, size: int) -> None:
+        self.mime = mime
+        self.path = path
+        self.label = label  # as the user wrote it (relative to the spec), for names and tables
+        self.size = size
+        self._digest: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        """The file's sha256 (hex), read once."""
+        if self._digest is None:
+            try:
+                self._digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+            except OSError as exc:
+                raise SpecError(f"cannot read {self.label}: {exc.strerror or exc}") from None
+        return self._digest
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LocalImage):
+            return NotImplemented
+        same_kind = self.mime == other.mime and self.size == other.size
+        return same_kind and (self.path == other.path or self.sha256 == other.sha256)
+
+    def __hash__(self) -> int:
+        return hash((self.mime, self.size))
+
+    def __repr__(self) -> str:
+        return f"LocalImage({self.label!r}, {self.mime}, {self.size} bytes)"
 
     def data_uri(self) -> str:
         """The file as a ``data:`` URI (read now; callers cache it)."""
@@ -111,8 +137,7 @@ def local_media(
             f"{label} is {size / 2**20:.1f} MiB, above the {limit // 2**20} MiB limit for a data: "
             f"URI {kind}; host it at a public http(s) URL instead"
         )
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    image = LocalImage(mime=mime, sha256=digest, path=path, label=label, size=size)
+    image = LocalImage(mime=mime, path=path, label=label, size=size)
     seen[path] = image
     return image
 

@@ -237,3 +237,15 @@ def test_spec_with_only_inputs_counts_one(tmp_path: Path) -> None:
     spec = spec_from(tmp_path, {})
     assert count_jobs(spec).jobs == 1
     assert count_jobs(spec).axes == {}
+
+
+def test_images_are_hashed_only_when_sizes_match(tmp_path: Path) -> None:
+    for i in range(5):
+        (tmp_path / f"{i}.png").write_bytes(PNG.read_bytes() + b"x" * i)
+    (tmp_path / "5.png").write_bytes(PNG.read_bytes() + b"y" * 4)  # same size as 4.png
+    body = {"inputs": {"prompt": "a"}, "axes": {"image": {"glob": "*.png"}}}
+    spec = spec_from(tmp_path, body)
+    (images,) = [[row[0] for row in d.rows] for d in spec.dimensions]
+    assert len(images) == 6
+    read = [image.label for image in images if image._digest is not None]
+    assert read == ["4.png", "5.png"]
