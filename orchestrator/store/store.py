@@ -63,6 +63,15 @@ _FRESH_ATTEMPT = {
     "downloaded_at": None,
 }
 _EVENT_INSERT = sa.insert(EVENTS)
+_SYNC_KEYS = sa.table("sync_keys", sa.column("key", sa.Text))
+_KNOWN = sa.select(JOBS.c.key, JOBS.c["index"], JOBS.c.in_spec).where(
+    JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True))
+)
+_MOVE = (
+    JOBS.update()
+    .where(JOBS.c.key == sa.bindparam("p_key"))
+    .values({"index": sa.bindparam("p_index"), "in_spec": True})
+)
 PAGE = 500
 SYNC_BATCH = 1000
 
@@ -210,25 +219,49 @@ class Store:
         Streams ``jobs`` in batches inside one transaction (a killed sync changes nothing), so
         memory stays flat for a million jobs.
         """
-        ins = self._insert(JOBS)
-        upsert = ins.on_conflict_do_update(
-            index_elements=[JOBS.c.key], set_={"index": ins.excluded["index"], "in_spec": True}
-        )
         count = sa.select(sa.func.count()).select_from(JOBS)
+        mark = "?" if self.is_sqlite else "%s"
         total = 0
         with self._tx(write=True) as conn:
             before = conn.execute(count).scalar_one()
-            conn.execute(JOBS.update().where(JOBS.c.in_spec).values(in_spec=False))
+            # This sync's keys, on the side (a temp table: no WAL, private to the connection).
+            conn.exec_driver_sql("CREATE TEMPORARY TABLE IF NOT EXISTS sync_keys (key TEXT)")
+            conn.exec_driver_sql("DELETE FROM sync_keys")
             iterator = iter(jobs)
             while batch := list(itertools.islice(iterator, SYNC_BATCH)):
-                now = _now()
-                rows: dict[str, dict[str, Any]] = {}
-                for job in batch:
+                by_key = {job.key: job for job in batch}
+                for job in by_key.values():
                     if job.model_id != model_id:
                         raise ValueError(f"job {job.key} is for {job.model_id}, not {model_id}")
-                    rows[job.key] = _new_job(job, now, self._run_id)
-                conn.execute(upsert, list(rows.values()))
+                known = {
+                    key: (index, in_spec)
+                    for key, index, in_spec in conn.execute(_KNOWN, {"p_keys": list(by_key)})
+                }
+                now = _now()
+                new_rows = [
+                    _new_job(job, now, self._run_id)
+                    for key, job in by_key.items()
+                    if key not in known
+                ]
+                moved = [
+                    {"p_key": key, "p_index": job.index}
+                    for key, job in by_key.items()
+                    if key in known and known[key] != (job.index, True)
+                ]
+                # Known keys in place are not written: re-running a spec costs reads, not writes.
+                if new_rows:
+                    conn.execute(self._insert(JOBS).on_conflict_do_nothing(), new_rows)
+                if moved:
+                    conn.execute(_MOVE, moved)
+                insert_keys = f"INSERT INTO sync_keys (key) VALUES ({mark})"
+                conn.exec_driver_sql(insert_keys, [(key,) for key in by_key])
                 total += len(batch)
+            conn.execute(
+                JOBS.update()
+                .where(JOBS.c.in_spec, JOBS.c.key.not_in(sa.select(_SYNC_KEYS.c.key)))
+                .values(in_spec=False)
+            )
+            conn.exec_driver_sql("DELETE FROM sync_keys")
             new = conn.execute(count).scalar_one() - before
             self._set_meta(conn, "model_id", model_id)
         return SyncResult(total=total, new=new)
@@ -434,6 +467,7 @@ _CLAIM_PG = _CLAIM.where(JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True)))
 
 
 def _new_job(job: JobLike, now: datetime, run_id: int | None) -> dict[str, Any]:
+    """A new pending row; the columns left out are NULL (that is what a new job has)."""
     return {
         "key": job.key,
         "index": job.index,
@@ -441,20 +475,11 @@ def _new_job(job: JobLike, now: datetime, run_id: int | None) -> dict[str, Any]:
         "inputs": canonical_json(dict(job.inputs)),
         "repeat": job.repeat,
         "state": _S.PENDING.value,
-        "prev_state": None,
-        "request_id": None,
         "attempts": 0,
-        "error": None,
-        "cost": None,
         "outputs": "[]",
-        "result": None,
         "in_spec": True,
         "run_id": run_id,
         "created_at": now,
-        "submitted_at": None,
-        "started_at": None,
-        "finished_at": None,
-        "downloaded_at": None,
         "updated_at": now,
     }
 
