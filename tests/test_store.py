@@ -236,6 +236,11 @@ def test_sync_counts_new_jobs_renumbers_and_marks_the_spec(store: Store) -> None
     assert sum(store.counts(in_spec=True).values()) == 4
     assert sum(store.counts().values()) == 7
     assert store.get_meta("model_id") == MODEL
+    # Back to the first spec: job 0 returns to it, unchanged, nothing new.
+    back = store.sync_jobs(make_jobs(5), MODEL)
+    assert (back.total, back.new) == (5, 0)
+    assert [r.key for r in store.jobs(in_spec=True)] == [f"job-{i:06d}" for i in range(5)]
+    assert [r.index for r in store.jobs(in_spec=True)] == list(range(5))
 
 
 def test_sync_rejects_a_job_of_another_model(store: Store) -> None:
@@ -442,6 +447,29 @@ def test_another_sqlite_database_is_refused_untouched(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=f"store {path} is a database with other tables"):
         Store.open(path)
     assert untouched(path) == before
+
+
+def test_claims_and_request_ids_commit_with_an_fsync(store: Store) -> None:
+    """WAL + NORMAL survives a killed process, not a power cut: the money records get FULL."""
+    store.sync_jobs(make_jobs(2), MODEL)
+    assert store._conn is not None
+    raw = store._conn.connection.driver_connection
+    assert raw is not None
+    synchronous = {1: "NORMAL", 2: "FULL"}
+    (row,) = store.claim(1)
+    assert synchronous[raw.execute("PRAGMA synchronous").fetchone()[0]] == "FULL"
+    store.transition(row.key, S.PENDING)
+    assert synchronous[raw.execute("PRAGMA synchronous").fetchone()[0]] == "NORMAL"
+    store.transition(row.key, S.SUBMITTING)
+    store.transition(row.key, S.QUEUED, request_id="r")
+    assert synchronous[raw.execute("PRAGMA synchronous").fetchone()[0]] == "FULL"
+
+
+def test_an_unreachable_server_is_one_line_without_the_password() -> None:
+    with pytest.raises(StoreError, match="cannot be opened") as caught:
+        Store.open("postgresql+psycopg://sweeper:hunter2@127.0.0.1:1/sweeps")
+    assert "hunter2" not in str(caught.value)
+    assert "sweeper:***@127.0.0.1:1/sweeps" in str(caught.value)
 
 
 def test_missing_and_misplaced_stores_are_one_line_errors(tmp_path: Path) -> None:
