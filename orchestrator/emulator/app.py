@@ -1,0 +1,404 @@
+"""The emulator's starlette app: the Model API's routes, auth, validation, faults and the ledger.
+
+Every route answers what the reference (shared/reference/runcomfy-model-api.md) documents; every
+success is HTTP 200. State lives in ``EmulatorState`` and is only touched on the event loop, so a
+handler's synchronous steps never race.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from orchestrator.canonical import input_sha256
+from orchestrator.emulator.config import EmulatorConfig
+from orchestrator.emulator.farm import PRICE_UNIT, PRICE_USD_PER_SECOND, Farm, Job, OutOfBalance
+from orchestrator.emulator.faults import FaultDice
+from orchestrator.emulator.ledger import Account, iso_time, ledger_snapshot
+from orchestrator.emulator.media import MediaCache, decode_data_uri
+from orchestrator.emulator.wire import (
+    BodyError,
+    RawSend,
+    TruncatedResponse,
+    api_error,
+    drop_connection,
+    fault_response,
+    read_json_object,
+)
+from orchestrator.models import Model, known_models
+
+__all__ = ["EmulatorState", "create_app"]
+
+log = logging.getLogger("orchestrator.emulator")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_REFUSALS = (
+    "rate_limit",
+    "http_500",
+    "http_500_bare",
+    "http_503",
+    "http_503_bare",
+    "proxy_html",
+    "error_200",
+)
+PRICING_NOTE = (
+    "Emulator price, not RunComfy's: {price} USD per simulated GPU second, where a job takes "
+    "20 s + width*height*frames*steps/3.5e6 s. Read the real price from RunComfy's catalog."
+)
+
+
+class EmulatorState:
+    """Everything the app serves from: the farm, the accounts, the fault dice, the media cache."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.models: dict[str, Model] = {m.model_id: m for m in known_models()}
+        balance = config.starting_balance
+        self.token_accounts = {t: f"account{i + 1}" for i, t in enumerate(config.tokens)}
+        accounts = {n: Account(n, balance) for n in self.token_accounts.values()}
+        self.farm = Farm(
+            config.workers, config.speed, config.clock, accounts, balance, config.state_path
+        )
+        self.dice = FaultDice(config.faults, config.seed)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        media_dir = config.media_dir
+        if media_dir is None and config.state_path is not None:
+            media_dir = config.state_path.with_name(config.state_path.name + ".media")
+        if media_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="comfysweep-emulator-")
+            media_dir = Path(self._tmp.name)
+        self.media = MediaCache(media_dir)
+
+    def close(self) -> None:
+        self.farm.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def ledger(self) -> dict[str, Any]:
+        self.farm.advance()
+        snapshot = ledger_snapshot(self.farm.history, self.farm.accounts.values())
+        snapshot["faults_fired"] = self.dice.fired()
+        snapshot["renders"] = self.media.renders
+        return snapshot
+
+
+def create_app(state: EmulatorState) -> RawSend:
+    """The ASGI app serving ``state`` (wrapped so a fault can drop a connection)."""
+    api = _Api(state)
+    routes = [
+        Route("/v1/models", api.catalog_list, methods=["GET"]),
+        Route("/v1/models/categories", api.categories, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", api.model_route, methods=["GET", "POST"]),
+        Route("/v1/requests/{request_id}/status", api.status, methods=["GET"]),
+        Route("/v1/requests/{request_id}/result", api.result, methods=["GET"]),
+        Route("/v1/requests/{request_id}/cancel", api.cancel, methods=["POST"]),
+        Route("/outputs/{token}/{name}", api.download, methods=["GET", "HEAD"]),
+        Route("/_emulator/ledger", api.ledger, methods=["GET"]),
+        Route("/_emulator/restart", api.restart, methods=["POST"]),
+    ]
+    return RawSend(Starlette(routes=routes))
+
+
+class _Auth(Exception):
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+class _Api:
+    def __init__(self, state: EmulatorState) -> None:
+        self.state = state
+        self.farm = state.farm
+
+    # -- the protocol ---------------------------------------------------------------------------
+
+    async def model_route(self, request: Request) -> Response:
+        if request.method == "POST":
+            return await self._guarded(request, "submit", self._submit)
+        return await self._guarded(request, "catalog", self._model)
+
+    async def catalog_list(self, request: Request) -> Response:
+        return await self._guarded(request, "catalog", self._list)
+
+    async def categories(self, request: Request) -> Response:
+        return await self._guarded(request, "catalog", self._categories)
+
+    async def status(self, request: Request) -> Response:
+        return await self._guarded(request, "status", self._status)
+
+    async def result(self, request: Request) -> Response:
+        return await self._guarded(request, "result", self._result)
+
+    async def cancel(self, request: Request) -> Response:
+        return await self._guarded(request, "cancel", self._cancel)
+
+    async def _guarded(self, request: Request, endpoint: str, handler: Any) -> Response:
+        """Faults around a handler: restart and refusals before it, a slow answer after it."""
+        dice = self.state.dice
+        if dice.roll("restart", endpoint):
+            log.warning("fault restart: forgetting every job")
+            self.farm.forget()
+        fault = dice.first(_REFUSALS, endpoint)
+        if fault is not None:
+            log.warning("fault %s on %s %s", fault.name, request.method, request.url.path)
+            return fault_response(fault)
+        try:
+            response: Response = await handler(request)
+        except _Auth as refused:
+            response = refused.response
+        slow = dice.roll("slow", endpoint)
+        if slow is not None:
+            log.warning("fault slow: holding %s back %.1f s", request.url.path, slow.param("delay"))
+            await anyio.sleep(slow.param("delay"))
+        return response
+
+    def _account(self, request: Request) -> Account:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        name = self.state.token_accounts.get(token.strip()) if scheme.lower() == "bearer" else None
+        if name is None:
+            log.warning("refused %s: missing or wrong API token (400004)", request.url.path)
+            raise _Auth(api_error(401, 400004, "invalid or expired API token, or inactive account"))
+        return self.farm.account(name)
+
+    async def _submit(self, request: Request) -> Response:
+        account = self._account(request)
+        model_id = request.path_params["model_id"]
+        model = self.state.models.get(model_id)
+        if model is None:
+            detail = [{"loc": ["path", "model_id"], "msg": "unknown model", "type": "not_found"}]
+            return api_error(400, 400001, f"model {model_id!r} not found", detail)
+        try:
+            body = await read_json_object(request, self.state.config.max_body_bytes)
+        except BodyError as refused:
+            log.warning("refused submit: %s (%s)", refused.message, refused.status)
+            return refused.response()
+        detail = [
+            {"loc": ["body", p.key], "msg": f"{p.name}: {p.message}", "type": p.kind}
+            for p in model.problems(body)
+        ]
+        for key in sorted(model.media_inputs & body.keys()):
+            value = body[key]
+            try:
+                if isinstance(value, str):
+                    decode_data_uri(value)
+            except ValueError as exc:
+                detail.append({"loc": ["body", key], "msg": str(exc), "type": "invalid_data_uri"})
+        if detail:
+            log.warning("refused submit: %d invalid field(s) (422001)", len(detail))
+            return api_error(422, 422001, "input does not match the model's schema", detail)
+        inputs = model.complete(body)
+        try:
+            job = self.farm.submit(
+                account, model_id, inputs, input_sha256(inputs), self.state.dice.job_faults()
+            )
+        except OutOfBalance:
+            log.warning("refused submit: %s has no balance left (400002)", account.name)
+            return api_error(402, 400002, "insufficient balance")
+        if self.state.dice.roll("drop_after_create", "submit"):
+            log.warning("fault drop_after_create: job %s exists, dropping", job.request_id)
+            return await drop_connection(request)
+        urls = self._urls(request, job)
+        return JSONResponse({"request_id": job.request_id, **urls})
+
+    def _job(self, request: Request) -> Job:
+        account = self._account(request)
+        request_id = request.path_params["request_id"]
+        job = self.farm.jobs.get(request_id) if _REQUEST_ID.fullmatch(request_id) else None
+        if job is None:
+            raise _Auth(api_error(404, 404001, f"request {request_id!r} not found"))
+        if job.account is not account:
+            raise _Auth(api_error(403, 403001, "this request belongs to another user"))
+        self.farm.advance()
+        return job
+
+    async def _status(self, request: Request) -> Response:
+        job = self._job(request)
+        body: dict[str, Any] = {"request_id": job.request_id, "status": _status_word(job)}
+        if job.state == "in_queue":
+            body["queue_position"] = self.farm.queue_position(job)
+        urls = self._urls(request, job)
+        body["status_url"], body["result_url"] = urls["status_url"], urls["result_url"]
+        return JSONResponse(body)
+
+    async def _result(self, request: Request) -> Response:
+        job = self._job(request)
+        body: dict[str, Any] = {
+            "request_id": job.request_id,
+            "status": _result_word(job),
+            "model_id": job.model_id,
+            "created_at": iso_time(job.created_at),
+        }
+        if job.state == "in_queue":
+            body["queue_position"] = self.farm.queue_position(job)
+        if job.terminal:
+            body["finished_at"] = iso_time(job.finished_at)
+        if job.state == "succeeded":
+            url = f"{_origin(request)}/outputs/{job.output_token}/{job.request_id[:8]}.mp4"
+            body["output"] = url if "bare_output" in job.faults else {"video": url}
+        if job.state == "failed":
+            body["error"] = job.error
+        if request.query_params.get("include_cost", "").lower() in ("true", "1"):
+            body["cost"] = round(job.billed_usd, 6) if job.terminal else None
+        return JSONResponse(body)
+
+    async def _cancel(self, request: Request) -> Response:
+        job = self._job(request)
+        done = self.farm.cancel(job) or job.state == "cancelled"
+        outcome = "cancelled" if done else "not_cancellable"
+        body = {"request_id": job.request_id, "status": _status_word(job), "outcome": outcome}
+        return JSONResponse(body)
+
+    async def _model(self, request: Request) -> Response:
+        self._account(request)
+        model_id = request.path_params["model_id"]
+        model = self.state.models.get(model_id)
+        if model is None:
+            return api_error(400, 400001, f"model {model_id!r} not found")
+        return JSONResponse(_catalog_entry(model, schema=True))
+
+    async def _list(self, request: Request) -> Response:
+        self._account(request)
+        query = request.query_params
+        problems = []
+        limit, offset = _int(query.get("limit", "50")), _int(query.get("offset", "0"))
+        if limit is None or not 1 <= limit <= 500:
+            problems.append({"loc": ["query", "limit"], "msg": "must be 1..500", "type": "range"})
+        if offset is None or offset < 0:
+            problems.append({"loc": ["query", "offset"], "msg": "must be >= 0", "type": "range"})
+        kind = query.get("kind")
+        if kind not in (None, "", "model", "workflow", "inference"):
+            msg = "must be model, workflow or inference"
+            problems.append({"loc": ["query", "kind"], "msg": msg, "type": "enum"})
+        if problems:
+            return api_error(422, 422001, "invalid query parameters", problems)
+        assert limit is not None
+        assert offset is not None
+        search = query.get("search", "").lower()
+        category = query.get("category")
+        schema = query.get("include_schema", "").lower() in ("true", "1")
+        entries = [_catalog_entry(m, schema=schema) for m in self.state.models.values()]
+        entries = [
+            e
+            for e in entries
+            if (not search or search in f"{e['model_id']} {e['display_name']}".lower())
+            and (not category or category in e["categories"])
+            and (not kind or kind == e["kind"])
+        ]
+        page = entries[offset : offset + limit]
+        return JSONResponse(
+            {"models": page, "total": len(entries), "limit": limit, "offset": offset}
+        )
+
+    async def _categories(self, request: Request) -> Response:
+        self._account(request)
+        names = sorted({c for m in self.state.models.values() for c in _categories(m)})
+        return JSONResponse({"categories": names})
+
+    # -- outputs and admin --------------------------------------------------------------------
+
+    async def download(self, request: Request) -> Response:
+        dice = self.state.dice
+        slow = dice.roll("slow", "download")
+        if slow is not None:
+            await anyio.sleep(slow.param("delay"))
+        self.farm.advance()
+        job = self.farm.by_token.get(request.path_params["token"])
+        if job is None or job.state != "succeeded" or job.finished_at is None:
+            return Response("Not Found", status_code=404, media_type="text/plain")
+        ttl = 0.0 if "early_expiry" in job.faults else self.state.config.output_ttl
+        if self.state.config.clock() >= job.finished_at + ttl:
+            return Response("Gone: this output has expired", status_code=410)
+        inputs = job.inputs
+        rendered = await anyio.to_thread.run_sync(lambda: self.state.media.get(inputs))
+        if request.method == "GET":
+            self.farm.downloaded(job)
+        headers = {"etag": rendered.etag, "cache-control": "private, no-transform"}
+        if request.method == "GET" and dice.roll("truncated_download", "download"):
+            fault = self.state.dice.profile.faults["truncated_download"]
+            cut = int(rendered.size * fault.param("fraction"))
+            log.warning("fault truncated_download: %d of %d bytes", cut, rendered.size)
+            body = rendered.path.read_bytes()[:cut]
+            return TruncatedResponse(body, rendered.size, headers)
+        return FileResponse(rendered.path, media_type="video/mp4", headers=headers)
+
+    async def ledger(self, request: Request) -> Response:
+        return JSONResponse(self.state.ledger())
+
+    async def restart(self, request: Request) -> Response:
+        forgotten = len(self.farm.jobs)
+        self.farm.forget()
+        log.warning("restart: forgot %d job(s)", forgotten)
+        return JSONResponse({"forgotten": forgotten})
+
+    def _urls(self, request: Request, job: Job) -> dict[str, str]:
+        base = f"{_origin(request)}/v1/requests/{job.request_id}"
+        return {
+            "status_url": f"{base}/status",
+            "result_url": f"{base}/result",
+            "cancel_url": f"{base}/cancel",
+        }
+
+
+def _origin(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _status_word(job: Job) -> str:
+    """The status endpoint's word for a job, in the spelling its faults pick."""
+    faults, state = job.faults, job.state
+    if state == "in_queue":
+        return "pending" if "spell_pending" in faults else "in_queue"
+    if state == "in_progress":
+        return "processing" if "spell_processing" in faults else "in_progress"
+    if state == "cancelled":
+        return "canceled" if "spell_canceled" in faults else "cancelled"
+    if "spell_succeeded" in faults:
+        return state  # succeeded / failed, which RunComfy's CLI also reads as terminal
+    return "completed"
+
+
+def _result_word(job: Job) -> str:
+    if job.state == "succeeded":
+        return "completed" if "spell_completed" in job.faults else "succeeded"
+    if job.state == "failed":
+        return "failed"
+    return _status_word(job)
+
+
+def _categories(model: Model) -> list[str]:
+    return ["image-to-video", "video"] if model.media_inputs else ["text-to-video", "video"]
+
+
+def _catalog_entry(model: Model, *, schema: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "model_id": model.model_id,
+        "display_name": model.summary or model.model_id,
+        "description": model.summary,
+        "categories": _categories(model),
+        "kind": "model",
+        "model_url": f"https://www.runcomfy.com/models/{model.model_id}",
+    }
+    if schema:
+        entry["input_schema"] = dict(model.input_schema)
+        entry["output_schema"] = dict(model.output_schema)
+    entry["inputs"] = list(model.properties)
+    entry["required_inputs"] = list(model.required)
+    entry["base_price_usd"] = PRICE_USD_PER_SECOND
+    entry["price_unit"] = PRICE_UNIT
+    entry["pricing_note"] = PRICING_NOTE.format(price=PRICE_USD_PER_SECOND)
+    return entry
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
