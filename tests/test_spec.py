@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from orchestrator import count_jobs, iter_jobs, load_spec
 from orchestrator.cli import cli
@@ -356,6 +358,18 @@ def test_range_is_inclusive_and_does_not_drift() -> None:
     assert all(isinstance(v, int) for v in span(8, 20, 4))
     assert span(3.0, 1.0, -1.0) == [3.0, 2.0, 1.0]
     assert span(1, 2.5, 1) == [1.0, 2.0]
+
+
+@given(st.integers(-500, 500), st.integers(1, 300), st.integers(0, 60))
+def test_decimal_ranges_hit_stop_exactly_without_drift(start: int, step: int, n: int) -> None:
+    # start/step with up to 2 decimals: every value must print with at most 2 decimals too.
+    first, by = start / 100, step / 100
+    last = (start + n * step) / 100
+    values = span(first, last, by)
+    assert len(values) == n + 1
+    assert values[0] == first
+    assert values[-1] == last
+    assert all(len(repr(v).split(".")[1]) <= 2 for v in values)
 
 
 def test_random_seeds_are_fixed_forever() -> None:
