@@ -1,0 +1,135 @@
+"""The store's SQL in one place: the tables as Core objects and the statements built once.
+
+Building a statement costs more than running it, so the per-job path reuses these objects and
+SQLAlchemy's compiled cache does the rest.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from orchestrator.canonical import canonical_json
+from orchestrator.store.rows import JobLike
+from orchestrator.store.states import JobState
+from orchestrator.store.tables import EventTable, JobTable, MetaTable, RunTable
+
+JOBS: sa.Table = JobTable.__table__  # type: ignore[attr-defined]
+EVENTS: sa.Table = EventTable.__table__  # type: ignore[attr-defined]
+META: sa.Table = MetaTable.__table__  # type: ignore[attr-defined]
+RUNS: sa.Table = RunTable.__table__  # type: ignore[attr-defined]
+
+_S = JobState
+# Which timestamp a target state stamps (DESIGN: submitted on queued, started on running, ...).
+STAMPS = {
+    _S.QUEUED: "submitted_at",
+    _S.RUNNING: "started_at",
+    _S.SUCCEEDED: "finished_at",
+    _S.FAILED: "finished_at",
+    _S.CANCELLED: "finished_at",
+    _S.DONE: "downloaded_at",
+}
+# A new attempt starts clean: what the previous attempt left is in the events and is not reused.
+_FRESH_ATTEMPT = {
+    "request_id": None,
+    "error": None,
+    "result": None,
+    "outputs": "[]",
+    "submitted_at": None,
+    "started_at": None,
+    "finished_at": None,
+    "downloaded_at": None,
+}
+EVENT_INSERT = sa.insert(EVENTS)
+SYNC_KEYS = sa.table("sync_keys", sa.column("key", sa.Text))
+KNOWN = sa.select(JOBS.c.key, JOBS.c["index"], JOBS.c.in_spec).where(
+    JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True))
+)
+MOVE = (
+    JOBS.update()
+    .where(JOBS.c.key == sa.bindparam("p_key"))
+    .values({"index": sa.bindparam("p_index"), "in_spec": True})
+)
+
+
+def set_clause(to: JobState, fields: frozenset[str]) -> dict[str, Any]:
+    """The SET of a move to ``to``: state, history, timestamps, and the caller's ``fields``."""
+    c = JOBS.c
+    values: dict[str, Any] = {
+        # SET expressions read the row as it was, so prev_state gets the old state.
+        "prev_state": c.state,
+        "state": to.value,
+        "updated_at": sa.bindparam("p_now"),
+        "run_id": sa.func.coalesce(sa.bindparam("p_run", type_=sa.Integer), c.run_id),
+    }
+    if to is _S.SUBMITTING:
+        values.update(_FRESH_ATTEMPT, attempts=c.attempts + 1)
+    if to in STAMPS:
+        values[STAMPS[to]] = sa.bindparam("p_now")
+    values.update({name: sa.bindparam(f"v_{name}") for name in fields})
+    return values
+
+
+@functools.cache
+def transition(to: JobState, sources: frozenset[JobState], fields: frozenset[str]) -> sa.Update:
+    """The UPDATE of one transition shape: legal only from ``sources``, checked in the WHERE."""
+    return (
+        JOBS.update()
+        .where(JOBS.c.key == sa.bindparam("p_key"))
+        # OR of equalities, not an expanding IN: no per-call re-rendering of the SQL.
+        .where(sa.or_(*(JOBS.c.state == s.value for s in sorted(sources))))
+        .values(set_clause(to, fields))
+        .returning(*JOBS.c)
+    )
+
+
+# claim(): the oldest pending jobs of the spec -> submitting (statements built once).
+PICK = (
+    sa.select(JOBS.c.key)
+    .where(JOBS.c.state == _S.PENDING.value, JOBS.c.in_spec)
+    .order_by(JOBS.c["index"], JOBS.c.key)
+    .limit(sa.bindparam("p_limit", type_=sa.Integer))
+)
+CLAIM = (
+    JOBS.update()
+    .where(JOBS.c.state == _S.PENDING.value)
+    .values(set_clause(_S.SUBMITTING, frozenset()))
+    .returning(*JOBS.c)
+)
+CLAIM_SQLITE = CLAIM.where(JOBS.c.key.in_(PICK))
+PICK_PG = PICK.with_for_update(skip_locked=True)
+CLAIM_PG = CLAIM.where(JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True)))
+
+
+def new_job(job: JobLike, now: datetime, run_id: int | None) -> dict[str, Any]:
+    """A new pending row; the columns left out are NULL (that is what a new job has)."""
+    return {
+        "key": job.key,
+        "index": job.index,
+        "model_id": job.model_id,
+        "inputs": canonical_json(dict(job.inputs)),
+        "repeat": job.repeat,
+        "state": _S.PENDING.value,
+        "attempts": 0,
+        "outputs": "[]",
+        "in_spec": True,
+        "run_id": run_id,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def event_row(row: Mapping[Any, Any], at: datetime, detail: str | None) -> dict[str, Any]:
+    return {
+        "job_key": row["key"],
+        "from_state": row["prev_state"],
+        "to_state": row["state"],
+        "at": at,
+        "detail": detail,
+        "request_id": row["request_id"],
+        "run_id": row["run_id"],
+    }
