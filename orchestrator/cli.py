@@ -277,7 +277,8 @@ def emulator(
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON object.")
 @click.option("--jobs", "as_jobs", is_flag=True, help="Stream every job as JSONL (key, inputs).")
 @click.option("--concurrency", type=click.IntRange(1, 4096), help="Estimate at this concurrency.")
-def plan(spec: Path, as_json: bool, as_jobs: bool, concurrency: int | None) -> None:
+@click.option("--online", is_flag=True, help="Read the model's price from the live catalog first.")
+def plan(spec: Path, as_json: bool, as_jobs: bool, concurrency: int | None, online: bool) -> None:
     """Show, offline, what a sweep will submit and roughly what it will cost."""
     from rich.console import Console
 
@@ -287,6 +288,10 @@ def plan(spec: Path, as_json: bool, as_jobs: bool, concurrency: int | None) -> N
     if as_json and as_jobs:
         raise click.UsageError("give --json or --jobs, not both")
     loaded = load_spec(spec).with_run(concurrency=concurrency)
+    if online:
+        from orchestrator.sweep import refresh_price
+
+        refresh_price(loaded)
     if as_jobs:
         for record in planning.stream_jobs(loaded):
             sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")

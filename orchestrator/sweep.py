@@ -32,6 +32,7 @@ __all__ = [
     "CancelReport",
     "cancel_sweep",
     "job_cost",
+    "refresh_price",
     "retry_jobs",
     "run_sweep",
     "store_path",
@@ -131,6 +132,21 @@ async def _catalog(client: ModelApiClient, model_id: str) -> ModelInfo | None:
         return None
     prices.remember_price(model_id, info, api_base=client.base_url)
     return info
+
+
+def refresh_price(
+    spec: Spec | str | Path, *, base_url: str | None = None, token: str | None = None
+) -> ModelInfo:
+    """Read the model's price from the live catalog and remember it for later estimates."""
+    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+
+    async def fetch() -> ModelInfo:
+        async with ModelApiClient(base_url, token) as client:
+            info = await client.model(spec.model)
+            prices.remember_price(spec.model, info, api_base=client.base_url)
+            return info
+
+    return anyio.run(fetch)
 
 
 def job_cost(info: ModelInfo, inputs: Mapping[str, Any]) -> float | None:

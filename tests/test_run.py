@@ -196,3 +196,26 @@ def test_cli_status_json_counts(tmp_path: Path, emulator: Emulator) -> None:
     result = CliRunner().invoke(cli, ["status", str(spec), "--json"], catch_exceptions=False)
     assert result.exit_code == 0
     assert json.loads(result.output)["counts"]["done"] == 4
+
+
+def test_plan_online_reads_the_catalog_price_and_estimates(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = write_spec(tmp_path)
+    monkeypatch.setenv("RUNCOMFY_MODEL_API_BASE", emulator.base_url)
+    monkeypatch.setenv("RUNCOMFY_API_TOKEN", emulator.token)
+    offline = CliRunner().invoke(cli, ["plan", str(spec), "--json"], catch_exceptions=False)
+    assert json.loads(offline.output)["estimated_cost_usd"] is None
+    online = CliRunner().invoke(
+        cli, ["plan", str(spec), "--json", "--online"], catch_exceptions=False
+    )
+    assert online.exit_code == 0, online.output
+    catalog = httpx.get(
+        f"{emulator.base_url}/models/community/wan-2-2/vace-fun",
+        headers={"Authorization": f"Bearer {emulator.token}"},
+    ).json()
+    expected = catalog["base_price_usd"] * 4 * 81 / 16
+    assert json.loads(online.output)["estimated_cost_usd"] == pytest.approx(expected, abs=1e-4)
+    # Later plans reuse the last price seen, offline.
+    again = CliRunner().invoke(cli, ["plan", str(spec), "--json"], catch_exceptions=False)
+    assert json.loads(again.output)["estimated_cost_usd"] == pytest.approx(expected, abs=1e-4)
