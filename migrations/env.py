@@ -19,6 +19,11 @@ connection = context.config.attributes.get("connection")
 if connection is None or context.is_offline_mode():
     raise RuntimeError("comfysweep migrations run only through Store.open()")
 
+if connection.dialect.name == "sqlite":
+    # A batch migration rebuilds a table (copy, drop, rename); foreign keys are checked at the
+    # commit, against the rebuilt tables, not halfway through. Resets itself at the commit.
+    connection.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
+
 context.configure(
     connection=connection,
     target_metadata=metadata,

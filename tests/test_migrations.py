@@ -4,6 +4,7 @@ process killed mid-migration leaves a store that opens cleanly."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -19,8 +20,9 @@ from alembic.runtime.migration import MigrationContext
 
 from orchestrator.errors import StoreError
 from orchestrator.store import JobState, Store
-from orchestrator.store.schema import _config, head_revision, script_directory
+from orchestrator.store.schema import MIGRATIONS, _config, head_revision, script_directory
 from orchestrator.store.tables import metadata
+from tests.test_store import MODEL, make_jobs
 
 
 def schema_diffs(url: str) -> list[object]:
@@ -91,19 +93,46 @@ def test_readonly_open_of_an_unmigrated_store_asks_for_a_writer(tmp_path: Path) 
 
 OPENER = """
 import sys
-from orchestrator.store import Store
+from pathlib import Path
+from orchestrator.store import Store, schema
+if len(sys.argv) > 2:  # play a newer comfysweep: migrations from another folder
+    schema.MIGRATIONS = Path(sys.argv[2])
 Store.open(sys.argv[1]).close()
 """
 
+NEXT_REVISION = """
+from __future__ import annotations
 
-def test_a_kill_mid_migration_leaves_the_previous_version(tmp_path: Path) -> None:
-    path = tmp_path / "store.db"
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002_test"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("note", sa.Text(), nullable=True))
+    op.execute("UPDATE jobs SET note = 'migrated'")
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("note")
+"""
+
+
+def open_and_kill(path: Path, tmp_path: Path, *extra: str) -> None:
+    """Open ``path`` in a subprocess and SIGKILL it inside the migration, before the commit."""
     ready = tmp_path / "inside-the-migration"
+    ready.unlink(missing_ok=True)
     env = {**os.environ, "COMFYSWEEP_TEST_MIGRATION_PAUSE": str(ready)}
-    proc = subprocess.Popen([sys.executable, "-c", OPENER, str(path)], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", OPENER, str(path), *extra], env=env)
     try:
         deadline = time.monotonic() + 30
-        while not ready.exists():  # the child touches it with every table created, uncommitted
+        while not ready.exists():  # touched with the migration applied, uncommitted
             assert proc.poll() is None, "the opener exited before reaching the migration"
             assert time.monotonic() < deadline, "the opener never reached the migration"
             time.sleep(0.02)
@@ -112,9 +141,42 @@ def test_a_kill_mid_migration_leaves_the_previous_version(tmp_path: Path) -> Non
     finally:
         proc.kill()
         proc.wait()
-    assert revision_of(path) is None  # the rolled-back state: the version before the migration
+
+
+def test_a_kill_mid_migration_leaves_the_previous_version(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    open_and_kill(path, tmp_path)
+    assert revision_of(path) is None  # the version before the migration: none
     with Store.open(path) as store:
         store.set_meta("opened", True)
         assert store.counts()[JobState.PENDING] == 0
     assert revision_of(path) == head_revision()
     assert schema_diffs(f"sqlite:///{path}") == []
+
+
+def test_a_kill_mid_upgrade_keeps_the_old_schema_and_its_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    with Store.open(path) as store:
+        store.sync_jobs(make_jobs(3), MODEL)
+        store.transition("job-000001", JobState.SUBMITTING)
+    newer = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, newer, ignore=shutil.ignore_patterns("__pycache__"))
+    (newer / "versions" / "0002_test.py").write_text(NEXT_REVISION)
+
+    open_and_kill(path, tmp_path, str(newer))
+    assert revision_of(path) == "0001"
+    with Store.open(path) as store:  # this code still opens it, as it was
+        assert store.counts()["pending"] == 2
+        assert store.counts()["submitting"] == 1
+    with sqlite3.connect(path) as raw:
+        assert "note" not in {row[1] for row in raw.execute("PRAGMA table_info(jobs)")}
+    raw.close()
+
+    subprocess.run([sys.executable, "-c", OPENER, str(path), str(newer)], check=True)
+    assert revision_of(path) == "0002_test"
+    with sqlite3.connect(path) as raw:
+        notes = raw.execute("SELECT note, count(*) FROM jobs GROUP BY note").fetchall()
+    raw.close()
+    assert notes == [("migrated", 3)]
+    with pytest.raises(StoreError, match="written by a newer comfysweep"):
+        Store.open(path)
