@@ -36,7 +36,7 @@ from orchestrator.emulator.wire import (
 )
 from orchestrator.models import Model, known_models
 
-__all__ = ["EmulatorState", "create_app"]
+__all__ = ["EmulatorApp", "EmulatorState", "create_app"]
 
 log = logging.getLogger("orchestrator.emulator")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -91,7 +91,24 @@ class EmulatorState:
         return snapshot
 
 
-def create_app(state: EmulatorState) -> RawSend:
+class EmulatorApp(RawSend):
+    """The ASGI app; ``swap`` replaces the state it serves (for tests that reuse one server)."""
+
+    def __init__(self, api: _Api, app: Starlette) -> None:
+        super().__init__(app)
+        self._api = api
+
+    @property
+    def state(self) -> EmulatorState:
+        return self._api.state
+
+    def swap(self, state: EmulatorState) -> EmulatorState:
+        """Serve ``state`` from now on; returns the old one. Call with no request in flight."""
+        old, self._api.state = self._api.state, state
+        return old
+
+
+def create_app(state: EmulatorState) -> EmulatorApp:
     """The ASGI app serving ``state`` (wrapped so a fault can drop a connection)."""
     api = _Api(state)
     routes = [
@@ -105,7 +122,7 @@ def create_app(state: EmulatorState) -> RawSend:
         Route("/_emulator/ledger", api.ledger, methods=["GET"]),
         Route("/_emulator/restart", api.restart, methods=["POST"]),
     ]
-    return RawSend(Starlette(routes=routes))
+    return EmulatorApp(api, Starlette(routes=routes))
 
 
 class _Auth(Exception):
@@ -116,7 +133,10 @@ class _Auth(Exception):
 class _Api:
     def __init__(self, state: EmulatorState) -> None:
         self.state = state
-        self.farm = state.farm
+
+    @property
+    def farm(self) -> Farm:
+        return self.state.farm
 
     # -- the protocol ---------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from orchestrator.emulator.app import EmulatorState, create_app
+from orchestrator.emulator.app import EmulatorApp, EmulatorState, create_app
 from orchestrator.emulator.config import EmulatorConfig
 from orchestrator.errors import EmulatorError
 
@@ -25,7 +25,9 @@ __all__ = ["Emulator", "bind", "serve"]
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket; raises EmulatorError in one line when the port is taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+    # without it keep-alive answers stall ~40 ms on Nagle plus delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -46,9 +48,9 @@ def _base_url(sock: socket.socket) -> str:
     return f"http://{shown}:{port}/v1"
 
 
-def _server(state: EmulatorState, log_level: str = "warning") -> uvicorn.Server:
+def _server(app: EmulatorApp, log_level: str = "warning") -> uvicorn.Server:
     config = uvicorn.Config(
-        create_app(state),
+        app,
         log_level=log_level,
         access_log=False,
         lifespan="off",
@@ -66,6 +68,7 @@ class Emulator:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.base_url = ""
+        self.app: EmulatorApp | None = None
 
     @property
     def token(self) -> str:
@@ -95,7 +98,8 @@ class Emulator:
         if self.state is None:
             self.state = EmulatorState(self.config)
         self.base_url = _base_url(sock)
-        server = _server(self.state)
+        self.app = create_app(self.state)
+        server = _server(self.app)
         thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name="emulator", daemon=True
         )
@@ -134,6 +138,17 @@ class Emulator:
                 self.state = None
         self.start()
 
+    def reset(self, config: EmulatorConfig | None = None, **overrides: Any) -> None:
+        """Serve a fresh state (no jobs, fresh accounts and dice) on the same port, at once.
+
+        Much faster than a new Emulator; for tests and benchmarks, with no request in flight.
+        """
+        if self.app is None:
+            raise EmulatorError("the emulator is not running")
+        self.config = replace(config or self.config, **overrides)
+        self.state = EmulatorState(self.config)
+        self.app.swap(self.state).close()
+
     def ledger(self) -> dict[str, Any]:
         """The ``/_emulator/ledger`` document."""
         response = httpx.get(f"{self.origin}/_emulator/ledger", timeout=30.0)
@@ -153,6 +168,6 @@ def serve(config: EmulatorConfig, log_level: str = "warning") -> None:
     state = EmulatorState(config)
     try:
         print(_base_url(sock), flush=True)
-        _server(state, log_level).run(sockets=[sock])
+        _server(create_app(state), log_level).run(sockets=[sock])
     finally:
         state.close()
