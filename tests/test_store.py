@@ -86,10 +86,12 @@ LEGAL = [(a, b) for a in JobState for b in sorted(TRANSITIONS[a])]
 ILLEGAL = [(a, b) for a in JobState for b in JobState if b not in TRANSITIONS[a]]
 
 
-def test_every_state_is_reachable_and_final_states_leave_only_by_retry() -> None:
+def test_every_state_is_reachable_and_final_states_never_submit_by_themselves() -> None:
     assert {s for s in JobState if path_to(s)} == set(JobState)
-    for state in FINAL:
-        assert TRANSITIONS[state] <= {S.PENDING}
+    for state in FINAL - {S.DONE}:
+        assert TRANSITIONS[state] == {S.PENDING}  # `retry`, on purpose
+    assert TRANSITIONS[S.DONE] == {S.SUCCEEDED, S.PENDING}  # download again; `--force`
+    assert [s for s in JobState if S.SUBMITTING in TRANSITIONS[s]] == [S.PENDING]
 
 
 @pytest.mark.parametrize(("source", "to"), LEGAL, ids=[f"{a}->{b}" for a, b in LEGAL])

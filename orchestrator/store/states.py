@@ -28,16 +28,19 @@ class JobState(StrEnum):
 _S = JobState
 _RETRYABLE = (_S.FAILED, _S.EXPIRED, _S.LOST, _S.CANCELLED, _S.UNKNOWN)
 
-# The DESIGN.md table, row for row. `retry` is the only way out of a final state, on purpose:
-# a job in `unknown` may exist remotely and be billed, so nothing resubmits it by itself.
+# The DESIGN.md table, plus three moves the runner needs that never submit by themselves:
+# running -> cancelled (the API reports a running job cancelled), done -> succeeded (an output
+# vanished from disk: download it again), done -> pending (`--force`: render again, on purpose).
+# `retry` is the only way out of the other final states, on purpose: a job in `unknown` may exist
+# remotely and be billed, so nothing resubmits it by itself.
 TRANSITIONS: Mapping[JobState, frozenset[JobState]] = MappingProxyType(
     {
         _S.PENDING: frozenset({_S.SUBMITTING}),
         _S.SUBMITTING: frozenset({_S.QUEUED, _S.PENDING, _S.FAILED, _S.UNKNOWN}),
         _S.QUEUED: frozenset({_S.RUNNING, _S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.LOST}),
-        _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.LOST}),
+        _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.LOST}),
         _S.SUCCEEDED: frozenset({_S.DONE, _S.EXPIRED, _S.LOST}),
-        _S.DONE: frozenset(),
+        _S.DONE: frozenset({_S.SUCCEEDED, _S.PENDING}),
         **{state: frozenset({_S.PENDING}) for state in _RETRYABLE},
     }
 )
