@@ -125,6 +125,7 @@ class Farm:
         self._pool = [_Worker() for _ in range(max(1, self.workers))]
         if self.state_path is not None:
             self._replay(self.state_path)
+            self.advance()
             self._journal = self.state_path.open("a", encoding="utf-8")
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import signal
 import socket
 import sys
 import threading
@@ -157,6 +158,10 @@ class Emulator:
         return data
 
 
+def _exit_quietly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def serve(config: EmulatorConfig, log_level: str = "warning") -> None:
     """Serve in the foreground until interrupted; the base URL is stdout's first line."""
     sock = bind(config.host, config.port)
@@ -166,6 +171,10 @@ def serve(config: EmulatorConfig, log_level: str = "warning") -> None:
         format="%(asctime)s emulator %(levelname)s %(message)s",
     )
     state = EmulatorState(config)
+    # uvicorn re-raises the stopping signal once it has shut down; make that a clean exit so
+    # the state is closed (and the temporary media folder removed) instead of dying by signal.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _exit_quietly)
     try:
         print(_base_url(sock), flush=True)
         _server(create_app(state), log_level).run(sockets=[sock])
