@@ -92,7 +92,7 @@ def test_dropped_connection_after_the_job_was_created(make_api: MakeApi) -> None
     ("fault", "shape"),
     [("fail_string", str), ("fail_object", dict), ("fail_list", list)],
 )
-def test_failed_jobs_in_each_error_shape(make_api: MakeApi, fault: str, shape: type) -> None:
+def test_failed_jobs_in_each_error_shape(make_api: MakeApi, fault: str, shape: type[Any]) -> None:
     api = make_api({fault: 1.0})
     rid = api.request_id()
     api.finish()
