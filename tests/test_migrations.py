@@ -20,7 +20,13 @@ from alembic.runtime.migration import MigrationContext
 
 from orchestrator.errors import StoreError
 from orchestrator.store import JobState, Store
-from orchestrator.store.schema import MIGRATIONS, _config, head_revision, script_directory
+from orchestrator.store.schema import (
+    MIGRATIONS,
+    SCHEMA_REVISION,
+    _config,
+    head_revision,
+    script_directory,
+)
 from orchestrator.store.tables import metadata
 from tests.test_store import MODEL, make_jobs
 
@@ -43,10 +49,11 @@ def revision_of(path: Path) -> str | None:
     return None if row is None else str(row[0])
 
 
-def test_one_linear_history() -> None:
+def test_one_linear_history_whose_head_the_code_knows() -> None:
     script = script_directory()
     assert len(script.get_heads()) == 1
     assert script.get_base() == "0001"
+    assert head_revision() == SCHEMA_REVISION  # bump SCHEMA_REVISION with every new migration
 
 
 def test_migrated_schema_equals_the_declared_tables(tmp_path: Path) -> None:
@@ -95,8 +102,9 @@ OPENER = """
 import sys
 from pathlib import Path
 from orchestrator.store import Store, schema
-if len(sys.argv) > 2:  # play a newer comfysweep: migrations from another folder
+if len(sys.argv) > 2:  # play a newer comfysweep: migrations from another folder, a new head
     schema.MIGRATIONS = Path(sys.argv[2])
+    schema.SCHEMA_REVISION = sys.argv[3]
 Store.open(sys.argv[1]).close()
 """
 
@@ -163,7 +171,7 @@ def test_a_kill_mid_upgrade_keeps_the_old_schema_and_its_jobs(tmp_path: Path) ->
     shutil.copytree(MIGRATIONS, newer, ignore=shutil.ignore_patterns("__pycache__"))
     (newer / "versions" / "0002_test.py").write_text(NEXT_REVISION)
 
-    open_and_kill(path, tmp_path, str(newer))
+    open_and_kill(path, tmp_path, str(newer), "0002_test")
     assert revision_of(path) == "0001"
     with Store.open(path) as store:  # this code still opens it, as it was
         assert store.counts()["pending"] == 2
@@ -172,7 +180,7 @@ def test_a_kill_mid_upgrade_keeps_the_old_schema_and_its_jobs(tmp_path: Path) ->
         assert "note" not in {row[1] for row in raw.execute("PRAGMA table_info(jobs)")}
     raw.close()
 
-    subprocess.run([sys.executable, "-c", OPENER, str(path), str(newer)], check=True)
+    subprocess.run([sys.executable, "-c", OPENER, str(path), str(newer), "0002_test"], check=True)
     assert revision_of(path) == "0002_test"
     with sqlite3.connect(path) as raw:
         notes = raw.execute("SELECT note, count(*) FROM jobs GROUP BY note").fetchall()

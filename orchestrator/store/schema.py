@@ -11,18 +11,30 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Connection, Engine
 
 from orchestrator.errors import StoreError
 
-__all__ = ["BUSY_TIMEOUT_MS", "connect", "head_revision", "migrate", "resolve", "script_directory"]
+if TYPE_CHECKING:  # alembic is imported only when a store is not at SCHEMA_REVISION (~50 ms)
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "SCHEMA_REVISION",
+    "connect",
+    "head_revision",
+    "migrate",
+    "resolve",
+    "script_directory",
+]
+
+# The head of migrations/versions (tests/test_migrations.py checks): a store already there opens
+# without importing alembic at all.
+SCHEMA_REVISION = "0001"
 BUSY_TIMEOUT_MS = 10_000
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -113,12 +125,16 @@ def _pg_readonly(dbapi_conn: Any, _record: Any) -> None:
 @functools.cache
 def script_directory() -> ScriptDirectory:
     """The alembic scripts shipped beside the package (no alembic.ini: configured here)."""
+    from alembic.script import ScriptDirectory
+
     if not (MIGRATIONS / "env.py").is_file():
         raise StoreError(f"store migrations are missing from {MIGRATIONS}; reinstall comfysweep")
     return ScriptDirectory.from_config(_config())
 
 
 def _config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = connection
@@ -138,6 +154,8 @@ def migrate(conn: Connection, name: str, *, readonly: bool, is_sqlite: bool) -> 
     A revision this code does not know means a newer comfysweep wrote the store: refused, and
     nothing is written (the check runs in a read transaction before anything else).
     """
+    if _stored_revision(conn) == SCHEMA_REVISION:
+        return SCHEMA_REVISION
     current = _check(conn, name)
     head = head_revision()
     if current == head:
@@ -152,7 +170,7 @@ def migrate(conn: Connection, name: str, *, readonly: bool, is_sqlite: bool) -> 
         # transaction (SQLite refuses to switch journal mode inside one).
         conn.exec_driver_sql("PRAGMA journal_mode = WAL")
         conn.commit()
-    from alembic import command  # imported late: only a store that needs migrating pays for it
+    from alembic import command
 
     with conn.begin():
         if is_sqlite:
@@ -166,8 +184,20 @@ def migrate(conn: Connection, name: str, *, readonly: bool, is_sqlite: bool) -> 
     return head
 
 
+def _stored_revision(conn: Connection) -> str | None:
+    """The store's revision by plain SQL, or None when that does not tell (new, foreign, odd)."""
+    try:
+        with conn.begin():
+            rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+    except sa.exc.DBAPIError:
+        return None
+    return str(rows[0][0]) if len(rows) == 1 else None
+
+
 def _check(conn: Connection, name: str, *, in_transaction: bool = False) -> str | None:
     """The store's current revision; refuses unknown revisions and databases that are not ours."""
+    from alembic.runtime.migration import MigrationContext
+
     if not in_transaction:
         conn.begin()
     try:
