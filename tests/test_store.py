@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import StoreError, StoreLockedError, TransitionError
-from orchestrator.store import FINAL, TRANSITIONS, JobState, Store
+from orchestrator.store import FINAL, TRANSITIONS, JobState, Store, schema
 from orchestrator.store.store import PAGE, SYNC_BATCH
 
 MODEL = "community/wan-2-2/vace-fun"
@@ -340,6 +340,22 @@ def test_sqlite_store_is_in_wal_mode_with_foreign_keys(store: Store, target: str
             raw.execute(
                 "INSERT INTO events (job_key, to_state, at) VALUES ('nope', 'pending', '2026')"
             )
+
+
+def test_a_busy_database_is_a_one_line_error_and_the_store_carries_on(
+    target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(schema, "BUSY_TIMEOUT_MS", 50)
+    with Store.open(target) as store:
+        key = one_job(store)
+        raw = sqlite3.connect(target, isolation_level=None)
+        raw.execute("BEGIN IMMEDIATE")  # another writer that never lets go
+        with pytest.raises(StoreError, match=f"store {target}: database is locked"):
+            store.transition(key, S.SUBMITTING)
+        raw.execute("ROLLBACK")
+        raw.close()
+        assert store.transition(key, S.SUBMITTING).attempts == 1
+        assert len(store.events(key)) == 1
 
 
 def test_two_stores_claiming_one_file_never_share_a_job(target: str) -> None:

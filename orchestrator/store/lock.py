@@ -56,10 +56,6 @@ class FileLock:
         finally:
             os.close(fd)  # closing the descriptor drops the flock
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
 
 def _describe(fd: int) -> str:
     """The holder recorded in the lock file, as 'owner (pid N on host H)'."""

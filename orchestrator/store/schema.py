@@ -28,6 +28,7 @@ __all__ = [
     "connect",
     "head_revision",
     "migrate",
+    "reason",
     "resolve",
     "script_directory",
 ]
@@ -103,7 +104,7 @@ def connect(url: URL, path: Path | None, *, readonly: bool) -> tuple[Engine, Con
             conn.commit()
     except sa.exc.DBAPIError as exc:
         engine.dispose()
-        raise StoreError(f"store {_name(url, path)} cannot be opened: {_reason(exc)}") from exc
+        raise StoreError(f"store {_name(url, path)} cannot be opened: {reason(exc)}") from exc
     return engine, conn
 
 
@@ -112,6 +113,8 @@ def _sqlite_settings(dbapi_conn: Any, _record: Any) -> None:
     cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     cur.execute("PRAGMA foreign_keys = ON")
     cur.execute("PRAGMA synchronous = NORMAL")
+    # A big sync grows the WAL; give the disk back after each checkpoint beyond 64 MiB.
+    cur.execute("PRAGMA journal_size_limit = 67108864")
     cur.close()
 
 
@@ -224,5 +227,7 @@ def _name(url: URL, path: Path | None) -> str:
     return str(path) if path is not None else url.render_as_string(hide_password=True)
 
 
-def _reason(exc: sa.exc.DBAPIError) -> str:
-    return str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+def reason(exc: BaseException) -> str:
+    """The first line of what the database said, for a one-line StoreError."""
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]

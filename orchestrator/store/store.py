@@ -75,7 +75,7 @@ class Store:
         except sa.exc.DBAPIError as exc:
             conn.close()
             engine.dispose()
-            raise StoreError(f"store {name} cannot be opened: {_reason(exc)}") from exc
+            raise StoreError(f"store {name} cannot be opened: {schema.reason(exc)}") from exc
         except BaseException:
             conn.close()
             engine.dispose()
@@ -120,7 +120,7 @@ class Store:
             tx.commit()
         except (sa.exc.DBAPIError, sqlite3.Error) as exc:
             tx.rollback()
-            raise StoreError(f"store {self.name}: {_reason(exc)}") from exc
+            raise StoreError(f"store {self.name}: {schema.reason(exc)}") from exc
         except BaseException:
             tx.rollback()
             raise
@@ -375,11 +375,6 @@ class Store:
                 index_elements=[sql.META.c.name], set_={"value": ins.excluded.value}
             )
         )
-
-
-def _reason(exc: BaseException) -> str:
-    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
-    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
 
 
 def _version() -> str:
