@@ -499,3 +499,9 @@ def test_missing_and_misplaced_stores_are_one_line_errors(tmp_path: Path) -> Non
         Store.open(tmp_path)
     with pytest.raises(StoreError, match="only SQLite files and postgresql"):
         Store.open("mysql://u@h/db")
+    with pytest.raises(
+        StoreError, match=re.escape("postgresql+psycopg://u@127.0.0.1:1/db cannot be opened")
+    ):
+        Store.open("postgresql://u@127.0.0.1:1/db")  # the driver we ship, not SQLAlchemy's default
+    with pytest.raises(StoreError, match="PostgreSQL needs its driver"):
+        Store.open("postgresql+pg8000://u@127.0.0.1:1/db")

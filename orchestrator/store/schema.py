@@ -59,6 +59,8 @@ def resolve(target: str | os.PathLike[str]) -> tuple[URL, Path | None]:
         return url, Path(url.database).expanduser().absolute()
     if url.get_backend_name() != "postgresql":
         raise StoreError(f"store URL {text!r}: only SQLite files and postgresql+psycopg:// URLs")
+    if url.drivername == "postgresql":  # SQLAlchemy's default would be psycopg2: not ours
+        url = url.set(drivername="postgresql+psycopg")
     return url, None
 
 
@@ -93,7 +95,13 @@ def connect(url: URL, path: Path | None, *, readonly: bool) -> tuple[Engine, Con
         engine = sa.create_engine(url, connect_args=args, poolclass=sa.pool.NullPool)
         sa.event.listen(engine, "connect", _sqlite_settings)
     else:
-        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        try:
+            engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        except ImportError as exc:
+            raise StoreError(
+                f"store {_name(url, path)}: PostgreSQL needs its driver: "
+                f"pip install 'comfysweep[postgres]' ({exc})"
+            ) from exc
         if readonly:
             sa.event.listen(engine, "connect", _pg_readonly)
     try:
