@@ -50,8 +50,8 @@ _REFUSALS = (
     "error_200",
 )
 PRICING_NOTE = (
-    "Emulator price, not RunComfy's: {price} USD per simulated GPU second, where a job takes "
-    "20 s + width*height*frames*steps/3.5e6 s. Read the real price from RunComfy's catalog."
+    "Emulator price, not RunComfy's: {price} USD per second of output video (frames / fps), "
+    "billed when the job ends. Read the real price from RunComfy's catalog."
 )
 
 

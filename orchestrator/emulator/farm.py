@@ -6,7 +6,10 @@ whenever a request looks at it, so its cost grows with the requests served, not 
 Duration model (simulated GPU seconds, deterministic):
     seconds = 20 + width * height * frames * steps / 3.5e6
 e.g. 480x480, 81 frames, 12 steps -> 84 s; 1280x720, 141 frames, 40 steps -> 1.5 h. A job occupies
-a worker for ``seconds / speed`` wall seconds and costs ``seconds * PRICE_USD_PER_SECOND``.
+a worker for ``seconds / speed`` wall seconds.
+
+Price: ``PRICE_USD_PER_SECOND`` per second of output video (frames / fps), the catalog's
+``base_price_usd`` with ``price_unit: "second"``; billed when the job ends.
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ __all__ = [
     "Job",
     "OutOfBalance",
     "gpu_seconds",
+    "job_cost",
     "resolution",
 ]
 
-PRICE_USD_PER_SECOND = 0.001
+PRICE_USD_PER_SECOND = 0.05
 PRICE_UNIT = "second"
 _OVERHEAD_S = 20.0
 _PIXEL_STEPS_PER_S = 3.5e6
@@ -56,6 +60,11 @@ def gpu_seconds(inputs: Mapping[str, Any]) -> float:
     frames = int(inputs.get("25_value", 81))
     steps = int(inputs.get("47_value", 12))
     return _OVERHEAD_S + width * height * frames * steps / _PIXEL_STEPS_PER_S
+
+
+def job_cost(inputs: Mapping[str, Any]) -> float:
+    """What a job is billed: the price per second of output video times its length."""
+    return PRICE_USD_PER_SECOND * int(inputs.get("25_value", 81)) / int(inputs.get("38_value", 16))
 
 
 @dataclass(eq=False)
@@ -167,7 +176,7 @@ class Farm:
         now = self.clock()
         self.advance(now)
         seconds = gpu_seconds(inputs)
-        cost = seconds * PRICE_USD_PER_SECOND
+        cost = job_cost(inputs)
         if account.available() < cost:
             raise OutOfBalance(account.name)
         record = {

@@ -184,7 +184,7 @@ def test_restart_fault_forgets_known_ids(make_api: MakeApi) -> None:
 
 def test_balance_runs_out_mid_sweep_from_the_profile(make_api: MakeApi) -> None:
     api = make_api()
-    api.emu.reset(faults=FaultProfile.parse({"balance_usd": 0.05}))
+    api.emu.reset(faults=FaultProfile.parse({"balance_usd": 0.3}))
     assert api.submit().status_code == 200
     refused = api.submit(**{"98_seed": 5})
     assert (refused.status_code, refused.json()["error_code"]) == (402, 400002)

@@ -68,11 +68,10 @@ def test_result_of_a_finished_job(api: Api) -> None:
     assert "cost" not in result
 
 
-def test_include_cost_follows_the_duration_model_and_price(api: Api) -> None:
-    rid = api.request_id()
+def test_include_cost_is_the_price_per_second_of_video(api: Api) -> None:
+    rid = api.request_id(**{"25_value": 141, "38_value": 24})
     api.finish()
-    seconds = 20 + 480 * 480 * 81 * 4 / 3.5e6
-    assert api.result(rid, cost=True)["cost"] == pytest.approx(seconds * 0.001, abs=1e-6)
+    assert api.result(rid, cost=True)["cost"] == pytest.approx(0.05 * 141 / 24, abs=1e-6)
 
 
 def test_cost_is_null_until_the_job_ends(slow_api: Api) -> None:
@@ -122,7 +121,7 @@ def test_catalog_model(api: Api) -> None:
     assert entry["input_schema"] == dict(get_model(MODEL).input_schema)
     assert set(entry["required_inputs"]) == {"56_text", "118_image"}
     assert "25_value" in entry["inputs"]
-    assert entry["base_price_usd"] == 0.001
+    assert entry["base_price_usd"] == 0.05
     assert entry["price_unit"] == "second"
     assert "emulator" in entry["pricing_note"].lower()
 
@@ -273,7 +272,7 @@ def test_64_mib_cap_by_default(api: Api) -> None:
 
 
 def test_out_of_balance_is_400002(make_api: MakeApi) -> None:
-    one_job = (20 + 480 * 480 * 81 * 4 / 3.5e6) * 0.001
+    one_job = 0.05 * 81 / 16
     api = make_api(balance_usd=one_job * 2.5)
     first, second = api.request_id(), api.request_id(**{"98_seed": 2})
     third = api.submit(**{"98_seed": 3})
