@@ -76,6 +76,21 @@ class EmulatorState:
             self._tmp = tempfile.TemporaryDirectory(prefix="comfysweep-emulator-")
             media_dir = Path(self._tmp.name)
         self.media = MediaCache(media_dir)
+        self._defaults: dict[str, tuple[dict[str, Any], set[str]]] = {}
+
+    def complete(self, model: Model, body: dict[str, Any]) -> dict[str, Any]:
+        """``model.complete(body)`` for a body already checked, without checking it again.
+
+        (Each check builds a jsonschema validator: checking twice was a fifth of a submit.)
+        """
+        if model.model_id not in self._defaults:
+            floats = {
+                k for k, p in model.properties.items() if p.get("type") in ("float", "number")
+            }
+            defaults = {k: model.normalise(k, v) for k, v in model.defaults().items()}
+            self._defaults[model.model_id] = (defaults, floats)
+        defaults, floats = self._defaults[model.model_id]
+        return defaults | {k: float(v) if k in floats else v for k, v in body.items()}
 
     def close(self) -> None:
         self.farm.close()
@@ -214,7 +229,7 @@ class _Api:
         if detail:
             log.warning("refused submit: %d invalid field(s) (422001)", len(detail))
             return api_error(422, 422001, "input does not match the model's schema", detail)
-        inputs = model.complete(body)
+        inputs = self.state.complete(model, body)
         try:
             job = self.farm.submit(
                 account, model_id, inputs, input_sha256(inputs), self.state.dice.job_faults()

@@ -331,3 +331,20 @@ def test_restart_forgets_every_job(api: Api) -> None:
     ledger = api.emu.ledger()
     assert ledger["jobs"][0]["forgotten"] is True
     assert len(ledger["submissions_by_input"]) == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"56_text": "x", "118_image": "a.png"},
+        INPUTS,
+        INPUTS | {"108_cfg": 4, "41_value": 8, "98_seed": -5},
+    ],
+)
+def test_the_ledgers_completion_equals_the_models(api: Api, body: dict[str, object]) -> None:
+    model = get_model(MODEL)
+    state = api.emu.state
+    assert state is not None
+    completed = state.complete(model, dict(body))
+    assert completed == model.complete(body)
+    assert input_sha256(completed) == input_sha256(model.complete(body))
