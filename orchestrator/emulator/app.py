@@ -20,8 +20,9 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from orchestrator.canonical import input_sha256
+from orchestrator.emulator.catalog import catalog_entry, categories, list_models
 from orchestrator.emulator.config import EmulatorConfig
-from orchestrator.emulator.farm import PRICE_UNIT, PRICE_USD_PER_SECOND, Farm, Job, OutOfBalance
+from orchestrator.emulator.farm import Farm, Job, OutOfBalance
 from orchestrator.emulator.faults import FaultDice
 from orchestrator.emulator.ledger import Account, iso_time, ledger_snapshot
 from orchestrator.emulator.media import MediaCache, decode_data_uri
@@ -48,10 +49,6 @@ _REFUSALS = (
     "http_503_bare",
     "proxy_html",
     "error_200",
-)
-PRICING_NOTE = (
-    "Emulator price, not RunComfy's: {price} USD per second of output video (frames / fps), "
-    "billed when the job ends. Read the real price from RunComfy's catalog."
 )
 
 
@@ -248,8 +245,10 @@ class _Api:
         request_id = request.path_params["request_id"]
         job = self.farm.jobs.get(request_id) if _REQUEST_ID.fullmatch(request_id) else None
         if job is None:
+            log.info("refused %s: unknown request id (404001)", request.url.path)
             raise _Auth(api_error(404, 404001, f"request {request_id!r} not found"))
         if job.account is not account:
+            log.info("refused %s: another account's request (403001)", request.url.path)
             raise _Auth(api_error(403, 403001, "this request belongs to another user"))
         self.farm.advance()
         return job
@@ -297,44 +296,18 @@ class _Api:
         model = self.state.models.get(model_id)
         if model is None:
             return api_error(400, 400001, f"model {model_id!r} not found")
-        return JSONResponse(_catalog_entry(model, schema=True))
+        return JSONResponse(catalog_entry(model, schema=True))
 
     async def _list(self, request: Request) -> Response:
         self._account(request)
-        query = request.query_params
-        problems = []
-        limit, offset = _int(query.get("limit", "50")), _int(query.get("offset", "0"))
-        if limit is None or not 1 <= limit <= 500:
-            problems.append({"loc": ["query", "limit"], "msg": "must be 1..500", "type": "range"})
-        if offset is None or offset < 0:
-            problems.append({"loc": ["query", "offset"], "msg": "must be >= 0", "type": "range"})
-        kind = query.get("kind")
-        if kind not in (None, "", "model", "workflow", "inference"):
-            msg = "must be model, workflow or inference"
-            problems.append({"loc": ["query", "kind"], "msg": msg, "type": "enum"})
+        problems, listing = list_models(self.state.models.values(), request.query_params)
         if problems:
             return api_error(422, 422001, "invalid query parameters", problems)
-        assert limit is not None
-        assert offset is not None
-        search = query.get("search", "").lower()
-        category = query.get("category")
-        schema = query.get("include_schema", "").lower() in ("true", "1")
-        entries = [_catalog_entry(m, schema=schema) for m in self.state.models.values()]
-        entries = [
-            e
-            for e in entries
-            if (not search or search in f"{e['model_id']} {e['display_name']}".lower())
-            and (not category or category in e["categories"])
-            and (not kind or kind == e["kind"])
-        ]
-        page = entries[offset : offset + limit]
-        return JSONResponse(
-            {"models": page, "total": len(entries), "limit": limit, "offset": offset}
-        )
+        return JSONResponse(listing)
 
     async def _categories(self, request: Request) -> Response:
         self._account(request)
-        names = sorted({c for m in self.state.models.values() for c in _categories(m)})
+        names = sorted({c for m in self.state.models.values() for c in categories(m)})
         return JSONResponse({"categories": names})
 
     # -- outputs and admin --------------------------------------------------------------------
@@ -406,34 +379,3 @@ def _result_word(job: Job) -> str:
     if job.state == "failed":
         return "failed"
     return _status_word(job)
-
-
-def _categories(model: Model) -> list[str]:
-    return ["image-to-video", "video"] if model.media_inputs else ["text-to-video", "video"]
-
-
-def _catalog_entry(model: Model, *, schema: bool) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "model_id": model.model_id,
-        "display_name": model.summary or model.model_id,
-        "description": model.summary,
-        "categories": _categories(model),
-        "kind": "model",
-        "model_url": f"https://www.runcomfy.com/models/{model.model_id}",
-    }
-    if schema:
-        entry["input_schema"] = dict(model.input_schema)
-        entry["output_schema"] = dict(model.output_schema)
-    entry["inputs"] = list(model.properties)
-    entry["required_inputs"] = list(model.required)
-    entry["base_price_usd"] = PRICE_USD_PER_SECOND
-    entry["price_unit"] = PRICE_UNIT
-    entry["pricing_note"] = PRICING_NOTE.format(price=PRICE_USD_PER_SECOND)
-    return entry
-
-
-def _int(text: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
-        return None
