@@ -431,6 +431,58 @@ def test_lock_held_by_another_process_names_it_and_dies_with_it(store: Store, ta
         assert run_id > 0
 
 
+WORKER = """
+import sys
+from orchestrator.store import JobState as S, Store
+from tests.test_store import MODEL, make_jobs
+store = Store.open(sys.argv[1])
+with store.lock("worker"):
+    store.sync_jobs(make_jobs(400), MODEL)
+    while batch := store.claim(8):
+        for row in batch:
+            store.transition(row.key, S.QUEUED, request_id="r-" + row.key)
+            store.transition(row.key, S.RUNNING)
+            store.transition(row.key, S.SUCCEEDED, outputs=[{"path": row.key}])
+            store.transition(row.key, S.DONE)
+            print(row.key, flush=True)
+"""
+
+
+def test_a_kill_between_any_two_statements_leaves_states_and_events_agreeing(
+    store: Store, target: str
+) -> None:
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, target],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
+    try:
+        assert worker.stdout is not None
+        for _ in range(25):  # let it get well into the work, then kill it mid-stride
+            assert worker.stdout.readline()
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    finally:
+        worker.kill()
+        worker.wait()
+        assert worker.stdout is not None
+        worker.stdout.close()
+    with sqlite3.connect(target) as raw:
+        assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    raw.close()
+    counts = store.counts()
+    assert counts["done"] >= 25
+    assert sum(counts.values()) == 400
+    for row in store.jobs():
+        events = store.events(row.key)
+        chain = [S.PENDING] + [e.to_state for e in events]
+        assert [e.from_state for e in events] == chain[:-1]
+        assert chain[-1] is row.state  # each state change and its event: both or neither
+        if row.state is S.DONE:
+            assert row.outputs == [{"path": row.key}]
+
+
 def test_second_lock_in_one_process_names_this_pid(store: Store, target: str) -> None:
     with (
         Store.open(target) as other,
