@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,12 @@ def create_app(state: EmulatorState) -> EmulatorApp:
     return EmulatorApp(api, Starlette(routes=routes))
 
 
-class _Auth(Exception):
+_Handler = Callable[[Request], Awaitable[Response]]
+
+
+class _Refused(Exception):
+    """Raised by a check deep in a handler to answer with ``response`` instead."""
+
     def __init__(self, response: Response) -> None:
         self.response = response
 
@@ -172,7 +178,7 @@ class _Api:
     async def cancel(self, request: Request) -> Response:
         return await self._guarded(request, "cancel", self._cancel)
 
-    async def _guarded(self, request: Request, endpoint: str, handler: Any) -> Response:
+    async def _guarded(self, request: Request, endpoint: str, handler: _Handler) -> Response:
         """Faults around a handler: restart and refusals before it, a slow answer after it."""
         dice = self.state.dice
         if dice.roll("restart", endpoint):
@@ -184,7 +190,7 @@ class _Api:
             return fault_response(fault)
         try:
             response: Response = await handler(request)
-        except _Auth as refused:
+        except _Refused as refused:
             response = refused.response
         slow = dice.roll("slow", endpoint)
         if slow is not None:
@@ -197,7 +203,8 @@ class _Api:
         name = self.state.token_accounts.get(token.strip()) if scheme.lower() == "bearer" else None
         if name is None:
             log.warning("refused %s: missing or wrong API token (400004)", request.url.path)
-            raise _Auth(api_error(401, 400004, "invalid or expired API token, or inactive account"))
+            message = "invalid or expired API token, or inactive account"
+            raise _Refused(api_error(401, 400004, message))
         return self.farm.account(name)
 
     async def _submit(self, request: Request) -> Response:
@@ -246,10 +253,10 @@ class _Api:
         job = self.farm.jobs.get(request_id) if _REQUEST_ID.fullmatch(request_id) else None
         if job is None:
             log.info("refused %s: unknown request id (404001)", request.url.path)
-            raise _Auth(api_error(404, 404001, f"request {request_id!r} not found"))
+            raise _Refused(api_error(404, 404001, f"request {request_id!r} not found"))
         if job.account is not account:
             log.info("refused %s: another account's request (403001)", request.url.path)
-            raise _Auth(api_error(403, 403001, "this request belongs to another user"))
+            raise _Refused(api_error(403, 403001, "this request belongs to another user"))
         self.farm.advance()
         return job
 
