@@ -159,6 +159,8 @@ class _Api:
     # -- the protocol ---------------------------------------------------------------------------
 
     async def model_route(self, request: Request) -> Response:
+        if request.method == "GET" and not request.path_params["model_id"]:
+            return await self.catalog_list(request)  # /v1/models/ with its trailing slash
         if request.method == "POST":
             return await self._guarded(request, "submit", self._submit)
         return await self._guarded(request, "catalog", self._model)

@@ -146,6 +146,10 @@ def test_catalog_list_search_and_pages(api: Api) -> None:
     assert locs == [["query", "limit"], ["query", "kind"]]
 
 
+def test_catalog_list_with_a_trailing_slash(api: Api) -> None:
+    assert api.http.get(f"{api.base}/models/").json()["total"] >= 1
+
+
 def test_catalog_categories(api: Api) -> None:
     categories = api.http.get(f"{api.base}/models/categories").json()["categories"]
     assert "image-to-video" in categories
