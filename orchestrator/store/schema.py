@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,8 +37,16 @@ __all__ = [
 # The head of migrations/versions (tests/test_migrations.py checks): a store already there opens
 # without importing alembic at all.
 SCHEMA_REVISION = "0001"
+
+
+def _migrations_folder() -> Path:
+    """migrations/ at the top of a checkout, or orchestrator/migrations in an installed wheel."""
+    checkout = Path(__file__).resolve().parents[2] / "migrations"
+    if (checkout / "env.py").is_file():
+        return checkout
+    return Path(str(resources.files("orchestrator") / "migrations"))
 BUSY_TIMEOUT_MS = 10_000
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+MIGRATIONS = _migrations_folder()
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # pg_advisory_xact_lock key: serialises migrations of several runners sharing one database.
 _PG_MIGRATION_LOCK = 0x636F6D6679  # "comfy"
