@@ -5,6 +5,9 @@ The public API; the ``comfysweep`` CLI only calls what is exported here.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from orchestrator.canonical import canonical_json, input_sha256, job_key
 from orchestrator.client import (
     CancelOutcome,
@@ -22,20 +25,75 @@ from orchestrator.models import Model, get_model, known_models
 from orchestrator.retry import RetryPolicy
 from orchestrator.spec import Spec, load_spec
 
+if TYPE_CHECKING:
+    from orchestrator.emulator import Emulator, EmulatorConfig, FaultProfile
+    from orchestrator.runner import RunOptions, RunReport
+    from orchestrator.store import JobRow, JobState, Store
+    from orchestrator.sweep import (
+        CancelReport,
+        Overrides,
+        cancel_sweep,
+        refresh_price,
+        retry_jobs,
+        run_sweep,
+        sweep_status,
+    )
+
+# Loaded on first use: the store, the runner and the emulator (PyAV, uvicorn) cost half a second to
+# import, which `comfysweep plan` and `import orchestrator` should not pay.
+_LAZY = {
+    "Emulator": "orchestrator.emulator",
+    "EmulatorConfig": "orchestrator.emulator",
+    "FaultProfile": "orchestrator.emulator",
+    "RunOptions": "orchestrator.runner",
+    "RunReport": "orchestrator.runner",
+    "JobRow": "orchestrator.store",
+    "JobState": "orchestrator.store",
+    "Store": "orchestrator.store",
+    "CancelReport": "orchestrator.sweep",
+    "Overrides": "orchestrator.sweep",
+    "cancel_sweep": "orchestrator.sweep",
+    "refresh_price": "orchestrator.sweep",
+    "retry_jobs": "orchestrator.sweep",
+    "run_sweep": "orchestrator.sweep",
+    "sweep_status": "orchestrator.sweep",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "CancelOutcome",
+    "CancelReport",
     "ComfysweepError",
     "Downloaded",
+    "Emulator",
+    "EmulatorConfig",
+    "FaultProfile",
     "Job",
+    "JobRow",
+    "JobState",
     "Model",
     "ModelApiClient",
     "ModelInfo",
+    "Overrides",
     "RemoteState",
     "Result",
     "RetryPolicy",
+    "RunOptions",
+    "RunReport",
     "Spec",
     "Status",
+    "Store",
     "Submitted",
+    "cancel_sweep",
     "canonical_json",
     "count_jobs",
     "get_model",
@@ -44,4 +102,8 @@ __all__ = [
     "job_key",
     "known_models",
     "load_spec",
+    "refresh_price",
+    "retry_jobs",
+    "run_sweep",
+    "sweep_status",
 ]

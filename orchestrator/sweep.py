@@ -10,13 +10,12 @@ import statistics
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 
 from orchestrator import prices
 from orchestrator.client import ModelApiClient, ModelInfo
-from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.errors import ComfysweepError, StoreError
 from orchestrator.grid import iter_jobs
 from orchestrator.models import get_model
@@ -25,6 +24,9 @@ from orchestrator.results import ResultsFolder
 from orchestrator.runner import Runner, RunOptions, RunReport
 from orchestrator.spec import Spec, load_spec
 from orchestrator.store import JobState, Store
+
+if TYPE_CHECKING:
+    from orchestrator.emulator import EmulatorConfig
 
 __all__ = [
     "EMULATOR_SPEED",
@@ -277,6 +279,8 @@ def _backend(
     if emulator is False:
         yield base_url, token
         return
+    from orchestrator.emulator import Emulator, EmulatorConfig
+
     config = (
         emulator
         if isinstance(emulator, EmulatorConfig)
