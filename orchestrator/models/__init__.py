@@ -49,6 +49,9 @@ class Model:
     output_schema: Mapping[str, Any] = field(default_factory=dict)
     friendly_names: Mapping[str, str] = field(default_factory=dict)
     media_inputs: frozenset[str] = frozenset()
+    _validators: dict[str, jsonschema.Draft7Validator] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     @property
     def has_schema(self) -> bool:
@@ -105,11 +108,8 @@ class Model:
         problem = _check_type(kind, value)
         if problem:
             return FieldProblem(key, name, f"{problem}, got {_show(value)}", "type")
-        subschema = {k: v for k, v in prop.items() if k not in ("type", "default")}
         error = jsonschema.exceptions.best_match(
-            jsonschema.Draft7Validator(subschema).iter_errors(
-                float(value) if kind == "number" else value
-            )
+            self._validator(key).iter_errors(float(value) if kind == "number" else value)
         )
         if error is None:
             return None
@@ -125,6 +125,15 @@ class Model:
                 key, name, f"must be between {low} and {high}, got {_show(value)}", "range"
             )
         return FieldProblem(key, name, error.message, "invalid")
+
+    def _validator(self, key: str) -> jsonschema.Draft7Validator:
+        """A validator of one field's value constraints, built once (it costs ~20 us each time)."""
+        cached = self._validators.get(key)
+        if cached is None:
+            prop = self.properties[key]
+            subschema = {k: v for k, v in prop.items() if k not in ("type", "default")}
+            cached = self._validators[key] = jsonschema.Draft7Validator(subschema)
+        return cached
 
     def problems(self, inputs: Mapping[str, Any]) -> list[FieldProblem]:
         """Every problem with a complete input object keyed by raw keys (the emulator's 422)."""
