@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Protocol
 
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
 from rich.progress_bar import ProgressBar
+from rich.table import Table
 from rich.text import Text
 
 __all__ = ["PlainProgress", "Progress", "RichProgress", "Snapshot", "make_progress"]
@@ -44,13 +45,15 @@ class Snapshot:
         remaining = self.total - self.finished
         return remaining * 60.0 / rate if rate > 0 else None
 
+    def states(self) -> str:
+        return " ".join(f"{s}={self.counts[s]}" for s in _ORDER if self.counts.get(s))
+
+    def pace(self) -> str:
+        eta = _duration(self.eta_seconds())
+        return f"{self.per_minute():.1f} jobs/min | ETA {eta} | spent ${self.spent_usd:.2f}"
+
     def line(self) -> str:
-        counts = " ".join(f"{s}={self.counts[s]}" for s in _ORDER if self.counts.get(s))
-        eta = self.eta_seconds()
-        return (
-            f"{self.finished}/{self.total} finished | {counts} | "
-            f"{self.per_minute():.1f} jobs/min | ETA {_duration(eta)} | spent ${self.spent_usd:.2f}"
-        )
+        return f"{self.finished}/{self.total} finished | {self.states()} | {self.pace()}"
 
 
 class Progress(Protocol):
@@ -70,8 +73,14 @@ class RichProgress:
         self.live.start()
 
     def update(self, snapshot: Snapshot) -> None:
-        bar = ProgressBar(total=max(snapshot.total, 1), completed=snapshot.finished, width=50)
-        self.live.update(Group(bar, Text(snapshot.line())))
+        grid = Table.grid(padding=(0, 1))
+        grid.add_row(
+            ProgressBar(total=max(snapshot.total, 1), completed=snapshot.finished, width=40),
+            Text(f"{snapshot.finished}/{snapshot.total} finished"),
+        )
+        grid.add_row(Text(snapshot.states(), style="cyan"), "")
+        grid.add_row(Text(snapshot.pace()), "")
+        self.live.update(grid)
 
     def message(self, text: str) -> None:
         self.live.console.print(text)
