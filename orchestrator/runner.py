@@ -107,7 +107,7 @@ class Runner:
         self._fatal = False
         self._messages: list[str] = []
         self._remote = 0  # jobs submitting, queued or running on the remote side
-        self._waiting_downloads = 0
+        self._download_backlog = 0  # finished jobs waiting for a download slot
         self._changed = anyio.Event()
         self._any_submit_ok = False
         self._spent = 0.0
@@ -189,7 +189,7 @@ class Runner:
             self._remote += 1
             jobs.start_soon(self._track, row, 0.0)
         for row in self.store.jobs([JobState.SUCCEEDED]):
-            self._waiting_downloads += 1
+            self._download_backlog += 1
             jobs.start_soon(self._download, row)
 
     # -- submitting -------------------------------------------------------------------------
@@ -210,7 +210,8 @@ class Runner:
     def _may_submit(self) -> bool:
         if self.stopping:
             return True
-        if self._remote >= self.options.concurrency or self._waiting_downloads > 0:
+        # Output URLs expire: while finished jobs wait for a download slot, nothing new goes out.
+        if self._remote >= self.options.concurrency or self._download_backlog > 0:
             return False
         return self._within_budget()
 
@@ -224,7 +225,8 @@ class Runner:
             if self._remote > 0:
                 return False
             estimate = 0.0
-        committed = self._spent + sum(v or 0.0 for v in self._committed.values())
+        guess = self.price_per_job or 0.0
+        committed = self._spent + sum(guess if v is None else v for v in self._committed.values())
         if committed + estimate > limit:
             self.stop(f"budget reached: ${committed:.2f} spent or committed of ${limit:.2f}")
             return True
@@ -336,7 +338,7 @@ class Runner:
                 cost=result.cost,
                 result={"urls": result.urls, "raw": result.raw},
             )
-            self._waiting_downloads += 1
+            self._download_backlog += 1
             self._spawn_download(row)
             return True
         if result.state is RemoteState.FAILED:
@@ -359,12 +361,17 @@ class Runner:
         self._jobs.start_soon(self._download, row)
 
     async def _download(self, row: JobRow) -> None:
+        waiting = True
         try:
             async with self._downloads:
+                self._download_backlog -= 1
+                waiting = False
+                self._wake()
                 await self._fetch_outputs(row)
         finally:
-            self._waiting_downloads -= 1
-            self._wake()
+            if waiting:
+                self._download_backlog -= 1
+                self._wake()
 
     async def _fetch_outputs(self, row: JobRow) -> None:
         urls = list((row.result or {}).get("urls", []))

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import av
 import httpx
 import pytest
@@ -219,3 +220,46 @@ def test_plan_online_reads_the_catalog_price_and_estimates(
     # Later plans reuse the last price seen, offline.
     again = CliRunner().invoke(cli, ["plan", str(spec), "--json"], catch_exceptions=False)
     assert json.loads(again.output)["estimated_cost_usd"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_finished_jobs_are_downloaded_before_new_submits(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one download slot and slow downloads, no submit leaves while an output waits."""
+    from orchestrator.client import ModelApiClient, RemoteState
+
+    ready: list[str] = []  # request ids whose result said succeeded
+    fetching: set[str] = set()
+    violations: list[str] = []
+    real_result, real_download, real_submit = (
+        ModelApiClient.result,
+        ModelApiClient.download,
+        ModelApiClient.submit,
+    )
+
+    async def result(self: ModelApiClient, request_id: str, include_cost: bool = True) -> Any:
+        answer = await real_result(self, request_id, include_cost)
+        if answer.state is RemoteState.SUCCEEDED and request_id not in ready:
+            ready.append(request_id)
+        return answer
+
+    async def download(self: ModelApiClient, url: str, dest: Path) -> Any:
+        fetching.add(url)
+        await anyio.sleep(0.1)
+        return await real_download(self, url, dest)
+
+    async def submit(self: ModelApiClient, model_id: str, inputs: dict[str, Any]) -> Any:
+        if len(ready) > len(fetching):
+            violations.append(f"submit while {len(ready) - len(fetching)} output(s) waited")
+        return await real_submit(self, model_id, inputs)
+
+    monkeypatch.setattr(ModelApiClient, "result", result)
+    monkeypatch.setattr(ModelApiClient, "download", download)
+    monkeypatch.setattr(ModelApiClient, "submit", submit)
+    spec = write_spec(tmp_path)
+    report = run(
+        spec, emulator, overrides=Overrides(concurrency=2, downloads=1, poll_interval=0.02)
+    )
+    assert report.complete
+    assert len(ready) == 4
+    assert violations == []
