@@ -351,6 +351,11 @@ class ModelApiClient:
     def __repr__(self) -> str:
         return f"ModelApiClient(base_url={self.base_url!r})"
 
+    @staticmethod
+    def check_token(token: str | None = None) -> None:
+        """Raise AuthError (saying how to get one) unless a usable token is given or set."""
+        _token(token)
+
     async def __aenter__(self) -> ModelApiClient:
         return self
 

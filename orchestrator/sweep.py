@@ -21,6 +21,7 @@ from orchestrator.grid import iter_jobs
 from orchestrator.models import get_model
 from orchestrator.progress import make_progress
 from orchestrator.results import ResultsFolder
+from orchestrator.retry import RetryPolicy
 from orchestrator.runner import Runner, RunOptions, RunReport
 from orchestrator.spec import Spec, load_spec
 from orchestrator.store import JobState, Store
@@ -79,11 +80,14 @@ def run_sweep(
     stream: IO[str] | None = None,
     base_url: str | None = None,
     token: str | None = None,
+    retry: RetryPolicy | None = None,
 ) -> RunReport:
     """Run (or resume) a sweep to the end: submit, poll, download; returns how it ended."""
     spec = spec if isinstance(spec, Spec) else load_spec(spec)
     options = _options(spec, overrides or Overrides(), emulator is not False)
     options = replace(options, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
+    if emulator is False:
+        ModelApiClient.check_token(token)  # no token: say so before touching the store
     spec.results_dir.mkdir(parents=True, exist_ok=True)
     with (
         _run_log(spec.results_dir / LOG_FILE),
@@ -91,6 +95,7 @@ def run_sweep(
         db.lock(owner=f"comfysweep run {spec.name}"),
         _backend(emulator, spec, base_url, token) as (url, key),
     ):
+        client = ModelApiClient(url, key, retry=retry)
         synced = db.sync_jobs(iter_jobs(spec), spec.model)
         log.info("sweep %s: %d jobs in the spec, %d new", spec.name, synced.total, synced.new)
         if force:
@@ -98,7 +103,7 @@ def run_sweep(
             log.info("--force: %d finished job(s) will render again", renewed)
         progress = make_progress(stream) if stream is not None else None
         try:
-            return anyio.run(_run, db, spec, options, url, key, progress)
+            return anyio.run(_run, db, spec, options, client, progress)
         finally:
             if progress is not None:
                 progress.close()
@@ -108,13 +113,12 @@ async def _run(
     db: Store,
     spec: Spec,
     options: RunOptions,
-    base_url: str | None,
-    token: str | None,
+    client: ModelApiClient,
     progress: Any,
 ) -> RunReport:
     model = get_model(spec.model)
     folder = ResultsFolder(spec.results_dir, model, spec.filename)
-    async with ModelApiClient(base_url, token) as client:
+    async with client:
         info = await _catalog(client, spec.model)
         sample = next(iter(db.jobs([JobState.PENDING], in_spec=True)), None)
         price = job_cost(info, sample.inputs) if info is not None and sample else None
@@ -122,7 +126,7 @@ async def _run(
         report = await runner.run()
     if runner.durations:
         median = statistics.median(runner.durations)
-        prices.remember_duration(spec.model, median, api_base=base_url)
+        prices.remember_duration(spec.model, median, api_base=client.base_url)
     return report
 
 

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from orchestrator.cli import cli
 from orchestrator.emulator import Emulator, EmulatorConfig, FaultProfile
+from orchestrator.retry import RetryPolicy
 from orchestrator.store import JobState, Store
 from orchestrator.sweep import Overrides, run_sweep, sweep_status
 
@@ -132,13 +133,64 @@ def test_budget_stops_submitting_and_the_next_run_continues(
     assert len(manifest(tmp_path / "results" / "grid")) == 4
 
 
+NO_WAITS = RetryPolicy(wait=False)
+
+
 def fault_run(tmp_path: Path, fault: str, **params: Any) -> tuple[Any, dict[str, Any], Path]:
     profile = FaultProfile.parse({"seed": 7, "faults": {fault: {"rate": 1.0, **params}}})
     config = EmulatorConfig(speed=2000.0, workers=4, faults=profile)
     spec = write_spec(tmp_path, name=fault)
     with Emulator(config) as emu:
-        report = run(spec, emu)
+        report = run(spec, emu, retry=NO_WAITS)
         return report, emu.ledger(), spec
+
+
+@pytest.mark.parametrize(
+    ("fault", "settings", "expected"),
+    [
+        # Refusals before anything was created are retried, even on a submit.
+        ("rate_limit", {"endpoints": ["submit"], "limit": 3, "retry_after": 0}, {"done": 4}),
+        # A 5xx answer to a submit leaves its outcome open: unknown, never resent.
+        ("http_503", {"endpoints": ["submit"], "limit": 1}, {"done": 3, "unknown": 1}),
+        ("proxy_html", {"endpoints": ["submit"], "limit": 1}, {"done": 3, "unknown": 1}),
+        # Reads are retried through every transient fault.
+        ("http_500", {"endpoints": ["status"], "limit": 3}, {"done": 4}),
+        ("http_503_bare", {"endpoints": ["result"], "limit": 3}, {"done": 4}),
+        ("proxy_html", {"endpoints": ["status", "result"], "limit": 3}, {"done": 4}),
+        ("error_200", {"endpoints": ["status"], "limit": 2}, {"done": 4}),
+        ("truncated_download", {"limit": 2}, {"done": 4}),
+        # An output that is gone, and stays gone in a fresh result, is expired.
+        ("early_expiry", {}, {"expired": 4}),
+    ],
+)
+def test_request_faults_end_in_the_designed_state(
+    tmp_path: Path, fault: str, settings: dict[str, Any], expected: dict[str, int]
+) -> None:
+    report, ledger, _ = fault_run(tmp_path, fault, **settings)
+    assert {k: v for k, v in report.counts.items() if v} == expected
+    assert set(ledger["submissions_by_input"].values()) == {1}
+    # These 5xx faults create nothing: the unknown job was never made, and it was not resent.
+    assert len(ledger["jobs"]) == 4 - expected.get("unknown", 0)
+
+
+def test_expired_and_unknown_jobs_say_why(tmp_path: Path) -> None:
+    fault_run(tmp_path, "early_expiry")
+    with Store.open(tmp_path / "results" / "early_expiry" / "comfysweep.db") as db:
+        for row in db.jobs():
+            (event,) = [e for e in db.events(row.key) if e.to_state == "expired"]
+            assert event.detail
+            assert "expired" in event.detail
+
+
+def test_a_restart_that_forgets_jobs_makes_them_lost(tmp_path: Path) -> None:
+    report, _, _ = fault_run(tmp_path, "restart", endpoints=["status"], limit=1)
+    assert report.counts["lost"] >= 1
+    assert report.counts["lost"] + report.counts["done"] == 4
+    with Store.open(tmp_path / "results" / "restart" / "comfysweep.db") as db:
+        row = next(db.jobs(["lost"]))
+        (event,) = [e for e in db.events(row.key) if e.to_state == "lost"]
+        assert event.detail
+        assert "no longer knows" in event.detail
 
 
 @pytest.mark.parametrize(
