@@ -238,49 +238,38 @@ class Runner:
     async def _submit(self, row: JobRow) -> None:
         try:
             submitted = await self.client.submit(row.model_id, row.inputs)
-        except OutcomeUnknown as exc:
+        except ComfysweepError as exc:
             self._release(row.key)
-            self._move(row.key, JobState.UNKNOWN, detail=_text(exc))
-            return
-        except (AuthError, BalanceError) as exc:
-            self._release(row.key)
-            self._move(row.key, JobState.PENDING, detail=_text(exc))
-            self.stop(f"stopped submitting: {_text(exc)}", fatal=True)
-            return
-        except ModelNotFound as exc:
-            self._release(row.key)
-            self._move(row.key, JobState.FAILED, error=_error(exc), detail=_text(exc))
-            self.stop(f"stopped submitting: {_text(exc)}", fatal=True)
-            return
-        except ValidationFailed as exc:
-            self._release(row.key)
-            self._move(row.key, JobState.FAILED, error=_error(exc), detail=_text(exc))
-            if not self._any_submit_ok:
-                self.stop(
-                    f"stopped submitting: the first job was refused: {_text(exc)}", fatal=True
-                )
-            return
-        except ServerError as exc:
-            self._release(row.key)
-            if exc.status_code in (429, 408):  # refused before it was created
-                self._move(row.key, JobState.PENDING, detail=_text(exc))
-                self.stop(f"stopped submitting: the API keeps refusing: {_text(exc)}", fatal=True)
-            else:
-                self._move(row.key, JobState.UNKNOWN, detail=_text(exc))
-            return
-        except TransportError as exc:  # provably never sent (the client retried already)
-            self._release(row.key)
-            self._move(row.key, JobState.PENDING, detail=_text(exc))
-            self.stop(f"stopped submitting: the API is unreachable: {_text(exc)}", fatal=True)
-            return
-        except ApiError as exc:
-            self._release(row.key)
-            self._move(row.key, JobState.FAILED, error=_error(exc), detail=_text(exc))
+            to, stop = self._after_refusal(exc)
+            error = {"error": _error(exc)} if isinstance(exc, ApiError) and to == "failed" else {}
+            self._move(row.key, to, detail=_text(exc), **error)
+            if stop is not None:
+                self.stop(f"stopped submitting: {stop}", fatal=True)
             return
         self._any_submit_ok = True
         self._started[row.key] = time.monotonic()
         row = self._move(row.key, JobState.QUEUED, request_id=submitted.request_id)
         await self._track(row, self.options.poll_interval)
+
+    def _after_refusal(self, exc: ComfysweepError) -> tuple[JobState, str | None]:
+        """Where a job goes when its submit gave no request id, and why to stop submitting."""
+        text = _text(exc)
+        if isinstance(exc, OutcomeUnknown):  # sent, answer lost: may exist and be billed
+            return JobState.UNKNOWN, None
+        if isinstance(exc, AuthError | BalanceError):  # not created; would hit every job
+            return JobState.PENDING, text
+        if isinstance(exc, ModelNotFound):
+            return JobState.FAILED, text
+        if isinstance(exc, ValidationFailed):
+            first = not self._any_submit_ok
+            return JobState.FAILED, f"the first job was refused: {text}" if first else None
+        if isinstance(exc, ServerError) and exc.status_code in (429, 408):  # refused, not created
+            return JobState.PENDING, f"the API keeps refusing: {text}"
+        if isinstance(exc, TransportError):  # provably never sent (the client retried already)
+            return JobState.PENDING, f"the API is unreachable: {text}"
+        if isinstance(exc, ApiError) and not isinstance(exc, ServerError):
+            return JobState.FAILED, None
+        return JobState.UNKNOWN, None  # anything else: the outcome is open, never resend
 
     # -- polling ----------------------------------------------------------------------------
 

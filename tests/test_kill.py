@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.emulator import Emulator, EmulatorConfig
+from orchestrator.runner import RunReport
 from orchestrator.store import Store
 from orchestrator.sweep import Overrides, cancel_sweep, run_sweep, sweep_status
 
@@ -39,18 +40,19 @@ def killed_run(spec: Path, emu: Emulator, point: str, after: int = 1) -> None:
     assert proc.returncode == -signal.SIGKILL, proc.stderr
 
 
+def resume(spec: Path, emu: Emulator) -> RunReport:
+    return run_sweep(
+        spec, base_url=emu.base_url, token=emu.token, overrides=Overrides(poll_interval=0.02)
+    )
+
+
 @pytest.mark.parametrize(("point", "after"), [("submit-sent", 1), ("submit-sent", 3)])
 def test_kill_before_the_request_id_is_stored(
     tmp_path: Path, emulator: Emulator, point: str, after: int
 ) -> None:
     spec = write_spec(tmp_path)
     killed_run(spec, emulator, point, after)
-    report = run_sweep(
-        spec,
-        base_url=emulator.base_url,
-        token=emulator.token,
-        overrides=Overrides(poll_interval=0.02),
-    )
+    report = resume(spec, emulator)
     # Every submit in flight when the process died is unknown, not resubmitted: at most paid once.
     assert report.counts["unknown"] >= 1
     assert report.counts["done"] + report.counts["unknown"] == 4
@@ -67,12 +69,7 @@ def test_kill_mid_poll_or_download_loses_nothing(
 ) -> None:
     spec = write_spec(tmp_path)
     killed_run(spec, emulator, point, after)
-    report = run_sweep(
-        spec,
-        base_url=emulator.base_url,
-        token=emulator.token,
-        overrides=Overrides(poll_interval=0.02),
-    )
+    report = resume(spec, emulator)
     assert report.complete, report
     ledger = emulator.ledger()
     assert len(ledger["jobs"]) == 4

@@ -20,7 +20,7 @@ from orchestrator.retry import RetryPolicy
 from orchestrator.store import JobState, Store
 from orchestrator.sweep import Overrides, run_sweep, sweep_status
 
-from .sweeps import write_spec
+from .sweeps import SPEC, write_spec
 
 FAST = Overrides(poll_interval=0.02)
 
@@ -315,3 +315,30 @@ def test_finished_jobs_are_downloaded_before_new_submits(
     assert report.complete
     assert len(ready) == 4
     assert violations == []
+
+
+def test_an_empty_balance_stops_submitting_with_one_message(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path)
+    with Emulator(EmulatorConfig(speed=2000.0, workers=4, balance_usd=0.3)) as emu:
+        report = run(spec, emu, retry=NO_WAITS)
+        ledger = emu.ledger()
+    assert report.fatal
+    assert "balance" in (report.stop_reason or "").lower()
+    assert report.counts["done"] == 1
+    assert report.counts["pending"] == 3
+    assert len(ledger["jobs"]) == 1
+
+
+def test_an_input_the_server_refuses_on_the_first_job_stops_the_sweep(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    # Passes the local schema (any string), but the server cannot decode it.
+    body = SPEC.replace("https://example.com/fox.png", "'data:image/png;base64,@@not-base64@@'")
+    spec = write_spec(tmp_path, body=body)
+    report = run(spec, emulator, retry=NO_WAITS)
+    assert report.fatal
+    assert "refused" in (report.stop_reason or "")
+    assert "118_image" in (report.stop_reason or "")
+    assert report.counts["failed"] >= 1
+    assert report.counts["pending"] + report.counts["failed"] == 4
+    assert emulator.ledger()["jobs"] == []
