@@ -49,6 +49,9 @@ class Model:
     output_schema: Mapping[str, Any] = field(default_factory=dict)
     friendly_names: Mapping[str, str] = field(default_factory=dict)
     media_inputs: frozenset[str] = frozenset()
+    _names: dict[str, str] = field(  # raw key -> friendly name, filled on first use
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
     _validators: dict[str, jsonschema.Draft7Validator] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
@@ -76,7 +79,10 @@ class Model:
 
     def display_name(self, key: str) -> str:
         """The friendly name of a raw key, or the key itself."""
-        return _reverse(self.friendly_names).get(key, key)
+        names = self._names
+        if not names and self.friendly_names:
+            names.update({raw: name for name, raw in self.friendly_names.items()})
+        return names.get(key, key)
 
     def field_names(self) -> list[str]:
         """Every name a spec may use for this model: friendly names first, then raw keys."""
@@ -205,10 +211,6 @@ def _model_files() -> Iterator[str]:
     for entry in sorted(resources.files(__name__).iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".json"):
             yield entry.read_text(encoding="utf-8")
-
-
-def _reverse(mapping: Mapping[str, str]) -> dict[str, str]:
-    return {v: k for k, v in mapping.items()}
 
 
 def _schema_type(prop: Mapping[str, Any]) -> str:
