@@ -2,8 +2,8 @@
 
     python benchmarks/resume_10k.py [--jobs N] [--rounds 3]
 
-1. run the sweep to the end against an in-process emulator at full speed (one seed and one
-   prompt, so the emulator encodes one video; every job is still submitted, polled and fetched);
+1. run the sweep to the end against an emulator in its own process at full speed (one seed and
+   one prompt, so it encodes one video; every job is still submitted, polled and fetched);
 2. `run` again on the finished store: sync the spec, check every file, rewrite the manifest
    (the cost of resuming a sweep that has nothing left to do), median of --rounds;
 3. delete 10% of the outputs and `run` again: they are fetched again, nothing is paid twice.
@@ -13,12 +13,20 @@ Prints figures; asserts only that the ledger shows each input created once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from orchestrator import Emulator, EmulatorConfig, run_sweep
+import httpx
+
+from orchestrator import run_sweep
 from orchestrator.sweep import Overrides
 
 SPEC = """\
@@ -41,6 +49,31 @@ run:
 """
 
 
+@dataclass
+class Remote:
+    base_url: str
+    token: str = "emulator-token"
+
+    def ledger(self) -> dict[str, Any]:
+        origin = self.base_url.removesuffix("/v1")
+        answer: dict[str, Any] = httpx.get(f"{origin}/_emulator/ledger", timeout=60).json()
+        return answer
+
+
+@contextlib.contextmanager
+def emulator_process() -> Iterator[Remote]:
+    """`comfysweep emulator` in a process of its own, as the real API would be."""
+    command = [sys.executable, "-m", "orchestrator", "emulator", "--port", "0"]
+    command += ["--speed", "1e9", "--workers", "64", "--balance", "1e9"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield Remote(proc.stdout.readline().strip())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=10_000)
@@ -50,9 +83,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "resume.yaml"
         spec.write_text(SPEC.format(shifts=shifts))
-        config = EmulatorConfig(speed=1e9, workers=64, balance_usd=1e9)
         fast = Overrides(poll_interval=0.05)
-        with Emulator(config) as emu:
+        with emulator_process() as emu:
             started = time.perf_counter()
             first = run_sweep(spec, base_url=emu.base_url, token=emu.token, overrides=fast)
             elapsed = time.perf_counter() - started
