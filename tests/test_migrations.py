@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -18,6 +19,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from orchestrator.canonical import canonical_json, job_key
 from orchestrator.errors import StoreError
 from orchestrator.store import JobState, Store
 from orchestrator.store.schema import (
@@ -28,7 +30,8 @@ from orchestrator.store.schema import (
     script_directory,
 )
 from orchestrator.store.tables import metadata
-from tests.test_store import MODEL, make_jobs
+from tests.test_store import MODEL, FakeJob, make_jobs
+from tests.test_store_blobs import assert_exact, data_uri
 
 
 def schema_diffs(url: str) -> list[object]:
@@ -108,14 +111,15 @@ if len(sys.argv) > 2:  # play a newer comfysweep: migrations from another folder
 Store.open(sys.argv[1]).close()
 """
 
-NEXT_REVISION = """
+# A revision after the head this code knows (what a newer comfysweep would ship).
+NEXT_REVISION = f"""
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002_test"
-down_revision = "0001"
+revision = "9000_test"
+down_revision = "{SCHEMA_REVISION}"
 branch_labels = None
 depends_on = None
 
@@ -169,10 +173,10 @@ def test_a_kill_mid_upgrade_keeps_the_old_schema_and_its_jobs(tmp_path: Path) ->
         store.transition("job-000001", JobState.SUBMITTING)
     newer = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS, newer, ignore=shutil.ignore_patterns("__pycache__"))
-    (newer / "versions" / "0002_test.py").write_text(NEXT_REVISION)
+    (newer / "versions" / "9000_test.py").write_text(NEXT_REVISION)
 
-    open_and_kill(path, tmp_path, str(newer), "0002_test")
-    assert revision_of(path) == "0001"
+    open_and_kill(path, tmp_path, str(newer), "9000_test")
+    assert revision_of(path) == SCHEMA_REVISION
     with Store.open(path) as store:  # this code still opens it, as it was
         assert store.counts()["pending"] == 2
         assert store.counts()["submitting"] == 1
@@ -180,11 +184,83 @@ def test_a_kill_mid_upgrade_keeps_the_old_schema_and_its_jobs(tmp_path: Path) ->
         assert "note" not in {row[1] for row in raw.execute("PRAGMA table_info(jobs)")}
     raw.close()
 
-    subprocess.run([sys.executable, "-c", OPENER, str(path), str(newer), "0002_test"], check=True)
-    assert revision_of(path) == "0002_test"
+    subprocess.run([sys.executable, "-c", OPENER, str(path), str(newer), "9000_test"], check=True)
+    assert revision_of(path) == "9000_test"
     with sqlite3.connect(path) as raw:
         notes = raw.execute("SELECT note, count(*) FROM jobs GROUP BY note").fetchall()
     raw.close()
     assert notes == [("migrated", 3)]
     with pytest.raises(StoreError, match="written by a newer comfysweep"):
         Store.open(path)
+
+
+def store_at_0001(url: str, jobs: list[dict[str, Any]]) -> None:
+    """A store as comfysweep wrote it at schema 0001: inputs inline, data: URIs and all."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(_config(conn), "0001")
+        for i, inputs in enumerate(jobs):
+            conn.execute(
+                sa.text(
+                    'INSERT INTO jobs (key, "index", model_id, inputs, repeat, state, attempts,'
+                    " outputs, in_spec, created_at, updated_at) VALUES (:key, :index, :model,"
+                    " :inputs, 0, 'pending', 0, '[]', true, '2026-11-01 10:00:00',"
+                    " '2026-11-01 10:00:00')"
+                ),
+                {
+                    "key": job_key(MODEL, inputs),
+                    "index": i,
+                    "model": MODEL,
+                    "inputs": canonical_json(inputs),
+                },
+            )
+    engine.dispose()
+
+
+def test_an_0001_store_with_inline_images_upgrades_and_reads_back(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    image = data_uri(1)
+    old = [{"image": image, "56_text": f"take {i}"} for i in range(3)]
+    store_at_0001(f"sqlite:///{path}", old)
+    open_and_kill(path, tmp_path)  # killed inside 0001 -> 0002: nothing changed
+    assert revision_of(path) == "0001"
+
+    new = [*old, {"image": image, "56_text": "take 3"}]
+    jobs = [
+        FakeJob(job_key(MODEL, v), i, inputs=v, sources={"image": "fox.png"})
+        for i, v in enumerate(new)
+    ]
+    with Store.open(path) as store:
+        assert revision_of(path) == SCHEMA_REVISION
+        assert store.counts()["pending"] == 3
+        for job in jobs[:3]:  # inline, as they were
+            assert_exact(store.get(job.key), job)
+        assert store.sync_jobs(jobs, MODEL).new == 1
+        rows = list(store.jobs())
+    assert [r.sources for r in rows] == [{"image": "fox.png"}] * 4  # old rows take the spec's
+    for row, job in zip(rows, jobs, strict=True):
+        assert_exact(row, job)
+    with sqlite3.connect(path) as raw:
+        refs = raw.execute("SELECT count(blob_refs), count(*) FROM jobs").fetchone()
+        blobs = raw.execute("SELECT count(*) FROM blobs").fetchone()
+    raw.close()
+    assert (refs, blobs) == ((1, 4), (1,))  # old rows stay inline; the new one refers
+    assert schema_diffs(f"sqlite:///{path}") == []
+
+
+def test_downgrade_puts_blobs_back_inline(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    inputs = {"image": data_uri(2), "56_text": "a fox"}
+    job = FakeJob(job_key(MODEL, inputs), 0, inputs=inputs)
+    with Store.open(path) as store:
+        store.sync_jobs([job], MODEL)
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        command.downgrade(_config(conn), "0001")
+    engine.dispose()
+    with sqlite3.connect(path) as raw:
+        (text,) = raw.execute("SELECT inputs FROM jobs").fetchone()
+    raw.close()
+    assert text == canonical_json(inputs)
+    with Store.open(path) as store:  # up again: still readable, inline
+        assert_exact(store.get(job.key), job)

@@ -40,6 +40,7 @@ class FakeJob:
     model_id: str = MODEL
     inputs: dict[str, Any] = field(default_factory=dict)
     repeat: int = 0
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 def make_jobs(n: int, start: int = 0, *, prefix: str = "job") -> Iterator[FakeJob]:

@@ -12,12 +12,14 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
+from orchestrator.canonical import job_key
 from orchestrator.errors import StoreError
 from orchestrator.store import JobState, Store
 from orchestrator.store.schema import head_revision
-from tests.test_migrations import schema_diffs
+from tests.test_migrations import schema_diffs, store_at_0001
 from tests.test_store import (  # noqa: F401  (collected again here, against PostgreSQL)
     MODEL,
+    FakeJob,
     make_jobs,
     test_claim_takes_pending_spec_jobs_in_index_order,
     test_counts_name_every_state,
@@ -36,6 +38,16 @@ from tests.test_store import (  # noqa: F401  (collected again here, against Pos
     test_transition_of_an_unknown_job_says_so,
     test_unknown_field_is_a_bug_in_the_caller,
     test_update_sets_fields_without_an_event,
+)
+from tests.test_store_blobs import (  # noqa: F401  (collected again here, against PostgreSQL)
+    assert_exact,
+    data_uri,
+    test_a_missing_blob_is_a_one_line_error,
+    test_a_spec_synced_again_shares_the_blobs_it_has,
+    test_an_input_equal_to_a_reference_is_not_taken_for_one,
+    test_data_uris_are_stored_once_and_every_read_gives_them_back,
+    test_sources_round_trip_and_follow_the_spec,
+    test_streaming_reads_each_blob_once_and_a_few_at_a_time,
 )
 
 pytestmark = pytest.mark.postgres
@@ -146,3 +158,18 @@ def test_several_runners_share_a_store_and_never_share_a_job(target: str) -> Non
     assert sorted(everything) == [f"job-{i:06d}" for i in range(300)]
     with Store.open(target, readonly=True) as reader:
         assert reader.counts()["queued"] == 300
+
+
+def test_an_0001_store_with_inline_images_upgrades_and_reads_back(target: str) -> None:
+    image = data_uri(1)
+    old = [{"image": image, "56_text": f"take {i}"} for i in range(3)]
+    store_at_0001(target, old)
+    jobs = [FakeJob(job_key(MODEL, v), i, inputs=v) for i, v in enumerate(old)]
+    with Store.open(target) as store:
+        for job in jobs:
+            assert_exact(store.get(job.key), job)
+        more = FakeJob(job_key(MODEL, {"image": image}), 3, inputs={"image": image})
+        assert store.sync_jobs([*jobs, more], MODEL).new == 1
+        for row, job in zip(store.jobs(), [*jobs, more], strict=True):
+            assert_exact(row, job)
+    assert schema_diffs(target) == []

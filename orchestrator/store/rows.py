@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -27,11 +27,17 @@ class JobLike(Protocol):
     def inputs(self) -> Mapping[str, Any]: ...
     @property
     def repeat(self) -> int: ...
+    @property
+    def sources(self) -> Mapping[str, str]: ...
 
 
 @dataclass(frozen=True, slots=True)
 class JobRow:
-    """One job as stored; ``outputs`` is a list of {url, path, size, sha256} dicts."""
+    """One job as stored; ``outputs`` is a list of {url, path, size, sha256} dicts.
+
+    ``inputs`` is the complete POST body (blobs put back); ``sources`` maps a raw input key to the
+    local file its data: URI was read from (what output names are made of).
+    """
 
     key: str
     index: int
@@ -53,14 +59,20 @@ class JobRow:
     updated_at: datetime
     in_spec: bool
     run_id: int | None = None
+    sources: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_row(cls, m: Mapping[Any, Any]) -> JobRow:
+    def from_row(cls, m: Mapping[Any, Any], blobs: Mapping[str, str]) -> JobRow:
+        """The row ``m`` of the jobs table; ``blobs`` holds (at least) the blobs it refers to."""
+        inputs = json.loads(m["inputs"])
+        if m["blob_refs"]:
+            for name, sha in json.loads(m["blob_refs"]).items():
+                inputs[name] = blobs[sha]
         return cls(
             key=m["key"],
             index=m["index"],
             model_id=m["model_id"],
-            inputs=json.loads(m["inputs"]),
+            inputs=inputs,
             repeat=m["repeat"],
             state=JobState(m["state"]),
             request_id=m["request_id"],
@@ -77,6 +89,7 @@ class JobRow:
             updated_at=m["updated_at"],
             in_spec=bool(m["in_spec"]),
             run_id=m["run_id"],
+            sources=json.loads(m["sources"]) if m["sources"] else {},
         )
 
 

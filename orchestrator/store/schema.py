@@ -36,7 +36,7 @@ __all__ = [
 
 # The head of migrations/versions (tests/test_migrations.py checks): a store already there opens
 # without importing alembic at all.
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 
 def _migrations_folder() -> Path:
@@ -45,6 +45,8 @@ def _migrations_folder() -> Path:
     if (checkout / "env.py").is_file():
         return checkout
     return Path(str(resources.files("orchestrator") / "migrations"))
+
+
 BUSY_TIMEOUT_MS = 10_000
 MIGRATIONS = _migrations_folder()
 SQLITE_MAGIC = b"SQLite format 3\x00"

@@ -14,14 +14,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from orchestrator.canonical import canonical_json
+from orchestrator.store.blobs import Splitter
 from orchestrator.store.rows import JobLike
 from orchestrator.store.states import JobState
-from orchestrator.store.tables import EventTable, JobTable, MetaTable, RunTable
+from orchestrator.store.tables import BlobTable, EventTable, JobTable, MetaTable, RunTable
 
 JOBS: sa.Table = JobTable.__table__  # type: ignore[attr-defined]
 EVENTS: sa.Table = EventTable.__table__  # type: ignore[attr-defined]
 META: sa.Table = MetaTable.__table__  # type: ignore[attr-defined]
 RUNS: sa.Table = RunTable.__table__  # type: ignore[attr-defined]
+BLOBS: sa.Table = BlobTable.__table__  # type: ignore[attr-defined]
 
 _S = JobState
 # Which timestamp a target state stamps (DESIGN: submitted on queued, started on running, ...).
@@ -46,13 +48,16 @@ _FRESH_ATTEMPT = {
 }
 EVENT_INSERT = sa.insert(EVENTS)
 SYNC_KEYS = sa.table("sync_keys", sa.column("key", sa.Text))
-KNOWN = sa.select(JOBS.c.key, JOBS.c["index"], JOBS.c.in_spec).where(
+KNOWN = sa.select(JOBS.c.key, JOBS.c["index"], JOBS.c.in_spec, JOBS.c.sources).where(
     JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True))
 )
 MOVE = (
     JOBS.update()
     .where(JOBS.c.key == sa.bindparam("p_key"))
-    .values({"index": sa.bindparam("p_index"), "in_spec": True})
+    .values({"index": sa.bindparam("p_index"), "in_spec": True, "sources": sa.bindparam("p_src")})
+)
+BLOBS_GET = sa.select(BLOBS.c.sha256, BLOBS.c.data).where(
+    BLOBS.c.sha256.in_(sa.bindparam("p_shas", expanding=True))
 )
 
 
@@ -105,13 +110,21 @@ PICK_PG = PICK.with_for_update(skip_locked=True)
 CLAIM_PG = CLAIM.where(JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True)))
 
 
-def new_job(job: JobLike, now: datetime, run_id: int | None) -> dict[str, Any]:
-    """A new pending row; the columns left out are NULL (that is what a new job has)."""
+def sources_text(job: JobLike) -> str | None:
+    """The ``sources`` column of a job: its {raw key: local file} as JSON, NULL when empty."""
+    return canonical_json(dict(job.sources)) if job.sources else None
+
+
+def new_job(job: JobLike, split: Splitter, now: datetime, run_id: int | None) -> dict[str, Any]:
+    """A new pending row, large data: URIs split off to ``split``; columns left out are NULL."""
+    inputs, refs = split.split(job.inputs)
     return {
         "key": job.key,
         "index": job.index,
         "model_id": job.model_id,
-        "inputs": canonical_json(dict(job.inputs)),
+        "inputs": canonical_json(inputs),
+        "blob_refs": canonical_json(refs) if refs else None,
+        "sources": sources_text(job),
         "repeat": job.repeat,
         "state": _S.PENDING.value,
         "attempts": 0,

@@ -13,7 +13,7 @@ import json
 import os
 import socket
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 from orchestrator.canonical import canonical_json
 from orchestrator.errors import StoreError, TransitionError
 from orchestrator.store import schema, sql
+from orchestrator.store.blobs import BlobCache, Splitter, blob_shas
 from orchestrator.store.lock import FileLock
 from orchestrator.store.rows import Event, JobLike, JobRow, SyncResult, encode_fields
 from orchestrator.store.states import TRANSITIONS, JobState, allowed_from
@@ -39,6 +40,8 @@ _S = JobState
 DURABLE = frozenset({_S.SUBMITTING, _S.QUEUED})
 PAGE = 500
 SYNC_BATCH = 1000
+# Streaming reads this many distinct uncached blobs at a time, not a whole page's worth at once.
+BLOB_WINDOW = 8
 
 
 def _now() -> datetime:
@@ -61,6 +64,7 @@ class Store:
         self._synchronous = "NORMAL"
         self._run_id: int | None = None
         self._lock_held = False
+        self._blobs = BlobCache()
 
     # -- opening and closing ------------------------------------------------------------------
 
@@ -179,11 +183,13 @@ class Store:
         """Record the spec's jobs: insert new keys, renumber known ones, mark which are in the spec.
 
         Streams ``jobs`` in batches inside one transaction (a killed sync changes nothing), so
-        memory stays flat for a million jobs.
+        memory stays flat for a million jobs. Large data: URIs go to the blobs table, once each.
+        A known job takes the spec's current ``sources`` (a renamed image names its outputs).
         """
         count = sa.select(sa.func.count()).select_from(sql.JOBS)
         mark = "?" if self.is_sqlite else "%s"
         total = 0
+        split = Splitter()
         with self._tx(write=True) as conn:
             before = conn.execute(count).scalar_one()
             # This sync's keys, on the side (a temp table: no WAL, private to the connection).
@@ -196,21 +202,25 @@ class Store:
                     if job.model_id != model_id:
                         raise ValueError(f"job {job.key} is for {job.model_id}, not {model_id}")
                 known = {
-                    key: (index, in_spec)
-                    for key, index, in_spec in conn.execute(sql.KNOWN, {"p_keys": list(by_key)})
+                    key: (index, in_spec, sources)
+                    for key, index, in_spec, sources in conn.execute(
+                        sql.KNOWN, {"p_keys": list(by_key)}
+                    )
                 }
                 now = _now()
                 new_rows = [
-                    sql.new_job(job, now, self._run_id)
+                    sql.new_job(job, split, now, self._run_id)
                     for key, job in by_key.items()
                     if key not in known
                 ]
-                moved = [
-                    {"p_key": key, "p_index": job.index}
-                    for key, job in by_key.items()
-                    if key in known and known[key] != (job.index, True)
-                ]
+                moved = []
+                for key, job in by_key.items():
+                    src = sql.sources_text(job)
+                    if key in known and known[key] != (job.index, True, src):
+                        moved.append({"p_key": key, "p_index": job.index, "p_src": src})
                 # Known keys in place are not written: re-running a spec costs reads, not writes.
+                if blob_rows := split.take():
+                    conn.execute(self._insert(sql.BLOBS).on_conflict_do_nothing(), blob_rows)
                 if new_rows:
                     conn.execute(self._insert(sql.JOBS).on_conflict_do_nothing(), new_rows)
                 if moved:
@@ -257,7 +267,7 @@ class Store:
             if row is None:
                 raise self._refusal(conn, key, to, expect)
             conn.execute(sql.EVENT_INSERT, [sql.event_row(row, now, detail)])
-        return JobRow.from_row(row)
+        return self._rows([row])[0]
 
     def claim(self, limit: int) -> list[JobRow]:
         """Take up to ``limit`` pending jobs of the spec, oldest index first: pending -> submitting.
@@ -282,7 +292,7 @@ class Store:
                 rows = conn.execute(sql.CLAIM_PG, params).mappings().all()
             if rows:
                 conn.execute(sql.EVENT_INSERT, [sql.event_row(row, now, "claimed") for row in rows])
-        return sorted((JobRow.from_row(row) for row in rows), key=lambda r: (r.index, r.key))
+        return sorted(self._rows(rows), key=lambda r: (r.index, r.key))
 
     def update(self, key: str, **fields: Any) -> None:
         """Set non-state fields (e.g. outputs as they land); no event."""
@@ -316,7 +326,7 @@ class Store:
     def get(self, key: str) -> JobRow | None:
         with self._tx() as conn:
             row = conn.execute(sa.select(sql.JOBS).where(sql.JOBS.c.key == key)).mappings().first()
-        return None if row is None else JobRow.from_row(row)
+        return None if row is None else self._rows([row])[0]
 
     def jobs(
         self, states: Iterable[JobState] | None = None, *, in_spec: bool | None = None
@@ -332,13 +342,24 @@ class Store:
         )
         stmt = stmt.where(after)
         position: dict[str, Any] = {"p_index": -1, "p_key": ""}
+        blobs: dict[str, str] = {}
         while True:
             with self._tx() as conn:
-                page = [JobRow.from_row(m) for m in conn.execute(stmt, position).mappings()]
-            yield from page
+                page = conn.execute(stmt, position).mappings().all()
+            for i, m in enumerate(page):
+                if any(sha not in blobs for sha in blob_shas(m["blob_refs"])):
+                    # This row's blobs and the next rows', a few at a time: a page of rows that
+                    # each have their own 6 MiB image is never all in memory at once.
+                    ahead: dict[str, None] = {}
+                    for n in page[i:]:
+                        if len(ahead) >= BLOB_WINDOW:
+                            break
+                        ahead.update(dict.fromkeys(blob_shas(n["blob_refs"])))
+                    blobs = self._fetch_blobs(ahead)
+                yield JobRow.from_row(m, blobs)
             if len(page) < PAGE:
                 return
-            position = {"p_index": page[-1].index, "p_key": page[-1].key}
+            position = {"p_index": page[-1]["index"], "p_key": page[-1]["key"]}
 
     def counts(self, *, in_spec: bool | None = None) -> dict[str, int]:
         """Jobs per state name, every state present (zeros included)."""
@@ -355,6 +376,32 @@ class Store:
         stmt = sa.select(sql.EVENTS).where(sql.EVENTS.c.job_key == key).order_by(sql.EVENTS.c.id)
         with self._tx() as conn:
             return [Event.from_row(m) for m in conn.execute(stmt).mappings()]
+
+    def _rows(self, rows: Sequence[Mapping[Any, Any]]) -> list[JobRow]:
+        """JobRows of table rows read in a finished transaction, their blobs put back."""
+        shas = {sha for m in rows for sha in blob_shas(m["blob_refs"])}
+        blobs = self._fetch_blobs(shas) if shas else {}
+        return [JobRow.from_row(m, blobs) for m in rows]
+
+    def _fetch_blobs(self, shas: Iterable[str]) -> dict[str, str]:
+        """The blobs named, from the cache or else in one read (a blob never changes)."""
+        out: dict[str, str] = {}
+        missing: list[str] = []
+        for sha in shas:
+            data = self._blobs.get(sha)
+            if data is None:
+                missing.append(sha)
+            else:
+                out[sha] = data
+        if missing:
+            with self._tx() as conn:
+                for sha, data in conn.execute(sql.BLOBS_GET, {"p_shas": missing}):
+                    out[sha] = data
+                    self._blobs.put(sha, data)
+            lost = [sha for sha in missing if sha not in out]
+            if lost:
+                raise StoreError(f"store {self.name} is damaged: input blob {lost[0]} is missing")
+        return out
 
     # -- meta -----------------------------------------------------------------------------------
 

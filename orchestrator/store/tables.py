@@ -10,7 +10,15 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
-__all__ = ["EventTable", "JobTable", "MetaTable", "RunTable", "UTCDateTime", "metadata"]
+__all__ = [
+    "BlobTable",
+    "EventTable",
+    "JobTable",
+    "MetaTable",
+    "RunTable",
+    "UTCDateTime",
+    "metadata",
+]
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -73,7 +81,10 @@ class JobTable(_Base, table=True):
     key: str = Field(sa_type=sa.Text, primary_key=True)
     index: int
     model_id: str = Field(sa_type=sa.Text)
+    # The POST body; a large data: URI under key k is in `blobs`, its sha256 in blob_refs[k].
     inputs: str = Field(sa_type=sa.Text)
+    blob_refs: str | None = Field(default=None, sa_type=sa.Text)  # {raw key: sha256}; NULL: none
+    sources: str | None = Field(default=None, sa_type=sa.Text)  # {raw key: local file}; NULL: none
     repeat: int = 0
     state: str = Field(sa_type=sa.Text)
     prev_state: str | None = Field(default=None, sa_type=sa.Text)
@@ -107,6 +118,16 @@ class EventTable(_Base, table=True):
     detail: str | None = Field(default=None, sa_type=sa.Text)
     request_id: str | None = Field(default=None, sa_type=sa.Text)
     run_id: int | None = Field(default=None, foreign_key="runs.id")
+
+
+class BlobTable(_Base, table=True):
+    """Large input strings (data: URIs) stored once, by the sha256 of their UTF-8 bytes."""
+
+    __tablename__ = "blobs"
+
+    sha256: str = Field(sa_type=sa.Text, primary_key=True)
+    size: int  # len(data), so a reader can budget a fetch without reading the data
+    data: str = Field(sa_type=sa.Text)
 
 
 class MetaTable(_Base, table=True):
