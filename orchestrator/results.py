@@ -64,6 +64,7 @@ class ResultsFolder:
             model_id=row.model_id,
             inputs=row.inputs,
             repeat=row.repeat,
+            sources=row.sources,
         )
         return render_output_name(self.template, job, n=n + 1, count=count, ext=extension_of(url))
 
