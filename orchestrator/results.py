@@ -68,13 +68,17 @@ class ResultsFolder:
         )
         return render_output_name(self.template, job, n=n + 1, count=count, ext=extension_of(url))
 
+    def final_name(self, name: str, key: str, own: Collection[str] = ()) -> str:
+        """``name``, or ``name`` with the key added when a file not in ``own`` holds it."""
+        if (self.root / name).exists() and name not in own:
+            stem, dot, ext = name.rpartition(".")
+            return f"{stem}_{key[:10]}.{ext}" if dot else f"{name}_{key[:10]}"
+        return name
+
     def place(self, tmp: Path, name: str, key: str, own: Collection[str] = ()) -> str:
         """Rename a verified download into place; a name another job holds gets the key added."""
+        name = self.final_name(name, key, own)
         final = self.root / name
-        if final.exists() and name not in own:
-            stem, dot, ext = name.rpartition(".")
-            name = f"{stem}_{key[:10]}.{ext}" if dot else f"{name}_{key[:10]}"
-            final = self.root / name
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, final)
         _fsync_dir(final.parent)

@@ -379,7 +379,11 @@ class Runner:
             tmp = self.folder.temp_path(row.key, n)
             try:
                 got = await self.client.download(url, tmp)
-                path = self.folder.place(tmp, name, row.key, own)
+                path = self.folder.final_name(name, row.key, own)
+                # The name is the job's before the file takes it: a kill between the two leaves a
+                # file the next run overwrites, not an orphan beside a second copy.
+                self.store.update(row.key, outputs=[*outputs, {"url": url, "path": path}])
+                path = self.folder.place(tmp, path, row.key, {*own, path})
             except OutputExpired as exc:
                 fresh = None if refreshed else await self._fresh_urls(row)
                 refreshed = True
