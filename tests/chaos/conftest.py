@@ -1,0 +1,16 @@
+"""The chaos suite's figures reach the terminal summary, which shows even under ``pytest -q``."""
+
+from __future__ import annotations
+
+import pytest
+from _pytest.terminal import TerminalReporter
+
+from .harness import Figures
+
+FIGURES_KEY = pytest.StashKey[Figures]()
+
+
+def pytest_terminal_summary(terminalreporter: TerminalReporter, config: pytest.Config) -> None:
+    figures = config.stash.get(FIGURES_KEY, None)
+    if figures is not None:
+        terminalreporter.write_line(figures.line())
