@@ -137,7 +137,7 @@ class Runner:
         """Resume what a previous run left, submit every pending job, wait for all of it."""
         started = time.monotonic()
         self._recover()
-        self._spent = sum(row.cost or 0.0 for row in self.store.jobs())
+        self._spent = self.store.spent()
         counts = self.store.counts()
         snapshot = Snapshot(counts=counts, spent_usd=self._spent)
         snapshot.finished_at_start = snapshot.finished
@@ -171,24 +171,26 @@ class Runner:
         removed = self.folder.prepare()
         if removed:
             self._say(f"removed {removed} partial download(s) left by an interrupted run")
-        for row in self.store.jobs([JobState.SUBMITTING]):
+        for row in self.store.adopt([JobState.SUBMITTING]):
             self.store.transition(
                 row.key,
                 JobState.UNKNOWN,
                 detail="interrupted while submitting: the job may exist remotely and be billed; "
                 "`comfysweep retry --unknown` submits it again on purpose",
             )
-        for row in self.store.jobs([JobState.DONE]):
-            if not all(self.folder.has(o) for o in row.outputs):
-                self.store.transition(
-                    row.key, JobState.SUCCEEDED, detail="output missing on disk: download again"
-                )
+        missing = self.store.adopt(
+            [JobState.DONE], where=lambda row: not all(self.folder.has(o) for o in row.outputs)
+        )
+        for row in missing:
+            self.store.transition(
+                row.key, JobState.SUCCEEDED, detail="output missing on disk: download again"
+            )
 
     def _resume(self, jobs: TaskGroup) -> None:
-        for row in self.store.jobs(_IN_FLIGHT):
+        for row in self.store.adopt(_IN_FLIGHT):
             self._remote += 1
             jobs.start_soon(self._track, row, 0.0)
-        for row in self.store.jobs([JobState.SUCCEEDED]):
+        for row in self.store.adopt([JobState.SUCCEEDED]):
             self._download_backlog += 1
             jobs.start_soon(self._download, row)
 
@@ -491,6 +493,8 @@ class Runner:
     async def _cancel_queued(self) -> None:
         running = 0
         for row in self.store.jobs(_IN_FLIGHT):
+            if row.run_id != self.store.run_id:  # another runner's job (a shared store)
+                continue
             if row.state is JobState.RUNNING or row.request_id is None:
                 running += 1
                 continue

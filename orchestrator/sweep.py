@@ -182,7 +182,7 @@ def sweep_status(spec: Spec | str | Path, *, store: str | Path | None = None) ->
             "results": str(spec.results_dir),
             "jobs": sum(counts.values()),
             "counts": counts,
-            "spent_usd": sum(row.cost or 0.0 for row in db.jobs()),
+            "spent_usd": db.spent(),
         }
 
 

@@ -558,3 +558,21 @@ def test_missing_and_misplaced_stores_are_one_line_errors(tmp_path: Path) -> Non
         Store.open("postgresql://u@127.0.0.1:1/db")  # the driver we ship, not SQLAlchemy's default
     with pytest.raises(StoreError, match="PostgreSQL needs its driver"):
         Store.open("postgresql+pg8000://u@127.0.0.1:1/db")
+
+
+def test_spent_sums_the_recorded_costs(store: Store) -> None:
+    store.sync_jobs(make_jobs(3), MODEL)
+    assert store.spent() == 0.0
+    (row,) = store.claim(1)
+    store.transition(row.key, JobState.QUEUED, request_id="r")
+    store.transition(row.key, JobState.SUCCEEDED, cost=0.25)
+    assert store.spent() == pytest.approx(0.25)
+
+
+def test_on_sqlite_every_job_in_the_states_is_adopted(store: Store) -> None:
+    store.sync_jobs(make_jobs(3), MODEL)
+    with store.lock("runner"):
+        claimed = store.claim(2)
+    with store.lock("next runner"):
+        adopted = list(store.adopt([JobState.SUBMITTING], where=lambda r: r.index == 0))
+    assert [r.key for r in adopted] == [claimed[0].key]

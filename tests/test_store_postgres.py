@@ -32,6 +32,7 @@ from tests.test_store import (  # noqa: F401  (collected again here, against Pos
     test_meta_holds_json_values,
     test_readonly_store_refuses_writes_and_closed_store_refuses_all,
     test_retry_starts_a_fresh_attempt_and_keeps_the_story,
+    test_spent_sums_the_recorded_costs,
     test_sync_counts_new_jobs_renumbers_and_marks_the_spec,
     test_sync_rejects_a_job_of_another_model,
     test_sync_streams_without_holding_the_jobs,
@@ -173,3 +174,24 @@ def test_an_0001_store_with_inline_images_upgrades_and_reads_back(target: str) -
         for row, job in zip(store.jobs(), [*jobs, more], strict=True):
             assert_exact(row, job)
     assert schema_diffs(target) == []
+
+
+def test_resume_adopts_only_the_jobs_of_runs_that_died(target: str) -> None:
+    """A second runner must not take over jobs a live runner is still submitting or polling."""
+    with Store.open(target) as first, Store.open(target) as second:
+        first.sync_jobs(make_jobs(4), MODEL)
+        with first.lock("first runner"):
+            claimed = first.claim(2)
+            first.transition(claimed[0].key, JobState.QUEUED, request_id="r-1")
+            with second.lock("second runner"):
+                # The first runner is alive: nothing of its is an orphan.
+                assert list(second.adopt([JobState.SUBMITTING, JobState.QUEUED])) == []
+                # The first runner's session dies (SIGKILL, lost connection): its jobs are free,
+                # and each goes to exactly one adopter.
+                first.close()
+                adopted = list(second.adopt([JobState.SUBMITTING, JobState.QUEUED]))
+                assert sorted(r.key for r in adopted) == sorted(r.key for r in claimed)
+                assert {r.run_id for r in adopted} == {second.run_id}
+            with Store.open(target) as third, third.lock("third runner"):
+                # The second run ended cleanly (lock released), so its jobs are orphans now.
+                assert len(list(third.adopt([JobState.SUBMITTING, JobState.QUEUED]))) == 2

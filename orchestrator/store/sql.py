@@ -146,3 +146,23 @@ def event_row(row: Mapping[Any, Any], at: datetime, detail: str | None) -> dict[
         "request_id": row["request_id"],
         "run_id": row["run_id"],
     }
+
+
+# A job's run id moves to the adopting run only if no other runner adopted it first.
+ADOPT = (
+    JOBS.update()
+    .where(
+        JOBS.c.key == sa.bindparam("p_key"),
+        JOBS.c.state == sa.bindparam("p_state"),
+        JOBS.c.run_id.is_not_distinct_from(sa.bindparam("p_old", type_=sa.Integer)),
+    )
+    .values(run_id=sa.bindparam("p_run", type_=sa.Integer))
+)
+
+# PostgreSQL session advisory lock that a live run holds: (namespace, hash of schema and run id),
+# so stores in several schemas of one database never mistake each other's runs.
+_RUN_KEY = "hashtext(current_schema() || ':' || CAST(:p_run AS text))"
+_RUN_NS = 0x636F6D66  # "comf"
+RUN_ALIVE_LOCK = sa.text(f"SELECT pg_advisory_lock({_RUN_NS}, {_RUN_KEY})")
+RUN_ALIVE_TRY = sa.text(f"SELECT pg_try_advisory_lock({_RUN_NS}, {_RUN_KEY})")
+RUN_ALIVE_UNLOCK = sa.text(f"SELECT pg_advisory_unlock({_RUN_NS}, {_RUN_KEY})")

@@ -8,12 +8,13 @@ connection: use it from one thread at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
 import socket
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -158,12 +159,19 @@ class Store:
                         "started_at": _now(),
                     },
                 ).scalar_one()
+            if not self.is_sqlite:
+                # Held by this session until it ends: how other runners tell this run is alive.
+                with self._tx() as conn:
+                    conn.execute(sql.RUN_ALIVE_LOCK, {"p_run": run_id})
             self._run_id = run_id
             yield run_id
         finally:
             self._run_id = None
             self._lock_held = False
             try:
+                if run_id is not None and self._conn is not None and not self.is_sqlite:
+                    with self._tx() as conn:
+                        conn.execute(sql.RUN_ALIVE_UNLOCK, {"p_run": run_id})
                 if run_id is not None and self._conn is not None:
                     with self._tx(write=True) as conn:
                         finish = sql.RUNS.update().where(sql.RUNS.c.id == run_id)
@@ -171,6 +179,49 @@ class Store:
             finally:
                 if flock is not None:
                     flock.release()
+
+    def adopt(
+        self, states: Iterable[JobState], *, where: Callable[[JobRow], bool] | None = None
+    ) -> Iterator[JobRow]:
+        """Jobs in ``states`` (and matching ``where``) that no live run holds, now this run's.
+
+        A job belongs to the run that touched it last. On SQLite the runner lock makes this run
+        the only one, so every such job is an orphan of a finished or killed run. On PostgreSQL a
+        run is alive while its session holds the advisory lock lock() took, and a compare-and-set
+        on the job's run id hands each orphan to exactly one runner: resuming never steals a job
+        that another runner is still submitting, polling or downloading.
+        """
+        alive: dict[int, bool] = {}
+        for row in self.jobs(states):
+            if where is not None and not where(row):
+                continue
+            if self.is_sqlite:
+                yield row
+                continue
+            owner = row.run_id
+            if owner is not None and owner != self._run_id:
+                if owner not in alive:
+                    alive[owner] = self._run_alive(owner)
+                if alive[owner]:
+                    continue
+            params = {"p_key": row.key, "p_state": row.state.value, "p_old": owner}
+            with self._tx(write=True) as conn:
+                taken = conn.execute(sql.ADOPT, params | {"p_run": self._run_id}).rowcount
+            if taken:
+                yield dataclasses.replace(row, run_id=self._run_id)
+
+    def _run_alive(self, run_id: int) -> bool:
+        with self._tx() as conn:
+            if not conn.execute(sql.RUN_ALIVE_TRY, {"p_run": run_id}).scalar_one():
+                return True
+            conn.execute(sql.RUN_ALIVE_UNLOCK, {"p_run": run_id})
+        return False
+
+    def spent(self) -> float:
+        """The sweep's spend so far: the sum of every job's recorded cost."""
+        with self._tx() as conn:
+            total = conn.execute(sa.select(sa.func.sum(sql.JOBS.c.cost))).scalar()
+        return float(total or 0.0)
 
     @property
     def run_id(self) -> int | None:
