@@ -59,7 +59,10 @@ class Places:
 def parse_yaml(path: Path, text: str) -> tuple[Any, Places]:
     """The document as plain data (safe tags only) and the places of its fields."""
     where = Places(path)
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # its reader refuses control characters at once
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: YAML error: {' '.join(str(exc).split())}") from None
     try:
         node = loader.get_single_node()
         if node is None:

@@ -1,0 +1,264 @@
+"""Fuzzed specs: `plan` counts right (checked by iterating) or fails in one line, nothing else.
+
+Hypothesis generates spec dicts (mostly well formed, with wrong values, types and keys mixed in)
+and raw YAML text (random, and a valid spec with characters cut or inserted). Whatever comes in,
+loading and planning raise nothing but a one-line ComfysweepError, and when they succeed the
+arithmetic count equals the number of jobs iteration yields, each with its own key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from orchestrator import count_jobs, iter_jobs, load_spec
+from orchestrator.cli import cli
+from orchestrator.errors import ComfysweepError
+from orchestrator.plan import plan_summary
+
+# No example database (CI-friendly: nothing written to the work tree), no deadline (the first
+# load of a model schema is slow), few examples (each writes a file and plans a spec).
+FUZZ = settings(
+    max_examples=100,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+ITERATE_UP_TO = 3000
+
+VALID = """\
+model: community/wan-2-2/vace-fun
+inputs:
+  prompt: a fox in the snow
+  image: https://example.com/fox.png
+  resolution: 480x480 (1:1)
+axes:
+  seed: {count: 3, from: 7}
+  steps: [4, 8, 12]
+  cfg: {start: 2.0, stop: 4.0, step: 1.0}
+include:
+  - {seed: 1, steps: 20}
+exclude:
+  - {steps: 8, cfg: 3.0}
+repeat: 2
+run:
+  concurrency: 4
+  filename: "seed-{seed}/steps-{steps}_{key}"
+"""
+
+weird_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.integers(min_value=0, max_value=50),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(min_value=0, max_value=12),
+    weird_text,
+)
+GOOD: dict[str, st.SearchStrategy[Any]] = {
+    "prompt": st.one_of(st.just("a fox"), weird_text.filter(str.strip)),
+    "image": st.sampled_from(["https://example.com/a.png", "https://example.com/b.jpg"]),
+    "resolution": st.sampled_from(["480x480 (1:1)", "1280x720 (16:9)"]),
+    "frames": st.sampled_from([81, 141]),
+    "fps": st.integers(12, 24),
+    "seed": st.integers(0, 2**32),
+    "steps": st.integers(2, 40),
+    "cfg": st.one_of(st.floats(0, 10), st.integers(0, 10)),
+    "shift": st.floats(1, 10),
+    "56_text": st.just("a raw-key prompt"),
+}
+FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
+    # Mostly good values, so that many specs plan; now and then a bad one.
+    **{name: st.one_of(good, good, good, good, good, scalars) for name, good in GOOD.items()},
+    "nonsense": scalars,
+}
+field_names = st.sampled_from(sorted(FIELD_VALUES))
+
+
+def rarely(draw: st.DrawFn) -> bool:
+    """True about one time in ten (hypothesis leans to small integers, so the top one)."""
+    return draw(st.integers(0, 9)) == 9
+
+
+@st.composite
+def axis_source(draw: st.DrawFn, name: str) -> Any:
+    values = FIELD_VALUES[name]
+    kind = draw(st.integers(0, 7))
+    if kind <= 4:
+        return draw(st.lists(values, max_size=5))
+    if kind == 3:
+        step = draw(st.sampled_from([0, -1, 0.5, 1, 2, 0.25, "x"]))
+        return {"start": draw(st.integers(-5, 30)), "stop": draw(st.integers(-5, 30)), "step": step}
+    if kind == 4:
+        return {"count": draw(st.sampled_from([-1, 0, 1, 3, 2.5, "3"])), "from": draw(scalars)}
+    return draw(st.one_of(scalars, st.just({"file": "nope.txt"}), st.just({"glob": "*.png"})))
+
+
+@st.composite
+def spec_dicts(draw: st.DrawFn) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": draw(st.sampled_from(["community/wan-2-2/vace-fun"] * 9 + ["nope/model"])),
+        "inputs": {n: draw(FIELD_VALUES[n]) for n in draw(st.lists(field_names, max_size=4))},
+    }
+    spec["inputs"].setdefault("prompt", "a fox")
+    spec["inputs"].setdefault("image", "https://example.com/a.png")
+    names = draw(st.lists(field_names, max_size=3, unique=True))
+    spec["axes"] = {name: draw(axis_source(name)) for name in names}
+    if draw(st.booleans()):
+        zipped = draw(st.lists(field_names, min_size=1, max_size=2, unique=True))
+        length = draw(st.integers(0, 3))
+        spec["zip"] = [
+            {n: draw(st.lists(FIELD_VALUES[n], min_size=length, max_size=length)) for n in zipped}
+        ]
+    for key in ("include", "exclude"):
+        if draw(st.booleans()):
+            fields = draw(st.lists(field_names, min_size=1, max_size=3, unique=True))
+            rule = st.fixed_dictionaries({n: FIELD_VALUES[n] for n in fields})
+            spec[key] = draw(scalars) if rarely(draw) else draw(st.lists(rule, max_size=3))
+    if draw(st.booleans()):
+        spec["repeat"] = draw(scalars) if rarely(draw) else draw(st.integers(1, 4))
+    if draw(st.booleans()):
+        spec["run"] = draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "concurrency": st.one_of(st.integers(1, 20), scalars),
+                    "poll_interval": st.one_of(st.floats(0.1, 5), scalars),
+                    "max_cost": st.one_of(st.floats(0.1, 50), scalars),
+                    "filename": st.one_of(
+                        st.sampled_from(
+                            ["{seed}_{key}", "../{seed}", "/abs/{seed}", "{nope}", "{"]
+                        ),
+                        weird_text,
+                    ),
+                    "bogus": scalars,
+                },
+            )
+        )
+    if rarely(draw):
+        spec[draw(st.sampled_from(["axs", "name", "schema", "model"]))] = draw(scalars)
+    return spec
+
+
+@st.composite
+def valid_specs(draw: st.DrawFn) -> dict[str, Any]:
+    """Specs with only good values and shapes: every one must plan."""
+    names = sorted(n for n in GOOD if n != "56_text")  # the prompt's raw key: one or the other
+    varied = draw(st.lists(st.sampled_from(names), max_size=4, unique=True))
+    split = draw(st.integers(0, len(varied)))
+    axes, zipped = varied[:split], varied[split:]
+    spec: dict[str, Any] = {
+        "model": "community/wan-2-2/vace-fun",
+        "inputs": {"prompt": "a fox", "image": "https://example.com/a.png"},
+        "axes": {n: draw(st.lists(GOOD[n], min_size=1, max_size=4)) for n in axes},
+    }
+    if "steps" in axes and draw(st.booleans()):
+        start = draw(st.integers(2, 30))
+        spec["axes"]["steps"] = {"start": start, "stop": draw(st.integers(start, 40)), "step": 2}
+    if "seed" in axes and draw(st.booleans()):
+        spec["axes"]["seed"] = {"count": draw(st.integers(1, 5)), "from": draw(st.integers(0, 9))}
+    if zipped:
+        length = draw(st.integers(1, 3))
+        spec["zip"] = [
+            {n: draw(st.lists(GOOD[n], min_size=length, max_size=length)) for n in zipped}
+        ]
+    for key in ("include", "exclude"):
+        fields = draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True))
+        rule = st.fixed_dictionaries({n: GOOD[n] for n in fields})
+        spec[key] = draw(st.lists(rule, max_size=2))
+    spec["repeat"] = draw(st.integers(1, 3))
+    return spec
+
+
+def plan_or_one_line_error(path: Path) -> int | None:
+    """The planned job count, or None after checking the failure is a one-line ComfysweepError."""
+    try:
+        spec = load_spec(path)
+        count = count_jobs(spec)
+        summary = plan_summary(spec)
+    except ComfysweepError as exc:
+        message = str(exc)
+        assert message
+        assert "\n" not in message, message
+        assert "Traceback" not in message
+        return None
+    assert summary["jobs"] == count.jobs
+    if count.jobs <= ITERATE_UP_TO:
+        keys = [job.key for job in iter_jobs(spec)]
+        assert len(keys) == count.jobs
+        assert len(set(keys)) == len(keys)
+        assert [job.index for job in iter_jobs(spec)] == list(range(count.jobs))
+    else:
+        assert count.jobs == math.prod(count.axes.values()) * spec.repeat or count.excluded
+        assert sum(1 for _ in itertools.islice(iter_jobs(spec), ITERATE_UP_TO)) == ITERATE_UP_TO
+    return count.jobs
+
+
+def test_the_valid_base_spec_plans(tmp_path: Path) -> None:
+    path = tmp_path / "valid.yaml"
+    path.write_text(VALID)
+    # 3 seeds x 3 steps x 3 cfg - 3 excluded (steps 8, cfg 3.0) + 1 included, twice.
+    assert plan_or_one_line_error(path) == (27 - 3 + 1) * 2
+
+
+@FUZZ
+@given(spec=spec_dicts())
+def test_generated_spec_structures(tmp_path: Path, spec: dict[str, Any]) -> None:
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True))
+    plan_or_one_line_error(path)
+
+
+@FUZZ
+@given(spec=valid_specs())
+def test_generated_valid_specs_always_plan(tmp_path: Path, spec: dict[str, Any]) -> None:
+    path = tmp_path / "valid.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True))
+    assert plan_or_one_line_error(path) is not None, spec
+
+
+@FUZZ
+@given(text=st.text(max_size=300))
+def test_random_yaml_text(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "text.yaml"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    plan_or_one_line_error(path)
+
+
+@FUZZ
+@given(
+    cut=st.integers(0, len(VALID)),
+    length=st.integers(0, 12),
+    insert=st.text(alphabet=":-[]{}\"'&*!|>%@` \n\t#,?0aé\x00", max_size=6),
+)
+def test_mutated_valid_spec(tmp_path: Path, cut: int, length: int, insert: str) -> None:
+    path = tmp_path / "mutated.yaml"
+    path.write_text(VALID[:cut] + insert + VALID[cut + length :], encoding="utf-8")
+    plan_or_one_line_error(path)
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(spec=spec_dicts())
+def test_cli_plan_is_exit_0_or_one_line_exit_1(tmp_path: Path, spec: dict[str, Any]) -> None:
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True))
+    result = CliRunner().invoke(cli, ["plan", str(path), "--json"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert result.exit_code in (0, 1), result.output
+    if result.exit_code == 1:
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.output
+        assert lines[0].startswith("Error: ")
