@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import posixpath
+import socket
 import tempfile
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -31,6 +32,7 @@ MANIFEST = "manifest.jsonl"
 METADATA = "metadata.jsonl"
 PARTIAL = ".partial"
 _DATA_URI_SHOWN = 64
+_HOST = socket.gethostname().replace("~", "_").replace("/", "_") or "host"
 
 
 class ResultsFolder:
@@ -43,18 +45,28 @@ class ResultsFolder:
         self.partial_dir = root / PARTIAL
 
     def prepare(self) -> int:
-        """Create the folder and remove partial downloads a killed run left; returns how many."""
+        """Create the folder and remove partial downloads killed runs left; returns how many.
+
+        A partial file is named after the process writing it, so runners sharing one folder (a
+        shared PostgreSQL store) never delete each other's downloads in progress.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         self.partial_dir.mkdir(exist_ok=True)
         removed = 0
         for leftover in self.partial_dir.iterdir():
+            parts = leftover.name.removesuffix(".part").split("~")  # <key>-<n>~<host>~<pid>
+            host, pid = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
+            if host and host != _HOST:
+                continue  # another machine's download: that runner cleans up after itself
+            if host and pid.isdigit() and _alive(int(pid)):
+                continue  # a live runner's download in progress
             leftover.unlink(missing_ok=True)
             removed += 1
         return removed
 
     def temp_path(self, key: str, n: int) -> Path:
         """Where output ``n`` of job ``key`` is downloaded before it is verified."""
-        return self.partial_dir / f"{key[:16]}-{n}.part"
+        return self.partial_dir / f"{key[:16]}-{n}~{_HOST}~{os.getpid()}.part"
 
     def output_name(self, row: JobRow, n: int, count: int, url: str) -> str:
         """The relative final name of output ``n`` of ``count`` of a job."""
@@ -171,6 +183,16 @@ def atomic_write(path: Path, lines: Iterable[str]) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _umask() -> int:

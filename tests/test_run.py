@@ -342,3 +342,24 @@ def test_an_input_the_server_refuses_on_the_first_job_stops_the_sweep(
     assert report.counts["failed"] >= 1
     assert report.counts["pending"] + report.counts["failed"] == 4
     assert emulator.ledger()["jobs"] == []
+
+
+def test_partial_downloads_of_live_runners_are_left_alone(tmp_path: Path) -> None:
+    from orchestrator.models import get_model
+    from orchestrator.results import ResultsFolder
+
+    folder = ResultsFolder(tmp_path, get_model("community/wan-2-2/vace-fun"), "{key}")
+    folder.prepare()
+    mine = folder.temp_path("a" * 64, 0)  # this process: alive
+    mine.write_bytes(b"half")
+    dead = folder.partial_dir / f"{'b' * 16}-0~{mine.name.split('~')[1]}~999999999.part"
+    dead.write_bytes(b"half")
+    other_host = folder.partial_dir / f"{'c' * 16}-0~elsewhere~1.part"
+    other_host.write_bytes(b"half")
+    legacy = folder.partial_dir / f"{'d' * 16}-0.part"
+    legacy.write_bytes(b"half")
+    assert folder.prepare() == 2
+    assert mine.exists()
+    assert other_host.exists()
+    assert not dead.exists()
+    assert not legacy.exists()
