@@ -92,6 +92,7 @@ def run(
     )
     states = ", ".join(f"{n} {s}" for s, n in report.counts.items() if n)
     click.echo(f"{states}; spent ${report.spent_usd:.2f} in {report.elapsed:.1f}s")
+    click.echo(f"results: {report.results_dir} (manifest.jsonl, run.log)")
     for state, hint in _HINTS.items():
         if report.counts.get(state):
             click.echo(f"{report.counts[state]} {state}: {hint}")

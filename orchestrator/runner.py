@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -73,6 +74,7 @@ class RunReport:
     stop_reason: str | None = None
     fatal: bool = False
     messages: list[str] = field(default_factory=list)
+    results_dir: Path | None = None
 
     @property
     def complete(self) -> bool:
@@ -162,6 +164,7 @@ class Runner:
             stop_reason=self._stop_reason,
             fatal=self._fatal,
             messages=self._messages,
+            results_dir=self.folder.root,
         )
 
     # -- start-up ---------------------------------------------------------------------------
