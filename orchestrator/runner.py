@@ -10,6 +10,7 @@ client own those, and the client owns every retry.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import signal
@@ -399,10 +400,19 @@ class Runner:
                 continue
             except DownloadError as exc:
                 self.store.update(row.key, error=f"download failed: {_text(exc)}")
+                if isinstance(exc.__cause__, OSError):
+                    # Our disk refused the file: every further job would be paid for nothing.
+                    self.stop(
+                        f"stopped submitting: {_text(exc)}; paid outputs stay downloadable, "
+                        "run again once the folder can be written",
+                        fatal=True,
+                    )
+                    return
                 self._say(f"job {row.key[:10]}: download failed, run again to retry: {_text(exc)}")
                 return
             except OSError as exc:
-                tmp.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # a read-only disk refuses even this
+                    tmp.unlink(missing_ok=True)
                 self.store.update(row.key, error=f"cannot write output: {exc}")
                 self.stop(
                     f"stopped submitting: cannot write to {self.folder.root}: {exc}", fatal=True
