@@ -7,6 +7,7 @@ request provably never reached the server. The protocol: shared/reference/runcom
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -697,12 +698,18 @@ class ModelApiClient:
                 out.flush()
                 await anyio.to_thread.run_sync(os.fsync, out.fileno())
         except OSError as exc:
-            dest.unlink(missing_ok=True)  # noqa: ASYNC240
+            _remove(dest)
             raise DownloadError(f"cannot write {dest}: {exc.strerror or exc}") from exc
         except BaseException:
-            dest.unlink(missing_ok=True)  # noqa: ASYNC240
+            _remove(dest)
             raise
         return Downloaded(dest, size, digest.hexdigest(), response.headers.get("content-type"))
+
+
+def _remove(path: Path) -> None:
+    """Delete a partial file if the file system lets us (a read-only one refuses even that)."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def _has_status(body: dict[str, Any]) -> bool:
