@@ -88,7 +88,7 @@ def run_sweep(
     options = replace(options, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
     if emulator is False:
         ModelApiClient.check_token(token)  # no token: say so before touching the store
-    spec.results_dir.mkdir(parents=True, exist_ok=True)
+    _make_folder(spec.results_dir)
     with (
         _run_log(spec.results_dir / LOG_FILE),
         Store.open(store_path(spec, store)) as db,
@@ -295,9 +295,23 @@ def _backend(
         yield emu.base_url, emu.token
 
 
+def _make_folder(folder: Path) -> None:
+    """Create the results folder; one that cannot be created is one line, not a traceback."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise ComfysweepError(f"{folder}: cannot create the folder: {why}") from None
+
+
 @contextlib.contextmanager
 def _run_log(path: Path) -> Iterator[None]:
-    handler = logging.FileHandler(path, encoding="utf-8")
+    try:
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:  # a read-only or full folder: say so before anything is paid
+        raise ComfysweepError(
+            f"{path.parent}: cannot write {path.name}: {exc.strerror or exc}"
+        ) from None
     handler.setFormatter(
         logging.Formatter(
             f"%(asctime)s {socket.gethostname()}:{os.getpid()} %(levelname)s %(name)s: %(message)s"

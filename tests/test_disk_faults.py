@@ -12,6 +12,7 @@ import builtins
 import errno
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,3 +164,31 @@ def test_a_download_the_disk_refuses_stops_the_run_and_is_fetched_later_without_
     assert set(ledger["submissions_by_input"].values()) == {1}
     assert len(list(folder.glob("*.mp4"))) == 4
     assert list((folder / ".partial").iterdir()) == []
+
+
+def test_a_read_only_results_folder_is_one_line_and_pays_nothing(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    if not can_mount():
+        pytest.skip("needs root to mount a read-only tmpfs (root ignores file modes)")
+    spec = write_spec(tmp_path)
+    folder = tmp_path / "results" / "grid"
+    folder.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(folder)], check=True)
+    try:
+        env = {
+            **os.environ,
+            "RUNCOMFY_MODEL_API_BASE": emulator.base_url,
+            "RUNCOMFY_API_TOKEN": emulator.token,
+        }
+        command = [sys.executable, "-m", "orchestrator", "run", str(spec)]
+        command += ["--store", str(tmp_path / "store.db")]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("Error: ")
+    assert str(folder) in line
+    assert "Read-only file system" in line
+    assert emulator.ledger()["jobs"] == []
