@@ -62,6 +62,9 @@ _STORE = click.option(
 @click.option("--downloads", type=click.IntRange(1, 256), help="Parallel downloads.")
 @click.option("--poll-interval", type=click.FloatRange(0.01, 3600), help="Seconds between polls.")
 @click.option("--max-cost", type=click.FloatRange(0), help="Stop submitting at this spend (USD).")
+@click.option(
+    "--timeout", type=click.FloatRange(0.1, 600), help="Seconds to wait for each HTTP answer (30)."
+)
 @click.option("--force", is_flag=True, help="Render again jobs that are already done (pays again).")
 @click.option(
     "--abort", is_flag=True, help="On Ctrl-C also cancel queued jobs (running ones are billed)."
@@ -74,6 +77,7 @@ def run(
     downloads: int | None,
     poll_interval: float | None,
     max_cost: float | None,
+    timeout: float | None,
     force: bool,
     abort: bool,
 ) -> None:
@@ -84,7 +88,7 @@ def run(
         spec,
         emulator=emulator,
         store=store,
-        overrides=sweep.Overrides(concurrency, downloads, poll_interval, max_cost),
+        overrides=sweep.Overrides(concurrency, downloads, poll_interval, max_cost, timeout),
         force=force,
         abort_on_stop=abort,
         handle_signals=True,

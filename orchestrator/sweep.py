@@ -61,6 +61,7 @@ class Overrides:
     downloads: int | None = None
     poll_interval: float | None = None
     max_cost: float | None = None
+    timeout: float | None = None  # seconds to wait for each HTTP answer (the client's default)
 
 
 def store_path(spec: Spec, store: str | Path | None = None) -> str | Path:
@@ -95,7 +96,12 @@ def run_sweep(
         db.lock(owner=f"comfysweep run {spec.name}"),
         _backend(emulator, spec, base_url, token) as (url, key),
     ):
-        client = ModelApiClient(url, key, retry=retry)
+        timeout = overrides.timeout if overrides is not None else None
+        client = (
+            ModelApiClient(url, key, retry=retry, timeout=timeout)
+            if timeout
+            else ModelApiClient(url, key, retry=retry)
+        )
         synced = db.sync_jobs(iter_jobs(spec), spec.model)
         log.info("sweep %s: %d jobs in the spec, %d new", spec.name, synced.total, synced.new)
         if force:
