@@ -416,7 +416,7 @@ class ModelApiClient:
         )
 
     def _submitted(self, response: httpx.Response, what: str) -> Submitted:
-        body = _json_object(response)
+        body = self._clean(_json_object(response))
         status = response.status_code
         if response.is_success:
             code = _error_code(body)
@@ -519,7 +519,7 @@ class ModelApiClient:
 
         async def attempt() -> dict[str, Any]:
             response = await self._api.request(method, url, params=params, timeout=self._timeout)
-            body = _json_object(response)
+            body = self._clean(_json_object(response))
             if response.is_success:
                 code = _error_code(body)
                 # A failed job's result may carry a code of its own beside its status.
@@ -600,6 +600,20 @@ class ModelApiClient:
             kwargs["status_code"] = status  # a 5xx-class code in a 200 is a server error too
             return ServerError(text(), **kwargs)
         return ApiError(text(), **kwargs)
+
+    def _clean(self, body: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A body with the token replaced wherever a server echoed it: bodies get stored."""
+        if body is None or not self._token:
+            return body
+        escaped = json.dumps(self._token)[1:-1]
+        try:
+            text = json.dumps(body)
+            if escaped not in text:
+                return body
+            clean = json.loads(text.replace(escaped, "***"))
+        except (ValueError, RecursionError):
+            return None  # a body we cannot check is a body we do not keep
+        return clean if isinstance(clean, dict) else None
 
     def _scrub(self, text: str) -> str:
         """Never let the token into a message, whatever the server echoed."""
