@@ -62,6 +62,15 @@ class ResultsFolder:
                 continue  # a live runner's download in progress
             leftover.unlink(missing_ok=True)
             removed += 1
+        # A kill inside atomic_write leaves its temporary file: .<file>.<host>~<pid>~<random>.tmp
+        for name in (MANIFEST, METADATA):
+            for leftover in self.root.glob(f".{name}.*.tmp"):
+                host, _, rest = leftover.name[len(name) + 2 :].partition("~")
+                pid = rest.partition("~")[0]
+                if host != _HOST or (pid.isdigit() and _alive(int(pid))):
+                    continue  # another machine's or a live writer's
+                leftover.unlink(missing_ok=True)
+                removed += 1
         return removed
 
     def temp_path(self, key: str, n: int) -> Path:
@@ -170,7 +179,8 @@ def extension_of(url: str, default: str = "mp4") -> str:
 
 def atomic_write(path: Path, lines: Iterable[str]) -> None:
     """Write ``lines`` to ``path`` via a temporary file, fsync and rename: never half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    prefix = f".{path.name}.{_HOST}~{os.getpid()}~"  # whose it is, for prepare() after a kill
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the folder is meant to be shared
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

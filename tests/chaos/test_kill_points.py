@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -60,3 +61,41 @@ def test_kill_after_an_output_is_renamed_into_place_leaves_no_orphan(
     on_disk = {p.name for p in folder.glob("*.mp4")}
     assert on_disk == listed  # the file a killed run renamed into place is the job's: no orphan
     assert len(emulator.ledger()["jobs"]) == 4
+
+
+def test_a_manifest_write_cut_by_a_kill_leaves_no_temporary_file(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    spec = write_spec(tmp_path)
+    run = {
+        "base_url": emulator.base_url,
+        "token": emulator.token,
+        "overrides": Overrides(poll_interval=0.02),
+        "retry": RetryPolicy(wait=False),
+    }
+    assert run_sweep(spec, **run).complete  # type: ignore[arg-type]
+    folder = tmp_path / "results" / "grid"
+    # What atomic_write leaves when a SIGKILL lands between mkstemp and the rename.
+    gone = _dead_pid()
+    host = socket.gethostname()
+    leftovers = [
+        folder / f".manifest.jsonl.{host}~{gone}~k1ll3d.tmp",
+        folder / f".metadata.jsonl.{host}~{gone}~x9y8z7.tmp",
+    ]
+    kept = [
+        folder / ".notes.tmp",  # not ours
+        folder / f".manifest.jsonl.{host}~{os.getpid()}~l1v3.tmp",  # a live writer's
+        folder / f".manifest.jsonl.elsewhere~{gone}~0th3r.tmp",  # another machine's
+    ]
+    for path in leftovers + kept:
+        path.write_text('{"key": "half a li')
+    assert run_sweep(spec, **run).complete  # type: ignore[arg-type]
+    assert not any(path.exists() for path in leftovers)
+    assert all(path.exists() for path in kept)
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
