@@ -118,7 +118,8 @@ def test_kill_loop_pays_once_and_loses_nothing(
                     break
         ledger = emu.ledger()
     figures.submits_cut_by_kills = len(cut)
-    assert "Traceback" not in printed.read_text()
+    text = printed.read_text()
+    assert "Traceback" not in text, text[text.find("Traceback") - 300 :][:4000]
     figures.seconds = time.monotonic() - started
     figures.faults_fired = {k: v for k, v in ledger["faults_fired"].items() if v}
     _audit(folder, ledger, figures, cut)
