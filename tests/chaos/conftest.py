@@ -14,3 +14,4 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter, config: pytest.C
     figures = config.stash.get(FIGURES_KEY, None)
     if figures is not None:
         terminalreporter.write_line(figures.line())
+        terminalreporter.write_line(figures.faults_line())

@@ -126,5 +126,9 @@ class Figures:
             f"duplicates {self.duplicates}, outputs lost {self.lost}, {self.seconds:.0f}s"
         )
 
+    def faults_line(self) -> str:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.faults_fired.items()))
+        return f"chaos faults: {kinds}; states: {self.states}; billed {self.billed_jobs} jobs"
+
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n")
