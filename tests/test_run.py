@@ -363,3 +363,37 @@ def test_partial_downloads_of_live_runners_are_left_alone(tmp_path: Path) -> Non
     assert other_host.exists()
     assert not dead.exists()
     assert not legacy.exists()
+
+
+def test_retry_unknown_asks_first_and_resubmits_only_on_purpose(tmp_path: Path) -> None:
+    profile = FaultProfile.parse({"faults": {"drop_after_create": {"rate": 1.0, "limit": 1}}})
+    spec = write_spec(tmp_path)
+    with Emulator(EmulatorConfig(speed=2000.0, workers=4, faults=profile)) as emu:
+        first = run(spec, emu, retry=NO_WAITS)
+        assert first.counts["unknown"] == 1
+        cli_runner = CliRunner()
+        refused = cli_runner.invoke(cli, ["retry", str(spec), "--unknown"], input="n\n")
+        assert refused.exit_code == 1
+        assert "may pay twice" in refused.output
+        assert sweep_status(spec)["counts"]["unknown"] == 1
+        nothing = cli_runner.invoke(cli, ["retry", str(spec)])
+        assert nothing.exit_code == 2
+        assert "--unknown" in nothing.output
+        agreed = cli_runner.invoke(cli, ["retry", str(spec), "--unknown"], input="y\n")
+        assert agreed.exit_code == 0, agreed.output
+        assert "1 job(s) back to pending" in agreed.output
+        again = run(spec, emu, retry=NO_WAITS)
+        ledger = emu.ledger()
+    assert again.complete
+    # The dropped submit had created its job: resubmitting on purpose paid for it twice.
+    assert sorted(ledger["submissions_by_input"].values()) == [1, 1, 1, 2]
+
+
+def test_retry_failed_jobs_runs_them_again(tmp_path: Path) -> None:
+    profile = FaultProfile.parse({"faults": {"fail_string": {"rate": 1.0, "limit": 2}}})
+    spec = write_spec(tmp_path)
+    with Emulator(EmulatorConfig(speed=2000.0, workers=4, faults=profile)) as emu:
+        assert run(spec, emu, retry=NO_WAITS).counts["failed"] == 2
+        result = CliRunner().invoke(cli, ["retry", str(spec), "--failed"])
+        assert result.exit_code == 0, result.output
+        assert run(spec, emu, retry=NO_WAITS).complete
