@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from _pytest.terminal import TerminalReporter
 
-from .harness import Figures
-
-FIGURES_KEY = pytest.StashKey[Figures]()
+from .harness import FIGURES_KEY
 
 
-def pytest_terminal_summary(terminalreporter: TerminalReporter, config: pytest.Config) -> None:
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     figures = config.stash.get(FIGURES_KEY, None)
     if figures is not None:
         terminalreporter.write_line(figures.line())

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import pytest
 import yaml
 
 TOKEN = "chaos-Tk-7f3a9c1e5b2d8f4a6c0e"  # distinctive, so a leak is easy to grep for
@@ -132,3 +133,6 @@ class Figures:
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n")
+
+
+FIGURES_KEY = pytest.StashKey[Figures]()  # where the kill loop leaves its figures for the summary

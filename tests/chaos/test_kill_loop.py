@@ -23,7 +23,7 @@ import pytest
 from orchestrator.canonical import input_sha256
 from orchestrator.store import JobRow, JobState, Store
 
-from .harness import TOKEN, Figures, emulator_process, run_env, start_run
+from .harness import FIGURES_KEY, TOKEN, Figures, emulator_process, run_env, start_run
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
@@ -262,6 +262,3 @@ def _assert_no_secret(tmp_path: Path, printed: Path) -> None:
     ]
     assert hits == []
     assert TOKEN not in printed.read_text()
-
-
-from .conftest import FIGURES_KEY  # noqa: E402
