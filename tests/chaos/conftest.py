@@ -7,7 +7,9 @@ import pytest
 from .harness import FIGURES_KEY
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
     figures = config.stash.get(FIGURES_KEY, None)
     if figures is not None:
         terminalreporter.write_line(figures.line())
