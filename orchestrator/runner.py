@@ -50,6 +50,9 @@ _IN_FLIGHT = (JobState.QUEUED, JobState.RUNNING)
 _NOT_DONE = ("pending", "submitting", "queued", "running", "succeeded")
 # Consecutive failed polls (each already retried by the client) before a job is left for next run.
 _POLL_GIVE_UP = 8
+# Submits in a row whose answer was lost before submitting stops: an API that creates jobs and then
+# fails to answer would otherwise bill a whole sweep of jobs nobody can track.
+_UNKNOWN_IN_A_ROW = 3
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class Runner:
         self._download_backlog = 0  # finished jobs waiting for a download slot
         self._changed = anyio.Event()
         self._any_submit_ok = False
+        self._unknown_in_a_row = 0
         self._spent = 0.0
         self._committed: dict[str, float | None] = {}  # in-flight key -> estimated cost
         self._dirty = True
@@ -247,12 +251,19 @@ class Runner:
         except ComfysweepError as exc:
             self._release(row.key)
             to, stop = self._after_refusal(exc)
+            self._unknown_in_a_row = self._unknown_in_a_row + 1 if to == "unknown" else 0
+            if stop is None and self._unknown_in_a_row >= _UNKNOWN_IN_A_ROW:
+                stop = (
+                    f"{self._unknown_in_a_row} submits in a row lost their answer, and each may "
+                    f"have created a billed job: {_text(exc)}"
+                )
             error = {"error": _error(exc)} if isinstance(exc, ApiError) and to == "failed" else {}
             self._move(row.key, to, detail=_text(exc), **error)
             if stop is not None:
                 self.stop(f"stopped submitting: {stop}", fatal=True)
             return
         self._any_submit_ok = True
+        self._unknown_in_a_row = 0
         self._started[row.key] = time.monotonic()
         row = self._move(row.key, JobState.QUEUED, request_id=submitted.request_id)
         await self._track(row, self.options.poll_interval)

@@ -263,10 +263,15 @@ def test_a_submit_answered_with_nonsense_is_unknown_and_never_resent(
 ) -> None:
     api.script["submit"] = answer(raw)
     report, folder = run(tmp_path, api)
-    assert report.counts["unknown"] == 4, report
+    # Three answers lost in a row stop the sweep (a fourth may already have been on its way).
+    unknown = report.counts["unknown"]
+    assert unknown >= 3, report
+    assert unknown + report.counts["pending"] == 4, report
+    assert report.fatal
+    assert "in a row" in (report.stop_reason or "")
     submits = [r for r in api.requests if r.method == "POST"]
-    assert len(submits) == 4  # each job sent once, none again
-    assert len({r.body for r in submits}) == 4
+    assert len(submits) == unknown  # each job sent once, none again
+    assert len({r.body for r in submits}) == unknown
     assert all(why in d for d in details(folder, JobState.UNKNOWN)), details(
         folder, JobState.UNKNOWN
     )
@@ -277,7 +282,8 @@ def test_a_submit_redirected_to_another_host_is_unknown_and_not_followed(
 ) -> None:
     api.script["submit"] = answer(http(307, "", location=f"{elsewhere.origin}/v1/models/x"))
     report, folder = run(tmp_path, api)
-    assert report.counts["unknown"] == 4, report
+    assert report.counts["unknown"] + report.counts["pending"] == 4, report
+    assert report.counts["unknown"] >= 3, report
     assert all("HTTP 307" in d for d in details(folder, JobState.UNKNOWN))
 
 
@@ -374,7 +380,8 @@ def test_a_server_that_never_answers_ends_the_run_within_its_timeouts(
     if endpoint == "catalog":
         assert report.complete, report  # prices are unknown, the sweep runs anyway
     elif endpoint == "submit":
-        assert report.counts["unknown"] == 4, report
+        assert report.counts["unknown"] + report.counts["pending"] == 4, report
+        assert report.counts["unknown"] >= 3, report
         assert all("ReadTimeout" in d for d in details(folder, JobState.UNKNOWN))
     elif endpoint == "status":
         assert report.counts["queued"] == 3, report  # concurrency 3: the 4th was never sent
@@ -396,8 +403,9 @@ def test_cli_run_with_a_short_timeout_ends_against_silence(tmp_path: Path, api: 
         text=True,
         timeout=60,
     )
-    assert done.returncode == 3, done.stderr
-    assert "4 unknown" in done.stdout
+    assert done.returncode == 1, done.stderr  # lost answers in a row stop the sweep
+    assert "submits in a row lost their answer" in done.stderr.splitlines()[-1]
+    assert " unknown" in done.stdout
     assert "retry SPEC --unknown" in done.stdout
     assert "Traceback" not in done.stderr
     assert TOKEN not in done.stdout + done.stderr
