@@ -39,6 +39,7 @@ from orchestrator.errors import (
 from orchestrator.retry import RetryPolicy, describe, parse_retry_after
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "CancelOutcome",
     "Downloaded",
     "ModelApiClient",
@@ -59,6 +60,7 @@ BASE_VAR = "RUNCOMFY_MODEL_API_BASE"
 TOKEN_VARS = ("RUNCOMFY_API_TOKEN", "RUNCOMFY_TOKEN")
 DOWNLOAD_DOMAINS = ("runcomfy.net", "runcomfy.com")
 MAX_REDIRECTS = 5
+DEFAULT_TIMEOUT = 30.0  # seconds to wait for each answer; `comfysweep run --timeout` overrides it
 NO_TOKEN = (
     "no API token: set RUNCOMFY_API_TOKEN (or RUNCOMFY_TOKEN) to the token on your profile page "
     "at https://www.runcomfy.com, or use --emulator"
@@ -318,7 +320,7 @@ class ModelApiClient:
         base_url: str | None = None,
         token: str | None = None,
         *,
-        timeout: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         max_download_bytes: int = 2 * 1024**3,

@@ -1,4 +1,4 @@
-"""What the CLI's run, status and retry do, as library calls: open a sweep's store and act on it."""
+"""What the CLI's run, status, retry, cancel and plan --online do, as library calls."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import IO, TYPE_CHECKING, Any
 import anyio
 
 from orchestrator import prices
-from orchestrator.client import ModelApiClient, ModelInfo
+from orchestrator.client import DEFAULT_TIMEOUT, ModelApiClient, ModelInfo
 from orchestrator.errors import ComfysweepError, StoreError
 from orchestrator.grid import iter_jobs
 from orchestrator.models import get_model
@@ -96,12 +96,8 @@ def run_sweep(
         db.lock(owner=f"comfysweep run {spec.name}"),
         _backend(emulator, spec, base_url, token) as (url, key),
     ):
-        timeout = overrides.timeout if overrides is not None else None
-        client = (
-            ModelApiClient(url, key, retry=retry, timeout=timeout)
-            if timeout
-            else ModelApiClient(url, key, retry=retry)
-        )
+        timeout = (overrides.timeout if overrides else None) or DEFAULT_TIMEOUT
+        client = ModelApiClient(url, key, retry=retry, timeout=timeout)
         synced = db.sync_jobs(iter_jobs(spec), spec.model)
         log.info("sweep %s: %d jobs in the spec, %d new", spec.name, synced.total, synced.new)
         if force:
