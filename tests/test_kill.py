@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +13,7 @@ from orchestrator.runner import RunReport
 from orchestrator.store import Store
 from orchestrator.sweep import Overrides, cancel_sweep, run_sweep, sweep_status
 
-from .sweeps import write_spec
+from .sweeps import run_until_killed, write_spec
 
 DRIVER = Path(__file__).with_name("kill_driver.py")
 
@@ -29,15 +25,7 @@ def emulator() -> Iterator[Emulator]:
 
 
 def killed_run(spec: Path, emu: Emulator, point: str, after: int = 1) -> None:
-    env = {**os.environ, "RUNCOMFY_MODEL_API_BASE": emu.base_url, "RUNCOMFY_API_TOKEN": emu.token}
-    proc = subprocess.run(
-        [sys.executable, str(DRIVER), str(spec), point, str(after)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    run_until_killed(DRIVER, spec, emu, point, str(after))
 
 
 def resume(spec: Path, emu: Emulator) -> RunReport:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.retry import RetryPolicy
 from orchestrator.sweep import Overrides, run_sweep
 
-from ..sweeps import write_spec
+from ..sweeps import run_until_killed, write_spec
 
 pytestmark = pytest.mark.chaos
 DRIVER = Path(__file__).with_name("die_after.py")
@@ -30,15 +28,7 @@ def emulator() -> Iterator[Emulator]:
 
 
 def die_after(spec: Path, emu: Emulator, target: str, after: int = 1) -> None:
-    env = {**os.environ, "RUNCOMFY_MODEL_API_BASE": emu.base_url, "RUNCOMFY_API_TOKEN": emu.token}
-    proc = subprocess.run(
-        [sys.executable, str(DRIVER), str(spec), target, str(after)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    run_until_killed(DRIVER, spec, emu, target, str(after))
 
 
 @pytest.mark.parametrize("after", [1, 3])
