@@ -40,6 +40,7 @@ from orchestrator.retry import RetryPolicy, describe, parse_retry_after
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "MAX_ANSWER_BYTES",
     "CancelOutcome",
     "Downloaded",
     "ModelApiClient",
@@ -61,6 +62,9 @@ TOKEN_VARS = ("RUNCOMFY_API_TOKEN", "RUNCOMFY_TOKEN")
 DOWNLOAD_DOMAINS = ("runcomfy.net", "runcomfy.com")
 MAX_REDIRECTS = 5
 DEFAULT_TIMEOUT = 30.0  # seconds to wait for each answer; `comfysweep run --timeout` overrides it
+# An API answer is a small JSON document: a bigger one is read no further (a hostile or broken
+# server, or a compressed bomb, cannot make the runner hold gigabytes).
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
 NO_TOKEN = (
     "no API token: set RUNCOMFY_API_TOKEN (or RUNCOMFY_TOKEN) to the token on your profile page "
     "at https://www.runcomfy.com, or use --emulator"
@@ -296,6 +300,10 @@ def _short(url: str | httpx.URL) -> str:
         return repr(str(url)[:200])
 
 
+class _AnswerTooLarge(Exception):
+    """An API answer past MAX_ANSWER_BYTES; becomes OutcomeUnknown (submit) or ServerError."""
+
+
 class _ShortBody(DownloadError):
     """The body ended before Content-Length: retried."""
 
@@ -390,9 +398,11 @@ class ModelApiClient:
 
         async def attempt() -> Submitted:
             try:
-                response = await self._api.post(url, json=inputs, timeout=self._timeout)
+                response = await self._exchange("POST", url, json=inputs)
             except NOT_SENT:
                 raise
+            except _AnswerTooLarge as exc:
+                raise self._unknown(what, str(exc)) from exc
             except NEVER_SENDABLE as exc:
                 raise TransportError(self._scrub(f"{what}: cannot send ({describe(exc)})")) from exc
             except httpx.HTTPError as exc:
@@ -408,6 +418,28 @@ class ModelApiClient:
                     f"{self.retry.attempts} attempts; nothing was sent"
                 )
             ) from exc
+
+    async def _exchange(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One API call, its answer read whole but never past MAX_ANSWER_BYTES (decoded)."""
+        request = self._api.build_request(method, url, timeout=self._timeout, **kwargs)
+        response = await self._api.send(request, stream=True)
+        body = bytearray()
+        try:
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise _AnswerTooLarge(
+                        f"HTTP {response.status_code} answer larger than "
+                        f"{MAX_ANSWER_BYTES // (1024 * 1024)} MiB, not read further"
+                    )
+        finally:
+            await response.aclose()
+        # The body is decoded already: the new response must not decode it again.
+        skip = {b"content-encoding", b"content-length", b"transfer-encoding"}
+        headers = [(k, v) for k, v in response.headers.raw if k.lower() not in skip]
+        return httpx.Response(
+            response.status_code, headers=headers, content=bytes(body), request=request
+        )
 
     def _unknown(self, what: str, why: str) -> OutcomeUnknown:
         return OutcomeUnknown(
@@ -520,7 +552,10 @@ class ModelApiClient:
         """One read, retried on transport failures, 5xx/429/408 and answers it cannot use."""
 
         async def attempt() -> dict[str, Any]:
-            response = await self._api.request(method, url, params=params, timeout=self._timeout)
+            try:
+                response = await self._exchange(method, url, params=params)
+            except _AnswerTooLarge as exc:
+                raise ServerError(f"{what}: {exc}") from exc
             body = self._clean(_json_object(response))
             if response.is_success:
                 code = _error_code(body)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import email.utils
+import gzip
 import hashlib
 import json
 import logging
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from orchestrator.client import (
+    MAX_ANSWER_BYTES,
     ModelApiClient,
     RemoteState,
     collect_urls,
@@ -1041,3 +1043,34 @@ async def test_every_call_carries_all_four_timeouts(tmp_path: Path) -> None:
             "write": 12.0,
             "pool": 12.0,
         }
+
+
+HUGE = MAX_ANSWER_BYTES + 1
+
+
+@pytest.mark.anyio
+async def test_a_huge_answer_to_a_submit_is_unknown_and_not_resent() -> None:
+    server = Server(httpx.Response(200, content=b"{" + b" " * HUGE + b"}"))
+    async with client(server) as api:
+        with pytest.raises(OutcomeUnknown, match="larger than 16 MiB"):
+            await api.submit(MODEL, INPUTS)
+    assert server.count == 1
+
+
+@pytest.mark.anyio
+async def test_a_compressed_bomb_is_read_no_further_than_the_cap() -> None:
+    bomb = gzip.compress(b" " * (HUGE * 2))
+    answer = httpx.Response(200, content=bomb, headers={"content-encoding": "gzip"})
+    server = Server(answer)
+    async with client(server) as api:
+        with pytest.raises(ServerError, match="larger than 16 MiB"):
+            await api.status("r-1")
+
+
+@pytest.mark.anyio
+async def test_a_compressed_answer_within_the_cap_is_decoded_once() -> None:
+    body = json.dumps({"request_id": "r-1", "status": "in_queue", "queue_position": 2}).encode()
+    answer = httpx.Response(200, content=gzip.compress(body), headers={"content-encoding": "gzip"})
+    async with client(Server(answer)) as api:
+        status = await api.status("r-1")
+    assert status.queue_position == 2
