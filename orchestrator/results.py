@@ -10,6 +10,7 @@ never carries a final name.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ import socket
 import tempfile
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 from orchestrator.grid import Job
@@ -26,7 +27,7 @@ from orchestrator.models import Model
 from orchestrator.naming import render_output_name
 from orchestrator.store import JobRow
 
-__all__ = ["MANIFEST", "METADATA", "ResultsFolder", "atomic_write", "extension_of"]
+__all__ = ["MANIFEST", "METADATA", "ResultsFolder", "atomic_file", "extension_of"]
 
 MANIFEST = "manifest.jsonl"
 METADATA = "metadata.jsonl"
@@ -55,22 +56,16 @@ class ResultsFolder:
         removed = 0
         for leftover in self.partial_dir.iterdir():
             parts = leftover.name.removesuffix(".part").split("~")  # <key>-<n>~<host>~<pid>
-            host, pid = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
-            if host and host != _HOST:
-                continue  # another machine's download: that runner cleans up after itself
-            if host and pid.isdigit() and _alive(int(pid)):
-                continue  # a live runner's download in progress
-            leftover.unlink(missing_ok=True)
-            removed += 1
-        # A kill inside atomic_write leaves its temporary file: .<file>.<host>~<pid>~<random>.tmp
+            if len(parts) != 3 or _abandoned(parts[1], parts[2]):
+                leftover.unlink(missing_ok=True)
+                removed += 1
+        # A kill inside atomic_file leaves its temporary file: .<file>.<host>~<pid>~<random>.tmp
         for name in (MANIFEST, METADATA):
             for leftover in self.root.glob(f".{name}.*.tmp"):
                 host, _, rest = leftover.name[len(name) + 2 :].partition("~")
-                pid = rest.partition("~")[0]
-                if host != _HOST or (pid.isdigit() and _alive(int(pid))):
-                    continue  # another machine's or a live writer's
-                leftover.unlink(missing_ok=True)
-                removed += 1
+                if _abandoned(host, rest.partition("~")[0]):
+                    leftover.unlink(missing_ok=True)
+                    removed += 1
         return removed
 
     def temp_path(self, key: str, n: int) -> Path:
@@ -114,36 +109,35 @@ class ResultsFolder:
             return False
 
     def write_manifest(self, rows: Iterable[JobRow]) -> int:
-        """Rewrite manifest.jsonl and metadata.jsonl atomically from the store; returns lines."""
+        """Rewrite manifest.jsonl and metadata.jsonl atomically from the store; returns lines.
+
+        One pass over the rows writes both files, so memory stays flat however many jobs there are.
+        """
         count = 0
-
-        def manifest_lines(items: Iterable[JobRow]) -> Iterator[str]:
-            nonlocal count
-            for row in items:
+        with (
+            atomic_file(self.root / MANIFEST) as manifest,
+            atomic_file(self.root / METADATA) as metadata,
+        ):
+            for row in rows:
                 count += 1
-                yield json.dumps(self._manifest_entry(row), ensure_ascii=False) + "\n"
-
-        done: list[JobRow] = []
-
-        def keep_done(items: Iterable[JobRow]) -> Iterator[JobRow]:
-            for row in items:
-                if row.outputs and row.state == "done":
-                    done.append(row)
-                yield row
-
-        atomic_write(self.root / MANIFEST, manifest_lines(keep_done(rows)))
-        atomic_write(self.root / METADATA, self._metadata_lines(done))
+                on_disk = [o for o in row.outputs if self.has(o)] if row.state == "done" else []
+                inputs = self.friendly_inputs(row.inputs)
+                manifest.write(_line(self._manifest_entry(row, inputs, on_disk)))
+                for output in on_disk:
+                    entry = {"file_name": output["path"], "job_key": row.key} | inputs
+                    metadata.write(_line(entry))
         return count
 
-    def _manifest_entry(self, row: JobRow) -> dict[str, Any]:
-        outputs = [o for o in row.outputs if self.has(o)] if row.state == "done" else []
+    def _manifest_entry(
+        self, row: JobRow, inputs: dict[str, Any], outputs: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         return {
             "key": row.key,
             "index": row.index,
             "state": str(row.state),
             "request_id": row.request_id,
             "model": row.model_id,
-            "inputs": self.friendly_inputs(row.inputs),
+            "inputs": inputs,
             "repeat": row.repeat,
             "attempts": row.attempts,
             "created_at": _iso(row.created_at),
@@ -155,15 +149,6 @@ class ResultsFolder:
             "error": row.error,
             "outputs": [{k: o.get(k) for k in ("path", "size", "sha256", "url")} for o in outputs],
         }
-
-    def _metadata_lines(self, rows: Iterable[JobRow]) -> Iterator[str]:
-        for row in rows:
-            for output in row.outputs:
-                if not self.has(output):
-                    continue
-                entry = {"file_name": output["path"], "job_key": row.key}
-                entry |= self.friendly_inputs(row.inputs)
-                yield json.dumps(entry, ensure_ascii=False) + "\n"
 
     def friendly_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Inputs by friendly name, with data: URIs shortened to a readable reference."""
@@ -177,14 +162,15 @@ def extension_of(url: str, default: str = "mp4") -> str:
     return ext if ext.isalnum() and 0 < len(ext) <= 5 else default
 
 
-def atomic_write(path: Path, lines: Iterable[str]) -> None:
-    """Write ``lines`` to ``path`` via a temporary file, fsync and rename: never half a file."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[IO[str]]:
+    """A text file that replaces ``path`` (fsynced) only if the block ends without an error."""
     prefix = f".{path.name}.{_HOST}~{os.getpid()}~"  # whose it is, for prepare() after a kill
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the folder is meant to be shared
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.writelines(lines)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -193,6 +179,19 @@ def atomic_write(path: Path, lines: Iterable[str]) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _line(entry: Mapping[str, Any]) -> str:
+    return json.dumps(entry, ensure_ascii=False) + "\n"
+
+
+def _abandoned(host: str, pid: str) -> bool:
+    """Whether a leftover written by ``pid`` on ``host`` belongs to nobody any more.
+
+    Another machine's leftovers are its own runner's to clean up; ours are abandoned once their
+    writer is gone.
+    """
+    return host == _HOST and not (pid.isdigit() and _alive(int(pid)))
 
 
 def _alive(pid: int) -> bool:
@@ -221,10 +220,17 @@ def _fsync_dir(folder: Path) -> None:
 
 def _shorten(value: Any) -> Any:
     if isinstance(value, str) and value.startswith("data:") and len(value) > _DATA_URI_SHOWN:
-        head = value.split(",", 1)[0]
-        digest = hashlib.sha256(value.encode()).hexdigest()[:16]
-        return f"{head},<{len(value)} chars, sha256 {digest}>"
+        return _data_uri_label(value)
     return value
+
+
+@functools.lru_cache(maxsize=64)
+def _data_uri_label(value: str) -> str:
+    """A readable stand-in for a data: URI; cached, since every job of a sweep repeats the same
+    few images and hashing a 6 MiB image again for each manifest line would dominate a rewrite."""
+    head = value.split(",", 1)[0]
+    digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+    return f"{head},<{len(value)} chars, sha256 {digest}>"
 
 
 def _iso(value: Any) -> str | None:

@@ -65,7 +65,7 @@ def test_a_manifest_write_cut_by_a_kill_leaves_no_temporary_file(
     }
     assert run_sweep(spec, **run).complete  # type: ignore[arg-type]
     folder = tmp_path / "results" / "grid"
-    # What atomic_write leaves when a SIGKILL lands between mkstemp and the rename.
+    # What atomic_file leaves when a SIGKILL lands between mkstemp and the rename.
     gone = _dead_pid()
     host = socket.gethostname()
     leftovers = [
