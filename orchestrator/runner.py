@@ -15,7 +15,7 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from orchestrator.progress import Progress, Snapshot
 from orchestrator.results import ResultsFolder
 from orchestrator.store import JobRow, JobState, Store
 
-__all__ = ["RunOptions", "RunReport", "Runner"]
+__all__ = ["CancelReport", "RunOptions", "RunReport", "Runner", "cancel_queued"]
 
 log = logging.getLogger("comfysweep.runner")
 
@@ -484,9 +484,9 @@ class Runner:
         manifest_cost = 0.0
         while True:
             await anyio.sleep(self.options.tick)
-            snapshot.counts = self.store.counts()
-            snapshot.spent_usd = self._spent
-            if self.progress is not None:
+            if self.progress is not None:  # counting is a query: only for someone to see
+                snapshot.counts = self.store.counts()
+                snapshot.spent_usd = self._spent
                 self.progress.update(snapshot)
             now = time.monotonic()
             # Rewriting the manifest costs O(jobs): do it less often as the sweep grows.
@@ -515,28 +515,51 @@ class Runner:
                     await self._cancel_queued()
 
     async def _cancel_queued(self) -> None:
-        running = 0
-        for row in self.store.jobs(_IN_FLIGHT):
-            if row.run_id != self.store.run_id:  # another runner's job (a shared store)
-                continue
-            if row.state is JobState.RUNNING or row.request_id is None:
-                running += 1
-                continue
-            try:
-                outcome = await self.client.cancel(row.request_id)
-            except ComfysweepError as exc:
-                log.warning("cancelling %s failed: %s", row.key[:10], exc)
-                continue
-            if not outcome.cancelled:
-                running += 1
-        if running:
-            self._say(f"{running} job(s) already running cannot be cancelled and will be billed")
+        mine = [r for r in self.store.jobs(_IN_FLIGHT) if r.run_id == self.store.run_id]
+        report = await cancel_queued(self.client, mine)  # the trackers record what changed
+        for failure in report.failed:
+            log.warning("cancelling %s", failure)
+        if report.not_cancellable:
+            self._say(
+                f"{report.not_cancellable} job(s) already running cannot be cancelled "
+                "and will be billed"
+            )
 
     def _say(self, text: str) -> None:
         self._messages.append(text)
         log.info("%s", text)
         if self.progress is not None:
             self.progress.message(text)
+
+
+@dataclass(frozen=True)
+class CancelReport:
+    """What cancelling did: queued jobs cancelled, and jobs already running (billed anyway)."""
+
+    cancelled: int
+    not_cancellable: int
+    failed: list[str]
+    keys: tuple[str, ...] = ()  # the jobs the API cancelled
+
+
+async def cancel_queued(client: ModelApiClient, rows: Iterable[JobRow]) -> CancelReport:
+    """Ask the API to cancel each queued job; running jobs cannot be cancelled on RunComfy."""
+    keys: list[str] = []
+    running, failed = 0, []
+    for row in rows:
+        if row.state is JobState.RUNNING or row.request_id is None:
+            running += 1
+            continue
+        try:
+            outcome = await client.cancel(row.request_id)
+        except ComfysweepError as exc:
+            failed.append(f"{row.key[:10]}: {exc}")
+            continue
+        if outcome.cancelled:
+            keys.append(row.key)
+        else:
+            running += 1
+    return CancelReport(len(keys), running, failed, tuple(keys))
 
 
 def _jitter(delay: float) -> float:

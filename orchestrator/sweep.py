@@ -22,7 +22,7 @@ from orchestrator.models import get_model
 from orchestrator.progress import make_progress
 from orchestrator.results import ResultsFolder
 from orchestrator.retry import RetryPolicy
-from orchestrator.runner import Runner, RunOptions, RunReport
+from orchestrator.runner import CancelReport, Runner, RunOptions, RunReport, cancel_queued
 from orchestrator.spec import Spec, load_spec
 from orchestrator.store import JobState, Store
 
@@ -206,15 +206,6 @@ def retry_jobs(
         return len(keys)
 
 
-@dataclass(frozen=True)
-class CancelReport:
-    """What `cancel` did: queued jobs cancelled, and jobs already running (billed anyway)."""
-
-    cancelled: int
-    not_cancellable: int
-    failed: list[str]
-
-
 def cancel_sweep(
     spec: Spec | str | Path,
     *,
@@ -236,23 +227,11 @@ def cancel_sweep(
 
 
 async def _cancel(db: Store, client: ModelApiClient) -> CancelReport:
-    cancelled, running, failed = 0, 0, []
     async with client:
-        for row in list(db.jobs([JobState.QUEUED, JobState.RUNNING])):
-            if row.state is JobState.RUNNING or row.request_id is None:
-                running += 1
-                continue
-            try:
-                outcome = await client.cancel(row.request_id)
-            except ComfysweepError as exc:
-                failed.append(f"{row.key[:10]}: {exc}")
-                continue
-            if outcome.cancelled:
-                db.transition(row.key, JobState.CANCELLED, detail="cancelled on request")
-                cancelled += 1
-            else:
-                running += 1
-    return CancelReport(cancelled, running, failed)
+        report = await cancel_queued(client, list(db.jobs([JobState.QUEUED, JobState.RUNNING])))
+    for key in report.keys:
+        db.transition(key, JobState.CANCELLED, detail="cancelled on request")
+    return report
 
 
 def _renew_done(db: Store) -> int:
