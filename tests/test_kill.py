@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,3 +89,31 @@ def test_cancel_after_a_killed_run_cancels_only_queued_jobs(tmp_path: Path) -> N
         assert counts["cancelled"] == 2
         ledger = {job["request_id"]: job["status"] for job in emu.ledger()["jobs"]}
         assert sorted(ledger.values()).count("cancelled") == 2
+
+
+def test_ctrl_c_with_abort_cancels_queued_jobs_and_finishes_the_running_one(
+    tmp_path: Path,
+) -> None:
+    # One worker, jobs of ~2 s: one job runs while two wait in the queue.
+    with Emulator(EmulatorConfig(speed=20.0, workers=1)) as emu:
+        spec = write_spec(tmp_path)
+        env = {
+            **os.environ,
+            "RUNCOMFY_MODEL_API_BASE": emu.base_url,
+            "RUNCOMFY_API_TOKEN": emu.token,
+        }
+        command = [sys.executable, "-m", "orchestrator", "run", str(spec), "--abort"]
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while len(emu.ledger()["jobs"]) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        ledger = emu.ledger()
+    assert proc.returncode == 3, err
+    assert b"cannot be cancelled and will be billed" in err
+    statuses = sorted(job["status"] for job in ledger["jobs"])
+    assert statuses == ["cancelled", "cancelled", "succeeded"]
+    counts = sweep_status(spec)["counts"]
+    assert (counts["done"], counts["cancelled"], counts["pending"]) == (1, 2, 1)
+    assert b"1 done" in out
