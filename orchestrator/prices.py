@@ -11,6 +11,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from orchestrator.grid import GridCount, iter_inputs
+from orchestrator.models import Model
 from orchestrator.spec import Spec
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "api_host",
     "estimate",
     "home",
+    "job_cost",
     "last_duration",
     "last_price",
     "remember_duration",
@@ -152,6 +155,21 @@ def estimate(
         else f"{per_job:g} s a job (last median) x {math.ceil(jobs / workers)} rounds of {workers}"
     )
     return Estimate(host, cost, wall, price, per_job, seconds, cost_note, time_note)
+
+
+def job_cost(model: Model, price: PriceInfo, inputs: Mapping[str, Any]) -> float | None:
+    """One job's price from a catalog answer: per second of its output video, or per output."""
+    if price.base_price_usd is None:
+        return None
+    if price.price_unit == "output":
+        return price.base_price_usd
+    if price.price_unit != "second":
+        return None
+    frames = inputs.get(model.raw_key("frames") or "frames")
+    fps = inputs.get(model.raw_key("fps") or "fps")
+    if not isinstance(frames, int) or not isinstance(fps, int) or fps <= 0:
+        return None
+    return price.base_price_usd * frames / fps
 
 
 def _output_seconds(spec: Spec, jobs: int) -> float | None:

@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import statistics
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -34,7 +34,6 @@ __all__ = [
     "RETRYABLE",
     "CancelReport",
     "cancel_sweep",
-    "job_cost",
     "refresh_price",
     "retry_jobs",
     "run_sweep",
@@ -123,7 +122,7 @@ async def _run(
     async with client:
         info = await _catalog(client, spec.model)
         sample = next(iter(db.jobs([JobState.PENDING], in_spec=True)), None)
-        price = job_cost(info, sample.inputs) if info is not None and sample else None
+        price = prices.job_cost(model, info, sample.inputs) if info and sample else None
         runner = Runner(db, client, folder, options, progress=progress, price_per_job=price)
         report = await runner.run()
     if runner.durations:
@@ -155,20 +154,6 @@ def refresh_price(
             return info
 
     return anyio.run(fetch)
-
-
-def job_cost(info: ModelInfo, inputs: Mapping[str, Any]) -> float | None:
-    """A job's price from the catalog: per second of output video, or per output."""
-    if info.base_price_usd is None:
-        return None
-    if info.price_unit == "second":
-        frames, fps = inputs.get("25_value"), inputs.get("38_value")
-        if not isinstance(frames, int) or not isinstance(fps, int) or fps <= 0:
-            return None
-        return info.base_price_usd * frames / fps
-    if info.price_unit == "output":
-        return info.base_price_usd
-    return None
 
 
 def sweep_status(spec: Spec | str | Path, *, store: str | Path | None = None) -> dict[str, Any]:

@@ -175,3 +175,17 @@ def test_output_seconds_follow_varying_frames(tmp_path: Path) -> None:
     guess = estimate(spec, count_jobs(spec))
     assert guess.output_seconds == pytest.approx(81 / 16 + 81 / 24 + 141 / 16 + 141 / 24)
     assert guess.cost_usd == pytest.approx(guess.output_seconds)
+
+
+def test_job_cost_follows_the_price_unit() -> None:
+    from orchestrator.client import ModelInfo
+    from orchestrator.models import get_model
+    from orchestrator.prices import job_cost
+
+    model = get_model("community/wan-2-2/vace-fun")
+    inputs = model.complete({"prompt": "x", "image": "a.png", "frames": 141, "fps": 24})
+    by_second = ModelInfo(model.model_id, 0.05, "second", {})
+    assert job_cost(model, by_second, inputs) == pytest.approx(0.05 * 141 / 24)
+    assert job_cost(model, ModelInfo(model.model_id, 0.3, "output", {}), inputs) == 0.3
+    assert job_cost(model, ModelInfo(model.model_id, 0.3, "token", {}), inputs) is None
+    assert job_cost(model, ModelInfo(model.model_id, None, "second", {}), inputs) is None
