@@ -83,7 +83,7 @@ def run_sweep(
     retry: RetryPolicy | None = None,
 ) -> RunReport:
     """Run (or resume) a sweep to the end: submit, poll, download; returns how it ended."""
-    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    spec = _loaded(spec)
     options = _options(spec, overrides or Overrides(), emulator is not False)
     options = replace(options, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
     if emulator is False:
@@ -145,7 +145,7 @@ def refresh_price(
     spec: Spec | str | Path, *, base_url: str | None = None, token: str | None = None
 ) -> ModelInfo:
     """Read the model's price from the live catalog and remember it for later estimates."""
-    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    spec = _loaded(spec)
 
     async def fetch() -> ModelInfo:
         async with ModelApiClient(base_url, token) as client:
@@ -158,7 +158,7 @@ def refresh_price(
 
 def sweep_status(spec: Spec | str | Path, *, store: str | Path | None = None) -> dict[str, Any]:
     """Counts of the sweep's jobs per state, readable while a run writes."""
-    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    spec = _loaded(spec)
     path = store_path(spec, store)
     _require_store(path)
     with Store.open(path, readonly=True) as db:
@@ -177,7 +177,7 @@ def retry_jobs(
     spec: Spec | str | Path, states: Iterable[JobState | str], *, store: str | Path | None = None
 ) -> int:
     """Put the sweep's jobs in ``states`` back to pending, on purpose; returns how many."""
-    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    spec = _loaded(spec)
     chosen = {JobState(s) for s in states}
     wrong = chosen - RETRYABLE
     if wrong:
@@ -200,7 +200,7 @@ def cancel_sweep(
     token: str | None = None,
 ) -> CancelReport:
     """Cancel the sweep's jobs still queued remotely; running jobs cannot be and are billed."""
-    spec = spec if isinstance(spec, Spec) else load_spec(spec)
+    spec = _loaded(spec)
     path = store_path(spec, store)
     _require_store(path)
     with (
@@ -235,6 +235,10 @@ def _options(spec: Spec, given: Overrides, emulated: bool) -> RunOptions:
         poll_interval=poll,
         max_cost=given.max_cost if given.max_cost is not None else run.max_cost,
     )
+
+
+def _loaded(spec: Spec | str | Path) -> Spec:
+    return spec if isinstance(spec, Spec) else load_spec(spec)
 
 
 def _require_store(path: str | Path) -> None:
