@@ -13,10 +13,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["PlainProgress", "Progress", "RichProgress", "Snapshot", "make_progress"]
+from orchestrator.store.states import FINAL, JobState
 
-_FINISHED = ("done", "failed", "cancelled", "unknown", "expired", "lost")
-_ORDER = ("pending", "submitting", "queued", "running", "succeeded", *_FINISHED)
+__all__ = ["PlainProgress", "Progress", "RichProgress", "Snapshot", "make_progress"]
 
 
 @dataclass
@@ -34,7 +33,7 @@ class Snapshot:
 
     @property
     def finished(self) -> int:
-        return sum(self.counts.get(s, 0) for s in _FINISHED)
+        return sum(self.counts.get(s, 0) for s in FINAL)
 
     def per_minute(self) -> float:
         elapsed = max(time.monotonic() - self.started, 1e-6)
@@ -46,7 +45,7 @@ class Snapshot:
         return remaining * 60.0 / rate if rate > 0 else None
 
     def states(self) -> str:
-        return " ".join(f"{s}={self.counts[s]}" for s in _ORDER if self.counts.get(s))
+        return " ".join(f"{s}={self.counts[s]}" for s in JobState if self.counts.get(s))
 
     def pace(self) -> str:
         eta = _duration(self.eta_seconds())

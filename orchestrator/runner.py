@@ -47,7 +47,6 @@ __all__ = ["CancelReport", "RunOptions", "RunReport", "Runner", "cancel_queued"]
 log = logging.getLogger("comfysweep.runner")
 
 _IN_FLIGHT = (JobState.QUEUED, JobState.RUNNING)
-_NOT_DONE = ("pending", "submitting", "queued", "running", "succeeded")
 # Consecutive failed polls (each already retried by the client) before a job is left for next run.
 _POLL_GIVE_UP = 8
 # Submits in a row whose answer was lost before submitting stops: an API that creates jobs and then
@@ -84,10 +83,6 @@ class RunReport:
     def complete(self) -> bool:
         """Every job of the sweep is done."""
         return not self.fatal and all(n == 0 for state, n in self.counts.items() if state != "done")
-
-    @property
-    def unfinished(self) -> int:
-        return sum(self.counts.get(s, 0) for s in _NOT_DONE)
 
 
 class Runner:
