@@ -61,6 +61,9 @@ class Store:
         self.path = path
         self.readonly = readonly
         self.is_sqlite = path is not None
+        # The file itself, whatever spelling opened it (symlink, `..`): the runner lock and the
+        # files kept beside the store hang off this, so two spellings never make two locks.
+        self.real_path = None if path is None else Path(os.path.realpath(path))
         self._insert = sqlite.insert if self.is_sqlite else postgresql.insert
         self._synchronous = "NORMAL"
         self._run_id: int | None = None
@@ -142,7 +145,8 @@ class Store:
         """
         if self._lock_held:
             raise StoreError(f"store {self.name} is already locked by this process")
-        flock = FileLock(Path(f"{self.path}.lock"), self.name) if self.path is not None else None
+        real = self.real_path
+        flock = FileLock(Path(f"{real}.lock"), self.name) if real is not None else None
         if flock is not None:
             flock.acquire(owner)
         self._lock_held = True

@@ -1,0 +1,79 @@
+"""The runner lock holds the store file itself: another spelling of its path is the same store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from orchestrator.store import Store
+
+from .sweeps import write_spec
+
+HOLDER = """
+import sys, time
+from orchestrator.store import Store
+store = Store.open(sys.argv[1])
+with store.lock("comfysweep run grid"):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def symlink(real: Path) -> Path:
+    link = real.parent.parent / "link.db"
+    link.symlink_to(real)
+    return link
+
+
+def dotdot(real: Path) -> Path:
+    return real.parent / ".." / real.parent.name / real.name
+
+
+@pytest.mark.parametrize("spelling", [symlink, dotdot], ids=["symlink", "dotdot"])
+def test_a_second_run_through_another_spelling_refuses_naming_the_holder(
+    tmp_path: Path, spelling: Callable[[Path], Path]
+) -> None:
+    spec = write_spec(tmp_path)
+    real = tmp_path / "stores" / "sweep.db"
+    real.parent.mkdir()
+    with Store.open(real):
+        pass
+    other = spelling(real)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(real)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "locked\n"
+        env = {
+            **os.environ,
+            "RUNCOMFY_MODEL_API_BASE": "http://127.0.0.1:9",  # never reached: the lock refuses
+            "RUNCOMFY_API_TOKEN": "unused",
+        }
+        second = subprocess.run(
+            [sys.executable, "-m", "orchestrator", "run", str(spec), "--store", str(other)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1, second.stderr
+        (line,) = second.stderr.strip().splitlines()
+        assert line.startswith("Error: ")
+        assert f"held by pid {holder.pid} on host {socket.gethostname()}" in line
+        assert "comfysweep run grid" in line
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+    with Store.open(other) as db, db.lock("next run") as run_id:  # the holder's death freed it
+        assert run_id > 0
+    assert sorted(p.name for p in real.parent.glob("*.lock")) == ["sweep.db.lock"]
