@@ -35,12 +35,15 @@ from orchestrator.errors import (
     OutputExpired,
     RequestNotFound,
     ServerError,
+    StoreError,
+    TransitionError,
     TransportError,
     ValidationFailed,
 )
 from orchestrator.progress import Progress, Snapshot
 from orchestrator.results import ResultsFolder
 from orchestrator.store import JobRow, JobState, Store
+from orchestrator.store.journal import RequestJournal
 
 __all__ = ["CancelReport", "RunOptions", "RunReport", "Runner", "cancel_queued"]
 
@@ -52,6 +55,8 @@ _POLL_GIVE_UP = 8
 # Submits in a row whose answer was lost before submitting stops: an API that creates jobs and then
 # fails to answer would otherwise bill a whole sweep of jobs nobody can track.
 _UNKNOWN_IN_A_ROW = 3
+# Seconds between attempts to record a request id the store refused, doubling up to the last.
+_RECORD_RETRY = (0.05, 5.0)
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,8 @@ class Runner:
         self._started: dict[str, float] = {}
         self.durations: list[float] = []  # seconds from submit to result, this run's jobs
         self._jobs: TaskGroup | None = None
+        self._journal = RequestJournal.beside(store, folder.root)
+        self._unrecorded: dict[str, str] = {}  # key -> answered request id the store refused
 
     # -- public -----------------------------------------------------------------------------
 
@@ -174,6 +181,9 @@ class Runner:
         removed = self.folder.prepare()
         if removed:
             self._say(f"removed {removed} partial download(s) left by an interrupted run")
+        # Before `submitting` becomes unknown: a request id the last run could only journal.
+        for line in self._journal.replay(self.store):
+            self._say(line)
         for row in self.store.adopt([JobState.SUBMITTING]):
             self.store.transition(
                 row.key,
@@ -215,6 +225,8 @@ class Runner:
     def _may_submit(self) -> bool:
         if self.stopping:
             return True
+        if self._unrecorded:  # a paid job's request id waits for the store: nothing new goes out
+            return False
         # Output URLs expire: while finished jobs wait for a download slot, nothing new goes out.
         if self._remote >= self.options.concurrency or self._download_backlog > 0:
             return False
@@ -260,8 +272,80 @@ class Runner:
         self._any_submit_ok = True
         self._unknown_in_a_row = 0
         self._started[row.key] = time.monotonic()
-        row = self._move(row.key, JobState.QUEUED, request_id=submitted.request_id)
+        row = await self._record(row, submitted.request_id)
         await self._track(row, self.options.poll_interval)
+
+    async def _record(self, row: JobRow, request_id: str) -> JobRow:
+        """``queued`` with the request id, before anything else happens to the paid job.
+
+        A store that refuses the write (locked past its busy timeout, disk full) does not lose the
+        id: it goes to the journal beside the store (replayed by the next start) and stays in
+        memory, new submits wait, and the write is retried until the store takes it.
+        """
+        try:
+            return self._move(row.key, JobState.QUEUED, request_id=request_id)
+        except TransitionError:
+            raise
+        except StoreError as exc:
+            refused = exc
+        self._unrecorded[row.key] = request_id
+        journaled = self._journal_append(row, request_id)
+        where = f"kept in {self._journal.path}" if journaled else "kept in memory only"
+        self._say(
+            f"job {row.key[:10]}: the store cannot record request {request_id} "
+            f"({_text(refused)}); {where}; no new submits until the store takes it"
+        )
+        recorded: JobRow | None = None
+        try:
+            delay, longest = _RECORD_RETRY
+            while recorded is None:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, longest)
+                journaled = journaled or self._journal_append(row, request_id)
+                recorded = self._record_again(row.key, request_id)
+        finally:
+            if recorded is None:  # cancelled (a second Ctrl-C): one last try, then say the id
+                recorded = self._record_again(row.key, request_id)
+            if recorded is None and not journaled and not self._journal_append(row, request_id):
+                self._say(
+                    f"job {row.key[:10]} is paid, but neither the store nor the journal took its "
+                    f"request id {request_id} (the next run marks the job unknown)"
+                )
+        del self._unrecorded[row.key]
+        if journaled:
+            try:
+                self._journal.forget([(row.key, request_id)])
+            except (OSError, StoreError) as exc:  # the next start drops it: the job is queued
+                log.warning("journal %s: %s", self._journal.path, exc)
+        self._say(f"job {row.key[:10]}: request {request_id} recorded; submitting resumes")
+        self._wake()
+        return recorded
+
+    def _record_again(self, key: str, request_id: str) -> JobRow | None:
+        """One more try at recording the request id; None while the store still refuses."""
+        try:
+            return self._move(key, JobState.QUEUED, request_id=request_id)
+        except TransitionError:
+            # A write reported failed may still have landed (an I/O error at commit).
+            row = self.store.get(key)
+            if row is None or row.request_id != request_id:
+                raise
+            return row
+        except StoreError as exc:
+            log.warning(
+                "job %s: the store still cannot record request %s: %s", key[:10], request_id, exc
+            )
+            return None
+
+    def _journal_append(self, row: JobRow, request_id: str) -> bool:
+        try:
+            self._journal.append(
+                row.key, request_id, model=row.model_id, attempt=row.attempts, run=self.store.run_id
+            )
+        except (OSError, StoreError) as exc:
+            log.warning("journal %s cannot be written: %s", self._journal.path, exc)
+            return False
+        return True
 
     def _after_refusal(self, exc: ComfysweepError) -> tuple[JobState, str | None]:
         """Where a job goes when its submit gave no request id, and why to stop submitting."""

@@ -214,6 +214,12 @@ class Store:
             if taken:
                 yield dataclasses.replace(row, run_id=self._run_id)
 
+    def run_alive(self, run_id: int) -> bool:
+        """Whether run ``run_id`` is still going: this one, or another live PostgreSQL runner."""
+        if run_id == self._run_id:
+            return True
+        return not self.is_sqlite and self._run_alive(run_id)
+
     def _run_alive(self, run_id: int) -> bool:
         with self._tx() as conn:
             if not conn.execute(sql.RUN_ALIVE_TRY, {"p_run": run_id}).scalar_one():

@@ -1,0 +1,257 @@
+"""A paid answer the store cannot record: kept in a journal and in memory, retried, never lost.
+
+The run tests hold the SQLite file with a real EXCLUSIVE lock from another connection right after
+a submit is answered (or make the store refuse the write), then let it go; the replay tests write
+the journal a killed run leaves and start again.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.client import ModelApiClient, Submitted
+from orchestrator.emulator import Emulator, EmulatorConfig
+from orchestrator.errors import StoreError
+from orchestrator.store import JobState, Store, schema
+from orchestrator.store.journal import RequestJournal
+from orchestrator.sweep import Overrides, run_sweep
+
+from .sweeps import write_spec
+from .test_store import MODEL, make_jobs
+
+S = JobState
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    with Emulator(EmulatorConfig(speed=500.0, workers=4)) as emu:
+        yield emu
+
+
+def store_file(tmp_path: Path) -> Path:
+    return tmp_path / "results" / "grid" / "comfysweep.db"
+
+
+def journal_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def paid_once(emu: Emulator, jobs: int = 4) -> None:
+    ledger = emu.ledger()
+    assert len(ledger["jobs"]) == jobs
+    assert set(ledger["submissions_by_input"].values()) == {1}
+
+
+def row_of(db: Store, request_id: str) -> Any:
+    (row,) = [r for r in db.jobs() if r.request_id == request_id]
+    return row
+
+
+def test_a_store_locked_right_after_a_submit_answer_still_records_the_paid_job(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(schema, "BUSY_TIMEOUT_MS", 100)  # the store gives up on the lock at once
+    spec = write_spec(tmp_path)
+    path = store_file(tmp_path)
+    journal = Path(f"{path}.requests")
+    held: list[str] = []
+    threads: list[threading.Thread] = []
+    real_submit = ModelApiClient.submit
+
+    def release_once_journaled(blocker: sqlite3.Connection, request_id: str) -> None:
+        deadline = time.monotonic() + 60
+        while request_id not in journal_text(journal) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+    async def submit(self: ModelApiClient, model_id: str, inputs: dict[str, Any]) -> Submitted:
+        answer = await real_submit(self, model_id, inputs)
+        if not held:  # another program takes the file before the answer is recorded
+            held.append(answer.request_id)
+            blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            blocker.execute("BEGIN EXCLUSIVE")
+            thread = threading.Thread(target=release_once_journaled, args=(blocker, held[0]))
+            thread.start()
+            threads.append(thread)
+        return answer
+
+    monkeypatch.setattr(ModelApiClient, "submit", submit)
+    report = run_sweep(
+        spec,
+        base_url=emulator.base_url,
+        token=emulator.token,
+        overrides=Overrides(poll_interval=0.02),
+    )
+    for thread in threads:
+        thread.join()
+    assert report.complete, report
+    assert any(f"cannot record request {held[0]}" in m for m in report.messages)
+    assert any(f"request {held[0]} recorded" in m for m in report.messages)
+    paid_once(emulator)
+    assert not journal.exists()  # emptied once the store took the id
+    with Store.open(path, readonly=True) as db:
+        row = row_of(db, held[0])
+        assert row.state is S.DONE
+        assert [e.to_state for e in db.events(row.key)][:2] == [S.SUBMITTING, S.QUEUED]
+
+
+class Refusing:
+    """Store.transition that refuses to record the first answered job until ``until`` holds."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, until: Any) -> None:
+        self.key: str | None = None
+        self.refused = 0
+        real = Store.transition
+
+        def transition(store: Store, key: str, to: JobState, **kwargs: Any) -> Any:
+            if to is S.QUEUED and self.key in (None, key):
+                self.key = key
+                if not until(store, self.refused):
+                    self.refused += 1
+                    raise StoreError(f"store {store.name}: database or disk is full")
+            return real(store, key, to, **kwargs)
+
+        monkeypatch.setattr(Store, "transition", transition)
+
+
+def test_no_new_submit_leaves_until_the_refused_request_id_is_recorded(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store refuses the first job's id until another job is done (its slot is free again),
+    # and once more after that: a submit loop that ignored the waiting id would claim a job then.
+    seen_done: list[int] = []
+
+    def until(store: Store, refused: int) -> bool:
+        if not seen_done and next(iter(store.jobs([S.DONE])), None) is not None:
+            seen_done.append(refused)
+        return bool(seen_done) and refused > seen_done[0]
+
+    refusing = Refusing(monkeypatch, until)
+    spec = write_spec(tmp_path)
+    report = run_sweep(
+        spec,
+        base_url=emulator.base_url,
+        token=emulator.token,
+        overrides=Overrides(concurrency=2, poll_interval=0.02),
+    )
+    assert report.complete, report
+    paid_once(emulator)
+    with Store.open(store_file(tmp_path), readonly=True) as db:
+        events = [e for row in db.jobs() for e in db.events(row.key)]
+    (recorded,) = [e for e in events if e.key == refusing.key and e.to_state is S.QUEUED]
+    claims = sorted(e.id for e in events if e.to_state is S.SUBMITTING)
+    # The first two claims came before the refusal; every later one after the id was recorded.
+    assert len(claims) == 4
+    assert all(claim > recorded.id for claim in claims[2:])
+
+
+def test_a_journal_on_a_full_disk_keeps_the_id_in_memory_until_the_store_takes_it(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(RequestJournal, "append", full)
+    refusing = Refusing(monkeypatch, lambda store, refused: refused >= 3)
+    spec = write_spec(tmp_path)
+    report = run_sweep(
+        spec,
+        base_url=emulator.base_url,
+        token=emulator.token,
+        overrides=Overrides(poll_interval=0.02),
+    )
+    assert report.complete, report
+    assert refusing.refused == 3
+    assert any("kept in memory only" in m for m in report.messages)
+    paid_once(emulator)
+
+
+# -- replay at start-up -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store.open(tmp_path / "store.db") as db, db.lock("test"):
+        db.sync_jobs(make_jobs(3), MODEL)
+        yield db
+
+
+def answered(store: Store, journal: RequestJournal, n: int) -> list[str]:
+    """Claim ``n`` jobs and journal an answer for each, as a killed run (0) the store refused."""
+    keys = []
+    for row in store.claim(n):
+        journal.append(row.key, f"req-{row.key}", model=MODEL, attempt=row.attempts, run=0)
+        keys.append(row.key)
+    return keys
+
+
+def test_replay_moves_a_journaled_job_to_queued_and_empties_the_journal(
+    store: Store, tmp_path: Path
+) -> None:
+    journal = RequestJournal.beside(store, tmp_path)
+    assert journal.path == tmp_path / "store.db.requests"
+    (key,) = answered(store, journal, 1)
+    lines = journal.replay(store)
+    assert lines == [f"job {key[:10]}: request id req-{key} recovered from {journal.path}"]
+    row = store.get(key)
+    assert row is not None
+    assert (row.state, row.request_id) == (S.QUEUED, f"req-{key}")
+    assert not journal.path.exists()
+    assert journal.replay(store) == []
+
+
+def test_replay_after_a_kill_mid_replay_moves_the_rest_and_nothing_twice(
+    store: Store, tmp_path: Path
+) -> None:
+    journal = RequestJournal.beside(store, tmp_path)
+    first, second = answered(store, journal, 2)
+    # A replay killed after its first commit: the job moved, the journal still lists both.
+    store.transition(first, S.QUEUED, request_id=f"req-{first}")
+    before = len(store.events(first))
+    assert journal.replay(store) == [
+        f"job {second[:10]}: request id req-{second} recovered from {journal.path}"
+    ]
+    assert len(store.events(first)) == before
+    assert {store.get(k).state for k in (first, second)} == {S.QUEUED}  # type: ignore[union-attr]
+
+
+def test_replay_drops_outdated_entries_and_keeps_other_runs_and_stores(
+    store: Store, tmp_path: Path
+) -> None:
+    journal = RequestJournal.beside(store, tmp_path)
+    (old,) = answered(store, journal, 1)
+    store.transition(old, S.UNKNOWN)
+    store.transition(old, S.PENDING)
+    store.claim(1)  # a later attempt of the same job: the old answer is not its answer
+    assert store.run_id is not None
+    (live,) = [r.key for r in store.claim(1)]
+    journal.append(live, "req-live", model=MODEL, attempt=1, run=store.run_id)
+    RequestJournal(journal.path, "another store").append(
+        live, "req-other", model=MODEL, attempt=1, run=None
+    )
+    with journal.path.open("a") as f:
+        f.write('{"key": "torn by a ki')  # a kill mid-append
+    assert journal.replay(store) == []
+    assert {store.get(k).state for k in (old, live)} == {S.SUBMITTING}  # type: ignore[union-attr]
+    kept = [json.loads(line) for line in journal.path.read_text().splitlines()]
+    assert [e["request_id"] for e in kept] == ["req-live", "req-other"]
+
+
+def test_an_append_after_a_torn_line_stays_whole(tmp_path: Path) -> None:
+    journal = RequestJournal(tmp_path / "x.db.requests", "x")
+    journal.path.write_text('{"key": "torn by a ki')
+    journal.append("job", "req-1", model=MODEL, attempt=1, run=None)
+    assert [(e.key, e.request_id) for e in journal.entries()] == [("job", "req-1")]
