@@ -4,7 +4,9 @@
 
 POINT is where the process dies, the AFTER-th time it gets there (default 1):
 ``submit-sent`` (the server created the job, its answer is not stored yet), ``polling`` (a status
-answer arrived) or ``downloading`` (half of an output is on disk). The API comes from the usual
+answer arrived), ``downloading`` (half of an output is on disk) or ``journaled`` (another
+connection locked the store right after a submit was answered, and the runner could only write the
+request id to its journal). The API comes from the usual
 environment (RUNCOMFY_MODEL_API_BASE, RUNCOMFY_API_TOKEN).
 """
 
@@ -12,16 +14,23 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
 from orchestrator.client import Downloaded, ModelApiClient, Status, Submitted
-from orchestrator.sweep import Overrides, run_sweep
+from orchestrator.spec import load_spec
+from orchestrator.store import schema
+from orchestrator.store.journal import RequestJournal
+from orchestrator.sweep import Overrides, run_sweep, store_path
 
 spec, point = sys.argv[1], sys.argv[2]
 after = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 seen = 0
+blockers: list[sqlite3.Connection] = []
+if point == "journaled":
+    schema.BUSY_TIMEOUT_MS = 100  # the store gives up on the lock at once
 
 
 def maybe_die(here: str) -> None:
@@ -32,17 +41,27 @@ def maybe_die(here: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-real_submit, real_status, real_download = (
+real_submit, real_status, real_download, real_append = (
     ModelApiClient.submit,
     ModelApiClient.status,
     ModelApiClient.download,
+    RequestJournal.append,
 )
 
 
 async def submit(self: ModelApiClient, model_id: str, inputs: dict[str, Any]) -> Submitted:
     answer = await real_submit(self, model_id, inputs)
     maybe_die("submit-sent")
+    if point == "journaled" and not blockers:  # another program takes the store file
+        blocker = sqlite3.connect(store_path(load_spec(spec)), isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        blockers.append(blocker)
     return answer
+
+
+def append(self: RequestJournal, *args: Any, **kwargs: Any) -> None:
+    real_append(self, *args, **kwargs)
+    maybe_die("journaled")
 
 
 async def status(self: ModelApiClient, request_id: str) -> Status:
@@ -63,5 +82,6 @@ async def download(self: ModelApiClient, url: str, dest: Path) -> Downloaded:
 ModelApiClient.submit = submit  # type: ignore[method-assign]
 ModelApiClient.status = status  # type: ignore[method-assign]
 ModelApiClient.download = download  # type: ignore[method-assign]
+RequestJournal.append = append  # type: ignore[method-assign]
 report = run_sweep(spec, overrides=Overrides(poll_interval=0.02))
 sys.exit(0 if report.complete else 3)

@@ -15,10 +15,10 @@ import pytest
 
 from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.runner import RunReport
-from orchestrator.store import Store
+from orchestrator.store import JobState, Store
 from orchestrator.sweep import Overrides, cancel_sweep, run_sweep, sweep_status
 
-from .sweeps import run_until_killed, write_spec
+from .sweeps import SPEC, run_until_killed, write_spec
 
 DRIVER = Path(__file__).with_name("kill_driver.py")
 
@@ -75,6 +75,30 @@ def test_kill_mid_poll_or_download_loses_nothing(
             (output,) = entry["outputs"]
             assert (folder / output["path"]).stat().st_size == output["size"]
             assert db.get(entry["key"]).state == "done"
+
+
+def test_kill_while_the_store_is_locked_and_the_id_is_only_in_the_journal(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    spec = write_spec(tmp_path, body=SPEC.replace("concurrency: 3", "concurrency: 1"))
+    killed_run(spec, emulator, "journaled")
+    folder = tmp_path / "results" / "grid"
+    journal = folder / "comfysweep.db.requests"
+    (entry,) = [json.loads(line) for line in journal.read_text().splitlines()]
+    with Store.open(folder / "comfysweep.db", readonly=True) as db:
+        row = db.get(entry["key"])
+        assert row is not None
+        assert (row.state, row.request_id) == (JobState.SUBMITTING, None)  # only the journal knows
+    report = resume(spec, emulator)
+    assert report.complete, report  # replayed, tracked and downloaded; the rest submitted once
+    ledger = emulator.ledger()
+    assert len(ledger["jobs"]) == 4
+    assert set(ledger["submissions_by_input"].values()) == {1}
+    with Store.open(folder / "comfysweep.db", readonly=True) as db:
+        row = db.get(entry["key"])
+        assert row is not None
+        assert (row.state, row.request_id) == (JobState.DONE, entry["request_id"])
+    assert not journal.exists()
 
 
 def test_cancel_after_a_killed_run_cancels_only_queued_jobs(tmp_path: Path) -> None:
