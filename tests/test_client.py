@@ -314,8 +314,8 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     recorded: list[float] = []
     original = RetryPolicy.retrying
 
-    def retrying(self: RetryPolicy, retryable: Any, what: str) -> Any:
-        controller = original(self, retryable, what)
+    def retrying(self: RetryPolicy, retryable: Any, what: str, *args: Any) -> Any:
+        controller = original(self, retryable, what, *args)
 
         async def sleep(seconds: float) -> None:
             recorded.append(seconds)
@@ -551,11 +551,14 @@ async def test_refusals_on_reads_are_not_retried() -> None:
 
 
 @pytest.mark.anyio
-async def test_request_ids_are_escaped_in_paths() -> None:
+async def test_request_ids_out_of_bounds_are_never_put_in_a_path() -> None:
     server = Server(ok({"status": "in_queue"}))
     async with client(server) as api:
-        await api.status("a/b?c")
-    assert server.requests[0].url.raw_path == b"/v1/requests/a%2Fb%3Fc/status"
+        await api.status("a.b:c_d-1")
+        for bad in ("a/b?c", "x" * 129, "a\nb", ""):
+            with pytest.raises(RequestNotFound, match="cannot be asked"):
+                await api.status(bad)
+    assert [r.url.raw_path for r in server.requests] == [b"/v1/requests/a.b%3Ac_d-1/status"]
 
 
 # -- result ----------------------------------------------------------------------------------
