@@ -45,6 +45,7 @@ _REQUEST_ID = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_REQUEST_ID}}}")
 MAX_URLS = 64
 # The Model API answers "cancelled"; the serverless API "cancellation_requested".
 CANCEL_ACCEPTED = frozenset({"cancelled", "canceled", "cancellation_requested"})
+MAX_MESSAGE = 2000  # characters of a job's error message kept: it goes to run.log on one line
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
@@ -329,7 +330,7 @@ def parse_result(rid: str, body: dict[str, Any], secret: str) -> Result:
         state=state,
         urls=urls,
         error=error,
-        error_message=scrub(message, secret) if message else None,
+        error_message=scrub(message, secret)[:MAX_MESSAGE] if message else None,
         cost=number(body.get("cost")),
         created_at=text(body.get("created_at")),
         finished_at=text(body.get("finished_at")),
