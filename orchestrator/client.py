@@ -203,14 +203,15 @@ class ModelApiClient:
         return self.base_url + "/" + "/".join(parts)
 
     def _request_url(self, rid: str, action: str) -> str:
-        if request_id(rid) is None:  # a store of an older version may hold one
+        checked = request_id(rid)
+        if checked is None:  # a store of an older version may hold one
             raise RequestNotFound(
                 self._scrub(
                     f"{action} of a stored request id that is not usable "
                     f"({unusable_id(rid).removeprefix('with ')}): the API cannot be asked about it"
                 )
             )
-        return self._url("requests", quote(rid, safe=""), action)
+        return self._url("requests", quote(checked, safe=""), action)
 
     # -- submit: the paid call -------------------------------------------------------------
 
