@@ -53,10 +53,10 @@ from orchestrator.responses import (
     parse_model,
     parse_result,
     parse_status,
-    request_id,
     scrub,
     text,
     unusable_id,
+    valid_request_id,
 )
 from orchestrator.retry import (
     DeadlineExceeded,
@@ -203,7 +203,7 @@ class ModelApiClient:
         return self.base_url + "/" + "/".join(parts)
 
     def _request_url(self, rid: str, action: str) -> str:
-        checked = request_id(rid)
+        checked = valid_request_id(rid)
         if checked is None:  # a store of an older version may hold one
             raise RequestNotFound(
                 self._scrub(
@@ -298,7 +298,7 @@ class ModelApiClient:
     def _accepted(self, body: dict[str, Any] | None, what: str, status: int) -> Submitted:
         """A 2xx to a submit: a job exists (and is billed) even when its request id is unusable."""
         raw = body.get("request_id") if body else None
-        rid = request_id(raw)
+        rid = valid_request_id(raw)
         if body is None or rid is None:
             raise self._unknown(what, f"HTTP {status} {unusable_id(raw)}")
         return Submitted(

@@ -30,8 +30,8 @@ __all__ = [
     "error_message",
     "parse_json_object",
     "remote_state",
-    "request_id",
     "scrub",
+    "valid_request_id",
 ]
 
 log = logging.getLogger("comfysweep.client")
@@ -209,7 +209,7 @@ def integer(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def request_id(value: Any) -> str | None:
+def valid_request_id(value: Any) -> str | None:
     """A usable request id (an integer is sent as text), or None when it is out of bounds."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
