@@ -2,7 +2,8 @@
 
 The client decides *what* is retryable (a predicate per call kind, see ``client.py``); this
 module decides *how long* to wait: capped exponential backoff plus jitter, or the server's
-``Retry-After`` when it sent one.
+``Retry-After`` when it sent one; and how long one exchange may take in all (a server trickling
+one byte a second never trips a per-read timeout, so every request also has a total deadline).
 """
 
 from __future__ import annotations
@@ -15,12 +16,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 log = logging.getLogger("comfysweep.client")
 
 # A Retry-After far in the future (or a hostile one) must not park a sweep for hours.
 RETRY_AFTER_CAP = 300.0
+# One API exchange (connect, send, the whole answer) ends within this many per-read timeouts.
+DEADLINE_TIMEOUTS = 3.0
+# A download may take longer, as long as it keeps this average rate after its first deadline.
+MIN_DOWNLOAD_RATE = 64 * 1024  # bytes per second
+
+
+class DeadlineExceeded(httpx.TimeoutException):
+    """An exchange went past its total deadline (a trickling or stuck server)."""
+
+
+def total_deadline(timeout: float) -> float:
+    """Seconds one exchange may take in all, for a per-read ``timeout``."""
+    return DEADLINE_TIMEOUTS * timeout
 
 
 @dataclass(frozen=True)
@@ -52,8 +67,16 @@ class RetryPolicy:
         backoff = min(self.initial * 2.0 ** max(attempt - 1, 0), self.maximum)
         return backoff + random.uniform(0.0, self.jitter)
 
-    def retrying(self, retryable: Callable[[BaseException], bool], what: str) -> AsyncRetrying:
-        """A tenacity controller that retries ``retryable`` failures and re-raises the last one."""
+    def retrying(
+        self,
+        retryable: Callable[[BaseException], bool],
+        what: str,
+        scrub: Callable[[str], str] = str,
+    ) -> AsyncRetrying:
+        """A tenacity controller that retries ``retryable`` failures and re-raises the last one.
+
+        Its log lines go through ``scrub``: a failure's text may repeat what a server sent.
+        """
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
@@ -63,8 +86,8 @@ class RetryPolicy:
             exc = state.outcome.exception() if state.outcome else None
             log.info(
                 "%s failed (%s), attempt %d of %d; retrying in %.1fs",
-                what,
-                describe(exc),
+                scrub(what),
+                scrub(describe(exc)),
                 state.attempt_number,
                 self.attempts,
                 state.upcoming_sleep,

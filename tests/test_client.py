@@ -15,11 +15,14 @@ import pytest
 
 from orchestrator.client import (
     MAX_ANSWER_BYTES,
+    MAX_REQUEST_ID,
+    MAX_URLS,
     ModelApiClient,
     RemoteState,
     collect_urls,
     error_message,
 )
+from orchestrator.download import download_allowed
 from orchestrator.errors import (
     ApiError,
     AuthError,
@@ -314,8 +317,8 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     recorded: list[float] = []
     original = RetryPolicy.retrying
 
-    def retrying(self: RetryPolicy, retryable: Any, what: str) -> Any:
-        controller = original(self, retryable, what)
+    def retrying(self: RetryPolicy, retryable: Any, what: str, *args: Any) -> Any:
+        controller = original(self, retryable, what, *args)
 
         async def sleep(seconds: float) -> None:
             recorded.append(seconds)
@@ -551,11 +554,14 @@ async def test_refusals_on_reads_are_not_retried() -> None:
 
 
 @pytest.mark.anyio
-async def test_request_ids_are_escaped_in_paths() -> None:
+async def test_request_ids_out_of_bounds_are_never_put_in_a_path() -> None:
     server = Server(ok({"status": "in_queue"}))
     async with client(server) as api:
-        await api.status("a/b?c")
-    assert server.requests[0].url.raw_path == b"/v1/requests/a%2Fb%3Fc/status"
+        await api.status("a.b:c_d-1")
+        for bad in ("a/b?c", "x" * 129, "a\nb", ""):
+            with pytest.raises(RequestNotFound, match="cannot be asked"):
+                await api.status(bad)
+    assert [r.url.raw_path for r in server.requests] == [b"/v1/requests/a.b%3Ac_d-1/status"]
 
 
 # -- result ----------------------------------------------------------------------------------
@@ -826,6 +832,9 @@ async def test_download_from_the_api_host_over_http(tmp_path: Path) -> None:
         "https://notrunComfy.net/a.mp4",
         "file:///etc/passwd",
         "http://127.0.0.1:8123/a.mp4",
+        "https://cdn.runcomfy.net:8443/a.mp4",
+        "https://model-api.runcomfy.net:8443/v1/a.mp4",
+        "http://model-api.runcomfy.net/v1/a.mp4",
         "not a url at all",
         "http://[::1",
         "https://",
@@ -838,6 +847,42 @@ async def test_download_refuses_other_hosts(tmp_path: Path, url: str) -> None:
             await api.download(url, tmp_path / "f")
     assert server.count == 0
     assert not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize(
+    ("base", "url", "allowed"),
+    [
+        ("http://127.0.0.1:8123/v1", "http://127.0.0.1:8123/o/a.mp4", True),
+        ("http://localhost:8123/v1", "http://localhost:8123/o/a.mp4", True),
+        ("http://[::1]:8123/v1", "http://[::1]:8123/o/a.mp4", True),
+        ("http://127.0.0.1:8123/v1", "http://127.0.0.1:8124/o/a.mp4", False),
+        ("http://127.0.0.1:8123/v1", "https://127.0.0.1:8123/o/a.mp4", False),
+        ("http://api.example.com/v1", "http://api.example.com/o/a.mp4", False),
+        ("https://api.example.com/v1", "https://api.example.com/o/a.mp4", True),
+        ("https://api.example.com/v1", "https://api.example.com:443/o/a.mp4", True),
+        ("https://api.example.com:8443/v1", "https://api.example.com/o/a.mp4", False),
+        ("https://api.example.com/v1", "https://cdn.runcomfy.com/a.mp4", True),
+        ("https://api.example.com/v1", "https://cdn.runcomfy.com:443/a.mp4", True),
+        ("https://api.example.com/v1", "https://cdn.runcomfy.com:444/a.mp4", False),
+        ("http://127.0.0.1:8123/v1", "http://cdn.runcomfy.com/a.mp4", False),
+    ],
+)
+def test_downloads_come_only_from_the_api_origin_or_runcomfy_media_over_https(
+    base: str, url: str, allowed: bool
+) -> None:
+    assert download_allowed(httpx.URL(url), httpx.URL(base)) is allowed
+
+
+@pytest.mark.anyio
+async def test_a_download_refused_says_the_port_and_the_allowed_origin(tmp_path: Path) -> None:
+    server = Server(media())
+    async with ModelApiClient(
+        "http://127.0.0.1:8123/v1", TOKEN, transport=httpx.MockTransport(server)
+    ) as api:
+        with pytest.raises(DownloadError, match=r"127\.0\.0\.1:9999 over http") as info:
+            await api.download("http://127.0.0.1:9999/o/a.mp4", tmp_path / "f")
+    assert "http://127.0.0.1:8123" in str(info.value)
+    assert server.count == 0
 
 
 @pytest.mark.anyio
@@ -1074,3 +1119,144 @@ async def test_a_compressed_answer_within_the_cap_is_decoded_once() -> None:
     async with client(Server(answer)) as api:
         status = await api.status("r-1")
     assert status.queue_position == 2
+
+
+# -- every value read is bounded ---------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("rid", "why"),
+    [
+        ("x" * (MAX_REQUEST_ID + 1), f"of {MAX_REQUEST_ID + 1} characters"),
+        ("x" * 65536, "of 65536 characters"),
+        ("r1\n2026-01-01 INFO forged", "characters outside"),
+        ("a/b", "characters outside"),
+        ("a b", "characters outside"),
+        ("", "empty request id"),
+        (None, "without a request id"),
+        (True, "a JSON bool"),
+        ({"id": 1}, "a JSON dict"),
+    ],
+)
+async def test_a_submit_answered_with_a_request_id_out_of_bounds_is_unknown_never_resent(
+    rid: Any, why: str
+) -> None:
+    server = Server(ok({"request_id": rid}))
+    async with client(server) as api:
+        with pytest.raises(OutcomeUnknown, match="may exist and be billed") as info:
+            await api.submit(MODEL, INPUTS)
+    assert why in str(info.value)
+    assert "\n" not in str(info.value)
+    assert len(str(info.value)) < 500
+    assert server.count == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("rid", ["r-1", "6f1c_ABC.9:x", "x" * MAX_REQUEST_ID, 12345])
+async def test_request_ids_within_bounds_are_accepted(rid: Any) -> None:
+    async with client(Server(ok({"request_id": rid}))) as api:
+        submitted = await api.submit(MODEL, INPUTS)
+    assert submitted.request_id == str(rid)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("raw", "cost"),
+    [
+        (b'{"status": "succeeded", "output": {"video": "%s"}, "cost": NaN}', None),
+        (b'{"status": "succeeded", "output": {"video": "%s"}, "cost": Infinity}', None),
+        (b'{"status": "succeeded", "output": {"video": "%s"}, "cost": -Infinity}', None),
+        (b'{"status": "succeeded", "output": {"video": "%s"}, "cost": 1e999}', None),
+        (b'{"status": "succeeded", "output": {"video": "%s"}, "cost": "inf"}', None),
+        (b'{"status": "succeeded", "output": {"video": "%s"}, "cost": -0.5}', None),
+        (b'{"status": "succeeded", "output": {"video": "%s"}, "cost": 0.5, "x": NaN}', 0.5),
+    ],
+)
+async def test_non_finite_numbers_are_read_as_null_and_noted(
+    raw: bytes, cost: float | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = raw.replace(b"%s", CDN.encode())
+    async with client(Server(httpx.Response(200, content=body))) as api:
+        result = await api.result("r-1")
+    assert result.state is RemoteState.SUCCEEDED
+    assert result.urls == [CDN]
+    assert result.cost == cost
+    json.dumps(result.raw, allow_nan=False)  # nothing non-finite is kept
+    if b"NaN" in raw or b"Infinity" in raw or b"1e999" in raw:
+        assert "non-finite" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_non_finite_numbers_in_a_status_or_the_catalog_are_null() -> None:
+    answers = [
+        httpx.Response(200, content=b'{"status": "in_queue", "queue_position": NaN}'),
+        httpx.Response(200, content=b'{"model_id": "m", "base_price_usd": Infinity}'),
+    ]
+    async with client(Server(*answers)) as api:
+        status = await api.status("r-1")
+        info = await api.model(MODEL)
+    assert status.queue_position is None
+    assert info.base_price_usd is None
+
+
+@pytest.mark.anyio
+async def test_a_result_with_more_urls_than_the_cap_is_a_failure_naming_both() -> None:
+    urls = [f"https://cdn.runcomfy.net/{n}.mp4" for n in range(2000)]
+    server = Server(ok({"status": "succeeded", "output": {"videos": urls}, "cost": 1.0}))
+    async with client(server) as api:
+        result = await api.result("r-1")
+    assert result.state is RemoteState.FAILED
+    assert result.urls == []
+    assert result.cost == 1.0
+    assert result.error_message is not None
+    assert f"lists 2000 output URLs, more than the cap of {MAX_URLS}" in result.error_message
+
+
+@pytest.mark.anyio
+async def test_a_result_with_urls_up_to_the_cap_is_a_success() -> None:
+    urls = [f"https://cdn.runcomfy.net/{n}.mp4" for n in range(MAX_URLS)]
+    async with client(Server(ok({"status": "succeeded", "output": urls}))) as api:
+        result = await api.result("r-1")
+    assert result.state is RemoteState.SUCCEEDED
+    assert result.urls == urls
+
+
+# -- headers are scrubbed as well as bodies ------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_token_in_a_content_type_never_reaches_a_message_or_a_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    answer = httpx.Response(200, content=b"<html>", headers={"content-type": f"text/{TOKEN}"})
+    with caplog.at_level(logging.DEBUG):
+        async with client(Server(answer), retry=RetryPolicy(wait=False, attempts=2)) as api:
+            with pytest.raises(ServerError, match="unreadable answer") as info:
+                await api.status("r-1")
+    assert TOKEN not in str(info.value)
+    assert "text/***" in str(info.value)
+    assert TOKEN not in caplog.text
+    assert "text/***" in caplog.text  # the retry's log line, scrubbed too
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("call", ["submit", "status", "download"])
+async def test_a_token_in_a_transport_error_is_scrubbed_along_the_whole_chain(
+    call: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    error = httpx.RemoteProtocolError(f"illegal header line: bytearray(b'Bearer {TOKEN}\nX')")
+    with caplog.at_level(logging.DEBUG):
+        async with client(Server(error), retry=RetryPolicy(wait=False, attempts=2)) as api:
+            with pytest.raises(ComfysweepError) as info:
+                await _call(api, call, tmp_path)
+    chain: list[BaseException] = []
+    current: BaseException | None = info.value
+    while current is not None:
+        chain.append(current)
+        current = current.__cause__
+    assert len(chain) >= 2  # the cause is kept, scrubbed
+    for exc in chain:
+        assert TOKEN not in str(exc)
+        assert "\n" not in str(exc)
+    assert TOKEN not in caplog.text

@@ -75,6 +75,15 @@ async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
     """Read the whole request, then close without a word (a job may have been created)."""
 
 
+async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Headers at once, then one body byte at a time until the client hangs up."""
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n")
+    while True:
+        await writer.drain()
+        await asyncio.sleep(0.02)
+        writer.write(b" ")
+
+
 async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Never answer; return once the client gives up and closes the connection."""
     await reader.read()
@@ -190,3 +199,33 @@ async def test_a_cancelled_submit_is_not_retried() -> None:
         await anyio.sleep(0.1)
     assert scope.cancelled_caught
     assert len(server.requests) == 1
+
+
+# -- a total deadline: a trickling server never holds a call past it ----------------------------
+
+
+@pytest.mark.anyio
+async def test_a_trickled_submit_ends_at_its_deadline_as_an_unknown_outcome() -> None:
+    async with wire(trickle) as (server, base), api(base, timeout=0.2) as client:
+        with pytest.raises(OutcomeUnknown, match="DeadlineExceeded") as info:
+            await client.submit(MODEL, {"56_text": "x"})
+    assert "total deadline" in str(info.value)
+    assert len(server.requests) == 1  # never resent
+
+
+@pytest.mark.anyio
+async def test_a_trickled_read_ends_at_its_deadline_after_its_retries() -> None:
+    async with wire(trickle) as (server, base), api(base, timeout=0.2) as client:
+        with pytest.raises(TransportError, match="DeadlineExceeded"):
+            await client.status("r1")
+    assert len(server.requests) == 3
+
+
+@pytest.mark.anyio
+async def test_a_trickled_download_ends_at_its_deadline_and_leaves_no_file(tmp_path: Path) -> None:
+    dest = tmp_path / "out.part"
+    async with wire(trickle) as (server, base), api(base, timeout=0.2, attempts=2) as client:
+        with pytest.raises(DownloadError, match="DeadlineExceeded"):
+            await client.download(base.removesuffix("/v1") + "/media/a.mp4", dest)
+    assert len(server.requests) == 2
+    assert not dest.exists()

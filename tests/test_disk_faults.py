@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-import orchestrator.client
+import orchestrator.download
 from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.retry import RetryPolicy
 from orchestrator.store import JobState, Store
@@ -77,7 +77,7 @@ class Disk:
 
     def heal(self) -> None:
         if self.injected is not None:
-            self.monkeypatch.delattr(orchestrator.client, "open")
+            self.monkeypatch.delattr(orchestrator.download, "open")
             self.injected = None
         for folder in self.ro_mounts:
             subprocess.run(["umount", str(folder)], check=True)
@@ -99,7 +99,7 @@ class Disk:
                 raise OSError(code, os.strerror(code), str(file))
             return builtins.open(file, mode, *args, **kwargs)
 
-        self.monkeypatch.setattr(orchestrator.client, "open", failing_open, raising=False)
+        self.monkeypatch.setattr(orchestrator.download, "open", failing_open, raising=False)
 
 
 @pytest.fixture

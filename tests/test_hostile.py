@@ -13,16 +13,18 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from orchestrator.client import MAX_URLS
 from orchestrator.retry import RetryPolicy
 from orchestrator.runner import RunReport
 from orchestrator.store import JobState, Store
@@ -44,7 +46,8 @@ class Request:
     body: bytes
 
 
-Answer = bytes | None  # raw bytes to send, then close; None: never answer
+# raw bytes to send, then close; None: never answer; an async iterator: pieces sent as they come
+Answer = bytes | None | AsyncIterator[bytes]
 Handler = Callable[[Request], Awaitable[Answer]]
 
 
@@ -127,9 +130,13 @@ class Server:
             answer = await self._answer(request)
             if answer is None:
                 await asyncio.sleep(3600)  # silence, until the test ends
-            else:
+            elif isinstance(answer, bytes):
                 writer.write(answer)
                 await writer.drain()
+            else:
+                async for piece in answer:  # until the client hangs up
+                    writer.write(piece)
+                    await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -234,6 +241,54 @@ def answer(raw: bytes) -> Handler:
 
 async def silence(request: Request) -> Answer:
     return None
+
+
+async def trickle(request: Request) -> Answer:
+    """Headers at once, then one body byte at a time, forever: no single read ever times out."""
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 99999\r\n\r\n"
+        while True:
+            await asyncio.sleep(0.02)
+            yield b" "
+
+    return pieces()
+
+
+def log_lines(folder: Path) -> list[str]:
+    """run.log's lines that do not start like a line the logger wrote: each one is forged."""
+    lines = (folder / "run.log").read_text().splitlines()
+    written = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ \S+:\d+ [A-Z]+ comfysweep")
+    return [line for line in lines if not written.match(line)]
+
+
+def nth_submit(n: int, body: str) -> Handler:
+    """Answer the ``n``th submit (1-based) with ``body``, every other one as the API would."""
+    seen = 0
+
+    async def handler(request: Request) -> Answer:
+        nonlocal seen
+        seen += 1
+        return http(200, body) if seen == n else ok({"request_id": f"r{seen}"})
+
+    return handler
+
+
+def first_result(body: Callable[[str], str]) -> Handler:
+    """The first job asked about gets ``body(rid)`` as its result, every other one the usual."""
+    chosen: list[str] = []
+
+    async def handler(request: Request) -> Answer:
+        rid = request.path.split("/")[3]
+        chosen[:] = chosen or [rid]
+        if rid == chosen[0]:
+            return http(200, body(rid))
+        url = f"http://{request.headers['host']}/files/{rid}.mp4"
+        return ok(
+            {"request_id": rid, "status": "succeeded", "output": {"video": url}, "cost": 0.25}
+        )
+
+    return handler
 
 
 def test_the_happy_script_is_a_complete_run(tmp_path: Path, api: Server) -> None:
@@ -409,3 +464,133 @@ def test_cli_run_with_a_short_timeout_ends_against_silence(tmp_path: Path, api: 
     assert "retry SPEC --unknown" in done.stdout
     assert "Traceback" not in done.stderr
     assert TOKEN not in done.stdout + done.stderr
+
+
+# -- values out of bounds: a clear state for the job, the others' paid outputs downloaded --------
+
+
+@pytest.mark.parametrize(
+    ("rid", "why"),
+    [
+        ('"' + "x" * 65536 + '"', "request id of 65536 characters (at most 128)"),
+        ('"r1\\n2026-01-01 00:00:00,000 forged:1 INFO comfysweep: all paid"', "characters outside"),
+        ('"../../etc"', "characters outside"),
+        ("[1]", "a JSON list"),
+    ],
+    ids=["64KiB", "newline", "slash", "list"],
+)
+def test_a_submit_answered_with_a_request_id_out_of_bounds_is_unknown_and_never_resent(
+    tmp_path: Path, api: Server, rid: str, why: str
+) -> None:
+    api.script["submit"] = nth_submit(1, '{"request_id": ' + rid + "}")
+    report, folder = run(tmp_path, api)
+    assert report.counts["unknown"] == 1, report
+    assert report.counts["done"] == 3, report
+    assert len([r for r in api.requests if r.method == "POST"]) == 4  # never resent
+    assert [why in d and "may exist and be billed" in d for d in details(folder, JobState.UNKNOWN)]
+    assert all(why in d for d in details(folder, JobState.UNKNOWN)), details(
+        folder, JobState.UNKNOWN
+    )
+    assert log_lines(folder) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"status": "succeeded", "output": {"video": "URL"}, "cost": NaN}',
+        '{"status": "succeeded", "output": {"video": "URL"}, "cost": Infinity, "t": -Infinity}',
+        '{"status": "succeeded", "output": {"video": "URL"}, "cost": 1e999, "n": [NaN]}',
+        '{"status": "succeeded", "output": {"video": "URL"}, "cost": "nan"}',
+    ],
+    ids=["nan", "infinity", "overflow", "nan-string"],
+)
+def test_non_finite_numbers_in_a_result_are_read_as_null_and_the_output_downloaded(
+    tmp_path: Path, api: Server, body: str
+) -> None:
+    api.script["result"] = first_result(
+        lambda rid: body.replace("URL", f"{api.origin}/files/{rid}.mp4")
+    )
+    report, folder = run(tmp_path, api)
+    assert report.complete, report
+    assert len(list(folder.glob("*.mp4"))) == 4
+    with Store.open(folder / "comfysweep.db", readonly=True) as db:
+        costs = [row.cost for row in db.jobs([JobState.DONE])]
+    assert costs.count(None) == 1, costs  # the NaN one: read as null
+    assert "NaN" not in (folder / "manifest.jsonl").read_text()
+
+
+def test_non_finite_numbers_in_a_status_are_read_as_null(tmp_path: Path, api: Server) -> None:
+    api.script["status"] = answer(
+        http(200, '{"status": "completed", "queue_position": NaN, "eta": -Infinity}')
+    )
+    report, folder = run(tmp_path, api)
+    assert report.complete, report
+    assert "non-finite" in (folder / "run.log").read_text()
+
+
+def test_a_result_with_more_urls_than_the_cap_fails_clearly_and_downloads_nothing(
+    tmp_path: Path, api: Server
+) -> None:
+    many = 2000
+
+    def body(rid: str) -> str:
+        urls = [f"{api.origin}/files/{rid}-{n}.mp4" for n in range(many)]
+        return json.dumps({"status": "succeeded", "output": {"videos": urls}, "cost": 0.5})
+
+    api.script["result"] = first_result(body)
+    report, folder = run(tmp_path, api)
+    assert report.counts["failed"] == 1, report
+    assert report.counts["done"] == 3, report
+    [detail] = details(folder, JobState.FAILED)
+    assert f"lists {many} output URLs" in detail, detail
+    assert f"cap of {MAX_URLS}" in detail, detail
+    assert not [r for r in api.requests if r.path.startswith("/files/") and "-" in r.path]
+    with Store.open(folder / "comfysweep.db", readonly=True) as db:
+        [failed] = db.jobs([JobState.FAILED])
+    assert failed.cost == 0.5  # paid for all the same: counted
+
+
+# -- deadlines: a server trickling bytes cannot hang the run -----------------------------------
+
+
+@pytest.mark.parametrize("endpoint", ["submit", "download"])
+def test_a_server_trickling_bytes_ends_the_run_by_the_total_deadline(
+    tmp_path: Path, api: Server, endpoint: str
+) -> None:
+    api.script[endpoint] = trickle
+    report, folder = run(tmp_path, api, Overrides(poll_interval=0.01, timeout=0.3))
+    if endpoint == "submit":
+        # each submit sent once and its answer never completed: unknown, never resent
+        assert report.counts["unknown"] >= 3, report
+        assert report.counts["unknown"] + report.counts["pending"] == 4, report
+        assert len([r for r in api.requests if r.method == "POST"]) == report.counts["unknown"]
+        assert all("DeadlineExceeded" in d for d in details(folder, JobState.UNKNOWN))
+    else:
+        assert report.counts["succeeded"] == 4, report  # paid, kept, downloadable next run
+        assert all("DeadlineExceeded" in e for e in errors(folder, JobState.SUCCEEDED))
+        assert not list(folder.glob("*.mp4"))
+
+
+# -- download origins ------------------------------------------------------------------------
+
+
+def test_an_output_on_another_port_of_the_api_host_is_refused(tmp_path: Path, api: Server) -> None:
+    other = Server()  # the same host, another port: another origin
+    other.start()
+    try:
+
+        async def result(request: Request) -> Answer:
+            rid = request.path.split("/")[3]
+            url = f"{other.origin}/files/{rid}.mp4"
+            return ok({"request_id": rid, "status": "succeeded", "output": {"video": url}})
+
+        api.script["result"] = result
+        report, folder = run(tmp_path, api)
+    finally:
+        other.close()
+    assert other.requests == []
+    assert report.counts["succeeded"] == 4, report
+    assert all(
+        "refusing" in e and f"127.0.0.1:{other.port}" in e
+        for e in errors(folder, JobState.SUCCEEDED)
+    ), errors(folder, JobState.SUCCEEDED)

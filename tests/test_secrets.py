@@ -23,7 +23,7 @@ from orchestrator.sweep import Overrides, run_sweep
 
 from .chaos.harness import emulator_process, run_env
 from .sweeps import write_spec
-from .test_hostile import Request, Server, answer, http, ok
+from .test_hostile import NO_WAIT, Request, Server, answer, http, ok
 
 TOKEN = "secret-Tk-0b8d4f6e2a91c375"
 SPEC = """\
@@ -161,3 +161,92 @@ def test_a_server_echoing_the_token_cannot_make_us_store_or_print_it(
     captured = capsys.readouterr()
     printed = captured.out + captured.err + " ".join(report.messages) + str(report.stop_reason)
     assert leaks([tmp_path / "results", home], printed) == []
+
+
+def header_echo(request: Request, where: str) -> bytes:
+    """An answer whose headers repeat the token: in Content-Type or in a line without a colon.
+
+    The API's own origin serves downloads too, and knows the token: it echoes it there as well.
+    """
+    said = f"Bearer {TOKEN}"
+    if where == "content-type":
+        head = f"HTTP/1.1 200 X\r\nContent-Type: text/plain; echo={said}\r\nContent-Length: 2\r\n"
+    else:  # a header line without a colon: httpx's error message repeats it
+        head = f"HTTP/1.1 200 X\r\nyou sent {said}\r\nContent-Length: 2\r\n"
+    return (head + "Connection: close\r\n\r\nhi").encode()
+
+
+@pytest.fixture
+def header_server() -> Iterator[Server]:
+    server = Server()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "where"),
+    [
+        ("status", "content-type"),
+        ("result", "content-type"),
+        ("submit", "header-line"),
+        ("status", "header-line"),
+        ("result", "header-line"),
+        ("download", "header-line"),
+    ],
+)
+def test_a_token_echoed_in_a_response_header_is_never_stored_logged_or_printed(
+    tmp_path: Path,
+    header_server: Server,
+    capsys: pytest.CaptureFixture[str],
+    endpoint: str,
+    where: str,
+) -> None:
+    async def echo(request: Request) -> bytes:
+        return header_echo(request, where)
+
+    header_server.script[endpoint] = echo
+    home = Path(os.environ["COMFYSWEEP_HOME"])
+    spec = write_spec(tmp_path, name="headers")
+    report = run_sweep(
+        spec,
+        base_url=f"{header_server.origin}/v1",
+        token=TOKEN,
+        overrides=Overrides(poll_interval=0.01, timeout=2.0),
+        retry=NO_WAIT,
+        stream=sys.stderr,
+    )
+    assert report.counts["done"] < 4, report  # the echo did hit
+    log = (tmp_path / "results" / "headers" / "run.log").read_text()
+    assert "***" in log  # the token's place, scrubbed
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err + " ".join(report.messages) + str(report.stop_reason)
+    assert leaks([tmp_path / "results", home], printed) == []
+
+
+def test_cli_prints_no_token_echoed_in_a_malformed_header_line(
+    tmp_path: Path, header_server: Server
+) -> None:
+    async def echo(request: Request) -> bytes:
+        return header_echo(request, "header-line")
+
+    header_server.script["submit"] = echo
+    spec = write_spec(tmp_path, name="cli")
+    env = {
+        **os.environ,
+        "RUNCOMFY_MODEL_API_BASE": f"{header_server.origin}/v1",
+        "RUNCOMFY_API_TOKEN": TOKEN,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", str(spec), "--timeout", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr  # lost answers in a row stop the sweep
+    assert "illegal header line" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert leaks([tmp_path / "results"], done.stdout + done.stderr) == []
