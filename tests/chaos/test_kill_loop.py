@@ -8,6 +8,7 @@ with a reason), and every ``unknown`` job is explained by a kill or a fault.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -23,9 +24,11 @@ import pytest
 from orchestrator.canonical import input_sha256
 from orchestrator.store import JobRow, JobState, Store
 
+from ..waiting import PATIENCE, store_events, wait_for
 from .harness import FIGURES_KEY, TOKEN, Figures, emulator_process, run_env, start_run
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
+# Generous: a loaded machine may take several times the minute or two an idle one does.
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
 SEED = 20261125
 KILLS = 18
@@ -92,20 +95,27 @@ def test_kill_loop_pays_once_and_loses_nothing(
     with emulator_process(tmp_path / "emulator", FAULTS, speed=250, workers=4) as emu:
         env = run_env(emu.base_url)
         with printed.open("w") as out:
-            # Kill at random moments while work remains (a run starts in ~0.4 s, so most
-            # kills land mid-stride); a run that ends by itself first is simply run again.
+            # Kill at random moments while work remains: each run is killed once it has made
+            # a random number of state changes (seen in its store), plus a random instant, so a
+            # kill never lands before the run has started however slow the machine is. A run
+            # that ends by itself first (a fatal stop) is simply run again.
             while figures.kills < KILLS:
+                before = store_events(folder / "comfysweep.db")
+                progress = rng.randint(1, 40)
                 proc = start_run(spec, env, out)
                 figures.runs += 1
-                try:
-                    proc.wait(timeout=rng.uniform(0.4, 1.8))
-                except subprocess.TimeoutExpired:
+                moved = functools.partial(_ended_or_moved, proc, folder, before + progress)
+                wait_for(moved, f"run {figures.runs} making {progress} state changes")
+                if proc.poll() is None:
+                    time.sleep(rng.uniform(0.0, 0.25))  # a random moment after the event
+                if proc.poll() is None:
                     proc.kill()
                     proc.wait()
                     figures.kills += 1
                     cut |= _keys(folder, JobState.SUBMITTING)
                     figures.in_flight_at_kills += len(_keys(folder, *_UNFINISHED[1:]))
                 else:
+                    proc.wait()
                     assert proc.returncode in (0, 1, 3), printed.read_text()[-3000:]
                     assert _keys(folder, *_UNFINISHED), "the sweep ended before the kills did"
             # The final runs: each exits by itself (a fatal stop such as a 429 streak ends one
@@ -113,7 +123,7 @@ def test_kill_loop_pays_once_and_loses_nothing(
             for _ in range(4):
                 proc = start_run(spec, env, out)
                 figures.runs += 1
-                assert proc.wait(timeout=120) in (0, 1, 3)
+                assert proc.wait(timeout=PATIENCE * 3) in (0, 1, 3)
                 if not _keys(folder, *_UNFINISHED):
                     break
         ledger = emu.ledger()
@@ -136,6 +146,11 @@ _UNFINISHED = (
     JobState.RUNNING,
     JobState.SUCCEEDED,
 )
+
+
+def _ended_or_moved(proc: subprocess.Popen[str], folder: Path, events: int) -> bool:
+    """The run has ended, or its store holds at least ``events`` state changes."""
+    return proc.poll() is not None or store_events(folder / "comfysweep.db") >= events
 
 
 def _keys(folder: Path, *states: JobState) -> set[str]:

@@ -1,0 +1,55 @@
+"""Waiting for an event, never for a moment: poll the thing itself under a generous deadline.
+
+A fixed sleep guesses how long something takes; a busy machine makes the guess wrong. These
+helpers look at the event (a state in the store, a line in a log, a count in the emulator's
+ledger) until it happens, and fail with a message naming it only after ``PATIENCE`` seconds.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+from typing import TypeVar
+
+PATIENCE = 120.0  # seconds: far longer than anything takes, even on a machine 10x slower
+T = TypeVar("T")
+
+
+def wait_for(
+    check: Callable[[], T],
+    what: str,
+    *,
+    patience: float = PATIENCE,
+    proc: subprocess.Popen[str] | subprocess.Popen[bytes] | None = None,
+) -> T:
+    """Call ``check`` until it returns something true and return that; fail naming ``what``.
+
+    With ``proc``, fail at once if that process ends first (the event can no longer come).
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        answer = check()
+        if answer:
+            return answer
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: the process ended first (exit {proc.returncode})")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {patience:.0f} s")
+        time.sleep(0.02)
+
+
+def store_events(db_path: Path) -> int:
+    """How many state changes the store at ``db_path`` holds (0 before it exists)."""
+    if not db_path.exists():
+        return 0
+    uri = f"file:{db_path}?mode=ro"
+    try:
+        with closing(sqlite3.connect(uri, uri=True, timeout=30.0)) as raw:
+            (count,) = raw.execute("SELECT count(*) FROM events").fetchone()
+    except sqlite3.OperationalError:  # created but not migrated yet: no table
+        return 0
+    return int(count)
