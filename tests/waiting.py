@@ -53,3 +53,32 @@ def store_events(db_path: Path) -> int:
     except sqlite3.OperationalError:  # created but not migrated yet: no table
         return 0
     return int(count)
+
+
+class DrivenClock:
+    """An emulator clock the test drives: real time until ``freeze()``, then only ``advance()``.
+
+    ``EmulatorConfig(clock=DrivenClock(frozen=True))`` keeps every job where it is (running stays
+    running however slow the machine) until the test moves time on, after the event it awaited.
+    """
+
+    def __init__(self, *, frozen: bool = False) -> None:
+        self.offset = 0.0
+        self.now: float | None = time.time() if frozen else None
+
+    def __call__(self) -> float:
+        return self.now if self.now is not None else time.time() + self.offset
+
+    def freeze(self) -> None:
+        self.now = self()
+
+    def release(self) -> None:
+        """Run with real time again, from where the clock stood (it never goes back)."""
+        if self.now is not None:
+            self.offset, self.now = self.now - time.time(), None
+
+    def advance(self, seconds: float) -> None:
+        if self.now is not None:
+            self.now += seconds
+        else:
+            self.offset += seconds
