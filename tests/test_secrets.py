@@ -152,7 +152,7 @@ def test_a_server_echoing_the_token_cannot_make_us_store_or_print_it(
         spec,
         base_url=f"{echo.origin}/v1",
         token=TOKEN,
-        overrides=Overrides(poll_interval=0.01, timeout=2.0),
+        overrides=Overrides(poll_interval=0.01, timeout=60.0),
         retry=RetryPolicy(wait=False, attempts=2),
     )
     assert report.counts["failed"] == 4, report  # seed 3 refused (2 jobs), seed 2 failed (2)
