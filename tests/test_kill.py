@@ -21,6 +21,7 @@ from .sweeps import run_until_killed, write_spec
 from .waiting import PATIENCE, DrivenClock, wait_for
 
 DRIVER = Path(__file__).with_name("kill_driver.py")
+pytestmark = pytest.mark.timeout(300)  # runs in subprocesses: slow on a busy machine
 
 
 @pytest.fixture

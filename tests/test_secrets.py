@@ -67,6 +67,7 @@ def leaks(folders: list[Path], printed: str) -> list[str]:
     return found + (["printed output"] if TOKEN in printed else [])
 
 
+@pytest.mark.timeout(300)  # two runs in subprocesses under faults: slow on a busy machine
 def test_a_chaos_style_run_writes_and_prints_no_token(tmp_path: Path) -> None:
     home = Path(os.environ["COMFYSWEEP_HOME"])  # the isolated home conftest sets
     spec = tmp_path / "secrets.yaml"
