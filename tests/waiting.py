@@ -42,14 +42,18 @@ def wait_for(
         time.sleep(0.02)
 
 
-def store_events(db_path: Path) -> int:
-    """How many state changes the store at ``db_path`` holds (0 before it exists)."""
+def store_events(db_path: Path, to_state: str | None = None) -> int:
+    """How many state changes (into ``to_state``, or any) the store at ``db_path`` holds.
+
+    0 before the store exists. Read with sqlite3 directly, so a runner mid-write is no obstacle.
+    """
     if not db_path.exists():
         return 0
     uri = f"file:{db_path}?mode=ro"
+    where, args = ("WHERE to_state = ?", (to_state,)) if to_state else ("", ())
     try:
         with closing(sqlite3.connect(uri, uri=True, timeout=30.0)) as raw:
-            (count,) = raw.execute("SELECT count(*) FROM events").fetchone()
+            (count,) = raw.execute(f"SELECT count(*) FROM events {where}", args).fetchone()
     except sqlite3.OperationalError:  # created but not migrated yet: no table
         return 0
     return int(count)

@@ -95,19 +95,22 @@ def test_kill_loop_pays_once_and_loses_nothing(
     with emulator_process(tmp_path / "emulator", FAULTS, speed=250, workers=4) as emu:
         env = run_env(emu.base_url)
         with printed.open("w") as out:
-            # Kill at random moments while work remains: each run is killed once it has made
-            # a random number of state changes (seen in its store), plus a random instant, so a
-            # kill never lands before the run has started however slow the machine is. A run
-            # that ends by itself first (a fatal stop) is simply run again.
+            # Kill at random moments while work remains: each run is killed after an event
+            # seen in its store (a random number of state changes, so often mid-submit, or of
+            # jobs done, so mid-stride), plus a random instant; never before the run has
+            # started, however slow the machine. A run that ends by itself first (a fatal
+            # stop) is simply run again.
             while figures.kills < KILLS:
-                before = store_events(folder / "comfysweep.db")
-                progress = rng.randint(1, 40)
+                to_state = rng.choice([None, "done"])
+                progress = rng.randint(1, 30) if to_state is None else rng.randint(1, 6)
+                event = f"{progress} state changes" + (f" to {to_state}" if to_state else "")
+                target = store_events(folder / "comfysweep.db", to_state) + progress
                 proc = start_run(spec, env, out)
                 figures.runs += 1
-                moved = functools.partial(_ended_or_moved, proc, folder, before + progress)
-                wait_for(moved, f"run {figures.runs} making {progress} state changes")
+                moved = functools.partial(_ended_or_moved, proc, folder, to_state, target)
+                wait_for(moved, f"run {figures.runs} making {event}")
                 if proc.poll() is None:
-                    time.sleep(rng.uniform(0.0, 0.25))  # a random moment after the event
+                    time.sleep(rng.uniform(0.0, 0.3))  # a random moment after the event
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
@@ -148,9 +151,11 @@ _UNFINISHED = (
 )
 
 
-def _ended_or_moved(proc: subprocess.Popen[str], folder: Path, events: int) -> bool:
-    """The run has ended, or its store holds at least ``events`` state changes."""
-    return proc.poll() is not None or store_events(folder / "comfysweep.db") >= events
+def _ended_or_moved(
+    proc: subprocess.Popen[str], folder: Path, to_state: str | None, events: int
+) -> bool:
+    """The run has ended, or its store holds ``events`` state changes (into ``to_state``)."""
+    return proc.poll() is not None or store_events(folder / "comfysweep.db", to_state) >= events
 
 
 def _keys(folder: Path, *states: JobState) -> set[str]:
