@@ -3,6 +3,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# No deadline and no "too slow" health check: a loaded machine is 10x slower, and a timing
+# failure says nothing about the code. The example database stays the default (.hypothesis/), so
+# a failing example replays on the next run; print_blob prints how to replay it anywhere.
+settings.register_profile(
+    "comfysweep",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.load_profile("comfysweep")
 
 
 @pytest.fixture

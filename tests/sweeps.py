@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Protocol
 
+from .waiting import PATIENCE
+
 SPEC = """\
 name: {name}
 model: community/wan-2-2/vace-fun
@@ -49,6 +51,6 @@ def run_until_killed(driver: Path, spec: Path, api: Api, *args: str) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=PATIENCE,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr

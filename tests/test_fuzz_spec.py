@@ -23,12 +23,12 @@ from orchestrator.cli import cli
 from orchestrator.errors import ComfysweepError
 from orchestrator.plan import plan_summary
 
-# No example database (CI-friendly: nothing written to the work tree), no deadline (the first
-# load of a model schema is slow), few examples (each writes a file and plans a spec).
+# The example database is kept (.hypothesis/, ignored by git) so a failure replays on the next
+# run; no deadline (the first load of a model schema is slow), few examples (each writes a file
+# and plans a spec).
 FUZZ = settings(
     max_examples=100,
     deadline=None,
-    database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 ITERATE_UP_TO = 3000
@@ -248,8 +248,7 @@ def test_mutated_valid_spec(tmp_path: Path, cut: int, length: int, insert: str) 
 @settings(
     max_examples=15,
     deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(spec=spec_dicts())
 def test_cli_plan_is_exit_0_or_one_line_exit_1(tmp_path: Path, spec: dict[str, Any]) -> None:

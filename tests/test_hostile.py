@@ -34,7 +34,7 @@ from .sweeps import write_spec
 
 TOKEN = "hostile-Tk-5c9e2a7f"
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8
-QUICK = Overrides(poll_interval=0.01, timeout=0.5)
+QUICK = Overrides(poll_interval=0.01, timeout=60.0)  # generous: a busy machine answers late
 NO_WAIT = RetryPolicy(attempts=3, wait=False)
 
 

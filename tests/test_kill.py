@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,13 +18,20 @@ from orchestrator.store import JobState, Store
 from orchestrator.sweep import Overrides, cancel_sweep, run_sweep, sweep_status
 
 from .sweeps import SPEC, run_until_killed, write_spec
+from .waiting import PATIENCE, DrivenClock, wait_for
 
 DRIVER = Path(__file__).with_name("kill_driver.py")
+pytestmark = pytest.mark.timeout(300)  # runs in subprocesses: slow on a busy machine
 
 
 @pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    with Emulator(EmulatorConfig(speed=500.0, workers=4)) as emu:
+def clock() -> DrivenClock:
+    return DrivenClock()
+
+
+@pytest.fixture
+def emulator(clock: DrivenClock) -> Iterator[Emulator]:
+    with Emulator(EmulatorConfig(speed=500.0, workers=4, clock=clock)) as emu:
         yield emu
 
 
@@ -58,10 +64,13 @@ def test_kill_before_the_request_id_is_stored(
     ("point", "after"), [("polling", 1), ("polling", 5), ("downloading", 1), ("downloading", 3)]
 )
 def test_kill_mid_poll_or_download_loses_nothing(
-    tmp_path: Path, emulator: Emulator, point: str, after: int
+    tmp_path: Path, emulator: Emulator, clock: DrivenClock, point: str, after: int
 ) -> None:
     spec = write_spec(tmp_path)
+    if point == "polling":
+        clock.freeze()  # no job ends before the AFTER-th poll, however slow the runner is
     killed_run(spec, emulator, point, after)
+    clock.release()
     report = resume(spec, emulator)
     assert report.complete, report
     ledger = emulator.ledger()
@@ -102,7 +111,8 @@ def test_kill_while_the_store_is_locked_and_the_id_is_only_in_the_journal(
 
 
 def test_cancel_after_a_killed_run_cancels_only_queued_jobs(tmp_path: Path) -> None:
-    with Emulator(EmulatorConfig(speed=1.0, workers=1)) as emu:
+    # Time stands still: the one job the worker took stays running, the others stay queued.
+    with Emulator(EmulatorConfig(speed=1.0, workers=1, clock=DrivenClock(frozen=True))) as emu:
         spec = write_spec(tmp_path)
         killed_run(spec, emu, "polling", 3)
         report = cancel_sweep(spec, base_url=emu.base_url, token=emu.token)
@@ -118,8 +128,10 @@ def test_cancel_after_a_killed_run_cancels_only_queued_jobs(tmp_path: Path) -> N
 def test_ctrl_c_with_abort_cancels_queued_jobs_and_finishes_the_running_one(
     tmp_path: Path,
 ) -> None:
-    # One worker, jobs of ~2 s: one job runs while two wait in the queue.
-    with Emulator(EmulatorConfig(speed=20.0, workers=1)) as emu:
+    # One worker and time standing still: one job runs while two wait in the queue, until the
+    # test moves the clock on once the two queued ones are cancelled.
+    clock = DrivenClock(frozen=True)
+    with Emulator(EmulatorConfig(speed=1.0, workers=1, clock=clock)) as emu:
         spec = write_spec(tmp_path)
         env = {
             **os.environ,
@@ -128,11 +140,11 @@ def test_ctrl_c_with_abort_cancels_queued_jobs_and_finishes_the_running_one(
         }
         command = [sys.executable, "-m", "orchestrator", "run", str(spec), "--abort"]
         proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 30
-        while len(emu.ledger()["jobs"]) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: len(emu.ledger()["jobs"]) == 3, "three jobs submitted", proc=proc)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        wait_for(lambda: _statuses(emu).count("cancelled") == 2, "two jobs cancelled", proc=proc)
+        clock.advance(600.0)  # the running job (84 simulated seconds) ends; its output is fresh
+        out, err = proc.communicate(timeout=PATIENCE)
         ledger = emu.ledger()
     assert proc.returncode == 3, err
     assert b"cannot be cancelled and will be billed" in err
@@ -141,3 +153,7 @@ def test_ctrl_c_with_abort_cancels_queued_jobs_and_finishes_the_running_one(
     counts = sweep_status(spec)["counts"]
     assert (counts["done"], counts["cancelled"], counts["pending"]) == (1, 2, 1)
     assert b"1 done" in out
+
+
+def _statuses(emu: Emulator) -> list[str]:
+    return [job["status"] for job in emu.ledger()["jobs"]]

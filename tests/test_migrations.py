@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from orchestrator.store.schema import (
 from orchestrator.store.tables import metadata
 from tests.test_store import MODEL, FakeJob, make_jobs
 from tests.test_store_blobs import assert_exact, data_uri
+from tests.waiting import wait_for
 
 
 def schema_diffs(url: str) -> list[object]:
@@ -143,11 +143,8 @@ def open_and_kill(path: Path, tmp_path: Path, *extra: str) -> None:
     env = {**os.environ, "COMFYSWEEP_TEST_MIGRATION_PAUSE": str(ready)}
     proc = subprocess.Popen([sys.executable, "-c", OPENER, str(path), *extra], env=env)
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():  # touched with the migration applied, uncommitted
-            assert proc.poll() is None, "the opener exited before reaching the migration"
-            assert time.monotonic() < deadline, "the opener never reached the migration"
-            time.sleep(0.02)
+        # The file is touched with the migration applied, uncommitted.
+        wait_for(ready.exists, "the opener reaching the migration", proc=proc)
         proc.send_signal(signal.SIGKILL)
         assert proc.wait() == -signal.SIGKILL
     finally:

@@ -4,6 +4,7 @@ import itertools
 import json
 import math
 import os
+import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from orchestrator import count_jobs, iter_jobs, load_spec
+from orchestrator import count_jobs, grid, iter_jobs, load_spec
+from orchestrator import plan as planning
 from orchestrator.cli import cli
 from orchestrator.plan import stream_jobs
 from orchestrator.prices import (
@@ -88,12 +90,35 @@ def test_plan_jobs_streams_every_job_as_jsonl() -> None:
     assert set(records[0]["inputs"]) >= {"prompt", "image", "seed", "steps", "cfg", "shift"}
 
 
-def test_plan_jobs_is_lazy(tmp_path: Path) -> None:
-    body = {"axes": {"seed": {"count": 1000}, "cfg": [1, 2, 3, 4, 5], "steps": list(range(2, 202))}}
-    spec = load_spec(write_spec(tmp_path, {"axes": body["axes"] | {"steps": list(range(2, 41))}}))
+def test_plan_jobs_is_lazy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three jobs out of 195,000 build three jobs, not the grid (counted, not timed)."""
+    axes = {"seed": {"count": 1000}, "cfg": [1, 2, 3, 4, 5], "steps": list(range(2, 41))}
+    spec = load_spec(write_spec(tmp_path, {"axes": axes}))
     assert count_jobs(spec).jobs == 1000 * 5 * 39
-    first = list(itertools.islice(stream_jobs(spec), 3))
+    keys: list[str] = []
+    records: list[int] = []
+    real_key, real_record = grid.job_key, planning.job_record
+
+    def counted_key(*args: Any) -> str:
+        keys.append(real_key(*args))
+        return keys[-1]
+
+    def counted_record(job: Any, **kwargs: Any) -> dict[str, Any]:
+        records.append(job.index)
+        return real_record(job, **kwargs)
+
+    monkeypatch.setattr("orchestrator.grid.job_key", counted_key)
+    monkeypatch.setattr("orchestrator.plan.job_record", counted_record)
+    tracemalloc.start()
+    try:
+        first = list(itertools.islice(stream_jobs(spec), 3))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert [r["index"] for r in first] == [0, 1, 2]
+    assert len(keys) <= 10
+    assert records == [0, 1, 2]
+    assert peak < 4_000_000  # all 195,000 combinations as dicts would take hundreds of MB
 
 
 def test_plan_json_of_a_million_jobs(tmp_path: Path) -> None:

@@ -174,12 +174,22 @@ def test_request_faults_end_in_the_designed_state(
 
 
 def test_expired_and_unknown_jobs_say_why(tmp_path: Path) -> None:
-    fault_run(tmp_path, "early_expiry")
+    report, _, _ = fault_run(tmp_path, "early_expiry")
+    assert report.counts["expired"] == 4
     with Store.open(tmp_path / "results" / "early_expiry" / "comfysweep.db") as db:
-        for row in db.jobs():
+        expired = list(db.jobs([JobState.EXPIRED]))
+        assert len(expired) == 4
+        for row in expired:
             (event,) = [e for e in db.events(row.key) if e.to_state == "expired"]
             assert event.detail
             assert "expired" in event.detail
+    report, _, _ = fault_run(tmp_path, "drop_after_create", limit=1)
+    assert report.counts["unknown"] == 1
+    with Store.open(tmp_path / "results" / "drop_after_create" / "comfysweep.db") as db:
+        (row,) = db.jobs([JobState.UNKNOWN])
+        (event,) = [e for e in db.events(row.key) if e.to_state == "unknown"]
+        assert event.detail
+        assert "answer was lost" in event.detail, event.detail
 
 
 def test_a_restart_that_forgets_jobs_makes_them_lost(tmp_path: Path) -> None:

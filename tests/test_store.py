@@ -398,12 +398,12 @@ def test_readonly_reader_reads_while_a_writer_holds_the_write_lock(
 
 
 HOLDER = """
-import sys, time
+import signal, sys
 from orchestrator.store import Store
 store = Store.open(sys.argv[1])
 with store.lock("comfysweep run"):
     print("locked", flush=True)
-    time.sleep(120)
+    signal.pause()  # held until the test kills this process
 """
 
 

@@ -105,7 +105,7 @@ class Emulator:
             target=server.run, kwargs={"sockets": [sock]}, name="emulator", daemon=True
         )
         thread.start()
-        deadline = time.monotonic() + 10.0
+        deadline = time.monotonic() + 120.0  # generous: a busy machine starts uvicorn slowly
         while not server.started:
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise EmulatorError("the emulator did not start")

@@ -8,6 +8,7 @@ with a reason), and every ``unknown`` job is explained by a kill or a fault.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -23,9 +24,11 @@ import pytest
 from orchestrator.canonical import input_sha256
 from orchestrator.store import JobRow, JobState, Store
 
+from ..waiting import PATIENCE, store_events, wait_for
 from .harness import FIGURES_KEY, TOKEN, Figures, emulator_process, run_env, start_run
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
+# Generous: a loaded machine may take several times the minute or two an idle one does.
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
 SEED = 20261125
 KILLS = 18
@@ -92,20 +95,30 @@ def test_kill_loop_pays_once_and_loses_nothing(
     with emulator_process(tmp_path / "emulator", FAULTS, speed=250, workers=4) as emu:
         env = run_env(emu.base_url)
         with printed.open("w") as out:
-            # Kill at random moments while work remains (a run starts in ~0.4 s, so most
-            # kills land mid-stride); a run that ends by itself first is simply run again.
+            # Kill at random moments while work remains: each run is killed after an event
+            # seen in its store (a random number of state changes, so often mid-submit, or of
+            # jobs done, so mid-stride), plus a random instant; never before the run has
+            # started, however slow the machine. A run that ends by itself first (a fatal
+            # stop) is simply run again.
             while figures.kills < KILLS:
+                to_state = rng.choice([None, "done"])
+                progress = rng.randint(1, 30) if to_state is None else rng.randint(1, 6)
+                event = f"{progress} state changes" + (f" to {to_state}" if to_state else "")
+                target = store_events(folder / "comfysweep.db", to_state) + progress
                 proc = start_run(spec, env, out)
                 figures.runs += 1
-                try:
-                    proc.wait(timeout=rng.uniform(0.4, 1.8))
-                except subprocess.TimeoutExpired:
+                moved = functools.partial(_ended_or_moved, proc, folder, to_state, target)
+                wait_for(moved, f"run {figures.runs} making {event}")
+                if proc.poll() is None:
+                    time.sleep(rng.uniform(0.0, 0.3))  # a random moment after the event
+                if proc.poll() is None:
                     proc.kill()
                     proc.wait()
                     figures.kills += 1
                     cut |= _keys(folder, JobState.SUBMITTING)
                     figures.in_flight_at_kills += len(_keys(folder, *_UNFINISHED[1:]))
                 else:
+                    proc.wait()
                     assert proc.returncode in (0, 1, 3), printed.read_text()[-3000:]
                     assert _keys(folder, *_UNFINISHED), "the sweep ended before the kills did"
             # The final runs: each exits by itself (a fatal stop such as a 429 streak ends one
@@ -113,7 +126,7 @@ def test_kill_loop_pays_once_and_loses_nothing(
             for _ in range(4):
                 proc = start_run(spec, env, out)
                 figures.runs += 1
-                assert proc.wait(timeout=120) in (0, 1, 3)
+                assert proc.wait(timeout=PATIENCE * 3) in (0, 1, 3)
                 if not _keys(folder, *_UNFINISHED):
                     break
         ledger = emu.ledger()
@@ -136,6 +149,13 @@ _UNFINISHED = (
     JobState.RUNNING,
     JobState.SUCCEEDED,
 )
+
+
+def _ended_or_moved(
+    proc: subprocess.Popen[str], folder: Path, to_state: str | None, events: int
+) -> bool:
+    """The run has ended, or its store holds ``events`` state changes (into ``to_state``)."""
+    return proc.poll() is not None or store_events(folder / "comfysweep.db", to_state) >= events
 
 
 def _keys(folder: Path, *states: JobState) -> set[str]:

@@ -17,7 +17,7 @@ from orchestrator.sweep import Overrides, run_sweep
 
 from ..sweeps import run_until_killed, write_spec
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]  # subprocesses: slow when busy
 DRIVER = Path(__file__).with_name("die_after.py")
 
 

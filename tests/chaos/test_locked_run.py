@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,9 @@ from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.store import Store
 
 from ..sweeps import write_spec
+from ..waiting import PATIENCE, DrivenClock, wait_for
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]  # subprocesses: slow when busy
 
 
 def comfysweep(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -27,14 +27,14 @@ def comfysweep(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
         env=env,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=PATIENCE,
     )
 
 
 def test_second_run_refuses_naming_the_holder_while_status_reads(tmp_path: Path) -> None:
     spec = write_spec(tmp_path)
-    # speed 1: a job renders for a minute, so the first run is surely still holding the lock.
-    with Emulator(EmulatorConfig(speed=1.0, workers=1)) as emu:
+    # The emulator's clock stands still: no job ends, so the first run holds the lock until killed.
+    with Emulator(EmulatorConfig(speed=1.0, workers=1, clock=DrivenClock(frozen=True))) as emu:
         env = {
             **os.environ,
             "RUNCOMFY_MODEL_API_BASE": emu.base_url,
@@ -47,11 +47,8 @@ def test_second_run_refuses_naming_the_holder_while_status_reads(tmp_path: Path)
             stderr=subprocess.DEVNULL,
         )
         try:
-            deadline = time.monotonic() + 20
-            while len(emu.ledger()["jobs"]) < 3:  # concurrency 3: all three are submitted
-                assert first.poll() is None
-                assert time.monotonic() < deadline, "the first run never submitted"
-                time.sleep(0.05)
+            # concurrency 3: all three are submitted
+            wait_for(lambda: len(emu.ledger()["jobs"]) == 3, "the first run submitting", proc=first)
 
             second = comfysweep("run", str(spec), env=env)
             assert second.returncode == 1

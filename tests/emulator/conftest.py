@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from orchestrator.emulator import Emulator, EmulatorConfig, FaultProfile
+from tests.waiting import DrivenClock
 
 MODEL = "community/wan-2-2/vace-fun"
 FAST = 1e6  # simulated seconds per wall second: an 84 s job takes 84 microseconds
@@ -46,7 +47,7 @@ class ManualClock:
 class Api:
     """A started emulator with an authorised httpx client and the protocol's URLs."""
 
-    def __init__(self, emu: Emulator, clock: ManualClock | None = None) -> None:
+    def __init__(self, emu: Emulator, clock: ManualClock | DrivenClock) -> None:
         self.emu = emu
         self.clock = clock
         self.http = httpx.Client(headers={"Authorization": f"Bearer {emu.token}"}, timeout=10.0)
@@ -78,11 +79,12 @@ class Api:
         return data
 
     def finish(self) -> None:
-        """Let every job run to its end (manual clock: jump a day)."""
-        if self.clock is not None:
-            self.clock.advance(86400.0)
-        else:
-            time.sleep(0.01)
+        """Let every job run to its end: move the emulator's clock on, never wait for it.
+
+        A manual clock jumps a day; a live one a minute, which at ``FAST`` is years of simulated
+        work yet well inside an output's lifetime.
+        """
+        self.clock.advance(86400.0 if isinstance(self.clock, ManualClock) else 60.0)
 
     def close(self) -> None:
         self.http.close()
@@ -105,9 +107,10 @@ def make_api(server: Emulator) -> Iterator[MakeApi]:
 
     def make(faults: dict[str, Any] | None = None, **settings: Any) -> Api:
         settings.setdefault("speed", FAST)
+        clock = settings.setdefault("clock", DrivenClock())  # live, and finish() moves it on
         profile = FaultProfile.parse({"faults": faults}) if faults else None
         server.reset(EmulatorConfig(faults=profile, **settings))
-        made.append(Api(server, settings.get("clock")))
+        made.append(Api(server, clock))
         return made[-1]
 
     yield make

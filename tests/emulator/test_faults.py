@@ -12,6 +12,7 @@ from orchestrator.emulator import FAULTS, FaultProfile, load_fault_profile, pars
 from orchestrator.emulator.faults import FaultDice
 from orchestrator.errors import EmulatorError
 from tests.emulator.conftest import MODEL, MakeApi, ManualClock
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.chaos
 
@@ -68,11 +69,13 @@ def test_error_code_inside_http_200(make_api: MakeApi) -> None:
 def test_slow_answer_passes_a_client_timeout_and_the_submit_still_happened(
     make_api: MakeApi,
 ) -> None:
-    api = make_api({"slow": {"rate": 1.0, "delay": 0.5, "endpoints": ["submit"]}})
+    # The answer is held back far longer than the client waits, even on a busy machine.
+    api = make_api({"slow": {"rate": 1.0, "delay": 5.0, "endpoints": ["submit"]}})
     with pytest.raises(httpx.ReadTimeout):
         api.http.post(
             f"{api.base}/models/{MODEL}", json={"56_text": "x", "118_image": "a.png"}, timeout=0.1
         )
+    wait_for(lambda: api.emu.ledger()["jobs"], "the job created behind the client's back")
     assert len(api.emu.ledger()["jobs"]) == 1
 
 

@@ -23,7 +23,8 @@ CLI = [sys.executable, "-m", "orchestrator", "emulator"]
 
 def _session(base: str, token: str = "emulator-token") -> str:
     auth = {"Authorization": f"Bearer {token}"}
-    response = httpx.post(f"{base}/models/{MODEL}", json=INPUTS, headers=auth)
+    # Generous: a just-started emulator process may still be setting up when this arrives.
+    response = httpx.post(f"{base}/models/{MODEL}", json=INPUTS, headers=auth, timeout=60.0)
     assert response.status_code == 200, response.text
     rid: str = response.json()["request_id"]
     return rid
@@ -167,7 +168,7 @@ def test_cli_serves_and_prints_its_base_url_first(tmp_path: Path) -> None:
         assert httpx.get(f"{base}/requests/{rid}/status").json()["error_code"] == 400004
     finally:
         process.terminate()
-        _, err = process.communicate(timeout=10)
+        _, err = process.communicate(timeout=60)
     assert process.returncode == 0
     assert b"Traceback" not in err
     assert b"fault rate_limit" in err
