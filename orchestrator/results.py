@@ -190,12 +190,14 @@ class ResultsFolder:
         raise ResultsError(f"no free name for an output of job {key[:SHORT_KEY]} near {name}")
 
     def _usable_folders(self, parts: list[str]) -> list[str]:
-        """``parts`` with each folder that is the tool's, a symlink or a file given a ``_``."""
+        """``parts`` with a first part that is the tool's given a leading ``_``, and each folder
+        that is a symlink or a file given a trailing one (the same for every job)."""
         for i in range(len(parts)):
             for _ in range(_FALLBACKS):
                 last = i == len(parts) - 1
                 if i == 0 and self._is_reserved(parts[0]):
-                    parts[0] = with_tag(parts[0], "")
+                    # No tool file starts with "_"; the cut keeps a 255-byte name legal.
+                    parts[0] = ("_" + parts[0]).encode()[:255].decode("utf-8", "ignore")
                 elif not last and not _folder_or_absent(self.root.joinpath(*parts[: i + 1])):
                     parts[i] = parts[i] + "_"
                 else:

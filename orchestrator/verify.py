@@ -83,7 +83,7 @@ def verify_output(path: Path, ext: str, shape: Shape) -> None:
 def _sniff(head: bytes) -> str | None:
     if head[4:8] == b"ftyp":
         return "bmff"
-    if head.startswith((b"\x1a\x45\xdf\xa3", b"RIFF")) and head[8:12] != b"WEBP":
+    if head.startswith(b"\x1a\x45\xdf\xa3") or (head[:4], head[8:12]) == (b"RIFF", b"AVI "):
         return "video"  # Matroska/WebM, AVI
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
