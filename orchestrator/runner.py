@@ -56,6 +56,8 @@ _POLL_GIVE_UP = 8
 _UNKNOWN_IN_A_ROW = 3
 # Downloads of one output that arrive cut short or unreadable before it is left for the next run.
 _INVALID_TRIES = 3
+# Outputs up to this size are verified on the event loop: a millisecond, less than a thread hop.
+_VERIFY_INLINE = 4 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -400,7 +402,10 @@ class Runner:
             try:
                 got = await self.client.download(url, tmp)
                 what = f"the download of output {n + 1} of job {row.key[:10]}"
-                await anyio.to_thread.run_sync(self.folder.verify, tmp, row.inputs, url, what)
+                if got.size > _VERIFY_INLINE:  # reading a big file's header may wait on the disk
+                    await anyio.to_thread.run_sync(self.folder.verify, tmp, row.inputs, url, what)
+                else:
+                    self.folder.verify(tmp, row.inputs, url, what)
                 path = self.folder.final_name(name, row.key)
                 # The name is the job's before the file takes it: a kill between the two leaves a
                 # file the next run overwrites, not an orphan beside a second copy.
