@@ -59,6 +59,7 @@ PARTIAL = ".partial"
 TOOL_FILES = (MANIFEST, METADATA, LOG_FILE, "summary.md", "report.html", PARTIAL)
 _FALLBACKS = 100  # numbered fallback names tried before a folder is declared unusable
 _DATA_URI_SHOWN = 64
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
 _HOST = socket.gethostname().replace("~", "_").replace("/", "_") or "host"
 # <key>-<n>~<host>~<pid>.part (and the older <key>-<n>.part): the only files prepare() removes.
 _PARTIAL_FILE = re.compile(r"[0-9a-f]{16}-\d+(?:~(?P<host>[^~/]+)~(?P<pid>\d+))?\.part")
@@ -74,6 +75,7 @@ class ResultsFolder:
         self.partial_dir = root / PARTIAL
         self._store: Store | None = None
         self._owners: dict[str, str] | None = None  # casefolded path -> the job key that owns it
+        self._replace: dict[str, bool] = {}  # chosen name -> its job's own file was there
         self._reserved = {name.casefold() for name in TOOL_FILES}
         self._reserved_prefixes = _store_prefixes(STORE_FILE)
 
@@ -171,8 +173,11 @@ class ResultsFolder:
         name = "/".join(parts)
         candidates = [name, *(with_tag(name, _tag(key, i)) for i in range(1, _FALLBACKS))]
         for candidate in candidates:
-            if self._free(candidate, key):
+            free = self._free(candidate, key)
+            if free is not None:
                 self._own(candidate, key)
+                # Only a file of the job's own, there already, is ever replaced.
+                self._replace[candidate.casefold()] = free == "replace"
                 return candidate
         raise ResultsError(f"no free name for an output of job {key[:SHORT_KEY]} near {name}")
 
@@ -181,7 +186,9 @@ class ResultsFolder:
         name it took, another free one if something took ``name`` meanwhile."""
         for _ in range(_FALLBACKS):
             try:
-                self._put(tmp, name, replace=self._owner(name) == key)
+                replace = self._owner(name) == key and self._replace.get(name.casefold(), False)
+                self._put(tmp, name, replace=replace)
+                self._replace.pop(name.casefold(), None)
             except _Taken:
                 self._owners_map()[name.casefold()] = ""  # nobody's: never ours to overwrite
                 name = self.final_name(name, key)
@@ -208,22 +215,24 @@ class ResultsFolder:
         folded = part.casefold()
         return folded in self._reserved or folded.startswith(tuple(self._reserved_prefixes))
 
-    def _free(self, name: str, key: str) -> bool:
+    def _free(self, name: str, key: str) -> str | None:
+        """"new" if job ``key`` may create ``name``, "replace" if it may replace its own file
+        there, None if the name is not the job's to take."""
         owner = self._owner(name)
         if owner is not None and owner != key:
-            return False
+            return None
         parts = name.split("/")
         if self._is_reserved(parts[0]) or not all(
             _folder_or_absent(self.root.joinpath(*parts[:i])) for i in range(1, len(parts))
         ):
-            return False
+            return None
         try:
             mode = (self.root / name).lstat().st_mode
         except FileNotFoundError:
-            return True
+            return "new"
         except OSError:
-            return False
-        return owner == key and not stat.S_ISDIR(mode)
+            return None
+        return "replace" if owner == key and not stat.S_ISDIR(mode) else None
 
     def _owner(self, name: str) -> str | None:
         return self._owners_map().get(name.casefold())
@@ -264,11 +273,7 @@ class ResultsFolder:
             if replace:
                 os.replace(tmp, last, dst_dir_fd=fd)
             else:
-                try:
-                    os.link(tmp, last, dst_dir_fd=fd, follow_symlinks=False)
-                except FileExistsError as exc:
-                    raise _Taken from exc
-                tmp.unlink()
+                _link(tmp, last, fd)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -356,6 +361,25 @@ def atomic_file(path: Path) -> Iterator[IO[str]]:
 
 class _Taken(Exception):
     """A name was taken, or a folder on its way turned into a link, after it was chosen."""
+
+
+def _link(tmp: Path, last: str, fd: int) -> None:
+    """Move ``tmp`` to ``last`` in folder ``fd`` unless something is there (checked atomically
+    with a hard link where the file system has them, else just before the rename)."""
+    try:
+        os.link(tmp, last, dst_dir_fd=fd)
+    except FileExistsError as exc:
+        raise _Taken from exc
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        try:
+            os.stat(last, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            os.replace(tmp, last, dst_dir_fd=fd)
+            return
+        raise _Taken from exc
+    tmp.unlink()
 
 
 def _tag(key: str, i: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -14,6 +15,8 @@ import pytest
 from orchestrator import iter_jobs, load_spec
 from orchestrator.client import ModelApiClient
 from orchestrator.emulator import Emulator, EmulatorConfig
+from orchestrator.models import get_model
+from orchestrator.results import ResultsFolder
 from orchestrator.retry import RetryPolicy
 from orchestrator.sweep import Overrides, run_sweep
 
@@ -242,3 +245,29 @@ def test_a_symlinked_folder_inside_the_results_is_never_followed(
     assert sorted(check_outputs_are_their_own(folder, 2)) == ["file_/1.mp4", "out_/1.mp4"]
     assert (folder / "out").is_symlink()
     assert (folder / "file").read_text() == "a user's file where a folder would go"
+
+
+KEY = "ab12cd34ef" + "0" * 54
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_a_file_that_appears_after_the_name_was_chosen_is_not_overwritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hard_links: bool
+) -> None:
+    if not hard_links:
+
+        def no_link(*args: Any, **kwargs: Any) -> None:
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_link)
+    folder = ResultsFolder(tmp_path, get_model("community/wan-2-2/vace-fun"), "{key}")
+    folder.prepare()
+    name = folder.final_name("x.mp4", KEY)
+    assert name == "x.mp4"
+    (tmp_path / "x.mp4").write_bytes(b"the user's")  # between the choice and the rename
+    tmp = folder.temp_path(KEY, 0)
+    tmp.write_bytes(b"the output")
+    assert folder.place(tmp, name, KEY) == "x_ab12cd34ef.mp4"
+    assert (tmp_path / "x.mp4").read_bytes() == b"the user's"
+    assert (tmp_path / "x_ab12cd34ef.mp4").read_bytes() == b"the output"
+    assert not tmp.exists()
