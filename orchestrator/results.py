@@ -155,7 +155,7 @@ class ResultsFolder:
 
     def verify(self, tmp: Path, inputs: Mapping[str, Any], url: str, what: str) -> None:
         """Raise OutputInvalid, removing ``tmp``, unless the download is whole and of the shape
-        the job's inputs fixed (run it in a worker thread: it reads the file)."""
+        the job's inputs fixed; ``what`` starts the message."""
         try:
             verify_output(tmp, extension_of(url), expected_shape(self.model, inputs))
         except OutputInvalid as exc:
