@@ -16,7 +16,9 @@
     ├── TransportError         the API could not be reached (connect errors, timeouts)
     │   └── OutcomeUnknown     a submit was sent, but its answer was lost
     ├── DownloadError          an output could not be fetched or verified
-    │   └── OutputExpired      an output URL is gone (403, 404, 410)
+    │   ├── OutputExpired      an output URL is gone (403, 404, 410)
+    │   └── OutputInvalid      a downloaded file is cut short, unreadable or not the shape asked for
+    ├── ResultsError           the results folder cannot be used as it is
     └── EmulatorError          the embedded emulator cannot start (port in use, bad fault profile)
 
 Every class's docstring is its default message. Causes are chained with ``raise ... from exc``.
@@ -114,6 +116,14 @@ class DownloadError(ComfysweepError):
 
 class OutputExpired(DownloadError):
     """The output URL has expired."""
+
+
+class OutputInvalid(DownloadError):
+    """A downloaded output is not a complete, readable file of the requested shape."""
+
+
+class ResultsError(ComfysweepError):
+    """The results folder cannot be used as it is."""
 
 
 class EmulatorError(ComfysweepError):

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.models import get_model
 
 if TYPE_CHECKING:
-    from orchestrator.grid import Job
     from orchestrator.spec import Spec
+    from orchestrator.store import JobLike
 
 __all__ = [
     "SPECIAL_FIELDS",
@@ -27,6 +27,7 @@ __all__ = [
     "render_output_name",
     "sanitise",
     "validate_template",
+    "with_tag",
 ]
 
 SPECIAL_FIELDS = ("key", "index", "repeat")
@@ -92,9 +93,13 @@ def default_template(varied: list[str]) -> str:
 
 
 def render_output_name(
-    spec_or_template: Spec | str, job: Job, *, n: int = 1, count: int = 1, ext: str
+    spec_or_template: Spec | str, job: JobLike, *, n: int = 1, count: int = 1, ext: str
 ) -> str:
-    """The relative POSIX path of output ``n`` of ``count`` of ``job``, safe inside the folder."""
+    """The relative POSIX path of output ``n`` of ``count`` of ``job``, safe inside the folder.
+
+    Raises TemplateError when a format spec does not suit one of this job's values (the spec's
+    check tries only one value of each field).
+    """
     template = spec_or_template if isinstance(spec_or_template, str) else spec_or_template.filename
     model = get_model(job.model_id)
     pieces = []
@@ -102,7 +107,11 @@ def render_output_name(
         pieces.append(literal.replace("\x00", "_"))
         if field is not None:
             value = _field_value(field, job, model.raw_key(field) or field)
-            text = format(value, spec) if spec else _plain(value)
+            try:
+                text = format(value, spec) if spec else _plain(value)
+            except (ValueError, TypeError, OverflowError):
+                shown = _shorten(_plain(value))
+                raise TemplateError(f"{{{field}:{spec}}}: format does not suit {shown!r}") from None
             pieces.append(sanitise(_shorten(text)))
     parts = [p for p in "".join(pieces).split("/") if p]
     parts = [sanitise(p) for p in parts] or ["_"]
@@ -115,6 +124,16 @@ def render_output_name(
     return name
 
 
+def with_tag(name: str, tag: str) -> str:
+    """``name`` (a relative path) with ``_<tag>`` before its extension, still within 255 bytes."""
+    folder, _, last = name.rpartition("/")
+    match = _EXT.search(last)
+    ext = match.group() if match and match.start() > 0 else ""
+    stem = last[: len(last) - len(ext)]
+    tagged = _fit(stem, f"_{tag}{ext}")
+    return f"{folder}/{tagged}" if folder else tagged
+
+
 def sanitise(text: str) -> str:
     """One safe path part: no separators, control characters, leading dots or reserved names."""
     clean = _UNSAFE.sub("_", text).lstrip(".").rstrip(". ")
@@ -125,7 +144,7 @@ def sanitise(text: str) -> str:
     return clean
 
 
-def _field_value(field: str, job: Job, key: str) -> Any:
+def _field_value(field: str, job: JobLike, key: str) -> Any:
     if field == "key":
         return job.key[:SHORT_KEY]
     if field == "index":

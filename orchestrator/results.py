@@ -5,35 +5,64 @@ Everything about one sweep lives in ``<output>/<name>/``: the outputs, the store
 ``datasets`` folder-loader form: a ``file_name`` column) and ``run.log``. Downloads land in
 ``.partial/`` first and are renamed into place only once complete and verified, so a partial file
 never carries a final name.
+
+Output names are the user's files. A name belongs to the job the store recorded it for, whether or
+not the file is on disk at the moment; a job never writes over a name another job owns, a file
+nobody recorded, or the tool's own files, and never writes through a symlinked folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
+import logging
 import os
 import posixpath
+import re
 import socket
+import stat
 import tempfile
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from orchestrator.grid import Job
+from orchestrator.errors import OutputInvalid, ResultsError
 from orchestrator.models import Model
-from orchestrator.naming import render_output_name
-from orchestrator.store import JobRow
+from orchestrator.naming import SHORT_KEY, TemplateError, render_output_name, with_tag
+from orchestrator.store import JobLike, JobRow, Store
+from orchestrator.verify import expected_shape, verify_output
 
-__all__ = ["MANIFEST", "METADATA", "ResultsFolder", "atomic_file", "extension_of"]
+__all__ = [
+    "LOG_FILE",
+    "MANIFEST",
+    "METADATA",
+    "STORE_FILE",
+    "TOOL_FILES",
+    "ResultsFolder",
+    "atomic_file",
+    "extension_of",
+]
+
+log = logging.getLogger("comfysweep.results")
 
 MANIFEST = "manifest.jsonl"
 METADATA = "metadata.jsonl"
+LOG_FILE = "run.log"
+STORE_FILE = "comfysweep.db"
 PARTIAL = ".partial"
+# Every name the tool writes at the top of a results folder; no output may take one. The store's
+# name is a prefix: its -wal, -shm, -journal and .lock files, and any journal beside it, are its.
+TOOL_FILES = (MANIFEST, METADATA, LOG_FILE, "summary.md", "report.html", PARTIAL)
+_FALLBACKS = 100  # numbered fallback names tried before a folder is declared unusable
 _DATA_URI_SHOWN = 64
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
 _HOST = socket.gethostname().replace("~", "_").replace("/", "_") or "host"
+# <key>-<n>~<host>~<pid>.part (and the older <key>-<n>.part): the only files prepare() removes.
+_PARTIAL_FILE = re.compile(r"[0-9a-f]{16}-\d+(?:~(?P<host>[^~/]+)~(?P<pid>\d+))?\.part")
 
 
 class ResultsFolder:
@@ -44,61 +73,210 @@ class ResultsFolder:
         self.model = model
         self.template = template
         self.partial_dir = root / PARTIAL
+        self._store: Store | None = None
+        self._owners: dict[str, str] | None = None  # casefolded path -> the job key that owns it
+        self._replace: dict[str, bool] = {}  # chosen name -> its job's own file was there
+        self._reserved = {name.casefold() for name in TOOL_FILES}
+        self._reserved_prefixes = _store_prefixes(STORE_FILE)
 
-    def prepare(self) -> int:
+    def attach(self, store: Store) -> None:
+        """Take output ownership from ``store``'s recorded outputs, and keep off its files."""
+        self._store = store
+        self._owners = None
+        if store.path is not None and _inside(store.path, self.root):
+            self._reserved_prefixes |= _store_prefixes(store.path.name)
+
+    def prepare(self, warn: Callable[[str], None] = log.warning) -> int:
         """Create the folder and remove partial downloads killed runs left; returns how many.
 
         A partial file is named after the process writing it, so runners sharing one folder (a
-        shared PostgreSQL store) never delete each other's downloads in progress.
+        shared PostgreSQL store) never delete each other's downloads in progress. Only regular
+        files named as comfysweep names them are removed; anything else gets one line from
+        ``warn`` and is left alone. A ``.partial`` that is not a real folder stops the run.
         """
         self.root.mkdir(parents=True, exist_ok=True)
-        self.partial_dir.mkdir(exist_ok=True)
+        self._check_partial()
         removed = 0
-        for leftover in self.partial_dir.iterdir():
-            parts = leftover.name.removesuffix(".part").split("~")  # <key>-<n>~<host>~<pid>
-            if len(parts) != 3 or _abandoned(parts[1], parts[2]):
+        for leftover in sorted(self.partial_dir.iterdir()):
+            match = _PARTIAL_FILE.fullmatch(leftover.name)
+            if not _is_file(leftover):
+                warn(f"{leftover}: not a file comfysweep wrote; left alone")
+            elif match is None:
+                warn(f"{leftover}: not a partial download comfysweep wrote; left alone")
+            elif match["host"] is None or _abandoned(match["host"], match["pid"]):
                 leftover.unlink(missing_ok=True)
                 removed += 1
         # A kill inside atomic_file leaves its temporary file: .<file>.<host>~<pid>~<random>.tmp
         for name in (MANIFEST, METADATA):
             for leftover in self.root.glob(f".{name}.*.tmp"):
                 host, _, rest = leftover.name[len(name) + 2 :].partition("~")
-                if _abandoned(host, rest.partition("~")[0]):
+                if _is_file(leftover) and _abandoned(host, rest.partition("~")[0]):
                     leftover.unlink(missing_ok=True)
                     removed += 1
         return removed
+
+    def _check_partial(self) -> None:
+        try:
+            mode = self.partial_dir.lstat().st_mode
+        except FileNotFoundError:
+            self.partial_dir.mkdir()
+            return
+        if not stat.S_ISDIR(mode):
+            kind = "a symlink" if stat.S_ISLNK(mode) else "not a folder"
+            raise ResultsError(
+                f"{self.partial_dir} is {kind}: comfysweep downloads into a real folder there "
+                "and never follows a link out of the results folder; move it away and run again"
+            )
 
     def temp_path(self, key: str, n: int) -> Path:
         """Where output ``n`` of job ``key`` is downloaded before it is verified."""
         return self.partial_dir / f"{key[:16]}-{n}~{_HOST}~{os.getpid()}.part"
 
-    def output_name(self, row: JobRow, n: int, count: int, url: str) -> str:
-        """The relative final name of output ``n`` of ``count`` of a job."""
-        job = Job(
-            key=row.key,
-            index=row.index,
-            model_id=row.model_id,
-            inputs=row.inputs,
-            repeat=row.repeat,
-            sources=row.sources,
-        )
-        return render_output_name(self.template, job, n=n + 1, count=count, ext=extension_of(url))
+    def output_name(self, row: JobLike, n: int, count: int, url: str) -> str:
+        """The relative final name of output ``n`` of ``count`` of a job.
 
-    def final_name(self, name: str, key: str, own: Collection[str] = ()) -> str:
-        """``name``, or ``name`` with the key added when a file not in ``own`` holds it."""
-        if (self.root / name).exists() and name not in own:
-            stem, dot, ext = name.rpartition(".")
-            return f"{stem}_{key[:10]}.{ext}" if dot else f"{name}_{key[:10]}"
-        return name
+        Never raises: a job whose values the template cannot format (it failed before its submit
+        unless the template changed since) is named by its key, so a paid output is still kept.
+        """
+        ext = extension_of(url)
+        try:
+            return render_output_name(self.template, row, n=n + 1, count=count, ext=ext)
+        except TemplateError as exc:
+            log.warning("job %s: output name: %s; named by its key", row.key[:SHORT_KEY], exc)
+            return render_output_name("{key}", row, n=n + 1, count=count, ext=ext)
 
-    def place(self, tmp: Path, name: str, key: str, own: Collection[str] = ()) -> str:
-        """Rename a verified download into place; a name another job holds gets the key added."""
-        name = self.final_name(name, key, own)
-        final = self.root / name
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
-        return name
+    def name_problem(self, job: JobLike) -> str | None:
+        """Why the template cannot name ``job``'s outputs, or None; checked before its submit."""
+        try:
+            render_output_name(self.template, job, ext="mp4")
+        except TemplateError as exc:
+            return f"run.filename cannot name this job's output: {exc}"
+        return None
+
+    def verify(self, tmp: Path, inputs: Mapping[str, Any], url: str, what: str) -> None:
+        """Raise OutputInvalid, removing ``tmp``, unless the download is whole and of the shape
+        the job's inputs fixed; ``what`` starts the message."""
+        try:
+            verify_output(tmp, extension_of(url), expected_shape(self.model, inputs))
+        except OutputInvalid as exc:
+            tmp.unlink(missing_ok=True)
+            raise OutputInvalid(f"{what} {exc}") from None
+
+    def final_name(self, name: str, key: str) -> str:
+        """The name job ``key`` takes for ``name``; it is the job's from now on.
+
+        ``name`` itself if free: not the tool's, not another job's, no file nobody recorded there,
+        no symlink or file where a folder goes. Otherwise ``name`` with the key added, then
+        numbered, and folders in the way get a ``_`` added (the same for every job).
+        """
+        parts = self._usable_folders(name.split("/"))
+        name = "/".join(parts)
+        candidates = [name, *(with_tag(name, _tag(key, i)) for i in range(1, _FALLBACKS))]
+        for candidate in candidates:
+            free = self._free(candidate, key)
+            if free is not None:
+                self._own(candidate, key)
+                # Only a file of the job's own, there already, is ever replaced.
+                self._replace[candidate.casefold()] = free == "replace"
+                return candidate
+        raise ResultsError(f"no free name for an output of job {key[:SHORT_KEY]} near {name}")
+
+    def place(self, tmp: Path, name: str, key: str) -> str:
+        """Rename a verified download into place under ``name`` (from final_name); returns the
+        name it took, another free one if something took ``name`` meanwhile."""
+        for _ in range(_FALLBACKS):
+            try:
+                replace = self._owner(name) == key and self._replace.get(name.casefold(), False)
+                self._put(tmp, name, replace=replace)
+                self._replace.pop(name.casefold(), None)
+            except _Taken:
+                self._owners_map()[name.casefold()] = ""  # nobody's: never ours to overwrite
+                name = self.final_name(name, key)
+                continue
+            return name
+        raise ResultsError(f"no free name for an output of job {key[:SHORT_KEY]} near {name}")
+
+    def _usable_folders(self, parts: list[str]) -> list[str]:
+        """``parts`` with a first part that is the tool's given a leading ``_``, and each folder
+        that is a symlink or a file given a trailing one (the same for every job)."""
+        for i in range(len(parts)):
+            for _ in range(_FALLBACKS):
+                last = i == len(parts) - 1
+                if i == 0 and self._is_reserved(parts[0]):
+                    # No tool file starts with "_"; the cut keeps a 255-byte name legal.
+                    parts[0] = ("_" + parts[0]).encode()[:255].decode("utf-8", "ignore")
+                elif not last and not _folder_or_absent(self.root.joinpath(*parts[: i + 1])):
+                    parts[i] = parts[i] + "_"
+                else:
+                    break
+        return parts
+
+    def _is_reserved(self, part: str) -> bool:
+        folded = part.casefold()
+        return folded in self._reserved or folded.startswith(tuple(self._reserved_prefixes))
+
+    def _free(self, name: str, key: str) -> str | None:
+        """ "new" if job ``key`` may create ``name``, "replace" if it may replace its own file
+        there, None if the name is not the job's to take."""
+        owner = self._owner(name)
+        if owner is not None and owner != key:
+            return None
+        parts = name.split("/")
+        if self._is_reserved(parts[0]) or not all(
+            _folder_or_absent(self.root.joinpath(*parts[:i])) for i in range(1, len(parts))
+        ):
+            return None
+        try:
+            mode = (self.root / name).lstat().st_mode
+        except FileNotFoundError:
+            return "new"
+        except OSError:
+            return None
+        return "replace" if owner == key and not stat.S_ISDIR(mode) else None
+
+    def _owner(self, name: str) -> str | None:
+        return self._owners_map().get(name.casefold())
+
+    def _own(self, name: str, key: str) -> None:
+        self._owners_map()[name.casefold()] = key
+
+    def _owners_map(self) -> dict[str, str]:
+        """Every recorded output name's job, read from the store once (on the first download)."""
+        if self._owners is None:
+            owners: dict[str, str] = {}
+            for row in self._store.jobs() if self._store is not None else ():
+                for output in row.outputs:
+                    owners.setdefault(str(output.get("path", "")).casefold(), row.key)
+            self._owners = owners
+        return self._owners
+
+    def _put(self, tmp: Path, name: str, *, replace: bool) -> None:
+        """Move ``tmp`` to ``name``, through real folders only (opened without following links).
+
+        ``replace`` only for the job's own name; otherwise a hard link, which fails rather than
+        overwrite a file that appeared meanwhile. Raises _Taken when the name cannot be had.
+        """
+        *folders, last = name.split("/")
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for part in folders:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, dir_fd=fd)
+                try:
+                    child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise _Taken from exc
+                    raise
+                os.close(fd)
+                fd = child
+            if replace:
+                os.replace(tmp, last, dst_dir_fd=fd)
+            else:
+                _link(tmp, last, fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def has(self, output: Mapping[str, Any]) -> bool:
         """Whether a recorded output is on disk with its recorded size."""
@@ -179,6 +357,64 @@ def atomic_file(path: Path) -> Iterator[IO[str]]:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+class _Taken(Exception):
+    """A name was taken, or a folder on its way turned into a link, after it was chosen."""
+
+
+def _link(tmp: Path, last: str, fd: int) -> None:
+    """Move ``tmp`` to ``last`` in folder ``fd`` unless something is there (checked atomically
+    with a hard link where the file system has them, else just before the rename)."""
+    try:
+        os.link(tmp, last, dst_dir_fd=fd)
+    except FileExistsError as exc:
+        raise _Taken from exc
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        try:
+            os.stat(last, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            os.replace(tmp, last, dst_dir_fd=fd)
+            return
+        raise _Taken from exc
+    tmp.unlink()
+
+
+def _tag(key: str, i: int) -> str:
+    return key[:SHORT_KEY] if i == 1 else f"{key[:SHORT_KEY]}-{i}"
+
+
+def _store_prefixes(store_name: str) -> set[str]:
+    folded = store_name.casefold()
+    stem = folded.rpartition(".")[0] or folded
+    return {folded, f"{stem}.", f"{stem}-"}
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        return path.resolve().parent == root.resolve()
+    except OSError:
+        return False
+
+
+def _is_file(path: Path) -> bool:
+    """A regular file, not through a symlink."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _folder_or_absent(path: Path) -> bool:
+    """Nothing is there, or a real folder (not a symlink to one)."""
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 def _line(entry: Mapping[str, Any]) -> str:

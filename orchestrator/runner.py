@@ -33,7 +33,9 @@ from orchestrator.errors import (
     ModelNotFound,
     OutcomeUnknown,
     OutputExpired,
+    OutputInvalid,
     RequestNotFound,
+    ResultsError,
     ServerError,
     StoreError,
     TransitionError,
@@ -57,6 +59,10 @@ _POLL_GIVE_UP = 8
 _UNKNOWN_IN_A_ROW = 3
 # Seconds between attempts to record a request id the store refused, doubling up to the last.
 _RECORD_RETRY = (0.05, 5.0)
+# Downloads of one output that arrive cut short or unreadable before it is left for the next run.
+_INVALID_TRIES = 3
+# Outputs up to this size are verified on the event loop: a millisecond, less than a thread hop.
+_VERIFY_INLINE = 4 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -178,7 +184,8 @@ class Runner:
 
     def _recover(self) -> None:
         """Make a killed run's leftovers safe: no partial file, no submit silently repeated."""
-        removed = self.folder.prepare()
+        self.folder.attach(self.store)
+        removed = self.folder.prepare(warn=self._say)
         if removed:
             self._say(f"removed {removed} partial download(s) left by an interrupted run")
         # Before `submitting` becomes unknown: a request id the last run could only journal.
@@ -218,6 +225,10 @@ class Runner:
             if not claimed:
                 return
             row = claimed[0]
+            problem = self.folder.name_problem(row)  # found now, not after the job is paid
+            if problem is not None:
+                self._move(row.key, JobState.FAILED, detail=problem, error=problem)
+                continue
             self._remote += 1
             self._committed[row.key] = self._estimate()
             jobs.start_soon(self._submit, row)
@@ -461,10 +472,9 @@ class Runner:
     async def _fetch_outputs(self, row: JobRow) -> None:
         urls = list((row.result or {}).get("urls", []))
         done = {o["url"]: o for o in row.outputs if self.folder.has(o)}
-        own = {o["path"] for o in row.outputs}
         outputs: list[dict[str, Any]] = []
         refreshed = False
-        n = 0
+        n = invalid = 0
         while n < len(urls):
             url = urls[n]
             if url in done:
@@ -475,11 +485,16 @@ class Runner:
             tmp = self.folder.temp_path(row.key, n)
             try:
                 got = await self.client.download(url, tmp)
-                path = self.folder.final_name(name, row.key, own)
+                what = f"the download of output {n + 1} of job {row.key[:10]}"
+                if got.size > _VERIFY_INLINE:  # reading a big file's header may wait on the disk
+                    await anyio.to_thread.run_sync(self.folder.verify, tmp, row.inputs, url, what)
+                else:
+                    self.folder.verify(tmp, row.inputs, url, what)
+                path = self.folder.final_name(name, row.key)
                 # The name is the job's before the file takes it: a kill between the two leaves a
                 # file the next run overwrites, not an orphan beside a second copy.
                 self.store.update(row.key, outputs=[*outputs, {"url": url, "path": path}])
-                path = self.folder.place(tmp, path, row.key, {*own, path})
+                path = self.folder.place(tmp, path, row.key)
             except OutputExpired as exc:
                 fresh = None if refreshed else await self._fresh_urls(row)
                 refreshed = True
@@ -488,6 +503,14 @@ class Runner:
                     return
                 urls, outputs, n = fresh, [], 0
                 continue
+            except OutputInvalid as exc:
+                invalid += 1
+                log.warning("%s", exc)
+                if invalid < _INVALID_TRIES:
+                    continue  # a cut connection is usually not cut again
+                self.store.update(row.key, error=f"download failed: {_text(exc)}")
+                self._say(f"job {row.key[:10]}: {_text(exc)}; run again to download it again")
+                return
             except DownloadError as exc:
                 self.store.update(row.key, error=f"download failed: {_text(exc)}")
                 if isinstance(exc.__cause__, OSError):
@@ -500,7 +523,7 @@ class Runner:
                     return
                 self._say(f"job {row.key[:10]}: download failed, run again to retry: {_text(exc)}")
                 return
-            except OSError as exc:
+            except (OSError, ResultsError) as exc:
                 with contextlib.suppress(OSError):  # a read-only disk refuses even this
                     tmp.unlink(missing_ok=True)
                 self.store.update(row.key, error=f"cannot write output: {exc}")

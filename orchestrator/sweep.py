@@ -20,7 +20,7 @@ from orchestrator.errors import ComfysweepError, StoreError
 from orchestrator.grid import iter_jobs
 from orchestrator.models import get_model
 from orchestrator.progress import make_progress
-from orchestrator.results import ResultsFolder
+from orchestrator.results import LOG_FILE, STORE_FILE, ResultsFolder
 from orchestrator.retry import RetryPolicy
 from orchestrator.runner import CancelReport, Runner, RunOptions, RunReport, cancel_queued
 from orchestrator.spec import Spec, load_spec
@@ -43,8 +43,6 @@ __all__ = [
 
 log = logging.getLogger("comfysweep")
 
-STORE_FILE = "comfysweep.db"
-LOG_FILE = "run.log"
 # The quickstart's emulator: a demo in seconds, with a render time that still shows in progress.
 EMULATOR_SPEED = 40.0
 RETRYABLE = frozenset(

@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 
 from orchestrator.client import MAX_URLS
+from orchestrator.emulator.media import render_mp4
 from orchestrator.retry import RetryPolicy
 from orchestrator.runner import RunReport
 from orchestrator.store import JobState, Store
@@ -33,7 +35,17 @@ from orchestrator.sweep import Overrides, run_sweep
 from .sweeps import write_spec
 
 TOKEN = "hostile-Tk-5c9e2a7f"
-VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8
+
+
+def _video() -> bytes:
+    """A real MP4 of the shape the spec asks for: outputs are verified before they are done."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "v.mp4"
+        render_mp4(path, {"4_valuex3_value": "480x480 (1:1)", "25_value": 81, "38_value": 16})
+        return path.read_bytes()
+
+
+VIDEO = _video()
 QUICK = Overrides(poll_interval=0.01, timeout=60.0)  # generous: a busy machine answers late
 NO_WAIT = RetryPolicy(attempts=3, wait=False)
 
@@ -402,10 +414,14 @@ def test_an_output_on_a_host_that_is_not_allowed_is_refused_and_stays_downloadab
             http(200, VIDEO[:100], ctype="video/mp4", content_length=len(VIDEO)),
             "received 100 bytes",
         ),
+        (
+            http(200, VIDEO[: len(VIDEO) // 2], ctype="video/mp4", content_length=None),
+            "cut short",
+        ),
         (http(200, VIDEO, ctype="video/mp4", content_length=3 * 1024**3), "limit"),
         (http(500, "<html>oops</html>", ctype="text/html"), "HTTP 500"),
     ],
-    ids=["short-body", "over-the-cap", "html-500"],
+    ids=["short-body", "cut-without-length", "over-the-cap", "html-500"],
 )
 def test_downloads_that_lie_fail_clearly_and_stay_downloadable(
     tmp_path: Path, api: Server, raw: bytes, why: str

@@ -10,12 +10,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator import Job, get_model, iter_jobs, load_spec
+from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.naming import (
     TemplateError,
     default_template,
     render_output_name,
     validate_template,
 )
+from orchestrator.results import ResultsFolder
+from orchestrator.retry import RetryPolicy
+from orchestrator.store import JobState, Store
+from orchestrator.sweep import Overrides, run_sweep
 
 WAN = "community/wan-2-2/vace-fun"
 KEY = "ab12cd34ef" + "0" * 54
@@ -157,3 +162,56 @@ def test_any_prompt_stays_inside(prompt: str) -> None:
     assert inside(name, root), name
     assert all(0 < len(part.encode()) <= 255 for part in PurePosixPath(name).parts)
     assert "\x00" not in name
+
+
+def test_a_value_the_format_does_not_suit_is_a_template_error() -> None:
+    with pytest.raises(TemplateError, match=r"\{seed:c\}: format does not suit '1000000000'"):
+        render_output_name("{seed:c}", job(seed=10**9), ext="mp4")
+    assert render_output_name("{seed:c}", job(seed=65), ext="mp4") == "A.mp4"
+
+
+def test_a_paid_output_whose_name_cannot_be_made_is_named_by_its_key(tmp_path: Path) -> None:
+    folder = ResultsFolder(tmp_path, get_model(WAN), "{seed:c}")
+    name = folder.output_name(job(seed=10**9), 0, 1, "https://cdn.runcomfy.net/o/x.mp4")
+    assert name == f"{KEY[:10]}.mp4"
+    assert "format does not suit" in str(folder.name_problem(job(seed=10**9)))
+    assert folder.name_problem(job(seed=65)) is None
+
+
+UNNAMEABLE = """\
+name: unnameable
+model: community/wan-2-2/vace-fun
+inputs:
+  prompt: a fox
+  image: https://example.com/fox.png
+  resolution: 480x480 (1:1)
+axes:
+  seed: [65, 1000000000]
+run:
+  output: {output}
+  filename: "{{seed:c}}"
+  poll_interval: 0.02
+"""
+
+
+def test_a_job_whose_name_cannot_be_made_fails_before_its_submit(tmp_path: Path) -> None:
+    """The spec's check tries the first seed only; the second cannot be formatted with :c."""
+    spec = tmp_path / "unnameable.yaml"
+    spec.write_text(UNNAMEABLE.format(output=tmp_path / "results"))
+    with Emulator(EmulatorConfig(speed=5000.0, workers=2)) as emu:
+        for _ in range(2):  # and the next run does not trip over it either
+            report = run_sweep(
+                spec,
+                base_url=emu.base_url,
+                token=emu.token,
+                overrides=Overrides(poll_interval=0.02),
+                retry=RetryPolicy(wait=False),
+            )
+            assert report.counts["done"] == 1, report
+            assert report.counts["failed"] == 1, report
+        assert len(emu.ledger()["jobs"]) == 1  # the unnameable job was never paid for
+    with Store.open(tmp_path / "results" / "unnameable" / "comfysweep.db", readonly=True) as db:
+        (failed,) = db.jobs([JobState.FAILED])
+    assert failed.inputs["98_seed"] == 10**9
+    assert "run.filename cannot name this job's output" in str(failed.error)
+    assert (tmp_path / "results" / "unnameable" / "A.mp4").is_file()

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from orchestrator import iter_jobs, load_spec
+from orchestrator.client import ModelApiClient
 from orchestrator.emulator import Emulator, EmulatorConfig
+from orchestrator.models import get_model
+from orchestrator.results import ResultsFolder
 from orchestrator.retry import RetryPolicy
 from orchestrator.sweep import Overrides, run_sweep
 
@@ -111,3 +118,156 @@ def test_hostile_prompts_and_urls_stay_inside_the_results_folder(
         if p.is_file() and p.suffix == ".mp4"
     }
     assert files == set(paths)
+
+
+ONE_PROMPT = """\
+name: owned
+model: community/wan-2-2/vace-fun
+inputs:
+  image: https://example.com/fox.png
+  resolution: 480x480 (1:1)
+  frames: 81
+  seed: 1
+axes:
+  prompt: {prompts}
+run:
+  concurrency: 1
+  downloads: 1
+  output: {output}
+  filename: "{template}"
+  poll_interval: 0.02
+"""
+
+
+def sweep(tmp_path: Path, prompts: list[str], template: str = "{prompt}") -> Path:
+    spec = tmp_path / "owned.yaml"
+    output = tmp_path / "results"
+    body = ONE_PROMPT.format(prompts=json.dumps(prompts), output=output, template=template)
+    spec.write_text(body)
+    return spec
+
+
+def run(spec: Path, emulator: Emulator) -> Any:
+    return run_sweep(
+        spec,
+        base_url=emulator.base_url,
+        token=emulator.token,
+        overrides=Overrides(poll_interval=0.02),
+        retry=RetryPolicy(wait=False),
+    )
+
+
+def outputs(folder: Path) -> list[dict[str, Any]]:
+    entries = [json.loads(x) for x in (folder / "manifest.jsonl").read_text().splitlines()]
+    return [o for e in entries for o in e["outputs"]]
+
+
+def check_outputs_are_their_own(folder: Path, jobs: int) -> list[str]:
+    """Every job's recorded file is on disk, holds what it downloaded, and is nobody else's."""
+    recorded = outputs(folder)
+    paths = [o["path"] for o in recorded]
+    assert len(paths) == len(set(paths)) == jobs, paths
+    for output in recorded:
+        data = (folder / output["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == output["sha256"], output["path"]
+    return paths
+
+
+def test_a_job_never_takes_the_name_of_another_jobs_deleted_output(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two prompts make the same name; the first output is deleted before the second lands."""
+    folder = tmp_path / "results" / "owned"
+    real_download = ModelApiClient.download
+    calls: list[str] = []
+
+    async def download(self: ModelApiClient, url: str, dest: Path) -> Any:
+        calls.append(url)
+        if len(calls) == 2:  # one download at a time: the first job's file is in place
+            (deleted,) = folder.glob("*.mp4")
+            deleted.unlink()
+        return await real_download(self, url, dest)
+
+    monkeypatch.setattr(ModelApiClient, "download", download)
+    spec = sweep(tmp_path, ["a/b", "a?b"])
+    assert run(spec, emulator).complete
+    # The next run downloads the deleted output again, under its own name, over nobody's file.
+    report = run(spec, emulator)
+    assert report.complete, report
+    paths = check_outputs_are_their_own(folder, 2)
+    assert "a_b.mp4" in paths
+    assert len(emulator.ledger()["jobs"]) == 2
+
+
+def test_names_the_tool_uses_are_renamed_not_fatal(tmp_path: Path, emulator: Emulator) -> None:
+    tool = ["run.log", "manifest.jsonl", "comfysweep.db", "comfysweep.db-wal", "summary.md"]
+    spec = sweep(tmp_path, tool, template="{prompt}/{seed}")
+    report = run(spec, emulator)
+    assert report.complete, report
+    folder = tmp_path / "results" / "owned"
+    paths = check_outputs_are_their_own(folder, len(tool))
+    tops = {p.split("/")[0].casefold() for p in paths}
+    assert not tops & {name.casefold() for name in tool}, paths
+    for name in ("run.log", "manifest.jsonl", "metadata.jsonl", "comfysweep.db"):
+        assert (folder / name).is_file(), name
+
+
+def test_a_users_files_at_the_name_and_its_fallback_are_kept(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    spec = sweep(tmp_path, ["fox"])
+    (job,) = iter_jobs(load_spec(spec))
+    folder = tmp_path / "results" / "owned"
+    folder.mkdir(parents=True)
+    mine = {"fox.mp4": b"the user's fox", f"fox_{job.key[:10]}.mp4": b"the user's other fox"}
+    for name, data in mine.items():
+        (folder / name).write_bytes(data)
+    assert run(spec, emulator).complete
+    for name, data in mine.items():
+        assert (folder / name).read_bytes() == data
+    (path,) = check_outputs_are_their_own(folder, 1)
+    assert path not in mine
+
+
+def test_a_symlinked_folder_inside_the_results_is_never_followed(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    folder = tmp_path / "results" / "owned"
+    folder.mkdir(parents=True)
+    (folder / "out").symlink_to(elsewhere, target_is_directory=True)
+    (folder / "file").write_text("a user's file where a folder would go")
+    spec = sweep(tmp_path, ["out", "file"], template="{prompt}/{seed}")
+    report = run(spec, emulator)
+    assert report.complete, report
+    assert list(elsewhere.iterdir()) == []
+    assert sorted(check_outputs_are_their_own(folder, 2)) == ["file_/1.mp4", "out_/1.mp4"]
+    assert (folder / "out").is_symlink()
+    assert (folder / "file").read_text() == "a user's file where a folder would go"
+
+
+KEY = "ab12cd34ef" + "0" * 54
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_a_file_that_appears_after_the_name_was_chosen_is_not_overwritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hard_links: bool
+) -> None:
+    if not hard_links:
+
+        def no_link(*args: Any, **kwargs: Any) -> None:
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_link)
+    folder = ResultsFolder(tmp_path, get_model("community/wan-2-2/vace-fun"), "{key}")
+    folder.prepare()
+    name = folder.final_name("x.mp4", KEY)
+    assert name == "x.mp4"
+    (tmp_path / "x.mp4").write_bytes(b"the user's")  # between the choice and the rename
+    tmp = folder.temp_path(KEY, 0)
+    tmp.write_bytes(b"the output")
+    assert folder.place(tmp, name, KEY) == "x_ab12cd34ef.mp4"
+    assert (tmp_path / "x.mp4").read_bytes() == b"the user's"
+    assert (tmp_path / "x_ab12cd34ef.mp4").read_bytes() == b"the output"
+    assert not tmp.exists()

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from orchestrator.canonical import input_sha256
@@ -343,6 +343,8 @@ class _Api:
             cut = int(rendered.size * fault.param("fraction"))
             log.warning("fault truncated_download: %d of %d bytes", cut, rendered.size)
             body = rendered.path.read_bytes()[:cut]
+            if not fault.param("content_length"):
+                return StreamingResponse(iter([body]), media_type="video/mp4", headers=headers)
             return TruncatedResponse(body, rendered.size, headers)
         return FileResponse(rendered.path, media_type="video/mp4", headers=headers)
 

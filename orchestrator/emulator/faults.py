@@ -81,8 +81,10 @@ FAULTS: dict[str, FaultKind] = {
     "truncated_download": FaultKind(
         "download",
         ("download",),
-        "fewer bytes than Content-Length, then the connection closes",
-        {"fraction": 0.5},
+        "fewer bytes than Content-Length, then the connection closes; with content_length: 0 "
+        "no Content-Length, and the body ends as if whole (what a cut close-delimited body looks "
+        "like to a client)",
+        {"fraction": 0.5, "content_length": 1.0},
     ),
 }
 _TOP_KEYS = ("seed", "balance_usd", "faults")

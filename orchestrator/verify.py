@@ -1,0 +1,209 @@
+"""Is a downloaded output whole, and the shape the job asked for? Cheap checks, no decoding.
+
+A download without ``Content-Length`` that the connection cut short looks complete to HTTP, so a
+file is checked before it takes its final name. Videos: an MP4/MOV (ISO-BMFF) must be tiled
+exactly by its top-level boxes (a cut file ends inside one), then PyAV opens the container header,
+which must hold a video stream with the frame count and size the request fixed. Frames come from
+the header, or from demuxing packets where it has none; no frame is decoded.
+
+Images are checked by their format's own structure, not PyAV: ffmpeg's image demuxer hands a whole
+file over as one packet and its decoders conceal damage, so an image opening proves little, while
+PNG's ``IEND`` chunk, JPEG's end marker, GIF's trailer and WebP's RIFF length prove the file ends
+where it says, reading a few bytes (and Pillow is not a dependency).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import av
+
+from orchestrator.errors import OutputInvalid
+from orchestrator.models import Model
+
+__all__ = ["Shape", "expected_shape", "verify_output"]
+
+VIDEO_EXTENSIONS = frozenset({"mp4", "mov", "m4v", "webm", "mkv", "avi"})
+IMAGE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "gif"})
+_SIZE = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)")
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the request fixed about its output; None where it fixed nothing."""
+
+    width: int | None = None
+    height: int | None = None
+    frames: int | None = None
+
+
+def expected_shape(model: Model, inputs: Mapping[str, Any]) -> Shape:
+    """The frame count and size a job's inputs ask for, found by the model's friendly names."""
+
+    def value(name: str) -> Any:
+        return inputs.get(model.raw_key(name) or name)
+
+    width, height = _whole(value("width")), _whole(value("height"))
+    size = value("resolution")
+    match = _SIZE.match(size) if isinstance(size, str) else None
+    if match:
+        width, height = int(match[1]), int(match[2])
+    return Shape(width, height, _whole(value("frames")))
+
+
+def verify_output(path: Path, ext: str, shape: Shape) -> None:
+    """Raise OutputInvalid unless ``path`` is a whole, readable output of ``shape``.
+
+    The file's first bytes say what it is; ``ext`` (from its URL) says what it must be when they
+    say nothing known. A file of another kind (audio, text) is accepted unchecked.
+    """
+    with open(path, "rb") as handle:
+        size = handle.seek(0, 2)
+        handle.seek(0)
+        head = handle.read(16)
+        kind = _sniff(head)
+        if kind is None:
+            if ext in VIDEO_EXTENSIONS or ext in IMAGE_EXTENSIONS:
+                raise OutputInvalid(f"is not a readable {ext} file ({size} bytes)")
+            return
+        if kind == "bmff":
+            _bmff_boxes(handle, size)
+        elif kind != "video":
+            _check_size(_IMAGE_CHECKS[kind](handle, size), shape)
+            return
+    _check_video(path, shape, count_packets=kind != "bmff")
+
+
+def _sniff(head: bytes) -> str | None:
+    if head[4:8] == b"ftyp":
+        return "bmff"
+    if head.startswith(b"\x1a\x45\xdf\xa3") or (head[:4], head[8:12]) == (b"RIFF", b"AVI "):
+        return "video"  # Matroska/WebM, AVI
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def _bmff_boxes(handle: IO[bytes], size: int) -> None:
+    """Every top-level box must fit in the file: a cut MP4 ends inside its last one."""
+    pos = 0
+    while pos < size:
+        handle.seek(pos)
+        head = handle.read(16)
+        if len(head) < 8:
+            raise OutputInvalid(f"is cut short: {size - pos} stray bytes after its last box")
+        length, name = struct.unpack(">I4s", head[:8])
+        kind = name.decode("latin-1")
+        if length == 1:  # a 64-bit size follows
+            if len(head) < 16:
+                raise OutputInvalid(f"is cut short inside its {kind!r} box header")
+            length = struct.unpack(">Q", head[8:16])[0]
+        elif length == 0:  # the box runs to the end of the file
+            length = size - pos
+        if length < 8:
+            raise OutputInvalid(f"has a broken {kind!r} box at byte {pos}")
+        if pos + length > size:
+            raise OutputInvalid(
+                f"is cut short: its {kind!r} box needs {pos + length} bytes, the file has {size}"
+            )
+        pos += length
+
+
+def _check_video(path: Path, shape: Shape, *, count_packets: bool) -> None:
+    try:
+        with av.open(str(path), "r") as container:
+            if not container.streams.video:
+                raise OutputInvalid("holds no video stream")
+            stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            frames = stream.frames
+            if count_packets or not frames:
+                frames = sum(1 for packet in container.demux(stream) if packet.size)
+    except av.error.FFmpegError as exc:
+        raise OutputInvalid(f"cannot be read as a video: {exc}") from None
+    if shape.frames is not None and frames != shape.frames:
+        raise OutputInvalid(f"has {frames} frames, the job asked for {shape.frames}")
+    _check_size((width, height), shape)
+
+
+def _check_size(size: tuple[int, int] | None, shape: Shape) -> None:
+    if size is None or shape.width is None or shape.height is None:
+        return
+    if size != (shape.width, shape.height):
+        got, asked = f"{size[0]}x{size[1]}", f"{shape.width}x{shape.height}"
+        raise OutputInvalid(f"is {got}, the job asked for {asked}")
+
+
+def _png(handle: IO[bytes], size: int) -> tuple[int, int] | None:
+    """Walk the chunks to IEND; a cut file ends before it. Returns the IHDR size."""
+    pos, dims = 8, None
+    while True:
+        handle.seek(pos)
+        head = handle.read(16)
+        if len(head) < 8:
+            raise OutputInvalid("is cut short: its PNG chunks end before IEND")
+        length, name = struct.unpack(">I4s", head[:8])
+        if name == b"IHDR" and len(head) == 16:
+            dims = struct.unpack(">II", head[8:16])
+        pos += 12 + length
+        if pos > size:
+            raise OutputInvalid(f"is cut short inside its {name.decode('latin-1')!r} chunk")
+        if name == b"IEND":
+            return dims
+
+
+def _jpeg(handle: IO[bytes], size: int) -> tuple[int, int] | None:
+    """Read the frame header for the size; the file must end with the EOI marker."""
+    handle.seek(max(0, size - 64))
+    if not handle.read().rstrip(b"\0").endswith(b"\xff\xd9"):
+        raise OutputInvalid("is cut short: the JPEG has no end marker")
+    pos = 2
+    while pos + 4 <= size:
+        handle.seek(pos)
+        head = handle.read(9)
+        if len(head) < 4 or head[0] != 0xFF:
+            return None
+        marker, length = head[1], struct.unpack(">H", head[2:4])[0]
+        if marker in _JPEG_SOF and len(head) == 9:
+            height, width = struct.unpack(">HH", head[5:9])
+            return width, height
+        if marker == 0xDA:  # start of scan: no frame header before it
+            return None
+        pos += 2 + length
+    return None
+
+
+def _gif(handle: IO[bytes], size: int) -> tuple[int, int] | None:
+    handle.seek(6)
+    dims = struct.unpack("<HH", handle.read(4))
+    handle.seek(size - 1)
+    if handle.read(1) != b"\x3b":
+        raise OutputInvalid("is cut short: the GIF has no trailer")
+    return dims[0], dims[1]
+
+
+def _webp(handle: IO[bytes], size: int) -> tuple[int, int] | None:
+    handle.seek(4)
+    (length,) = struct.unpack("<I", handle.read(4))
+    if length + 8 > size:
+        raise OutputInvalid(f"is cut short: the WebP says {length + 8} bytes, the file has {size}")
+    return None
+
+
+_IMAGE_CHECKS = {"png": _png, "jpeg": _jpeg, "gif": _gif, "webp": _webp}
+
+
+def _whole(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None

@@ -1,0 +1,82 @@
+"""Start-up cleanup of .partial/ removes only the partial downloads comfysweep wrote, never
+through a symlink, and says one line about anything else it finds there."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.emulator import Emulator, EmulatorConfig
+from orchestrator.errors import ResultsError
+from orchestrator.retry import RetryPolicy
+from orchestrator.runner import RunReport
+from orchestrator.sweep import Overrides, run_sweep
+
+from .sweeps import write_spec
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    with Emulator(EmulatorConfig(speed=5000.0, workers=4)) as emu:
+        yield emu
+
+
+def run(spec: Path, emulator: Emulator) -> RunReport:
+    return run_sweep(
+        spec,
+        base_url=emulator.base_url,
+        token=emulator.token,
+        overrides=Overrides(poll_interval=0.02),
+        retry=RetryPolicy(wait=False),
+    )
+
+
+def test_a_symlinked_partial_folder_is_one_line_and_nothing_is_deleted_or_paid(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    spec = write_spec(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # A file named as comfysweep's own leftovers are, by a writer that is gone: still not ours.
+    leftover = elsewhere / f"{'a' * 16}-0.part"
+    leftover.write_bytes(b"someone else's")
+    (elsewhere / "notes.txt").write_text("keep me")
+    folder = tmp_path / "results" / "grid"
+    folder.mkdir(parents=True)
+    (folder / ".partial").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(ResultsError) as caught:
+        run(spec, emulator)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert str(folder / ".partial") in message
+    assert "symlink" in message
+    assert sorted(p.name for p in elsewhere.iterdir()) == [leftover.name, "notes.txt"]
+    assert emulator.ledger()["jobs"] == []
+
+
+def test_what_comfysweep_did_not_write_in_partial_is_left_alone_with_one_line_each(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    spec = write_spec(tmp_path)
+    partial = tmp_path / "results" / "grid" / ".partial"
+    (partial / "a-folder").mkdir(parents=True)
+    (partial / "a-folder" / "inside.part").write_bytes(b"x")
+    (partial / "notes.txt").write_text("keep me")
+    target = tmp_path / "target.part"
+    target.write_text("not comfysweep's")
+    (partial / f"{'c' * 16}-0.part").symlink_to(target)  # named like ours, but a link
+    ours = partial / f"{'d' * 16}-0.part"  # an older comfysweep's leftover: removed
+    ours.write_bytes(b"half")
+    report = run(spec, emulator)
+    assert report.complete, report
+    left = sorted(p.name for p in partial.iterdir())
+    assert left == sorted([f"{'c' * 16}-0.part", "a-folder", "notes.txt"])
+    assert (partial / "a-folder" / "inside.part").read_bytes() == b"x"
+    assert target.read_text() == "not comfysweep's"
+    messages = report.messages
+    for name in ("a-folder", "notes.txt", f"{'c' * 16}-0.part"):
+        (line,) = [m for m in messages if name in m]
+        assert "left alone" in line
+    assert any("removed 1 partial download" in m for m in messages)

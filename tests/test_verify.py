@@ -1,0 +1,207 @@
+"""A download is checked before it takes its name: a file cut short, unreadable or of another shape
+than the job asked for is deleted and downloaded again, never marked done."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import pytest
+
+from orchestrator.emulator import Emulator, EmulatorConfig, FaultProfile
+from orchestrator.emulator.media import render_mp4
+from orchestrator.errors import OutputInvalid
+from orchestrator.models import get_model
+from orchestrator.retry import RetryPolicy
+from orchestrator.runner import RunReport
+from orchestrator.store import JobState, Store
+from orchestrator.sweep import Overrides, run_sweep
+from orchestrator.verify import Shape, expected_shape, verify_output
+
+from .sweeps import write_spec
+
+WAN = "community/wan-2-2/vace-fun"
+INPUTS = {"4_valuex3_value": "480x480 (1:1)", "25_value": 81, "38_value": 16}
+SHAPE = Shape(480, 480, 81)
+ONE_JOB = """\
+name: {name}
+model: community/wan-2-2/vace-fun
+inputs:
+  prompt: "a red fox in the snow"
+  image: https://example.com/fox.png
+  resolution: 480x480 (1:1)
+  frames: 81
+run:
+  output: {output}
+  poll_interval: 0.02
+"""
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("video") / "v.mp4"
+    render_mp4(path, INPUTS)
+    return path.read_bytes()
+
+
+def faststart(data: bytes, folder: Path) -> bytes:
+    """The same video with its index (moov) before the frames, as CDNs often serve it."""
+    src, dst = folder / "src.mp4", folder / "fast.mp4"
+    src.write_bytes(data)
+    with av.open(str(src)) as inp, av.open(str(dst), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    return dst.read_bytes()
+
+
+def check(path: Path, data: bytes, ext: str = "mp4", shape: Shape = SHAPE) -> None:
+    path.write_bytes(data)
+    verify_output(path, ext, shape)
+
+
+def test_the_shape_comes_from_the_inputs_by_friendly_name() -> None:
+    model = get_model(WAN)
+    assert (
+        expected_shape(
+            model, model.complete({**INPUTS, "56_text": "x", "118_image": "https://x.io/a.png"})
+        )
+        == SHAPE
+    )
+    assert expected_shape(model, {}) == Shape()
+
+
+def test_a_whole_video_of_the_asked_shape_passes(tmp_path: Path, video: bytes) -> None:
+    check(tmp_path / "v.mp4", video)
+    check(tmp_path / "v.mp4", faststart(video, tmp_path))
+    check(tmp_path / "v.mp4", video, shape=Shape())  # nothing fixed: nothing compared
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["index-last", "faststart"])
+def test_a_video_cut_anywhere_fails(tmp_path: Path, video: bytes, fast: bool) -> None:
+    data = faststart(video, tmp_path) if fast else video
+    for cut in (0, 7, 40, 1000, len(data) // 2, len(data) - 100, len(data) - 1):
+        with pytest.raises(OutputInvalid):
+            check(tmp_path / "v.mp4", data[:cut])
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        (Shape(480, 480, 141), "has 81 frames, the job asked for 141"),
+        (Shape(1280, 720, 81), "is 480x480, the job asked for 1280x720"),
+    ],
+)
+def test_a_video_of_another_shape_fails(
+    tmp_path: Path, video: bytes, shape: Shape, message: str
+) -> None:
+    with pytest.raises(OutputInvalid, match=message):
+        check(tmp_path / "v.mp4", video, shape=shape)
+
+
+def png(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    rows = b"".join(b"\0" + b"\x80" * 3 * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def jpeg(width: int, height: int) -> bytes:
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 17, 8, height, width, 3) + b"\x01\x22\x00" * 3
+    sos = b"\xff\xda" + struct.pack(">H", 12) + b"\x03\x01\x00\x02\x11\x03\x11\x00\x3f\x00"
+    return b"\xff\xd8" + b"\xff\xe0\x00\x04\x00\x00" + sof + sos + b"\x12\x34" * 50 + b"\xff\xd9"
+
+
+def gif(width: int, height: int) -> bytes:
+    return b"GIF89a" + struct.pack("<HH", width, height) + b"\x00\x00\x00" + b"\x00" * 20 + b";"
+
+
+def webp(width: int, height: int) -> bytes:
+    body = b"WEBPVP8 " + b"\x00" * 30
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+@pytest.mark.parametrize(
+    ("ext", "make", "sized"),
+    [("png", png, True), ("jpg", jpeg, True), ("gif", gif, True), ("webp", webp, False)],
+)
+def test_images_must_end_where_their_format_says(
+    tmp_path: Path, ext: str, make: Callable[[int, int], bytes], sized: bool
+) -> None:
+    path = tmp_path / f"i.{ext}"
+    data = make(64, 48)
+    check(path, data, ext, Shape(64, 48))
+    for cut in (len(data) - 1, len(data) // 2, 10):
+        with pytest.raises(OutputInvalid, match=r"cut short|not a readable"):
+            check(path, data[:cut], ext, Shape(64, 48))
+    if sized:
+        with pytest.raises(OutputInvalid, match="is 64x48, the job asked for 48x64"):
+            check(path, data, ext, Shape(48, 64))
+
+
+def test_files_that_are_not_media(tmp_path: Path) -> None:
+    with pytest.raises(OutputInvalid, match="not a readable mp4 file"):
+        check(tmp_path / "x.mp4", b"<html>502 Bad Gateway</html>")
+    with pytest.raises(OutputInvalid, match="not a readable png file"):
+        check(tmp_path / "x.png", b"", "png")
+    check(tmp_path / "x.wav", b"RIFX unknown audio", "wav")  # a kind we cannot check: accepted
+
+
+def run(spec: Path, emu: Emulator) -> RunReport:
+    return run_sweep(
+        spec,
+        base_url=emu.base_url,
+        token=emu.token,
+        overrides=Overrides(poll_interval=0.02),
+        retry=RetryPolicy(wait=False),
+    )
+
+
+def test_a_download_cut_short_without_content_length_is_never_done(tmp_path: Path) -> None:
+    """Every try of the first run is cut: the job stays succeeded; the next run gets it whole."""
+    cut = {"rate": 1.0, "content_length": 0, "fraction": 0.9, "limit": 3}
+    faults = FaultProfile.parse({"faults": {"truncated_download": cut}})
+    spec = write_spec(tmp_path, "one", ONE_JOB)
+    folder = tmp_path / "results" / "one"
+    with Emulator(EmulatorConfig(speed=5000.0, workers=2, faults=faults)) as emu:
+        report = run(spec, emu)
+        assert not report.complete
+        assert report.counts["succeeded"] == 1, report
+        with Store.open(folder / "comfysweep.db", readonly=True) as db:
+            (row,) = db.jobs()
+        assert row.state is JobState.SUCCEEDED
+        assert "cut short" in str(row.error), row.error
+        assert any("run again to download it again" in m for m in report.messages)
+        assert list(folder.glob("*.mp4")) == []
+        assert list((folder / ".partial").iterdir()) == []
+
+        report = run(spec, emu)
+        assert report.complete, report
+        assert len(emu.ledger()["jobs"]) == 1  # downloaded again, not paid again
+    (video,) = folder.glob("*.mp4")
+    verify_output(video, "mp4", SHAPE)
+
+
+def test_one_cut_download_is_retried_in_the_same_run(tmp_path: Path) -> None:
+    cut = {"rate": 1.0, "content_length": 0, "limit": 1}
+    faults = FaultProfile.parse({"faults": {"truncated_download": cut}})
+    spec = write_spec(tmp_path, "one", ONE_JOB)
+    with Emulator(EmulatorConfig(speed=5000.0, workers=2, faults=faults)) as emu:
+        report = run(spec, emu)
+        assert report.complete, report
+        assert emu.ledger()["faults_fired"]["truncated_download"] == 1
+    (video,) = (tmp_path / "results" / "one").glob("*.mp4")
+    verify_output(video, "mp4", SHAPE)
