@@ -20,6 +20,7 @@ from orchestrator.errors import SpecError
 from orchestrator.models import Model, get_model, known_models, suggest
 from orchestrator.sources import (
     LocalImage,
+    MediaFiles,
     Problem,
     expand_glob,
     is_url,
@@ -27,6 +28,7 @@ from orchestrator.sources import (
     random_seeds,
     read_lines,
     read_table,
+    resolve,
     span,
     text_value,
 )
@@ -168,7 +170,7 @@ class _Builder:
         self.base = path.parent.resolve()
         self.data = data
         self.where = where
-        self.media: dict[Path, LocalImage] = {}
+        self.media = MediaFiles()
 
     def build(self) -> Spec:
         raw = self._validate_shape()
@@ -188,7 +190,7 @@ class _Builder:
         include = tuple(self._include(i, e, base_input) for i, e in enumerate(raw.include))
         exclude = tuple(self._exclude(i, e) for i, e in enumerate(raw.exclude))
         name = raw.name or self._default_name()
-        run = raw.run.model_copy(update={"output": (self.base / raw.run.output).resolve()})
+        run = raw.run.model_copy(update={"output": self._path(raw.run.output, ("run", "output"))})
         template = self._template(raw, dims, base_input)
         return Spec(
             name=name,
@@ -225,6 +227,12 @@ class _Builder:
                 message = "must be a folder name: letters, digits, '.', '_' and '-'"
                 raise self.where.error(loc, f"{message}, got {first['input']!r}") from None
             raise self.where.error(loc, pydantic_message(first)) from None
+
+    def _path(self, written: Path, place: tuple[str, ...]) -> Path:
+        try:
+            return resolve(self.base, str(written))
+        except Problem as exc:
+            raise self.where.error(place, exc.message) from None
 
     def _model(self, raw: _SpecFile) -> Model:
         if raw.schema_ == "server":
@@ -318,9 +326,9 @@ class _Builder:
     def _table(
         self, file: str, path: tuple[str, ...]
     ) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
-        table = (self.base / file).resolve()
-        label = _rel(table, self.base, file)
         try:
+            table = resolve(self.base, file)
+            label = _rel(table, self.base, file)
             columns, rows = read_table(table, label)
         except Problem as exc:
             raise self._fail(path, "file", exc) from None
@@ -398,13 +406,13 @@ class _Builder:
             raise self._fail(path, name, exc) from None
         folder = self.base
         if shape == {"file"}:
-            folder = (self.base / source["file"]).resolve().parent
+            folder = resolve(self.base, source["file"]).parent
         return [self._norm(key, v, place, folder) for v, place in raw]
 
     def _lines(self, key: str, file: Any, path: tuple[str, ...]) -> list[tuple[Any, Any]]:
         if not isinstance(file, str):
             raise Problem("file must be a path such as prompts.txt")
-        resolved = (self.base / file).resolve()
+        resolved = resolve(self.base, file)
         label = _rel(resolved, self.base, file)
         return [
             (self._typed(key, text, _Line(label, n)), _Line(label, n))
