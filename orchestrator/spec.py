@@ -363,14 +363,8 @@ class _Builder:
 
     def _source(self, key: str, source: Any, path: tuple[str, ...]) -> list[Any]:
         """The normalised values an axis or zip field lists, in order, duplicates kept."""
-        name = self.model.display_name(key)
         if isinstance(source, list):
-            if not source:
-                raise self.where.error(path, "empty axis; give at least one value")
-            for i, item in enumerate(source):
-                if isinstance(item, dict | list):
-                    raise self.where.error((*path, str(i)), "must be a single value")
-            return [self._norm(key, v, (*path, str(i)), self.base) for i, v in enumerate(source)]
+            return self._listed(key, source, path)
         if not isinstance(source, dict):
             message = (
                 "must be a list, {start, stop, step}, {count, from}, {file} or {glob}; "
@@ -382,32 +376,43 @@ class _Builder:
                 hint = suggest(str(k), list(_SOURCES))
                 message = f"unknown key{hint}; allowed: start/stop/step, count/from, file, glob"
                 raise self.where.error((*path, k), message, key=True)
-        shape = frozenset(source)
         try:
-            if shape == {"start", "stop", "step"}:
-                raw: list[tuple[Any, Any]] = [(v, path) for v in span(**source)]
-            elif shape in ({"count"}, {"count", "from"}):
-                raw = [(v, path) for v in random_seeds(source["count"], source.get("from", 0))]
-            elif shape == {"file"}:
-                raw = self._lines(key, source["file"], path)
-            elif shape == {"glob"}:
-                if key not in self.model.media_inputs:
-                    media = ", ".join(self.model.display_name(k) for k in self.model.media_inputs)
-                    raise Problem(f"glob lists files, so it suits media inputs only ({media})")
-                if not isinstance(source["glob"], str):
-                    raise Problem("glob must be a pattern such as images/*.png")
-                raw = [(v, path) for v in expand_glob(source["glob"], self.base)]
-            else:
-                raise Problem(
-                    "give start, stop and step together, count (with from), file, or glob; "
-                    f"got {', '.join(sorted(shape))}"
-                )
+            raw = self._generated(key, source, path)
+            folder = resolve(self.base, source["file"]).parent if "file" in source else self.base
         except Problem as exc:
-            raise self._fail(path, name, exc) from None
-        folder = self.base
-        if shape == {"file"}:
-            folder = resolve(self.base, source["file"]).parent
+            raise self._fail(path, self.model.display_name(key), exc) from None
         return [self._norm(key, v, place, folder) for v, place in raw]
+
+    def _listed(self, key: str, source: list[Any], path: tuple[str, ...]) -> list[Any]:
+        if not source:
+            raise self.where.error(path, "empty axis; give at least one value")
+        for i, item in enumerate(source):
+            if isinstance(item, dict | list):
+                raise self.where.error((*path, str(i)), "must be a single value")
+        return [self._norm(key, v, (*path, str(i)), self.base) for i, v in enumerate(source)]
+
+    def _generated(
+        self, key: str, source: dict[str, Any], path: tuple[str, ...]
+    ) -> list[tuple[Any, Any]]:
+        """A range, seeds, a file's lines or a glob's files, each with its place; or a Problem."""
+        shape = frozenset(source)
+        if shape == {"start", "stop", "step"}:
+            return [(v, path) for v in span(**source)]
+        if shape in ({"count"}, {"count", "from"}):
+            return [(v, path) for v in random_seeds(source["count"], source.get("from", 0))]
+        if shape == {"file"}:
+            return self._lines(key, source["file"], path)
+        if shape == {"glob"}:
+            if key not in self.model.media_inputs:
+                media = ", ".join(self.model.display_name(k) for k in self.model.media_inputs)
+                raise Problem(f"glob lists files, so it suits media inputs only ({media})")
+            if not isinstance(source["glob"], str):
+                raise Problem("glob must be a pattern such as images/*.png")
+            return [(v, path) for v in expand_glob(source["glob"], self.base)]
+        raise Problem(
+            "give start, stop and step together, count (with from), file, or glob; "
+            f"got {', '.join(sorted(shape))}"
+        )
 
     def _lines(self, key: str, file: Any, path: tuple[str, ...]) -> list[tuple[Any, Any]]:
         if not isinstance(file, str):
