@@ -79,18 +79,12 @@ def iter_jobs(spec: Spec) -> Iterator[Job]:
 def iter_inputs(spec: Spec) -> Iterator[dict[str, Any]]:
     """Each distinct combination's complete input in grid order, repeats not expanded.
 
-    Local media are still ``LocalImage`` placeholders here (cheap: no file is read).
+    Local media are still ``LocalImage`` placeholders here (cheap: no file is read). A block of
+    the grid an exclude rule drops whole is skipped at once, not walked job by job.
     """
-    dims = spec.dimensions
     rules = _rules(spec)
-    choices = [[dict(zip(d.keys, row, strict=True)) for row in d.rows] for d in dims]
-    for combo in itertools.product(*(list(enumerate(c)) for c in choices)):
-        if rules and _hit(rules, [i for i, _ in combo]):
-            continue
-        values = dict(spec.fixed)
-        for _, row in combo:
-            values.update(row)
-        yield values
+    choices = [[dict(zip(d.keys, row, strict=True)) for row in d.rows] for d in spec.dimensions]
+    yield from _Walk(rules, choices).below(0, dict(spec.fixed), frozenset(range(len(rules))))
     yield from _extra(spec, rules)
 
 
@@ -160,6 +154,36 @@ def _rows_by_value(rows: tuple[tuple[Any, ...], ...], pos: int) -> dict[Any, fro
 
 def _hit(rules: list[Rule], index: list[int]) -> bool:
     return any(all(index[d] in rows for d, rows in rule.items()) for rule in rules)
+
+
+class _Walk:
+    """The grid in order, one dimension a level, carrying the exclude rules still able to match."""
+
+    def __init__(self, rules: list[Rule], choices: list[list[dict[str, Any]]]) -> None:
+        self.rules = rules
+        self.choices = choices
+        self.last = [max(rule, default=-1) for rule in rules]
+
+    def below(
+        self, j: int, values: dict[str, Any], live: frozenset[int]
+    ) -> Iterator[dict[str, Any]]:
+        if any(self.last[i] < j for i in live):  # a rule matches all it names: dropped whole
+            return
+        if not live:
+            for combo in itertools.product(*self.choices[j:]):
+                out = dict(values)
+                for row in combo:
+                    out.update(row)
+                yield out
+            return
+        naming = [i for i in live if j in self.rules[i]]
+        hits: dict[int, list[int]] = {}
+        for i in naming:
+            for r in self.rules[i][j]:
+                hits.setdefault(r, []).append(i)
+        passing = live.difference(naming)
+        for r, row in enumerate(self.choices[j]):
+            yield from self.below(j + 1, values | row, passing.union(hits.get(r, ())))
 
 
 class _Cover:

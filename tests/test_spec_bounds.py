@@ -4,6 +4,7 @@ exactly without walking the grid."""
 from __future__ import annotations
 
 import itertools
+import json
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -247,3 +248,19 @@ def test_glob_of_images_of_one_size_reads_each_once_and_compares_linearly(
 def test_a_spec_error_is_a_spec_error(tmp_path: Path) -> None:
     with pytest.raises(SpecError):
         load_spec(write(tmp_path, HEAD + bomb(7)))
+
+
+def test_plan_skips_a_dropped_block_to_find_the_first_jobs(tmp_path: Path) -> None:
+    """The first 39,000,000 jobs are excluded: plan's first jobs come without walking them."""
+    body = (
+        "axes:\n  frames: [81, 141]\n  steps: {start: 2, stop: 40, step: 1}\n"
+        "  cfg: {start: 0.1, stop: 10.0, step: 0.1}\n  seed: {count: 10000}\n"
+        "exclude:\n  - {frames: 81}\n  - {frames: 141, steps: 2, cfg: 0.1}\n"
+    )
+    path = write(tmp_path, HEAD + body)
+    result = CliRunner().invoke(cli, ["plan", str(path), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["jobs"] == 39 * 100 * 10_000 - 10_000
+    first = [job["inputs"] for job in plan["first_jobs"]]
+    assert [(j["frames"], j["steps"], j["cfg"]) for j in first] == [(141, 2, 0.2)] * 5
