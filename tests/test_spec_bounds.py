@@ -264,3 +264,16 @@ def test_plan_skips_a_dropped_block_to_find_the_first_jobs(tmp_path: Path) -> No
     assert plan["jobs"] == 39 * 100 * 10_000 - 10_000
     first = [job["inputs"] for job in plan["first_jobs"]]
     assert [(j["frames"], j["steps"], j["cfg"]) for j in first] == [(141, 2, 0.2)] * 5
+
+
+def test_rules_too_intricate_to_count_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its work bound the count stops with a SpecError (the bound lowered to reach it)."""
+    monkeypatch.setattr("orchestrator.grid._MAX_COUNT_WORK", 3)
+    rules = "".join(f"  - {{steps: {s}, cfg: {c}}}\n" for s in (2, 3) for c in (1.0, 2.0))
+    path = write(tmp_path, HEAD + "axes: {steps: [2, 3, 4], cfg: [1.0, 2.0]}\nexclude:\n" + rules)
+    assert one_line_error(path, run=False) == (  # run iterates; it does not count
+        f"{path}: exclude: 4 rules cross in too many ways to count in reasonable time; "
+        "merge or drop some"
+    )
