@@ -44,7 +44,7 @@ class Places:
             if isinstance(node, yaml.MappingNode):
                 keys: set[str] = set()
                 for key_node, value_node in node.value:
-                    key = str(key_node.value)
+                    key = _name(key_node)
                     if key_node.tag != "tag:yaml.org,2002:merge" and key in keys:
                         message = "duplicate key; give each key once"
                         raise self.error((*path, key), message, key=True)
@@ -59,7 +59,7 @@ class Places:
         node, key_node = self.root, None
         for part in path:
             if isinstance(node, yaml.MappingNode):
-                pairs = [(k, v) for k, v in node.value if str(k.value) == part]
+                pairs = [(k, v) for k, v in node.value if _name(k) == part]
                 node, key_node = (pairs[-1][1], pairs[-1][0]) if pairs else (None, None)
             elif isinstance(node, yaml.SequenceNode) and part.isdigit():
                 index = int(part)
@@ -173,6 +173,14 @@ def parse_yaml(path: Path, text: str) -> tuple[Any, Places]:
     if not isinstance(data, dict):
         raise where.error((), "the spec must be a mapping of keys (model, inputs, axes, ...)")
     return data, where
+
+
+def _name(key: yaml.Node) -> str:
+    """A mapping key as a field name; a list or mapping used as a key is named by where it is (its
+    text could be huge, and a field path never holds one)."""
+    if isinstance(key, yaml.ScalarNode):
+        return str(key.value)
+    return f"<{key.tag} at {key.start_mark.line + 1}:{key.start_mark.column + 1}>"
 
 
 def dotted(path: tuple[Any, ...]) -> str:
