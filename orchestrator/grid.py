@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,14 +23,15 @@ from orchestrator.models import get_model
 from orchestrator.sources import LocalImage, Problem
 from orchestrator.spec import Spec, identity
 
-__all__ = ["GridCount", "Job", "count_jobs", "iter_inputs", "iter_jobs"]
+__all__ = ["GridCount", "Job", "count_jobs", "iter_inputs", "iter_jobs", "weighted_total"]
 
 # Data URIs kept between jobs; a grid of a few images reads each file once.
 _MEDIA_CACHE_BYTES = 256 * 1024 * 1024
-# Up to this many exclude rules are counted by inclusion-exclusion (2**n terms), beyond by walking.
-_MAX_ARITHMETIC_RULES = 16
+# Counting the jobs exclude rules drop looks at most this many (rule, case) pairs: a few seconds.
+_MAX_COUNT_WORK = 10_000_000
 
 Rule = dict[int, frozenset[int]]  # dimension index -> row indices the rule matches there
+Weights = list[list[Any] | None]  # per dimension, each row's weight (None: each weighs 1)
 
 
 @dataclass(frozen=True)
@@ -78,18 +79,12 @@ def iter_jobs(spec: Spec) -> Iterator[Job]:
 def iter_inputs(spec: Spec) -> Iterator[dict[str, Any]]:
     """Each distinct combination's complete input in grid order, repeats not expanded.
 
-    Local media are still ``LocalImage`` placeholders here (cheap: no file is read).
+    Local media are still ``LocalImage`` placeholders here (cheap: no file is read). A block of
+    the grid an exclude rule drops whole is skipped at once, not walked job by job.
     """
-    dims = spec.dimensions
     rules = _rules(spec)
-    choices = [[dict(zip(d.keys, row, strict=True)) for row in d.rows] for d in dims]
-    for combo in itertools.product(*(list(enumerate(c)) for c in choices)):
-        if rules and _hit(rules, [i for i, _ in combo]):
-            continue
-        values = dict(spec.fixed)
-        for _, row in combo:
-            values.update(row)
-        yield values
+    choices = [[dict(zip(d.keys, row, strict=True)) for row in d.rows] for d in spec.dimensions]
+    yield from _Walk(rules, choices).below(0, dict(spec.fixed), frozenset(range(len(rules))))
     yield from _extra(spec, rules)
 
 
@@ -98,7 +93,7 @@ def count_jobs(spec: Spec) -> GridCount:
     sizes = [len(d.rows) for d in spec.dimensions]
     grid, grid_raw = math.prod(sizes), math.prod(d.raw_size for d in spec.dimensions)
     rules = _rules(spec)
-    excluded = _count_excluded(rules, sizes)
+    excluded = _Cover(spec, rules, [None] * len(sizes)).total()
     included = sum(1 for _ in _extra(spec, rules))
     repeated = (len(spec.include) - included) * spec.repeat
     return GridCount(
@@ -110,9 +105,27 @@ def count_jobs(spec: Spec) -> GridCount:
     )
 
 
+def weighted_total(spec: Spec, factors: Mapping[str, Callable[[Any], Any]]) -> Any:
+    """The sum over the spec's distinct jobs (repeats not expanded) of the product of
+    ``factors[key](value)`` over the given keys, by axis arithmetic like ``count_jobs``."""
+    varied = {k for d in spec.dimensions for k in d.keys}
+    weights: Weights = []
+    for dim in spec.dimensions:
+        used = [(pos, factors[k]) for pos, k in enumerate(dim.keys) if k in factors]
+        rows = [math.prod(f(row[pos]) for pos, f in used) for row in dim.rows] if used else None
+        weights.append(rows)
+    fixed = math.prod(f(spec.fixed[k]) for k, f in factors.items() if k not in varied)
+    rules = _rules(spec)
+    cover = _Cover(spec, rules, weights)
+    grid = math.prod(cover.sums)
+    extra = sum(math.prod(f(e[k]) for k, f in factors.items()) for e in _extra(spec, rules))
+    return (grid - cover.total()) * fixed + extra
+
+
 def _rules(spec: Spec) -> list[Rule]:
     """The exclude rules that can match, each as the rows it matches per dimension."""
     where = {k: (d, pos) for d, dim in enumerate(spec.dimensions) for pos, k in enumerate(dim.keys)}
+    index: dict[str, dict[Any, frozenset[int]]] = {}  # key -> value identity -> rows holding it
     rules = []
     for entry in spec.exclude:
         rule: dict[int, frozenset[int]] = {}
@@ -123,35 +136,121 @@ def _rules(spec: Spec) -> list[Rule]:
                 alive = alive and key in spec.fixed and identity(spec.fixed[key]) == wanted
                 continue
             d, pos = where[key]
-            rows = spec.dimensions[d].rows
-            match = frozenset(i for i, row in enumerate(rows) if identity(row[pos]) == wanted)
+            if key not in index:
+                index[key] = _rows_by_value(spec.dimensions[d].rows, pos)
+            match = index[key].get(wanted, frozenset())
             rule[d] = rule.get(d, match) & match
         if alive and all(rule.values()):
             rules.append(rule)
     return rules
 
 
+def _rows_by_value(rows: tuple[tuple[Any, ...], ...], pos: int) -> dict[Any, frozenset[int]]:
+    found: dict[Any, list[int]] = {}
+    for i, row in enumerate(rows):
+        found.setdefault(identity(row[pos]), []).append(i)
+    return {value: frozenset(at) for value, at in found.items()}
+
+
 def _hit(rules: list[Rule], index: list[int]) -> bool:
     return any(all(index[d] in rows for d, rows in rule.items()) for rule in rules)
 
 
-def _count_excluded(rules: list[Rule], sizes: list[int]) -> int:
-    """Grid jobs that match at least one rule: inclusion-exclusion over the rules, else a walk."""
-    if not rules:
-        return 0
-    if len(rules) > _MAX_ARITHMETIC_RULES:
-        ranges = [range(n) for n in sizes]
-        return sum(1 for idx in itertools.product(*ranges) if _hit(rules, list(idx)))
-    total = 0
-    for r in range(1, len(rules) + 1):
-        for subset in itertools.combinations(rules, r):
-            merged: dict[int, frozenset[int]] = {}
-            for rule in subset:
-                for d, rows in rule.items():
-                    merged[d] = merged.get(d, rows) & rows
-            size = math.prod(len(merged[d]) if d in merged else n for d, n in enumerate(sizes))
-            total += size if r % 2 else -size
-    return total
+class _Walk:
+    """The grid in order, one dimension a level, carrying the exclude rules still able to match."""
+
+    def __init__(self, rules: list[Rule], choices: list[list[dict[str, Any]]]) -> None:
+        self.rules = rules
+        self.choices = choices
+        self.last = [max(rule, default=-1) for rule in rules]
+
+    def below(
+        self, j: int, values: dict[str, Any], live: frozenset[int]
+    ) -> Iterator[dict[str, Any]]:
+        if any(self.last[i] < j for i in live):  # a rule matches all it names: dropped whole
+            return
+        if not live:
+            for combo in itertools.product(*self.choices[j:]):
+                out = dict(values)
+                for row in combo:
+                    out.update(row)
+                yield out
+            return
+        naming = [i for i in live if j in self.rules[i]]
+        hits: dict[int, list[int]] = {}
+        for i in naming:
+            for r in self.rules[i][j]:
+                hits.setdefault(r, []).append(i)
+        passing = live.difference(naming)
+        for r, row in enumerate(self.choices[j]):
+            yield from self.below(j + 1, values | row, passing.union(hits.get(r, ())))
+
+
+class _Cover:
+    """The total weight of the grid cells at least one exclude rule matches (a cell weighs the
+    product of its rows' weights), without walking the grid.
+
+    The dimensions that rules name are decided one at a time. In each, the rows no live rule
+    tells apart form one class (most rows: a rule names one value), each class keeps the rules
+    it matches alive, and a case (dimension, live rules) met twice is counted once. So the work
+    follows the rules, not the grid; past ``_MAX_COUNT_WORK`` it stops with a SpecError.
+    """
+
+    def __init__(self, spec: Spec, rules: list[Rule], weights: Weights) -> None:
+        self.spec = spec
+        self.rules = rules
+        self.weights = weights
+        self.sums = [
+            len(dim.rows) if w is None else sum(w)
+            for dim, w in zip(spec.dimensions, weights, strict=True)
+        ]
+        named = {d for rule in rules for d in rule}
+        self.order = sorted(named, key=lambda d: -sum(d in rule for rule in rules))
+        place = {d: j for j, d in enumerate(self.order)}
+        self.last = [max((place[d] for d in rule), default=-1) for rule in rules]
+        self.after = [math.prod(self.sums[d] for d in self.order[j:]) for j in range(len(named))]
+        self.free = math.prod(s for d, s in enumerate(self.sums) if d not in named)
+        self.seen: dict[tuple[int, frozenset[int]], Any] = {}
+        self.work = 0
+
+    def total(self) -> Any:
+        return self.free * self._visit(0, frozenset(range(len(self.rules))))
+
+    def _visit(self, j: int, live: frozenset[int]) -> Any:
+        if not live:
+            return 0
+        if any(self.last[i] < j for i in live):  # a live rule matched in all it names
+            return self.after[j] if j < len(self.after) else 1
+        case = (j, live)
+        if case not in self.seen:
+            self.work += len(live)
+            if self.work > _MAX_COUNT_WORK:
+                raise SpecError(
+                    f"{self.spec.path}: exclude: {len(self.rules):,} rules cross in too many "
+                    "ways to count in reasonable time; merge or drop some"
+                )
+            self.seen[case] = self._split(j, live)
+        return self.seen[case]
+
+    def _split(self, j: int, live: frozenset[int]) -> Any:
+        d = self.order[j]
+        weights = self.weights[d]
+        naming = {i for i in live if d in self.rules[i]}
+        matched: dict[int, set[int]] = {}
+        for i in naming:
+            self.work += len(self.rules[i][d])
+            for row in self.rules[i][d]:
+                matched.setdefault(row, set()).add(i)
+        classes: dict[frozenset[int], Any] = {}
+        for row, hits in matched.items():
+            weight = 1 if weights is None else weights[row]
+            classes[frozenset(hits)] = classes.get(frozenset(hits), 0) + weight
+        others = live - naming
+        rest = self.sums[d] - sum(classes.values())
+        total = rest * self._visit(j + 1, others) if rest else 0
+        for group, weight in classes.items():
+            total += weight * self._visit(j + 1, others | group)
+        return total
 
 
 def _extra(spec: Spec, rules: list[Rule]) -> Iterator[dict[str, Any]]:

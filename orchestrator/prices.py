@@ -14,11 +14,12 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from orchestrator.grid import GridCount, iter_inputs
+from orchestrator.grid import GridCount, weighted_total
 from orchestrator.models import Model
 from orchestrator.spec import Spec
 
@@ -131,7 +132,7 @@ def estimate(
     jobs = count.jobs if isinstance(count, GridCount) else count
     host = api_host(api_base)
     price = last_price(spec.model, api_base=api_base)
-    seconds = _output_seconds(spec, jobs)
+    seconds = _output_seconds(spec)
     cost: float | None = None
     if price is None:
         cost_note = f"no catalog price seen yet for {spec.model} at {host}"
@@ -172,20 +173,31 @@ def job_cost(model: Model, price: PriceInfo, inputs: Mapping[str, Any]) -> float
     return price.base_price_usd * frames / fps
 
 
-def _output_seconds(spec: Spec, jobs: int) -> float | None:
-    """Seconds of video the sweep makes: frames / fps summed over its jobs (walked if they vary)."""
+def _output_seconds(spec: Spec) -> float | None:
+    """Seconds of video the sweep makes: frames / fps summed over its jobs, by axis arithmetic
+    (frames x 1/fps factors per axis, never a walk over the grid); None unless both are numbers."""
     model = spec.definition
     frames, fps = model.raw_key("frames"), model.raw_key("fps")
     if not frames or not fps or frames not in spec.fixed or fps not in spec.fixed:
         return None
-    fixed = (spec.fixed[frames], spec.fixed[fps])
-    varied = {k for d in spec.dimensions for k in d.keys}
-    if not {frames, fps} & varied and all((e[frames], e[fps]) == fixed for e in spec.include):
-        return float(jobs * fixed[0] / fixed[1])
-    total = 0.0
-    for values in iter_inputs(spec):
-        total += values[frames] / values[fps]
-    return total * spec.repeat
+    try:
+        total = weighted_total(spec, {frames: _exact, fps: lambda v: 1 / _positive(v)})
+    except (TypeError, ValueError):
+        return None
+    return float(total * spec.repeat)
+
+
+def _exact(value: Any) -> Fraction:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError(f"not a number: {value!r}")
+    return Fraction(value)
+
+
+def _positive(value: Any) -> Fraction:
+    number = _exact(value)
+    if number <= 0:
+        raise ValueError(f"not above 0: {value!r}")
+    return number
 
 
 def _key(host: str, model_id: str) -> str:

@@ -24,6 +24,7 @@ __all__ = [
     "MAX_MEDIA_BYTES",
     "MAX_VALUES",
     "LocalImage",
+    "MediaFiles",
     "Problem",
     "expand_glob",
     "is_url",
@@ -31,6 +32,7 @@ __all__ = [
     "random_seeds",
     "read_lines",
     "read_table",
+    "resolve",
     "span",
     "text_value",
 ]
@@ -40,6 +42,8 @@ MAX_MEDIA_BYTES = {"image": 6 * 1024 * 1024, "video": 32 * 1024 * 1024}
 # One axis or range may not list more values than this (a typo such as step 0.0001 would hang).
 MAX_VALUES = 1_000_000
 SEED_SPACE = 2**32
+# Python refuses to read or print an integer of more digits (sys.get_int_max_str_digits()).
+MAX_INT_DIGITS = 4300
 
 
 class Problem(Exception):
@@ -56,17 +60,19 @@ class LocalImage:
     """A local media file that becomes a base64 ``data:`` URI when a job is built.
 
     Two files with the same bytes and type make the same data URI, so they compare equal and the
-    grid collapses them like any other duplicate value. Files are hashed only when their sizes
-    match, so a dataset of thousands of images loads without reading them.
+    grid collapses them like any other duplicate value. ``content`` says which bytes a file holds
+    (``MediaFiles`` sets it, reading a file only when another of its type and size exists), so a
+    dataset of thousands of images loads without reading them, and hashes apart in linear time.
     """
 
-    __slots__ = ("_digest", "label", "mime", "path", "size")
+    __slots__ = ("_digest", "content", "label", "mime", "path", "size")
 
     def __init__(self, mime: str, path: Path, label: str, size: int) -> None:
         self.mime = mime
         self.path = path
         self.label = label  # as the user wrote it (relative to the spec), for names and tables
         self.size = size
+        self.content: tuple[Any, ...] = (mime, size, str(path))
         self._digest: str | None = None
 
     @property
@@ -82,11 +88,10 @@ class LocalImage:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, LocalImage):
             return NotImplemented
-        same_kind = self.mime == other.mime and self.size == other.size
-        return same_kind and (self.path == other.path or self.sha256 == other.sha256)
+        return self.content == other.content
 
     def __hash__(self) -> int:
-        return hash((self.mime, self.size))
+        return hash(self.content)
 
     def __repr__(self) -> str:
         return f"LocalImage({self.label!r}, {self.mime}, {self.size} bytes)"
@@ -105,12 +110,40 @@ def is_url(text: str) -> bool:
     return text.startswith(("http://", "https://", "data:"))
 
 
-def local_media(
-    text: str, base: Path, label_base: Path, seen: dict[Path, LocalImage]
-) -> LocalImage:
+class MediaFiles:
+    """The local media files of one spec: each read from disk once, and told apart by content.
+
+    The first file of each type and size keeps its path as its content key, unread; a later one
+    of the same type and size is hashed (and so is the first, once) and takes the first's key if
+    their bytes match, else its own hash. Equal bytes get equal keys in one pass over the files;
+    comparing LocalImages of two different specs means nothing.
+    """
+
+    def __init__(self) -> None:
+        self.by_path: dict[Path, LocalImage] = {}
+        self.first: dict[tuple[str, int], LocalImage] = {}
+
+    def add(self, image: LocalImage) -> None:
+        """Register a new file, setting its ``content`` key (before anything hashes it)."""
+        first = self.first.setdefault((image.mime, image.size), image)
+        if first is not image:
+            same = image.sha256 == first.sha256
+            image.content = first.content if same else (image.mime, image.size, image.sha256)
+        self.by_path[image.path] = image
+
+
+def resolve(base: Path, written: str) -> Path:
+    """``written`` (relative to ``base``) as an absolute path; a NUL byte in it is a Problem."""
+    try:
+        return (base / written).resolve()
+    except ValueError:  # the OS takes no NUL in a path
+        raise Problem(f"{written!r}: a file name cannot contain a NUL byte") from None
+
+
+def local_media(text: str, base: Path, label_base: Path, seen: MediaFiles) -> LocalImage:
     """A local media path (relative to ``base``) checked for existence, type and size."""
-    path = (base / text).resolve()
-    cached = seen.get(path)
+    path = resolve(base, text)
+    cached = seen.by_path.get(path)
     if cached is not None:
         return cached
     label = _label(path, label_base, text)
@@ -138,7 +171,7 @@ def local_media(
             f"URI {kind}; host it at a public http(s) URL instead"
         )
     image = LocalImage(mime=mime, path=path, label=label, size=size)
-    seen[path] = image
+    seen.add(image)
     return image
 
 
@@ -225,6 +258,8 @@ def text_value(kind: str, text: str) -> Any:
     if kind == "integer" or (kind == "" and re.fullmatch(r"[-+]?\d+", text)):
         if not re.fullmatch(r"[-+]?\d+", text):
             raise Problem(f"must be a whole number, got {text!r}")
+        if len(text.lstrip("+-")) > MAX_INT_DIGITS:
+            raise Problem(f"a whole number of more than {MAX_INT_DIGITS:,} digits")
         return int(text)
     if kind == "number" or kind == "":
         try:
@@ -262,6 +297,17 @@ def _read_text(path: Path, label: str) -> str:
 
 def _csv(text: str, label: str) -> tuple[list[str], list[tuple[list[Any], int]]]:
     reader = csv.reader(text.splitlines())
+    try:
+        return _csv_rows(reader, label)
+    except csv.Error as exc:
+        # A cell over csv.field_size_limit() (128 KiB) lands here: far above any prompt a model
+        # takes, so the limit stays (raising it would change it for the whole process).
+        limit = csv.field_size_limit()
+        why = f"a cell is longer than {limit:,} characters" if "field limit" in str(exc) else exc
+        raise Problem(f"not valid CSV: {why}", label, reader.line_num) from None
+
+
+def _csv_rows(reader: Any, label: str) -> tuple[list[str], list[tuple[list[Any], int]]]:
     header = next(reader, None)
     if not header or not all(h.strip() for h in header):
         raise Problem(f"{label}: the first row must name every column", label, 1)
@@ -287,6 +333,10 @@ def _jsonl(text: str, label: str) -> tuple[list[str], list[tuple[list[Any], int]
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise Problem(f"not JSON: {exc.msg}", label, n) from None
+        except ValueError:  # an integer of more than 4,300 digits
+            raise Problem(f"a number of more than {MAX_INT_DIGITS:,} digits", label, n) from None
+        except RecursionError:
+            raise Problem("nested too deeply", label, n) from None
         if not isinstance(obj, dict) or not obj:
             raise Problem("each line must be a JSON object of inputs", label, n)
         if not columns:

@@ -20,6 +20,7 @@ from orchestrator.errors import SpecError
 from orchestrator.models import Model, get_model, known_models, suggest
 from orchestrator.sources import (
     LocalImage,
+    MediaFiles,
     Problem,
     expand_glob,
     is_url,
@@ -27,6 +28,7 @@ from orchestrator.sources import (
     random_seeds,
     read_lines,
     read_table,
+    resolve,
     span,
     text_value,
 )
@@ -168,7 +170,7 @@ class _Builder:
         self.base = path.parent.resolve()
         self.data = data
         self.where = where
-        self.media: dict[Path, LocalImage] = {}
+        self.media = MediaFiles()
 
     def build(self) -> Spec:
         raw = self._validate_shape()
@@ -188,7 +190,7 @@ class _Builder:
         include = tuple(self._include(i, e, base_input) for i, e in enumerate(raw.include))
         exclude = tuple(self._exclude(i, e) for i, e in enumerate(raw.exclude))
         name = raw.name or self._default_name()
-        run = raw.run.model_copy(update={"output": (self.base / raw.run.output).resolve()})
+        run = raw.run.model_copy(update={"output": self._path(raw.run.output, ("run", "output"))})
         template = self._template(raw, dims, base_input)
         return Spec(
             name=name,
@@ -225,6 +227,12 @@ class _Builder:
                 message = "must be a folder name: letters, digits, '.', '_' and '-'"
                 raise self.where.error(loc, f"{message}, got {first['input']!r}") from None
             raise self.where.error(loc, pydantic_message(first)) from None
+
+    def _path(self, written: Path, place: tuple[str, ...]) -> Path:
+        try:
+            return resolve(self.base, str(written))
+        except Problem as exc:
+            raise self.where.error(place, exc.message) from None
 
     def _model(self, raw: _SpecFile) -> Model:
         if raw.schema_ == "server":
@@ -318,9 +326,9 @@ class _Builder:
     def _table(
         self, file: str, path: tuple[str, ...]
     ) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
-        table = (self.base / file).resolve()
-        label = _rel(table, self.base, file)
         try:
+            table = resolve(self.base, file)
+            label = _rel(table, self.base, file)
             columns, rows = read_table(table, label)
         except Problem as exc:
             raise self._fail(path, "file", exc) from None
@@ -355,14 +363,8 @@ class _Builder:
 
     def _source(self, key: str, source: Any, path: tuple[str, ...]) -> list[Any]:
         """The normalised values an axis or zip field lists, in order, duplicates kept."""
-        name = self.model.display_name(key)
         if isinstance(source, list):
-            if not source:
-                raise self.where.error(path, "empty axis; give at least one value")
-            for i, item in enumerate(source):
-                if isinstance(item, dict | list):
-                    raise self.where.error((*path, str(i)), "must be a single value")
-            return [self._norm(key, v, (*path, str(i)), self.base) for i, v in enumerate(source)]
+            return self._listed(key, source, path)
         if not isinstance(source, dict):
             message = (
                 "must be a list, {start, stop, step}, {count, from}, {file} or {glob}; "
@@ -374,37 +376,48 @@ class _Builder:
                 hint = suggest(str(k), list(_SOURCES))
                 message = f"unknown key{hint}; allowed: start/stop/step, count/from, file, glob"
                 raise self.where.error((*path, k), message, key=True)
-        shape = frozenset(source)
         try:
-            if shape == {"start", "stop", "step"}:
-                raw: list[tuple[Any, Any]] = [(v, path) for v in span(**source)]
-            elif shape in ({"count"}, {"count", "from"}):
-                raw = [(v, path) for v in random_seeds(source["count"], source.get("from", 0))]
-            elif shape == {"file"}:
-                raw = self._lines(key, source["file"], path)
-            elif shape == {"glob"}:
-                if key not in self.model.media_inputs:
-                    media = ", ".join(self.model.display_name(k) for k in self.model.media_inputs)
-                    raise Problem(f"glob lists files, so it suits media inputs only ({media})")
-                if not isinstance(source["glob"], str):
-                    raise Problem("glob must be a pattern such as images/*.png")
-                raw = [(v, path) for v in expand_glob(source["glob"], self.base)]
-            else:
-                raise Problem(
-                    "give start, stop and step together, count (with from), file, or glob; "
-                    f"got {', '.join(sorted(shape))}"
-                )
+            raw = self._generated(key, source, path)
+            folder = resolve(self.base, source["file"]).parent if "file" in source else self.base
         except Problem as exc:
-            raise self._fail(path, name, exc) from None
-        folder = self.base
-        if shape == {"file"}:
-            folder = (self.base / source["file"]).resolve().parent
+            raise self._fail(path, self.model.display_name(key), exc) from None
         return [self._norm(key, v, place, folder) for v, place in raw]
+
+    def _listed(self, key: str, source: list[Any], path: tuple[str, ...]) -> list[Any]:
+        if not source:
+            raise self.where.error(path, "empty axis; give at least one value")
+        for i, item in enumerate(source):
+            if isinstance(item, dict | list):
+                raise self.where.error((*path, str(i)), "must be a single value")
+        return [self._norm(key, v, (*path, str(i)), self.base) for i, v in enumerate(source)]
+
+    def _generated(
+        self, key: str, source: dict[str, Any], path: tuple[str, ...]
+    ) -> list[tuple[Any, Any]]:
+        """A range, seeds, a file's lines or a glob's files, each with its place; or a Problem."""
+        shape = frozenset(source)
+        if shape == {"start", "stop", "step"}:
+            return [(v, path) for v in span(**source)]
+        if shape in ({"count"}, {"count", "from"}):
+            return [(v, path) for v in random_seeds(source["count"], source.get("from", 0))]
+        if shape == {"file"}:
+            return self._lines(key, source["file"], path)
+        if shape == {"glob"}:
+            if key not in self.model.media_inputs:
+                media = ", ".join(self.model.display_name(k) for k in self.model.media_inputs)
+                raise Problem(f"glob lists files, so it suits media inputs only ({media})")
+            if not isinstance(source["glob"], str):
+                raise Problem("glob must be a pattern such as images/*.png")
+            return [(v, path) for v in expand_glob(source["glob"], self.base)]
+        raise Problem(
+            "give start, stop and step together, count (with from), file, or glob; "
+            f"got {', '.join(sorted(shape))}"
+        )
 
     def _lines(self, key: str, file: Any, path: tuple[str, ...]) -> list[tuple[Any, Any]]:
         if not isinstance(file, str):
             raise Problem("file must be a path such as prompts.txt")
-        resolved = (self.base / file).resolve()
+        resolved = resolve(self.base, file)
         label = _rel(resolved, self.base, file)
         return [
             (self._typed(key, text, _Line(label, n)), _Line(label, n))

@@ -1,15 +1,19 @@
 """Fuzzed specs: `plan` counts right (checked by iterating) or fails in one line, nothing else.
 
-Hypothesis generates spec dicts (mostly well formed, with wrong values, types and keys mixed in)
-and raw YAML text (random, and a valid spec with characters cut or inserted). Whatever comes in,
-loading and planning raise nothing but a one-line ComfysweepError, and when they succeed the
-arithmetic count equals the number of jobs iteration yields, each with its own key.
+Hypothesis generates spec dicts (mostly well formed, with wrong values, types and keys mixed in),
+raw YAML text (random, and a valid spec with characters cut or inserted), hostile shapes (alias
+bombs, deep nesting, integers past 4,300 digits, CSV cells past 128 KiB, NUL bytes in paths) and
+grids with many exclude rules where frames and fps vary. Whatever comes in, loading and planning
+raise nothing but a one-line ComfysweepError, in bounded time (the per-test timeout), and when they
+succeed the arithmetic count and output seconds equal what iteration yields, each job with its own
+key.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ from hypothesis import strategies as st
 from orchestrator import count_jobs, iter_jobs, load_spec
 from orchestrator.cli import cli
 from orchestrator.errors import ComfysweepError
+from orchestrator.grid import iter_inputs
 from orchestrator.plan import plan_summary
 
 # The example database is kept (.hypothesis/, ignored by git) so a failure replays on the next
@@ -31,6 +36,8 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+# The hostile shapes write large files (128 KiB cells, 3,000-level nesting): fewer examples.
+HOSTILE = settings(FUZZ, max_examples=50)
 ITERATE_UP_TO = 3000
 
 VALID = """\
@@ -196,10 +203,23 @@ def plan_or_one_line_error(path: Path) -> int | None:
         assert len(keys) == count.jobs
         assert len(set(keys)) == len(keys)
         assert [job.index for job in iter_jobs(spec)] == list(range(count.jobs))
+        assert summary["output_seconds"] == walked_seconds(spec)
     else:
         assert count.jobs == math.prod(count.axes.values()) * spec.repeat or count.excluded
         assert sum(1 for _ in itertools.islice(iter_jobs(spec), ITERATE_UP_TO)) == ITERATE_UP_TO
     return count.jobs
+
+
+def walked_seconds(spec: Any) -> float | None:
+    """Seconds of video the spec makes, summed job by job (None unless all are numbers)."""
+    total = Fraction(0)
+    for values in iter_inputs(spec):
+        frames, fps = values.get("25_value"), values.get("38_value")
+        numbers = [v for v in (frames, fps) if type(v) in (int, float) and math.isfinite(v)]
+        if len(numbers) < 2 or Fraction(fps) <= 0:
+            return None
+        total += Fraction(frames) / Fraction(fps)
+    return float(total * spec.repeat)
 
 
 def test_the_valid_base_spec_plans(tmp_path: Path) -> None:
@@ -261,3 +281,166 @@ def test_cli_plan_is_exit_0_or_one_line_exit_1(tmp_path: Path, spec: dict[str, A
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.output
         assert lines[0].startswith("Error: ")
+
+
+HEAD = """\
+model: community/wan-2-2/vace-fun
+inputs:
+  prompt: a fox
+"""
+IMAGE = "  image: https://example.com/a.png\n"
+
+
+@st.composite
+def alias_bombs(draw: st.DrawFn) -> dict[str, str]:
+    """Anchors of lists (or merges) of aliases, levels deep: fanout**levels values."""
+    levels, fanout = draw(st.integers(1, 9)), draw(st.integers(1, 12))
+    if draw(st.booleans()):
+        leaf = draw(st.sampled_from(["lol", "7", "{a: 1}"]))
+        anchors = [f"&l0 [{', '.join([leaf] * fanout)}]"]
+        anchors += [f"&l{i} [{', '.join([f'*l{i - 1}'] * fanout)}]" for i in range(1, levels)]
+        where = draw(st.sampled_from(["axes:\n  seed: ", "include: ", "exclude: ", "zip: "]))
+        return {"s.yaml": HEAD + IMAGE + where + f"[{', '.join(anchors)}]\n"}
+    anchors = ["&m0 {concurrency: 2}"]
+    anchors += [
+        f"&m{i} {{<<: [{', '.join([f'*m{i - 1}'] * fanout)}], downloads: {i % 4 + 1}}}"
+        for i in range(1, levels)
+    ]
+    body = f"exclude: [{', '.join(anchors)}]\nrun: {{<<: *m{levels - 1}}}\n"
+    return {"s.yaml": HEAD + IMAGE + body}
+
+
+@st.composite
+def deep_nesting(draw: st.DrawFn) -> dict[str, str]:
+    depth = draw(st.one_of(st.integers(1, 120), st.integers(120, 3000)))
+    opener, closer = draw(st.sampled_from([("[", "]"), ("{a: ", "}"), ("[{a: ", "}]")]))
+    value = opener * depth + "1" + closer * depth
+    if draw(st.booleans()):  # block style: one more indent a level
+        value = "".join(f"\n{'  ' * (i + 2)}k{i}:" for i in range(depth)) + " 1"
+    where = draw(st.sampled_from(["axes:\n  seed: ", "include:\n  - seed: ", "x: "]))
+    return {"s.yaml": HEAD + IMAGE + where + value + "\n"}
+
+
+@st.composite
+def huge_integers(draw: st.DrawFn) -> dict[str, str]:
+    digits = draw(st.integers(4290, 4310))
+    number = draw(st.sampled_from(["", "-", "+"])) + "1" * digits
+    if draw(st.booleans()):
+        number = "0x" + "f" * draw(st.integers(3560, 3600))  # about 4,300 decimal digits
+    place = draw(st.sampled_from(["yaml", "lines", "jsonl", "csv"]))
+    if place == "yaml":
+        return {"s.yaml": HEAD + IMAGE + f"axes:\n  seed: [1, {number}]\n"}
+    if place == "lines":
+        return {"s.yaml": HEAD + IMAGE + "axes:\n  seed: {file: n.txt}\n", "n.txt": number}
+    table = ("rows.jsonl", f'{{"seed": {number}}}\n') if place == "jsonl" else ("rows.csv", "")
+    if place == "csv":
+        table = ("rows.csv", f"seed\n{number}\n")
+    return {"s.yaml": HEAD + IMAGE + f"zip:\n  - file: {table[0]}\n", table[0]: table[1]}
+
+
+@st.composite
+def long_csv_cells(draw: st.DrawFn) -> dict[str, str]:
+    size = draw(st.integers(128 * 1024 - 4, 128 * 1024 + 4))
+    quoted = draw(st.booleans())
+    cell = ('"' + "a" * size + '"') if quoted else "a" * size
+    rows = "prompt,seed\n" + "a,1\n" * draw(st.integers(0, 3)) + f"{cell},2\n"
+    return {
+        "s.yaml": HEAD.replace("  prompt: a fox\n", IMAGE) + "zip:\n  - file: r.csv\n",
+        "r.csv": rows,
+    }
+
+
+@st.composite
+def nul_paths(draw: st.DrawFn) -> dict[str, str]:
+    name = draw(st.sampled_from(["a\\0b.png", "\\0.png", "x/\\0/y.png", "a.png\\0"]))
+    return {
+        "s.yaml": HEAD
+        + draw(
+            st.sampled_from(
+                [
+                    f'  image: "{name}"\n',
+                    f'axes:\n  image: [one.png, "{name}"]\n',
+                    f'  image: one.png\naxes:\n  prompt: {{file: "{name}.txt"}}\n',
+                    f'  image: one.png\nzip:\n  - file: "{name}.csv"\n',
+                    f'  image: one.png\naxes:\n  image: {{glob: "{name}"}}\n',
+                    f'  image: one.png\nrun:\n  output: "{name}"\n',
+                    f'  image: one.png\ninclude:\n  - image: "{name}"\n',
+                    f'  image: one.png\nexclude:\n  - image: "{name}"\n',
+                ]
+            )
+        )
+    }
+
+
+@HOSTILE
+@given(
+    files=st.one_of(alias_bombs(), deep_nesting(), huge_integers(), long_csv_cells(), nul_paths())
+)
+def test_hostile_shapes_plan_or_fail_in_one_line(tmp_path: Path, files: dict[str, str]) -> None:
+    (tmp_path / "one.png").write_bytes(b"not really a png")
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    plan_or_one_line_error(tmp_path / "s.yaml")
+    result = CliRunner().invoke(cli, ["plan", str(tmp_path / "s.yaml"), "--json"])
+    assert result.exit_code in (0, 1), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    if result.exit_code == 1:
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+DURATION_VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "frames": st.sampled_from([81, 141]),
+    "fps": st.integers(12, 17),
+    "steps": st.integers(2, 6),
+    "seed": st.integers(0, 4),
+    "cfg": st.sampled_from([1.0, 2.5]),
+}
+
+
+@st.composite
+def exclude_heavy_specs(draw: st.DrawFn) -> dict[str, Any]:
+    """Small grids where frames and fps vary, with up to 60 exclude rules (more than the 16 that
+    inclusion-exclusion once took) and a few include entries."""
+    axes = {
+        name: draw(st.lists(DURATION_VALUES[name], min_size=1, max_size=6, unique=True))
+        for name in draw(
+            st.lists(
+                st.sampled_from(["frames", "fps", "steps", "seed"]),
+                min_size=1,
+                max_size=4,
+                unique=True,
+            )
+        )
+    }
+    spec: dict[str, Any] = {
+        "model": "community/wan-2-2/vace-fun",
+        "inputs": {"prompt": "a fox", "image": "https://example.com/a.png", "cfg": 2.5},
+        "axes": axes,
+    }
+    if "frames" in axes and "fps" in axes and draw(st.booleans()):
+        length = draw(st.integers(1, 4))  # frames and fps zipped together instead
+        spec["zip"] = [
+            {
+                n: draw(st.lists(DURATION_VALUES[n], min_size=length, max_size=length))
+                for n in ("frames", "fps")
+            }
+        ]
+        del axes["frames"], axes["fps"]
+    rule = st.fixed_dictionaries({}, optional=DURATION_VALUES).filter(bool)
+    spec["exclude"] = draw(
+        st.one_of(st.lists(rule, max_size=6), st.lists(rule, min_size=17, max_size=60))
+    )
+    include = st.fixed_dictionaries({n: DURATION_VALUES[n] for n in ("frames", "fps", "steps")})
+    spec["include"] = draw(st.lists(include, max_size=3))
+    spec["repeat"] = draw(st.integers(1, 2))
+    return spec
+
+
+@FUZZ
+@given(spec=exclude_heavy_specs())
+def test_many_exclude_rules_with_varying_frames_and_fps(
+    tmp_path: Path, spec: dict[str, Any]
+) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    plan_or_one_line_error(path)

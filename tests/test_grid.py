@@ -122,7 +122,7 @@ def test_exclude_on_a_fixed_field_and_a_value_not_in_the_grid(tmp_path: Path) ->
     assert [j.inputs["47_value"] for j in iter_jobs(spec_from(tmp_path, body))] == [12]
 
 
-def test_many_exclude_rules_count_by_walking(tmp_path: Path) -> None:
+def test_many_exclude_rules_count_exactly(tmp_path: Path) -> None:
     rules = [{"seed": s} for s in range(20)]
     body = {"axes": {"seed": list(range(30)), "steps": [4, 8]}, "exclude": rules}
     spec = spec_from(tmp_path, body)
