@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
+from pydantic import Field
 
 from orchestrator.client import ModelApiClient, RemoteState, Result
 from orchestrator.errors import (
@@ -40,6 +41,7 @@ from orchestrator.errors import (
 )
 from orchestrator.progress import Progress, Snapshot
 from orchestrator.results import ResultsFolder
+from orchestrator.settings import RunSettings
 from orchestrator.store import JobRow, JobState, Store
 
 __all__ = ["CancelReport", "RunOptions", "RunReport", "Runner", "cancel_queued"]
@@ -54,17 +56,12 @@ _POLL_GIVE_UP = 8
 _UNKNOWN_IN_A_ROW = 3
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """How a run paces itself; the defaults are written once, here."""
+class RunOptions(RunSettings):
+    """The run settings (defaults and bounds from ``RunSettings``) and how this process behaves."""
 
-    concurrency: int = 8
-    downloads: int = 4
-    poll_interval: float = 2.0
-    max_cost: float | None = None
     abort_on_stop: bool = False
     handle_signals: bool = False
-    tick: float = 1.0
+    tick: float = Field(1.0, gt=0)
 
 
 @dataclass
