@@ -105,7 +105,7 @@ class Runner:
         self._fatal = False
         self._messages: list[str] = []
         self._remote = 0  # jobs submitting, queued or running on the remote side
-        self._download_backlog = 0  # finished jobs waiting for a download slot
+        self._download_backlog = 0  # finished jobs whose outputs are not on disk yet
         self._changed = anyio.Event()
         self._any_submit_ok = False
         self._unknown_in_a_row = 0
@@ -212,7 +212,8 @@ class Runner:
     def _may_submit(self) -> bool:
         if self.stopping:
             return True
-        # Output URLs expire: while finished jobs wait for a download slot, nothing new goes out.
+        # Output URLs expire, and our disk may refuse them: until a finished job's download ends
+        # (its outputs on disk, or the job settled, or the run stopped), nothing new goes out.
         if self._remote >= self.options.concurrency or self._download_backlog > 0:
             return False
         return self._within_budget()
@@ -359,17 +360,12 @@ class Runner:
         self._jobs.start_soon(self._download, row)
 
     async def _download(self, row: JobRow) -> None:
-        waiting = True
         try:
             async with self._downloads:
-                self._download_backlog -= 1
-                waiting = False
-                self._wake()
                 await self._fetch_outputs(row)
         finally:
-            if waiting:
-                self._download_backlog -= 1
-                self._wake()
+            self._download_backlog -= 1
+            self._wake()
 
     async def _fetch_outputs(self, row: JobRow) -> None:
         urls = list((row.result or {}).get("urls", []))
