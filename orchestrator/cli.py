@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from orchestrator import settings
+from orchestrator.__main__ import interrupted
 from orchestrator.errors import ComfysweepError
 from orchestrator.settings import Flag
 
@@ -29,6 +30,8 @@ class _Group(click.Group):
         except ComfysweepError as exc:
             click.echo(f"Error: {one_line(exc)}", err=True)
             ctx.exit(1)
+        except KeyboardInterrupt:  # click would say "Aborted!" after a blank line, and exit 1
+            interrupted()
 
 
 def one_line(exc: BaseException) -> str:

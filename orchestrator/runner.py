@@ -140,15 +140,23 @@ class Runner:
         counts = self.store.counts()
         snapshot = Snapshot(counts=counts, spent_usd=self._spent)
         snapshot.finished_at_start = snapshot.finished
-        async with anyio.create_task_group() as outer:
-            outer.start_soon(self._ticker, snapshot)
-            if self.options.handle_signals:
-                outer.start_soon(self._signals, outer)
-            async with anyio.create_task_group() as jobs:
-                self._jobs = jobs
-                self._resume(jobs)
-                await self._submit_loop(jobs)
-            outer.cancel_scope.cancel()
+        error = None
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._ticker, snapshot)
+                if self.options.handle_signals:
+                    outer.start_soon(self._signals, outer)
+                async with anyio.create_task_group() as jobs:
+                    self._jobs = jobs
+                    self._resume(jobs)
+                    await self._submit_loop(jobs)
+                outer.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            error = _ours(group)
+            if error is None:
+                raise
+        if error is not None:  # raised out here, so it does not chain the group as its context
+            raise error
         self._write_manifest()
         counts = self.store.counts()
         if self.progress is not None:
@@ -548,6 +556,20 @@ async def cancel_queued(client: ModelApiClient, rows: Iterable[JobRow]) -> Cance
         else:
             running += 1
     return CancelReport(len(keys), running, failed, tuple(keys))
+
+
+def _ours(group: BaseExceptionGroup[BaseException]) -> ComfysweepError | None:
+    """The first error when all the task group's are ours (a full store, say), else None.
+
+    A store that refuses a write stops every task; the user sees that one line, not a group.
+    """
+    ours, rest = group.split(ComfysweepError)
+    while ours is not None and rest is None:
+        first = ours.exceptions[0]
+        if isinstance(first, ComfysweepError):
+            return first
+        ours = first if isinstance(first, BaseExceptionGroup) else None
+    return None
 
 
 def _jitter(delay: float) -> float:
