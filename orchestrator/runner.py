@@ -493,7 +493,14 @@ class Runner:
 
     def _write_manifest(self) -> None:
         self._dirty = False
-        self.folder.write_manifest(self.store.jobs(in_spec=True))
+        try:
+            self.folder.write_manifest(self.store.jobs(in_spec=True))
+        except OSError as exc:  # a full or read-only folder; the store keeps every job safe
+            self.stop(
+                f"stopped submitting: cannot write the manifest in {self.folder.root}: "
+                f"{exc.strerror or exc}; run again once the folder can be written",
+                fatal=True,
+            )
 
     async def _signals(self, outer: TaskGroup) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

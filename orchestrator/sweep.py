@@ -274,10 +274,21 @@ def _make_folder(folder: Path) -> None:
         raise ComfysweepError(f"{folder}: cannot create the folder: {why}") from None
 
 
+class _RunLogHandler(logging.FileHandler):
+    """run.log; a line the disk refuses is dropped, not a traceback on stderr for each line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass  # the store has every job; the run says itself when the disk stops it
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # the last lines' flush, on a full disk
+            super().close()
+
+
 @contextlib.contextmanager
 def _run_log(path: Path) -> Iterator[None]:
     try:
-        handler = logging.FileHandler(path, encoding="utf-8")
+        handler = _RunLogHandler(path, encoding="utf-8")
     except OSError as exc:  # a read-only or full folder: say so before anything is paid
         raise ComfysweepError(
             f"{path.parent}: cannot write {path.name}: {exc.strerror or exc}"

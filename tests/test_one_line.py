@@ -203,3 +203,33 @@ def test_an_emulator_that_cannot_render_answers_503_not_a_traceback(
     assert report.counts["succeeded"] >= 1  # paid, downloadable when the emulator has room
     assert any("503" in m for m in report.messages), report.messages
     assert "Traceback" not in capfd.readouterr().err
+
+
+# Almost no room: the run log, the manifest and the downloads are refused, the store is elsewhere.
+@pytest.mark.parametrize("free_kib", [0, 2, 4])
+def test_a_full_results_folder_with_the_store_elsewhere_is_one_line(
+    tmp_path: Path, small_disk: Path, free_kib: int
+) -> None:
+    spec = write_spec(tmp_path)
+    store = tmp_path / "store.db"
+    stat = os.statvfs(small_disk)
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"\0" * max(0, stat.f_bavail * stat.f_frsize - free_kib * 1024))
+    with Emulator(EmulatorConfig(speed=200.0, workers=4)) as emu:
+        env = {
+            **os.environ,
+            "RUNCOMFY_MODEL_API_BASE": emu.base_url,
+            "RUNCOMFY_API_TOKEN": emu.token,
+        }
+        full = orchestrator("run", str(spec), "--store", str(store), env=env)
+        assert full.returncode == 1, full.stderr
+        assert "Traceback" not in full.stderr
+        errors = [line for line in full.stderr.splitlines() if not PROGRESS.match(line)]
+        assert len(errors) == 1, full.stderr
+        assert errors[0].startswith("Error: ")
+        ballast.unlink()
+        again = orchestrator("run", str(spec), "--store", str(store), env=env)
+        ledger = emu.ledger()
+    assert again.returncode == 0, again.stderr
+    assert len(ledger["jobs"]) == 4
+    assert set(ledger["submissions_by_input"].values()) == {1}
