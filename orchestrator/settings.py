@@ -147,11 +147,6 @@ def _shown(name: str) -> str:
 
 
 def _bounds(flag: Flag) -> str:
-    low = _number(flag.low)
     if flag.high is None:
-        return f"more than {low}" if flag.low_open else f"at least {low}"
-    return f"{low} to {_number(flag.high)}"
-
-
-def _number(value: float | None) -> str:
-    return str(value)
+        return f"more than {flag.low}" if flag.low_open else f"at least {flag.low}"
+    return f"{flag.low} to {flag.high}"

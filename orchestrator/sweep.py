@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import statistics
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -278,7 +279,9 @@ class _RunLogHandler(logging.FileHandler):
     """run.log; a line the disk refuses is dropped, not a traceback on stderr for each line."""
 
     def handleError(self, record: logging.LogRecord) -> None:
-        pass  # the store has every job; the run says itself when the disk stops it
+        if isinstance(sys.exc_info()[1], OSError):
+            return  # the store has every job; the run says itself when the disk stops it
+        super().handleError(record)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):  # the last lines' flush, on a full disk
