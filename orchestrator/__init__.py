@@ -8,26 +8,25 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.canonical import canonical_json, input_sha256, job_key
-from orchestrator.client import (
-    CancelOutcome,
-    Downloaded,
-    ModelApiClient,
-    ModelInfo,
-    RemoteState,
-    Result,
-    Status,
-    Submitted,
-)
-from orchestrator.errors import ComfysweepError
-from orchestrator.grid import Job, count_jobs, iter_jobs
-from orchestrator.models import Model, get_model, known_models
-from orchestrator.retry import RetryPolicy
-from orchestrator.spec import Spec, load_spec
-
 if TYPE_CHECKING:
+    from orchestrator.canonical import canonical_json, input_sha256, job_key
+    from orchestrator.client import (
+        CancelOutcome,
+        Downloaded,
+        ModelApiClient,
+        ModelInfo,
+        RemoteState,
+        Result,
+        Status,
+        Submitted,
+    )
     from orchestrator.emulator import Emulator, EmulatorConfig, FaultProfile
+    from orchestrator.errors import ComfysweepError
+    from orchestrator.grid import Job, count_jobs, iter_jobs
+    from orchestrator.models import Model, get_model, known_models
+    from orchestrator.retry import RetryPolicy
     from orchestrator.runner import RunOptions, RunReport
+    from orchestrator.spec import Spec, load_spec
     from orchestrator.store import JobRow, JobState, Store
     from orchestrator.sweep import (
         CancelReport,
@@ -39,9 +38,31 @@ if TYPE_CHECKING:
         sweep_status,
     )
 
-# Loaded on first use: the store, the runner and the emulator (PyAV, uvicorn) cost half a second to
-# import, which `comfysweep plan` and `import orchestrator` should not pay.
+# Everything loads on first use: `import orchestrator` costs nothing, so `comfysweep` (and `python
+# -m orchestrator`) can catch a Ctrl-C from its first line, and `comfysweep plan` never pays for
+# the store, the runner and the emulator (PyAV, uvicorn: half a second).
 _LAZY = {
+    "canonical_json": "orchestrator.canonical",
+    "input_sha256": "orchestrator.canonical",
+    "job_key": "orchestrator.canonical",
+    "CancelOutcome": "orchestrator.client",
+    "Downloaded": "orchestrator.client",
+    "ModelApiClient": "orchestrator.client",
+    "ModelInfo": "orchestrator.client",
+    "RemoteState": "orchestrator.client",
+    "Result": "orchestrator.client",
+    "Status": "orchestrator.client",
+    "Submitted": "orchestrator.client",
+    "ComfysweepError": "orchestrator.errors",
+    "Job": "orchestrator.grid",
+    "count_jobs": "orchestrator.grid",
+    "iter_jobs": "orchestrator.grid",
+    "Model": "orchestrator.models",
+    "get_model": "orchestrator.models",
+    "known_models": "orchestrator.models",
+    "RetryPolicy": "orchestrator.retry",
+    "Spec": "orchestrator.spec",
+    "load_spec": "orchestrator.spec",
     "Emulator": "orchestrator.emulator",
     "EmulatorConfig": "orchestrator.emulator",
     "FaultProfile": "orchestrator.emulator",

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
+from orchestrator import settings
+from orchestrator.__main__ import interrupted
 from orchestrator.errors import ComfysweepError
+from orchestrator.settings import Flag
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Group(click.Group):
@@ -24,6 +30,8 @@ class _Group(click.Group):
         except ComfysweepError as exc:
             click.echo(f"Error: {one_line(exc)}", err=True)
             ctx.exit(1)
+        except KeyboardInterrupt:  # click would say "Aborted!" after a blank line, and exit 1
+            interrupted()
 
 
 def one_line(exc: BaseException) -> str:
@@ -44,6 +52,26 @@ def cli() -> None:
     """Resumable parameter sweeps on RunComfy's Model API (or its embedded emulator)."""
 
 
+def _flag(flag: Flag, help: str | None = None) -> Callable[[F], F]:
+    """A run setting as an option: same bounds as the spec's ``run:``, no default (the spec's)."""
+    kind: click.FloatRange | click.IntRange = click.FloatRange(
+        flag.low, flag.high, min_open=flag.low_open
+    )
+    if flag.kind is int:
+        low, high = (None if b is None else int(b) for b in (flag.low, flag.high))
+        kind = click.IntRange(low, high, min_open=flag.low_open)
+    return click.option(flag.option, type=kind, metavar=flag.metavar, help=help or flag.help)
+
+
+_FLAGS = {flag.name: flag for flag in settings.flags()}
+
+
+def _settings_flags(command: F) -> F:
+    for flag in reversed(_FLAGS.values()):
+        command = _flag(flag)(command)
+    return command
+
+
 _SPEC = click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 _STORE = click.option(
     "--store",
@@ -58,13 +86,7 @@ _STORE = click.option(
     "--emulator", is_flag=True, help="Run against the embedded emulator (no token, no cost)."
 )
 @_STORE
-@click.option("--concurrency", type=click.IntRange(1, 4096), help="Jobs in flight remotely.")
-@click.option("--downloads", type=click.IntRange(1, 256), help="Parallel downloads.")
-@click.option("--poll-interval", type=click.FloatRange(0.01, 3600), help="Seconds between polls.")
-@click.option("--max-cost", type=click.FloatRange(0), help="Stop submitting at this spend (USD).")
-@click.option(
-    "--timeout", type=click.FloatRange(0.1, 600), help="Seconds to wait for each HTTP answer (30)."
-)
+@_settings_flags
 @click.option("--force", is_flag=True, help="Render again jobs that are already done (pays again).")
 @click.option(
     "--abort", is_flag=True, help="On Ctrl-C also cancel queued jobs (running ones are billed)."
@@ -73,13 +95,9 @@ def run(
     spec: Path,
     emulator: bool,
     store: str | None,
-    concurrency: int | None,
-    downloads: int | None,
-    poll_interval: float | None,
-    max_cost: float | None,
-    timeout: float | None,
     force: bool,
     abort: bool,
+    **flags: Any,
 ) -> None:
     """Run or resume a sweep: submit, poll, download; never pay twice."""
     from orchestrator import sweep
@@ -88,7 +106,7 @@ def run(
         spec,
         emulator=emulator,
         store=store,
-        overrides=sweep.Overrides(concurrency, downloads, poll_interval, max_cost, timeout),
+        overrides=sweep.Overrides(**flags),
         force=force,
         abort_on_stop=abort,
         handle_signals=True,
@@ -281,7 +299,7 @@ def emulator(
 @click.argument("spec", metavar="SPEC", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON object.")
 @click.option("--jobs", "as_jobs", is_flag=True, help="Stream every job as JSONL (key, inputs).")
-@click.option("--concurrency", type=click.IntRange(1, 4096), help="Estimate at this concurrency.")
+@_flag(_FLAGS["concurrency"], help="Estimate at this concurrency.")
 @click.option("--online", is_flag=True, help="Read the model's price from the live catalog first.")
 def plan(spec: Path, as_json: bool, as_jobs: bool, concurrency: int | None, online: bool) -> None:
     """Show, offline, what a sweep will submit and roughly what it will cost."""

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from orchestrator.client import BASE_VAR, DEFAULT_BASE
 from orchestrator.grid import GridCount, weighted_total
 from orchestrator.models import Model
 from orchestrator.spec import Spec
 
 __all__ = [
-    "DEFAULT_API_BASE",
     "Estimate",
     "Price",
     "api_host",
@@ -37,7 +37,6 @@ __all__ = [
     "remember_price",
 ]
 
-DEFAULT_API_BASE = "https://model-api.runcomfy.net/v1"
 PRICE_UNITS = ("second", "output")
 
 
@@ -80,7 +79,7 @@ def home() -> Path:
 
 def api_host(api_base: str | None = None) -> str:
     """The host:port of the API base: the given one, RUNCOMFY_MODEL_API_BASE, or RunComfy's."""
-    base = api_base or os.environ.get("RUNCOMFY_MODEL_API_BASE") or DEFAULT_API_BASE
+    base = api_base or os.environ.get(BASE_VAR) or DEFAULT_BASE
     return urlsplit(base).netloc or base
 
 

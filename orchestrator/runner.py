@@ -22,6 +22,7 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
+from pydantic import Field
 
 from orchestrator.client import ModelApiClient, RemoteState, Result
 from orchestrator.errors import (
@@ -44,6 +45,7 @@ from orchestrator.errors import (
 )
 from orchestrator.progress import Progress, Snapshot
 from orchestrator.results import ResultsFolder
+from orchestrator.settings import RunSettings
 from orchestrator.store import JobRow, JobState, Store
 from orchestrator.store.journal import RequestJournal
 
@@ -65,17 +67,12 @@ _INVALID_TRIES = 3
 _VERIFY_INLINE = 4 * 1024**2
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """How a run paces itself; the defaults are written once, here."""
+class RunOptions(RunSettings):
+    """The run settings (defaults and bounds from ``RunSettings``) and how this process behaves."""
 
-    concurrency: int = 8
-    downloads: int = 4
-    poll_interval: float = 2.0
-    max_cost: float | None = None
     abort_on_stop: bool = False
     handle_signals: bool = False
-    tick: float = 1.0
+    tick: float = Field(1.0, gt=0)
 
 
 @dataclass
@@ -119,7 +116,7 @@ class Runner:
         self._fatal = False
         self._messages: list[str] = []
         self._remote = 0  # jobs submitting, queued or running on the remote side
-        self._download_backlog = 0  # finished jobs waiting for a download slot
+        self._download_backlog = 0  # finished jobs whose outputs are not on disk yet
         self._changed = anyio.Event()
         self._any_submit_ok = False
         self._unknown_in_a_row = 0
@@ -156,15 +153,23 @@ class Runner:
         counts = self.store.counts()
         snapshot = Snapshot(counts=counts, spent_usd=self._spent)
         snapshot.finished_at_start = snapshot.finished
-        async with anyio.create_task_group() as outer:
-            outer.start_soon(self._ticker, snapshot)
-            if self.options.handle_signals:
-                outer.start_soon(self._signals, outer)
-            async with anyio.create_task_group() as jobs:
-                self._jobs = jobs
-                self._resume(jobs)
-                await self._submit_loop(jobs)
-            outer.cancel_scope.cancel()
+        error = None
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._ticker, snapshot)
+                if self.options.handle_signals:
+                    outer.start_soon(self._signals, outer)
+                async with anyio.create_task_group() as jobs:
+                    self._jobs = jobs
+                    self._resume(jobs)
+                    await self._submit_loop(jobs)
+                outer.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            error = _ours(group)
+            if error is None:
+                raise
+        if error is not None:  # raised out here, so it does not chain the group as its context
+            raise error
         self._write_manifest()
         counts = self.store.counts()
         if self.progress is not None:
@@ -238,7 +243,8 @@ class Runner:
             return True
         if self._unrecorded:  # a paid job's request id waits for the store: nothing new goes out
             return False
-        # Output URLs expire: while finished jobs wait for a download slot, nothing new goes out.
+        # Output URLs expire, and our disk may refuse them: until a finished job's download ends
+        # (its outputs on disk, or the job settled, or the run stopped), nothing new goes out.
         if self._remote >= self.options.concurrency or self._download_backlog > 0:
             return False
         return self._within_budget()
@@ -457,17 +463,12 @@ class Runner:
         self._jobs.start_soon(self._download, row)
 
     async def _download(self, row: JobRow) -> None:
-        waiting = True
         try:
             async with self._downloads:
-                self._download_backlog -= 1
-                waiting = False
-                self._wake()
                 await self._fetch_outputs(row)
         finally:
-            if waiting:
-                self._download_backlog -= 1
-                self._wake()
+            self._download_backlog -= 1
+            self._wake()
 
     async def _fetch_outputs(self, row: JobRow) -> None:
         urls = list((row.result or {}).get("urls", []))
@@ -599,7 +600,14 @@ class Runner:
 
     def _write_manifest(self) -> None:
         self._dirty = False
-        self.folder.write_manifest(self.store.jobs(in_spec=True))
+        try:
+            self.folder.write_manifest(self.store.jobs(in_spec=True))
+        except OSError as exc:  # a full or read-only folder; the store keeps every job safe
+            self.stop(
+                f"stopped submitting: cannot write the manifest in {self.folder.root}: "
+                f"{exc.strerror or exc}; run again once the folder can be written",
+                fatal=True,
+            )
 
     async def _signals(self, outer: TaskGroup) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -662,6 +670,20 @@ async def cancel_queued(client: ModelApiClient, rows: Iterable[JobRow]) -> Cance
         else:
             running += 1
     return CancelReport(len(keys), running, failed, tuple(keys))
+
+
+def _ours(group: BaseExceptionGroup[BaseException]) -> ComfysweepError | None:
+    """The first error when all the task group's are ours (a full store, say), else None.
+
+    A store that refuses a write stops every task; the user sees that one line, not a group.
+    """
+    ours, rest = group.split(ComfysweepError)
+    while ours is not None and rest is None:
+        first = ours.exceptions[0]
+        if isinstance(first, ComfysweepError):
+            return first
+        ours = first if isinstance(first, BaseExceptionGroup) else None
+    return None
 
 
 def _jitter(delay: float) -> float:

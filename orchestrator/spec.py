@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator import naming
 from orchestrator.errors import SpecError
 from orchestrator.models import Model, get_model, known_models, suggest
+from orchestrator.settings import RunSettings
 from orchestrator.sources import (
     LocalImage,
     MediaFiles,
@@ -36,7 +37,6 @@ from orchestrator.yamlplaces import Places, dotted, parse_yaml, pydantic_message
 
 __all__ = ["Dimension", "RunSettings", "Spec", "identity", "load_spec"]
 
-Path_ = Annotated[Path, Field(strict=False)]
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 _SOURCES = ("start", "step", "stop", "count", "from", "file", "glob")
 
@@ -46,19 +46,6 @@ class _Line(NamedTuple):
 
     file: str
     line: int
-
-
-class RunSettings(BaseModel):
-    """How a sweep runs; defaults are written here once, and command-line flags override them."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    concurrency: int = Field(8, ge=1, le=4096)
-    max_cost: float | None = Field(None, gt=0)
-    output: Path_ = Path("results")  # resolved against the spec's folder by load_spec
-    filename: str | None = None
-    downloads: int = Field(4, ge=1, le=64)
-    poll_interval: float = Field(2.0, gt=0, le=3600)
 
 
 class _SpecFile(BaseModel):

@@ -7,15 +7,16 @@ import logging
 import os
 import socket
 import statistics
+import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 
 from orchestrator import prices
-from orchestrator.client import DEFAULT_TIMEOUT, ModelApiClient, ModelInfo
+from orchestrator.client import ModelApiClient, ModelInfo
 from orchestrator.errors import ComfysweepError, StoreError
 from orchestrator.grid import iter_jobs
 from orchestrator.models import get_model
@@ -23,8 +24,9 @@ from orchestrator.progress import make_progress
 from orchestrator.results import LOG_FILE, STORE_FILE, ResultsFolder
 from orchestrator.retry import RetryPolicy
 from orchestrator.runner import CancelReport, Runner, RunOptions, RunReport, cancel_queued
+from orchestrator.settings import emulated_poll
 from orchestrator.spec import Spec, load_spec
-from orchestrator.store import JobState, Store
+from orchestrator.store import RETRYABLE, JobState, Store
 
 if TYPE_CHECKING:
     from orchestrator.emulator import EmulatorConfig
@@ -45,20 +47,17 @@ log = logging.getLogger("comfysweep")
 
 # The quickstart's emulator: a demo in seconds, with a render time that still shows in progress.
 EMULATOR_SPEED = 40.0
-RETRYABLE = frozenset(
-    {JobState.FAILED, JobState.EXPIRED, JobState.LOST, JobState.CANCELLED, JobState.UNKNOWN}
-)
 
 
 @dataclass(frozen=True)
 class Overrides:
-    """Run settings given on the command line; None keeps the spec's value."""
+    """Run settings given as flags (``RunSettings`` declares each); None keeps the spec's value."""
 
     concurrency: int | None = None
     downloads: int | None = None
     poll_interval: float | None = None
     max_cost: float | None = None
-    timeout: float | None = None  # seconds to wait for each HTTP answer (the client's default)
+    timeout: float | None = None
 
 
 def store_path(spec: Spec, store: str | Path | None = None) -> str | Path:
@@ -81,9 +80,8 @@ def run_sweep(
     retry: RetryPolicy | None = None,
 ) -> RunReport:
     """Run (or resume) a sweep to the end: submit, poll, download; returns how it ended."""
-    spec = _loaded(spec)
-    options = _options(spec, overrides or Overrides(), emulator is not False)
-    options = replace(options, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
+    spec = _loaded(spec).with_run(**asdict(overrides or Overrides()))
+    options = _options(spec, emulator, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
     if emulator is False:
         ModelApiClient.check_token(token)  # no token: say so before touching the store
     _make_folder(spec.results_dir)
@@ -93,8 +91,7 @@ def run_sweep(
         db.lock(owner=f"comfysweep run {spec.name}"),
         _backend(emulator, spec, base_url, token) as (url, key),
     ):
-        timeout = (overrides.timeout if overrides else None) or DEFAULT_TIMEOUT
-        client = ModelApiClient(url, key, retry=retry, timeout=timeout)
+        client = ModelApiClient(url, key, retry=retry, timeout=options.timeout)
         synced = db.sync_jobs(iter_jobs(spec), spec.model)
         log.info("sweep %s: %d jobs in the spec, %d new", spec.name, synced.total, synced.new)
         if force:
@@ -224,15 +221,19 @@ def _renew_done(db: Store) -> int:
     return len(keys)
 
 
-def _options(spec: Spec, given: Overrides, emulated: bool) -> RunOptions:
-    run = spec.run
-    poll = given.poll_interval or (0.25 if emulated else run.poll_interval)
-    return RunOptions(
-        concurrency=given.concurrency or run.concurrency,
-        downloads=given.downloads or run.downloads,
-        poll_interval=poll,
-        max_cost=given.max_cost if given.max_cost is not None else run.max_cost,
-    )
+def _options(
+    spec: Spec, emulator: bool | EmulatorConfig, *, abort_on_stop: bool, handle_signals: bool
+) -> RunOptions:
+    """The runner's options: the spec's settings (flags applied), and the emulator's time scale.
+
+    The emulator runs every job ``speed`` times faster than the API, so a poll interval chosen
+    for the API is divided by the same speed: the run polls as often per job as it would there.
+    """
+    settings = spec.run.model_dump()
+    if emulator is not False:
+        speed = EMULATOR_SPEED if emulator is True else emulator.speed
+        settings["poll_interval"] = emulated_poll(spec.run.poll_interval, speed)
+    return RunOptions(**settings, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
 
 
 def _loaded(spec: Spec | str | Path) -> Spec:
@@ -272,10 +273,23 @@ def _make_folder(folder: Path) -> None:
         raise ComfysweepError(f"{folder}: cannot create the folder: {why}") from None
 
 
+class _RunLogHandler(logging.FileHandler):
+    """run.log; a line the disk refuses is dropped, not a traceback on stderr for each line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            return  # the store has every job; the run says itself when the disk stops it
+        super().handleError(record)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # the last lines' flush, on a full disk
+            super().close()
+
+
 @contextlib.contextmanager
 def _run_log(path: Path) -> Iterator[None]:
     try:
-        handler = logging.FileHandler(path, encoding="utf-8")
+        handler = _RunLogHandler(path, encoding="utf-8")
     except OSError as exc:  # a read-only or full folder: say so before anything is paid
         raise ComfysweepError(
             f"{path.parent}: cannot write {path.name}: {exc.strerror or exc}"

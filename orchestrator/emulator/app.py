@@ -334,7 +334,11 @@ class _Api:
         if self.state.config.clock() >= job.finished_at + ttl:
             return Response("Gone: this output has expired", status_code=410)
         inputs = job.inputs
-        rendered = await anyio.to_thread.run_sync(lambda: self.state.media.get(inputs))
+        try:
+            rendered = await anyio.to_thread.run_sync(lambda: self.state.media.get(inputs))
+        except OSError as exc:  # the emulator's own disk refused the render: a 5xx, not a crash
+            why = f"cannot render the output: {exc.strerror or exc}"
+            return Response(why, status_code=503, media_type="text/plain")
         if request.method == "GET":
             self.farm.downloaded(job)
         headers = {"etag": rendered.etag, "cache-control": "private, no-transform"}

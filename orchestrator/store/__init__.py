@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 from orchestrator.store.rows import Event, JobLike, JobRow, SyncResult
-from orchestrator.store.states import FINAL, TRANSITIONS, JobState, allowed_from
+from orchestrator.store.states import FINAL, RETRYABLE, TRANSITIONS, JobState, allowed_from
 from orchestrator.store.store import Store
 
 __all__ = [
     "FINAL",
+    "RETRYABLE",
     "TRANSITIONS",
     "Event",
     "JobLike",

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from types import MappingProxyType
 
-__all__ = ["FINAL", "TRANSITIONS", "JobState", "allowed_from"]
+__all__ = ["FINAL", "RETRYABLE", "TRANSITIONS", "JobState", "allowed_from"]
 
 
 class JobState(StrEnum):
@@ -26,7 +26,8 @@ class JobState(StrEnum):
 
 
 _S = JobState
-_RETRYABLE = (_S.FAILED, _S.EXPIRED, _S.LOST, _S.CANCELLED, _S.UNKNOWN)
+# The final states `retry` may put back to pending (done is final too, but `--force` renews it).
+RETRYABLE = frozenset({_S.FAILED, _S.EXPIRED, _S.LOST, _S.CANCELLED, _S.UNKNOWN})
 
 # The DESIGN.md table, plus three moves the runner needs that never submit by themselves:
 # running -> cancelled (the API reports a running job cancelled), done -> succeeded (an output
@@ -41,12 +42,12 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = MappingProxyType(
         _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.LOST}),
         _S.SUCCEEDED: frozenset({_S.DONE, _S.EXPIRED, _S.LOST}),
         _S.DONE: frozenset({_S.SUCCEEDED, _S.PENDING}),
-        **{state: frozenset({_S.PENDING}) for state in _RETRYABLE},
+        **{state: frozenset({_S.PENDING}) for state in RETRYABLE},
     }
 )
 
 # States the runner leaves alone: nothing more will happen to the job without a `retry`.
-FINAL: frozenset[JobState] = frozenset(s for s in JobState if s is _S.DONE or s in _RETRYABLE)
+FINAL: frozenset[JobState] = frozenset(s for s in JobState if s is _S.DONE or s in RETRYABLE)
 
 
 def allowed_from(to: JobState, expect: Iterable[JobState] | None = None) -> frozenset[JobState]:
