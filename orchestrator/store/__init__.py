@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from orchestrator.store.rows import Event, JobLike, JobRow, SyncResult
+from orchestrator.store.rows import Event, JobLike, JobRow, SyncGuard, SyncResult
 from orchestrator.store.states import FINAL, TRANSITIONS, JobState, allowed_from
 from orchestrator.store.store import Store
 
@@ -17,6 +17,7 @@ __all__ = [
     "JobRow",
     "JobState",
     "Store",
+    "SyncGuard",
     "SyncResult",
     "allowed_from",
 ]

@@ -51,6 +51,9 @@ SYNC_KEYS = sa.table("sync_keys", sa.column("key", sa.Text))
 KNOWN = sa.select(JOBS.c.key, JOBS.c["index"], JOBS.c.in_spec, JOBS.c.sources).where(
     JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True))
 )
+TWINS = sa.select(JOBS.c.key, JOBS.c.state).where(
+    JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True))
+)
 MOVE = (
     JOBS.update()
     .where(JOBS.c.key == sa.bindparam("p_key"))
