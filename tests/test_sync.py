@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,39 @@ def test_a_guard_sees_the_twins_of_new_jobs_and_can_roll_the_sync_back(target: s
         again = Guard()
         store.sync_jobs(make_jobs(4), MODEL, guard=again)
         assert again.found_ == []
+
+
+def query_plans(store: Store, action: Callable[[], object]) -> list[str]:
+    """SQLite's plan of each statement ``action`` runs on ``store``, one line per plan step."""
+    raw = store._conn.connection.driver_connection  # type: ignore[union-attr]
+    seen: list[str] = []
+    raw.set_trace_callback(seen.append)
+    try:
+        action()
+    finally:
+        raw.set_trace_callback(None)
+    plans = []
+    with sqlite3.connect(f"{store.path.as_uri()}?mode=ro", uri=True) as reader:  # type: ignore[union-attr]
+        for statement in seen:
+            if statement.lstrip().upper().startswith(("SELECT", "UPDATE")):
+                steps = reader.execute(f"EXPLAIN QUERY PLAN {statement}").fetchall()
+                plans.append(" | ".join(step[3] for step in steps))
+    reader.close()
+    return plans
+
+
+def test_claims_and_counts_read_the_spec_state_index_not_every_row(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "store.db") as store:
+        store.sync_jobs(make_jobs(40), MODEL)
+        store.sync_jobs(make_jobs(30, 10), MODEL)  # ten orphans
+        (claim,) = query_plans(store, lambda: store.claim(1))
+        assert "SCAN" not in claim
+        assert "TEMP B-TREE" not in claim
+        assert "ix_jobs_spec_state_index (in_spec=? AND state=?)" in claim
+        assert "(key=?)" in claim  # the UPDATE finds the picked rows by key
+        for in_spec in (True, False):
+            (count,) = query_plans(store, lambda: store.counts(in_spec=in_spec))  # noqa: B023
+            assert "COVERING INDEX ix_jobs_spec_state_index (in_spec=?)" in count
 
 
 # -- a store of another sweep ------------------------------------------------------------------
