@@ -74,7 +74,7 @@ class DefaultsDrift:
         changed = {}
         for key in sorted(set(old) | set(new)):
             if key in spec.fixed and key not in spec.defaulted:
-                continue  # the spec sets it (old ones with no default now stay in fixed only so)
+                continue  # the spec sets it: its value is the user's, whatever the schema says
             if any(key in d.keys for d in spec.dimensions):
                 continue
             before, after = old.get(key, _MISSING), new.get(key, _MISSING)
