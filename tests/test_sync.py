@@ -53,6 +53,13 @@ def billed(emu: Emulator) -> int:
     return len(emu.ledger()["jobs"])
 
 
+def forget(store: Path, name: str) -> None:
+    """Delete a meta record, as in a store an older comfysweep wrote."""
+    with sqlite3.connect(store) as raw:
+        raw.execute("DELETE FROM meta WHERE name = ?", (name,))
+    raw.close()
+
+
 def one_job(emu: Emulator) -> Overrides:
     """A budget that pays for the sweep's first job only (the rest stay pending)."""
     catalog = httpx.get(
@@ -204,8 +211,7 @@ def test_a_store_from_before_the_record_is_taken_by_its_next_run(
     spec = write_spec(tmp_path)
     assert run(spec, emulator).complete
     store = tmp_path / "results" / "grid" / "comfysweep.db"
-    with Store.open(store) as db, db._tx(write=True) as conn:
-        conn.exec_driver_sql("DELETE FROM meta WHERE name = 'sweep'")
+    forget(store, "sweep")  # as a store from before the record
     assert sweep_status(spec)["jobs"] == 4
     assert run(spec, emulator).complete
     with Store.open(store, readonly=True) as db:
@@ -376,11 +382,7 @@ def test_a_store_from_before_defaults_were_recorded_is_still_guarded(
 ) -> None:
     spec = write_spec(tmp_path)
     assert run(spec, emulator).complete
-    with (
-        Store.open(tmp_path / "results" / "grid" / "comfysweep.db") as db,
-        db._tx(write=True) as conn,
-    ):
-        conn.exec_driver_sql("DELETE FROM meta WHERE name = 'defaults'")
+    forget(tmp_path / "results" / "grid" / "comfysweep.db", "defaults")
     cfg_default(4.0)
     with pytest.raises(DefaultsChanged, match=r"'cfg' \(3.5 -> 4.0\)"):
         run(spec, emulator)
