@@ -91,12 +91,16 @@ _STORE = click.option(
 @click.option(
     "--abort", is_flag=True, help="On Ctrl-C also cancel queued jobs (running ones are billed)."
 )
+@click.option(
+    "--yes", is_flag=True, help="Render jobs that only a changed schema default makes new (pays)."
+)
 def run(
     spec: Path,
     emulator: bool,
     store: str | None,
     force: bool,
     abort: bool,
+    yes: bool,
     **flags: Any,
 ) -> None:
     """Run or resume a sweep: submit, poll, download; never pay twice."""
@@ -111,6 +115,8 @@ def run(
         abort_on_stop=abort,
         handle_signals=True,
         stream=sys.stderr,
+        yes=yes,
+        confirm=_ask if sys.stdin.isatty() else None,
     )
     states = ", ".join(f"{n} {s}" for s, n in report.counts.items() if n)
     click.echo(f"{states}; spent ${report.spent_usd:.2f} in {report.elapsed:.1f}s")
@@ -118,6 +124,8 @@ def run(
     for state, hint in _HINTS.items():
         if report.counts.get(state):
             click.echo(f"{report.counts[state]} {state}: {hint}")
+    if report.orphaned:
+        click.echo(f"{report.orphaned} orphaned: {_ORPHANED}")
     if report.fatal:
         raise ComfysweepError(report.stop_reason or "the run stopped")
     if not report.complete:
@@ -133,6 +141,11 @@ _HINTS = {
     "pending": "not submitted yet; run again to continue",
     "succeeded": "paid but not downloaded yet; run again to download",
 }
+_ORPHANED = "no longer in the spec; kept in the store and the manifest, never submitted again"
+
+
+def _ask(question: str) -> bool:
+    return click.confirm(question, default=False, err=True)
 
 
 @cli.command()
@@ -151,6 +164,8 @@ def status(spec: Path, store: str | None, as_json: bool) -> None:
     for state, n in info["counts"].items():
         if n:
             click.echo(f"  {state:<11} {n}")
+    if info["orphaned"]:
+        click.echo(f"  {info['orphaned']} orphaned: {_ORPHANED}")
 
 
 @cli.command()

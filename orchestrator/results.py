@@ -326,6 +326,7 @@ class ResultsFolder:
             "cost_usd": row.cost,
             "error": row.error,
             "outputs": [{k: o.get(k) for k in ("path", "size", "sha256", "url")} for o in outputs],
+            "orphaned": not row.in_spec,  # no longer in the spec: kept, never submitted again
         }
 
     def friendly_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Any]:

@@ -86,10 +86,11 @@ class RunReport:
     fatal: bool = False
     messages: list[str] = field(default_factory=list)
     results_dir: Path | None = None
+    orphaned: int = 0  # jobs no longer in the spec (not in ``counts``): kept, never submitted
 
     @property
     def complete(self) -> bool:
-        """Every job of the sweep is done."""
+        """Every job of the sweep (its spec's, orphaned jobs aside) is done."""
         return not self.fatal and all(n == 0 for state, n in self.counts.items() if state != "done")
 
 
@@ -150,7 +151,7 @@ class Runner:
         started = time.monotonic()
         self._recover()
         self._spent = self.store.spent()
-        counts = self.store.counts()
+        counts = self.store.counts(in_spec=True)
         snapshot = Snapshot(counts=counts, spent_usd=self._spent)
         snapshot.finished_at_start = snapshot.finished
         error = None
@@ -171,7 +172,7 @@ class Runner:
         if error is not None:  # raised out here, so it does not chain the group as its context
             raise error
         self._write_manifest()
-        counts = self.store.counts()
+        counts = self.store.counts(in_spec=True)
         if self.progress is not None:
             snapshot.counts, snapshot.spent_usd = counts, self._spent
             self.progress.update(snapshot)
@@ -183,6 +184,7 @@ class Runner:
             fatal=self._fatal,
             messages=self._messages,
             results_dir=self.folder.root,
+            orphaned=sum(self.store.counts(in_spec=False).values()),
         )
 
     # -- start-up ---------------------------------------------------------------------------
@@ -588,7 +590,7 @@ class Runner:
         while True:
             await anyio.sleep(self.options.tick)
             if self.progress is not None:  # counting is a query: only for someone to see
-                snapshot.counts = self.store.counts()
+                snapshot.counts = self.store.counts(in_spec=True)
                 snapshot.spent_usd = self._spent
                 self.progress.update(snapshot)
             now = time.monotonic()
@@ -600,8 +602,9 @@ class Runner:
 
     def _write_manifest(self) -> None:
         self._dirty = False
+        # Orphaned jobs too: one a spec edit left in flight is paid, and its files are listed.
         try:
-            self.folder.write_manifest(self.store.jobs(in_spec=True))
+            self.folder.write_manifest(self.store.jobs())
         except OSError as exc:  # a full or read-only folder; the store keeps every job safe
             self.stop(
                 f"stopped submitting: cannot write the manifest in {self.folder.root}: "

@@ -105,6 +105,8 @@ class Spec:
     exclude: tuple[Mapping[str, Any], ...]  # raw key -> value; a job matching all is dropped
     repeat: int
     filename: str  # the output name template (the spec's or the default)
+    # Raw keys of ``fixed`` that come from the model's schema defaults, not from the spec.
+    defaulted: frozenset[str] = frozenset()
 
     @property
     def results_dir(self) -> Path:
@@ -192,6 +194,7 @@ class _Builder:
             exclude=exclude,
             repeat=raw.repeat,
             filename=template,
+            defaulted=frozenset(defaults) - set(fixed) - varied,
         )
 
     def _validate_shape(self) -> _SpecFile:

@@ -8,14 +8,14 @@ import os
 import socket
 import statistics
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 
-from orchestrator import prices
+from orchestrator import drift, prices
 from orchestrator.client import ModelApiClient, ModelInfo
 from orchestrator.errors import ComfysweepError, StoreError
 from orchestrator.grid import iter_jobs
@@ -78,22 +78,29 @@ def run_sweep(
     base_url: str | None = None,
     token: str | None = None,
     retry: RetryPolicy | None = None,
+    yes: bool = False,
+    confirm: Callable[[str], bool] | None = None,
 ) -> RunReport:
-    """Run (or resume) a sweep to the end: submit, poll, download; returns how it ended."""
+    """Run (or resume) a sweep to the end: submit, poll, download; returns how it ended.
+
+    Jobs that differ from submitted ones only in a changed schema default are rendered again only
+    with ``yes`` or when ``confirm(question)`` agrees; otherwise DefaultsChanged, nothing paid.
+    """
     spec = _loaded(spec).with_run(**asdict(overrides or Overrides()))
     options = _options(spec, emulator, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
     if emulator is False:
         ModelApiClient.check_token(token)  # no token: say so before touching the store
     _make_folder(spec.results_dir)
+    path = store_path(spec, store)
     with (
         _run_log(spec.results_dir / LOG_FILE),
-        Store.open(store_path(spec, store)) as db,
+        Store.open(path) as db,
         db.lock(owner=f"comfysweep run {spec.name}"),
         _backend(emulator, spec, base_url, token) as (url, key),
     ):
         client = ModelApiClient(url, key, retry=retry, timeout=options.timeout)
-        synced = db.sync_jobs(iter_jobs(spec), spec.model)
-        log.info("sweep %s: %d jobs in the spec, %d new", spec.name, synced.total, synced.new)
+        _check_owner(spec, db, db.bind_sweep(spec.name))
+        _sync(db, spec, (lambda _: True) if yes else confirm)
         if force:
             renewed = _renew_done(db)
             log.info("--force: %d finished job(s) will render again", renewed)
@@ -103,6 +110,33 @@ def run_sweep(
         finally:
             if progress is not None:
                 progress.close()
+
+
+def _sync(db: Store, spec: Spec, confirm: Callable[[str], bool] | None) -> None:
+    """Record the spec's jobs; re-renders that only a changed default asks for need ``confirm``."""
+    meta = db.get_meta(drift.META)
+    sample = next(iter(db.jobs()), None) if meta is None else None
+    guard = drift.DefaultsDrift.between(spec, drift.recorded(meta, sample, spec), confirm)
+    synced = db.sync_jobs(iter_jobs(spec), spec.model, guard=guard)
+    db.set_meta(drift.META, drift.current_defaults(spec))
+    log.info("sweep %s: %d jobs in the spec, %d new", spec.name, synced.total, synced.new)
+    if guard is not None and guard.jobs:
+        log.info("%d job(s) render again after a schema default changed (confirmed)", guard.jobs)
+
+
+def _check_owner(spec: Spec, db: Store, owner: Any = None) -> None:
+    """Refuse the store of another sweep, before anything is synced, submitted or paid.
+
+    ``owner`` is what the store records (``Store.bind_sweep``); None reads it. A store older than
+    the record belongs to whoever runs it first.
+    """
+    if owner is None:
+        owner = db.get_meta("sweep")
+    if owner is not None and owner != spec.name:
+        raise StoreError(
+            f"store {db.name} belongs to sweep {owner!r}, not {spec.name!r} ({spec.path}): "
+            f"give {spec.name!r} its own --store, or name the spec {owner!r} if it was renamed"
+        )
 
 
 async def _run(
@@ -152,18 +186,24 @@ def refresh_price(
 
 
 def sweep_status(spec: Spec | str | Path, *, store: str | Path | None = None) -> dict[str, Any]:
-    """Counts of the sweep's jobs per state, readable while a run writes."""
+    """Counts of the sweep's jobs per state, readable while a run writes.
+
+    ``counts`` and ``jobs`` are the spec's jobs; ``orphaned`` counts the jobs a spec edit left
+    behind, kept in the store and the manifest but never submitted again.
+    """
     spec = _loaded(spec)
     path = store_path(spec, store)
     _require_store(path)
     with Store.open(path, readonly=True) as db:
-        counts = db.counts()
+        _check_owner(spec, db)
+        counts = db.counts(in_spec=True)
         return {
             "sweep": spec.name,
             "store": str(path),
             "results": str(spec.results_dir),
             "jobs": sum(counts.values()),
             "counts": counts,
+            "orphaned": sum(db.counts(in_spec=False).values()),
             "spent_usd": db.spent(),
         }
 
@@ -180,6 +220,7 @@ def retry_jobs(
     path = store_path(spec, store)
     _require_store(path)
     with Store.open(path) as db, db.lock(owner=f"comfysweep retry {spec.name}"):
+        _check_owner(spec, db)
         keys = [row.key for row in db.jobs(chosen, in_spec=True)]
         for key in keys:
             db.transition(key, JobState.PENDING, detail="retry requested")
@@ -203,6 +244,7 @@ def cancel_sweep(
         db.lock(owner=f"comfysweep cancel {spec.name}"),
         _backend(emulator, spec, base_url, token) as (url, key),
     ):
+        _check_owner(spec, db)
         return anyio.run(_cancel, db, ModelApiClient(url, key))
 
 

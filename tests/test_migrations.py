@@ -261,3 +261,28 @@ def test_downgrade_puts_blobs_back_inline(tmp_path: Path) -> None:
     assert text == canonical_json(inputs)
     with Store.open(path) as store:  # up again: still readable, inline
         assert_exact(store.get(job.key), job)
+
+
+def test_an_0002_store_with_orphaned_jobs_upgrades_to_the_spec_state_index(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        command.upgrade(_config(conn), "0002")
+    engine.dispose()
+    with sqlite3.connect(path) as raw:
+        for i in range(4):  # jobs 0-1 left the spec: orphaned, pending
+            raw.execute(
+                'INSERT INTO jobs (key, "index", model_id, inputs, repeat, state, attempts,'
+                " outputs, in_spec, created_at, updated_at) VALUES (?, ?, ?, '{}', 0, 'pending',"
+                " 0, '[]', ?, '2026-11-01 10:00:00', '2026-11-01 10:00:00')",
+                (f"job-{i}", i, MODEL, i >= 2),
+            )
+        indexes = {r[1] for r in raw.execute("PRAGMA index_list(jobs)")}
+    raw.close()
+    assert "ix_jobs_spec_state_index" not in indexes
+    assert revision_of(path) == "0002"
+    with Store.open(path) as store:
+        assert revision_of(path) == SCHEMA_REVISION
+        assert sum(store.counts(in_spec=False).values()) == 2
+        assert [r.key for r in store.claim(10)] == ["job-2", "job-3"]
+    assert schema_diffs(f"sqlite:///{path}") == []

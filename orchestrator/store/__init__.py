@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from orchestrator.store.rows import Event, JobLike, JobRow, SyncResult
+from orchestrator.store.rows import Event, JobLike, JobRow, SyncGuard, SyncResult
 from orchestrator.store.states import FINAL, RETRYABLE, TRANSITIONS, JobState, allowed_from
 from orchestrator.store.store import Store
 
@@ -18,6 +18,7 @@ __all__ = [
     "JobRow",
     "JobState",
     "Store",
+    "SyncGuard",
     "SyncResult",
     "allowed_from",
 ]

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from orchestrator.canonical import canonical_json
 from orchestrator.store.states import JobState
 
-__all__ = ["FIELDS", "Event", "JobLike", "JobRow", "SyncResult", "encode_fields"]
+__all__ = ["FIELDS", "Event", "JobLike", "JobRow", "SyncGuard", "SyncResult", "encode_fields"]
 
 
 class JobLike(Protocol):
@@ -29,6 +29,19 @@ class JobLike(Protocol):
     def repeat(self) -> int: ...
     @property
     def sources(self) -> Mapping[str, str]: ...
+
+
+class SyncGuard(Protocol):
+    """Looks at a sync's new jobs before it commits (orchestrator.drift is the one in use).
+
+    For each new job the store asks for its ``twin``, another key the same work may already be
+    stored under, and reports each twin it finds; ``check`` is the last call inside the sync's
+    transaction, and raising there rolls the whole sync back.
+    """
+
+    def twin(self, job: JobLike) -> str | None: ...
+    def found(self, job: JobLike, state: JobState) -> None: ...
+    def check(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,9 @@ SYNC_KEYS = sa.table("sync_keys", sa.column("key", sa.Text))
 KNOWN = sa.select(JOBS.c.key, JOBS.c["index"], JOBS.c.in_spec, JOBS.c.sources).where(
     JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True))
 )
+TWINS = sa.select(JOBS.c.key, JOBS.c.state).where(
+    JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True))
+)
 MOVE = (
     JOBS.update()
     .where(JOBS.c.key == sa.bindparam("p_key"))
@@ -99,13 +102,11 @@ PICK = (
     .order_by(JOBS.c["index"], JOBS.c.key)
     .limit(sa.bindparam("p_limit", type_=sa.Integer))
 )
-CLAIM = (
-    JOBS.update()
-    .where(JOBS.c.state == _S.PENDING.value)
-    .values(set_clause(_S.SUBMITTING, frozenset()))
-    .returning(*JOBS.c)
-)
-CLAIM_SQLITE = CLAIM.where(JOBS.c.key.in_(PICK))
+_CLAIM = JOBS.update().values(set_clause(_S.SUBMITTING, frozenset())).returning(*JOBS.c)
+CLAIM = _CLAIM.where(JOBS.c.state == _S.PENDING.value)
+# The pick's own WHERE is the legality check, in the same statement; a second `state = pending`
+# out here would make SQLite walk every pending row through the state index instead of the keys.
+CLAIM_SQLITE = _CLAIM.where(JOBS.c.key.in_(PICK))
 PICK_PG = PICK.with_for_update(skip_locked=True)
 CLAIM_PG = CLAIM.where(JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True)))
 

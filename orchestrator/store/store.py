@@ -30,7 +30,14 @@ from orchestrator.errors import StoreError, TransitionError
 from orchestrator.store import schema, sql
 from orchestrator.store.blobs import BlobCache, Splitter, blob_shas
 from orchestrator.store.lock import FileLock
-from orchestrator.store.rows import Event, JobLike, JobRow, SyncResult, encode_fields
+from orchestrator.store.rows import (
+    Event,
+    JobLike,
+    JobRow,
+    SyncGuard,
+    SyncResult,
+    encode_fields,
+)
 from orchestrator.store.states import TRANSITIONS, JobState, allowed_from
 
 __all__ = ["Store"]
@@ -240,12 +247,16 @@ class Store:
 
     # -- jobs in --------------------------------------------------------------------------------
 
-    def sync_jobs(self, jobs: Iterable[JobLike], model_id: str) -> SyncResult:
+    def sync_jobs(
+        self, jobs: Iterable[JobLike], model_id: str, *, guard: SyncGuard | None = None
+    ) -> SyncResult:
         """Record the spec's jobs: insert new keys, renumber known ones, mark which are in the spec.
 
         Streams ``jobs`` in batches inside one transaction (a killed sync changes nothing), so
         memory stays flat for a million jobs. Large data: URIs go to the blobs table, once each.
         A known job takes the spec's current ``sources`` (a renamed image names its outputs).
+        Jobs that leave the spec stay, orphaned (``in_spec`` false): listed, never claimed.
+        ``guard`` sees each new job's twin found in the store, and may refuse the whole sync.
         """
         count = sa.select(sa.func.count()).select_from(sql.JOBS)
         mark = "?" if self.is_sqlite else "%s"
@@ -269,11 +280,10 @@ class Store:
                     )
                 }
                 now = _now()
-                new_rows = [
-                    sql.new_job(job, split, now, self._run_id)
-                    for key, job in by_key.items()
-                    if key not in known
-                ]
+                fresh = [job for key, job in by_key.items() if key not in known]
+                if guard is not None and fresh:
+                    self._find_twins(conn, guard, fresh)
+                new_rows = [sql.new_job(job, split, now, self._run_id) for job in fresh]
                 moved = []
                 for key, job in by_key.items():
                     src = sql.sources_text(job)
@@ -297,7 +307,23 @@ class Store:
             conn.exec_driver_sql("DELETE FROM sync_keys")
             new = conn.execute(count).scalar_one() - before
             self._set_meta(conn, "model_id", model_id)
+            if guard is not None:
+                guard.check()
         return SyncResult(total=total, new=new)
+
+    @staticmethod
+    def _find_twins(conn: Connection, guard: SyncGuard, fresh: Sequence[JobLike]) -> None:
+        """Tell ``guard`` which new jobs have a twin in the store: one read per batch."""
+        twins: dict[str, list[JobLike]] = {}
+        for job in fresh:
+            twin = guard.twin(job)
+            if twin is not None:
+                twins.setdefault(twin, []).append(job)
+        if not twins:
+            return
+        for key, state in conn.execute(sql.TWINS, {"p_keys": list(twins)}):
+            for job in twins[key]:
+                guard.found(job, JobState(state))
 
     # -- state changes --------------------------------------------------------------------------
 
@@ -475,6 +501,19 @@ class Store:
     def set_meta(self, name: str, value: Any) -> None:
         with self._tx(write=True) as conn:
             self._set_meta(conn, name, value)
+
+    def bind_sweep(self, name: str) -> str:
+        """The sweep this store belongs to: ``name`` when the store had none yet (now recorded).
+
+        One transaction, insert-if-absent then read: two sweeps opening a fresh shared database at
+        once cannot both take it.
+        """
+        with self._tx(write=True) as conn:
+            row = {"name": "sweep", "value": canonical_json(name)}
+            conn.execute(self._insert(sql.META).values(row).on_conflict_do_nothing())
+            raw = conn.execute(sa.select(sql.META.c.value).where(sql.META.c.name == "sweep"))
+            owner = json.loads(raw.scalar_one())
+        return str(owner)
 
     def _set_meta(self, conn: Connection, name: str, value: Any) -> None:
         ins = self._insert(sql.META).values(name=name, value=canonical_json(value))

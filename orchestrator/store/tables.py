@@ -76,6 +76,8 @@ class JobTable(_Base, table=True):
         sa.Index("ix_jobs_state_index", "state", "index"),
         # Streaming in grid order, keyset-paged on (index, key).
         sa.Index("ix_jobs_index_key", "index", "key"),
+        # The spec's jobs (or the orphans) only: claim's pick in order, counts per state covered.
+        sa.Index("ix_jobs_spec_state_index", "in_spec", "state", "index", "key"),
     )
 
     key: str = Field(sa_type=sa.Text, primary_key=True)
