@@ -14,6 +14,7 @@ from orchestrator.store import JobState, Store
 from orchestrator.store.journal import PG_FILE, RequestJournal
 from tests.test_store import MODEL, make_jobs
 from tests.test_store_postgres import admin, target  # noqa: F401  (fixtures)
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -34,7 +35,11 @@ def test_a_runner_replays_the_entries_of_a_dead_run_only(target: str, tmp_path: 
                 theirs = RequestJournal.beside(second, tmp_path)
                 assert theirs.replay(second) == []  # the first runner is alive: its to record
                 assert len(theirs.entries()) == 2
+                run = first.run_id
+                assert run is not None
                 first.close()  # its session dies (SIGKILL, lost connection)
+                # The server frees a closed session's locks a moment later: wait for that.
+                wait_for(lambda: not second.run_alive(run), "the first run's session to end")
                 assert len(theirs.replay(second)) == 2
                 for key in keys:
                     row = second.get(key)

@@ -164,10 +164,12 @@ def test_a_full_disk_under_the_results_folder_is_one_line_and_loses_nothing(
     with Store.open(small_disk / "grid" / "comfysweep.db", readonly=True) as db:
         counts = db.counts()
         done = {row.request_id for row in db.jobs([JobState.DONE])}
-    # Every paid job is on disk, except one whose request id the full store could not record:
-    # it is `unknown`, never sent again by itself.
+    # Every paid job is on disk, except those whose request id the full store could not record:
+    # each is `unknown`, never sent again by itself. An `unknown` job may also never have left
+    # (claimed, then the disk refused the next write): the money rule cannot tell, so neither can
+    # this test; it can only say every paid job not on disk is one of them.
     paid = {job["request_id"] for job in ledger["jobs"]}
-    assert len(paid - done) == counts.get("unknown", 0)
+    assert len(paid - done) <= counts.get("unknown", 0)
     assert counts["done"] + counts.get("unknown", 0) == 4, counts
 
 
