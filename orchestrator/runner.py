@@ -272,6 +272,13 @@ class Runner:
         return self.price_per_job
 
     async def _submit(self, row: JobRow) -> None:
+        # A job may have finished since this one was claimed: its download goes first (its URLs
+        # expire, and our disk may refuse it); a stop meanwhile puts this one back, never sent.
+        await self._wait_until(lambda: self.stopping or self._download_backlog == 0)
+        if self.stopping:
+            self._release(row.key)
+            self._move(row.key, JobState.PENDING, detail="not sent: the run stopped first")
+            return
         try:
             submitted = await self.client.submit(row.model_id, row.inputs)
         except ComfysweepError as exc:
@@ -581,7 +588,8 @@ class Runner:
 
     async def _wait_until(self, ready: Callable[[], bool]) -> None:
         while not ready():
-            self._changed = anyio.Event()
+            if self._changed.is_set():  # one event for every waiter: replace it only once used
+                self._changed = anyio.Event()
             await self._changed.wait()
 
     async def _ticker(self, snapshot: Snapshot) -> None:
