@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sqlite3
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -244,6 +245,19 @@ def _check(conn: Connection, name: str, *, in_transaction: bool = False) -> str 
 
 def _name(url: URL, path: Path | None) -> str:
     return str(path) if path is not None else url.render_as_string(hide_password=True)
+
+
+# PostgreSQL: lock_not_available, serialization_failure, deadlock_detected; trying again may pass.
+_BUSY_SQLSTATES = frozenset({"55P03", "40001", "40P01"})
+
+
+def busy(exc: BaseException) -> bool:
+    """Whether the database refused only because another connection holds it for now."""
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return getattr(orig, "sqlstate", None) in _BUSY_SQLSTATES
 
 
 def reason(exc: BaseException) -> str:
