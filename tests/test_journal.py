@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 import sqlite3
 import threading
 import time
@@ -255,3 +256,68 @@ def test_an_append_after_a_torn_line_stays_whole(tmp_path: Path) -> None:
     journal.path.write_text('{"key": "torn by a ki')
     journal.append("job", "req-1", model=MODEL, attempt=1, run=None)
     assert [(e.key, e.request_id) for e in journal.entries()] == [("job", "req-1")]
+
+
+def test_a_results_folder_moved_after_a_kill_still_replays_its_paid_answers(
+    tmp_path: Path,
+) -> None:
+    # Copying the folder copies the sweep: the killed run's journal goes with its store.
+    old = tmp_path / "old"
+    old.mkdir()
+    with Store.open(old / "comfysweep.db") as db, db.lock("killed run"):
+        db.sync_jobs(make_jobs(2), MODEL)
+        (key,) = answered(db, RequestJournal.beside(db, old), 1)
+    new = tmp_path / "new"
+    shutil.copytree(old, new)
+    shutil.rmtree(old)
+    with Store.open(new / "comfysweep.db") as db, db.lock("next run"):
+        journal = RequestJournal.beside(db, new)
+        assert len(journal.replay(db)) == 1
+        row = db.get(key)
+        assert row is not None
+        assert (row.state, row.request_id) == (S.QUEUED, f"req-{key}")
+    assert not journal.path.exists()
+
+
+def test_a_journal_of_another_store_copied_beside_this_one_is_never_applied(
+    tmp_path: Path,
+) -> None:
+    # Two sweeps with the same job keys, each with job 1 submitting in attempt 1.
+    stores = {}
+    for name in ("theirs", "ours"):
+        folder = tmp_path / name
+        folder.mkdir()
+        with Store.open(folder / "comfysweep.db") as db, db.lock("killed run"):
+            db.sync_jobs(make_jobs(2), MODEL)
+            stores[name] = answered(db, RequestJournal.beside(db, folder), 1)
+    assert stores["theirs"] == stores["ours"]
+    ours = tmp_path / "ours" / "comfysweep.db.requests"
+    ours.unlink()
+    shutil.copy(tmp_path / "theirs" / "comfysweep.db.requests", ours)  # a stale copy
+    with Store.open(tmp_path / "ours" / "comfysweep.db") as db, db.lock("next run"):
+        journal = RequestJournal.beside(db, tmp_path / "ours")
+        assert journal.replay(db) == []
+        row = db.get(stores["ours"][0])
+        assert row is not None
+        assert (row.state, row.request_id) == (S.SUBMITTING, None)
+    assert ours.exists()  # another store's paid answer: left alone, never deleted
+
+
+def test_a_journal_left_by_a_deleted_store_is_not_applied_to_a_new_one_at_its_path(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "comfysweep.db"
+    with Store.open(path) as db, db.lock("killed run"):
+        db.sync_jobs(make_jobs(2), MODEL)
+        (key,) = answered(db, RequestJournal.beside(db, tmp_path), 1)
+    for stale in tmp_path.glob("comfysweep.db*"):
+        if stale.suffix != ".requests":
+            stale.unlink()  # the user starts the sweep over; the journal stays behind
+    with Store.open(path) as db, db.lock("new sweep"):
+        db.sync_jobs(make_jobs(2), MODEL)
+        (row,) = db.claim(1)  # the same key, attempt 1, this store's own submit in flight
+        assert row.key == key
+        assert RequestJournal.beside(db, tmp_path).replay(db) == []
+        again = db.get(key)
+        assert again is not None
+        assert (again.state, again.request_id) == (S.SUBMITTING, None)

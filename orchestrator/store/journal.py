@@ -9,8 +9,9 @@ still in the very attempt it answered.
 
 The file is ``<store>.requests`` beside an SQLite store (its real path), or
 ``comfysweep-requests.jsonl`` in the results folder for PostgreSQL; it exists only while an entry
-is unrecorded. Every read-modify-write holds a flock on the folder, so runners sharing it never
-drop each other's lines.
+is unrecorded. Entries name the store by the random id it was given once (``Store.identity``).
+Every read-modify-write holds a flock on the folder, so runners sharing it never drop each other's
+lines.
 """
 
 from __future__ import annotations
@@ -54,14 +55,18 @@ class RequestJournal:
 
     def __init__(self, path: Path, store: str) -> None:
         self.path = path
-        self.store = store  # entries of another store sharing the folder are left alone
+        self.store = store  # the store's identity: entries of any other store are left alone
 
     @classmethod
     def beside(cls, store: Store, folder: Path) -> RequestJournal:
-        """The journal of ``store``: beside its real file, or in ``folder`` for PostgreSQL."""
+        """The journal of ``store``: beside its real file, or in ``folder`` for PostgreSQL.
+
+        Entries carry the store's identity, not its path: a folder moved or copied after a kill
+        still replays them, and a store created anew at the same path never takes them.
+        """
         if store.real_path is not None:
-            return cls(Path(f"{store.real_path}.requests"), str(store.real_path))
-        return cls(Path(os.path.realpath(folder)) / PG_FILE, store.name)
+            return cls(Path(f"{store.real_path}.requests"), store.identity())
+        return cls(Path(os.path.realpath(folder)) / PG_FILE, store.identity())
 
     def append(
         self, key: str, request_id: str, *, model: str, attempt: int, run: int | None

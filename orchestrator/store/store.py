@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -518,6 +519,21 @@ class Store:
             raw = conn.execute(sa.select(sql.META.c.value).where(sql.META.c.name == "sweep"))
             owner = json.loads(raw.scalar_one())
         return str(owner)
+
+    def identity(self) -> str:
+        """A random id given to this store once: every copy of it has it, no other store does.
+
+        What the request journal names its entries by: a moved or copied folder keeps replaying
+        them, and a new store created where an old one was never takes the old one's.
+        """
+        known = self.get_meta("store_id")
+        if known is not None:
+            return str(known)
+        with self._tx(write=True) as conn:
+            row = {"name": "store_id", "value": canonical_json(uuid.uuid4().hex)}
+            conn.execute(self._insert(sql.META).values(row).on_conflict_do_nothing())
+            raw = conn.execute(sa.select(sql.META.c.value).where(sql.META.c.name == "store_id"))
+            return str(json.loads(raw.scalar_one()))
 
     def _set_meta(self, conn: Connection, name: str, value: Any) -> None:
         ins = self._insert(sql.META).values(name=name, value=canonical_json(value))
