@@ -321,3 +321,45 @@ def test_a_journal_left_by_a_deleted_store_is_not_applied_to_a_new_one_at_its_pa
         again = db.get(key)
         assert again is not None
         assert (again.state, again.request_id) == (S.SUBMITTING, None)
+
+
+# -- a journal path someone else put there ------------------------------------------------------
+
+
+def test_a_symlinked_journal_is_never_followed_out(store: Store, tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    journal = RequestJournal.beside(store, tmp_path)
+    journal.path.symlink_to(victim)
+    (row,) = store.claim(1)  # the runner keeps the id in memory
+    with pytest.raises(OSError, match="symbolic links"):
+        journal.append(row.key, "req-1", model=MODEL, attempt=row.attempts, run=None)
+    with pytest.raises(StoreError, match="symbolic link") as caught:
+        journal.replay(store)
+    assert "\n" not in str(caught.value)
+    assert victim.read_text() == "precious\n"
+    assert journal.path.is_symlink()  # not ours to delete either
+
+
+def test_a_symlink_at_the_rewrite_s_temporary_name_is_never_written_through(
+    store: Store, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    journal = RequestJournal.beside(store, tmp_path)
+    first, second = answered(store, journal, 2)
+    journal.path.with_name(journal.path.name + ".tmp").symlink_to(victim)
+    journal.forget([(first, f"req-{first}")])
+    assert victim.read_text() == "precious\n"
+    assert [e.key for e in journal.entries()] == [second]
+
+
+def test_a_folder_at_the_journal_path_is_one_line(store: Store, tmp_path: Path) -> None:
+    journal = RequestJournal.beside(store, tmp_path)
+    journal.path.mkdir()
+    (row,) = store.claim(1)
+    with pytest.raises(OSError, match="Is a directory"):
+        journal.append(row.key, "req-1", model=MODEL, attempt=row.attempts, run=None)
+    with pytest.raises(StoreError, match="not a file") as caught:
+        journal.replay(store)
+    assert "\n" not in str(caught.value)

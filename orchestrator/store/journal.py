@@ -21,6 +21,7 @@ import fcntl
 import json
 import logging
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -35,6 +36,8 @@ __all__ = ["Entry", "RequestJournal"]
 log = logging.getLogger("comfysweep.store")
 
 PG_FILE = "comfysweep-requests.jsonl"
+# The journal's files are only ever ours: a symlink put at their name is refused, never followed.
+_NEVER_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class RequestJournal:
         line = (json.dumps(asdict(entry), sort_keys=True) + "\n").encode()
         with self._locked():
             created = not self.path.exists()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NEVER_FOLLOW, 0o644)
             try:
                 # A torn line from a killed writer before us is skipped by entries(); a newline
                 # first keeps ours whole.
@@ -108,7 +111,7 @@ class RequestJournal:
         still alive (PostgreSQL runners sharing the folder) stay for that run to record. Each move
         is its own commit and the file shrinks only afterwards: a kill mid-way replays the rest.
         """
-        if not self.path.exists():
+        if not os.path.lexists(self.path):
             return []
         moved: list[str] = []
         try:
@@ -130,12 +133,27 @@ class RequestJournal:
         return moved
 
     def _read(self) -> list[Entry]:
+        """Every entry; StoreError when the file cannot be read or is not a plain file of ours."""
         try:
-            text = self.path.read_bytes().decode("utf-8", errors="replace")
+            fd = os.open(self.path, os.O_RDONLY | _NEVER_FOLLOW)
         except FileNotFoundError:
             return []
         except OSError as exc:
+            if os.path.islink(self.path):
+                raise StoreError(
+                    f"journal {self.path} is a symbolic link, which comfysweep never makes: "
+                    "not followed; move it away"
+                ) from exc
             raise StoreError(f"journal {self.path} cannot be read: {exc.strerror}") from exc
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StoreError(f"journal {self.path} is not a file: move it away")
+            with os.fdopen(os.dup(fd), "rb") as f:
+                text = f.read().decode("utf-8", errors="replace")
+        except OSError as exc:
+            raise StoreError(f"journal {self.path} cannot be read: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
         out = []
         for line in text.splitlines():
             try:
@@ -152,7 +170,8 @@ class RequestJournal:
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
         data = "".join(json.dumps(asdict(e), sort_keys=True) + "\n" for e in keep).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        tmp.unlink(missing_ok=True)  # a killed rewrite's, or a link someone put there: never opened
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NEVER_FOLLOW, 0o644)
         try:
             os.write(fd, data)
             os.fsync(fd)
@@ -198,14 +217,15 @@ def _apply(store: Store, entry: Entry) -> bool:
 def _ends_clean(path: Path) -> bool:
     """The file is empty or ends with a newline (a killed append may have left half a line)."""
     try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() == 0:
-                return True
-            f.seek(-1, os.SEEK_END)
-            return f.read(1) == b"\n"
+        fd = os.open(path, os.O_RDONLY | _NEVER_FOLLOW)
     except FileNotFoundError:
         return True
+    with os.fdopen(fd, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def _fsync_dir(folder: Path) -> None:
