@@ -81,8 +81,8 @@ async def status(self: ModelApiClient, request_id: str) -> Status:
     return answer
 
 
-async def result(self: ModelApiClient, request_id: str) -> Result:
-    answer = await real_result(self, request_id)
+async def result(self: ModelApiClient, request_id: str, include_cost: bool = True) -> Result:
+    answer = await real_result(self, request_id, include_cost)
     if point == "waiting-result":
         hold_the_store()
     return answer

@@ -160,8 +160,8 @@ def test_a_store_busy_past_the_patience_stops_the_run_with_one_line(
     holders: list[Holder] = []
     real_result = ModelApiClient.result
 
-    async def result(self: ModelApiClient, request_id: str) -> Any:
-        answer = await real_result(self, request_id)
+    async def result(self: ModelApiClient, request_id: str, include_cost: bool = True) -> Any:
+        answer = await real_result(self, request_id, include_cost)
         if not holders:
             holders.append(Holder(path))
         return answer
