@@ -93,6 +93,14 @@ def check_sqlite_file(path: Path, *, readonly: bool) -> None:
         raise StoreError(f"store {path} cannot be read: {exc.strerror}") from exc
     if head and head != SQLITE_MAGIC:
         raise StoreError(f"store {path} is not an SQLite database (not a comfysweep store)")
+    links = os.stat(path).st_nlink
+    if links > 1:
+        # SQLite keeps its WAL and lock files beside each name: two runs (or a run and a reader)
+        # through two names would each see their own WAL, and the runner lock only one name.
+        raise StoreError(
+            f"store {path} has {links} hard links: SQLite keeps its journal beside each name, so "
+            "two names can corrupt it; keep one (a symbolic link is fine)"
+        )
 
 
 def connect(url: URL, path: Path | None, *, readonly: bool) -> tuple[Engine, Connection]:
