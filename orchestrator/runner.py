@@ -207,6 +207,19 @@ class Runner:
         for line in self._journal.replay(self.store):
             self._say(line)
         for row in self.store.adopt([JobState.SUBMITTING]):
+            # Its run is dead now (adopt checked): an answer it journaled is complete, and may have
+            # come after the replay above let it be (PostgreSQL: that run was still alive then).
+            answer = self._journal.answer(row.key, row.attempts)
+            if answer is not None:
+                self.store.transition(
+                    row.key,
+                    JobState.QUEUED,
+                    expect=[JobState.SUBMITTING],
+                    request_id=answer,
+                    detail="request id recovered from the journal: the store could not record it",
+                )
+                self._say(f"job {row.key[:10]}: request id {answer} recovered from the journal")
+                continue
             self.store.transition(
                 row.key,
                 JobState.UNKNOWN,

@@ -26,8 +26,10 @@ from orchestrator.store import JobState, Store, schema
 from orchestrator.store.journal import RequestJournal
 from orchestrator.sweep import Overrides, run_sweep
 
-from .sweeps import write_spec
+from .sweeps import SPEC, run_until_killed, write_spec
 from .test_store import MODEL, make_jobs
+
+DRIVER = Path(__file__).with_name("kill_driver.py")
 
 S = JobState
 
@@ -363,3 +365,27 @@ def test_a_folder_at_the_journal_path_is_one_line(store: Store, tmp_path: Path) 
     with pytest.raises(StoreError, match="not a file") as caught:
         journal.replay(store)
     assert "\n" not in str(caught.value)
+
+
+def test_an_answer_journaled_by_a_run_that_dies_after_the_replay_is_still_recovered(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's race, played on SQLite: the replay leaves a live run's entry alone; that run
+    dies before its orphan ``submitting`` job is adopted, and its entry must still count."""
+    spec = write_spec(tmp_path, body=SPEC.replace("concurrency: 3", "concurrency: 1"))
+    run_until_killed(DRIVER, spec, emulator, "journaled")
+    journal = Path(f"{store_file(tmp_path)}.requests")
+    (entry,) = [json.loads(line) for line in journal.read_text().splitlines()]
+    monkeypatch.setattr(Store, "run_alive", lambda self, run: True)  # alive at the replay
+    report = run_sweep(
+        spec,
+        base_url=emulator.base_url,
+        token=emulator.token,
+        overrides=Overrides(poll_interval=0.02),
+    )
+    assert report.complete, report
+    paid_once(emulator)
+    with Store.open(store_file(tmp_path), readonly=True) as db:
+        row = db.get(entry["key"])
+        assert row is not None
+        assert (row.state, row.request_id) == (S.DONE, entry["request_id"])

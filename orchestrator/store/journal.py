@@ -96,6 +96,11 @@ class RequestJournal:
         """This store's entries, in order; a line torn by a kill or foreign to us is skipped."""
         return [e for e in self._read() if e.store == self.store]
 
+    def answer(self, key: str, attempt: int) -> str | None:
+        """The request id journaled for this attempt of job ``key``, if any."""
+        found = [e.request_id for e in self.entries() if (e.key, e.attempt) == (key, attempt)]
+        return found[-1] if found else None
+
     def forget(self, done: Iterable[tuple[str, str]]) -> None:
         """Drop the entries of these (key, request id) pairs, now in the store; raises OSError."""
         gone = set(done)
