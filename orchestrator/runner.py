@@ -336,9 +336,16 @@ class Runner:
             f"({_text(refused)}); {where}; no new submits until the store takes it"
         )
         recorded: JobRow | None = None
+        deadline = time.monotonic() + _STORE_PATIENCE
         try:
             delay, longest = _RECORD_RETRY
             while recorded is None:
+                if journaled and time.monotonic() > deadline:  # safe on disk: the next run takes it
+                    raise StoreError(
+                        f"stopped: the store refused request {request_id} of job {row.key[:10]} "
+                        f"for {_STORE_PATIENCE:.0f} s ({_text(refused)}); it is kept in "
+                        f"{self._journal.path}, and the next run records it"
+                    )
                 await anyio.sleep(delay)
                 delay = min(delay * 2, longest)
                 journaled = journaled or self._journal_append(row, request_id)

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator import runner as runner_module
 from orchestrator.client import ModelApiClient, Submitted
 from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.errors import StoreError
@@ -389,3 +390,26 @@ def test_an_answer_journaled_by_a_run_that_dies_after_the_replay_is_still_recove
         row = db.get(entry["key"])
         assert row is not None
         assert (row.state, row.request_id) == (S.DONE, entry["request_id"])
+
+
+def test_a_store_that_never_takes_a_journaled_id_stops_the_run_and_the_next_run_records_it(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_module, "_STORE_PATIENCE", 0.3)
+    with monkeypatch.context() as refusing:
+        Refusing(refusing, lambda store, refused: False)
+        spec = write_spec(tmp_path)
+        with pytest.raises(StoreError, match="the next run records it") as caught:
+            run_sweep(
+                spec,
+                base_url=emulator.base_url,
+                token=emulator.token,
+                overrides=Overrides(poll_interval=0.02),
+            )
+    assert "\n" not in str(caught.value)
+    assert Path(f"{store_file(tmp_path)}.requests").exists()
+    fast = Overrides(poll_interval=0.02)
+    report = run_sweep(spec, base_url=emulator.base_url, token=emulator.token, overrides=fast)
+    assert report.complete, report
+    assert any("recovered from" in m for m in report.messages)
+    paid_once(emulator)
