@@ -413,3 +413,28 @@ def test_a_store_that_never_takes_a_journaled_id_stops_the_run_and_the_next_run_
     assert report.complete, report
     assert any("recovered from" in m for m in report.messages)
     paid_once(emulator)
+
+
+def test_a_forged_or_mistyped_entry_is_skipped_never_applied(store: Store, tmp_path: Path) -> None:
+    journal = RequestJournal.beside(store, tmp_path)
+    (row,) = store.claim(1)
+    good = {
+        "key": row.key,
+        "model": MODEL,
+        "attempt": row.attempts,
+        "store": journal.store,
+        "run": None,
+        "at": "2026-11-30T00:00:00+00:00",
+    }
+    forged = [
+        good | {"request_id": "x" * 65536},
+        good | {"request_id": "req\nERROR forged run.log line"},
+        good | {"request_id": "req-1", "attempt": str(row.attempts)},
+        good | {"request_id": 12345},
+    ]
+    journal.path.write_text("".join(json.dumps(e) + "\n" for e in forged))
+    assert journal.entries() == []
+    assert journal.replay(store) == []
+    after = store.get(row.key)
+    assert after is not None
+    assert (after.state, after.request_id) == (S.SUBMITTING, None)

@@ -21,6 +21,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -36,6 +37,8 @@ __all__ = ["Entry", "RequestJournal"]
 log = logging.getLogger("comfysweep.store")
 
 PG_FILE = "comfysweep-requests.jsonl"
+# What orchestrator.responses accepts from the API (the store sits below it, so said again here).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 # The journal's files are only ever ours: a symlink put at their name is refused, never followed.
 _NEVER_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -162,9 +165,13 @@ class RequestJournal:
         out = []
         for line in text.splitlines():
             try:
-                out.append(Entry(**json.loads(line)))
+                entry = Entry(**json.loads(line))
             except (ValueError, TypeError):
-                log.warning("journal %s: skipping a damaged line: %.80s", self.path, line)
+                entry = None
+            if entry is None or not _sound(entry):
+                log.warning("journal %s: skipping a damaged line: %.80r", self.path, line)
+                continue
+            out.append(entry)
         return out
 
     def _rewrite(self, keep: list[Entry]) -> None:
@@ -217,6 +224,17 @@ def _apply(store: Store, entry: Entry) -> bool:
         detail="request id recovered from the journal: the store could not record it in time",
     )
     return True
+
+
+def _sound(entry: Entry) -> bool:
+    """Fields of the types written, and a request id the client would have let through."""
+    texts = (entry.key, entry.request_id, entry.model, entry.store, entry.at)
+    return (
+        all(isinstance(t, str) for t in texts)
+        and type(entry.attempt) is int
+        and (entry.run is None or type(entry.run) is int)
+        and _REQUEST_ID.fullmatch(entry.request_id) is not None
+    )
 
 
 def _ends_clean(path: Path) -> bool:
