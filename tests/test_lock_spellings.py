@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.errors import StoreError
 from orchestrator.store import Store
 
 from .sweeps import write_spec
 
 HOLDER = """
 import sys, time
+from orchestrator.errors import StoreError
 from orchestrator.store import Store
 store = Store.open(sys.argv[1])
 with store.lock("comfysweep run grid"):
@@ -106,3 +108,20 @@ def test_a_store_with_a_second_hard_link_is_refused_by_every_name(tmp_path: Path
     hard.unlink()
     with Store.open(real) as db, db.lock("the one name left") as run_id:
         assert run_id > 0
+
+
+def test_a_symlink_at_the_lock_file_s_name_is_refused_never_written_through(
+    tmp_path: Path,
+) -> None:
+    victim = tmp_path / "notes.txt"
+    victim.write_text("a user's file the lock must never overwrite\n")
+    real = tmp_path / "sweep.db"
+    Path(f"{real}.lock").symlink_to(victim)
+    db = Store.open(real)
+    try:
+        with pytest.raises(StoreError, match="symbolic link") as caught, db.lock("run"):
+            pass
+    finally:
+        db.close()
+    assert "\n" not in str(caught.value)
+    assert victim.read_text() == "a user's file the lock must never overwrite\n"
