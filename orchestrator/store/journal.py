@@ -151,7 +151,7 @@ class RequestJournal:
                 raise StoreError(
                     f"journal {self.path} is a symbolic link, which comfysweep never makes: "
                     "not followed; move it away"
-                ) from exc
+                ) from None  # the message says it all; the errno would only repeat it
             raise StoreError(f"journal {self.path} cannot be read: {exc.strerror}") from exc
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):

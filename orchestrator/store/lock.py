@@ -36,7 +36,7 @@ class FileLock:
                 raise StoreError(
                     f"lock file {self.path} is a symbolic link, which comfysweep never makes: "
                     "not followed; move it away"
-                ) from exc
+                ) from None  # the message says it all; the errno would only repeat it
             raise StoreError(f"lock file {self.path} cannot be opened: {exc.strerror}") from exc
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
