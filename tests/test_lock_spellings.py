@@ -125,3 +125,20 @@ def test_a_symlink_at_the_lock_file_s_name_is_refused_never_written_through(
         db.close()
     assert "\n" not in str(caught.value)
     assert victim.read_text() == "a user's file the lock must never overwrite\n"
+
+
+@pytest.mark.parametrize("suffix", ["-wal", "-shm", "-journal"])
+def test_a_symlink_at_a_file_sqlite_keeps_beside_the_store_is_refused(
+    tmp_path: Path, suffix: str
+) -> None:
+    victim = tmp_path / "notes.txt"
+    victim.write_text("precious\n")
+    real = tmp_path / "sweep.db"
+    with Store.open(real):
+        pass
+    Path(f"{real}{suffix}").unlink(missing_ok=True)
+    Path(f"{real}{suffix}").symlink_to(victim)
+    with pytest.raises(StoreError, match="symbolic link") as caught:
+        Store.open(real)
+    assert "\n" not in str(caught.value)
+    assert victim.read_text() == "precious\n"

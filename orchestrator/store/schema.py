@@ -78,6 +78,12 @@ def resolve(target: str | os.PathLike[str]) -> tuple[URL, Path | None]:
 
 def check_sqlite_file(path: Path, *, readonly: bool) -> None:
     """Refuse, before SQLite touches it, a path that is not an SQLite file."""
+    for suffix in ("-wal", "-shm", "-journal"):
+        side = Path(f"{os.path.realpath(path)}{suffix}")
+        if side.is_symlink():  # SQLite would write its pages wherever the link points
+            raise StoreError(
+                f"store {path}: {side} is a symbolic link, which SQLite never makes: move it away"
+            )
     if path.is_dir():
         raise StoreError(f"store {path} is a directory, not an SQLite file")
     if not path.exists():
