@@ -5,6 +5,7 @@
     │   └── InputError         an input value does not fit the model's schema
     ├── StoreError             the job store cannot be opened, migrated or written
     │   ├── StoreLockedError   another runner holds the store
+    │   ├── StoreBusyError     another program holds the database for now (a write may wait)
     │   └── TransitionError    a job state change that the state machine forbids
     ├── ApiError               the Model API answered with an error
     │   ├── AuthError          bad or expired token (400004, 401001)
@@ -52,6 +53,10 @@ class StoreError(ComfysweepError):
 
 class StoreLockedError(StoreError):
     """Another runner holds this store."""
+
+
+class StoreBusyError(StoreError):
+    """Another program holds the store's database for now."""
 
 
 class TransitionError(StoreError):

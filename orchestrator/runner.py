@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -38,6 +38,7 @@ from orchestrator.errors import (
     RequestNotFound,
     ResultsError,
     ServerError,
+    StoreBusyError,
     StoreError,
     TransitionError,
     TransportError,
@@ -52,6 +53,7 @@ from orchestrator.store.journal import RequestJournal
 __all__ = ["CancelReport", "RunOptions", "RunReport", "Runner", "cancel_queued"]
 
 log = logging.getLogger("comfysweep.runner")
+T = TypeVar("T")
 
 _IN_FLIGHT = (JobState.QUEUED, JobState.RUNNING)
 # Consecutive failed polls (each already retried by the client) before a job is left for next run.
@@ -61,6 +63,10 @@ _POLL_GIVE_UP = 8
 _UNKNOWN_IN_A_ROW = 3
 # Seconds between attempts to record a request id the store refused, doubling up to the last.
 _RECORD_RETRY = (0.05, 5.0)
+# Seconds a job's write may wait for a store another program holds (busy), and for a store that
+# refuses it otherwise (disk full, I/O error: rarely gone in a moment), before the run stops.
+_STORE_PATIENCE = 300.0
+_STORE_GLITCH = 1.0
 # Downloads of one output that arrive cut short or unreadable before it is left for the next run.
 _INVALID_TRIES = 3
 # Outputs up to this size are verified on the event loop: a millisecond, less than a thread hop.
@@ -131,6 +137,8 @@ class Runner:
         self._jobs: TaskGroup | None = None
         self._journal = RequestJournal.beside(store, folder.root)
         self._unrecorded: dict[str, str] = {}  # key -> answered request id the store refused
+        self._store_waiting = 0  # writes waiting for a store that refused them
+        self._store_said = False  # the user was told the store is busy
 
     # -- public -----------------------------------------------------------------------------
 
@@ -199,6 +207,19 @@ class Runner:
         for line in self._journal.replay(self.store):
             self._say(line)
         for row in self.store.adopt([JobState.SUBMITTING]):
+            # Its run is dead now (adopt checked): an answer it journaled is complete, and may have
+            # come after the replay above let it be (PostgreSQL: that run was still alive then).
+            answer = self._journal.answer(row.key, row.attempts)
+            if answer is not None:
+                self.store.transition(
+                    row.key,
+                    JobState.QUEUED,
+                    expect=[JobState.SUBMITTING],
+                    request_id=answer,
+                    detail="request id recovered from the journal: the store could not record it",
+                )
+                self._say(f"job {row.key[:10]}: request id {answer} recovered from the journal")
+                continue
             self.store.transition(
                 row.key,
                 JobState.UNKNOWN,
@@ -228,13 +249,13 @@ class Runner:
             await self._wait_until(self._may_submit)
             if self.stopping:
                 return
-            claimed = self.store.claim(1)
+            claimed = await self._persist("claiming a job", lambda: self.store.claim(1))
             if not claimed:
                 return
             row = claimed[0]
             problem = self.folder.name_problem(row)  # found now, not after the job is paid
             if problem is not None:
-                self._move(row.key, JobState.FAILED, detail=problem, error=problem)
+                await self._commit(row.key, JobState.FAILED, detail=problem, error=problem)
                 continue
             self._remote += 1
             self._committed[row.key] = self._estimate()
@@ -243,7 +264,7 @@ class Runner:
     def _may_submit(self) -> bool:
         if self.stopping:
             return True
-        if self._unrecorded:  # a paid job's request id waits for the store: nothing new goes out
+        if self._unrecorded or self._store_waiting:  # a paid job's state waits for the store
             return False
         # Output URLs expire, and our disk may refuse them: until a finished job's download ends
         # (its outputs on disk, or the job settled, or the run stopped), nothing new goes out.
@@ -291,7 +312,7 @@ class Runner:
                     f"have created a billed job: {_text(exc)}"
                 )
             error = {"error": _error(exc)} if isinstance(exc, ApiError) and to == "failed" else {}
-            self._move(row.key, to, detail=_text(exc), **error)
+            await self._commit(row.key, to, detail=_text(exc), **error)
             if stop is not None:
                 self.stop(f"stopped submitting: {stop}", fatal=True)
             return
@@ -322,9 +343,16 @@ class Runner:
             f"({_text(refused)}); {where}; no new submits until the store takes it"
         )
         recorded: JobRow | None = None
+        deadline = time.monotonic() + _STORE_PATIENCE
         try:
             delay, longest = _RECORD_RETRY
             while recorded is None:
+                if journaled and time.monotonic() > deadline:  # safe on disk: the next run takes it
+                    raise StoreError(
+                        f"stopped: the store refused request {request_id} of job {row.key[:10]} "
+                        f"for {_STORE_PATIENCE:.0f} s ({_text(refused)}); it is kept in "
+                        f"{self._journal.path}, and the next run records it"
+                    )
                 await anyio.sleep(delay)
                 delay = min(delay * 2, longest)
                 journaled = journaled or self._journal_append(row, request_id)
@@ -416,7 +444,7 @@ class Runner:
                     state = result.state
             except RequestNotFound as exc:
                 self._release(row.key)
-                self._move(
+                await self._commit(
                     row.key,
                     JobState.LOST,
                     detail=f"the API no longer knows request {row.request_id}: {_text(exc)}",
@@ -432,18 +460,21 @@ class Runner:
                 continue
             failures = 0
             if state is RemoteState.RUNNING and row.state is JobState.QUEUED:
-                row = self._move(row.key, JobState.RUNNING)
-            elif result is not None and self._settle(row, result):
+                row = await self._commit(row.key, JobState.RUNNING)
+            elif result is not None and await self._settle(row, result):
                 return
 
-    def _settle(self, row: JobRow, result: Result) -> bool:
+    async def _settle(self, row: JobRow, result: Result) -> bool:
         """Record a final result; True when the job left the remote side."""
         if result.state is RemoteState.SUCCEEDED:
             self._release(row.key, cost=result.cost)
             if not result.urls:
-                self._move(row.key, JobState.FAILED, error="succeeded without any output URL")
+                no_url = "succeeded without any output URL"
+                await self._commit(row.key, JobState.FAILED, error=no_url)
                 return True
-            row = self._move(
+            # Held in memory while the store refuses it; a run that dies first leaves the job
+            # queued or running with its request id, and the next run asks for the result again.
+            row = await self._commit(
                 row.key,
                 JobState.SUCCEEDED,
                 cost=result.cost,
@@ -455,13 +486,13 @@ class Runner:
         if result.state is RemoteState.FAILED:
             self._release(row.key, cost=result.cost)
             message = result.error_message or "the job failed"
-            self._move(
+            await self._commit(
                 row.key, JobState.FAILED, cost=result.cost, error=result.error, detail=message
             )
             return True
         if result.state is RemoteState.CANCELLED:
             self._release(row.key, cost=result.cost)
-            self._move(row.key, JobState.CANCELLED, cost=result.cost)
+            await self._commit(row.key, JobState.CANCELLED, cost=result.cost)
             return True
         return False
 
@@ -503,13 +534,15 @@ class Runner:
                 path = self.folder.final_name(name, row.key)
                 # The name is the job's before the file takes it: a kill between the two leaves a
                 # file the next run overwrites, not an orphan beside a second copy.
-                self.store.update(row.key, outputs=[*outputs, {"url": url, "path": path}])
+                await self._update(row.key, outputs=[*outputs, {"url": url, "path": path}])
                 path = self.folder.place(tmp, path, row.key)
             except OutputExpired as exc:
                 fresh = None if refreshed else await self._fresh_urls(row)
                 refreshed = True
                 if not fresh:
-                    self._move(row.key, JobState.EXPIRED, detail=f"output expired: {_text(exc)}")
+                    await self._commit(
+                        row.key, JobState.EXPIRED, detail=f"output expired: {_text(exc)}"
+                    )
                     return
                 urls, outputs, n = fresh, [], 0
                 continue
@@ -518,11 +551,11 @@ class Runner:
                 log.warning("%s", exc)
                 if invalid < _INVALID_TRIES:
                     continue  # a cut connection is usually not cut again
-                self.store.update(row.key, error=f"download failed: {_text(exc)}")
+                self._note(row.key, error=f"download failed: {_text(exc)}")
                 self._say(f"job {row.key[:10]}: {_text(exc)}; run again to download it again")
                 return
             except DownloadError as exc:
-                self.store.update(row.key, error=f"download failed: {_text(exc)}")
+                self._note(row.key, error=f"download failed: {_text(exc)}")
                 if isinstance(exc.__cause__, OSError):
                     # Our disk refused the file: every further job would be paid for nothing.
                     self.stop(
@@ -536,15 +569,15 @@ class Runner:
             except (OSError, ResultsError) as exc:
                 with contextlib.suppress(OSError):  # a read-only disk refuses even this
                     tmp.unlink(missing_ok=True)
-                self.store.update(row.key, error=f"cannot write output: {exc}")
+                self._note(row.key, error=f"cannot write output: {exc}")
                 self.stop(
                     f"stopped submitting: cannot write to {self.folder.root}: {exc}", fatal=True
                 )
                 return
             outputs.append({"url": url, "path": path, "size": got.size, "sha256": got.sha256})
-            self.store.update(row.key, outputs=outputs)
+            await self._update(row.key, outputs=outputs)
             n += 1
-        self._move(row.key, JobState.DONE, outputs=outputs, error=None)
+        await self._commit(row.key, JobState.DONE, outputs=outputs, error=None)
 
     async def _fresh_urls(self, row: JobRow) -> list[str] | None:
         if row.request_id is None:
@@ -558,7 +591,7 @@ class Runner:
             return None
         if result.urls == list((row.result or {}).get("urls", [])):
             return None
-        self.store.update(row.key, result={"urls": result.urls, "raw": result.raw})
+        await self._update(row.key, result={"urls": result.urls, "raw": result.raw})
         return result.urls
 
     # -- bookkeeping ------------------------------------------------------------------------
@@ -569,6 +602,91 @@ class Runner:
         rid = f" ({row.request_id})" if row.request_id else ""
         log.info("job %s%s -> %s%s", key[:10], rid, to, f": {detail}" if detail else "")
         return row
+
+    async def _commit(
+        self, key: str, to: JobState, *, detail: str | None = None, **fields: Any
+    ) -> JobRow:
+        """``_move``, waiting out a store that refuses the write for a while (``_persist``)."""
+
+        def landed() -> JobRow | None:  # a write reported failed may still have landed
+            row = self.store.get(key)
+            return row if row is not None and row.state is to else None
+
+        return await self._persist(
+            f"job {key[:10]} -> {to}",
+            lambda: self._move(key, to, detail=detail, **fields),
+            landed,
+        )
+
+    async def _update(self, key: str, **fields: Any) -> None:
+        await self._persist(f"job {key[:10]}", lambda: self.store.update(key, **fields))
+
+    def _note(self, key: str, **fields: Any) -> None:
+        """A remark on a job (its last error): worth one try, never worth stopping for."""
+        try:
+            self.store.update(key, **fields)
+        except StoreError as exc:
+            log.warning("job %s: the store did not take a note: %s", key[:10], exc)
+
+    async def _persist(
+        self, what: str, write: Callable[[], T], landed: Callable[[], T | None] | None = None
+    ) -> T:
+        """``write()``, tried again with backoff while the store refuses it; new submits wait.
+
+        A store another program holds (busy) gets ``_STORE_PATIENCE``, any other refusal (a full
+        disk) ``_STORE_GLITCH``; then the run stops with one line. Nothing paid is lost meanwhile:
+        the job's state in the store stays the last one recorded, and the next run resumes there.
+        """
+        refused: StoreError | None = None
+        delay, longest = _RECORD_RETRY
+        deadline = 0.0
+        taken = False
+        try:
+            while True:
+                try:
+                    written = write()
+                except TransitionError:
+                    found = None if refused is None or landed is None else landed()
+                    if found is None:
+                        raise
+                    written = found
+                except StoreError as exc:
+                    if refused is None:
+                        deadline = self._store_refused(exc)
+                    refused = exc
+                    if time.monotonic() >= deadline:
+                        if isinstance(exc, StoreBusyError):
+                            raise StoreBusyError(
+                                f"{_text(exc)} for {_STORE_PATIENCE:.0f} s; stopped, run again "
+                                "once no other program holds it (nothing paid is lost)"
+                            ) from exc
+                        raise
+                    log.warning("%s: the store refuses the write, trying again: %s", what, exc)
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, longest)
+                    continue
+                taken = True
+                return written
+        finally:
+            if refused is not None:
+                self._store_waiting -= 1
+                if self._store_waiting == 0 and self._store_said and taken:
+                    self._store_said = False
+                    self._say("the store takes writes again; submitting resumes")
+                self._wake()
+
+    def _store_refused(self, exc: StoreError) -> float:
+        """Count a write that now waits for the store; the deadline of its patience."""
+        self._store_waiting += 1
+        if not isinstance(exc, StoreBusyError):
+            return time.monotonic() + _STORE_GLITCH
+        if not self._store_said:
+            self._store_said = True
+            self._say(
+                f"waiting for the store: {_text(exc)} (another program holds it); no new "
+                f"submits until it takes writes again, for up to {_STORE_PATIENCE:.0f} s"
+            )
+        return time.monotonic() + _STORE_PATIENCE
 
     def _release(self, key: str, cost: float | None = None) -> None:
         """A job left the remote side: free its slot and count what it really cost."""

@@ -6,7 +6,9 @@ POINT is where the process dies, the AFTER-th time it gets there (default 1):
 ``submit-sent`` (the server created the job, its answer is not stored yet), ``polling`` (a status
 answer arrived), ``downloading`` (half of an output is on disk) or ``journaled`` (another
 connection locked the store right after a submit was answered, and the runner could only write the
-request id to its journal). The API comes from the usual
+request id to its journal), ``waiting-result`` or ``waiting-download`` (another connection locked
+the store as a job's result came, or as its output landed, and the runner is waiting to record
+it). The API comes from the usual
 environment (RUNCOMFY_MODEL_API_BASE, RUNCOMFY_API_TOKEN).
 """
 
@@ -19,7 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orchestrator.client import Downloaded, ModelApiClient, Status, Submitted
+from orchestrator.client import Downloaded, ModelApiClient, Result, Status, Submitted
+from orchestrator.runner import Runner
 from orchestrator.spec import load_spec
 from orchestrator.store import schema
 from orchestrator.store.journal import RequestJournal
@@ -29,8 +32,16 @@ spec, point = sys.argv[1], sys.argv[2]
 after = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 seen = 0
 blockers: list[sqlite3.Connection] = []
-if point == "journaled":
+if point == "journaled" or point.startswith("waiting-"):
     schema.BUSY_TIMEOUT_MS = 100  # the store gives up on the lock at once
+
+
+def hold_the_store() -> None:
+    """Another program takes the store file, and keeps it until this process dies."""
+    if not blockers:
+        blocker = sqlite3.connect(store_path(load_spec(spec)), isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        blockers.append(blocker)
 
 
 def maybe_die(here: str) -> None:
@@ -41,21 +52,21 @@ def maybe_die(here: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-real_submit, real_status, real_download, real_append = (
+real_submit, real_status, real_result, real_download, real_append, real_say = (
     ModelApiClient.submit,
     ModelApiClient.status,
+    ModelApiClient.result,
     ModelApiClient.download,
     RequestJournal.append,
+    Runner._say,
 )
 
 
 async def submit(self: ModelApiClient, model_id: str, inputs: dict[str, Any]) -> Submitted:
     answer = await real_submit(self, model_id, inputs)
     maybe_die("submit-sent")
-    if point == "journaled" and not blockers:  # another program takes the store file
-        blocker = sqlite3.connect(store_path(load_spec(spec)), isolation_level=None)
-        blocker.execute("BEGIN EXCLUSIVE")
-        blockers.append(blocker)
+    if point == "journaled":
+        hold_the_store()
     return answer
 
 
@@ -70,8 +81,23 @@ async def status(self: ModelApiClient, request_id: str) -> Status:
     return answer
 
 
+async def result(self: ModelApiClient, request_id: str, include_cost: bool = True) -> Result:
+    answer = await real_result(self, request_id, include_cost)
+    if point == "waiting-result":
+        hold_the_store()
+    return answer
+
+
+def say(self: Runner, text: str) -> None:
+    real_say(self, text)
+    if point.startswith("waiting-") and "waiting for the store" in text:
+        maybe_die(point)
+
+
 async def download(self: ModelApiClient, url: str, dest: Path) -> Downloaded:
     got = await real_download(self, url, dest)
+    if point == "waiting-download":
+        hold_the_store()
     if point == "downloading":
         with dest.open("r+b") as handle:
             handle.truncate(got.size // 2)
@@ -81,7 +107,9 @@ async def download(self: ModelApiClient, url: str, dest: Path) -> Downloaded:
 
 ModelApiClient.submit = submit  # type: ignore[method-assign]
 ModelApiClient.status = status  # type: ignore[method-assign]
+ModelApiClient.result = result  # type: ignore[method-assign]
 ModelApiClient.download = download  # type: ignore[method-assign]
+Runner._say = say  # type: ignore[method-assign]
 RequestJournal.append = append  # type: ignore[method-assign]
 report = run_sweep(spec, overrides=Overrides(poll_interval=0.02))
 sys.exit(0 if report.complete else 3)

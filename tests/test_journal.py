@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 import sqlite3
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator import runner as runner_module
 from orchestrator.client import ModelApiClient, Submitted
 from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.errors import StoreError
@@ -25,8 +27,10 @@ from orchestrator.store import JobState, Store, schema
 from orchestrator.store.journal import RequestJournal
 from orchestrator.sweep import Overrides, run_sweep
 
-from .sweeps import write_spec
+from .sweeps import SPEC, run_until_killed, write_spec
 from .test_store import MODEL, make_jobs
+
+DRIVER = Path(__file__).with_name("kill_driver.py")
 
 S = JobState
 
@@ -255,3 +259,182 @@ def test_an_append_after_a_torn_line_stays_whole(tmp_path: Path) -> None:
     journal.path.write_text('{"key": "torn by a ki')
     journal.append("job", "req-1", model=MODEL, attempt=1, run=None)
     assert [(e.key, e.request_id) for e in journal.entries()] == [("job", "req-1")]
+
+
+def test_a_results_folder_moved_after_a_kill_still_replays_its_paid_answers(
+    tmp_path: Path,
+) -> None:
+    # Copying the folder copies the sweep: the killed run's journal goes with its store.
+    old = tmp_path / "old"
+    old.mkdir()
+    with Store.open(old / "comfysweep.db") as db, db.lock("killed run"):
+        db.sync_jobs(make_jobs(2), MODEL)
+        (key,) = answered(db, RequestJournal.beside(db, old), 1)
+    new = tmp_path / "new"
+    shutil.copytree(old, new)
+    shutil.rmtree(old)
+    with Store.open(new / "comfysweep.db") as db, db.lock("next run"):
+        journal = RequestJournal.beside(db, new)
+        assert len(journal.replay(db)) == 1
+        row = db.get(key)
+        assert row is not None
+        assert (row.state, row.request_id) == (S.QUEUED, f"req-{key}")
+    assert not journal.path.exists()
+
+
+def test_a_journal_of_another_store_copied_beside_this_one_is_never_applied(
+    tmp_path: Path,
+) -> None:
+    # Two sweeps with the same job keys, each with job 1 submitting in attempt 1.
+    stores = {}
+    for name in ("theirs", "ours"):
+        folder = tmp_path / name
+        folder.mkdir()
+        with Store.open(folder / "comfysweep.db") as db, db.lock("killed run"):
+            db.sync_jobs(make_jobs(2), MODEL)
+            stores[name] = answered(db, RequestJournal.beside(db, folder), 1)
+    assert stores["theirs"] == stores["ours"]
+    ours = tmp_path / "ours" / "comfysweep.db.requests"
+    ours.unlink()
+    shutil.copy(tmp_path / "theirs" / "comfysweep.db.requests", ours)  # a stale copy
+    with Store.open(tmp_path / "ours" / "comfysweep.db") as db, db.lock("next run"):
+        journal = RequestJournal.beside(db, tmp_path / "ours")
+        assert journal.replay(db) == []
+        row = db.get(stores["ours"][0])
+        assert row is not None
+        assert (row.state, row.request_id) == (S.SUBMITTING, None)
+    assert ours.exists()  # another store's paid answer: left alone, never deleted
+
+
+def test_a_journal_left_by_a_deleted_store_is_not_applied_to_a_new_one_at_its_path(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "comfysweep.db"
+    with Store.open(path) as db, db.lock("killed run"):
+        db.sync_jobs(make_jobs(2), MODEL)
+        (key,) = answered(db, RequestJournal.beside(db, tmp_path), 1)
+    for stale in tmp_path.glob("comfysweep.db*"):
+        if stale.suffix != ".requests":
+            stale.unlink()  # the user starts the sweep over; the journal stays behind
+    with Store.open(path) as db, db.lock("new sweep"):
+        db.sync_jobs(make_jobs(2), MODEL)
+        (row,) = db.claim(1)  # the same key, attempt 1, this store's own submit in flight
+        assert row.key == key
+        assert RequestJournal.beside(db, tmp_path).replay(db) == []
+        again = db.get(key)
+        assert again is not None
+        assert (again.state, again.request_id) == (S.SUBMITTING, None)
+
+
+# -- a journal path someone else put there ------------------------------------------------------
+
+
+def test_a_symlinked_journal_is_never_followed_out(store: Store, tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    journal = RequestJournal.beside(store, tmp_path)
+    journal.path.symlink_to(victim)
+    (row,) = store.claim(1)  # the runner keeps the id in memory
+    with pytest.raises(OSError, match="symbolic links"):
+        journal.append(row.key, "req-1", model=MODEL, attempt=row.attempts, run=None)
+    with pytest.raises(StoreError, match="symbolic link") as caught:
+        journal.replay(store)
+    assert "\n" not in str(caught.value)
+    assert victim.read_text() == "precious\n"
+    assert journal.path.is_symlink()  # not ours to delete either
+
+
+def test_a_symlink_at_the_rewrite_s_temporary_name_is_never_written_through(
+    store: Store, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    journal = RequestJournal.beside(store, tmp_path)
+    first, second = answered(store, journal, 2)
+    journal.path.with_name(journal.path.name + ".tmp").symlink_to(victim)
+    journal.forget([(first, f"req-{first}")])
+    assert victim.read_text() == "precious\n"
+    assert [e.key for e in journal.entries()] == [second]
+
+
+def test_a_folder_at_the_journal_path_is_one_line(store: Store, tmp_path: Path) -> None:
+    journal = RequestJournal.beside(store, tmp_path)
+    journal.path.mkdir()
+    (row,) = store.claim(1)
+    with pytest.raises(OSError, match="Is a directory"):
+        journal.append(row.key, "req-1", model=MODEL, attempt=row.attempts, run=None)
+    with pytest.raises(StoreError, match="not a file") as caught:
+        journal.replay(store)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_answer_journaled_by_a_run_that_dies_after_the_replay_is_still_recovered(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's race, played on SQLite: the replay leaves a live run's entry alone; that run
+    dies before its orphan ``submitting`` job is adopted, and its entry must still count."""
+    spec = write_spec(tmp_path, body=SPEC.replace("concurrency: 3", "concurrency: 1"))
+    run_until_killed(DRIVER, spec, emulator, "journaled")
+    journal = Path(f"{store_file(tmp_path)}.requests")
+    (entry,) = [json.loads(line) for line in journal.read_text().splitlines()]
+    monkeypatch.setattr(Store, "run_alive", lambda self, run: True)  # alive at the replay
+    report = run_sweep(
+        spec,
+        base_url=emulator.base_url,
+        token=emulator.token,
+        overrides=Overrides(poll_interval=0.02),
+    )
+    assert report.complete, report
+    paid_once(emulator)
+    with Store.open(store_file(tmp_path), readonly=True) as db:
+        row = db.get(entry["key"])
+        assert row is not None
+        assert (row.state, row.request_id) == (S.DONE, entry["request_id"])
+
+
+def test_a_store_that_never_takes_a_journaled_id_stops_the_run_and_the_next_run_records_it(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_module, "_STORE_PATIENCE", 0.3)
+    with monkeypatch.context() as refusing:
+        Refusing(refusing, lambda store, refused: False)
+        spec = write_spec(tmp_path)
+        with pytest.raises(StoreError, match="the next run records it") as caught:
+            run_sweep(
+                spec,
+                base_url=emulator.base_url,
+                token=emulator.token,
+                overrides=Overrides(poll_interval=0.02),
+            )
+    assert "\n" not in str(caught.value)
+    assert Path(f"{store_file(tmp_path)}.requests").exists()
+    fast = Overrides(poll_interval=0.02)
+    report = run_sweep(spec, base_url=emulator.base_url, token=emulator.token, overrides=fast)
+    assert report.complete, report
+    assert any("recovered from" in m for m in report.messages)
+    paid_once(emulator)
+
+
+def test_a_forged_or_mistyped_entry_is_skipped_never_applied(store: Store, tmp_path: Path) -> None:
+    journal = RequestJournal.beside(store, tmp_path)
+    (row,) = store.claim(1)
+    good = {
+        "key": row.key,
+        "model": MODEL,
+        "attempt": row.attempts,
+        "store": journal.store,
+        "run": None,
+        "at": "2026-11-30T00:00:00+00:00",
+    }
+    forged = [
+        good | {"request_id": "x" * 65536},
+        good | {"request_id": "req\nERROR forged run.log line"},
+        good | {"request_id": "req-1", "attempt": str(row.attempts)},
+        good | {"request_id": 12345},
+    ]
+    journal.path.write_text("".join(json.dumps(e) + "\n" for e in forged))
+    assert journal.entries() == []
+    assert journal.replay(store) == []
+    after = store.get(row.key)
+    assert after is not None
+    assert (after.state, after.request_id) == (S.SUBMITTING, None)

@@ -61,7 +61,15 @@ def test_kill_before_the_request_id_is_stored(
 
 
 @pytest.mark.parametrize(
-    ("point", "after"), [("polling", 1), ("polling", 5), ("downloading", 1), ("downloading", 3)]
+    ("point", "after"),
+    [
+        ("polling", 1),
+        ("polling", 5),
+        ("downloading", 1),
+        ("downloading", 3),
+        ("waiting-result", 1),  # killed while a result waits for a store another program holds
+        ("waiting-download", 1),  # killed while a landed output waits for it
+    ],
 )
 def test_kill_mid_poll_or_download_loses_nothing(
     tmp_path: Path, emulator: Emulator, clock: DrivenClock, point: str, after: int

@@ -9,8 +9,9 @@ still in the very attempt it answered.
 
 The file is ``<store>.requests`` beside an SQLite store (its real path), or
 ``comfysweep-requests.jsonl`` in the results folder for PostgreSQL; it exists only while an entry
-is unrecorded. Every read-modify-write holds a flock on the folder, so runners sharing it never
-drop each other's lines.
+is unrecorded. Entries name the store by the random id it was given once (``Store.identity``).
+Every read-modify-write holds a flock on the folder, so runners sharing it never drop each other's
+lines.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import fcntl
 import json
 import logging
 import os
+import re
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -34,6 +37,10 @@ __all__ = ["Entry", "RequestJournal"]
 log = logging.getLogger("comfysweep.store")
 
 PG_FILE = "comfysweep-requests.jsonl"
+# What orchestrator.responses accepts from the API (the store sits below it, so said again here).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+# The journal's files are only ever ours: a symlink put at their name is refused, never followed.
+_NEVER_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -54,14 +61,18 @@ class RequestJournal:
 
     def __init__(self, path: Path, store: str) -> None:
         self.path = path
-        self.store = store  # entries of another store sharing the folder are left alone
+        self.store = store  # the store's identity: entries of any other store are left alone
 
     @classmethod
     def beside(cls, store: Store, folder: Path) -> RequestJournal:
-        """The journal of ``store``: beside its real file, or in ``folder`` for PostgreSQL."""
+        """The journal of ``store``: beside its real file, or in ``folder`` for PostgreSQL.
+
+        Entries carry the store's identity, not its path: a folder moved or copied after a kill
+        still replays them, and a store created anew at the same path never takes them.
+        """
         if store.real_path is not None:
-            return cls(Path(f"{store.real_path}.requests"), str(store.real_path))
-        return cls(Path(os.path.realpath(folder)) / PG_FILE, store.name)
+            return cls(Path(f"{store.real_path}.requests"), store.identity())
+        return cls(Path(os.path.realpath(folder)) / PG_FILE, store.identity())
 
     def append(
         self, key: str, request_id: str, *, model: str, attempt: int, run: int | None
@@ -73,7 +84,7 @@ class RequestJournal:
         line = (json.dumps(asdict(entry), sort_keys=True) + "\n").encode()
         with self._locked():
             created = not self.path.exists()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NEVER_FOLLOW, 0o644)
             try:
                 # A torn line from a killed writer before us is skipped by entries(); a newline
                 # first keeps ours whole.
@@ -87,6 +98,11 @@ class RequestJournal:
     def entries(self) -> list[Entry]:
         """This store's entries, in order; a line torn by a kill or foreign to us is skipped."""
         return [e for e in self._read() if e.store == self.store]
+
+    def answer(self, key: str, attempt: int) -> str | None:
+        """The request id journaled for this attempt of job ``key``, if any."""
+        found = [e.request_id for e in self.entries() if (e.key, e.attempt) == (key, attempt)]
+        return found[-1] if found else None
 
     def forget(self, done: Iterable[tuple[str, str]]) -> None:
         """Drop the entries of these (key, request id) pairs, now in the store; raises OSError."""
@@ -103,7 +119,7 @@ class RequestJournal:
         still alive (PostgreSQL runners sharing the folder) stay for that run to record. Each move
         is its own commit and the file shrinks only afterwards: a kill mid-way replays the rest.
         """
-        if not self.path.exists():
+        if not os.path.lexists(self.path):
             return []
         moved: list[str] = []
         try:
@@ -125,18 +141,37 @@ class RequestJournal:
         return moved
 
     def _read(self) -> list[Entry]:
+        """Every entry; StoreError when the file cannot be read or is not a plain file of ours."""
         try:
-            text = self.path.read_bytes().decode("utf-8", errors="replace")
+            fd = os.open(self.path, os.O_RDONLY | _NEVER_FOLLOW)
         except FileNotFoundError:
             return []
         except OSError as exc:
+            if os.path.islink(self.path):
+                raise StoreError(
+                    f"journal {self.path} is a symbolic link, which comfysweep never makes: "
+                    "not followed; move it away"
+                ) from None  # the message says it all; the errno would only repeat it
             raise StoreError(f"journal {self.path} cannot be read: {exc.strerror}") from exc
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StoreError(f"journal {self.path} is not a file: move it away")
+            with os.fdopen(os.dup(fd), "rb") as f:
+                text = f.read().decode("utf-8", errors="replace")
+        except OSError as exc:
+            raise StoreError(f"journal {self.path} cannot be read: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
         out = []
         for line in text.splitlines():
             try:
-                out.append(Entry(**json.loads(line)))
+                entry = Entry(**json.loads(line))
             except (ValueError, TypeError):
-                log.warning("journal %s: skipping a damaged line: %.80s", self.path, line)
+                entry = None
+            if entry is None or not _sound(entry):
+                log.warning("journal %s: skipping a damaged line: %.80r", self.path, line)
+                continue
+            out.append(entry)
         return out
 
     def _rewrite(self, keep: list[Entry]) -> None:
@@ -147,7 +182,8 @@ class RequestJournal:
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
         data = "".join(json.dumps(asdict(e), sort_keys=True) + "\n" for e in keep).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        tmp.unlink(missing_ok=True)  # a killed rewrite's, or a link someone put there: never opened
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NEVER_FOLLOW, 0o644)
         try:
             os.write(fd, data)
             os.fsync(fd)
@@ -190,17 +226,29 @@ def _apply(store: Store, entry: Entry) -> bool:
     return True
 
 
+def _sound(entry: Entry) -> bool:
+    """Fields of the types written, and a request id the client would have let through."""
+    texts = (entry.key, entry.request_id, entry.model, entry.store, entry.at)
+    return (
+        all(isinstance(t, str) for t in texts)
+        and type(entry.attempt) is int
+        and (entry.run is None or type(entry.run) is int)
+        and _REQUEST_ID.fullmatch(entry.request_id) is not None
+    )
+
+
 def _ends_clean(path: Path) -> bool:
     """The file is empty or ends with a newline (a killed append may have left half a line)."""
     try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() == 0:
-                return True
-            f.seek(-1, os.SEEK_END)
-            return f.read(1) == b"\n"
+        fd = os.open(path, os.O_RDONLY | _NEVER_FOLLOW)
     except FileNotFoundError:
         return True
+    with os.fdopen(fd, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 from pathlib import Path
 
 from orchestrator.errors import StoreError, StoreLockedError
@@ -28,9 +29,18 @@ class FileLock:
 
     def acquire(self, owner: str) -> None:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # Never through a symlink: the holder is written over the file, and it is truncated.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
+            if os.path.islink(self.path):
+                raise StoreError(
+                    f"lock file {self.path} is a symbolic link, which comfysweep never makes: "
+                    "not followed; move it away"
+                ) from None  # the message says it all; the errno would only repeat it
             raise StoreError(f"lock file {self.path} cannot be opened: {exc.strerror}") from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StoreError(f"lock file {self.path} is not a file: move it away")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sqlite3
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,6 +78,12 @@ def resolve(target: str | os.PathLike[str]) -> tuple[URL, Path | None]:
 
 def check_sqlite_file(path: Path, *, readonly: bool) -> None:
     """Refuse, before SQLite touches it, a path that is not an SQLite file."""
+    for suffix in ("-wal", "-shm", "-journal"):
+        side = Path(f"{os.path.realpath(path)}{suffix}")
+        if side.is_symlink():  # SQLite would write its pages wherever the link points
+            raise StoreError(
+                f"store {path}: {side} is a symbolic link, which SQLite never makes: move it away"
+            )
     if path.is_dir():
         raise StoreError(f"store {path} is a directory, not an SQLite file")
     if not path.exists():
@@ -92,6 +99,14 @@ def check_sqlite_file(path: Path, *, readonly: bool) -> None:
         raise StoreError(f"store {path} cannot be read: {exc.strerror}") from exc
     if head and head != SQLITE_MAGIC:
         raise StoreError(f"store {path} is not an SQLite database (not a comfysweep store)")
+    links = os.stat(path).st_nlink
+    if links > 1:
+        # SQLite keeps its WAL and lock files beside each name: two runs (or a run and a reader)
+        # through two names would each see their own WAL, and the runner lock only one name.
+        raise StoreError(
+            f"store {path} has {links} hard links: SQLite keeps its journal beside each name, so "
+            "two names can corrupt it; keep one (a symbolic link is fine)"
+        )
 
 
 def connect(url: URL, path: Path | None, *, readonly: bool) -> tuple[Engine, Connection]:
@@ -244,6 +259,19 @@ def _check(conn: Connection, name: str, *, in_transaction: bool = False) -> str 
 
 def _name(url: URL, path: Path | None) -> str:
     return str(path) if path is not None else url.render_as_string(hide_password=True)
+
+
+# PostgreSQL: lock_not_available, serialization_failure, deadlock_detected; trying again may pass.
+_BUSY_SQLSTATES = frozenset({"55P03", "40001", "40P01"})
+
+
+def busy(exc: BaseException) -> bool:
+    """Whether the database refused only because another connection holds it for now."""
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return getattr(orig, "sqlstate", None) in _BUSY_SQLSTATES
 
 
 def reason(exc: BaseException) -> str:

@@ -8,14 +8,15 @@ connection: use it from one thread at a time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
 import os
 import socket
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -26,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from orchestrator.canonical import canonical_json
-from orchestrator.errors import StoreError, TransitionError
+from orchestrator.errors import StoreBusyError, StoreError, TransitionError
 from orchestrator.store import schema, sql
 from orchestrator.store.blobs import BlobCache, Splitter, blob_shas
 from orchestrator.store.lock import FileLock
@@ -112,7 +113,7 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self.name!r}{', readonly' if self.readonly else ''})"
 
-    @contextmanager
+    @contextlib.contextmanager
     def _tx(self, *, write: bool = False, durable: bool = False) -> Iterator[Connection]:
         """One transaction; SQLite writes take the write lock up front (BEGIN IMMEDIATE)."""
         if self._conn is None:
@@ -135,14 +136,15 @@ class Store:
             tx.commit()
         except (sa.exc.DBAPIError, sqlite3.Error) as exc:
             tx.rollback()
-            raise StoreError(f"store {self.name}: {schema.reason(exc)}") from exc
+            kind = StoreBusyError if schema.busy(exc) else StoreError
+            raise kind(f"store {self.name}: {schema.reason(exc)}") from exc
         except BaseException:
             tx.rollback()
             raise
 
     # -- the runner lock ----------------------------------------------------------------------
 
-    @contextmanager
+    @contextlib.contextmanager
     def lock(self, owner: str) -> Iterator[int]:
         """Hold the store for one run; yields the run id stamped on every job the run touches.
 
@@ -180,13 +182,16 @@ class Store:
             self._run_id = None
             self._lock_held = False
             try:
-                if run_id is not None and self._conn is not None and not self.is_sqlite:
-                    with self._tx() as conn:
-                        conn.execute(sql.RUN_ALIVE_UNLOCK, {"p_run": run_id})
-                if run_id is not None and self._conn is not None:
-                    with self._tx(write=True) as conn:
-                        finish = sql.RUNS.update().where(sql.RUNS.c.id == run_id)
-                        conn.execute(finish.values(finished_at=_now()))
+                # Only a record: a store that refuses it (held by another program, full) must not
+                # hide why the run ended, nor fail a run that finished.
+                with contextlib.suppress(StoreError):
+                    if run_id is not None and self._conn is not None and not self.is_sqlite:
+                        with self._tx() as conn:
+                            conn.execute(sql.RUN_ALIVE_UNLOCK, {"p_run": run_id})
+                    if run_id is not None and self._conn is not None:
+                        with self._tx(write=True) as conn:
+                            finish = sql.RUNS.update().where(sql.RUNS.c.id == run_id)
+                            conn.execute(finish.values(finished_at=_now()))
             finally:
                 if flock is not None:
                     flock.release()
@@ -514,6 +519,21 @@ class Store:
             raw = conn.execute(sa.select(sql.META.c.value).where(sql.META.c.name == "sweep"))
             owner = json.loads(raw.scalar_one())
         return str(owner)
+
+    def identity(self) -> str:
+        """A random id given to this store once: every copy of it has it, no other store does.
+
+        What the request journal names its entries by: a moved or copied folder keeps replaying
+        them, and a new store created where an old one was never takes the old one's.
+        """
+        known = self.get_meta("store_id")
+        if known is not None:
+            return str(known)
+        with self._tx(write=True) as conn:
+            row = {"name": "store_id", "value": canonical_json(uuid.uuid4().hex)}
+            conn.execute(self._insert(sql.META).values(row).on_conflict_do_nothing())
+            raw = conn.execute(sa.select(sql.META.c.value).where(sql.META.c.name == "store_id"))
+            return str(json.loads(raw.scalar_one()))
 
     def _set_meta(self, conn: Connection, name: str, value: Any) -> None:
         ins = self._insert(sql.META).values(name=name, value=canonical_json(value))
