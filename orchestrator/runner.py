@@ -298,7 +298,7 @@ class Runner:
         await self._wait_until(lambda: self.stopping or self._download_backlog == 0)
         if self.stopping:
             self._release(row.key)
-            self._move(row.key, JobState.PENDING, detail="not sent: the run stopped first")
+            await self._commit(row.key, JobState.PENDING, detail="not sent: the run stopped first")
             return
         try:
             submitted = await self.client.submit(row.model_id, row.inputs)
