@@ -3,13 +3,18 @@ through a symlink, and says one line about anything else it finds there."""
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from orchestrator import iter_jobs, load_spec
 from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.errors import ResultsError
+from orchestrator.models import get_model
+from orchestrator.results import ResultsFolder
 from orchestrator.retry import RetryPolicy
 from orchestrator.runner import RunReport
 from orchestrator.sweep import Overrides, run_sweep
@@ -80,3 +85,32 @@ def test_what_comfysweep_did_not_write_in_partial_is_left_alone_with_one_line_ea
         (line,) = [m for m in messages if name in m]
         assert "left alone" in line
     assert any("removed 1 partial download" in m for m in messages)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_download_never_writes_through_a_link_or_into_a_fifo_at_its_partial_name(
+    tmp_path: Path, emulator: Emulator, kind: str
+) -> None:
+    """Something planted at the very name this process downloads to (after start-up's cleanup,
+    so it is there when the download opens it) is never written through, and never hangs a run."""
+    spec = write_spec(tmp_path)
+    jobs = list(iter_jobs(load_spec(spec)))
+    folder = ResultsFolder(
+        tmp_path / "results" / "grid", get_model("community/wan-2-2/vace-fun"), "{key}"
+    )
+    folder.prepare()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not comfysweep's")
+    planted = [folder.temp_path(job.key, 0) for job in jobs]
+    for path in planted:
+        if kind == "symlink":
+            path.symlink_to(outside)
+        else:
+            os.mkfifo(path)
+    report = run(spec, emulator)
+    assert outside.read_text() == "not comfysweep's"
+    assert not report.complete
+    assert report.counts.get("done", 0) == 0
+    for path in planted:
+        assert path.is_symlink() if kind == "symlink" else stat.S_ISFIFO(path.lstat().st_mode)
+    assert any("not a file comfysweep wrote" in m for m in report.messages), report.messages
