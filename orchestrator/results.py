@@ -132,13 +132,16 @@ class ResultsFolder:
         """Where output ``n`` of job ``key`` is downloaded before it is verified."""
         return self.partial_dir / f"{key[:16]}-{n}~{_HOST}~{os.getpid()}.part"
 
-    def output_name(self, row: JobLike, n: int, count: int, url: str) -> str:
-        """The relative final name of output ``n`` of ``count`` of a job.
+    def output_name(
+        self, row: JobLike, n: int, count: int, url: str, *, ext: str | None = None
+    ) -> str:
+        """The relative final name of output ``n`` of ``count`` of a job, with extension ``ext``
+        (from verify) or else its URL's.
 
         Never raises: a job whose values the template cannot format (it failed before its submit
         unless the template changed since) is named by its key, so a paid output is still kept.
         """
-        ext = extension_of(url)
+        ext = ext or extension_of(url)
         try:
             return render_output_name(self.template, row, n=n + 1, count=count, ext=ext)
         except TemplateError as exc:
@@ -153,11 +156,12 @@ class ResultsFolder:
             return f"run.filename cannot name this job's output: {exc}"
         return None
 
-    def verify(self, tmp: Path, inputs: Mapping[str, Any], url: str, what: str) -> None:
+    def verify(self, tmp: Path, inputs: Mapping[str, Any], url: str, what: str) -> str:
         """Raise OutputInvalid, removing ``tmp``, unless the download is whole and of the shape
-        the job's inputs fixed; ``what`` starts the message."""
+        the job's inputs fixed; ``what`` starts the message. Returns the extension the file's
+        content gives it (never one a URL chose, such as ``.exe``)."""
         try:
-            verify_output(tmp, extension_of(url), expected_shape(self.model, inputs))
+            return verify_output(tmp, extension_of(url), expected_shape(self.model, inputs))
         except OutputInvalid as exc:
             tmp.unlink(missing_ok=True)
             raise OutputInvalid(f"{what} {exc}") from None

@@ -30,6 +30,17 @@ __all__ = ["Shape", "expected_shape", "verify_output"]
 
 VIDEO_EXTENSIONS = frozenset({"mp4", "mov", "m4v", "webm", "mkv", "avi"})
 IMAGE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "gif"})
+AUDIO_EXTENSIONS = frozenset({"wav", "mp3", "flac", "ogg", "oga", "opus", "m4a", "aac"})
+# The extensions a file of each kind may carry (its URL's if it is one of them, else the first).
+_KIND_EXTENSIONS = {
+    "bmff": ("mp4", "mov", "m4v"),
+    "matroska": ("mkv", "webm"),
+    "avi": ("avi",),
+    "png": ("png",),
+    "jpeg": ("jpg", "jpeg"),
+    "gif": ("gif",),
+    "webp": ("webp",),
+}
 _SIZE = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)")
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
@@ -57,11 +68,13 @@ def expected_shape(model: Model, inputs: Mapping[str, Any]) -> Shape:
     return Shape(width, height, _whole(value("frames")))
 
 
-def verify_output(path: Path, ext: str, shape: Shape) -> None:
-    """Raise OutputInvalid unless ``path`` is a whole, readable output of ``shape``.
+def verify_output(path: Path, ext: str, shape: Shape) -> str:
+    """Raise OutputInvalid unless ``path`` is a whole, readable output of ``shape``; returns the
+    extension it takes.
 
-    The file's first bytes say what it is; ``ext`` (from its URL) says what it must be when they
-    say nothing known. A file of another kind (audio, text) is accepted unchecked.
+    The file's first bytes say what it is, and so its extension; ``ext`` (from its URL) says what
+    it must be when they say nothing known. A file of another kind is accepted unchecked, named
+    by its URL if that says audio, else ``.bin``: a server never names a file ``.exe``.
     """
     with open(path, "rb") as handle:
         size = handle.seek(0, 2)
@@ -71,20 +84,24 @@ def verify_output(path: Path, ext: str, shape: Shape) -> None:
         if kind is None:
             if ext in VIDEO_EXTENSIONS or ext in IMAGE_EXTENSIONS:
                 raise OutputInvalid(f"is not a readable {ext} file ({size} bytes)")
-            return
+            return ext if ext in AUDIO_EXTENSIONS else "bin"
         if kind == "bmff":
             _bmff_boxes(handle, size)
-        elif kind != "video":
+        elif kind in _IMAGE_CHECKS:
             _check_size(_IMAGE_CHECKS[kind](handle, size), shape)
-            return
-    _check_video(path, shape, count_packets=kind != "bmff")
+    if kind not in _IMAGE_CHECKS:
+        _check_video(path, shape, count_packets=kind != "bmff")
+    names = _KIND_EXTENSIONS[kind]
+    return ext if ext in names else names[0]
 
 
 def _sniff(head: bytes) -> str | None:
     if head[4:8] == b"ftyp":
         return "bmff"
-    if head.startswith(b"\x1a\x45\xdf\xa3") or (head[:4], head[8:12]) == (b"RIFF", b"AVI "):
-        return "video"  # Matroska/WebM, AVI
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"  # and WebM
+    if (head[:4], head[8:12]) == (b"RIFF", b"AVI "):
+        return "avi"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if head.startswith(b"\xff\xd8\xff"):

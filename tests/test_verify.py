@@ -3,14 +3,18 @@ than the job asked for is deleted and downloaded again, never marked done."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import av
 import pytest
 
+from orchestrator.client import ModelApiClient
 from orchestrator.emulator import Emulator, EmulatorConfig, FaultProfile
 from orchestrator.emulator.media import render_mp4
 from orchestrator.errors import OutputInvalid
@@ -204,4 +208,48 @@ def test_one_cut_download_is_retried_in_the_same_run(tmp_path: Path) -> None:
         assert report.complete, report
         assert emu.ledger()["faults_fired"]["truncated_download"] == 1
     (video,) = (tmp_path / "results" / "one").glob("*.mp4")
+    verify_output(video, "mp4", SHAPE)
+
+
+def test_the_extension_comes_from_the_content_not_the_url(tmp_path: Path, video: bytes) -> None:
+    path = tmp_path / "x"
+    path.write_bytes(video)
+    for ext in ("exe", "mp4", "bin", "html"):
+        assert verify_output(path, ext, SHAPE) == "mp4"
+    assert verify_output(path, "mov", SHAPE) == "mov"
+    path.write_bytes(png(64, 48))
+    assert verify_output(path, "exe", Shape(64, 48)) == "png"
+    path.write_bytes(jpeg(64, 48))
+    assert verify_output(path, "jpeg", Shape(64, 48)) == "jpeg"
+    assert verify_output(path, "svg", Shape(64, 48)) == "jpg"
+    path.write_bytes(b"MZ\x90\x00 a program")
+    assert verify_output(path, "exe", SHAPE) == "bin"
+    assert verify_output(path, "sh", SHAPE) == "bin"
+    path.write_bytes(b"RIFX unknown audio")
+    assert verify_output(path, "wav", SHAPE) == "wav"
+
+
+@pytest.mark.parametrize("suffix", [".exe", "/run.sh"])
+def test_an_output_url_naming_a_program_still_gives_a_video_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    """A result URL whose path ends in .exe (or a script's name) does not name the file."""
+    real_result, real_download = ModelApiClient.result, ModelApiClient.download
+
+    async def result(self: ModelApiClient, request_id: str, include_cost: bool = True) -> Any:
+        got = await real_result(self, request_id, include_cost)
+        return dataclasses.replace(got, urls=[u + suffix for u in got.urls])
+
+    async def download(self: ModelApiClient, url: str, dest: Path) -> Any:
+        return await real_download(self, url.removesuffix(suffix), dest)
+
+    monkeypatch.setattr(ModelApiClient, "result", result)
+    monkeypatch.setattr(ModelApiClient, "download", download)
+    spec = write_spec(tmp_path, "one", ONE_JOB)
+    with Emulator(EmulatorConfig(speed=5000.0, workers=2)) as emu:
+        assert run(spec, emu).complete
+    folder = tmp_path / "results" / "one"
+    (output,) = json.loads((folder / "manifest.jsonl").read_text())["outputs"]
+    video = folder / output["path"]
+    assert video.suffix == ".mp4", video.name
     verify_output(video, "mp4", SHAPE)
