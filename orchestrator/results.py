@@ -32,7 +32,13 @@ from urllib.parse import urlsplit
 
 from orchestrator.errors import OutputInvalid, ResultsError
 from orchestrator.models import Model
-from orchestrator.naming import SHORT_KEY, TemplateError, render_output_name, with_tag
+from orchestrator.naming import (
+    SHORT_KEY,
+    TemplateError,
+    fit_part,
+    render_output_name,
+    with_tag,
+)
 from orchestrator.store import JobLike, JobRow, Store
 from orchestrator.verify import expected_shape, verify_output
 
@@ -206,11 +212,11 @@ class ResultsFolder:
         for i in range(len(parts)):
             for _ in range(_FALLBACKS):
                 last = i == len(parts) - 1
+                # fit_part keeps a name of 255 bytes legal: a longer one could never be had.
                 if i == 0 and self._is_reserved(parts[0]):
-                    # No tool file starts with "_"; the cut keeps a 255-byte name legal.
-                    parts[0] = ("_" + parts[0]).encode()[:255].decode("utf-8", "ignore")
+                    parts[0] = fit_part("_" + parts[0], "")  # no tool file starts with "_"
                 elif not last and not _folder_or_absent(self.root.joinpath(*parts[: i + 1])):
-                    parts[i] = parts[i] + "_"
+                    parts[i] = fit_part(parts[i], "_")
                 else:
                     break
         return parts

@@ -271,3 +271,35 @@ def test_a_file_that_appears_after_the_name_was_chosen_is_not_overwritten(
     assert (tmp_path / "x.mp4").read_bytes() == b"the user's"
     assert (tmp_path / "x_ab12cd34ef.mp4").read_bytes() == b"the output"
     assert not tmp.exists()
+
+
+@pytest.mark.parametrize(
+    ("top", "what"),
+    [
+        ("x" * 255, "symlink"),
+        ("é" * 127 + "x", "file"),  # 255 bytes, two of them per character
+        ("comfysweep." + "x" * 244, "nothing"),  # the store's prefix, 255 bytes
+    ],
+)
+def test_a_folder_renamed_out_of_the_way_stays_within_255_bytes(
+    tmp_path: Path, top: str, what: str
+) -> None:
+    """A 255-byte folder name with a file or a symlink there (or the tool's own name) still gets
+    a usable name: adding its `_` used to make a name no file system takes, and the paid output
+    was deleted and the run stopped, on every run."""
+    assert len(top.encode()) == 255
+    root = tmp_path / "results"
+    folder = ResultsFolder(root, get_model("community/wan-2-2/vace-fun"), "{key}")
+    folder.prepare()
+    if what == "symlink":
+        (root / top).symlink_to(tmp_path, target_is_directory=True)
+    elif what == "file":
+        (root / top).write_text("the user's")
+    name = folder.final_name(f"{top}/1.mp4", KEY)
+    tmp = folder.temp_path(KEY, 0)
+    tmp.write_bytes(b"the output")
+    assert folder.place(tmp, name, KEY) == name
+    assert all(len(part.encode()) <= 255 for part in name.split("/")), name
+    assert name.split("/")[0] != top
+    assert (root / name).read_bytes() == b"the output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
