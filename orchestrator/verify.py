@@ -139,16 +139,20 @@ def _bmff_boxes(handle: IO[bytes], size: int) -> None:
 
 
 def _check_video(path: Path, shape: Shape, *, count_packets: bool) -> None:
+    # A damaged file's metadata need not be text: it is not ours to read, so errors are ignored.
     try:
-        with av.open(str(path), "r") as container:
+        with av.open(str(path), "r", metadata_errors="ignore") as container:
             if not container.streams.video:
                 raise OutputInvalid("holds no video stream")
             stream = container.streams.video[0]
-            width, height = stream.codec_context.width, stream.codec_context.height
+            codec = stream.codec_context
+            if codec is None:
+                raise OutputInvalid("holds a video stream of no known codec")
+            width, height = codec.width, codec.height
             frames = stream.frames
             if count_packets or not frames:
                 frames = sum(1 for packet in container.demux(stream) if packet.size)
-    except av.error.FFmpegError as exc:
+    except (av.error.FFmpegError, UnicodeError) as exc:
         raise OutputInvalid(f"cannot be read as a video: {exc}") from None
     if shape.frames is not None and frames != shape.frames:
         raise OutputInvalid(f"has {frames} frames, the job asked for {shape.frames}")
@@ -204,7 +208,10 @@ def _jpeg(handle: IO[bytes], size: int) -> tuple[int, int] | None:
 
 def _gif(handle: IO[bytes], size: int) -> tuple[int, int] | None:
     handle.seek(6)
-    dims = struct.unpack("<HH", handle.read(4))
+    head = handle.read(4)
+    if len(head) < 4:
+        raise OutputInvalid("is cut short inside its GIF header")
+    dims = struct.unpack("<HH", head)
     handle.seek(size - 1)
     if handle.read(1) != b"\x3b":
         raise OutputInvalid("is cut short: the GIF has no trailer")

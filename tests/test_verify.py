@@ -3,6 +3,7 @@ than the job asked for is deleted and downloaded again, never marked done."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import struct
@@ -253,3 +254,23 @@ def test_an_output_url_naming_a_program_still_gives_a_video_file(
     video = folder / output["path"]
     assert video.suffix == ".mp4", video.name
     verify_output(video, "mp4", SHAPE)
+
+
+@pytest.mark.parametrize("ext", ["mp4", "png", "jpg", "gif", "webp"])
+def test_a_damaged_file_is_invalid_never_a_crash(tmp_path: Path, ext: str) -> None:
+    """Every cut and every flipped byte of a small file of each kind is OutputInvalid or passes;
+    a corrupt MP4 (undecodable metadata, no codec) raised UnicodeDecodeError or AttributeError,
+    a 7-byte GIF struct.error, and so crashed the run on every start."""
+    if ext == "mp4":
+        source = tmp_path / "v.mp4"
+        render_mp4(source, {"4_valuex3_value": "64x64 (1:1)", "25_value": 3, "38_value": 16})
+        data = source.read_bytes()
+    else:
+        data = {"png": png, "jpg": jpeg, "gif": gif, "webp": webp}[ext](8, 8)
+    path = tmp_path / f"x.{ext}"
+    damaged = [data[:cut] for cut in range(len(data))]
+    damaged += [data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :] for i in range(len(data))]
+    for variant in damaged:
+        path.write_bytes(variant)
+        with contextlib.suppress(OutputInvalid):
+            verify_output(path, ext, Shape())
