@@ -274,3 +274,46 @@ def test_a_damaged_file_is_invalid_never_a_crash(tmp_path: Path, ext: str) -> No
         path.write_bytes(variant)
         with contextlib.suppress(OutputInvalid):
             verify_output(path, ext, Shape())
+
+
+def test_a_streamable_mp4_whose_data_runs_to_the_end_is_checked_against_its_index(
+    tmp_path: Path, video: bytes
+) -> None:
+    """An MP4 with its index first and a last box of size 0 ("to the end of the file") was
+    accepted cut short: its boxes tile any length, its index still says every frame."""
+    data = bytearray(faststart(video, tmp_path))
+    pos = 0
+    while data[pos + 4 : pos + 8] != b"mdat":
+        pos += struct.unpack(">I", data[pos : pos + 4])[0]
+    data[pos : pos + 4] = bytes(4)
+    check(tmp_path / "x.mp4", bytes(data))
+    for cut in (len(data) - 1, len(data) * 9 // 10, len(data) // 2):
+        for shape in (SHAPE, Shape()):
+            with pytest.raises(OutputInvalid, match="cut short"):
+                check(tmp_path / "x.mp4", bytes(data[:cut]), shape=shape)
+
+
+@pytest.mark.parametrize("ext", ["mkv", "webm"])
+def test_a_matroska_cut_short_fails_even_where_the_job_fixed_no_frame_count(
+    tmp_path: Path, ext: str
+) -> None:
+    """A cut Matroska/WebM was accepted whenever the job fixed no frame count to compare."""
+    path = tmp_path / f"x.{ext}"
+    codec = "libvpx-vp9" if ext == "webm" else "libx264"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=16)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(6):
+            frame = av.VideoFrame(64, 48, "yuv420p")
+            for plane in frame.planes:
+                plane.update(bytes([i * 40]) * plane.buffer_size)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    data = path.read_bytes()
+    check(path, data, ext, Shape(64, 48, 6))
+    check(path, data, ext, Shape())
+    for cut in (len(data) - 1, len(data) * 2 // 3, 40):
+        with pytest.raises(OutputInvalid, match=r"cut short|cannot be read"):
+            check(path, data[:cut], ext, Shape())
