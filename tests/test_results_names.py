@@ -15,6 +15,7 @@ import pytest
 from orchestrator import iter_jobs, load_spec
 from orchestrator.client import ModelApiClient
 from orchestrator.emulator import Emulator, EmulatorConfig
+from orchestrator.errors import ComfysweepError
 from orchestrator.models import get_model
 from orchestrator.results import ResultsFolder
 from orchestrator.retry import RetryPolicy
@@ -303,3 +304,28 @@ def test_a_folder_renamed_out_of_the_way_stays_within_255_bytes(
     assert name.split("/")[0] != top
     assert (root / name).read_bytes() == b"the output"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_run_log_that_is_a_symlink_or_a_fifo_is_one_line_and_never_written_through(
+    tmp_path: Path, emulator: Emulator, kind: str
+) -> None:
+    """A results folder copied from elsewhere may hold run.log as a link to, say, ~/.bashrc:
+    log lines (with a server's error text) were appended there; a FIFO hung the start."""
+    spec = sweep(tmp_path, ["fox"])
+    folder = tmp_path / "results" / "owned"
+    folder.mkdir(parents=True)
+    bashrc = tmp_path / "bashrc"
+    bashrc.write_text("# the user's\n")
+    if kind == "symlink":
+        (folder / "run.log").symlink_to(bashrc)
+    else:
+        os.mkfifo(folder / "run.log")
+    with pytest.raises(ComfysweepError) as caught:
+        run(spec, emulator)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "run.log" in message
+    assert "symlink" in message
+    assert bashrc.read_text() == "# the user's\n"
+    assert emulator.ledger()["jobs"] == []
