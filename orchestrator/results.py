@@ -191,9 +191,16 @@ class ResultsFolder:
                 return candidate
         raise ResultsError(f"no free name for an output of job {key[:SHORT_KEY]} near {name}")
 
-    def place(self, tmp: Path, name: str, key: str) -> str:
+    def place(
+        self, tmp: Path, name: str, key: str, record: Callable[[str], None] = lambda _: None
+    ) -> str:
         """Rename a verified download into place under ``name`` (from final_name); returns the
-        name it took, another free one if something took ``name`` meanwhile."""
+        name it took, another free one if something took ``name`` meanwhile.
+
+        ``record`` is called with that other name before the file takes it, as the caller
+        recorded ``name``: a kill between the two must not leave the job owning ``name``, where a
+        file that is not its own now sits, and so replace that file on the next run.
+        """
         for _ in range(_FALLBACKS):
             try:
                 replace = self._owner(name) == key and self._replace.get(name.casefold(), False)
@@ -202,6 +209,7 @@ class ResultsFolder:
             except _Taken:
                 self._owners_map()[name.casefold()] = ""  # nobody's: never ours to overwrite
                 name = self.final_name(name, key)
+                record(name)
                 continue
             return name
         raise ResultsError(f"no free name for an output of job {key[:SHORT_KEY]} near {name}")

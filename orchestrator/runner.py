@@ -496,10 +496,14 @@ class Runner:
                     ext = self.folder.verify(tmp, row.inputs, url, what)
                 name = self.folder.output_name(row, n, len(urls), url, ext=ext)
                 path = self.folder.final_name(name, row.key)
+
                 # The name is the job's before the file takes it: a kill between the two leaves a
                 # file the next run overwrites, not an orphan beside a second copy.
-                self.store.update(row.key, outputs=[*outputs, {"url": url, "path": path}])
-                path = self.folder.place(tmp, path, row.key)
+                def record(path: str, done: list[dict[str, Any]] = outputs, url: str = url) -> None:
+                    self.store.update(row.key, outputs=[*done, {"url": url, "path": path}])
+
+                record(path)
+                path = self.folder.place(tmp, path, row.key, record)
             except OutputExpired as exc:
                 fresh = None if refreshed else await self._fresh_urls(row)
                 refreshed = True

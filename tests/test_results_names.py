@@ -8,6 +8,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -329,3 +330,46 @@ def test_a_run_log_that_is_a_symlink_or_a_fifo_is_one_line_and_never_written_thr
     assert "symlink" in message
     assert bashrc.read_text() == "# the user's\n"
     assert emulator.ledger()["jobs"] == []
+
+
+class RecordingStore:
+    """The store's output records, as ResultsFolder reads them (path None: not in the folder)."""
+
+    path = None
+
+    def __init__(self) -> None:
+        self.outputs: dict[str, list[dict[str, Any]]] = {}
+
+    def jobs(self) -> list[Any]:
+        return [SimpleNamespace(key=k, outputs=v) for k, v in self.outputs.items()]
+
+
+def test_a_kill_after_a_fallback_placement_never_lets_the_job_replace_the_users_file(
+    tmp_path: Path,
+) -> None:
+    """A file of the user's appears at the chosen name before the rename, so the output takes
+    the fallback; a kill before the final record left the job owning the first name, and the
+    next run replaced the user's file there."""
+    model = get_model("community/wan-2-2/vace-fun")
+    store = RecordingStore()
+
+    def record(path: str) -> None:
+        store.outputs[KEY] = [{"url": "u", "path": path}]
+
+    first = ResultsFolder(tmp_path, model, "{key}")
+    first.attach(store)  # type: ignore[arg-type]
+    first.prepare()
+    name = first.final_name("x.mp4", KEY)
+    record(name)  # the runner records the name before the file takes it
+    (tmp_path / "x.mp4").write_bytes(b"the user's")
+    tmp = first.temp_path(KEY, 0)
+    tmp.write_bytes(b"the output")
+    assert first.place(tmp, name, KEY, record) == "x_ab12cd34ef.mp4"
+    # Killed here, before the record with the size: the next run downloads the output again.
+    again = ResultsFolder(tmp_path, model, "{key}")
+    again.attach(store)  # type: ignore[arg-type]
+    name = again.final_name("x.mp4", KEY)
+    tmp.write_bytes(b"the output")
+    again.place(tmp, name, KEY, record)
+    assert (tmp_path / "x.mp4").read_bytes() == b"the user's"
+    assert (tmp_path / "x_ab12cd34ef.mp4").read_bytes() == b"the output"
