@@ -102,6 +102,12 @@ class ResultsFolder:
         """
         self.root.mkdir(parents=True, exist_ok=True)
         self._check_partial()
+        for name in (MANIFEST, METADATA):
+            if not _file_or_absent(self.root / name):  # else every job is paid, then the run stops
+                raise ResultsError(
+                    f"{self.root / name} is a folder or not a regular file: comfysweep rewrites "
+                    "it from the store; move it away and run again"
+                )
         removed = 0
         for leftover in sorted(self.partial_dir.iterdir()):
             match = _PARTIAL_FILE.fullmatch(leftover.name)
@@ -424,6 +430,17 @@ def _is_file(path: Path) -> bool:
         return stat.S_ISREG(path.lstat().st_mode)
     except OSError:
         return False
+
+
+def _file_or_absent(path: Path) -> bool:
+    """Nothing is there, a regular file, or a symlink (replaced, never followed)."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) or stat.S_ISLNK(mode)
 
 
 def _folder_or_absent(path: Path) -> bool:

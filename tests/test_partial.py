@@ -114,3 +114,18 @@ def test_a_download_never_writes_through_a_link_or_into_a_fifo_at_its_partial_na
     for path in planted:
         assert path.is_symlink() if kind == "symlink" else stat.S_ISFIFO(path.lstat().st_mode)
     assert any("not a file comfysweep wrote" in m for m in report.messages), report.messages
+
+
+@pytest.mark.parametrize("name", ["manifest.jsonl", "metadata.jsonl"])
+def test_a_manifest_that_is_a_folder_stops_the_run_before_anything_is_paid(
+    tmp_path: Path, emulator: Emulator, name: str
+) -> None:
+    """Every job was paid and downloaded, then the run stopped at its first manifest write."""
+    spec = write_spec(tmp_path)
+    folder = tmp_path / "results" / "grid"
+    (folder / name).mkdir(parents=True)
+    with pytest.raises(ResultsError) as caught:
+        run(spec, emulator)
+    assert "\n" not in str(caught.value)
+    assert name in str(caught.value)
+    assert emulator.ledger()["jobs"] == []
