@@ -25,6 +25,7 @@ import re
 import socket
 import stat
 import tempfile
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -80,9 +81,9 @@ class ResultsFolder:
         self.template = template
         self.partial_dir = root / PARTIAL
         self._store: Store | None = None
-        self._owners: dict[str, str] | None = None  # casefolded path -> the job key that owns it
+        self._owners: dict[str, str] | None = None  # _fold(path) -> the job key that owns it
         self._replace: dict[str, bool] = {}  # chosen name -> its job's own file was there
-        self._reserved = {name.casefold() for name in TOOL_FILES}
+        self._reserved = {_fold(name) for name in TOOL_FILES}
         self._reserved_prefixes = _store_prefixes(STORE_FILE)
 
     def attach(self, store: Store) -> None:
@@ -193,7 +194,7 @@ class ResultsFolder:
             if free is not None:
                 self._own(candidate, key)
                 # Only a file of the job's own, there already, is ever replaced.
-                self._replace[candidate.casefold()] = free == "replace"
+                self._replace[_fold(candidate)] = free == "replace"
                 return candidate
         raise ResultsError(f"no free name for an output of job {key[:SHORT_KEY]} near {name}")
 
@@ -209,11 +210,11 @@ class ResultsFolder:
         """
         for _ in range(_FALLBACKS):
             try:
-                replace = self._owner(name) == key and self._replace.get(name.casefold(), False)
+                replace = self._owner(name) == key and self._replace.get(_fold(name), False)
                 self._put(tmp, name, replace=replace)
-                self._replace.pop(name.casefold(), None)
+                self._replace.pop(_fold(name), None)
             except _Taken:
-                self._owners_map()[name.casefold()] = ""  # nobody's: never ours to overwrite
+                self._owners_map()[_fold(name)] = ""  # nobody's: never ours to overwrite
                 name = self.final_name(name, key)
                 record(name)
                 continue
@@ -236,7 +237,7 @@ class ResultsFolder:
         return parts
 
     def _is_reserved(self, part: str) -> bool:
-        folded = part.casefold()
+        folded = _fold(part)
         return folded in self._reserved or folded.startswith(tuple(self._reserved_prefixes))
 
     def _free(self, name: str, key: str) -> str | None:
@@ -259,10 +260,10 @@ class ResultsFolder:
         return "replace" if owner == key and not stat.S_ISDIR(mode) else None
 
     def _owner(self, name: str) -> str | None:
-        return self._owners_map().get(name.casefold())
+        return self._owners_map().get(_fold(name))
 
     def _own(self, name: str, key: str) -> None:
-        self._owners_map()[name.casefold()] = key
+        self._owners_map()[_fold(name)] = key
 
     def _owners_map(self) -> dict[str, str]:
         """Every recorded output name's job, read from the store once (on the first download)."""
@@ -270,7 +271,7 @@ class ResultsFolder:
             owners: dict[str, str] = {}
             for row in self._store.jobs() if self._store is not None else ():
                 for output in row.outputs:
-                    owners.setdefault(str(output.get("path", "")).casefold(), row.key)
+                    owners.setdefault(_fold(str(output.get("path", ""))), row.key)
             self._owners = owners
         return self._owners
 
@@ -407,12 +408,18 @@ def _link(tmp: Path, last: str, fd: int) -> None:
     tmp.unlink()
 
 
+def _fold(name: str) -> str:
+    """A name as a case-insensitive, normalising file system (APFS, NTFS) compares it: names
+    that differ only in case or in Unicode composition (é as one or two code points) are one."""
+    return unicodedata.normalize("NFC", name.casefold())
+
+
 def _tag(key: str, i: int) -> str:
     return key[:SHORT_KEY] if i == 1 else f"{key[:SHORT_KEY]}-{i}"
 
 
 def _store_prefixes(store_name: str) -> set[str]:
-    folded = store_name.casefold()
+    folded = _fold(store_name)
     stem = folded.rpartition(".")[0] or folded
     return {folded, f"{stem}.", f"{stem}-"}
 

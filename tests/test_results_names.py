@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -373,3 +374,29 @@ def test_a_kill_after_a_fallback_placement_never_lets_the_job_replace_the_users_
     again.place(tmp, name, KEY, record)
     assert (tmp_path / "x.mp4").read_bytes() == b"the user's"
     assert (tmp_path / "x_ab12cd34ef.mp4").read_bytes() == b"the output"
+
+
+def test_names_that_differ_only_in_unicode_composition_are_one_name(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On APFS "café" as one code point and as e plus a combining accent are the same file: with
+    the first job's output deleted mid-run, the second took its name (and the first, downloaded
+    again, replaced the second's). Ownership compares names as such a file system does."""
+    folder = tmp_path / "results" / "owned"
+    real_download = ModelApiClient.download
+    calls: list[str] = []
+
+    async def download(self: ModelApiClient, url: str, dest: Path) -> Any:
+        calls.append(url)
+        if len(calls) == 2:
+            (deleted,) = folder.glob("*.mp4")
+            deleted.unlink()
+        return await real_download(self, url, dest)
+
+    monkeypatch.setattr(ModelApiClient, "download", download)
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    spec = sweep(tmp_path, [composed, decomposed])
+    assert run(spec, emulator).complete
+    assert run(spec, emulator).complete  # downloads the deleted output again
+    paths = check_outputs_are_their_own(folder, 2)
+    assert len({unicodedata.normalize("NFC", p) for p in paths}) == 2, paths
