@@ -266,12 +266,17 @@ class ResultsFolder:
         self._owners_map()[_fold(name)] = key
 
     def _owners_map(self) -> dict[str, str]:
-        """Every recorded output name's job, read from the store once (on the first download)."""
+        """Every recorded output name's job, read from the store once (on the first download).
+
+        A name two jobs recorded (runners sharing a store each read it once, so one may take a
+        name whose file was deleted after it read) is nobody's: neither replaces the other's file.
+        """
         if self._owners is None:
             owners: dict[str, str] = {}
             for row in self._store.jobs() if self._store is not None else ():
                 for output in row.outputs:
-                    owners.setdefault(_fold(str(output.get("path", ""))), row.key)
+                    name = _fold(str(output.get("path", "")))
+                    owners[name] = row.key if owners.get(name, row.key) == row.key else ""
             self._owners = owners
         return self._owners
 

@@ -400,3 +400,32 @@ def test_names_that_differ_only_in_unicode_composition_are_one_name(
     assert run(spec, emulator).complete  # downloads the deleted output again
     paths = check_outputs_are_their_own(folder, 2)
     assert len({unicodedata.normalize("NFC", p) for p in paths}) == 2, paths
+
+
+def test_a_name_two_runners_both_recorded_is_replaced_by_neither(tmp_path: Path) -> None:
+    """Runners sharing a store read its names once: after the user deleted job A's output, a
+    runner that read the store before A's name was recorded gave it to job B. The next run
+    downloaded A again and replaced B's output, its "own" name."""
+    model = get_model("community/wan-2-2/vace-fun")
+    store = RecordingStore()
+    other = "cd34ef56ab" + "1" * 54
+    first, second = (ResultsFolder(tmp_path, model, "{key}") for _ in range(2))
+    for folder in (first, second):
+        folder.attach(store)  # type: ignore[arg-type]
+    first.prepare()
+    second.final_name("warm.mp4", other)  # its first download: it reads the store now
+
+    def take(folder: ResultsFolder, key: str, data: bytes) -> str:
+        name = folder.final_name("x.mp4", key)
+        store.outputs[key] = [{"url": "u", "path": name}]
+        tmp = folder.temp_path(key, 0)
+        tmp.write_bytes(data)
+        return folder.place(tmp, name, key)
+
+    assert take(first, KEY, b"A's") == "x.mp4"
+    (tmp_path / "x.mp4").unlink()  # the user deletes A's output
+    assert take(second, other, b"B's") == "x.mp4"  # B's runner never saw A's record
+    again = ResultsFolder(tmp_path, model, "{key}")
+    again.attach(store)  # type: ignore[arg-type]
+    assert take(again, KEY, b"A's again") != "x.mp4"
+    assert (tmp_path / "x.mp4").read_bytes() == b"B's"
