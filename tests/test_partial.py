@@ -17,6 +17,7 @@ from orchestrator.models import get_model
 from orchestrator.results import ResultsFolder
 from orchestrator.retry import RetryPolicy
 from orchestrator.runner import RunReport
+from orchestrator.store.journal import RequestJournal
 from orchestrator.sweep import Overrides, run_sweep
 
 from .sweeps import write_spec
@@ -129,3 +130,24 @@ def test_a_manifest_that_is_a_folder_stops_the_run_before_anything_is_paid(
     assert "\n" not in str(caught.value)
     assert name in str(caught.value)
     assert emulator.ledger()["jobs"] == []
+
+
+def test_the_request_journal_never_writes_through_a_symlink(tmp_path: Path) -> None:
+    """A results folder copied from elsewhere with the journal's temporary name linked to, say,
+    ~/.bashrc: rewriting the journal (at every start while it holds another store's entry)
+    truncated and overwrote the linked file."""
+    bashrc = tmp_path / "bashrc"
+    bashrc.write_text("# the user's\n")
+    path = tmp_path / "comfysweep.db.requests"
+    RequestJournal(path, "another store").append("k" * 64, "req-1", model="m", attempt=1, run=None)
+    path.with_name(path.name + ".tmp").symlink_to(bashrc)
+    mine = RequestJournal(path, "this store")
+    mine.forget([])  # rewrites the file, keeping the other store's entry
+    assert bashrc.read_text() == "# the user's\n"
+    assert not path.is_symlink()
+    assert [e.request_id for e in RequestJournal(path, "another store").entries()] == ["req-1"]
+    path.unlink()
+    path.symlink_to(bashrc)
+    with pytest.raises(OSError, match="symbolic links"):
+        mine.append("k" * 64, "req-2", model="m", attempt=1, run=None)
+    assert bashrc.read_text() == "# the user's\n"

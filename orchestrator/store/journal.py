@@ -34,6 +34,8 @@ __all__ = ["Entry", "RequestJournal"]
 log = logging.getLogger("comfysweep.store")
 
 PG_FILE = "comfysweep-requests.jsonl"
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class RequestJournal:
         line = (json.dumps(asdict(entry), sort_keys=True) + "\n").encode()
         with self._locked():
             created = not self.path.exists()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, _APPEND | os.O_NOFOLLOW, 0o644)
             try:
                 # A torn line from a killed writer before us is skipped by entries(); a newline
                 # first keeps ours whole.
@@ -147,7 +149,10 @@ class RequestJournal:
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
         data = "".join(json.dumps(asdict(e), sort_keys=True) + "\n" for e in keep).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        # Created afresh, never opened through a link: a results folder copied from elsewhere may
+        # hold a symlink at this name, and writing through it would overwrite the file it names.
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, _CREATE, 0o644)
         try:
             os.write(fd, data)
             os.fsync(fd)
