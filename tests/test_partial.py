@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator import iter_jobs, load_spec
 from orchestrator.emulator import Emulator, EmulatorConfig
-from orchestrator.errors import ResultsError
+from orchestrator.errors import ResultsError, StoreError
 from orchestrator.models import get_model
 from orchestrator.results import ResultsFolder
 from orchestrator.retry import RetryPolicy
@@ -151,3 +151,28 @@ def test_the_request_journal_never_writes_through_a_symlink(tmp_path: Path) -> N
     with pytest.raises(OSError, match="symbolic links"):
         mine.append("k" * 64, "req-2", model="m", attempt=1, run=None)
     assert bashrc.read_text() == "# the user's\n"
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hard link"])
+def test_the_store_lock_never_writes_through_a_link(
+    tmp_path: Path, emulator: Emulator, kind: str
+) -> None:
+    """A results folder copied from elsewhere with comfysweep.db.lock linked to, say, ~/.bashrc:
+    the run wrote its holder over that file's start, cut it there, and emptied it on release."""
+    spec = write_spec(tmp_path)
+    folder = tmp_path / "results" / "grid"
+    folder.mkdir(parents=True)
+    bashrc = tmp_path / "bashrc"
+    bashrc.write_text("# the user's settings, longer than a lock record is, so a cut shows\n")
+    before = bashrc.read_text()
+    lock = folder / "comfysweep.db.lock"
+    if kind == "symlink":
+        lock.symlink_to(bashrc)
+    else:
+        os.link(bashrc, lock)
+    with pytest.raises(StoreError) as caught:
+        run(spec, emulator)
+    assert "\n" not in str(caught.value)
+    assert "comfysweep.db.lock" in str(caught.value)
+    assert bashrc.read_text() == before
+    assert emulator.ledger()["jobs"] == []

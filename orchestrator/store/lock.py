@@ -7,10 +7,12 @@ never deleted (deleting a lock file under flock races with the next locker).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import socket
+import stat
 from pathlib import Path
 
 from orchestrator.errors import StoreError, StoreLockedError
@@ -27,10 +29,22 @@ class FileLock:
         self._fd: int | None = None
 
     def acquire(self, owner: str) -> None:
+        # Never through a symlink nor over a hard link: the holder is written into this file and
+        # erased on release, which would wipe whatever file a copied folder's link names.
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, flags, 0o644)
         except OSError as exc:
-            raise StoreError(f"lock file {self.path} cannot be opened: {exc.strerror}") from exc
+            why = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
+            raise StoreError(f"lock file {self.path} cannot be opened: {why}") from exc
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            raise StoreError(
+                f"lock file {self.path} is not a plain file (a FIFO, a device or a hard link to "
+                "another file): comfysweep writes its holder there; move it away and run again"
+            )
+        os.set_blocking(fd, True)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
