@@ -22,6 +22,7 @@ import logging
 import os
 import posixpath
 import re
+import secrets
 import socket
 import stat
 import tempfile
@@ -184,11 +185,14 @@ class ResultsFolder:
 
         ``name`` itself if free: not the tool's, not another job's, no file nobody recorded there,
         no symlink or file where a folder goes. Otherwise ``name`` with the key added, then
-        numbered, and folders in the way get a ``_`` added (the same for every job).
+        numbered, then with a random tag; folders in the way get a ``_`` added (the same for
+        every job).
         """
         parts = self._usable_folders(name.split("/"))
         name = "/".join(parts)
         candidates = [name, *(with_tag(name, _tag(key, i)) for i in range(1, _FALLBACKS))]
+        # The numbered names can be foreseen from the key, and all taken in advance; these not.
+        candidates += [with_tag(name, f"{key[:SHORT_KEY]}-{secrets.token_hex(4)}") for _ in "ab"]
         for candidate in candidates:
             free = self._free(candidate, key)
             if free is not None:

@@ -429,3 +429,20 @@ def test_a_name_two_runners_both_recorded_is_replaced_by_neither(tmp_path: Path)
     again.attach(store)  # type: ignore[arg-type]
     assert take(again, KEY, b"A's again") != "x.mp4"
     assert (tmp_path / "x.mp4").read_bytes() == b"B's"
+
+
+def test_a_job_whose_every_foreseeable_name_is_taken_still_gets_one(tmp_path: Path) -> None:
+    """The numbered fallbacks follow from the job key: with all of them taken in advance, the
+    paid output was deleted and every run stopped at it."""
+    folder = ResultsFolder(tmp_path, get_model("community/wan-2-2/vace-fun"), "{key}")
+    folder.prepare()
+    taken = ["x.mp4", "x_ab12cd34ef.mp4", *(f"x_ab12cd34ef-{i}.mp4" for i in range(2, 100))]
+    for name in taken:
+        (tmp_path / name).write_text("taken")
+    name = folder.final_name("x.mp4", KEY)
+    tmp = folder.temp_path(KEY, 0)
+    tmp.write_bytes(b"the output")
+    name = folder.place(tmp, name, KEY)
+    assert name not in taken
+    assert (tmp_path / name).read_bytes() == b"the output"
+    assert all((tmp_path / t).read_text() == "taken" for t in taken)
