@@ -8,9 +8,11 @@ RunComfy's media hosts (https on the default port); a URL or a redirect anywhere
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import ipaddress
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,8 @@ DOWNLOAD_DOMAINS = ("runcomfy.net", "runcomfy.com")
 MAX_REDIRECTS = 5
 RETRY_STATUSES = frozenset({408, 429})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# What opening a partial file's name says when something that is not a regular file is there.
+_NOT_A_FILE = frozenset({errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.EOPNOTSUPP})
 
 
 @dataclass(frozen=True)
@@ -199,10 +203,11 @@ class Downloader:
             raise DownloadError(f"{what}: {expected} bytes is over the {limit}-byte limit")
         digest = hashlib.sha256()
         size = 0
+        fd = _create(dest, what)
         # Plain writes: a 64 KiB write to the page cache takes microseconds, a thread hop per
         # chunk costs more; only the fsync (which can take long) goes to a worker thread.
         try:
-            with open(dest, "wb") as out:  # noqa: ASYNC230
+            with open(fd, "wb") as out:  # noqa: ASYNC230
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
                     if size > limit:
@@ -226,6 +231,26 @@ class Downloader:
         content_type = response.headers.get("content-type")
         content_type = self._scrub(content_type) if content_type else None
         return Downloaded(dest, size, digest.hexdigest(), content_type)
+
+
+def _create(dest: Path, what: str) -> int:
+    """Open ``dest`` to write a regular file there, never through a symlink, into a FIFO, a
+    socket or a device, or over a hard link to another file: what someone put at the name is
+    refused and left alone (an earlier attempt's own file is truncated)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(dest, flags, 0o666)
+    except OSError as exc:
+        if exc.errno not in _NOT_A_FILE:
+            raise DownloadError(f"cannot write {dest}: {exc.strerror or exc}") from exc
+    else:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+            os.set_blocking(fd, True)
+            os.ftruncate(fd, 0)
+            return fd
+        os.close(fd)
+    raise DownloadError(f"{what}: {dest} is not a file comfysweep wrote; left alone")
 
 
 def _remove(path: Path) -> None:

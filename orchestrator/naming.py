@@ -24,6 +24,7 @@ __all__ = [
     "SPECIAL_FIELDS",
     "TemplateError",
     "default_template",
+    "fit_part",
     "render_output_name",
     "sanitise",
     "validate_template",
@@ -118,7 +119,7 @@ def render_output_name(
     suffix = f"-{n}" if count > 1 else ""
     # sanitise() strips leading dots, so the dot goes on after it.
     extension = "." + sanitise(ext.lstrip(".")) if ext.lstrip(".") else ""
-    parts = [_fit(p, "") for p in parts[:-1]] + [_fit(parts[-1], suffix + extension)]
+    parts = [fit_part(p, "") for p in parts[:-1]] + [fit_part(parts[-1], suffix + extension)]
     name = str(PurePosixPath(*parts))
     assert not name.startswith(("/", "..")), name  # sanitise() makes this impossible
     return name
@@ -130,7 +131,7 @@ def with_tag(name: str, tag: str) -> str:
     match = _EXT.search(last)
     ext = match.group() if match and match.start() > 0 else ""
     stem = last[: len(last) - len(ext)]
-    tagged = _fit(stem, f"_{tag}{ext}")
+    tagged = fit_part(stem, f"_{tag}{ext}")
     return f"{folder}/{tagged}" if folder else tagged
 
 
@@ -176,7 +177,7 @@ def _shorten(text: str) -> str:
     return f"{text[: _MAX_VALUE - 10].rstrip()}~{digest}"
 
 
-def _fit(part: str, tail: str) -> str:
+def fit_part(part: str, tail: str) -> str:
     """``part + tail`` cut to 255 UTF-8 bytes, keeping the tail and marking the cut with a hash."""
     room = _MAX_PART - len(tail.encode())
     if len(part.encode()) <= room:

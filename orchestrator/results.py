@@ -22,9 +22,11 @@ import logging
 import os
 import posixpath
 import re
+import secrets
 import socket
 import stat
 import tempfile
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -32,7 +34,13 @@ from urllib.parse import urlsplit
 
 from orchestrator.errors import OutputInvalid, ResultsError
 from orchestrator.models import Model
-from orchestrator.naming import SHORT_KEY, TemplateError, render_output_name, with_tag
+from orchestrator.naming import (
+    SHORT_KEY,
+    TemplateError,
+    fit_part,
+    render_output_name,
+    with_tag,
+)
 from orchestrator.store import JobLike, JobRow, Store
 from orchestrator.verify import expected_shape, verify_output
 
@@ -74,9 +82,9 @@ class ResultsFolder:
         self.template = template
         self.partial_dir = root / PARTIAL
         self._store: Store | None = None
-        self._owners: dict[str, str] | None = None  # casefolded path -> the job key that owns it
+        self._owners: dict[str, str] | None = None  # _fold(path) -> the job key that owns it
         self._replace: dict[str, bool] = {}  # chosen name -> its job's own file was there
-        self._reserved = {name.casefold() for name in TOOL_FILES}
+        self._reserved = {_fold(name) for name in TOOL_FILES}
         self._reserved_prefixes = _store_prefixes(STORE_FILE)
 
     def attach(self, store: Store) -> None:
@@ -96,6 +104,12 @@ class ResultsFolder:
         """
         self.root.mkdir(parents=True, exist_ok=True)
         self._check_partial()
+        for name in (MANIFEST, METADATA):
+            if not _file_or_absent(self.root / name):  # else every job is paid, then the run stops
+                raise ResultsError(
+                    f"{self.root / name} is a folder or not a regular file: comfysweep rewrites "
+                    "it from the store; move it away and run again"
+                )
         removed = 0
         for leftover in sorted(self.partial_dir.iterdir()):
             match = _PARTIAL_FILE.fullmatch(leftover.name)
@@ -132,13 +146,16 @@ class ResultsFolder:
         """Where output ``n`` of job ``key`` is downloaded before it is verified."""
         return self.partial_dir / f"{key[:16]}-{n}~{_HOST}~{os.getpid()}.part"
 
-    def output_name(self, row: JobLike, n: int, count: int, url: str) -> str:
-        """The relative final name of output ``n`` of ``count`` of a job.
+    def output_name(
+        self, row: JobLike, n: int, count: int, url: str, *, ext: str | None = None
+    ) -> str:
+        """The relative final name of output ``n`` of ``count`` of a job, with extension ``ext``
+        (from verify) or else its URL's.
 
         Never raises: a job whose values the template cannot format (it failed before its submit
         unless the template changed since) is named by its key, so a paid output is still kept.
         """
-        ext = extension_of(url)
+        ext = ext or extension_of(url)
         try:
             return render_output_name(self.template, row, n=n + 1, count=count, ext=ext)
         except TemplateError as exc:
@@ -153,11 +170,12 @@ class ResultsFolder:
             return f"run.filename cannot name this job's output: {exc}"
         return None
 
-    def verify(self, tmp: Path, inputs: Mapping[str, Any], url: str, what: str) -> None:
+    def verify(self, tmp: Path, inputs: Mapping[str, Any], url: str, what: str) -> str:
         """Raise OutputInvalid, removing ``tmp``, unless the download is whole and of the shape
-        the job's inputs fixed; ``what`` starts the message."""
+        the job's inputs fixed; ``what`` starts the message. Returns the extension the file's
+        content gives it (never one a URL chose, such as ``.exe``)."""
         try:
-            verify_output(tmp, extension_of(url), expected_shape(self.model, inputs))
+            return verify_output(tmp, extension_of(url), expected_shape(self.model, inputs))
         except OutputInvalid as exc:
             tmp.unlink(missing_ok=True)
             raise OutputInvalid(f"{what} {exc}") from None
@@ -167,31 +185,42 @@ class ResultsFolder:
 
         ``name`` itself if free: not the tool's, not another job's, no file nobody recorded there,
         no symlink or file where a folder goes. Otherwise ``name`` with the key added, then
-        numbered, and folders in the way get a ``_`` added (the same for every job).
+        numbered, then with a random tag; folders in the way get a ``_`` added (the same for
+        every job).
         """
         parts = self._usable_folders(name.split("/"))
         name = "/".join(parts)
         candidates = [name, *(with_tag(name, _tag(key, i)) for i in range(1, _FALLBACKS))]
+        # The numbered names can be foreseen from the key, and all taken in advance; these not.
+        candidates += [with_tag(name, f"{key[:SHORT_KEY]}-{secrets.token_hex(4)}") for _ in "ab"]
         for candidate in candidates:
             free = self._free(candidate, key)
             if free is not None:
                 self._own(candidate, key)
                 # Only a file of the job's own, there already, is ever replaced.
-                self._replace[candidate.casefold()] = free == "replace"
+                self._replace[_fold(candidate)] = free == "replace"
                 return candidate
         raise ResultsError(f"no free name for an output of job {key[:SHORT_KEY]} near {name}")
 
-    def place(self, tmp: Path, name: str, key: str) -> str:
+    def place(
+        self, tmp: Path, name: str, key: str, record: Callable[[str], None] = lambda _: None
+    ) -> str:
         """Rename a verified download into place under ``name`` (from final_name); returns the
-        name it took, another free one if something took ``name`` meanwhile."""
+        name it took, another free one if something took ``name`` meanwhile.
+
+        ``record`` is called with that other name before the file takes it, as the caller
+        recorded ``name``: a kill between the two must not leave the job owning ``name``, where a
+        file that is not its own now sits, and so replace that file on the next run.
+        """
         for _ in range(_FALLBACKS):
             try:
-                replace = self._owner(name) == key and self._replace.get(name.casefold(), False)
+                replace = self._owner(name) == key and self._replace.get(_fold(name), False)
                 self._put(tmp, name, replace=replace)
-                self._replace.pop(name.casefold(), None)
+                self._replace.pop(_fold(name), None)
             except _Taken:
-                self._owners_map()[name.casefold()] = ""  # nobody's: never ours to overwrite
+                self._owners_map()[_fold(name)] = ""  # nobody's: never ours to overwrite
                 name = self.final_name(name, key)
+                record(name)
                 continue
             return name
         raise ResultsError(f"no free name for an output of job {key[:SHORT_KEY]} near {name}")
@@ -202,17 +231,17 @@ class ResultsFolder:
         for i in range(len(parts)):
             for _ in range(_FALLBACKS):
                 last = i == len(parts) - 1
+                # fit_part keeps a name of 255 bytes legal: a longer one could never be had.
                 if i == 0 and self._is_reserved(parts[0]):
-                    # No tool file starts with "_"; the cut keeps a 255-byte name legal.
-                    parts[0] = ("_" + parts[0]).encode()[:255].decode("utf-8", "ignore")
+                    parts[0] = fit_part("_" + parts[0], "")  # no tool file starts with "_"
                 elif not last and not _folder_or_absent(self.root.joinpath(*parts[: i + 1])):
-                    parts[i] = parts[i] + "_"
+                    parts[i] = fit_part(parts[i], "_")
                 else:
                     break
         return parts
 
     def _is_reserved(self, part: str) -> bool:
-        folded = part.casefold()
+        folded = _fold(part)
         return folded in self._reserved or folded.startswith(tuple(self._reserved_prefixes))
 
     def _free(self, name: str, key: str) -> str | None:
@@ -235,18 +264,23 @@ class ResultsFolder:
         return "replace" if owner == key and not stat.S_ISDIR(mode) else None
 
     def _owner(self, name: str) -> str | None:
-        return self._owners_map().get(name.casefold())
+        return self._owners_map().get(_fold(name))
 
     def _own(self, name: str, key: str) -> None:
-        self._owners_map()[name.casefold()] = key
+        self._owners_map()[_fold(name)] = key
 
     def _owners_map(self) -> dict[str, str]:
-        """Every recorded output name's job, read from the store once (on the first download)."""
+        """Every recorded output name's job, read from the store once (on the first download).
+
+        A name two jobs recorded (runners sharing a store each read it once, so one may take a
+        name whose file was deleted after it read) is nobody's: neither replaces the other's file.
+        """
         if self._owners is None:
             owners: dict[str, str] = {}
             for row in self._store.jobs() if self._store is not None else ():
                 for output in row.outputs:
-                    owners.setdefault(str(output.get("path", "")).casefold(), row.key)
+                    name = _fold(str(output.get("path", "")))
+                    owners[name] = row.key if owners.get(name, row.key) == row.key else ""
             self._owners = owners
         return self._owners
 
@@ -383,12 +417,18 @@ def _link(tmp: Path, last: str, fd: int) -> None:
     tmp.unlink()
 
 
+def _fold(name: str) -> str:
+    """A name as a case-insensitive, normalising file system (APFS, NTFS) compares it: names
+    that differ only in case or in Unicode composition (é as one or two code points) are one."""
+    return unicodedata.normalize("NFC", name.casefold())
+
+
 def _tag(key: str, i: int) -> str:
     return key[:SHORT_KEY] if i == 1 else f"{key[:SHORT_KEY]}-{i}"
 
 
 def _store_prefixes(store_name: str) -> set[str]:
-    folded = store_name.casefold()
+    folded = _fold(store_name)
     stem = folded.rpartition(".")[0] or folded
     return {folded, f"{stem}.", f"{stem}-"}
 
@@ -406,6 +446,17 @@ def _is_file(path: Path) -> bool:
         return stat.S_ISREG(path.lstat().st_mode)
     except OSError:
         return False
+
+
+def _file_or_absent(path: Path) -> bool:
+    """Nothing is there, a regular file, or a symlink (replaced, never followed)."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) or stat.S_ISLNK(mode)
 
 
 def _folder_or_absent(path: Path) -> bool:

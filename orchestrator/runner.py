@@ -522,20 +522,27 @@ class Runner:
                 outputs.append(done[url])
                 n += 1
                 continue
-            name = self.folder.output_name(row, n, len(urls), url)
             tmp = self.folder.temp_path(row.key, n)
             try:
                 got = await self.client.download(url, tmp)
                 what = f"the download of output {n + 1} of job {row.key[:10]}"
                 if got.size > _VERIFY_INLINE:  # reading a big file's header may wait on the disk
-                    await anyio.to_thread.run_sync(self.folder.verify, tmp, row.inputs, url, what)
+                    ext = await anyio.to_thread.run_sync(
+                        self.folder.verify, tmp, row.inputs, url, what
+                    )
                 else:
-                    self.folder.verify(tmp, row.inputs, url, what)
+                    ext = self.folder.verify(tmp, row.inputs, url, what)
+                name = self.folder.output_name(row, n, len(urls), url, ext=ext)
                 path = self.folder.final_name(name, row.key)
+
                 # The name is the job's before the file takes it: a kill between the two leaves a
                 # file the next run overwrites, not an orphan beside a second copy.
+                def record(path: str, done: list[dict[str, Any]] = outputs, url: str = url) -> None:
+                    self.store.update(row.key, outputs=[*done, {"url": url, "path": path}])
+
                 await self._update(row.key, outputs=[*outputs, {"url": url, "path": path}])
-                path = self.folder.place(tmp, path, row.key)
+                # A fallback name (a file appeared at this one meanwhile) is recorded by place().
+                path = self.folder.place(tmp, path, row.key, record)
             except OutputExpired as exc:
                 fresh = None if refreshed else await self._fresh_urls(row)
                 refreshed = True

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import logging
 import os
 import socket
+import stat
 import statistics
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -327,15 +330,27 @@ class _RunLogHandler(logging.FileHandler):
         with contextlib.suppress(OSError):  # the last lines' flush, on a full disk
             super().close()
 
+    def _open(self) -> io.TextIOWrapper:
+        """Never through a symlink, nor into a FIFO: a results folder from elsewhere may hold
+        one, and a log line (a server's error text) must not land in, say, ~/.bashrc."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+        fd = os.open(self.baseFilename, flags | os.O_CLOEXEC, 0o666)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "not a regular file")
+        os.set_blocking(fd, True)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
 
 @contextlib.contextmanager
 def _run_log(path: Path) -> Iterator[None]:
     try:
         handler = _RunLogHandler(path, encoding="utf-8")
     except OSError as exc:  # a read-only or full folder: say so before anything is paid
-        raise ComfysweepError(
-            f"{path.parent}: cannot write {path.name}: {exc.strerror or exc}"
-        ) from None
+        why = exc.strerror or str(exc)
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EINVAL):
+            why = "it is a symlink or not a regular file; comfysweep never writes through one"
+        raise ComfysweepError(f"{path.parent}: cannot write {path.name}: {why}") from None
     handler.setFormatter(
         logging.Formatter(
             f"%(asctime)s {socket.gethostname()}:{os.getpid()} %(levelname)s %(name)s: %(message)s"

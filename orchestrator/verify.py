@@ -2,9 +2,11 @@
 
 A download without ``Content-Length`` that the connection cut short looks complete to HTTP, so a
 file is checked before it takes its final name. Videos: an MP4/MOV (ISO-BMFF) must be tiled
-exactly by its top-level boxes (a cut file ends inside one), then PyAV opens the container header,
-which must hold a video stream with the frame count and size the request fixed. Frames come from
-the header, or from demuxing packets where it has none; no frame is decoded.
+exactly by its top-level boxes (a cut file ends inside one), a Matroska/WebM must hold the Segment
+its header sizes, then PyAV opens the container header, which must hold a video stream with the
+frame count and size the request fixed. Frames come from the header, or from demuxing packets
+where it has none or where an MP4's last box runs "to the end of the file" (there a packet the
+file ends inside is a cut); no frame is decoded.
 
 Images are checked by their format's own structure, not PyAV: ffmpeg's image demuxer hands a whole
 file over as one packet and its decoders conceal damage, so an image opening proves little, while
@@ -30,6 +32,17 @@ __all__ = ["Shape", "expected_shape", "verify_output"]
 
 VIDEO_EXTENSIONS = frozenset({"mp4", "mov", "m4v", "webm", "mkv", "avi"})
 IMAGE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "gif"})
+AUDIO_EXTENSIONS = frozenset({"wav", "mp3", "flac", "ogg", "oga", "opus", "m4a", "aac"})
+# The extensions a file of each kind may carry (its URL's if it is one of them, else the first).
+_KIND_EXTENSIONS = {
+    "bmff": ("mp4", "mov", "m4v"),
+    "matroska": ("mkv", "webm"),
+    "avi": ("avi",),
+    "png": ("png",),
+    "jpeg": ("jpg", "jpeg"),
+    "gif": ("gif",),
+    "webp": ("webp",),
+}
 _SIZE = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)")
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
@@ -57,11 +70,13 @@ def expected_shape(model: Model, inputs: Mapping[str, Any]) -> Shape:
     return Shape(width, height, _whole(value("frames")))
 
 
-def verify_output(path: Path, ext: str, shape: Shape) -> None:
-    """Raise OutputInvalid unless ``path`` is a whole, readable output of ``shape``.
+def verify_output(path: Path, ext: str, shape: Shape) -> str:
+    """Raise OutputInvalid unless ``path`` is a whole, readable output of ``shape``; returns the
+    extension it takes.
 
-    The file's first bytes say what it is; ``ext`` (from its URL) says what it must be when they
-    say nothing known. A file of another kind (audio, text) is accepted unchecked.
+    The file's first bytes say what it is, and so its extension; ``ext`` (from its URL) says what
+    it must be when they say nothing known. A file of another kind is accepted unchecked, named
+    by its URL if that says audio, else ``.bin``: a server never names a file ``.exe``.
     """
     with open(path, "rb") as handle:
         size = handle.seek(0, 2)
@@ -71,20 +86,25 @@ def verify_output(path: Path, ext: str, shape: Shape) -> None:
         if kind is None:
             if ext in VIDEO_EXTENSIONS or ext in IMAGE_EXTENSIONS:
                 raise OutputInvalid(f"is not a readable {ext} file ({size} bytes)")
-            return
-        if kind == "bmff":
-            _bmff_boxes(handle, size)
-        elif kind != "video":
+            return ext if ext in AUDIO_EXTENSIONS else "bin"
+        open_ended = kind == "bmff" and _bmff_boxes(handle, size)
+        if kind == "matroska":
+            _matroska_segment(handle, size)
+        if kind in _IMAGE_CHECKS:
             _check_size(_IMAGE_CHECKS[kind](handle, size), shape)
-            return
-    _check_video(path, shape, count_packets=kind != "bmff")
+    if kind not in _IMAGE_CHECKS:
+        _check_video(path, shape, count_packets=kind != "bmff", open_ended=open_ended)
+    names = _KIND_EXTENSIONS[kind]
+    return ext if ext in names else names[0]
 
 
 def _sniff(head: bytes) -> str | None:
     if head[4:8] == b"ftyp":
         return "bmff"
-    if head.startswith(b"\x1a\x45\xdf\xa3") or (head[:4], head[8:12]) == (b"RIFF", b"AVI "):
-        return "video"  # Matroska/WebM, AVI
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"  # and WebM
+    if (head[:4], head[8:12]) == (b"RIFF", b"AVI "):
+        return "avi"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if head.startswith(b"\xff\xd8\xff"):
@@ -96,9 +116,10 @@ def _sniff(head: bytes) -> str | None:
     return None
 
 
-def _bmff_boxes(handle: IO[bytes], size: int) -> None:
-    """Every top-level box must fit in the file: a cut MP4 ends inside its last one."""
-    pos = 0
+def _bmff_boxes(handle: IO[bytes], size: int) -> bool:
+    """Every top-level box must fit in the file: a cut MP4 ends inside its last one. True when
+    the last box says it runs to the end of the file, which a cut cannot show."""
+    pos, open_ended = 0, False
     while pos < size:
         handle.seek(pos)
         head = handle.read(16)
@@ -111,7 +132,7 @@ def _bmff_boxes(handle: IO[bytes], size: int) -> None:
                 raise OutputInvalid(f"is cut short inside its {kind!r} box header")
             length = struct.unpack(">Q", head[8:16])[0]
         elif length == 0:  # the box runs to the end of the file
-            length = size - pos
+            length, open_ended = size - pos, True
         if length < 8:
             raise OutputInvalid(f"has a broken {kind!r} box at byte {pos}")
         if pos + length > size:
@@ -119,23 +140,73 @@ def _bmff_boxes(handle: IO[bytes], size: int) -> None:
                 f"is cut short: its {kind!r} box needs {pos + length} bytes, the file has {size}"
             )
         pos += length
+    return open_ended
 
 
-def _check_video(path: Path, shape: Shape, *, count_packets: bool) -> None:
+def _matroska_segment(handle: IO[bytes], size: int) -> None:
+    """The EBML header and the Segment must fit in the file where they give their size (a
+    Matroska/WebM written to a seekable file does): a cut one ends inside its Segment."""
+    pos = 0
+    for expected in (b"\x1a\x45\xdf\xa3", b"\x18\x53\x80\x67"):
+        handle.seek(pos)
+        head = handle.read(12)
+        if head[:4] != expected:
+            return  # not the layout we know: the container check decides
+        length, width = _ebml_size(head[4:])
+        if length is None:
+            return  # an unknown size (a live stream): nothing to compare
+        pos += 4 + width + length
+        if pos > size:
+            raise OutputInvalid(
+                f"is cut short: its Matroska data needs {pos} bytes, the file has {size}"
+            )
+
+
+def _ebml_size(data: bytes) -> tuple[int | None, int]:
+    """An EBML variable-size integer: its value (None for "unknown") and its width in bytes."""
+    if not data or data[0] == 0:
+        return None, 1
+    width = 9 - data[0].bit_length()
+    if len(data) < width:
+        return None, width
+    value = int.from_bytes(data[:width], "big") & ((1 << (7 * width)) - 1)
+    return (None if value == (1 << (7 * width)) - 1 else value), width
+
+
+def _check_video(path: Path, shape: Shape, *, count_packets: bool, open_ended: bool) -> None:
+    """Open the container header; count packets where it has no frame count, or where an MP4's
+    last box runs to the end of the file (a cut there leaves its index listing missing frames)."""
+    # A damaged file's metadata need not be text: it is not ours to read, so errors are ignored.
     try:
-        with av.open(str(path), "r") as container:
+        with av.open(str(path), "r", metadata_errors="ignore") as container:
             if not container.streams.video:
                 raise OutputInvalid("holds no video stream")
             stream = container.streams.video[0]
-            width, height = stream.codec_context.width, stream.codec_context.height
-            frames = stream.frames
-            if count_packets or not frames:
-                frames = sum(1 for packet in container.demux(stream) if packet.size)
-    except av.error.FFmpegError as exc:
+            codec = stream.codec_context
+            if codec is None:
+                raise OutputInvalid("holds a video stream of no known codec")
+            width, height = codec.width, codec.height
+            indexed = stream.frames
+            frames = indexed
+            if count_packets or open_ended or not frames:
+                frames = _count_packets(container, stream)
+    except (av.error.FFmpegError, UnicodeError) as exc:
         raise OutputInvalid(f"cannot be read as a video: {exc}") from None
+    if open_ended and frames < indexed:
+        raise OutputInvalid(f"is cut short: {frames} of the {indexed} frames its index lists")
     if shape.frames is not None and frames != shape.frames:
         raise OutputInvalid(f"has {frames} frames, the job asked for {shape.frames}")
     _check_size((width, height), shape)
+
+
+def _count_packets(container: Any, stream: Any) -> int:
+    """The stream's frames as packets, none decoded; a packet the file ends inside is a cut."""
+    frames = 0
+    for packet in container.demux(stream):
+        if packet.is_corrupt:
+            raise OutputInvalid(f"is cut short: frame {frames + 1} is incomplete")
+        frames += 1 if packet.size else 0
+    return frames
 
 
 def _check_size(size: tuple[int, int] | None, shape: Shape) -> None:
@@ -187,7 +258,10 @@ def _jpeg(handle: IO[bytes], size: int) -> tuple[int, int] | None:
 
 def _gif(handle: IO[bytes], size: int) -> tuple[int, int] | None:
     handle.seek(6)
-    dims = struct.unpack("<HH", handle.read(4))
+    head = handle.read(4)
+    if len(head) < 4:
+        raise OutputInvalid("is cut short inside its GIF header")
+    dims = struct.unpack("<HH", head)
     handle.seek(size - 1)
     if handle.read(1) != b"\x3b":
         raise OutputInvalid("is cut short: the GIF has no trailer")

@@ -6,8 +6,10 @@ import errno
 import hashlib
 import json
 import os
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from orchestrator import iter_jobs, load_spec
 from orchestrator.client import ModelApiClient
 from orchestrator.emulator import Emulator, EmulatorConfig
+from orchestrator.errors import ComfysweepError
 from orchestrator.models import get_model
 from orchestrator.results import ResultsFolder
 from orchestrator.retry import RetryPolicy
@@ -271,3 +274,175 @@ def test_a_file_that_appears_after_the_name_was_chosen_is_not_overwritten(
     assert (tmp_path / "x.mp4").read_bytes() == b"the user's"
     assert (tmp_path / "x_ab12cd34ef.mp4").read_bytes() == b"the output"
     assert not tmp.exists()
+
+
+@pytest.mark.parametrize(
+    ("top", "what"),
+    [
+        ("x" * 255, "symlink"),
+        ("é" * 127 + "x", "file"),  # 255 bytes, two of them per character
+        ("comfysweep." + "x" * 244, "nothing"),  # the store's prefix, 255 bytes
+    ],
+)
+def test_a_folder_renamed_out_of_the_way_stays_within_255_bytes(
+    tmp_path: Path, top: str, what: str
+) -> None:
+    """A 255-byte folder name with a file or a symlink there (or the tool's own name) still gets
+    a usable name: adding its `_` used to make a name no file system takes, and the paid output
+    was deleted and the run stopped, on every run."""
+    assert len(top.encode()) == 255
+    root = tmp_path / "results"
+    folder = ResultsFolder(root, get_model("community/wan-2-2/vace-fun"), "{key}")
+    folder.prepare()
+    if what == "symlink":
+        (root / top).symlink_to(tmp_path, target_is_directory=True)
+    elif what == "file":
+        (root / top).write_text("the user's")
+    name = folder.final_name(f"{top}/1.mp4", KEY)
+    tmp = folder.temp_path(KEY, 0)
+    tmp.write_bytes(b"the output")
+    assert folder.place(tmp, name, KEY) == name
+    assert all(len(part.encode()) <= 255 for part in name.split("/")), name
+    assert name.split("/")[0] != top
+    assert (root / name).read_bytes() == b"the output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_run_log_that_is_a_symlink_or_a_fifo_is_one_line_and_never_written_through(
+    tmp_path: Path, emulator: Emulator, kind: str
+) -> None:
+    """A results folder copied from elsewhere may hold run.log as a link to, say, ~/.bashrc:
+    log lines (with a server's error text) were appended there; a FIFO hung the start."""
+    spec = sweep(tmp_path, ["fox"])
+    folder = tmp_path / "results" / "owned"
+    folder.mkdir(parents=True)
+    bashrc = tmp_path / "bashrc"
+    bashrc.write_text("# the user's\n")
+    if kind == "symlink":
+        (folder / "run.log").symlink_to(bashrc)
+    else:
+        os.mkfifo(folder / "run.log")
+    with pytest.raises(ComfysweepError) as caught:
+        run(spec, emulator)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "run.log" in message
+    assert "symlink" in message
+    assert bashrc.read_text() == "# the user's\n"
+    assert emulator.ledger()["jobs"] == []
+
+
+class RecordingStore:
+    """The store's output records, as ResultsFolder reads them (path None: not in the folder)."""
+
+    path = None
+
+    def __init__(self) -> None:
+        self.outputs: dict[str, list[dict[str, Any]]] = {}
+
+    def jobs(self) -> list[Any]:
+        return [SimpleNamespace(key=k, outputs=v) for k, v in self.outputs.items()]
+
+
+def test_a_kill_after_a_fallback_placement_never_lets_the_job_replace_the_users_file(
+    tmp_path: Path,
+) -> None:
+    """A file of the user's appears at the chosen name before the rename, so the output takes
+    the fallback; a kill before the final record left the job owning the first name, and the
+    next run replaced the user's file there."""
+    model = get_model("community/wan-2-2/vace-fun")
+    store = RecordingStore()
+
+    def record(path: str) -> None:
+        store.outputs[KEY] = [{"url": "u", "path": path}]
+
+    first = ResultsFolder(tmp_path, model, "{key}")
+    first.attach(store)  # type: ignore[arg-type]
+    first.prepare()
+    name = first.final_name("x.mp4", KEY)
+    record(name)  # the runner records the name before the file takes it
+    (tmp_path / "x.mp4").write_bytes(b"the user's")
+    tmp = first.temp_path(KEY, 0)
+    tmp.write_bytes(b"the output")
+    assert first.place(tmp, name, KEY, record) == "x_ab12cd34ef.mp4"
+    # Killed here, before the record with the size: the next run downloads the output again.
+    again = ResultsFolder(tmp_path, model, "{key}")
+    again.attach(store)  # type: ignore[arg-type]
+    name = again.final_name("x.mp4", KEY)
+    tmp.write_bytes(b"the output")
+    again.place(tmp, name, KEY, record)
+    assert (tmp_path / "x.mp4").read_bytes() == b"the user's"
+    assert (tmp_path / "x_ab12cd34ef.mp4").read_bytes() == b"the output"
+
+
+def test_names_that_differ_only_in_unicode_composition_are_one_name(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On APFS "café" as one code point and as e plus a combining accent are the same file: with
+    the first job's output deleted mid-run, the second took its name (and the first, downloaded
+    again, replaced the second's). Ownership compares names as such a file system does."""
+    folder = tmp_path / "results" / "owned"
+    real_download = ModelApiClient.download
+    calls: list[str] = []
+
+    async def download(self: ModelApiClient, url: str, dest: Path) -> Any:
+        calls.append(url)
+        if len(calls) == 2:
+            (deleted,) = folder.glob("*.mp4")
+            deleted.unlink()
+        return await real_download(self, url, dest)
+
+    monkeypatch.setattr(ModelApiClient, "download", download)
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    spec = sweep(tmp_path, [composed, decomposed])
+    assert run(spec, emulator).complete
+    assert run(spec, emulator).complete  # downloads the deleted output again
+    paths = check_outputs_are_their_own(folder, 2)
+    assert len({unicodedata.normalize("NFC", p) for p in paths}) == 2, paths
+
+
+def test_a_name_two_runners_both_recorded_is_replaced_by_neither(tmp_path: Path) -> None:
+    """Runners sharing a store read its names once: after the user deleted job A's output, a
+    runner that read the store before A's name was recorded gave it to job B. The next run
+    downloaded A again and replaced B's output, its "own" name."""
+    model = get_model("community/wan-2-2/vace-fun")
+    store = RecordingStore()
+    other = "cd34ef56ab" + "1" * 54
+    first, second = (ResultsFolder(tmp_path, model, "{key}") for _ in range(2))
+    for folder in (first, second):
+        folder.attach(store)  # type: ignore[arg-type]
+    first.prepare()
+    second.final_name("warm.mp4", other)  # its first download: it reads the store now
+
+    def take(folder: ResultsFolder, key: str, data: bytes) -> str:
+        name = folder.final_name("x.mp4", key)
+        store.outputs[key] = [{"url": "u", "path": name}]
+        tmp = folder.temp_path(key, 0)
+        tmp.write_bytes(data)
+        return folder.place(tmp, name, key)
+
+    assert take(first, KEY, b"A's") == "x.mp4"
+    (tmp_path / "x.mp4").unlink()  # the user deletes A's output
+    assert take(second, other, b"B's") == "x.mp4"  # B's runner never saw A's record
+    again = ResultsFolder(tmp_path, model, "{key}")
+    again.attach(store)  # type: ignore[arg-type]
+    assert take(again, KEY, b"A's again") != "x.mp4"
+    assert (tmp_path / "x.mp4").read_bytes() == b"B's"
+
+
+def test_a_job_whose_every_foreseeable_name_is_taken_still_gets_one(tmp_path: Path) -> None:
+    """The numbered fallbacks follow from the job key: with all of them taken in advance, the
+    paid output was deleted and every run stopped at it."""
+    folder = ResultsFolder(tmp_path, get_model("community/wan-2-2/vace-fun"), "{key}")
+    folder.prepare()
+    taken = ["x.mp4", "x_ab12cd34ef.mp4", *(f"x_ab12cd34ef-{i}.mp4" for i in range(2, 100))]
+    for name in taken:
+        (tmp_path / name).write_text("taken")
+    name = folder.final_name("x.mp4", KEY)
+    tmp = folder.temp_path(KEY, 0)
+    tmp.write_bytes(b"the output")
+    name = folder.place(tmp, name, KEY)
+    assert name not in taken
+    assert (tmp_path / name).read_bytes() == b"the output"
+    assert all((tmp_path / t).read_text() == "taken" for t in taken)

@@ -3,14 +3,19 @@ than the job asked for is deleted and downloaded again, never marked done."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import av
 import pytest
 
+from orchestrator.client import ModelApiClient
 from orchestrator.emulator import Emulator, EmulatorConfig, FaultProfile
 from orchestrator.emulator.media import render_mp4
 from orchestrator.errors import OutputInvalid
@@ -205,3 +210,110 @@ def test_one_cut_download_is_retried_in_the_same_run(tmp_path: Path) -> None:
         assert emu.ledger()["faults_fired"]["truncated_download"] == 1
     (video,) = (tmp_path / "results" / "one").glob("*.mp4")
     verify_output(video, "mp4", SHAPE)
+
+
+def test_the_extension_comes_from_the_content_not_the_url(tmp_path: Path, video: bytes) -> None:
+    path = tmp_path / "x"
+    path.write_bytes(video)
+    for ext in ("exe", "mp4", "bin", "html"):
+        assert verify_output(path, ext, SHAPE) == "mp4"
+    assert verify_output(path, "mov", SHAPE) == "mov"
+    path.write_bytes(png(64, 48))
+    assert verify_output(path, "exe", Shape(64, 48)) == "png"
+    path.write_bytes(jpeg(64, 48))
+    assert verify_output(path, "jpeg", Shape(64, 48)) == "jpeg"
+    assert verify_output(path, "svg", Shape(64, 48)) == "jpg"
+    path.write_bytes(b"MZ\x90\x00 a program")
+    assert verify_output(path, "exe", SHAPE) == "bin"
+    assert verify_output(path, "sh", SHAPE) == "bin"
+    path.write_bytes(b"RIFX unknown audio")
+    assert verify_output(path, "wav", SHAPE) == "wav"
+
+
+@pytest.mark.parametrize("suffix", [".exe", "/run.sh"])
+def test_an_output_url_naming_a_program_still_gives_a_video_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    """A result URL whose path ends in .exe (or a script's name) does not name the file."""
+    real_result, real_download = ModelApiClient.result, ModelApiClient.download
+
+    async def result(self: ModelApiClient, request_id: str, include_cost: bool = True) -> Any:
+        got = await real_result(self, request_id, include_cost)
+        return dataclasses.replace(got, urls=[u + suffix for u in got.urls])
+
+    async def download(self: ModelApiClient, url: str, dest: Path) -> Any:
+        return await real_download(self, url.removesuffix(suffix), dest)
+
+    monkeypatch.setattr(ModelApiClient, "result", result)
+    monkeypatch.setattr(ModelApiClient, "download", download)
+    spec = write_spec(tmp_path, "one", ONE_JOB)
+    with Emulator(EmulatorConfig(speed=5000.0, workers=2)) as emu:
+        assert run(spec, emu).complete
+    folder = tmp_path / "results" / "one"
+    (output,) = json.loads((folder / "manifest.jsonl").read_text())["outputs"]
+    video = folder / output["path"]
+    assert video.suffix == ".mp4", video.name
+    verify_output(video, "mp4", SHAPE)
+
+
+@pytest.mark.parametrize("ext", ["mp4", "png", "jpg", "gif", "webp"])
+def test_a_damaged_file_is_invalid_never_a_crash(tmp_path: Path, ext: str) -> None:
+    """Every cut and every flipped byte of a small file of each kind is OutputInvalid or passes;
+    a corrupt MP4 (undecodable metadata, no codec) raised UnicodeDecodeError or AttributeError,
+    a 7-byte GIF struct.error, and so crashed the run on every start."""
+    if ext == "mp4":
+        source = tmp_path / "v.mp4"
+        render_mp4(source, {"4_valuex3_value": "64x64 (1:1)", "25_value": 3, "38_value": 16})
+        data = source.read_bytes()
+    else:
+        data = {"png": png, "jpg": jpeg, "gif": gif, "webp": webp}[ext](8, 8)
+    path = tmp_path / f"x.{ext}"
+    damaged = [data[:cut] for cut in range(len(data))]
+    damaged += [data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :] for i in range(len(data))]
+    for variant in damaged:
+        path.write_bytes(variant)
+        with contextlib.suppress(OutputInvalid):
+            verify_output(path, ext, Shape())
+
+
+def test_a_streamable_mp4_whose_data_runs_to_the_end_is_checked_against_its_index(
+    tmp_path: Path, video: bytes
+) -> None:
+    """An MP4 with its index first and a last box of size 0 ("to the end of the file") was
+    accepted cut short: its boxes tile any length, its index still says every frame."""
+    data = bytearray(faststart(video, tmp_path))
+    pos = 0
+    while data[pos + 4 : pos + 8] != b"mdat":
+        pos += struct.unpack(">I", data[pos : pos + 4])[0]
+    data[pos : pos + 4] = bytes(4)
+    check(tmp_path / "x.mp4", bytes(data))
+    for cut in (len(data) - 1, len(data) * 9 // 10, len(data) // 2):
+        for shape in (SHAPE, Shape()):
+            with pytest.raises(OutputInvalid, match="cut short"):
+                check(tmp_path / "x.mp4", bytes(data[:cut]), shape=shape)
+
+
+@pytest.mark.parametrize("ext", ["mkv", "webm"])
+def test_a_matroska_cut_short_fails_even_where_the_job_fixed_no_frame_count(
+    tmp_path: Path, ext: str
+) -> None:
+    """A cut Matroska/WebM was accepted whenever the job fixed no frame count to compare."""
+    path = tmp_path / f"x.{ext}"
+    codec = "libvpx-vp9" if ext == "webm" else "libx264"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=16)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(6):
+            frame = av.VideoFrame(64, 48, "yuv420p")
+            for plane in frame.planes:
+                plane.update(bytes([i * 40]) * plane.buffer_size)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    data = path.read_bytes()
+    check(path, data, ext, Shape(64, 48, 6))
+    check(path, data, ext, Shape())
+    for cut in (len(data) - 1, len(data) * 2 // 3, 40):
+        with pytest.raises(OutputInvalid, match=r"cut short|cannot be read"):
+            check(path, data[:cut], ext, Shape())

@@ -28,9 +28,11 @@ class FileLock:
         self._fd: int | None = None
 
     def acquire(self, owner: str) -> None:
+        # Never through a symlink nor over a hard link: the holder is written into this file and
+        # erased on release, which would wipe whatever file a copied folder's link names.
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            # Never through a symlink: the holder is written over the file, and it is truncated.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+            fd = os.open(self.path, flags, 0o644)
         except OSError as exc:
             if os.path.islink(self.path):
                 raise StoreError(
@@ -38,9 +40,14 @@ class FileLock:
                     "not followed; move it away"
                 ) from None  # the message says it all; the errno would only repeat it
             raise StoreError(f"lock file {self.path} cannot be opened: {exc.strerror}") from exc
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             os.close(fd)
-            raise StoreError(f"lock file {self.path} is not a file: move it away")
+            raise StoreError(
+                f"lock file {self.path} is not a plain file (a FIFO, a device or a hard link to "
+                "another file): comfysweep writes its holder there; move it away and run again"
+            )
+        os.set_blocking(fd, True)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
