@@ -38,6 +38,10 @@ PROGRESS = re.compile(r"^\d{4}-\d\d-\d\dT\S+ ")  # the progress lines and the ru
 INTERRUPT_AT_IMPORT = """\
 import os, signal, sys
 
+# A user's terminal delivers Ctrl-C to Python's own handler; a job a script started in the
+# background inherits SIGINT ignored (as this suite may be, under tests/stress.sh): undo that.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 class _CtrlC:
     def find_spec(self, name, path=None, target=None):
         if name == {module!r}:
