@@ -8,6 +8,7 @@ its traceback.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,15 +36,23 @@ class _Group(click.Group):
 
 
 def one_line(exc: BaseException) -> str:
-    """An exception and its chained causes that add something, in one line."""
+    """An exception and its chained causes that add something, in one line.
+
+    A cause gives its first line only, without a driver's ``(sqlite3.OperationalError)`` prefix:
+    SQLAlchemy's next lines are the statement, its parameters and a link to its documentation.
+    """
     parts = [str(exc) or type(exc).__name__]
     cause = exc.__cause__
     while cause is not None:
-        text = str(cause) or type(cause).__name__
+        text = str(cause).strip().split("\n", 1)[0] or type(cause).__name__
+        text = _DRIVER.sub("", text)
         if text not in parts[-1]:
             parts.append(text)
         cause = cause.__cause__
     return ": ".join(p.replace("\n", " ") for p in parts)
+
+
+_DRIVER = re.compile(r"^\([\w.]+\) ")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
