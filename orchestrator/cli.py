@@ -8,6 +8,7 @@ its traceback.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -61,11 +62,19 @@ def cli() -> None:
     """Resumable parameter sweeps on RunComfy's Model API (or its embedded emulator)."""
 
 
+class _Finite(click.FloatRange):
+    """A float in a range, never NaN (which every comparison lets through) nor infinite."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 def _flag(flag: Flag, help: str | None = None) -> Callable[[F], F]:
     """A run setting as an option: same bounds as the spec's ``run:``, no default (the spec's)."""
-    kind: click.FloatRange | click.IntRange = click.FloatRange(
-        flag.low, flag.high, min_open=flag.low_open
-    )
+    kind: click.FloatRange | click.IntRange = _Finite(flag.low, flag.high, min_open=flag.low_open)
     if flag.kind is int:
         low, high = (None if b is None else int(b) for b in (flag.low, flag.high))
         kind = click.IntRange(low, high, min_open=flag.low_open)
@@ -239,7 +248,7 @@ def retry(
 )
 @click.option(
     "--speed",
-    type=click.FloatRange(0, min_open=True),
+    type=_Finite(0, min_open=True),
     default=1.0,
     show_default=True,
     help="Divides every simulated job duration.",
@@ -254,14 +263,14 @@ def retry(
 )
 @click.option(
     "--balance",
-    type=click.FloatRange(0),
+    type=_Finite(0),
     default=100.0,
     show_default=True,
     help="Each account's starting balance in USD.",
 )
 @click.option(
     "--output-ttl",
-    type=click.FloatRange(0),
+    type=_Finite(0),
     default=3600.0,
     show_default=True,
     help="Seconds an output URL lives.",

@@ -201,6 +201,7 @@ def pydantic_message(error: Any) -> str:
     messages = {
         "int_type": "must be a whole number",
         "float_type": "must be a number",
+        "finite_number": "must be a finite number",
         "string_type": "must be a string",
         "bool_type": "must be true or false",
         "dict_type": "must be a mapping of keys to values",
