@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -22,7 +23,7 @@ import anyio
 import httpx
 
 from orchestrator.apierrors import TOKEN_VARS, ErrorAnswer, api_error
-from orchestrator.download import Downloaded, Downloader
+from orchestrator.download import Downloaded, Downloader, _loopback
 from orchestrator.errors import (
     ApiError,
     AuthError,
@@ -447,6 +448,9 @@ def _scrub_chain(exc: BaseException, clean: Callable[[str], str]) -> None:
         current = current.__cause__ or current.__context__
 
 
+_HOST = re.compile(r"[A-Za-z0-9._:-]+")  # a name or an IP address (IPv6 without its brackets)
+
+
 def _base_url(value: str | None) -> str:
     """The API base, ending in /v1 and no slash; a bare origin gets /v1 added."""
     raw = (value or "").strip() or DEFAULT_BASE
@@ -454,9 +458,16 @@ def _base_url(value: str | None) -> str:
         url = httpx.URL(raw)
     except httpx.InvalidURL as exc:
         raise TransportError(f"{BASE_VAR}: not a valid URL: {raw!r}") from exc
-    if url.scheme not in ("http", "https") or not url.host:
+    if url.userinfo:  # never echoed: it holds a password
+        raise TransportError(f"{BASE_VAR}: must not hold a user name or password")
+    if url.scheme not in ("http", "https") or not _HOST.fullmatch(url.host):
         raise TransportError(
             f"{BASE_VAR}: expected an http(s) URL such as {DEFAULT_BASE}, got {raw!r}"
+        )
+    if url.scheme == "http" and not _loopback(url.host):
+        raise TransportError(
+            f"{BASE_VAR}: plain http would send the API token in the clear; use https "
+            f"(plain http only for an emulator on this machine), got {raw!r}"
         )
     path = url.path.rstrip("/")
     return str(url.copy_with(path=path or "/v1", query=None, fragment=None)).rstrip("/")

@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -130,6 +131,27 @@ def test_default_base_url() -> None:
 def test_bad_base_url_names_the_variable(base: str) -> None:
     with pytest.raises(TransportError, match="RUNCOMFY_MODEL_API_BASE"):
         ModelApiClient(base, TOKEN)
+
+
+@pytest.mark.parametrize(
+    ("base", "message"),
+    [
+        ("http://api.example.com/v1", "plain http would send the API token in the clear"),
+        ("http://exa mple.com/v1", "expected an http(s) URL"),
+        ("https://user:secret@example.com/v1", "must not hold a user name or password"),
+    ],
+)
+def test_a_base_url_that_would_leak_the_token_is_refused(base: str, message: str) -> None:
+    with pytest.raises(
+        TransportError, match=f"^RUNCOMFY_MODEL_API_BASE: {re.escape(message)}"
+    ) as caught:
+        ModelApiClient(base, TOKEN)
+    assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("base", ["http://localhost:8123/v1", "http://[::1]:8123/v1"])
+def test_plain_http_is_for_an_emulator_on_this_machine(base: str) -> None:
+    assert ModelApiClient(base, TOKEN).base_url == base
 
 
 def test_missing_token_says_how_to_get_one() -> None:
