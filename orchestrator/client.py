@@ -89,6 +89,7 @@ log = logging.getLogger("comfysweep.client")
 
 DEFAULT_BASE = "https://model-api.runcomfy.net/v1"
 BASE_VAR = "RUNCOMFY_MODEL_API_BASE"
+MAX_TOKEN = 4096  # RunComfy's are a few dozen characters; a longer header is refused anyway
 DEFAULT_TIMEOUT = 30.0  # seconds to wait for each answer; `comfysweep run --timeout` overrides it
 # An API answer is a small JSON document: a bigger one is read no further (a hostile or broken
 # server, or a compressed bomb, cannot make the runner hold gigabytes).
@@ -484,6 +485,13 @@ def _token(value: str | None) -> str:
     token = (value or "").strip()
     if not token:
         raise AuthError(NO_TOKEN)
-    if any(c.isspace() or not c.isprintable() for c in token):
-        raise AuthError(f"the API token in {source} contains spaces or control characters")
+    # An HTTP header is ASCII: anything else would fail deep inside httpx, on every request.
+    if not token.isascii() or any(c.isspace() or not c.isprintable() for c in token):
+        raise AuthError(
+            f"the API token in {source} contains spaces, control or non-ASCII characters"
+        )
+    if len(token) > MAX_TOKEN:
+        raise AuthError(
+            f"the API token in {source} is {len(token)} characters; at most {MAX_TOKEN}"
+        )
     return token

@@ -154,6 +154,26 @@ def test_plain_http_is_for_an_emulator_on_this_machine(base: str) -> None:
     assert ModelApiClient(base, TOKEN).base_url == base
 
 
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        ("tökén", "non-ASCII"),  # was a UnicodeEncodeError traceback on the first request
+        ("tok\nen", "control"),
+        ("\u202eevil", "control"),
+        ("a" * 5000, "is 5000 characters; at most 4096"),
+    ],
+)
+def test_a_token_that_cannot_be_a_header_is_one_line_never_echoed(
+    monkeypatch: pytest.MonkeyPatch, token: str, message: str
+) -> None:
+    monkeypatch.setenv("RUNCOMFY_API_TOKEN", token)
+    with pytest.raises(AuthError, match=r"^the API token in RUNCOMFY_API_TOKEN ") as caught:
+        ModelApiClient(BASE)
+    assert message in str(caught.value)
+    assert token not in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
 def test_missing_token_says_how_to_get_one() -> None:
     with pytest.raises(AuthError) as info:
         ModelApiClient(BASE)
