@@ -7,8 +7,11 @@ its traceback.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -34,6 +37,25 @@ class _Group(click.Group):
             ctx.exit(1)
         except KeyboardInterrupt:  # click would say "Aborted!" after a blank line, and exit 1
             interrupted()
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
+            _disk_full(exc)
+
+
+# A full disk (or quota) is the machine's state, never a bug of ours: wherever it strikes, even
+# on stdout (`plan > file` on a full disk), it is one line.
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _disk_full(exc: OSError) -> None:
+    # What stdout still buffers would fail again, with a traceback, as Python exits: drop it.
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    where = exc.filename or "cannot write"
+    sys.stderr.write(f"Error: {where}: {exc.strerror or exc}\n")
+    sys.exit(1)
 
 
 def one_line(exc: BaseException) -> str:
