@@ -213,7 +213,8 @@ def valid_request_id(value: Any) -> str | None:
     """A usable request id (an integer is sent as text), or None when it is out of bounds."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if isinstance(value, str) and _REQUEST_ID.fullmatch(value.strip()):
+    # Dots alone are a path step: `requests/../status` would ask about another resource.
+    if isinstance(value, str) and _REQUEST_ID.fullmatch(value.strip()) and value.strip(". "):
         return value.strip()
     return None
 
@@ -228,6 +229,8 @@ def unusable_id(value: Any) -> str:
         return "with an empty request id"
     if len(value) > MAX_REQUEST_ID:
         return f"with a request id of {len(value)} characters (at most {MAX_REQUEST_ID})"
+    if not value.strip(". "):
+        return "with a request id of dots only"
     return "with a request id holding characters outside A-Z a-z 0-9 _ - . :"
 
 

@@ -492,8 +492,10 @@ def test_cli_run_with_a_short_timeout_ends_against_silence(tmp_path: Path, api: 
         ('"r1\\n2026-01-01 00:00:00,000 forged:1 INFO comfysweep: all paid"', "characters outside"),
         ('"../../etc"', "characters outside"),
         ("[1]", "a JSON list"),
+        ('".."', "of dots only"),  # was `lost`: requests/../status asked about something else
+        ('"."', "of dots only"),
     ],
-    ids=["64KiB", "newline", "slash", "list"],
+    ids=["64KiB", "newline", "slash", "list", "dot-dot", "dot"],
 )
 def test_a_submit_answered_with_a_request_id_out_of_bounds_is_unknown_and_never_resent(
     tmp_path: Path, api: Server, rid: str, why: str
@@ -503,10 +505,8 @@ def test_a_submit_answered_with_a_request_id_out_of_bounds_is_unknown_and_never_
     assert report.counts["unknown"] == 1, report
     assert report.counts["done"] == 3, report
     assert len([r for r in api.requests if r.method == "POST"]) == 4  # never resent
-    assert [why in d and "may exist and be billed" in d for d in details(folder, JobState.UNKNOWN)]
-    assert all(why in d for d in details(folder, JobState.UNKNOWN)), details(
-        folder, JobState.UNKNOWN
-    )
+    unknown = details(folder, JobState.UNKNOWN)
+    assert all(why in d and "may exist and be billed" in d for d in unknown), unknown
     assert log_lines(folder) == []
 
 
