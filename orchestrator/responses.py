@@ -39,6 +39,7 @@ log = logging.getLogger("comfysweep.client")
 # RunComfy's request ids are [A-Za-z0-9_-]{1,128}; "." and ":" are let in too. Anything else (a
 # slash, a space, a newline, 64 KiB) would end up in URLs, file names and log lines.
 MAX_REQUEST_ID = 128
+_MAX_DIGITS = 300  # a JSON integer longer than this is read as null, like 1e999
 _REQUEST_ID = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_REQUEST_ID}}}")
 # A video model returns a handful of files; thousands of URLs are a broken or hostile server, and
 # each would be one download.
@@ -148,8 +149,8 @@ class ModelInfo:
 def parse_json_object(content: bytes) -> tuple[dict[str, Any] | None, int]:
     """The body as a JSON object (None for anything else) and how many non-finite numbers it held.
 
-    ``NaN``, ``Infinity`` and numbers too big for a float (``1e999``) are read as null: nothing
-    downstream (arithmetic, the store, the manifest) has to cope with them.
+    ``NaN``, ``Infinity`` and numbers too big for a float (``1e999``, 400 digits) are read as null:
+    nothing downstream (arithmetic, the store, the manifest) has to cope with them.
     """
     nonfinite = 0
 
@@ -160,13 +161,25 @@ def parse_json_object(content: bytes) -> tuple[dict[str, Any] | None, int]:
         nonfinite += 1
         return None
 
+    def whole(text: str) -> int | None:
+        # Python refuses to read an integer of over 4,300 digits: one would make the whole
+        # answer unreadable, and its job stuck. No count or amount is that big: null.
+        if len(text.lstrip("-")) <= _MAX_DIGITS:
+            return int(text)
+        nonlocal nonfinite
+        nonfinite += 1
+        return None
+
     def constant(name: str) -> None:
         nonlocal nonfinite
         nonfinite += 1
 
     try:
         body = json.loads(
-            content, parse_constant=constant, parse_float=lambda text: finite(float(text))
+            content,
+            parse_constant=constant,
+            parse_float=lambda text: finite(float(text)),
+            parse_int=whole,
         )
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None, nonfinite

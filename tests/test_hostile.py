@@ -517,8 +517,9 @@ def test_a_submit_answered_with_a_request_id_out_of_bounds_is_unknown_and_never_
         '{"status": "succeeded", "output": {"video": "URL"}, "cost": Infinity, "t": -Infinity}',
         '{"status": "succeeded", "output": {"video": "URL"}, "cost": 1e999, "n": [NaN]}',
         '{"status": "succeeded", "output": {"video": "URL"}, "cost": "nan"}',
+        '{"status": "succeeded", "output": {"video": "URL"}, "cost": 1' + "0" * 5000 + "}",
     ],
-    ids=["nan", "infinity", "overflow", "nan-string"],
+    ids=["nan", "infinity", "overflow", "nan-string", "5000-digits"],
 )
 def test_non_finite_numbers_in_a_result_are_read_as_null_and_the_output_downloaded(
     tmp_path: Path, api: Server, body: str
