@@ -77,14 +77,19 @@ _SPELLINGS: dict[str, RemoteState] = {
     "canceled": RemoteState.CANCELLED,
 }
 _unknown_seen: set[str] = set()
+_SHOWN_STATE = 40
 
 
 def remote_state(spelling: str, *, result: bool = False) -> RemoteState:
     """Map a ``status`` string; on the result endpoint ``completed`` means success."""
     state = _SPELLINGS.get(spelling.strip().lower(), RemoteState.UNKNOWN)
-    if state is RemoteState.UNKNOWN and spelling not in _unknown_seen and len(_unknown_seen) < 100:
-        _unknown_seen.add(spelling)
-        log.warning("unknown job state %r from the Model API: treated as not finished", spelling)
+    shown = spelling[:_SHOWN_STATE]  # a hostile server's 16 MiB status is neither kept nor logged
+    if state is RemoteState.UNKNOWN and shown not in _unknown_seen and len(_unknown_seen) < 100:
+        _unknown_seen.add(shown)
+        more = f" (+{len(spelling) - len(shown)} characters)" if shown != spelling else ""
+        log.warning(
+            "unknown job state %r%s from the Model API: treated as not finished", shown, more
+        )
     if result and state is RemoteState.COMPLETED:
         return RemoteState.SUCCEEDED
     return state

@@ -1302,3 +1302,14 @@ async def test_a_token_in_a_transport_error_is_scrubbed_along_the_whole_chain(
         assert TOKEN not in str(exc)
         assert "\n" not in str(exc)
     assert TOKEN not in caplog.text
+
+
+def test_an_unknown_state_of_megabytes_is_logged_short(caplog: pytest.LogCaptureFixture) -> None:
+    from orchestrator.responses import remote_state
+
+    spelling = "s" * 1_000_000 + "\n2026-01-01 forged line"
+    with caplog.at_level(logging.WARNING):
+        assert remote_state(spelling) is RemoteState.UNKNOWN
+    [line] = [r.getMessage() for r in caplog.records if "unknown job state" in r.getMessage()]
+    assert len(line) < 200, len(line)
+    assert "\n" not in line
