@@ -284,3 +284,22 @@ def test_rules_too_intricate_to_count_are_one_line(
         f"{path}: exclude: 4 rules cross in too many ways to count in reasonable time; "
         "merge or drop some"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (
+            HEAD + 'run:\n  concurrency: "{long}"\n',
+            ":6:16: run.concurrency: must be a whole number",
+        ),
+        (HEAD.replace(WAN, "{long}"), ":1:8: model: unknown model"),
+    ],
+)
+def test_a_long_wrong_value_is_quoted_short(tmp_path: Path, text: str, field: str) -> None:
+    """A 100 KB value was quoted whole: a "line" of 100 KB on the terminal."""
+    path = write(tmp_path, text.replace("{long}", "x" * 100_000))
+    message = one_line_error(path, run=False)
+    assert message.startswith(f"{path}{field}"), message[:200]
+    assert "(100002 characters)" in message
+    assert len(message) < 400
