@@ -257,6 +257,13 @@ def unusable_id(value: Any) -> str:
 _URL_KEYS = ("video", "videos", "image", "images", "url", "path", "audio")
 
 
+MAX_URL_LENGTH = 8192
+
+
+def _unfetchable(url: str) -> bool:
+    return len(url) > MAX_URL_LENGTH or any(c.isspace() or not c.isprintable() for c in url)
+
+
 def collect_urls(output: Any) -> list[str]:
     """Every http(s) URL in an ``output`` of any shape, well-known keys first, deduplicated."""
     found: list[str] = []
@@ -344,6 +351,13 @@ def parse_result(rid: str, body: dict[str, Any], secret: str) -> Result:
         message = (
             f"the result lists {len(urls)} output URLs, more than the cap of {MAX_URLS}: "
             "nothing was downloaded"
+        )
+        state, urls, error = RemoteState.FAILED, [], message
+    elif state is RemoteState.SUCCEEDED and any(map(_unfetchable, urls)):
+        # It would be refused on every run, the paid job `succeeded` for ever: say so once.
+        message = (
+            "the result lists an output URL that cannot be fetched (control characters, spaces "
+            f"or over {MAX_URL_LENGTH} characters): nothing was downloaded"
         )
         state, urls, error = RemoteState.FAILED, [], message
     return Result(

@@ -611,3 +611,21 @@ def test_an_output_on_another_port_of_the_api_host_is_refused(tmp_path: Path, ap
         "refusing" in e and f"127.0.0.1:{other.port}" in e
         for e in errors(folder, JobState.SUCCEEDED)
     ), errors(folder, JobState.SUCCEEDED)
+
+
+@pytest.mark.parametrize(
+    "url", ["URL\\nforged", "URL\\u0000x", "URL" + "a" * 10_000], ids=["newline", "nul", "10k"]
+)
+def test_an_output_url_that_cannot_be_fetched_fails_clearly_not_succeeded_forever(
+    tmp_path: Path, api: Server, url: str
+) -> None:
+    body = '{"status": "succeeded", "output": {"video": "' + url + '"}, "cost": 0.5}'
+    api.script["result"] = first_result(
+        lambda rid: body.replace("URL", f"{api.origin}/files/{rid}.mp4")
+    )
+    report, folder = run(tmp_path, api)
+    assert report.counts["failed"] == 1, report  # was `succeeded`: refused again on every run
+    assert report.counts["done"] == 3, report
+    [detail] = details(folder, JobState.FAILED)
+    assert "an output URL that cannot be fetched" in detail, detail
+    assert log_lines(folder) == []
