@@ -7,7 +7,12 @@ its traceback.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import math
+import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,18 +37,45 @@ class _Group(click.Group):
             ctx.exit(1)
         except KeyboardInterrupt:  # click would say "Aborted!" after a blank line, and exit 1
             interrupted()
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
+            _disk_full(exc)
+
+
+# A full disk (or quota) is the machine's state, never a bug of ours: wherever it strikes, even
+# on stdout (`plan > file` on a full disk), it is one line.
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _disk_full(exc: OSError) -> None:
+    # What stdout still buffers would fail again, with a traceback, as Python exits: drop it.
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    where = exc.filename or "cannot write"
+    sys.stderr.write(f"Error: {where}: {exc.strerror or exc}\n")
+    sys.exit(1)
 
 
 def one_line(exc: BaseException) -> str:
-    """An exception and its chained causes that add something, in one line."""
+    """An exception and its chained causes that add something, in one line.
+
+    A cause gives its first line only, without a driver's ``(sqlite3.OperationalError)`` prefix:
+    SQLAlchemy's next lines are the statement, its parameters and a link to its documentation.
+    """
     parts = [str(exc) or type(exc).__name__]
     cause = exc.__cause__
     while cause is not None:
-        text = str(cause) or type(cause).__name__
+        text = str(cause).strip().split("\n", 1)[0] or type(cause).__name__
+        text = _DRIVER.sub("", text)
         if text not in parts[-1]:
             parts.append(text)
         cause = cause.__cause__
     return ": ".join(p.replace("\n", " ") for p in parts)
+
+
+_DRIVER = re.compile(r"^\([\w.]+\) ")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,11 +84,19 @@ def cli() -> None:
     """Resumable parameter sweeps on RunComfy's Model API (or its embedded emulator)."""
 
 
+class _Finite(click.FloatRange):
+    """A float in a range, never NaN (which every comparison lets through) nor infinite."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 def _flag(flag: Flag, help: str | None = None) -> Callable[[F], F]:
     """A run setting as an option: same bounds as the spec's ``run:``, no default (the spec's)."""
-    kind: click.FloatRange | click.IntRange = click.FloatRange(
-        flag.low, flag.high, min_open=flag.low_open
-    )
+    kind: click.FloatRange | click.IntRange = _Finite(flag.low, flag.high, min_open=flag.low_open)
     if flag.kind is int:
         low, high = (None if b is None else int(b) for b in (flag.low, flag.high))
         kind = click.IntRange(low, high, min_open=flag.low_open)
@@ -230,7 +270,7 @@ def retry(
 )
 @click.option(
     "--speed",
-    type=click.FloatRange(0, min_open=True),
+    type=_Finite(0, min_open=True),
     default=1.0,
     show_default=True,
     help="Divides every simulated job duration.",
@@ -245,14 +285,14 @@ def retry(
 )
 @click.option(
     "--balance",
-    type=click.FloatRange(0),
+    type=_Finite(0),
     default=100.0,
     show_default=True,
     help="Each account's starting balance in USD.",
 )
 @click.option(
     "--output-ttl",
-    type=click.FloatRange(0),
+    type=_Finite(0),
     default=3600.0,
     show_default=True,
     help="Seconds an output URL lives.",

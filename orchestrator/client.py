@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -22,7 +23,7 @@ import anyio
 import httpx
 
 from orchestrator.apierrors import TOKEN_VARS, ErrorAnswer, api_error
-from orchestrator.download import Downloaded, Downloader
+from orchestrator.download import Downloaded, Downloader, _loopback
 from orchestrator.errors import (
     ApiError,
     AuthError,
@@ -88,6 +89,7 @@ log = logging.getLogger("comfysweep.client")
 
 DEFAULT_BASE = "https://model-api.runcomfy.net/v1"
 BASE_VAR = "RUNCOMFY_MODEL_API_BASE"
+MAX_TOKEN = 4096  # RunComfy's are a few dozen characters; a longer header is refused anyway
 DEFAULT_TIMEOUT = 30.0  # seconds to wait for each answer; `comfysweep run --timeout` overrides it
 # An API answer is a small JSON document: a bigger one is read no further (a hostile or broken
 # server, or a compressed bomb, cannot make the runner hold gigabytes).
@@ -447,6 +449,9 @@ def _scrub_chain(exc: BaseException, clean: Callable[[str], str]) -> None:
         current = current.__cause__ or current.__context__
 
 
+_HOST = re.compile(r"[A-Za-z0-9._:-]+")  # a name or an IP address (IPv6 without its brackets)
+
+
 def _base_url(value: str | None) -> str:
     """The API base, ending in /v1 and no slash; a bare origin gets /v1 added."""
     raw = (value or "").strip() or DEFAULT_BASE
@@ -454,9 +459,16 @@ def _base_url(value: str | None) -> str:
         url = httpx.URL(raw)
     except httpx.InvalidURL as exc:
         raise TransportError(f"{BASE_VAR}: not a valid URL: {raw!r}") from exc
-    if url.scheme not in ("http", "https") or not url.host:
+    if url.userinfo:  # never echoed: it holds a password
+        raise TransportError(f"{BASE_VAR}: must not hold a user name or password")
+    if url.scheme not in ("http", "https") or not _HOST.fullmatch(url.host):
         raise TransportError(
             f"{BASE_VAR}: expected an http(s) URL such as {DEFAULT_BASE}, got {raw!r}"
+        )
+    if url.scheme == "http" and not _loopback(url.host):
+        raise TransportError(
+            f"{BASE_VAR}: plain http would send the API token in the clear; use https "
+            f"(plain http only for an emulator on this machine), got {raw!r}"
         )
     path = url.path.rstrip("/")
     return str(url.copy_with(path=path or "/v1", query=None, fragment=None)).rstrip("/")
@@ -473,6 +485,13 @@ def _token(value: str | None) -> str:
     token = (value or "").strip()
     if not token:
         raise AuthError(NO_TOKEN)
-    if any(c.isspace() or not c.isprintable() for c in token):
-        raise AuthError(f"the API token in {source} contains spaces or control characters")
+    # An HTTP header is ASCII: anything else would fail deep inside httpx, on every request.
+    if not token.isascii() or any(c.isspace() or not c.isprintable() for c in token):
+        raise AuthError(
+            f"the API token in {source} contains spaces, control or non-ASCII characters"
+        )
+    if len(token) > MAX_TOKEN:
+        raise AuthError(
+            f"the API token in {source} is {len(token)} characters; at most {MAX_TOKEN}"
+        )
     return token

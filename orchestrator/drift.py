@@ -15,18 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.canonical import canonical_json, job_key
-from orchestrator.errors import ComfysweepError
+from orchestrator.errors import DefaultsChanged
 from orchestrator.spec import Spec
 from orchestrator.store import JobLike, JobRow, JobState
 
-__all__ = ["DefaultsChanged", "DefaultsDrift", "current_defaults", "recorded"]
+__all__ = ["DefaultsDrift", "current_defaults", "recorded"]
 
 META = "defaults"
 _MISSING = object()  # a key one side's defaults do not have
-
-
-class DefaultsChanged(ComfysweepError):
-    """Jobs differ from submitted ones only in a changed schema default."""
 
 
 def current_defaults(spec: Spec) -> dict[str, Any]:

@@ -20,6 +20,7 @@
     │   ├── OutputExpired      an output URL is gone (403, 404, 410)
     │   └── OutputInvalid      a downloaded file is cut short, unreadable or not the shape asked for
     ├── ResultsError           the results folder cannot be used as it is
+    ├── DefaultsChanged        new jobs differ from paid ones only in a changed schema default
     └── EmulatorError          the embedded emulator cannot start (port in use, bad fault profile)
 
 Every class's docstring is its default message. Causes are chained with ``raise ... from exc``.
@@ -129,6 +130,10 @@ class OutputInvalid(DownloadError):
 
 class ResultsError(ComfysweepError):
     """The results folder cannot be used as it is."""
+
+
+class DefaultsChanged(ComfysweepError):
+    """Jobs differ from submitted ones only in a changed schema default."""
 
 
 class EmulatorError(ComfysweepError):

@@ -36,6 +36,7 @@ SHORT_KEY = 10
 _MAX_PART = 255  # bytes: the file-name limit of ext4, APFS and NTFS alike
 _MAX_VALUE = 60  # characters of one long value (a prompt) kept in a name
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|\s]+')
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _EXT = re.compile(r"\.[A-Za-z0-9]{1,8}$")
 _RESERVED = {
     "CON",
@@ -59,6 +60,9 @@ def validate_template(
     ``samples`` (field -> a value it takes) lets a format spec such as ``{cfg:.1f}`` be tried now
     rather than fail on the first output.
     """
+    control = _CONTROL.search(template)
+    if control:
+        raise TemplateError(f"must not contain control characters (found {control.group()!r})")
     allowed = [*fields, *SPECIAL_FIELDS]
     samples = {"key": "0" * SHORT_KEY, "index": 0, "repeat": 0, **(samples or {})}
     used: set[str] = set()

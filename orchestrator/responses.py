@@ -39,6 +39,7 @@ log = logging.getLogger("comfysweep.client")
 # RunComfy's request ids are [A-Za-z0-9_-]{1,128}; "." and ":" are let in too. Anything else (a
 # slash, a space, a newline, 64 KiB) would end up in URLs, file names and log lines.
 MAX_REQUEST_ID = 128
+_MAX_DIGITS = 300  # a JSON integer longer than this is read as null, like 1e999
 _REQUEST_ID = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_REQUEST_ID}}}")
 # A video model returns a handful of files; thousands of URLs are a broken or hostile server, and
 # each would be one download.
@@ -76,14 +77,19 @@ _SPELLINGS: dict[str, RemoteState] = {
     "canceled": RemoteState.CANCELLED,
 }
 _unknown_seen: set[str] = set()
+_SHOWN_STATE = 40
 
 
 def remote_state(spelling: str, *, result: bool = False) -> RemoteState:
     """Map a ``status`` string; on the result endpoint ``completed`` means success."""
     state = _SPELLINGS.get(spelling.strip().lower(), RemoteState.UNKNOWN)
-    if state is RemoteState.UNKNOWN and spelling not in _unknown_seen and len(_unknown_seen) < 100:
-        _unknown_seen.add(spelling)
-        log.warning("unknown job state %r from the Model API: treated as not finished", spelling)
+    shown = spelling[:_SHOWN_STATE]  # a hostile server's 16 MiB status is neither kept nor logged
+    if state is RemoteState.UNKNOWN and shown not in _unknown_seen and len(_unknown_seen) < 100:
+        _unknown_seen.add(shown)
+        more = f" (+{len(spelling) - len(shown)} characters)" if shown != spelling else ""
+        log.warning(
+            "unknown job state %r%s from the Model API: treated as not finished", shown, more
+        )
     if result and state is RemoteState.COMPLETED:
         return RemoteState.SUCCEEDED
     return state
@@ -148,8 +154,8 @@ class ModelInfo:
 def parse_json_object(content: bytes) -> tuple[dict[str, Any] | None, int]:
     """The body as a JSON object (None for anything else) and how many non-finite numbers it held.
 
-    ``NaN``, ``Infinity`` and numbers too big for a float (``1e999``) are read as null: nothing
-    downstream (arithmetic, the store, the manifest) has to cope with them.
+    ``NaN``, ``Infinity`` and numbers too big for a float (``1e999``, 400 digits) are read as null:
+    nothing downstream (arithmetic, the store, the manifest) has to cope with them.
     """
     nonfinite = 0
 
@@ -160,13 +166,25 @@ def parse_json_object(content: bytes) -> tuple[dict[str, Any] | None, int]:
         nonfinite += 1
         return None
 
+    def whole(text: str) -> int | None:
+        # Python refuses to read an integer of over 4,300 digits: one would make the whole
+        # answer unreadable, and its job stuck. No count or amount is that big: null.
+        if len(text.lstrip("-")) <= _MAX_DIGITS:
+            return int(text)
+        nonlocal nonfinite
+        nonfinite += 1
+        return None
+
     def constant(name: str) -> None:
         nonlocal nonfinite
         nonfinite += 1
 
     try:
         body = json.loads(
-            content, parse_constant=constant, parse_float=lambda text: finite(float(text))
+            content,
+            parse_constant=constant,
+            parse_float=lambda text: finite(float(text)),
+            parse_int=whole,
         )
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None, nonfinite
@@ -213,7 +231,8 @@ def valid_request_id(value: Any) -> str | None:
     """A usable request id (an integer is sent as text), or None when it is out of bounds."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if isinstance(value, str) and _REQUEST_ID.fullmatch(value.strip()):
+    # Dots alone are a path step: `requests/../status` would ask about another resource.
+    if isinstance(value, str) and _REQUEST_ID.fullmatch(value.strip()) and value.strip(". "):
         return value.strip()
     return None
 
@@ -228,12 +247,21 @@ def unusable_id(value: Any) -> str:
         return "with an empty request id"
     if len(value) > MAX_REQUEST_ID:
         return f"with a request id of {len(value)} characters (at most {MAX_REQUEST_ID})"
+    if not value.strip(". "):
+        return "with a request id of dots only"
     return "with a request id holding characters outside A-Z a-z 0-9 _ - . :"
 
 
 # -- output URLs and error messages ------------------------------------------------------------
 
 _URL_KEYS = ("video", "videos", "image", "images", "url", "path", "audio")
+
+
+MAX_URL_LENGTH = 8192
+
+
+def _unfetchable(url: str) -> bool:
+    return len(url) > MAX_URL_LENGTH or any(c.isspace() or not c.isprintable() for c in url)
 
 
 def collect_urls(output: Any) -> list[str]:
@@ -323,6 +351,13 @@ def parse_result(rid: str, body: dict[str, Any], secret: str) -> Result:
         message = (
             f"the result lists {len(urls)} output URLs, more than the cap of {MAX_URLS}: "
             "nothing was downloaded"
+        )
+        state, urls, error = RemoteState.FAILED, [], message
+    elif state is RemoteState.SUCCEEDED and any(map(_unfetchable, urls)):
+        # It would be refused on every run, the paid job `succeeded` for ever: say so once.
+        message = (
+            "the result lists an output URL that cannot be fetched (control characters, spaces "
+            f"or over {MAX_URL_LENGTH} characters): nothing was downloaded"
         )
         state, urls, error = RemoteState.FAILED, [], message
     return Result(

@@ -44,7 +44,7 @@ class Setting:
 class RunSettings(BaseModel):
     """How a sweep runs: the spec's ``run:`` section; command-line flags override it."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     concurrency: Annotated[int, Setting("jobs in flight at once", flag="N")] = Field(
         8, ge=1, le=4096

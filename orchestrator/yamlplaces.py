@@ -13,7 +13,7 @@ import yaml
 
 from orchestrator.errors import SpecError
 
-__all__ = ["Places", "dotted", "parse_yaml", "pydantic_message"]
+__all__ = ["Places", "brief", "dotted", "parse_yaml", "pydantic_message"]
 
 
 # Bounds on what a spec's YAML may expand to. Aliases repeat the node they name without copying
@@ -194,13 +194,20 @@ def dotted(path: tuple[Any, ...]) -> str:
     return text
 
 
+def brief(value: Any, width: int = 60) -> str:
+    """``repr(value)``, cut to ``width`` characters: a message quotes what was given, not 1 MB."""
+    text = repr(value)
+    return text if len(text) <= width else f"{text[:width]}... ({len(text)} characters)"
+
+
 def pydantic_message(error: Any) -> str:
     """A pydantic error in comfysweep's words: what is wrong and what was given."""
     kind, ctx, got = error["type"], error.get("ctx") or {}, error.get("input")
-    shown = f", got {got!r}"
+    shown = f", got {brief(got)}"
     messages = {
         "int_type": "must be a whole number",
         "float_type": "must be a number",
+        "finite_number": "must be a finite number",
         "string_type": "must be a string",
         "bool_type": "must be true or false",
         "dict_type": "must be a mapping of keys to values",

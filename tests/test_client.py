@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -130,6 +131,47 @@ def test_default_base_url() -> None:
 def test_bad_base_url_names_the_variable(base: str) -> None:
     with pytest.raises(TransportError, match="RUNCOMFY_MODEL_API_BASE"):
         ModelApiClient(base, TOKEN)
+
+
+@pytest.mark.parametrize(
+    ("base", "message"),
+    [
+        ("http://api.example.com/v1", "plain http would send the API token in the clear"),
+        ("http://exa mple.com/v1", "expected an http(s) URL"),
+        ("https://user:secret@example.com/v1", "must not hold a user name or password"),
+    ],
+)
+def test_a_base_url_that_would_leak_the_token_is_refused(base: str, message: str) -> None:
+    with pytest.raises(
+        TransportError, match=f"^RUNCOMFY_MODEL_API_BASE: {re.escape(message)}"
+    ) as caught:
+        ModelApiClient(base, TOKEN)
+    assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("base", ["http://localhost:8123/v1", "http://[::1]:8123/v1"])
+def test_plain_http_is_for_an_emulator_on_this_machine(base: str) -> None:
+    assert ModelApiClient(base, TOKEN).base_url == base
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        ("tökén", "non-ASCII"),  # was a UnicodeEncodeError traceback on the first request
+        ("tok\nen", "control"),
+        ("\u202eevil", "control"),
+        ("a" * 5000, "is 5000 characters; at most 4096"),
+    ],
+)
+def test_a_token_that_cannot_be_a_header_is_one_line_never_echoed(
+    monkeypatch: pytest.MonkeyPatch, token: str, message: str
+) -> None:
+    monkeypatch.setenv("RUNCOMFY_API_TOKEN", token)
+    with pytest.raises(AuthError, match=r"^the API token in RUNCOMFY_API_TOKEN ") as caught:
+        ModelApiClient(BASE)
+    assert message in str(caught.value)
+    assert token not in str(caught.value)
+    assert "\n" not in str(caught.value)
 
 
 def test_missing_token_says_how_to_get_one() -> None:
@@ -1260,3 +1302,14 @@ async def test_a_token_in_a_transport_error_is_scrubbed_along_the_whole_chain(
         assert TOKEN not in str(exc)
         assert "\n" not in str(exc)
     assert TOKEN not in caplog.text
+
+
+def test_an_unknown_state_of_megabytes_is_logged_short(caplog: pytest.LogCaptureFixture) -> None:
+    from orchestrator.responses import remote_state
+
+    spelling = "s" * 1_000_000 + "\n2026-01-01 forged line"
+    with caplog.at_level(logging.WARNING):
+        assert remote_state(spelling) is RemoteState.UNKNOWN
+    [line] = [r.getMessage() for r in caplog.records if "unknown job state" in r.getMessage()]
+    assert len(line) < 200, len(line)
+    assert "\n" not in line

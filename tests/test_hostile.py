@@ -492,8 +492,10 @@ def test_cli_run_with_a_short_timeout_ends_against_silence(tmp_path: Path, api: 
         ('"r1\\n2026-01-01 00:00:00,000 forged:1 INFO comfysweep: all paid"', "characters outside"),
         ('"../../etc"', "characters outside"),
         ("[1]", "a JSON list"),
+        ('".."', "of dots only"),  # was `lost`: requests/../status asked about something else
+        ('"."', "of dots only"),
     ],
-    ids=["64KiB", "newline", "slash", "list"],
+    ids=["64KiB", "newline", "slash", "list", "dot-dot", "dot"],
 )
 def test_a_submit_answered_with_a_request_id_out_of_bounds_is_unknown_and_never_resent(
     tmp_path: Path, api: Server, rid: str, why: str
@@ -503,10 +505,8 @@ def test_a_submit_answered_with_a_request_id_out_of_bounds_is_unknown_and_never_
     assert report.counts["unknown"] == 1, report
     assert report.counts["done"] == 3, report
     assert len([r for r in api.requests if r.method == "POST"]) == 4  # never resent
-    assert [why in d and "may exist and be billed" in d for d in details(folder, JobState.UNKNOWN)]
-    assert all(why in d for d in details(folder, JobState.UNKNOWN)), details(
-        folder, JobState.UNKNOWN
-    )
+    unknown = details(folder, JobState.UNKNOWN)
+    assert all(why in d and "may exist and be billed" in d for d in unknown), unknown
     assert log_lines(folder) == []
 
 
@@ -517,8 +517,9 @@ def test_a_submit_answered_with_a_request_id_out_of_bounds_is_unknown_and_never_
         '{"status": "succeeded", "output": {"video": "URL"}, "cost": Infinity, "t": -Infinity}',
         '{"status": "succeeded", "output": {"video": "URL"}, "cost": 1e999, "n": [NaN]}',
         '{"status": "succeeded", "output": {"video": "URL"}, "cost": "nan"}',
+        '{"status": "succeeded", "output": {"video": "URL"}, "cost": 1' + "0" * 5000 + "}",
     ],
-    ids=["nan", "infinity", "overflow", "nan-string"],
+    ids=["nan", "infinity", "overflow", "nan-string", "5000-digits"],
 )
 def test_non_finite_numbers_in_a_result_are_read_as_null_and_the_output_downloaded(
     tmp_path: Path, api: Server, body: str
@@ -610,3 +611,21 @@ def test_an_output_on_another_port_of_the_api_host_is_refused(tmp_path: Path, ap
         "refusing" in e and f"127.0.0.1:{other.port}" in e
         for e in errors(folder, JobState.SUCCEEDED)
     ), errors(folder, JobState.SUCCEEDED)
+
+
+@pytest.mark.parametrize(
+    "url", ["URL\\nforged", "URL\\u0000x", "URL" + "a" * 10_000], ids=["newline", "nul", "10k"]
+)
+def test_an_output_url_that_cannot_be_fetched_fails_clearly_not_succeeded_forever(
+    tmp_path: Path, api: Server, url: str
+) -> None:
+    body = '{"status": "succeeded", "output": {"video": "' + url + '"}, "cost": 0.5}'
+    api.script["result"] = first_result(
+        lambda rid: body.replace("URL", f"{api.origin}/files/{rid}.mp4")
+    )
+    report, folder = run(tmp_path, api)
+    assert report.counts["failed"] == 1, report  # was `succeeded`: refused again on every run
+    assert report.counts["done"] == 3, report
+    [detail] = details(folder, JobState.FAILED)
+    assert "an output URL that cannot be fetched" in detail, detail
+    assert log_lines(folder) == []

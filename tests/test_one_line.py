@@ -239,3 +239,45 @@ def test_a_full_results_folder_with_the_store_elsewhere_is_one_line(
     assert again.returncode == 0, again.stderr
     assert len(ledger["jobs"]) == 4
     assert set(ledger["submissions_by_input"].values()) == {1}
+
+
+def test_a_store_error_from_the_database_is_one_line_without_its_sql_or_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLAlchemy's statement, parameters and documentation link never reach the user's line."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    import orchestrator.sweep
+
+    def status(spec: Path, store: str | None = None) -> object:
+        driver = sqlite3.OperationalError("database or disk is full")
+        full = sa.exc.OperationalError("INSERT INTO jobs VALUES (?)", ("a fox",), driver)
+        raise StoreError("store s.db: database or disk is full") from full
+
+    monkeypatch.setattr(orchestrator.sweep, "sweep_status", status)
+    result = CliRunner().invoke(cli, ["status", str(write_spec(tmp_path))])
+    assert result.exit_code == 1
+    assert result.stderr == "Error: store s.db: database or disk is full\n"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command", [["plan"], ["plan", "--jobs"], ["plan", "--json"], ["status"]])
+def test_stdout_on_a_full_disk_is_one_line(tmp_path: Path, command: list[str]) -> None:
+    """`comfysweep plan SPEC > file` on a full disk was an OSError traceback."""
+    spec = write_spec(tmp_path)
+    if command == ["status"]:
+        (tmp_path / "results" / "grid").mkdir(parents=True)
+        Store.open(tmp_path / "results" / "grid" / "comfysweep.db").close()
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "orchestrator", *command, str(spec)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "Error: cannot write: No space left on device\n"

@@ -31,6 +31,11 @@ OUT_OF_BOUNDS = [
     ("--concurrency", "0"),
     ("--poll-interval", "0"),
     ("--timeout", "601"),
+    ("--max-cost", "inf"),  # not a number a cap can be: NaN and infinities pass every range
+    ("--max-cost", "1e400"),
+    ("--max-cost", "nan"),
+    ("--poll-interval", "nan"),
+    ("--timeout", "nan"),
 ]
 
 
@@ -168,3 +173,24 @@ def _record_options(monkeypatch: pytest.MonkeyPatch) -> list[RunOptions]:
 
     monkeypatch.setattr(Runner, "__init__", init)
     return seen
+
+
+@pytest.mark.parametrize(("value", "shown"), [(".inf", "inf"), (".nan", "nan"), ("-.inf", "-inf")])
+def test_a_non_finite_run_setting_in_the_spec_is_one_line(
+    tmp_path: Path, value: str, shown: str
+) -> None:
+    spec = write_spec(tmp_path, body=SPEC + f"  max_cost: {value}\n")
+    result = CliRunner().invoke(cli, ["plan", str(spec)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.endswith(f"run.max_cost: must be a finite number, got {shown}\n")
+    assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--speed", "inf"), ("--balance", "nan"), ("--balance", "1e400"), ("--output-ttl", "nan")],
+)
+def test_a_non_finite_emulator_flag_is_a_usage_error(flag: str, value: str) -> None:
+    result = CliRunner().invoke(cli, ["emulator", "--port", "0", flag, value])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{flag}'" in result.stderr

@@ -155,6 +155,13 @@ def test_a_nul_byte_in_a_path_is_one_line(tmp_path: Path, body: str, field: str)
     assert message.endswith(": a file name cannot contain a NUL byte"), message
 
 
+@pytest.mark.parametrize("char", ["\\0", "\\x1b", "\\n", "\\x7f"])
+def test_a_control_character_in_the_name_template_is_one_line(tmp_path: Path, char: str) -> None:
+    path = write(tmp_path, HEAD + f'axes:\n  seed: [1, 2]\nrun:\n  filename: "a{char}b-{{seed}}"\n')
+    message = one_line_error(path)
+    assert message.startswith(f"{path}:8:13: run.filename: must not contain control characters")
+
+
 def test_many_exclude_rules_with_varying_frames_and_fps_count_exactly(tmp_path: Path) -> None:
     rules = [{"fps": 12 + i % 13, "steps": 2 + i % 7} for i in range(40)]
     rules += [{"frames": 141, "seed": s} for s in range(5)] + [{"cfg": 9.0}]
@@ -277,3 +284,22 @@ def test_rules_too_intricate_to_count_are_one_line(
         f"{path}: exclude: 4 rules cross in too many ways to count in reasonable time; "
         "merge or drop some"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (
+            HEAD + 'run:\n  concurrency: "{long}"\n',
+            ":6:16: run.concurrency: must be a whole number",
+        ),
+        (HEAD.replace(WAN, "{long}"), ":1:8: model: unknown model"),
+    ],
+)
+def test_a_long_wrong_value_is_quoted_short(tmp_path: Path, text: str, field: str) -> None:
+    """A 100 KB value was quoted whole: a "line" of 100 KB on the terminal."""
+    path = write(tmp_path, text.replace("{long}", "x" * 100_000))
+    message = one_line_error(path, run=False)
+    assert message.startswith(f"{path}{field}"), message[:200]
+    assert "(100002 characters)" in message
+    assert len(message) < 400

@@ -17,9 +17,8 @@ from click.testing import CliRunner
 
 from orchestrator import drift
 from orchestrator.cli import cli
-from orchestrator.drift import DefaultsChanged
 from orchestrator.emulator import Emulator, EmulatorConfig
-from orchestrator.errors import ComfysweepError, StoreError
+from orchestrator.errors import ComfysweepError, DefaultsChanged, StoreError
 from orchestrator.models import get_model
 from orchestrator.spec import load_spec
 from orchestrator.store import JobLike, JobState, Store

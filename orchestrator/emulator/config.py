@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable
@@ -42,17 +43,17 @@ class EmulatorConfig:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise EmulatorError(f"workers: must be at least 1, got {self.workers}")
-        if not self.speed > 0:
-            raise EmulatorError(f"speed: must be above 0, got {self.speed}")
+        if not 0 < self.speed < math.inf:
+            raise EmulatorError(f"speed: must be a finite number above 0, got {self.speed}")
         if not self.tokens:
             raise EmulatorError("tokens: give at least one API token")
         for token in self.tokens:
             if not _TOKEN.fullmatch(token):
                 raise EmulatorError("tokens: a token must be 1-256 printable characters, no spaces")
-        if self.balance_usd < 0:
-            raise EmulatorError(f"balance_usd: must be >= 0, got {self.balance_usd}")
-        if self.output_ttl < 0:
-            raise EmulatorError(f"output_ttl: must be >= 0, got {self.output_ttl}")
+        if not 0 <= self.balance_usd < math.inf:
+            raise EmulatorError(f"balance_usd: must be finite and >= 0, got {self.balance_usd}")
+        if not 0 <= self.output_ttl < math.inf:
+            raise EmulatorError(f"output_ttl: must be finite and >= 0, got {self.output_ttl}")
         if not 0 <= self.port <= 65535:
             raise EmulatorError(f"port: must be 0-65535, got {self.port}")
 

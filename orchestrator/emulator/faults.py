@@ -9,6 +9,7 @@ same sequence of requests fires the same faults.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -215,7 +216,7 @@ def _parse_fault(name: str, value: Any, where: str) -> FaultSpec:
 
 def _number(value: Any, where: str, *, low: float, high: float | None = None) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or value < low or (high is not None and value > high):
+    if not ok or not math.isfinite(value) or value < low or (high is not None and value > high):
         bound = f"from {low:g} to {high:g}" if high is not None else f">= {low:g}"
         raise EmulatorError(f"{where}: must be a number {bound}, got {value!r}")
     return float(value)

@@ -22,6 +22,7 @@ from typing import Any
 import jsonschema
 
 from orchestrator.errors import InputError, SpecError
+from orchestrator.yamlplaces import brief
 
 __all__ = ["FieldProblem", "Model", "get_model", "known_models", "suggest"]
 
@@ -175,7 +176,7 @@ def get_model(model_id: str, *, strict: bool = False) -> Model:
         return model
     if strict:
         hint = suggest(model_id, list(_registry()))
-        raise SpecError(f"unknown model {model_id!r}{hint}", field="model")
+        raise SpecError(f"unknown model {brief(model_id)}{hint}", field="model")
     return Model(model_id=model_id)
 
 

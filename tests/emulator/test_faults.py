@@ -290,6 +290,12 @@ def test_fault_flags() -> None:
         frozenset({"submit", "status"}),
     )
     assert parse_fault_flag("fail_string=1").rate == 1.0
-    for bad, message in [("nope", "NAME=RATE"), ("slow=x", "not a number"), ("x=1", "unknown")]:
+    bad_flags = [
+        ("nope", "NAME=RATE"),
+        ("slow=x", "not a number"),
+        ("x=1", "unknown"),
+        ("rate_limit=nan", "from 0 to 1, got nan"),  # NaN passed both bounds
+    ]
+    for bad, message in bad_flags:
         with pytest.raises(EmulatorError, match=message):
             parse_fault_flag(bad)
