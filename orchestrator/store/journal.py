@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from orchestrator.errors import StoreError
+from orchestrator.store.lock import open_own
 from orchestrator.store.states import JobState
 from orchestrator.store.store import Store
 
@@ -143,16 +144,9 @@ class RequestJournal:
     def _read(self) -> list[Entry]:
         """Every entry; StoreError when the file cannot be read or is not a plain file of ours."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | _NEVER_FOLLOW)
+            fd = open_own(self.path, os.O_RDONLY, "journal", "read")
         except FileNotFoundError:
             return []
-        except OSError as exc:
-            if os.path.islink(self.path):
-                raise StoreError(
-                    f"journal {self.path} is a symbolic link, which comfysweep never makes: "
-                    "not followed; move it away"
-                ) from None  # the message says it all; the errno would only repeat it
-            raise StoreError(f"journal {self.path} cannot be read: {exc.strerror}") from exc
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise StoreError(f"journal {self.path} is not a file: move it away")

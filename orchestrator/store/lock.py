@@ -16,7 +16,7 @@ from pathlib import Path
 
 from orchestrator.errors import StoreError, StoreLockedError
 
-__all__ = ["FileLock"]
+__all__ = ["FileLock", "open_own"]
 
 
 class FileLock:
@@ -30,16 +30,7 @@ class FileLock:
     def acquire(self, owner: str) -> None:
         # Never through a symlink nor over a hard link: the holder is written into this file and
         # erased on release, which would wipe whatever file a copied folder's link names.
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        try:
-            fd = os.open(self.path, flags, 0o644)
-        except OSError as exc:
-            if os.path.islink(self.path):
-                raise StoreError(
-                    f"lock file {self.path} is a symbolic link, which comfysweep never makes: "
-                    "not followed; move it away"
-                ) from None  # the message says it all; the errno would only repeat it
-            raise StoreError(f"lock file {self.path} cannot be opened: {exc.strerror}") from exc
+        fd = open_own(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, "lock file", "opened")
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             os.close(fd)
@@ -84,3 +75,22 @@ def _describe(fd: int) -> str:
         return "another process"
     owner = f"{info['owner']} " if info.get("owner") else ""
     return f"{owner}(held by pid {info['pid']} on host {info.get('host', '?')})"
+
+
+def open_own(path: Path, flags: int, what: str, verb: str) -> int:
+    """``os.open`` of a file only comfysweep writes: never through a symlink someone put there.
+
+    A results folder copied from elsewhere may hold a link at one of our names; following it
+    would write over (or read from) whatever file it names. StoreError names ``what`` and why.
+    """
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:
+        raise  # the caller knows what a missing file means
+    except OSError as exc:
+        if os.path.islink(path):
+            raise StoreError(
+                f"{what} {path} is a symbolic link, which comfysweep never makes: "
+                "not followed; move it away"
+            ) from None  # the message says it all; the errno would only repeat it
+        raise StoreError(f"{what} {path} cannot be {verb}: {exc.strerror}") from exc
