@@ -2,37 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.sweep import Overrides, run_sweep, sweep_status
 
+from .postgres import fresh_schema
 from .sweeps import SPEC, write_spec
 
 pytestmark = pytest.mark.postgres
-SERVER = os.environ.get("COMFYSWEEP_TEST_POSTGRES_URL")
 
 
 @pytest.fixture
 def store_url() -> Iterator[str]:
-    if not SERVER:
-        pytest.skip("COMFYSWEEP_TEST_POSTGRES_URL is not set")
-    admin = sa.create_engine(SERVER)
-    schema = f"r_{uuid.uuid4().hex[:12]}"
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    yield f"{SERVER}?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    admin.dispose()
+    with fresh_schema("r") as url:
+        yield url
 
 
 def test_three_runners_share_one_sweep(tmp_path: Path, store_url: str) -> None:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from click.testing import CliRunner
 
 from orchestrator import drift
@@ -22,14 +19,14 @@ from orchestrator.errors import ComfysweepError, DefaultsChanged, StoreError
 from orchestrator.models import get_model
 from orchestrator.spec import load_spec
 from orchestrator.store import JobLike, JobState, Store
-from orchestrator.sweep import Overrides, retry_jobs, run_sweep, sweep_status
+from orchestrator.sweep import Overrides, retry_jobs, sweep_status
 
+from .postgres import fresh_schema
 from .sweeps import SPEC, run_until_killed, write_spec
+from .test_run import manifest, run
 from .test_store import MODEL, make_jobs, walk
 
-FAST = Overrides(poll_interval=0.02)
 DRIVER = Path(__file__).with_name("kill_driver.py")
-SERVER = os.environ.get("COMFYSWEEP_TEST_POSTGRES_URL")
 S = JobState
 
 
@@ -37,15 +34,6 @@ S = JobState
 def emulator() -> Iterator[Emulator]:
     with Emulator(EmulatorConfig(speed=2000.0, workers=4)) as emu:
         yield emu
-
-
-def run(spec: Path, emu: Emulator, **kwargs: Any) -> Any:
-    kwargs.setdefault("overrides", FAST)
-    return run_sweep(spec, base_url=emu.base_url, token=emu.token, **kwargs)
-
-
-def manifest(folder: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in (folder / "manifest.jsonl").read_text().splitlines()]
 
 
 def billed(emu: Emulator) -> int:
@@ -74,16 +62,8 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield str(tmp_path / "store.db")
         return
-    if not SERVER:
-        pytest.skip("COMFYSWEEP_TEST_POSTGRES_URL is not set")
-    admin = sa.create_engine(SERVER)
-    schema = f"s_{uuid.uuid4().hex[:12]}"
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    yield f"{SERVER}?options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    admin.dispose()
+    with fresh_schema("s") as url:
+        yield url
 
 
 # -- the store -------------------------------------------------------------------------------
