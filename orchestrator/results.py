@@ -130,11 +130,9 @@ class ResultsFolder:
         return removed
 
     def _check_partial(self) -> None:
-        try:
-            mode = self.partial_dir.lstat().st_mode
-        except FileNotFoundError:
+        with contextlib.suppress(FileExistsError):  # or a runner starting beside us made it
             self.partial_dir.mkdir()
-            return
+        mode = self.partial_dir.lstat().st_mode
         if not stat.S_ISDIR(mode):
             kind = "a symlink" if stat.S_ISLNK(mode) else "not a folder"
             raise ResultsError(

@@ -176,3 +176,21 @@ def test_the_store_lock_never_writes_through_a_link(
     assert "comfysweep.db.lock" in str(caught.value)
     assert bashrc.read_text() == before
     assert emulator.ledger()["jobs"] == []
+
+
+def test_a_runner_starting_beside_another_takes_the_partial_folder_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runners sharing a folder (one PostgreSQL store) start together: whichever makes .partial
+    first, the other takes it (it raised FileExistsError and ended its run before)."""
+    folder = ResultsFolder(tmp_path / "grid", get_model("community/wan-2-2/vace-fun"), "{key}")
+    real_mkdir = Path.mkdir
+
+    def beaten_to_it(self: Path, *args: object, **kwargs: object) -> None:
+        if self == folder.partial_dir:
+            real_mkdir(self)  # the other runner, between our look and our mkdir
+        real_mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "mkdir", beaten_to_it)
+    assert folder.prepare() == 0
+    assert folder.partial_dir.is_dir()
