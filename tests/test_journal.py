@@ -12,7 +12,6 @@ import json
 import shutil
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from orchestrator.sweep import Overrides, run_sweep
 
 from .sweeps import SPEC, run_until_killed, write_spec
 from .test_store import MODEL, make_jobs
+from .waiting import wait_for
 
 DRIVER = Path(__file__).with_name("kill_driver.py")
 
@@ -75,11 +75,11 @@ def test_a_store_locked_right_after_a_submit_answer_still_records_the_paid_job(
     real_submit = ModelApiClient.submit
 
     def release_once_journaled(blocker: sqlite3.Connection, request_id: str) -> None:
-        deadline = time.monotonic() + 60
-        while request_id not in journal_text(journal) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        blocker.execute("ROLLBACK")
-        blocker.close()
+        try:  # released in any case: a wait that fails shows in the run's own assertions
+            wait_for(lambda: request_id in journal_text(journal), "the request id journaled")
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
 
     async def submit(self: ModelApiClient, model_id: str, inputs: dict[str, Any]) -> Submitted:
         answer = await real_submit(self, model_id, inputs)

@@ -18,13 +18,13 @@ from orchestrator.store import Store
 from .sweeps import write_spec
 
 HOLDER = """
-import sys, time
+import signal, sys
 from orchestrator.errors import StoreError
 from orchestrator.store import Store
 store = Store.open(sys.argv[1])
 with store.lock("comfysweep run grid"):
     print("locked", flush=True)
-    time.sleep(120)
+    signal.pause()  # held until the test kills this process
 """
 
 
