@@ -15,28 +15,16 @@ from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.errors import ResultsError, StoreError
 from orchestrator.models import get_model
 from orchestrator.results import ResultsFolder
-from orchestrator.retry import RetryPolicy
-from orchestrator.runner import RunReport
 from orchestrator.store.journal import RequestJournal
-from orchestrator.sweep import Overrides, run_sweep
 
 from .sweeps import write_spec
+from .test_results_names import run
 
 
 @pytest.fixture
 def emulator() -> Iterator[Emulator]:
     with Emulator(EmulatorConfig(speed=5000.0, workers=4)) as emu:
         yield emu
-
-
-def run(spec: Path, emulator: Emulator) -> RunReport:
-    return run_sweep(
-        spec,
-        base_url=emulator.base_url,
-        token=emulator.token,
-        overrides=Overrides(poll_interval=0.02),
-        retry=RetryPolicy(wait=False),
-    )
 
 
 def test_a_symlinked_partial_folder_is_one_line_and_nothing_is_deleted_or_paid(
