@@ -429,6 +429,7 @@ def test_a_forged_or_mistyped_entry_is_skipped_never_applied(store: Store, tmp_p
     forged = [
         good | {"request_id": "x" * 65536},
         good | {"request_id": "req\nERROR forged run.log line"},
+        good | {"request_id": ".."},  # requests/../status: another resource
         good | {"request_id": "req-1", "attempt": str(row.attempts)},
         good | {"request_id": 12345},
     ]

@@ -21,7 +21,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from orchestrator.errors import StoreError
+from orchestrator.responses import valid_request_id  # pure, imports nothing of ours
 from orchestrator.store.lock import open_own
 from orchestrator.store.states import JobState
 from orchestrator.store.store import Store
@@ -38,8 +38,6 @@ __all__ = ["Entry", "RequestJournal"]
 log = logging.getLogger("comfysweep.store")
 
 PG_FILE = "comfysweep-requests.jsonl"
-# What orchestrator.responses accepts from the API (the store sits below it, so said again here).
-_REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 # The journal's files are only ever ours: a symlink put at their name is refused, never followed.
 _NEVER_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -227,7 +225,7 @@ def _sound(entry: Entry) -> bool:
         all(isinstance(t, str) for t in texts)
         and type(entry.attempt) is int
         and (entry.run is None or type(entry.run) is int)
-        and _REQUEST_ID.fullmatch(entry.request_id) is not None
+        and valid_request_id(entry.request_id) == entry.request_id
     )
 
 
