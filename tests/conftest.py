@@ -8,8 +8,11 @@ from hypothesis import HealthCheck, settings
 # No deadline and no "too slow" health check: a loaded machine is 10x slower, and a timing
 # failure says nothing about the code. The example database stays the default (.hypothesis/), so
 # a failing example replays on the next run; print_blob prints how to replay it anywhere.
+# Built on hypothesis's "default" profile, not on what is loaded now: with CI set, hypothesis
+# loads its "ci" profile (no database, derandomized), which would drop the replay.
 settings.register_profile(
     "comfysweep",
+    parent=settings.get_profile("default"),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     print_blob=True,
