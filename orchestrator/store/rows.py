@@ -73,6 +73,7 @@ class JobRow:
     in_spec: bool
     run_id: int | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    rank: int = 0  # the run order claim follows (the grid index unless the spec orders otherwise)
 
     @classmethod
     def from_row(cls, m: Mapping[Any, Any], blobs: Mapping[str, str]) -> JobRow:
@@ -103,6 +104,7 @@ class JobRow:
             in_spec=bool(m["in_spec"]),
             run_id=m["run_id"],
             sources=json.loads(m["sources"]) if m["sources"] else {},
+            rank=m["rank"],
         )
 
 

@@ -57,7 +57,14 @@ TWINS = sa.select(JOBS.c.key, JOBS.c.state).where(
 MOVE = (
     JOBS.update()
     .where(JOBS.c.key == sa.bindparam("p_key"))
-    .values({"index": sa.bindparam("p_index"), "in_spec": True, "sources": sa.bindparam("p_src")})
+    .values(
+        {
+            "index": sa.bindparam("p_index"),
+            "rank": sa.bindparam("p_index"),
+            "in_spec": True,
+            "sources": sa.bindparam("p_src"),
+        }
+    )
 )
 BLOBS_GET = sa.select(BLOBS.c.sha256, BLOBS.c.data).where(
     BLOBS.c.sha256.in_(sa.bindparam("p_shas", expanding=True))
@@ -99,7 +106,7 @@ def transition(to: JobState, sources: frozenset[JobState], fields: frozenset[str
 PICK = (
     sa.select(JOBS.c.key)
     .where(JOBS.c.state == _S.PENDING.value, JOBS.c.in_spec)
-    .order_by(JOBS.c["index"], JOBS.c.key)
+    .order_by(JOBS.c.rank, JOBS.c.key)
     .limit(sa.bindparam("p_limit", type_=sa.Integer))
 )
 _CLAIM = JOBS.update().values(set_clause(_S.SUBMITTING, frozenset())).returning(*JOBS.c)
@@ -122,6 +129,7 @@ def new_job(job: JobLike, split: Splitter, now: datetime, run_id: int | None) ->
     return {
         "key": job.key,
         "index": job.index,
+        "rank": job.index,
         "model_id": job.model_id,
         "inputs": canonical_json(inputs),
         "blob_refs": canonical_json(refs) if refs else None,

@@ -384,7 +384,7 @@ class Store:
                 rows = conn.execute(sql.CLAIM_PG, params).mappings().all()
             if rows:
                 conn.execute(sql.EVENT_INSERT, [sql.event_row(row, now, "claimed") for row in rows])
-        return sorted(self._rows(rows), key=lambda r: (r.index, r.key))
+        return sorted(self._rows(rows), key=lambda r: (r.rank, r.key))
 
     def update(self, key: str, **fields: Any) -> None:
         """Set non-state fields (e.g. outputs as they land); no event."""

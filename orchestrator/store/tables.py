@@ -78,10 +78,14 @@ class JobTable(_Base, table=True):
         sa.Index("ix_jobs_index_key", "index", "key"),
         # The spec's jobs (or the orphans) only: claim's pick in order, counts per state covered.
         sa.Index("ix_jobs_spec_state_index", "in_spec", "state", "index", "key"),
+        # Claim's pick in run order (rank), which may differ from the grid order (index).
+        sa.Index("ix_jobs_spec_state_rank", "in_spec", "state", "rank", "key"),
     )
 
     key: str = Field(sa_type=sa.Text, primary_key=True)
-    index: int
+    index: int  # the grid position (file names, the manifest)
+    # The run order: claim takes pending jobs by (rank, key); rank = index in grid order.
+    rank: int = Field(default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"})
     model_id: str = Field(sa_type=sa.Text)
     # The POST body; a large data: URI under key k is in `blobs`, its sha256 in blob_refs[k].
     inputs: str = Field(sa_type=sa.Text)
