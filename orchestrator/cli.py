@@ -96,6 +96,8 @@ class _Finite(click.FloatRange):
 
 def _flag(flag: Flag, help: str | None = None) -> Callable[[F], F]:
     """A run setting as an option: same bounds as the spec's ``run:``, no default (the spec's)."""
+    if flag.kind is str:
+        return click.option(flag.option, type=str, metavar=flag.metavar, help=help or flag.help)
     kind: click.FloatRange | click.IntRange = _Finite(flag.low, flag.high, min_open=flag.low_open)
     if flag.kind is int:
         low, high = (None if b is None else int(b) for b in (flag.low, flag.high))
