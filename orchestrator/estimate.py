@@ -113,7 +113,7 @@ def forecast(
         done=counts[JobState.DONE.value],
         pending=pending,
         in_flight=in_flight,
-        cost_usd=None if unpriced or price is None else sum(known),
+        cost_usd=None if unpriced or (price is None and costs) else sum(known),
         job_min_usd=min(known) if known else None,
         job_max_usd=max(known) if known else None,
         unpriced=unpriced,
@@ -122,7 +122,7 @@ def forecast(
         covered=None if cap_usd is None else covered,
         job_seconds=job_seconds,
         concurrency=concurrency,
-        wall_seconds=None if job_seconds is None else job_seconds * rounds,
+        wall_seconds=0.0 if not rounds else None if job_seconds is None else job_seconds * rounds,
         price_note=price_note,
     )
 
@@ -168,6 +168,8 @@ def _cost_line(f: Forecast) -> str:
 
 
 def _wall_line(f: Forecast) -> str:
+    if f.wall_seconds == 0:
+        return "estimated wall time: none (nothing left to submit)"
     if f.wall_seconds is None or f.job_seconds is None:
         return "estimated wall time: unknown (no run of this model seen yet)"
     rounds = round(f.wall_seconds / f.job_seconds) if f.job_seconds else 0

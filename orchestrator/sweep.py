@@ -47,6 +47,7 @@ __all__ = [
     "retry_jobs",
     "run_sweep",
     "store_path",
+    "sweep_left",
     "sweep_status",
 ]
 
@@ -341,6 +342,28 @@ def sweep_status(spec: Spec | str | Path, *, store: str | Path | None = None) ->
             "orphaned": sum(db.counts(in_spec=False).values()),
             "spent_usd": db.spent(),
         }
+
+
+def sweep_left(
+    spec: Spec | str | Path, *, store: str | Path | None = None, concurrency: int | None = None
+) -> estimate.Forecast | None:
+    """What is left of a sweep that ran already (None before its store exists), offline:
+    priced by the last catalog price seen, timed by the last observed job duration."""
+    spec = _loaded(spec)
+    path = store_path(spec, store)
+    if isinstance(path, Path) and not path.exists():
+        return None
+    with Store.open(path, readonly=True) as db:
+        _check_owner(spec, db)
+        return estimate.forecast(
+            db,
+            get_model(spec.model),
+            prices.last_price(spec.model),
+            concurrency=concurrency or spec.run.concurrency,
+            cap_usd=spec.run.max_cost,
+            job_seconds=prices.last_duration(spec.model),
+            price_note=f"no catalog price seen yet for {spec.model}",
+        )
 
 
 def retry_jobs(
