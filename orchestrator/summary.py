@@ -202,7 +202,7 @@ def _next_steps(
         counts.get(s.value, 0) for s in (JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED)
     )
     if stop_kind == "budget" and left and cap is not None:
-        raised = cap + left_usd if left_usd is not None else None
+        raised = max(cap, spent + left_usd) if left_usd is not None else None
         flag = "--max-cost USD" if raised is None else f"--max-cost {_cents_up(raised)}"
         steps.append(
             f"raise the cap to go on ({left} job(s) left): `{how.command('run', *flag.split())}`"
