@@ -357,7 +357,7 @@ class ModelApiClient:
             with self._scrubbed():
                 body = await self._read("GET", self.balance_base + "/balance", what)
         except ComfysweepError as exc:
-            log.warning("the %s is unknown: %s", what, exc)
+            log.warning("%s (the run goes on without it)", exc)
             return None
         value = body.get("balance_usd")
         if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
