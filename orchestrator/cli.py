@@ -162,6 +162,7 @@ def run(
         stream=sys.stderr,
         yes=yes,
         confirm=_ask if _terminal() else None,
+        out=sys.stdout,
     )
     states = ", ".join(f"{n} {s}" for s, n in report.counts.items() if n)
     click.echo(f"{states}; spent ${report.spent_usd:.2f} in {report.elapsed:.1f}s")

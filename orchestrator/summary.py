@@ -276,7 +276,7 @@ class RunAccount:
     started: float = field(default_factory=time.monotonic)
 
     def say(self, line: str) -> None:
-        """A line for the user: on the stream (the CLI's stderr) and in run.log."""
+        """A line for the user: on the stream (the CLI's stdout) and in run.log."""
         log.info("%s", line)
         if self.stream is not None:
             self.stream.write(line + "\n")

@@ -90,14 +90,16 @@ def run_sweep(
     retry: RetryPolicy | None = None,
     yes: bool = False,
     confirm: Callable[[str], bool] | None = None,
+    out: IO[str] | None = None,
 ) -> RunReport:
     """Run (or resume) a sweep to the end: submit, poll, download; returns how it ended.
 
     Jobs that differ from submitted ones only in a changed schema default are rendered again only
     with ``yes`` or when ``confirm(question)`` agrees; otherwise DefaultsChanged, nothing paid.
-    Before the first submit the estimate of what is left is said on ``stream``; above
-    ``run.confirm_above`` it needs ``yes`` or ``confirm``'s agreement (no ``confirm``: no question).
-    When the runner ends, for any reason, its account is printed and written to summary.md.
+    Before the first submit the estimate of what is left is printed on ``out`` (the CLI's stdout;
+    ``stream`` shows the progress); above ``run.confirm_above`` it needs ``yes`` or ``confirm``'s
+    agreement (no ``confirm``: no question). When the runner ends, for any reason, its account is
+    printed on ``out`` and written to summary.md.
     """
     spec = _loaded(spec).with_run(**asdict(overrides or Overrides()))
     options = _options(spec, emulator, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
@@ -122,9 +124,7 @@ def run_sweep(
             renewed = _renew_done(db)
             log.info("--force: %d finished job(s) will render again", renewed)
         how = Invocation(_typed(spec.path), emulator is not False, _shown_store(store))
-        morning = RunAccount(
-            db, how, spec.name, spec.results_dir, spec.run.max_cost, notifier, stream
-        )
+        morning = RunAccount(db, how, spec.name, spec.results_dir, spec.run.max_cost, notifier, out)
         return anyio.run(_run, db, spec, options, client, _Start(morning, agree, stream))
 
 

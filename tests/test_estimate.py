@@ -103,7 +103,7 @@ def test_a_run_says_the_estimate_before_the_first_submit(
     spec = write_spec(tmp_path, body=MIXED)
     remember_duration(WAN, 30.0, api_base=emulator.base_url)
     stream = _Stream(emulator)
-    report = run(spec, emulator, stream=stream, overrides=Overrides(poll_interval=0.02))
+    report = run(spec, emulator, out=stream, overrides=Overrides(poll_interval=0.02))
     assert report.complete
     assert stream.lines[:4] == [
         "left: 8 of 8 job(s) (8 pending); 0 done",
@@ -195,7 +195,7 @@ def test_cli_never_asks_without_a_terminal(tmp_path: Path, emulator: Emulator) -
         cli, ["run", str(spec), "--confirm-above", "1"], env=cli_env(emulator)
     )
     assert result.exit_code == 0, result.output
-    assert "estimated cost: $2.78 ($0.25 to $0.44 a job)" in result.stderr.splitlines()
+    assert "estimated cost: $2.78 ($0.25 to $0.44 a job)" in result.stdout.splitlines()
     assert "[y/N]" not in result.output
     assert len(emulator.ledger()["jobs"]) == 8
 
