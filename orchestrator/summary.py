@@ -314,9 +314,12 @@ class RunAccount:
 
     def event(self, event: str, text: str) -> None:
         """A stall or the budget, mid-run: the notifier hears it at once (from a thread)."""
-        if self.notifier is not None:
-            data = self.data(stop_reason=text, stop_kind=event)
-            self.notifier.send_soon({"event": event, **data})
+        if self.notifier is None:
+            return
+        budget = event == "budget"  # a stop: no new submits, the jobs in flight still end
+        data = self.data(stop_reason=text if budget else None, stop_kind=event if budget else None)
+        data["outcome"] = "running"
+        self.notifier.send_soon({"event": event, "text": text, **data})
 
     def end(self, data: dict[str, Any]) -> None:
         """Print the account, write summary.md beside the outputs, tell the notifier."""

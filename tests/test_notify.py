@@ -97,7 +97,9 @@ def test_the_budget_is_told_when_it_stops_the_run_and_again_at_the_end(
     assert report.stop_kind == "budget"
     events = [json.loads(post["body"]) for post in hook.received]
     assert [e["event"] for e in events] == ["budget", "end"]
-    assert events[0]["stop_reason"].startswith("budget reached")
+    assert events[0]["text"].startswith("budget reached")
+    assert events[0]["stop_kind"] == "budget"
+    assert events[0]["outcome"] == "running"  # the jobs in flight still end
     assert events[1]["outcome"] == "stopped (budget)"
 
 
@@ -213,3 +215,27 @@ def test_the_runner_tells_the_notifier_of_a_stall(tmp_path: Path) -> None:
 
     runner.on_event = broken
     runner._notify("stall", "again")  # never raises
+
+
+def test_a_stall_sends_the_account_so_far(tmp_path: Path) -> None:
+    from orchestrator.grid import iter_jobs
+    from orchestrator.spec import load_spec
+    from orchestrator.store import Store
+    from orchestrator.summary import Invocation, RunAccount
+
+    spec = load_spec(write_spec(tmp_path))
+    out = tmp_path / "stall.json"
+    with Store.open(tmp_path / "s.db") as db, db.lock(owner="test"):
+        db.sync_jobs(iter_jobs(spec), spec.model)
+        notifier = Notifier.parse(f"cat > {out}")
+        how = Invocation("grid.yaml")
+        morning = RunAccount(db, how, "grid", tmp_path, 2.0, notifier)
+        morning.event("stall", "nothing progressed for 600 s")
+        assert notifier is not None
+        notifier.drain()
+    payload = json.loads(out.read_text())
+    assert payload["event"] == "stall"
+    assert payload["text"] == "nothing progressed for 600 s"
+    assert payload["outcome"] == "running"
+    assert payload["counts"] == {"pending": 4}
+    assert payload["cap_usd"] == 2.0
