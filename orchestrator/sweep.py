@@ -193,21 +193,7 @@ async def _run(
             raise
         if progress is not None:
             progress.close()
-        after = await client.balance()
-        left = None
-        if report.stop_kind == "budget":
-            left = _forecast(db, spec, client, info).cost_usd
-        data = morning.data(
-            stop_reason=report.stop_reason,
-            stop_kind=report.stop_kind,
-            fatal=report.fatal,
-            elapsed=report.elapsed,
-            requests=client.requests_sent,
-            balance_after=after,
-            left_usd=left,
-        )
-        report.account = data
-        morning.end(data)
+        report.account = await _account_of_end(db, spec, client, info, report, morning)
     if runner.durations:
         median = statistics.median(runner.durations)
         prices.remember_duration(spec.model, median, api_base=client.base_url)
@@ -247,6 +233,32 @@ def _before_paying(
             "not confirmed: nothing submitted, nothing paid (`--yes` skips the question; "
             f"`--confirm-above USD` raises its threshold, now ${spec.run.confirm_above:.2f})"
         )
+
+
+async def _account_of_end(
+    db: Store,
+    spec: Spec,
+    client: ModelApiClient,
+    info: ModelInfo | None,
+    report: RunReport,
+    morning: RunAccount,
+) -> dict[str, Any]:
+    """The account of a run that ended (done, budget, Ctrl-C, a fatal stop): said and written."""
+    after = await client.balance()
+    left = None
+    if report.stop_kind == "budget":  # the --max-cost that would go on: priced like the start
+        left = _forecast(db, spec, client, info).cost_usd
+    data = morning.data(
+        stop_reason=report.stop_reason,
+        stop_kind=report.stop_kind,
+        fatal=report.fatal,
+        elapsed=report.elapsed,
+        requests=client.requests_sent,
+        balance_after=after,
+        left_usd=left,
+    )
+    morning.end(data)
+    return data
 
 
 def _account_of_failure(morning: RunAccount, exc: BaseException, client: ModelApiClient) -> None:
