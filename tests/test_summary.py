@@ -159,3 +159,18 @@ def test_the_resume_command_masks_a_store_password() -> None:
 
     assert _shown_store("postgresql+psycopg://me:secret@db/x") == "postgresql+psycopg://me:***@db/x"
     assert _shown_store(Path("s.db")) == "s.db"
+
+
+def test_a_summary_symlink_is_replaced_never_written_through(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    write_spec(tmp_path)
+    folder = tmp_path / "results" / "grid"
+    folder.mkdir(parents=True)
+    elsewhere = tmp_path / "bashrc"
+    elsewhere.write_text("keep me\n")
+    (folder / "summary.md").symlink_to(elsewhere)
+    assert run(emulator).complete
+    assert elsewhere.read_text() == "keep me\n"
+    assert not (folder / "summary.md").is_symlink()
+    assert summary(tmp_path)[0] == "# grid: complete"
