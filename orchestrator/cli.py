@@ -96,6 +96,8 @@ class _Finite(click.FloatRange):
 
 def _flag(flag: Flag, help: str | None = None) -> Callable[[F], F]:
     """A run setting as an option: same bounds as the spec's ``run:``, no default (the spec's)."""
+    if flag.kind is str:
+        return click.option(flag.option, type=str, metavar=flag.metavar, help=help or flag.help)
     kind: click.FloatRange | click.IntRange = _Finite(flag.low, flag.high, min_open=flag.low_open)
     if flag.kind is int:
         low, high = (None if b is None else int(b) for b in (flag.low, flag.high))
@@ -132,7 +134,10 @@ _STORE = click.option(
     "--abort", is_flag=True, help="On Ctrl-C also cancel queued jobs (running ones are billed)."
 )
 @click.option(
-    "--yes", is_flag=True, help="Render jobs that only a changed schema default makes new (pays)."
+    "--yes",
+    is_flag=True,
+    help="Ask nothing: pay above --confirm-above, and render jobs that only a changed schema "
+    "default makes new (pays).",
 )
 def run(
     spec: Path,
@@ -156,7 +161,8 @@ def run(
         handle_signals=True,
         stream=sys.stderr,
         yes=yes,
-        confirm=_ask if sys.stdin.isatty() else None,
+        confirm=_ask if _terminal() else None,
+        out=sys.stdout,
     )
     states = ", ".join(f"{n} {s}" for s, n in report.counts.items() if n)
     click.echo(f"{states}; spent ${report.spent_usd:.2f} in {report.elapsed:.1f}s")
@@ -186,6 +192,11 @@ _ORPHANED = "no longer in the spec; kept in the store and the manifest, never su
 
 def _ask(question: str) -> bool:
     return click.confirm(question, default=False, err=True)
+
+
+def _terminal() -> bool:
+    """Someone to ask: stdin and stdout are a terminal (never asks a script or a pipe)."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
 
 
 @cli.command()
@@ -356,8 +367,17 @@ def emulator(
 @click.option("--jobs", "as_jobs", is_flag=True, help="Stream every job as JSONL (key, inputs).")
 @_flag(_FLAGS["concurrency"], help="Estimate at this concurrency.")
 @click.option("--online", is_flag=True, help="Read the model's price from the live catalog first.")
-def plan(spec: Path, as_json: bool, as_jobs: bool, concurrency: int | None, online: bool) -> None:
-    """Show, offline, what a sweep will submit and roughly what it will cost."""
+@_STORE
+def plan(
+    spec: Path,
+    as_json: bool,
+    as_jobs: bool,
+    concurrency: int | None,
+    online: bool,
+    store: str | None,
+) -> None:
+    """Show, offline, what a sweep will submit and roughly what it will cost (what is left of
+    it, once it ran)."""
     from rich.console import Console
 
     from orchestrator import load_spec
@@ -374,7 +394,9 @@ def plan(spec: Path, as_json: bool, as_jobs: bool, concurrency: int | None, onli
         for record in planning.stream_jobs(loaded):
             sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         return
-    summary = planning.plan_summary(loaded)
+    from orchestrator.sweep import sweep_left
+
+    summary = planning.plan_summary(loaded, left=sweep_left(loaded, store=store))
     if as_json:
         click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
     else:

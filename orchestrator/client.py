@@ -89,6 +89,9 @@ log = logging.getLogger("comfysweep.client")
 
 DEFAULT_BASE = "https://model-api.runcomfy.net/v1"
 BASE_VAR = "RUNCOMFY_MODEL_API_BASE"
+# The account balance lives on RunComfy's serverless API (as RunComfy's own CLI reads it).
+BALANCE_BASE = "https://api.runcomfy.net/prod/v2"
+BALANCE_VAR = "RUNCOMFY_SERVERLESS_API_BASE"
 MAX_TOKEN = 4096  # RunComfy's are a few dozen characters; a longer header is refused anyway
 DEFAULT_TIMEOUT = 30.0  # seconds to wait for each answer; `comfysweep run --timeout` overrides it
 # An API answer is a small JSON document: a bigger one is read no further (a hostile or broken
@@ -142,6 +145,8 @@ class ModelApiClient:
     ) -> None:
         self.base_url = _base_url(base_url if base_url is not None else os.environ.get(BASE_VAR))
         self._token = _token(token)
+        self.balance_base = _balance_base(self.base_url)
+        self.requests_sent = 0  # every HTTP request this client made, downloads included
         self.retry = retry or RetryPolicy()
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         self._deadline = total_deadline(timeout)
@@ -247,6 +252,7 @@ class ModelApiClient:
     async def _exchange(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One API call within its total deadline, its answer read whole up to MAX_ANSWER_BYTES."""
         request = self._api.build_request(method, url, timeout=self._timeout, **kwargs)
+        self.requests_sent += 1
         try:
             with anyio.fail_after(self._deadline):
                 response = await self._api.send(request, stream=True)
@@ -341,6 +347,24 @@ class ModelApiClient:
             body = await self._read("GET", url, f"catalog entry of {model_id}", model=True)
             return parse_model(model_id, body)
 
+    async def balance(self) -> float | None:
+        """The account's balance in USD, or None when the API does not say (logged, never fatal).
+
+        ``GET {RUNCOMFY_SERVERLESS_API_BASE}/balance`` answers ``{"balance_usd": 12.5, ...}``.
+        """
+        what = "account balance"
+        try:
+            with self._scrubbed():
+                body = await self._read("GET", self.balance_base + "/balance", what)
+        except ComfysweepError as exc:
+            log.warning("%s (the run goes on without it)", exc)
+            return None
+        value = body.get("balance_usd")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            log.warning("the %s is unknown: the answer holds no balance_usd", what)
+            return None
+        return float(value)
+
     async def _read(
         self,
         method: str,
@@ -433,6 +457,7 @@ class ModelApiClient:
 
     async def download(self, url: str, dest: Path) -> Downloaded:
         """Stream ``url`` to ``dest`` without the token; the partial file is removed on failure."""
+        self.requests_sent += 1
         with self._scrubbed():
             return await self._downloader.download(url, dest)
 
@@ -452,26 +477,36 @@ def _scrub_chain(exc: BaseException, clean: Callable[[str], str]) -> None:
 _HOST = re.compile(r"[A-Za-z0-9._:-]+")  # a name or an IP address (IPv6 without its brackets)
 
 
-def _base_url(value: str | None) -> str:
+def _base_url(
+    value: str | None, var: str = BASE_VAR, default: str = DEFAULT_BASE, path: str = "/v1"
+) -> str:
     """The API base, ending in /v1 and no slash; a bare origin gets /v1 added."""
-    raw = (value or "").strip() or DEFAULT_BASE
+    raw = (value or "").strip() or default
     try:
         url = httpx.URL(raw)
     except httpx.InvalidURL as exc:
-        raise TransportError(f"{BASE_VAR}: not a valid URL: {raw!r}") from exc
+        raise TransportError(f"{var}: not a valid URL: {raw!r}") from exc
     if url.userinfo:  # never echoed: it holds a password
-        raise TransportError(f"{BASE_VAR}: must not hold a user name or password")
+        raise TransportError(f"{var}: must not hold a user name or password")
     if url.scheme not in ("http", "https") or not _HOST.fullmatch(url.host):
-        raise TransportError(
-            f"{BASE_VAR}: expected an http(s) URL such as {DEFAULT_BASE}, got {raw!r}"
-        )
+        raise TransportError(f"{var}: expected an http(s) URL such as {default}, got {raw!r}")
     if url.scheme == "http" and not _loopback(url.host):
         raise TransportError(
-            f"{BASE_VAR}: plain http would send the API token in the clear; use https "
+            f"{var}: plain http would send the API token in the clear; use https "
             f"(plain http only for an emulator on this machine), got {raw!r}"
         )
-    path = url.path.rstrip("/")
-    return str(url.copy_with(path=path or "/v1", query=None, fragment=None)).rstrip("/")
+    given = url.path.rstrip("/")
+    return str(url.copy_with(path=given or path, query=None, fragment=None)).rstrip("/")
+
+
+def _balance_base(api_base: str) -> str:
+    """The serverless API base: RUNCOMFY_SERVERLESS_API_BASE, else the emulator's own (a Model
+    API on this machine serves ``/prod/v2/balance`` too), else RunComfy's."""
+    value = os.environ.get(BALANCE_VAR, "").strip()
+    if not value:
+        api = httpx.URL(api_base)
+        value = str(api.copy_with(path="/prod/v2")) if _loopback(api.host) else BALANCE_BASE
+    return _base_url(value, BALANCE_VAR, BALANCE_BASE, "/prod/v2")
 
 
 def _token(value: str | None) -> str:

@@ -5,6 +5,7 @@ Offline: nothing here talks to the network. The CLI renders this as a table or J
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from orchestrator.estimate import Forecast, forecast_lines
 from orchestrator.grid import Job, count_jobs, iter_jobs
 from orchestrator.models import get_model
 from orchestrator.prices import estimate
@@ -22,12 +24,21 @@ from orchestrator.spec import Spec
 __all__ = ["job_record", "plan_summary", "render_plan", "short", "stream_jobs", "varying_fields"]
 
 FIRST_JOBS = 5
+_FORECAST_FIELDS = tuple(f.name for f in dataclasses.fields(Forecast))
 
 
 def plan_summary(
-    spec: Spec, *, concurrency: int | None = None, first: int = FIRST_JOBS
+    spec: Spec,
+    *,
+    concurrency: int | None = None,
+    first: int = FIRST_JOBS,
+    left: Forecast | None = None,
 ) -> dict[str, Any]:
-    """The plan as one JSON-ready object (``jobs`` and ``estimated_cost_usd`` among it)."""
+    """The plan as one JSON-ready object (``jobs`` and ``estimated_cost_usd`` among it).
+
+    ``estimated_*`` is the whole spec's; ``left`` (None before the sweep's store exists) is what
+    is left of it: jobs done and left, their estimated cost, and what was spent so far.
+    """
     count = count_jobs(spec)
     workers = concurrency or spec.run.concurrency
     guess = estimate(spec, count, concurrency=workers)
@@ -60,6 +71,7 @@ def plan_summary(
         "filename": spec.filename,
         "varying": varying_fields(spec),
         "first_jobs": [job_record(job) for job in itertools.islice(iter_jobs(spec), first)],
+        "left": None if left is None else left.as_dict(),
     }
 
 
@@ -137,6 +149,12 @@ def render_plan(summary: dict[str, Any], console: Console) -> None:
             cells = [_cell(job, c) for c in columns]
             table.add_row(str(job["index"]), job["key"][:10], *cells)
         console.print(table)
+    left = summary.get("left")
+    if left is not None:  # the sweep ran already: what is left of it, not the whole spec
+        console.print(f"spent so far: ${left['spent_usd']:,.2f}", highlight=False)
+        for line in forecast_lines(Forecast(**{k: left[k] for k in _FORECAST_FIELDS})):
+            console.print(escape(line), highlight=False)
+        return
     cost = summary["estimated_cost_usd"]
     wall = summary["estimated_wall_seconds"]
     cost_text = "unknown" if cost is None else f"${cost:,.2f}"

@@ -64,7 +64,7 @@ STORE_FILE = "comfysweep.db"
 PARTIAL = ".partial"
 # Every name the tool writes at the top of a results folder; no output may take one. The store's
 # name is a prefix: its -wal, -shm, -journal and .lock files, and any journal beside it, are its.
-TOOL_FILES = (MANIFEST, METADATA, LOG_FILE, "summary.md", "report.html", PARTIAL)
+TOOL_FILES = (MANIFEST, METADATA, LOG_FILE, "summary.md", "summary.json", "report.html", PARTIAL)
 _FALLBACKS = 100  # numbered fallback names tried before a folder is declared unusable
 _DATA_URI_SHOWN = 64
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}

@@ -93,6 +93,8 @@ class RunReport:
     messages: list[str] = field(default_factory=list)
     results_dir: Path | None = None
     orphaned: int = 0  # jobs no longer in the spec (not in ``counts``): kept, never submitted
+    stop_kind: str | None = None  # what stopped it: "budget", "interrupted", ... (None: nothing)
+    account: dict[str, Any] | None = None  # the morning account (summary.md), once written
 
     @property
     def complete(self) -> bool:
@@ -120,6 +122,9 @@ class Runner:
         self.progress = progress
         self.price_per_job = price_per_job
         self._stop_reason: str | None = None
+        self._stop_kind: str | None = None
+        # Told of "stall" and "budget" events (the notifier, set by sweep.run_sweep).
+        self.on_event: Callable[[str, str], None] | None = None
         self._fatal = False
         self._messages: list[str] = []
         self._remote = 0  # jobs submitting, queued or running on the remote side
@@ -142,11 +147,14 @@ class Runner:
 
     # -- public -----------------------------------------------------------------------------
 
-    def stop(self, reason: str, *, fatal: bool = False) -> None:
+    def stop(self, reason: str, *, fatal: bool = False, kind: str | None = None) -> None:
         """Submit nothing more; jobs in flight are still polled and downloaded."""
         if self._stop_reason is None:
             self._stop_reason = reason
+            self._stop_kind = kind
             self._say(reason)
+            if kind == "budget":
+                self._notify("budget", reason)
         self._fatal = self._fatal or fatal
         self._wake()
 
@@ -193,6 +201,7 @@ class Runner:
             messages=self._messages,
             results_dir=self.folder.root,
             orphaned=sum(self.store.counts(in_spec=False).values()),
+            stop_kind=self._stop_kind,
         )
 
     # -- start-up ---------------------------------------------------------------------------
@@ -285,7 +294,10 @@ class Runner:
         guess = self.price_per_job or 0.0
         committed = self._spent + sum(guess if v is None else v for v in self._committed.values())
         if committed + estimate > limit:
-            self.stop(f"budget reached: ${committed:.2f} spent or committed of ${limit:.2f}")
+            self.stop(
+                f"budget reached: ${committed:.2f} spent or committed of ${limit:.2f}",
+                kind="budget",
+            )
             return True
         return True
 
@@ -755,7 +767,8 @@ class Runner:
                     return
                 self.stop(
                     "interrupted: no new submits; waiting for jobs in flight "
-                    "(Ctrl-C again to exit now, the next run resumes)"
+                    "(Ctrl-C again to exit now, the next run resumes)",
+                    kind="interrupted",
                 )
                 if self.options.abort_on_stop:
                     await self._cancel_queued()
@@ -770,6 +783,15 @@ class Runner:
                 f"{report.not_cancellable} job(s) already running cannot be cancelled "
                 "and will be billed"
             )
+
+    def _notify(self, event: str, text: str) -> None:
+        """Tell the notifier (if any) of ``event`` ("stall", "budget"); never fails the run."""
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(event, text)
+        except Exception as exc:  # a notifier is never worth a paid run
+            log.warning("notify %s: %s", event, exc)
 
     def _say(self, text: str) -> None:
         self._messages.append(text)

@@ -69,6 +69,19 @@ class RunSettings(BaseModel):
     timeout: Annotated[float, Setting("seconds to wait for each HTTP answer", flag="S")] = Field(
         DEFAULT_TIMEOUT, ge=0.1, le=600
     )
+    confirm_above: Annotated[
+        float,
+        Setting("on a terminal, ask before a run whose estimate is above this (USD)", flag="USD"),
+    ] = Field(5.0, ge=0)
+    notify: Annotated[
+        str | None,
+        Setting(
+            "a shell command or an http(s) URL told (summary JSON) when the run ends, "
+            "stalls or meets its budget",
+            flag="TARGET",
+            shown="none",
+        ),
+    ] = Field(None, min_length=1, max_length=4096)
 
 
 @dataclass(frozen=True)
@@ -78,7 +91,7 @@ class Flag:
     name: str  # the setting's name, e.g. "poll_interval"
     option: str  # "--poll-interval"
     metavar: str
-    kind: type[int] | type[float]
+    kind: type[int] | type[float] | type[str]
     low: float | None  # an int for an int setting
     high: float | None
     low_open: bool
@@ -107,7 +120,9 @@ def flags() -> list[Flag]:
                 low, low_open = _real(bound.gt), True
             elif isinstance(bound, annotated_types.Le):
                 high = _real(bound.le)
-        kind = int if field.annotation is int else float
+        kind: type[int] | type[float] | type[str] = int if field.annotation is int else float
+        if field.annotation in (str, str | None):
+            kind = str
         text = f"{about.help[:1].upper()}{about.help[1:]} (run.{name}, default {_shown(name)})."
         text = text.replace("`", "")
         out.append(
@@ -123,7 +138,9 @@ def readme_rows() -> list[str]:
     for name in RunSettings.model_fields:
         meaning = setting(name).help
         flag = by_name.get(name)
-        if flag is not None:
+        if flag is not None and flag.kind is str:
+            meaning += f" (`{flag.option} {flag.metavar}`)"
+        elif flag is not None:
             meaning += f"; {_bounds(flag)} (`{flag.option} {flag.metavar}`)"
         rows.append(f"| `run.{name}` | {meaning} | {_shown(name)} |")
     return rows

@@ -11,6 +11,7 @@ import socket
 import stat
 import statistics
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,11 +19,13 @@ from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 
-from orchestrator import drift, prices
+from orchestrator import drift, estimate, prices
+from orchestrator.apierrors import TOKEN_VARS
 from orchestrator.client import ModelApiClient, ModelInfo
 from orchestrator.errors import ComfysweepError, StoreError
 from orchestrator.grid import iter_jobs
 from orchestrator.models import get_model
+from orchestrator.notify import Notifier
 from orchestrator.progress import make_progress
 from orchestrator.results import LOG_FILE, STORE_FILE, ResultsFolder
 from orchestrator.retry import RetryPolicy
@@ -30,6 +33,7 @@ from orchestrator.runner import CancelReport, Runner, RunOptions, RunReport, can
 from orchestrator.settings import emulated_poll
 from orchestrator.spec import Spec, load_spec
 from orchestrator.store import RETRYABLE, JobState, Store
+from orchestrator.summary import Invocation, RunAccount
 
 if TYPE_CHECKING:
     from orchestrator.emulator import EmulatorConfig
@@ -43,6 +47,7 @@ __all__ = [
     "retry_jobs",
     "run_sweep",
     "store_path",
+    "sweep_left",
     "sweep_status",
 ]
 
@@ -61,6 +66,8 @@ class Overrides:
     poll_interval: float | None = None
     max_cost: float | None = None
     timeout: float | None = None
+    confirm_above: float | None = None
+    notify: str | None = None
 
 
 def store_path(spec: Spec, store: str | Path | None = None) -> str | Path:
@@ -83,14 +90,20 @@ def run_sweep(
     retry: RetryPolicy | None = None,
     yes: bool = False,
     confirm: Callable[[str], bool] | None = None,
+    out: IO[str] | None = None,
 ) -> RunReport:
     """Run (or resume) a sweep to the end: submit, poll, download; returns how it ended.
 
     Jobs that differ from submitted ones only in a changed schema default are rendered again only
     with ``yes`` or when ``confirm(question)`` agrees; otherwise DefaultsChanged, nothing paid.
+    Before the first submit the estimate of what is left is printed on ``out`` (the CLI's stdout;
+    ``stream`` shows the progress); above ``run.confirm_above`` it needs ``yes`` or ``confirm``'s
+    agreement (no ``confirm``: no question). When the runner ends, for any reason, its account is
+    printed on ``out`` and written to summary.md.
     """
     spec = _loaded(spec).with_run(**asdict(overrides or Overrides()))
     options = _options(spec, emulator, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
+    notifier = Notifier.parse(spec.run.notify, token=token)  # malformed: said before any cost
     if emulator is False:
         ModelApiClient.check_token(token)  # no token: say so before touching the store
     _make_folder(spec.results_dir)
@@ -102,17 +115,17 @@ def run_sweep(
         _backend(emulator, spec, base_url, token) as (url, key),
     ):
         client = ModelApiClient(url, key, retry=retry, timeout=options.timeout)
+        if notifier is not None:
+            notifier.token = key or _env_token()
         _check_owner(spec, db, db.bind_sweep(spec.name))
-        _sync(db, spec, (lambda _: True) if yes else confirm)
+        agree = (lambda _: True) if yes else confirm
+        _sync(db, spec, agree)
         if force:
             renewed = _renew_done(db)
             log.info("--force: %d finished job(s) will render again", renewed)
-        progress = make_progress(stream) if stream is not None else None
-        try:
-            return anyio.run(_run, db, spec, options, client, progress)
-        finally:
-            if progress is not None:
-                progress.close()
+        how = Invocation(_typed(spec.path), emulator is not False, _shown_store(store))
+        morning = RunAccount(db, how, spec.name, spec.results_dir, spec.run.max_cost, notifier, out)
+        return anyio.run(_run, db, spec, options, client, _Start(morning, agree, stream))
 
 
 def _sync(db: Store, spec: Spec, confirm: Callable[[str], bool] | None) -> None:
@@ -142,25 +155,157 @@ def _check_owner(spec: Spec, db: Store, owner: Any = None) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Start:
+    """What a run needs around the runner: the account, the question, the user's stream."""
+
+    account: RunAccount
+    confirm: Callable[[str], bool] | None
+    stream: IO[str] | None
+
+
 async def _run(
     db: Store,
     spec: Spec,
     options: RunOptions,
     client: ModelApiClient,
-    progress: Any,
+    start: _Start,
 ) -> RunReport:
     model = get_model(spec.model)
     folder = ResultsFolder(spec.results_dir, model, spec.filename)
+    morning = start.account
     async with client:
         info = await _catalog(client, spec.model)
         sample = next(iter(db.jobs([JobState.PENDING], in_spec=True)), None)
         price = prices.job_cost(model, info, sample.inputs) if info and sample else None
+        _before_paying(db, spec, client, info, start)
+        morning.balance_before = await client.balance()
+        morning.started = time.monotonic()
+        progress = make_progress(start.stream) if start.stream is not None else None
         runner = Runner(db, client, folder, options, progress=progress, price_per_job=price)
-        report = await runner.run()
+        runner.on_event = morning.event
+        try:
+            report = await runner.run()
+        except BaseException as exc:
+            if progress is not None:
+                progress.close()
+            _account_of_failure(morning, exc, client)
+            raise
+        if progress is not None:
+            progress.close()
+        report.account = await _account_of_end(db, spec, client, info, report, morning)
     if runner.durations:
         median = statistics.median(runner.durations)
         prices.remember_duration(spec.model, median, api_base=client.base_url)
     return report
+
+
+def _forecast(
+    db: Store, spec: Spec, client: ModelApiClient, info: ModelInfo | None
+) -> estimate.Forecast:
+    """What is left, priced by the catalog answer (or the price remembered from the last one)."""
+    price: prices.PriceInfo | None = info
+    if info is None or info.base_price_usd is None:
+        price = prices.last_price(spec.model, api_base=client.base_url)
+    return estimate.forecast(
+        db,
+        get_model(spec.model),
+        price,
+        concurrency=spec.run.concurrency,
+        cap_usd=spec.run.max_cost,
+        job_seconds=prices.last_duration(spec.model, api_base=client.base_url),
+        price_note=f"no catalog price seen yet for {spec.model}",
+    )
+
+
+def _before_paying(
+    db: Store, spec: Spec, client: ModelApiClient, info: ModelInfo | None, start: _Start
+) -> None:
+    """Say what is left and what it costs; above ``run.confirm_above``, ask (on a terminal)."""
+    ahead = _forecast(db, spec, client, info)
+    for line in estimate.forecast_lines(ahead):
+        start.account.say(line)
+    payable = ahead.payable_usd
+    if start.confirm is None or ahead.pending == 0 or payable is None:
+        return
+    if payable > spec.run.confirm_above and not start.confirm(estimate.question(ahead)):
+        raise estimate.Declined(
+            "not confirmed: nothing submitted, nothing paid (`--yes` skips the question; "
+            f"`--confirm-above USD` raises its threshold, now ${spec.run.confirm_above:.2f})"
+        )
+
+
+async def _account_of_end(
+    db: Store,
+    spec: Spec,
+    client: ModelApiClient,
+    info: ModelInfo | None,
+    report: RunReport,
+    morning: RunAccount,
+) -> dict[str, Any]:
+    """The account of a run that ended (done, budget, Ctrl-C, a fatal stop): said and written."""
+    after = await client.balance()
+    left = None
+    if report.stop_kind == "budget":  # the --max-cost that would go on: priced like the start
+        left = _forecast(db, spec, client, info).cost_usd
+    data = morning.data(
+        stop_reason=report.stop_reason,
+        stop_kind=report.stop_kind,
+        fatal=report.fatal,
+        elapsed=report.elapsed,
+        requests=client.requests_sent,
+        balance_after=after,
+        left_usd=left,
+    )
+    morning.end(data)
+    return data
+
+
+def _account_of_failure(morning: RunAccount, exc: BaseException, client: ModelApiClient) -> None:
+    """The account of a run an error (or a second Ctrl-C) ended; never hides that error."""
+    reason = str(exc) or type(exc).__name__
+    stopped = isinstance(exc, KeyboardInterrupt | anyio.get_cancelled_exc_class())
+    kind = "interrupted" if stopped else "error"
+    try:
+        morning.end(
+            morning.data(
+                stop_reason=reason, stop_kind=kind, fatal=True, requests=client.requests_sent
+            )
+        )
+    except (ComfysweepError, OSError) as failure:  # the store itself may be what failed
+        log.warning("the run's account could not be made: %s", failure)
+
+
+def _env_token() -> str | None:
+    for name in TOKEN_VARS:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def _typed(path: Path) -> str:
+    """The spec's path as the user would type it here: relative when under this folder."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def _shown_store(store: str | Path | None) -> str | None:
+    """``--store`` as the summary repeats it: a URL's password masked."""
+    if store is None:
+        return None
+    text = str(store)
+    if "://" not in text:
+        return text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(text).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "URL"
 
 
 async def _catalog(client: ModelApiClient, model_id: str) -> ModelInfo | None:
@@ -209,6 +354,28 @@ def sweep_status(spec: Spec | str | Path, *, store: str | Path | None = None) ->
             "orphaned": sum(db.counts(in_spec=False).values()),
             "spent_usd": db.spent(),
         }
+
+
+def sweep_left(
+    spec: Spec | str | Path, *, store: str | Path | None = None, concurrency: int | None = None
+) -> estimate.Forecast | None:
+    """What is left of a sweep that ran already (None before its store exists), offline:
+    priced by the last catalog price seen, timed by the last observed job duration."""
+    spec = _loaded(spec)
+    path = store_path(spec, store)
+    if isinstance(path, Path) and not path.exists():
+        return None
+    with Store.open(path, readonly=True) as db:
+        _check_owner(spec, db)
+        return estimate.forecast(
+            db,
+            get_model(spec.model),
+            prices.last_price(spec.model),
+            concurrency=concurrency or spec.run.concurrency,
+            cap_usd=spec.run.max_cost,
+            job_seconds=prices.last_duration(spec.model),
+            price_note=f"no catalog price seen yet for {spec.model}",
+        )
 
 
 def retry_jobs(

@@ -132,6 +132,8 @@ def create_app(state: EmulatorState) -> EmulatorApp:
         Route("/v1/requests/{request_id}/result", api.result, methods=["GET"]),
         Route("/v1/requests/{request_id}/cancel", api.cancel, methods=["POST"]),
         Route("/outputs/{token}/{name}", api.download, methods=["GET", "HEAD"]),
+        # RunComfy's serverless API (another base, the same token) answers the balance.
+        Route("/prod/v2/balance", api.balance, methods=["GET"]),
         Route("/_emulator/ledger", api.ledger, methods=["GET"]),
         Route("/_emulator/restart", api.restart, methods=["POST"]),
     ]
@@ -351,6 +353,15 @@ class _Api:
                 return StreamingResponse(iter([body]), media_type="video/mp4", headers=headers)
             return TruncatedResponse(body, rendered.size, headers)
         return FileResponse(rendered.path, media_type="video/mp4", headers=headers)
+
+    async def balance(self, request: Request) -> Response:
+        """The token's account balance: what the ledger has not billed yet."""
+        try:
+            account = self._account(request)
+        except _Refused as refused:
+            return refused.response
+        self.farm.advance()
+        return JSONResponse({"balance_usd": round(account.balance_usd, 6), "currency": "USD"})
 
     async def ledger(self, request: Request) -> Response:
         return JSONResponse(self.state.ledger())

@@ -1,0 +1,211 @@
+"""What is left of a sweep, and what it will cost: said before the first submit and by ``plan``.
+
+Reads the store (streamed, never materialised) and a price (the catalog answer a run fetches, or
+the remembered one): jobs left, their estimated cost (each job's own, from its frames and fps),
+the wall time from the last observed job duration, and how many jobs the budget still covers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from orchestrator.errors import ComfysweepError
+from orchestrator.models import Model
+from orchestrator.prices import PriceInfo, job_cost
+from orchestrator.store import JobState, Store
+
+__all__ = ["Declined", "Forecast", "forecast", "forecast_lines", "question"]
+
+# Jobs that may still be billed and hold no recorded cost yet.
+_UNBILLED = (JobState.SUBMITTING, JobState.QUEUED, JobState.RUNNING)
+# Jobs a resumed run takes over: polled, or downloaded.
+_IN_FLIGHT = (*_UNBILLED, JobState.SUCCEEDED)
+
+
+class Declined(ComfysweepError):
+    """The user did not confirm the estimate: nothing was submitted, nothing paid."""
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """What a run would do with what is left; None where it cannot be known."""
+
+    total: int  # the spec's jobs in the store
+    done: int
+    pending: int
+    in_flight: int  # submitting, queued, running or succeeded: resumed, not submitted again
+    cost_usd: float | None  # pending and unbilled in-flight jobs, each at its own estimate
+    job_min_usd: float | None
+    job_max_usd: float | None
+    unpriced: int  # jobs left whose cost cannot be estimated (no price, or no frames/fps)
+    spent_usd: float
+    cap_usd: float | None
+    covered: int | None  # pending jobs the rest of the budget covers (None: no cap, or unknown)
+    job_seconds: float | None
+    concurrency: int
+    wall_seconds: float | None
+    price_note: str
+
+    @property
+    def left(self) -> int:
+        return self.pending + self.in_flight
+
+    @property
+    def payable_usd(self) -> float | None:
+        """The most this run can pay: the estimate, or the rest of the cap if lower."""
+        if self.cost_usd is None:
+            return None
+        if self.cap_usd is None:
+            return self.cost_usd
+        return max(0.0, min(self.cost_usd, self.cap_usd - self.spent_usd))
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["left"] = self.left
+        for name in ("cost_usd", "job_min_usd", "job_max_usd", "spent_usd"):
+            if data[name] is not None:
+                data[name] = round(data[name], 4)
+        return data
+
+
+def forecast(
+    store: Store,
+    model: Model,
+    price: PriceInfo | None,
+    *,
+    concurrency: int,
+    cap_usd: float | None,
+    job_seconds: float | None,
+    price_note: str = "",
+) -> Forecast:
+    """The forecast of the store's spec jobs left, each priced from its own inputs."""
+    counts = store.counts(in_spec=True)
+    spent = store.spent()
+    unbilled = list(_costs(store, model, price, _UNBILLED))  # at most the jobs in flight
+    reserved = sum(c for c in unbilled if c is not None)
+    remaining = None if cap_usd is None else cap_usd - spent - reserved
+    costs: list[float | None] = list(unbilled)
+    covered: int | None = 0
+    running_total = 0.0
+    for cost in _costs(store, model, price, (JobState.PENDING,)):
+        costs.append(cost)
+        if covered is None or remaining is None or cost is None:
+            covered = None
+            continue
+        if running_total + cost <= remaining + 1e-9:
+            running_total += cost
+            covered += 1
+        else:
+            remaining = -math.inf  # the claim order stops at the first job the cap refuses
+    known = [c for c in costs if c is not None]
+    unpriced = len(costs) - len(known)
+    pending = counts[JobState.PENDING.value]
+    in_flight = sum(counts[s.value] for s in _IN_FLIGHT)
+    remote = pending + sum(counts[s.value] for s in _UNBILLED)
+    if cap_usd is not None and covered is not None:
+        remote = covered + sum(counts[s.value] for s in _UNBILLED)
+    rounds = math.ceil(remote / concurrency)
+    return Forecast(
+        total=sum(counts.values()),
+        done=counts[JobState.DONE.value],
+        pending=pending,
+        in_flight=in_flight,
+        cost_usd=None if unpriced or (price is None and costs) else sum(known),
+        job_min_usd=min(known) if known else None,
+        job_max_usd=max(known) if known else None,
+        unpriced=unpriced,
+        spent_usd=spent,
+        cap_usd=cap_usd,
+        covered=None if cap_usd is None else covered,
+        job_seconds=job_seconds,
+        concurrency=concurrency,
+        wall_seconds=0.0 if not rounds else None if job_seconds is None else job_seconds * rounds,
+        price_note=price_note,
+    )
+
+
+def _costs(
+    store: Store, model: Model, price: PriceInfo | None, states: tuple[JobState, ...]
+) -> Iterator[float | None]:
+    for row in store.jobs(states, in_spec=True):
+        yield None if price is None else job_cost(model, price, row.inputs)
+
+
+def forecast_lines(f: Forecast) -> list[str]:
+    """The forecast as the lines a user reads before anything is paid."""
+    lines = [_left_line(f), _cost_line(f), _wall_line(f), _cap_line(f)]
+    return [line for line in lines if line]
+
+
+def question(f: Forecast) -> str:
+    """What the run asks on a terminal when the estimate is above ``run.confirm_above``."""
+    return f"Submit {f.pending} job(s) for about {_usd(f.payable_usd or 0.0)}?"
+
+
+def _left_line(f: Forecast) -> str:
+    parts = [f"{f.pending} pending"]
+    if f.in_flight:
+        parts.append(f"{f.in_flight} in flight, resumed")
+    return f"left: {f.left} of {f.total} job(s) ({', '.join(parts)}); {f.done} done"
+
+
+def _cost_line(f: Forecast) -> str:
+    if f.cost_usd is None:
+        why = f.price_note or "no catalog price seen yet"
+        if f.unpriced and f.job_min_usd is not None:
+            why = f"{f.unpriced} job(s) without frames/fps to price"
+        return f"estimated cost: unknown ({why})"
+    if f.job_min_usd is None or f.job_max_usd is None:
+        return f"estimated cost: {_usd(f.cost_usd)}"
+    if math.isclose(f.job_min_usd, f.job_max_usd):
+        each = f"{_usd(f.job_min_usd)} a job"
+    else:
+        each = f"{_usd(f.job_min_usd)} to {_usd(f.job_max_usd)} a job"
+    return f"estimated cost: {_usd(f.cost_usd)} ({each})"
+
+
+def _wall_line(f: Forecast) -> str:
+    if f.wall_seconds == 0:
+        return "estimated wall time: none (nothing left to submit)"
+    if f.wall_seconds is None or f.job_seconds is None:
+        return "estimated wall time: unknown (no run of this model seen yet)"
+    rounds = round(f.wall_seconds / f.job_seconds) if f.job_seconds else 0
+    return (
+        f"estimated wall time: {duration(f.wall_seconds)} at concurrency {f.concurrency} "
+        f"({f.job_seconds:.3g} s a job, {rounds} round(s))"
+    )
+
+
+def _cap_line(f: Forecast) -> str:
+    if f.cap_usd is None:
+        return "cap: none (`--max-cost USD` sets one)"
+    head = f"cap: {_usd(f.cap_usd)}, {_usd(f.spent_usd)} spent"
+    if f.covered is None:
+        return f"{head}; how many jobs it covers is unknown without a price"
+    if f.covered >= f.pending:
+        return f"{head}; covers every job left"
+    short = f.pending - f.covered
+    raise_to = ""
+    if f.cost_usd is not None:
+        raise_to = f" (`--max-cost {_cents_up(f.spent_usd + f.cost_usd)}` covers all)"
+    return (
+        f"{head}; covers {f.covered} of {f.pending} pending job(s), {short} left undone{raise_to}"
+    )
+
+
+def duration(seconds: float) -> str:
+    """``1h05m`` or ``4m07s``."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _usd(value: float) -> str:
+    return f"${value:,.2f}"
+
+
+def _cents_up(value: float) -> str:
+    return f"{math.ceil(round(value * 100, 6)) / 100:.2f}"

@@ -1,0 +1,241 @@
+"""Tell someone: run.notify, a URL (a POST) or a shell command (JSON on stdin); never the token."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import cli
+from orchestrator.emulator import Emulator, EmulatorConfig
+from orchestrator.errors import ComfysweepError
+from orchestrator.notify import Notifier
+from orchestrator.sweep import Overrides, run_sweep
+
+from .sweeps import write_spec
+
+ONE_JOB = 0.05 * 81 / 16
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    with Emulator(EmulatorConfig(speed=2000.0, workers=4)) as emu:
+        yield emu
+
+
+class _Hook:
+    """A local webhook: keeps every request it receives (path, headers, body)."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                hook.received.append(
+                    {"path": self.path, "headers": dict(self.headers), "body": body.decode()}
+                )
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook?topic=sweeps"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hook() -> Iterator[_Hook]:
+    server = _Hook()
+    yield server
+    server.close()
+
+
+def run(spec: Path, emu: Emulator, **settings: Any) -> Any:
+    settings.setdefault("poll_interval", 0.02)
+    return run_sweep(spec, base_url=emu.base_url, token=emu.token, overrides=Overrides(**settings))
+
+
+def test_a_url_receives_the_summary_as_a_post_without_the_token(
+    tmp_path: Path, emulator: Emulator, hook: _Hook
+) -> None:
+    spec = write_spec(tmp_path)
+    report = run(spec, emulator, notify=hook.url)
+    assert report.complete
+    (post,) = hook.received
+    payload = json.loads(post["body"])
+    assert payload["event"] == "end"
+    assert payload["counts"] == {"done": 4}
+    assert payload["outcome"] == "complete"
+    assert payload == {"event": "end", **report.account}
+    assert post["path"] == "/hook?topic=sweeps"
+    assert post["headers"]["Content-Type"] == "application/json"
+    assert "Authorization" not in post["headers"]
+    assert emulator.token not in json.dumps(post)
+
+
+def test_the_budget_is_told_when_it_stops_the_run_and_again_at_the_end(
+    tmp_path: Path, emulator: Emulator, hook: _Hook
+) -> None:
+    spec = write_spec(tmp_path)
+    report = run(spec, emulator, notify=hook.url, concurrency=1, max_cost=ONE_JOB * 1.5)
+    assert report.stop_kind == "budget"
+    events = [json.loads(post["body"]) for post in hook.received]
+    assert [e["event"] for e in events] == ["budget", "end"]
+    assert events[0]["text"].startswith("budget reached")
+    assert events[0]["stop_kind"] == "budget"
+    assert events[0]["outcome"] == "running"  # the jobs in flight still end
+    assert events[1]["outcome"] == "stopped (budget)"
+
+
+def test_a_command_reads_the_summary_on_stdin_and_has_no_token_in_its_environment(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNCOMFY_API_TOKEN", emulator.token)
+    monkeypatch.setenv("RUNCOMFY_TOKEN", emulator.token)
+    monkeypatch.setenv("HF_TOKEN", "hf-secret")
+    monkeypatch.setenv("ALIAS_OF_THE_KEY", emulator.token)
+    monkeypatch.setenv("SWEEP_NOTE", "kept")
+    spec = write_spec(tmp_path)
+    out, env = tmp_path / "got.json", tmp_path / "env.txt"
+    command = f"cat > {out}; env > {env}"
+    report = run_sweep(
+        spec, base_url=emulator.base_url, overrides=Overrides(poll_interval=0.02, notify=command)
+    )
+    assert report.complete
+    payload = json.loads(out.read_text())
+    assert payload["event"] == "end"
+    assert payload["counts"] == {"done": 4}
+    names = {line.split("=", 1)[0] for line in env.read_text().splitlines() if "=" in line}
+    assert "SWEEP_NOTE" in names
+    assert not names & {"RUNCOMFY_API_TOKEN", "RUNCOMFY_TOKEN", "HF_TOKEN", "ALIAS_OF_THE_KEY"}
+    assert emulator.token not in env.read_text()
+    assert emulator.token not in out.read_text()
+
+
+def test_a_failing_notifier_is_one_logged_line_never_fatal(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    spec = write_spec(tmp_path)
+    report = run(spec, emulator, notify="echo 'no route to pager' >&2; exit 3")
+    assert report.complete
+    log = (tmp_path / "results" / "grid" / "run.log").read_text()
+    (line,) = [line for line in log.splitlines() if "notify" in line and "failed" in line]
+    assert line.endswith("notify echo failed: exit 3: no route to pager")
+
+
+def test_a_refused_post_and_an_unreachable_url_are_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    notifier = Notifier.parse("http://127.0.0.1:9/nobody-listens")
+    assert notifier is not None
+    with caplog.at_level(logging.WARNING, logger="comfysweep.notify"):
+        assert notifier.send({"event": "end"}) is False
+    (record,) = caplog.records
+    assert record.getMessage().startswith("notify http://127.0.0.1 failed: ")
+
+
+def test_a_hanging_command_is_given_up_after_its_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    notifier = Notifier.parse("sleep 60")
+    assert notifier is not None
+    notifier.timeout = 0.2
+    with caplog.at_level(logging.WARNING, logger="comfysweep.notify"):
+        assert notifier.send({"event": "end"}) is False
+    (record,) = caplog.records
+    assert record.getMessage() == "notify sleep failed: no answer within 0.2 s"
+
+
+def test_the_token_never_reaches_the_payload(tmp_path: Path) -> None:
+    out = tmp_path / "got.json"
+    notifier = Notifier.parse(f"cat > {out}", token="tok-123456")
+    assert notifier is not None
+    assert notifier.send({"event": "end", "top_errors": [{"error": "bad token tok-123456"}]})
+    assert "tok-123456" not in out.read_text()
+    assert json.loads(out.read_text())["top_errors"][0]["error"] == "bad token ***"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("ftp://x", "run.notify (--notify): only http(s) URLs or shell commands, got ftp://"),
+        ("http://", "run.notify (--notify): the URL has no host: 'http://'"),
+        ("   ", "run.notify (--notify): empty; give an http(s) URL or a shell command"),
+        ("echo 'open", "run.notify (--notify): not a shell command (No closing quotation)"),
+    ],
+)
+def test_a_malformed_notify_is_one_line_before_anything_is_paid(
+    tmp_path: Path, emulator: Emulator, value: str, message: str
+) -> None:
+    with pytest.raises(ComfysweepError) as caught:
+        Notifier.parse(value)
+    assert str(caught.value).startswith(message)
+    spec = write_spec(tmp_path)
+    env = {"RUNCOMFY_MODEL_API_BASE": emulator.base_url, "RUNCOMFY_API_TOKEN": emulator.token}
+    result = CliRunner().invoke(cli, ["run", str(spec), "--notify", value], env=env)
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"Error: {message}")
+    assert emulator.ledger()["jobs"] == []
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_url_holding_the_token_is_refused() -> None:
+    with pytest.raises(ComfysweepError, match="holds the API token"):
+        Notifier.parse("https://hooks.example/x?key=tok-123456", token="tok-123456")
+
+
+def test_the_runner_tells_the_notifier_of_a_stall(tmp_path: Path) -> None:
+    from orchestrator.runner import Runner
+
+    heard: list[tuple[str, str]] = []
+    runner = Runner.__new__(Runner)
+    runner.on_event = lambda event, text: heard.append((event, text))
+    runner._notify("stall", "nothing moved for 10 min")
+    assert heard == [("stall", "nothing moved for 10 min")]
+
+    def broken(event: str, text: str) -> None:
+        raise OSError("pipe")
+
+    runner.on_event = broken
+    runner._notify("stall", "again")  # never raises
+
+
+def test_a_stall_sends_the_account_so_far(tmp_path: Path) -> None:
+    from orchestrator.grid import iter_jobs
+    from orchestrator.spec import load_spec
+    from orchestrator.store import Store
+    from orchestrator.summary import Invocation, RunAccount
+
+    spec = load_spec(write_spec(tmp_path))
+    out = tmp_path / "stall.json"
+    with Store.open(tmp_path / "s.db") as db, db.lock(owner="test"):
+        db.sync_jobs(iter_jobs(spec), spec.model)
+        notifier = Notifier.parse(f"cat > {out}")
+        how = Invocation("grid.yaml")
+        morning = RunAccount(db, how, "grid", tmp_path, 2.0, notifier)
+        morning.event("stall", "nothing progressed for 600 s")
+        assert notifier is not None
+        notifier.drain()
+    payload = json.loads(out.read_text())
+    assert payload["event"] == "stall"
+    assert payload["text"] == "nothing progressed for 600 s"
+    assert payload["outcome"] == "running"
+    assert payload["counts"] == {"pending": 4}
+    assert payload["cap_usd"] == 2.0

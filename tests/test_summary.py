@@ -1,0 +1,176 @@
+"""The morning account: summary.md (and summary.json) after a run, however it ended."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.client import ModelApiClient
+from orchestrator.emulator import Emulator, EmulatorConfig, FaultProfile
+from orchestrator.errors import StoreError
+from orchestrator.retry import RetryPolicy
+from orchestrator.summary import Invocation, RunTimes, account, markdown
+from orchestrator.sweep import Overrides, run_sweep
+
+from .sweeps import write_spec
+
+ONE_JOB = 0.05 * 81 / 16  # the emulator's price of one of these jobs
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    with Emulator(EmulatorConfig(speed=2000.0, workers=4)) as emu:
+        yield emu
+
+
+@pytest.fixture(autouse=True)
+def _here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from the spec's folder, so the summary's commands name it as `grid.yaml`."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RUNCOMFY_SERVERLESS_API_BASE", raising=False)
+
+
+def run(emu: Emulator, **kwargs: Any) -> Any:
+    kwargs.setdefault("overrides", Overrides(poll_interval=0.02))
+    return run_sweep(Path("grid.yaml"), base_url=emu.base_url, token=emu.token, **kwargs)
+
+
+def summary(tmp_path: Path, name: str = "grid") -> list[str]:
+    return (tmp_path / "results" / name / "summary.md").read_text().splitlines()
+
+
+def test_a_complete_run_writes_its_account(tmp_path: Path, emulator: Emulator) -> None:
+    write_spec(tmp_path)
+    report = run(emulator)
+    assert report.complete
+    lines = summary(tmp_path)
+    assert lines[0] == "# grid: complete"
+    assert "- jobs: 4 done" in lines
+    assert "- spent: $1.01" in lines
+    assert "- balance: $100.00 before, $98.99 after" in lines
+    assert any(line.startswith("- wall time: ") and "4 job(s) finished" in line for line in lines)
+    assert any(line.startswith("- queue time: ") for line in lines)
+    assert any(line.startswith("- run time: ") for line in lines)
+    assert "## Next" not in lines
+    data = json.loads((tmp_path / "results" / "grid" / "summary.json").read_text())
+    assert data == report.account
+    assert data["counts"] == {"done": 4}
+    ledger = emulator.ledger()
+    assert data["balance_before_usd"] == 100.0
+    assert data["balance_after_usd"] == ledger["accounts"]["account1"]["balance_usd"]
+    assert data["spent_usd"] == pytest.approx(ledger["billed_usd"], abs=1e-4)
+    # Every request counted: 4 submits, 4 downloads, the polls, the catalog and two balances.
+    assert data["requests"] >= 4 + 4 + 4 + 1 + 2
+    assert data["requests_per_job"] == pytest.approx(data["requests"] / 4, abs=0.01)
+    per_job = f"{data['requests_per_job']:g}"
+    assert f"- requests: {data['requests']}, {per_job} per finished job" in lines
+
+
+def test_a_budget_stop_says_the_flag_that_goes_on(tmp_path: Path, emulator: Emulator) -> None:
+    write_spec(tmp_path)
+    budget = Overrides(concurrency=1, max_cost=ONE_JOB * 1.5, poll_interval=0.02)
+    report = run(emulator, overrides=budget, store="s.db")
+    assert report.stop_kind == "budget"
+    lines = summary(tmp_path)
+    assert lines[0] == "# grid: stopped (budget)"
+    assert "- spent: $0.25 of a $0.38 cap" in lines
+    # What was spent ($0.253) and the three jobs left ($0.759), rounded up to the cent.
+    assert lines[-1] == (
+        "- raise the cap to go on (3 job(s) left): "
+        "`comfysweep run grid.yaml --store s.db --max-cost 1.02`"
+    )
+    assert run(emulator, overrides=Overrides(max_cost=1.02), store="s.db").complete
+
+
+def test_an_interrupted_run_says_how_to_resume(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_spec(tmp_path)
+    real_submit = ModelApiClient.submit
+
+    async def submit_then_ctrl_c(self: ModelApiClient, *args: Any) -> Any:
+        submitted = await real_submit(self, *args)
+        signal.raise_signal(signal.SIGINT)  # the user presses Ctrl-C once the first job is paid
+        return submitted
+
+    monkeypatch.setattr(ModelApiClient, "submit", submit_then_ctrl_c)
+    report = run(
+        emulator, handle_signals=True, overrides=Overrides(concurrency=1, poll_interval=0.02)
+    )
+    assert report.stop_kind == "interrupted"
+    lines = summary(tmp_path)
+    assert lines[0] == "# grid: stopped (interrupted)"
+    assert "- jobs: 3 pending, 1 done" in lines
+    assert lines[-2:] == ["", "- resume (3 job(s) left): `comfysweep run grid.yaml`"]
+
+
+def test_failed_jobs_are_counted_by_error_and_the_retry_is_said(tmp_path: Path) -> None:
+    write_spec(tmp_path)
+    profile = FaultProfile.parse({"seed": 7, "faults": {"fail_object": {"rate": 1.0}}})
+    with Emulator(EmulatorConfig(speed=2000.0, workers=4, faults=profile)) as emu:
+        report = run(emu, retry=RetryPolicy(wait=False))
+    assert report.counts["failed"] == 4
+    lines = summary(tmp_path)
+    errors = lines.index("## Top errors")
+    assert lines[errors + 2].startswith("- 4 x ")
+    assert lines[-1] == "- retry 4 failed: `comfysweep retry grid.yaml --failed`"
+
+
+def test_an_error_after_the_start_still_writes_the_account(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_spec(tmp_path)
+
+    async def broken(self: Any) -> Any:
+        raise StoreError("store s.db: disk I/O error")
+
+    monkeypatch.setattr("orchestrator.runner.Runner._submit_loop", lambda self, jobs: broken(self))
+    with pytest.raises(StoreError, match="disk I/O error"):
+        run(emulator)
+    lines = summary(tmp_path)
+    assert lines[0] == "# grid: stopped (error)"
+    assert "stopped: store s.db: disk I/O error" in lines
+    assert lines[-1] == "- resume (4 job(s) left): `comfysweep run grid.yaml`"
+
+
+def test_the_resume_command_masks_a_store_password() -> None:
+    how = Invocation("x.yaml", emulator=True, store="postgresql+psycopg://me:***@db/x")
+    data = account(
+        sweep="x",
+        results_dir="r",
+        counts={"pending": 2, "done": 1},
+        elapsed=3600.0,
+        spent_usd=0.5,
+        cap_usd=None,
+        times=RunTimes(finished=1),
+        invocation=how,
+    )
+    assert data["jobs_per_hour"] == 1.0
+    assert markdown(data).splitlines()[-1] == (
+        "- resume (2 job(s) left): "
+        "`comfysweep run x.yaml --emulator --store 'postgresql+psycopg://me:***@db/x'`"
+    )
+    from orchestrator.sweep import _shown_store
+
+    assert _shown_store("postgresql+psycopg://me:secret@db/x") == "postgresql+psycopg://me:***@db/x"
+    assert _shown_store(Path("s.db")) == "s.db"
+
+
+def test_a_summary_symlink_is_replaced_never_written_through(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    write_spec(tmp_path)
+    folder = tmp_path / "results" / "grid"
+    folder.mkdir(parents=True)
+    elsewhere = tmp_path / "bashrc"
+    elsewhere.write_text("keep me\n")
+    (folder / "summary.md").symlink_to(elsewhere)
+    assert run(emulator).complete
+    assert elsewhere.read_text() == "keep me\n"
+    assert not (folder / "summary.md").is_symlink()
+    assert summary(tmp_path)[0] == "# grid: complete"
