@@ -149,7 +149,8 @@ def test_claims_and_counts_read_the_spec_state_index_not_every_row(tmp_path: Pat
         assert "(key=?)" in claim  # the UPDATE finds the picked rows by key
         for in_spec in (True, False):
             (count,) = query_plans(store, lambda: store.counts(in_spec=in_spec))  # noqa: B023
-            assert "COVERING INDEX ix_jobs_spec_state_" in count and "(in_spec=?)" in count
+            assert "COVERING INDEX ix_jobs_spec_state_" in count
+            assert "(in_spec=?)" in count
 
 
 # -- a store of another sweep ------------------------------------------------------------------
