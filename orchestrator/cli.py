@@ -96,8 +96,10 @@ class _Finite(click.FloatRange):
 
 def _flag(flag: Flag, help: str | None = None) -> Callable[[F], F]:
     """A run setting as an option: same bounds as the spec's ``run:``, no default (the spec's)."""
-    kind: click.FloatRange | click.IntRange = _Finite(flag.low, flag.high, min_open=flag.low_open)
-    if flag.kind is int:
+    kind: click.ParamType[Any] = _Finite(flag.low, flag.high, min_open=flag.low_open)
+    if flag.kind is str:
+        kind = click.Choice(flag.choices) if flag.choices else click.STRING
+    elif flag.kind is int:
         low, high = (None if b is None else int(b) for b in (flag.low, flag.high))
         kind = click.IntRange(low, high, min_open=flag.low_open)
     return click.option(flag.option, type=kind, metavar=flag.metavar, help=help or flag.help)

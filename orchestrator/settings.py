@@ -8,14 +8,16 @@ them, which ``tests/test_docs.py`` checks. The order is: flag, then spec, then d
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.client import DEFAULT_TIMEOUT
+from orchestrator.failures import FailureLimit
 
 __all__ = [
     "MIN_POLL_INTERVAL",
@@ -69,6 +71,40 @@ class RunSettings(BaseModel):
     timeout: Annotated[float, Setting("seconds to wait for each HTTP answer", flag="S")] = Field(
         DEFAULT_TIMEOUT, ge=0.1, le=600
     )
+    order: Annotated[
+        Literal["grid", "breadth", "shuffle"],
+        Setting("the order jobs are submitted in (see Order)", flag="ORDER"),
+    ] = "breadth"
+    shuffle_seed: Annotated[
+        int | None, Setting("the seed of `order: shuffle`", shown="from the sweep's name")
+    ] = None
+    stall_after: Annotated[
+        float,
+        Setting(
+            "seconds without any job changing state before the run says it stalls "
+            "(with `--emulator`, divided by its speed)",
+            flag="S",
+        ),
+    ] = Field(1800.0, gt=0, le=7 * 86400)
+    max_failures: Annotated[
+        int | float | str | None,
+        Setting(
+            "stop submitting after this many failed jobs, a count (`10`) or a share of the "
+            "finished ones (`0.2`, `20%`)",
+            flag="LIMIT",
+            shown="none",
+        ),
+    ] = None
+    retries: Annotated[
+        int, Setting("times a job the API reports failed is submitted again", flag="N")
+    ] = Field(0, ge=0, le=100)
+
+    @field_validator("max_failures")
+    @classmethod
+    def _failure_limit(cls, value: Any) -> Any:
+        if value is not None:
+            FailureLimit.parse(value)  # a ValueError names what is wrong
+        return value
 
 
 @dataclass(frozen=True)
@@ -78,11 +114,12 @@ class Flag:
     name: str  # the setting's name, e.g. "poll_interval"
     option: str  # "--poll-interval"
     metavar: str
-    kind: type[int] | type[float]
+    kind: type[int] | type[float] | type[str]
     low: float | None  # an int for an int setting
     high: float | None
     low_open: bool
     help: str
+    choices: tuple[str, ...] = ()  # a str setting's allowed values (none: free text)
 
 
 def setting(name: str) -> Setting:
@@ -107,12 +144,11 @@ def flags() -> list[Flag]:
                 low, low_open = _real(bound.gt), True
             elif isinstance(bound, annotated_types.Le):
                 high = _real(bound.le)
-        kind = int if field.annotation is int else float
+        kind, choices = _kind(field.annotation)
         text = f"{about.help[:1].upper()}{about.help[1:]} (run.{name}, default {_shown(name)})."
         text = text.replace("`", "")
-        out.append(
-            Flag(name, f"--{name.replace('_', '-')}", about.flag, kind, low, high, low_open, text)
-        )
+        option = f"--{name.replace('_', '-')}"
+        out.append(Flag(name, option, about.flag, kind, low, high, low_open, text, choices))
     return out
 
 
@@ -124,7 +160,9 @@ def readme_rows() -> list[str]:
         meaning = setting(name).help
         flag = by_name.get(name)
         if flag is not None:
-            meaning += f"; {_bounds(flag)} (`{flag.option} {flag.metavar}`)"
+            bounds = _bounds(flag)
+            meaning += f"; {bounds}" if bounds else ""
+            meaning += f" (`{flag.option} {flag.metavar}`)"
         rows.append(f"| `run.{name}` | {meaning} | {_shown(name)} |")
     return rows
 
@@ -146,7 +184,20 @@ def _shown(name: str) -> str:
     return f"`{RunSettings.model_fields[name].default}`"
 
 
+def _kind(annotation: Any) -> tuple[type[int] | type[float] | type[str], tuple[str, ...]]:
+    """A setting's flag type, and its choices when it is a Literal of strings."""
+    if annotation is int:
+        return int, ()
+    if typing.get_origin(annotation) is Literal:
+        return str, tuple(typing.get_args(annotation))
+    if str in typing.get_args(annotation):
+        return str, ()
+    return float, ()
+
+
 def _bounds(flag: Flag) -> str:
+    if flag.kind is str:
+        return f"one of {', '.join(f'`{c}`' for c in flag.choices)}" if flag.choices else ""
     if flag.high is None:
         return f"more than {flag.low}" if flag.low_open else f"at least {flag.low}"
     return f"{flag.low} to {flag.high}"

@@ -61,6 +61,10 @@ class Overrides:
     poll_interval: float | None = None
     max_cost: float | None = None
     timeout: float | None = None
+    order: str | None = None
+    stall_after: float | None = None
+    max_failures: str | None = None
+    retries: int | None = None
 
 
 def store_path(spec: Spec, store: str | Path | None = None) -> str | Path:
