@@ -48,11 +48,8 @@ _FRESH_ATTEMPT = {
 }
 EVENT_INSERT = sa.insert(EVENTS)
 SYNC_KEYS = sa.table("sync_keys", sa.column("key", sa.Text))
-KNOWN = sa.select(
-    JOBS.c.key, JOBS.c["index"], JOBS.c.in_spec, JOBS.c.sources, JOBS.c.rank
-).where(
-    JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True))
-)
+_PLACE = (JOBS.c["index"], JOBS.c.in_spec, JOBS.c.sources, JOBS.c.rank)
+KNOWN = sa.select(JOBS.c.key, *_PLACE).where(JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True)))
 TWINS = sa.select(JOBS.c.key, JOBS.c.state).where(
     JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True))
 )
