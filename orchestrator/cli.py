@@ -129,6 +129,12 @@ _STORE = click.option(
 )
 @_STORE
 @_settings_flags
+@click.option(
+    "--until",
+    metavar="TIME",
+    help="Stop submitting in time for jobs in flight to finish by then: HH:MM (local), a "
+    "duration (90m, 8h, 1h30m) or a date and time.",
+)
 @click.option("--force", is_flag=True, help="Render again jobs that are already done (pays again).")
 @click.option(
     "--abort", is_flag=True, help="On Ctrl-C also cancel queued jobs (running ones are billed)."
@@ -143,6 +149,7 @@ def run(
     force: bool,
     abort: bool,
     yes: bool,
+    until: str | None,
     **flags: Any,
 ) -> None:
     """Run or resume a sweep: submit, poll, download; never pay twice."""
@@ -159,6 +166,7 @@ def run(
         stream=sys.stderr,
         yes=yes,
         confirm=_ask if sys.stdin.isatty() else None,
+        until=until,
     )
     states = ", ".join(f"{n} {s}" for s, n in report.counts.items() if n)
     click.echo(f"{states}; spent ${report.spent_usd:.2f} in {report.elapsed:.1f}s")

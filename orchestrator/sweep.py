@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import io
 import logging
@@ -20,6 +21,7 @@ import anyio
 
 from orchestrator import drift, prices
 from orchestrator.client import ModelApiClient, ModelInfo
+from orchestrator.deadline import Deadline, parse_until
 from orchestrator.errors import ComfysweepError, StoreError
 from orchestrator.grid import iter_jobs
 from orchestrator.models import get_model
@@ -87,6 +89,7 @@ def run_sweep(
     retry: RetryPolicy | None = None,
     yes: bool = False,
     confirm: Callable[[str], bool] | None = None,
+    until: str | Deadline | None = None,
 ) -> RunReport:
     """Run (or resume) a sweep to the end: submit, poll, download; returns how it ended.
 
@@ -94,6 +97,7 @@ def run_sweep(
     with ``yes`` or when ``confirm(question)`` agrees; otherwise DefaultsChanged, nothing paid.
     """
     spec = _loaded(spec).with_run(**asdict(overrides or Overrides()))
+    deadline = parse_until(until) if isinstance(until, str) else until  # before anything is paid
     options = _options(spec, emulator, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
     if emulator is False:
         ModelApiClient.check_token(token)  # no token: say so before touching the store
@@ -113,7 +117,7 @@ def run_sweep(
             log.info("--force: %d finished job(s) will render again", renewed)
         progress = make_progress(stream) if stream is not None else None
         try:
-            return anyio.run(_run, db, spec, options, client, progress)
+            return anyio.run(_run, db, spec, options, client, progress, deadline)
         finally:
             if progress is not None:
                 progress.close()
@@ -152,6 +156,7 @@ async def _run(
     options: RunOptions,
     client: ModelApiClient,
     progress: Any,
+    deadline: Deadline | None = None,
 ) -> RunReport:
     model = get_model(spec.model)
     folder = ResultsFolder(spec.results_dir, model, spec.filename)
@@ -159,7 +164,12 @@ async def _run(
         info = await _catalog(client, spec.model)
         sample = next(iter(db.jobs([JobState.PENDING], in_spec=True)), None)
         price = prices.job_cost(model, info, sample.inputs) if info and sample else None
-        runner = Runner(db, client, folder, options, progress=progress, price_per_job=price)
+        if deadline is not None and deadline.fallback is None:
+            last = prices.last_duration(spec.model, api_base=client.base_url)
+            deadline = dataclasses.replace(deadline, fallback=last)
+        runner = Runner(
+            db, client, folder, options, progress=progress, price_per_job=price, deadline=deadline
+        )
         report = await runner.run()
     if runner.durations:
         median = statistics.median(runner.durations)
@@ -282,6 +292,7 @@ def _options(
     if emulator is not False:
         speed = EMULATOR_SPEED if emulator is True else emulator.speed
         settings["poll_interval"] = emulated_poll(spec.run.poll_interval, speed)
+        settings["stall_after"] = spec.run.stall_after / speed
     return RunOptions(**settings, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
 
 
