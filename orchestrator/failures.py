@@ -34,25 +34,25 @@ class FailureLimit:
         """``10``, ``"10"``, ``0.2``, ``"0.2"`` or ``"20%"``; a ValueError says what is allowed."""
         allowed = "give a count such as 10, or a share such as 0.2 or 20%"
         if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ValueError(f"{allowed}, got {value!r}")
+            raise ValueError(allowed)
         text = str(value).strip()
         if isinstance(value, str):
             match = _SHARE.match(value)
             if match:
                 share = float(match.group(1)) / 100
                 if not 0 < share < 1:
-                    raise ValueError(f"a share must be above 0% and below 100%, got {text}")
+                    raise ValueError("a share must be above 0% and below 100%")
                 return cls(share=share, text=text)
             try:
                 value = int(text) if text.lstrip("-").isdigit() else float(text)
             except ValueError:
-                raise ValueError(f"{allowed}, got {text!r}") from None
+                raise ValueError(allowed) from None
         if isinstance(value, int):
             if value < 1:
-                raise ValueError(f"a count must be at least 1, got {value}")
+                raise ValueError("a count must be at least 1")
             return cls(count=value, text=text)
         if not math.isfinite(value) or not 0 < value < 1:
-            raise ValueError(f"a share must be above 0 and below 1 (or a whole count), got {text}")
+            raise ValueError("a share must be above 0 and below 1 (or a whole count)")
         return cls(share=value, text=text)
 
 
@@ -68,11 +68,10 @@ class Failures:
     def ended(self, error: str | None) -> str | None:
         """Count a job that ended (``error`` when it failed); the stop line once past the limit."""
         self.finished += 1
-        if error is None:
-            return None
-        self.failed += 1
-        self.errors[error] += 1
-        return self.verdict()
+        if error is not None:
+            self.failed += 1
+            self.errors[error] += 1
+        return self.verdict() if self.failed else None
 
     def verdict(self) -> str | None:
         limit = self.limit

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from orchestrator.client import DEFAULT_TIMEOUT
 from orchestrator.failures import FailureLimit
@@ -103,7 +104,10 @@ class RunSettings(BaseModel):
     @classmethod
     def _failure_limit(cls, value: Any) -> Any:
         if value is not None:
-            FailureLimit.parse(value)  # a ValueError names what is wrong
+            try:
+                FailureLimit.parse(value)
+            except ValueError as exc:  # said as is, then ", got ..." (yamlplaces.pydantic_message)
+                raise PydanticCustomError("max_failures", str(exc)) from None
         return value
 
 
