@@ -1,0 +1,59 @@
+"""A run where no job changes state for `run.stall_after` says so, in the display and the log."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.emulator import Emulator, EmulatorConfig
+from orchestrator.runner import Runner, RunReport
+from orchestrator.sweep import Overrides, run_sweep
+
+from .sweeps import write_spec
+from .waiting import DrivenClock, wait_for
+
+STALL = (
+    "stalled: no job has changed state for 0.05 s (1 on the remote side, 0 downloading); "
+    "still waiting"
+)
+
+
+def test_a_stall_is_said_in_the_log_and_notified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notified: list[tuple[str, str]] = []
+    monkeypatch.setattr(Runner, "_notify", lambda self, event, text: notified.append((event, text)))
+    spec = write_spec(tmp_path)
+    log = tmp_path / "results" / "grid" / "run.log"
+    clock = DrivenClock(frozen=True)  # every job stays where it is until released
+    reports: list[RunReport] = []
+    with Emulator(EmulatorConfig(speed=2000.0, workers=2, clock=clock)) as emu:
+        overrides = Overrides(concurrency=1, poll_interval=0.01, stall_after=0.05)
+
+        def run() -> Any:
+            reports.append(
+                run_sweep(spec, base_url=emu.base_url, token=emu.token, overrides=overrides)
+            )
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        try:
+            wait_for(lambda: log.exists() and STALL in log.read_text(), "the stall line in run.log")
+        finally:
+            clock.release()
+            worker.join()
+    (report,) = reports
+    assert report.complete, report
+    assert report.messages[0] == STALL
+    assert notified[0] == ("stall", STALL)
+
+
+def test_progress_says_nothing_about_stalls(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path)
+    with Emulator(EmulatorConfig(speed=2000.0, workers=4)) as emu:
+        report = run_sweep(spec, base_url=emu.base_url, token=emu.token)
+    assert report.complete
+    assert not [m for m in report.messages if m.startswith("stalled")]
