@@ -10,10 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator.cli import cli
 from orchestrator.emulator import Emulator, EmulatorConfig
+from orchestrator.errors import SpecError
 from orchestrator.grid import iter_jobs
 from orchestrator.order import Breadth, Shuffle, is_seed_like
 from orchestrator.spec import Dimension, load_spec
@@ -171,6 +174,16 @@ def test_grid_order_ranks_by_index_and_shuffle_by_a_permutation(tmp_path: Path) 
     seeded = write(tmp_path, "shuffle")
     seeded.write_text(seeded.read_text() + "  shuffle_seed: 3\n")
     assert [j.rank for j in iter_jobs(load_spec(seeded))] != ranks
+
+
+def test_an_unknown_order_is_one_line_naming_the_flag_or_the_spec_field(tmp_path: Path) -> None:
+    spec = write(tmp_path, "sideways")
+    result = CliRunner().invoke(cli, ["run", str(spec), "--emulator", "--order", "sideways"])
+    assert result.exit_code == 2
+    assert "Error: Invalid value for '--order': 'sideways' is not one of" in result.output
+    with pytest.raises(SpecError, match=r"ord.yaml:\d+:\d+: run.order: must be one of"):
+        load_spec(spec)
+    assert not (tmp_path / "results").exists()
 
 
 def claim_all(store: Store, n: int) -> list[str]:

@@ -57,6 +57,8 @@ def test_a_flag_and_the_spec_have_the_same_bounds() -> None:
     """At each edge, what `run:` refuses the flag refuses, and what it takes the flag takes."""
     options = {p.name: p for p in cli.commands["run"].params}
     for flag in flags():
+        if flag.kind is str:  # choices or free text: tests/test_order.py, tests/test_failures.py
+            continue
         assert flag.low is not None
         step = 1 if flag.kind is int else 1e-6
         edges = [flag.low - step, flag.low, flag.low + step]
