@@ -23,6 +23,8 @@ from orchestrator.spec import Dimension, load_spec
 from orchestrator.store import JobState, Store
 from orchestrator.sweep import Overrides, run_sweep
 
+from .postgres import fresh_schema
+
 SPEC = """\
 name: {name}
 model: community/wan-2-2/vace-fun
@@ -194,12 +196,20 @@ def claim_all(store: Store, n: int) -> list[str]:
     return keys
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield str(tmp_path / "s.sqlite")
+        return
+    with fresh_schema("order") as url:
+        yield url
+
+
 def test_claim_follows_the_rank_a_resume_keeps_it_and_a_new_order_reranks_pending(
-    tmp_path: Path,
+    tmp_path: Path, db: str
 ) -> None:
     breadth = load_spec(write(tmp_path))
     expected = [j.key for j in sorted(iter_jobs(breadth), key=lambda j: j.rank or 0)]
-    db = tmp_path / "s.sqlite"
     with Store.open(db) as store:
         store.sync_jobs(iter_jobs(breadth), breadth.model)
         first = claim_all(store, 5)
