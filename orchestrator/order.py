@@ -86,9 +86,7 @@ class Breadth:
         display_name: Callable[[str], str] = str,
     ) -> None:
         seeds = [is_seed_like(d, display_name) for d in dims]
-        self.repeat = repeat
-        # Each cell dimension's value -> its bits' share of the position within a pass.
-        self.spread: list[tuple[int, list[int]]] = []
+        # Each cell dimension's row -> its bits' share of the position within a pass.
         cell_dims = [(j, len(d.rows)) for j, d in enumerate(dims) if not seeds[j]]
         bits = [max(0, (n - 1).bit_length()) for _, n in cell_dims]
         tables = [[0] * n for _, n in cell_dims]
@@ -100,28 +98,28 @@ class Breadth:
                     for value, _ in enumerate(tables[t]):
                         tables[t][value] |= ((value >> shift) & 1) << k
                     k += 1
-        self.spread = [(j, table) for (j, _), table in zip(cell_dims, tables, strict=True)]
+        spread = dict(zip((j for j, _ in cell_dims), tables, strict=True))
         self.grid_width = 1 << k
         self.width = self.grid_width + extras  # positions in one pass
-        # Seed-like dimensions, row-major (first slowest), with their strides.
-        self.seeds: list[tuple[int, int]] = []
-        stride = 1
+        # A pass is (seed-like rows, row-major, first slowest) x repeat copies; each dimension's
+        # table holds its rows' share of the rank, so a rank is one lookup per dimension.
+        self.tables: list[list[int]] = [[] for _ in dims]
+        stride = repeat * self.width
         for j in reversed(range(len(dims))):
             if seeds[j]:
-                self.seeds.append((j, stride))
+                self.tables[j] = [row * stride for row in range(len(dims[j].rows))]
                 stride *= len(dims[j].rows)
-        self.bound = stride * repeat * self.width
+            else:
+                self.tables[j] = spread[j]
+        self.bound = stride
 
     def __call__(self, index: int, coords: tuple[int, ...] | None, extra: int, repeat: int) -> int:
         if coords is None:
             return repeat * self.width + self.grid_width + extra
-        position = 0
-        for j, table in self.spread:
-            position += table[coords[j]]
-        seed = 0
-        for j, stride in self.seeds:
-            seed += coords[j] * stride
-        return (seed * self.repeat + repeat) * self.width + position
+        rank = repeat * self.width
+        for table, row in zip(self.tables, coords, strict=True):
+            rank += table[row]
+        return rank
 
 
 class Shuffle:
