@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.cli import cli
+from orchestrator.deadline import Deadline
 from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.errors import SpecError
 from orchestrator.grid import iter_jobs
@@ -24,6 +25,7 @@ from orchestrator.store import JobState, Store
 from orchestrator.sweep import Overrides, run_sweep
 
 from .postgres import fresh_schema
+from .waiting import store_events
 
 SPEC = """\
 name: {name}
@@ -252,3 +254,20 @@ def test_a_run_at_concurrency_1_submits_in_breadth_order(
     # The manifest keeps the grid order (the index), whatever the run order.
     lines = (loaded.results_dir / "manifest.jsonl").read_text().splitlines()
     assert [json.loads(line)["index"] for line in lines] == list(range(24))
+
+
+def test_a_resumed_run_keeps_the_breadth_order(tmp_path: Path, emulator: Emulator) -> None:
+    """The first run stops at a deadline after 5 jobs; the second submits the rest, in order."""
+    spec = write(tmp_path)
+    loaded = load_spec(spec)
+    store = loaded.results_dir / "comfysweep.db"
+    stop_after = Deadline(100.0, "06:30 today", lambda: 100.0 - 5 + store_events(store, "done"))
+    overrides = Overrides(concurrency=1, poll_interval=0.01)
+    api = {"base_url": emulator.base_url, "token": emulator.token}
+    first = run_sweep(spec, overrides=overrides, until=stop_after, **api)
+    assert (first.stop_kind, first.counts["done"]) == ("deadline", 5)
+    assert run_sweep(spec, overrides=overrides, **api).complete
+    expected = [j.key for j in sorted(iter_jobs(loaded), key=lambda j: j.rank or 0)]
+    with Store.open(store, readonly=True) as db:
+        rows = sorted(db.jobs(), key=lambda r: (r.submitted_at, r.index))
+    assert [r.key for r in rows] == expected
