@@ -1,7 +1,7 @@
 """What the run order costs: iterating and syncing a 1,000,000-job grid in grid, breadth and
 shuffle order (each rank is computed per job, from its grid place, while the jobs stream).
 
-    python benchmarks/order_sync.py [--seeds N] [--iterate-only]
+    python benchmarks/order_sync.py [--seeds N] [--iterate-only] [--orders grid,breadth]
 
 Each measurement runs in a fresh subprocess (its own peak RSS) against a fresh SQLite store;
 ``--seeds 100`` makes it a 100,000-job grid. The last line is JSON: seconds per order and the
@@ -64,14 +64,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=1000, help="1000: a 1,000,000-job grid")
     parser.add_argument("--iterate-only", action="store_true", help="skip the store syncs")
+    parser.add_argument("--orders", default="grid,breadth,shuffle", help="grid first")
     args = parser.parse_args()
+    orders = args.orders.split(",")
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for what in ("iterate",) if args.iterate_only else ("iterate", "sync"):
-            for order in ("grid", "breadth", "shuffle"):
+            for order in orders:
                 figures[f"{what}_{order}_s"] = measure(Path(tmp), order, args.seeds, what)
     what = "iterate" if args.iterate_only else "sync"
-    for order in ("breadth", "shuffle"):
+    for order in orders[1:]:
         ratio = figures[f"{what}_{order}_s"] / figures[f"{what}_grid_s"]
         figures[f"{what}_{order}_vs_grid"] = round(ratio, 3)
     print(json.dumps(figures))
