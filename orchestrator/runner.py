@@ -16,14 +16,15 @@ import random
 import signal
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
+from orchestrator import prices
 from orchestrator.client import ModelApiClient, RemoteState, Result
 from orchestrator.deadline import Deadline
 from orchestrator.errors import (
@@ -78,9 +79,12 @@ _VERIFY_INLINE = 4 * 1024**2
 class RunOptions(RunSettings):
     """The run settings (defaults and bounds from ``RunSettings``) and how this process behaves."""
 
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
     abort_on_stop: bool = False
     handle_signals: bool = False
     tick: float = Field(1.0, gt=0)
+    deadline: Deadline | None = None  # --until (orchestrator/deadline.py)
 
 
 @dataclass
@@ -92,11 +96,11 @@ class RunReport:
     elapsed: float
     stop_reason: str | None = None
     fatal: bool = False
-    # What stopped the submits: "deadline", "failures", ... (None: nothing, or not said).
-    stop_kind: str | None = None
     messages: list[str] = field(default_factory=list)
     results_dir: Path | None = None
     orphaned: int = 0  # jobs no longer in the spec (not in ``counts``): kept, never submitted
+    stop_kind: str | None = None  # what stopped it: "budget", "interrupted", ... (None: nothing)
+    account: dict[str, Any] | None = None  # the morning account (summary.md), once written
 
     @property
     def complete(self) -> bool:
@@ -116,7 +120,6 @@ class Runner:
         *,
         progress: Progress | None = None,
         price_per_job: float | None = None,
-        deadline: Deadline | None = None,
     ) -> None:
         self.store = store
         self.client = client
@@ -125,6 +128,9 @@ class Runner:
         self.progress = progress
         self.price_per_job = price_per_job
         self._stop_reason: str | None = None
+        self._stop_kind: str | None = None
+        # Told of "stall" and "budget" events (the notifier, set by sweep.run_sweep).
+        self.on_event: Callable[[str, str], None] | None = None
         self._fatal = False
         self._messages: list[str] = []
         self._remote = 0  # jobs submitting, queued or running on the remote side
@@ -144,10 +150,9 @@ class Runner:
         self._unrecorded: dict[str, str] = {}  # key -> answered request id the store refused
         self._store_waiting = 0  # writes waiting for a store that refused them
         self._store_said = False  # the user was told the store is busy
-        self.deadline = deadline
+        self.deadline = self.options.deadline
         self.download_times: list[float] = []  # seconds each job's downloads took, this run
         self._submits = 0  # jobs this run began to submit
-        self._stop_kind: str | None = None
         limit = self.options.max_failures
         self._failures = Failures(None if limit is None else FailureLimit.parse(limit))
         self._retrying = 0  # failed jobs on their way back to pending (retries)
@@ -158,14 +163,13 @@ class Runner:
     # -- public -----------------------------------------------------------------------------
 
     def stop(self, reason: str, *, fatal: bool = False, kind: str | None = None) -> None:
-        """Submit nothing more; jobs in flight are still polled and downloaded.
-
-        ``kind`` names what stopped it ("deadline", "failures", ...), for the report.
-        """
+        """Submit nothing more; jobs in flight are still polled and downloaded."""
         if self._stop_reason is None:
             self._stop_reason = reason
             self._stop_kind = kind
             self._say(reason)
+            if kind == "budget":
+                self._notify("budget", reason)
         self._fatal = self._fatal or fatal
         self._wake()
 
@@ -179,6 +183,10 @@ class Runner:
         self._recover()
         if self.deadline is not None:
             self._say(self.deadline.startup())
+            if self.deadline.fallback is None:  # what a job took last time, if remembered
+                model_id = self.store.get_meta("model_id")
+                last = prices.last_duration(str(model_id), api_base=self.client.base_url)
+                self.deadline = replace(self.deadline, fallback=last)
         self._spent = self.store.spent()
         counts = self.store.counts(in_spec=True)
         snapshot = Snapshot(counts=counts, spent_usd=self._spent)
@@ -211,10 +219,10 @@ class Runner:
             elapsed=time.monotonic() - started,
             stop_reason=self._stop_reason,
             fatal=self._fatal,
-            stop_kind=self._stop_kind,
             messages=self._messages,
             results_dir=self.folder.root,
             orphaned=sum(self.store.counts(in_spec=False).values()),
+            stop_kind=self._stop_kind,
         )
 
     # -- start-up ---------------------------------------------------------------------------
@@ -830,9 +838,6 @@ class Runner:
         self._say(text)
         self._notify("stall", text)
 
-    def _notify(self, event: str, text: str) -> None:
-        """Tell someone outside the run (``run.notify``); a no-op here."""
-
     def _write_manifest(self) -> None:
         self._dirty = False
         # Orphaned jobs too: one a spec edit left in flight is paid, and its files are listed.
@@ -870,6 +875,15 @@ class Runner:
                 f"{report.not_cancellable} job(s) already running cannot be cancelled "
                 "and will be billed"
             )
+
+    def _notify(self, event: str, text: str) -> None:
+        """Tell the notifier (if any) of ``event`` ("stall", "budget"); never fails the run."""
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(event, text)
+        except Exception as exc:  # a notifier is never worth a paid run
+            log.warning("notify %s: %s", event, exc)
 
     def _say(self, text: str) -> None:
         self._messages.append(text)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import io
 import logging
@@ -99,6 +98,7 @@ def run_sweep(
     spec = _loaded(spec).with_run(**asdict(overrides or Overrides()))
     deadline = parse_until(until) if isinstance(until, str) else until  # before anything is paid
     options = _options(spec, emulator, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
+    options = options.model_copy(update={"deadline": deadline})
     if emulator is False:
         ModelApiClient.check_token(token)  # no token: say so before touching the store
     _make_folder(spec.results_dir)
@@ -117,7 +117,7 @@ def run_sweep(
             log.info("--force: %d finished job(s) will render again", renewed)
         progress = make_progress(stream) if stream is not None else None
         try:
-            return anyio.run(_run, db, spec, options, client, progress, deadline)
+            return anyio.run(_run, db, spec, options, client, progress)
         finally:
             if progress is not None:
                 progress.close()
@@ -156,7 +156,6 @@ async def _run(
     options: RunOptions,
     client: ModelApiClient,
     progress: Any,
-    deadline: Deadline | None = None,
 ) -> RunReport:
     model = get_model(spec.model)
     folder = ResultsFolder(spec.results_dir, model, spec.filename)
@@ -164,12 +163,7 @@ async def _run(
         info = await _catalog(client, spec.model)
         sample = next(iter(db.jobs([JobState.PENDING], in_spec=True)), None)
         price = prices.job_cost(model, info, sample.inputs) if info and sample else None
-        if deadline is not None and deadline.fallback is None:
-            last = prices.last_duration(spec.model, api_base=client.base_url)
-            deadline = dataclasses.replace(deadline, fallback=last)
-        runner = Runner(
-            db, client, folder, options, progress=progress, price_per_job=price, deadline=deadline
-        )
+        runner = Runner(db, client, folder, options, progress=progress, price_per_job=price)
         report = await runner.run()
     if runner.durations:
         median = statistics.median(runner.durations)
