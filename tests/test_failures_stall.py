@@ -59,3 +59,20 @@ def test_progress_says_nothing_about_stalls(tmp_path: Path) -> None:
         report = run_sweep(spec, base_url=emu.base_url, token=emu.token)
     assert report.complete
     assert not [m for m in report.messages if m.startswith("stalled")]
+
+
+def test_the_emulator_scales_stall_after_by_its_speed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[float] = []
+    real_init = Runner.__init__
+
+    def init(self: Runner, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        seen.append(self.options.stall_after)
+
+    monkeypatch.setattr(Runner, "__init__", init)
+    spec = write_spec(tmp_path)
+    config = EmulatorConfig(speed=2000.0, workers=4)
+    assert run_sweep(spec, emulator=config, overrides=Overrides(stall_after=600.0)).complete
+    assert seen == [pytest.approx(600.0 / 2000)]
