@@ -96,10 +96,10 @@ class _Finite(click.FloatRange):
 
 def _flag(flag: Flag, help: str | None = None) -> Callable[[F], F]:
     """A run setting as an option: same bounds as the spec's ``run:``, no default (the spec's)."""
+    kind: click.ParamType[Any] = _Finite(flag.low, flag.high, min_open=flag.low_open)
     if flag.kind is str:
-        return click.option(flag.option, type=str, metavar=flag.metavar, help=help or flag.help)
-    kind: click.FloatRange | click.IntRange = _Finite(flag.low, flag.high, min_open=flag.low_open)
-    if flag.kind is int:
+        kind = click.Choice(flag.choices) if flag.choices else click.STRING
+    elif flag.kind is int:
         low, high = (None if b is None else int(b) for b in (flag.low, flag.high))
         kind = click.IntRange(low, high, min_open=flag.low_open)
     return click.option(flag.option, type=kind, metavar=flag.metavar, help=help or flag.help)
@@ -129,6 +129,12 @@ _STORE = click.option(
 )
 @_STORE
 @_settings_flags
+@click.option(
+    "--until",
+    metavar="TIME",
+    help="Stop submitting in time for jobs in flight to finish by then: HH:MM (local), a "
+    "duration (90m, 8h, 1h30m) or a date and time.",
+)
 @click.option("--force", is_flag=True, help="Render again jobs that are already done (pays again).")
 @click.option(
     "--abort", is_flag=True, help="On Ctrl-C also cancel queued jobs (running ones are billed)."
@@ -146,6 +152,7 @@ def run(
     force: bool,
     abort: bool,
     yes: bool,
+    until: str | None,
     **flags: Any,
 ) -> None:
     """Run or resume a sweep: submit, poll, download; never pay twice."""
@@ -163,6 +170,7 @@ def run(
         yes=yes,
         confirm=_ask if _terminal() else None,
         out=sys.stdout,
+        until=until,
     )
     states = ", ".join(f"{n} {s}" for s, n in report.counts.items() if n)
     click.echo(f"{states}; spent ${report.spent_usd:.2f} in {report.elapsed:.1f}s")

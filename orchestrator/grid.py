@@ -6,6 +6,9 @@ adjacent. Values are already distinct per dimension (spec.py), and no field vari
 dimensions, so the product has no duplicates and its size is plain arithmetic. ``exclude`` rules
 drop grid jobs only (an ``include`` entry always runs); ``include`` entries already in the grid
 collapse into it.
+
+That order is each job's ``index``; the order jobs are submitted in is its ``rank``
+(``run.order``, orchestrator/order.py), computed here from the job's place in the grid.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from __future__ import annotations
 import itertools
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator import order
 from orchestrator.canonical import job_key
 from orchestrator.errors import SpecError
 from orchestrator.models import get_model
@@ -44,6 +48,7 @@ class Job:
     inputs: dict[str, Any]  # raw keys, complete, normalised: exactly the POST body (do not mutate)
     repeat: int = 0
     sources: Mapping[str, str] = field(default_factory=dict)  # raw key -> local file of a data: URI
+    rank: int | None = None  # the run order (orchestrator/order.py); None: the index
 
     def friendly(self) -> dict[str, Any]:
         """The inputs keyed by friendly name where the model has one."""
@@ -66,13 +71,16 @@ def iter_jobs(spec: Spec) -> Iterator[Job]:
     """Every job of the spec, lazily, in grid order, duplicates collapsed; reads each image once."""
     media = _MediaCache()
     keys = sorted(spec.definition.media_inputs)
+    rules = _rules(spec)
+    extras = list(_extra(spec, rules))
+    rank = order.ranks(spec, jobs=lambda: count_jobs(spec).jobs, extras=len(extras))
     index = 0
-    for values in iter_inputs(spec):
+    for coords, extra, values in _cells(spec, rules, extras):
         inputs, sources = media.materialise(values, keys)
         for repeat in range(spec.repeat):
-            yield Job(
-                job_key(spec.model, inputs, repeat), index, spec.model, inputs, repeat, sources
-            )
+            key = job_key(spec.model, inputs, repeat)
+            at = rank(index, coords, extra, repeat)
+            yield Job(key, index, spec.model, inputs, repeat, sources, at)
             index += 1
 
 
@@ -83,9 +91,21 @@ def iter_inputs(spec: Spec) -> Iterator[dict[str, Any]]:
     the grid an exclude rule drops whole is skipped at once, not walked job by job.
     """
     rules = _rules(spec)
+    for _, _, values in _cells(spec, rules, _extra(spec, rules)):
+        yield values
+
+
+def _cells(
+    spec: Spec, rules: list[Rule], extras: Iterable[dict[str, Any]]
+) -> Iterator[tuple[tuple[int, ...] | None, int, dict[str, Any]]]:
+    """Each combination with its grid coordinates (row per dimension), or None and its number
+    among the include entries outside the grid."""
     choices = [[dict(zip(d.keys, row, strict=True)) for row in d.rows] for d in spec.dimensions]
-    yield from _Walk(rules, choices).below(0, dict(spec.fixed), frozenset(range(len(rules))))
-    yield from _extra(spec, rules)
+    live = frozenset(range(len(rules)))
+    for coords, values in _Walk(rules, choices).below(0, dict(spec.fixed), live, ()):
+        yield coords, 0, values
+    for n, values in enumerate(extras):
+        yield None, n, values
 
 
 def count_jobs(spec: Spec) -> GridCount:
@@ -165,16 +185,18 @@ class _Walk:
         self.last = [max(rule, default=-1) for rule in rules]
 
     def below(
-        self, j: int, values: dict[str, Any], live: frozenset[int]
-    ) -> Iterator[dict[str, Any]]:
+        self, j: int, values: dict[str, Any], live: frozenset[int], coords: tuple[int, ...]
+    ) -> Iterator[tuple[tuple[int, ...], dict[str, Any]]]:
         if any(self.last[i] < j for i in live):  # a rule matches all it names: dropped whole
             return
         if not live:
-            for combo in itertools.product(*self.choices[j:]):
+            rest = self.choices[j:]
+            places = itertools.product(*(range(len(c)) for c in rest))
+            for combo, at in zip(itertools.product(*rest), places, strict=True):
                 out = dict(values)
                 for row in combo:
                     out.update(row)
-                yield out
+                yield coords + at, out
             return
         naming = [i for i in live if j in self.rules[i]]
         hits: dict[int, list[int]] = {}
@@ -183,7 +205,8 @@ class _Walk:
                 hits.setdefault(r, []).append(i)
         passing = live.difference(naming)
         for r, row in enumerate(self.choices[j]):
-            yield from self.below(j + 1, values | row, passing.union(hits.get(r, ())))
+            live_r = passing.union(hits.get(r, ()))
+            yield from self.below(j + 1, values | row, live_r, (*coords, r))
 
 
 class _Cover:

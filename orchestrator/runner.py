@@ -16,15 +16,17 @@ import random
 import signal
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
+from orchestrator import prices
 from orchestrator.client import ModelApiClient, RemoteState, Result
+from orchestrator.deadline import Deadline
 from orchestrator.errors import (
     ApiError,
     AuthError,
@@ -44,6 +46,7 @@ from orchestrator.errors import (
     TransportError,
     ValidationFailed,
 )
+from orchestrator.failures import FailureLimit, Failures
 from orchestrator.progress import Progress, Snapshot
 from orchestrator.results import ResultsFolder
 from orchestrator.settings import RunSettings
@@ -76,9 +79,12 @@ _VERIFY_INLINE = 4 * 1024**2
 class RunOptions(RunSettings):
     """The run settings (defaults and bounds from ``RunSettings``) and how this process behaves."""
 
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
     abort_on_stop: bool = False
     handle_signals: bool = False
     tick: float = Field(1.0, gt=0)
+    deadline: Deadline | None = None  # --until (orchestrator/deadline.py)
 
 
 @dataclass
@@ -144,6 +150,15 @@ class Runner:
         self._unrecorded: dict[str, str] = {}  # key -> answered request id the store refused
         self._store_waiting = 0  # writes waiting for a store that refused them
         self._store_said = False  # the user was told the store is busy
+        self.deadline = self.options.deadline
+        self.download_times: list[float] = []  # seconds each job's downloads took, this run
+        self._submits = 0  # jobs this run began to submit
+        limit = self.options.max_failures
+        self._failures = Failures(None if limit is None else FailureLimit.parse(limit))
+        self._retrying = 0  # failed jobs on their way back to pending (retries)
+        self._requeued = 0  # failed jobs put back to pending by this run
+        self._last_change = time.monotonic()  # when a job last changed state
+        self._stall_level = 1  # the next stall line waits for stall_after times this
 
     # -- public -----------------------------------------------------------------------------
 
@@ -166,6 +181,12 @@ class Runner:
         """Resume what a previous run left, submit every pending job, wait for all of it."""
         started = time.monotonic()
         self._recover()
+        if self.deadline is not None:
+            self._say(self.deadline.startup())
+            if self.deadline.fallback is None:  # what a job took last time, if remembered
+                model_id = self.store.get_meta("model_id")
+                last = prices.last_duration(str(model_id), api_base=self.client.base_url)
+                self.deadline = replace(self.deadline, fallback=last)
         self._spent = self.store.spent()
         counts = self.store.counts(in_spec=True)
         snapshot = Snapshot(counts=counts, spent_usd=self._spent)
@@ -260,15 +281,26 @@ class Runner:
                 return
             claimed = await self._persist("claiming a job", lambda: self.store.claim(1))
             if not claimed:
-                return
+                if not (self._remote or self._retrying):
+                    return
+                await self._await_requeue()
+                continue
             row = claimed[0]
             problem = self.folder.name_problem(row)  # found now, not after the job is paid
             if problem is not None:
                 await self._commit(row.key, JobState.FAILED, detail=problem, error=problem)
                 continue
             self._remote += 1
+            self._submits += 1
             self._committed[row.key] = self._estimate()
             jobs.start_soon(self._submit, row)
+
+    async def _await_requeue(self) -> None:
+        """Until a job comes back to pending (``retries``), or none still out can."""
+        seen = self._requeued
+        await self._wait_until(
+            lambda: self.stopping or self._requeued != seen or not (self._remote or self._retrying)
+        )
 
     def _may_submit(self) -> bool:
         if self.stopping:
@@ -279,7 +311,20 @@ class Runner:
         # (its outputs on disk, or the job settled, or the run stopped), nothing new goes out.
         if self._remote >= self.options.concurrency or self._download_backlog > 0:
             return False
-        return self._within_budget()
+        return self._within_budget() and self._before_deadline()
+
+    def _before_deadline(self) -> bool:
+        """``--until``: stop once a new job would end too late; False while nothing says how long
+        a job takes and the first wave is out (the first job to end tells)."""
+        deadline = self.deadline
+        if deadline is None:
+            return True
+        need = deadline.need(self.durations, self.download_times)
+        if need is None:
+            return self._remote == 0 or self._submits < self.options.concurrency
+        if deadline.too_late(need):
+            self.stop(deadline.stop_line(need), kind="deadline")
+        return True
 
     def _within_budget(self) -> bool:
         limit = self.options.max_cost
@@ -325,6 +370,8 @@ class Runner:
                 )
             error = {"error": _error(exc)} if isinstance(exc, ApiError) and to == "failed" else {}
             await self._commit(row.key, to, detail=_text(exc), **error)
+            if to == "failed":
+                self._ended(_text(exc))
             if stop is not None:
                 self.stop(f"stopped submitting: {stop}", fatal=True)
             return
@@ -492,21 +539,51 @@ class Runner:
                 cost=result.cost,
                 result={"urls": result.urls, "raw": result.raw},
             )
+            self._ended(None)
             self._download_backlog += 1
             self._spawn_download(row)
             return True
         if result.state is RemoteState.FAILED:
-            self._release(row.key, cost=result.cost)
             message = result.error_message or "the job failed"
-            await self._commit(
-                row.key, JobState.FAILED, cost=result.cost, error=result.error, detail=message
-            )
+            self._retrying += 1  # counted before the slot frees: the submitter waits for it
+            try:
+                self._release(row.key, cost=result.cost)
+                row = await self._commit(
+                    row.key, JobState.FAILED, cost=result.cost, error=result.error, detail=message
+                )
+                self._ended(message)
+                await self._retry(row, message)
+            finally:
+                self._retrying -= 1
+                self._wake()
             return True
         if result.state is RemoteState.CANCELLED:
             self._release(row.key, cost=result.cost)
             await self._commit(row.key, JobState.CANCELLED, cost=result.cost)
             return True
         return False
+
+    async def _retry(self, row: JobRow, message: str) -> None:
+        """``retries``: a job the API reported failed goes back to pending, a new paid attempt.
+
+        ``attempts`` counts every submit of the job (this run's and earlier ones'), so a job is
+        retried at most ``retries`` times in all. A stopping run retries nothing.
+        """
+        allowed = self.options.retries
+        if row.attempts > allowed or self.stopping:
+            return
+        await self._commit(
+            row.key,
+            JobState.PENDING,
+            detail=f"retry {row.attempts} of {allowed}: the API reported it failed: {message}",
+        )
+        self._requeued += 1
+
+    def _ended(self, error: str | None) -> None:
+        """Count a job that ended (failed with ``error``); stop when ``max_failures`` is reached."""
+        verdict = self._failures.ended(error)
+        if verdict is not None:
+            self.stop(verdict, kind="failures")
 
     # -- downloading ------------------------------------------------------------------------
 
@@ -517,7 +594,9 @@ class Runner:
     async def _download(self, row: JobRow) -> None:
         try:
             async with self._downloads:
+                began = time.monotonic()
                 await self._fetch_outputs(row)
+                self.download_times.append(time.monotonic() - began)
         finally:
             self._download_backlog -= 1
             self._wake()
@@ -618,6 +697,8 @@ class Runner:
     def _move(self, key: str, to: JobState, *, detail: str | None = None, **fields: Any) -> JobRow:
         row = self.store.transition(key, to, detail=detail, **fields)
         self._dirty = True
+        self._last_change = time.monotonic()
+        self._stall_level = 1
         rid = f" ({row.request_id})" if row.request_id else ""
         log.info("job %s%s -> %s%s", key[:10], rid, to, f": {detail}" if detail else "")
         return row
@@ -739,11 +820,26 @@ class Runner:
                 snapshot.spent_usd = self._spent
                 self.progress.update(snapshot)
             now = time.monotonic()
+            self._check_stall(now)
             # Rewriting the manifest costs O(jobs): do it less often as the sweep grows.
             if self._dirty and now - last_manifest >= max(2.0, 10 * manifest_cost):
                 self._write_manifest()
                 manifest_cost = time.monotonic() - now
                 last_manifest = time.monotonic()
+
+    def _check_stall(self, now: float) -> None:
+        """Say once when no job has changed state for ``stall_after``, again at 4x and 16x ..."""
+        quiet = self.options.stall_after * self._stall_level
+        if now - self._last_change < quiet:
+            return
+        self._stall_level *= 4
+        text = (
+            f"stalled: no job has changed state for {_span(quiet)} "
+            f"({self._remote} on the remote side, {self._download_backlog} downloading); "
+            "still waiting"
+        )
+        self._say(text)
+        self._notify("stall", text)
 
     def _write_manifest(self) -> None:
         self._dirty = False
@@ -846,6 +942,14 @@ def _ours(group: BaseExceptionGroup[BaseException]) -> ComfysweepError | None:
 
 def _jitter(delay: float) -> float:
     return delay * random.uniform(0.8, 1.2) if delay > 0 else 0.0
+
+
+def _span(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:g} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _text(exc: BaseException) -> str:

@@ -8,14 +8,17 @@ them, which ``tests/test_docs.py`` checks. The order is: flag, then spec, then d
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from orchestrator.client import DEFAULT_TIMEOUT
+from orchestrator.failures import FailureLimit
 
 __all__ = [
     "MIN_POLL_INTERVAL",
@@ -82,6 +85,43 @@ class RunSettings(BaseModel):
             shown="none",
         ),
     ] = Field(None, min_length=1, max_length=4096)
+    order: Annotated[
+        Literal["grid", "breadth", "shuffle"],
+        Setting("the order jobs are submitted in (see Order)", flag="ORDER"),
+    ] = "breadth"
+    shuffle_seed: Annotated[
+        int | None, Setting("the seed of `order: shuffle`", shown="from the sweep's name")
+    ] = None
+    stall_after: Annotated[
+        float,
+        Setting(
+            "seconds without any job changing state before the run says it stalls "
+            "(with `--emulator`, divided by its speed)",
+            flag="S",
+        ),
+    ] = Field(1800.0, gt=0, le=7 * 86400)
+    max_failures: Annotated[
+        int | float | str | None,
+        Setting(
+            "stop submitting after this many failed jobs, a count (`10`) or a share of the "
+            "finished ones (`0.2`, `20%`)",
+            flag="LIMIT",
+            shown="none",
+        ),
+    ] = None
+    retries: Annotated[
+        int, Setting("times a job the API reports failed is submitted again", flag="N")
+    ] = Field(0, ge=0, le=100)
+
+    @field_validator("max_failures")
+    @classmethod
+    def _failure_limit(cls, value: Any) -> Any:
+        if value is not None:
+            try:
+                FailureLimit.parse(value)
+            except ValueError as exc:  # said as is, then ", got ..." (yamlplaces.pydantic_message)
+                raise PydanticCustomError("max_failures", str(exc)) from None
+        return value
 
 
 @dataclass(frozen=True)
@@ -96,6 +136,7 @@ class Flag:
     high: float | None
     low_open: bool
     help: str
+    choices: tuple[str, ...] = ()  # a str setting's allowed values (none: free text)
 
 
 def setting(name: str) -> Setting:
@@ -120,14 +161,11 @@ def flags() -> list[Flag]:
                 low, low_open = _real(bound.gt), True
             elif isinstance(bound, annotated_types.Le):
                 high = _real(bound.le)
-        kind: type[int] | type[float] | type[str] = int if field.annotation is int else float
-        if field.annotation in (str, str | None):
-            kind = str
+        kind, choices = _kind(field.annotation)
         text = f"{about.help[:1].upper()}{about.help[1:]} (run.{name}, default {_shown(name)})."
         text = text.replace("`", "")
-        out.append(
-            Flag(name, f"--{name.replace('_', '-')}", about.flag, kind, low, high, low_open, text)
-        )
+        option = f"--{name.replace('_', '-')}"
+        out.append(Flag(name, option, about.flag, kind, low, high, low_open, text, choices))
     return out
 
 
@@ -138,10 +176,10 @@ def readme_rows() -> list[str]:
     for name in RunSettings.model_fields:
         meaning = setting(name).help
         flag = by_name.get(name)
-        if flag is not None and flag.kind is str:
+        if flag is not None:
+            bounds = _bounds(flag)
+            meaning += f"; {bounds}" if bounds else ""
             meaning += f" (`{flag.option} {flag.metavar}`)"
-        elif flag is not None:
-            meaning += f"; {_bounds(flag)} (`{flag.option} {flag.metavar}`)"
         rows.append(f"| `run.{name}` | {meaning} | {_shown(name)} |")
     return rows
 
@@ -163,7 +201,20 @@ def _shown(name: str) -> str:
     return f"`{RunSettings.model_fields[name].default}`"
 
 
+def _kind(annotation: Any) -> tuple[type[int] | type[float] | type[str], tuple[str, ...]]:
+    """A setting's flag type, and its choices when it is a Literal of strings."""
+    if annotation is int:
+        return int, ()
+    if typing.get_origin(annotation) is Literal:
+        return str, tuple(typing.get_args(annotation))
+    if str in typing.get_args(annotation):
+        return str, ()
+    return float, ()
+
+
 def _bounds(flag: Flag) -> str:
+    if flag.kind is str:
+        return f"one of {', '.join(f'`{c}`' for c in flag.choices)}" if flag.choices else ""
     if flag.high is None:
         return f"more than {flag.low}" if flag.low_open else f"at least {flag.low}"
     return f"{flag.low} to {flag.high}"

@@ -22,6 +22,7 @@ import anyio
 from orchestrator import drift, estimate, prices
 from orchestrator.apierrors import TOKEN_VARS
 from orchestrator.client import ModelApiClient, ModelInfo
+from orchestrator.deadline import Deadline, parse_until
 from orchestrator.errors import ComfysweepError, StoreError
 from orchestrator.grid import iter_jobs
 from orchestrator.models import get_model
@@ -68,6 +69,10 @@ class Overrides:
     timeout: float | None = None
     confirm_above: float | None = None
     notify: str | None = None
+    order: str | None = None
+    stall_after: float | None = None
+    max_failures: str | None = None
+    retries: int | None = None
 
 
 def store_path(spec: Spec, store: str | Path | None = None) -> str | Path:
@@ -91,6 +96,7 @@ def run_sweep(
     yes: bool = False,
     confirm: Callable[[str], bool] | None = None,
     out: IO[str] | None = None,
+    until: str | Deadline | None = None,
 ) -> RunReport:
     """Run (or resume) a sweep to the end: submit, poll, download; returns how it ended.
 
@@ -102,8 +108,10 @@ def run_sweep(
     printed on ``out`` and written to summary.md.
     """
     spec = _loaded(spec).with_run(**asdict(overrides or Overrides()))
+    deadline = parse_until(until) if isinstance(until, str) else until  # before anything is paid
     options = _options(spec, emulator, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
     notifier = Notifier.parse(spec.run.notify, token=token)  # malformed: said before any cost
+    options = options.model_copy(update={"deadline": deadline})
     if emulator is False:
         ModelApiClient.check_token(token)  # no token: say so before touching the store
     _make_folder(spec.results_dir)
@@ -445,6 +453,7 @@ def _options(
     if emulator is not False:
         speed = EMULATOR_SPEED if emulator is True else emulator.speed
         settings["poll_interval"] = emulated_poll(spec.run.poll_interval, speed)
+        settings["stall_after"] = spec.run.stall_after / speed
     return RunOptions(**settings, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
 
 

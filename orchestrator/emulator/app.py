@@ -50,6 +50,7 @@ _REFUSALS = (
     "http_503_bare",
     "proxy_html",
     "error_200",
+    "refuse_input",
 )
 
 

@@ -66,6 +66,9 @@ FAULTS: dict[str, FaultKind] = {
         "the answer is held back (a submit is done first)",
         {"delay": 35.0},
     ),
+    "refuse_input": FaultKind(
+        "request", ("submit",), "422 (422001): the input refused, as if invalid; nothing done"
+    ),
     "drop_after_create": FaultKind(
         "request", ("submit",), "the job is created and billed, then the connection is dropped"
     ),

@@ -94,6 +94,9 @@ def fault_response(fault: FaultSpec) -> Response:
         return Response(page, status_code=status, media_type="text/html")
     if name == "error_200":
         return api_error(200, 500001, "server error (emulated; sent with HTTP 200)")
+    if name == "refuse_input":
+        detail = [{"loc": ["body"], "msg": "refused (emulated)", "type": "value_error"}]
+        return api_error(422, 422001, "input does not match the model's schema (emulated)", detail)
     raise ValueError(f"{name} is not a refusing fault")
 
 

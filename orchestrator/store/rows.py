@@ -15,7 +15,11 @@ __all__ = ["FIELDS", "Event", "JobLike", "JobRow", "SyncGuard", "SyncResult", "e
 
 
 class JobLike(Protocol):
-    """What `Store.sync_jobs` reads from a grid job (orchestrator.grid.Job has these)."""
+    """What `Store.sync_jobs` reads from a grid job (orchestrator.grid.Job has these).
+
+    A job may also have ``rank`` (the run order; orchestrator.grid.Job does): without one, or
+    with None, its rank is its index.
+    """
 
     @property
     def key(self) -> str: ...

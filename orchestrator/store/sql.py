@@ -48,9 +48,8 @@ _FRESH_ATTEMPT = {
 }
 EVENT_INSERT = sa.insert(EVENTS)
 SYNC_KEYS = sa.table("sync_keys", sa.column("key", sa.Text))
-KNOWN = sa.select(JOBS.c.key, JOBS.c["index"], JOBS.c.in_spec, JOBS.c.sources).where(
-    JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True))
-)
+_PLACE = (JOBS.c["index"], JOBS.c.in_spec, JOBS.c.sources, JOBS.c.rank)
+KNOWN = sa.select(JOBS.c.key, *_PLACE).where(JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True)))
 TWINS = sa.select(JOBS.c.key, JOBS.c.state).where(
     JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True))
 )
@@ -60,7 +59,7 @@ MOVE = (
     .values(
         {
             "index": sa.bindparam("p_index"),
-            "rank": sa.bindparam("p_index"),
+            "rank": sa.bindparam("p_rank"),
             "in_spec": True,
             "sources": sa.bindparam("p_src"),
         }
@@ -123,13 +122,19 @@ def sources_text(job: JobLike) -> str | None:
     return canonical_json(dict(job.sources)) if job.sources else None
 
 
+def rank_of(job: JobLike) -> int:
+    """A job's run order: its ``rank`` when it has one (orchestrator.grid.Job), else its index."""
+    rank = getattr(job, "rank", None)
+    return job.index if rank is None else int(rank)
+
+
 def new_job(job: JobLike, split: Splitter, now: datetime, run_id: int | None) -> dict[str, Any]:
     """A new pending row, large data: URIs split off to ``split``; columns left out are NULL."""
     inputs, refs = split.split(job.inputs)
     return {
         "key": job.key,
         "index": job.index,
-        "rank": job.index,
+        "rank": rank_of(job),
         "model_id": job.model_id,
         "inputs": canonical_json(inputs),
         "blob_refs": canonical_json(refs) if refs else None,

@@ -257,6 +257,9 @@ class Store:
     ) -> SyncResult:
         """Record the spec's jobs: insert new keys, renumber known ones, mark which are in the spec.
 
+        A job's ``rank`` (the order claim follows; its index when it has none) is written with it,
+        and rewritten when the spec's order changed, so pending jobs follow the new order.
+
         Streams ``jobs`` in batches inside one transaction (a killed sync changes nothing), so
         memory stays flat for a million jobs. Large data: URIs go to the blobs table, once each.
         A known job takes the spec's current ``sources`` (a renamed image names its outputs).
@@ -279,8 +282,8 @@ class Store:
                     if job.model_id != model_id:
                         raise ValueError(f"job {job.key} is for {job.model_id}, not {model_id}")
                 known = {
-                    key: (index, in_spec, sources)
-                    for key, index, in_spec, sources in conn.execute(
+                    key: (index, in_spec, sources, rank)
+                    for key, index, in_spec, sources, rank in conn.execute(
                         sql.KNOWN, {"p_keys": list(by_key)}
                     )
                 }
@@ -291,9 +294,11 @@ class Store:
                 new_rows = [sql.new_job(job, split, now, self._run_id) for job in fresh]
                 moved = []
                 for key, job in by_key.items():
-                    src = sql.sources_text(job)
-                    if key in known and known[key] != (job.index, True, src):
-                        moved.append({"p_key": key, "p_index": job.index, "p_src": src})
+                    src, rank = sql.sources_text(job), sql.rank_of(job)
+                    if key in known and known[key] != (job.index, True, src, rank):
+                        moved.append(
+                            {"p_key": key, "p_index": job.index, "p_src": src, "p_rank": rank}
+                        )
                 # Known keys in place are not written: re-running a spec costs reads, not writes.
                 if blob_rows := split.take():
                     conn.execute(self._insert(sql.BLOBS).on_conflict_do_nothing(), blob_rows)
