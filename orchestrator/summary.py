@@ -49,13 +49,21 @@ class Invocation:
     spec: str  # the spec's path as the user can type it
     emulator: bool = False
     store: str | None = None  # --store as given (a URL's password masked)
+    flags: tuple[str, ...] = ()  # the run's setting flags as given (--max-cost 2.0, ...)
 
     def command(self, verb: str, *extra: str) -> str:
-        words = ["comfysweep", verb, self.spec]
+        """The command line, quoted to paste; ``run`` repeats the flags the run was given (one
+        that ``extra`` gives again, such as a raised --max-cost, only once, as ``extra`` says)."""
+        spec = f"./{self.spec}" if self.spec.startswith("-") else self.spec  # never read as a flag
+        words = ["comfysweep", verb, spec]
         if verb == "run" and self.emulator:
             words.append("--emulator")
         if self.store is not None:
             words += ["--store", self.store]
+        if verb == "run":
+            given = set(extra)
+            pairs = zip(self.flags[::2], self.flags[1::2], strict=True)
+            words += [word for flag, value in pairs if flag not in given for word in (flag, value)]
         return shlex.join([*words, *extra])
 
 

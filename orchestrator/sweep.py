@@ -131,7 +131,9 @@ def run_sweep(
         if force:
             renewed = _renew_done(db)
             log.info("--force: %d finished job(s) will render again", renewed)
-        how = Invocation(_typed(spec.path), emulator is not False, _shown_store(store))
+        how = Invocation(
+            _typed(spec.path), emulator is not False, _shown_store(store), _given(overrides)
+        )
         morning = RunAccount(db, how, spec.name, spec.results_dir, spec.run.max_cost, notifier, out)
         return anyio.run(_run, db, spec, options, client, _Start(morning, agree, stream))
 
@@ -298,6 +300,16 @@ def _typed(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except (ValueError, OSError):
         return str(path)
+
+
+def _given(overrides: Overrides | None) -> tuple[str, ...]:
+    """The setting flags a run was given, as words the resume command repeats (--until and
+    --force never: a deadline passes, and --force would render the done jobs once more)."""
+    words: list[str] = []
+    for name, value in asdict(overrides or Overrides()).items():
+        if value is not None:
+            words += ["--" + name.replace("_", "-"), str(value)]
+    return tuple(words)
 
 
 def _shown_store(store: str | Path | None) -> str | None:

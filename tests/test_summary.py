@@ -82,7 +82,8 @@ def test_a_budget_stop_says_the_flag_that_goes_on(tmp_path: Path, emulator: Emul
     # What was spent ($0.253) and the three jobs left ($0.759), rounded up to the cent.
     assert lines[-1] == (
         "- raise the cap to go on (3 job(s) left): "
-        "`comfysweep run grid.yaml --store s.db --max-cost 1.02`"
+        "`comfysweep run grid.yaml --store s.db --concurrency 1 --poll-interval 0.02 "
+        "--max-cost 1.02`"
     )
     assert run(emulator, overrides=Overrides(max_cost=1.02), store="s.db").complete
 
@@ -106,7 +107,40 @@ def test_an_interrupted_run_says_how_to_resume(
     lines = summary(tmp_path)
     assert lines[0] == "# grid: stopped (interrupted)"
     assert "- jobs: 3 pending, 1 done" in lines
-    assert lines[-2:] == ["", "- resume (3 job(s) left): `comfysweep run grid.yaml`"]
+    assert lines[-2:] == [
+        "",
+        "- resume (3 job(s) left): `comfysweep run grid.yaml --concurrency 1 --poll-interval 0.02`",
+    ]
+
+
+def test_the_resume_command_keeps_the_cap_and_settings_the_run_was_given(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run given --max-cost that stops for another reason: the pasted resume stays capped."""
+    write_spec(tmp_path)
+    real_submit = ModelApiClient.submit
+
+    async def submit_then_ctrl_c(self: ModelApiClient, *args: Any) -> Any:
+        submitted = await real_submit(self, *args)
+        signal.raise_signal(signal.SIGINT)
+        return submitted
+
+    monkeypatch.setattr(ModelApiClient, "submit", submit_then_ctrl_c)
+    given = Overrides(concurrency=1, poll_interval=0.02, max_cost=40.0, notify="true; echo 'x y'")
+    report = run(emulator, handle_signals=True, overrides=given, store="my store.db")
+    assert report.stop_kind == "interrupted"
+    assert summary(tmp_path)[-1] == (
+        "- resume (3 job(s) left): `comfysweep run grid.yaml --store 'my store.db' "
+        "--concurrency 1 --poll-interval 0.02 --max-cost 40.0 "
+        "--notify 'true; echo '\"'\"'x y'\"'\"''`"
+    )
+
+
+def test_the_resume_command_never_reads_a_spec_name_as_a_flag() -> None:
+    assert Invocation("-x.yaml").command("run") == "comfysweep run ./-x.yaml"
+    assert Invocation("-x.yaml").command("retry", "--failed") == (
+        "comfysweep retry ./-x.yaml --failed"
+    )
 
 
 def test_failed_jobs_are_counted_by_error_and_the_retry_is_said(tmp_path: Path) -> None:
@@ -135,7 +169,7 @@ def test_an_error_after_the_start_still_writes_the_account(
     lines = summary(tmp_path)
     assert lines[0] == "# grid: stopped (error)"
     assert "stopped: store s.db: disk I/O error" in lines
-    assert lines[-1] == "- resume (4 job(s) left): `comfysweep run grid.yaml`"
+    assert lines[-1] == "- resume (4 job(s) left): `comfysweep run grid.yaml --poll-interval 0.02`"
 
 
 def test_the_resume_command_masks_a_store_password() -> None:
