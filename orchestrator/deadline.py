@@ -93,8 +93,12 @@ def parse_until(
         total = hours * 3600 + minutes * 60 + seconds
         if total <= 0:
             raise SpecError(f"--until {text}: a duration must be longer than 0")
-        at = now + timedelta(seconds=total)
-        return Deadline(at.timestamp(), f"{at:%H:%M} (in {given})", clock, fallback)
+        try:
+            at = now + timedelta(seconds=total)
+        except (OverflowError, ValueError):  # past year 9999, or more days than Python counts
+            raise SpecError(f"--until {text}: too far ahead") from None
+        shown = f"{at:%H:%M}" if at.date() == now.date() else f"{at:%Y-%m-%d %H:%M}"
+        return Deadline(at.timestamp(), f"{shown} (in {given})", clock, fallback)
     try:
         when = datetime.fromisoformat(given)
     except ValueError:

@@ -33,6 +33,7 @@ MODEL = "community/wan-2-2/vace-fun"
         ("90m", NOW + timedelta(minutes=90), "06:30 (in 90m)"),
         ("8h", NOW + timedelta(hours=8), "13:00 (in 8h)"),
         ("1h30m", NOW + timedelta(minutes=90), "06:30 (in 1h30m)"),
+        ("30h", NOW + timedelta(hours=30), "2026-12-01 11:00 (in 30h)"),
         ("2026-12-01T06:30+02:00", datetime(2026, 12, 1, 6, 30, tzinfo=TZ), "2026-12-01 06:30"),
     ],
 )
@@ -56,6 +57,8 @@ PAST = "2026-11-30T04:59+02:00"
         (PAST, f"--until {PAST}: is in the past (it is now 2026-11-30 05:00)"),
         ("25:00", "--until 25:00: not a time of day (00:00 to 23:59)"),
         ("0m", "--until 0m: a duration must be longer than 0"),
+        ("99999999h", "--until 99999999h: too far ahead"),
+        ("99999999999h", "--until 99999999999h: too far ahead"),
         ("soon", f"--until 'soon': {FORMS}"),
         ("", f"--until '': {FORMS}"),
     ],
