@@ -19,7 +19,7 @@ import subprocess
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -118,7 +118,8 @@ class Notifier:
     def _run(self, body: bytes) -> None:
         # The command is the user's own; the data reaches it only on stdin, never as words.
         # Its own process group, so a timeout ends whatever it started too (a `sleep` holding
-        # the pipes open would otherwise keep the run waiting).
+        # the pipes open would otherwise keep the run waiting). Only the last bytes of what it
+        # says on stderr are kept: a command pouring out gigabytes must not fill the memory.
         proc = subprocess.Popen(
             self.target,
             shell=True,
@@ -128,16 +129,27 @@ class Notifier:
             env=self._environment(),
             start_new_session=True,
         )
+        said = _Tail()
+        helpers = [
+            threading.Thread(target=_feed, args=(proc.stdin, body), daemon=True),
+            threading.Thread(target=said.read, args=(proc.stderr,), daemon=True),
+        ]
+        for helper in helpers:
+            helper.start()
         try:
-            _, err = proc.communicate(body, timeout=self.timeout)
+            proc.wait(timeout=self.timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(OSError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+            _end_group(proc)
             raise
+        finally:
+            for helper in helpers:
+                helper.join(self.timeout)
+                if helper.is_alive():  # something it left behind holds the pipes open
+                    _end_group(proc)
+                    helper.join(self.timeout)
         if proc.returncode != 0:
-            said = err.decode(errors="replace").strip().splitlines()
-            raise _Failed(f"exit {proc.returncode}" + (f": {said[-1][:200]}" if said else ""))
+            last = said.text().strip().splitlines()
+            raise _Failed(f"exit {proc.returncode}" + (f": {last[-1][:200]}" if last else ""))
 
     def _environment(self) -> dict[str, str]:
         return {
@@ -147,6 +159,41 @@ class Notifier:
             and not _SECRET_NAME.search(name)
             and not (self.token and self.token in value)
         }
+
+
+_TAIL_BYTES = 4096  # what is kept of a notify command's stderr
+
+
+class _Tail:
+    """The last ``_TAIL_BYTES`` of a stream, read to its end."""
+
+    def __init__(self) -> None:
+        self._kept = bytearray()
+
+    def read(self, stream: IO[bytes] | None) -> None:
+        if stream is None:
+            return
+        with contextlib.suppress(OSError, ValueError), stream:
+            while chunk := stream.read1(65536):  # type: ignore[attr-defined]
+                self._kept += chunk
+                del self._kept[:-_TAIL_BYTES]
+
+    def text(self) -> str:
+        return self._kept.decode(errors="replace")
+
+
+def _feed(stream: IO[bytes] | None, body: bytes) -> None:
+    """Give ``body`` to a command's stdin; one that never reads it, or exits first, is fine."""
+    if stream is None:
+        return
+    with contextlib.suppress(OSError, ValueError), stream:
+        stream.write(body)
+
+
+def _end_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 class _Failed(Exception):

@@ -239,3 +239,30 @@ def test_a_stall_sends_the_account_so_far(tmp_path: Path) -> None:
     assert payload["outcome"] == "running"
     assert payload["counts"] == {"pending": 4}
     assert payload["cap_usd"] == 2.0
+
+
+def test_a_command_pouring_out_stderr_is_read_in_bounded_memory(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """300 MB on stderr, then a last line: only the tail is kept (communicate() kept it all)."""
+    import resource
+
+    notifier = Notifier.parse("yes | head -c 300000000 >&2; echo 'disk full' >&2; exit 3")
+    assert notifier is not None
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, the peak so far
+    with caplog.at_level(logging.WARNING, logger="comfysweep.notify"):
+        assert notifier.send({"event": "end"}) is False
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown < 100_000, f"the notifier's stderr took {grown} KiB"
+    (record,) = caplog.records
+    assert record.getMessage() == "notify yes failed: exit 3: disk full"
+
+
+def test_a_command_leaving_a_child_holding_its_pipes_is_given_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    notifier = Notifier.parse("sleep 60 & exit 0")
+    assert notifier is not None
+    notifier.timeout = 0.2
+    with caplog.at_level(logging.INFO, logger="comfysweep.notify"):
+        assert notifier.send({"event": "end"}) is True
