@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from orchestrator.sweep import Overrides, run_sweep
 
 from .sweeps import write_spec
 
+SUMMARIES = ("summary.md", "summary.json")
 ONE_JOB = 0.05 * 81 / 16  # the emulator's price of one of these jobs
 
 
@@ -208,3 +210,19 @@ def test_a_summary_symlink_is_replaced_never_written_through(
     assert elsewhere.read_text() == "keep me\n"
     assert not (folder / "summary.md").is_symlink()
     assert summary(tmp_path)[0] == "# grid: complete"
+
+
+def test_a_summary_half_written_by_a_killed_run_is_cleaned_up_by_the_next(tmp_path: Path) -> None:
+    from orchestrator.models import get_model
+    from orchestrator.results import _HOST, ResultsFolder
+
+    folder = ResultsFolder(tmp_path, get_model("community/wan-2-2/vace-fun"), "{key}")
+    folder.prepare()
+    dead = [tmp_path / f".{name}.{_HOST}~999999999~k1ll3d.tmp" for name in SUMMARIES]
+    for leftover in dead:
+        leftover.write_text("half an account")
+    alive = tmp_path / f".summary.md.{_HOST}~{os.getpid()}~wr1t1ng.tmp"  # a runner beside us
+    alive.write_text("being written")
+    assert folder.prepare() == 2
+    assert [p for p in dead if p.exists()] == []
+    assert alive.exists()
