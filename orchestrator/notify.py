@@ -109,9 +109,26 @@ class Notifier:
         self._threads.clear()
 
     def _post(self, body: bytes) -> None:
+        # httpx's timeout bounds each read, not the whole answer: a server trickling a byte at a
+        # time would hold the run's end for ever. The POST gets ``timeout`` in all, from a thread.
         headers = {"Content-Type": "application/json", "User-Agent": "comfysweep"}
-        with httpx.Client(timeout=self.timeout, follow_redirects=False) as http:
-            response = http.post(self.target, content=body, headers=headers)
+        answer: list[httpx.Response | Exception] = []
+
+        def post() -> None:
+            try:
+                with httpx.Client(timeout=self.timeout, follow_redirects=False) as http:
+                    answer.append(http.post(self.target, content=body, headers=headers))
+            except Exception as exc:  # said by send(), from this thread's caller
+                answer.append(exc)
+
+        poster = threading.Thread(target=post, daemon=True)
+        poster.start()
+        poster.join(self.timeout)
+        if not answer:
+            raise _Failed(f"no answer within {self.timeout:g} s")
+        response = answer[0]
+        if isinstance(response, Exception):
+            raise response
         if not response.is_success:
             raise _Failed(f"HTTP {response.status_code}")
 

@@ -20,6 +20,7 @@ from orchestrator.notify import Notifier
 from orchestrator.sweep import Overrides, run_sweep
 
 from .sweeps import write_spec
+from .waiting import wait_for
 
 ONE_JOB = 0.05 * 81 / 16
 
@@ -266,3 +267,42 @@ def test_a_command_leaving_a_child_holding_its_pipes_is_given_up(
     notifier.timeout = 0.2
     with caplog.at_level(logging.INFO, logger="comfysweep.notify"):
         assert notifier.send({"event": "end"}) is True
+
+
+def test_a_webhook_trickling_its_answer_is_given_up_after_the_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each byte comes well within httpx's per-read timeout: only a total deadline ends it."""
+    import socket
+
+    done = threading.Event()
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def trickle() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while not done.is_set():
+                try:
+                    conn.sendall(b"H")
+                except OSError:
+                    return
+                done.wait(0.02)  # the server's own pace, not a test waiting for a moment
+
+    threading.Thread(target=trickle, daemon=True).start()
+    notifier = Notifier.parse(f"http://127.0.0.1:{server.getsockname()[1]}/hook")
+    assert notifier is not None
+    notifier.timeout = 0.3
+    sent: list[bool] = []
+    worker = threading.Thread(target=lambda: sent.append(notifier.send({"event": "end"})))
+    try:
+        with caplog.at_level(logging.WARNING, logger="comfysweep.notify"):
+            worker.start()
+            wait_for(lambda: sent, "the notifier to give up")
+    finally:
+        done.set()
+        server.close()
+        worker.join()
+    assert sent == [False]
+    (record,) = caplog.records
+    assert record.getMessage() == "notify http://127.0.0.1 failed: no answer within 0.3 s"
+
