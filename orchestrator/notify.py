@@ -90,7 +90,7 @@ class Notifier:
                 self._post(body)
             else:
                 self._run(body)
-        except (OSError, httpx.HTTPError, subprocess.SubprocessError, _Failed) as exc:
+        except Exception as exc:  # whatever it was, a notifier is never worth the run's end
             log.warning("notify %s failed: %s", self.describe(), _one_line(exc))
             return False
         log.info("notified %s (%s)", self.describe(), data.get("event", "end"))
@@ -220,8 +220,9 @@ class _Failed(Exception):
 def _check_url(target: str) -> None:
     try:
         url = httpx.URL(target)
-    except httpx.InvalidURL as exc:
-        raise ComfysweepError(f"{_WHERE}: not a valid URL: {exc}") from None
+        url.host.encode("idna")  # what the POST does with it: an empty label fails only then
+    except (httpx.InvalidURL, UnicodeError, ValueError) as exc:  # idna's errors are UnicodeErrors
+        raise ComfysweepError(f"{_WHERE}: not a valid URL: {_one_line(exc)}") from None
     if url.scheme not in ("http", "https"):
         raise ComfysweepError(f"{_WHERE}: only http(s) URLs or shell commands, got {url.scheme}://")
     if not url.host:

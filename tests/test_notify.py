@@ -179,6 +179,8 @@ def test_the_token_never_reaches_the_payload(tmp_path: Path) -> None:
         ("http://", "run.notify (--notify): the URL has no host: 'http://'"),
         ("   ", "run.notify (--notify): empty; give an http(s) URL or a shell command"),
         ("echo 'open", "run.notify (--notify): not a shell command (No closing quotation)"),
+        ("http://xn--a.invalid/", "run.notify (--notify): not a valid URL: Codepoint U+0080"),
+        ("http://a..b/", "run.notify (--notify): not a valid URL: encoding with 'idna' codec"),
     ],
 )
 def test_a_malformed_notify_is_one_line_before_anything_is_paid(
@@ -306,3 +308,17 @@ def test_a_webhook_trickling_its_answer_is_given_up_after_the_timeout(
     (record,) = caplog.records
     assert record.getMessage() == "notify http://127.0.0.1 failed: no answer within 0.3 s"
 
+
+def test_a_notifier_raising_the_unexpected_is_still_one_logged_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in a library")
+
+    monkeypatch.setattr("httpx.Client.post", broken)
+    notifier = Notifier.parse("http://127.0.0.1:9/hook")
+    assert notifier is not None
+    with caplog.at_level(logging.WARNING, logger="comfysweep.notify"):
+        assert notifier.send({"event": "end"}) is False
+    (record,) = caplog.records
+    assert record.getMessage() == "notify http://127.0.0.1 failed: a bug in a library"
