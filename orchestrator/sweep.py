@@ -383,7 +383,7 @@ def sweep_left(
     priced by the last catalog price seen, timed by the last observed job duration."""
     spec = _loaded(spec)
     path = store_path(spec, store)
-    if isinstance(path, Path) and not path.exists():
+    if _no_store_file(path):
         return None
     with Store.open(path, readonly=True) as db:
         _check_owner(spec, db)
@@ -474,8 +474,13 @@ def _loaded(spec: Spec | str | Path) -> Spec:
 
 
 def _require_store(path: str | Path) -> None:
-    if isinstance(path, Path) and not path.exists():
+    if _no_store_file(path):
         raise StoreError(f"{path}: no store yet; `comfysweep run` creates it")
+
+
+def _no_store_file(path: str | Path) -> bool:
+    """Whether ``path`` names a store file not created yet (``--store`` comes as a string)."""
+    return "://" not in str(path) and not Path(path).exists()
 
 
 @contextlib.contextmanager

@@ -216,3 +216,18 @@ def test_plan_shows_what_is_left_once_the_store_exists(tmp_path: Path, emulator:
     text = CliRunner().invoke(cli, ["plan", str(spec)]).stdout
     assert "spent so far: $0.25" in text
     assert "left: 7 of 8 job(s) (7 pending); 1 done" in text
+
+
+def test_plan_with_a_store_not_created_yet_shows_the_whole_spec(tmp_path: Path) -> None:
+    """`--store new.db` before the first run: the plan, not "no store at new.db"."""
+    spec = write_spec(tmp_path, body=MIXED)
+    new = tmp_path / "new.db"
+    result = CliRunner().invoke(cli, ["plan", str(spec), "--json", "--store", str(new)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["left"] is None
+    assert not new.exists()  # a plan creates nothing
+    status = CliRunner().invoke(cli, ["status", str(spec), "--store", str(new)])
+    assert status.exit_code == 1
+    assert status.output.splitlines() == [
+        f"Error: {new}: no store yet; `comfysweep run` creates it"
+    ]
