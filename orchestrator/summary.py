@@ -330,11 +330,16 @@ class RunAccount:
         self.notifier.send_soon({"event": event, "text": text, **data})
 
     def end(self, data: dict[str, Any]) -> None:
-        """Print the account, write summary.md beside the outputs, tell the notifier."""
+        """Print the account, write summary.md beside the outputs, tell the notifier.
+
+        A stdout that no longer takes it (a pipe whose reader went) loses only the print."""
         text = markdown(data)
         if self.stream is not None:
-            self.stream.write("\n" + text)
-            self.stream.flush()
+            try:
+                self.stream.write("\n" + text)
+                self.stream.flush()
+            except OSError as exc:
+                log.warning("cannot print the run's account: %s", exc.strerror or exc)
         try:
             path = write(self.results_dir, data)
         except OSError as exc:  # a full disk: the account is printed and in run.log all the same

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -226,3 +227,30 @@ def test_a_summary_half_written_by_a_killed_run_is_cleaned_up_by_the_next(tmp_pa
     assert folder.prepare() == 2
     assert [p for p in dead if p.exists()] == []
     assert alive.exists()
+
+
+class _ClosedPipe(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_stdout_whose_reader_went_still_gets_summary_md_and_the_notifier(
+    tmp_path: Path,
+) -> None:
+    """`comfysweep run ... | head`: the account's print fails; the file and the notifier do not."""
+    from orchestrator.grid import iter_jobs
+    from orchestrator.notify import Notifier
+    from orchestrator.spec import load_spec
+    from orchestrator.store import Store
+    from orchestrator.summary import RunAccount
+
+    spec = load_spec(write_spec(tmp_path))
+    told = tmp_path / "told.json"
+    with Store.open(tmp_path / "s.db") as db, db.lock(owner="test"):
+        db.sync_jobs(iter_jobs(spec), spec.model)
+        notifier = Notifier.parse(f"cat > {told}")
+        morning = RunAccount(db, Invocation("grid.yaml"), "grid", tmp_path, None, notifier)
+        morning.stream = _ClosedPipe()
+        morning.end(morning.data())
+    assert (tmp_path / "summary.md").read_text().startswith("# grid: incomplete")
+    assert json.loads(told.read_text())["counts"] == {"pending": 4}
