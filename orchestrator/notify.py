@@ -45,6 +45,7 @@ class Notifier:
     is_url: bool
     token: str | None = None  # the API token: never in a payload, an environment or a URL
     timeout: float = NOTIFY_TIMEOUT
+    told_end: bool = False  # the run's end was sent (or tried): said once
     _threads: list[threading.Thread] = field(default_factory=list, repr=False)
 
     @classmethod
@@ -85,6 +86,7 @@ class Notifier:
     def send(self, data: Mapping[str, Any]) -> bool:
         """Deliver ``data`` now; False (and one logged line) when the notifier failed."""
         body = self.payload(data)
+        self.told_end = self.told_end or data.get("event") == "end"
         try:
             if self.is_url:
                 self._post(body)

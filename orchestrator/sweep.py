@@ -110,7 +110,8 @@ def run_sweep(
     spec = _loaded(spec).with_run(**asdict(overrides or Overrides()))
     deadline = parse_until(until) if isinstance(until, str) else until  # before anything is paid
     options = _options(spec, emulator, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
-    notifier = Notifier.parse(spec.run.notify, token=token)  # malformed: said before any cost
+    # Malformed: said before any cost. Never given the token (held to scrub it from notices).
+    notifier = Notifier.parse(spec.run.notify, token=token or _env_token())
     options = options.model_copy(update={"deadline": deadline})
     if emulator is False:
         ModelApiClient.check_token(token)  # no token: say so before touching the store
@@ -118,6 +119,7 @@ def run_sweep(
     path = store_path(spec, store)
     with (
         _run_log(spec.results_dir / LOG_FILE),
+        _notice_of_failure(notifier, spec),
         Store.open(path) as db,
         db.lock(owner=f"comfysweep run {spec.name}"),
         _backend(emulator, spec, base_url, token) as (url, key),
@@ -136,6 +138,30 @@ def run_sweep(
         )
         morning = RunAccount(db, how, spec.name, spec.results_dir, spec.run.max_cost, notifier, out)
         return anyio.run(_run, db, spec, options, client, _Start(morning, agree, stream))
+
+
+@contextlib.contextmanager
+def _notice_of_failure(notifier: Notifier | None, spec: Spec) -> Iterator[None]:
+    """A run that fails before its account exists (a store another run holds, the store of
+    another sweep, ...) still tells the notifier: an overnight run that never started is news.
+    Not a question the user declined: they are there."""
+    try:
+        yield
+    except ComfysweepError as exc:
+        declined = isinstance(exc, estimate.Declined)
+        if notifier is not None and not notifier.told_end and not declined:
+            notifier.send(
+                {
+                    "event": "end",
+                    "sweep": spec.name,
+                    "results": str(spec.results_dir),
+                    "outcome": "stopped by an error",
+                    "stop_reason": str(exc),
+                    "stop_kind": "error",
+                    "complete": False,
+                }
+            )
+        raise
 
 
 def _sync(db: Store, spec: Spec, confirm: Callable[[str], bool] | None) -> None:

@@ -322,3 +322,65 @@ def test_a_notifier_raising_the_unexpected_is_still_one_logged_line(
         assert notifier.send({"event": "end"}) is False
     (record,) = caplog.records
     assert record.getMessage() == "notify http://127.0.0.1 failed: a bug in a library"
+
+
+def test_a_run_that_cannot_start_tells_the_notifier_once(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """An overnight run refused before its first submit (here: the store of another sweep)."""
+    from orchestrator.errors import StoreError
+
+    spec = write_spec(tmp_path)
+    assert run(spec, emulator, notify=None).complete
+    other = write_spec(tmp_path, name="other")
+    told = tmp_path / "told.jsonl"
+    store = tmp_path / "results" / "grid" / "comfysweep.db"
+    with pytest.raises(StoreError, match="belongs to sweep 'grid'") as caught:
+        run_sweep(
+            other,
+            base_url=emulator.base_url,
+            token=emulator.token,
+            store=store,
+            overrides=Overrides(notify=f"cat >> {told}; echo >> {told}"),
+        )
+    (line,) = told.read_text().splitlines()  # one notice
+    notice = json.loads(line)
+    assert notice["event"] == "end"
+    assert notice["sweep"] == "other"
+    assert notice["outcome"] == "stopped by an error"
+    assert notice["stop_reason"] == str(caught.value)
+    assert emulator.token not in line
+
+
+def test_an_error_after_the_start_is_told_once(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.errors import StoreError
+
+    async def broken(self: Any) -> Any:
+        raise StoreError("store s.db: disk I/O error")
+
+    monkeypatch.setattr("orchestrator.runner.Runner._submit_loop", lambda self, jobs: broken(self))
+    spec = write_spec(tmp_path)
+    told = tmp_path / "told.jsonl"
+    with pytest.raises(StoreError, match="disk I/O error"):
+        run(spec, emulator, notify=f"cat >> {told}; echo >> {told}")
+    (line,) = told.read_text().splitlines()
+    assert json.loads(line)["counts"] == {"pending": 4}  # the account's notice, not a second one
+
+
+def test_a_declined_run_tells_no_one(tmp_path: Path, emulator: Emulator) -> None:
+    from orchestrator.estimate import Declined
+
+    spec = write_spec(tmp_path)
+    told = tmp_path / "told.json"
+    with pytest.raises(Declined):
+        run_sweep(
+            spec,
+            base_url=emulator.base_url,
+            token=emulator.token,
+            confirm=lambda question: False,
+            overrides=Overrides(confirm_above=0.0, notify=f"cat > {told}"),
+        )
+    assert not told.exists()
+    assert emulator.ledger()["jobs"] == []
