@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,32 @@ def test_with_nothing_known_the_first_wave_goes_out_and_the_first_to_end_tells(
         billed = len(emu.ledger()["jobs"])
     assert (billed, report.counts["done"], report.counts["pending"]) == (3, 3, 1)
     assert report.stop_kind == "deadline"
+
+
+@pytest.fixture
+def berlin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Local time is Europe/Berlin, which moves to summer time at 02:00 on 2026-03-29."""
+    import time
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("berlin")
+@pytest.mark.parametrize(
+    ("text", "utc", "label"),
+    [
+        ("06:30", datetime(2026, 3, 29, 4, 30, tzinfo=UTC), "06:30 tomorrow"),
+        ("8h", datetime(2026, 3, 29, 5, 0, tzinfo=UTC), "2026-03-29 07:00 (in 8h)"),
+    ],
+)
+def test_until_across_a_summer_time_change_means_the_wall_clock(
+    text: str, utc: datetime, label: str
+) -> None:
+    """The night the clocks go forward, `--until 06:30` is 06:30 summer time, not 07:30."""
+    now = datetime(2026, 3, 28, 22, 0).astimezone()  # 22:00 winter time (+01:00)
+    deadline = parse_until(text, now=now)
+    assert (deadline.at, deadline.label) == (utc.timestamp(), label)
