@@ -134,7 +134,10 @@ def run_sweep(
             renewed = _renew_done(db)
             log.info("--force: %d finished job(s) will render again", renewed)
         how = Invocation(
-            _typed(spec.path), emulator is not False, _shown_store(store), _given(overrides)
+            _typed(spec.path),
+            emulator is not False,
+            _shown_store(store),
+            _given(overrides, secret=key or _env_token()),
         )
         morning = RunAccount(db, how, spec.name, spec.results_dir, spec.run.max_cost, notifier, out)
         return anyio.run(_run, db, spec, options, client, _Start(morning, agree, stream))
@@ -328,13 +331,17 @@ def _typed(path: Path) -> str:
         return str(path)
 
 
-def _given(overrides: Overrides | None) -> tuple[str, ...]:
+def _given(overrides: Overrides | None, *, secret: str | None) -> tuple[str, ...]:
     """The setting flags a run was given, as words the resume command repeats (--until and
-    --force never: a deadline passes, and --force would render the done jobs once more)."""
+    --force never: a deadline passes, and --force would render the done jobs once more). The
+    API token, if a value holds it (a --notify command), is masked: the summary never has it."""
     words: list[str] = []
     for name, value in asdict(overrides or Overrides()).items():
         if value is not None:
-            words += ["--" + name.replace("_", "-"), str(value)]
+            text = str(value)
+            if secret:
+                text = text.replace(secret, "***")
+            words += ["--" + name.replace("_", "-"), text]
     return tuple(words)
 
 

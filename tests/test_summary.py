@@ -254,3 +254,18 @@ def test_a_stdout_whose_reader_went_still_gets_summary_md_and_the_notifier(
         morning.end(morning.data())
     assert (tmp_path / "summary.md").read_text().startswith("# grid: incomplete")
     assert json.loads(told.read_text())["counts"] == {"pending": 4}
+
+
+def test_a_notify_command_holding_the_token_is_masked_in_the_resume_command(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    write_spec(tmp_path)
+    told = tmp_path / "told.json"
+    command = f"cat > {told}; : {emulator.token}"
+    report = run(emulator, overrides=Overrides(poll_interval=0.02, notify=command, max_cost=0.3))
+    assert report.stop_kind == "budget"
+    for name in ("summary.md", "summary.json"):
+        text = (tmp_path / "results" / "grid" / name).read_text()
+        assert emulator.token not in text
+        assert ": ***" in text
+    assert emulator.token not in told.read_text()
