@@ -93,7 +93,10 @@ class Notifier:
             else:
                 self._run(body)
         except Exception as exc:  # whatever it was, a notifier is never worth the run's end
-            log.warning("notify %s failed: %s", self.describe(), _one_line(exc))
+            said = _one_line(exc)
+            if self.token:  # a command (or a server) may repeat what it was given
+                said = said.replace(self.token, "***")
+            log.warning("notify %s failed: %s", self.describe(), said)
             return False
         log.info("notified %s (%s)", self.describe(), data.get("event", "end"))
         return True

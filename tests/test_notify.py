@@ -384,3 +384,14 @@ def test_a_declined_run_tells_no_one(tmp_path: Path, emulator: Emulator) -> None
         )
     assert not told.exists()
     assert emulator.ledger()["jobs"] == []
+
+
+def test_a_failing_command_repeating_the_token_is_logged_without_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    notifier = Notifier.parse("echo 'rejected key tok-123456' >&2; exit 1", token="tok-123456")
+    assert notifier is not None
+    with caplog.at_level(logging.WARNING, logger="comfysweep.notify"):
+        assert notifier.send({"event": "end"}) is False
+    (record,) = caplog.records
+    assert record.getMessage() == "notify echo failed: exit 1: rejected key ***"
