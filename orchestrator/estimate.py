@@ -102,6 +102,10 @@ def forecast(
             remaining = -math.inf  # the claim order stops at the first job the cap refuses
     known = [c for c in costs if c is not None]
     unpriced = len(costs) - len(known)
+    if price is not None and price.base_price_usd is not None and unpriced and not known:
+        # A price was seen, but it prices none of these jobs: not "no price seen yet".
+        unit = price.price_unit or "unnamed unit"
+        price_note = f"a price of ${price.base_price_usd:g} per {unit} prices none of these jobs"
     pending = counts[JobState.PENDING.value]
     in_flight = sum(counts[s.value] for s in _IN_FLIGHT)
     remote = pending + sum(counts[s.value] for s in _UNBILLED)

@@ -231,3 +231,16 @@ def test_plan_with_a_store_not_created_yet_shows_the_whole_spec(tmp_path: Path) 
     assert status.output.splitlines() == [
         f"Error: {new}: no store yet; `comfysweep run` creates it"
     ]
+
+
+def test_a_price_in_an_unknown_unit_is_not_said_to_be_missing(tmp_path: Path) -> None:
+    db = synced(tmp_path, SPEC)
+    with db:
+        ahead = forecast(
+            db, get_model(WAN), Price(0.3, "gpu-hour", "2026-11-30T00:00:00+00:00"),
+            concurrency=2, cap_usd=None, job_seconds=None,
+            price_note="no catalog price seen yet for x",
+        )  # fmt: skip
+    assert forecast_lines(ahead)[1] == (
+        "estimated cost: unknown (a price of $0.3 per gpu-hour prices none of these jobs)"
+    )
