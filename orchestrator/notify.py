@@ -35,6 +35,7 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # Variables a notify command never sees: whatever names a token, a secret or a password.
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|CREDENTIAL", re.IGNORECASE)
 _WHERE = "run.notify (--notify)"
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
 @dataclass
@@ -74,7 +75,10 @@ class Notifier:
         if self.is_url:
             url = httpx.URL(self.target)
             return f"{url.scheme}://{url.host}"
-        return shlex.split(self.target)[0]
+        words = shlex.split(self.target)
+        # Not a leading VAR=value: it may hold a webhook's secret (HOOK_KEY=... curl ...).
+        command = [w for w in words if not _ASSIGNMENT.match(w)]
+        return command[0] if command else "command"
 
     def payload(self, data: Mapping[str, Any]) -> bytes:
         """``data`` as JSON, the token scrubbed wherever a server or a file had put it."""

@@ -395,3 +395,15 @@ def test_a_failing_command_repeating_the_token_is_logged_without_it(
         assert notifier.send({"event": "end"}) is False
     (record,) = caplog.records
     assert record.getMessage() == "notify echo failed: exit 1: rejected key ***"
+
+
+def test_the_log_names_a_command_without_its_variable_assignments(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`HOOK_KEY=s3cr3t curl ...`: the log says `curl`, never the assignment and its secret."""
+    notifier = Notifier.parse("HOOK_KEY=s3cr3t sh -c 'exit 2'")
+    assert notifier is not None
+    with caplog.at_level(logging.INFO, logger="comfysweep.notify"):
+        assert notifier.send({"event": "end"}) is False
+    (record,) = caplog.records
+    assert record.getMessage() == "notify sh failed: exit 2"
