@@ -21,6 +21,7 @@ from typing import IO, Any
 
 from orchestrator.estimate import duration
 from orchestrator.notify import Notifier
+from orchestrator.responses import error_message
 from orchestrator.results import atomic_file
 from orchestrator.store import RETRYABLE, JobRow, JobState, Store
 
@@ -254,15 +255,8 @@ def _cents_up(value: float) -> str:
 
 
 def _error_text(error: Any) -> str:
-    if isinstance(error, Mapping):
-        for name in ("message", "error_message", "detail", "error"):
-            value = error.get(name)
-            if isinstance(value, str) and value:
-                error = value
-                break
-        else:
-            error = json.dumps(error, sort_keys=True)
-    text = " ".join(str(error).split())
+    """An error as the run's own lines name it (``type: message``, as max_failures says it)."""
+    text = " ".join((error_message(error) or "an error without a message").split())
     return text if len(text) <= 120 else text[:119] + "…"
 
 

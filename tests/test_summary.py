@@ -269,3 +269,17 @@ def test_a_notify_command_holding_the_token_is_masked_in_the_resume_command(
         assert emulator.token not in text
         assert ": ***" in text
     assert emulator.token not in told.read_text()
+
+
+def test_the_top_errors_name_an_error_as_the_max_failures_stop_does(tmp_path: Path) -> None:
+    write_spec(tmp_path)
+    profile = FaultProfile.parse({"seed": 7, "faults": {"fail_object": {"rate": 1.0}}})
+    with Emulator(EmulatorConfig(speed=2000.0, workers=4, faults=profile)) as emu:
+        overrides = Overrides(poll_interval=0.02, concurrency=1, max_failures="2")
+        report = run(emu, retry=RetryPolicy(wait=False), overrides=overrides)
+    assert report.stop_kind == "failures"
+    named = (report.stop_reason or "").split("the commonest error (2x): ")[1]
+    assert named.startswith("ExecutionError: ")
+    lines = summary(tmp_path)
+    errors = lines.index("## Top errors")
+    assert lines[errors + 2] == f"- 2 x {named}"
