@@ -146,7 +146,11 @@ def forecast_lines(f: Forecast) -> list[str]:
 
 def question(f: Forecast) -> str:
     """What the run asks on a terminal when the estimate is above ``run.confirm_above``."""
-    return f"Submit {f.pending} job(s) for about {_usd(f.payable_usd or 0.0)}?"
+    about = _usd(f.payable_usd or 0.0)
+    if f.cap_usd is not None and f.covered is not None and f.covered < f.pending:
+        cut = f"(the {_usd(f.cap_usd)} cap stops there)"
+        return f"Submit {f.covered} of {f.pending} job(s) {cut} for about {about}?"
+    return f"Submit {f.pending} job(s) for about {about}?"
 
 
 def _left_line(f: Forecast) -> str:

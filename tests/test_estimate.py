@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from orchestrator import cli as cli_module
 from orchestrator.cli import cli
 from orchestrator.emulator import Emulator, EmulatorConfig
-from orchestrator.estimate import Declined, forecast, forecast_lines
+from orchestrator.estimate import Declined, forecast, forecast_lines, question
 from orchestrator.grid import iter_jobs
 from orchestrator.models import get_model
 from orchestrator.prices import Price, remember_duration
@@ -59,6 +59,7 @@ def test_forecast_prices_each_job_from_its_frames_and_says_what_the_cap_cuts(
         "(`--max-cost 2.78` covers all)",
     ]
     assert ahead.payable_usd == 1.00
+    assert question(ahead) == "Submit 3 of 8 job(s) (the $1.00 cap stops there) for about $1.00?"
 
 
 def test_forecast_counts_in_flight_jobs_and_what_was_spent(tmp_path: Path) -> None:
