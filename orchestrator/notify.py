@@ -32,6 +32,7 @@ log = logging.getLogger("comfysweep.notify")
 
 NOTIFY_TIMEOUT = 10.0  # seconds a notifier may take before it is given up
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_WEB = re.compile(r"^https?:", re.IGNORECASE)
 # Variables a notify command never sees: whatever names a token, a secret or a password.
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|CREDENTIAL", re.IGNORECASE)
 _WHERE = "run.notify (--notify)"
@@ -57,7 +58,7 @@ class Notifier:
         target = value.strip()
         if not target:
             raise ComfysweepError(f"{_WHERE}: empty; give an http(s) URL or a shell command")
-        if _SCHEME.match(target):
+        if _SCHEME.match(target) or _WEB.match(target):  # http:/x is a URL mistyped, not a command
             _check_url(target)
             if token and token in target:
                 raise ComfysweepError(f"{_WHERE}: the URL holds the API token; it never leaves")
@@ -232,6 +233,10 @@ def _check_url(target: str) -> None:
         url.host.encode("idna")  # what the POST does with it: an empty label fails only then
     except (httpx.InvalidURL, UnicodeError, ValueError) as exc:  # idna's errors are UnicodeErrors
         raise ComfysweepError(f"{_WHERE}: not a valid URL: {_one_line(exc)}") from None
+    if any(c.isspace() for c in target):
+        raise ComfysweepError(f"{_WHERE}: not a valid URL: it holds a space: {target!r}")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ComfysweepError(f"{_WHERE}: not a valid URL: port {url.port} is not 1 to 65535")
     if url.scheme not in ("http", "https"):
         raise ComfysweepError(f"{_WHERE}: only http(s) URLs or shell commands, got {url.scheme}://")
     if not url.host:

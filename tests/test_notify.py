@@ -181,6 +181,10 @@ def test_the_token_never_reaches_the_payload(tmp_path: Path) -> None:
         ("echo 'open", "run.notify (--notify): not a shell command (No closing quotation)"),
         ("http://xn--a.invalid/", "run.notify (--notify): not a valid URL: Codepoint U+0080"),
         ("http://a..b/", "run.notify (--notify): not a valid URL: encoding with 'idna' codec"),
+        ("http:/hooks.example/x", "run.notify (--notify): the URL has no host"),
+        ("HTTPS:hooks.example", "run.notify (--notify): the URL has no host"),
+        ("http://hooks.example:99999/", "run.notify (--notify): not a valid URL: port 99999"),
+        ("http://hooks example/", "run.notify (--notify): not a valid URL: it holds a space"),
     ],
 )
 def test_a_malformed_notify_is_one_line_before_anything_is_paid(
