@@ -7,6 +7,7 @@ atomically (a temporary file renamed over the old one, never written through a s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -336,8 +337,16 @@ class RunAccount:
                 log.warning("cannot print the run's account: %s", exc.strerror or exc)
         try:
             path = write(self.results_dir, data)
-        except OSError as exc:  # a full disk: the account is printed and in run.log all the same
-            log.warning("cannot write %s: %s", SUMMARY_FILE, exc.strerror or exc)
+        except OSError as exc:  # a full disk: the account is printed all the same, and says so
+            line = (
+                f"cannot write {SUMMARY_FILE} in {self.results_dir}: {exc.strerror or exc} "
+                "(the account above is the only copy)"
+            )
+            log.warning("%s", line)
+            if self.stream is not None:
+                with contextlib.suppress(OSError):
+                    self.stream.write(line + "\n")
+                    self.stream.flush()
         else:
             log.info("the run's account is in %s", path)
         if self.notifier is not None:

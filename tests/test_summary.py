@@ -283,3 +283,33 @@ def test_the_top_errors_name_an_error_as_the_max_failures_stop_does(tmp_path: Pa
     lines = summary(tmp_path)
     errors = lines.index("## Top errors")
     assert lines[errors + 2] == f"- 2 x {named}"
+
+
+def test_a_full_disk_says_on_stdout_that_summary_md_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run.log is on the same full disk: the line that summary.md is missing goes to stdout."""
+    import errno
+
+    from orchestrator import summary as summary_module
+    from orchestrator.grid import iter_jobs
+    from orchestrator.spec import load_spec
+    from orchestrator.store import Store
+    from orchestrator.summary import RunAccount
+
+    def full(folder: Path, data: Any) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(summary_module, "write", full)
+    spec = load_spec(write_spec(tmp_path))
+    out = io.StringIO()
+    with Store.open(tmp_path / "s.db") as db, db.lock(owner="test"):
+        db.sync_jobs(iter_jobs(spec), spec.model)
+        morning = RunAccount(db, Invocation("grid.yaml"), "grid", tmp_path, None, None, out)
+        morning.end(morning.data())
+    lines = out.getvalue().splitlines()
+    assert lines[1] == "# grid: incomplete"
+    assert lines[-1] == (
+        f"cannot write summary.md in {tmp_path}: No space left on device "
+        "(the account above is the only copy)"
+    )
