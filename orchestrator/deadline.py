@@ -65,6 +65,12 @@ class Deadline:
             "continue"
         )
 
+    def passed_line(self) -> str:
+        return (
+            f"stopped submitting: the deadline {self.label} has passed; the jobs in flight "
+            "finish, run again to continue"
+        )
+
 
 def parse_until(
     text: str,

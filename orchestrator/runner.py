@@ -320,6 +320,9 @@ class Runner:
         deadline = self.deadline
         if deadline is None:
             return True
+        if deadline.too_late(0.0):  # passed already (a long sync): not even a first wave
+            self.stop(deadline.passed_line(), kind="deadline")
+            return True
         need = deadline.need(self.durations, self.download_times)
         if need is None:
             return self._remote == 0 or self._submits < self.options.concurrency
