@@ -7,6 +7,7 @@ import errno
 import io
 import logging
 import os
+import re
 import socket
 import stat
 import statistics
@@ -345,6 +346,9 @@ def _given(overrides: Overrides | None, *, secret: str | None) -> tuple[str, ...
     return tuple(words)
 
 
+_SECRET_PARAM = re.compile(r"pass|secret|token|key", re.IGNORECASE)
+
+
 def _shown_store(store: str | Path | None) -> str | None:
     """``--store`` as the summary repeats it: a URL's password masked."""
     if store is None:
@@ -356,9 +360,13 @@ def _shown_store(store: str | Path | None) -> str | None:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(text).render_as_string(hide_password=True)
+        url = make_url(text)
     except ArgumentError:
         return "URL"
+    # libpq takes a password in the query too (?password=, ?sslpassword=): masked as well.
+    hidden = {k: "***" for k in url.query if _SECRET_PARAM.search(k)}
+    shown = url.update_query_dict(hidden).render_as_string(hide_password=True)
+    return shown.replace("=%2A%2A%2A", "=***")
 
 
 async def _catalog(client: ModelApiClient, model_id: str) -> ModelInfo | None:

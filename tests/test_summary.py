@@ -196,6 +196,11 @@ def test_the_resume_command_masks_a_store_password() -> None:
 
     assert _shown_store("postgresql+psycopg://me:secret@db/x") == "postgresql+psycopg://me:***@db/x"
     assert _shown_store(Path("s.db")) == "s.db"
+    # libpq's query parameters hold passwords too
+    assert _shown_store("postgresql+psycopg://me@db/x?password=secret&sslmode=require") == (
+        "postgresql+psycopg://me@db/x?password=***&sslmode=require"
+    )
+    assert "hush" not in str(_shown_store("postgresql+psycopg://me@db/x?sslpassword=hush"))
 
 
 def test_a_summary_symlink_is_replaced_never_written_through(
