@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import shlex
 import statistics
 import time
@@ -214,17 +215,24 @@ def _next_steps(
     if stop_kind == "budget" and left and cap is not None:
         raised = max(cap, spent + left_usd) if left_usd is not None else None
         flag = "--max-cost USD" if raised is None else f"--max-cost {_cents_up(raised)}"
-        steps.append(
-            f"raise the cap to go on ({left} job(s) left): `{how.command('run', *flag.split())}`"
-        )
+        raise_cap = _code(how.command("run", *flag.split()))
+        steps.append(f"raise the cap to go on ({left} job(s) left): {raise_cap}")
     elif left or in_flight:
-        steps.append(f"resume ({left + in_flight} job(s) left): `{how.command('run')}`")
+        steps.append(f"resume ({left + in_flight} job(s) left): {_code(how.command('run'))}")
     for state in sorted(RETRYABLE, key=lambda s: s.value):
         n = counts.get(state.value, 0)
         if n:
             flag = f"--{state.value}"
-            steps.append(f"retry {n} {state.value}: `{how.command('retry', flag)}`")
+            steps.append(f"retry {n} {state.value}: {_code(how.command('retry', flag))}")
     return steps
+
+
+def _code(command: str) -> str:
+    """``command`` as a Markdown code span that a backtick inside (a path's) does not end."""
+    longest = max((len(run) for run in re.findall(r"`+", command)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if longest else ""
+    return f"{fence}{pad}{command}{pad}{fence}"
 
 
 def _spread(values: list[float]) -> dict[str, Any] | None:

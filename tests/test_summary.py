@@ -318,3 +318,17 @@ def test_a_full_disk_says_on_stdout_that_summary_md_is_missing(
         f"cannot write summary.md in {tmp_path}: No space left on device "
         "(the account above is the only copy)"
     )
+
+
+def test_a_backtick_in_the_spec_path_does_not_end_the_commands_code_span() -> None:
+    data = account(
+        sweep="x",
+        results_dir="r",
+        counts={"pending": 2},
+        elapsed=1.0,
+        spent_usd=0.0,
+        cap_usd=None,
+        times=RunTimes(),
+        invocation=Invocation("my `x` spec.yaml"),
+    )
+    assert data["next"] == ["resume (2 job(s) left): `` comfysweep run 'my `x` spec.yaml' ``"]
