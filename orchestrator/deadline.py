@@ -65,6 +65,12 @@ class Deadline:
             "continue"
         )
 
+    def passed_line(self) -> str:
+        return (
+            f"stopped submitting: the deadline {self.label} has passed; the jobs in flight "
+            "finish, run again to continue"
+        )
+
 
 def parse_until(
     text: str,
@@ -86,6 +92,8 @@ def parse_until(
         day = "today"
         if at <= now:
             at, day = at + timedelta(days=1), "tomorrow"
+        if _is_local(now):  # 06:30 on the wall clock, in the offset that day has (DST changes)
+            at = at.replace(tzinfo=None).astimezone()
         return Deadline(at.timestamp(), f"{at:%H:%M} {day}", clock, fallback)
     span = _DURATION.match(given)
     if span and given:
@@ -93,8 +101,14 @@ def parse_until(
         total = hours * 3600 + minutes * 60 + seconds
         if total <= 0:
             raise SpecError(f"--until {text}: a duration must be longer than 0")
-        at = now + timedelta(seconds=total)
-        return Deadline(at.timestamp(), f"{at:%H:%M} (in {given})", clock, fallback)
+        try:
+            at = now + timedelta(seconds=total)
+        except (OverflowError, ValueError):  # past year 9999, or more days than Python counts
+            raise SpecError(f"--until {text}: too far ahead") from None
+        if _is_local(now):  # the wall clock then, after a DST change on the way
+            at = at.astimezone()
+        shown = f"{at:%H:%M}" if at.date() == now.date() else f"{at:%Y-%m-%d %H:%M}"
+        return Deadline(at.timestamp(), f"{shown} (in {given})", clock, fallback)
     try:
         when = datetime.fromisoformat(given)
     except ValueError:
@@ -104,6 +118,11 @@ def parse_until(
     if when <= now:
         raise SpecError(f"--until {text}: is in the past (it is now {now:%Y-%m-%d %H:%M})")
     return Deadline(when.timestamp(), f"{when:%Y-%m-%d %H:%M}", clock, fallback)
+
+
+def _is_local(now: datetime) -> bool:
+    """Whether ``now`` is this machine's local time (its offset is the local one then)."""
+    return now.utcoffset() == now.astimezone().utcoffset()
 
 
 def _percentile(values: Sequence[float]) -> float:

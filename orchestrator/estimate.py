@@ -102,6 +102,10 @@ def forecast(
             remaining = -math.inf  # the claim order stops at the first job the cap refuses
     known = [c for c in costs if c is not None]
     unpriced = len(costs) - len(known)
+    if price is not None and price.base_price_usd is not None and unpriced and not known:
+        # A price was seen, but it prices none of these jobs: not "no price seen yet".
+        unit = price.price_unit or "unnamed unit"
+        price_note = f"a price of ${price.base_price_usd:g} per {unit} prices none of these jobs"
     pending = counts[JobState.PENDING.value]
     in_flight = sum(counts[s.value] for s in _IN_FLIGHT)
     remote = pending + sum(counts[s.value] for s in _UNBILLED)
@@ -142,7 +146,11 @@ def forecast_lines(f: Forecast) -> list[str]:
 
 def question(f: Forecast) -> str:
     """What the run asks on a terminal when the estimate is above ``run.confirm_above``."""
-    return f"Submit {f.pending} job(s) for about {_usd(f.payable_usd or 0.0)}?"
+    about = _usd(f.payable_usd or 0.0)
+    if f.cap_usd is not None and f.covered is not None and f.covered < f.pending:
+        cut = f"(the {_usd(f.cap_usd)} cap stops there)"
+        return f"Submit {f.covered} of {f.pending} job(s) {cut} for about {about}?"
+    return f"Submit {f.pending} job(s) for about {about}?"
 
 
 def _left_line(f: Forecast) -> str:

@@ -121,7 +121,8 @@ class ResultsFolder:
                 leftover.unlink(missing_ok=True)
                 removed += 1
         # A kill inside atomic_file leaves its temporary file: .<file>.<host>~<pid>~<random>.tmp
-        for name in (MANIFEST, METADATA):
+        # (the manifest, metadata, summary.md and summary.json: every file the tool writes)
+        for name in TOOL_FILES:
             for leftover in self.root.glob(f".{name}.*.tmp"):
                 host, _, rest = leftover.name[len(name) + 2 :].partition("~")
                 if _is_file(leftover) and _abandoned(host, rest.partition("~")[0]):

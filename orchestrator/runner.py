@@ -135,6 +135,7 @@ class Runner:
         self._messages: list[str] = []
         self._remote = 0  # jobs submitting, queued or running on the remote side
         self._download_backlog = 0  # finished jobs whose outputs are not on disk yet
+        self._downloading = 0  # downloads under way now (progress, though no state changes)
         self._changed = anyio.Event()
         self._any_submit_ok = False
         self._unknown_in_a_row = 0
@@ -318,6 +319,9 @@ class Runner:
         a job takes and the first wave is out (the first job to end tells)."""
         deadline = self.deadline
         if deadline is None:
+            return True
+        if deadline.too_late(0.0):  # passed already (a long sync): not even a first wave
+            self.stop(deadline.passed_line(), kind="deadline")
             return True
         need = deadline.need(self.durations, self.download_times)
         if need is None:
@@ -595,7 +599,11 @@ class Runner:
         try:
             async with self._downloads:
                 began = time.monotonic()
-                await self._fetch_outputs(row)
+                self._downloading += 1
+                try:
+                    await self._fetch_outputs(row)
+                finally:
+                    self._downloading -= 1
                 self.download_times.append(time.monotonic() - began)
         finally:
             self._download_backlog -= 1
@@ -828,7 +836,13 @@ class Runner:
                 last_manifest = time.monotonic()
 
     def _check_stall(self, now: float) -> None:
-        """Say once when no job has changed state for ``stall_after``, again at 4x and 16x ..."""
+        """Say once when no job has changed state for ``stall_after``, again at 4x and 16x ...
+
+        A download under way, or a write waiting for a busy store (said on its own), is no stall.
+        """
+        if self._downloading or self._store_waiting:
+            self._last_change = now
+            return
         quiet = self.options.stall_after * self._stall_level
         if now - self._last_change < quiet:
             return

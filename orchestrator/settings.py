@@ -113,7 +113,7 @@ class RunSettings(BaseModel):
         int, Setting("times a job the API reports failed is submitted again", flag="N")
     ] = Field(0, ge=0, le=100)
 
-    @field_validator("max_failures")
+    @field_validator("max_failures", mode="before")  # before the union says "...int: whole"
     @classmethod
     def _failure_limit(cls, value: Any) -> Any:
         if value is not None:

@@ -7,9 +7,11 @@ atomically (a temporary file renamed over the old one, never written through a s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import re
 import shlex
 import statistics
 import time
@@ -21,6 +23,7 @@ from typing import IO, Any
 
 from orchestrator.estimate import duration
 from orchestrator.notify import Notifier
+from orchestrator.responses import error_message
 from orchestrator.results import atomic_file
 from orchestrator.store import RETRYABLE, JobRow, JobState, Store
 
@@ -49,13 +52,21 @@ class Invocation:
     spec: str  # the spec's path as the user can type it
     emulator: bool = False
     store: str | None = None  # --store as given (a URL's password masked)
+    flags: tuple[str, ...] = ()  # the run's setting flags as given (--max-cost 2.0, ...)
 
     def command(self, verb: str, *extra: str) -> str:
-        words = ["comfysweep", verb, self.spec]
+        """The command line, quoted to paste; ``run`` repeats the flags the run was given (one
+        that ``extra`` gives again, such as a raised --max-cost, only once, as ``extra`` says)."""
+        spec = f"./{self.spec}" if self.spec.startswith("-") else self.spec  # never read as a flag
+        words = ["comfysweep", verb, spec]
         if verb == "run" and self.emulator:
             words.append("--emulator")
         if self.store is not None:
             words += ["--store", self.store]
+        if verb == "run":
+            given = set(extra)
+            pairs = zip(self.flags[::2], self.flags[1::2], strict=True)
+            words += [word for flag, value in pairs if flag not in given for word in (flag, value)]
         return shlex.join([*words, *extra])
 
 
@@ -204,17 +215,24 @@ def _next_steps(
     if stop_kind == "budget" and left and cap is not None:
         raised = max(cap, spent + left_usd) if left_usd is not None else None
         flag = "--max-cost USD" if raised is None else f"--max-cost {_cents_up(raised)}"
-        steps.append(
-            f"raise the cap to go on ({left} job(s) left): `{how.command('run', *flag.split())}`"
-        )
+        raise_cap = _code(how.command("run", *flag.split()))
+        steps.append(f"raise the cap to go on ({left} job(s) left): {raise_cap}")
     elif left or in_flight:
-        steps.append(f"resume ({left + in_flight} job(s) left): `{how.command('run')}`")
+        steps.append(f"resume ({left + in_flight} job(s) left): {_code(how.command('run'))}")
     for state in sorted(RETRYABLE, key=lambda s: s.value):
         n = counts.get(state.value, 0)
         if n:
             flag = f"--{state.value}"
-            steps.append(f"retry {n} {state.value}: `{how.command('retry', flag)}`")
+            steps.append(f"retry {n} {state.value}: {_code(how.command('retry', flag))}")
     return steps
+
+
+def _code(command: str) -> str:
+    """``command`` as a Markdown code span that a backtick inside (a path's) does not end."""
+    longest = max((len(run) for run in re.findall(r"`+", command)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if longest else ""
+    return f"{fence}{pad}{command}{pad}{fence}"
 
 
 def _spread(values: list[float]) -> dict[str, Any] | None:
@@ -246,15 +264,8 @@ def _cents_up(value: float) -> str:
 
 
 def _error_text(error: Any) -> str:
-    if isinstance(error, Mapping):
-        for name in ("message", "error_message", "detail", "error"):
-            value = error.get(name)
-            if isinstance(value, str) and value:
-                error = value
-                break
-        else:
-            error = json.dumps(error, sort_keys=True)
-    text = " ".join(str(error).split())
+    """An error as the run's own lines name it (``type: message``, as max_failures says it)."""
+    text = " ".join((error_message(error) or "an error without a message").split())
     return text if len(text) <= 120 else text[:119] + "…"
 
 
@@ -322,15 +333,28 @@ class RunAccount:
         self.notifier.send_soon({"event": event, "text": text, **data})
 
     def end(self, data: dict[str, Any]) -> None:
-        """Print the account, write summary.md beside the outputs, tell the notifier."""
+        """Print the account, write summary.md beside the outputs, tell the notifier.
+
+        A stdout that no longer takes it (a pipe whose reader went) loses only the print."""
         text = markdown(data)
         if self.stream is not None:
-            self.stream.write("\n" + text)
-            self.stream.flush()
+            try:
+                self.stream.write("\n" + text)
+                self.stream.flush()
+            except OSError as exc:
+                log.warning("cannot print the run's account: %s", exc.strerror or exc)
         try:
             path = write(self.results_dir, data)
-        except OSError as exc:  # a full disk: the account is printed and in run.log all the same
-            log.warning("cannot write %s: %s", SUMMARY_FILE, exc.strerror or exc)
+        except OSError as exc:  # a full disk: the account is printed all the same, and says so
+            line = (
+                f"cannot write {SUMMARY_FILE} in {self.results_dir}: {exc.strerror or exc} "
+                "(the account above is the only copy)"
+            )
+            log.warning("%s", line)
+            if self.stream is not None:
+                with contextlib.suppress(OSError):
+                    self.stream.write(line + "\n")
+                    self.stream.flush()
         else:
             log.info("the run's account is in %s", path)
         if self.notifier is not None:

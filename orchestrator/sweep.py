@@ -7,6 +7,7 @@ import errno
 import io
 import logging
 import os
+import re
 import socket
 import stat
 import statistics
@@ -110,7 +111,8 @@ def run_sweep(
     spec = _loaded(spec).with_run(**asdict(overrides or Overrides()))
     deadline = parse_until(until) if isinstance(until, str) else until  # before anything is paid
     options = _options(spec, emulator, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
-    notifier = Notifier.parse(spec.run.notify, token=token)  # malformed: said before any cost
+    # Malformed: said before any cost. Never given the token (held to scrub it from notices).
+    notifier = Notifier.parse(spec.run.notify, token=token or _env_token())
     options = options.model_copy(update={"deadline": deadline})
     if emulator is False:
         ModelApiClient.check_token(token)  # no token: say so before touching the store
@@ -118,6 +120,7 @@ def run_sweep(
     path = store_path(spec, store)
     with (
         _run_log(spec.results_dir / LOG_FILE),
+        _notice_of_failure(notifier, spec),
         Store.open(path) as db,
         db.lock(owner=f"comfysweep run {spec.name}"),
         _backend(emulator, spec, base_url, token) as (url, key),
@@ -131,9 +134,38 @@ def run_sweep(
         if force:
             renewed = _renew_done(db)
             log.info("--force: %d finished job(s) will render again", renewed)
-        how = Invocation(_typed(spec.path), emulator is not False, _shown_store(store))
+        how = Invocation(
+            _typed(spec.path),
+            emulator is not False,
+            _shown_store(store),
+            _given(overrides, secret=key or _env_token()),
+        )
         morning = RunAccount(db, how, spec.name, spec.results_dir, spec.run.max_cost, notifier, out)
         return anyio.run(_run, db, spec, options, client, _Start(morning, agree, stream))
+
+
+@contextlib.contextmanager
+def _notice_of_failure(notifier: Notifier | None, spec: Spec) -> Iterator[None]:
+    """A run that fails before its account exists (a store another run holds, the store of
+    another sweep, ...) still tells the notifier: an overnight run that never started is news.
+    Not a question the user declined: they are there."""
+    try:
+        yield
+    except ComfysweepError as exc:
+        declined = isinstance(exc, estimate.Declined)
+        if notifier is not None and not notifier.told_end and not declined:
+            notifier.send(
+                {
+                    "event": "end",
+                    "sweep": spec.name,
+                    "results": str(spec.results_dir),
+                    "outcome": "stopped by an error",
+                    "stop_reason": str(exc),
+                    "stop_kind": "error",
+                    "complete": False,
+                }
+            )
+        raise
 
 
 def _sync(db: Store, spec: Spec, confirm: Callable[[str], bool] | None) -> None:
@@ -300,6 +332,23 @@ def _typed(path: Path) -> str:
         return str(path)
 
 
+def _given(overrides: Overrides | None, *, secret: str | None) -> tuple[str, ...]:
+    """The setting flags a run was given, as words the resume command repeats (--until and
+    --force never: a deadline passes, and --force would render the done jobs once more). The
+    API token, if a value holds it (a --notify command), is masked: the summary never has it."""
+    words: list[str] = []
+    for name, value in asdict(overrides or Overrides()).items():
+        if value is not None:
+            text = str(value)
+            if secret:
+                text = text.replace(secret, "***")
+            words += ["--" + name.replace("_", "-"), text]
+    return tuple(words)
+
+
+_SECRET_PARAM = re.compile(r"pass|secret|token|key", re.IGNORECASE)
+
+
 def _shown_store(store: str | Path | None) -> str | None:
     """``--store`` as the summary repeats it: a URL's password masked."""
     if store is None:
@@ -311,9 +360,13 @@ def _shown_store(store: str | Path | None) -> str | None:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(text).render_as_string(hide_password=True)
+        url = make_url(text)
     except ArgumentError:
         return "URL"
+    # libpq takes a password in the query too (?password=, ?sslpassword=): masked as well.
+    hidden = {k: "***" for k in url.query if _SECRET_PARAM.search(k)}
+    shown = url.update_query_dict(hidden).render_as_string(hide_password=True)
+    return shown.replace("=%2A%2A%2A", "=***")
 
 
 async def _catalog(client: ModelApiClient, model_id: str) -> ModelInfo | None:
@@ -371,7 +424,7 @@ def sweep_left(
     priced by the last catalog price seen, timed by the last observed job duration."""
     spec = _loaded(spec)
     path = store_path(spec, store)
-    if isinstance(path, Path) and not path.exists():
+    if _no_store_file(path):
         return None
     with Store.open(path, readonly=True) as db:
         _check_owner(spec, db)
@@ -462,8 +515,13 @@ def _loaded(spec: Spec | str | Path) -> Spec:
 
 
 def _require_store(path: str | Path) -> None:
-    if isinstance(path, Path) and not path.exists():
+    if _no_store_file(path):
         raise StoreError(f"{path}: no store yet; `comfysweep run` creates it")
+
+
+def _no_store_file(path: str | Path) -> bool:
+    """Whether ``path`` names a store file not created yet (``--store`` comes as a string)."""
+    return "://" not in str(path) and not Path(path).exists()
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from orchestrator import cli as cli_module
 from orchestrator.cli import cli
 from orchestrator.emulator import Emulator, EmulatorConfig
-from orchestrator.estimate import Declined, forecast, forecast_lines
+from orchestrator.estimate import Declined, forecast, forecast_lines, question
 from orchestrator.grid import iter_jobs
 from orchestrator.models import get_model
 from orchestrator.prices import Price, remember_duration
@@ -59,6 +59,7 @@ def test_forecast_prices_each_job_from_its_frames_and_says_what_the_cap_cuts(
         "(`--max-cost 2.78` covers all)",
     ]
     assert ahead.payable_usd == 1.00
+    assert question(ahead) == "Submit 3 of 8 job(s) (the $1.00 cap stops there) for about $1.00?"
 
 
 def test_forecast_counts_in_flight_jobs_and_what_was_spent(tmp_path: Path) -> None:
@@ -216,3 +217,31 @@ def test_plan_shows_what_is_left_once_the_store_exists(tmp_path: Path, emulator:
     text = CliRunner().invoke(cli, ["plan", str(spec)]).stdout
     assert "spent so far: $0.25" in text
     assert "left: 7 of 8 job(s) (7 pending); 1 done" in text
+
+
+def test_plan_with_a_store_not_created_yet_shows_the_whole_spec(tmp_path: Path) -> None:
+    """`--store new.db` before the first run: the plan, not "no store at new.db"."""
+    spec = write_spec(tmp_path, body=MIXED)
+    new = tmp_path / "new.db"
+    result = CliRunner().invoke(cli, ["plan", str(spec), "--json", "--store", str(new)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["left"] is None
+    assert not new.exists()  # a plan creates nothing
+    status = CliRunner().invoke(cli, ["status", str(spec), "--store", str(new)])
+    assert status.exit_code == 1
+    assert status.output.splitlines() == [
+        f"Error: {new}: no store yet; `comfysweep run` creates it"
+    ]
+
+
+def test_a_price_in_an_unknown_unit_is_not_said_to_be_missing(tmp_path: Path) -> None:
+    db = synced(tmp_path, SPEC)
+    with db:
+        ahead = forecast(
+            db, get_model(WAN), Price(0.3, "gpu-hour", "2026-11-30T00:00:00+00:00"),
+            concurrency=2, cap_usd=None, job_seconds=None,
+            price_note="no catalog price seen yet for x",
+        )  # fmt: skip
+    assert forecast_lines(ahead)[1] == (
+        "estimated cost: unknown (a price of $0.3 per gpu-hour prices none of these jobs)"
+    )

@@ -3,6 +3,7 @@ input; `max_failures` stops a run whose jobs keep failing, naming the commonest 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,27 @@ def test_a_bad_max_failures_is_one_line_naming_the_flag(
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [f"Error: --max-failures: {message}"]
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (".nan", "a share must be above 0 and below 1 (or a whole count), got nan"),
+        ("true", "give a count such as 10, or a share such as 0.2 or 20%, got True"),
+        ("[3]", "give a count such as 10, or a share such as 0.2 or 20%, got [3]"),
+    ],
+)
+def test_a_max_failures_of_another_yaml_type_says_what_is_allowed(
+    tmp_path: Path, value: str, message: str
+) -> None:
+    """Not the union's "run.max_failures.int: must be a whole number" for a NaN or a bool."""
+    spec = write(tmp_path)
+    spec.write_text(spec.read_text() + f"  max_failures: {value}\n")
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec)
+    assert re.fullmatch(
+        rf"\S*fails.yaml:\d+:\d+: run.max_failures: {re.escape(message)}", str(caught.value)
+    )
 
 
 def test_a_bad_max_failures_in_the_spec_names_its_place(tmp_path: Path) -> None:

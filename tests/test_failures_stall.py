@@ -76,3 +76,66 @@ def test_the_emulator_scales_stall_after_by_its_speed(
     config = EmulatorConfig(speed=2000.0, workers=4)
     assert run_sweep(spec, emulator=config, overrides=Overrides(stall_after=600.0)).complete
     assert seen == [pytest.approx(600.0 / 2000)]
+
+
+def test_a_long_download_is_no_stall(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A download under way is progress: the run says no stall while it waits for one."""
+    import anyio
+
+    from orchestrator.client import ModelApiClient
+
+    ticks: list[float] = []
+    downloading: list[bool] = []
+    said: list[str] = []
+    real_check = Runner._check_stall
+
+    def check(self: Runner, now: float) -> None:
+        ticks.append(now)
+        before = len(self._messages)
+        real_check(self, now)
+        if downloading:
+            said.extend(self._messages[before:])
+
+    monkeypatch.setattr(Runner, "_check_stall", check)
+    real_download = ModelApiClient.download
+
+    async def slow_download(self: ModelApiClient, *args: Any, **kwargs: Any) -> Any:
+        seen = len(ticks)  # a big file on a slow line: two stall checks pass meanwhile
+        downloading.append(True)
+        await anyio.to_thread.run_sync(lambda: wait_for(lambda: len(ticks) >= seen + 2, "ticks"))
+        downloading.clear()
+        return await real_download(self, *args, **kwargs)
+
+    monkeypatch.setattr(ModelApiClient, "download", slow_download)
+    spec = write_spec(tmp_path)
+    spec.write_text(spec.read_text().replace("seed: [1, 2]", "seed: [1]"))
+    overrides = Overrides(concurrency=1, poll_interval=0.01, stall_after=0.001)
+    with Emulator(EmulatorConfig(speed=2000.0, workers=2)) as emu:
+        report = run_sweep(spec, base_url=emu.base_url, token=emu.token, overrides=overrides)
+    assert report.complete, report
+    assert len(ticks) >= 2
+    assert said == []
+
+
+def test_a_write_waiting_for_a_busy_store_is_no_stall() -> None:
+    """The store's wait is said on its own ("waiting for the store"); no stall line over it."""
+    from orchestrator.runner import RunOptions
+
+    runner = Runner.__new__(Runner)
+    runner.options = RunOptions(stall_after=10.0)
+    runner.on_event = None
+    runner.progress = None
+    runner._messages = []
+    runner._remote, runner._download_backlog, runner._downloading = 1, 0, 0
+    runner._last_change, runner._stall_level = 0.0, 1
+    runner._store_waiting = 1
+    runner._check_stall(100.0)
+    assert runner._messages == []
+    runner._store_waiting = 0  # the store takes writes again: quiet counts from then
+    runner._check_stall(105.0)
+    assert runner._messages == []
+    runner._check_stall(111.0)
+    assert runner._messages == [
+        "stalled: no job has changed state for 10 s (1 on the remote side, 0 downloading); "
+        "still waiting"
+    ]

@@ -20,6 +20,7 @@ from orchestrator.notify import Notifier
 from orchestrator.sweep import Overrides, run_sweep
 
 from .sweeps import write_spec
+from .waiting import wait_for
 
 ONE_JOB = 0.05 * 81 / 16
 
@@ -178,6 +179,12 @@ def test_the_token_never_reaches_the_payload(tmp_path: Path) -> None:
         ("http://", "run.notify (--notify): the URL has no host: 'http://'"),
         ("   ", "run.notify (--notify): empty; give an http(s) URL or a shell command"),
         ("echo 'open", "run.notify (--notify): not a shell command (No closing quotation)"),
+        ("http://xn--a.invalid/", "run.notify (--notify): not a valid URL: Codepoint U+0080"),
+        ("http://a..b/", "run.notify (--notify): not a valid URL: encoding with 'idna' codec"),
+        ("http:/hooks.example/x", "run.notify (--notify): the URL has no host"),
+        ("HTTPS:hooks.example", "run.notify (--notify): the URL has no host"),
+        ("http://hooks.example:99999/", "run.notify (--notify): not a valid URL: port 99999"),
+        ("http://hooks example/", "run.notify (--notify): not a valid URL: it holds a space"),
     ],
 )
 def test_a_malformed_notify_is_one_line_before_anything_is_paid(
@@ -239,3 +246,168 @@ def test_a_stall_sends_the_account_so_far(tmp_path: Path) -> None:
     assert payload["outcome"] == "running"
     assert payload["counts"] == {"pending": 4}
     assert payload["cap_usd"] == 2.0
+
+
+def test_a_command_pouring_out_stderr_is_read_in_bounded_memory(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """300 MB on stderr, then a last line: only the tail is kept (communicate() kept it all)."""
+    import resource
+
+    notifier = Notifier.parse("yes | head -c 300000000 >&2; echo 'disk full' >&2; exit 3")
+    assert notifier is not None
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, the peak so far
+    with caplog.at_level(logging.WARNING, logger="comfysweep.notify"):
+        assert notifier.send({"event": "end"}) is False
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown < 100_000, f"the notifier's stderr took {grown} KiB"
+    (record,) = caplog.records
+    assert record.getMessage() == "notify yes failed: exit 3: disk full"
+
+
+def test_a_command_leaving_a_child_holding_its_pipes_is_given_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    notifier = Notifier.parse("sleep 60 & exit 0")
+    assert notifier is not None
+    notifier.timeout = 0.2
+    with caplog.at_level(logging.INFO, logger="comfysweep.notify"):
+        assert notifier.send({"event": "end"}) is True
+
+
+def test_a_webhook_trickling_its_answer_is_given_up_after_the_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each byte comes well within httpx's per-read timeout: only a total deadline ends it."""
+    import socket
+
+    done = threading.Event()
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def trickle() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while not done.is_set():
+                try:
+                    conn.sendall(b"H")
+                except OSError:
+                    return
+                done.wait(0.02)  # the server's own pace, not a test waiting for a moment
+
+    threading.Thread(target=trickle, daemon=True).start()
+    notifier = Notifier.parse(f"http://127.0.0.1:{server.getsockname()[1]}/hook")
+    assert notifier is not None
+    notifier.timeout = 0.3
+    sent: list[bool] = []
+    worker = threading.Thread(target=lambda: sent.append(notifier.send({"event": "end"})))
+    try:
+        with caplog.at_level(logging.WARNING, logger="comfysweep.notify"):
+            worker.start()
+            wait_for(lambda: sent, "the notifier to give up")
+    finally:
+        done.set()
+        server.close()
+        worker.join()
+    assert sent == [False]
+    (record,) = caplog.records
+    assert record.getMessage() == "notify http://127.0.0.1 failed: no answer within 0.3 s"
+
+
+def test_a_notifier_raising_the_unexpected_is_still_one_logged_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in a library")
+
+    monkeypatch.setattr("httpx.Client.post", broken)
+    notifier = Notifier.parse("http://127.0.0.1:9/hook")
+    assert notifier is not None
+    with caplog.at_level(logging.WARNING, logger="comfysweep.notify"):
+        assert notifier.send({"event": "end"}) is False
+    (record,) = caplog.records
+    assert record.getMessage() == "notify http://127.0.0.1 failed: a bug in a library"
+
+
+def test_a_run_that_cannot_start_tells_the_notifier_once(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """An overnight run refused before its first submit (here: the store of another sweep)."""
+    from orchestrator.errors import StoreError
+
+    spec = write_spec(tmp_path)
+    assert run(spec, emulator, notify=None).complete
+    other = write_spec(tmp_path, name="other")
+    told = tmp_path / "told.jsonl"
+    store = tmp_path / "results" / "grid" / "comfysweep.db"
+    with pytest.raises(StoreError, match="belongs to sweep 'grid'") as caught:
+        run_sweep(
+            other,
+            base_url=emulator.base_url,
+            token=emulator.token,
+            store=store,
+            overrides=Overrides(notify=f"cat >> {told}; echo >> {told}"),
+        )
+    (line,) = told.read_text().splitlines()  # one notice
+    notice = json.loads(line)
+    assert notice["event"] == "end"
+    assert notice["sweep"] == "other"
+    assert notice["outcome"] == "stopped by an error"
+    assert notice["stop_reason"] == str(caught.value)
+    assert emulator.token not in line
+
+
+def test_an_error_after_the_start_is_told_once(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.errors import StoreError
+
+    async def broken(self: Any) -> Any:
+        raise StoreError("store s.db: disk I/O error")
+
+    monkeypatch.setattr("orchestrator.runner.Runner._submit_loop", lambda self, jobs: broken(self))
+    spec = write_spec(tmp_path)
+    told = tmp_path / "told.jsonl"
+    with pytest.raises(StoreError, match="disk I/O error"):
+        run(spec, emulator, notify=f"cat >> {told}; echo >> {told}")
+    (line,) = told.read_text().splitlines()
+    assert json.loads(line)["counts"] == {"pending": 4}  # the account's notice, not a second one
+
+
+def test_a_declined_run_tells_no_one(tmp_path: Path, emulator: Emulator) -> None:
+    from orchestrator.estimate import Declined
+
+    spec = write_spec(tmp_path)
+    told = tmp_path / "told.json"
+    with pytest.raises(Declined):
+        run_sweep(
+            spec,
+            base_url=emulator.base_url,
+            token=emulator.token,
+            confirm=lambda question: False,
+            overrides=Overrides(confirm_above=0.0, notify=f"cat > {told}"),
+        )
+    assert not told.exists()
+    assert emulator.ledger()["jobs"] == []
+
+
+def test_a_failing_command_repeating_the_token_is_logged_without_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    notifier = Notifier.parse("echo 'rejected key tok-123456' >&2; exit 1", token="tok-123456")
+    assert notifier is not None
+    with caplog.at_level(logging.WARNING, logger="comfysweep.notify"):
+        assert notifier.send({"event": "end"}) is False
+    (record,) = caplog.records
+    assert record.getMessage() == "notify echo failed: exit 1: rejected key ***"
+
+
+def test_the_log_names_a_command_without_its_variable_assignments(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`HOOK_KEY=s3cr3t curl ...`: the log says `curl`, never the assignment and its secret."""
+    notifier = Notifier.parse("HOOK_KEY=s3cr3t sh -c 'exit 2'")
+    assert notifier is not None
+    with caplog.at_level(logging.INFO, logger="comfysweep.notify"):
+        assert notifier.send({"event": "end"}) is False
+    (record,) = caplog.records
+    assert record.getMessage() == "notify sh failed: exit 2"
