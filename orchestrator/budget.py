@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from orchestrator.errors import SpecError
 
@@ -104,7 +104,7 @@ def per_job(model: Model, usd: float, unit: str, inputs: Mapping[str, Any]) -> f
     fps = inputs.get(model.raw_key("fps") or "fps")
     if not _count(frames) or not _count(fps) or fps <= 0:
         return None
-    return usd * frames / fps
+    return usd * float(frames) / float(fps)
 
 
 def estimator(model: Model, price: Price | None) -> Estimator:
@@ -163,5 +163,5 @@ def no_price_message(command: str) -> str:
     )
 
 
-def _count(value: Any) -> bool:
+def _count(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

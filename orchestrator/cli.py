@@ -134,6 +134,11 @@ _STORE = click.option(
 @click.option(
     "--yes", is_flag=True, help="Render jobs that only a changed schema default makes new (pays)."
 )
+@click.option(
+    "--price",
+    metavar="USD[/UNIT]",
+    help="The price the budget estimates with, over the catalog's: 0.05/second or 0.25/output.",
+)
 def run(
     spec: Path,
     emulator: bool,
@@ -141,6 +146,7 @@ def run(
     force: bool,
     abort: bool,
     yes: bool,
+    price: str | None,
     **flags: Any,
 ) -> None:
     """Run or resume a sweep: submit, poll, download; never pay twice."""
@@ -157,11 +163,14 @@ def run(
         stream=sys.stderr,
         yes=yes,
         confirm=_ask if sys.stdin.isatty() else None,
+        price=price,
     )
     states = ", ".join(f"{n} {s}" for s, n in report.counts.items() if n)
     click.echo(f"{states}; spent ${report.spent_usd:.2f} in {report.elapsed:.1f}s")
     click.echo(f"results: {report.results_dir} (manifest.jsonl, run.log)")
     for state, hint in _HINTS.items():
+        if state == "pending" and report.stop_kind == "budget" and report.stop_reason:
+            hint = report.stop_reason  # "run again" would stop at the same cap
         if report.counts.get(state):
             click.echo(f"{report.counts[state]} {state}: {hint}")
     if report.orphaned:

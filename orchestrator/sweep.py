@@ -7,6 +7,7 @@ import errno
 import io
 import logging
 import os
+import shlex
 import socket
 import stat
 import statistics
@@ -18,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 
-from orchestrator import drift, prices
+from orchestrator import budget, drift, prices
 from orchestrator.client import ModelApiClient, ModelInfo
 from orchestrator.errors import ComfysweepError, StoreError
 from orchestrator.grid import iter_jobs
@@ -48,6 +49,9 @@ __all__ = [
 
 log = logging.getLogger("comfysweep")
 
+# The store's meta entry holding the price a run's estimates use (so a resume without a catalog
+# answer still has one).
+PRICE_META = "price"
 # The quickstart's emulator: a demo in seconds, with a render time that still shows in progress.
 EMULATOR_SPEED = 40.0
 
@@ -83,12 +87,16 @@ def run_sweep(
     retry: RetryPolicy | None = None,
     yes: bool = False,
     confirm: Callable[[str], bool] | None = None,
+    price: str | budget.Price | None = None,
 ) -> RunReport:
     """Run (or resume) a sweep to the end: submit, poll, download; returns how it ended.
 
     Jobs that differ from submitted ones only in a changed schema default are rendered again only
     with ``yes`` or when ``confirm(question)`` agrees; otherwise DefaultsChanged, nothing paid.
+    ``price`` (``--price``: "0.05/second", "0.25/output") beats the catalog's for the estimates
+    the budget reserves.
     """
+    given = budget.parse_price(price) if isinstance(price, str) else price
     spec = _loaded(spec).with_run(**asdict(overrides or Overrides()))
     options = _options(spec, emulator, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
     if emulator is False:
@@ -109,7 +117,8 @@ def run_sweep(
             log.info("--force: %d finished job(s) will render again", renewed)
         progress = make_progress(stream) if stream is not None else None
         try:
-            return anyio.run(_run, db, spec, options, client, progress)
+            command = _command(spec, emulator, None if store is None else db.name)
+            return anyio.run(_run, db, spec, options, client, progress, given, command)
         finally:
             if progress is not None:
                 progress.close()
@@ -148,19 +157,43 @@ async def _run(
     options: RunOptions,
     client: ModelApiClient,
     progress: Any,
+    given: budget.Price | None = None,
+    command: str = "comfysweep run SPEC",
 ) -> RunReport:
     model = get_model(spec.model)
     folder = ResultsFolder(spec.results_dir, model, spec.filename)
     async with client:
-        info = await _catalog(client, spec.model)
-        sample = next(iter(db.jobs([JobState.PENDING], in_spec=True)), None)
-        price = prices.job_cost(model, info, sample.inputs) if info and sample else None
-        runner = Runner(db, client, folder, options, progress=progress, price_per_job=price)
+        price = _price(given or await _catalog(client, spec.model), db)
+        estimate = budget.estimator(model, price)
+        runner = Runner(
+            db, client, folder, options, progress=progress, estimate=estimate, command=command
+        )
         report = await runner.run()
     if runner.durations:
         median = statistics.median(runner.durations)
         prices.remember_duration(spec.model, median, api_base=client.base_url)
     return report
+
+
+def _price(info: budget.Price | ModelInfo | None, db: Store) -> budget.Price | None:
+    """``--price`` or the catalog's (kept in the store), else the one an earlier run kept there."""
+    fresh = info if isinstance(info, budget.Price) or info is None else None
+    if isinstance(info, ModelInfo):
+        fresh = budget.checked(info.base_price_usd, info.price_unit)
+    if fresh is not None:
+        db.set_meta(PRICE_META, fresh.to_meta())
+        return fresh
+    return budget.Price.from_meta(db.get_meta(PRICE_META))
+
+
+def _command(spec: Spec, emulator: bool | EmulatorConfig, store: str | Path | None) -> str:
+    """How the user runs this sweep again (for the messages that say how to go on)."""
+    words = ["comfysweep", "run", str(spec.path)]
+    if emulator is not False:
+        words.append("--emulator")
+    if store is not None:
+        words += ["--store", str(store)]
+    return shlex.join(words)
 
 
 async def _catalog(client: ModelApiClient, model_id: str) -> ModelInfo | None:

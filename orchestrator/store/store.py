@@ -232,7 +232,9 @@ class Store:
                 yield row
                 continue
             owner = row.run_id
-            if owner is not None and owner != self._run_id:
+            if owner is not None and owner == self._run_id:
+                continue  # already this run's
+            if owner is not None:
                 if owner not in alive:
                     alive[owner] = self._run_alive(owner)
                 if alive[owner]:
