@@ -166,6 +166,14 @@ class Runner:
     def stopping(self) -> bool:
         return self._stop_reason is not None
 
+    @property
+    def _halted(self) -> bool:
+        """Stopped for a reason that also holds back jobs claimed but not sent yet.
+
+        The budget's stop does not: those jobs' estimates were reserved under the cap.
+        """
+        return self.stopping and self._stop_kind != "budget"
+
     async def run(self) -> RunReport:
         """Resume what a previous run left, submit every pending job, wait for all of it."""
         started = time.monotonic()
@@ -333,8 +341,8 @@ class Runner:
     async def _submit(self, row: JobRow) -> None:
         # A job may have finished since this one was claimed: its download goes first (its URLs
         # expire, and our disk may refuse it); a stop meanwhile puts this one back, never sent.
-        await self._wait_until(lambda: self.stopping or self._download_backlog == 0)
-        if self.stopping:
+        await self._wait_until(lambda: self._halted or self._download_backlog == 0)
+        if self._halted:
             self._release(row.key)
             await self._commit(row.key, JobState.PENDING, detail="not sent: the run stopped first")
             return

@@ -290,6 +290,8 @@ class _Api:
             body["error"] = job.error
         if request.query_params.get("include_cost", "").lower() in ("true", "1"):
             body["cost"] = round(job.billed_usd, 6) if job.terminal else None
+            if job.terminal:  # billed all the same: only the report of it is wrong
+                _misreport_cost(body, job.faults)
         return JSONResponse(body)
 
     async def _cancel(self, request: Request) -> Response:
@@ -368,6 +370,18 @@ class _Api:
             "result_url": f"{base}/result",
             "cancel_url": f"{base}/cancel",
         }
+
+
+_BAD_COSTS: dict[str, Any] = {"cost_null": None, "cost_negative": -0.25, "cost_nan": "NaN"}
+
+
+def _misreport_cost(body: dict[str, Any], faults: frozenset[str]) -> None:
+    """The cost faults: a result whose cost is null, negative, not a number, or missing."""
+    if "cost_missing" in faults:
+        del body["cost"]
+    for name, value in _BAD_COSTS.items():
+        if name in faults:
+            body["cost"] = value
 
 
 def _origin(request: Request) -> str:
