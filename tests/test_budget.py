@@ -64,7 +64,7 @@ axes:
   frames: [81, 141]
   fps: [24, 12]
 run:
-  concurrency: 8
+  concurrency: 4
   output: {output}
   poll_interval: 0.02
 """
@@ -109,7 +109,7 @@ def spent(spec: Path) -> float:
 def test_jobs_of_different_prices_are_each_reserved_at_their_own(
     tmp_path: Path, emu: Emulator
 ) -> None:
-    # Today's main reserved every job at the first (cheapest) one's price: $1.00 billed $1.98.
+    # main reserved every job at the first (cheapest) one's price: $1.00 billed $1.39.
     spec = write_spec(tmp_path, body=PRICED)
     report = run(spec, emu, cap=1.00)
     assert report.stop_kind == "budget"
@@ -134,7 +134,8 @@ def test_a_kill_between_submits_keeps_its_jobs_reserved_on_resume(
 
 def test_retries_and_force_count_every_attempt(tmp_path: Path) -> None:
     # main counted only each job's last cost: a $1.30 cap billed $1.52 over retry and --force.
-    spec = write_spec(tmp_path, body=SPEC.replace("seed: [1, 2, 3, 4]", "seed: [1, 2]"))
+    one_at_a_time = SPEC.replace("seed: [1, 2, 3, 4]", "seed: [1, 2]").replace(": 3\n", ": 1\n")
+    spec = write_spec(tmp_path, body=one_at_a_time)
     with emulator({"fail_string": {"rate": 1.0, "limit": 2}}) as emu:
         first = run(spec, emu, cap=1.30)
         assert (first.counts["failed"], first.counts["done"]) == (2, 2)
@@ -151,8 +152,8 @@ def test_retries_and_force_count_every_attempt(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fault", ["cost_null", "cost_negative", "cost_missing", "cost_nan"])
 def test_a_result_without_a_valid_cost_counts_its_estimate(tmp_path: Path, fault: str) -> None:
-    # main took a null or negative cost as $0, which switched the cap off: $1.00 billed $2.02.
-    spec = write_spec(tmp_path)
+    # main took a null or negative cost as $0, which switched the cap off: $1.00 billed $2.03.
+    spec = write_spec(tmp_path, body=SPEC.replace("concurrency: 3", "concurrency: 1"))
     with emulator({fault: {"rate": 1.0}}) as emu:
         report = run(spec, emu, cap=1.00)
         assert report.stop_kind == "budget"
@@ -179,10 +180,10 @@ def test_with_a_cap_and_no_price_nothing_is_submitted_until_one_is_given(tmp_pat
     with emulator({"http_500": {"rate": 1.0, "endpoints": ["catalog"]}}) as emu:
         # main sent one job blind: a $0.05 cap paid $0.25.
         report = run(spec, emu, cap=0.05)
+        assert emu.ledger()["jobs"] == []
         assert report.stop_kind == "budget"
         assert "--price" in (report.stop_reason or "")
         assert "nothing submitted" in (report.stop_reason or "")
-        assert emu.ledger()["jobs"] == []
         report = run(spec, emu, cap=0.60, price="0.05/second")
         assert report.stop_kind == "budget"
         assert billed(emu) == pytest.approx(2 * ONE_JOB)
