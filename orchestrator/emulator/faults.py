@@ -82,7 +82,7 @@ FAULTS: dict[str, FaultKind] = {
     "cost_null": FaultKind("job", (), "the finished job's result says cost: null"),
     "cost_negative": FaultKind("job", (), "the finished job's result says a negative cost"),
     "cost_missing": FaultKind("job", (), "the finished job's result has no cost at all"),
-    "cost_nan": FaultKind("job", (), "the finished job's result says cost: \"NaN\""),
+    "cost_nan": FaultKind("job", (), 'the finished job\'s result says cost: "NaN"'),
     "truncated_download": FaultKind(
         "download",
         ("download",),

@@ -452,8 +452,10 @@ class Store:
             reserve = sql.reserve(cap is not None, concurrency is not None)
             if not conn.execute(reserve, params | {"p_eps": budget.EPSILON}).rowcount:
                 ledger = books.read_ledger(conn)
-                full = concurrency is not None and ledger.in_flight >= concurrency
-                return Claim(None, "busy" if full else "budget", guess, ledger)
+                # The budget first: a slot freeing up would not make this job fit.
+                need = ledger.committed_usd + (guess or 0.0)
+                over = cap is not None and need > cap + budget.EPSILON
+                return Claim(None, "budget" if over else "busy", guess, ledger)
             claim = {"p_keys": [found.key], "p_now": now, "p_run": self._run_id}
             row = conn.execute(sql.CLAIM_PG, claim).mappings().one()
             conn.execute(sql.EVENT_INSERT, [sql.event_row(row, now, "claimed")])
