@@ -209,7 +209,12 @@ def status(spec: Path, store: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info))
         return
-    click.echo(f"{info['sweep']}: {info['jobs']} jobs, spent ${info['spent_usd']:.2f}")
+    money = f"spent ${info['spent_usd']:.2f}"
+    if info["reserved_usd"]:
+        money += f", ${info['reserved_usd']:.2f} reserved"
+    if info["cap_usd"] is not None:
+        money += f" of the ${info['cap_usd']:.2f} cap"
+    click.echo(f"{info['sweep']}: {info['jobs']} jobs, {money}")
     for state, n in info["counts"].items():
         if n:
             click.echo(f"  {state:<11} {n}")

@@ -233,6 +233,7 @@ def sweep_status(spec: Spec | str | Path, *, store: str | Path | None = None) ->
     with Store.open(path, readonly=True) as db:
         _check_owner(spec, db)
         counts = db.counts(in_spec=True)
+        books = db.ledger()
         return {
             "sweep": spec.name,
             "store": str(path),
@@ -240,7 +241,9 @@ def sweep_status(spec: Spec | str | Path, *, store: str | Path | None = None) ->
             "jobs": sum(counts.values()),
             "counts": counts,
             "orphaned": sum(db.counts(in_spec=False).values()),
-            "spent_usd": db.spent(),
+            "spent_usd": books.spent_usd,
+            "reserved_usd": books.reserved_usd,  # jobs in flight, unknown or lost: may be billed
+            "cap_usd": books.cap_usd,  # the last run's --max-cost
         }
 
 

@@ -173,6 +173,8 @@ def test_unknown_jobs_stay_reserved_run_after_run(tmp_path: Path) -> None:
         assert billed(emu) <= 1.00
         assert report.reserved_usd == pytest.approx(billed(emu))  # reserved: may be billed
         assert report.counts["unknown"] == 3
+    status = CliRunner().invoke(cli, ["status", str(spec)]).output.splitlines()[0]
+    assert status == "grid: 4 jobs, spent $0.00, $0.76 reserved of the $1.00 cap"
 
 
 def test_with_a_cap_and_no_price_nothing_is_submitted_until_one_is_given(tmp_path: Path) -> None:
