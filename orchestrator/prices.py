@@ -38,7 +38,7 @@ __all__ = [
     "remember_price",
 ]
 
-PRICE_UNITS = ("second", "output")
+PRICE_UNITS = budget.PRICE_UNITS
 
 
 class PriceInfo(Protocol):

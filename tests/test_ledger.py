@@ -198,3 +198,16 @@ def test_a_store_from_before_the_ledger_is_backfilled_from_its_costs(tmp_path: P
         ]
         store.transition("queued", S.SUCCEEDED, cost=0.3)
         assert books(store) == (1.05, 0.0, 0)
+
+
+def test_booking_a_transition_finds_rows_by_index_at_any_size(tmp_path: Path) -> None:
+    from tests.test_sync import query_plans
+
+    with Store.open(tmp_path / "store.db") as store:
+        store.sync_jobs(priced_jobs(), MODEL)
+        row = store.claim_within(estimate, cap=None).row
+        assert row is not None
+        plans = query_plans(store, lambda: store.transition(row.key, S.QUEUED, request_id="r"))
+        plans += query_plans(store, lambda: store.transition(row.key, S.SUCCEEDED, cost=0.2))
+        assert any("attempts USING INDEX" in plan for plan in plans), plans
+        assert all("SCAN" not in plan for plan in plans), plans
