@@ -154,7 +154,8 @@ def test_claims_and_counts_read_the_spec_state_index_not_every_row(tmp_path: Pat
         assert all("SCAN" not in plan and "TEMP B-TREE" not in plan for plan in within), within
         for in_spec in (True, False):
             (count,) = query_plans(store, lambda: store.counts(in_spec=in_spec))  # noqa: B023
-            assert "COVERING INDEX ix_jobs_spec_state_" in count and "(in_spec=?)" in count
+            assert "COVERING INDEX ix_jobs_spec_state_" in count
+            assert "(in_spec=?)" in count
 
 
 # -- a store of another sweep ------------------------------------------------------------------
