@@ -159,6 +159,10 @@ class Runner:
             self._stop_reason = reason
             self._stop_kind = kind
             self._say(reason)
+        elif self._stop_kind == "budget" and kind != "budget":
+            # Jobs the budget let through, claimed but not sent, are held back after all.
+            self._stop_reason, self._stop_kind = reason, kind
+            self._say(reason)
         self._fatal = self._fatal or fatal
         self._wake()
 

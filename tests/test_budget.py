@@ -296,3 +296,21 @@ def test_an_invalid_cost_charges_the_estimate(cost: Any) -> None:
 def test_the_raised_cap_is_whole_cents_that_fit() -> None:
     assert budget.raised_cap(0.50625, 0.0, 0.50625) == 1.02
     assert budget.raised_cap(1.0, 0.5, 0.5) == 2.0
+
+
+def test_a_stop_after_the_budgets_holds_back_what_the_budget_let_through(tmp_path: Path) -> None:
+    from orchestrator.client import ModelApiClient
+    from orchestrator.results import ResultsFolder
+    from orchestrator.runner import Runner
+
+    model = get_model("community/wan-2-2/vace-fun")
+    with Store.open(tmp_path / "store.db") as db:
+        runner = Runner(
+            db, ModelApiClient("http://127.0.0.1:9", "t"), ResultsFolder(tmp_path, model, "{key}")
+        )
+        runner.stop("budget reached", kind="budget")
+        assert runner.stopping
+        assert not runner._halted  # claimed jobs within the cap still go
+        runner.stop("interrupted", kind="interrupted")
+        assert runner._halted
+        assert (runner._stop_reason, runner._stop_kind) == ("interrupted", "interrupted")
