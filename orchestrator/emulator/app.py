@@ -194,6 +194,9 @@ class _Api:
             response: Response = await handler(request)
         except _Refused as refused:
             response = refused.response
+        except OSError as exc:  # its journal on a full disk: the job was not made; no traceback
+            log.info("cannot write the emulator's journal: %s", exc.strerror or exc)
+            return api_error(500, 500001, "the emulator cannot write its journal")
         slow = dice.roll("slow", endpoint)
         if slow is not None:
             log.warning("fault slow: holding %s back %.1f s", request.url.path, slow.param("delay"))
