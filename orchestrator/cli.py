@@ -145,6 +145,11 @@ _STORE = click.option(
     help="Ask nothing: pay above --confirm-above, and render jobs that only a changed schema "
     "default makes new (pays).",
 )
+@click.option(
+    "--price",
+    metavar="USD[/UNIT]",
+    help="The price the budget estimates with, over the catalog's: 0.05/second or 0.25/output.",
+)
 def run(
     spec: Path,
     emulator: bool,
@@ -153,6 +158,7 @@ def run(
     abort: bool,
     yes: bool,
     until: str | None,
+    price: str | None,
     **flags: Any,
 ) -> None:
     """Run or resume a sweep: submit, poll, download; never pay twice."""
@@ -171,11 +177,14 @@ def run(
         confirm=_ask if _terminal() else None,
         out=sys.stdout,
         until=until,
+        price=price,
     )
     states = ", ".join(f"{n} {s}" for s, n in report.counts.items() if n)
     click.echo(f"{states}; spent ${report.spent_usd:.2f} in {report.elapsed:.1f}s")
     click.echo(f"results: {report.results_dir} (manifest.jsonl, run.log)")
     for state, hint in _HINTS.items():
+        if state == "pending" and report.stop_kind == "budget" and report.stop_reason:
+            hint = report.stop_reason  # "run again" would stop at the same cap
         if report.counts.get(state):
             click.echo(f"{report.counts[state]} {state}: {hint}")
     if report.orphaned:
@@ -219,7 +228,12 @@ def status(spec: Path, store: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info))
         return
-    click.echo(f"{info['sweep']}: {info['jobs']} jobs, spent ${info['spent_usd']:.2f}")
+    money = f"spent ${info['spent_usd']:.2f}"
+    if info["reserved_usd"]:
+        money += f", ${info['reserved_usd']:.2f} reserved"
+    if info["cap_usd"] is not None:
+        money += f" of the ${info['cap_usd']:.2f} cap"
+    click.echo(f"{info['sweep']}: {info['jobs']} jobs, {money}")
     for state, n in info["counts"].items():
         if n:
             click.echo(f"  {state:<11} {n}")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from orchestrator import budget
 from orchestrator.client import BASE_VAR, DEFAULT_BASE
 from orchestrator.grid import GridCount, weighted_total
 from orchestrator.models import Model
@@ -37,7 +38,7 @@ __all__ = [
     "remember_price",
 ]
 
-PRICE_UNITS = ("second", "output")
+PRICE_UNITS = budget.PRICE_UNITS
 
 
 class PriceInfo(Protocol):
@@ -159,17 +160,9 @@ def estimate(
 
 def job_cost(model: Model, price: PriceInfo, inputs: Mapping[str, Any]) -> float | None:
     """One job's price from a catalog answer: per second of its output video, or per output."""
-    if price.base_price_usd is None:
+    if price.base_price_usd is None or price.price_unit is None:
         return None
-    if price.price_unit == "output":
-        return price.base_price_usd
-    if price.price_unit != "second":
-        return None
-    frames = inputs.get(model.raw_key("frames") or "frames")
-    fps = inputs.get(model.raw_key("fps") or "fps")
-    if not isinstance(frames, int) or not isinstance(fps, int) or fps <= 0:
-        return None
-    return price.base_price_usd * frames / fps
+    return budget.per_job(model, price.base_price_usd, price.price_unit, inputs)
 
 
 def _output_seconds(spec: Spec) -> float | None:

@@ -24,7 +24,7 @@ import anyio
 from anyio.abc import TaskGroup
 from pydantic import ConfigDict, Field
 
-from orchestrator import prices
+from orchestrator import budget, prices
 from orchestrator.client import ModelApiClient, RemoteState, Result
 from orchestrator.deadline import Deadline
 from orchestrator.errors import (
@@ -50,7 +50,7 @@ from orchestrator.failures import FailureLimit, Failures
 from orchestrator.progress import Progress, Snapshot
 from orchestrator.results import ResultsFolder
 from orchestrator.settings import RunSettings
-from orchestrator.store import JobRow, JobState, Store
+from orchestrator.store import Claim, JobRow, JobState, Store
 from orchestrator.store.journal import RequestJournal
 
 __all__ = ["CancelReport", "RunOptions", "RunReport", "Runner", "cancel_queued"]
@@ -59,6 +59,9 @@ log = logging.getLogger("comfysweep.runner")
 T = TypeVar("T")
 
 _IN_FLIGHT = (JobState.QUEUED, JobState.RUNNING)
+_SETTLES = (RemoteState.SUCCEEDED, RemoteState.FAILED, RemoteState.CANCELLED)
+# Ticks between looks for a dead runner's jobs to take over (PostgreSQL: several runners).
+_ADOPT_EVERY = 5
 # Consecutive failed polls (each already retried by the client) before a job is left for next run.
 _POLL_GIVE_UP = 8
 # Submits in a row whose answer was lost before submitting stops: an API that creates jobs and then
@@ -95,12 +98,15 @@ class RunReport:
     spent_usd: float
     elapsed: float
     stop_reason: str | None = None
+    # What stopped it: "budget", "deadline", "failures", "interrupted", "stopped" (None: nothing)
+    stop_kind: str | None = None
     fatal: bool = False
     messages: list[str] = field(default_factory=list)
     results_dir: Path | None = None
     orphaned: int = 0  # jobs no longer in the spec (not in ``counts``): kept, never submitted
-    stop_kind: str | None = None  # what stopped it: "budget", "interrupted", ... (None: nothing)
     account: dict[str, Any] | None = None  # the morning account (summary.md), once written
+    reserved_usd: float = 0.0  # open reservations: jobs in flight, unknown or lost (may be billed)
+    cap_usd: float | None = None
 
     @property
     def complete(self) -> bool:
@@ -119,18 +125,22 @@ class Runner:
         options: RunOptions | None = None,
         *,
         progress: Progress | None = None,
-        price_per_job: float | None = None,
+        estimate: budget.Estimator | None = None,
+        command: str = "comfysweep run SPEC",
     ) -> None:
         self.store = store
         self.client = client
         self.folder = folder
         self.options = options or RunOptions()
         self.progress = progress
-        self.price_per_job = price_per_job
+        # A job's estimated cost from its inputs (None: no price known); reserved at its claim.
+        self.estimate: budget.Estimator = estimate or (lambda inputs: None)
+        self.command = command  # how the user runs this sweep again, for the messages
         self._stop_reason: str | None = None
         self._stop_kind: str | None = None
         # Told of "stall" and "budget" events (the notifier, set by sweep.run_sweep).
         self.on_event: Callable[[str, str], None] | None = None
+        self._cost_said = False
         self._fatal = False
         self._messages: list[str] = []
         self._remote = 0  # jobs submitting, queued or running on the remote side
@@ -140,7 +150,6 @@ class Runner:
         self._any_submit_ok = False
         self._unknown_in_a_row = 0
         self._spent = 0.0
-        self._committed: dict[str, float | None] = {}  # in-flight key -> estimated cost
         self._dirty = True
         self._downloads = anyio.CapacityLimiter(max(1, self.options.downloads))
         self._interrupts = 0
@@ -163,7 +172,7 @@ class Runner:
 
     # -- public -----------------------------------------------------------------------------
 
-    def stop(self, reason: str, *, fatal: bool = False, kind: str | None = None) -> None:
+    def stop(self, reason: str, *, fatal: bool = False, kind: str = "stopped") -> None:
         """Submit nothing more; jobs in flight are still polled and downloaded."""
         if self._stop_reason is None:
             self._stop_reason = reason
@@ -171,12 +180,24 @@ class Runner:
             self._say(reason)
             if kind == "budget":
                 self._notify("budget", reason)
+        elif self._stop_kind == "budget" and kind != "budget":
+            # Jobs the budget let through, claimed but not sent, are held back after all.
+            self._stop_reason, self._stop_kind = reason, kind
+            self._say(reason)
         self._fatal = self._fatal or fatal
         self._wake()
 
     @property
     def stopping(self) -> bool:
         return self._stop_reason is not None
+
+    @property
+    def _halted(self) -> bool:
+        """Stopped for a reason that also holds back jobs claimed but not sent yet.
+
+        The budget's stop does not: those jobs' estimates were reserved under the cap.
+        """
+        return self.stopping and self._stop_kind != "budget"
 
     async def run(self) -> RunReport:
         """Resume what a previous run left, submit every pending job, wait for all of it."""
@@ -188,6 +209,8 @@ class Runner:
                 model_id = self.store.get_meta("model_id")
                 last = prices.last_duration(str(model_id), api_base=self.client.base_url)
                 self.deadline = replace(self.deadline, fallback=last)
+        # Recorded for status, summaries and other runners; PostgreSQL shares the concurrency.
+        self.store.set_budget(self.options.max_cost, self._shared_concurrency())
         self._spent = self.store.spent()
         counts = self.store.counts(in_spec=True)
         snapshot = Snapshot(counts=counts, spent_usd=self._spent)
@@ -211,6 +234,8 @@ class Runner:
             raise error
         self._write_manifest()
         counts = self.store.counts(in_spec=True)
+        books = self.store.ledger()
+        self._spent = books.spent_usd
         if self.progress is not None:
             snapshot.counts, snapshot.spent_usd = counts, self._spent
             self.progress.update(snapshot)
@@ -219,11 +244,13 @@ class Runner:
             spent_usd=self._spent,
             elapsed=time.monotonic() - started,
             stop_reason=self._stop_reason,
+            stop_kind=self._stop_kind,
+            reserved_usd=books.reserved_usd,
+            cap_usd=self.options.max_cost,
             fatal=self._fatal,
             messages=self._messages,
             results_dir=self.folder.root,
             orphaned=sum(self.store.counts(in_spec=False).values()),
-            stop_kind=self._stop_kind,
         )
 
     # -- start-up ---------------------------------------------------------------------------
@@ -237,6 +264,17 @@ class Runner:
         # Before `submitting` becomes unknown: a request id the last run could only journal.
         for line in self._journal.replay(self.store):
             self._say(line)
+        self._adopt_submitting()
+        missing = self.store.adopt(
+            [JobState.DONE], where=lambda row: not all(self.folder.has(o) for o in row.outputs)
+        )
+        for row in missing:
+            self.store.transition(
+                row.key, JobState.SUCCEEDED, detail="output missing on disk: download again"
+            )
+
+    def _adopt_submitting(self) -> None:
+        """A dead run's submits: recorded from its journal, or unknown (never sent again)."""
         for row in self.store.adopt([JobState.SUBMITTING]):
             # Its run is dead now (adopt checked): an answer it journaled is complete, and may have
             # come after the replay above let it be (PostgreSQL: that run was still alive then).
@@ -257,15 +295,13 @@ class Runner:
                 detail="interrupted while submitting: the job may exist remotely and be billed; "
                 "`comfysweep retry --unknown` submits it again on purpose",
             )
-        missing = self.store.adopt(
-            [JobState.DONE], where=lambda row: not all(self.folder.has(o) for o in row.outputs)
-        )
-        for row in missing:
-            self.store.transition(
-                row.key, JobState.SUCCEEDED, detail="output missing on disk: download again"
-            )
 
     def _resume(self, jobs: TaskGroup) -> None:
+        """Track the jobs in flight and download the finished ones that no live run holds.
+
+        At start-up, a killed run's; later (PostgreSQL, from the ticker) a dead runner's: taken
+        over by a compare-and-set in the store, polled and downloaded, never submitted again.
+        """
         for row in self.store.adopt(_IN_FLIGHT):
             self._remote += 1
             jobs.start_soon(self._track, row, 0.0)
@@ -280,20 +316,26 @@ class Runner:
             await self._wait_until(self._may_submit)
             if self.stopping:
                 return
-            claimed = await self._persist("claiming a job", lambda: self.store.claim(1))
-            if not claimed:
+            claim = await self._persist("claiming a job", self._claim)
+            if claim.row is None:
+                if claim.refused == "busy":  # other runners fill the shared concurrency
+                    with anyio.move_on_after(self.options.tick):
+                        await self._wait_until(lambda: self.stopping)
+                    continue
+                if claim.refused is not None:
+                    self.stop(self._budget_stop(claim), kind="budget")
+                    return
                 if not (self._remote or self._retrying):
                     return
-                await self._await_requeue()
+                await self._await_requeue()  # a failed job may come back (``retries``)
                 continue
-            row = claimed[0]
+            row = claim.row
             problem = self.folder.name_problem(row)  # found now, not after the job is paid
             if problem is not None:
                 await self._commit(row.key, JobState.FAILED, detail=problem, error=problem)
                 continue
             self._remote += 1
             self._submits += 1
-            self._committed[row.key] = self._estimate()
             jobs.start_soon(self._submit, row)
 
     async def _await_requeue(self) -> None:
@@ -301,6 +343,33 @@ class Runner:
         seen = self._requeued
         await self._wait_until(
             lambda: self.stopping or self._requeued != seen or not (self._remote or self._retrying)
+        )
+
+    def _claim(self) -> Claim:
+        return self.store.claim_within(
+            self.estimate, cap=self.options.max_cost, concurrency=self._shared_concurrency()
+        )
+
+    def _shared_concurrency(self) -> int | None:
+        """The concurrency every runner on the store shares (PostgreSQL); SQLite has one runner."""
+        return None if self.store.is_sqlite else self.options.concurrency
+
+    def _budget_stop(self, claim: Claim) -> str:
+        """The line a run stopped by its budget says: what is left, and how to go on."""
+        if claim.refused == "price":
+            return budget.no_price_message(self.command)
+        assert self.options.max_cost is not None
+        books = claim.ledger
+        jobs, usd, unpriced = self.store.undone(self.estimate)
+        return budget.stop_message(
+            cap=self.options.max_cost,
+            spent=books.spent_usd,
+            reserved=books.reserved_usd,
+            next_estimate=claim.estimate or 0.0,
+            undone_jobs=jobs,
+            undone_usd=usd,
+            unpriced=unpriced,
+            command=self.command,
         )
 
     def _may_submit(self) -> bool:
@@ -312,7 +381,7 @@ class Runner:
         # (its outputs on disk, or the job settled, or the run stopped), nothing new goes out.
         if self._remote >= self.options.concurrency or self._download_backlog > 0:
             return False
-        return self._within_budget() and self._before_deadline()
+        return self._before_deadline()
 
     def _before_deadline(self) -> bool:
         """``--until``: stop once a new job would end too late; False while nothing says how long
@@ -330,34 +399,11 @@ class Runner:
             self.stop(deadline.stop_line(need), kind="deadline")
         return True
 
-    def _within_budget(self) -> bool:
-        limit = self.options.max_cost
-        if limit is None:
-            return True
-        estimate = self._estimate()
-        if estimate is None:
-            # No price known yet: one job at a time until a real cost is seen.
-            if self._remote > 0:
-                return False
-            estimate = 0.0
-        guess = self.price_per_job or 0.0
-        committed = self._spent + sum(guess if v is None else v for v in self._committed.values())
-        if committed + estimate > limit:
-            self.stop(
-                f"budget reached: ${committed:.2f} spent or committed of ${limit:.2f}",
-                kind="budget",
-            )
-            return True
-        return True
-
-    def _estimate(self) -> float | None:
-        return self.price_per_job
-
     async def _submit(self, row: JobRow) -> None:
         # A job may have finished since this one was claimed: its download goes first (its URLs
         # expire, and our disk may refuse it); a stop meanwhile puts this one back, never sent.
-        await self._wait_until(lambda: self.stopping or self._download_backlog == 0)
-        if self.stopping:
+        await self._wait_until(lambda: self._halted or self._download_backlog == 0)
+        if self._halted:
             self._release(row.key)
             await self._commit(row.key, JobState.PENDING, detail="not sent: the run stopped first")
             return
@@ -529,6 +575,12 @@ class Runner:
 
     async def _settle(self, row: JobRow, result: Result) -> bool:
         """Record a final result; True when the job left the remote side."""
+        if result.state in _SETTLES and result.cost is None and not self._cost_said:
+            self._cost_said = True  # once a run: the store keeps each such job's estimate
+            self._say(
+                f"job {row.key[:10]}: the API reported no valid cost; the budget counts its "
+                "estimate instead (and does so for every such job)"
+            )
         if result.state is RemoteState.SUCCEEDED:
             self._release(row.key, cost=result.cost)
             if not result.urls:
@@ -797,13 +849,8 @@ class Runner:
         return time.monotonic() + _STORE_PATIENCE
 
     def _release(self, key: str, cost: float | None = None) -> None:
-        """A job left the remote side: free its slot and count what it really cost."""
+        """A job left the remote side: free its slot (the store books what it cost)."""
         self._remote -= 1
-        self._committed.pop(key, None)
-        if cost:
-            self._spent += cost
-            if self.price_per_job is None:
-                self.price_per_job = cost
         started = self._started.pop(key, None)
         if started is not None:
             self.durations.append(time.monotonic() - started)
@@ -821,11 +868,15 @@ class Runner:
     async def _ticker(self, snapshot: Snapshot) -> None:
         last_manifest = 0.0
         manifest_cost = 0.0
+        ticks = 0
         while True:
             await anyio.sleep(self.options.tick)
+            ticks += 1
+            if not self.store.is_sqlite and ticks % _ADOPT_EVERY == 0:
+                self._take_over()
             if self.progress is not None:  # counting is a query: only for someone to see
                 snapshot.counts = self.store.counts(in_spec=True)
-                snapshot.spent_usd = self._spent
+                self._spent = snapshot.spent_usd = self.store.spent()
                 self.progress.update(snapshot)
             now = time.monotonic()
             self._check_stall(now)
@@ -854,6 +905,16 @@ class Runner:
         )
         self._say(text)
         self._notify("stall", text)
+
+    def _take_over(self) -> None:
+        """PostgreSQL: adopt the jobs of runners that died (their reservations stay booked)."""
+        if self._jobs is None:
+            return
+        try:
+            self._adopt_submitting()
+            self._resume(self._jobs)
+        except StoreError as exc:  # a glitch: the next look tries again
+            log.warning("looking for a dead runner's jobs: %s", exc)
 
     def _write_manifest(self) -> None:
         self._dirty = False

@@ -54,7 +54,11 @@ class RunSettings(BaseModel):
     )
     max_cost: Annotated[
         float | None,
-        Setting("stop submitting once this much (USD) is spent", flag="USD", shown="none"),
+        Setting(
+            "the budget (USD): no submit may take spent + reserved past it (see Budget)",
+            flag="USD",
+            shown="none",
+        ),
     ] = Field(None, gt=0)
     # Resolved against the spec's folder by load_spec.
     output: Annotated[

@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import re
+import shlex
 import socket
 import stat
 import statistics
@@ -20,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 
-from orchestrator import drift, estimate, prices
+from orchestrator import budget, drift, estimate, prices
 from orchestrator.apierrors import TOKEN_VARS
 from orchestrator.client import ModelApiClient, ModelInfo
 from orchestrator.deadline import Deadline, parse_until
@@ -55,6 +56,9 @@ __all__ = [
 
 log = logging.getLogger("comfysweep")
 
+# The store's meta entry holding the price a run's estimates use (so a resume without a catalog
+# answer still has one).
+PRICE_META = "price"
 # The quickstart's emulator: a demo in seconds, with a render time that still shows in progress.
 EMULATOR_SPEED = 40.0
 
@@ -98,6 +102,7 @@ def run_sweep(
     confirm: Callable[[str], bool] | None = None,
     out: IO[str] | None = None,
     until: str | Deadline | None = None,
+    price: str | budget.Price | None = None,
 ) -> RunReport:
     """Run (or resume) a sweep to the end: submit, poll, download; returns how it ended.
 
@@ -107,7 +112,10 @@ def run_sweep(
     ``stream`` shows the progress); above ``run.confirm_above`` it needs ``yes`` or ``confirm``'s
     agreement (no ``confirm``: no question). When the runner ends, for any reason, its account is
     printed on ``out`` and written to summary.md.
+    ``price`` (``--price``: "0.05/second", "0.25/output") beats the catalog's for the estimates
+    the budget reserves.
     """
+    given = budget.parse_price(price) if isinstance(price, str) else price
     spec = _loaded(spec).with_run(**asdict(overrides or Overrides()))
     deadline = parse_until(until) if isinstance(until, str) else until  # before anything is paid
     options = _options(spec, emulator, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
@@ -141,7 +149,9 @@ def run_sweep(
             _given(overrides, secret=key or _env_token()),
         )
         morning = RunAccount(db, how, spec.name, spec.results_dir, spec.run.max_cost, notifier, out)
-        return anyio.run(_run, db, spec, options, client, _Start(morning, agree, stream))
+        command = _command(spec, emulator, _shown_store(store))
+        start = _Start(morning, agree, stream)
+        return anyio.run(_run, db, spec, options, client, start, given, command)
 
 
 @contextlib.contextmanager
@@ -210,19 +220,23 @@ async def _run(
     options: RunOptions,
     client: ModelApiClient,
     start: _Start,
+    given: budget.Price | None = None,
+    command: str = "comfysweep run SPEC",
 ) -> RunReport:
     model = get_model(spec.model)
     folder = ResultsFolder(spec.results_dir, model, spec.filename)
     morning = start.account
     async with client:
-        info = await _catalog(client, spec.model)
-        sample = next(iter(db.jobs([JobState.PENDING], in_spec=True)), None)
-        price = prices.job_cost(model, info, sample.inputs) if info and sample else None
-        _before_paying(db, spec, client, info, start)
+        info = given or await _catalog(client, spec.model)
+        price = _price(info, db, spec, client.base_url)
+        _before_paying(db, spec, client, price, start)
         morning.balance_before = await client.balance()
         morning.started = time.monotonic()
         progress = make_progress(start.stream) if start.stream is not None else None
-        runner = Runner(db, client, folder, options, progress=progress, price_per_job=price)
+        estimate = budget.estimator(model, price)
+        runner = Runner(
+            db, client, folder, options, progress=progress, estimate=estimate, command=command
+        )
         runner.on_event = morning.event
         try:
             report = await runner.run()
@@ -233,7 +247,7 @@ async def _run(
             raise
         if progress is not None:
             progress.close()
-        report.account = await _account_of_end(db, spec, client, info, report, morning)
+        report.account = await _account_of_end(db, spec, client, price, report, morning)
     if runner.durations:
         median = statistics.median(runner.durations)
         prices.remember_duration(spec.model, median, api_base=client.base_url)
@@ -241,12 +255,9 @@ async def _run(
 
 
 def _forecast(
-    db: Store, spec: Spec, client: ModelApiClient, info: ModelInfo | None
+    db: Store, spec: Spec, client: ModelApiClient, price: budget.Price | None
 ) -> estimate.Forecast:
-    """What is left, priced by the catalog answer (or the price remembered from the last one)."""
-    price: prices.PriceInfo | None = info
-    if info is None or info.base_price_usd is None:
-        price = prices.last_price(spec.model, api_base=client.base_url)
+    """What is left, priced as the budget reserves it (``--price``, the catalog, the store's)."""
     return estimate.forecast(
         db,
         get_model(spec.model),
@@ -254,15 +265,15 @@ def _forecast(
         concurrency=spec.run.concurrency,
         cap_usd=spec.run.max_cost,
         job_seconds=prices.last_duration(spec.model, api_base=client.base_url),
-        price_note=f"no catalog price seen yet for {spec.model}",
+        price_note=f"no price known for {spec.model} (give one: --price 0.05/second)",
     )
 
 
 def _before_paying(
-    db: Store, spec: Spec, client: ModelApiClient, info: ModelInfo | None, start: _Start
+    db: Store, spec: Spec, client: ModelApiClient, price: budget.Price | None, start: _Start
 ) -> None:
     """Say what is left and what it costs; above ``run.confirm_above``, ask (on a terminal)."""
-    ahead = _forecast(db, spec, client, info)
+    ahead = _forecast(db, spec, client, price)
     for line in estimate.forecast_lines(ahead):
         start.account.say(line)
     payable = ahead.payable_usd
@@ -279,7 +290,7 @@ async def _account_of_end(
     db: Store,
     spec: Spec,
     client: ModelApiClient,
-    info: ModelInfo | None,
+    price: budget.Price | None,
     report: RunReport,
     morning: RunAccount,
 ) -> dict[str, Any]:
@@ -287,7 +298,7 @@ async def _account_of_end(
     after = await client.balance()
     left = None
     if report.stop_kind == "budget":  # the --max-cost that would go on: priced like the start
-        left = _forecast(db, spec, client, info).cost_usd
+        left = _forecast(db, spec, client, price).cost_usd
     data = morning.data(
         stop_reason=report.stop_reason,
         stop_kind=report.stop_kind,
@@ -369,6 +380,34 @@ def _shown_store(store: str | Path | None) -> str | None:
     return shown.replace("=%2A%2A%2A", "=***")
 
 
+def _price(
+    info: budget.Price | ModelInfo | None, db: Store, spec: Spec, api_base: str
+) -> budget.Price | None:
+    """``--price`` or the catalog's (kept in the store), else the one an earlier run kept there,
+    else the catalog's price this machine last read for the model at this API host."""
+    fresh = info if isinstance(info, budget.Price) or info is None else None
+    if isinstance(info, ModelInfo):
+        fresh = budget.checked(info.base_price_usd, info.price_unit)
+    if fresh is not None:
+        db.set_meta(PRICE_META, fresh.to_meta())
+        return fresh
+    kept = budget.Price.from_meta(db.get_meta(PRICE_META))
+    if kept is not None:
+        return kept
+    seen = prices.last_price(spec.model, api_base=api_base)
+    return None if seen is None else budget.checked(seen.base_price_usd, seen.price_unit)
+
+
+def _command(spec: Spec, emulator: bool | EmulatorConfig, store: str | Path | None) -> str:
+    """How the user runs this sweep again (for the messages that say how to go on)."""
+    words = ["comfysweep", "run", str(spec.path)]
+    if emulator is not False:
+        words.append("--emulator")
+    if store is not None:
+        words += ["--store", str(store)]
+    return shlex.join(words)
+
+
 async def _catalog(client: ModelApiClient, model_id: str) -> ModelInfo | None:
     try:
         info = await client.model(model_id)
@@ -406,6 +445,7 @@ def sweep_status(spec: Spec | str | Path, *, store: str | Path | None = None) ->
     with Store.open(path, readonly=True) as db:
         _check_owner(spec, db)
         counts = db.counts(in_spec=True)
+        books = db.ledger()
         return {
             "sweep": spec.name,
             "store": str(path),
@@ -413,7 +453,9 @@ def sweep_status(spec: Spec | str | Path, *, store: str | Path | None = None) ->
             "jobs": sum(counts.values()),
             "counts": counts,
             "orphaned": sum(db.counts(in_spec=False).values()),
-            "spent_usd": db.spent(),
+            "spent_usd": books.spent_usd,
+            "reserved_usd": books.reserved_usd,  # jobs in flight, unknown or lost: may be billed
+            "cap_usd": books.cap_usd,  # the last run's --max-cost
         }
 
 

@@ -142,11 +142,16 @@ def test_claims_and_counts_read_the_spec_state_index_not_every_row(tmp_path: Pat
     with Store.open(tmp_path / "store.db") as store:
         store.sync_jobs(make_jobs(40), MODEL)
         store.sync_jobs(make_jobs(30, 10), MODEL)  # ten orphans
-        (claim,) = query_plans(store, lambda: store.claim(1))
+        claim, *books = query_plans(store, lambda: store.claim(1))
+        assert all("SCAN" not in plan for plan in books)  # the ledger's row, by its id
         assert "SCAN" not in claim
         assert "TEMP B-TREE" not in claim
         assert "ix_jobs_spec_state_rank (in_spec=? AND state=?)" in claim
         assert "(key=?)" in claim  # the UPDATE finds the picked rows by key
+        # The budget's check costs the same at any size: the pick, then rows found by key or id.
+        within = query_plans(store, lambda: store.claim_within(lambda _: 0.25, cap=100.0))
+        assert "ix_jobs_spec_state_rank (in_spec=? AND state=?)" in within[0]
+        assert all("SCAN" not in plan and "TEMP B-TREE" not in plan for plan in within), within
         for in_spec in (True, False):
             (count,) = query_plans(store, lambda: store.counts(in_spec=in_spec))  # noqa: B023
             assert "COVERING INDEX ix_jobs_spec_state_" in count

@@ -197,6 +197,9 @@ class _Api:
             response: Response = await handler(request)
         except _Refused as refused:
             response = refused.response
+        except OSError as exc:  # its journal on a full disk: the job was not made; no traceback
+            log.info("cannot write the emulator's journal: %s", exc.strerror or exc)
+            return api_error(500, 500001, "the emulator cannot write its journal")
         slow = dice.roll("slow", endpoint)
         if slow is not None:
             log.warning("fault slow: holding %s back %.1f s", request.url.path, slow.param("delay"))
@@ -293,6 +296,8 @@ class _Api:
             body["error"] = job.error
         if request.query_params.get("include_cost", "").lower() in ("true", "1"):
             body["cost"] = round(job.billed_usd, 6) if job.terminal else None
+            if job.terminal:  # billed all the same: only the report of it is wrong
+                _misreport_cost(body, job.faults)
         return JSONResponse(body)
 
     async def _cancel(self, request: Request) -> Response:
@@ -380,6 +385,18 @@ class _Api:
             "result_url": f"{base}/result",
             "cancel_url": f"{base}/cancel",
         }
+
+
+_BAD_COSTS: dict[str, Any] = {"cost_null": None, "cost_negative": -0.25, "cost_nan": "NaN"}
+
+
+def _misreport_cost(body: dict[str, Any], faults: frozenset[str]) -> None:
+    """The cost faults: a result whose cost is null, negative, not a number, or missing."""
+    if "cost_missing" in faults:
+        del body["cost"]
+    for name, value in _BAD_COSTS.items():
+        if name in faults:
+            body["cost"] = value
 
 
 def _origin(request: Request) -> str:

@@ -82,6 +82,10 @@ FAULTS: dict[str, FaultKind] = {
     "spell_succeeded": FaultKind("job", (), "status says succeeded/failed instead of completed"),
     "spell_completed": FaultKind("job", (), "result says completed instead of succeeded"),
     "spell_canceled": FaultKind("job", (), "says canceled instead of cancelled"),
+    "cost_null": FaultKind("job", (), "the finished job's result says cost: null"),
+    "cost_negative": FaultKind("job", (), "the finished job's result says a negative cost"),
+    "cost_missing": FaultKind("job", (), "the finished job's result has no cost at all"),
+    "cost_nan": FaultKind("job", (), 'the finished job\'s result says cost: "NaN"'),
     "truncated_download": FaultKind(
         "download",
         ("download",),

@@ -5,18 +5,22 @@
 
 from __future__ import annotations
 
+from orchestrator.store.books import Attempt, Ledger
 from orchestrator.store.rows import Event, JobLike, JobRow, SyncGuard, SyncResult
 from orchestrator.store.states import FINAL, RETRYABLE, TRANSITIONS, JobState, allowed_from
-from orchestrator.store.store import Store
+from orchestrator.store.store import Claim, Store
 
 __all__ = [
     "FINAL",
     "RETRYABLE",
     "TRANSITIONS",
+    "Attempt",
+    "Claim",
     "Event",
     "JobLike",
     "JobRow",
     "JobState",
+    "Ledger",
     "Store",
     "SyncGuard",
     "SyncResult",

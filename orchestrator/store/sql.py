@@ -17,13 +17,23 @@ from orchestrator.canonical import canonical_json
 from orchestrator.store.blobs import Splitter
 from orchestrator.store.rows import JobLike
 from orchestrator.store.states import JobState
-from orchestrator.store.tables import BlobTable, EventTable, JobTable, MetaTable, RunTable
+from orchestrator.store.tables import (
+    AttemptTable,
+    BlobTable,
+    EventTable,
+    JobTable,
+    LedgerTable,
+    MetaTable,
+    RunTable,
+)
 
 JOBS: sa.Table = JobTable.__table__  # type: ignore[attr-defined]
 EVENTS: sa.Table = EventTable.__table__  # type: ignore[attr-defined]
 META: sa.Table = MetaTable.__table__  # type: ignore[attr-defined]
 RUNS: sa.Table = RunTable.__table__  # type: ignore[attr-defined]
 BLOBS: sa.Table = BlobTable.__table__  # type: ignore[attr-defined]
+ATTEMPTS: sa.Table = AttemptTable.__table__  # type: ignore[attr-defined]
+LEDGER: sa.Table = LedgerTable.__table__  # type: ignore[attr-defined]
 
 _S = JobState
 # Which timestamp a target state stamps (DESIGN: submitted on queued, started on running, ...).
@@ -115,6 +125,73 @@ CLAIM = _CLAIM.where(JOBS.c.state == _S.PENDING.value)
 CLAIM_SQLITE = _CLAIM.where(JOBS.c.key.in_(PICK))
 PICK_PG = PICK.with_for_update(skip_locked=True)
 CLAIM_PG = CLAIM.where(JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True)))
+# claim_within(): one job at a time, its estimate reserved by RESERVE in the same transaction.
+PICK_ONE = PICK.with_only_columns(JOBS.c.key, JOBS.c.inputs)
+PICK_ONE_PG = PICK_ONE.with_for_update(skip_locked=True)
+
+# -- the budget ledger (orchestrator/store/books.py) ---------------------------------------------
+_L = LEDGER.c
+LEDGER_GET = sa.select(LEDGER).where(_L.id == 1)
+LEDGER_MOVE = (
+    LEDGER.update()
+    .where(_L.id == 1)
+    .values(
+        spent_usd=_L.spent_usd + sa.bindparam("p_spent", type_=sa.Float),
+        reserved_usd=_L.reserved_usd + sa.bindparam("p_reserved", type_=sa.Float),
+        in_flight=_L.in_flight + sa.bindparam("p_flight", type_=sa.Integer),
+    )
+)
+LEDGER_SETTINGS = (
+    LEDGER.update()
+    .where(_L.id == 1)
+    .values(
+        cap_usd=sa.bindparam("p_cap", type_=sa.Float),
+        concurrency=sa.bindparam("p_conc", type_=sa.Integer),
+    )
+)
+
+
+@functools.cache
+def reserve(capped: bool, limited: bool) -> sa.Update:
+    """Reserve ``p_e`` and one slot if the cap and the store-wide concurrency allow it.
+
+    One conditional UPDATE of the one ledger row: on PostgreSQL its row lock serialises every
+    runner's check-and-reserve; on SQLite BEGIN IMMEDIATE already does. No match: refused.
+    """
+    e = sa.bindparam("p_e", type_=sa.Float)
+    stmt = LEDGER.update().where(_L.id == 1)
+    if capped:
+        cap = sa.bindparam("p_cap", type_=sa.Float)
+        stmt = stmt.where(_L.spent_usd + _L.reserved_usd + e <= cap + sa.bindparam("p_eps"))
+    if limited:
+        stmt = stmt.where(_L.in_flight < sa.bindparam("p_conc", type_=sa.Integer))
+    return stmt.values(reserved_usd=_L.reserved_usd + e, in_flight=_L.in_flight + 1)
+
+
+_A = ATTEMPTS.c
+ATTEMPT_INSERT = sa.insert(ATTEMPTS)
+ATTEMPT_OPEN = sa.select(_A.id, _A.estimate_usd).where(
+    _A.job_key == sa.bindparam("p_key"), _A.closed_at.is_(None)
+)
+ATTEMPT_CLOSE = (
+    ATTEMPTS.update()
+    .where(_A.id == sa.bindparam("p_id"))
+    .values(
+        cost_usd=sa.bindparam("p_cost", type_=sa.Float),
+        charge_usd=sa.bindparam("p_charge", type_=sa.Float),
+        outcome=sa.bindparam("p_outcome"),
+        request_id=sa.func.coalesce(sa.bindparam("p_rid", type_=sa.Text), _A.request_id),
+        closed_at=sa.bindparam("p_now"),
+    )
+)
+ATTEMPT_NOTE = (
+    ATTEMPTS.update()
+    .where(_A.id == sa.bindparam("p_id"))
+    .values(
+        outcome=sa.bindparam("p_outcome"),
+        request_id=sa.func.coalesce(sa.bindparam("p_rid", type_=sa.Text), _A.request_id),
+    )
+)
 
 
 def sources_text(job: JobLike) -> str | None:

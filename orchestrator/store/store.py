@@ -17,6 +17,7 @@ import socket
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -26,9 +27,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from orchestrator import budget
 from orchestrator.canonical import canonical_json
 from orchestrator.errors import StoreBusyError, StoreError, TransitionError
-from orchestrator.store import schema, sql
+from orchestrator.store import books, schema, sql
 from orchestrator.store.blobs import BlobCache, Splitter, blob_shas
 from orchestrator.store.lock import FileLock
 from orchestrator.store.rows import (
@@ -41,7 +43,7 @@ from orchestrator.store.rows import (
 )
 from orchestrator.store.states import TRANSITIONS, JobState, allowed_from
 
-__all__ = ["Store"]
+__all__ = ["Claim", "Store"]
 
 _S = JobState
 # Committed with an fsync on SQLite (synchronous=FULL): losing `submitting` to a power cut would
@@ -55,6 +57,21 @@ BLOB_WINDOW = 8
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What claim_within() did: a job now submitting with its reservation, or why none.
+
+    ``refused`` is "budget" (the next job's estimate does not fit under the cap), "price" (a cap
+    but no estimate for the next job), "busy" (the store-wide concurrency is reached), or None
+    with ``row`` None when no job of the spec is pending.
+    """
+
+    row: JobRow | None
+    refused: str | None
+    estimate: float | None
+    ledger: books.Ledger
 
 
 class Store:
@@ -215,7 +232,9 @@ class Store:
                 yield row
                 continue
             owner = row.run_id
-            if owner is not None and owner != self._run_id:
+            if owner is not None and owner == self._run_id:
+                continue  # already this run's
+            if owner is not None:
                 if owner not in alive:
                     alive[owner] = self._run_alive(owner)
                 if alive[owner]:
@@ -240,10 +259,26 @@ class Store:
         return False
 
     def spent(self) -> float:
-        """The sweep's spend so far: the sum of every job's recorded cost."""
+        """The sweep's spend so far: every settled attempt's charge (the ledger's running total)."""
+        return self.ledger().spent_usd
+
+    def ledger(self) -> books.Ledger:
+        """The budget's totals: spent, reserved, the cap last set, jobs in flight (all runners)."""
         with self._tx() as conn:
-            total = conn.execute(sa.select(sa.func.sum(sql.JOBS.c.cost))).scalar()
-        return float(total or 0.0)
+            return books.read_ledger(conn)
+
+    def set_budget(self, cap: float | None, concurrency: int | None = None) -> None:
+        """Record the running cap and concurrency, for status, summaries and other runners."""
+        with self._tx(write=True) as conn:
+            conn.execute(sql.LEDGER_SETTINGS, {"p_cap": cap, "p_conc": concurrency})
+
+    def attempts(self, key: str | None = None) -> list[books.Attempt]:
+        """Every submit attempt (of job ``key``), oldest first."""
+        stmt = sa.select(sql.ATTEMPTS).order_by(sql.ATTEMPTS.c.id)
+        if key is not None:
+            stmt = stmt.where(sql.ATTEMPTS.c.job_key == key)
+        with self._tx() as conn:
+            return [books.Attempt.from_row(m) for m in conn.execute(stmt).mappings()]
 
     @property
     def run_id(self) -> int | None:
@@ -364,6 +399,7 @@ class Store:
             if row is None:
                 raise self._refusal(conn, key, to, expect)
             conn.execute(sql.EVENT_INSERT, [sql.event_row(row, now, detail)])
+            books.book(conn, row, fields, now)
         return self._rows([row])[0]
 
     def claim(self, limit: int) -> list[JobRow]:
@@ -389,7 +425,67 @@ class Store:
                 rows = conn.execute(sql.CLAIM_PG, params).mappings().all()
             if rows:
                 conn.execute(sql.EVENT_INSERT, [sql.event_row(row, now, "claimed") for row in rows])
+                conn.execute(sql.ATTEMPT_INSERT, [books.attempt_row(r, now, 0.0) for r in rows])
+                moved = {"p_spent": 0.0, "p_reserved": 0.0, "p_flight": len(rows)}
+                conn.execute(sql.LEDGER_MOVE, moved)
         return sorted(self._rows(rows), key=lambda r: (r.rank, r.key))
+
+    def claim_within(
+        self,
+        estimate: Callable[[Mapping[str, Any]], float | None],
+        *,
+        cap: float | None,
+        concurrency: int | None = None,
+    ) -> Claim:
+        """Take the next pending job of the spec if its estimate fits: pending -> submitting.
+
+        One transaction picks the job, computes ``estimate(inputs)``, reserves it in the ledger
+        only if spent + reserved + estimate <= ``cap`` (and, given ``concurrency``, fewer jobs
+        than that are in flight store-wide), moves the job and opens its attempt. Refused, the
+        job stays pending and nothing is written. Committed durably before returning.
+        """
+        now = _now()
+        with self._tx(write=True, durable=True) as conn:
+            pick = sql.PICK_ONE if self.is_sqlite else sql.PICK_ONE_PG
+            found = conn.execute(pick, {"p_limit": 1}).first()
+            if found is None:
+                return Claim(None, None, None, books.read_ledger(conn))
+            guess = estimate(json.loads(found.inputs))
+            if cap is not None and guess is None:
+                return Claim(None, "price", None, books.read_ledger(conn))
+            params = {"p_e": guess or 0.0, "p_cap": cap, "p_conc": concurrency}
+            reserve = sql.reserve(cap is not None, concurrency is not None)
+            if not conn.execute(reserve, params | {"p_eps": budget.EPSILON}).rowcount:
+                ledger = books.read_ledger(conn)
+                # The budget first: a slot freeing up would not make this job fit.
+                need = ledger.committed_usd + (guess or 0.0)
+                over = cap is not None and need > cap + budget.EPSILON
+                return Claim(None, "budget" if over else "busy", guess, ledger)
+            claim = {"p_keys": [found.key], "p_now": now, "p_run": self._run_id}
+            row = conn.execute(sql.CLAIM_PG, claim).mappings().one()
+            conn.execute(sql.EVENT_INSERT, [sql.event_row(row, now, "claimed")])
+            conn.execute(sql.ATTEMPT_INSERT, [books.attempt_row(row, now, guess or 0.0)])
+            ledger = books.read_ledger(conn)
+        return Claim(self._rows([row])[0], None, guess, ledger)
+
+    def undone(
+        self, estimate: Callable[[Mapping[str, Any]], float | None]
+    ) -> tuple[int, float, int]:
+        """The spec's pending jobs: how many, their estimated total, how many have no estimate."""
+        count = unpriced = 0
+        total = 0.0
+        stmt = sa.select(sql.JOBS.c.inputs).where(
+            sql.JOBS.c.state == JobState.PENDING.value, sql.JOBS.c.in_spec
+        )
+        with self._tx() as conn:
+            for (inputs,) in conn.execute(stmt):
+                guess = estimate(json.loads(inputs))
+                count += 1
+                if guess is None:
+                    unpriced += 1
+                else:
+                    total += guess
+        return count, total, unpriced
 
     def update(self, key: str, **fields: Any) -> None:
         """Set non-state fields (e.g. outputs as they land); no event."""

@@ -11,9 +11,11 @@ from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "AttemptTable",
     "BlobTable",
     "EventTable",
     "JobTable",
+    "LedgerTable",
     "MetaTable",
     "RunTable",
     "UTCDateTime",
@@ -143,6 +145,48 @@ class MetaTable(_Base, table=True):
 
     name: str = Field(sa_type=sa.Text, primary_key=True)
     value: str = Field(sa_type=sa.Text)
+
+
+class AttemptTable(_Base, table=True):
+    """One row per submit attempt of a job: what was reserved for it and what it was charged.
+
+    Open (``closed_at`` NULL) while its money is reserved: from the claim until the result settles
+    it, or until it is released (provably never sent, refused) or charged at its estimate (an
+    ``unknown`` or ``lost`` job put back by `retry`). At most one open attempt per job.
+    """
+
+    __tablename__ = "attempts"
+    __table_args__ = (sa.UniqueConstraint("job_key", "attempt", name="uq_attempts_job_attempt"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_key: str = Field(sa_type=sa.Text, foreign_key="jobs.key")
+    attempt: int  # jobs.attempts of that submit
+    run_id: int | None = Field(default=None, foreign_key="runs.id")
+    request_id: str | None = Field(default=None, sa_type=sa.Text)
+    estimate_usd: float = Field(default=0.0, sa_type=sa.Float)  # reserved while open
+    cost_usd: float | None = Field(default=None, sa_type=sa.Float)  # as the API reported it
+    charge_usd: float | None = Field(default=None, sa_type=sa.Float)  # what spend counts; closed
+    outcome: str | None = Field(default=None, sa_type=sa.Text)  # the state it closed (or sits) in
+    opened_at: datetime = _ts(nullable=False)
+    closed_at: datetime | None = _ts()
+
+
+class LedgerTable(_Base, table=True):
+    """The budget's running totals, one row (id 1): a claim checks them in O(1), never a SUM.
+
+    ``spent_usd`` sums the closed attempts' charges, ``reserved_usd`` the open attempts'
+    estimates, ``in_flight`` counts jobs submitting, queued or running (every runner's). ``cap_usd``
+    and ``concurrency`` are the settings of the run that started last, for status and summaries.
+    """
+
+    __tablename__ = "ledger"
+
+    id: int = Field(default=1, primary_key=True)
+    spent_usd: float = Field(default=0.0, sa_type=sa.Float)
+    reserved_usd: float = Field(default=0.0, sa_type=sa.Float)
+    in_flight: int = 0
+    cap_usd: float | None = Field(default=None, sa_type=sa.Float)
+    concurrency: int | None = None
 
 
 metadata: sa.MetaData = _registry.metadata

@@ -32,6 +32,9 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
 SEED = 20261125
 KILLS = 18
+# Just above the sweep's price (300 jobs x $0.253125 = $75.94): the budget is on, and every
+# kill, fault and unknown goes through its books; the cap itself never has to stop the loop.
+CAP = 76.00
 STEPS = list(range(2, 27))  # 25 values x 3 seeds x 4 cfg = 300 jobs, 3 distinct videos
 SPEC = f"""\
 name: chaos
@@ -49,6 +52,7 @@ axes:
 run:
   concurrency: 16
   downloads: 4
+  max_cost: {CAP:.2f}
   output: {{output}}
   poll_interval: 0.02
 """
@@ -250,6 +254,19 @@ def _audit(folder: Path, ledger: dict[str, Any], figures: Figures, cut: set[str]
     for row in rows:
         assert manifest[row.key]["state"] == str(row.state)
         assert bool(manifest[row.key]["outputs"]) == (row.state is JobState.DONE)
+
+    # 6. The budget: billed within the cap, and every billed dollar in the store's books (spent,
+    # or still reserved for a job whose outcome is unknown); the running totals are the attempts'.
+    with Store.open(folder / "comfysweep.db", readonly=True) as db:
+        books, attempts = db.ledger(), db.attempts()
+    assert ledger["billed_usd"] <= CAP
+    assert books.spent_usd + books.reserved_usd >= ledger["billed_usd"] - 1e-6
+    assert books.in_flight == 0
+    closed = sum(a.charge_usd or 0.0 for a in attempts if a.closed_at is not None)
+    assert books.spent_usd == pytest.approx(closed)
+    still_open = [a for a in attempts if a.closed_at is None]
+    assert books.reserved_usd == pytest.approx(sum(a.estimate_usd for a in still_open))
+    assert {a.job_key for a in still_open} <= set(unknown_details)  # only unknown jobs stay open
 
 
 def _last_detail(events: list[Any], state: str) -> str | None:

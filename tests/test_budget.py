@@ -1,0 +1,316 @@
+"""The budget cap holds against the emulator's own books, in every case issue 9 measured.
+
+Each test reads what the emulator billed (its ledger, every job it created run to its end) and
+checks item 1's rule: with every price known before submit, spent <= cap; otherwise never more
+than what was honestly reserved when the cap was reached.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator import budget
+from orchestrator.cli import cli
+from orchestrator.emulator import Emulator, EmulatorConfig, FaultProfile
+from orchestrator.errors import SpecError
+from orchestrator.models import get_model
+from orchestrator.retry import RetryPolicy
+from orchestrator.spec import load_spec
+from orchestrator.store import Store
+from orchestrator.sweep import Overrides, retry_jobs, run_sweep
+
+from .sweeps import run_until_killed, write_spec
+from .waiting import wait_for
+
+DRIVER = Path(__file__).with_name("kill_driver.py")
+ONE_JOB = 0.05 * 81 / 16  # the emulator's price of the sweeps' usual job: $0.253125
+NO_WAITS = RetryPolicy(wait=False)
+_TERMINAL = {"succeeded", "failed", "cancelled", "forgotten"}
+
+SPEC = """\
+name: {name}
+model: community/wan-2-2/vace-fun
+inputs:
+  prompt: "a red fox in the snow"
+  image: https://example.com/fox.png
+  resolution: 480x480 (1:1)
+  frames: 81
+  fps: 16
+axes:
+  seed: [1, 2, 3, 4]
+  steps: [4, 8]
+run:
+  concurrency: 3
+  output: {output}
+  poll_interval: 0.02
+"""
+# Jobs of four prices, the cheapest first: $0.169, $0.3375, $0.29375, $0.5875 (x2 seeds).
+PRICED = """\
+name: {name}
+model: community/wan-2-2/vace-fun
+inputs:
+  prompt: "a red fox in the snow"
+  image: https://example.com/fox.png
+  resolution: 480x480 (1:1)
+  steps: 4
+axes:
+  seed: [1, 2]
+  frames: [81, 141]
+  fps: [24, 12]
+run:
+  concurrency: 4
+  output: {output}
+  poll_interval: 0.02
+"""
+
+
+def emulator(faults: dict[str, Any] | None = None) -> Emulator:
+    profile = FaultProfile.parse({"seed": 7, "faults": faults or {}})
+    return Emulator(EmulatorConfig(speed=2000.0, workers=8, faults=profile))
+
+
+@pytest.fixture
+def emu() -> Iterator[Emulator]:
+    with emulator() as e:
+        yield e
+
+
+def run(spec: Path, emu: Emulator, *, cap: float | None = None, **kwargs: Any) -> Any:
+    overrides = Overrides(poll_interval=0.02, max_cost=cap)
+    return run_sweep(
+        spec, base_url=emu.base_url, token=emu.token, overrides=overrides, retry=NO_WAITS, **kwargs
+    )
+
+
+def billed(emu: Emulator) -> float:
+    """What the emulator billed, once every job it created has ended (unknown ones too)."""
+
+    def ended() -> dict[str, Any] | None:
+        ledger = emu.ledger()
+        return ledger if all(j["status"] in _TERMINAL for j in ledger["jobs"]) else None
+
+    return float(wait_for(ended, "every created job ending")["billed_usd"])
+
+
+def spent(spec: Path) -> float:
+    with Store.open(spec.parent / "results" / spec.stem / "comfysweep.db", readonly=True) as db:
+        return db.spent()
+
+
+# -- the cap against the emulator's books ----------------------------------------------------------
+
+
+def test_jobs_of_different_prices_are_each_reserved_at_their_own(
+    tmp_path: Path, emu: Emulator
+) -> None:
+    # main reserved every job at the first (cheapest) one's price: $1.00 billed $1.39.
+    spec = write_spec(tmp_path, body=PRICED)
+    report = run(spec, emu, cap=1.00)
+    assert report.stop_kind == "budget"
+    assert billed(emu) <= 1.00
+    assert billed(emu) == pytest.approx(0.16875 + 0.3375 + 0.29375)  # the next, $0.5875, waits
+    assert spent(spec) == pytest.approx(billed(emu))
+
+
+def test_a_kill_between_submits_keeps_its_jobs_reserved_on_resume(
+    tmp_path: Path, emu: Emulator
+) -> None:
+    # Killed after the third submit was answered: main resumed those jobs unreserved.
+    capped = SPEC.replace("  concurrency", "  max_cost: 0.80\n  concurrency")
+    spec = write_spec(tmp_path, body=capped)
+    run_until_killed(DRIVER, spec, emu, "submit-sent", "3")
+    assert len(emu.ledger()["jobs"]) == 3
+    report = run(spec, emu, cap=0.80)
+    assert report.stop_kind == "budget"
+    assert billed(emu) <= 0.80
+    assert len(emu.ledger()["jobs"]) == 3
+
+
+def test_retries_and_force_count_every_attempt(tmp_path: Path) -> None:
+    # main counted only each job's last cost: a $1.30 cap billed $1.52 over retry and --force.
+    one_at_a_time = SPEC.replace("seed: [1, 2, 3, 4]", "seed: [1, 2]").replace(": 3\n", ": 1\n")
+    spec = write_spec(tmp_path, body=one_at_a_time)
+    with emulator({"fail_string": {"rate": 1.0, "limit": 2}}) as emu:
+        first = run(spec, emu, cap=1.30)
+        assert (first.counts["failed"], first.counts["done"]) == (2, 2)
+        assert retry_jobs(spec, ["failed"]) == 2
+        second = run(spec, emu, cap=1.30)
+        assert second.stop_kind == "budget"
+        third = run(spec, emu, cap=1.30, force=True)
+        assert third.stop_kind == "budget"
+        assert billed(emu) <= 1.30
+        assert billed(emu) == pytest.approx(5 * ONE_JOB)
+        assert spent(spec) == pytest.approx(billed(emu))
+        assert third.spent_usd == pytest.approx(billed(emu))
+
+
+@pytest.mark.parametrize("fault", ["cost_null", "cost_negative", "cost_missing", "cost_nan"])
+def test_a_result_without_a_valid_cost_counts_its_estimate(tmp_path: Path, fault: str) -> None:
+    # main took a null or negative cost as $0, which switched the cap off: $1.00 billed $2.03.
+    spec = write_spec(tmp_path, body=SPEC.replace("concurrency: 3", "concurrency: 1"))
+    with emulator({fault: {"rate": 1.0}}) as emu:
+        report = run(spec, emu, cap=1.00)
+        assert report.stop_kind == "budget"
+        assert billed(emu) <= 1.00
+        assert spent(spec) == pytest.approx(billed(emu))
+    said = [m for m in report.messages if "reported no valid cost" in m]
+    assert len(said) == 1, report.messages
+
+
+def test_unknown_jobs_stay_reserved_run_after_run(tmp_path: Path) -> None:
+    # Every submit's answer lost: main counted unknown jobs as $0, five runs at $1.00 billed $4.05.
+    spec = write_spec(tmp_path)
+    with emulator({"drop_after_create": {"rate": 1.0}}) as emu:
+        for _ in range(5):
+            report = run(spec, emu, cap=1.00)
+        assert report.stop_kind == "budget"
+        assert billed(emu) <= 1.00
+        assert report.reserved_usd == pytest.approx(billed(emu))  # reserved: may be billed
+        assert report.counts["unknown"] == 3
+    status = CliRunner().invoke(cli, ["status", str(spec)]).output.splitlines()[0]
+    assert status == "grid: 4 jobs, spent $0.00, $0.76 reserved of the $1.00 cap"
+
+
+def test_with_a_cap_and_no_price_nothing_is_submitted_until_one_is_given(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, body=SPEC.replace("seed: [1, 2, 3, 4]", "seed: [1, 2]"))
+    with emulator({"http_500": {"rate": 1.0, "endpoints": ["catalog"]}}) as emu:
+        # main sent one job blind: a $0.05 cap paid $0.25.
+        report = run(spec, emu, cap=0.05)
+        assert emu.ledger()["jobs"] == []
+        assert report.stop_kind == "budget"
+        assert "--price" in (report.stop_reason or "")
+        assert "nothing submitted" in (report.stop_reason or "")
+        report = run(spec, emu, cap=0.60, price="0.05/second")
+        assert report.stop_kind == "budget"
+        assert billed(emu) == pytest.approx(2 * ONE_JOB)
+        # The price is kept in the store: a resume without a catalog answer still has it.
+        report = run(spec, emu, cap=1.10)
+        assert report.complete
+        assert billed(emu) == pytest.approx(4 * ONE_JOB)
+
+
+def test_the_budget_stop_says_what_is_left_and_the_flag_that_finishes(
+    tmp_path: Path, emu: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = write_spec(tmp_path, body=SPEC.replace("seed: [1, 2, 3, 4]", "seed: [1, 2]"))
+    monkeypatch.setenv("RUNCOMFY_MODEL_API_BASE", emu.base_url)
+    monkeypatch.setenv("RUNCOMFY_API_TOKEN", emu.token)
+    stopped = CliRunner().invoke(cli, ["run", str(spec), "--max-cost", "0.60"])
+    assert stopped.exit_code == 3, stopped.output
+    line = (
+        "2 pending: budget reached: $0.00 spent and $0.51 reserved of the $0.60 cap; the next "
+        "job ($0.25) does not fit; 2 job(s) left undone, about $0.51; to finish them: "
+        f"comfysweep run {spec} --max-cost 1.02"
+    )
+    assert line in stopped.output.splitlines(), stopped.output
+    finished = CliRunner().invoke(cli, ["run", str(spec), "--max-cost", "1.02"])
+    assert finished.exit_code == 0, finished.output
+    assert billed(emu) <= 1.02
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_a_cap_that_is_not_positive_is_a_one_line_error(
+    tmp_path: Path, emu: Emulator, value: str
+) -> None:
+    spec = write_spec(tmp_path)
+    result = CliRunner().invoke(cli, ["run", str(spec), "--emulator", "--max-cost", value])
+    assert result.exit_code == 2
+    assert "--max-cost" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [("cheap", "'cheap' is not a number"), ("0.05/minute", "unknown unit 'minute'")],
+)
+def test_a_bad_price_is_a_one_line_error_before_anything(
+    tmp_path: Path, value: str, says: str
+) -> None:
+    spec = write_spec(tmp_path)
+    result = CliRunner().invoke(cli, ["run", str(spec), "--emulator", "--price", value])
+    assert result.exit_code == 1
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"Error: --price {value}: {says}; e.g. --price 0.05/second"), line
+    assert not (tmp_path / "results").exists()
+
+
+def test_the_shipped_grid_fits_its_own_cap() -> None:
+    # main's cfg-steps-grid.yaml (113 jobs, $28.60 at the emulator's price) stopped at $25.
+    spec = load_spec(Path(__file__).parents[1] / "sweeps" / "cfg-steps-grid.yaml")
+    from orchestrator.grid import iter_jobs
+
+    model = get_model(spec.model)
+    total = sum(budget.per_job(model, 0.05, "second", job.inputs) or 0 for job in iter_jobs(spec))
+    assert spec.run.max_cost is not None
+    assert total == pytest.approx(113 * ONE_JOB)
+    assert total <= spec.run.max_cost
+
+
+# -- the rules -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "usd", "unit"),
+    [
+        ("0.05/second", 0.05, "second"),
+        ("0.05/s", 0.05, "second"),
+        ("$0.25/output", 0.25, "output"),
+        ("0.25", 0.25, "output"),
+        ("0.25/job", 0.25, "output"),
+        ("0", 0.0, "output"),
+    ],
+)
+def test_price_values(text: str, usd: float, unit: str) -> None:
+    assert budget.parse_price(text) == budget.Price(usd, unit, "--price")
+
+
+@pytest.mark.parametrize("text", ["", "x/second", "-1/second", "inf", "0.05/minute", "nan"])
+def test_bad_price_values(text: str) -> None:
+    with pytest.raises(SpecError, match=r"^--price .*e\.g\. --price 0\.05/second"):
+        budget.parse_price(text)
+
+
+def test_a_jobs_estimate_comes_from_its_own_frames_and_fps() -> None:
+    model = get_model("community/wan-2-2/vace-fun")
+    second = budget.estimator(model, budget.Price(0.05, "second"))
+    assert second({"25_value": 141, "38_value": 12}) == pytest.approx(0.5875)
+    assert second({"25_value": 81, "38_value": 24}) == pytest.approx(0.16875)
+    assert second({"25_value": 81}) is None  # no fps: no estimate, never a made-up one
+    assert budget.estimator(model, budget.Price(0.25, "output"))({}) == 0.25
+    assert budget.estimator(model, None)({"25_value": 81, "38_value": 16}) is None
+
+
+@pytest.mark.parametrize("cost", [None, -1.0, math.nan, math.inf, True])
+def test_an_invalid_cost_charges_the_estimate(cost: Any) -> None:
+    assert budget.charge(cost, 0.3) == (0.3, False)
+    assert budget.charge(0.1, 0.3) == (0.1, True)
+
+
+def test_the_raised_cap_is_whole_cents_that_fit() -> None:
+    assert budget.raised_cap(0.50625, 0.0, 0.50625) == 1.02
+    assert budget.raised_cap(1.0, 0.5, 0.5) == 2.0
+
+
+def test_a_stop_after_the_budgets_holds_back_what_the_budget_let_through(tmp_path: Path) -> None:
+    from orchestrator.client import ModelApiClient
+    from orchestrator.results import ResultsFolder
+    from orchestrator.runner import Runner
+
+    model = get_model("community/wan-2-2/vace-fun")
+    with Store.open(tmp_path / "store.db") as db:
+        runner = Runner(
+            db, ModelApiClient("http://127.0.0.1:9", "t"), ResultsFolder(tmp_path, model, "{key}")
+        )
+        runner.stop("budget reached", kind="budget")
+        assert runner.stopping
+        assert not runner._halted  # claimed jobs within the cap still go
+        runner.stop("interrupted", kind="interrupted")
+        assert runner._halted
+        assert (runner._stop_reason, runner._stop_kind) == ("interrupted", "interrupted")

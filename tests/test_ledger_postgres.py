@@ -1,0 +1,191 @@
+"""Several runners on one PostgreSQL store share one budget and one concurrency, in the database;
+a dead runner's jobs and reservations are taken over, never submitted again.
+
+Runs when COMFYSWEEP_TEST_POSTGRES_URL is set (each test gets a schema of its own).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator import runner as runner_module
+from orchestrator.emulator import Emulator, EmulatorConfig
+from orchestrator.retry import RetryPolicy
+from orchestrator.store import JobState, Store
+from orchestrator.sweep import Overrides, run_sweep
+from tests.test_ledger import (  # noqa: F401  (collected again here, against PostgreSQL)
+    PRICES,
+    estimate,
+    priced_jobs,
+    test_a_claim_reserves_each_jobs_own_estimate_and_refuses_what_does_not_fit,
+    test_an_exact_fit_is_taken_despite_float_rounding,
+    test_an_invalid_cost_keeps_the_estimate,
+    test_every_attempt_is_kept_and_spend_is_their_sum,
+    test_released_when_never_sent_or_refused_settled_at_the_cost_or_the_estimate,
+    test_reservations_survive_closing_the_store,
+    test_the_budget_settings_are_recorded_for_readers,
+    test_the_shared_concurrency_refuses_a_claim_as_busy,
+    test_unknown_and_lost_stay_reserved_and_a_retry_charges_the_estimate,
+    test_with_a_cap_and_no_estimate_nothing_is_claimed,
+)
+from tests.test_store import MODEL
+from tests.test_store_postgres import admin, target  # noqa: F401  (fixtures)
+
+from .sweeps import write_spec
+from .test_budget import ONE_JOB, SPEC, billed
+from .waiting import PATIENCE, DrivenClock, wait_for
+
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def store(target: str) -> Any:  # noqa: F811
+    with Store.open(target) as s:
+        s.sync_jobs(priced_jobs(), MODEL)
+        yield s
+
+
+def test_runners_on_their_own_connections_never_reserve_past_the_cap(target: str) -> None:  # noqa: F811
+    with Store.open(target) as s:
+        s.sync_jobs(priced_jobs(), MODEL)  # $0.25, $0.50, $0.75, $0.25
+    taken: list[str] = []
+    errors: list[BaseException] = []
+
+    def claimer() -> None:
+        try:
+            with Store.open(target) as mine:
+                while (claim := mine.claim_within(estimate, cap=1.0)).row is not None:
+                    taken.append(claim.row.key)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    # $0.75 never fits; a runner that skips the job another holds may take $0.25 after it.
+    assert sorted(taken) in (["job-a", "job-b"], ["job-a", "job-b", "job-d"])
+    reserved = sum(PRICES[key.removeprefix("job-")] for key in taken)
+    with Store.open(target, readonly=True) as s:
+        assert s.ledger().reserved_usd == pytest.approx(reserved)
+    assert reserved <= 1.0
+
+
+def in_thread(work: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def body() -> None:
+        try:
+            out.append(work())
+        except BaseException as exc:  # reported by the test
+            out.append(exc)
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_two_runners_share_one_budget(tmp_path: Path, target: str) -> None:  # noqa: F811
+    # main: each runner kept the cap alone, so a $1.00 cap billed $1.52 with two of them.
+    clock = DrivenClock(frozen=True)  # jobs stay queued until the test lets time run
+    spec = write_spec(tmp_path, body=SPEC)
+    with Emulator(EmulatorConfig(speed=2000.0, workers=8, clock=clock)) as emu:
+
+        def go() -> Any:
+            return run_sweep(
+                spec,
+                base_url=emu.base_url,
+                token=emu.token,
+                store=target,
+                overrides=Overrides(poll_interval=0.02, max_cost=1.00),
+                retry=RetryPolicy(wait=False),
+            )
+
+        first, first_out = in_thread(go)
+        wait_for(lambda: len(emu.ledger()["jobs"]) >= 3, "the first runner's three submits")
+        second, second_out = in_thread(go)
+        wait_for(
+            lambda: not second.is_alive() or len(emu.ledger()["jobs"]) > 3,
+            "the second runner stopping, or submitting",
+        )
+        clock.release()
+        first.join(PATIENCE)
+        second.join(PATIENCE)
+        assert billed(emu) <= 1.00
+        assert billed(emu) == pytest.approx(3 * ONE_JOB)
+    for out in (first_out, second_out):
+        (report,) = out
+        assert not isinstance(report, BaseException), report
+        assert report.stop_kind == "budget"
+    assert "--max-cost 2.03" in second_out[0].stop_reason
+
+
+def test_a_dead_runners_jobs_are_taken_over_never_resubmitted(
+    tmp_path: Path,
+    target: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Look every tick, not every few (raising=False: main has no such look, and fails below).
+    monkeypatch.setattr(runner_module, "_ADOPT_EVERY", 1, raising=False)
+    clock = DrivenClock(frozen=True)
+    body = SPEC.replace("seed: [1, 2, 3, 4]", "seed: [1, 2, 3]").replace(": 3\n", ": 2\n")
+    spec = write_spec(tmp_path, body=body)  # six jobs, two in flight at once (store-wide)
+    with Emulator(EmulatorConfig(speed=2000.0, workers=8, clock=clock)) as emu:
+        env = {
+            **os.environ,
+            "RUNCOMFY_MODEL_API_BASE": emu.base_url,
+            "RUNCOMFY_API_TOKEN": emu.token,
+        }
+        command = [sys.executable, "-m", "orchestrator", "run", str(spec), "--store", target]
+        dead = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            with Store.open(target) as watcher:
+
+                def queued() -> list[Any]:
+                    return list(watcher.jobs([JobState.QUEUED, JobState.RUNNING]))
+
+                first = wait_for(lambda: len(queued()) == 2 and queued(), "two jobs queued")
+                dead_run = first[0].run_id
+                live, live_out = in_thread(
+                    lambda: run_sweep(
+                        spec,
+                        base_url=emu.base_url,
+                        token=emu.token,
+                        store=target,
+                        overrides=Overrides(poll_interval=0.02),
+                        retry=RetryPolicy(wait=False),
+                    )
+                )
+                wait_for(lambda: watcher.ledger().concurrency == 2 and live.is_alive(), "start")
+                assert len(emu.ledger()["jobs"]) == 2  # the shared concurrency holds the live one
+                dead.send_signal(signal.SIGKILL)
+                dead.wait()
+                wait_for(
+                    lambda: all(r.run_id != dead_run for r in queued()),
+                    "the live runner taking over the dead one's jobs",
+                )
+                clock.release()
+                live.join(PATIENCE)
+        finally:
+            dead.kill()
+            dead.wait()
+            if dead.stderr is not None:
+                dead.stderr.close()
+        ledger = emu.ledger()
+    (report,) = live_out
+    assert not isinstance(report, BaseException), report
+    assert report.complete, report
+    assert set(ledger["submissions_by_input"].values()) == {1}  # taken over, never resubmitted
+    assert len(ledger["jobs"]) == 6
+    assert max(ledger["peak_in_flight"].values()) <= 2  # one concurrency for both runners
