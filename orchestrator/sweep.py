@@ -23,6 +23,7 @@ from orchestrator.client import ModelApiClient, ModelInfo
 from orchestrator.errors import ComfysweepError, StoreError
 from orchestrator.grid import iter_jobs
 from orchestrator.models import get_model
+from orchestrator.pacing import Pacer
 from orchestrator.progress import make_progress
 from orchestrator.results import LOG_FILE, STORE_FILE, ResultsFolder
 from orchestrator.retry import RetryPolicy
@@ -61,6 +62,7 @@ class Overrides:
     poll_interval: float | None = None
     max_cost: float | None = None
     timeout: float | None = None
+    rate: float | None = None
 
 
 def store_path(spec: Spec, store: str | Path | None = None) -> str | Path:
@@ -101,7 +103,9 @@ def run_sweep(
         db.lock(owner=f"comfysweep run {spec.name}"),
         _backend(emulator, spec, base_url, token) as (url, key),
     ):
-        client = ModelApiClient(url, key, retry=retry, timeout=options.timeout)
+        client = ModelApiClient(
+            url, key, retry=retry, timeout=options.timeout, pacer=Pacer(options.rate)
+        )
         _check_owner(spec, db, db.bind_sweep(spec.name))
         _sync(db, spec, (lambda _: True) if yes else confirm)
         if force:
@@ -156,6 +160,7 @@ async def _run(
         sample = next(iter(db.jobs([JobState.PENDING], in_spec=True)), None)
         price = prices.job_cost(model, info, sample.inputs) if info and sample else None
         runner = Runner(db, client, folder, options, progress=progress, price_per_job=price)
+        runner.polls.remember(prices.last_duration(spec.model, api_base=client.base_url))
         report = await runner.run()
     if runner.durations:
         median = statistics.median(runner.durations)
@@ -278,6 +283,7 @@ def _options(
     if emulator is not False:
         speed = EMULATOR_SPEED if emulator is True else emulator.speed
         settings["poll_interval"] = emulated_poll(spec.run.poll_interval, speed)
+        settings["rate"] = spec.run.rate * speed
     return RunOptions(**settings, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
 
 
