@@ -54,10 +54,12 @@ QUIET_ANSWERS = 20
 
 # Polling. The floor and the ceiling are fractions and multiples of ``poll_interval``.
 FLOOR_FRACTION = 0.25
-CEILING_TIMES = 30.0
+CEILING_TIMES = 150.0
 # Once a job may have finished, it is polled again after this fraction of its age: a finished
 # job waits at most about that share of its duration to be noticed.
-GROWTH = 0.1
+GROWTH = 0.12
+# The scout, polling alone while nothing is known, grows its gaps a little faster.
+SCOUT_GROWTH = 0.15
 # The first poll of a job comes when this share of this run's jobs had finished at its age.
 FIRST_QUANTILE = 0.3
 JITTER = 0.05  # each delay is spread by this fraction either way, so polls do not bunch
@@ -245,7 +247,7 @@ class PollPlanner:
 
     def leave(self, job: object) -> None:
         """A job stopped being tracked: if it was the scout, another one takes over."""
-        if self._scout is job:
+        if self._scout == job:
             self._scout = None
             self._tell()
 
@@ -261,16 +263,19 @@ class PollPlanner:
         if not self.known:
             if self._scout is None:
                 self._scout = job
-            if self._scout is not job:
+            if self._scout != job:
                 return self.ceiling  # woken early by the scout's news
-            gap = max(self.poll_interval, GROWTH * age)
+            gap = max(self.poll_interval, SCOUT_GROWTH * age)
         else:
             first = self.quantile(FIRST_QUANTILE)
             assert first is not None
-            gap = first - age if age < first else GROWTH * age
+            # Aimed just after that age, never before: a job submitted a moment before its
+            # server clock started would otherwise be polled a moment too soon.
+            target = first * (1.0 + JITTER + self._rng.uniform(-JITTER, JITTER)) - age
+            gap = GROWTH * age * (1.0 + self._rng.uniform(-JITTER, JITTER))
+            gap = max(target, gap)
         if queue_position and self._per_position is not None:
             gap = max(gap, queue_position * self._per_position)
-        gap *= 1.0 + self._rng.uniform(-JITTER, JITTER)
         return min(max(gap, self.floor), self.ceiling)
 
     def remember(self, seconds: float | None) -> None:

@@ -453,8 +453,8 @@ class Runner:
                 if first_delay > 0 or failures:
                     queue = queued[0] if queued else None
                     age = time.monotonic() - begun
-                    if not await polls.sleep(polls.delay(row.key, age, queue)):
-                        continue  # news (a first duration): plan again
+                    # Woken sooner by news (the scout's job ended): this one may be done too.
+                    await polls.sleep(polls.delay(row.key, age, queue))
                 first_delay = 1.0
                 try:
                     result = await self.client.result(row.request_id)

@@ -66,7 +66,7 @@ class RunSettings(BaseModel):
         float,
         Setting(
             "seconds between polls of a job until a job's duration is known; adaptive polls "
-            "stay between a quarter of it and 30 times it (with `--emulator`, divided by its "
+            "stay between a quarter of it and 150 times it (with `--emulator`, divided by its "
             "speed)",
             flag="S",
         ),
