@@ -3,7 +3,7 @@
 Three pieces, each a small value with an injectable clock (tests drive them without sleeping):
 
 - ``TokenBucket``: the request-rate limit shared by every call of one client (submit, polls,
-  cancel, catalog, downloads): ``rate`` requests a second, bursts of ``burst``.
+  cancel, catalog, downloads): ``rate`` requests a second, bursts of half a second's worth.
 - ``Pacer``: the bucket, plus the client-wide pause a 429 asks for (``Retry-After``): every
   request of every task waits until it ends, not only the one refused. Repeated 429s halve the
   number of submits in flight (additive increase, multiplicative decrease); successes grow it
@@ -46,11 +46,11 @@ __all__ = [
 log = logging.getLogger("comfysweep.pacing")
 
 DEFAULT_RATE = 10.0  # requests a second: RunComfy documents no limit; its CLI polls every 2 s
-DEFAULT_BURST = 10
+DEFAULT_BURST = 10  # the most a burst may hold, whatever the rate
 # A 429 without Retry-After pauses the client this long.
 DEFAULT_PAUSE = 1.0
 # Successful answers in a row, with no 429 between, that end a throttling episode.
-QUIET_ANSWERS = 20
+QUIET_ANSWERS = 10
 
 # Polling. The floor and the ceiling are fractions and multiples of ``poll_interval``.
 FLOOR_FRACTION = 0.25
@@ -81,9 +81,11 @@ def check_rate(value: Any, where: str = "--rate") -> float:
 class TokenBucket:
     """``rate`` tokens a second, at most ``burst`` saved; ``take`` reserves one in FIFO order."""
 
-    def __init__(self, rate: float, burst: int = DEFAULT_BURST) -> None:
+    def __init__(self, rate: float, burst: int | None = None) -> None:
         self.rate = check_rate(rate, "rate")
-        self.burst = max(1, burst)
+        # Half a second's worth, at most DEFAULT_BURST: any one second then sees at most
+        # 1.5 x rate requests (rate + burst), never a whole minute's saved up.
+        self.burst = max(1, burst if burst is not None else min(DEFAULT_BURST, int(rate / 2)))
         self._tokens = float(self.burst)
         self._stamp: float | None = None
 
@@ -103,7 +105,7 @@ class Pacer:
         self,
         rate: float = DEFAULT_RATE,
         *,
-        burst: int = DEFAULT_BURST,
+        burst: int | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = anyio.sleep,
         quiet: int = QUIET_ANSWERS,
