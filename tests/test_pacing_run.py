@@ -150,3 +150,37 @@ def test_duration_jitter_is_seeded_by_the_inputs_and_off_by_default() -> None:
     spread = {durations(0.2, f"input-{i}")[0] for i in range(50)}
     assert len(spread) == 50
     assert all(SECONDS * 0.8 <= d <= SECONDS * 1.2 for d in spread)
+
+
+@pytest.mark.anyio
+async def test_the_client_counts_every_request_it_sends_retries_and_downloads_too(
+    tmp_path: Path,
+) -> None:
+    from orchestrator.client import ModelApiClient, RemoteState
+    from orchestrator.models import get_model
+    from orchestrator.pacing import Pacer
+
+    inputs = get_model("community/wan-2-2/vace-fun").complete(
+        {"56_text": "a fox", "118_image": "https://example.com/fox.png"}
+    )
+    # The first result is refused once (429): its retry is a request too.
+    profile = FaultProfile.parse(
+        {
+            "faults": {
+                "rate_limit": {"rate": 1.0, "limit": 1, "endpoints": ["result"], "retry_after": 0}
+            }
+        }
+    )
+    with Emulator(EmulatorConfig(speed=1e6, faults=profile)) as emu:
+        api = ModelApiClient(
+            emu.base_url, emu.token, retry=RetryPolicy(wait=False), pacer=Pacer(rate=1000.0)
+        )
+        async with api:
+            submitted = await api.submit("community/wan-2-2/vace-fun", inputs)
+            result = await api.result(submitted.request_id)
+            while result.state is not RemoteState.SUCCEEDED:
+                result = await api.result(submitted.request_id)
+            await api.download(result.urls[0], tmp_path / "out.part")
+        counted = emu.requests()
+    assert api.requests_sent == sum(counted.values())
+    assert counted["result"] >= 2  # the refused one and its retry
