@@ -57,7 +57,7 @@ FLOOR_FRACTION = 0.25
 CEILING_TIMES = 150.0
 # Once a job may have finished, it is polled again after this fraction of its age: a finished
 # job waits at most about that share of its duration to be noticed.
-GROWTH = 0.12
+GROWTH = 0.08
 # The scout, polling alone while nothing is known, grows its gaps a little faster.
 SCOUT_GROWTH = 0.15
 # The first poll of a job comes when this share of this run's jobs had finished at its age.

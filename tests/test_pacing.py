@@ -76,7 +76,7 @@ def test_a_rate_must_be_finite_and_positive(bad: object) -> None:
 
 
 @pytest.mark.parametrize("bad", ["0", "-2", "nan", "inf", "fast"])
-def test_a_bad_rate_flag_is_one_line(bad: str, tmp_path: object) -> None:
+def test_a_bad_rate_flag_is_one_line(bad: str) -> None:
     result = CliRunner().invoke(cli, ["run", "nowhere.yaml", "--rate", bad])
     assert result.exit_code == 2
     assert "--rate" in result.output
