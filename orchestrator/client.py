@@ -228,7 +228,8 @@ class ModelApiClient:
     async def _answered(self, response: httpx.Response) -> None:
         if self.pacer is not None:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
-            self.pacer.answered(response.status_code, retry_after)
+            submit = response.request.method == "POST" and "/models/" in response.request.url.path
+            self.pacer.answered(response.status_code, retry_after, submit=submit)
 
     def _url(self, *parts: str) -> str:
         return self.base_url + "/" + "/".join(parts)

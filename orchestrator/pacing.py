@@ -139,12 +139,15 @@ class Pacer:
         self._configured = configured
         return configured if self._limit is None else min(self._limit, configured)
 
-    def answered(self, status: int, retry_after: float | None = None) -> None:
-        """Learn from one answer: a 429 pauses everything, a success may end the episode."""
+    def answered(
+        self, status: int, retry_after: float | None = None, *, submit: bool = False
+    ) -> None:
+        """Learn from one answer: a 429 pauses everything, a success may end the episode, and a
+        successful ``submit`` grows the submit concurrency back."""
         if status == 429:
             self._refused(retry_after)
         elif 200 <= status < 300:
-            self._succeeded()
+            self._succeeded(submit)
 
     def _refused(self, retry_after: float | None) -> None:
         now = self._clock()
@@ -167,7 +170,7 @@ class Pacer:
         else:
             self._episode = (self._episode[0], self._episode[1] + 1)
 
-    def _succeeded(self) -> None:
+    def _succeeded(self, submit: bool) -> None:
         self._calm += 1
         if self._episode is not None and self._calm >= self._quiet:
             started, refusals = self._episode
@@ -177,10 +180,12 @@ class Pacer:
                 refusals,
                 self._clock() - started,
             )
-        if self._limit is None or self._configured is None or self._clock() < self.paused_until:
+        if not submit or self._limit is None or self._configured is None:
+            return
+        if self._clock() < self.paused_until:
             return
         self._grown += 1
-        if self._grown >= self._limit:  # one more slot per `limit` successes: additive increase
+        if self._grown >= self._limit:  # one more slot per `limit` submits: additive increase
             self._grown = 0
             self._limit += 1
             if self._limit >= self._configured:

@@ -117,14 +117,17 @@ def test_repeated_429s_halve_the_submit_concurrency_and_successes_grow_it_back()
     clock.now += 2.0
     pacer.answered(429, 2.0)  # refused again after the pause: halved again
     assert pacer.submit_limit(16) == 4
-    pacer.answered(200)  # still paused: nothing grows
+    pacer.answered(200, submit=True)  # still paused: nothing grows
     assert pacer.submit_limit(16) == 4
     clock.now += 2.0
+    for _ in range(10):
+        pacer.answered(200)  # polls and downloads do not make room for submits
+    assert pacer.submit_limit(16) == 4
     limits = []
     for _ in range(4 + 5 + 6 + 7 + 8 + 9 + 10 + 11 + 12 + 13 + 14 + 15):
-        pacer.answered(200)
+        pacer.answered(200, submit=True)
         limits.append(pacer.submit_limit(16))
-    # Additive increase: one more slot per `limit` successes, back to the setting.
+    # Additive increase: one more slot per `limit` successful submits, back to the setting.
     assert limits[3] == 5
     assert limits[3 + 5] == 6
     assert limits[-1] == 16
