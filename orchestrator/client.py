@@ -33,6 +33,7 @@ from orchestrator.errors import (
     ServerError,
     TransportError,
 )
+from orchestrator.pacing import Pacer
 from orchestrator.responses import (
     MAX_REQUEST_ID,
     MAX_URLS,
@@ -142,11 +143,13 @@ class ModelApiClient:
         transport: httpx.AsyncBaseTransport | None = None,
         max_download_bytes: int = 2 * 1024**3,
         max_connections: int = 8,
+        pacer: Pacer | None = None,
     ) -> None:
+        self.pacer = pacer  # shared by every request, downloads too (pacing.py)
+        self.requests_sent = 0  # every HTTP request, retries and downloads included
         self.base_url = _base_url(base_url if base_url is not None else os.environ.get(BASE_VAR))
         self._token = _token(token)
         self.balance_base = _balance_base(self.base_url)
-        self.requests_sent = 0  # every HTTP request this client made, downloads included
         self.retry = retry or RetryPolicy()
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         self._deadline = total_deadline(timeout)
@@ -157,16 +160,25 @@ class ModelApiClient:
             max_keepalive_connections=max_connections,
             keepalive_expiry=4.0,
         )
+        hooks: dict[str, list[Callable[..., Any]]] = {
+            "request": [self._sending],
+            "response": [self._answered],
+        }
         self._api = httpx.AsyncClient(
             headers={"Authorization": f"Bearer {self._token}", "Accept": "application/json"},
             timeout=self._timeout,
             limits=limits,
             transport=transport,
             follow_redirects=False,
+            event_hooks=hooks,
         )
         # Downloads go through a client that never held the token; redirects are checked by hand.
         self._files = httpx.AsyncClient(
-            timeout=self._timeout, limits=limits, transport=transport, follow_redirects=False
+            timeout=self._timeout,
+            limits=limits,
+            transport=transport,
+            follow_redirects=False,
+            event_hooks=hooks,
         )
         self._downloader = Downloader(
             self._files,
@@ -175,6 +187,7 @@ class ModelApiClient:
             timeout=timeout,
             max_bytes=max_download_bytes,
             scrub=self._scrub,
+            pace=self._pace,
         )
 
     def __repr__(self) -> str:
@@ -205,6 +218,22 @@ class ModelApiClient:
         """Close both connection pools."""
         await self._api.aclose()
         await self._files.aclose()
+
+    # -- pacing: every request waits its turn; every answer is counted and learned from -----
+
+    async def _pace(self) -> None:
+        """Wait for the pacer (outside any request's deadline: a 429 pause is not a timeout)."""
+        if self.pacer is not None:
+            await self.pacer.wait()
+
+    async def _sending(self, request: httpx.Request) -> None:
+        self.requests_sent += 1
+
+    async def _answered(self, response: httpx.Response) -> None:
+        if self.pacer is not None:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            submit = response.request.method == "POST" and "/models/" in response.request.url.path
+            self.pacer.answered(response.status_code, retry_after, submit=submit)
 
     def _url(self, *parts: str) -> str:
         return self.base_url + "/" + "/".join(parts)
@@ -252,7 +281,7 @@ class ModelApiClient:
     async def _exchange(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """One API call within its total deadline, its answer read whole up to MAX_ANSWER_BYTES."""
         request = self._api.build_request(method, url, timeout=self._timeout, **kwargs)
-        self.requests_sent += 1
+        await self._pace()
         try:
             with anyio.fail_after(self._deadline):
                 response = await self._api.send(request, stream=True)
@@ -457,7 +486,6 @@ class ModelApiClient:
 
     async def download(self, url: str, dest: Path) -> Downloaded:
         """Stream ``url`` to ``dest`` without the token; the partial file is removed on failure."""
-        self.requests_sent += 1
         with self._scrubbed():
             return await self._downloader.download(url, dest)
 

@@ -13,7 +13,7 @@ import hashlib
 import ipaddress
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +109,9 @@ class Downloader:
         timeout: float,
         max_bytes: int,
         scrub: Callable[[str], str],
+        pace: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        self._pace = pace  # waits for the client's pacer (rate limit, 429 pause)
         self._files = files
         self._api = httpx.URL(api_base)
         self.retry = retry
@@ -145,6 +147,8 @@ class Downloader:
 
     async def _once(self, url: httpx.URL, dest: Path, what: str) -> Downloaded:
         """One attempt, redirects followed by hand, within a deadline that grows with the bytes."""
+        if self._pace is not None:  # before the deadline starts: waiting is not slowness
+            await self._pace()
         base = total_deadline(self._timeout)
         started = anyio.current_time()
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -47,7 +46,9 @@ from orchestrator.errors import (
     ValidationFailed,
 )
 from orchestrator.failures import FailureLimit, Failures
+from orchestrator.pacing import PollPlanner, server_duration
 from orchestrator.progress import Progress, Snapshot
+from orchestrator.responses import integer
 from orchestrator.results import ResultsFolder
 from orchestrator.settings import RunSettings
 from orchestrator.store import Claim, JobRow, JobState, Store
@@ -169,6 +170,9 @@ class Runner:
         self._requeued = 0  # failed jobs put back to pending by this run
         self._last_change = time.monotonic()  # when a job last changed state
         self._stall_level = 1  # the next stall line waits for stall_after times this
+        self.polls = PollPlanner(self.options.poll_interval)  # when to poll each job
+        if client.pacer is not None:
+            client.pacer.on_change = self._wake  # more submits allowed in flight
 
     # -- public -----------------------------------------------------------------------------
 
@@ -379,9 +383,18 @@ class Runner:
             return False
         # Output URLs expire, and our disk may refuse them: until a finished job's download ends
         # (its outputs on disk, or the job settled, or the run stopped), nothing new goes out.
-        if self._remote >= self.options.concurrency or self._download_backlog > 0:
+        if self._remote >= self._concurrency() or self._download_backlog > 0:
             return False
         return self._before_deadline()
+
+    def _concurrency(self) -> int:
+        """Jobs in flight at once: the setting, shrunk while the API answers 429 (pacing.py)."""
+        pacer = self.client.pacer
+        return (
+            self.options.concurrency
+            if pacer is None
+            else pacer.submit_limit(self.options.concurrency)
+        )
 
     def _before_deadline(self) -> bool:
         """``--until``: stop once a new job would end too late; False while nothing says how long
@@ -533,45 +546,65 @@ class Runner:
     # -- polling ----------------------------------------------------------------------------
 
     async def _track(self, row: JobRow, first_delay: float) -> None:
-        """Poll a job on the remote side until it ends, then hand it to the downloader."""
+        """Poll a job's result until it ends, then hand it to the downloader.
+
+        Only the result endpoint is asked (it answers the state before the end), when the
+        planner says (pacing.py): one call a poll, and the last poll is the result itself.
+        ``first_delay`` 0 polls at once (a job resumed from an earlier run).
+        """
         assert row.request_id is not None
-        delay, failures = first_delay, 0
-        while True:
-            await anyio.sleep(_jitter(delay))
-            delay = self.options.poll_interval
-            try:
-                status = await self.client.status(row.request_id)
-                state = status.state
-                result = None
-                if state in (
-                    RemoteState.COMPLETED,
-                    RemoteState.SUCCEEDED,
-                    RemoteState.FAILED,
-                    RemoteState.CANCELLED,
-                ):
+        polls, failures = self.polls, 0
+        begun = self._started.get(row.key, time.monotonic())
+        queued: tuple[int, float] | None = None  # the last queue position seen, and when
+        try:
+            while True:
+                if first_delay > 0 or failures:
+                    queue = queued[0] if queued else None
+                    age = time.monotonic() - begun
+                    # Woken sooner by news (the scout's job ended): this one may be done too.
+                    await polls.sleep(polls.delay(row.key, age, queue))
+                first_delay = 1.0
+                try:
                     result = await self.client.result(row.request_id)
-                    state = result.state
-            except RequestNotFound as exc:
-                self._release(row.key)
-                await self._commit(
-                    row.key,
-                    JobState.LOST,
-                    detail=f"the API no longer knows request {row.request_id}: {_text(exc)}",
-                )
-                return
-            except ComfysweepError as exc:
-                failures += 1
-                log.warning("polling %s failed (%d in a row): %s", row.key[:10], failures, exc)
-                if failures >= _POLL_GIVE_UP:
+                except RequestNotFound as exc:
                     self._release(row.key)
-                    self.stop(f"polling keeps failing, run again to resume: {_text(exc)}")
+                    await self._commit(
+                        row.key,
+                        JobState.LOST,
+                        detail=f"the API no longer knows request {row.request_id}: {_text(exc)}",
+                    )
                     return
-                continue
-            failures = 0
-            if state is RemoteState.RUNNING and row.state is JobState.QUEUED:
-                row = await self._commit(row.key, JobState.RUNNING)
-            elif result is not None and await self._settle(row, result):
-                return
+                except ComfysweepError as exc:
+                    failures += 1
+                    log.warning("polling %s failed (%d in a row): %s", row.key[:10], failures, exc)
+                    if failures >= _POLL_GIVE_UP:
+                        self._release(row.key)
+                        self.stop(f"polling keeps failing, run again to resume: {_text(exc)}")
+                        return
+                    continue
+                failures = 0
+                queued = self._queue_seen(queued, result)
+                if result.state is RemoteState.RUNNING and row.state is JobState.QUEUED:
+                    row = await self._commit(row.key, JobState.RUNNING)
+                elif result.state is RemoteState.SUCCEEDED:
+                    took = server_duration(result.raw)
+                    polls.observe(took if took is not None else time.monotonic() - begun)
+                if await self._settle(row, result):
+                    return
+        finally:
+            polls.leave(row.key)
+
+    def _queue_seen(
+        self, before: tuple[int, float] | None, result: Result
+    ) -> tuple[int, float] | None:
+        """The job's queue position now (None once it left the queue); teaches the planner."""
+        position = integer(result.raw.get("queue_position"))
+        if result.state is not RemoteState.QUEUED or position is None:
+            return None
+        now = time.monotonic()
+        if before is not None:
+            self.polls.observe_queue(before[0] - position, now - before[1])
+        return position, now
 
     async def _settle(self, row: JobRow, result: Result) -> bool:
         """Record a final result; True when the job left the remote side."""
@@ -1013,10 +1046,6 @@ def _ours(group: BaseExceptionGroup[BaseException]) -> ComfysweepError | None:
             return first
         ours = first if isinstance(first, BaseExceptionGroup) else None
     return None
-
-
-def _jitter(delay: float) -> float:
-    return delay * random.uniform(0.8, 1.2) if delay > 0 else 0.0
 
 
 def _span(seconds: float) -> str:

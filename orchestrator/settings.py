@@ -71,7 +71,12 @@ class RunSettings(BaseModel):
     downloads: Annotated[int, Setting("parallel downloads", flag="N")] = Field(4, ge=1, le=64)
     poll_interval: Annotated[
         float,
-        Setting("seconds between status polls (with `--emulator`, divided by its speed)", flag="S"),
+        Setting(
+            "seconds between polls of a job until a job's duration is known; adaptive polls "
+            "stay between a quarter of it and 150 times it (with `--emulator`, divided by its "
+            "speed)",
+            flag="S",
+        ),
     ] = Field(2.0, ge=MIN_POLL_INTERVAL, le=3600)
     timeout: Annotated[float, Setting("seconds to wait for each HTTP answer", flag="S")] = Field(
         DEFAULT_TIMEOUT, ge=0.1, le=600
@@ -126,6 +131,15 @@ class RunSettings(BaseModel):
             except ValueError as exc:  # said as is, then ", got ..." (yamlplaces.pydantic_message)
                 raise PydanticCustomError("max_failures", str(exc)) from None
         return value
+
+    rate: Annotated[
+        float,
+        Setting(
+            "requests a second to the API, every call and download together "
+            "(with `--emulator`, times its speed)",
+            flag="R",
+        ),
+    ] = Field(10.0, gt=0)
 
 
 @dataclass(frozen=True)

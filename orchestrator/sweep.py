@@ -29,6 +29,7 @@ from orchestrator.errors import ComfysweepError, StoreError
 from orchestrator.grid import iter_jobs
 from orchestrator.models import get_model
 from orchestrator.notify import Notifier
+from orchestrator.pacing import Pacer
 from orchestrator.progress import make_progress
 from orchestrator.results import LOG_FILE, STORE_FILE, ResultsFolder
 from orchestrator.retry import RetryPolicy
@@ -78,6 +79,7 @@ class Overrides:
     stall_after: float | None = None
     max_failures: str | None = None
     retries: int | None = None
+    rate: float | None = None
 
 
 def store_path(spec: Spec, store: str | Path | None = None) -> str | Path:
@@ -133,7 +135,9 @@ def run_sweep(
         db.lock(owner=f"comfysweep run {spec.name}"),
         _backend(emulator, spec, base_url, token) as (url, key),
     ):
-        client = ModelApiClient(url, key, retry=retry, timeout=options.timeout)
+        client = ModelApiClient(
+            url, key, retry=retry, timeout=options.timeout, pacer=Pacer(options.rate)
+        )
         if notifier is not None:
             notifier.token = key or _env_token()
         _check_owner(spec, db, db.bind_sweep(spec.name))
@@ -238,6 +242,7 @@ async def _run(
             db, client, folder, options, progress=progress, estimate=estimate, command=command
         )
         runner.on_event = morning.event
+        runner.polls.remember(prices.last_duration(spec.model, api_base=client.base_url))
         try:
             report = await runner.run()
         except BaseException as exc:
@@ -549,6 +554,7 @@ def _options(
         speed = EMULATOR_SPEED if emulator is True else emulator.speed
         settings["poll_interval"] = emulated_poll(spec.run.poll_interval, speed)
         settings["stall_after"] = spec.run.stall_after / speed
+        settings["rate"] = spec.run.rate * speed
     return RunOptions(**settings, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
 
 

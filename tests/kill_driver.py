@@ -3,12 +3,12 @@
     python tests/kill_driver.py SPEC POINT [AFTER]
 
 POINT is where the process dies, the AFTER-th time it gets there (default 1):
-``submit-sent`` (the server created the job, its answer is not stored yet), ``polling`` (a status
-answer arrived), ``downloading`` (half of an output is on disk) or ``journaled`` (another
-connection locked the store right after a submit was answered, and the runner could only write the
-request id to its journal), ``waiting-result`` or ``waiting-download`` (another connection locked
-the store as a job's result came, or as its output landed, and the runner is waiting to record
-it). The API comes from the usual
+``submit-sent`` (the server created the job, its answer is not stored yet), ``polling`` (a poll's
+answer arrived, the job still in flight), ``downloading`` (half of an output is on disk) or
+``journaled`` (another connection locked the store right after a submit was answered, and the
+runner could only write the request id to its journal), ``waiting-result`` or
+``waiting-download`` (another connection locked the store as a job's result came, or as its
+output landed, and the runner is waiting to record it). The API comes from the usual
 environment (RUNCOMFY_MODEL_API_BASE, RUNCOMFY_API_TOKEN).
 """
 
@@ -83,6 +83,8 @@ async def status(self: ModelApiClient, request_id: str) -> Status:
 
 async def result(self: ModelApiClient, request_id: str, include_cost: bool = True) -> Result:
     answer = await real_result(self, request_id, include_cost)
+    if not answer.state.terminal:  # a poll: the runner asks the result endpoint alone
+        maybe_die("polling")
     if point == "waiting-result":
         hold_the_store()
     return answer

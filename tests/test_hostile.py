@@ -369,7 +369,7 @@ def test_a_submit_redirected_to_another_host_is_unknown_and_not_followed(
 def test_status_answers_that_make_no_sense_leave_jobs_queued_and_the_run_ends(
     tmp_path: Path, api: Server, raw: bytes
 ) -> None:
-    api.script["status"] = answer(raw)
+    api.script["result"] = answer(raw)  # a run polls the result endpoint alone
     report, folder = run(tmp_path, api)
     assert report.counts["queued"] + report.counts["running"] >= 1, report
     assert report.counts["done"] == 0
@@ -381,7 +381,7 @@ def test_status_answers_that_make_no_sense_leave_jobs_queued_and_the_run_ends(
 def test_a_status_redirect_to_another_host_is_not_followed(
     tmp_path: Path, api: Server, elsewhere: Server
 ) -> None:
-    api.script["status"] = answer(http(302, "", location=f"{elsewhere.origin}/steal"))
+    api.script["result"] = answer(http(302, "", location=f"{elsewhere.origin}/steal"))
     report, _ = run(tmp_path, api)
     assert report.counts["done"] == 0
     assert report.stop_reason
@@ -442,7 +442,7 @@ def test_an_expired_output_is_recorded_expired_with_its_reason(tmp_path: Path, a
     assert all("expired" in d and "410" in d for d in details(folder, JobState.EXPIRED))
 
 
-@pytest.mark.parametrize("endpoint", ["catalog", "submit", "status", "download"])
+@pytest.mark.parametrize("endpoint", ["catalog", "submit", "result", "download"])
 def test_a_server_that_never_answers_ends_the_run_within_its_timeouts(
     tmp_path: Path, api: Server, endpoint: str
 ) -> None:
@@ -454,7 +454,7 @@ def test_a_server_that_never_answers_ends_the_run_within_its_timeouts(
         assert report.counts["unknown"] + report.counts["pending"] == 4, report
         assert report.counts["unknown"] >= 3, report
         assert all("ReadTimeout" in d for d in details(folder, JobState.UNKNOWN))
-    elif endpoint == "status":
+    elif endpoint == "result":  # the only endpoint a run polls
         assert report.counts["queued"] == 3, report  # concurrency 3: the 4th was never sent
         assert report.counts["pending"] == 1
         assert "polling keeps failing" in (report.stop_reason or "")
@@ -537,9 +537,15 @@ def test_non_finite_numbers_in_a_result_are_read_as_null_and_the_output_download
 
 
 def test_non_finite_numbers_in_a_status_are_read_as_null(tmp_path: Path, api: Server) -> None:
-    api.script["status"] = answer(
-        http(200, '{"status": "completed", "queue_position": NaN, "eta": -Infinity}')
-    )
+    answered: list[bool] = []
+
+    async def result(request: Request) -> Answer:  # the first poll answers NaN, then as usual
+        if not answered:
+            answered.append(True)
+            return http(200, '{"status": "in_queue", "queue_position": NaN, "eta": -Infinity}')
+        return await api._happy("result", request.path.split("?")[0])
+
+    api.script["result"] = result
     report, folder = run(tmp_path, api)
     assert report.complete, report
     assert "non-finite" in (folder / "run.log").read_text()

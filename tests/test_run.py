@@ -193,7 +193,7 @@ def test_expired_and_unknown_jobs_say_why(tmp_path: Path) -> None:
 
 
 def test_a_restart_that_forgets_jobs_makes_them_lost(tmp_path: Path) -> None:
-    report, _, _ = fault_run(tmp_path, "restart", endpoints=["status"], limit=1)
+    report, _, _ = fault_run(tmp_path, "restart", endpoints=["result"], limit=1)
     assert report.counts["lost"] >= 1
     assert report.counts["lost"] + report.counts["done"] == 4
     with Store.open(tmp_path / "results" / "restart" / "comfysweep.db") as db:

@@ -189,11 +189,9 @@ def header_server() -> Iterator[Server]:
 
 @pytest.mark.parametrize(
     ("endpoint", "where"),
-    [
-        ("status", "content-type"),
+    [  # a run polls the result endpoint alone (pacing.py): status is never asked
         ("result", "content-type"),
         ("submit", "header-line"),
-        ("status", "header-line"),
         ("result", "header-line"),
         ("download", "header-line"),
     ],

@@ -25,6 +25,7 @@ from .postgres import fresh_schema
 from .sweeps import SPEC, run_until_killed, write_spec
 from .test_run import manifest, run
 from .test_store import MODEL, make_jobs, walk
+from .waiting import DrivenClock
 
 DRIVER = Path(__file__).with_name("kill_driver.py")
 S = JobState
@@ -245,11 +246,16 @@ def test_jobs_a_spec_edit_leaves_are_orphaned_listed_and_never_submitted(
     assert billed(emulator) == 4
 
 
-def test_a_job_a_spec_edit_leaves_in_flight_is_downloaded_and_listed(
-    tmp_path: Path, emulator: Emulator
-) -> None:
-    spec = write_spec(tmp_path)
-    run_until_killed(DRIVER, spec, emulator, "polling", "1")
+def test_a_job_a_spec_edit_leaves_in_flight_is_downloaded_and_listed(tmp_path: Path) -> None:
+    clock = DrivenClock(frozen=True)  # no job ends before the first poll, however late it comes
+    with Emulator(EmulatorConfig(speed=2000.0, workers=4, clock=clock)) as emulator:
+        spec = write_spec(tmp_path)
+        run_until_killed(DRIVER, spec, emulator, "polling", "1")
+        clock.release()
+        _edit_and_resume(tmp_path, spec, emulator)
+
+
+def _edit_and_resume(tmp_path: Path, spec: Path, emulator: Emulator) -> None:
     store = tmp_path / "results" / "grid" / "comfysweep.db"
     with Store.open(store, readonly=True) as db:
         flying = next(iter(db.jobs([S.QUEUED, S.RUNNING])))

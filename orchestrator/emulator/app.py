@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from orchestrator.canonical import input_sha256
 from orchestrator.emulator.catalog import catalog_entry, categories, list_models
 from orchestrator.emulator.config import EmulatorConfig
 from orchestrator.emulator.farm import Farm, Job, OutOfBalance
-from orchestrator.emulator.faults import FaultDice
+from orchestrator.emulator.faults import FaultDice, FaultSpec
 from orchestrator.emulator.ledger import Account, iso_time, ledger_snapshot
 from orchestrator.emulator.media import MediaCache, decode_data_uri
 from orchestrator.emulator.wire import (
@@ -64,7 +65,14 @@ class EmulatorState:
         self.token_accounts = {t: f"account{i + 1}" for i, t in enumerate(config.tokens)}
         accounts = {n: Account(n, balance) for n in self.token_accounts.values()}
         self.farm = Farm(
-            config.workers, config.speed, config.clock, accounts, balance, config.state_path
+            config.workers,
+            config.speed,
+            config.clock,
+            accounts,
+            balance,
+            config.state_path,
+            jitter=config.duration_jitter,
+            seed=config.seed,
         )
         self.dice = FaultDice(config.faults, config.seed)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -76,6 +84,28 @@ class EmulatorState:
             media_dir = Path(self._tmp.name)
         self.media = MediaCache(media_dir)
         self._defaults: dict[str, tuple[dict[str, Any], set[str]]] = {}
+        # Every request served, by endpoint, and the latest ones as (emulator time, endpoint,
+        # HTTP status): how many requests a client spent, and when (tests/test_pacing*.py).
+        self.requests: Counter[str] = Counter()
+        self.request_log: deque[tuple[float, str, int]] = deque(maxlen=100_000)
+        self._recent: deque[float] = deque()  # arrival times within the last second (rate_cap)
+
+    def arrived(self, endpoint: str) -> float:
+        """Count a request; its arrival time on the emulator's clock."""
+        now = self.config.clock()
+        self.requests[endpoint] += 1
+        if "rate_cap" in self.dice.profile.faults:
+            self._recent.append(now)
+            while self._recent and self._recent[0] <= now - 1.0:
+                self._recent.popleft()
+        return now
+
+    def over_cap(self, endpoint: str) -> FaultSpec | None:
+        """The rate_cap fault, when more than its per_second requests came in the last second."""
+        spec = self.dice.profile.faults.get("rate_cap")
+        if spec is None or len(self._recent) <= spec.param("per_second"):
+            return None
+        return self.dice.roll("rate_cap", endpoint)
 
     def complete(self, model: Model, body: dict[str, Any]) -> dict[str, Any]:
         """``model.complete(body)`` for a body already checked, without checking it again.
@@ -136,6 +166,7 @@ def create_app(state: EmulatorState) -> EmulatorApp:
         # RunComfy's serverless API (another base, the same token) answers the balance.
         Route("/prod/v2/balance", api.balance, methods=["GET"]),
         Route("/_emulator/ledger", api.ledger, methods=["GET"]),
+        Route("/_emulator/requests", api.requests, methods=["GET"]),
         Route("/_emulator/restart", api.restart, methods=["POST"]),
     ]
     return EmulatorApp(api, Starlette(routes=routes))
@@ -186,20 +217,25 @@ class _Api:
     async def _guarded(self, request: Request, endpoint: str, handler: _Handler) -> Response:
         """Faults around a handler: restart and refusals before it, a slow answer after it."""
         dice = self.state.dice
+        arrived = self.state.arrived(endpoint)
         if dice.roll("restart", endpoint):
             log.warning("fault restart: forgetting every job")
             self.farm.forget()
-        fault = dice.first(_REFUSALS, endpoint)
+        fault = self.state.over_cap(endpoint) or dice.first(_REFUSALS, endpoint)
         if fault is not None:
             log.warning("fault %s on %s %s", fault.name, request.method, request.url.path)
-            return fault_response(fault)
+            refusal = fault_response(fault)
+            self.state.request_log.append((arrived, endpoint, refusal.status_code))
+            return refusal
         try:
             response: Response = await handler(request)
         except _Refused as refused:
             response = refused.response
         except OSError as exc:  # its journal on a full disk: the job was not made; no traceback
             log.info("cannot write the emulator's journal: %s", exc.strerror or exc)
+            self.state.request_log.append((arrived, endpoint, 500))
             return api_error(500, 500001, "the emulator cannot write its journal")
+        self.state.request_log.append((arrived, endpoint, response.status_code))
         slow = dice.roll("slow", endpoint)
         if slow is not None:
             log.warning("fault slow: holding %s back %.1f s", request.url.path, slow.param("delay"))
@@ -330,6 +366,12 @@ class _Api:
     # -- outputs and admin --------------------------------------------------------------------
 
     async def download(self, request: Request) -> Response:
+        arrived = self.state.arrived("download")
+        response = await self._download(request)
+        self.state.request_log.append((arrived, "download", response.status_code))
+        return response
+
+    async def _download(self, request: Request) -> Response:
         dice = self.state.dice
         slow = dice.roll("slow", "download")
         if slow is not None:
@@ -371,6 +413,10 @@ class _Api:
 
     async def ledger(self, request: Request) -> Response:
         return JSONResponse(self.state.ledger())
+
+    async def requests(self, request: Request) -> Response:
+        """Requests served since this state began, by endpoint (not kept across a restart)."""
+        return JSONResponse(dict(self.state.requests))
 
     async def restart(self, request: Request) -> Response:
         forgotten = len(self.farm.jobs)

@@ -38,6 +38,7 @@ class EmulatorConfig:
     host: str = "127.0.0.1"
     port: int = 0
     max_body_bytes: int = MAX_BODY_BYTES
+    duration_jitter: float = 0.0  # spread of job durations (farm.py), 0 to below 1
     clock: Callable[[], float] = field(default=time.time, repr=False)
 
     def __post_init__(self) -> None:
@@ -54,6 +55,10 @@ class EmulatorConfig:
             raise EmulatorError(f"balance_usd: must be finite and >= 0, got {self.balance_usd}")
         if not 0 <= self.output_ttl < math.inf:
             raise EmulatorError(f"output_ttl: must be finite and >= 0, got {self.output_ttl}")
+        if not 0 <= self.duration_jitter < 1:
+            raise EmulatorError(
+                f"duration_jitter: must be from 0 to below 1, got {self.duration_jitter}"
+            )
         if not 0 <= self.port <= 65535:
             raise EmulatorError(f"port: must be 0-65535, got {self.port}")
 

@@ -6,7 +6,9 @@ whenever a request looks at it, so its cost grows with the requests served, not 
 Duration model (simulated GPU seconds, deterministic):
     seconds = 20 + width * height * frames * steps / 3.5e6
 e.g. 480x480, 81 frames, 12 steps -> 84 s; 1280x720, 141 frames, 40 steps -> 1.5 h. A job occupies
-a worker for ``seconds / speed`` wall seconds.
+a worker for ``seconds / speed`` wall seconds. With ``jitter`` (``EmulatorConfig.duration_jitter``,
+default 0) each job's seconds are spread by up to that fraction either way, seeded by the seed and
+the job's inputs: the same inputs always take the same time.
 
 Price: ``PRICE_USD_PER_SECOND`` per second of output video (frames / fps), the catalog's
 ``base_price_usd`` with ``price_unit: "second"``; billed when the job ends.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import random
 import re
 import secrets
 import uuid
@@ -121,6 +124,8 @@ class Farm:
     accounts: dict[str, Account]
     default_balance: float
     state_path: Path | None = None
+    jitter: float = 0.0  # each job's duration x (1 +- up to this), seeded by its inputs
+    seed: int = 0
     jobs: dict[str, Job] = field(default_factory=dict)
     history: list[Job] = field(default_factory=list)  # every job ever made, for the ledger
     by_token: dict[str, Job] = field(default_factory=dict)
@@ -176,6 +181,10 @@ class Farm:
         now = self.clock()
         self.advance(now)
         seconds = gpu_seconds(inputs)
+        if self.jitter:  # the same inputs always take the same time
+            seconds *= 1.0 + random.Random(f"{self.seed}:{input_sha256}").uniform(
+                -self.jitter, self.jitter
+            )
         cost = job_cost(inputs)
         if account.available() < cost:
             raise OutOfBalance(account.name)

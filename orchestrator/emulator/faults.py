@@ -52,6 +52,13 @@ FAULTS: dict[str, FaultKind] = {
     "rate_limit": FaultKind(
         "request", _ANY, "429 with Retry-After, nothing done", {"retry_after": 1.0}
     ),
+    "rate_cap": FaultKind(
+        "request",
+        _ANY,
+        "429 with Retry-After when more than per_second requests came in the last second "
+        "(rate: the chance it answers so then), nothing done",
+        {"per_second": 10.0, "retry_after": 1.0},
+    ),
     "http_500": FaultKind("request", _ANY, "500 with an error body (500001), nothing done"),
     "http_500_bare": FaultKind("request", _ANY, "500 with an empty body, nothing done"),
     "http_503": FaultKind("request", _ANY, "503 with an error body (500001), nothing done"),

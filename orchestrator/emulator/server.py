@@ -157,6 +157,13 @@ class Emulator:
         data: dict[str, Any] = response.json()
         return data
 
+    def requests(self) -> dict[str, int]:
+        """The ``/_emulator/requests`` document: requests served so far, by endpoint."""
+        response = httpx.get(f"{self.origin}/_emulator/requests", timeout=30.0)
+        response.raise_for_status()
+        data: dict[str, int] = response.json()
+        return data
+
 
 def _exit_quietly(signum: int, frame: object) -> None:
     raise SystemExit(0)

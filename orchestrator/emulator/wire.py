@@ -80,7 +80,7 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
 def fault_response(fault: FaultSpec) -> Response:
     """What a refusing fault answers; nothing behind it happened."""
     name = fault.name
-    if name == "rate_limit":
+    if name in ("rate_limit", "rate_cap"):
         seconds = fault.param("retry_after")
         headers = {"Retry-After": str(max(0, round(seconds)))}
         return api_error(429, 429001, "too many requests (emulated)", None, headers)

@@ -249,7 +249,13 @@ def _audit(folder: Path, ledger: dict[str, Any], figures: Figures, cut: set[str]
         for p in folder.rglob("*")
         if p.is_file() and ".partial" not in p.parts
     }
-    present -= _NOT_OURS | {"manifest.jsonl", "metadata.jsonl", "run.log"}
+    present -= _NOT_OURS | {
+        "manifest.jsonl",
+        "metadata.jsonl",
+        "run.log",
+        "summary.md",
+        "summary.json",
+    }
     assert present == listed
     for row in rows:
         assert manifest[row.key]["state"] == str(row.state)

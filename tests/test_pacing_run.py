@@ -1,0 +1,186 @@
+"""Pacing against the emulator: requests counted by the emulator, 429s that pause every task,
+and the emulator's own pacing faults (rate_cap) and duration spread."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestrator.emulator import Emulator, EmulatorConfig, FaultProfile
+from orchestrator.emulator.farm import gpu_seconds
+from orchestrator.retry import RetryPolicy
+from orchestrator.sweep import Overrides, run_sweep
+
+from .sweeps import write_spec
+
+SPEC = """\
+name: {name}
+model: community/wan-2-2/vace-fun
+inputs:
+  prompt: "a red fox in the snow"
+  image: https://example.com/fox.png
+  resolution: 480x480 (1:1)
+  frames: 81
+  fps: 16
+  steps: 4
+axes:
+  seed: {{count: 8, from: 1}}
+run:
+  concurrency: 4
+  output: {output}
+  poll_interval: 0.02
+"""
+SECONDS = gpu_seconds({"25_value": 81, "47_value": 4})  # 41.3 simulated seconds a job
+
+
+def _run(spec: Path, emu: Emulator, **overrides: Any) -> Any:
+    return run_sweep(
+        spec,
+        base_url=emu.base_url,
+        token=emu.token,
+        overrides=Overrides(**overrides),
+        retry=RetryPolicy(wait=False),
+    )
+
+
+def test_polling_costs_few_requests_per_finished_job(tmp_path: Path) -> None:
+    # Jobs of ~0.4 s polled every 0.02 s: the old loop (status every poll, then result) spent
+    # about 20 status polls a job; the planner waits for the jobs' observed duration.
+    config = EmulatorConfig(workers=4, speed=SECONDS / 0.4, duration_jitter=0.1)
+    spec = write_spec(tmp_path, body=SPEC)
+    with Emulator(config) as emu:
+        report = _run(spec, emu)
+        requests = emu.requests()
+    assert report.counts["done"] == 8
+    assert "status" not in requests  # the result endpoint alone
+    assert requests["submit"] == requests["download"] == 8
+    per_job = sum(requests.values()) / 8
+    assert per_job <= 8.0, requests
+
+
+def test_a_429_pauses_every_task_and_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pause = 1.0
+    profile = FaultProfile.parse(
+        {
+            "seed": 3,
+            "faults": {
+                "rate_limit": {
+                    "rate": 1.0,
+                    "limit": 1,
+                    "endpoints": ["result"],
+                    "retry_after": pause,
+                }
+            },
+        }
+    )
+    config = EmulatorConfig(workers=4, speed=SECONDS / 0.3, faults=profile)
+    spec = write_spec(tmp_path, body=SPEC)
+    with caplog.at_level(logging.INFO, logger="comfysweep"), Emulator(config) as emu:
+        report = _run(spec, emu)
+        assert emu.state is not None
+        seen = list(emu.state.request_log)
+    assert report.counts["done"] == 8
+    (refused,) = [at for at, _, status in seen if status == 429]
+    # Requests already on their way when the 429 left may still arrive a moment after it; from
+    # then until the pause ends, no task sends anything (the emulator's clock says when).
+    during = [(at - refused, what) for at, what, _ in seen if refused + 0.25 < at < refused + pause]
+    assert during == []
+    assert any(at >= refused + pause for at, _, _ in seen)  # the run went on afterwards
+    lines = [r.getMessage() for r in caplog.records if r.name == "comfysweep.pacing"]
+    assert len(lines) == 2, lines
+    assert lines[0] == (
+        "the API is rate limiting (HTTP 429): every request waits 1 s; at most 2 submits in flight"
+    )
+    assert lines[1].startswith("the API stopped rate limiting: 1 answer(s) HTTP 429 over ")
+
+
+def test_the_rate_setting_limits_requests_per_second(tmp_path: Path) -> None:
+    # rate_cap answers 429 past 20 requests in any second. Eight jobs submitted at once, ending
+    # together, downloaded together, make more than that in their first half second; at 12 a
+    # second (bursts of 6) no second holds more than 18.
+    profile = FaultProfile.parse({"faults": {"rate_cap": {"rate": 1.0, "per_second": 20}}})
+    config = EmulatorConfig(workers=8, speed=SECONDS / 0.3, faults=profile)
+    spec = write_spec(tmp_path, body=SPEC.replace("concurrency: 4", "concurrency: 8"))
+    with Emulator(config) as emu:
+        report = _run(spec, emu, rate=12.0)
+        ledger = emu.ledger()
+    assert report.counts["done"] == 8
+    assert ledger["faults_fired"]["rate_cap"] == 0
+
+
+def test_rate_cap_answers_429_past_its_rate() -> None:
+    profile = FaultProfile.parse(
+        {"faults": {"rate_cap": {"rate": 1.0, "per_second": 3, "retry_after": 2}}}
+    )
+    clock_time = [5000.0]
+    config = EmulatorConfig(faults=profile, clock=lambda: clock_time[0])
+    with Emulator(config) as emu:
+        with httpx.Client(headers={"Authorization": f"Bearer {emu.token}"}) as http:
+            url = f"{emu.base_url}/models/community/wan-2-2/vace-fun"
+            codes = [http.get(url).status_code for _ in range(5)]
+            refused = http.get(url)
+            clock_time[0] += 1.5  # a second later the window is empty again
+            after = http.get(url).status_code
+        counted = emu.requests()
+    assert codes == [200, 200, 200, 429, 429]
+    assert refused.headers["retry-after"] == "2"
+    assert after == 200
+    assert counted == {"catalog": 7}
+
+
+def test_duration_jitter_is_seeded_by_the_inputs_and_off_by_default() -> None:
+    from orchestrator.emulator.farm import Farm
+    from orchestrator.emulator.ledger import Account
+
+    def durations(jitter: float, sha: str, n: int = 1) -> list[float]:
+        farm = Farm(1, 1.0, lambda: 0.0, {}, 100.0, jitter=jitter, seed=4)
+        account = Account("a", 100.0)
+        inputs = {"25_value": 81, "47_value": 4}
+        return [farm.submit(account, "m", inputs, sha, frozenset()).duration for _ in range(n)]
+
+    assert durations(0.0, "x") == [SECONDS]
+    same = durations(0.2, "x", 3)
+    assert len(set(same)) == 1  # the same inputs take the same time
+    spread = {durations(0.2, f"input-{i}")[0] for i in range(50)}
+    assert len(spread) == 50
+    assert all(SECONDS * 0.8 <= d <= SECONDS * 1.2 for d in spread)
+
+
+@pytest.mark.anyio
+async def test_the_client_counts_every_request_it_sends_retries_and_downloads_too(
+    tmp_path: Path,
+) -> None:
+    from orchestrator.client import ModelApiClient, RemoteState
+    from orchestrator.models import get_model
+    from orchestrator.pacing import Pacer
+
+    inputs = get_model("community/wan-2-2/vace-fun").complete(
+        {"56_text": "a fox", "118_image": "https://example.com/fox.png"}
+    )
+    # The first result is refused once (429): its retry is a request too.
+    profile = FaultProfile.parse(
+        {
+            "faults": {
+                "rate_limit": {"rate": 1.0, "limit": 1, "endpoints": ["result"], "retry_after": 0}
+            }
+        }
+    )
+    with Emulator(EmulatorConfig(speed=1e6, faults=profile)) as emu:
+        api = ModelApiClient(
+            emu.base_url, emu.token, retry=RetryPolicy(wait=False), pacer=Pacer(rate=1000.0)
+        )
+        async with api:
+            submitted = await api.submit("community/wan-2-2/vace-fun", inputs)
+            result = await api.result(submitted.request_id)
+            while result.state is not RemoteState.SUCCEEDED:
+                result = await api.result(submitted.request_id)
+            await api.download(result.urls[0], tmp_path / "out.part")
+        counted = emu.requests()
+    assert api.requests_sent == sum(counted.values())
+    assert counted["result"] >= 2  # the refused one and its retry
