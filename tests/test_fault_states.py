@@ -39,7 +39,9 @@ def profile(name: str) -> FaultProfile:
     return FaultProfile.parse({"faults": {name: fault}})
 
 
-@pytest.mark.parametrize("name", sorted(FAULTS))
+# A refused input stops the run when it is the first answer (by design): how many jobs were out by
+# then is a race, so refuse_input has its own tests (tests/test_failures.py).
+@pytest.mark.parametrize("name", sorted(set(FAULTS) - {"refuse_input"}))
 def test_every_fault_ends_in_its_designed_state_with_verified_outputs(
     tmp_path: Path, name: str
 ) -> None:
