@@ -181,7 +181,7 @@ def run(
     )
     states = ", ".join(f"{n} {s}" for s, n in report.counts.items() if n)
     click.echo(f"{states}; spent ${report.spent_usd:.2f} in {report.elapsed:.1f}s")
-    click.echo(f"results: {report.results_dir} (manifest.jsonl, run.log)")
+    click.echo(f"results: {report.results_dir} (summary.md, manifest.jsonl, run.log)")
     for state, hint in _HINTS.items():
         if state == "pending" and report.stop_kind == "budget" and report.stop_reason:
             hint = report.stop_reason  # "run again" would stop at the same cap
