@@ -65,6 +65,9 @@ FIRST_QUANTILE = 0.3
 JITTER = 0.05  # each delay is spread by this fraction either way, so polls do not bunch
 _KEPT = 1024  # durations kept (the latest), enough for stable quantiles
 _POSITION_WEIGHT = 0.3  # weight of the newest queue-drain observation in its moving average
+# Queue positions and moves are read up to this: a server's 400-digit integer times a float
+# would overflow, and no queue is longer.
+_MAX_POSITION = 1_000_000
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -248,7 +251,7 @@ class PollPlanner:
         """A queued job moved ``moved`` places forward in ``seconds``."""
         if moved <= 0 or seconds <= 0:
             return
-        sample = seconds / moved
+        sample = seconds / min(moved, _MAX_POSITION)
         old = self._per_position
         self._per_position = sample if old is None else old + _POSITION_WEIGHT * (sample - old)
 
@@ -282,7 +285,7 @@ class PollPlanner:
             gap = GROWTH * age * (1.0 + self._rng.uniform(-JITTER, JITTER))
             gap = max(target, gap)
         if queue_position and self._per_position is not None:
-            gap = max(gap, queue_position * self._per_position)
+            gap = max(gap, min(max(queue_position, 0), _MAX_POSITION) * self._per_position)
         return min(max(gap, self.floor), self.ceiling)
 
     def remember(self, seconds: float | None) -> None:

@@ -230,3 +230,13 @@ def test_the_server_duration_comes_from_the_result_timestamps() -> None:
     assert server_duration({"created_at": raw["created_at"]}) is None
     assert server_duration({**raw, "finished_at": "yesterday"}) is None
     assert server_duration({**raw, "finished_at": "2026-11-24T10:00:00"}) is None  # naive vs aware
+
+
+def test_a_huge_queue_position_is_a_long_wait_not_a_crash() -> None:
+    # A JSON integer of 400 digits is read as a Python int: times a float, it overflowed.
+    planner = PollPlanner(2.0, rng=random.Random(8))
+    planner.observe(20.0)
+    planner.observe_queue(moved=10**400, seconds=1.0)
+    planner.observe_queue(moved=2, seconds=10.0)
+    assert planner.delay("a", 1.0, queue_position=10**400) == 2.0 * CEILING_TIMES
+    assert planner.delay("a", 1.0, queue_position=-(10**400)) <= 2.0 * CEILING_TIMES
