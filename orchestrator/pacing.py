@@ -100,6 +100,10 @@ class TokenBucket:
         self._tokens -= 1.0
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
+    def give_back(self) -> None:
+        """A token taken but never used (its request was cancelled while it waited)."""
+        self._tokens = min(self.burst, self._tokens + 1.0)
+
 
 class Pacer:
     """One client's pace: the rate limit, the 429 pause, and the submit concurrency (AIMD)."""
@@ -129,9 +133,13 @@ class Pacer:
         """Return when a request may leave: after any 429 pause, then one token of the bucket."""
         await self._paused()
         delay = self.bucket.take(self._clock())
-        if delay > 0:
-            await self._sleep(delay)
-        await self._paused()  # a 429 meanwhile pauses this one too
+        try:
+            if delay > 0:
+                await self._sleep(delay)
+            await self._paused()  # a 429 meanwhile pauses this one too
+        except BaseException:  # cancelled while waiting: the next request may have its token
+            self.bucket.give_back()
+            raise
 
     async def _paused(self) -> None:
         while (left := self.paused_until - self._clock()) > 0:

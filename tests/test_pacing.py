@@ -240,3 +240,27 @@ def test_a_huge_queue_position_is_a_long_wait_not_a_crash() -> None:
     planner.observe_queue(moved=2, seconds=10.0)
     assert planner.delay("a", 1.0, queue_position=10**400) == 2.0 * CEILING_TIMES
     assert planner.delay("a", 1.0, queue_position=-(10**400)) <= 2.0 * CEILING_TIMES
+
+
+@pytest.mark.anyio
+async def test_a_request_cancelled_while_it_waits_gives_its_token_back() -> None:
+    # Ctrl-C, a stop or a timeout cancels a request waiting for its token: the token was never
+    # used, so the next request must not wait for it as well.
+    import anyio
+
+    clock = Clock()
+    waiting = anyio.Event()
+
+    async def forever(seconds: float) -> None:
+        waiting.set()
+        await anyio.sleep_forever()
+
+    pacer = Pacer(rate=1.0, burst=1, clock=clock, sleep=forever)
+    await pacer.wait()  # the one saved token
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(pacer.wait)  # waits one second for the next token
+        await waiting.wait()
+        tasks.cancel_scope.cancel()
+    pacer._sleep = clock.sleep
+    await pacer.wait()
+    assert clock.slept == [1.0]  # not 2.0: the cancelled request's token came back
