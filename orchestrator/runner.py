@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -554,7 +555,7 @@ class Runner:
         """
         assert row.request_id is not None
         polls, failures = self.polls, 0
-        begun = self._started.get(row.key, time.monotonic())
+        begun = self._started.get(row.key, _since(row.submitted_at))
         queued: tuple[int, float] | None = None  # the last queue position seen, and when
         try:
             while True:
@@ -1062,3 +1063,16 @@ def _text(exc: BaseException) -> str:
 
 def _error(exc: ApiError) -> Any:
     return {"error_code": exc.error_code, "message": str(exc), "detail": exc.detail}
+
+
+def _since(at: datetime | None) -> float:
+    """The monotonic moment of ``at`` (a job submitted by an earlier run), never later than now:
+    a resumed job is as old as its submit, not as its adoption."""
+    now = time.monotonic()
+    if at is None:
+        return now
+    try:
+        ago = (datetime.now(UTC) - at).total_seconds()
+    except TypeError:  # a naive time from an older store: age unknown
+        return now
+    return now - max(ago, 0.0)

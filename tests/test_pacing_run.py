@@ -4,6 +4,7 @@ and the emulator's own pacing faults (rate_cap) and duration spread."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +185,50 @@ async def test_the_client_counts_every_request_it_sends_retries_and_downloads_to
         counted = emu.requests()
     assert api.requests_sent == sum(counted.values())
     assert counted["result"] >= 2  # the refused one and its retry
+
+
+def test_a_job_resumed_in_flight_is_polled_for_its_real_age(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A killed run left a job queued, submitted a minute ago: the next run's planner must see
+    # it a minute old (its next poll a share of that age), not as a job submitted just now
+    # (which waits a whole duration again, and teaches the planner a duration too short).
+    from datetime import UTC, datetime, timedelta
+
+    from orchestrator.client import ModelApiClient
+    from orchestrator.errors import ServerError
+    from orchestrator.pacing import PollPlanner
+    from orchestrator.store import JobState, Store
+
+    body = SPEC.replace("count: 8", "count: 1").replace("concurrency: 4", "concurrency: 1")
+    spec = write_spec(tmp_path, body=body)
+    now = [5000.0]  # the emulator's clock: the job runs until the test moves it
+    with Emulator(EmulatorConfig(workers=1, clock=lambda: now[0])) as emu:
+        real_result = ModelApiClient.result
+
+        async def unreadable(self: ModelApiClient, request_id: str, **_: Any) -> Any:
+            raise ServerError("result: unreadable answer")
+
+        monkeypatch.setattr(ModelApiClient, "result", unreadable)
+        stopped = _run(spec, emu)
+        assert "polling keeps failing" in (stopped.stop_reason or "")
+        monkeypatch.setattr(ModelApiClient, "result", real_result)
+        (store,) = tmp_path.glob("**/comfysweep.db")
+        with Store.open(store) as db:
+            assert len(list(db.jobs([JobState.QUEUED]))) == 1
+        minute_ago = (datetime.now(UTC) - timedelta(seconds=60)).strftime("%Y-%m-%d %H:%M:%S.%f")
+        with sqlite3.connect(store) as conn:
+            conn.execute("UPDATE jobs SET submitted_at = ?", (minute_ago,))
+        ages: list[float] = []
+        plan = PollPlanner.delay
+
+        def delay(self: PollPlanner, job: object, age: float, queue: int | None = None) -> float:
+            ages.append(age)
+            now[0] += 2 * SECONDS  # the job ends before its next poll
+            return min(plan(self, job, age, queue), 0.05)
+
+        monkeypatch.setattr(PollPlanner, "delay", delay)
+        report = _run(spec, emu)
+    assert report.counts["done"] == 1
+    assert ages
+    assert min(ages) >= 55.0, ages
