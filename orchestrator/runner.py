@@ -566,7 +566,7 @@ class Runner:
                     await polls.sleep(polls.delay(row.key, age, queue))
                 first_delay = 1.0
                 try:
-                    result = await self.client.result(row.request_id)
+                    result = await self._poll(row.request_id)
                 except RequestNotFound as exc:
                     self._release(row.key)
                     await self._commit(
@@ -583,6 +583,8 @@ class Runner:
                         self.stop(f"polling keeps failing, run again to resume: {_text(exc)}")
                         return
                     continue
+                if result is None:
+                    continue  # the job is there, its result not yet
                 failures = 0
                 queued = self._queue_seen(queued, result)
                 if result.state is RemoteState.RUNNING and row.state is JobState.QUEUED:
@@ -594,6 +596,17 @@ class Runner:
                     return
         finally:
             polls.leave(row.key)
+
+    async def _poll(self, request_id: str) -> Result | None:
+        """The job's result; None while the result endpoint answers 404 but the status endpoint
+        knows the job (a server that shows a result only at the end): never lost for that."""
+        try:
+            return await self.client.result(request_id)
+        except RequestNotFound as exc:
+            status = await self.client.status(request_id)  # 404 here too: lost indeed
+            if status.state.terminal or status.state is RemoteState.COMPLETED:
+                raise ServerError(f"{_text(exc)} (its status: {status.state})") from exc
+            return None
 
     def _queue_seen(
         self, before: tuple[int, float] | None, result: Result

@@ -232,3 +232,31 @@ def test_a_job_resumed_in_flight_is_polled_for_its_real_age(
     assert report.counts["done"] == 1
     assert ages
     assert min(ages) >= 55.0, ages
+
+
+def test_a_result_endpoint_that_404s_until_the_end_does_not_lose_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The protocol says the result endpoint answers the state before the end; a server whose
+    # result is 404 until then (a status-only server) must not have its jobs marked lost: the
+    # status endpoint says the job is there, and it is polled until its result comes.
+    from orchestrator.client import ModelApiClient
+    from orchestrator.errors import RequestNotFound
+
+    real_result = ModelApiClient.result
+
+    async def not_yet(self: ModelApiClient, request_id: str, **kwargs: Any) -> Any:
+        result = await real_result(self, request_id, **kwargs)
+        if not result.state.terminal:
+            raise RequestNotFound(f"result of {request_id}: HTTP 404, no result yet")
+        return result
+
+    monkeypatch.setattr(ModelApiClient, "result", not_yet)
+    body = SPEC.replace("count: 8", "count: 2").replace("concurrency: 4", "concurrency: 2")
+    spec = write_spec(tmp_path, body=body)
+    with Emulator(EmulatorConfig(workers=2, speed=SECONDS / 0.3)) as emu:
+        report = _run(spec, emu)
+        requests = emu.requests()
+    assert report.counts["done"] == 2, report.counts
+    assert report.counts["lost"] == 0
+    assert requests["submit"] == 2
