@@ -590,8 +590,9 @@ class Runner:
                 if result.state is RemoteState.RUNNING and row.state is JobState.QUEUED:
                     row = await self._commit(row.key, JobState.RUNNING)
                 elif result.state is RemoteState.SUCCEEDED:
-                    took = server_duration(result.raw)
-                    polls.observe(took if took is not None else time.monotonic() - begun)
+                    waited = time.monotonic() - begun  # no job takes longer: a server
+                    took = server_duration(result.raw)  # clock ahead is not believed
+                    polls.observe(waited if took is None else min(took, waited))
                 if await self._settle(row, result):
                     return
         finally:

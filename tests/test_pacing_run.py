@@ -260,3 +260,36 @@ def test_a_result_endpoint_that_404s_until_the_end_does_not_lose_the_job(
     assert report.counts["done"] == 2, report.counts
     assert report.counts["lost"] == 0
     assert requests["submit"] == 2
+
+
+def test_a_server_duration_longer_than_the_wait_is_not_believed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One result whose finished_at is centuries ahead (a skewed or broken server clock) taught
+    # the planner a job takes centuries: every other job then waited for the ceiling. No job
+    # takes longer than the run waited for it since its submit.
+    from orchestrator.client import ModelApiClient
+    from orchestrator.pacing import PollPlanner
+
+    real_result = ModelApiClient.result
+
+    async def skewed(self: ModelApiClient, request_id: str, **kwargs: Any) -> Any:
+        result = await real_result(self, request_id, **kwargs)
+        result.raw["finished_at"] = "9999-01-01T00:00:00+00:00"
+        return result
+
+    learned: list[float] = []
+    observe = PollPlanner.observe
+
+    def recorded(self: PollPlanner, seconds: float) -> None:
+        learned.append(seconds)
+        observe(self, seconds)
+
+    monkeypatch.setattr(ModelApiClient, "result", skewed)
+    monkeypatch.setattr(PollPlanner, "observe", recorded)
+    spec = write_spec(tmp_path, body=SPEC.replace("count: 8", "count: 2"))
+    with Emulator(EmulatorConfig(workers=4, speed=SECONDS / 0.3)) as emu:
+        report = _run(spec, emu)
+    assert report.counts["done"] == 2
+    assert learned
+    assert max(learned) < 60.0, learned
