@@ -69,6 +69,9 @@ _POLL_GIVE_UP = 8
 # Submits in a row whose answer was lost before submitting stops: an API that creates jobs and then
 # fails to answer would otherwise bill a whole sweep of jobs nobody can track.
 _UNKNOWN_IN_A_ROW = 3
+# Submits refused (429/408) past all their retries, in a row, that stop submitting: each already
+# waited out the API's pauses, so this many is minutes of throttling, not a few seconds.
+_REFUSED_IN_A_ROW = 5
 # Seconds between attempts to record a request id the store refused, doubling up to the last.
 _RECORD_RETRY = (0.05, 5.0)
 # Seconds a job's write may wait for a store another program holds (busy), and for a store that
@@ -151,6 +154,7 @@ class Runner:
         self._changed = anyio.Event()
         self._any_submit_ok = False
         self._unknown_in_a_row = 0
+        self._refused_in_a_row = 0  # submits refused by 429/408 past their retries, in a row
         self._spent = 0.0
         self._dirty = True
         self._downloads = anyio.CapacityLimiter(max(1, self.options.downloads))
@@ -440,7 +444,7 @@ class Runner:
                 self.stop(f"stopped submitting: {stop}", fatal=True)
             return
         self._any_submit_ok = True
-        self._unknown_in_a_row = 0
+        self._unknown_in_a_row = self._refused_in_a_row = 0
         self._started[row.key] = time.monotonic()
         row = await self._record(row, submitted.request_id)
         await self._track(row, self.options.poll_interval)
@@ -537,6 +541,11 @@ class Runner:
             first = not self._any_submit_ok
             return JobState.FAILED, f"the first job was refused: {text}" if first else None
         if isinstance(exc, ServerError) and exc.status_code in (429, 408):  # refused, not created
+            # The client paused for the API (and shrank the submits in flight): back to pending,
+            # and sent again; only a throttling that outlasts several such rounds stops the run.
+            self._refused_in_a_row += 1
+            if self._refused_in_a_row < _REFUSED_IN_A_ROW:
+                return JobState.PENDING, None
             return JobState.PENDING, f"the API keeps refusing: {text}"
         if isinstance(exc, TransportError):  # provably never sent (the client retried already)
             return JobState.PENDING, f"the API is unreachable: {text}"

@@ -293,3 +293,30 @@ def test_a_server_duration_longer_than_the_wait_is_not_believed(
     assert report.counts["done"] == 2
     assert learned
     assert max(learned) < 60.0, learned
+
+
+def test_a_submit_refused_by_429_past_its_retries_waits_and_tries_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Seven 429s in a row on submit (one submit's six attempts, then one more): a few seconds
+    # of throttling stopped the whole overnight run ("the API keeps refusing"). The client
+    # pauses and the submit concurrency shrinks; the job goes back to pending and goes again.
+    profile = FaultProfile.parse(
+        {
+            "faults": {
+                "rate_limit": {"rate": 1.0, "limit": 7, "endpoints": ["submit"], "retry_after": 0}
+            }
+        }
+    )
+    config = EmulatorConfig(workers=4, speed=SECONDS / 0.3, faults=profile)
+    body = SPEC.replace("count: 8", "count: 4").replace("concurrency: 4", "concurrency: 1")
+    spec = write_spec(tmp_path, body=body)
+    with Emulator(config) as emu:
+        report = _run(spec, emu, rate=1000.0)
+        ledger = emu.ledger()
+        requests = emu.requests()
+    assert report.stop_reason is None, report.stop_reason
+    assert report.counts["done"] == 4
+    assert ledger["faults_fired"]["rate_limit"] == 7
+    assert requests["submit"] == 4 + 7
+    assert set(ledger["submissions_by_input"].values()) == {1}  # each job paid once
