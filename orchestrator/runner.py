@@ -577,7 +577,7 @@ class Runner:
                 try:
                     result = await self._poll(row.request_id)
                 except RequestNotFound as exc:
-                    self._release(row.key)
+                    self._release(row.key, ended=False)
                     await self._commit(
                         row.key,
                         JobState.LOST,
@@ -588,7 +588,7 @@ class Runner:
                     failures += 1
                     log.warning("polling %s failed (%d in a row): %s", row.key[:10], failures, exc)
                     if failures >= _POLL_GIVE_UP:
-                        self._release(row.key)
+                        self._release(row.key, ended=False)
                         self.stop(f"polling keeps failing, run again to resume: {_text(exc)}")
                         return
                     continue
@@ -905,11 +905,12 @@ class Runner:
             )
         return time.monotonic() + _STORE_PATIENCE
 
-    def _release(self, key: str, cost: float | None = None) -> None:
-        """A job left the remote side: free its slot (the store books what it cost)."""
+    def _release(self, key: str, cost: float | None = None, *, ended: bool = True) -> None:
+        """A job left the remote side: free its slot (the store books what it cost). Only a job
+        that ``ended`` says how long jobs take (not one given up on, or forgotten by the API)."""
         self._remote -= 1
         started = self._started.pop(key, None)
-        if started is not None:
+        if started is not None and ended:
             self.durations.append(time.monotonic() - started)
         self._wake()
 

@@ -320,3 +320,25 @@ def test_a_submit_refused_by_429_past_its_retries_waits_and_tries_again(
     assert ledger["faults_fired"]["rate_limit"] == 7
     assert requests["submit"] == 4 + 7
     assert set(ledger["submissions_by_input"].values()) == {1}  # each job paid once
+
+
+def test_a_job_whose_polling_gave_up_teaches_no_duration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Polling that gave up (or a job the API forgot) says nothing of how long a job takes: the
+    # seconds until then were remembered as the model's duration, the next run's prior.
+    from orchestrator import prices
+    from orchestrator.client import ModelApiClient
+    from orchestrator.errors import ServerError
+
+    async def unreadable(self: ModelApiClient, request_id: str, **_: Any) -> Any:
+        raise ServerError("result: unreadable answer")
+
+    monkeypatch.setattr(ModelApiClient, "result", unreadable)
+    body = SPEC.replace("count: 8", "count: 1").replace("concurrency: 4", "concurrency: 1")
+    spec = write_spec(tmp_path, body=body)
+    with Emulator(EmulatorConfig(workers=1, speed=SECONDS / 0.3)) as emu:
+        report = _run(spec, emu)
+        remembered = prices.last_duration("community/wan-2-2/vace-fun", api_base=emu.base_url)
+    assert "polling keeps failing" in (report.stop_reason or "")
+    assert remembered is None
