@@ -122,6 +122,7 @@ class Pacer:
         self._sleep = sleep
         self._quiet = quiet
         self.paused_until = 0.0
+        self._cut_until = 0.0  # 429s before this answer requests sent before the last cut
         self._configured: int | None = None  # the run's concurrency, once the runner asked
         self._limit: int | None = None  # None: the configured concurrency
         self._grown = 0  # successes since the limit last grew
@@ -164,12 +165,15 @@ class Pacer:
         now = self._clock()
         pause = DEFAULT_PAUSE if retry_after is None else retry_after
         pause = min(max(pause, 0.0), RETRY_AFTER_CAP)
-        fresh = now >= self.paused_until  # not an answer to a request sent before this pause
+        # Not an answer to a request sent before the last cut (an empty pause, Retry-After: 0,
+        # still waits a second: requests in flight together are one round, cut once).
+        fresh = now >= self._cut_until
         self.paused_until = max(self.paused_until, now + pause)
         self._calm = self._grown = 0
         if fresh and self._configured is not None:
             current = self.submit_limit(self._configured)
             self._limit = max(1, current // 2)
+            self._cut_until = now + max(pause, DEFAULT_PAUSE)
         if self._episode is None:
             self._episode = (now, 1)
             limit = f"; at most {self._limit} submits in flight" if self._limit else ""

@@ -264,3 +264,18 @@ async def test_a_request_cancelled_while_it_waits_gives_its_token_back() -> None
     pacer._sleep = clock.sleep
     await pacer.wait()
     assert clock.slept == [1.0]  # not 2.0: the cancelled request's token came back
+
+
+def test_a_burst_of_429s_with_retry_after_zero_halves_the_limit_once() -> None:
+    # Five requests in flight refused at once with `Retry-After: 0`: each looked "sent after the
+    # pause" (the pause was empty), and the limit fell from 16 to 1 in one moment. One cut per
+    # round: a 429 within a second (or the pause, if longer) of the last cut cuts nothing more.
+    clock = Clock()
+    pacer = Pacer(clock=clock, sleep=clock.sleep)
+    pacer.submit_limit(16)
+    for _ in range(5):
+        pacer.answered(429, 0.0)
+    assert pacer.submit_limit(16) == 8
+    clock.now += 1.0
+    pacer.answered(429, 0.0)
+    assert pacer.submit_limit(16) == 4
