@@ -176,7 +176,8 @@ class Pacer:
             self._cut_until = now + max(pause, DEFAULT_PAUSE)
         if self._episode is None:
             self._episode = (now, 1)
-            limit = f"; at most {self._limit} submits in flight" if self._limit else ""
+            submits = "submit" if self._limit == 1 else "submits"
+            limit = f"; at most {self._limit} {submits} in flight" if self._limit else ""
             log.warning(
                 "the API is rate limiting (HTTP 429): every request waits %s s%s",
                 f"{pause:g}",

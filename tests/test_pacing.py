@@ -279,3 +279,16 @@ def test_a_burst_of_429s_with_retry_after_zero_halves_the_limit_once() -> None:
     clock.now += 1.0
     pacer.answered(429, 0.0)
     assert pacer.submit_limit(16) == 4
+
+
+def test_the_throttling_line_counts_one_submit_in_the_singular(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    pacer = Pacer(clock=clock, sleep=clock.sleep)
+    pacer.submit_limit(2)
+    with caplog.at_level(logging.INFO, logger="comfysweep.pacing"):
+        pacer.answered(429, 3.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "the API is rate limiting (HTTP 429): every request waits 3 s; at most 1 submit in flight"
+    ]
