@@ -281,6 +281,12 @@ class PollPlanner:
         index = min(len(self._durations) - 1, max(0, math.ceil(q * len(self._durations)) - 1))
         return self._durations[index]
 
+    def may_have_ended(self, age: float) -> bool:
+        """A job ``age`` seconds old may have ended: nothing is known, or some jobs took less
+        than its first poll's share of durations (a resumed job younger waits for that poll)."""
+        first = self.quantile(FIRST_QUANTILE)
+        return first is None or age >= first
+
     def delay(self, job: object, age: float, queue_position: int | None = None) -> float:
         """Seconds until ``job`` (submitted ``age`` seconds ago) is polled next."""
         if not self.known:

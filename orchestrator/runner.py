@@ -560,11 +560,14 @@ class Runner:
 
         Only the result endpoint is asked (it answers the state before the end), when the
         planner says (pacing.py): one call a poll, and the last poll is the result itself.
-        ``first_delay`` 0 polls at once (a job resumed from an earlier run).
+        ``first_delay`` 0 polls at once (a job resumed from an earlier run), unless the job is
+        too young to have ended.
         """
         assert row.request_id is not None
         polls, failures = self.polls, 0
         begun = self._started.get(row.key, _since(row.submitted_at))
+        if not first_delay and not polls.may_have_ended(time.monotonic() - begun):
+            first_delay = 1.0  # resumed, too young to have ended: its planned first poll
         queued: tuple[int, float] | None = None  # the last queue position seen, and when
         try:
             while True:

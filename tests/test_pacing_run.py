@@ -342,3 +342,46 @@ def test_a_job_whose_polling_gave_up_teaches_no_duration(
         remembered = prices.last_duration("community/wan-2-2/vace-fun", api_base=emu.base_url)
     assert "polling keeps failing" in (report.stop_reason or "")
     assert remembered is None
+
+
+def test_a_young_job_resumed_in_flight_waits_for_its_first_poll(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run restarted right after a kill, with jobs of a known duration (100 s) just submitted:
+    # each was polled at once (a burst of requests that can only say "running"); a job that
+    # cannot have ended yet waits for its planned first poll.
+    from orchestrator import prices
+    from orchestrator.client import ModelApiClient
+    from orchestrator.errors import ServerError
+    from orchestrator.pacing import PollPlanner
+
+    body = SPEC.replace("count: 8", "count: 1").replace("concurrency: 4", "concurrency: 1")
+    spec = write_spec(tmp_path, body=body)
+    now = [5000.0]  # the emulator's clock: the job runs until the test moves it
+    with Emulator(EmulatorConfig(workers=1, clock=lambda: now[0])) as emu:
+        real_result = ModelApiClient.result
+
+        async def unreadable(self: ModelApiClient, request_id: str, **_: Any) -> Any:
+            raise ServerError("result: unreadable answer")
+
+        monkeypatch.setattr(ModelApiClient, "result", unreadable)
+        assert "polling keeps failing" in (_run(spec, emu).stop_reason or "")
+        prices.remember_duration("community/wan-2-2/vace-fun", 100.0, api_base=emu.base_url)
+        events: list[str] = []
+
+        async def result(self: ModelApiClient, request_id: str, **kwargs: Any) -> Any:
+            events.append("result")
+            return await real_result(self, request_id, **kwargs)
+
+        plan = PollPlanner.delay
+
+        def delay(self: PollPlanner, job: object, age: float, queue: int | None = None) -> float:
+            events.append("planned")
+            now[0] += 2 * SECONDS  # the job ends before its next poll
+            return min(plan(self, job, age, queue), 0.05)
+
+        monkeypatch.setattr(ModelApiClient, "result", result)
+        monkeypatch.setattr(PollPlanner, "delay", delay)
+        report = _run(spec, emu)
+    assert report.counts["done"] == 1
+    assert events[0] == "planned", events
