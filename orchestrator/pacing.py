@@ -65,6 +65,9 @@ FIRST_QUANTILE = 0.3
 JITTER = 0.05  # each delay is spread by this fraction either way, so polls do not bunch
 _KEPT = 1024  # durations kept (the latest), enough for stable quantiles
 _POSITION_WEIGHT = 0.3  # weight of the newest queue-drain observation in its moving average
+# Queue positions and moves are read up to this: a server's 400-digit integer times a float
+# would overflow, and no queue is longer.
+_MAX_POSITION = 1_000_000
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -97,6 +100,10 @@ class TokenBucket:
         self._tokens -= 1.0
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
+    def give_back(self) -> None:
+        """A token taken but never used (its request was cancelled while it waited)."""
+        self._tokens = min(self.burst, self._tokens + 1.0)
+
 
 class Pacer:
     """One client's pace: the rate limit, the 429 pause, and the submit concurrency (AIMD)."""
@@ -115,6 +122,7 @@ class Pacer:
         self._sleep = sleep
         self._quiet = quiet
         self.paused_until = 0.0
+        self._cut_until = 0.0  # 429s before this answer requests sent before the last cut
         self._configured: int | None = None  # the run's concurrency, once the runner asked
         self._limit: int | None = None  # None: the configured concurrency
         self._grown = 0  # successes since the limit last grew
@@ -126,9 +134,13 @@ class Pacer:
         """Return when a request may leave: after any 429 pause, then one token of the bucket."""
         await self._paused()
         delay = self.bucket.take(self._clock())
-        if delay > 0:
-            await self._sleep(delay)
-        await self._paused()  # a 429 meanwhile pauses this one too
+        try:
+            if delay > 0:
+                await self._sleep(delay)
+            await self._paused()  # a 429 meanwhile pauses this one too
+        except BaseException:  # cancelled while waiting: the next request may have its token
+            self.bucket.give_back()
+            raise
 
     async def _paused(self) -> None:
         while (left := self.paused_until - self._clock()) > 0:
@@ -153,15 +165,19 @@ class Pacer:
         now = self._clock()
         pause = DEFAULT_PAUSE if retry_after is None else retry_after
         pause = min(max(pause, 0.0), RETRY_AFTER_CAP)
-        fresh = now >= self.paused_until  # not an answer to a request sent before this pause
+        # Not an answer to a request sent before the last cut (an empty pause, Retry-After: 0,
+        # still waits a second: requests in flight together are one round, cut once).
+        fresh = now >= self._cut_until
         self.paused_until = max(self.paused_until, now + pause)
         self._calm = self._grown = 0
         if fresh and self._configured is not None:
             current = self.submit_limit(self._configured)
             self._limit = max(1, current // 2)
+            self._cut_until = now + max(pause, DEFAULT_PAUSE)
         if self._episode is None:
             self._episode = (now, 1)
-            limit = f"; at most {self._limit} submits in flight" if self._limit else ""
+            submits = "submit" if self._limit == 1 else "submits"
+            limit = f"; at most {self._limit} {submits} in flight" if self._limit else ""
             log.warning(
                 "the API is rate limiting (HTTP 429): every request waits %s s%s",
                 f"{pause:g}",
@@ -248,7 +264,7 @@ class PollPlanner:
         """A queued job moved ``moved`` places forward in ``seconds``."""
         if moved <= 0 or seconds <= 0:
             return
-        sample = seconds / moved
+        sample = seconds / min(moved, _MAX_POSITION)
         old = self._per_position
         self._per_position = sample if old is None else old + _POSITION_WEIGHT * (sample - old)
 
@@ -264,6 +280,12 @@ class PollPlanner:
             return self.prior
         index = min(len(self._durations) - 1, max(0, math.ceil(q * len(self._durations)) - 1))
         return self._durations[index]
+
+    def may_have_ended(self, age: float) -> bool:
+        """A job ``age`` seconds old may have ended: nothing is known, or some jobs took less
+        than its first poll's share of durations (a resumed job younger waits for that poll)."""
+        first = self.quantile(FIRST_QUANTILE)
+        return first is None or age >= first
 
     def delay(self, job: object, age: float, queue_position: int | None = None) -> float:
         """Seconds until ``job`` (submitted ``age`` seconds ago) is polled next."""
@@ -282,7 +304,7 @@ class PollPlanner:
             gap = GROWTH * age * (1.0 + self._rng.uniform(-JITTER, JITTER))
             gap = max(target, gap)
         if queue_position and self._per_position is not None:
-            gap = max(gap, queue_position * self._per_position)
+            gap = max(gap, min(max(queue_position, 0), _MAX_POSITION) * self._per_position)
         return min(max(gap, self.floor), self.ceiling)
 
     def remember(self, seconds: float | None) -> None:

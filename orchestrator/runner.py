@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -68,6 +69,9 @@ _POLL_GIVE_UP = 8
 # Submits in a row whose answer was lost before submitting stops: an API that creates jobs and then
 # fails to answer would otherwise bill a whole sweep of jobs nobody can track.
 _UNKNOWN_IN_A_ROW = 3
+# Submits refused (429/408) past all their retries, in a row, that stop submitting: each already
+# waited out the API's pauses, so this many is minutes of throttling, not a few seconds.
+_REFUSED_IN_A_ROW = 5
 # Seconds between attempts to record a request id the store refused, doubling up to the last.
 _RECORD_RETRY = (0.05, 5.0)
 # Seconds a job's write may wait for a store another program holds (busy), and for a store that
@@ -150,6 +154,7 @@ class Runner:
         self._changed = anyio.Event()
         self._any_submit_ok = False
         self._unknown_in_a_row = 0
+        self._refused_in_a_row = 0  # submits refused by 429/408 past their retries, in a row
         self._spent = 0.0
         self._dirty = True
         self._downloads = anyio.CapacityLimiter(max(1, self.options.downloads))
@@ -439,7 +444,7 @@ class Runner:
                 self.stop(f"stopped submitting: {stop}", fatal=True)
             return
         self._any_submit_ok = True
-        self._unknown_in_a_row = 0
+        self._unknown_in_a_row = self._refused_in_a_row = 0
         self._started[row.key] = time.monotonic()
         row = await self._record(row, submitted.request_id)
         await self._track(row, self.options.poll_interval)
@@ -536,6 +541,11 @@ class Runner:
             first = not self._any_submit_ok
             return JobState.FAILED, f"the first job was refused: {text}" if first else None
         if isinstance(exc, ServerError) and exc.status_code in (429, 408):  # refused, not created
+            # The client paused for the API (and shrank the submits in flight): back to pending,
+            # and sent again; only a throttling that outlasts several such rounds stops the run.
+            self._refused_in_a_row += 1
+            if self._refused_in_a_row < _REFUSED_IN_A_ROW:
+                return JobState.PENDING, None
             return JobState.PENDING, f"the API keeps refusing: {text}"
         if isinstance(exc, TransportError):  # provably never sent (the client retried already)
             return JobState.PENDING, f"the API is unreachable: {text}"
@@ -550,11 +560,14 @@ class Runner:
 
         Only the result endpoint is asked (it answers the state before the end), when the
         planner says (pacing.py): one call a poll, and the last poll is the result itself.
-        ``first_delay`` 0 polls at once (a job resumed from an earlier run).
+        ``first_delay`` 0 polls at once (a job resumed from an earlier run), unless the job is
+        too young to have ended.
         """
         assert row.request_id is not None
         polls, failures = self.polls, 0
-        begun = self._started.get(row.key, time.monotonic())
+        begun = self._started.get(row.key, _since(row.submitted_at))
+        if not first_delay and not polls.may_have_ended(time.monotonic() - begun):
+            first_delay = 1.0  # resumed, too young to have ended: its planned first poll
         queued: tuple[int, float] | None = None  # the last queue position seen, and when
         try:
             while True:
@@ -565,9 +578,9 @@ class Runner:
                     await polls.sleep(polls.delay(row.key, age, queue))
                 first_delay = 1.0
                 try:
-                    result = await self.client.result(row.request_id)
+                    result = await self._poll(row.request_id)
                 except RequestNotFound as exc:
-                    self._release(row.key)
+                    self._release(row.key, ended=False)
                     await self._commit(
                         row.key,
                         JobState.LOST,
@@ -578,21 +591,35 @@ class Runner:
                     failures += 1
                     log.warning("polling %s failed (%d in a row): %s", row.key[:10], failures, exc)
                     if failures >= _POLL_GIVE_UP:
-                        self._release(row.key)
+                        self._release(row.key, ended=False)
                         self.stop(f"polling keeps failing, run again to resume: {_text(exc)}")
                         return
                     continue
+                if result is None:
+                    continue  # the job is there, its result not yet
                 failures = 0
                 queued = self._queue_seen(queued, result)
                 if result.state is RemoteState.RUNNING and row.state is JobState.QUEUED:
                     row = await self._commit(row.key, JobState.RUNNING)
                 elif result.state is RemoteState.SUCCEEDED:
-                    took = server_duration(result.raw)
-                    polls.observe(took if took is not None else time.monotonic() - begun)
+                    waited = time.monotonic() - begun  # no job takes longer: a server
+                    took = server_duration(result.raw)  # clock ahead is not believed
+                    polls.observe(waited if took is None else min(took, waited))
                 if await self._settle(row, result):
                     return
         finally:
             polls.leave(row.key)
+
+    async def _poll(self, request_id: str) -> Result | None:
+        """The job's result; None while the result endpoint answers 404 but the status endpoint
+        knows the job (a server that shows a result only at the end): never lost for that."""
+        try:
+            return await self.client.result(request_id)
+        except RequestNotFound as exc:
+            status = await self.client.status(request_id)  # 404 here too: lost indeed
+            if status.state.terminal or status.state is RemoteState.COMPLETED:
+                raise ServerError(f"{_text(exc)} (its status: {status.state})") from exc
+            return None
 
     def _queue_seen(
         self, before: tuple[int, float] | None, result: Result
@@ -881,11 +908,12 @@ class Runner:
             )
         return time.monotonic() + _STORE_PATIENCE
 
-    def _release(self, key: str, cost: float | None = None) -> None:
-        """A job left the remote side: free its slot (the store books what it cost)."""
+    def _release(self, key: str, cost: float | None = None, *, ended: bool = True) -> None:
+        """A job left the remote side: free its slot (the store books what it cost). Only a job
+        that ``ended`` says how long jobs take (not one given up on, or forgotten by the API)."""
         self._remote -= 1
         started = self._started.pop(key, None)
-        if started is not None:
+        if started is not None and ended:
             self.durations.append(time.monotonic() - started)
         self._wake()
 
@@ -1062,3 +1090,16 @@ def _text(exc: BaseException) -> str:
 
 def _error(exc: ApiError) -> Any:
     return {"error_code": exc.error_code, "message": str(exc), "detail": exc.detail}
+
+
+def _since(at: datetime | None) -> float:
+    """The monotonic moment of ``at`` (a job submitted by an earlier run), never later than now:
+    a resumed job is as old as its submit, not as its adoption."""
+    now = time.monotonic()
+    if at is None:
+        return now
+    try:
+        ago = (datetime.now(UTC) - at).total_seconds()
+    except TypeError:  # a naive time from an older store: age unknown
+        return now
+    return now - max(ago, 0.0)

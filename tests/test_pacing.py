@@ -230,3 +230,65 @@ def test_the_server_duration_comes_from_the_result_timestamps() -> None:
     assert server_duration({"created_at": raw["created_at"]}) is None
     assert server_duration({**raw, "finished_at": "yesterday"}) is None
     assert server_duration({**raw, "finished_at": "2026-11-24T10:00:00"}) is None  # naive vs aware
+
+
+def test_a_huge_queue_position_is_a_long_wait_not_a_crash() -> None:
+    # A JSON integer of 400 digits is read as a Python int: times a float, it overflowed.
+    planner = PollPlanner(2.0, rng=random.Random(8))
+    planner.observe(20.0)
+    planner.observe_queue(moved=10**400, seconds=1.0)
+    planner.observe_queue(moved=2, seconds=10.0)
+    assert planner.delay("a", 1.0, queue_position=10**400) == 2.0 * CEILING_TIMES
+    assert planner.delay("a", 1.0, queue_position=-(10**400)) <= 2.0 * CEILING_TIMES
+
+
+@pytest.mark.anyio
+async def test_a_request_cancelled_while_it_waits_gives_its_token_back() -> None:
+    # Ctrl-C, a stop or a timeout cancels a request waiting for its token: the token was never
+    # used, so the next request must not wait for it as well.
+    import anyio
+
+    clock = Clock()
+    waiting = anyio.Event()
+
+    async def forever(seconds: float) -> None:
+        waiting.set()
+        await anyio.sleep_forever()
+
+    pacer = Pacer(rate=1.0, burst=1, clock=clock, sleep=forever)
+    await pacer.wait()  # the one saved token
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(pacer.wait)  # waits one second for the next token
+        await waiting.wait()
+        tasks.cancel_scope.cancel()
+    pacer._sleep = clock.sleep
+    await pacer.wait()
+    assert clock.slept == [1.0]  # not 2.0: the cancelled request's token came back
+
+
+def test_a_burst_of_429s_with_retry_after_zero_halves_the_limit_once() -> None:
+    # Five requests in flight refused at once with `Retry-After: 0`: each looked "sent after the
+    # pause" (the pause was empty), and the limit fell from 16 to 1 in one moment. One cut per
+    # round: a 429 within a second (or the pause, if longer) of the last cut cuts nothing more.
+    clock = Clock()
+    pacer = Pacer(clock=clock, sleep=clock.sleep)
+    pacer.submit_limit(16)
+    for _ in range(5):
+        pacer.answered(429, 0.0)
+    assert pacer.submit_limit(16) == 8
+    clock.now += 1.0
+    pacer.answered(429, 0.0)
+    assert pacer.submit_limit(16) == 4
+
+
+def test_the_throttling_line_counts_one_submit_in_the_singular(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    pacer = Pacer(clock=clock, sleep=clock.sleep)
+    pacer.submit_limit(2)
+    with caplog.at_level(logging.INFO, logger="comfysweep.pacing"):
+        pacer.answered(429, 3.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "the API is rate limiting (HTTP 429): every request waits 3 s; at most 1 submit in flight"
+    ]
