@@ -8,6 +8,7 @@ than what was honestly reserved when the cap was reached.
 from __future__ import annotations
 
 import math
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -314,3 +315,29 @@ def test_a_stop_after_the_budgets_holds_back_what_the_budget_let_through(tmp_pat
         runner.stop("interrupted", kind="interrupted")
         assert runner._halted
         assert (runner._stop_reason, runner._stop_kind) == ("interrupted", "interrupted")
+
+
+def test_jobs_in_flight_reserved_at_nothing_are_reserved_once_a_price_is_known(
+    tmp_path: Path, emu: Emulator
+) -> None:
+    # Migration 0005 gives a store's jobs in flight and unknown an open attempt at $0 (no price
+    # was recorded), as does a claim made while no price was known: a capped resume spent their
+    # share again ($0.80 cap, 6 jobs billed, $1.52). The run that knows a price reserves them.
+    spec = write_spec(tmp_path)
+    run_until_killed(DRIVER, spec, emu, "submit-sent", "3")
+    assert len(emu.ledger()["jobs"]) == 3
+    with sqlite3.connect(spec.parent / "results" / spec.stem / "comfysweep.db") as db:
+        db.execute("UPDATE attempts SET estimate_usd = 0")  # as migration 0005 leaves them
+        db.execute("UPDATE ledger SET reserved_usd = 0")
+    report = run(spec, emu, cap=0.80)
+    assert report.stop_kind == "budget"
+    assert "$0.76 reserved for jobs in flight or unknown" in "\n".join(report.messages)
+    assert billed(emu) == pytest.approx(3 * ONE_JOB)
+    assert len(emu.ledger()["jobs"]) == 3
+    with Store.open(spec.parent / "results" / spec.stem / "comfysweep.db", readonly=True) as db:
+        books = db.ledger()
+        charged = sum(a.charge_usd or 0.0 for a in db.attempts())
+        reserved = sum(a.estimate_usd for a in db.attempts() if a.closed_at is None)
+    assert books.spent_usd == pytest.approx(charged)
+    assert books.reserved_usd == pytest.approx(reserved)
+    assert books.committed_usd == pytest.approx(3 * ONE_JOB)

@@ -193,6 +193,20 @@ ATTEMPT_NOTE = (
     )
 )
 
+# Open attempts reserved at $0 (from before the ledger, or claimed while no price was known): a
+# run that knows a price raises each to its estimate, once (the WHERE makes a second runner's
+# same UPDATE match nothing).
+ATTEMPTS_UNPRICED = (
+    sa.select(_A.id, JOBS.c.inputs)
+    .join(JOBS, JOBS.c.key == _A.job_key)
+    .where(_A.closed_at.is_(None), _A.estimate_usd == 0)
+)
+ATTEMPT_REPRICE = (
+    ATTEMPTS.update()
+    .where(_A.id == sa.bindparam("p_id"), _A.closed_at.is_(None), _A.estimate_usd == 0)
+    .values(estimate_usd=sa.bindparam("p_e", type_=sa.Float))
+)
+
 
 def sources_text(job: JobLike) -> str | None:
     """The ``sources`` column of a job: its {raw key: local file} as JSON, NULL when empty."""

@@ -468,6 +468,27 @@ class Store:
             ledger = books.read_ledger(conn)
         return Claim(self._rows([row])[0], None, guess, ledger)
 
+    def reserve_unpriced(self, estimate: Callable[[Mapping[str, Any]], float | None]) -> float:
+        """Reserve each open attempt held at $0 at its job's estimate; returns the sum added.
+
+        Jobs in flight or unknown from a store older than the ledger, or claimed by a run that
+        knew no price, were reserved at $0 although they may be billed: once a price is known,
+        they count at their estimate, so a capped run does not spend their share again.
+        """
+        added = 0.0
+        with self._tx(write=True, durable=True) as conn:
+            for attempt_id, inputs in conn.execute(sql.ATTEMPTS_UNPRICED).all():
+                guess = estimate(json.loads(inputs))
+                if not guess or guess <= 0:
+                    continue
+                params = {"p_id": attempt_id, "p_e": guess}
+                if conn.execute(sql.ATTEMPT_REPRICE, params).rowcount:
+                    added += guess
+            if added:
+                moved = {"p_spent": 0.0, "p_reserved": added, "p_flight": 0}
+                conn.execute(sql.LEDGER_MOVE, moved)
+        return added
+
     def undone(
         self, estimate: Callable[[Mapping[str, Any]], float | None]
     ) -> tuple[int, float, int]:
