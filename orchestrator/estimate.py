@@ -21,6 +21,8 @@ __all__ = ["Declined", "Forecast", "forecast", "forecast_lines", "question"]
 
 # Jobs that may still be billed and hold no recorded cost yet.
 _UNBILLED = (JobState.SUBMITTING, JobState.QUEUED, JobState.RUNNING)
+# Jobs whose attempt stays reserved in the ledger: in flight, or unknown/lost (may be billed).
+_RESERVED = (*_UNBILLED, JobState.UNKNOWN, JobState.LOST)
 # Jobs a resumed run takes over: polled, or downloaded.
 _IN_FLIGHT = (*_UNBILLED, JobState.SUCCEEDED)
 
@@ -48,6 +50,10 @@ class Forecast:
     concurrency: int
     wall_seconds: float | None
     price_note: str
+    # What the ledger holds back for jobs that may be billed (in flight, unknown, lost), and what
+    # the pending jobs alone are estimated at: the cap that covers all is spent + both.
+    reserved_usd: float = 0.0
+    pending_usd: float | None = None
 
     @property
     def left(self) -> int:
@@ -62,10 +68,17 @@ class Forecast:
             return self.cost_usd
         return max(0.0, min(self.cost_usd, self.cap_usd - self.spent_usd))
 
+    @property
+    def finishing_cap_usd(self) -> float | None:
+        """The cap that lets every pending job go: spent, reserved, and the pending estimate."""
+        if self.pending_usd is None:
+            return None
+        return self.spent_usd + self.reserved_usd + self.pending_usd
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["left"] = self.left
-        for name in ("cost_usd", "job_min_usd", "job_max_usd", "spent_usd"):
+        for name in ("cost_usd", "job_min_usd", "job_max_usd", "spent_usd", "reserved_usd"):
             if data[name] is not None:
                 data[name] = round(data[name], 4)
         return data
@@ -83,15 +96,21 @@ def forecast(
 ) -> Forecast:
     """The forecast of the store's spec jobs left, each priced from its own inputs."""
     counts = store.counts(in_spec=True)
-    spent = store.spent()
+    books = store.ledger()
+    spent = books.spent_usd
     unbilled = list(_costs(store, model, price, _UNBILLED))  # at most the jobs in flight
-    reserved = sum(c for c in unbilled if c is not None)
+    # As the claim counts it: the ledger's reservations (unknown and lost jobs too), or each such
+    # job at this price when the ledger holds less (reserved at $0 before a price was known).
+    held = (c for c in _costs(store, model, price, _RESERVED) if c is not None)
+    reserved = max(books.reserved_usd, sum(held))
     remaining = None if cap_usd is None else cap_usd - spent - reserved
+    pending_usd: float | None = 0.0
     costs: list[float | None] = list(unbilled)
     covered: int | None = 0
     running_total = 0.0
     for cost in _costs(store, model, price, (JobState.PENDING,)):
         costs.append(cost)
+        pending_usd = None if cost is None or pending_usd is None else pending_usd + cost
         if covered is None or remaining is None or cost is None:
             covered = None
             continue
@@ -128,6 +147,8 @@ def forecast(
         concurrency=concurrency,
         wall_seconds=0.0 if not rounds else None if job_seconds is None else job_seconds * rounds,
         price_note=price_note,
+        reserved_usd=reserved,
+        pending_usd=None if price is None else pending_usd,
     )
 
 
@@ -191,14 +212,16 @@ def _cap_line(f: Forecast) -> str:
     if f.cap_usd is None:
         return "cap: none (`--max-cost USD` sets one)"
     head = f"cap: {_usd(f.cap_usd)}, {_usd(f.spent_usd)} spent"
+    if f.reserved_usd > 0:
+        head += f", {_usd(f.reserved_usd)} reserved"
     if f.covered is None:
         return f"{head}; how many jobs it covers is unknown without a price"
     if f.covered >= f.pending:
         return f"{head}; covers every job left"
     short = f.pending - f.covered
     raise_to = ""
-    if f.cost_usd is not None:
-        raise_to = f" (`--max-cost {_cents_up(f.spent_usd + f.cost_usd)}` covers all)"
+    if f.finishing_cap_usd is not None:
+        raise_to = f" (`--max-cost {_cents_up(f.finishing_cap_usd)}` covers all)"
     return (
         f"{head}; covers {f.covered} of {f.pending} pending job(s), {short} left undone{raise_to}"
     )

@@ -303,7 +303,9 @@ async def _account_of_end(
     after = await client.balance()
     left = None
     if report.stop_kind == "budget":  # the --max-cost that would go on: priced like the start
-        left = _forecast(db, spec, client, price).cost_usd
+        ahead = _forecast(db, spec, client, price)  # beyond spent, as the claim counts it
+        finish = ahead.finishing_cap_usd
+        left = None if finish is None else finish - ahead.spent_usd
     data = morning.data(
         stop_reason=report.stop_reason,
         stop_kind=report.stop_kind,

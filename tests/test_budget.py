@@ -7,6 +7,7 @@ than what was honestly reserved when the cap was reached.
 
 from __future__ import annotations
 
+import io
 import math
 import sqlite3
 from collections.abc import Iterator
@@ -341,3 +342,32 @@ def test_jobs_in_flight_reserved_at_nothing_are_reserved_once_a_price_is_known(
     assert books.spent_usd == pytest.approx(charged)
     assert books.reserved_usd == pytest.approx(reserved)
     assert books.committed_usd == pytest.approx(3 * ONE_JOB)
+
+
+def test_the_summary_and_the_estimate_count_what_unknown_jobs_hold_reserved(
+    tmp_path: Path,
+) -> None:
+    # Three unknown jobs hold $0.76 of a $1.00 cap. main's estimate said the cap 'covers every
+    # job left' and summary.md said 'raise the cap: --max-cost 1.00', which submitted nothing.
+    spec = write_spec(tmp_path)
+    with emulator({"drop_after_create": {"rate": 1.0}}) as emu:
+        run(spec, emu, cap=1.00)
+        said = io.StringIO()
+        report = run(spec, emu, cap=1.00, out=said)
+        assert report.stop_kind == "budget"
+        assert (
+            "cap: $1.00, $0.00 spent, $0.76 reserved; covers 0 of 1 pending job(s), 1 left "
+            "undone (`--max-cost 1.02` covers all)"
+        ) in said.getvalue().splitlines()
+        assert "- spent: $0.00 of a $1.00 cap, $0.76 reserved (jobs that may still be billed)" in (
+            said.getvalue().splitlines()
+        )
+        (step,) = [s for s in report.account["next"] if s.startswith("raise the cap")]
+        assert step.endswith(" --max-cost 1.02`"), step
+        assert f"--max-cost {budget.raised_cap(0.0, 0.759375, ONE_JOB):.2f}" in str(
+            report.stop_reason
+        )
+        report = run(spec, emu, cap=1.02)  # the cap summary.md names: every job goes
+        assert report.counts["pending"] == 0
+        assert report.stop_kind is None
+        assert billed(emu) <= 1.02
