@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -371,3 +372,52 @@ def test_the_summary_and_the_estimate_count_what_unknown_jobs_hold_reserved(
         assert report.counts["pending"] == 0
         assert report.stop_kind is None
         assert billed(emu) <= 1.02
+
+
+@pytest.mark.parametrize("how", ["interrupted", "cancelled"])
+def test_a_claimed_job_waiting_on_a_429_pause_is_held_back_by_a_stop(
+    tmp_path: Path, emu: Emulator, how: str
+) -> None:
+    # main sent a claimed job once the 429 pause ended, after Ctrl-C said 'no new submits'; a
+    # second Ctrl-C left it submitting, counted unknown (maybe billed) by the next run.
+    import anyio.lowlevel
+
+    from orchestrator.client import ModelApiClient
+    from orchestrator.grid import iter_jobs
+    from orchestrator.pacing import Pacer
+    from orchestrator.results import ResultsFolder
+    from orchestrator.runner import Runner
+
+    loaded = load_spec(write_spec(tmp_path))
+    model = get_model(loaded.model)
+    estimate = budget.estimator(model, budget.Price(0.05, "second"))
+    pacer = Pacer()
+    client = ModelApiClient(emu.base_url, emu.token, pacer=pacer)
+    with Store.open(tmp_path / "s.db") as db:
+        db.sync_jobs(iter_jobs(loaded), loaded.model)
+        runner = Runner(db, client, ResultsFolder(tmp_path, model, "{key}"), estimate=estimate)
+        claim = db.claim_within(estimate, cap=1.00)
+        assert claim.row is not None
+        assert db.ledger().reserved_usd == pytest.approx(ONE_JOB)
+        pacer.paused_until = time.monotonic() + 3600  # a 429 paused the client for an hour
+
+        async def main() -> None:
+            assert claim.row is not None
+            runner._remote += 1
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(runner._submit, claim.row)
+                    await anyio.lowlevel.checkpoint()  # it waits in the pause now
+                    if how == "cancelled":
+                        tasks.cancel_scope.cancel()
+                    else:
+                        runner.stop("interrupted", kind="interrupted")
+
+        anyio.run(main)
+        row = db.get(claim.row.key)
+        assert row is not None
+        assert row.state.value == "pending"
+        assert db.ledger().reserved_usd == pytest.approx(0.0)
+        assert [a.charge_usd for a in db.attempts()] == [0.0]
+    assert client.requests_sent == 0
+    assert emu.ledger()["jobs"] == []
