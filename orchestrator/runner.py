@@ -217,7 +217,10 @@ class Runner:
         self.store.set_budget(self.options.max_cost, self._shared_concurrency())
         added = self.store.reserve_unpriced(self.estimate)  # may be billed: never counted $0
         if added:
-            self._say(f"${added:.2f} reserved for jobs in flight or unknown that no price covered")
+            self._say(
+                f"${added:.2f} now counted for jobs in flight, unknown or retried that no price "
+                "covered (they may be billed)"
+            )
         self._spent = self.store.spent()
         counts = self.store.counts(in_spec=True)
         snapshot = Snapshot(counts=counts, spent_usd=self._spent)

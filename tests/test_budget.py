@@ -333,7 +333,7 @@ def test_jobs_in_flight_reserved_at_nothing_are_reserved_once_a_price_is_known(
         db.execute("UPDATE ledger SET reserved_usd = 0")
     report = run(spec, emu, cap=0.80)
     assert report.stop_kind == "budget"
-    assert "$0.76 reserved for jobs in flight or unknown" in "\n".join(report.messages)
+    assert "$0.76 now counted for jobs in flight, unknown" in "\n".join(report.messages)
     assert billed(emu) == pytest.approx(3 * ONE_JOB)
     assert len(emu.ledger()["jobs"]) == 3
     with Store.open(spec.parent / "results" / spec.stem / "comfysweep.db", readonly=True) as db:
@@ -421,3 +421,29 @@ def test_a_claimed_job_waiting_on_a_429_pause_is_held_back_by_a_stop(
         assert [a.charge_usd for a in db.attempts()] == [0.0]
     assert client.requests_sent == 0
     assert emu.ledger()["jobs"] == []
+
+
+@pytest.mark.parametrize("migrated", [False, True])
+def test_retry_unknown_keeps_the_old_attempt_charged_while_the_new_one_is_reserved(
+    tmp_path: Path, migrated: bool
+) -> None:
+    # Every submit is created and billed, its answer lost: three unknown jobs hold $0.76 of the
+    # $0.80 cap. `retry --unknown` charges each its estimate (it may be billed) and the retried
+    # jobs are reserved again, so nothing more fits. A store from before the ledger held them at
+    # $0: main charged $0 on retry, and the resume billed 3 more jobs ($1.52 on a $0.80 cap).
+    spec = write_spec(tmp_path)
+    with emulator({"drop_after_create": {"rate": 1.0}}) as emu:
+        run(spec, emu, cap=0.80)
+        assert len(emu.ledger()["jobs"]) == 3
+        if migrated:
+            with sqlite3.connect(spec.parent / "results" / spec.stem / "comfysweep.db") as db:
+                db.execute("UPDATE attempts SET estimate_usd = 0")  # as migration 0005 left them
+                db.execute("UPDATE ledger SET reserved_usd = 0")
+        assert retry_jobs(spec, ["unknown"]) == 3
+        report = run(spec, emu, cap=0.80)
+        assert report.stop_kind == "budget"
+        assert billed(emu) == pytest.approx(3 * ONE_JOB)
+        assert report.spent_usd == pytest.approx(billed(emu))  # charged: they may be billed
+    with Store.open(spec.parent / "results" / spec.stem / "comfysweep.db", readonly=True) as db:
+        charges = [a.charge_usd for a in db.attempts()]
+        assert db.ledger().spent_usd == pytest.approx(sum(c or 0.0 for c in charges))

@@ -201,6 +201,24 @@ ATTEMPTS_UNPRICED = (
     .join(JOBS, JOBS.c.key == _A.job_key)
     .where(_A.closed_at.is_(None), _A.estimate_usd == 0)
 )
+# Closed attempts that may have been billed but were charged $0 (no price when their cost proved
+# invalid, or an unknown job put back by `retry` with a $0 reservation): charged their estimate
+# once a price is known. Released attempts ("not created") cost nothing and stay at $0.
+ATTEMPTS_UNCHARGED = (
+    sa.select(_A.id, JOBS.c.inputs)
+    .join(JOBS, JOBS.c.key == _A.job_key)
+    .where(
+        _A.closed_at.is_not(None),
+        _A.cost_usd.is_(None),
+        _A.charge_usd == 0,
+        sa.not_(sa.func.coalesce(_A.outcome, "").like("not created%")),
+    )
+)
+ATTEMPT_RECHARGE = (
+    ATTEMPTS.update()
+    .where(_A.id == sa.bindparam("p_id"), _A.cost_usd.is_(None), _A.charge_usd == 0)
+    .values(charge_usd=sa.bindparam("p_e", type_=sa.Float))
+)
 ATTEMPT_REPRICE = (
     ATTEMPTS.update()
     .where(_A.id == sa.bindparam("p_id"), _A.closed_at.is_(None), _A.estimate_usd == 0)

@@ -469,25 +469,32 @@ class Store:
         return Claim(self._rows([row])[0], None, guess, ledger)
 
     def reserve_unpriced(self, estimate: Callable[[Mapping[str, Any]], float | None]) -> float:
-        """Reserve each open attempt held at $0 at its job's estimate; returns the sum added.
+        """Count every attempt that may be billed but is held at $0 at its job's estimate.
 
         Jobs in flight or unknown from a store older than the ledger, or claimed by a run that
-        knew no price, were reserved at $0 although they may be billed: once a price is known,
-        they count at their estimate, so a capped run does not spend their share again.
+        knew no price, were reserved at $0 (and charged $0 if `retry` put them back, or if their
+        result had no valid cost) although they may be billed: once a price is known, they count
+        at their estimate, so a capped run does not spend their share again. Returns the sum.
         """
-        added = 0.0
+        reserved = spent = 0.0
         with self._tx(write=True, durable=True) as conn:
-            for attempt_id, inputs in conn.execute(sql.ATTEMPTS_UNPRICED).all():
-                guess = estimate(json.loads(inputs))
-                if not guess or guess <= 0:
-                    continue
-                params = {"p_id": attempt_id, "p_e": guess}
-                if conn.execute(sql.ATTEMPT_REPRICE, params).rowcount:
-                    added += guess
-            if added:
-                moved = {"p_spent": 0.0, "p_reserved": added, "p_flight": 0}
+            for query, update in (
+                (sql.ATTEMPTS_UNPRICED, sql.ATTEMPT_REPRICE),
+                (sql.ATTEMPTS_UNCHARGED, sql.ATTEMPT_RECHARGE),
+            ):
+                for attempt_id, inputs in conn.execute(query).all():
+                    guess = estimate(json.loads(inputs))
+                    if guess is None or guess <= 0:
+                        continue
+                    if conn.execute(update, {"p_id": attempt_id, "p_e": guess}).rowcount:
+                        if update is sql.ATTEMPT_REPRICE:
+                            reserved += guess
+                        else:
+                            spent += guess
+            if reserved or spent:
+                moved = {"p_spent": spent, "p_reserved": reserved, "p_flight": 0}
                 conn.execute(sql.LEDGER_MOVE, moved)
-        return added
+        return reserved + spent
 
     def undone(
         self, estimate: Callable[[Mapping[str, Any]], float | None]
