@@ -470,19 +470,23 @@ def sweep_left(
     spec: Spec | str | Path, *, store: str | Path | None = None, concurrency: int | None = None
 ) -> estimate.Forecast | None:
     """What is left of a sweep that ran already (None before its store exists), offline:
-    priced by the last catalog price seen, timed by the last observed job duration."""
+    priced as its runs reserve (the price kept in the store: ``--price`` or the catalog's), else
+    by the last catalog price seen; under the spec's cap, else the last run's (as ``status``);
+    timed by the last observed job duration."""
     spec = _loaded(spec)
     path = store_path(spec, store)
     if _no_store_file(path):
         return None
     with Store.open(path, readonly=True) as db:
         _check_owner(spec, db)
+        kept = budget.Price.from_meta(db.get_meta(PRICE_META))
+        cap = spec.run.max_cost if spec.run.max_cost is not None else db.ledger().cap_usd
         return estimate.forecast(
             db,
             get_model(spec.model),
-            prices.last_price(spec.model),
+            kept or prices.last_price(spec.model),
             concurrency=concurrency or spec.run.concurrency,
-            cap_usd=spec.run.max_cost,
+            cap_usd=cap,
             job_seconds=prices.last_duration(spec.model),
             price_note=f"no catalog price seen yet for {spec.model}",
         )

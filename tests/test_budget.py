@@ -447,3 +447,22 @@ def test_retry_unknown_keeps_the_old_attempt_charged_while_the_new_one_is_reserv
     with Store.open(spec.parent / "results" / spec.stem / "comfysweep.db", readonly=True) as db:
         charges = [a.charge_usd for a in db.attempts()]
         assert db.ledger().spent_usd == pytest.approx(sum(c or 0.0 for c in charges))
+
+
+def test_plan_prices_what_is_left_as_the_run_reserves_under_the_last_cap(tmp_path: Path) -> None:
+    # The catalog down, the run priced its jobs with --price and stopped at --max-cost 0.60:
+    # main's plan said the cost was unknown (no catalog price seen) and that there was no cap.
+    from orchestrator.sweep import sweep_left
+
+    spec = write_spec(tmp_path)
+    with emulator({"error_200": {"rate": 1.0, "endpoints": ["catalog"]}}) as emu:
+        report = run(spec, emu, cap=0.60, price="0.25/output")
+        assert report.stop_kind == "budget"
+        assert billed(emu) == pytest.approx(2 * ONE_JOB)
+    left = sweep_left(spec)
+    assert left is not None
+    assert (left.pending, left.cost_usd, left.cap_usd) == (2, 0.50, 0.60)
+    assert left.spent_usd == pytest.approx(report.spent_usd)
+    result = CliRunner().invoke(cli, ["plan", str(spec)])
+    assert "spent so far: $0.51" in result.output, result.output
+    assert "`--max-cost 1.01` covers all" in result.output, result.output
