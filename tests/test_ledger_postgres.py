@@ -189,3 +189,46 @@ def test_a_dead_runners_jobs_are_taken_over_never_resubmitted(
     assert set(ledger["submissions_by_input"].values()) == {1}  # taken over, never resubmitted
     assert len(ledger["jobs"]) == 6
     assert max(ledger["peak_in_flight"].values()) <= 2  # one concurrency for both runners
+
+
+def test_runners_with_different_caps_each_keep_their_own_against_the_shared_books(
+    tmp_path: Path,
+    target: str,  # noqa: F811
+) -> None:
+    # Which cap wins: each runner checks its own --max-cost against the one ledger, so a lower
+    # cap submits nothing past it and the total never passes the highest cap in use.
+    clock = DrivenClock(frozen=True)  # jobs stay queued (reserved) until the test lets time run
+    spec = write_spec(tmp_path, body=SPEC)
+    with Emulator(EmulatorConfig(speed=2000.0, workers=8, clock=clock)) as emu:
+
+        def go(cap: float) -> Any:
+            return run_sweep(
+                spec,
+                base_url=emu.base_url,
+                token=emu.token,
+                store=target,
+                overrides=Overrides(poll_interval=0.02, max_cost=cap, concurrency=8),
+                retry=RetryPolicy(wait=False),
+            )
+
+        first, first_out = in_thread(lambda: go(1.00))
+        wait_for(lambda: len(emu.ledger()["jobs"]) >= 3, "the first runner's three submits")
+        low = go(0.60)  # $0.76 reserved already: nothing fits under $0.60
+        assert low.stop_kind == "budget"
+        assert "$0.76 reserved of the $0.60 cap" in low.stop_reason
+        assert len(emu.ledger()["jobs"]) == 3
+        high, high_out = in_thread(lambda: go(1.30))
+        wait_for(
+            lambda: not high.is_alive() or len(emu.ledger()["jobs"]) >= 5,
+            "the $1.30 runner submitting, or stopping",
+        )
+        clock.release()
+        first.join(PATIENCE)
+        high.join(PATIENCE)
+        assert billed(emu) == pytest.approx(5 * ONE_JOB)  # $1.27: under the highest cap, $1.30
+    for out in (first_out, high_out):
+        (report,) = out
+        assert not isinstance(report, BaseException), report
+    assert first_out[0].stop_kind == "budget"
+    assert high_out[0].stop_kind == "budget"
+    assert "--max-cost 2.03" in high_out[0].stop_reason
