@@ -391,18 +391,29 @@ def _price(
     info: budget.Price | ModelInfo | None, db: Store, spec: Spec, api_base: str
 ) -> budget.Price | None:
     """``--price`` or the catalog's (kept in the store), else the one an earlier run kept there,
-    else the catalog's price this machine last read for the model at this API host."""
+    else the catalog's price this machine last read for the model at this API host.
+
+    Under a cap, a price of $0 that the user did not give (``--price 0``) is no price: it would
+    reserve nothing, and let every job in flight be billed past the cap."""
     fresh = info if isinstance(info, budget.Price) or info is None else None
     if isinstance(info, ModelInfo):
         fresh = budget.checked(info.base_price_usd, info.price_unit)
     if fresh is not None:
         db.set_meta(PRICE_META, fresh.to_meta())
-        return fresh
+        return _honest(fresh, spec)
     kept = budget.Price.from_meta(db.get_meta(PRICE_META))
     if kept is not None:
-        return kept
+        return _honest(kept, spec)
     seen = prices.last_price(spec.model, api_base=api_base)
-    return None if seen is None else budget.checked(seen.base_price_usd, seen.price_unit)
+    found = None if seen is None else budget.checked(seen.base_price_usd, seen.price_unit)
+    return None if found is None else _honest(found, spec)
+
+
+def _honest(price: budget.Price, spec: Spec) -> budget.Price | None:
+    if price.usd > 0 or price.source == "--price" or spec.run.max_cost is None:
+        return price
+    log.warning("%s gives %s for %s: no price the budget can keep", price.source, price, spec.model)
+    return None
 
 
 def _command(spec: Spec, emulator: bool | EmulatorConfig, store: str | Path | None) -> str:

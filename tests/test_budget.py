@@ -466,3 +466,25 @@ def test_plan_prices_what_is_left_as_the_run_reserves_under_the_last_cap(tmp_pat
     result = CliRunner().invoke(cli, ["plan", str(spec)])
     assert "spent so far: $0.51" in result.output, result.output
     assert "`--max-cost 1.01` covers all" in result.output, result.output
+
+
+def test_a_catalog_price_of_zero_is_no_price_under_a_cap(
+    tmp_path: Path, emu: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A catalog that says $0 for a model that bills: main reserved $0 a job, so every claim fit
+    # and a $0.30 cap billed all four jobs in flight ($1.01). A $0 price the user did not give is
+    # no price under a cap: nothing is submitted until --price gives one.
+    from orchestrator import sweep
+    from orchestrator.responses import ModelInfo
+
+    async def free(client: Any, model_id: str) -> ModelInfo:
+        return ModelInfo(model_id, 0.0, "second", {})
+
+    monkeypatch.setattr(sweep, "_catalog", free)
+    spec = write_spec(tmp_path, body=SPEC.replace("concurrency: 3", "concurrency: 4"))
+    report = run(spec, emu, cap=0.30)
+    assert report.stop_kind == "budget"
+    assert "--price" in str(report.stop_reason)
+    assert emu.ledger()["jobs"] == []
+    report = run(spec, emu, cap=0.30, price="0.05/second")
+    assert billed(emu) == pytest.approx(ONE_JOB)
