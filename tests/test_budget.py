@@ -488,3 +488,26 @@ def test_a_catalog_price_of_zero_is_no_price_under_a_cap(
     assert emu.ledger()["jobs"] == []
     report = run(spec, emu, cap=0.30, price="0.05/second")
     assert billed(emu) == pytest.approx(ONE_JOB)
+
+
+@pytest.mark.parametrize(
+    "point",
+    ["submit-sent", "downloading", "journaled"],  # the points a free-running emulator reaches
+)
+def test_a_kill_at_any_point_leaves_books_that_balance_within_the_cap(
+    tmp_path: Path, emu: Emulator, point: str
+) -> None:
+    capped = SPEC.replace("  concurrency", "  max_cost: 1.30\n  concurrency")
+    spec = write_spec(tmp_path, body=capped)
+    run_until_killed(DRIVER, spec, emu, point, "2")
+    report = run(spec, emu, cap=1.30)
+    assert report.stop_kind == "budget"
+    assert billed(emu) <= 1.30
+    with Store.open(spec.parent / "results" / spec.stem / "comfysweep.db", readonly=True) as db:
+        books, attempts = db.ledger(), db.attempts()
+    assert books.in_flight == 0
+    assert books.spent_usd == pytest.approx(sum(a.charge_usd or 0.0 for a in attempts))
+    still_open = [a.estimate_usd for a in attempts if a.closed_at is None]
+    assert books.reserved_usd == pytest.approx(sum(still_open))
+    assert books.spent_usd + books.reserved_usd >= billed(emu) - 1e-9  # every billed dollar
+    assert books.spent_usd + books.reserved_usd <= 1.30 + 1e-9
