@@ -511,3 +511,33 @@ def test_a_kill_at_any_point_leaves_books_that_balance_within_the_cap(
     assert books.reserved_usd == pytest.approx(sum(still_open))
     assert books.spent_usd + books.reserved_usd >= billed(emu) - 1e-9  # every billed dollar
     assert books.spent_usd + books.reserved_usd <= 1.30 + 1e-9
+
+
+def test_automatic_retries_are_new_attempts_reserved_under_the_cap(tmp_path: Path) -> None:
+    # Every job fails and is billed; `retries: 5` would send each again and again: the retries
+    # are claimed like any job, so the third attempt past $0.80 never goes.
+    body = SPEC.replace("concurrency: 3", "concurrency: 2\n  retries: 5")
+    spec = write_spec(tmp_path, body=body)
+    with emulator({"fail_string": {"rate": 1.0}}) as emu:
+        report = run(spec, emu, cap=0.80)
+        assert report.stop_kind == "budget"
+        assert billed(emu) == pytest.approx(3 * ONE_JOB)
+        assert spent(spec) == pytest.approx(billed(emu))
+    with Store.open(spec.parent / "results" / spec.stem / "comfysweep.db", readonly=True) as db:
+        assert len(db.attempts()) == 3
+
+
+@pytest.mark.parametrize("order", ["shuffle", "breadth", "grid"])
+def test_every_order_reserves_the_estimate_of_the_job_it_claims(
+    tmp_path: Path, emu: Emulator, order: str
+) -> None:
+    spec = write_spec(
+        tmp_path, body=PRICED.replace("concurrency: 4", f"concurrency: 4\n  order: {order}")
+    )
+    report = run(spec, emu, cap=1.00)
+    assert report.stop_kind == "budget"
+    assert billed(emu) <= 1.00
+    assert spent(spec) == pytest.approx(billed(emu))
+    with Store.open(spec.parent / "results" / spec.stem / "comfysweep.db", readonly=True) as db:
+        for attempt in db.attempts():
+            assert attempt.charge_usd == pytest.approx(attempt.estimate_usd)  # its own price
