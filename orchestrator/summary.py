@@ -147,7 +147,15 @@ def account(
         "top_errors": [
             {"error": text, "count": n} for text, n in times.errors.most_common(TOP_ERRORS)
         ],
-        "next": _next_steps(counts, stop_kind, cap_usd, spent_usd, estimate_left_usd, invocation),
+        "next": _next_steps(
+            counts,
+            # The budget's stop for want of a price (budget.no_price_message): a price goes on.
+            "price" if (stop_reason or "").startswith("no price known") else stop_kind,
+            cap_usd,
+            spent_usd,
+            estimate_left_usd,
+            invocation,
+        ),
     }
 
 
@@ -219,7 +227,10 @@ def _next_steps(
     in_flight = sum(
         counts.get(s.value, 0) for s in (JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED)
     )
-    if stop_kind == "budget" and left and cap is not None:
+    if stop_kind == "price" and left:
+        give = _code(how.command("run", "--price", "0.05/second"))
+        steps.append(f"give a price to go on ({left} job(s) left, none priced): {give}")
+    elif stop_kind == "budget" and left and cap is not None:
         raised = max(cap, spent + left_usd) if left_usd is not None else None
         flag = "--max-cost USD" if raised is None else f"--max-cost {_cents_up(raised)}"
         raise_cap = _code(how.command("run", *flag.split()))

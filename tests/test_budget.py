@@ -541,3 +541,17 @@ def test_every_order_reserves_the_estimate_of_the_job_it_claims(
     with Store.open(spec.parent / "results" / spec.stem / "comfysweep.db", readonly=True) as db:
         for attempt in db.attempts():
             assert attempt.charge_usd == pytest.approx(attempt.estimate_usd)  # its own price
+
+
+def test_a_run_stopped_for_want_of_a_price_says_to_give_one_not_to_raise_the_cap(
+    tmp_path: Path,
+) -> None:
+    # main's summary.md said 'raise the cap to go on: run --max-cost USD', which never helps.
+    spec = write_spec(tmp_path)
+    with emulator({"error_200": {"rate": 1.0, "endpoints": ["catalog"]}}) as emu:
+        report = run(spec, emu, cap=0.60)
+        assert emu.ledger()["jobs"] == []
+    assert report.account is not None
+    (step,) = [s for s in report.account["next"] if "go on" in s]
+    assert step.startswith("give a price to go on (4 job(s) left, none priced): `comfysweep run")
+    assert step.endswith(" --price 0.05/second`"), step
