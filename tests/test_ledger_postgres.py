@@ -232,3 +232,68 @@ def test_runners_with_different_caps_each_keep_their_own_against_the_shared_book
     assert first_out[0].stop_kind == "budget"
     assert high_out[0].stop_kind == "budget"
     assert "--max-cost 2.03" in high_out[0].stop_reason
+
+
+def test_a_dead_runners_reservations_hold_the_cap_for_the_runner_that_takes_over(
+    tmp_path: Path,
+    target: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The dead runner's two queued jobs stay reserved ($0.51 of $1.00): the live one takes them
+    # over (never resubmits them) and submits only what fits beside them: one job, $0.76 billed.
+    monkeypatch.setattr(runner_module, "_ADOPT_EVERY", 1)
+    clock = DrivenClock(frozen=True)
+    body = SPEC.replace("seed: [1, 2, 3, 4]", "seed: [1, 2, 3]").replace(": 3\n", ": 2\n")
+    spec = write_spec(tmp_path, body=body)  # six jobs, two in flight at once (store-wide)
+    with Emulator(EmulatorConfig(speed=2000.0, workers=8, clock=clock)) as emu:
+        env = {
+            **os.environ,
+            "RUNCOMFY_MODEL_API_BASE": emu.base_url,
+            "RUNCOMFY_API_TOKEN": emu.token,
+        }
+        command = [sys.executable, "-m", "orchestrator", "run", str(spec), "--store", target]
+        command += ["--max-cost", "1.00"]
+        dead = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            with Store.open(target) as watcher:
+
+                def queued() -> list[Any]:
+                    return list(watcher.jobs([JobState.QUEUED, JobState.RUNNING]))
+
+                first = wait_for(lambda: len(queued()) == 2 and queued(), "two jobs queued")
+                dead_run = first[0].run_id
+                dead.send_signal(signal.SIGKILL)
+                dead.wait()
+                assert watcher.ledger().reserved_usd == pytest.approx(2 * ONE_JOB)
+                live, live_out = in_thread(
+                    lambda: run_sweep(
+                        spec,
+                        base_url=emu.base_url,
+                        token=emu.token,
+                        store=target,
+                        overrides=Overrides(poll_interval=0.02, max_cost=1.00),
+                        retry=RetryPolicy(wait=False),
+                    )
+                )
+                wait_for(
+                    lambda: all(r.run_id != dead_run for r in queued()),
+                    "the live runner taking over the dead one's jobs",
+                )
+                clock.release()
+                live.join(PATIENCE)
+        finally:
+            dead.kill()
+            dead.wait()
+            if dead.stderr is not None:
+                dead.stderr.close()
+        ledger = emu.ledger()
+        assert billed(emu) == pytest.approx(3 * ONE_JOB)
+    (report,) = live_out
+    assert not isinstance(report, BaseException), report
+    assert report.stop_kind == "budget"
+    assert set(ledger["submissions_by_input"].values()) == {1}  # taken over, never resubmitted
+    with Store.open(target, readonly=True) as s:
+        books, attempts = s.ledger(), s.attempts()
+    assert books.in_flight == 0
+    assert books.spent_usd == pytest.approx(sum(a.charge_usd or 0.0 for a in attempts))
+    assert books.spent_usd == pytest.approx(3 * ONE_JOB)
