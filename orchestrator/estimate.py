@@ -54,6 +54,7 @@ class Forecast:
     # the pending jobs alone are estimated at: the cap that covers all is spent + both.
     reserved_usd: float = 0.0
     pending_usd: float | None = None
+    covered_usd: float | None = None  # the estimate of the ``covered`` pending jobs
 
     @property
     def left(self) -> int:
@@ -61,12 +62,15 @@ class Forecast:
 
     @property
     def payable_usd(self) -> float | None:
-        """The most this run can pay: the estimate, or the rest of the cap if lower."""
+        """The most this run can pay: the jobs in flight, and the pending jobs the cap has room
+        for beside what the ledger holds reserved (unknown jobs too)."""
         if self.cost_usd is None:
             return None
         if self.cap_usd is None:
             return self.cost_usd
-        return max(0.0, min(self.cost_usd, self.cap_usd - self.spent_usd))
+        if self.pending_usd is None or self.covered_usd is None:
+            return max(0.0, min(self.cost_usd, self.cap_usd - self.spent_usd))
+        return self.cost_usd - self.pending_usd + self.covered_usd
 
     @property
     def finishing_cap_usd(self) -> float | None:
@@ -78,7 +82,8 @@ class Forecast:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["left"] = self.left
-        for name in ("cost_usd", "job_min_usd", "job_max_usd", "spent_usd", "reserved_usd"):
+        money = ("cost_usd", "job_min_usd", "job_max_usd", "spent_usd", "reserved_usd")
+        for name in (*money, "pending_usd", "covered_usd"):
             if data[name] is not None:
                 data[name] = round(data[name], 4)
         return data
@@ -149,6 +154,7 @@ def forecast(
         price_note=price_note,
         reserved_usd=reserved,
         pending_usd=None if price is None else pending_usd,
+        covered_usd=None if cap_usd is None or covered is None else running_total,
     )
 
 

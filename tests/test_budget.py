@@ -25,7 +25,7 @@ from orchestrator.errors import SpecError
 from orchestrator.models import get_model
 from orchestrator.retry import RetryPolicy
 from orchestrator.spec import load_spec
-from orchestrator.store import Store
+from orchestrator.store import JobState, Store
 from orchestrator.sweep import Overrides, retry_jobs, run_sweep
 
 from .sweeps import run_until_killed, write_spec
@@ -555,3 +555,26 @@ def test_a_run_stopped_for_want_of_a_price_says_to_give_one_not_to_raise_the_cap
     (step,) = [s for s in report.account["next"] if "go on" in s]
     assert step.startswith("give a price to go on (4 job(s) left, none priced): `comfysweep run")
     assert step.endswith(" --price 0.05/second`"), step
+
+
+def test_the_estimate_before_paying_leaves_out_what_unknown_jobs_hold(tmp_path: Path) -> None:
+    # Three unknown jobs hold $0.76 of a $1.00 cap: main asked 'Submit 5 of 8 job(s) for about
+    # $1.00?' and 'covers 3 of 5', though the claim fits none of them.
+    from orchestrator.estimate import forecast, question
+    from orchestrator.grid import iter_jobs
+
+    loaded = load_spec(write_spec(tmp_path, body=SPEC))
+    model = get_model(loaded.model)
+    price = budget.Price(0.05, "second")
+    estimate = budget.estimator(model, price)
+    with Store.open(tmp_path / "s.db") as db:
+        db.sync_jobs(iter_jobs(loaded), loaded.model)
+        for _ in range(3):
+            claim = db.claim_within(estimate, cap=1.00)
+            assert claim.row is not None
+            db.transition(claim.row.key, JobState.UNKNOWN)
+        ahead = forecast(db, model, price, concurrency=3, cap_usd=1.00, job_seconds=None)
+        assert db.claim_within(estimate, cap=1.00).refused == "budget"
+    assert ahead.reserved_usd == pytest.approx(3 * ONE_JOB)
+    assert (ahead.pending, ahead.covered, ahead.payable_usd) == (5, 0, 0.0)
+    assert question(ahead) == "Submit 0 of 5 job(s) (the $1.00 cap stops there) for about $0.00?"
