@@ -113,7 +113,12 @@ def forecast(
     costs: list[float | None] = list(unbilled)
     covered: int | None = 0
     running_total = 0.0
-    for cost in _costs(store, model, price, (JobState.PENDING,)):
+    # In the order claims take them (rank): the cap covers a prefix of that order.
+    pending_costs = (
+        None if price is None else job_cost(model, price, inputs)
+        for inputs in store.pending_inputs()
+    )
+    for cost in pending_costs:
         costs.append(cost)
         pending_usd = None if cost is None or pending_usd is None else pending_usd + cost
         if covered is None or remaining is None or cost is None:

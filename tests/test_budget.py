@@ -578,3 +578,29 @@ def test_the_estimate_before_paying_leaves_out_what_unknown_jobs_hold(tmp_path: 
     assert ahead.reserved_usd == pytest.approx(3 * ONE_JOB)
     assert (ahead.pending, ahead.covered, ahead.payable_usd) == (5, 0, 0.0)
     assert question(ahead) == "Submit 0 of 5 job(s) (the $1.00 cap stops there) for about $0.00?"
+
+
+@pytest.mark.parametrize(
+    ("order", "cap"), [("shuffle", 0.55), ("shuffle", 1.15), ("breadth", 0.50)]
+)
+def test_what_the_cap_covers_is_counted_in_the_order_claims_take(
+    tmp_path: Path, order: str, cap: float
+) -> None:
+    # main counted the covered jobs in grid order while claims follow the run order: with jobs of
+    # four prices it said 'covers 2' and the run submitted 1 (shuffle, $0.55), or 3 and 4.
+    from orchestrator.estimate import forecast
+    from orchestrator.grid import iter_jobs
+
+    body = PRICED.replace("concurrency: 4", f"concurrency: 4\n  order: {order}")
+    loaded = load_spec(write_spec(tmp_path, body=body))
+    model = get_model(loaded.model)
+    price = budget.Price(0.05, "second")
+    estimate = budget.estimator(model, price)
+    with Store.open(tmp_path / "s.db") as db:
+        db.sync_jobs(iter_jobs(loaded), loaded.model)
+        ahead = forecast(db, model, price, concurrency=4, cap_usd=cap, job_seconds=None)
+        claimed = []
+        while (claim := db.claim_within(estimate, cap=cap)).row is not None:
+            claimed.append(claim.estimate or 0.0)
+    assert ahead.covered == len(claimed)
+    assert ahead.payable_usd == pytest.approx(sum(claimed))

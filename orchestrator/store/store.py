@@ -515,6 +515,29 @@ class Store:
                     total += guess
         return count, total, unpriced
 
+    def pending_inputs(self) -> Iterator[dict[str, Any]]:
+        """The spec's pending jobs' inputs in the order claims take them (rank, key), streamed a
+        page at a time; large data: URIs stay as the store's references (never priced on)."""
+        c = sql.JOBS.c
+        after = sa.tuple_(c.rank, c.key) > sa.tuple_(
+            sa.bindparam("p_rank", type_=sa.BigInteger), sa.bindparam("p_key", type_=sa.Text)
+        )
+        stmt = (
+            sa.select(c.rank, c.key, c.inputs)
+            .where(c.state == JobState.PENDING.value, c.in_spec, after)
+            .order_by(c.rank, c.key)
+            .limit(PAGE)
+        )
+        position: dict[str, Any] = {"p_rank": -1, "p_key": ""}
+        while True:
+            with self._tx() as conn:
+                page = conn.execute(stmt, position).all()
+            for _, _, inputs in page:
+                yield json.loads(inputs)
+            if len(page) < PAGE:
+                return
+            position = {"p_rank": page[-1].rank, "p_key": page[-1].key}
+
     def update(self, key: str, **fields: Any) -> None:
         """Set non-state fields (e.g. outputs as they land); no event."""
         values = encode_fields(fields)
