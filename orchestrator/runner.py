@@ -641,8 +641,8 @@ class Runner:
         if result.state is RemoteState.SUCCEEDED:
             self._release(row.key, cost=result.cost)
             if not result.urls:
-                no_url = "succeeded without any output URL"
-                await self._commit(row.key, JobState.FAILED, error=no_url)
+                no_url = "succeeded without any output URL"  # billed all the same
+                await self._commit(row.key, JobState.FAILED, cost=result.cost, error=no_url)
                 return True
             # Held in memory while the store refuses it; a run that dies first leaves the job
             # queued or running with its request id, and the next run asks for the result again.

@@ -604,3 +604,27 @@ def test_what_the_cap_covers_is_counted_in_the_order_claims_take(
             claimed.append(claim.estimate or 0.0)
     assert ahead.covered == len(claimed)
     assert ahead.payable_usd == pytest.approx(sum(claimed))
+
+
+def test_a_success_without_outputs_is_charged_the_cost_it_reported(
+    tmp_path: Path, emu: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A job that succeeded without any output URL is failed, but billed: main dropped its
+    # reported cost and charged the estimate ($0.25), so a dearer real charge went uncounted.
+    import dataclasses
+
+    from orchestrator.client import ModelApiClient, RemoteState
+
+    real = ModelApiClient.result
+
+    async def no_urls(self: ModelApiClient, request_id: str) -> Any:
+        result = await real(self, request_id)
+        if result.state is RemoteState.SUCCEEDED:
+            return dataclasses.replace(result, urls=[], cost=0.40)
+        return result
+
+    monkeypatch.setattr(ModelApiClient, "result", no_urls)
+    spec = write_spec(tmp_path)
+    report = run(spec, emu)
+    assert report.counts["failed"] == 4
+    assert report.spent_usd == pytest.approx(4 * 0.40)
