@@ -628,3 +628,23 @@ def test_a_success_without_outputs_is_charged_the_cost_it_reported(
     report = run(spec, emu)
     assert report.counts["failed"] == 4
     assert report.spent_usd == pytest.approx(4 * 0.40)
+
+
+@pytest.mark.parametrize("order", ["shuffle", "breadth"])
+def test_the_flag_the_budget_stop_names_finishes_a_sweep_of_mixed_prices(
+    tmp_path: Path, emu: Emulator, order: str
+) -> None:
+    import re
+
+    body = PRICED.replace("concurrency: 4", f"concurrency: 4\n  order: {order}")
+    spec = write_spec(tmp_path, body=body)
+    first = run(spec, emu, cap=0.90)
+    assert first.stop_kind == "budget"
+    named = re.search(r"--max-cost (\d+\.\d\d)$", str(first.stop_reason))
+    assert named is not None, first.stop_reason
+    assert first.account is not None
+    (step,) = [s for s in first.account["next"] if s.startswith("raise the cap")]
+    assert step.endswith(f" --max-cost {named.group(1)}`"), step  # the summary names the same
+    second = run(spec, emu, cap=float(named.group(1)))
+    assert second.complete, second.stop_reason
+    assert billed(emu) <= float(named.group(1))
