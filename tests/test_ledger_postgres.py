@@ -297,3 +297,37 @@ def test_a_dead_runners_reservations_hold_the_cap_for_the_runner_that_takes_over
     assert books.in_flight == 0
     assert books.spent_usd == pytest.approx(sum(a.charge_usd or 0.0 for a in attempts))
     assert books.spent_usd == pytest.approx(3 * ONE_JOB)
+
+
+def test_two_runner_processes_racing_for_the_last_dollars_stay_within_the_cap(
+    tmp_path: Path,
+    target: str,  # noqa: F811
+) -> None:
+    # Two processes start at once on one store, each with the same $1.00 cap: between them they
+    # submit no more than fits ($0.76, three jobs), and never the same job twice.
+    spec = write_spec(tmp_path, body=SPEC)
+    with Emulator(EmulatorConfig(speed=2000.0, workers=8)) as emu:
+        env = {
+            **os.environ,
+            "RUNCOMFY_MODEL_API_BASE": emu.base_url,
+            "RUNCOMFY_API_TOKEN": emu.token,
+        }
+        command = [sys.executable, "-m", "orchestrator", "run", str(spec), "--store", target]
+        command += ["--max-cost", "1.00", "--poll-interval", "0.02"]
+        with Store.open(target) as s:  # made before the race, so both find it ready
+            s.set_meta("created", True)
+        runners = [
+            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(2)
+        ]
+        outs = [p.communicate(timeout=PATIENCE) for p in runners]
+        codes = [p.returncode for p in runners]
+        ledger = emu.ledger()
+        assert billed(emu) == pytest.approx(3 * ONE_JOB)
+    assert codes == [3, 3], outs  # both stopped by the budget
+    assert set(ledger["submissions_by_input"].values()) == {1}
+    with Store.open(target, readonly=True) as s:
+        books, attempts = s.ledger(), s.attempts()
+    assert books.spent_usd == pytest.approx(sum(a.charge_usd or 0.0 for a in attempts))
+    assert books.spent_usd == pytest.approx(3 * ONE_JOB)
+    assert books.reserved_usd == pytest.approx(0.0)
