@@ -421,9 +421,17 @@ class Runner:
     async def _submit(self, row: JobRow) -> None:
         # A job may have finished since this one was claimed: its download goes first (its URLs
         # expire, and our disk may refuse it); a stop meanwhile puts this one back, never sent.
-        await self._wait_until(lambda: self._halted or self._download_backlog == 0)
-        if not self._halted:
-            await self._pause_out(row)
+        try:
+            await self._wait_until(lambda: self._halted or self._download_backlog == 0)
+            if not self._halted:
+                await self._pause_out()
+        except anyio.get_cancelled_exc_class():
+            # Cancelled before the send (a second Ctrl-C, an error ending the run): never sent,
+            # so back to pending, its reservation released, not left ``submitting`` for the next
+            # run to count as unknown (maybe billed).
+            with contextlib.suppress(ComfysweepError):
+                self._move(row.key, JobState.PENDING, detail="not sent: the run was cancelled")
+            raise
         if self._halted:
             self._release(row.key)
             await self._commit(row.key, JobState.PENDING, detail="not sent: the run stopped first")
@@ -452,21 +460,12 @@ class Runner:
         row = await self._record(row, submitted.request_id)
         await self._track(row, self.options.poll_interval)
 
-    async def _pause_out(self, row: JobRow) -> None:
-        """Wait out the client's 429 pause before sending, so a stop meanwhile holds the job back.
-
-        Cancelled here (a second Ctrl-C), the job was never sent: back to pending, its
-        reservation released, not left ``submitting`` for the next run to count as unknown.
-        """
+    async def _pause_out(self) -> None:
+        """Wait out the client's 429 pause before a send: a stop meanwhile holds the job back."""
         pacer = self.client.pacer
-        try:
-            while pacer is not None and not self._halted and (left := pacer.pause_left()) > 0:
-                with anyio.move_on_after(left):
-                    await self._wait_until(lambda: self._halted)
-        except anyio.get_cancelled_exc_class():
-            with contextlib.suppress(ComfysweepError):
-                self._move(row.key, JobState.PENDING, detail="not sent: the run was cancelled")
-            raise
+        while pacer is not None and not self._halted and (left := pacer.pause_left()) > 0:
+            with anyio.move_on_after(left):
+                await self._wait_until(lambda: self._halted)
 
     async def _record(self, row: JobRow, request_id: str) -> JobRow:
         """``queued`` with the request id, before anything else happens to the paid job.

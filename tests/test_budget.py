@@ -374,7 +374,7 @@ def test_the_summary_and_the_estimate_count_what_unknown_jobs_hold_reserved(
         assert billed(emu) <= 1.02
 
 
-@pytest.mark.parametrize("how", ["interrupted", "cancelled"])
+@pytest.mark.parametrize("how", ["interrupted", "cancelled", "cancelled-downloading"])
 def test_a_claimed_job_waiting_on_a_429_pause_is_held_back_by_a_stop(
     tmp_path: Path, emu: Emulator, how: str
 ) -> None:
@@ -399,7 +399,10 @@ def test_a_claimed_job_waiting_on_a_429_pause_is_held_back_by_a_stop(
         claim = db.claim_within(estimate, cap=1.00)
         assert claim.row is not None
         assert db.ledger().reserved_usd == pytest.approx(ONE_JOB)
-        pacer.paused_until = time.monotonic() + 3600  # a 429 paused the client for an hour
+        if how == "cancelled-downloading":  # a finished job's download goes first
+            runner._download_backlog = 1
+        else:
+            pacer.paused_until = time.monotonic() + 3600  # a 429 paused the client for an hour
 
         async def main() -> None:
             assert claim.row is not None
@@ -408,7 +411,7 @@ def test_a_claimed_job_waiting_on_a_429_pause_is_held_back_by_a_stop(
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(runner._submit, claim.row)
                     await anyio.lowlevel.checkpoint()  # it waits in the pause now
-                    if how == "cancelled":
+                    if how.startswith("cancelled"):  # a second Ctrl-C, an error ending the run
                         tasks.cancel_scope.cancel()
                     else:
                         runner.stop("interrupted", kind="interrupted")
