@@ -8,7 +8,7 @@ the wall time from the last observed job duration, and how many jobs the budget 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,8 +21,6 @@ __all__ = ["Declined", "Forecast", "forecast", "forecast_lines", "question"]
 
 # Jobs that may still be billed and hold no recorded cost yet.
 _UNBILLED = (JobState.SUBMITTING, JobState.QUEUED, JobState.RUNNING)
-# Jobs whose attempt stays reserved in the ledger: in flight, or unknown/lost (may be billed).
-_RESERVED = (*_UNBILLED, JobState.UNKNOWN, JobState.LOST)
 # Jobs a resumed run takes over: polled, or downloaded.
 _IN_FLIGHT = (*_UNBILLED, JobState.SUCCEEDED)
 
@@ -102,12 +100,12 @@ def forecast(
     """The forecast of the store's spec jobs left, each priced from its own inputs."""
     counts = store.counts(in_spec=True)
     books = store.ledger()
-    spent = books.spent_usd
+    # As the claim counts it, once the run counted at this price what was held at $0 (jobs in
+    # flight or unknown from before the ledger or a price; Store.reserve_unpriced).
+    held, charged = (0.0, 0.0) if price is None else store.unpriced(_estimator(model, price))
+    spent = books.spent_usd + charged
+    reserved = books.reserved_usd + held
     unbilled = list(_costs(store, model, price, _UNBILLED))  # at most the jobs in flight
-    # As the claim counts it: the ledger's reservations (unknown and lost jobs too), or each such
-    # job at this price when the ledger holds less (reserved at $0 before a price was known).
-    held = (c for c in _costs(store, model, price, _RESERVED) if c is not None)
-    reserved = max(books.reserved_usd, sum(held))
     remaining = None if cap_usd is None else cap_usd - spent - reserved
     pending_usd: float | None = 0.0
     costs: list[float | None] = list(unbilled)
@@ -161,6 +159,10 @@ def forecast(
         pending_usd=None if price is None else pending_usd,
         covered_usd=None if cap_usd is None or covered is None else running_total,
     )
+
+
+def _estimator(model: Model, price: PriceInfo) -> Callable[[Mapping[str, Any]], float | None]:
+    return lambda inputs: job_cost(model, price, inputs)
 
 
 def _costs(

@@ -651,3 +651,32 @@ def test_the_flag_the_budget_stop_names_finishes_a_sweep_of_mixed_prices(
     second = run(spec, emu, cap=float(named.group(1)))
     assert second.complete, second.stop_reason
     assert billed(emu) <= float(named.group(1))
+
+
+def test_the_estimate_counts_reservations_as_the_claim_does_when_the_price_changed(
+    tmp_path: Path,
+) -> None:
+    # Two unknown jobs reserved at $0.05/second and one held at $0, the price now $0.10/second:
+    # the claim keeps the two at $0.51 and prices the third at $0.51. main's estimate priced all
+    # three anew ($1.52) and said the $1.60 cap covered none where the run sends one.
+    from orchestrator.estimate import forecast
+    from orchestrator.grid import iter_jobs
+
+    loaded = load_spec(write_spec(tmp_path, body=SPEC))
+    model = get_model(loaded.model)
+    old, new = budget.Price(0.05, "second"), budget.Price(0.10, "second")
+    with Store.open(tmp_path / "s.db") as db:
+        db.sync_jobs(iter_jobs(loaded), loaded.model)
+        for _ in range(2):
+            claim = db.claim_within(budget.estimator(model, old), cap=1.60)
+            assert claim.row is not None
+            db.transition(claim.row.key, JobState.UNKNOWN)
+        unpriced = db.claim(1)[0]  # claimed with no price: held at $0
+        db.transition(unpriced.key, JobState.UNKNOWN)
+        ahead = forecast(db, model, new, concurrency=3, cap_usd=1.60, job_seconds=None)
+        db.reserve_unpriced(budget.estimator(model, new))
+        taken = 0
+        while db.claim_within(budget.estimator(model, new), cap=1.60).row is not None:
+            taken += 1
+    assert ahead.reserved_usd == pytest.approx(2 * ONE_JOB + 2 * ONE_JOB)
+    assert ahead.covered == taken == 1

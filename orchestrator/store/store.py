@@ -468,6 +468,18 @@ class Store:
             ledger = books.read_ledger(conn)
         return Claim(self._rows([row])[0], None, guess, ledger)
 
+    def unpriced(
+        self, estimate: Callable[[Mapping[str, Any]], float | None]
+    ) -> tuple[float, float]:
+        """What reserve_unpriced() would add, read only: (to reserved, to spent)."""
+        out = [0.0, 0.0]
+        with self._tx() as conn:
+            for i, query in enumerate((sql.ATTEMPTS_UNPRICED, sql.ATTEMPTS_UNCHARGED)):
+                for _, inputs in conn.execute(query):
+                    guess = estimate(json.loads(inputs))
+                    out[i] += guess if guess is not None and guess > 0 else 0.0
+        return out[0], out[1]
+
     def reserve_unpriced(self, estimate: Callable[[Mapping[str, Any]], float | None]) -> float:
         """Count every attempt that may be billed but is held at $0 at its job's estimate.
 
