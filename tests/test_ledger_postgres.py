@@ -331,3 +331,27 @@ def test_two_runner_processes_racing_for_the_last_dollars_stay_within_the_cap(
     assert books.spent_usd == pytest.approx(sum(a.charge_usd or 0.0 for a in attempts))
     assert books.spent_usd == pytest.approx(3 * ONE_JOB)
     assert books.reserved_usd == pytest.approx(0.0)
+
+
+def test_jobs_held_at_nothing_are_reserved_once_on_postgresql(tmp_path: Path, target: str) -> None:  # noqa: F811
+    from orchestrator import budget
+    from orchestrator.estimate import forecast
+    from orchestrator.grid import iter_jobs
+    from orchestrator.models import get_model
+    from orchestrator.spec import load_spec
+
+    loaded = load_spec(write_spec(tmp_path, body=SPEC))
+    model = get_model(loaded.model)
+    price = budget.Price(0.05, "second")
+    estimate = budget.estimator(model, price)
+    with Store.open(target) as db:
+        db.sync_jobs(iter_jobs(loaded), loaded.model)
+        row = db.claim(1)[0]  # claimed with no price: held at $0
+        db.transition(row.key, JobState.UNKNOWN)
+        assert len(list(db.pending_inputs())) == 7
+        assert db.unpriced(estimate) == (pytest.approx(ONE_JOB), 0.0)
+        ahead = forecast(db, model, price, concurrency=3, cap_usd=1.0, job_seconds=None)
+        assert ahead.reserved_usd == pytest.approx(ONE_JOB)
+        assert db.reserve_unpriced(estimate) == pytest.approx(ONE_JOB)
+        assert db.reserve_unpriced(estimate) == 0.0  # once: a second runner's look adds nothing
+        assert db.ledger().reserved_usd == pytest.approx(ONE_JOB)
