@@ -8,7 +8,7 @@ the wall time from the last observed job duration, and how many jobs the budget 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -48,6 +48,11 @@ class Forecast:
     concurrency: int
     wall_seconds: float | None
     price_note: str
+    # What the ledger holds back for jobs that may be billed (in flight, unknown, lost), and what
+    # the pending jobs alone are estimated at: the cap that covers all is spent + both.
+    reserved_usd: float = 0.0
+    pending_usd: float | None = None
+    covered_usd: float | None = None  # the estimate of the ``covered`` pending jobs
 
     @property
     def left(self) -> int:
@@ -55,17 +60,28 @@ class Forecast:
 
     @property
     def payable_usd(self) -> float | None:
-        """The most this run can pay: the estimate, or the rest of the cap if lower."""
+        """The most this run can pay: the jobs in flight, and the pending jobs the cap has room
+        for beside what the ledger holds reserved (unknown jobs too)."""
         if self.cost_usd is None:
             return None
         if self.cap_usd is None:
             return self.cost_usd
-        return max(0.0, min(self.cost_usd, self.cap_usd - self.spent_usd))
+        if self.pending_usd is None or self.covered_usd is None:
+            return max(0.0, min(self.cost_usd, self.cap_usd - self.spent_usd))
+        return self.cost_usd - self.pending_usd + self.covered_usd
+
+    @property
+    def finishing_cap_usd(self) -> float | None:
+        """The cap that lets every pending job go: spent, reserved, and the pending estimate."""
+        if self.pending_usd is None:
+            return None
+        return self.spent_usd + self.reserved_usd + self.pending_usd
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["left"] = self.left
-        for name in ("cost_usd", "job_min_usd", "job_max_usd", "spent_usd"):
+        money = ("cost_usd", "job_min_usd", "job_max_usd", "spent_usd", "reserved_usd")
+        for name in (*money, "pending_usd", "covered_usd"):
             if data[name] is not None:
                 data[name] = round(data[name], 4)
         return data
@@ -83,15 +99,26 @@ def forecast(
 ) -> Forecast:
     """The forecast of the store's spec jobs left, each priced from its own inputs."""
     counts = store.counts(in_spec=True)
-    spent = store.spent()
+    books = store.ledger()
+    # As the claim counts it, once the run counted at this price what was held at $0 (jobs in
+    # flight or unknown from before the ledger or a price; Store.reserve_unpriced).
+    held, charged = (0.0, 0.0) if price is None else store.unpriced(_estimator(model, price))
+    spent = books.spent_usd + charged
+    reserved = books.reserved_usd + held
     unbilled = list(_costs(store, model, price, _UNBILLED))  # at most the jobs in flight
-    reserved = sum(c for c in unbilled if c is not None)
     remaining = None if cap_usd is None else cap_usd - spent - reserved
+    pending_usd: float | None = 0.0
     costs: list[float | None] = list(unbilled)
     covered: int | None = 0
     running_total = 0.0
-    for cost in _costs(store, model, price, (JobState.PENDING,)):
+    # In the order claims take them (rank): the cap covers a prefix of that order.
+    pending_costs = (
+        None if price is None else job_cost(model, price, inputs)
+        for inputs in store.pending_inputs()
+    )
+    for cost in pending_costs:
         costs.append(cost)
+        pending_usd = None if cost is None or pending_usd is None else pending_usd + cost
         if covered is None or remaining is None or cost is None:
             covered = None
             continue
@@ -128,7 +155,14 @@ def forecast(
         concurrency=concurrency,
         wall_seconds=0.0 if not rounds else None if job_seconds is None else job_seconds * rounds,
         price_note=price_note,
+        reserved_usd=reserved,
+        pending_usd=None if price is None else pending_usd,
+        covered_usd=None if cap_usd is None or covered is None else running_total,
     )
+
+
+def _estimator(model: Model, price: PriceInfo) -> Callable[[Mapping[str, Any]], float | None]:
+    return lambda inputs: job_cost(model, price, inputs)
 
 
 def _costs(
@@ -191,14 +225,16 @@ def _cap_line(f: Forecast) -> str:
     if f.cap_usd is None:
         return "cap: none (`--max-cost USD` sets one)"
     head = f"cap: {_usd(f.cap_usd)}, {_usd(f.spent_usd)} spent"
+    if f.reserved_usd > 0:
+        head += f", {_usd(f.reserved_usd)} reserved"
     if f.covered is None:
         return f"{head}; how many jobs it covers is unknown without a price"
     if f.covered >= f.pending:
         return f"{head}; covers every job left"
     short = f.pending - f.covered
     raise_to = ""
-    if f.cost_usd is not None:
-        raise_to = f" (`--max-cost {_cents_up(f.spent_usd + f.cost_usd)}` covers all)"
+    if f.finishing_cap_usd is not None:
+        raise_to = f" (`--max-cost {_cents_up(f.finishing_cap_usd)}` covers all)"
     return (
         f"{head}; covers {f.covered} of {f.pending} pending job(s), {short} left undone{raise_to}"
     )

@@ -209,6 +209,10 @@ class Pacer:
             if self.on_change is not None:
                 self.on_change()
 
+    def pause_left(self) -> float:
+        """Seconds until the 429 pause ends (0 when none is under way)."""
+        return max(0.0, self.paused_until - self._clock())
+
     @property
     def throttling(self) -> bool:
         """A throttling episode is under way."""

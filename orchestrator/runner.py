@@ -220,6 +220,12 @@ class Runner:
                 self.deadline = replace(self.deadline, fallback=last)
         # Recorded for status, summaries and other runners; PostgreSQL shares the concurrency.
         self.store.set_budget(self.options.max_cost, self._shared_concurrency())
+        added = self.store.reserve_unpriced(self.estimate)  # may be billed: never counted $0
+        if added:
+            self._say(
+                f"${added:.2f} now counted for jobs in flight, unknown or retried that no price "
+                "covered (they may be billed)"
+            )
         self._spent = self.store.spent()
         counts = self.store.counts(in_spec=True)
         snapshot = Snapshot(counts=counts, spent_usd=self._spent)
@@ -420,7 +426,17 @@ class Runner:
     async def _submit(self, row: JobRow) -> None:
         # A job may have finished since this one was claimed: its download goes first (its URLs
         # expire, and our disk may refuse it); a stop meanwhile puts this one back, never sent.
-        await self._wait_until(lambda: self._halted or self._download_backlog == 0)
+        try:
+            await self._wait_until(lambda: self._halted or self._download_backlog == 0)
+            if not self._halted:
+                await self._pause_out()
+        except anyio.get_cancelled_exc_class():
+            # Cancelled before the send (a second Ctrl-C, an error ending the run): never sent,
+            # so back to pending, its reservation released, not left ``submitting`` for the next
+            # run to count as unknown (maybe billed).
+            with contextlib.suppress(ComfysweepError):
+                self._move(row.key, JobState.PENDING, detail="not sent: the run was cancelled")
+            raise
         if self._halted:
             self._release(row.key)
             await self._commit(row.key, JobState.PENDING, detail="not sent: the run stopped first")
@@ -448,6 +464,13 @@ class Runner:
         self._started[row.key] = time.monotonic()
         row = await self._record(row, submitted.request_id)
         await self._track(row, self.options.poll_interval)
+
+    async def _pause_out(self) -> None:
+        """Wait out the client's 429 pause before a send: a stop meanwhile holds the job back."""
+        pacer = self.client.pacer
+        while pacer is not None and not self._halted and (left := pacer.pause_left()) > 0:
+            with anyio.move_on_after(left):
+                await self._wait_until(lambda: self._halted)
 
     async def _record(self, row: JobRow, request_id: str) -> JobRow:
         """``queued`` with the request id, before anything else happens to the paid job.
@@ -644,8 +667,8 @@ class Runner:
         if result.state is RemoteState.SUCCEEDED:
             self._release(row.key, cost=result.cost)
             if not result.urls:
-                no_url = "succeeded without any output URL"
-                await self._commit(row.key, JobState.FAILED, error=no_url)
+                no_url = "succeeded without any output URL"  # billed all the same
+                await self._commit(row.key, JobState.FAILED, cost=result.cost, error=no_url)
                 return True
             # Held in memory while the store refuses it; a run that dies first leaves the job
             # queued or running with its request id, and the next run asks for the result again.

@@ -114,8 +114,12 @@ def account(
     balance_after: float | None = None,
     requests: int | None = None,
     estimate_left_usd: float | None = None,
+    reserved_usd: float = 0.0,
 ) -> dict[str, Any]:
-    """The run's account as one JSON-ready dict (the notifier's payload too)."""
+    """The run's account as one JSON-ready dict (the notifier's payload too).
+
+    ``estimate_left_usd`` is what the cap must hold beyond ``spent_usd`` for every job left to
+    go: the pending jobs' estimate and ``reserved_usd`` (jobs that may still be billed)."""
     complete = not fatal and all(n == 0 for s, n in counts.items() if s != JobState.DONE.value)
     hours = elapsed / 3600
     return {
@@ -133,6 +137,7 @@ def account(
         "run_seconds": _spread(times.running),
         "spent_usd": round(spent_usd, 4),
         "cap_usd": cap_usd,
+        "reserved_usd": round(reserved_usd, 4),
         "balance_before_usd": balance_before,
         "balance_after_usd": balance_after,
         "requests": requests,
@@ -142,7 +147,15 @@ def account(
         "top_errors": [
             {"error": text, "count": n} for text, n in times.errors.most_common(TOP_ERRORS)
         ],
-        "next": _next_steps(counts, stop_kind, cap_usd, spent_usd, estimate_left_usd, invocation),
+        "next": _next_steps(
+            counts,
+            # The budget's stop for want of a price (budget.no_price_message): a price goes on.
+            "price" if (stop_reason or "").startswith("no price known") else stop_kind,
+            cap_usd,
+            spent_usd,
+            estimate_left_usd,
+            invocation,
+        ),
     }
 
 
@@ -162,6 +175,8 @@ def markdown(data: Mapping[str, Any]) -> str:
     lines.append(f"- run time: {_spread_text(data['run_seconds'])}")
     cap = data["cap_usd"]
     spent = f"- spent: ${data['spent_usd']:.2f}" + ("" if cap is None else f" of a ${cap:.2f} cap")
+    if data.get("reserved_usd"):
+        spent += f", ${data['reserved_usd']:.2f} reserved (jobs that may still be billed)"
     lines.append(spent)
     before, after = data["balance_before_usd"], data["balance_after_usd"]
     if before is not None or after is not None:
@@ -212,7 +227,10 @@ def _next_steps(
     in_flight = sum(
         counts.get(s.value, 0) for s in (JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED)
     )
-    if stop_kind == "budget" and left and cap is not None:
+    if stop_kind == "price" and left:
+        give = _code(how.command("run", "--price", "0.05/second"))
+        steps.append(f"give a price to go on ({left} job(s) left, none priced): {give}")
+    elif stop_kind == "budget" and left and cap is not None:
         raised = max(cap, spent + left_usd) if left_usd is not None else None
         flag = "--max-cost USD" if raised is None else f"--max-cost {_cents_up(raised)}"
         raise_cap = _code(how.command("run", *flag.split()))
@@ -305,12 +323,14 @@ class RunAccount:
         left_usd: float | None = None,
     ) -> dict[str, Any]:
         """The account now, from the store (streamed once)."""
+        books = self.store.ledger()
         return account(
             sweep=self.sweep,
             results_dir=self.results_dir,
             counts=self.store.counts(in_spec=True),
             elapsed=time.monotonic() - self.started if elapsed is None else elapsed,
-            spent_usd=self.store.spent(),
+            spent_usd=books.spent_usd,
+            reserved_usd=books.reserved_usd,
             cap_usd=self.cap_usd,
             times=RunTimes.of(self.store.jobs(), self.store.run_id),
             invocation=self.invocation,

@@ -303,7 +303,9 @@ async def _account_of_end(
     after = await client.balance()
     left = None
     if report.stop_kind == "budget":  # the --max-cost that would go on: priced like the start
-        left = _forecast(db, spec, client, price).cost_usd
+        ahead = _forecast(db, spec, client, price)  # beyond spent, as the claim counts it
+        finish = ahead.finishing_cap_usd
+        left = None if finish is None else finish - ahead.spent_usd
     data = morning.data(
         stop_reason=report.stop_reason,
         stop_kind=report.stop_kind,
@@ -389,18 +391,29 @@ def _price(
     info: budget.Price | ModelInfo | None, db: Store, spec: Spec, api_base: str
 ) -> budget.Price | None:
     """``--price`` or the catalog's (kept in the store), else the one an earlier run kept there,
-    else the catalog's price this machine last read for the model at this API host."""
+    else the catalog's price this machine last read for the model at this API host.
+
+    Under a cap, a price of $0 that the user did not give (``--price 0``) is no price: it would
+    reserve nothing, and let every job in flight be billed past the cap."""
     fresh = info if isinstance(info, budget.Price) or info is None else None
     if isinstance(info, ModelInfo):
         fresh = budget.checked(info.base_price_usd, info.price_unit)
     if fresh is not None:
         db.set_meta(PRICE_META, fresh.to_meta())
-        return fresh
+        return _honest(fresh, spec)
     kept = budget.Price.from_meta(db.get_meta(PRICE_META))
     if kept is not None:
-        return kept
+        return _honest(kept, spec)
     seen = prices.last_price(spec.model, api_base=api_base)
-    return None if seen is None else budget.checked(seen.base_price_usd, seen.price_unit)
+    found = None if seen is None else budget.checked(seen.base_price_usd, seen.price_unit)
+    return None if found is None else _honest(found, spec)
+
+
+def _honest(price: budget.Price, spec: Spec) -> budget.Price | None:
+    if price.usd > 0 or price.source == "--price" or spec.run.max_cost is None:
+        return price
+    log.warning("%s gives %s for %s: no price the budget can keep", price.source, price, spec.model)
+    return None
 
 
 def _command(spec: Spec, emulator: bool | EmulatorConfig, store: str | Path | None) -> str:
@@ -468,19 +481,23 @@ def sweep_left(
     spec: Spec | str | Path, *, store: str | Path | None = None, concurrency: int | None = None
 ) -> estimate.Forecast | None:
     """What is left of a sweep that ran already (None before its store exists), offline:
-    priced by the last catalog price seen, timed by the last observed job duration."""
+    priced as its runs reserve (the price kept in the store: ``--price`` or the catalog's), else
+    by the last catalog price seen; under the spec's cap, else the last run's (as ``status``);
+    timed by the last observed job duration."""
     spec = _loaded(spec)
     path = store_path(spec, store)
     if _no_store_file(path):
         return None
     with Store.open(path, readonly=True) as db:
         _check_owner(spec, db)
+        kept = budget.Price.from_meta(db.get_meta(PRICE_META))
+        cap = spec.run.max_cost if spec.run.max_cost is not None else db.ledger().cap_usd
         return estimate.forecast(
             db,
             get_model(spec.model),
-            prices.last_price(spec.model),
+            kept or prices.last_price(spec.model),
             concurrency=concurrency or spec.run.concurrency,
-            cap_usd=spec.run.max_cost,
+            cap_usd=cap,
             job_seconds=prices.last_duration(spec.model),
             price_note=f"no catalog price seen yet for {spec.model}",
         )

@@ -58,8 +58,9 @@ def test_forecast_prices_each_job_from_its_frames_and_says_what_the_cap_cuts(
         "cap: $1.00, $0.00 spent; covers 3 of 8 pending job(s), 5 left undone "
         "(`--max-cost 2.78` covers all)",
     ]
-    assert ahead.payable_usd == 1.00
-    assert question(ahead) == "Submit 3 of 8 job(s) (the $1.00 cap stops there) for about $1.00?"
+    # What the 3 jobs the cap covers cost, in claim order (breadth): $0.253, $0.253, $0.441.
+    assert ahead.payable_usd == pytest.approx(2 * 0.253125 + 0.440625)
+    assert question(ahead) == "Submit 3 of 8 job(s) (the $1.00 cap stops there) for about $0.95?"
 
 
 def test_forecast_counts_in_flight_jobs_and_what_was_spent(tmp_path: Path) -> None:

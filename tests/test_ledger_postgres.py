@@ -191,3 +191,169 @@ def test_a_dead_runners_jobs_are_taken_over_never_resubmitted(
     assert set(ledger["submissions_by_input"].values()) == {1}  # taken over, never resubmitted
     assert len(ledger["jobs"]) == 6
     assert max(ledger["peak_in_flight"].values()) <= 2  # one concurrency for both runners
+
+
+def test_runners_with_different_caps_each_keep_their_own_against_the_shared_books(
+    tmp_path: Path,
+    target: str,  # noqa: F811
+) -> None:
+    # Which cap wins: each runner checks its own --max-cost against the one ledger, so a lower
+    # cap submits nothing past it and the total never passes the highest cap in use.
+    clock = DrivenClock(frozen=True)  # jobs stay queued (reserved) until the test lets time run
+    spec = write_spec(tmp_path, body=SPEC)
+    with Emulator(EmulatorConfig(speed=2000.0, workers=8, clock=clock)) as emu:
+
+        def go(cap: float) -> Any:
+            return run_sweep(
+                spec,
+                base_url=emu.base_url,
+                token=emu.token,
+                store=target,
+                overrides=Overrides(poll_interval=0.02, max_cost=cap, concurrency=8),
+                retry=RetryPolicy(wait=False),
+            )
+
+        first, first_out = in_thread(lambda: go(1.00))
+        wait_for(lambda: len(emu.ledger()["jobs"]) >= 3, "the first runner's three submits")
+        low = go(0.60)  # $0.76 reserved already: nothing fits under $0.60
+        assert low.stop_kind == "budget"
+        assert "$0.76 reserved of the $0.60 cap" in low.stop_reason
+        assert len(emu.ledger()["jobs"]) == 3
+        high, high_out = in_thread(lambda: go(1.30))
+        wait_for(
+            lambda: not high.is_alive() or len(emu.ledger()["jobs"]) >= 5,
+            "the $1.30 runner submitting, or stopping",
+        )
+        clock.release()
+        first.join(PATIENCE)
+        high.join(PATIENCE)
+        assert billed(emu) == pytest.approx(5 * ONE_JOB)  # $1.27: under the highest cap, $1.30
+    for out in (first_out, high_out):
+        (report,) = out
+        assert not isinstance(report, BaseException), report
+    assert first_out[0].stop_kind == "budget"
+    assert high_out[0].stop_kind == "budget"
+    assert "--max-cost 2.03" in high_out[0].stop_reason
+
+
+def test_a_dead_runners_reservations_hold_the_cap_for_the_runner_that_takes_over(
+    tmp_path: Path,
+    target: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The dead runner's two queued jobs stay reserved ($0.51 of $1.00): the live one takes them
+    # over (never resubmits them) and submits only what fits beside them: one job, $0.76 billed.
+    monkeypatch.setattr(runner_module, "_ADOPT_EVERY", 1)
+    clock = DrivenClock(frozen=True)
+    body = SPEC.replace("seed: [1, 2, 3, 4]", "seed: [1, 2, 3]").replace(": 3\n", ": 2\n")
+    spec = write_spec(tmp_path, body=body)  # six jobs, two in flight at once (store-wide)
+    with Emulator(EmulatorConfig(speed=2000.0, workers=8, clock=clock)) as emu:
+        env = {
+            **os.environ,
+            "RUNCOMFY_MODEL_API_BASE": emu.base_url,
+            "RUNCOMFY_API_TOKEN": emu.token,
+        }
+        command = [sys.executable, "-m", "orchestrator", "run", str(spec), "--store", target]
+        command += ["--max-cost", "1.00"]
+        dead = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            with Store.open(target) as watcher:
+
+                def queued() -> list[Any]:
+                    return list(watcher.jobs([JobState.QUEUED, JobState.RUNNING]))
+
+                first = wait_for(lambda: len(queued()) == 2 and queued(), "two jobs queued")
+                dead_run = first[0].run_id
+                dead.send_signal(signal.SIGKILL)
+                dead.wait()
+                assert watcher.ledger().reserved_usd == pytest.approx(2 * ONE_JOB)
+                live, live_out = in_thread(
+                    lambda: run_sweep(
+                        spec,
+                        base_url=emu.base_url,
+                        token=emu.token,
+                        store=target,
+                        overrides=Overrides(poll_interval=0.02, max_cost=1.00),
+                        retry=RetryPolicy(wait=False),
+                    )
+                )
+                wait_for(
+                    lambda: all(r.run_id != dead_run for r in queued()),
+                    "the live runner taking over the dead one's jobs",
+                )
+                clock.release()
+                live.join(PATIENCE)
+        finally:
+            dead.kill()
+            dead.wait()
+            if dead.stderr is not None:
+                dead.stderr.close()
+        ledger = emu.ledger()
+        assert billed(emu) == pytest.approx(3 * ONE_JOB)
+    (report,) = live_out
+    assert not isinstance(report, BaseException), report
+    assert report.stop_kind == "budget"
+    assert set(ledger["submissions_by_input"].values()) == {1}  # taken over, never resubmitted
+    with Store.open(target, readonly=True) as s:
+        books, attempts = s.ledger(), s.attempts()
+    assert books.in_flight == 0
+    assert books.spent_usd == pytest.approx(sum(a.charge_usd or 0.0 for a in attempts))
+    assert books.spent_usd == pytest.approx(3 * ONE_JOB)
+
+
+def test_two_runner_processes_racing_for_the_last_dollars_stay_within_the_cap(
+    tmp_path: Path,
+    target: str,  # noqa: F811
+) -> None:
+    # Two processes start at once on one store, each with the same $1.00 cap: between them they
+    # submit no more than fits ($0.76, three jobs), and never the same job twice.
+    spec = write_spec(tmp_path, body=SPEC)
+    with Emulator(EmulatorConfig(speed=2000.0, workers=8)) as emu:
+        env = {
+            **os.environ,
+            "RUNCOMFY_MODEL_API_BASE": emu.base_url,
+            "RUNCOMFY_API_TOKEN": emu.token,
+        }
+        command = [sys.executable, "-m", "orchestrator", "run", str(spec), "--store", target]
+        command += ["--max-cost", "1.00", "--poll-interval", "0.02"]
+        with Store.open(target) as s:  # made before the race, so both find it ready
+            s.set_meta("created", True)
+        runners = [
+            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(2)
+        ]
+        outs = [p.communicate(timeout=PATIENCE) for p in runners]
+        codes = [p.returncode for p in runners]
+        ledger = emu.ledger()
+        assert billed(emu) == pytest.approx(3 * ONE_JOB)
+    assert codes == [3, 3], outs  # both stopped by the budget
+    assert set(ledger["submissions_by_input"].values()) == {1}
+    with Store.open(target, readonly=True) as s:
+        books, attempts = s.ledger(), s.attempts()
+    assert books.spent_usd == pytest.approx(sum(a.charge_usd or 0.0 for a in attempts))
+    assert books.spent_usd == pytest.approx(3 * ONE_JOB)
+    assert books.reserved_usd == pytest.approx(0.0)
+
+
+def test_jobs_held_at_nothing_are_reserved_once_on_postgresql(tmp_path: Path, target: str) -> None:  # noqa: F811
+    from orchestrator import budget
+    from orchestrator.estimate import forecast
+    from orchestrator.grid import iter_jobs
+    from orchestrator.models import get_model
+    from orchestrator.spec import load_spec
+
+    loaded = load_spec(write_spec(tmp_path, body=SPEC))
+    model = get_model(loaded.model)
+    price = budget.Price(0.05, "second")
+    estimate = budget.estimator(model, price)
+    with Store.open(target) as db:
+        db.sync_jobs(iter_jobs(loaded), loaded.model)
+        row = db.claim(1)[0]  # claimed with no price: held at $0
+        db.transition(row.key, JobState.UNKNOWN)
+        assert len(list(db.pending_inputs())) == 7
+        assert db.unpriced(estimate) == (pytest.approx(ONE_JOB), 0.0)
+        ahead = forecast(db, model, price, concurrency=3, cap_usd=1.0, job_seconds=None)
+        assert ahead.reserved_usd == pytest.approx(ONE_JOB)
+        assert db.reserve_unpriced(estimate) == pytest.approx(ONE_JOB)
+        assert db.reserve_unpriced(estimate) == 0.0  # once: a second runner's look adds nothing
+        assert db.ledger().reserved_usd == pytest.approx(ONE_JOB)

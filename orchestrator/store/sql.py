@@ -193,6 +193,38 @@ ATTEMPT_NOTE = (
     )
 )
 
+# Open attempts reserved at $0 (from before the ledger, or claimed while no price was known): a
+# run that knows a price raises each to its estimate, once (the WHERE makes a second runner's
+# same UPDATE match nothing).
+ATTEMPTS_UNPRICED = (
+    sa.select(_A.id, JOBS.c.inputs)
+    .join(JOBS, JOBS.c.key == _A.job_key)
+    .where(_A.closed_at.is_(None), _A.estimate_usd == 0)
+)
+# Closed attempts that may have been billed but were charged $0 (no price when their cost proved
+# invalid, or an unknown job put back by `retry` with a $0 reservation): charged their estimate
+# once a price is known. Released attempts ("not created") cost nothing and stay at $0.
+ATTEMPTS_UNCHARGED = (
+    sa.select(_A.id, JOBS.c.inputs)
+    .join(JOBS, JOBS.c.key == _A.job_key)
+    .where(
+        _A.closed_at.is_not(None),
+        _A.cost_usd.is_(None),
+        _A.charge_usd == 0,
+        sa.not_(sa.func.coalesce(_A.outcome, "").like("not created%")),
+    )
+)
+ATTEMPT_RECHARGE = (
+    ATTEMPTS.update()
+    .where(_A.id == sa.bindparam("p_id"), _A.cost_usd.is_(None), _A.charge_usd == 0)
+    .values(charge_usd=sa.bindparam("p_e", type_=sa.Float))
+)
+ATTEMPT_REPRICE = (
+    ATTEMPTS.update()
+    .where(_A.id == sa.bindparam("p_id"), _A.closed_at.is_(None), _A.estimate_usd == 0)
+    .values(estimate_usd=sa.bindparam("p_e", type_=sa.Float))
+)
+
 
 def sources_text(job: JobLike) -> str | None:
     """The ``sources`` column of a job: its {raw key: local file} as JSON, NULL when empty."""

@@ -468,6 +468,46 @@ class Store:
             ledger = books.read_ledger(conn)
         return Claim(self._rows([row])[0], None, guess, ledger)
 
+    def unpriced(
+        self, estimate: Callable[[Mapping[str, Any]], float | None]
+    ) -> tuple[float, float]:
+        """What reserve_unpriced() would add, read only: (to reserved, to spent)."""
+        out = [0.0, 0.0]
+        with self._tx() as conn:
+            for i, query in enumerate((sql.ATTEMPTS_UNPRICED, sql.ATTEMPTS_UNCHARGED)):
+                for _, inputs in conn.execute(query):
+                    guess = estimate(json.loads(inputs))
+                    out[i] += guess if guess is not None and guess > 0 else 0.0
+        return out[0], out[1]
+
+    def reserve_unpriced(self, estimate: Callable[[Mapping[str, Any]], float | None]) -> float:
+        """Count every attempt that may be billed but is held at $0 at its job's estimate.
+
+        Jobs in flight or unknown from a store older than the ledger, or claimed by a run that
+        knew no price, were reserved at $0 (and charged $0 if `retry` put them back, or if their
+        result had no valid cost) although they may be billed: once a price is known, they count
+        at their estimate, so a capped run does not spend their share again. Returns the sum.
+        """
+        reserved = spent = 0.0
+        with self._tx(write=True, durable=True) as conn:
+            for query, update in (
+                (sql.ATTEMPTS_UNPRICED, sql.ATTEMPT_REPRICE),
+                (sql.ATTEMPTS_UNCHARGED, sql.ATTEMPT_RECHARGE),
+            ):
+                for attempt_id, inputs in conn.execute(query).all():
+                    guess = estimate(json.loads(inputs))
+                    if guess is None or guess <= 0:
+                        continue
+                    if conn.execute(update, {"p_id": attempt_id, "p_e": guess}).rowcount:
+                        if update is sql.ATTEMPT_REPRICE:
+                            reserved += guess
+                        else:
+                            spent += guess
+            if reserved or spent:
+                moved = {"p_spent": spent, "p_reserved": reserved, "p_flight": 0}
+                conn.execute(sql.LEDGER_MOVE, moved)
+        return reserved + spent
+
     def undone(
         self, estimate: Callable[[Mapping[str, Any]], float | None]
     ) -> tuple[int, float, int]:
@@ -486,6 +526,29 @@ class Store:
                 else:
                     total += guess
         return count, total, unpriced
+
+    def pending_inputs(self) -> Iterator[dict[str, Any]]:
+        """The spec's pending jobs' inputs in the order claims take them (rank, key), streamed a
+        page at a time; large data: URIs stay as the store's references (never priced on)."""
+        c = sql.JOBS.c
+        after = sa.tuple_(c.rank, c.key) > sa.tuple_(
+            sa.bindparam("p_rank", type_=sa.BigInteger), sa.bindparam("p_key", type_=sa.Text)
+        )
+        stmt = (
+            sa.select(c.rank, c.key, c.inputs)
+            .where(c.state == JobState.PENDING.value, c.in_spec, after)
+            .order_by(c.rank, c.key)
+            .limit(PAGE)
+        )
+        position: dict[str, Any] = {"p_rank": -1, "p_key": ""}
+        while True:
+            with self._tx() as conn:
+                page = conn.execute(stmt, position).all()
+            for _, _, inputs in page:
+                yield json.loads(inputs)
+            if len(page) < PAGE:
+                return
+            position = {"p_rank": page[-1].rank, "p_key": page[-1].key}
 
     def update(self, key: str, **fields: Any) -> None:
         """Set non-state fields (e.g. outputs as they land); no event."""
