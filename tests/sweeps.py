@@ -27,6 +27,7 @@ run:
   concurrency: 3
   output: {output}
   poll_interval: 0.02
+  rate: 1000
 """
 
 

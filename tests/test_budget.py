@@ -52,6 +52,7 @@ run:
   concurrency: 3
   output: {output}
   poll_interval: 0.02
+  rate: 1000
 """
 # Jobs of four prices, the cheapest first: $0.169, $0.3375, $0.29375, $0.5875 (x2 seeds).
 PRICED = """\
@@ -70,6 +71,7 @@ run:
   concurrency: 4
   output: {output}
   poll_interval: 0.02
+  rate: 1000
 """
 
 

@@ -34,6 +34,7 @@ axes:
 run:
   output: {output}
   poll_interval: 0.01
+  rate: 1000
   order: grid
   concurrency: 1
 """

@@ -191,6 +191,7 @@ run:
   output: {output}
   filename: "{{seed:c}}"
   poll_interval: 0.02
+  rate: 1000
 """
 
 

@@ -44,6 +44,7 @@ repeat: {repeat}
 run:
   output: {output}
   poll_interval: 0.02
+  rate: 1000
   order: {order}
 """
 

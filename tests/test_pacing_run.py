@@ -34,6 +34,7 @@ run:
   concurrency: 4
   output: {output}
   poll_interval: 0.02
+  rate: 1000
 """
 SECONDS = gpu_seconds({"25_value": 81, "47_value": 4})  # 41.3 simulated seconds a job
 

@@ -57,6 +57,7 @@ run:
   output: {output}
   filename: "{{prompt}}/{{image}}/seed-{{seed}}"
   poll_interval: 0.02
+  rate: 1000
 """
 
 
@@ -139,6 +140,7 @@ run:
   output: {output}
   filename: "{template}"
   poll_interval: 0.02
+  rate: 1000
 """
 
 

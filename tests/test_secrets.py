@@ -41,6 +41,7 @@ run:
   concurrency: 4
   output: {output}
   poll_interval: 0.02
+  rate: 1000
 """
 FAULTS = {
     "seed": 5,

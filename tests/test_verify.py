@@ -42,6 +42,7 @@ inputs:
 run:
   output: {output}
   poll_interval: 0.02
+  rate: 1000
 """
 
 

@@ -55,6 +55,7 @@ run:
   max_cost: {CAP:.2f}
   output: {{output}}
   poll_interval: 0.02
+  rate: 1000
 """
 FAULTS: dict[str, Any] = {
     "seed": SEED,
