@@ -352,10 +352,13 @@ def _typed(path: Path) -> str:
 
 def _given(overrides: Overrides | None, *, secret: str | None) -> tuple[str, ...]:
     """The setting flags a run was given, as words the resume command repeats (--until and
-    --force never: a deadline passes, and --force would render the done jobs once more). The
-    API token, if a value holds it (a --notify command), is masked: the summary never has it."""
+    --force never: a deadline passes, and --force would render the done jobs once more; nor a
+    --notify URL: a webhook's URL is its secret). The API token, if a value holds it (a --notify
+    command), is masked: the summary never has it."""
     words: list[str] = []
     for name, value in asdict(overrides or Overrides()).items():
+        if name == "notify" and str(value).lower().startswith(("http://", "https://")):
+            continue
         if value is not None:
             text = str(value)
             if secret:

@@ -276,6 +276,20 @@ def test_a_notify_command_holding_the_token_is_masked_in_the_resume_command(
     assert emulator.token not in told.read_text()
 
 
+def test_a_notify_url_is_never_repeated_in_the_resume_command(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """A Slack or Discord webhook's URL is its secret: summary.md never shows it."""
+    write_spec(tmp_path)
+    hook = "https://hooks.example.invalid/services/T000/B000/secretpart"
+    report = run(emulator, overrides=Overrides(poll_interval=0.02, notify=hook, max_cost=0.3))
+    assert report.stop_kind == "budget"
+    for name in ("summary.md", "summary.json"):
+        text = (tmp_path / "results" / "grid" / name).read_text()
+        assert "secretpart" not in text
+        assert "--max-cost" in text  # the other flags are still repeated
+
+
 def test_the_top_errors_name_an_error_as_the_max_failures_stop_does(tmp_path: Path) -> None:
     write_spec(tmp_path)
     profile = FaultProfile.parse({"seed": 7, "faults": {"fail_object": {"rate": 1.0}}})
