@@ -83,6 +83,7 @@ __all__ = [
     "Status",
     "Submitted",
     "collect_urls",
+    "env_token",
     "error_message",
 ]
 
@@ -537,14 +538,20 @@ def _balance_base(api_base: str) -> str:
     return _base_url(value, BALANCE_VAR, BALANCE_BASE, "/prod/v2")
 
 
+def env_token() -> tuple[str, str] | None:
+    """The token in the environment (RUNCOMFY_API_TOKEN, then RUNCOMFY_TOKEN) and its variable."""
+    for name in TOKEN_VARS:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value, name
+    return None
+
+
 def _token(value: str | None) -> str:
     """The token: the argument, then RUNCOMFY_API_TOKEN, then RUNCOMFY_TOKEN."""
     source = "the token argument"
-    if value is None:
-        for name in TOKEN_VARS:
-            if os.environ.get(name, "").strip():
-                value, source = os.environ[name], name
-                break
+    if value is None and (found := env_token()) is not None:
+        value, source = found
     token = (value or "").strip()
     if not token:
         raise AuthError(NO_TOKEN)

@@ -155,7 +155,6 @@ class Runner:
         self._any_submit_ok = False
         self._unknown_in_a_row = 0
         self._refused_in_a_row = 0  # submits refused by 429/408 past their retries, in a row
-        self._spent = 0.0
         self._dirty = True
         self._downloads = anyio.CapacityLimiter(max(1, self.options.downloads))
         self._interrupts = 0
@@ -226,9 +225,8 @@ class Runner:
                 f"${added:.2f} now counted for jobs in flight, unknown or retried that no price "
                 "covered (they may be billed)"
             )
-        self._spent = self.store.spent()
         counts = self.store.counts(in_spec=True)
-        snapshot = Snapshot(counts=counts, spent_usd=self._spent)
+        snapshot = Snapshot(counts=counts, spent_usd=self.store.spent())
         snapshot.finished_at_start = snapshot.finished
         error = None
         try:
@@ -250,13 +248,12 @@ class Runner:
         self._write_manifest()
         counts = self.store.counts(in_spec=True)
         books = self.store.ledger()
-        self._spent = books.spent_usd
         if self.progress is not None:
-            snapshot.counts, snapshot.spent_usd = counts, self._spent
+            snapshot.counts, snapshot.spent_usd = counts, books.spent_usd
             self.progress.update(snapshot)
         return RunReport(
             counts=counts,
-            spent_usd=self._spent,
+            spent_usd=books.spent_usd,
             elapsed=time.monotonic() - started,
             stop_reason=self._stop_reason,
             stop_kind=self._stop_kind,
@@ -960,7 +957,7 @@ class Runner:
                 self._take_over()
             if self.progress is not None:  # counting is a query: only for someone to see
                 snapshot.counts = self.store.counts(in_spec=True)
-                self._spent = snapshot.spent_usd = self.store.spent()
+                snapshot.spent_usd = self.store.spent()
                 self.progress.update(snapshot)
             now = time.monotonic()
             self._check_stall(now)

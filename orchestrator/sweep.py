@@ -22,8 +22,7 @@ from typing import IO, TYPE_CHECKING, Any
 import anyio
 
 from orchestrator import budget, drift, estimate, prices
-from orchestrator.apierrors import TOKEN_VARS
-from orchestrator.client import ModelApiClient, ModelInfo
+from orchestrator.client import ModelApiClient, ModelInfo, env_token
 from orchestrator.deadline import Deadline, parse_until
 from orchestrator.errors import ComfysweepError, StoreError
 from orchestrator.grid import iter_jobs
@@ -335,11 +334,8 @@ def _account_of_failure(morning: RunAccount, exc: BaseException, client: ModelAp
 
 
 def _env_token() -> str | None:
-    for name in TOKEN_VARS:
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return None
+    found = env_token()
+    return None if found is None else found[0]
 
 
 def _typed(path: Path) -> str:
