@@ -37,7 +37,7 @@ __all__ = [
 
 # The head of migrations/versions (tests/test_migrations.py checks): a store already there opens
 # without importing alembic at all.
-SCHEMA_REVISION = "0005"
+SCHEMA_REVISION = "0006"
 
 
 def _migrations_folder() -> Path:

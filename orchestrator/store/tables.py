@@ -13,10 +13,12 @@ from sqlmodel import Field, SQLModel
 __all__ = [
     "AttemptTable",
     "BlobTable",
+    "ControlTable",
     "EventTable",
     "JobTable",
     "LedgerTable",
     "MetaTable",
+    "RatingTable",
     "RunTable",
     "UTCDateTime",
     "metadata",
@@ -187,6 +189,37 @@ class LedgerTable(_Base, table=True):
     in_flight: int = 0
     cap_usd: float | None = Field(default=None, sa_type=sa.Float)
     concurrency: int | None = None
+
+
+class ControlTable(_Base, table=True):
+    """A request from another shell to a live run (`stop`, `cancel`): its mailbox, one row each.
+
+    ``keys`` is a JSON list of the job keys a cancel covers (NULL: the whole sweep);
+    ``where_text`` the ``--where`` as typed. The live run sets ``seen_at``/``run_id`` when it
+    takes the request and ``outcome`` (one line) when it has acted on it.
+    """
+
+    __tablename__ = "controls"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(sa_type=sa.Text)  # "stop" | "cancel"
+    keys: str | None = Field(default=None, sa_type=sa.Text)
+    where_text: str | None = Field(default=None, sa_type=sa.Text)
+    requested_at: datetime = _ts(nullable=False)
+    requested_by: str = Field(sa_type=sa.Text)  # host:pid
+    seen_at: datetime | None = _ts()
+    run_id: int | None = Field(default=None, foreign_key="runs.id")
+    outcome: str | None = Field(default=None, sa_type=sa.Text)
+
+
+class RatingTable(_Base, table=True):
+    """A user's verdict on a job: "up", "down" or "pick" (the best of its row), one per job."""
+
+    __tablename__ = "ratings"
+
+    job_key: str = Field(sa_type=sa.Text, primary_key=True, foreign_key="jobs.key")
+    rating: str = Field(sa_type=sa.Text)
+    rated_at: datetime = _ts(nullable=False)
 
 
 metadata: sa.MetaData = _registry.metadata
