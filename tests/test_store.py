@@ -576,3 +576,24 @@ def test_on_sqlite_every_job_in_the_states_is_adopted(store: Store) -> None:
     with store.lock("next runner"):
         adopted = list(store.adopt([JobState.SUBMITTING], where=lambda r: r.index == 0))
     assert [r.key for r in adopted] == [claimed[0].key]
+
+
+def test_a_rating_is_kept_replaced_taken_back_and_a_pick_clears_its_row(store: Store) -> None:
+    store.sync_jobs(make_jobs(3), MODEL)
+    a, b, c = "job-000000", "job-000001", "job-000002"
+    store.rate(a, "pick")
+    store.rate(c, "down")
+    store.rate(b, "pick", clear=[a, b, c])  # the pick of the row moves from a to b
+    assert store.ratings() == {b: "pick", c: "down"}
+    store.rate(b, "up")
+    store.rate(c, None)
+    assert store.ratings() == {b: "up"}
+
+
+def test_a_rating_of_an_unknown_job_or_value_is_refused_and_changes_nothing(store: Store) -> None:
+    store.sync_jobs(make_jobs(1), MODEL)
+    with pytest.raises(StoreError, match="no job 'nope'"):
+        store.rate("nope", "up")
+    with pytest.raises(StoreError, match="rating 'meh' is not one of up, down, pick"):
+        store.rate("job-000000", "meh")
+    assert store.ratings() == {}

@@ -20,10 +20,12 @@ from orchestrator.store.states import JobState
 from orchestrator.store.tables import (
     AttemptTable,
     BlobTable,
+    ControlTable,
     EventTable,
     JobTable,
     LedgerTable,
     MetaTable,
+    RatingTable,
     RunTable,
 )
 
@@ -34,6 +36,8 @@ RUNS: sa.Table = RunTable.__table__  # type: ignore[attr-defined]
 BLOBS: sa.Table = BlobTable.__table__  # type: ignore[attr-defined]
 ATTEMPTS: sa.Table = AttemptTable.__table__  # type: ignore[attr-defined]
 LEDGER: sa.Table = LedgerTable.__table__  # type: ignore[attr-defined]
+CONTROLS: sa.Table = ControlTable.__table__  # type: ignore[attr-defined]
+RATINGS: sa.Table = RatingTable.__table__  # type: ignore[attr-defined]
 
 _S = JobState
 # Which timestamp a target state stamps (DESIGN: submitted on queued, started on running, ...).

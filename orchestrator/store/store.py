@@ -43,7 +43,7 @@ from orchestrator.store.rows import (
 )
 from orchestrator.store.states import TRANSITIONS, JobState, allowed_from
 
-__all__ = ["Claim", "Store"]
+__all__ = ["RATING_VALUES", "Claim", "Store"]
 
 _S = JobState
 # Committed with an fsync on SQLite (synchronous=FULL): losing `submitting` to a power cut would
@@ -659,6 +659,38 @@ class Store:
                 raise StoreError(f"store {self.name} is damaged: input blob {lost[0]} is missing")
         return out
 
+    # -- ratings --------------------------------------------------------------------------------
+
+    def rate(self, key: str, rating: str | None, *, clear: Iterable[str] = ()) -> None:
+        """Record a user's verdict on a job ("up", "down" or "pick"); None takes it back.
+
+        ``clear``: other jobs whose "pick" this one replaces (the rest of its row), in the same
+        transaction. An unknown job key is a StoreError naming it.
+        """
+        if rating is not None and rating not in RATING_VALUES:
+            raise StoreError(f"rating {rating!r} is not one of {', '.join(RATING_VALUES)}")
+        with self._tx(write=True) as conn:
+            known = conn.execute(sa.select(sql.JOBS.c.key).where(sql.JOBS.c.key == key)).first()
+            if known is None:
+                raise StoreError(f"no job {key!r} in store {self.name}")
+            others = [k for k in clear if k != key]
+            if others:
+                conn.execute(
+                    sql.RATINGS.delete().where(
+                        sql.RATINGS.c.job_key.in_(others), sql.RATINGS.c.rating == "pick"
+                    )
+                )
+            conn.execute(sql.RATINGS.delete().where(sql.RATINGS.c.job_key == key))
+            if rating is not None:
+                row = {"job_key": key, "rating": rating, "rated_at": _now()}
+                conn.execute(sa.insert(sql.RATINGS).values(row))
+
+    def ratings(self) -> dict[str, str]:
+        """Every rated job's verdict, by job key."""
+        stmt = sa.select(sql.RATINGS.c.job_key, sql.RATINGS.c.rating)
+        with self._tx() as conn:
+            return {str(key): str(rating) for key, rating in conn.execute(stmt)}
+
     # -- meta -----------------------------------------------------------------------------------
 
     def get_meta(self, name: str) -> Any:
@@ -706,6 +738,10 @@ class Store:
                 index_elements=[sql.META.c.name], set_={"value": ins.excluded.value}
             )
         )
+
+
+# A user's verdicts on a job: thumbs up or down, or the pick (the best) of its row in a report.
+RATING_VALUES = ("up", "down", "pick")
 
 
 def _version() -> str:
