@@ -1,0 +1,61 @@
+"""Which sweep a read-only command means: its spec, its store and its results folder.
+
+`status`, `show`, `failures`, `report` and `export` take ``[SPEC]``: given, the spec names its
+store (``--store`` overrides) and results folder; omitted, ``--store`` names an SQLite file whose
+folder holds the results, or the current directory is a results folder (it holds the store file).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.errors import StoreError
+from orchestrator.results import STORE_FILE
+from orchestrator.spec import Spec, load_spec
+
+__all__ = ["Located", "locate"]
+
+
+@dataclass(frozen=True)
+class Located:
+    """A sweep's records: the spec when given, the store target, the results folder if known."""
+
+    spec: Spec | None
+    store: str | Path
+    results: Path | None  # None: a PostgreSQL store named without its spec
+
+    @property
+    def name(self) -> str:
+        """The sweep's name: the spec's, else its results folder's."""
+        if self.spec is not None:
+            return self.spec.name
+        return self.results.name if self.results is not None else "sweep"
+
+
+def locate(spec: Path | None, store: str | None = None, *, cwd: Path | None = None) -> Located:
+    """The sweep named by ``SPEC``/``--store``, or the results folder ``cwd`` is in.
+
+    Raises StoreError (one line) when neither names a store that exists.
+    """
+    if spec is not None:
+        loaded = load_spec(spec)
+        target: str | Path = store if store is not None else loaded.results_dir / STORE_FILE
+        _require(target)
+        return Located(loaded, target, loaded.results_dir)
+    if store is not None:
+        _require(store)
+        results = None if "://" in store else Path(store).expanduser().absolute().parent
+        return Located(None, store, results)
+    here = (cwd or Path.cwd()).absolute()
+    if not (here / STORE_FILE).is_file():
+        raise StoreError(
+            f"no sweep here ({here} holds no {STORE_FILE}): give SPEC or --store, "
+            "or run this inside a sweep's results folder"
+        )
+    return Located(None, here / STORE_FILE, here)
+
+
+def _require(target: str | Path) -> None:
+    if "://" not in str(target) and not Path(target).exists():
+        raise StoreError(f"{target}: no store yet; `comfysweep run` creates it")
