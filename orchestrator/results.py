@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+from orchestrator.conditioning import INPUTS_DIR, MediaFolder, media_inputs
 from orchestrator.errors import OutputInvalid, ResultsError
 from orchestrator.models import Model
 from orchestrator.naming import (
@@ -64,7 +65,16 @@ STORE_FILE = "comfysweep.db"
 PARTIAL = ".partial"
 # Every name the tool writes at the top of a results folder; no output may take one. The store's
 # name is a prefix: its -wal, -shm, -journal and .lock files, and any journal beside it, are its.
-TOOL_FILES = (MANIFEST, METADATA, LOG_FILE, "summary.md", "summary.json", "report.html", PARTIAL)
+TOOL_FILES = (
+    MANIFEST,
+    METADATA,
+    LOG_FILE,
+    "summary.md",
+    "summary.json",
+    "report.html",
+    PARTIAL,
+    INPUTS_DIR,  # the conditioning images the jobs sent, one file each (orchestrator.conditioning)
+)
 _FALLBACKS = 100  # numbered fallback names tried before a folder is declared unusable
 _DATA_URI_SHOWN = 64
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
@@ -86,6 +96,7 @@ class ResultsFolder:
         self._replace: dict[str, bool] = {}  # chosen name -> its job's own file was there
         self._reserved = {_fold(name) for name in TOOL_FILES}
         self._reserved_prefixes = _store_prefixes(STORE_FILE)
+        self._media = MediaFolder(root)
 
     def attach(self, store: Store) -> None:
         """Take output ownership from ``store``'s recorded outputs, and keep off its files."""
@@ -323,8 +334,11 @@ class ResultsFolder:
         """Rewrite manifest.jsonl and metadata.jsonl atomically from the store; returns lines.
 
         One pass over the rows writes both files, so memory stays flat however many jobs there are.
+        Conditioning images (data: URIs) are written once each under ``inputs/`` and named by that
+        path; each job's rating (the attached store's) is its ``rating``, null when unrated.
         """
         count = 0
+        ratings = self._store.ratings() if self._store is not None else {}
         with (
             atomic_file(self.root / MANIFEST) as manifest,
             atomic_file(self.root / METADATA) as metadata,
@@ -332,12 +346,24 @@ class ResultsFolder:
             for row in rows:
                 count += 1
                 on_disk = [o for o in row.outputs if self.has(o)] if row.state == "done" else []
-                inputs = self.friendly_inputs(row.inputs)
-                manifest.write(_line(self._manifest_entry(row, inputs, on_disk)))
+                inputs, sources = self.dataset_inputs(row)
+                rating = ratings.get(row.key)
+                entry = self._manifest_entry(row, inputs, on_disk) | {"rating": rating}
+                if sources:
+                    entry["sources"] = sources
+                manifest.write(_line(entry))
+                columns = inputs | {f"{name}_source": path for name, path in sources.items()}
                 for output in on_disk:
-                    entry = {"file_name": output["path"], "job_key": row.key} | inputs
-                    metadata.write(_line(entry))
+                    line = {"file_name": output["path"], "job_key": row.key, "rating": rating}
+                    metadata.write(_line(line | columns))
         return count
+
+    def dataset_inputs(self, row: JobRow) -> tuple[dict[str, Any], dict[str, str]]:
+        """A job's inputs by friendly name, each data: URI as the path of its file under
+        ``inputs/`` (written once), and the local file each of those came from."""
+        raw, origin = media_inputs(row.inputs, row.sources, self._media)
+        name = self.model.display_name
+        return {name(k): v for k, v in raw.items()}, {name(k): v for k, v in origin.items()}
 
     def _manifest_entry(
         self, row: JobRow, inputs: dict[str, Any], outputs: list[dict[str, Any]]

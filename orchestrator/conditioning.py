@@ -1,0 +1,152 @@
+"""Conditioning media: the ``data:`` URIs a job sent, as files named by their content.
+
+A local image travels to the API as a base64 ``data:`` URI in every job's input. A dataset wants
+the file instead: ``inputs/<sha256 prefix>.<ext>``, written once however many jobs sent it, and
+referenced by that relative path (the results folder's metadata.jsonl and every export do this).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import errno
+import functools
+import hashlib
+import mimetypes
+import os
+import stat
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+__all__ = ["INPUTS_DIR", "Media", "MediaFolder", "decode_data_uri", "media_inputs"]
+
+INPUTS_DIR = "inputs"
+_DIGEST = 16  # hex digits of the sha256 in a file's name: 64 bits, no two inputs of a sweep clash
+_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "video/mp4": "mp4"}
+
+
+@dataclass(frozen=True)
+class Media:
+    """The bytes of one data: URI, with the name they take: ``<sha256 prefix>.<ext>``."""
+
+    mime: str
+    data: bytes
+    sha256: str
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.sha256[:_DIGEST]}.{_extension(self.mime)}"
+
+
+def decode_data_uri(value: Any) -> Media | None:
+    """The media a ``data:`` URI holds, or None for any other value (or a URI that is broken)."""
+    if not (isinstance(value, str) and value.startswith("data:")):
+        return None
+    return _decode(value)
+
+
+@functools.lru_cache(maxsize=8)
+def _decode(value: str) -> Media | None:
+    # Cached: every job of a sweep sends the same few images, and decoding 6 MiB again per job
+    # would dominate a manifest rewrite or an export.
+    head, comma, body = value[5:].partition(",")
+    if not comma:
+        return None
+    mime, _, params = head.partition(";")
+    try:
+        if "base64" in params.split(";"):
+            data = base64.b64decode(body, validate=False)
+        else:
+            data = unquote_to_bytes(body)
+    except (binascii.Error, ValueError):
+        return None
+    return Media(mime.strip().lower() or "text/plain", data, hashlib.sha256(data).hexdigest())
+
+
+def _extension(mime: str) -> str:
+    known = _EXTENSIONS.get(mime) or mimetypes.guess_extension(mime) or ".bin"
+    return known.lstrip(".")
+
+
+class MediaFolder:
+    """``<root>/inputs/``: each distinct conditioning file written once, atomically.
+
+    A name already there with the right size is kept (its name is its content), so rewriting the
+    manifest after every change costs one dictionary look-up per job.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._placed: dict[str, str] = {}  # sha256 -> relative name, already on disk
+        self.written = 0
+
+    def place(self, media: Media) -> str:
+        """The path, relative to ``root``, of ``media`` written under ``inputs/``."""
+        name = self._placed.get(media.sha256)
+        if name is not None:
+            return name
+        name = f"{INPUTS_DIR}/{media.file_name}"
+        target = self.root / name
+        if not _same_size(target, len(media.data)):
+            _real_folder(target.parent)
+            _write_atomically(target, media.data)
+            self.written += 1
+        self._placed[media.sha256] = name
+        return name
+
+
+def media_inputs(
+    inputs: Mapping[str, str | Any], sources: Mapping[str, str], folder: MediaFolder | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """``inputs`` (by raw key) with each data: URI replaced by its file's relative path in
+    ``folder`` (written there if new), and the source file each came from, by raw key.
+
+    Without a folder a URI becomes its file name alone (``<sha>.png``): the value stays readable.
+    """
+    out: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for key, value in inputs.items():
+        media = decode_data_uri(value)
+        if media is None:
+            out[key] = value
+            continue
+        out[key] = folder.place(media) if folder is not None else media.file_name
+        if key in sources:
+            origin[key] = sources[key]
+    return out, origin
+
+
+def _same_size(path: Path, size: int) -> bool:
+    try:
+        mode = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISREG(mode.st_mode) and mode.st_size == size
+
+
+def _real_folder(folder: Path) -> None:
+    """Make ``folder`` unless there; never write through a symlink (copied folders may hold one)."""
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(parents=True)
+    if not stat.S_ISDIR(folder.lstat().st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, "not a real folder (a symlink or a file)", folder)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
