@@ -443,6 +443,78 @@ def cancel(spec: Path, emulator: bool, store: str | None) -> None:
         sys.exit(1)
 
 
+@cli.command()
+@click.argument("paths", nargs=-1, metavar="[SPEC] DEST", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["hf", "parquet", "csv", "webdataset"]),
+    default="hf",
+    show_default=True,
+    help="hf: a folder `datasets.load_dataset` reads (metadata.jsonl); parquet, csv: the same "
+    "folder with metadata.parquet or metadata.csv; webdataset: tar shards.",
+)
+@_STORE
+@click.option(
+    "--include-failed",
+    is_flag=True,
+    help="Also every job that is not done, as a row without a file (its state and error).",
+)
+@click.option(
+    "--rated",
+    type=click.Choice(["up", "down", "pick"]),
+    help="Only the jobs rated so (up includes picks).",
+)
+@click.option(
+    "--skip-missing",
+    is_flag=True,
+    help="Skip done jobs whose file is gone from disk (else the export refuses).",
+)
+@click.option(
+    "--shard-size",
+    default="1GB",
+    show_default=True,
+    metavar="N|SIZE",
+    help="webdataset: samples per shard (1000) or bytes (500MB, 1GB).",
+)
+@click.option(
+    "--copy",
+    is_flag=True,
+    help="Copy the outputs; by default they are hard-linked when DEST is on the same disk.",
+)
+def export(
+    paths: tuple[Path, ...],
+    fmt: str,
+    store: str | None,
+    include_failed: bool,
+    rated: str | None,
+    skip_missing: bool,
+    shard_size: str,
+    copy: bool,
+) -> None:
+    """Export a sweep's outputs as a dataset in the new folder DEST (done jobs; SPEC optional
+    inside the results folder)."""
+    from orchestrator.export import ExportOptions, export_sweep
+    from orchestrator.locate import locate
+
+    if len(paths) not in (1, 2):
+        raise click.UsageError("give DEST, or SPEC and DEST")
+    *spec, dest = paths
+    options = ExportOptions(fmt, include_failed, rated, skip_missing, shard_size, copy)
+    report = export_sweep(locate(spec[0] if spec else None, store), dest, options)
+    files = f"{report.linked + report.copied} file(s)"
+    if report.format != "webdataset":
+        files += f" ({report.linked} hard-linked, {report.copied} copied)"
+    else:
+        files += f" in {report.shards} shard(s)"
+    click.echo(
+        f"exported {report.rows} row(s) to {report.dest} ({report.format}): {files}, "
+        f"{report.media} conditioning file(s)"
+    )
+    if report.skipped:
+        click.echo(f"{report.skipped} missing output(s) skipped (--skip-missing)")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="comfysweep")

@@ -20,6 +20,7 @@
     │   ├── OutputExpired      an output URL is gone (403, 404, 410)
     │   └── OutputInvalid      a downloaded file is cut short, unreadable or not the shape asked for
     ├── ResultsError           the results folder cannot be used as it is
+    ├── ExportError            an export cannot be written (DEST not empty, files missing)
     ├── DefaultsChanged        new jobs differ from paid ones only in a changed schema default
     └── EmulatorError          the embedded emulator cannot start (port in use, bad fault profile)
 
@@ -130,6 +131,10 @@ class OutputInvalid(DownloadError):
 
 class ResultsError(ComfysweepError):
     """The results folder cannot be used as it is."""
+
+
+class ExportError(ComfysweepError):
+    """The export cannot be written."""
 
 
 class DefaultsChanged(ComfysweepError):

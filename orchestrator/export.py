@@ -1,0 +1,574 @@
+"""`comfysweep export`: a sweep as a dataset (a Hugging Face folder, parquet, csv or webdataset).
+
+DEST is always a new folder, built next to where it goes and renamed into place at the end, so a
+crash or Ctrl-C leaves no half export. ``hf``, ``parquet`` and ``csv`` give the same folder: the
+outputs under ``data/`` (hard links when DEST is on the results folder's file system, else
+copies), each conditioning image once under ``inputs/``, and one table of one row per output file
+(``metadata.jsonl``, ``metadata.parquet`` or ``metadata.csv``: every folder form `datasets` loads).
+``webdataset`` gives tar shards of samples grouped by basename: ``KEY.mp4``, ``KEY.json`` and
+``KEY.<input>.png`` for each conditioning image.
+
+Two streaming passes over the store: the first picks the jobs, finds missing files and learns
+each column's type (a column that is an int in one row and a float in another is a float in all:
+`datasets` refuses mixed types); the second writes. Memory holds the chosen keys, never the rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from orchestrator.conditioning import Media, MediaFolder, decode_data_uri
+from orchestrator.errors import ExportError
+from orchestrator.locate import Located
+from orchestrator.models import get_model
+from orchestrator.responses import error_message
+from orchestrator.store import JobRow, JobState, Store
+
+__all__ = [
+    "FORMATS",
+    "RATED",
+    "ExportOptions",
+    "ExportReport",
+    "export_sweep",
+    "parse_shard_size",
+]
+
+FORMATS = ("hf", "parquet", "csv", "webdataset")
+RATED = ("up", "down", "pick")
+DATA_DIR = "data"
+_TABLES = {"hf": "metadata.jsonl", "parquet": "metadata.parquet", "csv": "metadata.csv"}
+# What `--rated X` keeps: a pick is the best of its row, so it is rated up too.
+_KEEP = {"up": {"up", "pick"}, "down": {"down"}, "pick": {"pick"}}
+_FIXED = {
+    "file_name": "string",
+    "job_key": "string",
+    "index": "int",
+    "state": "string",
+    "rating": "string",
+    "cost_usd": "float",
+    "error": "string",
+}
+_FEATURES = {"int": "int64", "float": "float64", "bool": "bool", "string": "string"}
+_KINDS = {
+    **dict.fromkeys(("mp4", "mov", "mkv", "avi", "mpeg", "webm"), "video"),
+    **dict.fromkeys(("png", "jpg", "jpeg", "webp", "gif", "bmp", "tiff"), "image"),
+    **dict.fromkeys(("wav", "mp3", "flac", "ogg", "m4a"), "audio"),
+}
+_FILE_COLUMNS = ("_file_name", "_file_names")
+_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+_SIZE = re.compile(r"(?i)\s*(\d+(?:\.\d+)?)\s*(k|m|g|t)i?b\s*")
+_UNITS = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_BATCH = 1000  # parquet rows per row group write
+_MEMBER = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What `comfysweep export` writes; the defaults are the command's."""
+
+    format: str = "hf"
+    include_failed: bool = False  # every job not done, as a row without a file
+    rated: str | None = None  # "up" (picks too), "down" or "pick"
+    skip_missing: bool = False  # a done job's output gone from disk: skipped, else refused
+    shard_size: str = "1GB"  # webdataset: samples (1000) or bytes (500MB)
+    copy: bool = False  # copy outputs even where a hard link would do
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What an export wrote: rows (one per output file, or per job without one), files."""
+
+    dest: Path
+    format: str
+    rows: int
+    linked: int
+    copied: int
+    media: int  # conditioning files (each distinct one once; in every sample for webdataset)
+    skipped: int  # missing outputs skipped (--skip-missing)
+    shards: int = 0
+
+
+def parse_shard_size(text: str) -> tuple[int | None, int | None]:
+    """``--shard-size``: (samples, None) for a count, (None, bytes) for 500MB/1GB; ExportError."""
+    stripped = text.strip()
+    if stripped.isdigit() and int(stripped) > 0:
+        return int(stripped), None
+    match = _SIZE.fullmatch(text)
+    if match is not None and float(match[1]) > 0:
+        return None, max(1, int(float(match[1]) * _UNITS[match[2].lower()]))
+    raise ExportError(
+        f"--shard-size {text}: expected a number of samples (1000) or a size (500MB, 1GB)"
+    )
+
+
+def export_sweep(located: Located, dest: Path, options: ExportOptions) -> ExportReport:
+    """Write ``located``'s sweep to the new folder ``dest``; raises ExportError (one line) and
+    writes nothing when it cannot."""
+    if options.format not in FORMATS:
+        raise ExportError(f"--format {options.format}: expected one of {', '.join(FORMATS)}")
+    if options.rated is not None and options.rated not in RATED:
+        raise ExportError(f"--rated {options.rated}: expected one of {', '.join(RATED)}")
+    if located.results is None:
+        raise ExportError("export needs the results folder: give the sweep's SPEC")
+    shards = parse_shard_size(options.shard_size)
+    if options.format == "parquet":
+        _require_pyarrow()
+    _check_dest(dest)
+    with Store.open(located.store, readonly=True) as store:
+        ratings = store.ratings()
+        plan = _survey(store, located.results, options, ratings)
+        if not plan.keys:
+            raise ExportError(f"nothing to export: no {_what(options)} in {located.name}")
+        with _staging(dest) as tmp:
+            source = _Source(store, located.results, plan, ratings, options.skip_missing)
+            if options.format == "webdataset":
+                return _write_shards(source, tmp, dest, shards)
+            return _write_folder(source, tmp, dest, options)
+
+
+# -- pass 1: which jobs, which files are missing, each column's type --------------------------
+
+
+@dataclass
+class _Plan:
+    keys: set[str] = field(default_factory=set)
+    columns: dict[str, str] = field(default_factory=lambda: dict(_FIXED))  # name -> kind
+    names: dict[str, str] = field(default_factory=dict)  # a friendly input name -> its column
+    missing: int = 0
+    first_missing: str | None = None
+    kind: str | None = None  # video, image or audio: the `datasets` feature of the outputs
+    display: Callable[[str], str] = str
+
+
+def _survey(
+    store: Store, results: Path, options: ExportOptions, ratings: Mapping[str, str]
+) -> _Plan:
+    plan = _Plan()
+    inputs: dict[str, str] = {}  # friendly name -> kind
+    for row in store.jobs():
+        if not _chosen(row, options, ratings):
+            continue
+        if plan.display is str:
+            plan.display = get_model(row.model_id).display_name
+        if row.state == JobState.DONE:
+            present = [o for o in row.outputs if _on_disk(results, o)]
+            gone = len(row.outputs) - len(present) if row.outputs else 1
+            if gone:
+                plan.missing += gone
+                if plan.first_missing is None:
+                    names = [str(o.get("path")) for o in row.outputs if o not in present]
+                    plan.first_missing = str(results / names[0]) if names else f"job {row.key}"
+            if not present:
+                continue
+            plan.kind = plan.kind or _KINDS.get(_ext(str(present[0]["path"])))
+        plan.keys.add(row.key)
+        for name, value in _inputs(row, plan.display, lambda m: m.file_name).items():
+            inputs[name] = _merge(inputs.get(name), _kind(value))
+    for name, kind in inputs.items():
+        plan.names[name] = _column(name, plan.kind or "video")
+        plan.columns[plan.names[name]] = kind
+    if plan.missing and not options.skip_missing:
+        raise ExportError(
+            f"{plan.first_missing}: missing ({plan.missing} output file(s) of done jobs gone); "
+            "`comfysweep run` downloads them again, or give --skip-missing"
+        )
+    return plan
+
+
+def _chosen(row: JobRow, options: ExportOptions, ratings: Mapping[str, str]) -> bool:
+    if row.state != JobState.DONE and not options.include_failed:
+        return False
+    return options.rated is None or ratings.get(row.key) in _KEEP[options.rated]
+
+
+def _what(options: ExportOptions) -> str:
+    jobs = "job" if options.include_failed else "done job"
+    return jobs if options.rated is None else f"{jobs} rated {options.rated}"
+
+
+def _column(name: str, kind: str) -> str:
+    """An input's column: its name, unless a fixed column, the outputs' feature (``video``) or a
+    `datasets` file column (``*_file_name``) has it."""
+    if name in _FIXED or name in (kind, "file_names") or name.endswith(_FILE_COLUMNS):
+        return f"input_{name}"
+    return name
+
+
+def _kind(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    return "string" if isinstance(value, str) else "json"
+
+
+def _merge(old: str | None, new: str | None) -> str:
+    if old is None or new is None or old == new:
+        return old or new or "string"
+    if {old, new} == {"int", "float"}:
+        return "float"
+    return "string"
+
+
+def _coerce(value: Any, kind: str) -> Any:
+    if value is None:
+        return None
+    if kind == "float":
+        return float(value)
+    if kind == "string" and not isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return value
+
+
+# -- pass 2: the rows, as written -------------------------------------------------------------
+
+
+@dataclass
+class _Source:
+    """The chosen jobs again, one record per output file (or per job without one)."""
+
+    store: Store
+    results: Path
+    plan: _Plan
+    ratings: Mapping[str, str]
+    skip_missing: bool
+    skipped: int = 0
+
+    def entries(self) -> Iterator[tuple[JobRow, Mapping[str, Any] | None]]:
+        for row in self.store.jobs():
+            if row.key not in self.plan.keys:
+                continue
+            if row.state != JobState.DONE:
+                yield row, None
+                continue
+            for output in row.outputs:
+                if _on_disk(self.results, output):
+                    yield row, output
+                elif self.skip_missing:
+                    self.skipped += 1
+                else:  # deleted since the first pass
+                    raise ExportError(
+                        f"{self.results / str(output.get('path'))}: missing (deleted during the "
+                        "export); `comfysweep run` downloads it again, or give --skip-missing"
+                    )
+
+    def record(
+        self, row: JobRow, file_name: str | None, place: Callable[[Media], str]
+    ) -> dict[str, Any]:
+        """One row of the table: fixed columns, then inputs, every column of its one type."""
+        values: dict[str, Any] = {
+            "file_name": file_name,
+            "job_key": row.key,
+            "index": row.index,
+            "state": str(row.state),
+            "rating": self.ratings.get(row.key),
+            "cost_usd": row.cost,
+            "error": error_message(row.error),
+        }
+        for name, value in _inputs(row, self.plan.display, place).items():
+            values[self.plan.names.get(name, name)] = value
+        return {c: _coerce(values.get(c), kind) for c, kind in self.plan.columns.items()}
+
+
+def _inputs(
+    row: JobRow, display: Callable[[str], str], place: Callable[[Media], str]
+) -> dict[str, Any]:
+    """A job's inputs by friendly name, each data: URI as ``place`` names its file, and the
+    local file each came from as ``<name>_source``."""
+    out: dict[str, Any] = {}
+    sources: dict[str, Any] = {}
+    for key, value in row.inputs.items():
+        media = decode_data_uri(value)
+        out[display(key)] = value if media is None else place(media)
+        if media is not None and key in row.sources:
+            sources[f"{display(key)}_source"] = row.sources[key]
+    return out | sources
+
+
+def _write_folder(source: _Source, tmp: Path, dest: Path, options: ExportOptions) -> ExportReport:
+    media = MediaFolder(tmp)
+    files = _Files(source.results, tmp / DATA_DIR, copy=options.copy)
+    table = tmp / _TABLES[options.format]
+    rows = 0
+    with _table(options.format, table, source.plan.columns) as sink:
+        for row, output in source.entries():
+            name = None
+            if output is not None:
+                name = f"{DATA_DIR}/{output['path']}"
+                files.put(str(output["path"]))
+            sink(source.record(row, name, media.place))
+            rows += 1
+    if options.format == "hf":
+        _write_card(tmp, source.plan)
+    return ExportReport(
+        dest, options.format, rows, files.linked, files.copied, media.written, source.skipped
+    )
+
+
+class _Files:
+    """Outputs into ``data/``: a hard link where the file system allows, else a copy."""
+
+    def __init__(self, results: Path, data: Path, *, copy: bool) -> None:
+        self.results = results
+        self.data = data
+        self.copy = copy
+        self.linked = 0
+        self.copied = 0
+
+    def put(self, name: str) -> None:
+        src, target = self.results / name, self.data / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not self.copy:
+            try:
+                os.link(src, target)
+            except OSError as exc:
+                if exc.errno not in _NO_LINK:
+                    raise
+                self.copy = True  # another file system: every file is copied
+            else:
+                self.linked += 1
+                return
+        shutil.copyfile(src, target)
+        self.copied += 1
+
+
+_Sink = Callable[[Mapping[str, Any]], object]
+
+
+@contextlib.contextmanager
+def _table(fmt: str, path: Path, columns: Mapping[str, str]) -> Iterator[_Sink]:
+    with path.open("w" if fmt != "parquet" else "wb", **_text(fmt)) as handle:
+        if fmt == "hf":
+            yield lambda record: handle.write(_json(record) + "\n")
+        elif fmt == "csv":
+            writer = csv.DictWriter(handle, fieldnames=list(columns))
+            writer.writeheader()
+            yield writer.writerow
+        else:
+            with _parquet(handle, columns) as sink:
+                yield sink
+
+
+def _text(fmt: str) -> dict[str, Any]:
+    return (
+        {} if fmt == "parquet" else {"encoding": "utf-8", "newline": "" if fmt == "csv" else None}
+    )
+
+
+@contextlib.contextmanager
+def _parquet(handle: IO[Any], columns: Mapping[str, str]) -> Iterator[_Sink]:
+    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+    types = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "string": pa.string()}
+    schema = pa.schema([(name, types[kind]) for name, kind in columns.items()])
+    batch: list[Mapping[str, Any]] = []
+    with pq.ParquetWriter(handle, schema) as writer:
+
+        def add(record: Mapping[str, Any]) -> None:
+            batch.append(record)
+            if len(batch) >= _BATCH:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                batch.clear()
+
+        yield add
+        if batch:
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+
+
+def _write_card(folder: Path, plan: _Plan) -> None:
+    """README.md: the dataset card, whose features fix each column's type for `datasets` (it
+    would otherwise guess them from the first 10 MB of metadata.jsonl, and fail on a column that
+    is empty there)."""
+    kind = plan.kind or "video"
+    lines = ["---", "configs:", "- config_name: default", "  features:"]
+    for name, column in plan.columns.items():
+        dtype = kind if name == "file_name" else _FEATURES[column]
+        lines += [f"  - name: {json.dumps(kind if name == 'file_name' else name)}"]
+        lines += [f"    dtype: {dtype}"]
+    lines += [
+        "---",
+        "",
+        "A comfysweep export: one row per output file (`metadata.jsonl`), the files under",
+        "`data/`, conditioning images under `inputs/` (their column holds that relative path).",
+        "",
+        "```python",
+        "import datasets",
+        'ds = datasets.load_dataset("path/to/this/folder", split="train")',
+        "```",
+        "",
+    ]
+    (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+# -- webdataset -------------------------------------------------------------------------------
+
+
+def _write_shards(
+    source: _Source, tmp: Path, dest: Path, limits: tuple[int | None, int | None]
+) -> ExportReport:
+    rows = files = media = 0
+    with _Shards(tmp, *limits) as shards:
+        for row, output in source.entries():
+            base, members = _sample(source, row, output)
+            shards.add(base, members)
+            rows += 1
+            files += output is not None
+            media += len(members) - 1 - (output is not None)
+    return ExportReport(dest, "webdataset", rows, 0, files, media, source.skipped, shards.count)
+
+
+def _sample(
+    source: _Source, row: JobRow, output: Mapping[str, Any] | None
+) -> tuple[str, list[tuple[str, bytes | Path]]]:
+    """A sample's basename and members: ``json``, the output (``mp4``), and ``<input>.png`` for
+    each conditioning image, which the json names by that member."""
+    base = row.key
+    if output is not None and len(row.outputs) > 1:
+        base = f"{row.key}-{row.outputs.index(dict(output)) + 1}"
+    named = {}
+    for key, value in row.inputs.items():
+        found = decode_data_uri(value)
+        if found is not None:
+            named[found.sha256] = _MEMBER.sub("_", source.plan.display(key))
+    images: dict[str, bytes] = {}
+
+    def member(media: Media) -> str:
+        suffix = f"{named[media.sha256]}.{media.file_name.rpartition('.')[2]}"
+        images[suffix] = media.data
+        return suffix
+
+    record = source.record(row, None, member)
+    record.pop("file_name")
+    record["output"] = None if output is None else output["path"]
+    members: list[tuple[str, bytes | Path]] = [("json", _json(record).encode())]
+    if output is not None:
+        members.append((_ext(str(output["path"])), source.results / str(output["path"])))
+    return base, members + list(images.items())
+
+
+def _json(record: Mapping[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False)
+
+
+class _Shards:
+    """``shard-000000.tar``, …: a new shard once the current one holds ``samples`` samples or
+    would pass ``size`` bytes (a sample is never split)."""
+
+    def __init__(self, folder: Path, samples: int | None, size: int | None) -> None:
+        self.folder = folder
+        self.samples = samples
+        self.size = size
+        self.count = 0
+        self._tar: tarfile.TarFile | None = None
+        self._in = 0
+        self._bytes = 0
+        self._mtime = int(time.time())
+
+    def __enter__(self) -> _Shards:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._tar is not None:
+            self._tar.close()
+
+    def add(self, base: str, members: list[tuple[str, bytes | Path]]) -> None:
+        size = sum(512 + (len(p) if isinstance(p, bytes) else p.stat().st_size) for _, p in members)
+        full = (self.samples is not None and self._in >= self.samples) or (
+            self.size is not None and self._in and self._bytes + size > self.size
+        )
+        if self._tar is None or full:
+            if self._tar is not None:
+                self._tar.close()
+            self._tar = tarfile.open(self.folder / f"shard-{self.count:06d}.tar", "w")  # noqa: SIM115
+            self.count += 1
+            self._in = self._bytes = 0
+        for suffix, payload in members:
+            info = tarfile.TarInfo(f"{base}.{suffix}")
+            info.mtime, info.mode = self._mtime, 0o644
+            if isinstance(payload, bytes):
+                info.size = len(payload)
+                self._tar.addfile(info, io.BytesIO(payload))
+            else:
+                with payload.open("rb") as handle:
+                    info.size = os.fstat(handle.fileno()).st_size
+                    self._tar.addfile(info, handle)
+        self._in += 1
+        self._bytes += size
+
+
+# -- the destination --------------------------------------------------------------------------
+
+
+def _check_dest(dest: Path) -> None:
+    try:
+        dest.lstat()
+    except FileNotFoundError:
+        return
+    if not dest.is_dir() or dest.is_symlink():
+        raise ExportError(f"{dest} exists and is not a folder: give a new DEST")
+    if any(dest.iterdir()):
+        raise ExportError(f"{dest} exists and is not empty: give a new DEST, or empty it first")
+
+
+@contextlib.contextmanager
+def _staging(dest: Path) -> Iterator[Path]:
+    """A temporary folder beside ``dest``, renamed to it if the block ends without an error and
+    removed otherwise (a crash or Ctrl-C leaves no half export under DEST's name)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".export"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+        try:
+            os.rename(tmp, dest)  # over an empty folder too
+        except OSError as exc:
+            raise ExportError(f"{dest}: appeared, not empty, during the export") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _on_disk(results: Path, output: Mapping[str, Any]) -> bool:
+    path = results / str(output.get("path", ""))
+    try:
+        return path.is_file() and path.stat().st_size == output.get("size")
+    except OSError:
+        return False
+
+
+def _ext(name: str) -> str:
+    return name.rpartition(".")[2].lower() if "." in name else ""
+
+
+def _require_pyarrow() -> None:
+    try:
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise ExportError(
+            "--format parquet needs pyarrow: pip install 'comfysweep[parquet]'"
+        ) from None
