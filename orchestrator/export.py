@@ -149,6 +149,7 @@ class _Plan:
     columns: dict[str, str] = field(default_factory=lambda: dict(_FIXED))  # name -> kind
     names: dict[str, str] = field(default_factory=dict)  # a friendly input name -> its column
     missing: int = 0
+    dropped: int = 0  # of those, in jobs left out whole (the rest are skipped as they come)
     first_missing: str | None = None
     kind: str | None = None  # video, image or audio: the `datasets` feature of the outputs
     display: Callable[[str], str] = str
@@ -173,6 +174,7 @@ def _survey(
                     names = [str(o.get("path")) for o in row.outputs if o not in present]
                     plan.first_missing = str(results / names[0]) if names else f"job {row.key}"
             if not present:
+                plan.dropped += gone
                 continue
             plan.kind = plan.kind or _KINDS.get(_ext(str(present[0]["path"])))
         plan.keys.add(row.key)
@@ -250,7 +252,10 @@ class _Source:
     plan: _Plan
     ratings: Mapping[str, str]
     skip_missing: bool
-    skipped: int = 0
+    skipped: int = 0  # missing outputs left out (--skip-missing)
+
+    def __post_init__(self) -> None:
+        self.skipped = self.plan.dropped
 
     def entries(self) -> Iterator[tuple[JobRow, Mapping[str, Any] | None]]:
         for row in self.store.jobs():
