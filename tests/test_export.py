@@ -24,7 +24,7 @@ from orchestrator.export import ExportOptions, export_sweep
 from orchestrator.locate import locate
 from orchestrator.results import ResultsFolder
 from orchestrator.spec import load_spec
-from orchestrator.store import Store
+from orchestrator.store import JobState, Store
 from orchestrator.sweep import Overrides, run_sweep
 
 SPEC = """\
@@ -323,11 +323,20 @@ def test_inside_the_results_folder_spec_is_optional(
 
 
 def test_the_results_folder_names_the_image_by_its_file_and_carries_ratings(
-    sweep: Sweep, tmp_path: Path
+    sweep: Sweep, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     image = sweep.folder / start_name()
     assert image.read_bytes() == START.read_bytes()
     assert [p.name for p in (sweep.folder / "inputs").iterdir()] == [image.name]
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import datasets  # the results folder itself loads as a dataset too
+
+    loaded = datasets.load_dataset(str(sweep.folder), split="train", cache_dir=str(tmp_path))
+    rows = list(loaded.cast_column("video", datasets.Video(decode=False)))
+    assert sorted(r["job_key"] for r in rows) == sorted(e["key"] for e in sweep.done)
+    assert {r["image"] for r in rows} == {start_name()}
     metadata = [json.loads(x) for x in (sweep.folder / "metadata.jsonl").read_text().splitlines()]
     assert len(metadata) == len(sweep.done)
     for line in metadata:
@@ -349,3 +358,55 @@ def test_the_results_folder_names_the_image_by_its_file_and_carries_ratings(
         e["key"]: sweep.ratings.get(e["key"]) for e in sweep.done
     }
     assert [p.name for p in (sweep.folder / "inputs").iterdir()] == [image.name]
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import datasets  # the results folder itself loads as a dataset too
+
+    loaded = datasets.load_dataset(str(sweep.folder), split="train", cache_dir=str(tmp_path))
+    rows = list(loaded.cast_column("video", datasets.Video(decode=False)))
+    assert sorted(r["job_key"] for r in rows) == sorted(e["key"] for e in sweep.done)
+    assert {r["image"] for r in rows} == {start_name()}
+
+
+@dataclass(frozen=True)
+class FakeJob:
+    key: str
+    index: int
+    inputs: dict[str, Any]
+    model_id: str = "someone/schemaless"
+    repeat: int = 0
+    sources: dict[str, str] | None = None
+
+
+def test_a_column_keeps_one_type_across_rows(tmp_path: Path) -> None:
+    """A value that is an int in one job and a float in another is a float in every row (as
+    `datasets` needs), and a column mixing numbers and text is text."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    values = [(4, 3, True), (4.5, "auto", False), (5, 7, True)]
+    jobs = [
+        FakeJob(hashlib.sha256(bytes([i])).hexdigest(), i, {"strength": s, "label": lb, "on": on})
+        for i, (s, lb, on) in enumerate(values)
+    ]
+    with Store.open(folder / "comfysweep.db") as store:
+        store.sync_jobs(jobs, FakeJob.model_id)
+        for row in store.claim(len(jobs)):
+            name = f"{row.index}.mp4"
+            (folder / name).write_bytes(b"video %d" % row.index)
+            output = {"path": name, "size": len(b"video 0"), "sha256": "", "url": "u"}
+            store.transition(row.key, JobState.QUEUED, request_id=f"r{row.index}")
+            store.transition(row.key, JobState.SUCCEEDED, cost=0.5)
+            store.transition(row.key, JobState.DONE, outputs=[output])
+    dest = tmp_path / "out"
+    assert export(dest, "--store", folder / "comfysweep.db").exit_code == 0
+    lines = [json.loads(x) for x in (dest / "metadata.jsonl").read_text().splitlines()]
+    assert [(x["strength"], x["label"], x["on"]) for x in lines] == [
+        (4.0, "3", True),
+        (4.5, "auto", False),
+        (5.0, "7", True),
+    ]
+    assert all(isinstance(x["strength"], float) for x in lines)
+    card = (dest / "README.md").read_text()
+    for name, dtype in (("strength", "float64"), ("label", "string"), ("on", "bool")):
+        assert f'  - name: "{name}"\n    dtype: {dtype}\n' in card
