@@ -310,7 +310,11 @@ def test_bad_input_is_one_line(
     assert fails(str(sweep.spec), dest, "--format", "parquet") == (
         "Error: --format parquet needs pyarrow: pip install 'comfysweep[parquet]'\n"
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("mine")
+    assert fails(str(sweep.spec), str(tmp_path / "file")) == (
+        f"Error: {tmp_path / 'file'} exists and is not a folder: give a new DEST\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_inside_the_results_folder_spec_is_optional(
@@ -379,16 +383,10 @@ class FakeJob:
     sources: dict[str, str] | None = None
 
 
-def test_a_column_keeps_one_type_across_rows(tmp_path: Path) -> None:
-    """A value that is an int in one job and a float in another is a float in every row (as
-    `datasets` needs), and a column mixing numbers and text is text."""
-    folder = tmp_path / "results"
+def schemaless(folder: Path, values: list[dict[str, Any]]) -> Path:
+    """A finished sweep of a model without a schema, one done job per input dict; its store."""
     folder.mkdir()
-    values = [(4, 3, True), (4.5, "auto", False), (5, 7, True)]
-    jobs = [
-        FakeJob(hashlib.sha256(bytes([i])).hexdigest(), i, {"strength": s, "label": lb, "on": on})
-        for i, (s, lb, on) in enumerate(values)
-    ]
+    jobs = [FakeJob(hashlib.sha256(bytes([i])).hexdigest(), i, v) for i, v in enumerate(values)]
     with Store.open(folder / "comfysweep.db") as store:
         store.sync_jobs(jobs, FakeJob.model_id)
         for row in store.claim(len(jobs)):
@@ -398,8 +396,18 @@ def test_a_column_keeps_one_type_across_rows(tmp_path: Path) -> None:
             store.transition(row.key, JobState.QUEUED, request_id=f"r{row.index}")
             store.transition(row.key, JobState.SUCCEEDED, cost=0.5)
             store.transition(row.key, JobState.DONE, outputs=[output])
+    return folder / "comfysweep.db"
+
+
+def test_a_column_keeps_one_type_across_rows(tmp_path: Path) -> None:
+    """A value that is an int in one job and a float in another is a float in every row (as
+    `datasets` needs), and a column mixing numbers and text is text."""
+    values = [(4, 3, True), (4.5, "auto", False), (5, 7, True)]
+    store = schemaless(
+        tmp_path / "results", [{"strength": s, "label": lb, "on": on} for s, lb, on in values]
+    )
     dest = tmp_path / "out"
-    assert export(dest, "--store", folder / "comfysweep.db").exit_code == 0
+    assert export(dest, "--store", store).exit_code == 0
     lines = [json.loads(x) for x in (dest / "metadata.jsonl").read_text().splitlines()]
     assert [(x["strength"], x["label"], x["on"]) for x in lines] == [
         (4.0, "3", True),
@@ -410,3 +418,21 @@ def test_a_column_keeps_one_type_across_rows(tmp_path: Path) -> None:
     card = (dest / "README.md").read_text()
     for name, dtype in (("strength", "float64"), ("label", "string"), ("on", "bool")):
         assert f'  - name: "{name}"\n    dtype: {dtype}\n' in card
+
+
+def test_nothing_to_export_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    store = schemaless(tmp_path / "results", [{"video": 1, "rating": 2, "x_file_name": 3}])
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "out"), "--store", str(store)])
+    assert result.exit_code == 0, result.output  # an input named as a column is renamed, kept
+    lines = (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()
+    assert {k: v for k, v in json.loads(lines[0]).items() if k.startswith("input_")} == {
+        "input_video": 1,
+        "input_rating": 2,
+        "input_x_file_name": 3,
+    }
+    result = CliRunner().invoke(
+        cli, ["export", str(tmp_path / "up"), "--store", str(store), "--rated", "up"]
+    )
+    assert result.exit_code == 1
+    assert result.output == "Error: nothing to export: no done job rated up in results\n"
+    assert not (tmp_path / "up").exists()
