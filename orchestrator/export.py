@@ -159,7 +159,7 @@ def _survey(
     store: Store, results: Path, options: ExportOptions, ratings: Mapping[str, str]
 ) -> _Plan:
     plan = _Plan()
-    inputs: dict[str, str] = {}  # friendly name -> kind
+    inputs: dict[str, str | None] = {}  # friendly name -> kind (None: no value seen yet)
     for row in store.jobs():
         if not _chosen(row, options, ratings):
             continue
@@ -182,7 +182,7 @@ def _survey(
             inputs[name] = _merge(inputs.get(name), _kind(value))
     for name, kind in inputs.items():
         plan.names[name] = _column(name, plan.kind or "video")
-        plan.columns[plan.names[name]] = kind
+        plan.columns[plan.names[name]] = kind if kind in _FEATURES else "string"  # json: text
     if plan.missing and not options.skip_missing:
         raise ExportError(
             f"{plan.first_missing}: missing ({plan.missing} output file(s) of done jobs gone); "
@@ -222,9 +222,9 @@ def _kind(value: Any) -> str | None:
     return "string" if isinstance(value, str) else "json"
 
 
-def _merge(old: str | None, new: str | None) -> str:
+def _merge(old: str | None, new: str | None) -> str | None:
     if old is None or new is None or old == new:
-        return old or new or "string"
+        return old or new
     if {old, new} == {"int", "float"}:
         return "float"
     return "string"

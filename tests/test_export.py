@@ -402,21 +402,23 @@ def schemaless(folder: Path, values: list[dict[str, Any]]) -> Path:
 def test_a_column_keeps_one_type_across_rows(tmp_path: Path) -> None:
     """A value that is an int in one job and a float in another is a float in every row (as
     `datasets` needs), and a column mixing numbers and text is text."""
-    values = [(4, 3, True), (4.5, "auto", False), (5, 7, True)]
+    values = [(None, 3, True, [1]), (4, "auto", False, {"a": 1}), (4.5, 7, True, None)]
     store = schemaless(
-        tmp_path / "results", [{"strength": s, "label": lb, "on": on} for s, lb, on in values]
+        tmp_path / "results",
+        [{"strength": s, "label": lb, "on": on, "extra": e} for s, lb, on, e in values],
     )
     dest = tmp_path / "out"
     assert export(dest, "--store", store).exit_code == 0
     lines = [json.loads(x) for x in (dest / "metadata.jsonl").read_text().splitlines()]
-    assert [(x["strength"], x["label"], x["on"]) for x in lines] == [
-        (4.0, "3", True),
-        (4.5, "auto", False),
-        (5.0, "7", True),
+    assert [(x["strength"], x["label"], x["on"], x["extra"]) for x in lines] == [
+        (None, "3", True, "[1]"),
+        (4.0, "auto", False, '{"a": 1}'),
+        (4.5, "7", True, None),
     ]
-    assert all(isinstance(x["strength"], float) for x in lines)
+    assert isinstance(lines[1]["strength"], float)
     card = (dest / "README.md").read_text()
-    for name, dtype in (("strength", "float64"), ("label", "string"), ("on", "bool")):
+    kinds = (("strength", "float64"), ("label", "string"), ("on", "bool"), ("extra", "string"))
+    for name, dtype in kinds:
         assert f'  - name: "{name}"\n    dtype: {dtype}\n' in card
 
 
