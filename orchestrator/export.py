@@ -134,7 +134,7 @@ def export_sweep(located: Located, dest: Path, options: ExportOptions) -> Export
         if not plan.keys:
             raise ExportError(f"nothing to export: no {_what(options)} in {located.name}")
         with _staging(dest) as tmp:
-            source = _Source(store, located.results, plan, ratings, options.skip_missing)
+            source = _Source(store, located.results, plan, ratings, options)
             if options.format == "webdataset":
                 return _write_shards(source, tmp, dest, shards)
             return _write_folder(source, tmp, dest, options)
@@ -251,7 +251,7 @@ class _Source:
     results: Path
     plan: _Plan
     ratings: Mapping[str, str]
-    skip_missing: bool
+    options: ExportOptions
     skipped: int = 0  # missing outputs left out (--skip-missing)
 
     def __post_init__(self) -> None:
@@ -259,15 +259,15 @@ class _Source:
 
     def entries(self) -> Iterator[tuple[JobRow, Mapping[str, Any] | None]]:
         for row in self.store.jobs():
-            if row.key not in self.plan.keys:
-                continue
+            if row.key not in self.plan.keys or not _chosen(row, self.options, self.ratings):
+                continue  # a live run may have moved it since the first pass
             if row.state != JobState.DONE:
                 yield row, None
                 continue
             for output in row.outputs:
                 if _on_disk(self.results, output):
                     yield row, output
-                elif self.skip_missing:
+                elif self.options.skip_missing:
                     self.skipped += 1
                 else:  # deleted since the first pass
                     raise ExportError(
