@@ -63,6 +63,7 @@ MIN_PREFIX = 4
 RATE_WINDOW = 600.0  # seconds: the rate is the last ten minutes' (or the run's, if younger)
 TOP_ERRORS = 5
 ERROR_WIDTH = 120
+SAMPLE = 50  # jobs read at each end of the grid to tell which inputs vary, without a spec
 
 
 @contextlib.contextmanager
@@ -407,12 +408,19 @@ def varying_inputs(db: Store, located: Located) -> list[str]:
         keys = [k for d in spec.dimensions for k in d.keys]
         keys += [k for e in spec.include for k, v in e.items() if spec.fixed.get(k) != v]
         return list(dict.fromkeys(keys))
-    samples = db.input_samples()
+    samples = db.input_samples(SAMPLE)
     if not samples:
         return []
     first = samples[0]
     names = dict.fromkeys(k for s in samples for k in s)
-    return [k for k in names if any(s.get(k) != first.get(k) for s in samples)]
+    varying = [k for k in names if any(s.get(k) != first.get(k) for s in samples)]
+
+    def first_change(key: str) -> int:
+        head = samples[:SAMPLE]
+        return next((i for i, s in enumerate(head) if s.get(key) != first.get(key)), SAMPLE)
+
+    # The grid's order: the last axis changes at every job, the first axis last of all.
+    return sorted(varying, key=lambda k: -first_change(k))
 
 
 def model_of(db: Store, located: Located) -> Model:

@@ -26,6 +26,7 @@ _RUN_HEADER: tuple[str, ...] = (
 )
 ORPHANED = "no longer in the spec; kept in the store and the manifest, never submitted again"
 KEY_SHOWN = 12
+_REASONS = ("no run live", "no job ended yet")  # why no ETA, said in the line's own words
 
 
 def status_lines(info: Mapping[str, Any]) -> list[str]:
@@ -78,11 +79,13 @@ def _pace_line(info: Mapping[str, Any]) -> str | None:
         window = duration(info["rate_window_seconds"])
         said = "rate" if info["live"] else "rate when it last ran"
         parts.append(f"{said}: {rate:.1f} jobs/min over {window}")
+    reason = note in _REASONS
     if eta is not None:
         parts.append(f"ETA {duration(eta)} for {info['left']} job(s) left")
     elif info["live"]:
-        parts.append(f"ETA unknown for {info['left']} job(s) left")
-    if note is not None and note != "no run live":
+        why = f" ({note})" if reason else ""
+        parts.append(f"ETA unknown for {info['left']} job(s) left{why}")
+    if note is not None and not reason:
         parts.append(note)
     return "; ".join(parts) or None
 
