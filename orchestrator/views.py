@@ -204,9 +204,9 @@ def run_state(db: Store, record: RunRecord) -> str:
     return "live" if _alive(record.pid) else "died"
 
 
-def run_views(db: Store, *, unfinished: bool = False) -> list[RunView]:
+def run_views(db: Store, *, unfinished: bool = False, tally: bool = True) -> list[RunView]:
     """Every run the store has seen, oldest first (``unfinished``: those without a finish)."""
-    return [RunView(r, run_state(db, r)) for r in db.runs(unfinished=unfinished)]
+    return [RunView(r, run_state(db, r)) for r in db.runs(unfinished=unfinished, tally=tally)]
 
 
 def status_figures(
@@ -222,7 +222,7 @@ def status_figures(
     now = now or datetime.now(UTC)
     counts = db.counts(in_spec=True)
     books = db.ledger()
-    runs = run_views(db, unfinished=True)
+    runs = run_views(db, unfinished=True, tally=False)
     live = next((r for r in runs if r.state == "live"), None)
     times = db.finish_times()
     end = now if live is not None or not times else times[0]
@@ -270,7 +270,7 @@ def status_figures(
 
 def _run_before(db: Store, end: datetime) -> RunRecord | None:
     """The last run started by ``end``: the one that ended the last job, when none is live."""
-    runs = [r for r in db.runs() if r.started_at <= end]
+    runs = [r for r in db.runs(tally=False) if r.started_at <= end]
     return runs[-1] if runs else None
 
 

@@ -712,15 +712,17 @@ class Store:
             found = conn.execute(sql.RATING_OF, {"p_key": key}).scalar()
         return None if found is None else str(found)
 
-    def runs(self, *, unfinished: bool = False) -> list[RunRecord]:
+    def runs(self, *, unfinished: bool = False, tally: bool = True) -> list[RunRecord]:
         """The runs this store has seen, oldest first (``unfinished``: no finish recorded, newest
-        first), each with the attempts it submitted, the jobs it finished and its spend."""
+        first), each with the attempts it submitted, the jobs it finished and its spend (zeros
+        without ``tally``: those are GROUP BYs over every attempt and event)."""
+        attempts: dict[int, tuple[int, float]] = {}
+        ended: dict[int, int] = {}
         with self._tx() as conn:
             rows = conn.execute(sql.OPEN_RUNS if unfinished else sql.RUN_ROWS).mappings().all()
-            if not rows:
-                return []
-            attempts = {r: (int(n), float(usd)) for r, n, usd in conn.execute(sql.RUN_ATTEMPTS)}
-            ended = {r: int(n) for r, n in conn.execute(sql.RUN_FINISHES)}
+            if rows and tally:
+                attempts = {r: (int(n), float(v)) for r, n, v in conn.execute(sql.RUN_ATTEMPTS)}
+                ended = {r: int(n) for r, n in conn.execute(sql.RUN_FINISHES)}
         return [
             RunRecord(
                 id=m["id"],
