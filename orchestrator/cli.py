@@ -198,7 +198,7 @@ def run(
 _HINTS = {
     "unknown": "the submit's answer was lost, the job may exist and be billed; "
     "`comfysweep retry SPEC --unknown` submits again on purpose",
-    "failed": "see `comfysweep status SPEC`; `comfysweep retry SPEC --failed`",
+    "failed": "`comfysweep failures SPEC` lists them; `comfysweep retry SPEC --failed`",
     "expired": "outputs expired before download; `comfysweep retry SPEC --expired` renders again",
     "lost": "the API forgot these requests; `comfysweep retry SPEC --lost`",
     "pending": "not submitted yet; run again to continue",
