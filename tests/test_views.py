@@ -24,6 +24,7 @@ from orchestrator.store import JobState, Store
 from orchestrator.sweep import Overrides, RunReport, run_sweep
 from orchestrator.views import group_failures, normalise_error, pace
 
+from .postgres import fresh_schema
 from .sweeps import write_spec
 from .waiting import PATIENCE, DrivenClock, store_events, wait_for
 
@@ -409,3 +410,61 @@ def test_the_rate_is_a_recent_window_or_the_run_when_younger() -> None:
     young = pace(times, end, window=600.0, since=end - timedelta(seconds=60))
     assert (young.per_minute, young.window) == (pytest.approx(3.0), 60.0)
     assert pace([], end).per_minute is None
+
+
+@pytest.mark.postgres
+def test_status_and_runs_on_a_postgresql_store_live_then_died(tmp_path: Path) -> None:
+    """A live PostgreSQL run is its session's advisory lock; a run whose session ended died."""
+    spec = write_spec(tmp_path)
+    clock = DrivenClock(frozen=True)
+    reports: list[RunReport] = []
+    with fresh_schema("v") as url, emulator(workers=1, clock=clock) as emu:
+        worker = threading.Thread(
+            target=lambda: reports.append(
+                run_sweep(
+                    spec,
+                    store=url,
+                    base_url=emu.base_url,
+                    token=emu.token,
+                    overrides=Overrides(concurrency=1, poll_interval=0.02),
+                )
+            )
+        )
+        worker.start()
+        try:
+            wait_for(lambda: emu.ledger()["jobs"], "the first job submitted")
+            code, lines, _ = cli_run("status", str(spec), "--store", url)
+        finally:
+            clock.release()
+            worker.join()
+        assert reports[0].complete
+        assert code == 0
+        assert lines[0] == "grid: 4 jobs, spent $0.00, $0.25 reserved"
+        assert lines[-3].startswith(f"run 1 live: comfysweep run grid, pid {os.getpid()} on ")
+        died = subprocess.run(
+            [sys.executable, "-c", DIE, url], capture_output=True, text=True, timeout=PATIENCE
+        )
+        assert died.returncode == 0, died.stderr
+        listed = json.loads(cli_run("runs", "--store", url, "--json")[1][0])
+        assert [(r["id"], r["state"], r["finished"]) for r in listed] == [
+            (1, "finished", 4),
+            (2, "died", 0),
+        ]
+        status = cli_run("status", "--store", url)[1]
+        assert status[2].startswith("no run live; run 2 died without finishing")
+        assert cli_run("show", rows_of(url)[0].key[:8], "--store", url)[1][0].startswith("job ")
+
+
+DIE = (
+    "import os, sys\n"
+    "from orchestrator.store import Store\n"
+    "db = Store.open(sys.argv[1])\n"
+    "held = db.lock('comfysweep run grid')\n"
+    "held.__enter__()\n"
+    "os._exit(0)\n"
+)
+
+
+def rows_of(store: str) -> list[Any]:
+    with Store.open(store, readonly=True) as db:
+        return list(db.jobs())
