@@ -29,6 +29,7 @@ from orchestrator.responses import error_message
 from orchestrator.results import STORE_FILE
 from orchestrator.spec import Spec
 from orchestrator.store import JobRow, JobState, Store
+from orchestrator.store.books import Ledger
 from orchestrator.store.store import RunRecord
 
 __all__ = [
@@ -275,7 +276,7 @@ def _run_before(db: Store, end: datetime) -> RunRecord | None:
 
 
 def _eta(
-    db: Store, books: Any, counts: Mapping[str, int], left: int, rate: Pace, live: bool
+    db: Store, books: Ledger, counts: Mapping[str, int], left: int, rate: Pace, live: bool
 ) -> tuple[float | None, str | None, int | None]:
     """(seconds, why it is what it is, how many of the pending jobs the cap still pays for)."""
     payable: int | None = None
@@ -316,9 +317,10 @@ def find_job(db: Store, text: str) -> JobRow:
     if count == 0:
         raise StoreError(f"no job {text!r} in store {db.name}")
     if count > 1:
+        shown = max(16, len(prefix) + 4)
         raise StoreError(
-            f"job key prefix {text!r} matches {count} jobs ({first[0][:16]}, {first[1][:16]}, "
-            "...): give more characters"
+            f"job key prefix {text!r} matches {count} jobs ({first[0][:shown]}, "
+            f"{first[1][:shown]}, ...): give more characters"
         )
     row = db.get(first[0])
     if row is None:  # a run never deletes a job; only a hand edit between the two reads
@@ -432,8 +434,10 @@ def model_of(db: Store, located: Located) -> Model:
 
 
 def friendly_inputs(model: Model, inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """Inputs by friendly name, data: URIs shortened to their type and size."""
-    return {model.display_name(k): shorten(v) for k, v in inputs.items()}
+    """Inputs by friendly name in the model's order (then the rest), data: URIs shortened."""
+    order = {raw: i for i, raw in enumerate(model.friendly_names.values())}
+    keys = sorted(inputs, key=lambda k: (order.get(k, len(order)), k))
+    return {model.display_name(k): shorten(inputs[k]) for k in keys}
 
 
 def shorten(value: Any, width: int = 200) -> Any:

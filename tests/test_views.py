@@ -468,3 +468,33 @@ DIE = (
 def rows_of(store: str) -> list[Any]:
     with Store.open(store, readonly=True) as db:
         return list(db.jobs())
+
+
+def test_watch_on_a_terminal_redraws_in_place_until_ctrl_c(failed: Path) -> None:
+    """On a terminal the block is redrawn where it stands (rich Live), and Ctrl-C ends it: 0."""
+    import pty
+
+    main, child = pty.openpty()
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "status", str(failed), "--watch", "0.05"],
+        stdin=child,
+        stdout=child,
+        stderr=child,
+        env={**os.environ, "TERM": "xterm", "COLUMNS": "120"},
+    )
+    os.close(child)
+    seen = bytearray()
+
+    def drawn_twice() -> bool:
+        seen.extend(os.read(main, 65536))
+        return seen.count(b"grid: 4 jobs, spent $1.01") >= 2
+
+    try:
+        wait_for(drawn_twice, "the status drawn twice", proc=watcher)
+        watcher.send_signal(signal.SIGINT)
+        assert watcher.wait(timeout=PATIENCE) == 0
+    finally:
+        watcher.kill()
+        os.close(main)
+    assert b"Traceback" not in seen
+    assert b"\x1b[" in seen  # cursor moves: redrawn in place, not printed again below
