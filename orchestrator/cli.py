@@ -225,6 +225,22 @@ _WHICH = (
 )
 
 
+class _Every(_Finite):
+    """``--watch``'s optional SECONDS: a word that is no number is the SPEC put after it."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            self.fail(
+                f"{value!r} is not a number of seconds (put SPEC before --watch, "
+                "or give --watch its seconds)",
+                param,
+                ctx,
+            )
+        return super().convert(value, param, ctx)
+
+
 @cli.command(
     help="Where a sweep stands: jobs per state, spent / reserved / cap, the live run, rate and "
     "ETA, the oldest job in flight, failures grouped by message. Works from another shell while "
@@ -235,7 +251,7 @@ _WHICH = (
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (stable keys).")
 @click.option(
     "--watch",
-    type=_Finite(0, min_open=True),
+    type=_Every(0, min_open=True),
     is_flag=False,
     flag_value=2.0,
     default=None,

@@ -61,6 +61,7 @@ TROUBLE = (_S.FAILED, _S.EXPIRED, _S.LOST, _S.UNKNOWN)
 LISTABLE = (*TROUBLE, _S.CANCELLED)
 FLYING = (_S.SUBMITTING, _S.QUEUED, _S.RUNNING, _S.SUCCEEDED)
 MIN_PREFIX = 4
+_HEX = re.compile(r"[0-9a-f]+")  # a job key is a sha256 in hex
 RATE_WINDOW = 600.0  # seconds: the rate is the last ten minutes' (or the run's, if younger)
 TOP_ERRORS = 5
 ERROR_WIDTH = 120
@@ -313,7 +314,7 @@ def find_job(db: Store, text: str) -> JobRow:
         raise StoreError(
             f"job key prefix {text!r} is too short: give at least {MIN_PREFIX} characters"
         )
-    count, first = db.keys_starting(prefix)
+    count, first = db.keys_starting(prefix) if _HEX.fullmatch(prefix) else (0, [])
     if count == 0:
         raise StoreError(f"no job {text!r} in store {db.name}")
     if count > 1:

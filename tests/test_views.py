@@ -203,6 +203,15 @@ def test_watch_prints_one_block_per_refresh(failed: Path) -> None:
     assert lines == [*once, "", *once, "", *once]
 
 
+def test_watch_takes_seconds_and_says_so_when_given_the_spec(failed: Path) -> None:
+    result = CliRunner().invoke(cli, ["status", "--watch", str(failed)])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: Invalid value for '--watch': '{failed}' is not a number of seconds "
+        "(put SPEC before --watch, or give --watch its seconds)"
+    )
+
+
 def test_watch_ends_on_ctrl_c_with_exit_0(failed: Path) -> None:
     watcher = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "status", str(failed), "--watch", "0.05"],
@@ -297,6 +306,7 @@ def test_show_refuses_a_short_unknown_or_ambiguous_key_in_one_line(tmp_path: Pat
     cases = {
         "abc": "Error: job key prefix 'abc' is too short: give at least 4 characters",
         "0123": f"Error: no job '0123' in store {path}",
+        "abcd%": f"Error: no job 'abcd%' in store {path}",
         "ABCD": "Error: job key prefix 'ABCD' matches 3 jobs (abcd100000000000, abcd200000000000, "
         "...): give more characters",
     }
