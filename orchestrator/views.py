@@ -104,12 +104,17 @@ class Pace:
 
 
 def pace(
-    times: Iterable[datetime], end: datetime, *, window: float = RATE_WINDOW, since: Any = None
+    times: Iterable[datetime],
+    end: datetime,
+    *,
+    window: float = RATE_WINDOW,
+    since: datetime | None = None,
 ) -> Pace:
     """The rate of the finishes in ``times`` over the window ending at ``end``.
 
-    The window starts ``window`` seconds before ``end``, or at ``since`` (the run's start) when
-    that is later: a run two minutes old is measured over its two minutes, not ten.
+    The window starts ``window`` seconds before ``end``, or at ``since`` when that is later (the
+    run's start: a run two minutes old is measured over its two minutes, not ten; or the oldest
+    event the store's scan read, on a sweep that ends jobs faster than the scan reaches back).
     """
     start = end.timestamp() - window
     if since is not None:
@@ -226,10 +231,11 @@ def status_figures(
     books = db.ledger()
     runs = run_views(db, unfinished=True, tally=False)
     live = next((r for r in runs if r.state == "live"), None)
-    times = db.finish_times()
+    times, horizon = db.finish_times()
     end = now if live is not None or not times else times[0]
     started = live.record if live else _run_before(db, end)
-    rate = pace(times, end, since=started.started_at if started else None)
+    since = [t for t in (started.started_at if started else None, horizon) if t is not None]
+    rate = pace(times, end, since=max(since) if since else None)
     left = counts[_S.PENDING] + sum(counts[s] for s in FLYING)
     eta, note, payable = _eta(db, books, counts, left, rate, live is not None)
     oldest = db.oldest_in_flight()

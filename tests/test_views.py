@@ -508,3 +508,17 @@ def test_watch_on_a_terminal_redraws_in_place_until_ctrl_c(failed: Path) -> None
         os.close(main)
     assert b"Traceback" not in seen
     assert b"\x1b[" in seen  # cursor moves: redrawn in place, not printed again below
+
+
+def test_the_rate_reads_only_the_latest_events_and_says_how_far_back(
+    failed: Path, tmp_path: Path
+) -> None:
+    with Store.open(store_of(tmp_path), readonly=True) as db:
+        events = sorted(
+            (e for r in db.jobs() for e in db.events(r.key)), key=lambda e: e.id, reverse=True
+        )
+        ended = [e.at for e in events if e.to_state in (JobState.DONE, JobState.FAILED)]
+        assert db.finish_times(scan=10_000) == (sorted(ended, reverse=True), None)
+        times, horizon = db.finish_times(scan=3)
+    assert horizon == events[2].at  # finishes older than this were not read: the window ends here
+    assert times == sorted((e.at for e in events[:3] if e.at in ended), reverse=True)

@@ -306,6 +306,13 @@ _LATEST = (
     .subquery()
 )
 RECENT_FINISHES = sa.select(_LATEST.c.at).where(_LATEST.c.to_state.in_(_FINAL_NAMES))
+# The time of the oldest event that scan reads: the finishes it counts go back no further.
+SCAN_HORIZON = (
+    sa.select(EVENTS.c.at)
+    .order_by(EVENTS.c.id.desc())
+    .offset(sa.bindparam("p_back", type_=sa.Integer))
+    .limit(1)
+)
 _SINCE = sa.func.coalesce(JOBS.c.submitted_at, JOBS.c.updated_at)
 OLDEST_FLYING = (
     sa.select(JOBS.c.key, JOBS.c.state, _SINCE.label("since"))

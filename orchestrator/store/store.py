@@ -652,12 +652,15 @@ class Store:
 
     # -- views: what status, show, failures and runs read (never the runner's lock) -------------
 
-    def finish_times(self, *, scan: int = 20_000) -> list[datetime]:
+    def finish_times(self, *, scan: int = 20_000) -> tuple[list[datetime], datetime | None]:
         """When jobs ended (moved to a final state), among the latest ``scan`` events, newest
-        first: a walk back along the events' primary key, never a whole-table read."""
+        first: a walk back along the events' primary key, never a whole-table read. With the
+        time of the oldest event read when there are more (older finishes are not in the list),
+        else None."""
         with self._tx() as conn:
             times = list(conn.execute(sql.RECENT_FINISHES, {"p_scan": scan}).scalars())
-        return sorted(times, reverse=True)
+            horizon = conn.execute(sql.SCAN_HORIZON, {"p_back": scan - 1}).scalar()
+        return sorted(times, reverse=True), horizon
 
     def oldest_in_flight(self) -> tuple[str, JobState, datetime] | None:
         """The job in flight the longest: its key, state and when it was submitted (or claimed)."""
