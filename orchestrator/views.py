@@ -447,12 +447,11 @@ def friendly_inputs(model: Model, inputs: Mapping[str, Any]) -> dict[str, Any]:
     return {model.display_name(k): shorten(inputs[k]) for k in keys}
 
 
-def shorten(value: Any, width: int = 200) -> Any:
-    if not isinstance(value, str):
-        return value
-    if value.startswith("data:") and len(value) > 64:
+def shorten(value: Any) -> Any:
+    """A data: URI as its type and size; anything else as it is."""
+    if isinstance(value, str) and value.startswith("data:") and len(value) > 64:
         return f"{value.split(',', 1)[0]},… ({len(value):,} chars)"
-    return _cut(value, width)
+    return value
 
 
 # -- the use cases the CLI calls -----------------------------------------------------------------

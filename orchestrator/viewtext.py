@@ -125,7 +125,7 @@ def job_lines(view: Mapping[str, Any]) -> list[str]:
         lines.append(f"  error      {' '.join(view['error_text'].split())}")
     lines.append("inputs")
     width = max((len(name) for name in view["inputs"]), default=0)
-    lines += [f"  {name:<{width}}  {_value(v)}" for name, v in view["inputs"].items()]
+    lines += [f"  {name:<{width}}  {_value(v, None)}" for name, v in view["inputs"].items()]
     lines.append("attempts" if view["attempts"] else "attempts: none yet")
     for a in view["attempts"]:
         money = ", ".join(
@@ -247,9 +247,10 @@ def _bytes(size: Any) -> str:
     return "size unknown" if size is None else f"{int(size):,} bytes"
 
 
-def _value(value: Any, width: int = 100) -> str:
+def _value(value: Any, width: int | None) -> str:
+    """A value on one line, cut to ``width`` characters (None: whole); a data: URI shortened."""
     if isinstance(value, str) and value.startswith("data:") and len(value) > 64:
         return f"{value.split(',', 1)[0]},… ({len(value):,} chars)"
     text = value if isinstance(value, str) else repr(value) if value is None else str(value)
     text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"

@@ -25,7 +25,7 @@ from orchestrator.sweep import Overrides, RunReport, run_sweep
 from orchestrator.views import group_failures, normalise_error, pace
 
 from .postgres import fresh_schema
-from .sweeps import write_spec
+from .sweeps import SPEC, write_spec
 from .waiting import PATIENCE, DrivenClock, store_events, wait_for
 
 ROOT = Path(__file__).parents[1]
@@ -522,3 +522,20 @@ def test_the_rate_reads_only_the_latest_events_and_says_how_far_back(
         times, horizon = db.finish_times(scan=3)
     assert horizon == events[2].at  # finishes older than this were not read: the window ends here
     assert times == sorted((e.at for e in events[:3] if e.at in ended), reverse=True)
+
+
+def test_show_shortens_a_data_uri_and_keeps_every_other_input_whole(tmp_path: Path) -> None:
+    (tmp_path / "start.png").write_bytes((ROOT / "sweeps" / "start.png").read_bytes())
+    long_prompt = "a red fox in the snow, " * 8
+    body = SPEC.replace("https://example.com/fox.png", "start.png").replace(
+        '"a red fox in the snow"', f'"{long_prompt.strip()}"'
+    )
+    spec = write_spec(tmp_path, body=body)
+    with emulator() as emu:
+        assert run(spec, emu).complete
+    job = rows(tmp_path)[0]
+    uri = friendly(job, "image")
+    assert uri.startswith("data:image/png;base64,")
+    lines = cli_run("show", job.key, str(spec))[1]
+    assert f"  image       data:image/png;base64,… ({len(uri):,} chars)" in lines
+    assert f"  prompt      {long_prompt.strip()}" in lines
