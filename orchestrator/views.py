@@ -166,9 +166,8 @@ def group_failures(
         states[str(state)] = states.get(str(state), 0) + n
     ranked = sorted(groups.items(), key=lambda item: (-sum(item[1].values()), item[0]))
     shown = ranked if top is None else ranked[:top]
-    return [FailureGroup(m, sum(s.values()), dict(sorted(s.items()))) for m, s in shown], len(
-        ranked
-    )
+    found = [FailureGroup(m, sum(s.values()), dict(sorted(s.items()))) for m, s in shown]
+    return found, len(ranked)
 
 
 @dataclass(frozen=True)
