@@ -198,7 +198,7 @@ def run(
 _HINTS = {
     "unknown": "the submit's answer was lost, the job may exist and be billed; "
     "`comfysweep retry SPEC --unknown` submits again on purpose",
-    "failed": "see `comfysweep status SPEC`; `comfysweep retry SPEC --failed`",
+    "failed": "`comfysweep failures SPEC` lists them; `comfysweep retry SPEC --failed`",
     "expired": "outputs expired before download; `comfysweep retry SPEC --expired` renders again",
     "lost": "the API forgot these requests; `comfysweep retry SPEC --lost`",
     "pending": "not submitted yet; run again to continue",
@@ -216,29 +216,172 @@ def _terminal() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
-@cli.command()
-@_SPEC
+# -- watching a sweep: read-only, from any shell, while a run is live or after it ---------------
+
+_ANY_SPEC = click.argument("spec", required=False, type=click.Path(dir_okay=False, path_type=Path))
+_WHICH = (
+    "\n\nSPEC is optional: without it, --store names the store, or the current directory is the "
+    "sweep's results folder. Read-only: never takes the running sweep's lock."
+)
+
+
+class _Every(_Finite):
+    """``--watch``'s optional SECONDS: a word that is no number is the SPEC put after it."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            self.fail(
+                f"{value!r} is not a number of seconds (put SPEC before --watch, "
+                "or give --watch its seconds)",
+                param,
+                ctx,
+            )
+        return super().convert(value, param, ctx)
+
+
+@cli.command(
+    help="Where a sweep stands: jobs per state, spent / reserved / cap, the live run, rate and "
+    "ETA, the oldest job in flight, failures grouped by message. Works from another shell while "
+    "a run is live." + _WHICH
+)
+@_ANY_SPEC
+@_STORE
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (stable keys).")
+@click.option(
+    "--watch",
+    type=_Every(0, min_open=True),
+    is_flag=False,
+    flag_value=2.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="Refresh in place every SECONDS (2 if not given) until Ctrl-C.",
+)
+@click.option("--max-refresh", type=click.IntRange(1), hidden=True)
+def status(
+    spec: Path | None,
+    store: str | None,
+    as_json: bool,
+    watch: float | None,
+    max_refresh: int | None,
+) -> None:
+    from orchestrator import sweep
+    from orchestrator.viewtext import status_lines
+
+    def render() -> str:
+        info = sweep.sweep_status(spec, store=store)
+        return json.dumps(info) if as_json else "\n".join(status_lines(info))
+
+    if watch is None:
+        click.echo(render())
+        return
+    _watch(render, watch, max_refresh)
+
+
+def _watch(render: Callable[[], str], every: float, most: int | None) -> None:
+    """Show ``render()`` again every ``every`` seconds until Ctrl-C (exit 0) or ``most`` times:
+    in place on a terminal, else one block per refresh, a blank line between."""
+    import time
+
+    shown = 0
+    try:
+        if sys.stdout.isatty():
+            from rich.console import Console
+            from rich.live import Live
+            from rich.text import Text
+
+            with Live(console=Console(), auto_refresh=False) as live:
+                while most is None or shown < most:
+                    live.update(Text(render()), refresh=True)
+                    shown += 1
+                    if most is None or shown < most:
+                        time.sleep(every)
+            return
+        while most is None or shown < most:
+            click.echo(("\n" if shown else "") + render())
+            sys.stdout.flush()
+            shown += 1
+            if most is None or shown < most:
+                time.sleep(every)
+    except KeyboardInterrupt:
+        return
+
+
+@cli.command(
+    help="One job whole: its inputs, each submit attempt (request id, estimate, cost, charge, "
+    "outcome), every state change with its time, its files on disk, its error and rating. JOB is "
+    "a job key or a unique prefix of one (at least 4 characters)." + _WHICH
+)
+@click.argument("job")
+@_ANY_SPEC
 @_STORE
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def status(spec: Path, store: str | None, as_json: bool) -> None:
-    """Counts of jobs per state (readable while a run is live)."""
-    from orchestrator import sweep
+def show(job: str, spec: Path | None, store: str | None, as_json: bool) -> None:
+    from orchestrator import views
+    from orchestrator.viewtext import job_lines
 
-    info = sweep.sweep_status(spec, store=store)
-    if as_json:
-        click.echo(json.dumps(info))
-        return
-    money = f"spent ${info['spent_usd']:.2f}"
-    if info["reserved_usd"]:
-        money += f", ${info['reserved_usd']:.2f} reserved"
-    if info["cap_usd"] is not None:
-        money += f" of the ${info['cap_usd']:.2f} cap"
-    click.echo(f"{info['sweep']}: {info['jobs']} jobs, {money}")
-    for state, n in info["counts"].items():
-        if n:
-            click.echo(f"  {state:<11} {n}")
-    if info["orphaned"]:
-        click.echo(f"  {info['orphaned']} orphaned: {_ORPHANED}")
+    view = views.show_job(job, spec, store=store)
+    click.echo(json.dumps(view, ensure_ascii=False) if as_json else "\n".join(job_lines(view)))
+
+
+@cli.command(
+    help="The jobs that ended without their files (failed, expired, lost, unknown), one line "
+    "each: key prefix, state, the inputs that vary, the error." + _WHICH
+)
+@_ANY_SPEC
+@_STORE
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(["failed", "expired", "lost", "unknown", "cancelled"]),
+    help="Only jobs in this state (repeatable; cancelled jobs only when asked).",
+)
+@click.option(
+    "--sort",
+    type=click.Choice(["grid", "error", "state"]),
+    default="grid",
+    show_default=True,
+    help="Grid order, or alike errors together (commonest first), or by state.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per job (JSON lines).")
+def failures(
+    spec: Path | None, store: str | None, states: tuple[str, ...], sort: str, as_json: bool
+) -> None:
+    from collections import Counter
+
+    from orchestrator import views
+    from orchestrator.viewtext import failure_line, failure_record, failures_footer
+
+    chosen = states or tuple(str(s) for s in views.TROUBLE)
+    seen: Counter[str] = Counter()
+    with views.list_failures(spec, store=store, states=chosen, sort=sort) as listed:
+        for row in listed.rows:
+            seen[str(row.state)] += 1
+            if as_json:
+                record = failure_record(row, listed.varying, listed.model)
+                sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+            else:
+                click.echo(failure_line(row, listed.varying, listed.model))
+    if not as_json:
+        click.echo(failures_footer(dict(sorted(seen.items()))))
+
+
+@cli.command(
+    help="The runs a store has seen: id, who, pid and host, version, when it started, when it "
+    "finished (or live, or died: no finish and its process is gone), how many jobs it sent and "
+    "ended, and what its attempts were charged." + _WHICH
+)
+@_ANY_SPEC
+@_STORE
+@click.option("--json", "as_json", is_flag=True, help="One JSON list.")
+def runs(spec: Path | None, store: str | None, as_json: bool) -> None:
+    from orchestrator import views
+    from orchestrator.viewtext import run_lines
+
+    listed = views.list_runs(spec, store=store)
+    click.echo(json.dumps(listed) if as_json else "\n".join(run_lines(listed)))
 
 
 @cli.command()

@@ -450,30 +450,19 @@ def refresh_price(
     return anyio.run(fetch)
 
 
-def sweep_status(spec: Spec | str | Path, *, store: str | Path | None = None) -> dict[str, Any]:
-    """Counts of the sweep's jobs per state, readable while a run writes.
+def sweep_status(
+    spec: Spec | str | Path | None = None, *, store: str | Path | None = None
+) -> dict[str, Any]:
+    """What ``status`` says, readable while a run writes: counts per state, money, the live run,
+    rate and ETA, the oldest job in flight, failures grouped (orchestrator.views.status_figures).
 
     ``counts`` and ``jobs`` are the spec's jobs; ``orphaned`` counts the jobs a spec edit left
-    behind, kept in the store and the manifest but never submitted again.
+    behind, kept in the store and the manifest but never submitted again. No ``spec``: the store
+    ``store`` names, or the results folder the current directory is.
     """
-    spec = _loaded(spec)
-    path = store_path(spec, store)
-    _require_store(path)
-    with Store.open(path, readonly=True) as db:
-        _check_owner(spec, db)
-        counts = db.counts(in_spec=True)
-        books = db.ledger()
-        return {
-            "sweep": spec.name,
-            "store": str(path),
-            "results": str(spec.results_dir),
-            "jobs": sum(counts.values()),
-            "counts": counts,
-            "orphaned": sum(db.counts(in_spec=False).values()),
-            "spent_usd": books.spent_usd,
-            "reserved_usd": books.reserved_usd,  # jobs in flight, unknown or lost: may be billed
-            "cap_usd": books.cap_usd,  # the last run's --max-cost
-        }
+    from orchestrator import views
+
+    return views.sweep_status(spec, store=store)
 
 
 def sweep_left(

@@ -43,7 +43,7 @@ from orchestrator.store.rows import (
 )
 from orchestrator.store.states import TRANSITIONS, JobState, allowed_from
 
-__all__ = ["RATING_VALUES", "Claim", "Store"]
+__all__ = ["RATING_VALUES", "Claim", "RunRecord", "Store"]
 
 _S = JobState
 # Committed with an fsync on SQLite (synchronous=FULL): losing `submitting` to a power cut would
@@ -72,6 +72,23 @@ class Claim:
     refused: str | None
     estimate: float | None
     ledger: books.Ledger
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run a store has seen (the runs table), with what it did: attempts it submitted (a
+    request id came back), jobs it brought to a final state, and the charges of its attempts."""
+
+    id: int
+    owner: str
+    pid: int
+    host: str
+    version: str
+    started_at: datetime
+    finished_at: datetime | None
+    submitted: int
+    finished: int
+    spent_usd: float
 
 
 class Store:
@@ -632,6 +649,98 @@ class Store:
         stmt = sa.select(sql.EVENTS).where(sql.EVENTS.c.job_key == key).order_by(sql.EVENTS.c.id)
         with self._tx() as conn:
             return [Event.from_row(m) for m in conn.execute(stmt).mappings()]
+
+    # -- views: what status, show, failures and runs read (never the runner's lock) -------------
+
+    def finish_times(self, *, scan: int = 20_000) -> tuple[list[datetime], datetime | None]:
+        """When jobs ended (moved to a final state), among the latest ``scan`` events, newest
+        first: a walk back along the events' primary key, never a whole-table read. With the
+        time of the oldest event read when there are more (older finishes are not in the list),
+        else None."""
+        with self._tx() as conn:
+            times = list(conn.execute(sql.RECENT_FINISHES, {"p_scan": scan}).scalars())
+            horizon = conn.execute(sql.SCAN_HORIZON, {"p_back": scan - 1}).scalar()
+        return sorted(times, reverse=True), horizon
+
+    def oldest_in_flight(self) -> tuple[str, JobState, datetime] | None:
+        """The job in flight the longest: its key, state and when it was submitted (or claimed)."""
+        with self._tx() as conn:
+            row = conn.execute(sql.OLDEST_FLYING).first()
+        if row is None:
+            return None
+        since = row.since
+        if isinstance(since, str):  # SQLite hands a coalesce() back as text
+            since = datetime.fromisoformat(since)
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        return str(row.key), JobState(row.state), since
+
+    def error_counts(self, states: Iterable[JobState]) -> list[tuple[JobState, Any, int]]:
+        """The spec's jobs in ``states`` counted per (state, error), errors decoded (GROUP BY)."""
+        params = {"p_states": [JobState(s).value for s in states]}
+        with self._tx() as conn:
+            rows = conn.execute(sql.ERROR_GROUPS, params).all()
+        return [
+            (JobState(state), None if error is None else json.loads(error), int(n))
+            for state, error, n in rows
+        ]
+
+    def mean_estimate(self, *, last: int = 500) -> float | None:
+        """The mean reservation of the latest ``last`` priced attempts: what one more job costs."""
+        with self._tx() as conn:
+            mean = conn.execute(sql.MEAN_ESTIMATE, {"p_limit": last}).scalar()
+        return None if mean is None else float(mean)
+
+    def keys_starting(self, prefix: str) -> tuple[int, list[str]]:
+        """How many job keys start with ``prefix``, and the first two of them."""
+        if not prefix:
+            raise ValueError("an empty prefix")
+        params = {"p_low": prefix, "p_high": prefix[:-1] + chr(ord(prefix[-1]) + 1)}
+        with self._tx() as conn:
+            count = int(conn.execute(sql.PREFIX_COUNT, params).scalar_one())
+            first = list(conn.execute(sql.PREFIX_KEYS, params).scalars()) if count else []
+        return count, first
+
+    def input_samples(self, n: int = 50) -> list[dict[str, Any]]:
+        """The inputs of the grid's first ``n`` and last ``n`` jobs (large data: URIs left out):
+        enough to tell which inputs vary without reading every job."""
+        with self._tx() as conn:
+            first = list(conn.execute(sql.FIRST_INPUTS, {"p_limit": n}).scalars())
+            last = list(conn.execute(sql.LAST_INPUTS, {"p_limit": n}).scalars())
+        return [json.loads(text) for text in first + last]
+
+    def rating(self, key: str) -> str | None:
+        """The user's verdict on job ``key`` ("up", "down", "pick"), or None."""
+        with self._tx() as conn:
+            found = conn.execute(sql.RATING_OF, {"p_key": key}).scalar()
+        return None if found is None else str(found)
+
+    def runs(self, *, unfinished: bool = False, tally: bool = True) -> list[RunRecord]:
+        """The runs this store has seen, oldest first (``unfinished``: no finish recorded, newest
+        first), each with the attempts it submitted, the jobs it finished and its spend (zeros
+        without ``tally``: those are GROUP BYs over every attempt and event)."""
+        attempts: dict[int, tuple[int, float]] = {}
+        ended: dict[int, int] = {}
+        with self._tx() as conn:
+            rows = conn.execute(sql.OPEN_RUNS if unfinished else sql.RUN_ROWS).mappings().all()
+            if rows and tally:
+                attempts = {r: (int(n), float(v)) for r, n, v in conn.execute(sql.RUN_ATTEMPTS)}
+                ended = {r: int(n) for r, n in conn.execute(sql.RUN_FINISHES)}
+        return [
+            RunRecord(
+                id=m["id"],
+                owner=m["owner"],
+                pid=m["pid"],
+                host=m["host"],
+                version=m["version"],
+                started_at=m["started_at"],
+                finished_at=m["finished_at"],
+                submitted=attempts.get(m["id"], (0, 0.0))[0],
+                finished=ended.get(m["id"], 0),
+                spent_usd=attempts.get(m["id"], (0, 0.0))[1],
+            )
+            for m in rows
+        ]
 
     def _rows(self, rows: Sequence[Mapping[Any, Any]]) -> list[JobRow]:
         """JobRows of table rows read in a finished transaction, their blobs put back."""
