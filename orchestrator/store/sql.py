@@ -293,3 +293,26 @@ _RUN_NS = 0x636F6D66  # "comf"
 RUN_ALIVE_LOCK = sa.text(f"SELECT pg_advisory_lock({_RUN_NS}, {_RUN_KEY})")
 RUN_ALIVE_TRY = sa.text(f"SELECT pg_try_advisory_lock({_RUN_NS}, {_RUN_KEY})")
 RUN_ALIVE_UNLOCK = sa.text(f"SELECT pg_advisory_unlock({_RUN_NS}, {_RUN_KEY})")
+
+# -- the controls mailbox (orchestrator/control.py): stop and cancel requests to a live run ------
+_C = CONTROLS.c
+# A live run asks this every tick: one lookup at the end of the primary key's index.
+CONTROLS_LAST = sa.select(sa.func.coalesce(sa.func.max(_C.id), 0))
+CONTROLS_AFTER = sa.select(CONTROLS).where(_C.id > sa.bindparam("p_after")).order_by(_C.id)
+CONTROL_GET = sa.select(CONTROLS).where(_C.id == sa.bindparam("p_id"))
+CONTROL_SEEN = (
+    CONTROLS.update()
+    .where(_C.id == sa.bindparam("p_id"), _C.seen_at.is_(None))
+    .values(seen_at=sa.bindparam("p_now"), run_id=sa.bindparam("p_run", type_=sa.Integer))
+)
+CONTROL_ANSWER = (
+    CONTROLS.update().where(_C.id == sa.bindparam("p_id")).values(outcome=sa.bindparam("p_text"))
+)
+# A request no run took is withdrawn, so no later run acts on it.
+CONTROL_WITHDRAW = CONTROLS.delete().where(_C.id == sa.bindparam("p_id"), _C.seen_at.is_(None))
+# Runs not recorded as finished (a killed one too: the caller asks whether it is alive).
+RUNS_OPEN = sa.select(RUNS).where(RUNS.c.finished_at.is_(None)).order_by(RUNS.c.id.desc())
+JOB_STATES = sa.select(JOBS.c.key, JOBS.c.state).where(
+    JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True))
+)
+CONTROL_INSERT = sa.insert(CONTROLS).returning(_C.id)
