@@ -21,12 +21,12 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from orchestrator.errors import ComfysweepError
 from orchestrator.models import get_model, suggest
 
-__all__ = ["Where", "WhereError", "job_values", "parse"]
+__all__ = ["Where", "WhereError", "job_values", "parse", "select"]
 
 # Deeper nesting than this is no filter anyone writes; it would only exhaust the stack.
 MAX_DEPTH = 64
@@ -202,6 +202,49 @@ def job_values(model_id: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in inputs.items():
         out.setdefault(model.display_name(key), value)
     return out
+
+
+class _Job(Protocol):
+    @property
+    def key(self) -> str: ...
+    @property
+    def model_id(self) -> str: ...
+    @property
+    def inputs(self) -> Mapping[str, Any]: ...
+
+
+J = TypeVar("J", bound=_Job)
+
+
+def select(where: Where | str | None, jobs: Iterable[J], pick: Callable[[J], bool]) -> list[J]:
+    """The jobs ``pick`` chooses that match ``where`` (None: all of them), in ``jobs``' order.
+
+    Every job of ``jobs`` (the sweep's, in one pass) names the inputs that exist and the kinds of
+    value each takes, so an unknown name or a string compared to a number is a WhereError even
+    when no chosen job has that input.
+    """
+    if where is None:
+        return [job for job in jobs if pick(job)]
+    parsed = parse(where) if isinstance(where, str) else where
+    kinds: dict[str, set[str]] = {}
+    shown: set[str] = set()
+    chosen: list[tuple[J, dict[str, Any]]] = []
+    models: dict[str, Any] = {}
+    for job in jobs:
+        model = models.get(job.model_id)
+        if model is None:
+            model = models[job.model_id] = get_model(job.model_id)
+        values = dict(job.inputs)
+        for key, value in job.inputs.items():
+            name = model.display_name(key)
+            shown.add(name)
+            values.setdefault(name, value)
+        for name, value in values.items():
+            kinds.setdefault(name, set()).add(_kind(value))
+        if pick(job):
+            chosen.append((job, values))
+    parsed.bind(kinds, shown=shown)
+    return [job for job, values in chosen if parsed(values)]
 
 
 def _tokens(text: str) -> list[_Token]:
