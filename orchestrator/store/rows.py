@@ -217,5 +217,6 @@ class RunInfo:
     owner: str
     pid: int
     host: str
+    version: str
     started_at: datetime
     finished_at: datetime | None
