@@ -65,7 +65,7 @@ def counts(spec: Path) -> dict[str, int]:
             rows = raw.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
     except sqlite3.OperationalError:  # not migrated yet
         return {}
-    return {state: n for state, n in rows}
+    return dict(rows)
 
 
 def in_flight(spec: Path, running: int, queued: int, proc: subprocess.Popen[str]) -> None:
@@ -182,7 +182,7 @@ def test_cancel_where_narrows_to_the_matching_jobs(
         )
     finally:
         clock.release()
-    code, out, err = ended(proc)
+    code, _out, err = ended(proc)
     assert code == 3, err
     assert counts(spec) == {"done": 2, "cancelled": 2}
     with store_of(spec) as db:
@@ -268,11 +268,13 @@ def test_the_mailbox_on_postgresql() -> None:
             assert states == {"k0": JobState.SUBMITTING}
             assert control_id is not None
             (request,) = db.controls_after(0)
-            assert request.keys == ("k0",) and request.seen_at is None
+            assert request.keys == ("k0",)
+            assert request.seen_at is None
             assert db.see_control(control_id, "1 claimed never sent")
             assert not db.see_control(control_id)  # taken once
         taken = db.control(control_id)
-        assert taken is not None and taken.run_id == run_id
+        assert taken is not None
+        assert taken.run_id == run_id
         assert taken.outcome == "1 claimed never sent"
         assert db.controls_last() == control_id
         assert db.live_runs() == []
