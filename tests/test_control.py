@@ -221,7 +221,8 @@ def test_cancel_racing_the_claims_never_leaves_a_job_cancelled_and_billed(tmp_pa
         if row.state is JobState.DONE:
             assert charges[row.request_id or ""] > 0
         else:
-            assert row.state is JobState.CANCELLED and matches, row
+            assert row.state is JobState.CANCELLED, row
+            assert matches, row
             assert row.request_id is None or charges[row.request_id] == 0, row
 
 

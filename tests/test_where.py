@@ -90,7 +90,7 @@ def test_pick_narrows_before_the_filter_and_the_order_is_the_jobs() -> None:
             "seed in 1",
             "--where 'seed in 1': column 9: expected '[' and a list of values, found '1'",
         ),
-        ("cfg > 'x", "--where \"cfg > 'x\": column 7: unexpected \"'\""),
+        ("cfg > 'x", '--where "cfg > \'x": column 7: unexpected "\'"'),
     ],
 )
 def test_bad_syntax_is_one_line_with_the_column(where: str, message: str) -> None:
