@@ -1004,7 +1004,11 @@ class Runner:
                     "submits; waiting for jobs in flight",
                     kind="interrupted",
                 )
-                self._answer(request.id, f"draining: {self._remote} job(s) in flight finish")
+                self._answer(
+                    request.id,
+                    f"draining: {self._remote} job(s) in flight finish; "
+                    f"`{self.command}` brings the rest back",
+                )
             elif request.kind == "cancel" and self._jobs is not None:
                 self._cancel_keys.update(request.keys or ())
                 self._jobs.start_soon(self._cancel_requested, request)

@@ -71,8 +71,10 @@ def stop_run(
     if waited.request is None:
         raise NotLive(f"no run of {located.name} took the stop request: none is live now")
     run = waited.run or runs[0]
-    outcome = waited.request.outcome or "draining: jobs in flight finish"
-    return f"run {run.id} (pid {run.pid}) is {outcome}; `{command}` brings the rest back"
+    outcome = waited.request.outcome  # the run says how it is run again (--emulator, --store)
+    if outcome is None:
+        outcome = f"draining: jobs in flight finish; `{command}` brings the rest back"
+    return f"run {run.id} (pid {run.pid}) is {outcome}"
 
 
 @dataclass(frozen=True)

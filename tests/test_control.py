@@ -292,3 +292,36 @@ class _Job:
         self.inputs: dict[str, Any] = {"98_seed": index}
         self.repeat = 0
         self.sources: dict[str, str] = {}
+
+
+@pytest.mark.parametrize(
+    ("counts", "kind", "reason", "line"),
+    [
+        ({"pending": 2, "done": 2}, "deadline", "deadline", "to go on: comfysweep run g.yaml"),
+        (
+            {"pending": 2, "done": 1, "cancelled": 1},
+            "interrupted",
+            "stopped",
+            "to go on: comfysweep run g.yaml (and `comfysweep retry g.yaml --cancelled` for the "
+            "1 cancelled)",
+        ),
+        ({"done": 3, "cancelled": 1}, None, None, "to go on: comfysweep retry g.yaml --cancelled"),
+        (
+            {"pending": 2, "done": 2},
+            "budget",
+            "budget reached: ...; to finish them: comfysweep run g.yaml --max-cost 2.50",
+            "to go on: comfysweep run g.yaml --max-cost 2.50",
+        ),
+        ({"done": 4}, None, None, None),
+    ],
+)
+def test_the_last_line_says_how_to_go_on(
+    counts: dict[str, int], kind: str | None, reason: str | None, line: str | None
+) -> None:
+    from orchestrator.runner import RunReport
+    from orchestrator.steer import go_on
+
+    report = RunReport(
+        counts=counts, spent_usd=0.0, elapsed=1.0, stop_reason=reason, stop_kind=kind
+    )
+    assert go_on(report, "comfysweep run g.yaml", "comfysweep retry g.yaml") == line
