@@ -42,7 +42,17 @@ class Mailbox:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.last = store.controls_last()  # earlier requests were for earlier runs
+        self.last = store.controls_last()
+        run = None if store.run_id is None else store.run_info(store.run_id)
+        if run is not None:
+            # Requests posted since the run took the store (its sync may take minutes) are its
+            # own; earlier ones were for earlier runs, and none of those ever acts now.
+            fresh = [
+                r.id
+                for r in store.controls_after(0)
+                if r.seen_at is None and r.requested_at >= run.started_at
+            ]
+            self.last = min(fresh) - 1 if fresh else self.last
 
     def take(self) -> list[Control]:
         """New requests, marked seen by this run; [] (one cheap read) when there are none."""

@@ -325,3 +325,23 @@ def test_the_last_line_says_how_to_go_on(
         counts=counts, spent_usd=0.0, elapsed=1.0, stop_reason=reason, stop_kind=kind
     )
     assert go_on(report, "comfysweep run g.yaml", "comfysweep retry g.yaml") == line
+
+
+def test_a_run_takes_only_the_requests_posted_since_it_took_the_store(tmp_path: Path) -> None:
+    """One posted while no run was live (`--no-wait`, the run ended) never stops a later run; one
+    posted while the run still syncs its jobs (before its runner starts) is the run's."""
+    from orchestrator.control import Mailbox
+
+    with Store.open(tmp_path / "s.db") as db:
+        stale = db.request_control("stop")
+        with db.lock(owner="comfysweep run grid"):
+            early = db.request_control("stop")  # the run is live, its runner not started yet
+            mailbox = Mailbox(db)
+            assert [r.id for r in mailbox.take()] == [early]
+            assert mailbox.take() == []  # taken once
+            later = db.request_control("cancel", keys=["k"])
+            (taken,) = mailbox.take()
+            assert (taken.id, taken.kind, taken.keys) == (later, "cancel", ("k",))
+        request = db.control(stale)
+        assert request is not None
+        assert request.seen_at is None

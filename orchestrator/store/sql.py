@@ -312,6 +312,7 @@ CONTROL_ANSWER = (
 CONTROL_WITHDRAW = CONTROLS.delete().where(_C.id == sa.bindparam("p_id"), _C.seen_at.is_(None))
 # Runs not recorded as finished (a killed one too: the caller asks whether it is alive).
 RUNS_OPEN = sa.select(RUNS).where(RUNS.c.finished_at.is_(None)).order_by(RUNS.c.id.desc())
+RUN_GET = sa.select(RUNS).where(RUNS.c.id == sa.bindparam("p_id"))
 JOB_STATES = sa.select(JOBS.c.key, JOBS.c.state).where(
     JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True))
 )

@@ -717,6 +717,12 @@ class Store:
             return runs[:1] if held else []
         return [r for r in runs if self.run_alive(r.id)]
 
+    def run_info(self, run_id: int) -> RunInfo | None:
+        """The record of run ``run_id`` (who, where, since when)."""
+        with self._tx() as conn:
+            row = conn.execute(sql.RUN_GET, {"p_id": run_id}).mappings().first()
+        return None if row is None else RunInfo(**row)
+
     def cancel_pending(
         self, keys: Sequence[str], *, request: bool, where: str | None = None
     ) -> tuple[list[str], dict[str, JobState], int | None]:
