@@ -4,6 +4,7 @@ ledger proves cancelled jobs are never billed and running ones are."""
 from __future__ import annotations
 
 import os
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from click.testing import CliRunner, Result
 
 from orchestrator.cli import cli
 from orchestrator.emulator import Emulator, EmulatorConfig
+from orchestrator.errors import ComfysweepError
 from orchestrator.grid import iter_jobs
 from orchestrator.spec import load_spec
 from orchestrator.store import JobState, Store
@@ -39,11 +41,11 @@ def emulator(clock: DrivenClock) -> Iterator[Emulator]:
         yield emu
 
 
-def start_run(spec: Path, emu: Emulator) -> subprocess.Popen[str]:
+def start_run(spec: Path, emu: Emulator, *args: str) -> subprocess.Popen[str]:
     """`comfysweep run SPEC` in a process of its own, as a user's first shell runs it."""
     env = {**os.environ, "RUNCOMFY_MODEL_API_BASE": emu.base_url, "RUNCOMFY_API_TOKEN": emu.token}
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "run", str(spec)],
+        [sys.executable, "-m", "orchestrator", "run", str(spec), *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -56,7 +58,13 @@ def ended(proc: subprocess.Popen[str]) -> tuple[int, list[str], str]:
     return proc.returncode, out.splitlines(), err
 
 
-def counts(spec: Path) -> dict[str, int]:
+def counts(spec: Path, store: str | None = None) -> dict[str, int]:
+    if store is not None:
+        try:
+            with Store.open(store, readonly=True) as pg:
+                return {state: n for state, n in pg.counts().items() if n}
+        except ComfysweepError:  # not migrated yet
+            return {}
     db = spec.parent / "results" / spec.stem / "comfysweep.db"
     if not db.exists():
         return {}
@@ -68,9 +76,14 @@ def counts(spec: Path) -> dict[str, int]:
     return dict(rows)
 
 
-def in_flight(spec: Path, running: int, queued: int, proc: subprocess.Popen[str]) -> None:
+def in_flight(
+    spec: Path, running: int, queued: int, proc: subprocess.Popen[str], store: str | None = None
+) -> None:
     wait_for(
-        lambda: counts(spec).get("running") == running and counts(spec).get("queued") == queued,
+        lambda: (
+            (counts(spec, store).get("running"), counts(spec, store).get("queued"))
+            == (running, queued)
+        ),
         f"{running} running and {queued} queued in the store",
         proc=proc,
     )
@@ -80,8 +93,21 @@ def invoke(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
-def store_of(spec: Path) -> Store:
-    return Store.open(spec.parent / "results" / spec.stem / "comfysweep.db", readonly=True)
+def store_of(spec: Path, store: str | None = None) -> Store:
+    target = store or spec.parent / "results" / spec.stem / "comfysweep.db"
+    return Store.open(target, readonly=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The store a run uses: the SQLite file in its results folder, or a PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield None
+        return
+    from .postgres import fresh_schema
+
+    with fresh_schema("control") as url:
+        yield url
 
 
 def billed(emu: Emulator) -> dict[str, float]:
@@ -127,13 +153,14 @@ def test_stop_without_a_live_run_says_so_and_leaves_no_request(
 
 
 def test_cancel_while_live_never_sends_pending_cancels_queued_and_bills_running(
-    tmp_path: Path, emulator: Emulator, clock: DrivenClock
+    tmp_path: Path, emulator: Emulator, clock: DrivenClock, backend: str | None
 ) -> None:
     spec = write_spec(tmp_path)
-    proc = start_run(spec, emulator)
+    where = ["--store", backend] if backend else []
+    proc = start_run(spec, emulator, *where)
     try:
-        in_flight(spec, 1, 2, proc)
-        result = invoke("cancel", str(spec))
+        in_flight(spec, 1, 2, proc, backend)
+        result = invoke("cancel", str(spec), *where)
         assert result.exit_code == 0, result.output
         assert result.output == (
             "1 pending cancelled, 2 queued cancelled remotely, 1 running finish and are billed\n"
@@ -142,10 +169,10 @@ def test_cancel_while_live_never_sends_pending_cancels_queued_and_bills_running(
         clock.release()
     code, out, err = ended(proc)
     assert code == 3, err
-    assert counts(spec) == {"done": 1, "cancelled": 3}
+    assert counts(spec, backend) == {"done": 1, "cancelled": 3}
     charges = billed(emulator)
     assert len(charges) == 3  # the pending job was never submitted
-    with store_of(spec) as db:
+    with store_of(spec, backend) as db:
         for row in db.jobs():
             if row.state is JobState.DONE:
                 assert charges[row.request_id or ""] > 0  # the running one: finished and paid
@@ -153,7 +180,9 @@ def test_cancel_while_live_never_sends_pending_cancels_queued_and_bills_running(
                 assert row.attempts == 0  # cancelled before any submit
             else:
                 assert charges[row.request_id] == 0  # cancelled in the queue: never billed
-    assert out[-1] == f"to go on: comfysweep retry {spec} --cancelled"
+    assert (
+        out[-1] == f"to go on: {shlex.join(['comfysweep', 'retry', str(spec), *where])} --cancelled"
+    )
 
 
 def test_cancel_where_narrows_to_the_matching_jobs(
