@@ -180,16 +180,35 @@ def _backend(
 
 def go_on(report: RunReport, command: str, retry: str) -> str | None:
     """The last line of a run that stopped short (a drain, the budget, a deadline, an abort):
-    the command that brings the rest back. None when nothing is left to bring back."""
+    the command that brings the rest back, as summary.md's next steps say it (the run's flags
+    repeated, a raised cap or a price given). None when nothing is left to bring back."""
+    go, again = _next_commands(report)
     counts = report.counts
-    left = counts.get("pending", 0) + counts.get("succeeded", 0)
     cancelled = counts.get("cancelled", 0)
-    if report.stop_kind == "budget" and report.stop_reason and "--max-cost" in report.stop_reason:
-        command = report.stop_reason.rsplit("to finish them: ", 1)[-1]
-    if left and cancelled:
-        return f"to go on: {command} (and `{retry} --cancelled` for the {cancelled} cancelled)"
-    if left:
-        return f"to go on: {command}"
+    if go is None and counts.get("pending", 0) + counts.get("succeeded", 0):
+        go = command
+        if report.stop_kind == "budget" and "to finish them: " in (report.stop_reason or ""):
+            go = (report.stop_reason or "").rsplit("to finish them: ", 1)[-1]
+    again = again or f"{retry} --cancelled"
+    if go is not None and cancelled:
+        return f"to go on: {go} (and `{again}` for the {cancelled} cancelled)"
+    if go is not None:
+        return f"to go on: {go}"
     if cancelled:
-        return f"to go on: {retry} --cancelled"
+        return f"to go on: {again}"
     return None
+
+
+def _next_commands(report: RunReport) -> tuple[str | None, str | None]:
+    """From the run's account (summary.md's "Next"): the command that goes on, and the one that
+    puts the cancelled jobs back."""
+    steps = (report.account or {}).get("next") or []
+    go = cancelled = None
+    for step in steps:
+        head, _, code = str(step).partition(": ")
+        found = code.strip().strip("`").strip()
+        if head.startswith(("resume", "raise the cap", "give a price")):
+            go = found
+        elif head.startswith("retry") and head.endswith(" cancelled"):
+            cancelled = found
+    return go, cancelled

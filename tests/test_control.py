@@ -356,6 +356,24 @@ def test_the_last_line_says_how_to_go_on(
     assert go_on(report, "comfysweep run g.yaml", "comfysweep retry g.yaml") == line
 
 
+def test_the_last_line_is_the_summarys_next_step() -> None:
+    """The run's account knows the flags it was given: the last line repeats them."""
+    from orchestrator.runner import RunReport
+    from orchestrator.steer import go_on
+
+    report = RunReport(counts={"pending": 1, "cancelled": 2}, spent_usd=0.0, elapsed=1.0)
+    report.account = {
+        "next": [
+            "resume (1 job(s) left): `comfysweep run g.yaml --poll-interval 0.02`",
+            "retry 2 cancelled: `comfysweep retry g.yaml --cancelled`",
+        ]
+    }
+    assert go_on(report, "comfysweep run g.yaml", "comfysweep retry g.yaml") == (
+        "to go on: comfysweep run g.yaml --poll-interval 0.02 "
+        "(and `comfysweep retry g.yaml --cancelled` for the 2 cancelled)"
+    )
+
+
 def test_a_run_takes_only_the_requests_posted_since_it_took_the_store(tmp_path: Path) -> None:
     """One posted while no run was live (`--no-wait`, the run ended) never stops a later run; one
     posted while the run still syncs its jobs (before its runner starts) is the run's."""
