@@ -392,3 +392,30 @@ def test_a_run_takes_only_the_requests_posted_since_it_took_the_store(tmp_path: 
         request = db.control(stale)
         assert request is not None
         assert request.seen_at is None
+
+
+def test_stop_no_wait_returns_at_once_and_the_run_drains(
+    tmp_path: Path, emulator: Emulator, clock: DrivenClock
+) -> None:
+    spec = write_spec(tmp_path)
+    proc = start_run(spec, emulator)
+    try:
+        in_flight(spec, 1, 2, proc)
+        result = invoke("stop", str(spec), "--no-wait")
+        assert result.output == (
+            f"run 1 (pid {proc.pid}) is asked to drain; `comfysweep run {spec}` brings the rest "
+            "back\n"
+        )
+
+        def taken() -> bool:
+            with store_of(spec) as db:
+                request = db.control(db.controls_last())
+                return request is not None and request.seen_at is not None
+
+        wait_for(taken, "the run takes the stop request", proc=proc)
+    finally:
+        clock.release()
+    code, out, _ = ended(proc)
+    assert code == 3
+    assert counts(spec) == {"done": 3, "pending": 1}
+    assert out[-1] == f"to go on: comfysweep run {spec}"
