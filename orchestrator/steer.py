@@ -110,37 +110,47 @@ def cancel_jobs(
             )
         keys = [row.key for row in chosen]
         runs = db.live_runs()
+        before = 0  # pending jobs cancelled here before a run that ended took the rest
         if runs:
-            done = _through_the_run(db, keys, where, runs, patience)
+            done, before = _through_the_run(db, keys, where, runs, patience)
             if done is not None:
                 return done
-        flying = [row for row in chosen if row.state in _FLYING]
+            if db.live_runs():  # alive, but not reading its mailbox (stuck on a busy store?)
+                raise ComfysweepError(
+                    f"run {runs[0].id} (pid {runs[0].pid}) did not take the cancel request "
+                    f"within {patience:g} s: {before} pending cancelled; the jobs in flight are "
+                    "left to it (cancel again, or stop it first)"
+                )
         with db.lock(owner=f"comfysweep cancel {located.name}"):
-            cancelled, _, _ = db.cancel_pending(keys, request=False)
-            queued = [row for row in flying if row.state is not JobState.SUBMITTING]
-            if not queued:
-                return Cancelled(len(cancelled), _by_itself(0, 0))
+            cancelled, states, _ = db.cancel_pending(keys, request=False)
+            pending = before + len(cancelled)
+            # Read again under the lock: a run that ended meanwhile moved some on.
+            remote = (JobState.QUEUED, JobState.RUNNING)
+            rows = [row for key, state in states.items() if state in remote if (row := db.get(key))]
+            if not rows:
+                return Cancelled(pending, _by_itself(0, 0))
             with _backend(emulator, located, base_url, token) as (url, api_token):
-                report = anyio.run(_cancel_remotely, db, ModelApiClient(url, api_token), queued)
+                report = anyio.run(_cancel_remotely, db, ModelApiClient(url, api_token), rows)
             line = _by_itself(report.cancelled, report.not_cancellable)
-            return Cancelled(len(cancelled), line, tuple(report.failed))
+            return Cancelled(pending, line, tuple(report.failed))
 
 
 def _through_the_run(
     db: Store, keys: list[str], where: str | None, runs: list[RunInfo], patience: float
-) -> Cancelled | None:
-    """Cancel the pending jobs here and hand those in flight to the live run; None when the run
-    ended before taking them (the caller then cancels them itself)."""
+) -> tuple[Cancelled | None, int]:
+    """Cancel the pending jobs here and hand those in flight to the live run; None (and how many
+    pending jobs were cancelled) when the run ended before taking them: the caller then cancels
+    them itself."""
     cancelled, _, control_id = db.cancel_pending(keys, request=True, where=where)
     if control_id is None:
-        return Cancelled(len(cancelled), _by_itself(0, 0), run=runs[0])
+        return Cancelled(len(cancelled), _by_itself(0, 0), run=runs[0]), len(cancelled)
     waited = control.wait_for_run(
         db, control_id, until=lambda r: r.outcome is not None, patience=patience, runs=runs
     )
     if waited.request is None:
-        return None
+        return None, len(cancelled)
     outcome = waited.request.outcome or "the live run took the jobs in flight: see its log"
-    return Cancelled(len(cancelled), outcome, run=waited.run or runs[0])
+    return Cancelled(len(cancelled), outcome, run=waited.run or runs[0]), len(cancelled)
 
 
 def _cancellable(row: JobRow) -> bool:

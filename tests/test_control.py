@@ -423,3 +423,29 @@ def test_stop_no_wait_returns_at_once_and_the_run_drains(
     assert code == 3
     assert counts(spec) == {"done": 3, "pending": 1}
     assert out[-1] == f"to go on: comfysweep run {spec}"
+
+
+def test_a_live_run_that_does_not_take_the_request_is_one_line(tmp_path: Path) -> None:
+    """A run holding the store but not reading its mailbox: the pending jobs are cancelled, the
+    request for the jobs in flight is withdrawn (no later run acts on it), and it says so."""
+    from orchestrator.locate import locate
+    from orchestrator.steer import cancel_jobs, stop_run
+
+    spec = write_spec(tmp_path)
+    loaded = load_spec(spec)
+    loaded.results_dir.mkdir(parents=True)
+    with Store.open(loaded.results_dir / "comfysweep.db") as db:
+        db.bind_sweep(loaded.name)
+        db.sync_jobs(iter_jobs(loaded), loaded.model)
+        with db.lock(owner="comfysweep run grid") as run_id:
+            db.claim(1)  # in flight, for the run to deal with
+            with pytest.raises(ComfysweepError) as caught:
+                cancel_jobs(locate(spec), patience=0.2)
+            assert str(caught.value) == (
+                f"run {run_id} (pid {os.getpid()}) did not take the cancel request within 0.2 s: "
+                "3 pending cancelled; the jobs in flight are left to it (cancel again, or stop it "
+                "first)"
+            )
+            with pytest.raises(ComfysweepError, match="no run of grid took the stop request"):
+                stop_run(locate(spec), patience=0.2, command="comfysweep run grid.yaml")
+            assert db.controls_after(0) == []  # both withdrawn
