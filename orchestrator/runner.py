@@ -438,7 +438,8 @@ class Runner:
             with contextlib.suppress(ComfysweepError):
                 self._move(row.key, JobState.PENDING, detail="not sent: the run was cancelled")
             raise
-        if self._halted or self._cancelled(row.key):
+        cancelled = self._cancelled(row.key)  # reads the mailbox: a stop may come with it
+        if self._halted or cancelled:
             self._release(row.key)
             why = "the run stopped first"
             if row.key in self._cancel_keys:

@@ -449,3 +449,64 @@ def test_a_live_run_that_does_not_take_the_request_is_one_line(tmp_path: Path) -
             with pytest.raises(ComfysweepError, match="no run of grid took the stop request"):
                 stop_run(locate(spec), patience=0.2, command="comfysweep run grid.yaml")
             assert db.controls_after(0) == []  # both withdrawn
+
+
+def test_a_job_claimed_but_not_sent_when_the_cancel_comes_is_never_sent(
+    tmp_path: Path, emulator: Emulator, clock: DrivenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first job is held between its claim and its POST (as behind a download or a 429
+    pause); a cancel naming it then: the run never sends it, and the emulator never sees it."""
+    import threading
+
+    import anyio
+
+    from orchestrator.locate import locate
+    from orchestrator.runner import Runner, RunReport
+    from orchestrator.steer import cancel_jobs
+    from orchestrator.sweep import Overrides, run_sweep
+
+    hold = threading.Event()
+    held: list[bool] = []
+    real = Runner._pause_out
+
+    async def pause_out(self: Runner) -> None:
+        if not held:
+            held.append(True)
+            await anyio.to_thread.run_sync(hold.wait)
+        await real(self)
+
+    monkeypatch.setattr(Runner, "_pause_out", pause_out)
+    spec = write_spec(tmp_path)
+    reports: list[RunReport] = []
+
+    def run() -> None:
+        overrides = Overrides(poll_interval=0.02)
+        reports.append(
+            run_sweep(spec, base_url=emulator.base_url, token=emulator.token, overrides=overrides)
+        )
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        wait_for(
+            lambda: counts(spec) == {"submitting": 1, "running": 1, "queued": 1, "pending": 1},
+            "one job held after its claim, two sent",
+        )
+        done = cancel_jobs(locate(spec), where="seed == 1 and steps == 4")
+        assert done.line == (
+            "0 pending cancelled, 1 claimed never sent, 0 queued cancelled remotely, "
+            "0 running finish and are billed"
+        )
+    finally:
+        hold.set()
+        clock.release()
+        worker.join()
+    (report,) = reports
+    assert report.counts["cancelled"] == 1
+    assert report.counts["done"] == 3
+    with store_of(spec) as db:
+        (row,) = db.jobs([JobState.CANCELLED])
+        (attempt,) = db.attempts(row.key)
+    assert (row.inputs["98_seed"], row.inputs["47_value"], row.request_id) == (1, 4, None)
+    assert attempt.outcome == "not created (pending)"  # released: never sent, never reserved
+    assert len(emulator.ledger()["jobs"]) == 3
