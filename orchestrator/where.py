@@ -161,10 +161,8 @@ class Where:
             if test.name not in kinds:
                 names = sorted(shown if shown is not None else kinds)
                 hint = suggest(test.name, names)
-                listed = ", ".join(names)
-                raise self._error(
-                    test.at, f"no input named {test.name!r}{hint}; the jobs have: {listed}"
-                )
+                listed = f"the jobs have: {', '.join(names)}" if names else "the sweep has no jobs"
+                raise self._error(test.at, f"no input named {test.name!r}{hint}; {listed}")
             have = kinds[test.name]
             for value in test.values:
                 kind = _kind(value)
