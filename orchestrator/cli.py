@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -189,10 +190,26 @@ def run(
             click.echo(f"{report.counts[state]} {state}: {hint}")
     if report.orphaned:
         click.echo(f"{report.orphaned} orphaned: {_ORPHANED}")
+    _go_on(report, spec, emulator, store)
     if report.fatal:
         raise ComfysweepError(report.stop_reason or "the run stopped")
     if not report.complete:
         sys.exit(3)
+
+
+def _go_on(report: Any, spec: Path, emulator: bool, store: str | None) -> None:
+    """The run's last line, when it stopped short: the command that brings the rest back."""
+    from orchestrator.steer import go_on
+
+    where = [str(spec), *(["--store", store] if store else [])]
+    again = [*where[:1], *(["--emulator"] if emulator else []), *where[1:]]
+    line = go_on(
+        report,
+        shlex.join(["comfysweep", "run", *again]),
+        shlex.join(["comfysweep", "retry", *where]),
+    )
+    if line is not None:
+        click.echo(line)
 
 
 _HINTS = {
@@ -393,6 +410,7 @@ def runs(spec: Path | None, store: str | None, as_json: bool) -> None:
 @click.option("--cancelled", is_flag=True, help="Jobs that were cancelled.")
 @click.option("--unknown", is_flag=True, help="Jobs whose submit answer was lost (may pay twice).")
 @click.option("--yes", is_flag=True, help="Do not ask before resubmitting unknown jobs.")
+@click.option("--where", metavar="EXPR", help="Only the jobs whose inputs match: 'cfg >= 5'.")
 def retry(
     spec: Path,
     store: str | None,
@@ -402,6 +420,7 @@ def retry(
     cancelled: bool,
     unknown: bool,
     yes: bool,
+    where: str | None,
 ) -> None:
     """Put jobs back to pending on purpose; the next `run` submits them."""
     from orchestrator import sweep
@@ -424,7 +443,7 @@ def retry(
             "twice. Continue?",
             abort=True,
         )
-    n = sweep.retry_jobs(spec, states, store=store)
+    n = sweep.retry_jobs(spec, states, store=store, where=where)
     click.echo(f"{n} job(s) back to pending; `comfysweep run {spec}` submits them")
 
 
@@ -568,18 +587,37 @@ def plan(
         planning.render_plan(summary, Console(soft_wrap=True))
 
 
+_SOME_SPEC = click.argument("spec", required=False, type=click.Path(dir_okay=False, path_type=Path))
+
+
 @cli.command()
-@_SPEC
+@_SOME_SPEC
+@_STORE
+@click.option("--no-wait", is_flag=True, help="Return at once; the run drains at its next tick.")
+def stop(spec: Path | None, store: str | None, no_wait: bool) -> None:
+    """Ask the live run to drain, like a first Ctrl-C: no new submits; jobs in flight finish and
+    are downloaded. Exit 1 when no run is live."""
+    from orchestrator.locate import locate
+    from orchestrator.steer import run_command, stop_run
+
+    located = locate(spec, store)
+    command = run_command(located, spec=spec, store=store)
+    click.echo(stop_run(located, wait=not no_wait, command=command))
+
+
+@cli.command()
+@_SOME_SPEC
 @click.option("--emulator", is_flag=True, help="The sweep ran on the embedded emulator.")
 @_STORE
-def cancel(spec: Path, emulator: bool, store: str | None) -> None:
-    """Cancel the sweep's jobs still queued remotely (running jobs finish and are billed)."""
-    from orchestrator import sweep
+@click.option("--where", metavar="EXPR", help="Only the jobs whose inputs match: 'cfg >= 5'.")
+def cancel(spec: Path | None, emulator: bool, store: str | None, where: str | None) -> None:
+    """Cancel pending jobs and those in flight, a run live or not: pending ones are never sent,
+    queued ones are cancelled remotely, running ones finish and are billed."""
+    from orchestrator.locate import locate
+    from orchestrator.steer import cancel_jobs
 
-    report = sweep.cancel_sweep(spec, emulator=emulator, store=store)
-    click.echo(f"{report.cancelled} queued job(s) cancelled")
-    if report.not_cancellable:
-        click.echo(f"{report.not_cancellable} job(s) already running: they finish and are billed")
+    report = cancel_jobs(locate(spec, store), where=where, emulator=emulator)
+    click.echo(report.line)
     for line in report.failed:
         click.echo(f"could not cancel {line}", err=True)
     if report.failed:

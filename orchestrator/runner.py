@@ -24,7 +24,7 @@ import anyio
 from anyio.abc import TaskGroup
 from pydantic import ConfigDict, Field
 
-from orchestrator import budget, prices
+from orchestrator import budget, control, prices
 from orchestrator.client import ModelApiClient, RemoteState, Result
 from orchestrator.deadline import Deadline
 from orchestrator.errors import (
@@ -175,6 +175,9 @@ class Runner:
         self._last_change = time.monotonic()  # when a job last changed state
         self._stall_level = 1  # the next stall line waits for stall_after times this
         self.polls = PollPlanner(self.options.poll_interval)  # when to poll each job
+        self._mailbox: control.Mailbox | None = None  # stop/cancel from another shell
+        self._cancel_keys: set[str] = set()  # jobs a cancel request covers: never sent
+        self._sending: set[str] = set()  # jobs whose POST is under way
         if client.pacer is not None:
             client.pacer.on_change = self._wake  # more submits allowed in flight
 
@@ -211,6 +214,7 @@ class Runner:
         """Resume what a previous run left, submit every pending job, wait for all of it."""
         started = time.monotonic()
         self._recover()
+        self._mailbox = control.Mailbox(self.store)
         if self.deadline is not None:
             self._say(self.deadline.startup())
             if self.deadline.fallback is None:  # what a job took last time, if remembered
@@ -434,10 +438,15 @@ class Runner:
             with contextlib.suppress(ComfysweepError):
                 self._move(row.key, JobState.PENDING, detail="not sent: the run was cancelled")
             raise
-        if self._halted:
+        cancelled = self._cancelled(row.key)  # reads the mailbox: a stop may come with it
+        if self._halted or cancelled:
             self._release(row.key)
-            await self._commit(row.key, JobState.PENDING, detail="not sent: the run stopped first")
+            why = "the run stopped first"
+            if row.key in self._cancel_keys:
+                why = "cancelled on request"
+            await self._commit(row.key, JobState.PENDING, detail=f"not sent: {why}")
             return
+        self._sending.add(row.key)
         try:
             submitted = await self.client.submit(row.model_id, row.inputs)
         except ComfysweepError as exc:
@@ -456,10 +465,14 @@ class Runner:
             if stop is not None:
                 self.stop(f"stopped submitting: {stop}", fatal=True)
             return
+        finally:
+            self._sending.discard(row.key)
         self._any_submit_ok = True
         self._unknown_in_a_row = self._refused_in_a_row = 0
         self._started[row.key] = time.monotonic()
         row = await self._record(row, submitted.request_id)
+        if row.key in self._cancel_keys:  # cancelled while its POST was under way
+            await cancel_queued(self.client, [row])  # the tracker records what the API says
         await self._track(row, self.options.poll_interval)
 
     async def _pause_out(self) -> None:
@@ -836,6 +849,8 @@ class Runner:
 
     def _move(self, key: str, to: JobState, *, detail: str | None = None, **fields: Any) -> JobRow:
         row = self.store.transition(key, to, detail=detail, **fields)
+        if to is JobState.PENDING and key in self._cancel_keys:  # back, but cancelled meanwhile
+            row = self.store.transition(key, JobState.CANCELLED, detail="cancelled on request")
         self._dirty = True
         self._last_change = time.monotonic()
         self._stall_level = 1
@@ -953,6 +968,7 @@ class Runner:
         while True:
             await anyio.sleep(self.options.tick)
             ticks += 1
+            self._read_mail()
             if not self.store.is_sqlite and ticks % _ADOPT_EVERY == 0:
                 self._take_over()
             if self.progress is not None:  # counting is a query: only for someone to see
@@ -966,6 +982,58 @@ class Runner:
                 self._write_manifest()
                 manifest_cost = time.monotonic() - now
                 last_manifest = time.monotonic()
+
+    def _cancelled(self, key: str) -> bool:
+        """Whether a cancel request covers ``key``, the mailbox read first: checked just before
+        a job's POST, so a job a request names by then is never sent."""
+        self._read_mail()
+        return key in self._cancel_keys
+
+    def _read_mail(self) -> None:
+        """Act on stop and cancel requests from another shell (orchestrator/control.py)."""
+        if self._mailbox is None or self._jobs is None:
+            return
+        try:
+            requests = self._mailbox.take()
+        except StoreError as exc:  # a glitch: the next tick reads again
+            log.warning("reading the controls mailbox: %s", exc)
+            return
+        for request in requests:
+            if request.kind == "stop":
+                self.stop(
+                    f"stop requested from another shell ({request.requested_by}): no new "
+                    "submits; waiting for jobs in flight",
+                    kind="interrupted",
+                )
+                self._answer(
+                    request.id,
+                    f"draining: {self._remote} job(s) in flight finish; "
+                    f"`{self.command}` brings the rest back",
+                )
+            elif request.kind == "cancel" and self._jobs is not None:
+                self._cancel_keys.update(request.keys or ())
+                self._jobs.start_soon(self._cancel_requested, request)
+
+    async def _cancel_requested(self, request: control.Control) -> None:
+        """A cancel request's jobs in flight: never sent, cancelled remotely, or billed."""
+        keys = set(request.keys or ())
+        try:
+            rows = [r for r in self.store.jobs(control.IN_FLIGHT) if r.key in keys]
+        except StoreError as exc:  # its jobs are in the cancel set: at least none is sent
+            self._answer(request.id, f"the jobs could not be read: {_text(exc)}")
+            return
+        queued, running, not_sent, sending = control.split_in_flight(rows, self._sending)
+        report = await cancel_queued(self.client, queued)  # the trackers record the new states
+        billed = len(running) + report.not_cancellable
+        outcome = control.cancel_outcome(not_sent, sending, report.cancelled, billed, report.failed)
+        self._say(f"cancel requested from another shell ({request.requested_by}): {outcome}")
+        self._answer(request.id, outcome)
+
+    def _answer(self, control_id: int, outcome: str) -> None:
+        try:
+            self.store.answer_control(control_id, outcome)
+        except StoreError as exc:
+            log.warning("answering control request %d: %s", control_id, exc)
 
     def _check_stall(self, now: float) -> None:
         """Say once when no job has changed state for ``stall_after``, again at 4x and 16x ...

@@ -37,6 +37,7 @@ from orchestrator.settings import emulated_poll
 from orchestrator.spec import Spec, load_spec
 from orchestrator.store import RETRYABLE, JobState, Store
 from orchestrator.summary import Invocation, RunAccount
+from orchestrator.where import select
 
 if TYPE_CHECKING:
     from orchestrator.emulator import EmulatorConfig
@@ -492,9 +493,14 @@ def sweep_left(
 
 
 def retry_jobs(
-    spec: Spec | str | Path, states: Iterable[JobState | str], *, store: str | Path | None = None
+    spec: Spec | str | Path,
+    states: Iterable[JobState | str],
+    *,
+    store: str | Path | None = None,
+    where: str | None = None,
 ) -> int:
-    """Put the sweep's jobs in ``states`` back to pending, on purpose; returns how many."""
+    """Put the sweep's jobs in ``states`` (that ``where`` matches) back to pending, on purpose;
+    returns how many. A ``where`` that matches none of them is an error: nothing changes."""
     spec = _loaded(spec)
     chosen = {JobState(s) for s in states}
     wrong = chosen - RETRYABLE
@@ -504,7 +510,16 @@ def retry_jobs(
     _require_store(path)
     with Store.open(path) as db, db.lock(owner=f"comfysweep retry {spec.name}"):
         _check_owner(spec, db)
-        keys = [row.key for row in db.jobs(chosen, in_spec=True)]
+        if where is None:
+            keys = [row.key for row in db.jobs(chosen, in_spec=True)]
+        else:
+            picked = select(where, db.jobs(in_spec=True), lambda row: row.state in chosen)
+            keys = [row.key for row in picked]
+            if not keys:
+                raise ComfysweepError(
+                    f"--where {where!r} matches none of the {'/'.join(sorted(chosen))} jobs "
+                    "of the sweep: nothing put back"
+                )
         for key in keys:
             db.transition(key, JobState.PENDING, detail="retry requested")
         return len(keys)

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import re
-import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +28,7 @@ from orchestrator.results import STORE_FILE
 from orchestrator.spec import Spec
 from orchestrator.store import JobRow, JobState, Store
 from orchestrator.store.books import Ledger
-from orchestrator.store.store import RunRecord
+from orchestrator.store.rows import RunRecord
 
 __all__ = [
     "MIN_PREFIX",
@@ -172,8 +170,8 @@ def group_failures(
 
 @dataclass(frozen=True)
 class RunView:
-    """A run the store has seen, and whether it is still going: ``live``, ``finished``,
-    ``died`` (no finish recorded and its process is gone) or ``unknown`` (on another host)."""
+    """A run the store has seen, and whether it is still going: ``live``, ``finished`` or
+    ``died`` (no finish recorded, and it no longer holds its lock)."""
 
     record: RunRecord
     state: str
@@ -195,24 +193,18 @@ class RunView:
         }
 
 
-def run_state(db: Store, record: RunRecord) -> str:
-    """Whether ``record``'s run still goes, without ever taking its lock.
+def run_views(db: Store, *, unfinished: bool = False, tally: bool = True) -> list[RunView]:
+    """Every run the store has seen, oldest first (``unfinished``: those without a finish), each
+    ``finished``, ``live`` or ``died`` (no finish recorded, and it no longer holds its lock)."""
+    runs = db.runs(unfinished=unfinished, tally=tally)
+    live = db.live_run_ids() if any(r.finished_at is None for r in runs) else set()
+    return [RunView(r, _state(r, live)) for r in runs]
 
-    PostgreSQL: its session's advisory lock is held (Store.run_alive). SQLite: its process is
-    alive on this host; a run on another host sharing the file is ``unknown``.
-    """
+
+def _state(record: RunRecord, live: set[int]) -> str:
     if record.finished_at is not None:
         return "finished"
-    if not db.is_sqlite:
-        return "live" if db.run_alive(record.id) else "died"
-    if record.host != socket.gethostname():
-        return "unknown"
-    return "live" if _alive(record.pid) else "died"
-
-
-def run_views(db: Store, *, unfinished: bool = False, tally: bool = True) -> list[RunView]:
-    """Every run the store has seen, oldest first (``unfinished``: those without a finish)."""
-    return [RunView(r, run_state(db, r)) for r in db.runs(unfinished=unfinished, tally=tally)]
+    return "live" if record.id in live else "died"
 
 
 def status_figures(
@@ -546,13 +538,3 @@ def _cut(text: str, width: int) -> str:
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

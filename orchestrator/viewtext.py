@@ -62,9 +62,8 @@ def _run_line(info: Mapping[str, Any]) -> str:
         )
     line = "no run live"
     for other in info["runs_unfinished"][:1]:
-        how = "died" if other["state"] == "died" else "may be live"
         line += (
-            f"; run {other['id']} {how} without finishing (pid {other['pid']} on "
+            f"; run {other['id']} died without finishing (pid {other['pid']} on "
             f"{other['host']}, started {_ago(other['started_at'], info['as_of'])})"
         )
     return line

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from orchestrator.errors import StoreError, StoreLockedError
 
-__all__ = ["FileLock", "open_own"]
+__all__ = ["FileLock", "is_held", "open_own"]
 
 
 class FileLock:
@@ -94,3 +94,22 @@ def open_own(path: Path, flags: int, what: str, verb: str) -> int:
                 "not followed; move it away"
             ) from None  # the message says it all; the errno would only repeat it
         raise StoreError(f"{what} {path} cannot be {verb}: {exc.strerror}") from exc
+
+
+def is_held(path: Path) -> bool:
+    """Whether a live process holds the flock on ``path`` (a runner, right now).
+
+    Tested with a shared lock taken and dropped at once: never writes the file, and a runner
+    holding it exclusively makes the test fail without waiting.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False  # no lock file: no run ever held it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # drops the shared lock, if taken
+    return False

@@ -11,7 +11,18 @@ from typing import Any, Protocol
 from orchestrator.canonical import canonical_json
 from orchestrator.store.states import JobState
 
-__all__ = ["FIELDS", "Event", "JobLike", "JobRow", "SyncGuard", "SyncResult", "encode_fields"]
+__all__ = [
+    "FIELDS",
+    "Control",
+    "Event",
+    "JobLike",
+    "JobRow",
+    "RunInfo",
+    "RunRecord",
+    "SyncGuard",
+    "SyncResult",
+    "encode_fields",
+]
 
 
 class JobLike(Protocol):
@@ -167,3 +178,56 @@ def encode_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[name] = None if value is None else str(value)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A request from another shell to a live run (the ``controls`` table): stop or cancel."""
+
+    id: int
+    kind: str  # "stop" | "cancel"
+    keys: tuple[str, ...] | None  # the jobs a cancel covers; None: every job in flight
+    where_text: str | None
+    requested_at: datetime
+    requested_by: str
+    seen_at: datetime | None
+    run_id: int | None
+    outcome: str | None
+
+    @classmethod
+    def from_row(cls, m: Mapping[Any, Any]) -> Control:
+        keys = m["keys"]
+        return cls(
+            id=m["id"],
+            kind=m["kind"],
+            keys=None if keys is None else tuple(json.loads(keys)),
+            where_text=m["where_text"],
+            requested_at=m["requested_at"],
+            requested_by=m["requested_by"],
+            seen_at=m["seen_at"],
+            run_id=m["run_id"],
+            outcome=m["outcome"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """A run the store recorded (the ``runs`` table)."""
+
+    id: int
+    owner: str
+    pid: int
+    host: str
+    version: str
+    started_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord(RunInfo):
+    """A run with what it did: attempts it submitted (a request id came back), jobs it brought
+    to a final state, and the charges of its attempts."""
+
+    submitted: int = 0
+    finished: int = 0
+    spent_usd: float = 0.0

@@ -341,7 +341,9 @@ _IN_RANGE = sa.and_(
 PREFIX_COUNT = sa.select(sa.func.count()).select_from(JOBS).where(_IN_RANGE)
 PREFIX_KEYS = sa.select(JOBS.c.key).where(_IN_RANGE).order_by(JOBS.c.key).limit(2)
 RUN_ROWS = sa.select(RUNS).order_by(RUNS.c.id)
+# Runs not recorded as finished (a killed one too: the caller asks whether it is alive).
 OPEN_RUNS = sa.select(RUNS).where(RUNS.c.finished_at.is_(None)).order_by(RUNS.c.id.desc())
+OPEN_RUN_IDS = OPEN_RUNS.with_only_columns(RUNS.c.id)
 RUN_ATTEMPTS = sa.select(
     _A.run_id, sa.func.count(_A.request_id), sa.func.coalesce(sa.func.sum(_A.charge_usd), 0.0)
 ).group_by(_A.run_id)
@@ -355,3 +357,24 @@ RATING_OF = sa.select(RATINGS.c.rating).where(RATINGS.c.job_key == sa.bindparam(
 _SAMPLE = sa.select(JOBS.c.inputs).limit(sa.bindparam("p_limit", type_=sa.Integer))
 FIRST_INPUTS = _SAMPLE.order_by(JOBS.c["index"], JOBS.c.key)
 LAST_INPUTS = _SAMPLE.order_by(JOBS.c["index"].desc(), JOBS.c.key.desc())
+# -- the controls mailbox (orchestrator/control.py): stop and cancel requests to a live run ------
+_C = CONTROLS.c
+# A live run asks this every tick: one lookup at the end of the primary key's index.
+CONTROLS_LAST = sa.select(sa.func.coalesce(sa.func.max(_C.id), 0))
+CONTROLS_AFTER = sa.select(CONTROLS).where(_C.id > sa.bindparam("p_after")).order_by(_C.id)
+CONTROL_GET = sa.select(CONTROLS).where(_C.id == sa.bindparam("p_id"))
+CONTROL_SEEN = (
+    CONTROLS.update()
+    .where(_C.id == sa.bindparam("p_id"), _C.seen_at.is_(None))
+    .values(seen_at=sa.bindparam("p_now"), run_id=sa.bindparam("p_run", type_=sa.Integer))
+)
+CONTROL_ANSWER = (
+    CONTROLS.update().where(_C.id == sa.bindparam("p_id")).values(outcome=sa.bindparam("p_text"))
+)
+# A request no run took is withdrawn, so no later run acts on it.
+CONTROL_WITHDRAW = CONTROLS.delete().where(_C.id == sa.bindparam("p_id"), _C.seen_at.is_(None))
+RUN_GET = sa.select(RUNS).where(RUNS.c.id == sa.bindparam("p_id"))
+JOB_STATES = sa.select(JOBS.c.key, JOBS.c.state).where(
+    JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True))
+)
+CONTROL_INSERT = sa.insert(CONTROLS).returning(_C.id)

@@ -29,14 +29,16 @@ _S = JobState
 # The final states `retry` may put back to pending (done is final too, but `--force` renews it).
 RETRYABLE = frozenset({_S.FAILED, _S.EXPIRED, _S.LOST, _S.CANCELLED, _S.UNKNOWN})
 
-# The DESIGN.md table, plus three moves the runner needs that never submit by themselves:
+# The DESIGN.md table, plus pending -> cancelled (`comfysweep cancel`: a job never sent; the
+# conditional UPDATE keeps it apart from a runner's claim), and three moves the runner needs that
+# never submit by themselves:
 # running -> cancelled (the API reports a running job cancelled), done -> succeeded (an output
 # vanished from disk: download it again), done -> pending (`--force`: render again, on purpose).
 # `retry` is the only way out of the other final states, on purpose: a job in `unknown` may exist
 # remotely and be billed, so nothing resubmits it by itself.
 TRANSITIONS: Mapping[JobState, frozenset[JobState]] = MappingProxyType(
     {
-        _S.PENDING: frozenset({_S.SUBMITTING}),
+        _S.PENDING: frozenset({_S.SUBMITTING, _S.CANCELLED}),
         _S.SUBMITTING: frozenset({_S.QUEUED, _S.PENDING, _S.FAILED, _S.UNKNOWN}),
         _S.QUEUED: frozenset({_S.RUNNING, _S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.LOST}),
         _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.LOST}),

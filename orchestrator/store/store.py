@@ -32,11 +32,14 @@ from orchestrator.canonical import canonical_json
 from orchestrator.errors import StoreBusyError, StoreError, TransitionError
 from orchestrator.store import books, schema, sql
 from orchestrator.store.blobs import BlobCache, Splitter, blob_shas
-from orchestrator.store.lock import FileLock
+from orchestrator.store.lock import FileLock, is_held
 from orchestrator.store.rows import (
+    Control,
     Event,
     JobLike,
     JobRow,
+    RunInfo,
+    RunRecord,
     SyncGuard,
     SyncResult,
     encode_fields,
@@ -72,23 +75,6 @@ class Claim:
     refused: str | None
     estimate: float | None
     ledger: books.Ledger
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One run a store has seen (the runs table), with what it did: attempts it submitted (a
-    request id came back), jobs it brought to a final state, and the charges of its attempts."""
-
-    id: int
-    owner: str
-    pid: int
-    host: str
-    version: str
-    started_at: datetime
-    finished_at: datetime | None
-    submitted: int
-    finished: int
-    spent_usd: float
 
 
 class Store:
@@ -768,6 +754,109 @@ class Store:
                 raise StoreError(f"store {self.name} is damaged: input blob {lost[0]} is missing")
         return out
 
+    # -- the controls mailbox (stop and cancel from another shell) -----------------------------
+
+    def controls_last(self) -> int:
+        """The newest request's id (0: none): what a live run asks every tick, in O(1)."""
+        with self._tx() as conn:
+            return int(conn.execute(sql.CONTROLS_LAST).scalar_one())
+
+    def controls_after(self, after: int) -> list[Control]:
+        """The requests newer than ``after``, oldest first."""
+        with self._tx() as conn:
+            rows = conn.execute(sql.CONTROLS_AFTER, {"p_after": after}).mappings().all()
+        return [Control.from_row(m) for m in rows]
+
+    def control(self, control_id: int) -> Control | None:
+        with self._tx() as conn:
+            row = conn.execute(sql.CONTROL_GET, {"p_id": control_id}).mappings().first()
+        return None if row is None else Control.from_row(row)
+
+    def request_control(
+        self, kind: str, *, keys: Iterable[str] | None = None, where: str | None = None
+    ) -> int:
+        """Post a request to the live run (``kind`` "stop" or "cancel"); returns its id."""
+        with self._tx(write=True) as conn:
+            inserted = conn.execute(sql.CONTROL_INSERT, _control_row(kind, keys, where))
+            return int(inserted.scalar_one())
+
+    def see_control(self, control_id: int, outcome: str | None = None) -> bool:
+        """Mark a request taken by this run (and its outcome); False if another took it first."""
+        with self._tx(write=True) as conn:
+            params = {"p_id": control_id, "p_now": _now(), "p_run": self._run_id}
+            taken = bool(conn.execute(sql.CONTROL_SEEN, params).rowcount)
+            if outcome is not None:
+                conn.execute(sql.CONTROL_ANSWER, {"p_id": control_id, "p_text": outcome})
+        return taken
+
+    def answer_control(self, control_id: int, outcome: str) -> None:
+        """Record what the run did about a request, in one line."""
+        with self._tx(write=True) as conn:
+            conn.execute(sql.CONTROL_ANSWER, {"p_id": control_id, "p_text": outcome})
+
+    def withdraw_control(self, control_id: int) -> bool:
+        """Delete a request no run has taken yet (True); a taken one stays (False)."""
+        with self._tx(write=True) as conn:
+            return bool(conn.execute(sql.CONTROL_WITHDRAW, {"p_id": control_id}).rowcount)
+
+    def live_runs(self) -> list[RunRecord]:
+        """The runs going on now (``comfysweep run``, not a retry's or a cancel's lock), newest
+        first."""
+        live = self.live_run_ids()
+        runs = self.runs(unfinished=True, tally=False) if live else []
+        return [r for r in runs if r.id in live and r.owner.startswith("comfysweep run ")]
+
+    def live_run_ids(self) -> set[int]:
+        """The runs without a recorded finish that still go, never taking their lock: SQLite's
+        newest one while a process holds the lock file; PostgreSQL's whose session holds its
+        advisory lock. Any other unfinished run died."""
+        with self._tx() as conn:
+            ids = [int(i) for i in conn.execute(sql.OPEN_RUN_IDS).scalars()]
+        if self.is_sqlite:
+            held = self.real_path is not None and is_held(Path(f"{self.real_path}.lock"))
+            return set(ids[:1]) if held else set()
+        return {i for i in ids if self.run_alive(i)}
+
+    def run_info(self, run_id: int) -> RunInfo | None:
+        """The record of run ``run_id`` (who, where, since when)."""
+        with self._tx() as conn:
+            row = conn.execute(sql.RUN_GET, {"p_id": run_id}).mappings().first()
+        return None if row is None else RunInfo(**row)
+
+    def cancel_pending(
+        self, keys: Sequence[str], *, request: bool, where: str | None = None
+    ) -> tuple[list[str], dict[str, JobState], int | None]:
+        """Cancel ``keys`` that are pending, in one transaction; name the rest's states.
+
+        Each move is the conditional UPDATE of a transition, so a runner's claim and this never
+        both take a job: a job claimed first stays claimed and is reported with its state. With
+        ``request``, the jobs found in flight go to the live run in a cancel request (its id is
+        returned), written in the same transaction, so no job falls between the two.
+        """
+        stmt = sql.transition(JobState.CANCELLED, frozenset({_S.PENDING}), frozenset())
+        cancelled: list[str] = []
+        states: dict[str, JobState] = {}
+        control_id: int | None = None
+        now = _now()
+        with self._tx(write=True, durable=True) as conn:
+            for key in keys:
+                params = {"p_key": key, "p_now": now, "p_run": self._run_id}
+                row = conn.execute(stmt, params).mappings().first()
+                if row is not None:
+                    conn.execute(sql.EVENT_INSERT, [sql.event_row(row, now, _CANCELLED)])
+                    cancelled.append(key)
+            done = set(cancelled)
+            rest = [key for key in keys if key not in done]
+            for start in range(0, len(rest), SYNC_BATCH):
+                batch = rest[start : start + SYNC_BATCH]
+                for key, state in conn.execute(sql.JOB_STATES, {"p_keys": batch}):
+                    states[key] = JobState(state)
+            flying = [k for k, s in states.items() if s in books.REMOTE]
+            if request and flying:
+                row_values = _control_row("cancel", flying, where)
+                control_id = int(conn.execute(sql.CONTROL_INSERT, row_values).scalar_one())
+        return cancelled, states, control_id
+
     # -- ratings --------------------------------------------------------------------------------
 
     def rate(self, key: str, rating: str | None, *, clear: Iterable[str] = ()) -> None:
@@ -847,6 +936,19 @@ class Store:
                 index_elements=[sql.META.c.name], set_={"value": ins.excluded.value}
             )
         )
+
+
+_CANCELLED = "cancelled on request"
+
+
+def _control_row(kind: str, keys: Iterable[str] | None, where: str | None) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "keys": None if keys is None else canonical_json(list(keys)),
+        "where_text": where,
+        "requested_at": _now(),
+        "requested_by": f"{socket.gethostname()}:{os.getpid()}",
+    }
 
 
 # A user's verdicts on a job: thumbs up or down, or the pick (the best) of its row in a report.
