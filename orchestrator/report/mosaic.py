@@ -9,8 +9,9 @@ numpy (all in yuv420p: no colour conversion per frame).
 Streaming: every cell's file is open at once and decoded one frame at a time, in step with the
 mosaic, so memory is one scaled picture per cell plus the canvas, whatever the videos' length. A
 cell whose fps differs from the mosaic's shows the frame due at each mosaic frame's time; a video
-shorter than the longest holds its last frame. A cell whose file cannot be read shows a card that
-says "unreadable"; the file is written under a temporary name and renamed when complete.
+shorter than the longest holds its last frame. A cell whose file is gone shows a card that says
+"missing", one that cannot be decoded "unreadable", one without a video its state. The mosaic is
+written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ MAX_SIDE = 4096  # what common H.264 players decode (level 5.1: 4096 wide, ~9.4 
 MAX_PIXELS = 36864 * 256
 DEFAULT_FPS = 16.0
 
+# zerolatency: no lookahead or B-frame queue, so a 9 Mpixel frame is held a few times, not 30
+_X264 = {"preset": "veryfast", "crf": "23", "tune": "zerolatency"}
 _BACKGROUND = (24, 24, 24)
 _CARD = (88, 88, 88)
 _TEXT = (235, 235, 235)
@@ -186,6 +189,13 @@ def _open(cell: MosaicCell, stack: contextlib.ExitStack) -> _Source | None:
         return None
     stack.push(inner)
     return source
+
+
+def _card(cell: MosaicCell) -> str:
+    """What the card of a cell without a picture says."""
+    if cell.video is None:
+        return cell.state
+    return "unreadable" if os.path.lexists(cell.video) else "missing"
 
 
 def _common_fps(sources: Sequence[_Source]) -> float:
@@ -345,7 +355,7 @@ def _canvas(
             under = (x, y + height, width, layout.caption_height)
             _centred(draw, under, cell.caption, caption, _CAPTION)
             if sources[row][column] is None:
-                state = cell.state if cell.video is None else "unreadable"
+                state = _card(cell)
                 draw.rectangle((x, y, x + width - 1, y + height - 1), fill=_CARD)
                 _centred(draw, (x, y, width, height), state, label, _TEXT)
     rgb = np.asarray(image, dtype=np.uint8)
@@ -367,11 +377,9 @@ def _encode(
         for c, source in enumerate(row)
         if source is not None
     ]
-    # zerolatency: no lookahead or B-frame queue, so a 9 Mpixel frame is held a few times, not 30
-    options = {"preset": "veryfast", "crf": "23", "tune": "zerolatency"}
     with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as output:
         rate = Fraction(fps).limit_denominator(1001)
-        stream = output.add_stream("libx264", rate=rate, options=options)
+        stream = output.add_stream("libx264", rate=rate, options=dict(_X264))
         stream.width, stream.height, stream.pix_fmt = layout.width, layout.height, "yuv420p"
         for index in range(frames):
             for source, box in placed:
