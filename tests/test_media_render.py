@@ -36,10 +36,10 @@ def test_each_varying_input_changes_the_picture(
     first = _frames(_render(tmp_path, "one", **{key: one})).astype(np.int16)
     second = _frames(_render(tmp_path, "other", **{key: other})).astype(np.int16)
     assert first.shape == second.shape == (81, 480, 480, 3)
-    assert np.abs(first - second).mean() > 8  # measured: cfg 35, steps 16, shift 15
+    assert np.abs(first - second).mean() > 4  # measured: cfg 30, steps 11, shift 9
     # ... and not only in the text: the picture below the text panel differs too
     below = text_overlay(INPUTS, 480, 480).shape[0]
-    assert np.abs(first[:, below:] - second[:, below:]).mean() > 8
+    assert np.abs(first[:, below:] - second[:, below:]).mean() > 4
 
 
 def test_the_picture_moves(tmp_path: Path) -> None:

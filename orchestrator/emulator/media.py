@@ -6,10 +6,10 @@ The picture shows what the job asked for, so cells of a sweep's report differ th
   start of the prompt;
 - the background: a gradient whose colour comes from a hash of the prompt, the seed and the image,
   mixed with the decoded image's mean colour when the image is a ``data:`` URI;
-- cfg sets the hue of a bouncing disc and of a striped band at the bottom (47 degrees per unit);
-- steps set the detail and the pace: the band has steps / 2 stripes and the disc crosses the
-  frame steps / 4 times;
-- shift sets the stripes' slant and scroll speed and the disc's height.
+- cfg sets the hue of a disc and of a striped band at the bottom (47 degrees per unit);
+- steps set the detail and the pace: the band has steps / 2 stripes, scrolling a pixel a frame
+  (per 480 pixels of width), so more steps pass more stripes a second;
+- shift sets the stripes' slant and where the disc sits (right and down as shift grows).
 
 Files are cached by exactly those inputs plus the shape, so a cached file always has the metadata
 the job asked for. The text is drawn once per video (Pillow, its built-in font) and blended into
@@ -231,25 +231,34 @@ class _Scene:
         self.width, self.height, self.frames = width, height, frames
         self.base = _background(inputs, width, height)
         self.hue = _hue(cfg * 47.0)
-        # The band: steps / 2 sine stripes, slanted and scrolled by shift, in cfg's hue.
-        band = max(2, height * 3 // 10 // 2 * 2)
+        # The band: steps / 2 sine stripes in cfg's hue, slanted by shift, scrolling a pixel a
+        # frame per 480 of width (so more steps, more stripes passing a second). Faster than
+        # that, or a moving disc, costs x264's ultrafast preset bits in every frame: files
+        # twice the size, which a tiny results disk in the tests notices.
+        band = max(2, height // 4 // 2 * 2)
         self.band_top = height - band
         self.period = max(4, round(width / max(1.0, steps / 2)))
         columns = np.arange(width + self.period)[None, :] + shift / 10 * np.arange(band)[:, None]
         self.stripes = (110 + 70 * np.sin(2 * np.pi * columns / self.period)).astype(np.uint8)
-        self.scroll = max(1, round(shift * self.period / 32))
+        self.scroll = max(1, width // 480)
         _, u, v = _planes(self.base, height)
         u[self.band_top // 2 :], v[self.band_top // 2 :] = self.hue
-        # The disc: cfg's hue, crossing the frame steps / 4 times, at a height set by shift.
-        self.size = max(4, min(width, height) // 4 // 2 * 2)
-        grid = np.arange(self.size) - (self.size - 1) / 2
-        self.disc = grid[:, None] ** 2 + grid[None, :] ** 2 <= (self.size / 2) ** 2
-        self.crossings = max(steps, 1.0) / 4
+        # The disc: cfg's hue, placed by shift (further right and lower as shift grows).
+        size = max(4, min(width, height) // 4 // 2 * 2)
+        grid = np.arange(size) - (size - 1) / 2
+        disc = grid[:, None] ** 2 + grid[None, :] ** 2 <= (size / 2) ** 2
         alpha = text_overlay(inputs, width, height).astype(np.float64) / 255
+        place = min(1.0, max(0.0, (shift - 1) / 15))
         low = alpha.shape[0]
-        high = max(low, self.band_top - self.size)
-        top = low + (high - low) * min(1.0, max(0.0, (shift - 1) / 15))
-        self.top = max(0, min(height - self.size, int(top) // 2 * 2))
+        top = low + (max(low, self.band_top - size) - low) * place
+        top = max(0, min(height - size, int(top) // 2 * 2))
+        left = int((width - size) * (0.2 + 0.6 * place)) // 2 * 2
+        y, u, v = _planes(self.base, height)
+        y[top : top + size, left : left + size][disc] = 200
+        for plane, value in zip((u, v), self.hue, strict=True):
+            plane[top // 2 : (top + size) // 2, left // 2 : (left + size) // 2][disc[::2, ::2]] = (
+                value
+            )
         # The text panel, blended as (picture * keep + add) >> 8 in 16-bit integers.
         self.keep = np.round((1 - alpha) * _SHADE * 256).astype(np.uint16)
         self.add = np.round(alpha * 235 * 256).astype(np.uint16)
@@ -264,13 +273,6 @@ class _Scene:
         y, u, v = _planes(frame, self.height)
         scroll = index * self.scroll % self.period
         y[self.band_top :] = self.stripes[:, scroll : scroll + self.width]
-        travel = index / max(1, self.frames - 1) * self.crossings % 2
-        left = int(min(travel, 2 - travel) * (self.width - self.size)) // 2 * 2
-        top, size = self.top, self.size
-        y[top : top + size, left : left + size][self.disc] = 200
-        half = self.disc[::2, ::2]
-        for plane, value in zip((u, v), self.hue, strict=True):
-            plane[top // 2 : (top + size) // 2, left // 2 : (left + size) // 2][half] = value
         rows, cols = self.keep.shape
         y[:rows, :cols] = (y[:rows, :cols] * self.keep + self.add) >> 8
         rows, cols = self.keep_chroma.shape
