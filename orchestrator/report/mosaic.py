@@ -145,7 +145,7 @@ class _Source:
     def __init__(self, path: Path, stack: contextlib.ExitStack) -> None:
         self.container = stack.enter_context(av.open(str(path), "r"))
         stream = self.container.streams.video[0]
-        stream.thread_count = 1  # a hundred decoders: one thread each, not one per core
+        stream.codec_context.thread_count = 1  # a hundred decoders: one thread each
         self.width, self.height = stream.codec_context.width, stream.codec_context.height
         self.fps = float(stream.average_rate or stream.guessed_rate or DEFAULT_FPS)
         self.frames = stream.frames or sum(1 for p in self.container.demux(stream) if p.size)
