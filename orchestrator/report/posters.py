@@ -1,0 +1,101 @@
+"""Poster frames: a small JPEG of each video's first frame, made once and kept beside the report.
+
+A poster is named after the video's identity on disk (device, inode, size, mtime), so a rerun of
+``report`` reuses it without decoding, and a video rendered again gets a new one. Written to a
+temporary file then renamed, so a killed report never leaves half a JPEG under a poster's name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import av
+from PIL import Image
+
+__all__ = ["ASSETS", "Posters"]
+
+log = logging.getLogger("comfysweep.report")
+
+ASSETS = "report_assets"
+WIDTH = 320
+QUALITY = 75
+
+
+class Posters:
+    """Makes and caches posters in ``folder``; ``prune()`` removes those no longer used."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.made = 0
+        self.reused = 0
+        self._used: set[str] = set()
+        self._existing: set[str] | None = None
+
+    def poster(self, video: Path) -> Path | None:
+        """The poster of ``video``, made now unless cached; None when it cannot be decoded."""
+        try:
+            st = video.stat()
+        except OSError:
+            return None
+        ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+        name = hashlib.sha256(ident.encode()).hexdigest()[:20] + ".jpg"
+        target = self.folder / name
+        self._used.add(name)
+        if name in self._listing():
+            self.reused += 1
+            return target
+        if not _extract(video, target):
+            return None
+        self._listing().add(name)
+        self.made += 1
+        return target
+
+    def prune(self) -> int:
+        """Remove posters of videos no longer shown; returns how many."""
+        removed = 0
+        for name in self._listing() - self._used:
+            if name.endswith(".jpg"):
+                with contextlib.suppress(OSError):
+                    (self.folder / name).unlink()
+                    removed += 1
+        return removed
+
+    def _listing(self) -> set[str]:
+        if self._existing is None:
+            try:
+                self._existing = {p.name for p in self.folder.iterdir()}
+            except FileNotFoundError:
+                self._existing = set()
+        return self._existing
+
+
+def _extract(video: Path, target: Path) -> bool:
+    """Write ``video``'s first frame, at most WIDTH wide, as a JPEG at ``target``."""
+    try:
+        with av.open(str(video)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            frame = next(container.decode(stream))
+            pixels = frame.to_ndarray(format="rgb24")
+    except (av.error.FFmpegError, IndexError, StopIteration, OSError) as exc:
+        log.warning("%s: no poster (%s)", video, exc)
+        return False
+    image = Image.fromarray(pixels)
+    if image.width > WIDTH:
+        image = image.resize((WIDTH, max(1, round(image.height * WIDTH / image.width))))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, "JPEG", quality=QUALITY)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return True
