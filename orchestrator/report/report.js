@@ -165,7 +165,7 @@
     }).join(" ");
   }
 
-  var RATING = { up: "\u{1F44D}", down: "\u{1F44E}", pick: "\u2605 pick" };
+  var RATING = { up: "\u25B2 up", down: "\u25BC down", pick: "\u2605 pick" };
 
   function tile(c) {
     var t = el("div", "tile");
