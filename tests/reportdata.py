@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import sqlite3
 from collections.abc import Mapping, Sequence
 from contextlib import closing
@@ -61,10 +62,11 @@ def _encode(path: Path, i: int, size: int = 160, frames: int = 17, fps: int = 16
 
 
 def synthetic_sweep(
-    folder: Path, shape: Mapping[str, Sequence[Any]], videos: Sequence[Path]
+    folder: Path, shape: Mapping[str, Sequence[Any]], videos: Sequence[Path], *, copy: bool = False
 ) -> list[Job]:
     """A results folder at ``folder`` whose store holds one done job per combination of
-    ``shape`` (friendly name -> values), each output a hard link to one of ``videos``."""
+    ``shape`` (friendly name -> values), each output a hard link to one of ``videos`` (with
+    ``copy``, a file of its own)."""
     folder.mkdir(parents=True, exist_ok=True)
     names = list(shape)
     jobs = []
@@ -80,7 +82,10 @@ def synthetic_sweep(
     for job in jobs:
         video = videos[job.index % len(videos)]
         name = f"out-{job.index:05d}.mp4"
-        os.link(video, folder / name)
+        if copy:
+            shutil.copyfile(video, folder / name)
+        else:
+            os.link(video, folder / name)
         output = {"path": name, "size": video.stat().st_size, "sha256": "", "url": ""}
         began = start + timedelta(seconds=job.index)
         ended = began + timedelta(seconds=30 + job.index % 17)

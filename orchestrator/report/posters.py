@@ -12,6 +12,8 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
@@ -38,22 +40,29 @@ class Posters:
 
     def poster(self, video: Path) -> Path | None:
         """The poster of ``video``, made now unless cached; None when it cannot be decoded."""
-        try:
-            st = video.stat()
-        except OSError:
-            return None
-        ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
-        name = hashlib.sha256(ident.encode()).hexdigest()[:20] + ".jpg"
-        target = self.folder / name
-        self._used.add(name)
-        if name in self._listing():
-            self.reused += 1
-            return target
-        if not _extract(video, target):
-            return None
-        self._listing().add(name)
-        self.made += 1
-        return target
+        return self.posters([video])[0]
+
+    def posters(self, videos: Sequence[Path]) -> list[Path | None]:
+        """Each video's poster (None: not decodable), the missing ones made on every core."""
+        targets: list[Path | None] = []
+        todo: dict[Path, Path] = {}  # poster -> video, each poster made once
+        for video in videos:
+            name = _name(video)
+            if name is None:
+                targets.append(None)
+                continue
+            target = self.folder / name
+            targets.append(target)
+            self._used.add(name)
+            if name in self._listing() or target in todo:
+                self.reused += 1
+            else:
+                todo[target] = video
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            made = dict(zip(todo, pool.map(_extract, todo.values(), todo), strict=True))
+        self.made += sum(made.values())
+        self._listing().update(t.name for t, ok in made.items() if ok)
+        return [None if t is None or made.get(t) is False else t for t in targets]
 
     def prune(self) -> int:
         """Remove posters of videos no longer shown; returns how many."""
@@ -74,12 +83,21 @@ class Posters:
         return self._existing
 
 
+def _name(video: Path) -> str | None:
+    """A poster's file name: the video's identity on disk (a hard link shares it)."""
+    try:
+        st = video.stat()
+    except OSError:
+        return None
+    ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:20] + ".jpg"
+
+
 def _extract(video: Path, target: Path) -> bool:
     """Write ``video``'s first frame, at most WIDTH wide, as a JPEG at ``target``."""
     try:
         with av.open(str(video)) as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
             frame = next(container.decode(stream))
             pixels = frame.to_ndarray(format="rgb24")
     except (av.error.FFmpegError, IndexError, StopIteration, OSError) as exc:

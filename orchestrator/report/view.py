@@ -264,10 +264,10 @@ def _ordered(values: list[Any]) -> list[Any]:
 
 def add_posters(view: View, results: Path, page_dir: Path, posters: Posters) -> None:
     """Give every cell with a video its poster (made now, or reused from the cache)."""
-    for cell in view.cells:
-        if cell.path is not None:
-            made = posters.poster(results / cell.path)
-            cell.poster = None if made is None else _relative(made, page_dir)
+    with_video = [cell for cell in view.cells if cell.path is not None]
+    made = posters.posters([results / str(cell.path) for cell in with_video])
+    for cell, poster in zip(with_video, made, strict=True):
+        cell.poster = None if poster is None else _relative(poster, page_dir)
 
 
 def _cell(row: JobRow, inputs: dict[str, Any], results: Path, page_dir: Path) -> Cell:
