@@ -148,13 +148,28 @@ def test_the_page_shows_the_sweep_plays_in_sync_switches_axes_and_wipes(
         for name in ("seed", "steps", "cfg", "prompt"):
             want = entry["inputs"][name]
             assert t["inputs"][name] == (want if isinstance(want, str) else json.dumps(want))
-    assert browser.find_elements(By.CSS_SELECTOR, "td.cell.stack")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "td.cell.stack .tile")) == 8
+    shot(browser, artifacts, "report-stacked")
 
     # The default view: X/Y/Z from the data, Z as tabs; play all in sync.
     browser.get(page)
     browser.refresh()
     until(browser, "document.querySelectorAll('.tile').length === 4", "one tab of 4 tiles")
     assert browser.execute_script("return location.hash").startswith("#x=cfg&y=steps&z=seed")
+    shot(browser, artifacts, "report-posters")
+
+    # Hovering a cell plays it alone.
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(browser).move_to_element(browser.find_element(By.CSS_SELECTOR, ".tile")).perform()
+    until(
+        browser,
+        "(function () { var v = document.querySelector('.tile video');"
+        " return v && !v.paused && v.currentTime > 0.1; })()",
+        "the hovered cell plays",
+    )
+    ActionChains(browser).move_to_element(browser.find_element(By.ID, "title")).perform()
+    until(browser, "document.querySelector('.tile video').paused", "it stops when left")
     browser.find_element(By.ID, "play").click()
     assert_in_sync(browser, "#grid video", 4)
     shot(browser, artifacts, "report-grid")

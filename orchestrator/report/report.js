@@ -257,7 +257,8 @@
         var here = slots.get(r + "," + col) || [];
         if (!here.length) td.appendChild(el("div", "empty", "no job"));
         if (here.length > 1) td.classList.add("stack");
-        here.forEach(function (c) { td.appendChild(tile(c)); });
+        var box = td.appendChild(el("div", "tiles"));
+        here.forEach(function (c) { box.appendChild(tile(c)); });
         tr.appendChild(td);
       });
       body.appendChild(tr);
