@@ -22,7 +22,9 @@ from starlette.testclient import TestClient
 from orchestrator.cli import cli
 from orchestrator.emulator import Emulator, EmulatorConfig, FaultProfile
 from orchestrator.locate import locate
+from orchestrator.models import get_model
 from orchestrator.report.serve import create_app
+from orchestrator.results import ResultsFolder
 from orchestrator.retry import RetryPolicy
 from orchestrator.store import Store
 from orchestrator.sweep import Overrides, run_sweep
@@ -333,3 +335,10 @@ def test_video_writes_the_xy_view_as_one_mosaic(
     done = [cell for row in call["rows"] for cell in row if cell.state == "done"]
     assert all(cell.video is not None and cell.video.is_file() for cell in done)
     assert all("cfg=" in cell.caption and "seed=" in cell.caption for cell in done)
+
+
+@pytest.mark.parametrize("name", ["report.mp4", "report_assets/fox.mp4", "Report_Assets/a.mp4"])
+def test_no_output_takes_the_report_s_names(tmp_path: Path, name: str) -> None:
+    folder = ResultsFolder(tmp_path, get_model("community/wan-2-2/vace-fun"), "{prompt}")
+    taken = folder.final_name(name, "a" * 64)
+    assert taken.split("/")[0].casefold() not in {"report.mp4", "report_assets"}
