@@ -186,6 +186,17 @@ def test_the_page_shows_the_sweep_plays_in_sync_switches_axes_and_wipes(
     assert browser.find_elements(By.CSS_SELECTOR, "#summary svg.histogram rect")
     browser.find_element(By.ID, "summary-toggle").click()
 
+    # Without loop, every video stops at the end, together.
+    browser.find_element(By.ID, "loop").click()
+    until(browser, "document.body.dataset.playing === 'false'", "the end stops playback")
+    assert browser.execute_script(
+        "return Array.from(document.querySelectorAll('#grid video')).every(function (v) {"
+        " return v.paused; })"
+    )
+    browser.find_element(By.ID, "loop").click()
+    browser.find_element(By.ID, "play").click()
+    assert_in_sync(browser, "#grid video", 4)
+
     # Switch axes through the page: the grid's headers follow, and the URL keeps the view.
     before = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "th.xlabel")]
     Select(browser.find_element(By.ID, "axis-x")).select_by_value("seed")

@@ -333,7 +333,12 @@
     var t = clock.base + (performance.now() - clock.t0) / 1000;
     if (clock.duration > 0) {
       if (loop()) t = t % clock.duration;
-      else if (t >= clock.duration) { setPlaying(false); clock.base = t = clock.duration; }
+      else if (t >= clock.duration) { // the end, without loop: everything stops there
+        clock.base = clock.duration;
+        clock.playing = false;
+        paintPlaying();
+        return clock.base;
+      }
     }
     return t;
   }
@@ -348,10 +353,16 @@
       clock.base = masterTime();
       clock.playing = false;
     }
+    paintPlaying();
+  }
+
+  function paintPlaying() {
+    var on = clock.playing;
     $("play").textContent = on ? "Pause all" : "Play all";
     document.body.dataset.playing = String(on);
     allVideos().forEach(function (v) {
       delete v.dataset.solo;
+      v.loop = loop();
       if (on) v.play().catch(function () {}); else v.pause();
     });
   }
@@ -372,6 +383,7 @@
       if (force || Math.abs(v.currentTime - target) > TOL) v.currentTime = target;
       return;
     }
+    if (v.loop !== loop()) v.loop = loop();
     var d = target - v.currentTime;
     if (loop()) {
       if (d > dur / 2) d -= dur;
@@ -380,7 +392,7 @@
     if (force || Math.abs(d) > SEEK) { v.currentTime = target; v.playbackRate = 1; }
     else if (Math.abs(d) > TOL) v.playbackRate = Math.min(1.5, Math.max(0.5, 1 + d * 2));
     else if (v.playbackRate !== 1) v.playbackRate = 1;
-    if (v.paused && !v.ended) v.play().catch(function () {});
+    if (v.paused && (!v.ended || loop())) v.play().catch(function () {});
   }
 
   function tick() {
