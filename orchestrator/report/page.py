@@ -8,6 +8,8 @@ puts user text into the page only through ``textContent`` and attributes.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 from importlib import resources
@@ -42,10 +44,15 @@ def render_page(view: View, *, served: bool = False, cap: int = VIDEO_CAP) -> st
     """The whole page; ``served``: the page shows rating buttons that POST to ``api/rating``."""
     data = view.to_json() | {"served": served, "cap": cap}
     title = html.escape(f"{view.name} · comfysweep report")
+    script = "\n" + _asset("report.js") + "\n"
+    # Only this script may run: no event-handler attribute or other inline script, should any
+    # ever slip into the page.
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     return _TEMPLATE.format(
         title=title,
+        csp=f"script-src 'sha256-{digest}'; object-src 'none'; base-uri 'none'",
         css=_asset("report.css"),
-        js=_asset("report.js"),
+        js=script,
         data=embed_json(data),
     )
 
@@ -64,6 +71,7 @@ _TEMPLATE = """<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="no-referrer">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
 <title>{title}</title>
 <style>
 {css}
@@ -105,9 +113,7 @@ _TEMPLATE = """<!doctype html>
   </div>
 </div>
 <script id="report-data" type="application/json">{data}</script>
-<script>
-{js}
-</script>
+<script>{js}</script>
 </body>
 </html>
 """
