@@ -23,7 +23,9 @@ from orchestrator.cli import cli
 from orchestrator.emulator import Emulator, EmulatorConfig, FaultProfile
 from orchestrator.locate import locate
 from orchestrator.models import get_model
+from orchestrator.report.build import write_report
 from orchestrator.report.serve import create_app
+from orchestrator.report.view import ReportError
 from orchestrator.results import ResultsFolder
 from orchestrator.retry import RetryPolicy
 from orchestrator.store import Store
@@ -342,3 +344,34 @@ def test_no_output_takes_the_report_s_names(tmp_path: Path, name: str) -> None:
     folder = ResultsFolder(tmp_path, get_model("community/wan-2-2/vace-fun"), "{prompt}")
     taken = folder.final_name(name, "a" * 64)
     assert taken.split("/")[0].casefold() not in {"report.mp4", "report_assets"}
+
+
+def test_jobs_differing_only_by_repeat_get_a_repeat_axis_and_pending_cells(tmp_path: Path) -> None:
+    from orchestrator.report.view import build_view, choose_axes
+
+    from .reportdata import MODEL, Job
+
+    jobs = [
+        Job(f"{i:064x}", i, inputs={"56_text": "a fox", "98_seed": i // 2}, repeat=i % 2)
+        for i in range(4)
+    ]
+    with Store.open(tmp_path / "comfysweep.db") as db:
+        db.sync_jobs(jobs, MODEL)
+        view = choose_axes(build_view(db, tmp_path))
+    assert view.varying() == ["seed", "repeat"]
+    assert (view.x, view.y, view.z) == ("seed", "repeat", None)
+    assert view.fixed == {"prompt": "a fox"}
+    assert [(c.state, c.video, c.at) for c in view.cells] == [
+        ("pending", None, [0, 0]),
+        ("pending", None, [0, 1]),
+        ("pending", None, [1, 0]),
+        ("pending", None, [1, 1]),
+    ]
+
+
+def test_out_naming_a_folder_is_refused(grid: Path) -> None:
+    result = report(str(grid), "--out", str(grid.parent))
+    assert result.exit_code == 2
+    assert f"Invalid value for '--out': File '{grid.parent}' is a directory." in result.stderr
+    with pytest.raises(ReportError, match="is a folder: give --out a file name"):
+        write_report(locate(grid, None), out=grid.parent)
