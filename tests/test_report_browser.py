@@ -173,6 +173,13 @@ def test_the_page_shows_the_sweep_plays_in_sync_switches_axes_and_wipes(
     browser.find_element(By.ID, "play").click()
     assert_in_sync(browser, "#grid video", 4)
     shot(browser, artifacts, "report-grid")
+    sources = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#grid video')).map(function (v) {"
+        " var t = v.closest('.tile'); return [t.dataset.key, v.getAttribute('src')]; })"
+    )
+    assert len(sources) == 4
+    for key, src in sources:
+        assert src == quote(entries[key]["outputs"][0]["path"])
 
     # The summary: jobs by state, spend, a histogram of durations.
     browser.find_element(By.ID, "summary-toggle").click()
