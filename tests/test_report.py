@@ -17,6 +17,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 from starlette.testclient import TestClient
 
 from orchestrator.cli import cli
@@ -112,7 +113,8 @@ def test_cells_are_the_manifest_s_jobs_with_state_error_video_and_poster(grid: P
         else:
             assert cell["s"] == "done"
             assert cell["f"] == quote(entry["outputs"][0]["path"])
-            assert (folder / cell["p"]).read_bytes()[:2] == b"\xff\xd8"  # a JPEG
+            with Image.open(folder / cell["p"]) as poster:
+                assert (poster.format, poster.size) == ("JPEG", (320, 320))  # of 480x480
     assert data["summary"]["counts"] == {"done": 6, "failed": 1, "missing": 1}
     (_error, count), *_ = data["summary"]["errors"]
     assert count == 1
@@ -375,3 +377,14 @@ def test_out_naming_a_folder_is_refused(grid: Path) -> None:
     assert f"Invalid value for '--out': File '{grid.parent}' is a directory." in result.stderr
     with pytest.raises(ReportError, match="is a folder: give --out a file name"):
         write_report(locate(grid, None), out=grid.parent)
+
+
+def test_a_video_that_cannot_be_decoded_has_no_poster(tmp_path: Path) -> None:
+    from orchestrator.report.posters import Posters
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video" * 100)
+    posters = Posters(tmp_path / "assets")
+    assert posters.poster(bad) is None
+    assert posters.poster(tmp_path / "gone.mp4") is None
+    assert not (tmp_path / "assets").exists() or not list((tmp_path / "assets").iterdir())

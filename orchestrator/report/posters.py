@@ -98,14 +98,16 @@ def _extract(video: Path, target: Path) -> bool:
     try:
         with av.open(str(video)) as container:
             stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1  # one frame: threads only cost their start-up
             frame = next(container.decode(stream))
-            pixels = frame.to_ndarray(format="rgb24")
+            width, height = frame.width, frame.height
+            if width > WIDTH:  # scaled by FFmpeg while converting: cheaper than after
+                width, height = WIDTH, max(2, round(height * WIDTH / width))
+            pixels = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
     except (av.error.FFmpegError, IndexError, StopIteration, OSError) as exc:
         log.warning("%s: no poster (%s)", video, exc)
         return False
     image = Image.fromarray(pixels)
-    if image.width > WIDTH:
-        image = image.resize((WIDTH, max(1, round(image.height * WIDTH / image.width))))
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
