@@ -109,7 +109,9 @@ def write_video(located: Located, axes: Axes = DEFAULT_AXES, *, out: Path | None
         ]
         for row in grid.cells
     ]
-    title = view.name + (f" · {view.z}={grid.tab}" if view.z else "")
+    shown = {view.z: grid.tab} if view.z else {}
+    shown |= {k: v for k, v in view.filters.items() if k != view.z}
+    title = " · ".join([view.name, *(f"{k}={v}" for k, v in shown.items())])
     mosaic.write_mosaic(out, rows, x_labels=grid.x_labels, y_labels=grid.y_labels, title=title)
     return Written(out, sum(c is not None for row in grid.cells for c in row), 0, 0)
 

@@ -94,6 +94,7 @@ _TEMPLATE = """<!doctype html>
     <span id="clock">0.00 s</span>
     <button id="ab-open" type="button" disabled>A/B (pick 2)</button>
     <button id="summary-toggle" type="button">Summary</button>
+    <label>size <input id="size" type="range" min="100" max="480" step="20" value="200"></label>
   </div>
   <nav id="tabs"></nav>
 </header>

@@ -629,6 +629,14 @@
     writeHash();
   });
   window.addEventListener("hashchange", function () { readHash(); render(); });
+  $("size").addEventListener("input", function () {
+    document.documentElement.style.setProperty("--tile", $("size").value + "px");
+  });
+  document.addEventListener("keydown", function (e) { // space: play or pause all
+    if (e.key !== " " || e.target.closest("input, select, button, a")) return;
+    e.preventDefault();
+    setPlaying(!clock.playing);
+  });
 
   function update() { writeHash(); render(); }
 
