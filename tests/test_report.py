@@ -253,6 +253,9 @@ def test_a_bad_rating_is_refused_with_its_reason(served: tuple[Any, Path]) -> No
     assert plain.status_code == 415
     evil = rate(client, "f" * 64, "up", headers={"origin": "http://evil.example"})
     assert evil.status_code == 403
+    # a site that rebinds its name to 127.0.0.1 reads nothing either
+    assert client.get("/", headers={"host": "evil.example:8000"}).status_code == 400
+    assert client.get("/api/ratings", headers={"host": "evil.example"}).status_code == 400
 
 
 def test_the_server_serves_the_folder_s_files_and_nothing_outside(

@@ -13,12 +13,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -36,8 +38,17 @@ from orchestrator.store.store import RATING_VALUES
 __all__ = ["create_app", "serve_report"]
 
 
-def create_app(located: Located, axes: Axes = DEFAULT_AXES) -> Starlette:
-    """The report server's ASGI app (bad axes raise ReportError here, before it serves)."""
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def create_app(
+    located: Located, axes: Axes = DEFAULT_AXES, *, hosts: Sequence[str] = LOOPBACK
+) -> Starlette:
+    """The report server's ASGI app (bad axes raise ReportError here, before it serves).
+
+    ``hosts``: the Host names it answers ("*": any); a page of another site that rebinds its
+    own name to 127.0.0.1 is refused, so it can neither read the sweep nor rate it.
+    """
     results = results_of(located)
     root = Path(os.path.realpath(results))
     load_view(located, axes)
@@ -83,13 +94,14 @@ def create_app(located: Located, axes: Axes = DEFAULT_AXES) -> Starlette:
         return FileResponse(target)
 
     return Starlette(
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))],
         routes=[
             Route("/", page),
             Route("/report.html", page),
             Route("/api/rating", rating, methods=["POST"]),
             Route("/api/ratings", ratings),
             Route("/{path:path}", file),
-        ]
+        ],
     )
 
 
@@ -119,7 +131,8 @@ def serve_report(
     """Serve the report until interrupted; the page's URL is the first line ``echo`` gets."""
     from orchestrator.emulator.server import bind
 
-    app = create_app(located, axes)
+    wildcard = host in ("0.0.0.0", "::", "")
+    app = create_app(located, axes, hosts=["*"] if wildcard else [*LOOPBACK, host])
     sock = bind(host, port)
     shown_host, shown_port = sock.getsockname()[:2]
     if shown_host in ("0.0.0.0", "::"):
