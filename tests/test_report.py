@@ -126,11 +126,13 @@ def test_posters_are_made_once_and_again_only_for_a_changed_video(grid: Path) ->
     assert report(str(grid)).exit_code == 0
     again = report(str(grid))
     assert "(0 posters made, 7 reused)" in again.output
+    (folder / "report_assets" / "mine.jpg").write_bytes(b"a user's file")
     video = folder / manifest(folder)[-1]["outputs"][0]["path"]
     os.utime(video, ns=(1, 1))
     third = report(str(grid))
     assert "(1 posters made, 6 reused)" in third.output
-    assert len(list((folder / "report_assets").glob("*.jpg"))) == 7  # the old poster is gone
+    assert len(list((folder / "report_assets").glob("*.jpg"))) == 8  # the old poster is gone
+    assert (folder / "report_assets" / "mine.jpg").read_bytes() == b"a user's file"
     assert not list((folder / "report_assets").glob(".*"))
 
 

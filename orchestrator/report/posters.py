@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ log = logging.getLogger("comfysweep.report")
 ASSETS = "report_assets"
 WIDTH = 320
 QUALITY = 75
+_POSTER = re.compile(r"[0-9a-f]{20}\.jpg")
 
 
 class Posters:
@@ -68,7 +70,7 @@ class Posters:
         """Remove posters of videos no longer shown; returns how many."""
         removed = 0
         for name in self._listing() - self._used:
-            if name.endswith(".jpg"):
+            if _POSTER.fullmatch(name):  # only posters: never a file of someone else's
                 with contextlib.suppress(OSError):
                     (self.folder / name).unlink()
                     removed += 1
