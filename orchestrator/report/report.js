@@ -14,6 +14,7 @@
   cells.forEach(function (c) { byKey.set(c.k, c); });
   var $ = function (id) { return document.getElementById(id); };
   var grid = $("grid");
+  var videos = grid.getElementsByTagName("video"); // live: always the grid's players now
   var view = { x: D.x, y: D.y, z: D.z, tab: null, filters: {}, ab: [], abOpen: false, summary: false };
   var clock = { playing: false, base: 0, t0: 0, duration: 0 };
   var durations = new Map(); // video src -> seconds, kept after its element is gone
@@ -291,7 +292,7 @@
     v.src = c.f;
     t.querySelector(".media").appendChild(v);
     live.add(t);
-    stats.maxLive = Math.max(stats.maxLive, grid.querySelectorAll("video").length);
+    stats.maxLive = Math.max(stats.maxLive, videos.length);
   }
 
   function drop(t) {
@@ -305,12 +306,9 @@
     live.delete(t);
   }
 
-  function reconcile() {
+  function reconcile() { // O(tiles in view), not O(tiles): called on every scroll step
     live.forEach(function (t) { if (!visible.has(t) && t !== hovered) drop(t); });
-    var order = Array.prototype.filter.call(grid.querySelectorAll(".tile"), function (t) {
-      return visible.has(t) && !live.has(t);
-    });
-    for (var i = 0; i < order.length && live.size < CAP; i++) attach(order[i]);
+    visible.forEach(function (t) { if (live.size < CAP && !live.has(t)) attach(t); });
   }
 
   function makeLive(t) {
@@ -368,7 +366,7 @@
   }
 
   function allVideos() {
-    var vs = Array.prototype.slice.call(grid.querySelectorAll("video"));
+    var vs = Array.prototype.slice.call(videos);
     if (view.abOpen) vs.push($("ab-a"), $("ab-b"));
     return vs;
   }
@@ -395,13 +393,23 @@
     if (v.paused && (!v.ended || loop())) v.play().catch(function () {});
   }
 
+  var shownAt = null;
+  var shownText = null;
+  var shownWhen = 0;
+
   function tick() {
     var t = masterTime();
     allVideos().forEach(function (v) { sync(v, t, false); });
-    if (clock.duration > 0 && document.activeElement !== $("scrub")) {
-      $("scrub").value = String(Math.round((t / clock.duration) * 1000));
+    // The time shown changes at most 8 times a second: each change is a layout, after which
+    // the browser checks every observed cell against the viewport again.
+    var now = performance.now();
+    if (now - shownWhen > 125 || !clock.playing) {
+      var at = clock.duration > 0 ? String(Math.round((t / clock.duration) * 1000)) : "0";
+      if (at !== shownAt && document.activeElement !== $("scrub")) $("scrub").value = shownAt = at;
+      var text = t.toFixed(1) + " s";
+      if (text !== shownText) $("clock").textContent = shownText = text;
+      shownWhen = now;
     }
-    $("clock").textContent = t.toFixed(2) + " s";
     requestAnimationFrame(tick);
   }
 
