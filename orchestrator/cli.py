@@ -696,6 +696,85 @@ def export(
         click.echo(f"{report.skipped} missing output(s) skipped (--skip-missing)")
 
 
+@cli.command()
+@click.argument("spec", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@_STORE
+@click.option("--x", "x", metavar="INPUT", help="Input across (default: the one with most values).")
+@click.option("--y", "y", metavar="INPUT", help="Input down (default: the next largest).")
+@click.option("--z", "z", metavar="INPUT", help="Input as tabs (default: the next largest).")
+@click.option(
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="INPUT=VALUE",
+    help="Show only jobs with this value (repeatable); on the Z input, the tab shown.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File to write (default: report.html, or report.mp4 with --video, in the results folder).",
+)
+@click.option(
+    "--video", is_flag=True, help="Write the X/Y view as one labelled mosaic MP4 instead."
+)
+@click.option(
+    "--serve", is_flag=True, help="Serve the page locally, where cells can be rated; Ctrl-C stops."
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address --serve listens on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Port --serve listens on (0 picks a free one).",
+)
+def report(
+    spec: Path | None,
+    store: str | None,
+    x: str | None,
+    y: str | None,
+    z: str | None,
+    filters: tuple[str, ...],
+    out: Path | None,
+    video: bool,
+    serve: bool,
+    host: str,
+    port: int,
+) -> None:
+    """Write report.html: the sweep's videos on an X/Y grid (Z as tabs), played in sync.
+
+    Opens from file:// offline; --serve also takes ratings, --video writes a mosaic MP4.
+    """
+    from orchestrator.locate import locate
+    from orchestrator.report import build
+
+    if serve and (video or out is not None):
+        raise click.UsageError("--serve writes no file: give it without --video and --out")
+    wanted = {}
+    for item in filters:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise click.UsageError(f"--filter {item!r}: give INPUT=VALUE, such as seed=1")
+        wanted[name.strip()] = value.strip()
+    located = locate(spec, store)
+    axes = build.Axes(x, y, z, wanted)
+    if serve:
+        from orchestrator.report.serve import serve_report
+
+        serve_report(located, axes, host=host, port=port, echo=click.echo)
+        return
+    if video:
+        made = build.write_video(located, axes, out=out)
+        click.echo(f"{made.path}: {made.cells} cells")
+        return
+    made = build.write_report(located, axes, out=out)
+    click.echo(
+        f"{made.path}: {made.cells} cells ({made.posters_made} posters made, "
+        f"{made.posters_reused} reused)"
+    )
+    click.echo(f"open {made.path.as_uri()}")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="comfysweep")

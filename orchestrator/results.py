@@ -63,6 +63,8 @@ METADATA = "metadata.jsonl"
 LOG_FILE = "run.log"
 STORE_FILE = "comfysweep.db"
 PARTIAL = ".partial"
+# The report's posters folder and its mosaic video (orchestrator/report): no output takes them.
+REPORT_FILES = ("report_assets", "report.mp4")
 # Every name the tool writes at the top of a results folder; no output may take one. The store's
 # name is a prefix: its -wal, -shm, -journal and .lock files, and any journal beside it, are its.
 TOOL_FILES = (
@@ -94,7 +96,7 @@ class ResultsFolder:
         self._store: Store | None = None
         self._owners: dict[str, str] | None = None  # _fold(path) -> the job key that owns it
         self._replace: dict[str, bool] = {}  # chosen name -> its job's own file was there
-        self._reserved = {_fold(name) for name in TOOL_FILES}
+        self._reserved = {_fold(name) for name in (*TOOL_FILES, *REPORT_FILES)}
         self._reserved_prefixes = _store_prefixes(STORE_FILE)
         self._media = MediaFolder(root)
 

@@ -1,0 +1,123 @@
+"""Poster frames: a small JPEG of each video's first frame, made once and kept beside the report.
+
+A poster is named after the video's identity on disk (device, inode, size, mtime), so a rerun of
+``report`` reuses it without decoding, and a video rendered again gets a new one. Written to a
+temporary file then renamed, so a killed report never leaves half a JPEG under a poster's name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import av
+from PIL import Image
+
+__all__ = ["ASSETS", "Posters"]
+
+log = logging.getLogger("comfysweep.report")
+
+ASSETS = "report_assets"
+WIDTH = 320
+QUALITY = 75
+_POSTER = re.compile(r"[0-9a-f]{20}\.jpg")
+
+
+class Posters:
+    """Makes and caches posters in ``folder``; ``prune()`` removes those no longer used."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.made = 0
+        self.reused = 0
+        self._used: set[str] = set()
+        self._existing: set[str] | None = None
+
+    def poster(self, video: Path) -> Path | None:
+        """The poster of ``video``, made now unless cached; None when it cannot be decoded."""
+        return self.posters([video])[0]
+
+    def posters(self, videos: Sequence[Path]) -> list[Path | None]:
+        """Each video's poster (None: not decodable), the missing ones made on every core."""
+        targets: list[Path | None] = []
+        todo: dict[Path, Path] = {}  # poster -> video, each poster made once
+        for video in videos:
+            name = _name(video)
+            if name is None:
+                targets.append(None)
+                continue
+            target = self.folder / name
+            targets.append(target)
+            self._used.add(name)
+            if name in self._listing() or target in todo:
+                self.reused += 1
+            else:
+                todo[target] = video
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            made = dict(zip(todo, pool.map(_extract, todo.values(), todo), strict=True))
+        self.made += sum(made.values())
+        self._listing().update(t.name for t, ok in made.items() if ok)
+        return [None if t is None or made.get(t) is False else t for t in targets]
+
+    def prune(self) -> int:
+        """Remove posters of videos no longer shown; returns how many."""
+        removed = 0
+        for name in self._listing() - self._used:
+            if _POSTER.fullmatch(name):  # only posters: never a file of someone else's
+                with contextlib.suppress(OSError):
+                    (self.folder / name).unlink()
+                    removed += 1
+        return removed
+
+    def _listing(self) -> set[str]:
+        if self._existing is None:
+            try:
+                self._existing = {p.name for p in self.folder.iterdir()}
+            except FileNotFoundError:
+                self._existing = set()
+        return self._existing
+
+
+def _name(video: Path) -> str | None:
+    """A poster's file name: the video's identity on disk (a hard link shares it)."""
+    try:
+        st = video.stat()
+    except OSError:
+        return None
+    ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:20] + ".jpg"
+
+
+def _extract(video: Path, target: Path) -> bool:
+    """Write ``video``'s first frame, at most WIDTH wide, as a JPEG at ``target``."""
+    try:
+        with av.open(str(video)) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1  # one frame: threads only cost their start-up
+            frame = next(container.decode(stream))
+            width, height = frame.width, frame.height
+            if width > WIDTH:  # scaled by FFmpeg while converting: cheaper than after
+                width, height = WIDTH, max(2, round(height * WIDTH / width))
+            pixels = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
+    except (av.error.FFmpegError, IndexError, StopIteration, OSError) as exc:
+        log.warning("%s: no poster (%s)", video, exc)
+        return False
+    image = Image.fromarray(pixels)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, "JPEG", quality=QUALITY)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return True

@@ -1,0 +1,155 @@
+"""`comfysweep report --serve`: the report page from a local server, where cells can be rated.
+
+The server answers the page (built afresh on each load, so it shows new jobs and the ratings
+as stored), the results folder's files (never a path outside it, whatever ``..`` or a symlink
+says), and ``POST api/rating``, which records a rating with Store.rate in one short transaction:
+safe while a run is live (SQLite WAL lets the run and this writer take turns). A rating must
+come from the page itself: a JSON body and, when the browser says where it comes from, the
+server's own origin (another site cannot rate through the user's browser).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from orchestrator.errors import StoreBusyError, StoreError
+from orchestrator.locate import Located
+from orchestrator.report.build import DEFAULT_AXES, Axes, load_view, results_of
+from orchestrator.report.page import render_page
+from orchestrator.report.posters import ASSETS, Posters
+from orchestrator.report.view import add_posters
+from orchestrator.results import STORE_FILE
+from orchestrator.store import Store
+from orchestrator.store.store import RATING_VALUES
+
+__all__ = ["create_app", "serve_report"]
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def create_app(
+    located: Located, axes: Axes = DEFAULT_AXES, *, hosts: Sequence[str] = LOOPBACK
+) -> Starlette:
+    """The report server's ASGI app (bad axes raise ReportError here, before it serves).
+
+    ``hosts``: the Host names it answers ("*": any); a page of another site that rebinds its
+    own name to 127.0.0.1 is refused, so it can neither read the sweep nor rate it.
+    """
+    results = results_of(located)
+    root = Path(os.path.realpath(results))
+    load_view(located, axes)
+
+    def page(request: Request) -> Response:
+        view = load_view(located, axes)
+        add_posters(view, results, results, Posters(results / ASSETS))
+        return HTMLResponse(render_page(view, served=True), headers={"cache-control": "no-store"})
+
+    async def rating(request: Request) -> Response:
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return _problem(415, "send the rating as application/json")
+        origin = request.headers.get("origin")
+        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+            return _problem(403, f"ratings come from this server's own page, not from {origin}")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _problem(400, "the body is not JSON")
+        problem = _bad_rating(body)
+        if problem:
+            return _problem(400, problem)
+        try:
+            with Store.open(located.store) as store:
+                store.rate(body["key"], body["rating"], clear=body.get("row") or ())
+        except StoreBusyError as exc:
+            return _problem(503, str(exc))
+        except StoreError as exc:
+            return _problem(400, str(exc))
+        return JSONResponse({"key": body["key"], "rating": body["rating"]})
+
+    def ratings(request: Request) -> Response:
+        with Store.open(located.store, readonly=True) as store:
+            return JSONResponse(store.ratings())
+
+    def file(request: Request) -> Response:
+        wanted = request.path_params["path"]
+        target = Path(os.path.realpath(root / wanted))
+        if not target.is_relative_to(root) or target == root or not target.is_file():
+            return _problem(404, "not found")
+        if target.relative_to(root).parts[0].startswith(STORE_FILE):
+            return _problem(404, "not found")
+        return FileResponse(target)
+
+    return Starlette(
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))],
+        routes=[
+            Route("/", page),
+            Route("/report.html", page),
+            Route("/api/rating", rating, methods=["POST"]),
+            Route("/api/ratings", ratings),
+            Route("/{path:path}", file),
+        ],
+    )
+
+
+def _problem(status: int, message: str) -> Response:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _bad_rating(body: Any) -> str | None:
+    if not isinstance(body, dict) or not isinstance(body.get("key"), str):
+        return 'give {"key": KEY, "rating": "up"|"down"|"pick"|null, "row": [KEY, ...]}'
+    if body.get("rating") is not None and body.get("rating") not in RATING_VALUES:
+        return f"rating {body.get('rating')!r} is not one of {', '.join(RATING_VALUES)} or null"
+    row = body.get("row", [])
+    if not isinstance(row, list) or not all(isinstance(k, str) for k in row):
+        return "row: a list of job keys"
+    return None
+
+
+def serve_report(
+    located: Located,
+    axes: Axes = DEFAULT_AXES,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Serve the report until interrupted; the page's URL is the first line ``echo`` gets."""
+    from orchestrator.emulator.server import bind
+
+    wildcard = host in ("0.0.0.0", "::", "")
+    app = create_app(located, axes, hosts=["*"] if wildcard else [*LOOPBACK, host])
+    sock = bind(host, port)
+    shown_host, shown_port = sock.getsockname()[:2]
+    if shown_host in ("0.0.0.0", "::"):
+        shown_host = "127.0.0.1"
+    shown = f"[{shown_host}]" if ":" in shown_host else shown_host
+    echo(f"http://{shown}:{shown_port}/")
+    sys.stdout.flush()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _exit_quietly)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1
+    )
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def _exit_quietly(signum: int, frame: object) -> None:
+    raise SystemExit(0)

@@ -1,0 +1,341 @@
+"""What the report shows: a sweep's jobs as cells on axes, read from the store and the disk.
+
+The axes are the inputs whose value differs between jobs (by friendly name), the largest first;
+every job is one cell holding its inputs as indexes into its axes' values, its state, its video
+(by a path relative to the page) and its poster. A ``done`` job whose file is gone is "missing".
+The page (orchestrator/report/page.py) and the mosaic video both draw from this one view.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from orchestrator.errors import ComfysweepError
+from orchestrator.models import get_model
+from orchestrator.report.posters import Posters
+from orchestrator.responses import error_message
+from orchestrator.results import ResultsFolder
+from orchestrator.store import JobRow, JobState, Store
+
+__all__ = ["Axis", "Cell", "ReportError", "View", "add_posters", "build_view", "choose_axes"]
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".m4v", ".mkv")
+TOP_ERRORS = 5
+HISTOGRAM_BINS = 12
+REPEAT = "repeat"  # a pseudo-input: jobs that differ only by their repeat number
+
+
+class ReportError(ComfysweepError):
+    """The report cannot be made as asked (an axis that does not vary, no jobs)."""
+
+
+@dataclass(frozen=True)
+class Axis:
+    """An input that varies across the jobs, and its values in display order."""
+
+    name: str
+    values: list[Any]
+    labels: list[str]
+
+
+@dataclass
+class Cell:
+    """One job as the report shows it."""
+
+    key: str
+    state: str
+    at: list[int]  # per axis, the index of this job's value
+    inputs: dict[str, Any]
+    video: str | None  # relative to the page, URL-quoted
+    poster: str | None
+    path: str | None  # the output's path in the results folder (not quoted)
+    error: str | None
+    rating: str | None
+    seconds: float | None
+
+
+@dataclass
+class View:
+    """A sweep's report: its axes, fixed inputs, cells and summary figures."""
+
+    name: str
+    axes: list[Axis]
+    fixed: dict[str, Any]
+    cells: list[Cell]
+    counts: dict[str, int]
+    ledger: dict[str, float | None]
+    errors: list[tuple[str, int]]
+    durations: list[float]
+    x: str | None = None
+    y: str | None = None
+    z: str | None = None
+    filters: dict[str, str] = field(default_factory=dict)
+
+    def axis(self, name: str) -> Axis:
+        return next(a for a in self.axes if a.name == name)
+
+    def varying(self) -> list[str]:
+        return [a.name for a in self.axes]
+
+    def histogram(self, bins: int = HISTOGRAM_BINS) -> dict[str, Any]:
+        """Durations (seconds) in ``bins`` equal bins from 0 to the longest."""
+        if not self.durations:
+            return {"max": 0.0, "bins": []}
+        top = max(self.durations) or 1.0
+        counts = [0] * bins
+        for d in self.durations:
+            counts[min(bins - 1, int(d / top * bins))] += 1
+        return {"max": top, "bins": counts}
+
+    def to_json(self) -> dict[str, Any]:
+        """The page's data: compact (a cell's inputs as indexes into its axes' labels)."""
+        return {
+            "name": self.name,
+            "axes": [{"name": a.name, "labels": a.labels} for a in self.axes],
+            "fixed": {k: _label(v) for k, v in self.fixed.items()},
+            "cells": [
+                {
+                    "k": c.key,
+                    "s": c.state,
+                    "v": c.at,
+                    "f": c.video,
+                    "p": c.poster,
+                    "e": c.error,
+                    "r": c.rating,
+                }
+                for c in self.cells
+            ],
+            "x": self.x,
+            "y": self.y,
+            "z": self.z,
+            "filters": {k: v for k, v in self.filters.items() if k != self.z},
+            "tab": self.filters.get(self.z) if self.z else None,
+            "summary": {
+                "counts": {s: n for s, n in self.counts.items() if n},
+                "ledger": self.ledger,
+                "errors": self.errors,
+                "histogram": self.histogram(),
+            },
+        }
+
+
+def build_view(
+    store: Store,
+    results: Path,
+    *,
+    page_dir: Path | None = None,
+    name: str | None = None,
+) -> View:
+    """The report of ``store``'s jobs; files are looked up in ``results`` and linked relative to
+    ``page_dir`` (default: ``results``). Posters come after, from add_posters()."""
+    page_dir = page_dir or results
+    rows = list(store.jobs())
+    if not rows:
+        raise ReportError(f"store {store.name} has no jobs yet: `comfysweep run SPEC` makes them")
+    ratings = store.ratings()
+    friendly = _friendly(rows, results)
+    named = [friendly(row) for row in rows]
+    axes, fixed = _axes(named)
+    index = {a.name: {_canon(v): i for i, v in enumerate(a.values)} for a in axes}
+    cells = []
+    durations = []
+    counts: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    for row, inputs in zip(rows, named, strict=True):
+        cell = _cell(row, inputs, results, page_dir)
+        cell.at = [index[a.name][_canon(inputs[a.name])] for a in axes]
+        cell.rating = ratings.get(row.key)
+        cells.append(cell)
+        counts[cell.state] += 1
+        if cell.error is not None and cell.state != "done":
+            errors[cell.error] += 1
+        if cell.seconds is not None:
+            durations.append(cell.seconds)
+    ledger = store.ledger()
+    return View(
+        name=name or results.name,
+        axes=axes,
+        fixed=fixed,
+        cells=cells,
+        counts=dict(counts),
+        ledger={
+            "spent": ledger.spent_usd,
+            "reserved": ledger.reserved_usd,
+            "cap": ledger.cap_usd,
+        },
+        errors=errors.most_common(TOP_ERRORS),
+        durations=durations,
+    )
+
+
+def choose_axes(
+    view: View,
+    x: str | None = None,
+    y: str | None = None,
+    z: str | None = None,
+    filters: Mapping[str, str] | None = None,
+) -> View:
+    """Set the view's X/Y/Z (the named ones, the rest the largest remaining axes) and filters.
+
+    Raises ReportError for a name that does not vary (naming those that do) or one on two axes.
+    """
+    varying = view.varying()
+    asked = {"--x": x, "--y": y, "--z": z}
+    for flag, name in asked.items():
+        if name is not None and name not in varying:
+            raise ReportError(f"{flag} {name!r}: {_not_varying(name, view)}")
+    named = [n for n in asked.values() if n is not None]
+    twice = next((n for n in named if named.count(n) > 1), None)
+    if twice is not None:
+        raise ReportError(f"{twice!r} is given for two axes; each axis needs its own input")
+    rest = iter(n for n in varying if n not in named)
+    view.x = x if x is not None else next(rest, None)
+    view.y = y if y is not None else next(rest, None)
+    view.z = z if z is not None else next(rest, None)
+    view.filters = {}
+    for name, value in (filters or {}).items():
+        if name not in varying:
+            raise ReportError(f"--filter {name}: {_not_varying(name, view)}")
+        labels = view.axis(name).labels
+        if value not in labels:
+            raise ReportError(
+                f"--filter {name}={value}: no job has that value (it has {', '.join(labels)})"
+            )
+        view.filters[name] = value
+    return view
+
+
+def _not_varying(name: str, view: View) -> str:
+    varying = view.varying()
+    what = "no such input" if name not in view.fixed else "this input does not vary"
+    if not varying:
+        return f"{what}; no input varies in this sweep"
+    return f"{what}; the inputs that vary: {', '.join(varying)}"
+
+
+def _friendly(rows: Sequence[JobRow], results: Path) -> Any:
+    """A function giving a job's inputs by friendly name (its model's display names)."""
+    folders: dict[str, ResultsFolder] = {}
+
+    def friendly(row: JobRow) -> dict[str, Any]:
+        folder = folders.get(row.model_id)
+        if folder is None:
+            folder = folders[row.model_id] = ResultsFolder(results, get_model(row.model_id), "")
+        named = folder.friendly_inputs(row.inputs)
+        named[REPEAT] = row.repeat
+        return named
+
+    return friendly
+
+
+def _axes(named: Sequence[Mapping[str, Any]]) -> tuple[list[Axis], dict[str, Any]]:
+    """The inputs that vary (largest first, ties in input order) and those that do not."""
+    values: dict[str, dict[str, Any]] = {}
+    for inputs in named:
+        for k, v in inputs.items():
+            values.setdefault(k, {}).setdefault(_canon(v), v)
+    for inputs in named:  # an input only some jobs have varies: absent is a value too
+        for k in values:
+            if k not in inputs:
+                values[k].setdefault(_canon(None), None)
+    axes = []
+    fixed = {}
+    for k, seen in values.items():
+        if len(seen) < 2:
+            fixed[k] = next(iter(seen.values()))
+            continue
+        ordered = _ordered(list(seen.values()))
+        axes.append(Axis(k, ordered, [_label(v) for v in ordered]))
+    axes.sort(key=lambda a: -len(a.values))  # stable: ties keep the inputs' order
+    return axes, fixed
+
+
+def _ordered(values: list[Any]) -> list[Any]:
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    return sorted(values) if numbers else values
+
+
+def add_posters(view: View, results: Path, page_dir: Path, posters: Posters) -> None:
+    """Give every cell with a video its poster (made now, or reused from the cache)."""
+    with_video = [cell for cell in view.cells if cell.path is not None]
+    made = posters.posters([results / str(cell.path) for cell in with_video])
+    for cell, poster in zip(with_video, made, strict=True):
+        cell.poster = None if poster is None else _relative(poster, page_dir)
+
+
+def _cell(row: JobRow, inputs: dict[str, Any], results: Path, page_dir: Path) -> Cell:
+    state = str(row.state)
+    video = path = None
+    output = _video_output(row.outputs)
+    if row.state is JobState.DONE:
+        if output is None or not _on_disk(results, output):
+            state = "missing"
+        else:
+            path = str(output["path"])
+            file = results / path
+            video = _relative(file, page_dir)
+    error = None
+    if state == "missing":
+        error = "the output file is not on disk (run again to download it)"
+    elif row.error is not None:
+        text = " ".join((error_message(row.error) or "an error without a message").split())
+        error = text if len(text) <= 200 else text[:199] + "…"
+    return Cell(
+        key=row.key,
+        state=state,
+        at=[],
+        inputs=inputs,
+        video=video,
+        poster=None,
+        path=path,
+        error=error,
+        rating=None,
+        seconds=_seconds(row),
+    )
+
+
+def _video_output(outputs: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    outputs = list(outputs)
+    for output in outputs:
+        if str(output.get("path", "")).lower().endswith(VIDEO_EXTENSIONS):
+            return output
+    return outputs[0] if outputs else None
+
+
+def _on_disk(results: Path, output: Mapping[str, Any]) -> bool:
+    try:
+        file = results / str(output.get("path", ""))
+        return file.is_file() and file.stat().st_size == output.get("size")
+    except OSError:
+        return False
+
+
+def _seconds(row: JobRow) -> float | None:
+    start = row.started_at or row.submitted_at
+    if start is None or row.finished_at is None:
+        return None
+    return max(0.0, (row.finished_at - start).total_seconds())
+
+
+def _relative(file: Path, page_dir: Path) -> str:
+    rel = os.path.relpath(file, page_dir)
+    return quote(rel.replace(os.sep, "/"))
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return "(none)"
+    return json.dumps(value, ensure_ascii=False)

@@ -1,0 +1,316 @@
+"""The report in a real headless Chromium: loaded from file://, its cells against the manifest,
+videos playing in sync, axes switched through the page, the A/B wipe, the live-video cap over a
+1,000-cell page, and ratings through the served page. Screenshots go to the test's artifacts
+folder (``COMFYSWEEP_TEST_ARTIFACTS`` when set)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import uvicorn
+from click.testing import CliRunner
+
+from orchestrator.cli import cli
+from orchestrator.emulator.server import bind
+from orchestrator.locate import locate
+from orchestrator.report.page import VIDEO_CAP
+from orchestrator.report.serve import create_app
+from orchestrator.store import Store
+
+from .reportdata import sample_videos, synthetic_sweep
+from .test_report import grid_spec, manifest, run_grid
+from .waiting import PATIENCE
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(shutil.which("chromedriver") is None, reason="needs chromedriver"),
+    pytest.mark.timeout(300),
+]
+
+FRAME = 1 / 16  # the emulator's videos are 16 fps
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "chromium"
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--autoplay-policy=no-user-gesture-required",
+        "--allow-file-access-from-files",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(
+        service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options
+    )
+    driver.set_script_timeout(PATIENCE)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = os.environ.get("COMFYSWEEP_TEST_ARTIFACTS")
+    folder = Path(where) if where else tmp_path_factory.mktemp("artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def shot(driver: Any, artifacts: Path, name: str) -> Path:
+    path = artifacts / f"{name}.png"
+    assert driver.save_screenshot(str(path))
+    print(f"screenshot: {path}")
+    return path
+
+
+def until(driver: Any, script: str, what: str) -> Any:
+    """Wait for a JS expression to be truthy (the event itself, never a fixed time)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, PATIENCE, poll_frequency=0.05).until(
+        lambda d: d.execute_script(f"return ({script});"), what
+    )
+
+
+SPREAD = """
+var vs = Array.from(document.querySelectorAll(arguments[0]));
+var ts = vs.map(function (v) { return v.currentTime; });
+var dur = Math.min.apply(null, vs.map(function (v) { return v.duration; }));
+var worst = 0;
+ts.forEach(function (a) { ts.forEach(function (b) {
+  var d = Math.abs(a - b) % dur; worst = Math.max(worst, Math.min(d, dur - d)); }); });
+return [worst, ts, window.comfysweepReport.masterTime()];
+"""
+
+PLAYING = (
+    "Array.from(document.querySelectorAll('{sel}')).length >= {n} && "
+    "Array.from(document.querySelectorAll('{sel}')).every(function (v) {{"
+    " return !v.paused && v.readyState >= 3 && v.currentTime > 0.1; }})"
+)
+
+
+def assert_in_sync(driver: Any, selector: str, count: int) -> None:
+    until(driver, PLAYING.format(sel=selector, n=count), f"{count} videos playing")
+    last = -1.0
+    for _ in range(6):
+        # each sample at a new master time: the videos are compared as they play on
+        until(driver, f"window.comfysweepReport.masterTime() !== {last}", "the clock moves on")
+        worst, times, last = driver.execute_script(SPREAD, selector)
+        assert worst <= 2 * FRAME, (worst, times)
+
+
+def test_the_page_shows_the_sweep_plays_in_sync_switches_axes_and_wipes(
+    tmp_path: Path, browser: Any, artifacts: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    spec = grid_spec(tmp_path, prompt="a fox </script><img src=x onerror=window.pwned=1>")
+    run_grid(spec)
+    folder = tmp_path / "results" / "grid"
+    result = CliRunner().invoke(cli, ["report", str(spec)])
+    assert result.exit_code == 0, result.output
+    page = (folder / "report.html").as_uri()
+
+    # Everything on one page (no Z: seed is a filter, left at "all", so cells stack two jobs).
+    browser.get(page + "#x=cfg&y=steps&z=")
+    until(browser, "document.querySelectorAll('.tile').length === 8", "8 tiles")
+    assert browser.execute_script("return window.pwned") is None
+    tiles = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.tile')).map(function (t) { return {"
+        " key: t.dataset.key, state: t.dataset.state, inputs: JSON.parse(t.dataset.inputs),"
+        " file: (t.querySelector('a.file') || {}).getAttribute ?"
+        "   t.querySelector('a.file').getAttribute('href') : null }; })"
+    )
+    entries = {e["key"]: e for e in manifest(folder)}
+    assert {t["key"] for t in tiles} == set(entries)
+    for t in tiles:
+        entry = entries[t["key"]]
+        assert t["state"] == entry["state"] == "done"
+        assert t["file"] == quote(entry["outputs"][0]["path"])
+        for name in ("seed", "steps", "cfg", "prompt"):
+            want = entry["inputs"][name]
+            assert t["inputs"][name] == (want if isinstance(want, str) else json.dumps(want))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "td.cell.stack .tile")) == 8
+    shot(browser, artifacts, "report-stacked")
+
+    # The default view: X/Y/Z from the data, Z as tabs; play all in sync.
+    browser.get(page)
+    browser.refresh()
+    until(browser, "document.querySelectorAll('.tile').length === 4", "one tab of 4 tiles")
+    assert browser.execute_script("return location.hash").startswith("#x=cfg&y=steps&z=seed")
+    shot(browser, artifacts, "report-posters")
+
+    # Hovering a cell plays it alone.
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(browser).move_to_element(browser.find_element(By.CSS_SELECTOR, ".tile")).perform()
+    until(
+        browser,
+        "(function () { var v = document.querySelector('.tile video');"
+        " return v && !v.paused && v.currentTime > 0.1; })()",
+        "the hovered cell plays",
+    )
+    ActionChains(browser).move_to_element(browser.find_element(By.ID, "title")).perform()
+    until(browser, "document.querySelector('.tile video').paused", "it stops when left")
+    browser.find_element(By.ID, "play").click()
+    assert_in_sync(browser, "#grid video", 4)
+    shot(browser, artifacts, "report-grid")
+    sources = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#grid video')).map(function (v) {"
+        " var t = v.closest('.tile'); return [t.dataset.key, v.getAttribute('src')]; })"
+    )
+    assert len(sources) == 4
+    for key, src in sources:
+        assert src == quote(entries[key]["outputs"][0]["path"])
+
+    # The summary: jobs by state, spend, a histogram of durations.
+    browser.find_element(By.ID, "summary-toggle").click()
+    until(browser, "!document.getElementById('summary').hidden", "the summary")
+    counts = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#summary tr')).map(function (r) {"
+        " return [r.dataset.state, r.querySelector('.n').textContent]; })"
+    )
+    assert counts == [["done", "8"]]
+    assert browser.find_element(By.CSS_SELECTOR, "#summary .spent").text.startswith("spent $")
+    assert browser.find_elements(By.CSS_SELECTOR, "#summary svg.histogram rect")
+    browser.find_element(By.ID, "summary-toggle").click()
+
+    # Without loop, every video stops at the end, together.
+    browser.find_element(By.ID, "loop").click()
+    until(browser, "document.body.dataset.playing === 'false'", "the end stops playback")
+    assert browser.execute_script(
+        "return Array.from(document.querySelectorAll('#grid video')).every(function (v) {"
+        " return v.paused; })"
+    )
+    browser.find_element(By.ID, "loop").click()
+    browser.find_element(By.ID, "play").click()
+    assert_in_sync(browser, "#grid video", 4)
+
+    # Switch axes through the page: the grid's headers follow, and the URL keeps the view.
+    before = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "th.xlabel")]
+    Select(browser.find_element(By.ID, "axis-x")).select_by_value("seed")
+    until(browser, "location.hash.indexOf('x=seed') >= 0", "the hash names the new X")
+    after = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "th.xlabel")]
+    assert before == ["3.0", "5.0"]
+    assert after == ["1", "2"]
+    # the old X took the place of the new one (cfg is now Z): still 4 tiles a tab
+    assert browser.execute_script("return location.hash").startswith("#x=seed&y=steps&z=cfg")
+    browser.find_elements(By.CSS_SELECTOR, ".tab")[1].click()
+    until(browser, "location.hash.indexOf('tab=5.0') >= 0", "the second tab")
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".tile")) == 4
+
+    # A/B: pick two cells, open the wipe; both play, in sync with each other.
+    picks = browser.find_elements(By.CSS_SELECTOR, ".tile .abpick")
+    picks[0].click()
+    picks[3].click()
+    browser.find_element(By.ID, "ab-open").click()
+    until(browser, "!document.getElementById('ab').hidden", "the A/B view")
+    browser.execute_script(
+        "var s = document.getElementById('ab-slider'); s.value = 30;"
+        "s.dispatchEvent(new Event('input'));"
+    )
+    clip = browser.execute_script("return document.getElementById('ab-a').style.clipPath")
+    assert clip == "inset(0px 70% 0px 0px)"
+    assert_in_sync(browser, "#ab video", 2)
+    shot(browser, artifacts, "report-ab")
+
+    # A link reopens the same view.
+    link = browser.current_url
+    assert "abv=1" in link
+    browser.get("about:blank")
+    browser.get(link)
+    until(browser, "!document.getElementById('ab').hidden", "the A/B view again")
+    assert Select(browser.find_element(By.ID, "axis-x")).first_selected_option.text.startswith(
+        "seed"
+    )
+    assert browser.find_element(By.CSS_SELECTOR, ".tab[aria-selected=true]").text == "cfg = 5.0"
+
+
+def test_a_1000_cell_page_never_holds_more_than_the_cap_of_videos(
+    tmp_path: Path, browser: Any, artifacts: Path
+) -> None:
+    folder = tmp_path / "big"
+    videos = sample_videos(tmp_path / "samples", 4)
+    synthetic_sweep(folder, {"seed": list(range(40)), "steps": list(range(25))}, videos)
+    result = CliRunner().invoke(cli, ["report", "--store", str(folder / "comfysweep.db")])
+    assert result.exit_code == 0, result.output
+    browser.get((folder / "report.html").as_uri())
+    until(browser, "document.querySelectorAll('.tile').length === 1000", "1,000 tiles")
+    until(browser, "window.comfysweepReport.liveCount() > 0", "videos in view")
+    browser.find_element("id", "play").click()
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    width = browser.execute_script("return document.documentElement.scrollWidth")
+    for y in range(0, height, 700):
+        for x in (0, width // 2, width):
+            browser.execute_script("window.scrollTo(arguments[0], arguments[1])", x, y)
+            # the observer answered: the live videos are the tiles in view now
+            until(
+                browser,
+                "(function () { var vs = document.querySelectorAll('#grid video');"
+                " if (!vs.length) return false;"
+                " var r = vs[0].getBoundingClientRect();"
+                " return r.bottom > -150 && r.top < innerHeight + 150; })()",
+                "a video in view",
+            )
+            live = browser.execute_script("return window.comfysweepReport.liveCount()")
+            assert 0 < live <= VIDEO_CAP
+    assert browser.execute_script("return window.comfysweepReport.stats.maxLive") <= VIDEO_CAP
+    shot(browser, artifacts, "report-1000")
+
+
+def test_the_served_page_rates_cells_into_the_store(
+    tmp_path: Path, browser: Any, artifacts: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    spec = grid_spec(tmp_path)
+    run_grid(spec)
+    folder = tmp_path / "results" / "grid"
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(locate(spec, None)), log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        browser.get(f"http://127.0.0.1:{port}/")
+        until(browser, "document.querySelectorAll('.tile .rate').length === 12", "rate buttons")
+        until(browser, "window.comfysweepReport.liveCount() === 4", "videos served")
+        tiles = browser.find_elements(By.CSS_SELECTOR, ".tile")
+        first, second = (t.get_attribute("data-key") for t in tiles[:2])
+        tiles[0].find_element(By.CSS_SELECTOR, ".rate-up").click()
+        until(browser, f"document.body.dataset.rated === '{first}:up'", "the first rating")
+        tiles[1].find_element(By.CSS_SELECTOR, ".rate-pick").click()
+        until(browser, f"document.body.dataset.rated === '{second}:pick'", "the pick")
+        shot(browser, artifacts, "report-served")
+        with Store.open(folder / "comfysweep.db", readonly=True) as db:
+            assert db.ratings() == {first: "up", second: "pick"}
+        browser.refresh()
+        until(
+            browser,
+            f"document.querySelector('.tile[data-key=\"{second}\"] .rate-pick')"
+            ".getAttribute('aria-pressed') === 'true'",
+            "the pick after a reload",
+        )
+    finally:
+        server.should_exit = True
+        thread.join(PATIENCE)
+        sock.close()
