@@ -62,6 +62,9 @@ _FIXED = {
     "cost_usd": "float",
     "error": "string",
 }
+# A ComfyUI seed goes up to 2**64-1: an int past int64 makes its column text (exact, and what
+# `datasets` reads: its JSON reader overflows on a uint64), never an overflow in pyarrow.
+_INT64 = range(-(2**63), 2**63)
 _FEATURES = {"int": "int64", "float": "float64", "bool": "bool", "string": "string"}
 _KINDS = {
     **dict.fromkeys(("mp4", "mov", "mkv", "avi", "mpeg", "webm"), "video"),
@@ -216,7 +219,7 @@ def _kind(value: Any) -> str | None:
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int):
-        return "int"
+        return "int" if value in _INT64 else "string"
     if isinstance(value, float):
         return "float"
     return "string" if isinstance(value, str) else "json"

