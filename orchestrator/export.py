@@ -130,14 +130,27 @@ def export_sweep(located: Located, dest: Path, options: ExportOptions) -> Export
     shards = parse_shard_size(options.shard_size)
     if options.format == "parquet":
         _require_pyarrow()
+    try:
+        return _export(located, located.results, dest, options, shards)
+    except OSError as exc:  # DEST under a file, a full or read-only disk: the staging is gone
+        raise ExportError(f"{dest}: cannot export there: {exc.strerror or exc}") from None
+
+
+def _export(
+    located: Located,
+    results: Path,
+    dest: Path,
+    options: ExportOptions,
+    shards: tuple[int | None, int | None],
+) -> ExportReport:
     _check_dest(dest)
     with Store.open(located.store, readonly=True) as store:
         ratings = store.ratings()
-        plan = _survey(store, located.results, options, ratings)
+        plan = _survey(store, results, options, ratings)
         if not plan.keys:
             raise ExportError(f"nothing to export: no {_what(options)} in {located.name}")
         with _staging(dest) as tmp:
-            source = _Source(store, located.results, plan, ratings, options)
+            source = _Source(store, results, plan, ratings, options)
             if options.format == "webdataset":
                 return _write_shards(source, tmp, dest, shards)
             return _write_folder(source, tmp, dest, options)
@@ -540,9 +553,15 @@ def _check_dest(dest: Path) -> None:
 @contextlib.contextmanager
 def _staging(dest: Path) -> Iterator[Path]:
     """A temporary folder beside ``dest``, renamed to it if the block ends without an error and
-    removed otherwise (a crash or Ctrl-C leaves no half export under DEST's name)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".export"))
+    removed otherwise (a crash or Ctrl-C leaves no half export under DEST's name), with the
+    folders made on the way to it."""
+    made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]  # deepest first
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".export"))
+    except BaseException:
+        _remove_empty(made)
+        raise
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
@@ -552,7 +571,14 @@ def _staging(dest: Path) -> Iterator[Path]:
             raise ExportError(f"{dest}: appeared, not empty, during the export") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(made)
         raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _umask() -> int:

@@ -4,11 +4,13 @@ a killed export's leftovers, input names that take a dataset column)."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
+from orchestrator import export as export_module
 from orchestrator.cli import cli
 from tests.test_export import schemaless
 
@@ -54,3 +56,27 @@ def test_a_seed_past_int64_exports_in_every_format_and_loads(
     assert [(r["seed"], r["small"]) for r in rows] == [(str(BIG), -1), ("5", 2**63 - 1)]
     lines = (tmp_path / "csv" / "metadata.csv").read_text().splitlines()
     assert lines[1].endswith(f",{BIG},-1")
+
+
+def test_a_destination_that_cannot_be_written_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DEST under a file, or a disk that fills midway: one line, no traceback, nothing left."""
+    store = schemaless(tmp_path / "results", [{"seed": 1}, {"seed": 2}])
+    (tmp_path / "notes").write_text("mine")
+    result = export(tmp_path / "notes" / "dest", "--store", store)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {tmp_path / 'notes' / 'dest'}: cannot export there: Not a directory\n"
+    )
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export_module.os, "link", full)
+    result = export(tmp_path / "out" / "dest", "--store", store)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {tmp_path / 'out' / 'dest'}: cannot export there: No space left on device\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "results"]  # not even out/
