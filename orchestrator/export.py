@@ -143,7 +143,7 @@ def _export(
     options: ExportOptions,
     shards: tuple[int | None, int | None],
 ) -> ExportReport:
-    _check_dest(dest)
+    _check_dest(dest, results)
     with Store.open(located.store, readonly=True) as store:
         ratings = store.ratings()
         plan = _survey(store, results, options, ratings)
@@ -539,7 +539,13 @@ class _Shards:
 # -- the destination --------------------------------------------------------------------------
 
 
-def _check_dest(dest: Path) -> None:
+def _check_dest(dest: Path, results: Path) -> None:
+    root, where = (Path(os.path.realpath(p)) for p in (results, dest.parent))
+    if where == root or root in where.parents:  # realpath: through symlinks, never raising
+        raise ExportError(
+            f"{dest} is inside the results folder {results}: give a DEST outside it (that "
+            "folder loads as a dataset itself)"
+        )
     try:
         dest.lstat()
     except FileNotFoundError:

@@ -80,3 +80,27 @@ def test_a_destination_that_cannot_be_written_is_one_line(
         f"Error: {tmp_path / 'out' / 'dest'}: cannot export there: No space left on device\n"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "results"]  # not even out/
+
+
+def test_a_destination_inside_the_results_folder_is_refused(tmp_path: Path) -> None:
+    """The results folder loads as a dataset itself: an export inside it would be read with it
+    (each output twice), and a later run would find files nobody recorded. Refused, through a
+    symlink too, and so is an empty folder of the tool's (``.partial``)."""
+    store = schemaless(tmp_path / "results", [{"seed": 1}])
+    (tmp_path / "results" / ".partial").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "results")
+    before = sorted(p.name for p in (tmp_path / "results").iterdir())
+    for dest in (
+        tmp_path / "results" / "dataset",
+        tmp_path / "results" / "sub" / "dataset",
+        tmp_path / "link" / "dataset",
+        tmp_path / "results" / ".partial",
+    ):
+        result = export(dest, "--store", store)
+        assert result.exit_code == 1, result.output
+        assert result.output == (
+            f"Error: {dest} is inside the results folder {tmp_path / 'results'}: give a DEST "
+            "outside it (that folder loads as a dataset itself)\n"
+        )
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == before
+    assert export(tmp_path / "dataset", "--store", store).exit_code == 0
