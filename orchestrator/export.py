@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import errno
+import glob
 import io
 import json
 import os
 import re
 import shutil
+import socket
+import stat
 import tarfile
 import tempfile
 import time
@@ -77,6 +81,7 @@ _SIZE = re.compile(r"(?i)\s*(\d+(?:\.\d+)?)\s*(k|m|g|t)i?b\s*")
 _UNITS = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _BATCH = 1000  # parquet rows per row group write
 _MEMBER = re.compile(r"[^A-Za-z0-9_-]+")
+_HOST = socket.gethostname().replace("~", "_").replace("/", "_") or "host"
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,7 @@ class ExportReport:
     media: int  # conditioning files (each distinct one once; in every sample for webdataset)
     skipped: int  # missing outputs skipped (--skip-missing)
     shards: int = 0
+    cleaned: int = 0  # staging folders killed exports left beside DEST, removed
 
 
 def parse_shard_size(text: str) -> tuple[int | None, int | None]:
@@ -149,11 +155,14 @@ def _export(
         plan = _survey(store, results, options, ratings)
         if not plan.keys:
             raise ExportError(f"nothing to export: no {_what(options)} in {located.name}")
+        cleaned = _clean_staging(dest)
         with _staging(dest) as tmp:
             source = _Source(store, results, plan, ratings, options)
             if options.format == "webdataset":
-                return _write_shards(source, tmp, dest, shards)
-            return _write_folder(source, tmp, dest, options)
+                report = _write_shards(source, tmp, dest, shards)
+            else:
+                report = _write_folder(source, tmp, dest, options)
+    return dataclasses.replace(report, cleaned=cleaned)
 
 
 # -- pass 1: which jobs, which files are missing, each column's type --------------------------
@@ -564,7 +573,8 @@ def _staging(dest: Path) -> Iterator[Path]:
     made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]  # deepest first
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".export"))
+        prefix = f".{dest.name}.{_HOST}~{os.getpid()}~"  # whose it is, for _clean_staging
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=prefix, suffix=".export"))
     except BaseException:
         _remove_empty(made)
         raise
@@ -579,6 +589,39 @@ def _staging(dest: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_empty(made)
         raise
+
+
+def _clean_staging(dest: Path) -> int:
+    """Remove the staging folders of exports to ``dest`` killed on this machine (kill -9, a
+    power cut: no ``finally`` ran); returns how many. A live export's, or another machine's, are
+    left alone."""
+    removed = 0
+    start, end = f".{dest.name}.", ".export"
+    with contextlib.suppress(OSError):
+        for leftover in dest.parent.glob(f"{glob.escape(start)}*{end}"):
+            host, pid, *_ = [*leftover.name[len(start) : -len(end)].split("~"), "", ""]
+            if host == _HOST and pid.isdigit() and not _alive(int(pid)) and _is_dir(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
+                removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_dir(path: Path) -> bool:
+    """A real folder, not a symlink to one (never removed through)."""
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def _remove_empty(folders: list[Path]) -> None:

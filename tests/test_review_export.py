@@ -5,6 +5,10 @@ a killed export's leftovers, input names that take a dataset column)."""
 from __future__ import annotations
 
 import errno
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,3 +108,41 @@ def test_a_destination_inside_the_results_folder_is_refused(tmp_path: Path) -> N
         )
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == before
     assert export(tmp_path / "dataset", "--store", store).exit_code == 0
+
+
+KILLED = """\
+import os, signal, sys
+from pathlib import Path
+from orchestrator import export
+from orchestrator.locate import locate
+
+def killed(self, name):  # SIGKILL as the first output lands in the staging folder
+    os.kill(os.getpid(), signal.SIGKILL)
+
+export._Files.put = killed
+export.export_sweep(locate(None, sys.argv[1]), Path(sys.argv[2]), export.ExportOptions())
+"""
+
+
+def test_a_killed_exports_staging_folder_is_removed_by_the_next(tmp_path: Path) -> None:
+    """kill -9 leaves the staging folder (copies of every output, with --copy); the next export
+    to that DEST removes it and says so; a live export's is left alone."""
+    store = schemaless(tmp_path / "results", [{"seed": 1}, {"seed": 2}])
+    dest = tmp_path / "out" / "dataset"
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED, str(store), str(dest)],
+        cwd=Path(__file__).parent.parent,
+        check=False,
+    )
+    assert child.returncode == -signal.SIGKILL
+    (left,) = (tmp_path / "out").iterdir()
+    assert left.name.startswith(".dataset.")
+    assert left.name.endswith(".export")
+    live = tmp_path / "out" / f".dataset.{export_module._HOST}~{os.getpid()}~x.export"
+    live.mkdir()
+    result = export(dest, "--store", store)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[1:] == [
+        "removed 1 staging folder(s) a killed export left beside it"
+    ]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(["dataset", live.name])
