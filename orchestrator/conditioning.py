@@ -17,17 +17,31 @@ import mimetypes
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-__all__ = ["INPUTS_DIR", "Media", "MediaFolder", "decode_data_uri", "media_inputs"]
+__all__ = [
+    "INPUTS_DIR",
+    "Media",
+    "MediaFolder",
+    "decode_data_uri",
+    "input_column",
+    "media_inputs",
+    "output_kind",
+]
 
 INPUTS_DIR = "inputs"
 _DIGEST = 16  # hex digits of the sha256 in a file's name: 64 bits, no two inputs of a sweep clash
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "video/mp4": "mp4"}
+_KINDS = {
+    **dict.fromkeys(("mp4", "mov", "mkv", "avi", "mpeg", "webm"), "video"),
+    **dict.fromkeys(("png", "jpg", "jpeg", "webp", "gif", "bmp", "tiff"), "image"),
+    **dict.fromkeys(("wav", "mp3", "flac", "ogg", "m4a"), "audio"),
+}
+_FILE_COLUMNS = ("_file_name", "_file_names")  # `datasets` reads these as file paths
 
 
 @dataclass(frozen=True)
@@ -119,6 +133,22 @@ def media_inputs(
         if key in sources:
             origin[key] = sources[key]
     return out, origin
+
+
+def output_kind(name: str) -> str | None:
+    """The `datasets` feature an output file loads as (``video``, ``image``, ``audio``), or None."""
+    ext = name.rpartition(".")[2].lower() if "." in name else ""
+    return _KINDS.get(ext)
+
+
+def input_column(name: str, kind: str, fixed: Collection[str]) -> str:
+    """An input's column in a dataset table: its name, unless a ``fixed`` column, the outputs'
+    feature (``video``) or a `datasets` file column (``*_file_name``) has it: ``input_<name>``,
+    with a ``file_name`` ending spelled ``filename`` (else `datasets` reads it as a file again)."""
+    if name in fixed or name in (kind, "file_names") or name.endswith(_FILE_COLUMNS):
+        stem, file, plural = f"input_{name}".rpartition("_file_name")
+        return f"{stem}_filename{plural}" if file and plural in ("", "s") else f"input_{name}"
+    return name
 
 
 def _same_size(path: Path, size: int) -> bool:

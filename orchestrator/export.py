@@ -35,7 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from orchestrator.conditioning import Media, MediaFolder, decode_data_uri
+from orchestrator.conditioning import (
+    Media,
+    MediaFolder,
+    decode_data_uri,
+    input_column,
+    output_kind,
+)
 from orchestrator.errors import ExportError
 from orchestrator.locate import Located
 from orchestrator.models import get_model
@@ -70,12 +76,6 @@ _FIXED = {
 # `datasets` reads: its JSON reader overflows on a uint64), never an overflow in pyarrow.
 _INT64 = range(-(2**63), 2**63)
 _FEATURES = {"int": "int64", "float": "float64", "bool": "bool", "string": "string"}
-_KINDS = {
-    **dict.fromkeys(("mp4", "mov", "mkv", "avi", "mpeg", "webm"), "video"),
-    **dict.fromkeys(("png", "jpg", "jpeg", "webp", "gif", "bmp", "tiff"), "image"),
-    **dict.fromkeys(("wav", "mp3", "flac", "ogg", "m4a"), "audio"),
-}
-_FILE_COLUMNS = ("_file_name", "_file_names")
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 _SIZE = re.compile(r"(?i)\s*(\d+(?:\.\d+)?)\s*(k|m|g|t)i?b\s*")
 _UNITS = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
@@ -201,7 +201,7 @@ def _survey(
             if not present:
                 plan.dropped += gone
                 continue
-            plan.kind = plan.kind or _KINDS.get(_ext(str(present[0]["path"])))
+            plan.kind = plan.kind or output_kind(str(present[0]["path"]))
         plan.keys.add(row.key)
         for name, value in _inputs(row, plan.display, lambda m: m.file_name).items():
             inputs[name] = _merge(inputs.get(name), _kind(value))
@@ -228,11 +228,7 @@ def _what(options: ExportOptions) -> str:
 
 
 def _column(name: str, kind: str) -> str:
-    """An input's column: its name, unless a fixed column, the outputs' feature (``video``) or a
-    `datasets` file column (``*_file_name``) has it."""
-    if name in _FIXED or name in (kind, "file_names") or name.endswith(_FILE_COLUMNS):
-        return f"input_{name}"
-    return name
+    return input_column(name, kind, _FIXED)
 
 
 def _kind(value: Any) -> str | None:

@@ -146,3 +146,22 @@ def test_a_killed_exports_staging_folder_is_removed_by_the_next(tmp_path: Path) 
         "removed 1 staging folder(s) a killed export left beside it"
     ]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(["dataset", live.name])
+
+
+def test_an_input_named_like_a_file_column_is_renamed_out_of_datasets_file_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``file_name`` became ``input_file_name``, which `datasets` reads as a file column again
+    (a video feature ``input``, decoding a file that is not there): the renamed column no longer
+    ends in ``_file_name``."""
+    values = [{"file_name": "a.mp4", "x_file_name": "b.mp4", "file_names": "c"}] * 2
+    values = [v | {"seed": i} for i, v in enumerate(values)]
+    store = schemaless(tmp_path / "results", values)
+    assert export(tmp_path / "out", "--store", store).exit_code == 0
+    rows = loaded(tmp_path / "out", tmp_path, monkeypatch)
+    assert [r["video"]["path"] for r in rows] == [
+        str(tmp_path / "out" / "data" / f"{i}.mp4") for i in range(2)
+    ]
+    assert [(r["input_filename"], r["input_x_filename"], r["input_filenames"]) for r in rows] == [
+        ("a.mp4", "b.mp4", "c")
+    ] * 2
