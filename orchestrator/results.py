@@ -32,7 +32,13 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from orchestrator.conditioning import INPUTS_DIR, MediaFolder, media_inputs
+from orchestrator.conditioning import (
+    INPUTS_DIR,
+    MediaFolder,
+    input_column,
+    media_inputs,
+    output_kind,
+)
 from orchestrator.errors import OutputInvalid, ResultsError
 from orchestrator.models import Model
 from orchestrator.naming import (
@@ -355,7 +361,9 @@ class ResultsFolder:
                 columns = inputs | {f"{name}_source": path for name, path in sources.items()}
                 for output in on_disk:
                     line = {"file_name": output["path"], "job_key": row.key, "rating": rating}
-                    metadata.write(_line(line | columns))
+                    kind = output_kind(str(output["path"])) or "video"  # input_video if so named
+                    line |= {input_column(k, kind, line): v for k, v in columns.items()}
+                    metadata.write(_line(line))
         return count
 
     def dataset_inputs(self, row: JobRow) -> tuple[dict[str, Any], dict[str, str]]:

@@ -5,6 +5,7 @@ a killed export's leftovers, input names that take a dataset column)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,9 @@ from click.testing import CliRunner, Result
 
 from orchestrator import export as export_module
 from orchestrator.cli import cli
+from orchestrator.models import get_model
+from orchestrator.results import ResultsFolder
+from orchestrator.store import Store
 from tests.test_export import schemaless
 
 BIG = 2**64 - 1  # ComfyUI's seed widget goes up to 0xffffffffffffffff
@@ -165,3 +169,39 @@ def test_an_input_named_like_a_file_column_is_renamed_out_of_datasets_file_colum
     assert [(r["input_filename"], r["input_x_filename"], r["input_filenames"]) for r in rows] == [
         ("a.mp4", "b.mp4", "c")
     ] * 2
+
+
+def test_an_input_named_like_a_dataset_column_keeps_the_results_folders_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model without a schema may take an input named ``video`` (a control video), ``rating``
+    or ``file_name``: in the results folder's metadata.jsonl it took the output's place (the
+    dataset's video became the input's URL) or the rating's; it is ``input_<name>`` there, as
+    in an export."""
+    values = [
+        {"video": f"https://x/{i}.mp4", "rating": 5, "file_name": "a.mp4", "job_key": "k"}
+        for i in range(2)
+    ]
+    store_path = schemaless(tmp_path / "results", values)
+    with Store.open(store_path) as store:
+        rows = list(store.jobs())
+        store.rate(rows[0].key, "up")
+        folder = ResultsFolder(tmp_path / "results", get_model("someone/schemaless"), "{key}")
+        folder.attach(store)
+        folder.write_manifest(store.jobs())
+    lines = (tmp_path / "results" / "metadata.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"file_name": f"{i}.mp4", "job_key": row.key, "rating": "up" if i == 0 else None}
+        | {"input_video": f"https://x/{i}.mp4", "input_rating": 5}
+        | {"input_filename": "a.mp4", "input_job_key": "k"}
+        for i, row in enumerate(rows)
+    ]
+    videos = loaded(tmp_path / "results", tmp_path, monkeypatch)
+    assert [v["video"]["path"] for v in videos] == [
+        str(tmp_path / "results" / "0.mp4"),
+        str(tmp_path / "results" / "1.mp4"),
+    ]
+    assert [(v["rating"], v["input_video"]) for v in videos] == [
+        ("up", "https://x/0.mp4"),
+        (None, "https://x/1.mp4"),
+    ]
