@@ -66,6 +66,8 @@ log = logging.getLogger("comfysweep.results")
 
 MANIFEST = "manifest.jsonl"
 METADATA = "metadata.jsonl"
+CARD = "README.md"  # the results folder's dataset card: which files `datasets` loads
+_CARD_MARK = "<!-- comfysweep rewrites this card with metadata.jsonl -->"
 LOG_FILE = "run.log"
 STORE_FILE = "comfysweep.db"
 PARTIAL = ".partial"
@@ -80,6 +82,7 @@ TOOL_FILES = (
     "report.html",
     PARTIAL,
     INPUTS_DIR,  # the conditioning images the jobs sent, one file each (orchestrator.conditioning)
+    CARD,
 )
 _FALLBACKS = 100  # numbered fallback names tried before a folder is declared unusable
 _DATA_URI_SHOWN = 64
@@ -103,6 +106,7 @@ class ResultsFolder:
         self._reserved = {_fold(name) for name in TOOL_FILES}
         self._reserved_prefixes = _store_prefixes(STORE_FILE)
         self._media = MediaFolder(root)
+        self._card: str | None = None  # the dataset card as last written
 
     def attach(self, store: Store) -> None:
         """Take output ownership from ``store``'s recorded outputs, and keep off its files."""
@@ -345,6 +349,7 @@ class ResultsFolder:
         """
         count = 0
         ratings = self._store.ratings() if self._store is not None else {}
+        extensions: set[str] = set()
         with (
             atomic_file(self.root / MANIFEST) as manifest,
             atomic_file(self.root / METADATA) as metadata,
@@ -360,11 +365,34 @@ class ResultsFolder:
                 manifest.write(_line(entry))
                 columns = inputs | {f"{name}_source": path for name, path in sources.items()}
                 for output in on_disk:
+                    extensions.add(extension_of(str(output["path"]), ""))
                     line = {"file_name": output["path"], "job_key": row.key, "rating": rating}
                     kind = output_kind(str(output["path"])) or "video"  # input_video if so named
                     line |= {input_column(k, kind, line): v for k, v in columns.items()}
                     metadata.write(_line(line))
+        self._write_card(extensions)
         return count
+
+    def _write_card(self, extensions: set[str]) -> None:
+        """README.md, naming the outputs and metadata.jsonl as the dataset's files: `datasets`
+        otherwise picks a folder's loader by its commonest extension, and one output beside
+        manifest.jsonl loads as JSON, two videos beside two conditioning images as images.
+        Written when it changes; a README.md of the user's (without our mark) is left alone."""
+        patterns = [*(f"**/*.{ext}" for ext in sorted(extensions - {""})), METADATA]
+        head = ["---", "configs:", "- config_name: default", "  data_files:", "  - split: train"]
+        paths = ["    path:", *(f"    - {json.dumps(p)}" for p in patterns)]
+        card = "\n".join([*head, *paths, "---", _CARD_MARK, ""])
+        path = self.root / CARD
+        if card == self._card and _is_file(path):
+            return
+        try:
+            ours = not path.exists() or (_is_file(path) and _CARD_MARK in path.read_text("utf-8"))
+        except (OSError, UnicodeDecodeError):
+            ours = False
+        if ours:
+            with atomic_file(path) as handle:
+                handle.write(card)
+        self._card = card
 
     def dataset_inputs(self, row: JobRow) -> tuple[dict[str, Any], dict[str, str]]:
         """A job's inputs by friendly name, each data: URI as the path of its file under

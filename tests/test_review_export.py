@@ -4,7 +4,9 @@ a killed export's leftovers, input names that take a dataset column)."""
 
 from __future__ import annotations
 
+import base64
 import errno
+import io
 import json
 import os
 import signal
@@ -205,3 +207,47 @@ def test_an_input_named_like_a_dataset_column_keeps_the_results_folders_columns(
         ("up", "https://x/0.mp4"),
         (None, "https://x/1.mp4"),
     ]
+
+
+def png(colour: tuple[int, int, int]) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[{"seed": 1}], [{"image": png((255, 0, 0))}, {"image": png((0, 0, 255))}]],
+    ids=["one-output", "as-many-images-as-videos"],
+)
+def test_the_results_folder_loads_as_its_videos_whatever_the_file_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, values: list[dict[str, object]]
+) -> None:
+    """`datasets` picks a folder's loader by its most common extension: one output beside
+    manifest.jsonl loaded as JSON (and failed), two videos beside two conditioning images as an
+    image folder (no video column). A dataset card in the results folder names its data files."""
+    store_path = schemaless(tmp_path / "results", values)
+    with Store.open(store_path) as store:
+        folder = ResultsFolder(tmp_path / "results", get_model("someone/schemaless"), "{key}")
+        folder.attach(store)
+        folder.write_manifest(store.jobs())
+    rows = loaded(tmp_path / "results", tmp_path, monkeypatch)
+    assert [r["video"]["path"] for r in rows] == [
+        str(tmp_path / "results" / f"{i}.mp4") for i in range(len(values))
+    ]
+
+
+def test_a_readme_of_the_users_in_the_results_folder_is_left_alone(tmp_path: Path) -> None:
+    store_path = schemaless(tmp_path / "results", [{"seed": 1}])
+    (tmp_path / "results" / "README.md").write_text("my notes")
+    with Store.open(store_path) as store:
+        folder = ResultsFolder(tmp_path / "results", get_model("someone/schemaless"), "{key}")
+        folder.attach(store)
+        folder.write_manifest(store.jobs())
+        assert (tmp_path / "results" / "README.md").read_text() == "my notes"
+        (tmp_path / "results" / "README.md").unlink()
+        (tmp_path / "results" / "README.md").mkdir()  # not even a file: the manifest still is
+        folder.write_manifest(store.jobs())
+    assert (tmp_path / "results" / "metadata.jsonl").read_text().count("0.mp4") == 1
