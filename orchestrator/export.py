@@ -342,8 +342,7 @@ def _write_folder(source: _Source, tmp: Path, dest: Path, options: ExportOptions
                 files.put(str(output["path"]))
             sink(source.record(row, name, media.place))
             rows += 1
-    if options.format == "hf":
-        _write_card(tmp, source.plan)
+    _write_card(tmp, source.plan, table.name)
     return ExportReport(
         dest, options.format, rows, files.linked, files.copied, media.written, source.skipped
     )
@@ -420,12 +419,14 @@ def _parquet(handle: IO[Any], columns: Mapping[str, str]) -> Iterator[_Sink]:
             writer.write_table(pa.Table.from_pylist(batch, schema=schema))
 
 
-def _write_card(folder: Path, plan: _Plan) -> None:
-    """README.md: the dataset card, whose features fix each column's type for `datasets` (it
-    would otherwise guess them from the first 10 MB of metadata.jsonl, and fail on a column that
-    is empty there)."""
+def _write_card(folder: Path, plan: _Plan, table: str) -> None:
+    """README.md: the dataset card. Its data files are the outputs and the table (`datasets`
+    otherwise picks the loader by the commonest extension: one video beside its conditioning
+    image loads as an image folder); its features fix each column's type (else guessed from the
+    first 10 MB of the table, failing on a column that is empty there)."""
     kind = plan.kind or "video"
-    lines = ["---", "configs:", "- config_name: default", "  features:"]
+    lines = ["---", "configs:", "- config_name: default", "  data_files:", "  - split: train"]
+    lines += ["    path:", f'    - "{DATA_DIR}/**"', f"    - {json.dumps(table)}", "  features:"]
     for name, column in plan.columns.items():
         dtype = kind if name == "file_name" else _FEATURES[column]
         lines += [f"  - name: {json.dumps(kind if name == 'file_name' else name)}"]
@@ -433,7 +434,7 @@ def _write_card(folder: Path, plan: _Plan) -> None:
     lines += [
         "---",
         "",
-        "A comfysweep export: one row per output file (`metadata.jsonl`), the files under",
+        f"A comfysweep export: one row per output file (`{table}`), the files under",
         "`data/`, conditioning images under `inputs/` (their column holds that relative path).",
         "",
         "```python",
