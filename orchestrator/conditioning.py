@@ -15,6 +15,8 @@ import functools
 import hashlib
 import mimetypes
 import os
+import re
+import socket
 import stat
 import tempfile
 from collections.abc import Collection, Mapping
@@ -25,6 +27,7 @@ from urllib.parse import unquote_to_bytes
 
 __all__ = [
     "INPUTS_DIR",
+    "LEFTOVER",
     "Media",
     "MediaFolder",
     "decode_data_uri",
@@ -42,6 +45,9 @@ _KINDS = {
     **dict.fromkeys(("wav", "mp3", "flac", "ogg", "m4a"), "audio"),
 }
 _FILE_COLUMNS = ("_file_name", "_file_names")  # `datasets` reads these as file paths
+_HOST = socket.gethostname().replace("~", "_").replace("/", "_") or "host"
+# What _write_atomically leaves when killed: .<sha>.<ext>.<host>~<pid>~<random>.tmp
+LEFTOVER = re.compile(r"\.[0-9a-f]{16}\.\w+\.(?P<host>[^~/]+)~(?P<pid>\d+)~\w+\.tmp")
 
 
 @dataclass(frozen=True)
@@ -168,7 +174,9 @@ def _real_folder(folder: Path) -> None:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # .<name>.<host>~<pid>~<random>.tmp: whose it is, for ResultsFolder.prepare() after a kill
+    prefix = f".{path.name}.{_HOST}~{os.getpid()}~"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

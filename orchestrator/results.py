@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from orchestrator.conditioning import (
     INPUTS_DIR,
+    LEFTOVER,
     MediaFolder,
     input_column,
     media_inputs,
@@ -149,6 +150,19 @@ class ResultsFolder:
                 if _is_file(leftover) and _abandoned(host, rest.partition("~")[0]):
                     leftover.unlink(missing_ok=True)
                     removed += 1
+        return removed + self._clean_inputs()
+
+    def _clean_inputs(self) -> int:
+        """Remove the conditioning images killed runs left half written in ``inputs/``."""
+        folder = self.root / INPUTS_DIR
+        if not folder.exists() or not _folder_or_absent(folder):  # never through a symlink
+            return 0
+        removed = 0
+        for leftover in folder.glob(".*.tmp"):
+            match = LEFTOVER.fullmatch(leftover.name)
+            if match and _is_file(leftover) and _abandoned(match["host"], match["pid"]):
+                leftover.unlink(missing_ok=True)
+                removed += 1
         return removed
 
     def _check_partial(self) -> None:

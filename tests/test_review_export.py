@@ -269,3 +269,41 @@ def test_every_folder_export_loads_as_its_videos(
     (row,) = loaded(tmp_path / fmt, tmp_path, monkeypatch)
     assert row["video"]["path"] == str(tmp_path / fmt / "data" / "0.mp4")
     assert (row["rating"], row["input_rating"], row["image"][:7]) == (None, "x", "inputs/")
+
+
+KILLED_WRITE = """\
+import os, signal, sys
+from pathlib import Path
+from orchestrator import conditioning
+
+def killed(*args):  # SIGKILL with the image written, before its rename
+    os.kill(os.getpid(), signal.SIGKILL)
+
+conditioning.os.replace = killed
+media = conditioning.decode_data_uri(sys.argv[2])
+conditioning.MediaFolder(Path(sys.argv[1])).place(media)
+"""
+
+
+def test_a_conditioning_image_half_written_by_a_killed_run_is_removed_at_the_next(
+    tmp_path: Path,
+) -> None:
+    """A kill while inputs/ gets an image left its temporary file there for ever (prepare()
+    cleaned only the folder's top); it is named by host and pid now, and removed once dead."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITE, str(folder), png((1, 2, 3))],
+        cwd=Path(__file__).parent.parent,
+        check=False,
+    )
+    assert child.returncode == -signal.SIGKILL
+    (left,) = (folder / "inputs").iterdir()
+    assert left.name.endswith(".tmp")
+    live = folder / "inputs" / f".0123456789abcdef.png.{export_module._HOST}~{os.getpid()}~x.tmp"
+    live.write_bytes(b"a live runner's")
+    mine = folder / "inputs" / "notes.tmp"
+    mine.write_text("not comfysweep's")
+    results = ResultsFolder(folder, get_model("someone/schemaless"), "{key}")
+    assert results.prepare() == 1
+    assert sorted(p.name for p in (folder / "inputs").iterdir()) == sorted([live.name, mine.name])
