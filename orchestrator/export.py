@@ -32,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from orchestrator.conditioning import (
@@ -197,7 +197,7 @@ def _survey(
                 plan.missing += gone
                 if plan.first_missing is None:
                     names = [str(o.get("path")) for o in row.outputs if o not in present]
-                    plan.first_missing = str(results / names[0]) if names else f"job {row.key}"
+                    plan.first_missing = _why(results, names[0]) if names else f"job {row.key}"
             if not present:
                 plan.dropped += gone
                 continue
@@ -210,7 +210,7 @@ def _survey(
         plan.columns[plan.names[name]] = kind if kind in _FEATURES else "string"  # json: text
     if plan.missing and not options.skip_missing:
         raise ExportError(
-            f"{plan.first_missing}: missing ({plan.missing} output file(s) of done jobs gone); "
+            f"{plan.first_missing} ({plan.missing} output file(s) of done jobs gone); "
             "`comfysweep run` downloads them again, or give --skip-missing"
         )
     return plan
@@ -633,12 +633,32 @@ def _umask() -> int:
     return mask
 
 
+def _why(results: Path, name: str) -> str:
+    """A recorded output that _on_disk refused, and why, as the export's error names it."""
+    path = results / name
+    if not os.path.lexists(path):
+        return f"{path}: missing"
+    if path.is_symlink() or not _on_disk(results, {"path": name, "size": path.stat().st_size}):
+        return f"{path}: not a file of the results folder (a symlink, or out of it)"
+    return f"{path}: not the file downloaded (another size)"
+
+
 def _on_disk(results: Path, output: Mapping[str, Any]) -> bool:
-    path = results / str(output.get("path", ""))
+    """Whether an output is a regular file of its recorded size inside the results folder: never
+    a symlink, nor a path that climbs out (a folder copied from someone else may hold either,
+    and the export would copy one of your files into the dataset you share)."""
+    name = PurePosixPath(str(output.get("path", "")))
+    if name.is_absolute() or ".." in name.parts or not name.parts:
+        return False
+    path = results / name
     try:
-        return path.is_file() and path.stat().st_size == output.get("size")
+        root = os.path.realpath(results)
+        if not os.path.realpath(path).startswith(os.path.join(root, "")):
+            return False  # through a symlinked folder
+        mode = path.lstat()
     except OSError:
         return False
+    return stat.S_ISREG(mode.st_mode) and mode.st_size == output.get("size")
 
 
 def _ext(name: str) -> str:

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -307,3 +308,42 @@ def test_a_conditioning_image_half_written_by_a_killed_run_is_removed_at_the_nex
     results = ResultsFolder(folder, get_model("someone/schemaless"), "{key}")
     assert results.prepare() == 1
     assert sorted(p.name for p in (folder / "inputs").iterdir()) == sorted([live.name, mine.name])
+
+
+def test_an_output_that_leads_out_of_the_results_folder_is_never_exported(
+    tmp_path: Path,
+) -> None:
+    """A results folder copied from someone else may hold an output that is a symlink to a file
+    of yours (of the recorded size: a private key is ~400 bytes), or a store whose output path
+    climbs out (``../``). The export hard-linked or copied that file into the dataset you then
+    share; now such an output counts as missing."""
+    secret = tmp_path / "id_ed25519"
+    secret.write_bytes(b"SECRET!")  # the size schemaless() records: len(b"video 0")
+    store = schemaless(tmp_path / "results", [{"seed": i} for i in range(3)])
+    (tmp_path / "results" / "0.mp4").unlink()
+    (tmp_path / "results" / "0.mp4").symlink_to(secret)
+    with sqlite3.connect(store) as db:  # a store crafted by hand
+        (outputs,) = db.execute('SELECT outputs FROM jobs WHERE "index" = 1').fetchone()
+        crafted = json.dumps([json.loads(outputs)[0] | {"path": "../id_ed25519"}])
+        db.execute('UPDATE jobs SET outputs = ? WHERE "index" = 1', (crafted,))
+    result = export(tmp_path / "out", "--store", store)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {tmp_path / 'results' / '0.mp4'}: not a file of the results folder (a symlink, "
+        "or out of it) (2 output file(s) of done jobs gone); `comfysweep run` downloads them "
+        "again, or give --skip-missing\n"
+    )
+    for fmt in ("hf", "webdataset"):
+        dest = tmp_path / f"out-{fmt}"
+        result = export(dest, "--store", store, "--skip-missing", "--copy", "--format", fmt)
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith(f"exported 1 row(s) to {dest}")
+        files = [p for p in dest.rglob("*") if p.is_file()]
+        assert not any(b"SECRET" in p.read_bytes() for p in files)
+    other = schemaless(tmp_path / "other", [{"seed": 1}])
+    (tmp_path / "other" / "0.mp4").write_bytes(b"cut")  # truncated since its download
+    assert export(tmp_path / "out", "--store", other).output == (
+        f"Error: {tmp_path / 'other' / '0.mp4'}: not the file downloaded (another size) (1 "
+        "output file(s) of done jobs gone); `comfysweep run` downloads them again, or give "
+        "--skip-missing\n"
+    )
