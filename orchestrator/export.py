@@ -67,6 +67,8 @@ _FIXED = {
     "file_name": "string",
     "job_key": "string",
     "index": "int",
+    "repeat": "int",  # which copy of its combination (run.repeat): copies differ only there
+    "orphaned": "bool",  # an edit of the spec removed it (paid, kept; `status` counts it apart)
     "state": "string",
     "rating": "string",
     "cost_usd": "float",
@@ -304,6 +306,8 @@ class _Source:
             "file_name": file_name,
             "job_key": row.key,
             "index": row.index,
+            "repeat": row.repeat,
+            "orphaned": not row.in_spec,
             "state": str(row.state),
             "rating": self.ratings.get(row.key),
             "cost_usd": row.cost,

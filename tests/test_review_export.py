@@ -5,6 +5,7 @@ a killed export's leftovers, input names that take a dataset column)."""
 from __future__ import annotations
 
 import base64
+import csv
 import errno
 import gc
 import io
@@ -23,8 +24,8 @@ from orchestrator import export as export_module
 from orchestrator.cli import cli
 from orchestrator.models import get_model
 from orchestrator.results import ResultsFolder
-from orchestrator.store import Store
-from tests.test_export import schemaless
+from orchestrator.store import JobState, Store
+from tests.test_export import FakeJob, schemaless
 
 BIG = 2**64 - 1  # ComfyUI's seed widget goes up to 0xffffffffffffffff
 
@@ -347,3 +348,30 @@ def test_an_output_that_leads_out_of_the_results_folder_is_never_exported(
         "output file(s) of done jobs gone); `comfysweep run` downloads them again, or give "
         "--skip-missing\n"
     )
+
+
+def test_repeats_and_orphaned_jobs_are_told_apart_in_the_table(tmp_path: Path) -> None:
+    """Two copies of one combination (``repeat``) had identical rows but for their key, and a
+    job an edit of the spec removed (orphaned: `status` counts it apart) was exported as any
+    other: the table carries ``repeat`` and ``orphaned``."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    jobs = [FakeJob(f"{i:064x}", i, {"seed": 1}, repeat=i) for i in range(2)]
+    jobs.append(FakeJob(f"{2:064x}", 2, {"seed": 2}))
+    with Store.open(folder / "comfysweep.db") as db:
+        db.sync_jobs(jobs, FakeJob.model_id)
+        for row in db.claim(3):
+            (folder / f"{row.index}.mp4").write_bytes(b"video")
+            output = {"path": f"{row.index}.mp4", "size": 5, "sha256": "", "url": "u"}
+            db.transition(row.key, JobState.QUEUED, request_id=f"r{row.index}")
+            db.transition(row.key, JobState.SUCCEEDED, cost=0.5)
+            db.transition(row.key, JobState.DONE, outputs=[output])
+        db.sync_jobs(jobs[:2], FakeJob.model_id)  # an edit of the spec drops seed 2
+    dest = tmp_path / "out"
+    assert export(dest, "--store", folder / "comfysweep.db", "--format", "csv").exit_code == 0
+    table = csv.DictReader((dest / "metadata.csv").read_text().splitlines())
+    assert sorted((r["seed"], r["repeat"], r["orphaned"]) for r in table) == [
+        ("1", "0", "False"),
+        ("1", "1", "False"),
+        ("2", "0", "True"),
+    ]
