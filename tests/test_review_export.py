@@ -16,10 +16,12 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
+from orchestrator import conditioning
 from orchestrator import export as export_module
 from orchestrator.cli import cli
 from orchestrator.models import get_model
@@ -375,3 +377,31 @@ def test_repeats_and_orphaned_jobs_are_told_apart_in_the_table(tmp_path: Path) -
         ("1", "1", "False"),
         ("2", "0", "True"),
     ]
+
+
+def test_a_sweep_over_many_images_decodes_each_once_however_often_the_manifest_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner rewrites metadata.jsonl after every change, naming each job's image by its
+    content. A cache of 8 decoded URIs thrashed on a sweep over 10 images: every job's image
+    (6 MiB of base64 for a 4K still) was decoded and hashed again at every rewrite, minutes per
+    rewrite at 10,000 jobs. Each distinct image is decoded once now."""
+    store_path = schemaless(tmp_path / "results", [{"image": png((i, 0, 0))} for i in range(10)])
+    decoded: list[int] = []
+    real = conditioning.base64.b64decode
+
+    def counted(data: Any, *args: Any, **kwargs: Any) -> bytes:
+        decoded.append(len(data))
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(conditioning.base64, "b64decode", counted)
+    with Store.open(store_path) as store:
+        folder = ResultsFolder(tmp_path / "results", get_model("someone/schemaless"), "{key}")
+        folder.attach(store)
+        for _ in range(3):
+            folder.write_manifest(store.jobs())
+    assert len(decoded) == 10
+    assert len(list((tmp_path / "results" / "inputs").iterdir())) == 10
+    result = export(tmp_path / "out", "--store", store_path)
+    assert result.exit_code == 0, result.output
+    assert len(decoded) == 10 + 10  # the export writes each image into its own inputs/ once
