@@ -560,7 +560,17 @@ def _check_dest(dest: Path, results: Path) -> None:
         dest.lstat()
     except FileNotFoundError:
         return
-    if not dest.is_dir() or dest.is_symlink():
+    if dest.is_symlink():
+        raise ExportError(
+            f"{dest} is a symlink: the export would replace the link, not fill "
+            f"{os.path.realpath(dest)}; give that folder, or a new DEST"
+        )
+    if Path(os.path.realpath(dest)) in (cwd := Path(os.path.realpath(os.getcwd())), *cwd.parents):
+        raise ExportError(
+            f"{dest} is the current folder (or holds it): the export takes DEST's place whole; "
+            "give it from outside (cd ..)"
+        )
+    if not dest.is_dir():
         raise ExportError(f"{dest} exists and is not a folder: give a new DEST")
     if any(dest.iterdir()):
         raise ExportError(f"{dest} exists and is not empty: give a new DEST, or empty it first")

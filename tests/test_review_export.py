@@ -405,3 +405,28 @@ def test_a_sweep_over_many_images_decodes_each_once_however_often_the_manifest_i
     result = export(tmp_path / "out", "--store", store_path)
     assert result.exit_code == 0, result.output
     assert len(decoded) == 10 + 10  # the export writes each image into its own inputs/ once
+
+
+def test_dest_the_current_folder_or_a_symlink_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mkdir ds && cd ds && comfysweep export ... .` said "appeared, not empty, during the
+    export: [Errno 16] Device or resource busy"; a symlink to an empty folder "is not a folder".
+    The export replaces DEST whole (a rename), which neither allows: each says why, in one line."""
+    store = schemaless(tmp_path / "results", [{"seed": 1}])
+    (tmp_path / "ds").mkdir()
+    monkeypatch.chdir(tmp_path / "ds")
+    result = export(".", "--store", store)
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: . is the current folder (or holds it): the export takes DEST's place whole; "
+        "give it from outside (cd ..)\n"
+    )
+    (tmp_path / "link").symlink_to(tmp_path / "ds")
+    result = export(tmp_path / "link", "--store", store)
+    assert result.output == (
+        f"Error: {tmp_path / 'link'} is a symlink: the export would replace the link, not fill "
+        f"{tmp_path / 'ds'}; give that folder, or a new DEST\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "link", "results"]
+    assert list((tmp_path / "ds").iterdir()) == []
