@@ -208,7 +208,7 @@ def _survey(
         for name, value in _inputs(row, plan.display, lambda m: m.file_name).items():
             inputs[name] = _merge(inputs.get(name), _kind(value))
     for name, kind in inputs.items():
-        plan.names[name] = _column(name, plan.kind or "video")
+        plan.names[name] = _column(name, plan.kind or "video", options.format)
         plan.columns[plan.names[name]] = kind if kind in _FEATURES else "string"  # json: text
     if plan.missing and not options.skip_missing:
         raise ExportError(
@@ -229,8 +229,9 @@ def _what(options: ExportOptions) -> str:
     return jobs if options.rated is None else f"{jobs} rated {options.rated}"
 
 
-def _column(name: str, kind: str) -> str:
-    return input_column(name, kind, _FIXED)
+def _column(name: str, kind: str, fmt: str) -> str:
+    # A webdataset sample's json names its file in ``output`` (instead of file_name).
+    return input_column(name, kind, {*_FIXED, "output"} if fmt == "webdataset" else _FIXED)
 
 
 def _kind(value: Any) -> str | None:

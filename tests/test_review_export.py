@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -430,3 +431,15 @@ def test_dest_the_current_folder_or_a_symlink_says_so(
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "link", "results"]
     assert list((tmp_path / "ds").iterdir()) == []
+
+
+def test_an_input_named_output_keeps_its_value_in_a_webdataset_sample(tmp_path: Path) -> None:
+    """A sample's json names its file in ``output``, which overwrote an input of that name."""
+    store = schemaless(tmp_path / "results", [{"output": "png", "seed": 1}])
+    dest = tmp_path / "wds"
+    assert export(dest, "--store", store, "--format", "webdataset").exit_code == 0
+    with tarfile.open(dest / "shard-000000.tar") as tar:
+        reader = tar.extractfile(next(m for m in tar if m.name.endswith(".json")))
+        assert reader is not None
+        record = json.loads(reader.read())
+    assert (record["output"], record["input_output"], record["seed"]) == ("0.mp4", "png", 1)
