@@ -126,6 +126,14 @@ class ResultsFolder:
         """
         self.root.mkdir(parents=True, exist_ok=True)
         self._check_partial()
+        inputs = self.root / INPUTS_DIR
+        if not _folder_or_absent(inputs):  # else the run pays its jobs, then cannot name them
+            kind = "a symlink" if inputs.is_symlink() else "not a folder"
+            raise ResultsError(
+                f"{inputs} is {kind}: comfysweep writes the conditioning images into a real "
+                "folder there and never follows a link out of the results folder; move it away "
+                "and run again"
+            )
         for name in (MANIFEST, METADATA):
             if not _file_or_absent(self.root / name):  # else every job is paid, then the run stops
                 raise ResultsError(

@@ -11,6 +11,7 @@ import gc
 import io
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -25,10 +26,13 @@ from click.testing import CliRunner, Result
 from orchestrator import conditioning
 from orchestrator import export as export_module
 from orchestrator.cli import cli
+from orchestrator.emulator import Emulator, EmulatorConfig
+from orchestrator.errors import ComfysweepError
 from orchestrator.models import get_model
 from orchestrator.results import ResultsFolder
 from orchestrator.store import JobState, Store
-from tests.test_export import FakeJob, schemaless
+from orchestrator.sweep import Overrides, run_sweep
+from tests.test_export import SPEC, START, FakeJob, schemaless
 
 BIG = 2**64 - 1  # ComfyUI's seed widget goes up to 0xffffffffffffffff
 
@@ -443,3 +447,30 @@ def test_an_input_named_output_keeps_its_value_in_a_webdataset_sample(tmp_path: 
         assert reader is not None
         record = json.loads(reader.read())
     assert (record["output"], record["input_output"], record["seed"]) == ("0.mp4", "png", 1)
+
+
+def test_an_inputs_folder_that_is_a_symlink_stops_the_run_before_any_spend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A results folder copied from elsewhere may hold ``inputs`` as a link: the run paid its
+    jobs, then stopped at its first manifest write ("not a real folder"). Like ``.partial``,
+    it is checked at the start now: one line, nothing submitted, nothing written through."""
+    shutil.copy(START, tmp_path / "start.png")
+    spec = tmp_path / "look.yaml"
+    spec.write_text(SPEC.format(output=tmp_path / "results"))
+    folder = tmp_path / "results" / "look"
+    folder.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (folder / "inputs").symlink_to(elsewhere, target_is_directory=True)
+    monkeypatch.setenv("COMFYSWEEP_HOME", str(tmp_path / "home"))
+    with Emulator(EmulatorConfig(speed=2000.0, workers=2)) as emu:
+        with pytest.raises(ComfysweepError) as caught:
+            run_sweep(spec, base_url=emu.base_url, token=emu.token, overrides=Overrides())
+        assert emu.ledger()["jobs"] == []
+    assert str(caught.value) == (
+        f"{folder / 'inputs'} is a symlink: comfysweep writes the conditioning images into a "
+        "real folder there and never follows a link out of the results folder; move it away "
+        "and run again"
+    )
+    assert list(elsewhere.iterdir()) == []
