@@ -694,6 +694,8 @@ def export(
     )
     if report.skipped:
         click.echo(f"{report.skipped} missing output(s) skipped (--skip-missing)")
+    if report.cleaned:
+        click.echo(f"removed {report.cleaned} staging folder(s) a killed export left beside it")
 
 
 @cli.command()

@@ -15,28 +15,55 @@ import functools
 import hashlib
 import mimetypes
 import os
+import re
+import socket
 import stat
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-__all__ = ["INPUTS_DIR", "Media", "MediaFolder", "decode_data_uri", "media_inputs"]
+__all__ = [
+    "INPUTS_DIR",
+    "LEFTOVER",
+    "Media",
+    "MediaFolder",
+    "decode_data_uri",
+    "input_column",
+    "media_inputs",
+    "output_kind",
+]
 
 INPUTS_DIR = "inputs"
 _DIGEST = 16  # hex digits of the sha256 in a file's name: 64 bits, no two inputs of a sweep clash
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "video/mp4": "mp4"}
+_KINDS = {
+    **dict.fromkeys(("mp4", "mov", "mkv", "avi", "mpeg", "webm"), "video"),
+    **dict.fromkeys(("png", "jpg", "jpeg", "webp", "gif", "bmp", "tiff"), "image"),
+    **dict.fromkeys(("wav", "mp3", "flac", "ogg", "m4a"), "audio"),
+}
+_FILE_COLUMNS = ("_file_name", "_file_names")  # `datasets` reads these as file paths
+_HOST = socket.gethostname().replace("~", "_").replace("/", "_") or "host"
+# What _write_atomically leaves when killed: .<sha>.<ext>.<host>~<pid>~<random>.tmp
+LEFTOVER = re.compile(r"\.[0-9a-f]{16}\.\w+\.(?P<host>[^~/]+)~(?P<pid>\d+)~\w+\.tmp")
 
 
 @dataclass(frozen=True)
 class Media:
-    """The bytes of one data: URI, with the name they take: ``<sha256 prefix>.<ext>``."""
+    """One data: URI's media: its type, the sha256 that names it, and (decoded when read) its
+    bytes. Naming needs no decoding once the URI was seen: only writing a new file decodes."""
 
     mime: str
-    data: bytes
     sha256: str
+    uri: str = field(repr=False, compare=False)
+
+    @property
+    def data(self) -> bytes:
+        payload = _payload(self.uri)
+        assert payload is not None  # a URI that does not decode is never a Media
+        return payload
 
     @property
     def file_name(self) -> str:
@@ -47,25 +74,40 @@ def decode_data_uri(value: Any) -> Media | None:
     """The media a ``data:`` URI holds, or None for any other value (or a URI that is broken)."""
     if not (isinstance(value, str) and value.startswith("data:")):
         return None
-    return _decode(value)
+    # The runner names every job's image at every manifest rewrite: a sweep over many images
+    # must not decode and hash each again (seconds per rewrite at 10,000 jobs). The key is cheap:
+    # the store hands out one string object per blob, whose hash Python keeps.
+    key = (len(value), hash(value), value[:64], value[-64:])
+    known = _KNOWN.get(key)
+    if known is None:
+        payload = _payload(value)
+        head = value[5:].partition(",")[0].partition(";")[0]
+        mime = head.strip().lower() or "text/plain"
+        known = _KNOWN[key] = (
+            (mime, hashlib.sha256(payload).hexdigest()) if payload is not None else None
+        )
+        if len(_KNOWN) > _KNOWN_MAX:
+            _KNOWN.clear()
+    return None if known is None else Media(known[0], known[1], value)
+
+
+_KNOWN: dict[tuple[int, int, str, str], tuple[str, str] | None] = {}
+_KNOWN_MAX = 4096
 
 
 @functools.lru_cache(maxsize=8)
-def _decode(value: str) -> Media | None:
-    # Cached: every job of a sweep sends the same few images, and decoding 6 MiB again per job
-    # would dominate a manifest rewrite or an export.
+def _payload(value: str) -> bytes | None:
+    """The bytes of a data: URI, None if it is broken (cached: a few images, written once each)."""
     head, comma, body = value[5:].partition(",")
     if not comma:
         return None
-    mime, _, params = head.partition(";")
+    params = head.partition(";")[2]
     try:
         if "base64" in params.split(";"):
-            data = base64.b64decode(body, validate=False)
-        else:
-            data = unquote_to_bytes(body)
+            return base64.b64decode(body, validate=False)
+        return unquote_to_bytes(body)
     except (binascii.Error, ValueError):
         return None
-    return Media(mime.strip().lower() or "text/plain", data, hashlib.sha256(data).hexdigest())
 
 
 def _extension(mime: str) -> str:
@@ -121,6 +163,22 @@ def media_inputs(
     return out, origin
 
 
+def output_kind(name: str) -> str | None:
+    """The `datasets` feature an output file loads as (``video``, ``image``, ``audio``), or None."""
+    ext = name.rpartition(".")[2].lower() if "." in name else ""
+    return _KINDS.get(ext)
+
+
+def input_column(name: str, kind: str, fixed: Collection[str]) -> str:
+    """An input's column in a dataset table: its name, unless a ``fixed`` column, the outputs'
+    feature (``video``) or a `datasets` file column (``*_file_name``) has it: ``input_<name>``,
+    with a ``file_name`` ending spelled ``filename`` (else `datasets` reads it as a file again)."""
+    if name in fixed or name in (kind, "file_names") or name.endswith(_FILE_COLUMNS):
+        stem, file, plural = f"input_{name}".rpartition("_file_name")
+        return f"{stem}_filename{plural}" if file and plural in ("", "s") else f"input_{name}"
+    return name
+
+
 def _same_size(path: Path, size: int) -> bool:
     try:
         mode = path.lstat()
@@ -138,7 +196,9 @@ def _real_folder(folder: Path) -> None:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # .<name>.<host>~<pid>~<random>.tmp: whose it is, for ResultsFolder.prepare() after a kill
+    prefix = f".{path.name}.{_HOST}~{os.getpid()}~"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

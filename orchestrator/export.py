@@ -17,21 +17,31 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import errno
+import glob
 import io
 import json
 import os
 import re
 import shutil
+import socket
+import stat
 import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from orchestrator.conditioning import Media, MediaFolder, decode_data_uri
+from orchestrator.conditioning import (
+    Media,
+    MediaFolder,
+    decode_data_uri,
+    input_column,
+    output_kind,
+)
 from orchestrator.errors import ExportError
 from orchestrator.locate import Located
 from orchestrator.models import get_model
@@ -57,23 +67,23 @@ _FIXED = {
     "file_name": "string",
     "job_key": "string",
     "index": "int",
+    "repeat": "int",  # which copy of its combination (run.repeat): copies differ only there
+    "orphaned": "bool",  # an edit of the spec removed it (paid, kept; `status` counts it apart)
     "state": "string",
     "rating": "string",
     "cost_usd": "float",
     "error": "string",
 }
+# A ComfyUI seed goes up to 2**64-1: an int past int64 makes its column text (exact, and what
+# `datasets` reads: its JSON reader overflows on a uint64), never an overflow in pyarrow.
+_INT64 = range(-(2**63), 2**63)
 _FEATURES = {"int": "int64", "float": "float64", "bool": "bool", "string": "string"}
-_KINDS = {
-    **dict.fromkeys(("mp4", "mov", "mkv", "avi", "mpeg", "webm"), "video"),
-    **dict.fromkeys(("png", "jpg", "jpeg", "webp", "gif", "bmp", "tiff"), "image"),
-    **dict.fromkeys(("wav", "mp3", "flac", "ogg", "m4a"), "audio"),
-}
-_FILE_COLUMNS = ("_file_name", "_file_names")
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 _SIZE = re.compile(r"(?i)\s*(\d+(?:\.\d+)?)\s*(k|m|g|t)i?b\s*")
 _UNITS = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _BATCH = 1000  # parquet rows per row group write
 _MEMBER = re.compile(r"[^A-Za-z0-9_-]+")
+_HOST = socket.gethostname().replace("~", "_").replace("/", "_") or "host"
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,7 @@ class ExportReport:
     media: int  # conditioning files (each distinct one once; in every sample for webdataset)
     skipped: int  # missing outputs skipped (--skip-missing)
     shards: int = 0
+    cleaned: int = 0  # staging folders killed exports left beside DEST, removed
 
 
 def parse_shard_size(text: str) -> tuple[int | None, int | None]:
@@ -127,17 +138,33 @@ def export_sweep(located: Located, dest: Path, options: ExportOptions) -> Export
     shards = parse_shard_size(options.shard_size)
     if options.format == "parquet":
         _require_pyarrow()
-    _check_dest(dest)
+    try:
+        return _export(located, located.results, dest, options, shards)
+    except OSError as exc:  # DEST under a file, a full or read-only disk: the staging is gone
+        raise ExportError(f"{dest}: cannot export there: {exc.strerror or exc}") from None
+
+
+def _export(
+    located: Located,
+    results: Path,
+    dest: Path,
+    options: ExportOptions,
+    shards: tuple[int | None, int | None],
+) -> ExportReport:
+    _check_dest(dest, results)
     with Store.open(located.store, readonly=True) as store:
         ratings = store.ratings()
-        plan = _survey(store, located.results, options, ratings)
+        plan = _survey(store, results, options, ratings)
         if not plan.keys:
             raise ExportError(f"nothing to export: no {_what(options)} in {located.name}")
+        cleaned = _clean_staging(dest)
         with _staging(dest) as tmp:
-            source = _Source(store, located.results, plan, ratings, options)
+            source = _Source(store, results, plan, ratings, options)
             if options.format == "webdataset":
-                return _write_shards(source, tmp, dest, shards)
-            return _write_folder(source, tmp, dest, options)
+                report = _write_shards(source, tmp, dest, shards)
+            else:
+                report = _write_folder(source, tmp, dest, options)
+    return dataclasses.replace(report, cleaned=cleaned)
 
 
 # -- pass 1: which jobs, which files are missing, each column's type --------------------------
@@ -172,20 +199,20 @@ def _survey(
                 plan.missing += gone
                 if plan.first_missing is None:
                     names = [str(o.get("path")) for o in row.outputs if o not in present]
-                    plan.first_missing = str(results / names[0]) if names else f"job {row.key}"
+                    plan.first_missing = _why(results, names[0]) if names else f"job {row.key}"
             if not present:
                 plan.dropped += gone
                 continue
-            plan.kind = plan.kind or _KINDS.get(_ext(str(present[0]["path"])))
+            plan.kind = plan.kind or output_kind(str(present[0]["path"]))
         plan.keys.add(row.key)
         for name, value in _inputs(row, plan.display, lambda m: m.file_name).items():
             inputs[name] = _merge(inputs.get(name), _kind(value))
     for name, kind in inputs.items():
-        plan.names[name] = _column(name, plan.kind or "video")
+        plan.names[name] = _column(name, plan.kind or "video", options.format)
         plan.columns[plan.names[name]] = kind if kind in _FEATURES else "string"  # json: text
     if plan.missing and not options.skip_missing:
         raise ExportError(
-            f"{plan.first_missing}: missing ({plan.missing} output file(s) of done jobs gone); "
+            f"{plan.first_missing} ({plan.missing} output file(s) of done jobs gone); "
             "`comfysweep run` downloads them again, or give --skip-missing"
         )
     return plan
@@ -202,12 +229,9 @@ def _what(options: ExportOptions) -> str:
     return jobs if options.rated is None else f"{jobs} rated {options.rated}"
 
 
-def _column(name: str, kind: str) -> str:
-    """An input's column: its name, unless a fixed column, the outputs' feature (``video``) or a
-    `datasets` file column (``*_file_name``) has it."""
-    if name in _FIXED or name in (kind, "file_names") or name.endswith(_FILE_COLUMNS):
-        return f"input_{name}"
-    return name
+def _column(name: str, kind: str, fmt: str) -> str:
+    # A webdataset sample's json names its file in ``output`` (instead of file_name).
+    return input_column(name, kind, {*_FIXED, "output"} if fmt == "webdataset" else _FIXED)
 
 
 def _kind(value: Any) -> str | None:
@@ -216,7 +240,7 @@ def _kind(value: Any) -> str | None:
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int):
-        return "int"
+        return "int" if value in _INT64 else "string"
     if isinstance(value, float):
         return "float"
     return "string" if isinstance(value, str) else "json"
@@ -283,6 +307,8 @@ class _Source:
             "file_name": file_name,
             "job_key": row.key,
             "index": row.index,
+            "repeat": row.repeat,
+            "orphaned": not row.in_spec,
             "state": str(row.state),
             "rating": self.ratings.get(row.key),
             "cost_usd": row.cost,
@@ -321,8 +347,7 @@ def _write_folder(source: _Source, tmp: Path, dest: Path, options: ExportOptions
                 files.put(str(output["path"]))
             sink(source.record(row, name, media.place))
             rows += 1
-    if options.format == "hf":
-        _write_card(tmp, source.plan)
+    _write_card(tmp, source.plan, table.name)
     return ExportReport(
         dest, options.format, rows, files.linked, files.copied, media.written, source.skipped
     )
@@ -399,12 +424,14 @@ def _parquet(handle: IO[Any], columns: Mapping[str, str]) -> Iterator[_Sink]:
             writer.write_table(pa.Table.from_pylist(batch, schema=schema))
 
 
-def _write_card(folder: Path, plan: _Plan) -> None:
-    """README.md: the dataset card, whose features fix each column's type for `datasets` (it
-    would otherwise guess them from the first 10 MB of metadata.jsonl, and fail on a column that
-    is empty there)."""
+def _write_card(folder: Path, plan: _Plan, table: str) -> None:
+    """README.md: the dataset card. Its data files are the outputs and the table (`datasets`
+    otherwise picks the loader by the commonest extension: one video beside its conditioning
+    image loads as an image folder); its features fix each column's type (else guessed from the
+    first 10 MB of the table, failing on a column that is empty there)."""
     kind = plan.kind or "video"
-    lines = ["---", "configs:", "- config_name: default", "  features:"]
+    lines = ["---", "configs:", "- config_name: default", "  data_files:", "  - split: train"]
+    lines += ["    path:", f'    - "{DATA_DIR}/**"', f"    - {json.dumps(table)}", "  features:"]
     for name, column in plan.columns.items():
         dtype = kind if name == "file_name" else _FEATURES[column]
         lines += [f"  - name: {json.dumps(kind if name == 'file_name' else name)}"]
@@ -412,7 +439,7 @@ def _write_card(folder: Path, plan: _Plan) -> None:
     lines += [
         "---",
         "",
-        "A comfysweep export: one row per output file (`metadata.jsonl`), the files under",
+        f"A comfysweep export: one row per output file (`{table}`), the files under",
         "`data/`, conditioning images under `inputs/` (their column holds that relative path).",
         "",
         "```python",
@@ -523,12 +550,28 @@ class _Shards:
 # -- the destination --------------------------------------------------------------------------
 
 
-def _check_dest(dest: Path) -> None:
+def _check_dest(dest: Path, results: Path) -> None:
+    root, where = (Path(os.path.realpath(p)) for p in (results, dest.parent))
+    if where == root or root in where.parents:  # realpath: through symlinks, never raising
+        raise ExportError(
+            f"{dest} is inside the results folder {results}: give a DEST outside it (that "
+            "folder loads as a dataset itself)"
+        )
     try:
         dest.lstat()
     except FileNotFoundError:
         return
-    if not dest.is_dir() or dest.is_symlink():
+    if dest.is_symlink():
+        raise ExportError(
+            f"{dest} is a symlink: the export would replace the link, not fill "
+            f"{os.path.realpath(dest)}; give that folder, or a new DEST"
+        )
+    if Path(os.path.realpath(dest)) in (cwd := Path(os.path.realpath(os.getcwd())), *cwd.parents):
+        raise ExportError(
+            f"{dest} is the current folder (or holds it): the export takes DEST's place whole; "
+            "give it from outside (cd ..)"
+        )
+    if not dest.is_dir():
         raise ExportError(f"{dest} exists and is not a folder: give a new DEST")
     if any(dest.iterdir()):
         raise ExportError(f"{dest} exists and is not empty: give a new DEST, or empty it first")
@@ -537,9 +580,16 @@ def _check_dest(dest: Path) -> None:
 @contextlib.contextmanager
 def _staging(dest: Path) -> Iterator[Path]:
     """A temporary folder beside ``dest``, renamed to it if the block ends without an error and
-    removed otherwise (a crash or Ctrl-C leaves no half export under DEST's name)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".export"))
+    removed otherwise (a crash or Ctrl-C leaves no half export under DEST's name), with the
+    folders made on the way to it."""
+    made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]  # deepest first
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        prefix = f".{dest.name}.{_HOST}~{os.getpid()}~"  # whose it is, for _clean_staging
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=prefix, suffix=".export"))
+    except BaseException:
+        _remove_empty(made)
+        raise
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
@@ -549,7 +599,47 @@ def _staging(dest: Path) -> Iterator[Path]:
             raise ExportError(f"{dest}: appeared, not empty, during the export") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(made)
         raise
+
+
+def _clean_staging(dest: Path) -> int:
+    """Remove the staging folders of exports to ``dest`` killed on this machine (kill -9, a
+    power cut: no ``finally`` ran); returns how many. A live export's, or another machine's, are
+    left alone."""
+    removed = 0
+    start, end = f".{dest.name}.", ".export"
+    with contextlib.suppress(OSError):
+        for leftover in dest.parent.glob(f"{glob.escape(start)}*{end}"):
+            host, pid, *_ = [*leftover.name[len(start) : -len(end)].split("~"), "", ""]
+            if host == _HOST and pid.isdigit() and not _alive(int(pid)) and _is_dir(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
+                removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_dir(path: Path) -> bool:
+    """A real folder, not a symlink to one (never removed through)."""
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _umask() -> int:
@@ -558,12 +648,32 @@ def _umask() -> int:
     return mask
 
 
+def _why(results: Path, name: str) -> str:
+    """A recorded output that _on_disk refused, and why, as the export's error names it."""
+    path = results / name
+    if not os.path.lexists(path):
+        return f"{path}: missing"
+    if path.is_symlink() or not _on_disk(results, {"path": name, "size": path.stat().st_size}):
+        return f"{path}: not a file of the results folder (a symlink, or out of it)"
+    return f"{path}: not the file downloaded (another size)"
+
+
 def _on_disk(results: Path, output: Mapping[str, Any]) -> bool:
-    path = results / str(output.get("path", ""))
+    """Whether an output is a regular file of its recorded size inside the results folder: never
+    a symlink, nor a path that climbs out (a folder copied from someone else may hold either,
+    and the export would copy one of your files into the dataset you share)."""
+    name = PurePosixPath(str(output.get("path", "")))
+    if name.is_absolute() or ".." in name.parts or not name.parts:
+        return False
+    path = results / name
     try:
-        return path.is_file() and path.stat().st_size == output.get("size")
+        root = os.path.realpath(results)
+        if not os.path.realpath(path).startswith(os.path.join(root, "")):
+            return False  # through a symlinked folder
+        mode = path.lstat()
     except OSError:
         return False
+    return stat.S_ISREG(mode.st_mode) and mode.st_size == output.get("size")
 
 
 def _ext(name: str) -> str:

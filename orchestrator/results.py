@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from orchestrator.conditioning import INPUTS_DIR, MediaFolder, media_inputs
+from orchestrator.conditioning import (
+    INPUTS_DIR,
+    LEFTOVER,
+    MediaFolder,
+    input_column,
+    media_inputs,
+    output_kind,
+)
 from orchestrator.errors import OutputInvalid, ResultsError
 from orchestrator.models import Model
 from orchestrator.naming import (
@@ -60,6 +67,8 @@ log = logging.getLogger("comfysweep.results")
 
 MANIFEST = "manifest.jsonl"
 METADATA = "metadata.jsonl"
+CARD = "README.md"  # the results folder's dataset card: which files `datasets` loads
+_CARD_MARK = "<!-- comfysweep rewrites this card with metadata.jsonl -->"
 LOG_FILE = "run.log"
 STORE_FILE = "comfysweep.db"
 PARTIAL = ".partial"
@@ -76,6 +85,7 @@ TOOL_FILES = (
     "report.html",
     PARTIAL,
     INPUTS_DIR,  # the conditioning images the jobs sent, one file each (orchestrator.conditioning)
+    CARD,
 )
 _FALLBACKS = 100  # numbered fallback names tried before a folder is declared unusable
 _DATA_URI_SHOWN = 64
@@ -99,6 +109,7 @@ class ResultsFolder:
         self._reserved = {_fold(name) for name in (*TOOL_FILES, *REPORT_FILES)}
         self._reserved_prefixes = _store_prefixes(STORE_FILE)
         self._media = MediaFolder(root)
+        self._card: str | None = None  # the dataset card as last written
 
     def attach(self, store: Store) -> None:
         """Take output ownership from ``store``'s recorded outputs, and keep off its files."""
@@ -117,6 +128,14 @@ class ResultsFolder:
         """
         self.root.mkdir(parents=True, exist_ok=True)
         self._check_partial()
+        inputs = self.root / INPUTS_DIR
+        if not _folder_or_absent(inputs):  # else the run pays its jobs, then cannot name them
+            kind = "a symlink" if inputs.is_symlink() else "not a folder"
+            raise ResultsError(
+                f"{inputs} is {kind}: comfysweep writes the conditioning images into a real "
+                "folder there and never follows a link out of the results folder; move it away "
+                "and run again"
+            )
         for name in (MANIFEST, METADATA):
             if not _file_or_absent(self.root / name):  # else every job is paid, then the run stops
                 raise ResultsError(
@@ -141,6 +160,19 @@ class ResultsFolder:
                 if _is_file(leftover) and _abandoned(host, rest.partition("~")[0]):
                     leftover.unlink(missing_ok=True)
                     removed += 1
+        return removed + self._clean_inputs()
+
+    def _clean_inputs(self) -> int:
+        """Remove the conditioning images killed runs left half written in ``inputs/``."""
+        folder = self.root / INPUTS_DIR
+        if not folder.exists() or not _folder_or_absent(folder):  # never through a symlink
+            return 0
+        removed = 0
+        for leftover in folder.glob(".*.tmp"):
+            match = LEFTOVER.fullmatch(leftover.name)
+            if match and _is_file(leftover) and _abandoned(match["host"], match["pid"]):
+                leftover.unlink(missing_ok=True)
+                removed += 1
         return removed
 
     def _check_partial(self) -> None:
@@ -341,6 +373,7 @@ class ResultsFolder:
         """
         count = 0
         ratings = self._store.ratings() if self._store is not None else {}
+        extensions: set[str] = set()
         with (
             atomic_file(self.root / MANIFEST) as manifest,
             atomic_file(self.root / METADATA) as metadata,
@@ -356,9 +389,34 @@ class ResultsFolder:
                 manifest.write(_line(entry))
                 columns = inputs | {f"{name}_source": path for name, path in sources.items()}
                 for output in on_disk:
+                    extensions.add(extension_of(str(output["path"]), ""))
                     line = {"file_name": output["path"], "job_key": row.key, "rating": rating}
-                    metadata.write(_line(line | columns))
+                    kind = output_kind(str(output["path"])) or "video"  # input_video if so named
+                    line |= {input_column(k, kind, line): v for k, v in columns.items()}
+                    metadata.write(_line(line))
+        self._write_card(extensions)
         return count
+
+    def _write_card(self, extensions: set[str]) -> None:
+        """README.md, naming the outputs and metadata.jsonl as the dataset's files: `datasets`
+        otherwise picks a folder's loader by its commonest extension, and one output beside
+        manifest.jsonl loads as JSON, two videos beside two conditioning images as images.
+        Written when it changes; a README.md of the user's (without our mark) is left alone."""
+        patterns = [*(f"**/*.{ext}" for ext in sorted(extensions - {""})), METADATA]
+        head = ["---", "configs:", "- config_name: default", "  data_files:", "  - split: train"]
+        paths = ["    path:", *(f"    - {json.dumps(p)}" for p in patterns)]
+        card = "\n".join([*head, *paths, "---", _CARD_MARK, ""])
+        path = self.root / CARD
+        if card == self._card and _is_file(path):
+            return
+        try:
+            ours = not path.exists() or (_is_file(path) and _CARD_MARK in path.read_text("utf-8"))
+        except (OSError, UnicodeDecodeError):
+            ours = False
+        if ours:
+            with atomic_file(path) as handle:
+                handle.write(card)
+        self._card = card
 
     def dataset_inputs(self, row: JobRow) -> tuple[dict[str, Any], dict[str, str]]:
         """A job's inputs by friendly name, each data: URI as the path of its file under

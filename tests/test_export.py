@@ -430,7 +430,7 @@ def test_nothing_to_export_is_one_line_and_writes_nothing(tmp_path: Path) -> Non
     assert {k: v for k, v in json.loads(lines[0]).items() if k.startswith("input_")} == {
         "input_video": 1,
         "input_rating": 2,
-        "input_x_file_name": 3,
+        "input_x_filename": 3,
     }
     result = CliRunner().invoke(
         cli, ["export", str(tmp_path / "up"), "--store", str(store), "--rated", "up"]

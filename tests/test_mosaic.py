@@ -252,3 +252,17 @@ def test_too_many_cells_or_a_ragged_grid(tmp_path: Path) -> None:
             tmp_path / "m.mp4", [[MosaicCell(None, "")]], x_labels=["a", "b"], y_labels=["c"]
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_row_too_long_to_fit_says_how_many_fit(tmp_path: Path) -> None:
+    """A 1 x 400 row is within MAX_CELLS but cannot fit 4096 pixels even at 16-pixel cells: the
+    error said only "too large"; it names DEST, the limit and how many columns and rows fit."""
+    cells = [MosaicCell(None, str(i)) for i in range(MAX_CELLS)]
+    dest = tmp_path / "m.mp4"
+    with pytest.raises(MosaicError) as raised:
+        write_mosaic(dest, [cells], x_labels=[str(i) for i in range(MAX_CELLS)], y_labels=["y"])
+    assert str(raised.value) == (
+        f"{dest}: a mosaic of {MAX_CELLS} x 1 cells does not fit {mosaic.MAX_SIDE} pixels a side "
+        "even at 16-pixel cells (at most 226 columns and 169 rows); narrow the view"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -110,7 +110,7 @@ def write_mosaic(
         if max_seconds is not None:
             seconds = min(seconds, max_seconds)
         frames = max(1, math.ceil(seconds * rate - 1e-9))
-        layout = _layout(rows, readable, x_labels, y_labels, title, cell_width)
+        layout = _layout(dest, rows, readable, x_labels, y_labels, title, cell_width)
         canvas = _canvas(layout, rows, sources, x_labels, y_labels, title)
         with _atomic(dest) as tmp:
             _encode(tmp, canvas, layout, sources, rate, frames)
@@ -250,6 +250,7 @@ def _text_size(cell_width: int) -> tuple[int, int]:
 
 
 def _layout(
+    dest: Path,
     rows: Sequence[Sequence[MosaicCell]],
     sources: Sequence[_Source],
     x_labels: Sequence[str],
@@ -265,7 +266,13 @@ def _layout(
         if max(layout.width, layout.height) <= MAX_SIDE and area <= MAX_PIXELS:
             break
         if width <= 16:
-            raise MosaicError(f"a mosaic of {len(x_labels)} x {len(rows)} cells is too large")
+            columns = (MAX_SIDE - layout.left - layout.gap) // (layout.cell_width + layout.gap)
+            per_row = layout.box_height + layout.caption_height + layout.gap
+            raise MosaicError(
+                f"{dest}: a mosaic of {len(x_labels)} x {len(rows)} cells does not fit "
+                f"{MAX_SIDE} pixels a side even at 16-pixel cells (at most {columns} columns "
+                f"and {(MAX_SIDE - layout.top - layout.gap) // per_row} rows); narrow the view"
+            )
         ratio = min(MAX_SIDE / max(layout.width, layout.height), math.sqrt(MAX_PIXELS / area))
         width = max(16, min(width - 2, _even(width * ratio)))
     for source in sources:

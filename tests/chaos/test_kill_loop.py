@@ -253,6 +253,7 @@ def _audit(folder: Path, ledger: dict[str, Any], figures: Figures, cut: set[str]
     present -= _NOT_OURS | {
         "manifest.jsonl",
         "metadata.jsonl",
+        "README.md",
         "run.log",
         "summary.md",
         "summary.json",
