@@ -1019,10 +1019,15 @@ class Runner:
         keys = set(request.keys or ())
         try:
             rows = [r for r in self.store.jobs(control.IN_FLIGHT) if r.key in keys]
+            # Put back to pending before this run read the request (a refused POST, a stop's
+            # hold-back): cancelled now, or the next run would send them.
+            rest = sorted(keys - {r.key for r in rows})
+            back = self.store.cancel_pending(rest, request=False)[0] if rest else []
         except StoreError as exc:  # its jobs are in the cancel set: at least none is sent
             self._answer(request.id, f"the jobs could not be read: {_text(exc)}")
             return
         queued, running, not_sent, sending = control.split_in_flight(rows, self._sending)
+        not_sent += len(back)
         report = await cancel_queued(self.client, queued)  # the trackers record the new states
         billed = len(running) + report.not_cancellable
         outcome = control.cancel_outcome(not_sent, sending, report.cancelled, billed, report.failed)

@@ -1,0 +1,132 @@
+"""A hostile review of `stop`, `cancel --where` and the views against a live run: each test here
+failed before the fix it came with."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.emulator import Emulator, EmulatorConfig
+from orchestrator.store import JobState, Store
+
+from .sweeps import write_spec
+from .waiting import DrivenClock, wait_for
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def clock() -> DrivenClock:
+    return DrivenClock(frozen=True)  # every job stays where it is until the test moves time on
+
+
+@pytest.fixture
+def emulator(clock: DrivenClock) -> Iterator[Emulator]:
+    with Emulator(EmulatorConfig(speed=2000.0, workers=1, clock=clock)) as emu:
+        yield emu
+
+
+def _store(spec: Path) -> Path:
+    return spec.parent / "results" / spec.stem / "comfysweep.db"
+
+
+def _states(spec: Path) -> dict[str, int]:
+    path = _store(spec)
+    if not path.exists():
+        return {}
+    try:
+        with Store.open(path, readonly=True) as db:
+            return {state: n for state, n in db.counts().items() if n}
+    except Exception:  # not migrated yet
+        return {}
+
+
+def test_a_job_put_back_to_pending_before_the_run_reads_the_cancel_is_cancelled(
+    tmp_path: Path, emulator: Emulator, clock: DrivenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel names a job whose POST is under way; the POST is refused (never created: back
+    to pending, and the run stops submitting) before the run's next look at its mailbox. Once
+    the run reads the request, that job is cancelled: left pending, the next `run` would send
+    (and bill) a job the user cancelled."""
+    import anyio
+
+    from orchestrator import control
+    from orchestrator.client import ModelApiClient
+    from orchestrator.errors import TransportError
+    from orchestrator.locate import locate
+    from orchestrator.runner import RunReport
+    from orchestrator.steer import Cancelled, cancel_jobs
+    from orchestrator.sweep import Overrides, run_sweep
+
+    refuse = threading.Event()  # the held POST fails once this is set
+    mail = threading.Event()  # the run's mailbox reads find nothing until this is set
+    held: list[dict[str, Any]] = []
+    real_submit = ModelApiClient.submit
+    real_take = control.Mailbox.take
+
+    async def submit(self: ModelApiClient, model_id: str, inputs: dict[str, Any]) -> Any:
+        if not held:
+            held.append(inputs)
+            await anyio.to_thread.run_sync(refuse.wait)
+            raise TransportError("the API is unreachable (test)")
+        return await real_submit(self, model_id, inputs)
+
+    def take(self: control.Mailbox) -> list[control.Control]:
+        return real_take(self) if mail.is_set() else []
+
+    monkeypatch.setattr(ModelApiClient, "submit", submit)
+    monkeypatch.setattr(control.Mailbox, "take", take)
+    spec = write_spec(tmp_path)
+    reports: list[RunReport] = []
+    answers: list[Cancelled] = []
+
+    def run() -> None:
+        overrides = Overrides(poll_interval=0.02)
+        reports.append(
+            run_sweep(spec, base_url=emulator.base_url, token=emulator.token, overrides=overrides)
+        )
+
+    def cancel() -> None:
+        answers.append(cancel_jobs(locate(spec), where="seed == 1 and steps == 4"))
+
+    worker = threading.Thread(target=run)
+    canceller = threading.Thread(target=cancel)
+    worker.start()
+    try:
+        wait_for(
+            lambda: _states(spec) == {"submitting": 1, "running": 1, "queued": 1, "pending": 1},
+            "the first job's POST held, two more sent",
+        )
+        canceller.start()
+
+        def posted() -> bool:
+            with Store.open(_store(spec), readonly=True) as db:
+                return db.controls_last() > 0
+
+        wait_for(posted, "the cancel request in the mailbox")
+        refuse.set()
+        wait_for(lambda: _states(spec).get("pending") == 2, "the refused job back to pending")
+        mail.set()
+        canceller.join()
+    finally:
+        refuse.set()
+        mail.set()
+        clock.release()
+        worker.join()
+        if canceller.is_alive():
+            canceller.join()
+    (answer,) = answers
+    assert answer.line == (
+        "0 pending cancelled, 1 claimed never sent, 0 queued cancelled remotely, "
+        "0 running finish and are billed"
+    )
+    with Store.open(_store(spec), readonly=True) as db:
+        (row,) = [r for r in db.jobs() if r.inputs == held[0]]
+    assert row.state is JobState.CANCELLED  # never pending: no later run sends it
+    assert len(emulator.ledger()["jobs"]) == 2  # the held job never reached the emulator
+    (report,) = reports
+    assert report.counts["cancelled"] == 1
