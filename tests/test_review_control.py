@@ -130,3 +130,43 @@ def test_a_job_put_back_to_pending_before_the_run_reads_the_cancel_is_cancelled(
     assert len(emulator.ledger()["jobs"]) == 2  # the held job never reached the emulator
     (report,) = reports
     assert report.counts["cancelled"] == 1
+
+
+def test_a_reader_looking_at_the_lock_never_makes_a_starting_run_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`status`, `runs`, `stop` and `cancel` tell whether a run is live by a shared flock taken
+    and dropped at once (lock.is_held). A run that starts in that instant must wait it out, not
+    fail with "store ... is in use: locked by another process"."""
+    import fcntl
+    import os
+
+    from orchestrator.store import lock
+
+    db_path = tmp_path / "s.db"
+    with Store.open(db_path) as db:
+        with db.lock(owner="comfysweep run s"):
+            pass  # the lock file exists, as after any run
+        reader = os.open(f"{db_path}.lock", os.O_RDONLY)
+        fcntl.flock(reader, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a reader's look, caught mid-way
+        waits: list[float] = []
+
+        def pause(seconds: float) -> None:  # the reader's look ends while the run waits
+            waits.append(seconds)
+            os.close(reader)
+
+        monkeypatch.setattr(lock, "_pause", pause, raising=False)
+        with db.lock(owner="comfysweep run s") as run_id:
+            assert db.live_run_ids() == {run_id}
+        assert len(waits) == 1
+
+
+def test_a_run_holding_the_lock_still_refuses_a_second_run_at_once(tmp_path: Path) -> None:
+    from orchestrator.errors import StoreLockedError
+
+    db_path = tmp_path / "s.db"
+    with Store.open(db_path) as first, Store.open(db_path) as second:
+        with first.lock(owner="comfysweep run s"):
+            with pytest.raises(StoreLockedError, match="locked by comfysweep run s"):
+                with second.lock(owner="comfysweep run s"):
+                    pass
