@@ -85,9 +85,11 @@ def wait_for_run(
     until: Callable[[Control], bool],
     patience: float = WAIT,
     runs: Iterable[RunInfo] = (),
+    keep: bool = False,
 ) -> Waited:
     """Wait until the request satisfies ``until`` (seen, or answered), or the live run ends, or
-    ``patience`` passes; a request no run took by then is withdrawn (``request`` None)."""
+    ``patience`` passes; a request no run took by then is withdrawn (``request`` None). With
+    ``keep``, one a run still live has not taken yet is left for it (returned unseen)."""
     deadline = time.monotonic() + patience
     known = {run.id: run for run in runs}
     while True:
@@ -97,6 +99,8 @@ def wait_for_run(
         if until(request):
             return Waited(request, _run_of(store, request, known))
         if request.seen_at is None and (time.monotonic() > deadline or not store.live_runs()):
+            if keep and store.live_runs():
+                return Waited(request, None)
             if store.withdraw_control(control_id):
                 return Waited(None, None)
             continue  # taken meanwhile: read it again

@@ -52,8 +52,9 @@ def stop_run(
 ) -> str:
     """Ask the live run to drain; the line that says it did (NotLive when no run is live).
 
-    ``wait`` False posts the request and returns at once; otherwise a request the run has not
-    taken within ``patience`` (or that the run ended before taking) is withdrawn and NotLive.
+    ``wait`` False posts the request and returns at once; otherwise a request that the run ended
+    before taking is withdrawn and NotLive, and one that a run still starting (syncing its jobs,
+    asking before it pays) has not read within ``patience`` is left for it to take.
     """
     with Store.open(located.store) as db:
         runs = db.live_runs()
@@ -66,10 +67,21 @@ def stop_run(
                 f"run {run.id} (pid {run.pid}) is asked to drain; `{command}` brings the rest back"
             )
         waited = control.wait_for_run(
-            db, control_id, until=lambda r: r.outcome is not None, patience=patience, runs=runs
+            db,
+            control_id,
+            until=lambda r: r.outcome is not None,
+            patience=patience,
+            runs=runs,
+            keep=True,
         )
     if waited.request is None:
         raise NotLive(f"no run of {located.name} took the stop request: none is live now")
+    if not waited.taken:
+        return (
+            f"run {runs[0].id} (pid {runs[0].pid}) has not read the stop request within "
+            f"{patience:g} s (still starting: syncing its jobs, or asking before it pays?); it "
+            f"drains as soon as it does; `{command}` brings the rest back"
+        )
     run = waited.run or runs[0]
     outcome = waited.request.outcome  # the run says how it is run again (--emulator, --store)
     if outcome is None:

@@ -170,3 +170,32 @@ def test_a_run_holding_the_lock_still_refuses_a_second_run_at_once(tmp_path: Pat
             with pytest.raises(StoreLockedError, match="locked by comfysweep run s"):
                 with second.lock(owner="comfysweep run s"):
                     pass
+
+
+def test_stop_while_the_run_still_syncs_is_kept_for_it_not_called_dead(tmp_path: Path) -> None:
+    """A run holds the store but its runner has not started (a long sync, the question before
+    paying): `stop` neither says no run is live (`status` says one is) nor withdraws the request;
+    the run drains as soon as its runner starts and reads it."""
+    import os
+
+    from orchestrator.control import Mailbox
+    from orchestrator.grid import iter_jobs
+    from orchestrator.locate import locate
+    from orchestrator.spec import load_spec
+    from orchestrator.steer import stop_run
+
+    spec = write_spec(tmp_path)
+    loaded = load_spec(spec)
+    loaded.results_dir.mkdir(parents=True)
+    with Store.open(loaded.results_dir / "comfysweep.db") as db:
+        db.bind_sweep(loaded.name)
+        db.sync_jobs(iter_jobs(loaded), loaded.model)
+        with db.lock(owner="comfysweep run grid") as run_id:
+            line = stop_run(locate(spec), patience=0.2, command="comfysweep run grid.yaml")
+            assert line == (
+                f"run {run_id} (pid {os.getpid()}) has not read the stop request within 0.2 s "
+                "(still starting: syncing its jobs, or asking before it pays?); it drains as "
+                "soon as it does; `comfysweep run grid.yaml` brings the rest back"
+            )
+            (request,) = Mailbox(db).take()  # the runner starts: the stop is its
+            assert request.kind == "stop"
