@@ -199,3 +199,48 @@ def test_stop_while_the_run_still_syncs_is_kept_for_it_not_called_dead(tmp_path:
             )
             (request,) = Mailbox(db).take()  # the runner starts: the stop is its
             assert request.kind == "stop"
+
+
+IMAGES = """\
+name: {name}
+model: community/wan-2-2/vace-fun
+inputs:
+  prompt: "a red fox in the snow"
+  resolution: 480x480 (1:1)
+  frames: 81
+  fps: 16
+axes:
+  image: [fox.png, owl.png]
+  seed: [1, 2]
+run:
+  output: {output}
+"""
+
+
+def test_where_names_a_local_image_by_its_file(tmp_path: Path) -> None:
+    """A spec's image axis of local files: the jobs send them as data: URIs, but the user knows
+    them by the names they wrote. `cancel --where "image == 'owl.png'"` means those jobs."""
+    from orchestrator.grid import iter_jobs
+    from orchestrator.locate import locate
+    from orchestrator.spec import load_spec
+    from orchestrator.steer import cancel_jobs
+
+    for name, colour in (("fox.png", "red"), ("owl.png", "blue")):
+        _png(tmp_path / name, colour)
+    spec = write_spec(tmp_path, body=IMAGES)
+    loaded = load_spec(spec)
+    loaded.results_dir.mkdir(parents=True)
+    with Store.open(loaded.results_dir / "comfysweep.db") as db:
+        db.bind_sweep(loaded.name)
+        db.sync_jobs(iter_jobs(loaded), loaded.model)
+    done = cancel_jobs(locate(spec), where="image == 'owl.png' and seed in [1, 2]")
+    assert done.line.startswith("2 pending cancelled")
+    with Store.open(loaded.results_dir / "comfysweep.db", readonly=True) as db:
+        gone = [row.sources["118_image"] for row in db.jobs([JobState.CANCELLED])]
+    assert gone == ["owl.png", "owl.png"]
+
+
+def _png(path: Path, colour: str) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), colour).save(path)
