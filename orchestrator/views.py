@@ -338,6 +338,7 @@ def job_view(db: Store, row: JobRow, model: Model, results: Path | None) -> dict
         "attempts_made": row.attempts,
         "cost_usd": row.cost,
         "inputs": friendly_inputs(model, row.inputs),
+        "sources": {model.display_name(k): label for k, label in row.sources.items()},
         "error": row.error,
         "error_text": error_message(row.error),
         "rating": db.rating(row.key),

@@ -165,11 +165,14 @@ def test_a_run_holding_the_lock_still_refuses_a_second_run_at_once(tmp_path: Pat
     from orchestrator.errors import StoreLockedError
 
     db_path = tmp_path / "s.db"
-    with Store.open(db_path) as first, Store.open(db_path) as second:
-        with first.lock(owner="comfysweep run s"):
-            with pytest.raises(StoreLockedError, match="locked by comfysweep run s"):
-                with second.lock(owner="comfysweep run s"):
-                    pass
+    with (
+        Store.open(db_path) as first,
+        Store.open(db_path) as second,
+        first.lock(owner="comfysweep run s"),
+        pytest.raises(StoreLockedError, match="locked by comfysweep run s"),
+        second.lock(owner="comfysweep run s"),
+    ):
+        pass
 
 
 def test_stop_while_the_run_still_syncs_is_kept_for_it_not_called_dead(tmp_path: Path) -> None:
@@ -244,3 +247,44 @@ def _png(path: Path, colour: str) -> None:
     from PIL import Image
 
     Image.new("RGB", (8, 8), colour).save(path)
+
+
+def test_failures_and_show_name_a_local_image_by_its_file(tmp_path: Path) -> None:
+    """An image axis of local files: `failures` tells the jobs apart by the file each sent (not
+    by a data: URI that reads the same for all), and `show` names the file too."""
+    import json
+
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+    from orchestrator.grid import iter_jobs
+    from orchestrator.spec import load_spec
+
+    for name, colour in (("fox.png", "red"), ("owl.png", "blue")):
+        _png(tmp_path / name, colour)
+    spec = write_spec(tmp_path, body=IMAGES)
+    loaded = load_spec(spec)
+    loaded.results_dir.mkdir(parents=True)
+    with Store.open(loaded.results_dir / "comfysweep.db") as db:
+        db.bind_sweep(loaded.name)
+        db.sync_jobs(iter_jobs(loaded), loaded.model)
+        for row in db.claim(4):
+            db.transition(row.key, JobState.FAILED, error="refused (test)")
+        key = next(r.key for r in db.jobs() if r.sources["118_image"] == "owl.png")
+
+    def lines(*args: str) -> list[str]:
+        result = CliRunner().invoke(cli, list(args))
+        assert result.exit_code == 0, result.output
+        return result.stdout.splitlines()
+
+    shown = [line.split("failed    ")[1] for line in lines("failures", str(spec))[:-1]]
+    assert shown == [
+        "image=fox.png seed=1  refused (test)",
+        "image=fox.png seed=2  refused (test)",
+        "image=owl.png seed=1  refused (test)",
+        "image=owl.png seed=2  refused (test)",
+    ]
+    records = [json.loads(line) for line in lines("failures", str(spec), "--json")]
+    assert [r["inputs"]["image"] for r in records] == ["fox.png", "fox.png", "owl.png", "owl.png"]
+    image = next(line for line in lines("show", key[:8], str(spec)) if line.startswith("  image"))
+    assert image.split()[1:4] == ["owl.png,", "sent", "as"]

@@ -537,5 +537,5 @@ def test_show_shortens_a_data_uri_and_keeps_every_other_input_whole(tmp_path: Pa
     uri = friendly(job, "image")
     assert uri.startswith("data:image/png;base64,")
     lines = cli_run("show", job.key, str(spec))[1]
-    assert f"  image       data:image/png;base64,… ({len(uri):,} chars)" in lines
+    assert f"  image       start.png, sent as data:image/png;base64,… ({len(uri):,} chars)" in lines
     assert f"  prompt      {long_prompt.strip()}" in lines
