@@ -72,6 +72,8 @@ class Waited:
 
     request: Control | None  # as last read; None: withdrawn (no run took it)
     run: RunInfo | None  # the run that took it
+    # The run took it, then ended (killed, crashed) before answering: no later run takes it.
+    ended: bool = False
 
     @property
     def taken(self) -> bool:
@@ -89,7 +91,8 @@ def wait_for_run(
 ) -> Waited:
     """Wait until the request satisfies ``until`` (seen, or answered), or the live run ends, or
     ``patience`` passes; a request no run took by then is withdrawn (``request`` None). With
-    ``keep``, one a run still live has not taken yet is left for it (returned unseen)."""
+    ``keep``, one a run still live has not taken yet is left for it (returned unseen). A run that
+    took it and ended before ``until`` is ``ended``."""
     deadline = time.monotonic() + patience
     known = {run.id: run for run in runs}
     while True:
@@ -104,6 +107,11 @@ def wait_for_run(
             if store.withdraw_control(control_id):
                 return Waited(None, None)
             continue  # taken meanwhile: read it again
+        if request.seen_at is not None and request.run_id not in store.live_run_ids():
+            request = store.control(control_id)  # answered just before it ended?
+            if request is not None and until(request):
+                return Waited(request, _run_of(store, request, known))
+            return Waited(request, known.get(request.run_id or 0) if request else None, ended=True)
         if request.seen_at is not None and time.monotonic() > deadline:
             return Waited(request, _run_of(store, request, known))
         time.sleep(_LOOK_EVERY)

@@ -76,6 +76,12 @@ def stop_run(
         )
     if waited.request is None:
         raise NotLive(f"no run of {located.name} took the stop request: none is live now")
+    if waited.ended:
+        run = waited.run or runs[0]
+        return (
+            f"run {run.id} (pid {run.pid}) ended as it took the stop request; `{command}` "
+            "brings the rest back"
+        )
     if not waited.taken:
         return (
             f"run {runs[0].id} (pid {runs[0].pid}) has not read the stop request within "
@@ -159,7 +165,7 @@ def _through_the_run(
     waited = control.wait_for_run(
         db, control_id, until=lambda r: r.outcome is not None, patience=patience, runs=runs
     )
-    if waited.request is None:
+    if waited.request is None or waited.ended:  # no run acts on it now: the caller does
         return None, len(cancelled)
     outcome = waited.request.outcome or "the live run took the jobs in flight: see its log"
     return Cancelled(len(cancelled), outcome, run=waited.run or runs[0]), len(cancelled)

@@ -288,3 +288,87 @@ def test_failures_and_show_name_a_local_image_by_its_file(tmp_path: Path) -> Non
     assert [r["inputs"]["image"] for r in records] == ["fox.png", "fox.png", "owl.png", "owl.png"]
     image = next(line for line in lines("show", key[:8], str(spec)) if line.startswith("  image"))
     assert image.split()[1:4] == ["owl.png,", "sent", "as"]
+
+
+def test_a_run_that_dies_after_taking_a_cancel_leaves_it_to_the_cancel(
+    tmp_path: Path, emulator: Emulator, clock: DrivenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run marks the request seen, then dies (killed, crashed) before acting on it: no later
+    run ever takes a seen request, so `cancel` must not answer that the live run took the jobs
+    in flight; it cancels the queued ones itself, as when no run took the request."""
+    from orchestrator.errors import StoreError
+    from orchestrator.locate import locate
+    from orchestrator.runner import Runner
+    from orchestrator.steer import Cancelled, cancel_jobs
+    from orchestrator.sweep import Overrides, run_sweep
+
+    async def dies(self: Runner, request: Any) -> None:
+        raise StoreError("the run died (test)")
+
+    monkeypatch.setattr(Runner, "_cancel_requested", dies)
+    spec = write_spec(tmp_path)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_sweep(
+                spec,
+                base_url=emulator.base_url,
+                token=emulator.token,
+                overrides=Overrides(poll_interval=0.02),
+            )
+        except StoreError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        wait_for(
+            lambda: _states(spec) == {"running": 1, "queued": 2, "pending": 1},
+            "one job running, two queued",
+        )
+        done: Cancelled = cancel_jobs(
+            locate(spec), base_url=emulator.base_url, token=emulator.token, patience=5.0
+        )
+    finally:
+        clock.release()
+        worker.join()
+    assert [str(e) for e in errors] == ["the run died (test)"]
+    assert done.line == (
+        "1 pending cancelled, 2 queued cancelled remotely, 1 running finish and are billed"
+    )
+    assert _states(spec) == {"running": 1, "cancelled": 3}
+    charges = sorted(job["cost"] for job in emulator.ledger()["jobs"])
+    assert charges[:2] == [0, 0]  # the queued ones: cancelled, never billed
+
+
+def test_stop_taken_by_a_run_that_ends_at_once_says_so(tmp_path: Path) -> None:
+    """The run takes the stop, then ends before answering (its last job ended, or it was
+    killed): `stop` says so at once, not after its 30 s, and not that the run is draining."""
+    import os
+
+    from orchestrator.control import Mailbox
+    from orchestrator.locate import locate
+    from orchestrator.steer import stop_run
+
+    spec = write_spec(tmp_path)
+    results = tmp_path / "results" / "grid"
+    results.mkdir(parents=True)
+    lines: list[str] = []
+    with Store.open(results / "comfysweep.db") as db:
+        db.bind_sweep("grid")
+        with db.lock(owner="comfysweep run grid") as run_id:
+            mailbox = Mailbox(db)
+            stopper = threading.Thread(
+                target=lambda: lines.append(
+                    stop_run(locate(spec), command="comfysweep run grid.yaml")
+                )
+            )
+            stopper.start()
+            (request,) = wait_for(mailbox.take, "the stop request")
+            assert request.kind == "stop"
+        stopper.join()
+    assert lines == [
+        f"run {run_id} (pid {os.getpid()}) ended as it took the stop request; "
+        "`comfysweep run grid.yaml` brings the rest back"
+    ]
