@@ -372,3 +372,72 @@ def test_stop_taken_by_a_run_that_ends_at_once_says_so(tmp_path: Path) -> None:
         f"run {run_id} (pid {os.getpid()}) ended as it took the stop request; "
         "`comfysweep run grid.yaml` brings the rest back"
     ]
+
+
+def test_the_views_read_a_store_one_revision_old_without_upgrading_it(tmp_path: Path) -> None:
+    """A store at 0005 (before the controls and ratings tables): a run of the previous
+    comfysweep may hold it. `status`, `show`, `failures` and `runs` read it as it is, never
+    telling the user to start a paying `comfysweep run` just to look."""
+    import sqlalchemy as sa
+    from alembic import command
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+    from orchestrator.grid import iter_jobs
+    from orchestrator.spec import load_spec
+    from orchestrator.store import schema
+
+    spec = write_spec(tmp_path)
+    loaded = load_spec(spec)
+    loaded.results_dir.mkdir(parents=True)
+    path = loaded.results_dir / "comfysweep.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        command.upgrade(schema._config(conn), "0005")
+    engine.dispose()
+    with sqlite3_rows(path) as raw:
+        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0005",)]
+    jobs = list(iter_jobs(loaded))
+    with sqlite3_rows(path) as raw:  # as the previous comfysweep wrote them
+        for job in jobs:
+            raw.execute(
+                'INSERT INTO jobs (key, "index", rank, model_id, inputs, repeat, state, '
+                "attempts, outputs, created_at, updated_at, in_spec) VALUES "
+                "(?, ?, ?, ?, ?, 0, 'pending', 0, '[]', '2026-11-30 10:00:00', "
+                "'2026-11-30 10:00:00', 1)",
+                (job.key, job.index, job.index, job.model_id, json_text(job.inputs)),
+            )
+    before = path.read_bytes()
+
+    def cli_out(*args: str) -> list[str]:
+        result = CliRunner().invoke(cli, list(args))
+        assert result.exit_code == 0, result.output
+        return result.stdout.splitlines()
+
+    assert cli_out("status", str(spec))[:2] == ["grid: 4 jobs, spent $0.00", "  pending     4"]
+    assert cli_out("runs", str(spec)) == ["no runs yet: `comfysweep run` starts one"]
+    assert cli_out("failures", str(spec)) == ["no failed, expired, lost or unknown jobs"]
+    assert cli_out("show", jobs[0].key[:8], str(spec))[0] == f"job {jobs[0].key}"
+    assert path.read_bytes() == before  # nothing upgraded, nothing written
+
+
+def sqlite3_rows(path: Path) -> Any:
+    import sqlite3
+    from contextlib import closing
+
+    class _Tx:
+        def __enter__(self) -> sqlite3.Connection:
+            self.raw = sqlite3.connect(path)
+            return self.raw
+
+        def __exit__(self, *exc: object) -> None:
+            with closing(self.raw):
+                self.raw.commit()
+
+    return _Tx()
+
+
+def json_text(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)
