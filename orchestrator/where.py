@@ -161,7 +161,8 @@ class Where:
         for test in self.tests():
             if test.name not in kinds:
                 names = sorted(shown if shown is not None else kinds)
-                hint = suggest(test.name, names)
+                same = [n for n in names if n.lower() == test.name.lower()]  # CFG for cfg
+                hint = f" (did you mean {same[0]!r}?)" if same else suggest(test.name, names)
                 listed = f"the jobs have: {', '.join(names)}" if names else "the sweep has no jobs"
                 raise self._error(test.at, f"no input named {test.name!r}{hint}; {listed}")
             have = kinds[test.name]

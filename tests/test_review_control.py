@@ -441,3 +441,14 @@ def json_text(value: Any) -> str:
     import json
 
     return json.dumps(value, sort_keys=True)
+
+
+def test_where_hints_the_name_written_in_another_case() -> None:
+    from orchestrator.where import WhereError, parse
+
+    with pytest.raises(WhereError) as caught:
+        parse("CFG >= 5").bind({"cfg": {"number"}, "seed": {"number"}})
+    assert str(caught.value) == (
+        "--where 'CFG >= 5': column 1: no input named 'CFG' (did you mean 'cfg'?); "
+        "the jobs have: cfg, seed"
+    )
