@@ -382,7 +382,7 @@ def failures(
             else:
                 click.echo(failure_line(row, listed.varying, listed.model))
     if not as_json:
-        click.echo(failures_footer(dict(sorted(seen.items()))))
+        click.echo(failures_footer(dict(sorted(seen.items())), states))
 
 
 @cli.command(

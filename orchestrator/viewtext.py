@@ -184,9 +184,12 @@ def _input(row: JobRow, key: str) -> Any:
     return row.sources.get(key, row.inputs[key])
 
 
-def failures_footer(counts: Mapping[str, int]) -> str:
+def failures_footer(counts: Mapping[str, int], states: Sequence[str] = ()) -> str:
+    """The last line of ``failures``: how many of each state it listed; none of ``states``."""
     if not counts:
-        return "no failed, expired, lost or unknown jobs"
+        looked = list(states) or ["failed", "expired", "lost", "unknown"]
+        said = looked[0] if len(looked) == 1 else f"{', '.join(looked[:-1])} or {looked[-1]}"
+        return f"no {said} jobs"
     total = sum(counts.values())
     return f"{total} job(s): " + ", ".join(f"{n} {s}" for s, n in counts.items())
 

@@ -452,3 +452,23 @@ def test_where_hints_the_name_written_in_another_case() -> None:
         "--where 'CFG >= 5': column 1: no input named 'CFG' (did you mean 'cfg'?); "
         "the jobs have: cfg, seed"
     )
+
+
+def test_failures_of_chosen_states_says_none_of_those(tmp_path: Path) -> None:
+    """`failures --state cancelled` on a sweep with none: it says no cancelled job, not that
+    there is no failed, expired, lost or unknown job (which it did not look for)."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+
+    path = tmp_path / "s.db"
+    Store.open(path).close()
+
+    def out(*args: str) -> str:
+        result = CliRunner().invoke(cli, ["failures", "--store", str(path), *args])
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    assert out() == "no failed, expired, lost or unknown jobs\n"
+    assert out("--state", "cancelled") == "no cancelled jobs\n"
+    assert out("--state", "lost", "--state", "expired") == "no lost or expired jobs\n"
