@@ -1010,6 +1010,8 @@ class Runner:
                     f"draining: {self._remote} job(s) in flight finish; "
                     f"`{self.command}` brings the rest back",
                 )
+                if self.options.abort_on_stop:  # `--abort`: as on a first Ctrl-C
+                    self._jobs.start_soon(self._cancel_queued)
             elif request.kind == "cancel" and self._jobs is not None:
                 self._cancel_keys.update(request.keys or ())
                 self._jobs.start_soon(self._cancel_requested, request)

@@ -472,3 +472,49 @@ def test_failures_of_chosen_states_says_none_of_those(tmp_path: Path) -> None:
     assert out() == "no failed, expired, lost or unknown jobs\n"
     assert out("--state", "cancelled") == "no cancelled jobs\n"
     assert out("--state", "lost", "--state", "expired") == "no lost or expired jobs\n"
+
+
+def test_stop_of_a_run_started_with_abort_cancels_its_queued_jobs(
+    tmp_path: Path, emulator: Emulator, clock: DrivenClock
+) -> None:
+    """`stop` is a first Ctrl-C from afar; a run started with `--abort` cancels its queued jobs
+    on a first Ctrl-C (never billed), so it does on `stop` too."""
+    from orchestrator.locate import locate
+    from orchestrator.runner import RunReport
+    from orchestrator.steer import stop_run
+    from orchestrator.sweep import Overrides, run_sweep
+
+    spec = write_spec(tmp_path)
+    reports: list[RunReport] = []
+
+    def run() -> None:
+        overrides = Overrides(poll_interval=0.02)
+        reports.append(
+            run_sweep(
+                spec,
+                base_url=emulator.base_url,
+                token=emulator.token,
+                overrides=overrides,
+                abort_on_stop=True,
+            )
+        )
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        wait_for(
+            lambda: _states(spec) == {"running": 1, "queued": 2, "pending": 1},
+            "one job running, two queued",
+        )
+        stop_run(locate(spec), command="comfysweep run grid.yaml --abort")
+        wait_for(lambda: _states(spec).get("cancelled") == 2, "the queued jobs cancelled")
+    finally:
+        clock.release()
+        worker.join()
+    (report,) = reports
+    assert {s: n for s, n in report.counts.items() if n} == {
+        "done": 1,
+        "cancelled": 2,
+        "pending": 1,
+    }
+    assert sorted(job["cost"] for job in emulator.ledger()["jobs"])[:2] == [0, 0]
