@@ -55,15 +55,24 @@ class Mailbox:
             self.last = min(fresh) - 1 if fresh else self.last
 
     def take(self) -> list[Control]:
-        """New requests, marked seen by this run; [] (one cheap read) when there are none."""
+        """New requests, marked seen by this run; [] (one cheap read) when there are none.
+
+        A request is this run's once marked seen: one the store refused to mark (StoreError,
+        raised when it is the first) is read again next time, never skipped.
+        """
         if self.store.controls_last() <= self.last:
             return []
-        found = self.store.controls_after(self.last)
-        if found:
-            self.last = found[-1].id
-        for request in found:
-            self.store.see_control(request.id)
-        return found
+        taken: list[Control] = []
+        for request in self.store.controls_after(self.last):
+            try:
+                self.store.see_control(request.id)
+            except StoreError:
+                if not taken:
+                    raise
+                break
+            taken.append(request)
+            self.last = request.id
+        return taken
 
 
 @dataclass(frozen=True)

@@ -518,3 +518,31 @@ def test_stop_of_a_run_started_with_abort_cancels_its_queued_jobs(
         "pending": 1,
     }
     assert sorted(job["cost"] for job in emulator.ledger()["jobs"])[:2] == [0, 0]
+
+
+def test_a_mailbox_read_the_store_refuses_loses_no_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store refuses to mark a request seen (busy past its timeout): the run logs it and
+    reads again at its next tick, and then takes the request. It skipped it for good: a stop
+    or cancel that `stop`/`cancel` were told would be acted on never was."""
+    from orchestrator.control import Mailbox
+    from orchestrator.errors import StoreBusyError
+
+    real = Store.see_control
+    refused: list[int] = []
+
+    def see_control(self: Store, control_id: int, outcome: str | None = None) -> bool:
+        if not refused:
+            refused.append(control_id)
+            raise StoreBusyError("store s.db: database is locked (test)")
+        return real(self, control_id, outcome)
+
+    with Store.open(tmp_path / "s.db") as db, db.lock(owner="comfysweep run s"):
+        mailbox = Mailbox(db)
+        stop = db.request_control("stop")
+        monkeypatch.setattr(Store, "see_control", see_control)
+        with pytest.raises(StoreBusyError):
+            mailbox.take()
+        assert [r.id for r in mailbox.take()] == [stop]
+        assert refused == [stop]
