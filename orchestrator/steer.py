@@ -128,6 +128,9 @@ def cancel_jobs(
             )
         keys = [row.key for row in chosen]
         runs = db.live_runs()
+        remote = (JobState.QUEUED, JobState.RUNNING)
+        if not runs and emulator is False and any(row.state in remote for row in chosen):
+            ModelApiClient.check_token(token)  # said before anything changes
         before = 0  # pending jobs cancelled here before a run that ended took the rest
         if runs:
             done, before = _through_the_run(db, keys, where, runs, patience)
@@ -143,7 +146,6 @@ def cancel_jobs(
             cancelled, states, _ = db.cancel_pending(keys, request=False)
             pending = before + len(cancelled)
             # Read again under the lock: a run that ended meanwhile moved some on.
-            remote = (JobState.QUEUED, JobState.RUNNING)
             rows = [row for key, state in states.items() if state in remote if (row := db.get(key))]
             if not rows:
                 return Cancelled(pending, _by_itself(0, 0))

@@ -546,3 +546,31 @@ def test_a_mailbox_read_the_store_refuses_loses_no_request(
             mailbox.take()
         assert [r.id for r in mailbox.take()] == [stop]
         assert refused == [stop]
+
+
+def test_cancel_without_a_token_changes_nothing_when_it_must_reach_the_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No run live and a job queued remotely: `cancel` must ask the API, so a missing token is
+    said before anything changes (it cancelled every pending job, then failed on the token,
+    and the one line said nothing of the jobs it had cancelled)."""
+    from orchestrator.errors import AuthError
+    from orchestrator.grid import iter_jobs
+    from orchestrator.locate import locate
+    from orchestrator.spec import load_spec
+    from orchestrator.steer import cancel_jobs
+
+    for name in ("RUNCOMFY_API_TOKEN", "RUNCOMFY_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    spec = write_spec(tmp_path)
+    loaded = load_spec(spec)
+    loaded.results_dir.mkdir(parents=True)
+    with Store.open(loaded.results_dir / "comfysweep.db") as db:
+        db.bind_sweep(loaded.name)
+        db.sync_jobs(iter_jobs(loaded), loaded.model)
+        with db.lock(owner="comfysweep run grid"):  # a run that queued one job, then died
+            (row,) = db.claim(1)
+            db.transition(row.key, JobState.QUEUED, request_id="r-1")
+    with pytest.raises(AuthError, match="no API token"):
+        cancel_jobs(locate(spec))
+    assert _states(spec) == {"queued": 1, "pending": 3}  # nothing changed
