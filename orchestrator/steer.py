@@ -147,12 +147,23 @@ def cancel_jobs(
             pending = before + len(cancelled)
             # Read again under the lock: a run that ended meanwhile moved some on.
             rows = [row for key, state in states.items() if state in remote if (row := db.get(key))]
+            caught = sum(1 for state in states.values() if state is JobState.SUBMITTING)
             if not rows:
-                return Cancelled(pending, _by_itself(0, 0))
+                return Cancelled(pending, _by_itself(0, 0) + _mid_submit(caught))
             with _backend(emulator, located, base_url, token) as (url, api_token):
                 report = anyio.run(_cancel_remotely, db, ModelApiClient(url, api_token), rows)
-            line = _by_itself(report.cancelled, report.not_cancellable)
+            line = _by_itself(report.cancelled, report.not_cancellable) + _mid_submit(caught)
             return Cancelled(pending, line, tuple(report.failed))
+
+
+def _mid_submit(caught: int) -> str:
+    """What becomes of jobs a dead run left ``submitting``: nobody knows whether they were sent."""
+    if not caught:
+        return ""
+    return (
+        f", {caught} caught mid-submit by a run that died: not cancelled (the next run marks "
+        "them unknown: they may be billed)"
+    )
 
 
 def _through_the_run(

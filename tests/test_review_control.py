@@ -574,3 +574,27 @@ def test_cancel_without_a_token_changes_nothing_when_it_must_reach_the_api(
     with pytest.raises(AuthError, match="no API token"):
         cancel_jobs(locate(spec))
     assert _states(spec) == {"queued": 1, "pending": 3}  # nothing changed
+
+
+def test_cancel_names_the_jobs_a_dead_run_caught_mid_submit(tmp_path: Path) -> None:
+    """No run live; the `--where` matches a job a killed run left `submitting` (sent or not: no
+    one knows). `cancel` cannot cancel it and must say so, not print three zeros."""
+    from orchestrator.grid import iter_jobs
+    from orchestrator.locate import locate
+    from orchestrator.spec import load_spec
+    from orchestrator.steer import cancel_jobs
+
+    spec = write_spec(tmp_path)
+    loaded = load_spec(spec)
+    loaded.results_dir.mkdir(parents=True)
+    with Store.open(loaded.results_dir / "comfysweep.db") as db:
+        db.bind_sweep(loaded.name)
+        db.sync_jobs(iter_jobs(loaded), loaded.model)
+        with db.lock(owner="comfysweep run grid"):  # claimed, then the run was killed
+            (row,) = db.claim(1)
+    done = cancel_jobs(locate(spec), where=f"seed == {row.inputs['98_seed']} and steps == 4")
+    assert done.line == (
+        "0 pending cancelled, 0 queued cancelled remotely, 0 running finish and are billed, "
+        "1 caught mid-submit by a run that died: not cancelled (the next run marks them "
+        "unknown: they may be billed)"
+    )
