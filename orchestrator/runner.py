@@ -851,6 +851,8 @@ class Runner:
         row = self.store.transition(key, to, detail=detail, **fields)
         if to is JobState.PENDING and key in self._cancel_keys:  # back, but cancelled meanwhile
             row = self.store.transition(key, JobState.CANCELLED, detail="cancelled on request")
+        if row.state in (JobState.CANCELLED, JobState.DONE):  # a request carried out: a later
+            self._cancel_keys.discard(key)  # `retry` (PostgreSQL, beside this run) is new
         self._dirty = True
         self._last_change = time.monotonic()
         self._stall_level = 1
@@ -1024,7 +1026,10 @@ class Runner:
             # Put back to pending before this run read the request (a refused POST, a stop's
             # hold-back): cancelled now, or the next run would send them.
             rest = sorted(keys - {r.key for r in rows})
-            back = self.store.cancel_pending(rest, request=False)[0] if rest else []
+            back, states, _ = self.store.cancel_pending(rest, request=False)
+            ended = (JobState.CANCELLED, JobState.DONE)  # carried out: a later `retry` is new
+            self._cancel_keys.difference_update(k for k, s in states.items() if s in ended)
+            self._cancel_keys.difference_update(back)
         except StoreError as exc:  # its jobs are in the cancel set: at least none is sent
             self._answer(request.id, f"the jobs could not be read: {_text(exc)}")
             return

@@ -598,3 +598,56 @@ def test_cancel_names_the_jobs_a_dead_run_caught_mid_submit(tmp_path: Path) -> N
         "1 caught mid-submit by a run that died: not cancelled (the next run marks them "
         "unknown: they may be billed)"
     )
+
+
+def test_a_job_cancelled_then_retried_while_a_postgresql_runner_lives_is_submitted(
+    tmp_path: Path, emulator: Emulator, clock: DrivenClock
+) -> None:
+    """PostgreSQL lets `retry` run beside a live runner. A job the runner cancelled on request,
+    then put back by `retry --cancelled`, is the user's new wish: the runner submits it, not
+    cancel it again from a request it already carried out."""
+    from .postgres import fresh_schema
+
+    with fresh_schema("rctl") as url:
+        from orchestrator.locate import locate
+        from orchestrator.runner import RunReport
+        from orchestrator.steer import cancel_jobs
+        from orchestrator.sweep import Overrides, retry_jobs, run_sweep
+
+        spec = write_spec(tmp_path)
+        reports: list[RunReport] = []
+
+        def states() -> dict[str, int]:
+            try:
+                with Store.open(url, readonly=True) as db:
+                    return {state: n for state, n in db.counts().items() if n}
+            except Exception:  # not migrated yet
+                return {}
+
+        def run() -> None:
+            reports.append(
+                run_sweep(
+                    spec,
+                    store=url,
+                    base_url=emulator.base_url,
+                    token=emulator.token,
+                    overrides=Overrides(poll_interval=0.02),
+                )
+            )
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        try:
+            wait_for(
+                lambda: states() == {"running": 1, "queued": 2, "pending": 1},
+                "one job running, two queued",
+            )
+            where = "seed == 2 and steps == 4"  # queued (grid order: the third job)
+            done = cancel_jobs(locate(spec, url), where=where)
+            assert done.line.startswith("0 pending cancelled, 1 queued cancelled remotely")
+            wait_for(lambda: states().get("cancelled") == 1, "the queued job cancelled")
+            assert retry_jobs(spec, ["cancelled"], store=url, where=where) == 1
+        finally:
+            clock.release()
+            worker.join()
+        assert states() == {"done": 4}
