@@ -443,8 +443,12 @@ def retry(
             "twice. Continue?",
             abort=True,
         )
+    from orchestrator.locate import Located
+    from orchestrator.steer import run_command
+
     n = sweep.retry_jobs(spec, states, store=store, where=where)
-    click.echo(f"{n} job(s) back to pending; `comfysweep run {spec}` submits them")
+    again = run_command(Located(None, store or "", None), spec=spec, store=store)
+    click.echo(f"{n} job(s) back to pending; `{again}` submits them")
 
 
 @cli.command()

@@ -41,9 +41,12 @@ class NotLive(ComfysweepError):
 
 def run_command(located: Located, *, spec: Path | None = None, store: str | None = None) -> str:
     """How the user runs this sweep again, as they would type it (SPEC when it is unknown)."""
+    from orchestrator.sweep import _shown_store
+
     words = ["comfysweep", "run", str(spec) if spec is not None else "SPEC"]
-    if store is not None:
-        words += ["--store", store]
+    shown = _shown_store(store)  # a URL's password masked: this line is printed
+    if shown is not None:
+        words += ["--store", shown]
     return shlex.join(words)
 
 

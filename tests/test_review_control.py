@@ -651,3 +651,39 @@ def test_a_job_cancelled_then_retried_while_a_postgresql_runner_lives_is_submitt
             clock.release()
             worker.join()
         assert states() == {"done": 4}
+
+
+def test_retry_names_the_store_it_put_the_jobs_back_in(tmp_path: Path) -> None:
+    """`retry SPEC --store S` says which command submits the jobs: with `--store S`. Without it
+    the command runs the sweep in the results folder's own store, which knows none of these
+    jobs, and submits (pays) every one of them again."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+    from orchestrator.grid import iter_jobs
+    from orchestrator.spec import load_spec
+
+    spec = write_spec(tmp_path)
+    loaded = load_spec(spec)
+    elsewhere = tmp_path / "shared store.db"
+    with Store.open(elsewhere) as db:
+        db.bind_sweep(loaded.name)
+        db.sync_jobs(iter_jobs(loaded), loaded.model)
+        (row,) = db.claim(1)
+        db.transition(row.key, JobState.FAILED, error="refused (test)")
+    result = CliRunner().invoke(cli, ["retry", str(spec), "--store", str(elsewhere), "--failed"])
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        f"1 job(s) back to pending; `comfysweep run {spec} --store '{elsewhere}'` submits them\n"
+    )
+
+
+def test_the_command_stop_prints_never_shows_the_store_password(tmp_path: Path) -> None:
+    from orchestrator.locate import Located
+    from orchestrator.steer import run_command
+
+    url = "postgresql+psycopg://sweeper:hunter2@db.example/sweeps?sslpassword=s3cret"
+    located = Located(None, url, None)
+    shown = run_command(located, spec=Path("g.yaml"), store=url)
+    assert "hunter2" not in shown and "s3cret" not in shown
+    assert shown.startswith("comfysweep run g.yaml --store 'postgresql+psycopg://sweeper:***@")
