@@ -25,6 +25,7 @@ from orchestrator.locate import Located
 from orchestrator.runner import CancelReport, RunReport, cancel_queued
 from orchestrator.store import JobRow, JobState, Store
 from orchestrator.store.rows import RunInfo
+from orchestrator.views import check_owner
 from orchestrator.where import select
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ def stop_run(
     asking before it pays) has not read within ``patience`` is left for it to take.
     """
     with Store.open(located.store) as db:
+        check_owner(db, located)
         runs = db.live_runs()
         if not runs:
             raise NotLive(f"no run of {located.name} is live: nothing to stop")
@@ -123,6 +125,7 @@ def cancel_jobs(
 ) -> Cancelled:
     """Cancel the sweep's pending and in-flight jobs (those ``where`` matches); see the module."""
     with Store.open(located.store) as db:
+        check_owner(db, located)
         chosen = select(where, db.jobs(), _cancellable)
         if where is not None and not chosen:
             raise ComfysweepError(

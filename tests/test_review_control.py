@@ -685,5 +685,38 @@ def test_the_command_stop_prints_never_shows_the_store_password(tmp_path: Path) 
     url = "postgresql+psycopg://sweeper:hunter2@db.example/sweeps?sslpassword=s3cret"
     located = Located(None, url, None)
     shown = run_command(located, spec=Path("g.yaml"), store=url)
-    assert "hunter2" not in shown and "s3cret" not in shown
+    assert "hunter2" not in shown
+    assert "s3cret" not in shown
     assert shown.startswith("comfysweep run g.yaml --store 'postgresql+psycopg://sweeper:***@")
+
+
+def test_cancel_and_stop_refuse_the_store_of_another_sweep(tmp_path: Path) -> None:
+    """`cancel other.yaml --store S` where S belongs to sweep grid (a shared database, a slip of
+    the finger): one line, nothing cancelled, no request posted; status already refused it."""
+    from orchestrator.errors import StoreError
+    from orchestrator.grid import iter_jobs
+    from orchestrator.locate import locate
+    from orchestrator.spec import load_spec
+    from orchestrator.steer import cancel_jobs, stop_run
+
+    spec = write_spec(tmp_path)
+    other = write_spec(tmp_path, name="other")
+    loaded = load_spec(spec)
+    shared = tmp_path / "shared.db"
+    with Store.open(shared) as db:
+        db.bind_sweep(loaded.name)
+        db.sync_jobs(iter_jobs(loaded), loaded.model)
+    where = locate(other, str(shared))
+    refused = (
+        f"store {shared} belongs to sweep 'grid', not 'other' ({other}): give the spec its own "
+        "--store"
+    )
+    with pytest.raises(StoreError) as caught:
+        cancel_jobs(where)
+    assert str(caught.value) == refused
+    with pytest.raises(StoreError) as caught:
+        stop_run(where, command="comfysweep run other.yaml")
+    assert str(caught.value) == refused
+    with Store.open(shared, readonly=True) as db:
+        assert {s: n for s, n in db.counts().items() if n} == {"pending": 4}
+        assert db.controls_after(0) == []
