@@ -443,11 +443,11 @@ def retry(
             "twice. Continue?",
             abort=True,
         )
-    from orchestrator.locate import Located
+    from orchestrator.locate import locate
     from orchestrator.steer import run_command
 
     n = sweep.retry_jobs(spec, states, store=store, where=where)
-    again = run_command(Located(None, store or "", None), spec=spec, store=store)
+    again = run_command(locate(spec, store), spec=spec, store=store)
     click.echo(f"{n} job(s) back to pending; `{again}` submits them")
 
 

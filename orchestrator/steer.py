@@ -45,6 +45,8 @@ def run_command(located: Located, *, spec: Path | None = None, store: str | None
     from orchestrator.sweep import _shown_store
 
     words = ["comfysweep", "run", str(spec) if spec is not None else "SPEC"]
+    if located.results is not None and (located.results / ".emulator").exists():
+        words.append("--emulator")  # ran on the emulator: never send it to the paid API
     shown = _shown_store(store)  # a URL's password masked: this line is printed
     if shown is not None:
         words += ["--store", shown]

@@ -720,3 +720,29 @@ def test_cancel_and_stop_refuse_the_store_of_another_sweep(tmp_path: Path) -> No
     with Store.open(shared, readonly=True) as db:
         assert {s: n for s, n in db.counts().items() if n} == {"pending": 4}
         assert db.controls_after(0) == []
+
+
+def test_retry_of_an_emulated_sweep_names_run_with_emulator(tmp_path: Path) -> None:
+    """A sweep run on the embedded emulator (its results folder keeps `.emulator`): the command
+    retry prints runs it there again. Without `--emulator` it would go to RunComfy, and with a
+    token set, pay for a quickstart meant to cost nothing."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+    from orchestrator.grid import iter_jobs
+    from orchestrator.spec import load_spec
+
+    spec = write_spec(tmp_path)
+    loaded = load_spec(spec)
+    loaded.results_dir.mkdir(parents=True)
+    (loaded.results_dir / ".emulator").write_text("")  # what an --emulator run leaves
+    with Store.open(loaded.results_dir / "comfysweep.db") as db:
+        db.bind_sweep(loaded.name)
+        db.sync_jobs(iter_jobs(loaded), loaded.model)
+        (row,) = db.claim(1)
+        db.transition(row.key, JobState.FAILED, error="refused (test)")
+    result = CliRunner().invoke(cli, ["retry", str(spec), "--failed"])
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        f"1 job(s) back to pending; `comfysweep run {spec} --emulator` submits them\n"
+    )
