@@ -382,7 +382,7 @@ def failures(
             else:
                 click.echo(failure_line(row, listed.varying, listed.model))
     if not as_json:
-        click.echo(failures_footer(dict(sorted(seen.items()))))
+        click.echo(failures_footer(dict(sorted(seen.items())), states))
 
 
 @cli.command(
@@ -443,8 +443,12 @@ def retry(
             "twice. Continue?",
             abort=True,
         )
+    from orchestrator.locate import locate
+    from orchestrator.steer import run_command
+
     n = sweep.retry_jobs(spec, states, store=store, where=where)
-    click.echo(f"{n} job(s) back to pending; `comfysweep run {spec}` submits them")
+    again = run_command(locate(spec, store), spec=spec, store=store)
+    click.echo(f"{n} job(s) back to pending; `{again}` submits them")
 
 
 @cli.command()

@@ -55,15 +55,24 @@ class Mailbox:
             self.last = min(fresh) - 1 if fresh else self.last
 
     def take(self) -> list[Control]:
-        """New requests, marked seen by this run; [] (one cheap read) when there are none."""
+        """New requests, marked seen by this run; [] (one cheap read) when there are none.
+
+        A request is this run's once marked seen: one the store refused to mark (StoreError,
+        raised when it is the first) is read again next time, never skipped.
+        """
         if self.store.controls_last() <= self.last:
             return []
-        found = self.store.controls_after(self.last)
-        if found:
-            self.last = found[-1].id
-        for request in found:
-            self.store.see_control(request.id)
-        return found
+        taken: list[Control] = []
+        for request in self.store.controls_after(self.last):
+            try:
+                self.store.see_control(request.id)
+            except StoreError:
+                if not taken:
+                    raise
+                break
+            taken.append(request)
+            self.last = request.id
+        return taken
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,8 @@ class Waited:
 
     request: Control | None  # as last read; None: withdrawn (no run took it)
     run: RunInfo | None  # the run that took it
+    # The run took it, then ended (killed, crashed) before answering: no later run takes it.
+    ended: bool = False
 
     @property
     def taken(self) -> bool:
@@ -85,9 +96,12 @@ def wait_for_run(
     until: Callable[[Control], bool],
     patience: float = WAIT,
     runs: Iterable[RunInfo] = (),
+    keep: bool = False,
 ) -> Waited:
     """Wait until the request satisfies ``until`` (seen, or answered), or the live run ends, or
-    ``patience`` passes; a request no run took by then is withdrawn (``request`` None)."""
+    ``patience`` passes; a request no run took by then is withdrawn (``request`` None). With
+    ``keep``, one a run still live has not taken yet is left for it (returned unseen). A run that
+    took it and ended before ``until`` is ``ended``."""
     deadline = time.monotonic() + patience
     known = {run.id: run for run in runs}
     while True:
@@ -97,9 +111,16 @@ def wait_for_run(
         if until(request):
             return Waited(request, _run_of(store, request, known))
         if request.seen_at is None and (time.monotonic() > deadline or not store.live_runs()):
+            if keep and store.live_runs():
+                return Waited(request, None)
             if store.withdraw_control(control_id):
                 return Waited(None, None)
             continue  # taken meanwhile: read it again
+        if request.seen_at is not None and request.run_id not in store.live_run_ids():
+            request = store.control(control_id)  # answered just before it ended?
+            if request is not None and until(request):
+                return Waited(request, _run_of(store, request, known))
+            return Waited(request, known.get(request.run_id or 0) if request else None, ended=True)
         if request.seen_at is not None and time.monotonic() > deadline:
             return Waited(request, _run_of(store, request, known))
         time.sleep(_LOOK_EVERY)

@@ -851,6 +851,8 @@ class Runner:
         row = self.store.transition(key, to, detail=detail, **fields)
         if to is JobState.PENDING and key in self._cancel_keys:  # back, but cancelled meanwhile
             row = self.store.transition(key, JobState.CANCELLED, detail="cancelled on request")
+        if row.state in (JobState.CANCELLED, JobState.DONE):  # a request carried out: a later
+            self._cancel_keys.discard(key)  # `retry` (PostgreSQL, beside this run) is new
         self._dirty = True
         self._last_change = time.monotonic()
         self._stall_level = 1
@@ -1010,6 +1012,8 @@ class Runner:
                     f"draining: {self._remote} job(s) in flight finish; "
                     f"`{self.command}` brings the rest back",
                 )
+                if self.options.abort_on_stop:  # `--abort`: as on a first Ctrl-C
+                    self._jobs.start_soon(self._cancel_queued)
             elif request.kind == "cancel" and self._jobs is not None:
                 self._cancel_keys.update(request.keys or ())
                 self._jobs.start_soon(self._cancel_requested, request)
@@ -1019,10 +1023,18 @@ class Runner:
         keys = set(request.keys or ())
         try:
             rows = [r for r in self.store.jobs(control.IN_FLIGHT) if r.key in keys]
+            # Put back to pending before this run read the request (a refused POST, a stop's
+            # hold-back): cancelled now, or the next run would send them.
+            rest = sorted(keys - {r.key for r in rows})
+            back, states, _ = self.store.cancel_pending(rest, request=False)
+            ended = (JobState.CANCELLED, JobState.DONE)  # carried out: a later `retry` is new
+            self._cancel_keys.difference_update(k for k, s in states.items() if s in ended)
+            self._cancel_keys.difference_update(back)
         except StoreError as exc:  # its jobs are in the cancel set: at least none is sent
             self._answer(request.id, f"the jobs could not be read: {_text(exc)}")
             return
         queued, running, not_sent, sending = control.split_in_flight(rows, self._sending)
+        not_sent += len(back)
         report = await cancel_queued(self.client, queued)  # the trackers record the new states
         billed = len(running) + report.not_cancellable
         outcome = control.cancel_outcome(not_sent, sending, report.cancelled, billed, report.failed)

@@ -25,6 +25,7 @@ from orchestrator.locate import Located
 from orchestrator.runner import CancelReport, RunReport, cancel_queued
 from orchestrator.store import JobRow, JobState, Store
 from orchestrator.store.rows import RunInfo
+from orchestrator.views import check_owner
 from orchestrator.where import select
 
 if TYPE_CHECKING:
@@ -41,9 +42,14 @@ class NotLive(ComfysweepError):
 
 def run_command(located: Located, *, spec: Path | None = None, store: str | None = None) -> str:
     """How the user runs this sweep again, as they would type it (SPEC when it is unknown)."""
+    from orchestrator.sweep import _shown_store
+
     words = ["comfysweep", "run", str(spec) if spec is not None else "SPEC"]
-    if store is not None:
-        words += ["--store", store]
+    if located.results is not None and (located.results / ".emulator").exists():
+        words.append("--emulator")  # ran on the emulator: never send it to the paid API
+    shown = _shown_store(store)  # a URL's password masked: this line is printed
+    if shown is not None:
+        words += ["--store", shown]
     return shlex.join(words)
 
 
@@ -52,10 +58,12 @@ def stop_run(
 ) -> str:
     """Ask the live run to drain; the line that says it did (NotLive when no run is live).
 
-    ``wait`` False posts the request and returns at once; otherwise a request the run has not
-    taken within ``patience`` (or that the run ended before taking) is withdrawn and NotLive.
+    ``wait`` False posts the request and returns at once; otherwise a request that the run ended
+    before taking is withdrawn and NotLive, and one that a run still starting (syncing its jobs,
+    asking before it pays) has not read within ``patience`` is left for it to take.
     """
     with Store.open(located.store) as db:
+        check_owner(db, located)
         runs = db.live_runs()
         if not runs:
             raise NotLive(f"no run of {located.name} is live: nothing to stop")
@@ -66,10 +74,27 @@ def stop_run(
                 f"run {run.id} (pid {run.pid}) is asked to drain; `{command}` brings the rest back"
             )
         waited = control.wait_for_run(
-            db, control_id, until=lambda r: r.outcome is not None, patience=patience, runs=runs
+            db,
+            control_id,
+            until=lambda r: r.outcome is not None,
+            patience=patience,
+            runs=runs,
+            keep=True,
         )
     if waited.request is None:
         raise NotLive(f"no run of {located.name} took the stop request: none is live now")
+    if waited.ended:
+        run = waited.run or runs[0]
+        return (
+            f"run {run.id} (pid {run.pid}) ended as it took the stop request; `{command}` "
+            "brings the rest back"
+        )
+    if not waited.taken:
+        return (
+            f"run {runs[0].id} (pid {runs[0].pid}) has not read the stop request within "
+            f"{patience:g} s (still starting: syncing its jobs, or asking before it pays?); it "
+            f"drains as soon as it does; `{command}` brings the rest back"
+        )
     run = waited.run or runs[0]
     outcome = waited.request.outcome  # the run says how it is run again (--emulator, --store)
     if outcome is None:
@@ -102,6 +127,7 @@ def cancel_jobs(
 ) -> Cancelled:
     """Cancel the sweep's pending and in-flight jobs (those ``where`` matches); see the module."""
     with Store.open(located.store) as db:
+        check_owner(db, located)
         chosen = select(where, db.jobs(), _cancellable)
         if where is not None and not chosen:
             raise ComfysweepError(
@@ -110,6 +136,9 @@ def cancel_jobs(
             )
         keys = [row.key for row in chosen]
         runs = db.live_runs()
+        remote = (JobState.QUEUED, JobState.RUNNING)
+        if not runs and emulator is False and any(row.state in remote for row in chosen):
+            ModelApiClient.check_token(token)  # said before anything changes
         before = 0  # pending jobs cancelled here before a run that ended took the rest
         if runs:
             done, before = _through_the_run(db, keys, where, runs, patience)
@@ -125,14 +154,24 @@ def cancel_jobs(
             cancelled, states, _ = db.cancel_pending(keys, request=False)
             pending = before + len(cancelled)
             # Read again under the lock: a run that ended meanwhile moved some on.
-            remote = (JobState.QUEUED, JobState.RUNNING)
             rows = [row for key, state in states.items() if state in remote if (row := db.get(key))]
+            caught = sum(1 for state in states.values() if state is JobState.SUBMITTING)
             if not rows:
-                return Cancelled(pending, _by_itself(0, 0))
+                return Cancelled(pending, _by_itself(0, 0) + _mid_submit(caught))
             with _backend(emulator, located, base_url, token) as (url, api_token):
                 report = anyio.run(_cancel_remotely, db, ModelApiClient(url, api_token), rows)
-            line = _by_itself(report.cancelled, report.not_cancellable)
+            line = _by_itself(report.cancelled, report.not_cancellable) + _mid_submit(caught)
             return Cancelled(pending, line, tuple(report.failed))
+
+
+def _mid_submit(caught: int) -> str:
+    """What becomes of jobs a dead run left ``submitting``: nobody knows whether they were sent."""
+    if not caught:
+        return ""
+    return (
+        f", {caught} caught mid-submit by a run that died: not cancelled (the next run marks "
+        "them unknown: they may be billed)"
+    )
 
 
 def _through_the_run(
@@ -147,7 +186,7 @@ def _through_the_run(
     waited = control.wait_for_run(
         db, control_id, until=lambda r: r.outcome is not None, patience=patience, runs=runs
     )
-    if waited.request is None:
+    if waited.request is None or waited.ended:  # no run acts on it now: the caller does
         return None, len(cancelled)
     outcome = waited.request.outcome or "the live run took the jobs in flight: see its log"
     return Cancelled(len(cancelled), outcome, run=waited.run or runs[0]), len(cancelled)

@@ -37,6 +37,7 @@ __all__ = [
     "FailureList",
     "Pace",
     "RunView",
+    "check_owner",
     "failed_jobs",
     "find_job",
     "job_view",
@@ -79,14 +80,19 @@ def open_sweep(
     else:
         located = locate(None if spec is None else Path(spec), _text(store), cwd=cwd)
     with Store.open(located.store, readonly=True) as db:
-        if located.spec is not None:
-            owner = db.get_meta("sweep")
-            if owner is not None and owner != located.spec.name:
-                raise StoreError(
-                    f"store {db.name} belongs to sweep {owner!r}, not {located.spec.name!r} "
-                    f"({located.spec.path}): give the spec its own --store"
-                )
+        check_owner(db, located)
         yield located, db
+
+
+def check_owner(db: Store, located: Located) -> None:
+    """Refuse a store another sweep's spec names (a shared database, a slip of the finger)."""
+    if located.spec is not None:
+        owner = db.get_meta("sweep")
+        if owner is not None and owner != located.spec.name:
+            raise StoreError(
+                f"store {db.name} belongs to sweep {owner!r}, not {located.spec.name!r} "
+                f"({located.spec.path}): give the spec its own --store"
+            )
 
 
 # -- status ---------------------------------------------------------------------------------------
@@ -338,6 +344,7 @@ def job_view(db: Store, row: JobRow, model: Model, results: Path | None) -> dict
         "attempts_made": row.attempts,
         "cost_usd": row.cost,
         "inputs": friendly_inputs(model, row.inputs),
+        "sources": {model.display_name(k): label for k, label in row.sources.items()},
         "error": row.error,
         "error_text": error_message(row.error),
         "rating": db.rating(row.key),

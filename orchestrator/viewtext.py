@@ -124,7 +124,12 @@ def job_lines(view: Mapping[str, Any]) -> list[str]:
         lines.append(f"  error      {' '.join(view['error_text'].split())}")
     lines.append("inputs")
     width = max((len(name) for name in view["inputs"]), default=0)
-    lines += [f"  {name:<{width}}  {_value(v, None)}" for name, v in view["inputs"].items()]
+    files = view.get("sources") or {}
+    for name, v in view["inputs"].items():
+        value = _value(v, None)
+        if name in files:  # a local file the spec names, sent as a data: URI
+            value = f"{files[name]}, sent as {value}"
+        lines.append(f"  {name:<{width}}  {value}")
     lines.append("attempts" if view["attempts"] else "attempts: none yet")
     for a in view["attempts"]:
         money = ", ".join(
@@ -154,7 +159,7 @@ def job_lines(view: Mapping[str, Any]) -> list[str]:
 def failure_line(row: JobRow, varying: Sequence[str], model: Model) -> str:
     """One failed job: key prefix, state, its varying inputs, its error."""
     inputs = " ".join(
-        f"{model.display_name(k)}={_value(row.inputs[k], 24)}" for k in varying if k in row.inputs
+        f"{model.display_name(k)}={_value(_input(row, k), 24)}" for k in varying if k in row.inputs
     )
     error = " ".join((error_message(row.error) or "no error recorded").split())
     return f"{row.key[:KEY_SHOWN]}  {row.state:<9} {inputs + '  ' if inputs else ''}{error}"
@@ -166,7 +171,7 @@ def failure_record(row: JobRow, varying: Sequence[str], model: Model) -> dict[st
         "key": row.key,
         "index": row.index,
         "state": str(row.state),
-        "inputs": {model.display_name(k): row.inputs[k] for k in varying if k in row.inputs},
+        "inputs": {model.display_name(k): _input(row, k) for k in varying if k in row.inputs},
         "error": row.error,
         "error_text": error_message(row.error),
         "request_id": row.request_id,
@@ -174,9 +179,17 @@ def failure_record(row: JobRow, varying: Sequence[str], model: Model) -> dict[st
     }
 
 
-def failures_footer(counts: Mapping[str, int]) -> str:
+def _input(row: JobRow, key: str) -> Any:
+    """A job's input as the spec wrote it: a local file by its name, not its data: URI."""
+    return row.sources.get(key, row.inputs[key])
+
+
+def failures_footer(counts: Mapping[str, int], states: Sequence[str] = ()) -> str:
+    """The last line of ``failures``: how many of each state it listed; none of ``states``."""
     if not counts:
-        return "no failed, expired, lost or unknown jobs"
+        looked = list(states) or ["failed", "expired", "lost", "unknown"]
+        said = looked[0] if len(looked) == 1 else f"{', '.join(looked[:-1])} or {looked[-1]}"
+        return f"no {said} jobs"
     total = sum(counts.values())
     return f"{total} job(s): " + ", ".join(f"{n} {s}" for s, n in counts.items())
 

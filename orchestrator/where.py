@@ -10,9 +10,10 @@ The grammar is tiny and parsed by hand (never ``eval``)::
     value := number | 'string' | "string" | true | false
 
 A NAME is an input's friendly name (``cfg``, ``steps``, ``seed``) or its raw field name
-(``108_cfg``). ``parse`` checks the syntax; ``Where.bind`` checks the names and the kinds of
-values against the sweep's jobs, so a typo or a string compared to a number is one line that
-names it, before anything is changed.
+(``108_cfg``); a local image or video is compared by its file name as the spec wrote it.
+``parse`` checks the syntax; ``Where.bind`` checks the names and the kinds of values against
+the sweep's jobs, so a typo or a string compared to a number is one line that names it, before
+anything is changed.
 """
 
 from __future__ import annotations
@@ -160,7 +161,8 @@ class Where:
         for test in self.tests():
             if test.name not in kinds:
                 names = sorted(shown if shown is not None else kinds)
-                hint = suggest(test.name, names)
+                same = [n for n in names if n.lower() == test.name.lower()]  # CFG for cfg
+                hint = f" (did you mean {same[0]!r}?)" if same else suggest(test.name, names)
                 listed = f"the jobs have: {', '.join(names)}" if names else "the sweep has no jobs"
                 raise self._error(test.at, f"no input named {test.name!r}{hint}; {listed}")
             have = kinds[test.name]
@@ -233,10 +235,12 @@ def select(where: Where | str | None, jobs: Iterable[J], pick: Callable[[J], boo
         if model is None:
             model = models[job.model_id] = get_model(job.model_id)
         values = dict(job.inputs)
-        for key, value in job.inputs.items():
+        # A local file is sent as a data: URI; the user knows it by the name they wrote.
+        values.update(getattr(job, "sources", None) or {})
+        for key in job.inputs:
             name = model.display_name(key)
             shown.add(name)
-            values.setdefault(name, value)
+            values.setdefault(name, values[key])
         for name, value in values.items():
             kinds.setdefault(name, set()).add(_kind(value))
         if pick(job):

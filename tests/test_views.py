@@ -342,7 +342,7 @@ def test_failures_lists_each_job_with_its_varying_inputs(failed: Path, tmp_path:
         (r.key, {"seed": friendly(r, "seed"), "steps": friendly(r, "steps")}) for r in bad
     ]
     code, lines, _ = cli_run("failures", str(failed), "--state", "lost")
-    assert (code, lines) == (0, ["no failed, expired, lost or unknown jobs"])
+    assert (code, lines) == (0, ["no lost jobs"])
 
 
 def test_runs_lists_finished_and_died_runs(failed: Path, tmp_path: Path) -> None:
@@ -537,5 +537,5 @@ def test_show_shortens_a_data_uri_and_keeps_every_other_input_whole(tmp_path: Pa
     uri = friendly(job, "image")
     assert uri.startswith("data:image/png;base64,")
     lines = cli_run("show", job.key, str(spec))[1]
-    assert f"  image       data:image/png;base64,… ({len(uri):,} chars)" in lines
+    assert f"  image       start.png, sent as data:image/png;base64,… ({len(uri):,} chars)" in lines
     assert f"  prompt      {long_prompt.strip()}" in lines

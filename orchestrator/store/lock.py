@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 
 from orchestrator.errors import StoreError, StoreLockedError
@@ -39,9 +40,7 @@ class FileLock:
                 "another file): comfysweep writes its holder there; move it away and run again"
             )
         os.set_blocking(fd, True)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _take(fd):
             holder = _describe(fd)
             os.close(fd)
             raise StoreLockedError(
@@ -63,6 +62,36 @@ class FileLock:
             os.ftruncate(fd, 0)
         finally:
             os.close(fd)  # closing the descriptor drops the flock
+
+
+def _take(fd: int) -> bool:
+    """The exclusive flock on ``fd``; False when a runner holds it.
+
+    A reader (``is_held``: status, runs, stop, cancel) holds a shared flock for an instant: a run
+    that starts then waits it out, and only an exclusive holder makes it fail.
+    """
+    for _ in range(_READER_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        try:  # granted only while no one holds the lock exclusively: readers, then
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        _pause(_READER_PAUSE)
+    return False
+
+
+# A reader's look lasts microseconds: a second of tries outlasts any number of them in a row.
+_READER_TRIES = 1000
+_READER_PAUSE = 0.001
+
+
+def _pause(seconds: float) -> None:
+    time.sleep(seconds)
 
 
 def _describe(fd: int) -> str:

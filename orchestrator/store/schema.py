@@ -38,6 +38,10 @@ __all__ = [
 # The head of migrations/versions (tests/test_migrations.py checks): a store already there opens
 # without importing alembic at all.
 SCHEMA_REVISION = "0006"
+# Revisions a read-only open reads as they are (status, show, failures, runs: a run of the
+# previous comfysweep may hold the store, and upgrading it means opening it for writing): 0006
+# only added the tables of the controls mailbox and of ratings, which readers do without.
+READABLE_OLDER = frozenset({"0005"})
 
 
 def _migrations_folder() -> Path:
@@ -197,6 +201,8 @@ def migrate(conn: Connection, name: str, *, readonly: bool, is_sqlite: bool) -> 
     head = head_revision()
     if current == head:
         return head
+    if readonly and current in READABLE_OLDER:
+        return current
     if readonly:
         raise StoreError(
             f"store {name} is at schema {current or 'none'}, this comfysweep needs {head}; "

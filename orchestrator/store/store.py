@@ -97,6 +97,7 @@ class Store:
         self._run_id: int | None = None
         self._lock_held = False
         self._blobs = BlobCache()
+        self._rated = True  # the ratings table exists (see open)
 
     # -- opening and closing ------------------------------------------------------------------
 
@@ -107,7 +108,7 @@ class Store:
         name = str(path) if path is not None else url.render_as_string(hide_password=True)
         engine, conn = schema.connect(url, path, readonly=readonly)
         try:
-            schema.migrate(conn, name, readonly=readonly, is_sqlite=path is not None)
+            revision = schema.migrate(conn, name, readonly=readonly, is_sqlite=path is not None)
         except sa.exc.DBAPIError as exc:
             conn.close()
             engine.dispose()
@@ -116,7 +117,10 @@ class Store:
             conn.close()
             engine.dispose()
             raise
-        return cls(engine, conn, name=name, path=path, readonly=readonly)
+        store = cls(engine, conn, name=name, path=path, readonly=readonly)
+        # A read-only store one revision old has no ratings table yet: no job is rated.
+        store._rated = revision not in schema.READABLE_OLDER
+        return store
 
     def close(self) -> None:
         if self._conn is not None:
@@ -697,6 +701,8 @@ class Store:
 
     def rating(self, key: str) -> str | None:
         """The user's verdict on job ``key`` ("up", "down", "pick"), or None."""
+        if not self._rated:
+            return None
         with self._tx() as conn:
             found = conn.execute(sql.RATING_OF, {"p_key": key}).scalar()
         return None if found is None else str(found)
@@ -885,6 +891,8 @@ class Store:
 
     def ratings(self) -> dict[str, str]:
         """Every rated job's verdict, by job key."""
+        if not self._rated:
+            return {}
         stmt = sa.select(sql.RATINGS.c.job_key, sql.RATINGS.c.rating)
         with self._tx() as conn:
             return {str(key): str(rating) for key, rating in conn.execute(stmt)}
