@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
-import hashlib
 import json
 import logging
 import os
@@ -88,7 +86,6 @@ TOOL_FILES = (
     CARD,
 )
 _FALLBACKS = 100  # numbered fallback names tried before a folder is declared unusable
-_DATA_URI_SHOWN = 64
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
 _HOST = socket.gethostname().replace("~", "_").replace("/", "_") or "host"
 # <key>-<n>~<host>~<pid>.part (and the older <key>-<n>.part): the only files prepare() removes.
@@ -448,10 +445,6 @@ class ResultsFolder:
             "orphaned": not row.in_spec,  # no longer in the spec: kept, never submitted again
         }
 
-    def friendly_inputs(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        """Inputs by friendly name, with data: URIs shortened to a readable reference."""
-        return {self.model.display_name(k): _shorten(v) for k, v in inputs.items()}
-
 
 def extension_of(url: str, default: str = "mp4") -> str:
     """The file extension an output URL names, or ``default``."""
@@ -589,21 +582,6 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _shorten(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith("data:") and len(value) > _DATA_URI_SHOWN:
-        return _data_uri_label(value)
-    return value
-
-
-@functools.lru_cache(maxsize=64)
-def _data_uri_label(value: str) -> str:
-    """A readable stand-in for a data: URI; cached, since every job of a sweep repeats the same
-    few images and hashing a 6 MiB image again for each manifest line would dominate a rewrite."""
-    head = value.split(",", 1)[0]
-    digest = hashlib.sha256(value.encode()).hexdigest()[:16]
-    return f"{head},<{len(value)} chars, sha256 {digest}>"
 
 
 def _iso(value: Any) -> str | None:

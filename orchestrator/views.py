@@ -343,7 +343,7 @@ def job_view(db: Store, row: JobRow, model: Model, results: Path | None) -> dict
         "request_id": row.request_id,
         "attempts_made": row.attempts,
         "cost_usd": row.cost,
-        "inputs": friendly_inputs(model, row.inputs),
+        "inputs": model.shown_inputs(model.in_order(row.inputs)),
         "sources": {model.display_name(k): label for k, label in row.sources.items()},
         "error": row.error,
         "error_text": error_message(row.error),
@@ -436,20 +436,6 @@ def model_of(db: Store, located: Located) -> Model:
         return located.spec.definition
     model_id = db.get_meta("model_id")
     return get_model(str(model_id)) if model_id else Model(model_id="")
-
-
-def friendly_inputs(model: Model, inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """Inputs by friendly name in the model's order (then the rest), data: URIs shortened."""
-    order = {raw: i for i, raw in enumerate(model.friendly_names.values())}
-    keys = sorted(inputs, key=lambda k: (order.get(k, len(order)), k))
-    return {model.display_name(k): shorten(inputs[k]) for k in keys}
-
-
-def shorten(value: Any) -> Any:
-    """A data: URI as its type and size; anything else as it is."""
-    if isinstance(value, str) and value.startswith("data:") and len(value) > 64:
-        return f"{value.split(',', 1)[0]},… ({len(value):,} chars)"
-    return value
 
 
 # -- the use cases the CLI calls -----------------------------------------------------------------

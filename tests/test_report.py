@@ -394,3 +394,26 @@ def test_a_video_that_cannot_be_decoded_has_no_poster(tmp_path: Path) -> None:
     assert posters.poster(bad) is None
     assert posters.poster(tmp_path / "gone.mp4") is None
     assert not (tmp_path / "assets").exists() or not list((tmp_path / "assets").iterdir())
+
+
+def test_a_local_image_is_shown_by_its_file_name_on_an_axis_and_in_the_fixed_inputs(
+    tmp_path: Path,
+) -> None:
+    """The spec names start.png; the job sends a data: URI. The page names the file (an image
+    axis of two files reads `fox.png`, `owl.png`, never two alike `data:image/png;base64,…`)."""
+    start = Path(__file__).parents[1] / "sweeps" / "start.png"
+    for name in ("fox.png", "owl.png"):
+        (tmp_path / name).write_bytes(start.read_bytes() + name.encode())  # two distinct files
+    body = SPEC.replace("  image: https://example.com/fox.png\n", "")
+    body = body.replace("  seed: [1, 2]\n", "  seed: [1]\n  image: [fox.png, owl.png]\n")
+    spec = write_spec(tmp_path, "images", body)
+    run_grid(spec)
+    assert report(str(spec)).exit_code == 0
+    data = page_data(tmp_path / "results" / "images" / "report.html")
+    labels = {a["name"]: a["labels"] for a in data["axes"]}
+    assert labels["image"] == ["fox.png", "owl.png"]
+    one = SPEC.replace("https://example.com/fox.png", str(start))
+    spec = write_spec(tmp_path, "one", one)
+    run_grid(spec)
+    assert report(str(spec)).exit_code == 0
+    assert page_data(tmp_path / "results" / "one" / "report.html")["fixed"]["image"] == str(start)

@@ -85,6 +85,19 @@ class Model:
             names.update({raw: name for name, raw in self.friendly_names.items()})
         return names.get(key, key)
 
+    def shown_inputs(
+        self, inputs: Mapping[str, Any], sources: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Inputs as a person reads them: by friendly name, a local file by the name the spec
+        gave it (``sources``), another data: URI as its type and size."""
+        files = sources or {}
+        return {self.display_name(k): files.get(k, _shorten(v)) for k, v in inputs.items()}
+
+    def in_order(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """``inputs`` (by raw key) in the model's order of friendly names, then the rest."""
+        order = {raw: i for i, raw in enumerate(self.friendly_names.values())}
+        return {k: inputs[k] for k in sorted(inputs, key=lambda k: (order.get(k, len(order)), k))}
+
     def field_names(self) -> list[str]:
         """Every name a spec may use for this model: friendly names first, then raw keys."""
         return [*self.friendly_names, *self.properties]
@@ -238,3 +251,10 @@ def _check_type(kind: str, value: Any) -> str | None:
 def _show(value: Any) -> str:
     text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _shorten(value: Any) -> Any:
+    """A data: URI as its type and size; anything else as it is."""
+    if isinstance(value, str) and value.startswith("data:") and len(value) > 64:
+        return f"{value.split(',', 1)[0]},… ({len(value):,} chars)"
+    return value

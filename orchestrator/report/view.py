@@ -21,7 +21,6 @@ from orchestrator.errors import ComfysweepError
 from orchestrator.models import get_model
 from orchestrator.report.posters import Posters
 from orchestrator.responses import error_message
-from orchestrator.results import ResultsFolder
 from orchestrator.store import JobRow, JobState, Store
 
 __all__ = ["Axis", "Cell", "ReportError", "View", "add_posters", "build_view", "choose_axes"]
@@ -140,8 +139,7 @@ def build_view(
     if not rows:
         raise ReportError(f"store {store.name} has no jobs yet: `comfysweep run SPEC` makes them")
     ratings = store.ratings()
-    friendly = _friendly(rows, results)
-    named = [friendly(row) for row in rows]
+    named = [_shown(row) for row in rows]
     axes, fixed = _axes(named)
     index = {a.name: {_canon(v): i for i, v in enumerate(a.values)} for a in axes}
     cells = []
@@ -220,19 +218,9 @@ def _not_varying(name: str, view: View) -> str:
     return f"{what}; the inputs that vary: {', '.join(varying)}"
 
 
-def _friendly(rows: Sequence[JobRow], results: Path) -> Any:
-    """A function giving a job's inputs by friendly name (its model's display names)."""
-    folders: dict[str, ResultsFolder] = {}
-
-    def friendly(row: JobRow) -> dict[str, Any]:
-        folder = folders.get(row.model_id)
-        if folder is None:
-            folder = folders[row.model_id] = ResultsFolder(results, get_model(row.model_id), "")
-        named = folder.friendly_inputs(row.inputs)
-        named[REPEAT] = row.repeat
-        return named
-
-    return friendly
+def _shown(row: JobRow) -> dict[str, Any]:
+    """A job's inputs as a person reads them (Model.shown_inputs), and its repeat."""
+    return get_model(row.model_id).shown_inputs(row.inputs, row.sources) | {REPEAT: row.repeat}
 
 
 def _axes(named: Sequence[Mapping[str, Any]]) -> tuple[list[Axis], dict[str, Any]]:
