@@ -117,7 +117,8 @@ def write_video(located: Located, axes: Axes = DEFAULT_AXES, *, out: Path | None
 
 @dataclass(frozen=True)
 class Grid:
-    """One X/Y page of a view: per Y value a row of cells (None where no job is)."""
+    """One X/Y page of a view: per Y value a row of cells (None where no job is); a view
+    without an X (or Y) axis has one column (row) labelled ""."""
 
     x_labels: list[str]
     y_labels: list[str]
@@ -152,7 +153,7 @@ def xy_grid(view: View) -> Grid:
         if held is None or _rank(cell) < _rank(held):
             slots[at] = cell
     cells = [[slots.get((r, c)) for c in range(len(xs))] for r in range(len(ys))]
-    return Grid(xs if view.x else [], ys if view.y else [], tab, cells)
+    return Grid(xs, ys, tab, cells)
 
 
 def _rank(cell: Cell) -> tuple[int, int]:
