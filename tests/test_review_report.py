@@ -28,3 +28,32 @@ def test_video_of_a_sweep_with_one_or_no_varying_input(
     assert result.output == f"{folder / 'report.mp4'}: {cells} cells\n"
     with av.open(str(folder / "report.mp4")) as mosaic:
         assert mosaic.streams.video[0].frames > 1
+
+
+@pytest.mark.parametrize("video", [False, True])
+@pytest.mark.parametrize("target", ["store", "wal", "output", "manifest", "conditioning"])
+def test_out_never_replaces_the_store_a_job_s_output_or_the_tool_s_files(
+    tmp_path: Path, target: str, video: bool
+) -> None:
+    folder = tmp_path / "sweep"
+    synthetic_sweep(folder, {"seed": [1, 2]}, sample_videos(tmp_path / "samples", 2))
+    store = folder / "comfysweep.db"
+    (folder / "manifest.jsonl").write_text("{}\n")
+    (folder / "inputs").mkdir()
+    (folder / "inputs" / "0123456789abcdef.mp4").write_bytes(b"a conditioning video")
+    wal = folder / "comfysweep.db-wal"
+    wal.write_bytes(b"")  # whatever SQLite keeps there
+    out = {
+        "store": store,
+        "wal": wal,
+        "output": folder / "out-00000.mp4",
+        "manifest": folder / "manifest.jsonl",
+        "conditioning": folder / "inputs" / "0123456789abcdef.mp4",
+    }[target]
+    before = out.read_bytes()
+    result = report("--store", str(store), "--out", str(out), *(["--video"] if video else []))
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"Error: --out {out}"), result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert out.read_bytes() == before
+    assert report("--store", str(store)).exit_code == 0  # the store is whole

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.conditioning import INPUTS_DIR
 from orchestrator.locate import Located
 from orchestrator.report.page import write_page
 from orchestrator.report.posters import ASSETS, Posters
@@ -17,6 +19,7 @@ from orchestrator.report.view import (
     build_view,
     choose_axes,
 )
+from orchestrator.results import PARTIAL
 from orchestrator.store import Store
 
 __all__ = [
@@ -82,6 +85,7 @@ def write_report(
     if out.is_dir():
         raise ReportError(f"{out} is a folder: give --out a file name such as report.html")
     view = load_view(located, axes, page_dir=out.parent)  # bad axes fail here, before any write
+    _check_out(out, located, view, (".html", ".htm"), "the page is HTML")
     posters = Posters(out.parent / ASSETS)
     add_posters(view, results, out.parent, posters)
     write_page(view, out)
@@ -96,6 +100,7 @@ def write_video(located: Located, axes: Axes = DEFAULT_AXES, *, out: Path | None
     results = results_of(located)
     out = (out or results / VIDEO).absolute()
     view = load_view(located, axes)
+    _check_out(out, located, view, (".mp4",), "the mosaic is an MP4 video")
     grid = xy_grid(view)
     rows = [
         [
@@ -113,6 +118,24 @@ def write_video(located: Located, axes: Axes = DEFAULT_AXES, *, out: Path | None
     title = " · ".join([view.name, *(f"{k}={v}" for k, v in shown.items())])
     mosaic.write_mosaic(out, rows, x_labels=grid.x_labels, y_labels=grid.y_labels, title=title)
     return Written(out, sum(c is not None for row in grid.cells for c in row), 0, 0)
+
+
+def _check_out(
+    out: Path, located: Located, view: View, suffixes: tuple[str, ...], what: str
+) -> None:
+    """Refuse an ``out`` that would replace what the sweep owns: its store, a job's output, a
+    conditioning input or a file the tool writes (a report replaces only a file of its kind)."""
+    if out.suffix.lower() not in suffixes:
+        raise ReportError(f"--out {out}: {what}: give a file name ending in {suffixes[0]}")
+    real = Path(os.path.realpath(out))
+    results = Path(os.path.realpath(results_of(located)))
+    store = Path(os.path.realpath(located.store))
+    if real.parent == store.parent and real.name.startswith(store.name):
+        raise ReportError(f"--out {out} is the sweep's store: give another file name")
+    if real in {Path(os.path.realpath(results / path)) for path in view.outputs}:
+        raise ReportError(f"--out {out} is a job's output: give another file name")
+    if real.parent in {results / INPUTS_DIR, results / ASSETS, results / PARTIAL}:
+        raise ReportError(f"--out {out} is in a folder the tool keeps: give another folder")
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ class View:
     y: str | None = None
     z: str | None = None
     filters: dict[str, str] = field(default_factory=dict)
+    outputs: set[str] = field(default_factory=set)  # every job's output paths, on disk or not
 
     def axis(self, name: str) -> Axis:
         return next(a for a in self.axes if a.name == name)
@@ -172,6 +173,7 @@ def build_view(
         },
         errors=errors.most_common(TOP_ERRORS),
         durations=durations,
+        outputs={str(o["path"]) for row in rows for o in row.outputs if o.get("path")},
     )
 
 
