@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import av
@@ -11,6 +12,7 @@ from click.testing import CliRunner, Result
 from orchestrator.cli import cli
 
 from .reportdata import sample_videos, synthetic_sweep
+from .test_report import page_data
 
 
 def report(*args: str) -> Result:
@@ -57,3 +59,22 @@ def test_out_never_replaces_the_store_a_job_s_output_or_the_tool_s_files(
     assert len(result.stderr.splitlines()) == 1
     assert out.read_bytes() == before
     assert report("--store", str(store)).exit_code == 0  # the store is whole
+
+
+def test_the_summary_shows_no_negative_zero_reserved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.store import Store
+    from orchestrator.store.books import Ledger
+
+    # the store's running totals keep float residue: -1.1e-16 reserved after the quickstart
+    residue = Ledger(
+        spent_usd=2.025, reserved_usd=-1.1102230246251565e-16, cap_usd=None, in_flight=0
+    )
+    monkeypatch.setattr(Store, "ledger", lambda self: residue)
+    folder = tmp_path / "sweep"
+    synthetic_sweep(folder, {"seed": [1, 2]}, sample_videos(tmp_path / "samples", 1))
+    assert report("--store", str(folder / "comfysweep.db")).exit_code == 0
+    ledger = page_data(folder / "report.html")["summary"]["ledger"]
+    assert ledger == {"spent": 2.025, "reserved": 0.0, "cap": None}
+    assert math.copysign(1.0, ledger["reserved"]) == 1.0  # JS shows -0.00 for a tiny negative

@@ -167,9 +167,9 @@ def build_view(
         cells=cells,
         counts=dict(counts),
         ledger={
-            "spent": ledger.spent_usd,
-            "reserved": ledger.reserved_usd,
-            "cap": ledger.cap_usd,
+            "spent": _usd(ledger.spent_usd),
+            "reserved": _usd(ledger.reserved_usd),
+            "cap": _usd(ledger.cap_usd),
         },
         errors=errors.most_common(TOP_ERRORS),
         durations=durations,
@@ -317,6 +317,11 @@ def _on_disk(results: Path, output: Mapping[str, Any]) -> bool:
         return file.is_file() and file.stat().st_size == output.get("size")
     except OSError:
         return False
+
+
+def _usd(value: float | None) -> float | None:
+    """Dollars without the running totals' float residue (-1e-16 reserved shows as -0.00)."""
+    return None if value is None else round(value, 9) + 0.0
 
 
 def _seconds(row: JobRow) -> float | None:
