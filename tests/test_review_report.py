@@ -78,3 +78,39 @@ def test_the_summary_shows_no_negative_zero_reserved(
     ledger = page_data(folder / "report.html")["summary"]["ledger"]
     assert ledger == {"spent": 2.025, "reserved": 0.0, "cap": None}
     assert math.copysign(1.0, ledger["reserved"]) == 1.0  # JS shows -0.00 for a tiny negative
+
+
+def _png(colour: tuple[int, int, int]) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_conditioning_images_are_named_by_their_file_as_in_the_manifest(tmp_path: Path) -> None:
+    from orchestrator.conditioning import decode_data_uri
+    from orchestrator.store import Store
+
+    from .reportdata import MODEL, Job
+
+    images = [_png((255, 0, 0)), _png((0, 0, 255))]
+    jobs = [
+        Job(
+            f"{i:064x}",
+            i,
+            inputs={"56_text": "a fox", "118_image": images[i]},
+            sources={"118_image": f"{name}.png"},
+        )
+        for i, name in enumerate(["red", "blue"])
+    ]
+    with Store.open(tmp_path / "comfysweep.db") as db:
+        db.sync_jobs(jobs, MODEL)
+    assert report("--store", str(tmp_path / "comfysweep.db")).exit_code == 0
+    data = page_data(tmp_path / "report.html")
+    files = [f"inputs/{decode_data_uri(uri).file_name}" for uri in images]  # type: ignore[union-attr]
+    assert data["axes"] == [{"name": "image", "labels": files}]
+    assert "data:" not in (tmp_path / "report.html").read_text()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from orchestrator.conditioning import INPUTS_DIR, decode_data_uri
 from orchestrator.errors import ComfysweepError
 from orchestrator.models import get_model
 from orchestrator.report.posters import Posters
@@ -230,11 +231,22 @@ def _friendly(rows: Sequence[JobRow], results: Path) -> Any:
         folder = folders.get(row.model_id)
         if folder is None:
             folder = folders[row.model_id] = ResultsFolder(results, get_model(row.model_id), "")
-        named = folder.friendly_inputs(row.inputs)
+        # a conditioning image by its file under inputs/, as the manifest names it
+        named = folder.friendly_inputs(_media_files(row.inputs))
         named[REPEAT] = row.repeat
         return named
 
     return friendly
+
+
+def _media_files(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """``inputs`` with each data: URI as the path of its file under ``inputs/`` (not written)."""
+    out = dict(inputs)
+    for key, value in inputs.items():
+        media = decode_data_uri(value)
+        if media is not None:
+            out[key] = f"{INPUTS_DIR}/{media.file_name}"
+    return out
 
 
 def _axes(named: Sequence[Mapping[str, Any]]) -> tuple[list[Axis], dict[str, Any]]:
