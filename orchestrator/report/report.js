@@ -371,6 +371,26 @@
     return vs;
   }
 
+  // A seek in flight is left to finish: seeking again restarts it, so on a slow machine, where
+  // a seek takes longer than the drift SEEK allows, a video would seek forever and never play.
+  // A playing video's seek aims as far ahead as its last seek took, to land in step.
+  var seeks = new WeakMap(); // video -> {since: when its seek began, cost: seconds the last took}
+
+  function seekTo(v, target, dur) {
+    var s = seeks.get(v) || { since: 0, cost: 0 };
+    var at = target + (clock.playing ? s.cost : 0);
+    s.since = performance.now();
+    seeks.set(v, s);
+    v.currentTime = loop() ? at % dur : Math.min(at, dur - 0.001);
+  }
+
+  document.addEventListener("seeked", function (e) { // media events do not bubble: captured
+    var s = seeks.get(e.target);
+    if (!s || !s.since) return;
+    s.cost = Math.min(2, (performance.now() - s.since) / 1000);
+    s.since = 0;
+  }, true);
+
   function sync(v, t, force) {
     var dur = v.duration;
     if (!dur || !isFinite(dur)) return;
@@ -378,16 +398,17 @@
     if (!clock.playing) {
       if (v.dataset.solo) return;
       if (!v.paused) v.pause();
-      if (force || Math.abs(v.currentTime - target) > TOL) v.currentTime = target;
+      if (force || (!v.seeking && Math.abs(v.currentTime - target) > TOL)) seekTo(v, target, dur);
       return;
     }
     if (v.loop !== loop()) v.loop = loop();
+    if (v.seeking && !force) return;
     var d = target - v.currentTime;
     if (loop()) {
       if (d > dur / 2) d -= dur;
       else if (d < -dur / 2) d += dur;
     }
-    if (force || Math.abs(d) > SEEK) { v.currentTime = target; v.playbackRate = 1; }
+    if (force || Math.abs(d) > SEEK) { seekTo(v, target, dur); v.playbackRate = 1; }
     else if (Math.abs(d) > TOL) v.playbackRate = Math.min(1.5, Math.max(0.5, 1 + d * 2));
     else if (v.playbackRate !== 1) v.playbackRate = 1;
     if (v.paused && (!v.ended || loop())) v.play().catch(function () {});
