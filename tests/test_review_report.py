@@ -114,3 +114,48 @@ def test_conditioning_images_are_named_by_their_file_as_in_the_manifest(tmp_path
     files = [f"inputs/{decode_data_uri(uri).file_name}" for uri in images]  # type: ignore[union-attr]
     assert data["axes"] == [{"name": "image", "labels": files}]
     assert "data:" not in (tmp_path / "report.html").read_text()
+
+
+def test_serving_on_every_address_warns_and_still_refuses_a_rebound_name(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from starlette.testclient import TestClient
+
+    from orchestrator.locate import locate
+    from orchestrator.report.serve import create_app
+
+    from .waiting import PATIENCE
+
+    folder = tmp_path / "sweep"
+    synthetic_sweep(folder, {"seed": [1, 2]}, sample_videos(tmp_path / "samples", 1))
+    store = folder / "comfysweep.db"
+    app = create_app(locate(None, str(store)), any_address=True)
+    with TestClient(app, base_url="http://192.168.1.5:8000") as client:
+        assert client.get("/").status_code == 200  # a neighbour by this machine's address
+        assert client.get("/", headers={"host": "[fe80::1]:8000"}).status_code == 200
+        # a site that points its own name at this machine (DNS rebinding) reads nothing
+        assert client.get("/", headers={"host": "evil.example:8000"}).status_code == 400
+        assert client.get("/api/ratings", headers={"host": "evil.example"}).status_code == 400
+    command = [sys.executable, "-m", "orchestrator", "report", "--store", str(store)]
+    with subprocess.Popen(
+        [*command, "--serve", "--host", "0.0.0.0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            url = proc.stdout.readline().strip()
+            port = url.rsplit(":", 1)[1].rstrip("/")
+            assert proc.stderr.readline() == (
+                f"warning: --host 0.0.0.0 serves the report to every network this machine is "
+                f"on: anyone who reaches port {port} sees the sweep and can rate it\n"
+            )
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=PATIENCE) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
