@@ -159,3 +159,19 @@ def test_serving_on_every_address_warns_and_still_refuses_a_rebound_name(tmp_pat
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_a_filter_on_an_x_or_y_input_narrows_the_mosaic_to_that_column(tmp_path: Path) -> None:
+    folder = tmp_path / "sweep"
+    shape = {"seed": list(range(21)), "steps": list(range(20))}  # 420 cells: over MAX_CELLS
+    synthetic_sweep(folder, shape, sample_videos(tmp_path / "samples", 1))
+    store = str(folder / "comfysweep.db")
+    too_big = report("--store", store, "--video")
+    assert too_big.exit_code == 1
+    assert too_big.stderr.endswith("narrow the view with --filter INPUT=VALUE\n"), too_big.stderr
+    narrowed = report("--store", store, "--video", "--filter", "seed=3")
+    assert narrowed.exit_code == 0, narrowed.stderr
+    assert narrowed.output == f"{folder / 'report.mp4'}: 20 cells\n"
+    with av.open(str(folder / "report.mp4")) as mosaic:
+        stream = mosaic.streams.video[0]
+        assert stream.width < stream.height  # one column of 20 rows

@@ -153,8 +153,8 @@ _ORDER = {"pick": 0, "up": 1}
 
 
 def xy_grid(view: View) -> Grid:
-    """The view's X/Y grid on its Z tab, filtered; of several jobs in a cell the one picked,
-    else rated up, else done, else the first."""
+    """The view's X/Y grid on its Z tab, filtered (a filter on X or Y keeps that one column or
+    row); of several jobs in a cell the one picked, else rated up, else done, else the first."""
     names = view.varying()
     xs = view.axis(view.x).labels if view.x else [""]
     ys = view.axis(view.y).labels if view.y else [""]
@@ -175,8 +175,10 @@ def xy_grid(view: View) -> Grid:
         held = slots.get(at)
         if held is None or _rank(cell) < _rank(held):
             slots[at] = cell
-    cells = [[slots.get((r, c)) for c in range(len(xs))] for r in range(len(ys))]
-    return Grid(xs, ys, tab, cells)
+    rows = range(len(ys)) if yi not in want else [want[yi]]  # a filtered Y: its one row
+    columns = range(len(xs)) if xi not in want else [want[xi]]
+    cells = [[slots.get((r, c)) for c in columns] for r in rows]
+    return Grid([xs[c] for c in columns], [ys[r] for r in rows], tab, cells)
 
 
 def _rank(cell: Cell) -> tuple[int, int]:
