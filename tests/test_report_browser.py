@@ -384,3 +384,42 @@ def test_a_seek_slower_than_the_drift_allows_still_lands_in_step(
     knock_out_of_step(browser, "#grid video")
     until(browser, "window.slowSeeks.landed >= 2", "the page's own seek landed")
     assert_in_sync(browser, "#grid video", 2)
+
+
+def test_long_labels_leave_the_grid_in_view(tmp_path: Path, browser: Any) -> None:
+    import sqlite3
+    from contextlib import closing
+
+    folder = tmp_path / "long"
+    jobs = synthetic_sweep(
+        folder, {"seed": [1, 2], "steps": [4, 8]}, sample_videos(tmp_path / "samples", 1)
+    )
+    prompts = ["a fox " * 60 + "END", "\u202eW" + "W" * 400]  # prompts on Y, one unbroken
+    with closing(sqlite3.connect(folder / "comfysweep.db")) as raw, raw:
+        for job in jobs:
+            inputs = job.inputs | {"56_text": prompts[job.index % 2]}
+            raw.execute("UPDATE jobs SET inputs = ? WHERE key = ?", (json.dumps(inputs), job.key))
+    store = str(folder / "comfysweep.db")
+    result = CliRunner().invoke(cli, ["report", "--store", store, "--y", "prompt", "--z", "seed"])
+    assert result.exit_code == 0, result.output
+    browser.get((folder / "report.html").as_uri() + "#x=steps&y=prompt&z=&f.seed=")
+    until(browser, "document.querySelectorAll('.tile').length === 4", "4 tiles")
+    sizes = browser.execute_script(
+        "var r = function (s) { return Array.from(document.querySelectorAll(s)).map("
+        " function (e) { return e.getBoundingClientRect().width; }); };"
+        "return {y: r('th.ylabel'), tile: document.querySelector('.tile').getBoundingClientRect()"
+        ".left, filter: r('#filters select'), width: innerWidth,"
+        " titles: Array.from(document.querySelectorAll('th.ylabel')).map("
+        "  function (e) { return e.title; })};"
+    )
+    assert max(sizes["y"]) <= 320, sizes
+    assert sizes["tile"] < sizes["width"] / 2, sizes
+    assert sorted(sizes["titles"]) == sorted(prompts)  # the whole text on hover
+    browser.get((folder / "report.html").as_uri() + "#x=steps&y=seed&z=prompt")
+    until(browser, "document.querySelectorAll('.tab').length === 2", "2 tabs")
+    tabs = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.tab')).map(function (e) {"
+        " return [e.getBoundingClientRect().width, e.title]; })"
+    )
+    assert all(width <= 400 for width, _ in tabs), tabs
+    assert sorted(title for _, title in tabs) == sorted(f"prompt = {p}" for p in prompts)

@@ -121,6 +121,7 @@
     labels.forEach(function (l) {
       var b = el("button", "tab", view.z + " = " + l);
       b.type = "button";
+      b.title = b.textContent;
       b.dataset.value = l;
       b.setAttribute("aria-selected", String(l === view.tab));
       b.addEventListener("click", function () { view.tab = l; update(); });
@@ -225,6 +226,13 @@
     reconcile();
   }, { rootMargin: "100px" }) : null;
 
+  function axisLabel(cls, text) { // a long value (a prompt) is cut to a few lines; hover: all
+    var th = el("th", cls);
+    th.title = text;
+    th.appendChild(el("div", "label", text));
+    return th;
+  }
+
   function renderGrid() {
     live.forEach(drop);
     visible.clear();
@@ -244,13 +252,13 @@
     table.id = "table";
     var head = el("tr");
     head.appendChild(el("th", "corner", (view.y || "") + (view.x ? " \\ " + view.x : "")));
-    xs.forEach(function (l) { head.appendChild(el("th", "xlabel", view.x ? l : "")); });
+    xs.forEach(function (l) { head.appendChild(axisLabel("xlabel", view.x ? l : "")); });
     table.appendChild(el("thead")).appendChild(head);
     var body = table.appendChild(el("tbody"));
     ys.forEach(function (yl, r) {
       var tr = el("tr");
       tr.dataset.row = String(r);
-      tr.appendChild(el("th", "ylabel", view.y ? yl : ""));
+      tr.appendChild(axisLabel("ylabel", view.y ? yl : ""));
       xs.forEach(function (xl, col) {
         var td = el("td", "cell");
         td.dataset.x = view.x ? xl : "";
@@ -481,8 +489,8 @@
         sync(v, masterTime(), true);
       };
     });
-    $("ab-label-a").textContent = "A: " + label(ca);
-    $("ab-label-b").textContent = "B: " + label(cb);
+    $("ab-label-a").textContent = $("ab-label-a").title = "A: " + label(ca);
+    $("ab-label-b").textContent = $("ab-label-b").title = "B: " + label(cb);
     box.hidden = false;
     wipe();
   }
