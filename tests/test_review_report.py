@@ -175,3 +175,21 @@ def test_a_filter_on_an_x_or_y_input_narrows_the_mosaic_to_that_column(tmp_path:
     with av.open(str(folder / "report.mp4")) as mosaic:
         stream = mosaic.streams.video[0]
         assert stream.width < stream.height  # one column of 20 rows
+
+
+def test_a_hostile_rating_body_is_refused_not_a_server_error(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from orchestrator.locate import locate
+    from orchestrator.report.serve import create_app
+
+    folder = tmp_path / "sweep"
+    synthetic_sweep(folder, {"seed": [1, 2]}, sample_videos(tmp_path / "samples", 1))
+    app = create_app(locate(None, str(folder / "comfysweep.db")))
+    json_type = {"content-type": "application/json"}
+    with TestClient(app, base_url="http://127.0.0.1:8000", raise_server_exceptions=False) as c:
+        deep = c.post("/api/rating", content=b"[" * 100_000, headers=json_type)
+        assert (deep.status_code, deep.json()) == (400, {"error": "the body is not JSON"})
+        huge = c.post("/api/rating", content=b" " * (2 << 20) + b"{}", headers=json_type)
+        assert huge.status_code == 413
+        assert huge.json() == {"error": "a rating's body is at most 1 MiB"}

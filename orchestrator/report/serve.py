@@ -11,6 +11,7 @@ server's own origin (another site cannot rate through the user's browser).
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -48,6 +49,7 @@ __all__ = ["create_app", "serve_report"]
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+MAX_BODY = 1 << 20  # a rating is a key and a row of keys
 
 
 def create_app(
@@ -73,15 +75,10 @@ def create_app(
         return HTMLResponse(render_page(view, served=True), headers={"cache-control": "no-store"})
 
     async def rating(request: Request) -> Response:
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            return _problem(415, "send the rating as application/json")
-        origin = request.headers.get("origin")
-        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
-            return _problem(403, f"ratings come from this server's own page, not from {origin}")
         try:
-            body = await request.json()
-        except ValueError:
-            return _problem(400, "the body is not JSON")
+            body = await _json_from_own_page(request)
+        except _Refused as refused:
+            return refused.response
         problem = _bad_rating(body)
         if problem:
             return _problem(400, problem)
@@ -148,6 +145,31 @@ class _HostCheck:
         except ValueError:
             return False
         return self.any_address
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.response = _problem(status, message)
+
+
+async def _json_from_own_page(request: Request) -> Any:
+    """The request's JSON body, refused unless JSON, from the server's own origin (when the
+    browser names one), at most MAX_BODY bytes."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise _Refused(415, "send the rating as application/json")
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        raise _Refused(403, f"ratings come from this server's own page, not from {origin}")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise _Refused(413, "a rating's body is at most 1 MiB")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # "[[[[..." nests past the parser's depth
+        raise _Refused(400, "the body is not JSON") from None
 
 
 def _problem(status: int, message: str) -> Response:
