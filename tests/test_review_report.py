@@ -193,3 +193,15 @@ def test_a_hostile_rating_body_is_refused_not_a_server_error(tmp_path: Path) -> 
         huge = c.post("/api/rating", content=b" " * (2 << 20) + b"{}", headers=json_type)
         assert huge.status_code == 413
         assert huge.json() == {"error": "a rating's body is at most 1 MiB"}
+
+
+def test_two_sweeps_pages_in_one_folder_keep_each_other_s_posters(tmp_path: Path) -> None:
+    pages = tmp_path / "pages"
+    for n, name in enumerate(["one", "two"]):
+        folder = tmp_path / name
+        synthetic_sweep(folder, {"seed": [1, 2]}, sample_videos(tmp_path / f"samples{n}", 2))
+        out = pages / f"{name}.html"
+        assert report("--store", str(folder / "comfysweep.db"), "--out", str(out)).exit_code == 0
+    for name in ("one", "two"):
+        posters = [c["p"] for c in page_data(pages / f"{name}.html")["cells"]]
+        assert all(p and (pages / p).is_file() for p in posters), (name, posters)

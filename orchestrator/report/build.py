@@ -89,7 +89,8 @@ def write_report(
     posters = Posters(out.parent / ASSETS)
     add_posters(view, results, out.parent, posters)
     write_page(view, out)
-    posters.prune()
+    # another report in the same folder (--out) shares report_assets/: its posters stay
+    posters.prune([p for p in out.parent.glob("*.htm*") if p.is_file() and p != out])
     return Written(out, len(view.cells), posters.made, posters.reused)
 
 
