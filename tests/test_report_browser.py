@@ -423,3 +423,20 @@ def test_long_labels_leave_the_grid_in_view(tmp_path: Path, browser: Any) -> Non
     )
     assert all(width <= 400 for width, _ in tabs), tabs
     assert sorted(title for _, title in tabs) == sorted(f"prompt = {p}" for p in prompts)
+
+
+def test_a_stale_link_s_filter_value_shows_all_rather_than_nothing(
+    tmp_path: Path, browser: Any
+) -> None:
+    folder = tmp_path / "stale"
+    synthetic_sweep(
+        folder, {"seed": [1, 2], "steps": [4, 8], "cfg": [3, 5]}, sample_videos(tmp_path / "s", 1)
+    )
+    assert (
+        CliRunner().invoke(cli, ["report", "--store", str(folder / "comfysweep.db")]).exit_code == 0
+    )
+    # a link made before the sweep changed: seed 9 is no longer there
+    browser.get((folder / "report.html").as_uri() + "#x=steps&y=cfg&z=&f.seed=9")
+    until(browser, "document.querySelectorAll('.tile').length === 8", "every tile (seed: all)")
+    assert browser.execute_script("return document.querySelector('#filters select').value") == ""
+    assert "f.seed" not in browser.execute_script("return location.hash")

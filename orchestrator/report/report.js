@@ -42,8 +42,11 @@
       view[k] = v === "" || axisAt[v] === undefined ? null : v;
     });
     if (p.has("tab")) view.tab = p.get("tab");
-    p.forEach(function (v, k) {
-      if (k.indexOf("f.") === 0 && axisAt[k.slice(2)] !== undefined) view.filters[k.slice(2)] = v;
+    p.forEach(function (v, k) { // a value no job has (a link older than the sweep) is "all"
+      var name = k.slice(2);
+      if (k.indexOf("f.") === 0 && axisAt[name] !== undefined) {
+        view.filters[name] = axes[axisAt[name]].labels.indexOf(v) >= 0 ? v : "";
+      }
     });
     view.ab = (p.get("ab") || "").split(",").filter(function (k) { return byKey.has(k); }).slice(0, 2);
     view.abOpen = p.get("abv") === "1" && view.ab.length === 2;
