@@ -440,3 +440,26 @@ def test_a_stale_link_s_filter_value_shows_all_rather_than_nothing(
     until(browser, "document.querySelectorAll('.tile').length === 8", "every tile (seed: all)")
     assert browser.execute_script("return document.querySelector('#filters select').value") == ""
     assert "f.seed" not in browser.execute_script("return location.hash")
+
+
+def test_an_orphaned_job_is_marked_as_no_longer_in_the_spec(tmp_path: Path, browser: Any) -> None:
+    import sqlite3
+    from contextlib import closing
+
+    folder = tmp_path / "orphans"
+    jobs = synthetic_sweep(folder, {"seed": [1, 2]}, sample_videos(tmp_path / "s", 1))
+    with closing(sqlite3.connect(folder / "comfysweep.db")) as raw, raw:
+        raw.execute("UPDATE jobs SET in_spec = 0 WHERE key = ?", (jobs[0].key,))
+    assert (
+        CliRunner().invoke(cli, ["report", "--store", str(folder / "comfysweep.db")]).exit_code == 0
+    )
+    browser.get((folder / "report.html").as_uri())
+    until(browser, "document.querySelectorAll('.tile').length === 2", "2 tiles")
+    marked = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.tile')).map(function (t) {"
+        " return [t.dataset.key, !!t.querySelector('.orphaned'), t.title]; })"
+    )
+    for key, badge, title in marked:
+        orphan = key == jobs[0].key
+        assert badge == orphan
+        assert ("orphaned: no longer in the spec" in title) == orphan, title

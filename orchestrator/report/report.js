@@ -161,6 +161,7 @@
     Object.keys(ins).forEach(function (k) { lines.push(k + ": " + ins[k]); });
     if (c.e) lines.push("error: " + c.e);
     if (c.r) lines.push("rating: " + c.r);
+    if (c.o) lines.push("orphaned: no longer in the spec (kept, never submitted again)");
     return lines.join("\n");
   }
 
@@ -190,6 +191,7 @@
       media.appendChild(el("div", "noposter", c.f ? "video" : c.s));
     }
     if (c.s !== "done") media.appendChild(el("span", "state state-" + c.s, c.s));
+    if (c.o) media.appendChild(el("span", "orphaned", "orphaned"));
     t.appendChild(media);
     if (c.e) t.appendChild(el("div", "error", c.e));
     var cap = caption(c);

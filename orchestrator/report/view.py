@@ -60,6 +60,7 @@ class Cell:
     error: str | None
     rating: str | None
     seconds: float | None
+    orphaned: bool = False  # no longer in the spec: kept, never submitted again
 
 
 @dataclass
@@ -111,6 +112,7 @@ class View:
                     "p": c.poster,
                     "e": c.error,
                     "r": c.rating,
+                    "o": c.orphaned,
                 }
                 for c in self.cells
             ],
@@ -312,6 +314,7 @@ def _cell(row: JobRow, inputs: dict[str, Any], results: Path, page_dir: Path) ->
         error=error,
         rating=None,
         seconds=_seconds(row),
+        orphaned=not row.in_spec,
     )
 
 
