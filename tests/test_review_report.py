@@ -205,3 +205,23 @@ def test_two_sweeps_pages_in_one_folder_keep_each_other_s_posters(tmp_path: Path
     for name in ("one", "two"):
         posters = [c["p"] for c in page_data(pages / f"{name}.html")["cells"]]
         assert all(p and (pages / p).is_file() for p in posters), (name, posters)
+
+
+def test_the_server_never_serves_a_store_of_another_name_in_the_folder(tmp_path: Path) -> None:
+    import shutil
+
+    from starlette.testclient import TestClient
+
+    from orchestrator.locate import locate
+    from orchestrator.report.serve import create_app
+
+    folder = tmp_path / "sweep"
+    synthetic_sweep(folder, {"seed": [1, 2]}, sample_videos(tmp_path / "samples", 1))
+    store = folder / "my.sqlite"
+    shutil.move(folder / "comfysweep.db", store)
+    (folder / "my.sqlite-wal").write_bytes(b"wal")
+    app = create_app(locate(None, str(store)))
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        assert client.get("/").status_code == 200
+        for name in ("/my.sqlite", "/my.sqlite-wal"):
+            assert client.get(name).status_code == 404, name

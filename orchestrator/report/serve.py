@@ -67,6 +67,7 @@ def create_app(
     """
     results = results_of(located)
     root = Path(os.path.realpath(results))
+    store = Path(os.path.realpath(located.store))  # whatever its name: never served
     load_view(located, axes)
 
     def page(request: Request) -> Response:
@@ -100,7 +101,8 @@ def create_app(
         target = Path(os.path.realpath(root / wanted))
         if not target.is_relative_to(root) or target == root or not target.is_file():
             return _problem(404, "not found")
-        if target.relative_to(root).parts[0].startswith(STORE_FILE):
+        first = target.relative_to(root).parts[0]
+        if first.startswith(STORE_FILE) or _store_file(target, store):
             return _problem(404, "not found")
         return FileResponse(target)
 
@@ -170,6 +172,11 @@ async def _json_from_own_page(request: Request) -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError):  # "[[[[..." nests past the parser's depth
         raise _Refused(400, "the body is not JSON") from None
+
+
+def _store_file(target: Path, store: Path) -> bool:
+    """``target`` is the store or one of its -wal, -shm, -journal or .lock files."""
+    return target.parent == store.parent and target.name.startswith(store.name)
 
 
 def _problem(status: int, message: str) -> Response:
