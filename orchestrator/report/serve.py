@@ -211,6 +211,8 @@ def serve_report(
     names = [*LOOPBACK, host, *((socket.gethostname(), socket.getfqdn()) if wildcard else ())]
     app = create_app(located, axes, hosts=names, any_address=wildcard)
     sock = bind(host, port)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # before the URL: a Ctrl-C then exits quietly
+        signal.signal(signum, _exit_quietly)
     shown_host, shown_port = sock.getsockname()[:2]
     if shown_host in ("0.0.0.0", "::"):
         shown_host = "127.0.0.1"
@@ -222,8 +224,6 @@ def serve_report(
             f"warning: --host {host} serves the report to every network this machine is on: "
             f"anyone who reaches port {shown_port} sees the sweep and can rate it"
         )
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _exit_quietly)
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1
     )
