@@ -463,3 +463,29 @@ def test_an_orphaned_job_is_marked_as_no_longer_in_the_spec(tmp_path: Path, brow
         orphan = key == jobs[0].key
         assert badge == orphan
         assert ("orphaned: no longer in the spec" in title) == orphan, title
+
+
+def test_a_link_picking_a_cell_without_video_for_a_b_opens_no_wipe(
+    tmp_path: Path, browser: Any
+) -> None:
+    import sqlite3
+    from contextlib import closing
+
+    folder = tmp_path / "ab"
+    jobs = synthetic_sweep(folder, {"seed": [1, 2, 3]}, sample_videos(tmp_path / "s", 1))
+    with closing(sqlite3.connect(folder / "comfysweep.db")) as raw, raw:
+        raw.execute(
+            "UPDATE jobs SET state = 'failed', outputs = '[]' WHERE key = ?", (jobs[0].key,)
+        )
+    assert (
+        CliRunner().invoke(cli, ["report", "--store", str(folder / "comfysweep.db")]).exit_code == 0
+    )
+    # a link made when the first job still had its video
+    link = f"#x=seed&y=&z=&ab={jobs[0].key},{jobs[1].key}&abv=1"
+    browser.get((folder / "report.html").as_uri() + link)
+    until(browser, "document.querySelectorAll('.tile').length === 3", "3 tiles")
+    assert browser.execute_script("return document.getElementById('ab').hidden")
+    assert (
+        browser.execute_script("return document.getElementById('ab-a').getAttribute('src')") is None
+    )
+    assert browser.execute_script("return window.comfysweepReport.view.ab") == [jobs[1].key]

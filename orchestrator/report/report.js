@@ -48,7 +48,9 @@
         view.filters[name] = axes[axisAt[name]].labels.indexOf(v) >= 0 ? v : "";
       }
     });
-    view.ab = (p.get("ab") || "").split(",").filter(function (k) { return byKey.has(k); }).slice(0, 2);
+    view.ab = (p.get("ab") || "").split(",").filter(function (k) { // only cells with a video
+      return byKey.has(k) && !!byKey.get(k).f;
+    }).slice(0, 2);
     view.abOpen = p.get("abv") === "1" && view.ab.length === 2;
     view.summary = p.get("summary") === "1";
     ["x", "y", "z"].forEach(function (k, i, all) { // one input on one axis only
