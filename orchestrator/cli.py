@@ -718,7 +718,8 @@ def export(
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="File to write (default: report.html, or report.mp4 with --video, in the results folder).",
+    help="File to write, .html (with --video: .mp4); default report.html (report.mp4) in the "
+    "results folder. Never the store, a job's output or an input.",
 )
 @click.option(
     "--video", is_flag=True, help="Write the X/Y view as one labelled mosaic MP4 instead."

@@ -35,14 +35,14 @@ class Job:
     sources: dict[str, str] = field(default_factory=dict)
 
 
-def sample_videos(folder: Path, n: int) -> list[Path]:
-    """``n`` small distinct MP4s (the emulator's renderer), made once per folder."""
+def sample_videos(folder: Path, n: int, frames: int = 17) -> list[Path]:
+    """``n`` small distinct MP4s of ``frames`` frames at 16 fps, made once per folder."""
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for i in range(n):
-        path = folder / f"sample-{i}.mp4"
+        path = folder / (f"sample-{i}.mp4" if frames == 17 else f"sample-{i}-{frames}f.mp4")
         if not path.exists():
-            _encode(path, i)
+            _encode(path, i, frames=frames)
         out.append(path)
     return out
 

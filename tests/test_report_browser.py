@@ -89,31 +89,57 @@ def until(driver: Any, script: str, what: str) -> Any:
     )
 
 
-SPREAD = """
+SAMPLE = """
 var vs = Array.from(document.querySelectorAll(arguments[0]));
-var ts = vs.map(function (v) { return v.currentTime; });
+if (vs.length < arguments[1]) return null;
+var ready = vs.every(function (v) { return !v.paused && !v.seeking && v.readyState >= 3; });
+if (!ready) return null; // not started yet, or waiting on a seek or on data: no verdict
+var ts = vs.map(function (v) { return v.currentTime; }); // one script, one moment: no skew
 var dur = Math.min.apply(null, vs.map(function (v) { return v.duration; }));
 var worst = 0;
 ts.forEach(function (a) { ts.forEach(function (b) {
   var d = Math.abs(a - b) % dur; worst = Math.max(worst, Math.min(d, dur - d)); }); });
-return [worst, ts, window.comfysweepReport.masterTime()];
+return {worst: worst, times: ts, master: window.comfysweepReport.masterTime()};
 """
 
-PLAYING = (
-    "Array.from(document.querySelectorAll('{sel}')).length >= {n} && "
-    "Array.from(document.querySelectorAll('{sel}')).every(function (v) {{"
-    " return !v.paused && v.readyState >= 3 && v.currentTime > 0.1; }})"
-)
+IN_STEP = 6  # consecutive samples within two frames
 
 
 def assert_in_sync(driver: Any, selector: str, count: int) -> None:
-    until(driver, PLAYING.format(sel=selector, n=count), f"{count} videos playing")
-    last = -1.0
-    for _ in range(6):
-        # each sample at a new master time: the videos are compared as they play on
-        until(driver, f"window.comfysweepReport.masterTime() !== {last}", "the clock moves on")
-        worst, times, last = driver.execute_script(SPREAD, selector)
-        assert worst <= 2 * FRAME, (worst, times)
+    """The ``count`` videos play within two frames of each other for IN_STEP samples in a row
+    (each at a new master time, every video's time read in one script).
+
+    A sample while a video has not started, seeks or waits for data gives no verdict, and one
+    out of step starts the count again: a loaded machine stalls a decoder now and then, and the
+    page must bring it back. Only a page that never holds them together fails, at the deadline.
+    """
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    seen: list[dict[str, Any]] = []
+    run = [0]
+
+    def in_step(d: Any) -> bool:
+        sample = d.execute_script(SAMPLE, selector, count)
+        if sample is None or (seen and sample["master"] == seen[-1]["master"]):
+            return False
+        seen.append(sample)
+        run[0] = run[0] + 1 if sample["worst"] <= 2 * FRAME else 0
+        return run[0] >= IN_STEP
+
+    try:
+        WebDriverWait(driver, PATIENCE, poll_frequency=0.05).until(in_step)
+    except TimeoutException:
+        raise AssertionError(f"{selector}: never {IN_STEP} samples in sync: {seen[-8:]}") from None
+
+
+def knock_out_of_step(driver: Any, selector: str) -> None:
+    """Put one playing video a third of its length away, as a long stall would."""
+    driver.execute_script(
+        "var v = document.querySelector(arguments[0]);"
+        "v.currentTime = (v.currentTime + v.duration / 3) % v.duration;",
+        selector,
+    )
 
 
 def test_the_page_shows_the_sweep_plays_in_sync_switches_axes_and_wipes(
@@ -172,6 +198,8 @@ def test_the_page_shows_the_sweep_plays_in_sync_switches_axes_and_wipes(
     until(browser, "document.querySelector('.tile video').paused", "it stops when left")
     browser.find_element(By.ID, "play").click()
     assert_in_sync(browser, "#grid video", 4)
+    knock_out_of_step(browser, "#grid video")
+    assert_in_sync(browser, "#grid video", 4)  # the page brought it back
     shot(browser, artifacts, "report-grid")
     sources = browser.execute_script(
         "return Array.from(document.querySelectorAll('#grid video')).map(function (v) {"
@@ -229,6 +257,8 @@ def test_the_page_shows_the_sweep_plays_in_sync_switches_axes_and_wipes(
     )
     clip = browser.execute_script("return document.getElementById('ab-a').style.clipPath")
     assert clip == "inset(0px 70% 0px 0px)"
+    assert_in_sync(browser, "#ab video", 2)
+    knock_out_of_step(browser, "#ab-b")
     assert_in_sync(browser, "#ab video", 2)
     shot(browser, artifacts, "report-ab")
 
@@ -314,3 +344,148 @@ def test_the_served_page_rates_cells_into_the_store(
         server.should_exit = True
         thread.join(PATIENCE)
         sock.close()
+
+
+SLOW_SEEKS = """
+// Every seek takes 0.6 s (a slow machine's decoder): the element reports seeking, and a new
+// seek meanwhile restarts it, as a browser does.
+var proto = HTMLMediaElement.prototype;
+var time = Object.getOwnPropertyDescriptor(proto, "currentTime");
+var seeking = Object.getOwnPropertyDescriptor(proto, "seeking");
+window.slowSeeks = {restarted: 0, landed: 0};
+Object.defineProperty(proto, "currentTime", {configurable: true,
+  get: function () { return this._slow ? this._slowTo : time.get.call(this); },
+  set: function (t) {
+    var v = this;
+    if (v._slow) { clearTimeout(v._slow); window.slowSeeks.restarted++; }
+    v._slowTo = t;
+    v._slow = setTimeout(function () {
+      v._slow = null; time.set.call(v, t); window.slowSeeks.landed++; }, 600);
+  }});
+Object.defineProperty(proto, "seeking", {configurable: true,
+  get: function () { return !!this._slow || seeking.get.call(this); }});
+"""
+
+
+def test_a_seek_slower_than_the_drift_allows_still_lands_in_step(
+    tmp_path: Path, browser: Any
+) -> None:
+    folder = tmp_path / "slow"
+    videos = sample_videos(tmp_path / "samples", 2, frames=81)  # 5 s: longer than a few seeks
+    synthetic_sweep(folder, {"seed": [1, 2]}, videos)
+    assert (
+        CliRunner().invoke(cli, ["report", "--store", str(folder / "comfysweep.db")]).exit_code == 0
+    )
+    browser.get((folder / "report.html").as_uri())
+    until(browser, "window.comfysweepReport.liveCount() === 2", "two videos")
+    browser.execute_script(SLOW_SEEKS)
+    browser.find_element("id", "play").click()
+    assert_in_sync(browser, "#grid video", 2)
+    knock_out_of_step(browser, "#grid video")
+    until(browser, "window.slowSeeks.landed >= 2", "the page's own seek landed")
+    assert_in_sync(browser, "#grid video", 2)
+
+
+def test_long_labels_leave_the_grid_in_view(tmp_path: Path, browser: Any) -> None:
+    import sqlite3
+    from contextlib import closing
+
+    folder = tmp_path / "long"
+    jobs = synthetic_sweep(
+        folder, {"seed": [1, 2], "steps": [4, 8]}, sample_videos(tmp_path / "samples", 1)
+    )
+    prompts = ["a fox " * 60 + "END", "\u202eW" + "W" * 400]  # prompts on Y, one unbroken
+    with closing(sqlite3.connect(folder / "comfysweep.db")) as raw, raw:
+        for job in jobs:
+            inputs = job.inputs | {"56_text": prompts[job.index % 2]}
+            raw.execute("UPDATE jobs SET inputs = ? WHERE key = ?", (json.dumps(inputs), job.key))
+    store = str(folder / "comfysweep.db")
+    result = CliRunner().invoke(cli, ["report", "--store", store, "--y", "prompt", "--z", "seed"])
+    assert result.exit_code == 0, result.output
+    browser.get((folder / "report.html").as_uri() + "#x=steps&y=prompt&z=&f.seed=")
+    until(browser, "document.querySelectorAll('.tile').length === 4", "4 tiles")
+    sizes = browser.execute_script(
+        "var r = function (s) { return Array.from(document.querySelectorAll(s)).map("
+        " function (e) { return e.getBoundingClientRect().width; }); };"
+        "return {y: r('th.ylabel'), tile: document.querySelector('.tile').getBoundingClientRect()"
+        ".left, filter: r('#filters select'), width: innerWidth,"
+        " titles: Array.from(document.querySelectorAll('th.ylabel')).map("
+        "  function (e) { return e.title; })};"
+    )
+    assert max(sizes["y"]) <= 320, sizes
+    assert sizes["tile"] < sizes["width"] / 2, sizes
+    assert sorted(sizes["titles"]) == sorted(prompts)  # the whole text on hover
+    browser.get((folder / "report.html").as_uri() + "#x=steps&y=seed&z=prompt")
+    until(browser, "document.querySelectorAll('.tab').length === 2", "2 tabs")
+    tabs = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.tab')).map(function (e) {"
+        " return [e.getBoundingClientRect().width, e.title]; })"
+    )
+    assert all(width <= 400 for width, _ in tabs), tabs
+    assert sorted(title for _, title in tabs) == sorted(f"prompt = {p}" for p in prompts)
+
+
+def test_a_stale_link_s_filter_value_shows_all_rather_than_nothing(
+    tmp_path: Path, browser: Any
+) -> None:
+    folder = tmp_path / "stale"
+    synthetic_sweep(
+        folder, {"seed": [1, 2], "steps": [4, 8], "cfg": [3, 5]}, sample_videos(tmp_path / "s", 1)
+    )
+    assert (
+        CliRunner().invoke(cli, ["report", "--store", str(folder / "comfysweep.db")]).exit_code == 0
+    )
+    # a link made before the sweep changed: seed 9 is no longer there
+    browser.get((folder / "report.html").as_uri() + "#x=steps&y=cfg&z=&f.seed=9")
+    until(browser, "document.querySelectorAll('.tile').length === 8", "every tile (seed: all)")
+    assert browser.execute_script("return document.querySelector('#filters select').value") == ""
+    assert "f.seed" not in browser.execute_script("return location.hash")
+
+
+def test_an_orphaned_job_is_marked_as_no_longer_in_the_spec(tmp_path: Path, browser: Any) -> None:
+    import sqlite3
+    from contextlib import closing
+
+    folder = tmp_path / "orphans"
+    jobs = synthetic_sweep(folder, {"seed": [1, 2]}, sample_videos(tmp_path / "s", 1))
+    with closing(sqlite3.connect(folder / "comfysweep.db")) as raw, raw:
+        raw.execute("UPDATE jobs SET in_spec = 0 WHERE key = ?", (jobs[0].key,))
+    assert (
+        CliRunner().invoke(cli, ["report", "--store", str(folder / "comfysweep.db")]).exit_code == 0
+    )
+    browser.get((folder / "report.html").as_uri())
+    until(browser, "document.querySelectorAll('.tile').length === 2", "2 tiles")
+    marked = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.tile')).map(function (t) {"
+        " return [t.dataset.key, !!t.querySelector('.orphaned'), t.title]; })"
+    )
+    for key, badge, title in marked:
+        orphan = key == jobs[0].key
+        assert badge == orphan
+        assert ("orphaned: no longer in the spec" in title) == orphan, title
+
+
+def test_a_link_picking_a_cell_without_video_for_a_b_opens_no_wipe(
+    tmp_path: Path, browser: Any
+) -> None:
+    import sqlite3
+    from contextlib import closing
+
+    folder = tmp_path / "ab"
+    jobs = synthetic_sweep(folder, {"seed": [1, 2, 3]}, sample_videos(tmp_path / "s", 1))
+    with closing(sqlite3.connect(folder / "comfysweep.db")) as raw, raw:
+        raw.execute(
+            "UPDATE jobs SET state = 'failed', outputs = '[]' WHERE key = ?", (jobs[0].key,)
+        )
+    assert (
+        CliRunner().invoke(cli, ["report", "--store", str(folder / "comfysweep.db")]).exit_code == 0
+    )
+    # a link made when the first job still had its video
+    link = f"#x=seed&y=&z=&ab={jobs[0].key},{jobs[1].key}&abv=1"
+    browser.get((folder / "report.html").as_uri() + link)
+    until(browser, "document.querySelectorAll('.tile').length === 3", "3 tiles")
+    assert browser.execute_script("return document.getElementById('ab').hidden")
+    assert (
+        browser.execute_script("return document.getElementById('ab-a').getAttribute('src')") is None
+    )
+    assert browser.execute_script("return window.comfysweepReport.view.ab") == [jobs[1].key]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.conditioning import INPUTS_DIR
 from orchestrator.locate import Located
 from orchestrator.report.page import write_page
 from orchestrator.report.posters import ASSETS, Posters
@@ -17,6 +19,7 @@ from orchestrator.report.view import (
     build_view,
     choose_axes,
 )
+from orchestrator.results import PARTIAL
 from orchestrator.store import Store
 
 __all__ = [
@@ -82,10 +85,12 @@ def write_report(
     if out.is_dir():
         raise ReportError(f"{out} is a folder: give --out a file name such as report.html")
     view = load_view(located, axes, page_dir=out.parent)  # bad axes fail here, before any write
+    _check_out(out, located, view, (".html", ".htm"), "the page is HTML")
     posters = Posters(out.parent / ASSETS)
     add_posters(view, results, out.parent, posters)
     write_page(view, out)
-    posters.prune()
+    # another report in the same folder (--out) shares report_assets/: its posters stay
+    posters.prune([p for p in out.parent.glob("*.htm*") if p.is_file() and p != out])
     return Written(out, len(view.cells), posters.made, posters.reused)
 
 
@@ -96,6 +101,7 @@ def write_video(located: Located, axes: Axes = DEFAULT_AXES, *, out: Path | None
     results = results_of(located)
     out = (out or results / VIDEO).absolute()
     view = load_view(located, axes)
+    _check_out(out, located, view, (".mp4",), "the mosaic is an MP4 video")
     grid = xy_grid(view)
     rows = [
         [
@@ -115,9 +121,28 @@ def write_video(located: Located, axes: Axes = DEFAULT_AXES, *, out: Path | None
     return Written(out, sum(c is not None for row in grid.cells for c in row), 0, 0)
 
 
+def _check_out(
+    out: Path, located: Located, view: View, suffixes: tuple[str, ...], what: str
+) -> None:
+    """Refuse an ``out`` that would replace what the sweep owns: its store, a job's output, a
+    conditioning input or a file the tool writes (a report replaces only a file of its kind)."""
+    if out.suffix.lower() not in suffixes:
+        raise ReportError(f"--out {out}: {what}: give a file name ending in {suffixes[0]}")
+    real = Path(os.path.realpath(out))
+    results = Path(os.path.realpath(results_of(located)))
+    store = Path(os.path.realpath(located.store))
+    if real.parent == store.parent and real.name.startswith(store.name):
+        raise ReportError(f"--out {out} is the sweep's store: give another file name")
+    if real in {Path(os.path.realpath(results / path)) for path in view.outputs}:
+        raise ReportError(f"--out {out} is a job's output: give another file name")
+    if real.parent in {results / INPUTS_DIR, results / ASSETS, results / PARTIAL}:
+        raise ReportError(f"--out {out} is in a folder the tool keeps: give another folder")
+
+
 @dataclass(frozen=True)
 class Grid:
-    """One X/Y page of a view: per Y value a row of cells (None where no job is)."""
+    """One X/Y page of a view: per Y value a row of cells (None where no job is); a view
+    without an X (or Y) axis has one column (row) labelled ""."""
 
     x_labels: list[str]
     y_labels: list[str]
@@ -129,8 +154,8 @@ _ORDER = {"pick": 0, "up": 1}
 
 
 def xy_grid(view: View) -> Grid:
-    """The view's X/Y grid on its Z tab, filtered; of several jobs in a cell the one picked,
-    else rated up, else done, else the first."""
+    """The view's X/Y grid on its Z tab, filtered (a filter on X or Y keeps that one column or
+    row); of several jobs in a cell the one picked, else rated up, else done, else the first."""
     names = view.varying()
     xs = view.axis(view.x).labels if view.x else [""]
     ys = view.axis(view.y).labels if view.y else [""]
@@ -151,8 +176,10 @@ def xy_grid(view: View) -> Grid:
         held = slots.get(at)
         if held is None or _rank(cell) < _rank(held):
             slots[at] = cell
-    cells = [[slots.get((r, c)) for c in range(len(xs))] for r in range(len(ys))]
-    return Grid(xs if view.x else [], ys if view.y else [], tab, cells)
+    rows = range(len(ys)) if yi not in want else [want[yi]]  # a filtered Y: its one row
+    columns = range(len(xs)) if xi not in want else [want[xi]]
+    cells = [[slots.get((r, c)) for c in columns] for r in rows]
+    return Grid([xs[c] for c in columns], [ys[r] for r in rows], tab, cells)
 
 
 def _rank(cell: Cell) -> tuple[int, int]:

@@ -100,7 +100,7 @@ def write_mosaic(
     if count > MAX_CELLS:
         raise MosaicError(
             f"{dest}: a mosaic shows at most {MAX_CELLS} cells and this view has {count} "
-            f"({len(x_labels)} x {len(rows)}); narrow the view"
+            f"({len(x_labels)} x {len(rows)}); narrow the view with --filter INPUT=VALUE"
         )
     with contextlib.ExitStack() as stack:
         sources = [[_open(cell, stack) for cell in row] for row in rows]

@@ -66,10 +66,12 @@ class Posters:
         self._listing().update(t.name for t, ok in made.items() if ok)
         return [None if t is None or made.get(t) is False else t for t in targets]
 
-    def prune(self) -> int:
-        """Remove posters of videos no longer shown; returns how many."""
+    def prune(self, pages: Sequence[Path] = ()) -> int:
+        """Remove posters of videos no longer shown, on this page nor on any of ``pages`` (other
+        reports sharing the folder); returns how many."""
         removed = 0
-        for name in self._listing() - self._used:
+        kept = self._used | _named_in(pages, self.folder.name)
+        for name in self._listing() - kept:
             if _POSTER.fullmatch(name):  # only posters: never a file of someone else's
                 with contextlib.suppress(OSError):
                     (self.folder / name).unlink()
@@ -83,6 +85,17 @@ class Posters:
             except FileNotFoundError:
                 self._existing = set()
         return self._existing
+
+
+def _named_in(pages: Sequence[Path], folder: str) -> set[str]:
+    """The posters ``pages`` link to (``<folder>/<name>.jpg``); a page that cannot be read keeps
+    nothing of its own."""
+    link = re.compile(re.escape(folder) + r"/([0-9a-f]{20}\.jpg)")
+    named: set[str] = set()
+    for page in pages:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            named.update(link.findall(page.read_text(encoding="utf-8")))
+    return named
 
 
 def _name(video: Path) -> str | None:

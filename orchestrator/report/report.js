@@ -42,10 +42,15 @@
       view[k] = v === "" || axisAt[v] === undefined ? null : v;
     });
     if (p.has("tab")) view.tab = p.get("tab");
-    p.forEach(function (v, k) {
-      if (k.indexOf("f.") === 0 && axisAt[k.slice(2)] !== undefined) view.filters[k.slice(2)] = v;
+    p.forEach(function (v, k) { // a value no job has (a link older than the sweep) is "all"
+      var name = k.slice(2);
+      if (k.indexOf("f.") === 0 && axisAt[name] !== undefined) {
+        view.filters[name] = axes[axisAt[name]].labels.indexOf(v) >= 0 ? v : "";
+      }
     });
-    view.ab = (p.get("ab") || "").split(",").filter(function (k) { return byKey.has(k); }).slice(0, 2);
+    view.ab = (p.get("ab") || "").split(",").filter(function (k) { // only cells with a video
+      return byKey.has(k) && !!byKey.get(k).f;
+    }).slice(0, 2);
     view.abOpen = p.get("abv") === "1" && view.ab.length === 2;
     view.summary = p.get("summary") === "1";
     ["x", "y", "z"].forEach(function (k, i, all) { // one input on one axis only
@@ -121,6 +126,7 @@
     labels.forEach(function (l) {
       var b = el("button", "tab", view.z + " = " + l);
       b.type = "button";
+      b.title = b.textContent;
       b.dataset.value = l;
       b.setAttribute("aria-selected", String(l === view.tab));
       b.addEventListener("click", function () { view.tab = l; update(); });
@@ -157,6 +163,7 @@
     Object.keys(ins).forEach(function (k) { lines.push(k + ": " + ins[k]); });
     if (c.e) lines.push("error: " + c.e);
     if (c.r) lines.push("rating: " + c.r);
+    if (c.o) lines.push("orphaned: no longer in the spec (kept, never submitted again)");
     return lines.join("\n");
   }
 
@@ -186,6 +193,7 @@
       media.appendChild(el("div", "noposter", c.f ? "video" : c.s));
     }
     if (c.s !== "done") media.appendChild(el("span", "state state-" + c.s, c.s));
+    if (c.o) media.appendChild(el("span", "orphaned", "orphaned"));
     t.appendChild(media);
     if (c.e) t.appendChild(el("div", "error", c.e));
     var cap = caption(c);
@@ -225,6 +233,13 @@
     reconcile();
   }, { rootMargin: "100px" }) : null;
 
+  function axisLabel(cls, text) { // a long value (a prompt) is cut to a few lines; hover: all
+    var th = el("th", cls);
+    th.title = text;
+    th.appendChild(el("div", "label", text));
+    return th;
+  }
+
   function renderGrid() {
     live.forEach(drop);
     visible.clear();
@@ -244,13 +259,13 @@
     table.id = "table";
     var head = el("tr");
     head.appendChild(el("th", "corner", (view.y || "") + (view.x ? " \\ " + view.x : "")));
-    xs.forEach(function (l) { head.appendChild(el("th", "xlabel", view.x ? l : "")); });
+    xs.forEach(function (l) { head.appendChild(axisLabel("xlabel", view.x ? l : "")); });
     table.appendChild(el("thead")).appendChild(head);
     var body = table.appendChild(el("tbody"));
     ys.forEach(function (yl, r) {
       var tr = el("tr");
       tr.dataset.row = String(r);
-      tr.appendChild(el("th", "ylabel", view.y ? yl : ""));
+      tr.appendChild(axisLabel("ylabel", view.y ? yl : ""));
       xs.forEach(function (xl, col) {
         var td = el("td", "cell");
         td.dataset.x = view.x ? xl : "";
@@ -371,6 +386,26 @@
     return vs;
   }
 
+  // A seek in flight is left to finish: seeking again restarts it, so on a slow machine, where
+  // a seek takes longer than the drift SEEK allows, a video would seek forever and never play.
+  // A playing video's seek aims as far ahead as its last seek took, to land in step.
+  var seeks = new WeakMap(); // video -> {since: when its seek began, cost: seconds the last took}
+
+  function seekTo(v, target, dur) {
+    var s = seeks.get(v) || { since: 0, cost: 0 };
+    var at = target + (clock.playing ? s.cost : 0);
+    s.since = performance.now();
+    seeks.set(v, s);
+    v.currentTime = loop() ? at % dur : Math.min(at, dur - 0.001);
+  }
+
+  document.addEventListener("seeked", function (e) { // media events do not bubble: captured
+    var s = seeks.get(e.target);
+    if (!s || !s.since) return;
+    s.cost = Math.min(2, (performance.now() - s.since) / 1000);
+    s.since = 0;
+  }, true);
+
   function sync(v, t, force) {
     var dur = v.duration;
     if (!dur || !isFinite(dur)) return;
@@ -378,16 +413,17 @@
     if (!clock.playing) {
       if (v.dataset.solo) return;
       if (!v.paused) v.pause();
-      if (force || Math.abs(v.currentTime - target) > TOL) v.currentTime = target;
+      if (force || (!v.seeking && Math.abs(v.currentTime - target) > TOL)) seekTo(v, target, dur);
       return;
     }
     if (v.loop !== loop()) v.loop = loop();
+    if (v.seeking && !force) return;
     var d = target - v.currentTime;
     if (loop()) {
       if (d > dur / 2) d -= dur;
       else if (d < -dur / 2) d += dur;
     }
-    if (force || Math.abs(d) > SEEK) { v.currentTime = target; v.playbackRate = 1; }
+    if (force || Math.abs(d) > SEEK) { seekTo(v, target, dur); v.playbackRate = 1; }
     else if (Math.abs(d) > TOL) v.playbackRate = Math.min(1.5, Math.max(0.5, 1 + d * 2));
     else if (v.playbackRate !== 1) v.playbackRate = 1;
     if (v.paused && (!v.ended || loop())) v.play().catch(function () {});
@@ -460,8 +496,8 @@
         sync(v, masterTime(), true);
       };
     });
-    $("ab-label-a").textContent = "A: " + label(ca);
-    $("ab-label-b").textContent = "B: " + label(cb);
+    $("ab-label-a").textContent = $("ab-label-a").title = "A: " + label(ca);
+    $("ab-label-b").textContent = $("ab-label-b").title = "B: " + label(cb);
     box.hidden = false;
     wipe();
   }

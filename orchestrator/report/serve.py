@@ -10,8 +10,11 @@ server's own origin (another site cannot rate through the user's browser).
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,11 +22,18 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+)
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from orchestrator.errors import StoreBusyError, StoreError
 from orchestrator.locate import Located
@@ -39,18 +49,25 @@ __all__ = ["create_app", "serve_report"]
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+MAX_BODY = 1 << 20  # a rating is a key and a row of keys
 
 
 def create_app(
-    located: Located, axes: Axes = DEFAULT_AXES, *, hosts: Sequence[str] = LOOPBACK
+    located: Located,
+    axes: Axes = DEFAULT_AXES,
+    *,
+    hosts: Sequence[str] = LOOPBACK,
+    any_address: bool = False,
 ) -> Starlette:
     """The report server's ASGI app (bad axes raise ReportError here, before it serves).
 
-    ``hosts``: the Host names it answers ("*": any); a page of another site that rebinds its
-    own name to 127.0.0.1 is refused, so it can neither read the sweep nor rate it.
+    ``hosts``: the Host names it answers, and with ``any_address`` any IP address too (a server
+    on every interface, reached by this machine's address); a page of another site that
+    rebinds its own name to this machine is refused, so it can neither read the sweep nor rate it.
     """
     results = results_of(located)
     root = Path(os.path.realpath(results))
+    store = Path(os.path.realpath(located.store))  # whatever its name: never served
     load_view(located, axes)
 
     def page(request: Request) -> Response:
@@ -59,15 +76,10 @@ def create_app(
         return HTMLResponse(render_page(view, served=True), headers={"cache-control": "no-store"})
 
     async def rating(request: Request) -> Response:
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            return _problem(415, "send the rating as application/json")
-        origin = request.headers.get("origin")
-        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
-            return _problem(403, f"ratings come from this server's own page, not from {origin}")
         try:
-            body = await request.json()
-        except ValueError:
-            return _problem(400, "the body is not JSON")
+            body = await _json_from_own_page(request)
+        except _Refused as refused:
+            return refused.response
         problem = _bad_rating(body)
         if problem:
             return _problem(400, problem)
@@ -89,12 +101,13 @@ def create_app(
         target = Path(os.path.realpath(root / wanted))
         if not target.is_relative_to(root) or target == root or not target.is_file():
             return _problem(404, "not found")
-        if target.relative_to(root).parts[0].startswith(STORE_FILE):
+        first = target.relative_to(root).parts[0]
+        if first.startswith(STORE_FILE) or _store_file(target, store):
             return _problem(404, "not found")
         return FileResponse(target)
 
     return Starlette(
-        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))],
+        middleware=[Middleware(_HostCheck, names=list(hosts), any_address=any_address)],
         routes=[
             Route("/", page),
             Route("/report.html", page),
@@ -103,6 +116,67 @@ def create_app(
             Route("/{path:path}", file),
         ],
     )
+
+
+class _HostCheck:
+    """Answers only requests whose Host is one of ``names`` or (``any_address``) an IP address."""
+
+    def __init__(self, app: ASGIApp, names: Sequence[str], any_address: bool) -> None:
+        self.app = app
+        self.names = {n.lower().strip("[]") for n in names}
+        self.any_address = any_address
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and not self._allowed(
+            Headers(scope=scope).get("host", "")
+        ):
+            await PlainTextResponse("Invalid host header", status_code=400)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _allowed(self, header: str) -> bool:
+        host = header.lower()
+        if host.startswith("["):
+            host = host[1 : host.find("]")] if "]" in host else ""
+        elif host.count(":") == 1:
+            host = host.split(":")[0]
+        if host in self.names:
+            return True
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return self.any_address
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.response = _problem(status, message)
+
+
+async def _json_from_own_page(request: Request) -> Any:
+    """The request's JSON body, refused unless JSON, from the server's own origin (when the
+    browser names one), at most MAX_BODY bytes."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise _Refused(415, "send the rating as application/json")
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        raise _Refused(403, f"ratings come from this server's own page, not from {origin}")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise _Refused(413, "a rating's body is at most 1 MiB")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # "[[[[..." nests past the parser's depth
+        raise _Refused(400, "the body is not JSON") from None
+
+
+def _store_file(target: Path, store: Path) -> bool:
+    """``target`` is the store or one of its -wal, -shm, -journal or .lock files."""
+    return target.parent == store.parent and target.name.startswith(store.name)
 
 
 def _problem(status: int, message: str) -> Response:
@@ -127,21 +201,29 @@ def serve_report(
     host: str = "127.0.0.1",
     port: int = 0,
     echo: Callable[[str], None] = print,
+    warn: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
 ) -> None:
-    """Serve the report until interrupted; the page's URL is the first line ``echo`` gets."""
+    """Serve the report until interrupted; the page's URL is the first line ``echo`` gets, and
+    ``warn`` says so when the server is reachable from other machines."""
     from orchestrator.emulator.server import bind
 
     wildcard = host in ("0.0.0.0", "::", "")
-    app = create_app(located, axes, hosts=["*"] if wildcard else [*LOOPBACK, host])
+    names = [*LOOPBACK, host, *((socket.gethostname(), socket.getfqdn()) if wildcard else ())]
+    app = create_app(located, axes, hosts=names, any_address=wildcard)
     sock = bind(host, port)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # before the URL: a Ctrl-C then exits quietly
+        signal.signal(signum, _exit_quietly)
     shown_host, shown_port = sock.getsockname()[:2]
     if shown_host in ("0.0.0.0", "::"):
         shown_host = "127.0.0.1"
     shown = f"[{shown_host}]" if ":" in shown_host else shown_host
     echo(f"http://{shown}:{shown_port}/")
     sys.stdout.flush()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _exit_quietly)
+    if not _loopback(host):
+        warn(
+            f"warning: --host {host} serves the report to every network this machine is on: "
+            f"anyone who reaches port {shown_port} sees the sweep and can rate it"
+        )
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1
     )
@@ -149,6 +231,15 @@ def serve_report(
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _exit_quietly(signum: int, frame: object) -> None:

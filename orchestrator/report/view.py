@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from orchestrator.conditioning import INPUTS_DIR, decode_data_uri
 from orchestrator.errors import ComfysweepError
 from orchestrator.models import get_model
 from orchestrator.report.posters import Posters
@@ -58,6 +59,7 @@ class Cell:
     error: str | None
     rating: str | None
     seconds: float | None
+    orphaned: bool = False  # no longer in the spec: kept, never submitted again
 
 
 @dataclass
@@ -76,6 +78,7 @@ class View:
     y: str | None = None
     z: str | None = None
     filters: dict[str, str] = field(default_factory=dict)
+    outputs: set[str] = field(default_factory=set)  # every job's output paths, on disk or not
 
     def axis(self, name: str) -> Axis:
         return next(a for a in self.axes if a.name == name)
@@ -108,6 +111,7 @@ class View:
                     "p": c.poster,
                     "e": c.error,
                     "r": c.rating,
+                    "o": c.orphaned,
                 }
                 for c in self.cells
             ],
@@ -164,12 +168,13 @@ def build_view(
         cells=cells,
         counts=dict(counts),
         ledger={
-            "spent": ledger.spent_usd,
-            "reserved": ledger.reserved_usd,
-            "cap": ledger.cap_usd,
+            "spent": _usd(ledger.spent_usd),
+            "reserved": _usd(ledger.reserved_usd),
+            "cap": _usd(ledger.cap_usd),
         },
         errors=errors.most_common(TOP_ERRORS),
         durations=durations,
+        outputs={str(o["path"]) for row in rows for o in row.outputs if o.get("path")},
     )
 
 
@@ -219,8 +224,21 @@ def _not_varying(name: str, view: View) -> str:
 
 
 def _shown(row: JobRow) -> dict[str, Any]:
-    """A job's inputs as a person reads them (Model.shown_inputs), and its repeat."""
-    return get_model(row.model_id).shown_inputs(row.inputs, row.sources) | {REPEAT: row.repeat}
+    """A job's inputs as a person reads them (Model.shown_inputs): a local file by the name the
+    spec gave it, another data: URI by its file under inputs/ (as the manifest names it); and its
+    repeat."""
+    inputs = _media_files(row.inputs)
+    return get_model(row.model_id).shown_inputs(inputs, row.sources) | {REPEAT: row.repeat}
+
+
+def _media_files(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """``inputs`` with each data: URI as the path of its file under ``inputs/`` (not written)."""
+    out = dict(inputs)
+    for key, value in inputs.items():
+        media = decode_data_uri(value)
+        if media is not None:
+            out[key] = f"{INPUTS_DIR}/{media.file_name}"
+    return out
 
 
 def _axes(named: Sequence[Mapping[str, Any]]) -> tuple[list[Axis], dict[str, Any]]:
@@ -286,6 +304,7 @@ def _cell(row: JobRow, inputs: dict[str, Any], results: Path, page_dir: Path) ->
         error=error,
         rating=None,
         seconds=_seconds(row),
+        orphaned=not row.in_spec,
     )
 
 
@@ -303,6 +322,11 @@ def _on_disk(results: Path, output: Mapping[str, Any]) -> bool:
         return file.is_file() and file.stat().st_size == output.get("size")
     except OSError:
         return False
+
+
+def _usd(value: float | None) -> float | None:
+    """Dollars without the running totals' float residue (-1e-16 reserved shows as -0.00)."""
+    return None if value is None else round(value, 9) + 0.0
 
 
 def _seconds(row: JobRow) -> float | None:
