@@ -16,7 +16,6 @@ import hashlib
 import mimetypes
 import os
 import re
-import socket
 import stat
 import tempfile
 from collections.abc import Collection, Mapping
@@ -24,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
+
+from orchestrator.leftovers import owner_prefix
 
 __all__ = [
     "INPUTS_DIR",
@@ -45,7 +46,6 @@ _KINDS = {
     **dict.fromkeys(("wav", "mp3", "flac", "ogg", "m4a"), "audio"),
 }
 _FILE_COLUMNS = ("_file_name", "_file_names")  # `datasets` reads these as file paths
-_HOST = socket.gethostname().replace("~", "_").replace("/", "_") or "host"
 # What _write_atomically leaves when killed: .<sha>.<ext>.<host>~<pid>~<random>.tmp
 LEFTOVER = re.compile(r"\.[0-9a-f]{16}\.\w+\.(?P<host>[^~/]+)~(?P<pid>\d+)~\w+\.tmp")
 
@@ -197,7 +197,7 @@ def _real_folder(folder: Path) -> None:
 
 def _write_atomically(path: Path, data: bytes) -> None:
     # .<name>.<host>~<pid>~<random>.tmp: whose it is, for ResultsFolder.prepare() after a kill
-    prefix = f".{path.name}.{_HOST}~{os.getpid()}~"
+    prefix = owner_prefix(path.name)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:

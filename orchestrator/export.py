@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import stat
 import tarfile
 import tempfile
@@ -43,6 +42,7 @@ from orchestrator.conditioning import (
     output_kind,
 )
 from orchestrator.errors import ExportError
+from orchestrator.leftovers import abandoned, owner_prefix
 from orchestrator.locate import Located
 from orchestrator.models import get_model
 from orchestrator.responses import error_message
@@ -83,7 +83,6 @@ _SIZE = re.compile(r"(?i)\s*(\d+(?:\.\d+)?)\s*(k|m|g|t)i?b\s*")
 _UNITS = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _BATCH = 1000  # parquet rows per row group write
 _MEMBER = re.compile(r"[^A-Za-z0-9_-]+")
-_HOST = socket.gethostname().replace("~", "_").replace("/", "_") or "host"
 
 
 @dataclass(frozen=True)
@@ -585,7 +584,7 @@ def _staging(dest: Path) -> Iterator[Path]:
     made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]  # deepest first
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        prefix = f".{dest.name}.{_HOST}~{os.getpid()}~"  # whose it is, for _clean_staging
+        prefix = owner_prefix(dest.name)  # whose it is, for _clean_staging
         tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=prefix, suffix=".export"))
     except BaseException:
         _remove_empty(made)
@@ -612,20 +611,10 @@ def _clean_staging(dest: Path) -> int:
     with contextlib.suppress(OSError):
         for leftover in dest.parent.glob(f"{glob.escape(start)}*{end}"):
             host, pid, *_ = [*leftover.name[len(start) : -len(end)].split("~"), "", ""]
-            if host == _HOST and pid.isdigit() and not _alive(int(pid)) and _is_dir(leftover):
+            if abandoned(host, pid) and _is_dir(leftover):
                 shutil.rmtree(leftover, ignore_errors=True)
                 removed += 1
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _is_dir(path: Path) -> bool:

@@ -21,7 +21,6 @@ import os
 import posixpath
 import re
 import secrets
-import socket
 import stat
 import tempfile
 import unicodedata
@@ -39,6 +38,7 @@ from orchestrator.conditioning import (
     output_kind,
 )
 from orchestrator.errors import OutputInvalid, ResultsError
+from orchestrator.leftovers import HOST, abandoned, owner_prefix
 from orchestrator.models import Model
 from orchestrator.naming import (
     SHORT_KEY,
@@ -87,7 +87,6 @@ TOOL_FILES = (
 )
 _FALLBACKS = 100  # numbered fallback names tried before a folder is declared unusable
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
-_HOST = socket.gethostname().replace("~", "_").replace("/", "_") or "host"
 # <key>-<n>~<host>~<pid>.part (and the older <key>-<n>.part): the only files prepare() removes.
 _PARTIAL_FILE = re.compile(r"[0-9a-f]{16}-\d+(?:~(?P<host>[^~/]+)~(?P<pid>\d+))?\.part")
 
@@ -146,7 +145,7 @@ class ResultsFolder:
                 warn(f"{leftover}: not a file comfysweep wrote; left alone")
             elif match is None:
                 warn(f"{leftover}: not a partial download comfysweep wrote; left alone")
-            elif match["host"] is None or _abandoned(match["host"], match["pid"]):
+            elif match["host"] is None or abandoned(match["host"], match["pid"]):
                 leftover.unlink(missing_ok=True)
                 removed += 1
         # A kill inside atomic_file leaves its temporary file: .<file>.<host>~<pid>~<random>.tmp
@@ -154,7 +153,7 @@ class ResultsFolder:
         for name in TOOL_FILES:
             for leftover in self.root.glob(f".{name}.*.tmp"):
                 host, _, rest = leftover.name[len(name) + 2 :].partition("~")
-                if _is_file(leftover) and _abandoned(host, rest.partition("~")[0]):
+                if _is_file(leftover) and abandoned(host, rest.partition("~")[0]):
                     leftover.unlink(missing_ok=True)
                     removed += 1
         return removed + self._clean_inputs()
@@ -167,7 +166,7 @@ class ResultsFolder:
         removed = 0
         for leftover in folder.glob(".*.tmp"):
             match = LEFTOVER.fullmatch(leftover.name)
-            if match and _is_file(leftover) and _abandoned(match["host"], match["pid"]):
+            if match and _is_file(leftover) and abandoned(match["host"], match["pid"]):
                 leftover.unlink(missing_ok=True)
                 removed += 1
         return removed
@@ -185,7 +184,7 @@ class ResultsFolder:
 
     def temp_path(self, key: str, n: int) -> Path:
         """Where output ``n`` of job ``key`` is downloaded before it is verified."""
-        return self.partial_dir / f"{key[:16]}-{n}~{_HOST}~{os.getpid()}.part"
+        return self.partial_dir / f"{key[:16]}-{n}~{HOST}~{os.getpid()}.part"
 
     def output_name(
         self, row: JobLike, n: int, count: int, url: str, *, ext: str | None = None
@@ -456,7 +455,7 @@ def extension_of(url: str, default: str = "mp4") -> str:
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[IO[str]]:
     """A text file that replaces ``path`` (fsynced) only if the block ends without an error."""
-    prefix = f".{path.name}.{_HOST}~{os.getpid()}~"  # whose it is, for prepare() after a kill
+    prefix = owner_prefix(path.name)  # whose it is, for prepare() after a kill
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the folder is meant to be shared
@@ -549,25 +548,6 @@ def _folder_or_absent(path: Path) -> bool:
 
 def _line(entry: Mapping[str, Any]) -> str:
     return json.dumps(entry, ensure_ascii=False) + "\n"
-
-
-def _abandoned(host: str, pid: str) -> bool:
-    """Whether a leftover written by ``pid`` on ``host`` belongs to nobody any more.
-
-    Another machine's leftovers are its own runner's to clean up; ours are abandoned once their
-    writer is gone.
-    """
-    return host == _HOST and not (pid.isdigit() and _alive(int(pid)))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _umask() -> int:

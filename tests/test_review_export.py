@@ -28,6 +28,7 @@ from orchestrator import export as export_module
 from orchestrator.cli import cli
 from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.errors import ComfysweepError
+from orchestrator.leftovers import HOST
 from orchestrator.models import get_model
 from orchestrator.results import ResultsFolder
 from orchestrator.store import JobState, Store
@@ -156,7 +157,7 @@ def test_a_killed_exports_staging_folder_is_removed_by_the_next(tmp_path: Path) 
     (left,) = (tmp_path / "out").iterdir()
     assert left.name.startswith(".dataset.")
     assert left.name.endswith(".export")
-    live = tmp_path / "out" / f".dataset.{export_module._HOST}~{os.getpid()}~x.export"
+    live = tmp_path / "out" / f".dataset.{HOST}~{os.getpid()}~x.export"
     live.mkdir()
     result = export(dest, "--store", store)
     assert result.exit_code == 0, result.output
@@ -309,7 +310,7 @@ def test_a_conditioning_image_half_written_by_a_killed_run_is_removed_at_the_nex
     assert child.returncode == -signal.SIGKILL
     (left,) = (folder / "inputs").iterdir()
     assert left.name.endswith(".tmp")
-    live = folder / "inputs" / f".0123456789abcdef.png.{export_module._HOST}~{os.getpid()}~x.tmp"
+    live = folder / "inputs" / f".0123456789abcdef.png.{HOST}~{os.getpid()}~x.tmp"
     live.write_bytes(b"a live runner's")
     mine = folder / "inputs" / "notes.tmp"
     mine.write_text("not comfysweep's")

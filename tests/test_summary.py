@@ -219,8 +219,9 @@ def test_a_summary_symlink_is_replaced_never_written_through(
 
 
 def test_a_summary_half_written_by_a_killed_run_is_cleaned_up_by_the_next(tmp_path: Path) -> None:
+    from orchestrator.leftovers import HOST as _HOST
     from orchestrator.models import get_model
-    from orchestrator.results import _HOST, ResultsFolder
+    from orchestrator.results import ResultsFolder
 
     folder = ResultsFolder(tmp_path, get_model("community/wan-2-2/vace-fun"), "{key}")
     folder.prepare()

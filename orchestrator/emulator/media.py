@@ -29,16 +29,16 @@ import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from orchestrator.canonical import canonical_json
 from orchestrator.emulator.farm import resolution
+from orchestrator.lettering import Font, fit, font
 
 __all__ = [
     "MediaCache",
@@ -111,29 +111,23 @@ def text_overlay(inputs: Mapping[str, Any], width: int, height: int) -> np.ndarr
     (about the smallest legible) at 160x90. Long values and the prompt are cut to the width.
     """
     size = max(9, round(min(width, height) / 20))
-    font = _font(size)
+    face = font(size)
     pad = max(2, size // 3)
-    lines = _lines(inputs, font, max(1, width - 2 * pad))
+    lines = _lines(inputs, face, max(1, width - 2 * pad))
     step = round(size * 1.25)
-    text_width = max((font.getlength(line) for line in lines), default=0.0)
+    text_width = max((face.getlength(line) for line in lines), default=0.0)
     panel_width = min(width, _even(math.ceil(text_width) + 2 * pad))
     panel_height = min(height, _even(len(lines) * step + 2 * pad))
     image = Image.new("L", (panel_width, panel_height), 0)
     draw = ImageDraw.Draw(image)
     for row, line in enumerate(lines):
-        draw.text((pad, pad + row * step), line, fill=255, font=font)
+        draw.text((pad, pad + row * step), line, fill=255, font=face)
     return np.asarray(image, dtype=np.uint8)
 
 
 _DEFAULTS = {"47_value": 12.0, "108_cfg": 3.5, "41_value": 8.0}  # the model schema's defaults
 _SHOWN = (("seed", "98_seed"), ("steps", "47_value"), ("cfg", "108_cfg"), ("shift", "41_value"))
 _SHADE = 0.45  # how much of the picture the text panel lets through
-_Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
-
-
-@cache
-def _font(size: int) -> _Font:
-    return ImageFont.load_default(size=size)
 
 
 def _even(value: int) -> int:
@@ -149,7 +143,7 @@ def _sampler_key(inputs: Mapping[str, Any]) -> str | None:
     return next((key for key in sorted(inputs) if "sampler" in key.lower()), None)
 
 
-def _lines(inputs: Mapping[str, Any], font: _Font, room: int) -> list[str]:
+def _lines(inputs: Mapping[str, Any], font: Font, room: int) -> list[str]:
     """The inputs as ``name value`` words packed into lines ``room`` wide, then the prompt."""
     words = [f"{name} {_show(inputs[key])}" for name, key in _SHOWN if key in inputs]
     sampler = _sampler_key(inputs)
@@ -161,25 +155,11 @@ def _lines(inputs: Mapping[str, Any], font: _Font, room: int) -> list[str]:
         if lines and font.getlength(joined) <= room:
             lines[-1] = joined
         else:
-            lines.append(_fit(word, font, room))
+            lines.append(fit(word, font, room))
     prompt = " ".join(str(inputs.get("56_text", "")).split())
     if prompt:
-        lines.append(_fit(prompt, font, room))
+        lines.append(fit(prompt, font, room))
     return lines
-
-
-def _fit(text: str, font: _Font, room: int) -> str:
-    """``text``, or its longest start that fits ``room`` pixels with "..." after it."""
-    if font.getlength(text) <= room:
-        return text
-    low, high = 0, len(text)
-    while low < high:
-        middle = (low + high + 1) // 2
-        if font.getlength(text[:middle].rstrip() + "...") <= room:
-            low = middle
-        else:
-            high = middle - 1
-    return text[:low].rstrip() + "..."
 
 
 def _number(inputs: Mapping[str, Any], key: str) -> float:

@@ -19,21 +19,21 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import socket
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import cache
 from pathlib import Path
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from orchestrator.errors import ComfysweepError
+from orchestrator.leftovers import owner_prefix
+from orchestrator.lettering import fit, font
 
 __all__ = ["MAX_CELLS", "MosaicCell", "MosaicError", "MosaicInfo", "write_mosaic"]
 
@@ -239,11 +239,6 @@ def _even(value: float) -> int:
     return max(2, int(value) // 2 * 2)
 
 
-@cache
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
-
-
 def _text_size(cell_width: int) -> tuple[int, int]:
     """Label and caption font sizes for a cell width."""
     return max(10, round(cell_width / 14)), max(9, round(cell_width / 18))
@@ -293,7 +288,7 @@ def _layout_at(
     pad = max(2, label // 3)
     aspects = [s.height / s.width for s in sources] or [9 / 16]
     box_height = _even(cell_width * min(2.0, max(aspects)))
-    widest = max((_font(label).getlength(t) for t in y_labels), default=0.0)
+    widest = max((font(label).getlength(t) for t in y_labels), default=0.0)
     left = _even(min(cell_width, widest + 2 * pad))
     title_height = _even(label * 1.3 + 2 * pad) if title else 0
     top = title_height + _even(label * 1.3 + pad)
@@ -302,21 +297,6 @@ def _layout_at(
     return _Layout(
         cell_width, box_height, caption_height, gap, left, top, title_height, columns, rows
     )
-
-
-def _fit(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, room: float) -> str:
-    """``text``, or its longest start that fits ``room`` pixels with "..." after it."""
-    text = " ".join(text.split())
-    if font.getlength(text) <= room:
-        return text
-    low, high = 0, len(text)
-    while low < high:
-        middle = (low + high + 1) // 2
-        if font.getlength(text[:middle].rstrip() + "...") <= room:
-            low = middle
-        else:
-            high = middle - 1
-    return text[:low].rstrip() + "..."
 
 
 def _centred(
@@ -328,11 +308,11 @@ def _centred(
 ) -> None:
     """``text`` (cut to fit) centred in ``box`` = (x, y, width, height)."""
     x, y, width, height = box
-    font = _font(size)
-    text = _fit(text, font, width - 4)
-    left, top, right, bottom = font.getbbox(text)
+    face = font(size)
+    text = fit(text, face, width - 4)
+    left, top, right, bottom = face.getbbox(text)
     origin = (x + (width - (right - left)) / 2 - left, y + (height - (bottom - top)) / 2 - top)
-    draw.text(origin, text, fill=fill, font=font)
+    draw.text(origin, text, fill=fill, font=face)
 
 
 def _canvas(
@@ -420,9 +400,6 @@ def _planes(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return frame[:height], chroma[0], chroma[1]
 
 
-_HOST = socket.gethostname().replace("~", "_").replace("/", "_") or "host"
-
-
 @contextlib.contextmanager
 def _atomic(dest: Path) -> Iterator[Path]:
     """A temporary path beside ``dest`` that replaces it (fsynced) only if the block succeeds.
@@ -430,9 +407,7 @@ def _atomic(dest: Path) -> Iterator[Path]:
     Named like results.atomic_file's temporaries (.<name>.<host>~<pid>~<random>.tmp).
     """
     try:
-        fd, name = tempfile.mkstemp(
-            dir=dest.parent, prefix=f".{dest.name}.{_HOST}~{os.getpid()}~", suffix=".tmp"
-        )
+        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=owner_prefix(dest.name), suffix=".tmp")
     except OSError as exc:
         raise MosaicError(f"cannot write {dest}: {exc.strerror or exc}") from exc
     os.close(fd)
