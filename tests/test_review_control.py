@@ -14,6 +14,7 @@ from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.store import JobState, Store
 
 from .sweeps import write_spec
+from .test_control import counts
 from .waiting import DrivenClock, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -32,17 +33,6 @@ def emulator(clock: DrivenClock) -> Iterator[Emulator]:
 
 def _store(spec: Path) -> Path:
     return spec.parent / "results" / spec.stem / "comfysweep.db"
-
-
-def _states(spec: Path) -> dict[str, int]:
-    path = _store(spec)
-    if not path.exists():
-        return {}
-    try:
-        with Store.open(path, readonly=True) as db:
-            return {state: n for state, n in db.counts().items() if n}
-    except Exception:  # not migrated yet
-        return {}
 
 
 def test_a_job_put_back_to_pending_before_the_run_reads_the_cancel_is_cancelled(
@@ -98,7 +88,7 @@ def test_a_job_put_back_to_pending_before_the_run_reads_the_cancel_is_cancelled(
     worker.start()
     try:
         wait_for(
-            lambda: _states(spec) == {"submitting": 1, "running": 1, "queued": 1, "pending": 1},
+            lambda: counts(spec) == {"submitting": 1, "running": 1, "queued": 1, "pending": 1},
             "the first job's POST held, two more sent",
         )
         canceller.start()
@@ -109,7 +99,7 @@ def test_a_job_put_back_to_pending_before_the_run_reads_the_cancel_is_cancelled(
 
         wait_for(posted, "the cancel request in the mailbox")
         refuse.set()
-        wait_for(lambda: _states(spec).get("pending") == 2, "the refused job back to pending")
+        wait_for(lambda: counts(spec).get("pending") == 2, "the refused job back to pending")
         mail.set()
         canceller.join()
     finally:
@@ -324,7 +314,7 @@ def test_a_run_that_dies_after_taking_a_cancel_leaves_it_to_the_cancel(
     worker.start()
     try:
         wait_for(
-            lambda: _states(spec) == {"running": 1, "queued": 2, "pending": 1},
+            lambda: counts(spec) == {"running": 1, "queued": 2, "pending": 1},
             "one job running, two queued",
         )
         done: Cancelled = cancel_jobs(
@@ -337,7 +327,7 @@ def test_a_run_that_dies_after_taking_a_cancel_leaves_it_to_the_cancel(
     assert done.line == (
         "1 pending cancelled, 2 queued cancelled remotely, 1 running finish and are billed"
     )
-    assert _states(spec) == {"running": 1, "cancelled": 3}
+    assert counts(spec) == {"running": 1, "cancelled": 3}
     charges = sorted(job["cost"] for job in emulator.ledger()["jobs"])
     assert charges[:2] == [0, 0]  # the queued ones: cancelled, never billed
 
@@ -503,11 +493,11 @@ def test_stop_of_a_run_started_with_abort_cancels_its_queued_jobs(
     worker.start()
     try:
         wait_for(
-            lambda: _states(spec) == {"running": 1, "queued": 2, "pending": 1},
+            lambda: counts(spec) == {"running": 1, "queued": 2, "pending": 1},
             "one job running, two queued",
         )
         stop_run(locate(spec), command="comfysweep run grid.yaml --abort")
-        wait_for(lambda: _states(spec).get("cancelled") == 2, "the queued jobs cancelled")
+        wait_for(lambda: counts(spec).get("cancelled") == 2, "the queued jobs cancelled")
     finally:
         clock.release()
         worker.join()
@@ -573,7 +563,7 @@ def test_cancel_without_a_token_changes_nothing_when_it_must_reach_the_api(
             db.transition(row.key, JobState.QUEUED, request_id="r-1")
     with pytest.raises(AuthError, match="no API token"):
         cancel_jobs(locate(spec))
-    assert _states(spec) == {"queued": 1, "pending": 3}  # nothing changed
+    assert counts(spec) == {"queued": 1, "pending": 3}  # nothing changed
 
 
 def test_cancel_names_the_jobs_a_dead_run_caught_mid_submit(tmp_path: Path) -> None:
