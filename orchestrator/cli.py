@@ -762,6 +762,8 @@ def report(
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             raise click.UsageError(f"--filter {item!r}: give INPUT=VALUE, such as seed=1")
+        if name.strip() in wanted:
+            raise click.UsageError(f"--filter {name.strip()} is given twice: give one value")
         wanted[name.strip()] = value.strip()
     located = locate(spec, store)
     axes = build.Axes(x, y, z, wanted)

@@ -176,6 +176,10 @@ def test_axes_and_filters_from_flags_and_from_the_results_folder(
         ),
         (["--filter", "seed=9"], "--filter seed=9: no job has that value (it has 1, 2)"),
         (["--filter", "seed"], "--filter 'seed': give INPUT=VALUE, such as seed=1"),
+        (
+            ["--filter", "seed=1", "--filter", "seed=2"],
+            "--filter seed is given twice: give one value",
+        ),
     ],
 )
 def test_bad_axes_are_one_line_and_leave_the_page_alone(
