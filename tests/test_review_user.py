@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import cli
 from orchestrator.grid import iter_jobs
 from orchestrator.progress import Snapshot
 from orchestrator.spec import load_spec
 from orchestrator.store import JobState, Store
 
+from .reportdata import sample_videos, synthetic_sweep
 from .sweeps import write_spec
+from .test_report_browser import browser, until
+
+__all__ = ["browser"]  # the module's fixture, shared
 
 
 def test_a_bulk_cancel_does_not_count_in_the_rate_status_shows(tmp_path: Path) -> None:
@@ -33,3 +43,24 @@ def test_a_bulk_cancel_does_not_count_in_the_rate_a_run_prints() -> None:
     snapshot.counts = {"pending": 17, "done": 11, "cancelled": 42}
     assert snapshot.per_minute() > 0.0
     assert JobState.CANCELLED.value == "cancelled"
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(shutil.which("chromedriver") is None, reason="needs chromedriver")
+def test_a_seed_on_the_y_axis_reads_as_one_number(tmp_path: Path, browser: Any) -> None:
+    # The cfg-steps-grid report put seed 1120466624 on two lines, "11204" over "6624".
+    folder = tmp_path / "seeds"
+    shape = {"seed": [1120466624, 2481976026], "cfg": [2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]}
+    synthetic_sweep(folder, shape, sample_videos(tmp_path / "samples", 1))
+    result = CliRunner().invoke(cli, ["report", "--store", str(folder / "comfysweep.db")])
+    assert result.exit_code == 0, result.output
+    browser.set_window_size(900, 800)
+    browser.get((folder / "report.html").as_uri() + "#x=cfg&y=seed")
+    until(browser, "document.querySelectorAll('th.ylabel .label').length === 2", "2 row labels")
+    lines = browser.execute_script(
+        "return Array.from(document.querySelectorAll('th.ylabel .label')).map(function (e) {"
+        " var r = document.createRange(); r.selectNodeContents(e);"
+        " return new Set(Array.from(r.getClientRects()).map(function (c) {"
+        "  return Math.round(c.top); })).size; })"
+    )
+    assert lines == [1, 1]
