@@ -64,3 +64,18 @@ def test_a_seed_on_the_y_axis_reads_as_one_number(tmp_path: Path, browser: Any) 
         "  return Math.round(c.top); })).size; })"
     )
     assert lines == [1, 1]
+
+
+def test_a_filter_takes_a_number_as_the_spec_wrote_it(tmp_path: Path) -> None:
+    # cfg-steps-grid.yaml says `shift: [5, 8]`; `report --video --filter shift=5` said "no job
+    # has that value (it has 5.0, 8.0)".
+    folder = tmp_path / "shifts"
+    shape = {"seed": [1, 2], "steps": [4, 8], "shift": [5.0, 8.0]}
+    synthetic_sweep(folder, shape, sample_videos(tmp_path / "samples", 1))
+    store = str(folder / "comfysweep.db")
+    ok = CliRunner().invoke(cli, ["report", "--store", store, "--filter", "shift=5"])
+    assert ok.exit_code == 0, ok.output
+    assert '"shift":"5.0"' in (folder / "report.html").read_text().replace(" ", "")
+    bad = CliRunner().invoke(cli, ["report", "--store", store, "--filter", "shift=6"])
+    assert bad.exit_code == 1
+    assert bad.stderr == "Error: --filter shift=6: no job has that value (it has 5.0, 8.0)\n"
