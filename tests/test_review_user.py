@@ -48,7 +48,7 @@ def test_a_bulk_cancel_does_not_count_in_the_rate_a_run_prints() -> None:
 @pytest.mark.browser
 @pytest.mark.skipif(shutil.which("chromedriver") is None, reason="needs chromedriver")
 def test_a_seed_on_the_y_axis_reads_as_one_number(tmp_path: Path, browser: Any) -> None:
-    # The cfg-steps-grid report put seed 1120466624 on two lines, "11204" over "6624".
+    # The cfg-steps-grid report put seed 112046624 on two lines, "11204" over "6624".
     folder = tmp_path / "seeds"
     shape = {"seed": [1120466624, 2481976026], "cfg": [2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]}
     synthetic_sweep(folder, shape, sample_videos(tmp_path / "samples", 1))
@@ -79,3 +79,30 @@ def test_a_filter_takes_a_number_as_the_spec_wrote_it(tmp_path: Path) -> None:
     bad = CliRunner().invoke(cli, ["report", "--store", store, "--filter", "shift=6"])
     assert bad.exit_code == 1
     assert bad.stderr == "Error: --filter shift=6: no job has that value (it has 5.0, 8.0)\n"
+
+
+def test_a_mosaic_cell_without_a_job_says_no_job_as_the_page_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The page marks a combination the sweep has not got "no job"; report --video said "empty".
+    from orchestrator.report import mosaic
+
+    folder = tmp_path / "holes"
+    jobs = synthetic_sweep(
+        folder, {"seed": [1, 2], "steps": [4, 8]}, sample_videos(tmp_path / "samples", 1)
+    )
+    seen: list[str] = []
+    monkeypatch.setattr(
+        mosaic,
+        "write_mosaic",
+        lambda out, rows, **_: seen.extend(c.state for row in rows for c in row),
+    )
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(folder / "comfysweep.db")) as raw, raw:
+        raw.execute("DELETE FROM jobs WHERE key = ?", (jobs[-1].key,))
+    store = str(folder / "comfysweep.db")
+    result = CliRunner().invoke(cli, ["report", "--store", store, "--video"])
+    assert result.exit_code == 0, result.output
+    assert sorted(seen) == ["done", "done", "done", "no job"]
