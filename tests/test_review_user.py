@@ -106,3 +106,13 @@ def test_a_mosaic_cell_without_a_job_says_no_job_as_the_page_does(
     result = CliRunner().invoke(cli, ["report", "--store", store, "--video"])
     assert result.exit_code == 0, result.output
     assert sorted(seen) == ["done", "done", "done", "no job"]
+
+
+def test_the_page_names_its_own_icon_so_the_served_page_logs_no_404(tmp_path: Path) -> None:
+    # `report --serve` in Chromium: "favicon.ico - Failed to load resource: 404" in the console.
+    folder = tmp_path / "icon"
+    synthetic_sweep(folder, {"seed": [1, 2]}, sample_videos(tmp_path / "samples", 1))
+    result = CliRunner().invoke(cli, ["report", "--store", str(folder / "comfysweep.db")])
+    assert result.exit_code == 0, result.output
+    head = (folder / "report.html").read_text().split("</head>")[0]
+    assert '<link rel="icon" href="data:,">' in head
