@@ -25,7 +25,7 @@ class Snapshot:
     counts: dict[str, int]
     spent_usd: float = 0.0
     started: float = field(default_factory=time.monotonic)
-    finished_at_start: int = 0
+    worked_at_start: int = 0
 
     @property
     def total(self) -> int:
@@ -35,9 +35,14 @@ class Snapshot:
     def finished(self) -> int:
         return sum(self.counts.get(s, 0) for s in FINAL)
 
+    @property
+    def worked(self) -> int:
+        """Jobs finished by work, not by a cancel: what the pace is measured on."""
+        return self.finished - self.counts.get(JobState.CANCELLED, 0)
+
     def per_minute(self) -> float:
         elapsed = max(time.monotonic() - self.started, 1e-6)
-        return (self.finished - self.finished_at_start) * 60.0 / elapsed
+        return (self.worked - self.worked_at_start) * 60.0 / elapsed
 
     def eta_seconds(self) -> float | None:
         rate = self.per_minute()

@@ -231,7 +231,7 @@ class Runner:
             )
         counts = self.store.counts(in_spec=True)
         snapshot = Snapshot(counts=counts, spent_usd=self.store.spent())
-        snapshot.finished_at_start = snapshot.finished
+        snapshot.worked_at_start = snapshot.worked
         error = None
         try:
             async with anyio.create_task_group() as outer:

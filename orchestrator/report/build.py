@@ -108,7 +108,7 @@ def write_video(located: Located, axes: Axes = DEFAULT_AXES, *, out: Path | None
             mosaic.MosaicCell(
                 video=None if c is None or c.path is None else results / c.path,
                 caption="" if c is None else caption(view, c),
-                state="empty" if c is None else c.state,
+                state="no job" if c is None else c.state,
             )
             for c in row
         ]

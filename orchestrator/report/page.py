@@ -72,6 +72,7 @@ _TEMPLATE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="no-referrer">
 <meta http-equiv="Content-Security-Policy" content="{csp}">
+<link rel="icon" href="data:,">
 <title>{title}</title>
 <style>
 {css}

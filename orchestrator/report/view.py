@@ -207,12 +207,31 @@ def choose_axes(
         if name not in varying:
             raise ReportError(f"--filter {name}: {_not_varying(name, view)}")
         labels = view.axis(name).labels
+        value = _same_number(value, labels)
         if value not in labels:
             raise ReportError(
                 f"--filter {name}={value}: no job has that value (it has {', '.join(labels)})"
             )
         view.filters[name] = value
     return view
+
+
+def _same_number(value: str, labels: Sequence[str]) -> str:
+    """The one label that is ``value`` as a number (``5`` for ``5.0``, as a spec may write it),
+    else ``value`` itself."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    same = [label for label in labels if _as_float(label) == number]
+    return same[0] if value not in labels and len(same) == 1 else value
+
+
+def _as_float(label: str) -> float | None:
+    try:
+        return float(label)
+    except ValueError:
+        return None
 
 
 def _not_varying(name: str, view: View) -> str:

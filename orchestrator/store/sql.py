@@ -297,6 +297,8 @@ RUN_ALIVE_UNLOCK = sa.text(f"SELECT pg_advisory_unlock({_RUN_NS}, {_RUN_KEY})")
 # -- read-only views: status, show, failures, runs (orchestrator/views.py) -----------------------
 # Each one an index walk or a GROUP BY in SQL: a 100,000-job store answers status in milliseconds.
 _FINAL_NAMES = sorted(s.value for s in FINAL)
+# The rate counts work the API finished: a cancel of many pending jobs is not a burst of speed.
+_WORKED_NAMES = sorted(s.value for s in FINAL if s is not _S.CANCELLED)
 _FLYING_NAMES = sorted(s.value for s in (_S.SUBMITTING, _S.QUEUED, _S.RUNNING, _S.SUCCEEDED))
 # The latest events only (the primary key, backwards): the rate is a recent window's.
 _LATEST = (
@@ -305,7 +307,7 @@ _LATEST = (
     .limit(sa.bindparam("p_scan", type_=sa.Integer))
     .subquery()
 )
-RECENT_FINISHES = sa.select(_LATEST.c.at).where(_LATEST.c.to_state.in_(_FINAL_NAMES))
+RECENT_FINISHES = sa.select(_LATEST.c.at).where(_LATEST.c.to_state.in_(_WORKED_NAMES))
 # The time of the oldest event that scan reads: the finishes it counts go back no further.
 SCAN_HORIZON = (
     sa.select(EVENTS.c.at)

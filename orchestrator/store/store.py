@@ -643,10 +643,10 @@ class Store:
     # -- views: what status, show, failures and runs read (never the runner's lock) -------------
 
     def finish_times(self, *, scan: int = 20_000) -> tuple[list[datetime], datetime | None]:
-        """When jobs ended (moved to a final state), among the latest ``scan`` events, newest
-        first: a walk back along the events' primary key, never a whole-table read. With the
-        time of the oldest event read when there are more (older finishes are not in the list),
-        else None."""
+        """When jobs ended (moved to a final state, a cancel aside), among the latest ``scan``
+        events, newest first: a walk back along the events' primary key, never a whole-table
+        read. With the time of the oldest event read when there are more (older finishes are not
+        in the list), else None."""
         with self._tx() as conn:
             times = list(conn.execute(sql.RECENT_FINISHES, {"p_scan": scan}).scalars())
             horizon = conn.execute(sql.SCAN_HORIZON, {"p_back": scan - 1}).scalar()
