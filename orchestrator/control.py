@@ -148,7 +148,9 @@ def cancel_outcome(
     if sending:
         parts.append(f"{sending} being submitted are cancelled once queued")
     parts.append(f"{cancelled} queued cancelled remotely")
-    parts.append(f"{running} running finish and are billed")
+    parts.append(
+        f"{running} running {'finishes and is' if running == 1 else 'finish and are'} billed"
+    )
     failures = list(failed)
     if failures:
         parts.append(f"{len(failures)} could not be cancelled ({failures[0]})")

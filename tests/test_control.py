@@ -163,7 +163,7 @@ def test_cancel_while_live_never_sends_pending_cancels_queued_and_bills_running(
         result = invoke("cancel", str(spec), *where)
         assert result.exit_code == 0, result.output
         assert result.output == (
-            "1 pending cancelled, 2 queued cancelled remotely, 1 running finish and are billed\n"
+            "1 pending cancelled, 2 queued cancelled remotely, 1 running finishes and is billed\n"
         )
     finally:
         clock.release()

@@ -325,7 +325,7 @@ def test_a_run_that_dies_after_taking_a_cancel_leaves_it_to_the_cancel(
         worker.join()
     assert [str(e) for e in errors] == ["the run died (test)"]
     assert done.line == (
-        "1 pending cancelled, 2 queued cancelled remotely, 1 running finish and are billed"
+        "1 pending cancelled, 2 queued cancelled remotely, 1 running finishes and is billed"
     )
     assert counts(spec) == {"running": 1, "cancelled": 3}
     charges = sorted(job["cost"] for job in emulator.ledger()["jobs"])

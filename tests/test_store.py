@@ -597,3 +597,20 @@ def test_a_rating_of_an_unknown_job_or_value_is_refused_and_changes_nothing(stor
     with pytest.raises(StoreError, match="rating 'meh' is not one of up, down, pick"):
         store.rate("job-000000", "meh")
     assert store.ratings() == {}
+
+
+def test_jobs_cancelled_from_another_shell_are_not_counted_as_ended_by_the_run(
+    store: Store, target: str
+) -> None:
+    """`runs` says what each run ended; a pending job a run once claimed, then cancelled by
+    `cancel` from a shell without a run, was counted as ended by that run."""
+    store.sync_jobs(make_jobs(2), MODEL)
+    with store.lock("comfysweep run grid") as run:
+        claimed = store.claim(2)
+        for job in claimed:
+            store.transition(job.key, S.PENDING)  # provably never sent: back to pending
+        with Store.open(target) as shell:
+            cancelled, _, _ = shell.cancel_pending([j.key for j in claimed], request=False)
+        assert len(cancelled) == 2
+        record = next(r for r in store.runs() if r.id == run)
+        assert record.finished == 0

@@ -849,7 +849,9 @@ class Store:
                 params = {"p_key": key, "p_now": now, "p_run": self._run_id}
                 row = conn.execute(stmt, params).mappings().first()
                 if row is not None:
-                    conn.execute(sql.EVENT_INSERT, [sql.event_row(row, now, _CANCELLED)])
+                    # the canceller's run (none for a shell), not the run that last held the job
+                    event = sql.event_row(row, now, _CANCELLED) | {"run_id": self._run_id}
+                    conn.execute(sql.EVENT_INSERT, [event])
                     cancelled.append(key)
             done = set(cancelled)
             rest = [key for key in keys if key not in done]
