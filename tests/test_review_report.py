@@ -113,7 +113,7 @@ def test_conditioning_images_are_named_by_their_file_as_in_the_manifest(tmp_path
     assert report("--store", str(tmp_path / "comfysweep.db")).exit_code == 0
     data = page_data(tmp_path / "report.html")
     assert data["axes"] == [{"name": "image", "labels": ["red.png", "blue.png"]}]
-    assert "data:" not in (tmp_path / "report.html").read_text()
+    assert "data:image" not in (tmp_path / "report.html").read_text()  # no image as a data: URI
     # a data: URI with no file behind it (written in the spec itself) is named by its file under
     # inputs/, as the manifest names it
     with Store.open(tmp_path / "comfysweep.db") as db:
