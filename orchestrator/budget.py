@@ -21,6 +21,7 @@ __all__ = [
     "PRICE_UNITS",
     "Estimator",
     "Price",
+    "cents_up",
     "charge",
     "checked",
     "estimator",
@@ -137,7 +138,12 @@ def charge(cost: float | None, estimate: float) -> tuple[float, bool]:
 
 def raised_cap(spent: float, reserved: float, undone: float) -> float:
     """The smallest cap, in whole cents, that leaves room for ``undone`` more."""
-    return math.ceil(round((spent + reserved + undone) * 100, 6)) / 100
+    return cents_up(spent + reserved + undone)
+
+
+def cents_up(usd: float) -> float:
+    """``usd`` rounded up to whole cents (a float's last-digit noise never adds a cent)."""
+    return math.ceil(round(usd * 100, 6)) / 100
 
 
 def stop_message(

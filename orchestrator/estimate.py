@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from orchestrator import budget
 from orchestrator.errors import ComfysweepError
 from orchestrator.models import Model
 from orchestrator.prices import PriceInfo, job_cost
@@ -234,7 +235,7 @@ def _cap_line(f: Forecast) -> str:
     short = f.pending - f.covered
     raise_to = ""
     if f.finishing_cap_usd is not None:
-        raise_to = f" (`--max-cost {_cents_up(f.finishing_cap_usd)}` covers all)"
+        raise_to = f" (`--max-cost {budget.cents_up(f.finishing_cap_usd):.2f}` covers all)"
     return (
         f"{head}; covers {f.covered} of {f.pending} pending job(s), {short} left undone{raise_to}"
     )
@@ -249,7 +250,3 @@ def duration(seconds: float) -> str:
 
 def _usd(value: float) -> str:
     return f"${value:,.2f}"
-
-
-def _cents_up(value: float) -> str:
-    return f"{math.ceil(round(value * 100, 6)) / 100:.2f}"

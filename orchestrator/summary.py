@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from orchestrator import budget
 from orchestrator.estimate import duration
 from orchestrator.notify import Notifier
 from orchestrator.responses import error_message
@@ -232,7 +233,7 @@ def _next_steps(
         steps.append(f"give a price to go on ({left} job(s) left, none priced): {give}")
     elif stop_kind == "budget" and left and cap is not None:
         raised = max(cap, spent + left_usd) if left_usd is not None else None
-        flag = "--max-cost USD" if raised is None else f"--max-cost {_cents_up(raised)}"
+        flag = "--max-cost USD" if raised is None else f"--max-cost {budget.cents_up(raised):.2f}"
         raise_cap = _code(how.command("run", *flag.split()))
         steps.append(f"raise the cap to go on ({left} job(s) left): {raise_cap}")
     elif left or in_flight:
@@ -275,10 +276,6 @@ def _seconds(value: float) -> str:
 
 def _usd(value: float | None) -> str:
     return "unknown" if value is None else f"${value:,.2f}"
-
-
-def _cents_up(value: float) -> str:
-    return f"{math.ceil(round(value * 100, 6)) / 100:.2f}"
 
 
 def _error_text(error: Any) -> str:
