@@ -387,8 +387,8 @@ def failures(
 
 @cli.command(
     help="The runs a store has seen: id, who, pid and host, version, when it started, when it "
-    "finished (or live, or died: no finish and its process is gone), how many jobs it sent and "
-    "ended, and what its attempts were charged." + _WHICH
+    "finished (or live, or died: no finish and no longer holding its lock), how many jobs it sent "
+    "and ended, and what its attempts were charged." + _WHICH
 )
 @_ANY_SPEC
 @_STORE

@@ -14,7 +14,7 @@ from orchestrator.errors import StoreError
 from orchestrator.results import STORE_FILE
 from orchestrator.spec import Spec, load_spec
 
-__all__ = ["Located", "locate"]
+__all__ = ["Located", "locate", "no_store_file", "require_store"]
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,10 @@ def locate(spec: Path | None, store: str | None = None, *, cwd: Path | None = No
     if spec is not None:
         loaded = load_spec(spec)
         target: str | Path = store if store is not None else loaded.results_dir / STORE_FILE
-        _require(target)
+        require_store(target)
         return Located(loaded, target, loaded.results_dir)
     if store is not None:
-        _require(store)
+        require_store(store)
         results = None if "://" in store else Path(store).expanduser().absolute().parent
         return Located(None, store, results)
     here = (cwd or Path.cwd()).absolute()
@@ -56,6 +56,12 @@ def locate(spec: Path | None, store: str | None = None, *, cwd: Path | None = No
     return Located(None, here / STORE_FILE, here)
 
 
-def _require(target: str | Path) -> None:
-    if "://" not in str(target) and not Path(target).exists():
+def require_store(target: str | Path) -> None:
+    """Refuse, in one line, a store file not created yet."""
+    if no_store_file(target):
         raise StoreError(f"{target}: no store yet; `comfysweep run` creates it")
+
+
+def no_store_file(target: str | Path) -> bool:
+    """Whether ``target`` names a store file not created yet (``--store`` comes as a string)."""
+    return "://" not in str(target) and not Path(target).exists()

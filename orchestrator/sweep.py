@@ -26,6 +26,7 @@ from orchestrator.client import ModelApiClient, ModelInfo, env_token
 from orchestrator.deadline import Deadline, parse_until
 from orchestrator.errors import ComfysweepError, StoreError
 from orchestrator.grid import iter_jobs
+from orchestrator.locate import no_store_file, require_store
 from orchestrator.models import get_model
 from orchestrator.notify import Notifier
 from orchestrator.pacing import Pacer
@@ -475,7 +476,7 @@ def sweep_left(
     timed by the last observed job duration."""
     spec = _loaded(spec)
     path = store_path(spec, store)
-    if _no_store_file(path):
+    if no_store_file(path):
         return None
     with Store.open(path, readonly=True) as db:
         _check_owner(spec, db)
@@ -507,7 +508,7 @@ def retry_jobs(
     if wrong:
         raise StoreError(f"cannot retry jobs that are {', '.join(sorted(wrong))}")
     path = store_path(spec, store)
-    _require_store(path)
+    require_store(path)
     with Store.open(path) as db, db.lock(owner=f"comfysweep retry {spec.name}"):
         _check_owner(spec, db)
         if where is None:
@@ -536,7 +537,7 @@ def cancel_sweep(
     """Cancel the sweep's jobs still queued remotely; running jobs cannot be and are billed."""
     spec = _loaded(spec)
     path = store_path(spec, store)
-    _require_store(path)
+    require_store(path)
     with (
         Store.open(path) as db,
         db.lock(owner=f"comfysweep cancel {spec.name}"),
@@ -580,16 +581,6 @@ def _options(
 
 def _loaded(spec: Spec | str | Path) -> Spec:
     return spec if isinstance(spec, Spec) else load_spec(spec)
-
-
-def _require_store(path: str | Path) -> None:
-    if _no_store_file(path):
-        raise StoreError(f"{path}: no store yet; `comfysweep run` creates it")
-
-
-def _no_store_file(path: str | Path) -> bool:
-    """Whether ``path`` names a store file not created yet (``--store`` comes as a string)."""
-    return "://" not in str(path) and not Path(path).exists()
 
 
 @contextlib.contextmanager
