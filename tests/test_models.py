@@ -4,6 +4,7 @@ import pytest
 
 from orchestrator import canonical_json, get_model, job_key
 from orchestrator.errors import InputError, SpecError
+from orchestrator.models import Model, output_kind_of
 
 WAN = "community/wan-2-2/vace-fun"
 BASE = {"prompt": "a fox", "image": "https://example.com/a.png"}
@@ -71,3 +72,32 @@ def test_unknown_model_is_schema_less_unless_strict() -> None:
 
 def test_canonical_json_is_compact_sorted_utf8() -> None:
     assert canonical_json({"b": 1, "a": "é"}) == '{"a":"é","b":1}'
+
+
+def test_a_catalog_entry_becomes_a_model_with_its_media_inputs_and_output_kind() -> None:
+    entry = {
+        "model_id": "google/nano-banana-2-lite/edit",
+        "display_name": "Nano Banana 2 Lite Edit",
+        "categories": ["image-to-image", "image"],
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "prompt": {"type": "string"},
+                "strength": {"type": "float", "minimum": 0, "maximum": 1},
+                "image_urls": {"type": "array", "format": "image_uris", "maxItems": 10},
+                "voice": {"type": "string", "format": "audio_uri"},
+            },
+            "required": ["prompt", "image_urls"],
+        },
+    }
+    model = Model.from_catalog(entry)
+    assert model.output_kind == "image"
+    assert model.media_inputs == {"image_urls", "voice"}
+    assert model.media_lists == {"image_urls"}
+    assert (model.media_kind("image_urls"), model.media_kind("voice")) == ("image", "audio")
+    assert model.media_kind("prompt") is None
+    assert model.max_items("image_urls") == 10
+    assert model.normalise("strength", 1) == 1.0
+    assert model.check("image_urls", ["a"] * 11) is not None
+    assert output_kind_of({"categories": ["text-to-audio"]}) == "audio"
+    assert output_kind_of({"output": "image", "categories": ["video"]}) == "image"

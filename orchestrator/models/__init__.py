@@ -3,6 +3,9 @@
 A model is one JSON file in this folder: RunComfy's published schema (``input_schema``,
 ``output_schema``) plus ``friendly_names`` (friendly name -> raw ComfyUI node-id key) and
 ``media_inputs`` (the raw keys that take an image or video URL). Adding a model is adding a file.
+A catalog entry (``GET /v1/models/{id}``) becomes a Model through ``Model.from_catalog``: its media
+inputs are the fields whose ``format`` says so (``image_uri``, ``image_uris``, ``video_uri(s)``,
+``audio_uri(s)``; the plural forms are lists), its output kind comes from its categories.
 
 RunComfy's schemas say ``"type": "float"``, which is not JSON Schema: it means a JSON number, and a
 float field's ``4`` and ``4.0`` are the same value. An integer field's ``4.0`` is a type error.
@@ -13,6 +16,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -24,7 +28,27 @@ import jsonschema
 from orchestrator.errors import InputError, SpecError
 from orchestrator.yamlplaces import brief
 
-__all__ = ["FieldProblem", "Model", "get_model", "known_models", "suggest"]
+__all__ = [
+    "MEDIA_FORMATS",
+    "OUTPUT_KINDS",
+    "FieldProblem",
+    "Model",
+    "get_model",
+    "known_models",
+    "output_kind_of",
+    "suggest",
+]
+
+# A schema field's ``format`` -> (media kind, takes a list). RunComfy marks media inputs so.
+MEDIA_FORMATS: Mapping[str, tuple[str, bool]] = {
+    "image_uri": ("image", False),
+    "image_uris": ("image", True),
+    "video_uri": ("video", False),
+    "video_uris": ("video", True),
+    "audio_uri": ("audio", False),
+    "audio_uris": ("audio", True),
+}
+OUTPUT_KINDS = ("video", "image", "audio")
 
 
 @dataclass(frozen=True)
@@ -50,12 +74,65 @@ class Model:
     output_schema: Mapping[str, Any] = field(default_factory=dict)
     friendly_names: Mapping[str, str] = field(default_factory=dict)
     media_inputs: frozenset[str] = frozenset()
+    # What the model makes: "video", "image" or "audio".
+    output_kind: str = "video"
+    # Raw key -> "image" | "video" | "audio" for each media input (a key absent here is an image).
+    media_kinds: Mapping[str, str] = field(default_factory=dict)
+    # The media inputs that take a list of URLs (format image_uris, video_uris, audio_uris).
+    media_lists: frozenset[str] = frozenset()
+    display: str = ""  # the catalog's display_name
     _names: dict[str, str] = field(  # raw key -> friendly name, filled on first use
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
     _validators: dict[str, jsonschema.Draft7Validator] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
+
+    @classmethod
+    def from_catalog(cls, entry: Mapping[str, Any]) -> Model:
+        """A Model from a catalog entry (``GET /v1/models/{id}`` with its input schema).
+
+        Media inputs are read from each field's ``format``; the output kind from an ``output``
+        key when the entry has one, else from its categories, else its output schema."""
+        schema: Mapping[str, Any] = entry.get("input_schema") or {}
+        kinds: dict[str, str] = {}
+        lists: set[str] = set()
+        for key, prop in (schema.get("properties") or {}).items():
+            media = (
+                MEDIA_FORMATS.get(str(prop.get("format", ""))) if isinstance(prop, dict) else None
+            )
+            if media is None:
+                items = prop.get("items") if isinstance(prop, dict) else None
+                if isinstance(items, dict):
+                    single = MEDIA_FORMATS.get(str(items.get("format", "")))
+                    media = (single[0], True) if single else None
+            if media is not None:
+                kinds[key] = media[0]
+                if media[1]:
+                    lists.add(key)
+        return cls(
+            model_id=str(entry["model_id"]),
+            summary=str(entry.get("description") or entry.get("display_name") or ""),
+            input_schema=schema,
+            output_schema=entry.get("output_schema") or {},
+            friendly_names=entry.get("friendly_names") or {},
+            media_inputs=frozenset(kinds),
+            output_kind=output_kind_of(entry),
+            media_kinds=kinds,
+            media_lists=frozenset(lists),
+            display=str(entry.get("display_name") or ""),
+        )
+
+    def media_kind(self, key: str) -> str | None:
+        """ "image", "video" or "audio" for a media input's raw key; None for any other key."""
+        if key not in self.media_inputs:
+            return None
+        return self.media_kinds.get(key, "image")
+
+    def max_items(self, key: str) -> int | None:
+        """The schema's ``maxItems`` of a list input, or None."""
+        value = self.properties.get(key, {}).get("maxItems")
+        return value if isinstance(value, int) else None
 
     @property
     def has_schema(self) -> bool:
@@ -198,6 +275,23 @@ def known_models() -> list[Model]:
     return list(_registry().values())
 
 
+def output_kind_of(entry: Mapping[str, Any]) -> str:
+    """What a catalog entry's model makes: its ``output`` key, else its categories (``video``,
+    ``text-to-image``...), else its output schema's media keys; "video" when nothing says."""
+    given = entry.get("output")
+    if given in OUTPUT_KINDS:
+        return str(given)
+    words = " ".join(str(c) for c in entry.get("categories") or ())
+    for kind in ("video", "image", "audio"):
+        if re.search(rf"(^|[\s-]){kind}($|\s)", words):
+            return kind
+    props = (entry.get("output_schema") or {}).get("properties") or {}
+    for kind in OUTPUT_KINDS:
+        if kind in props or f"{kind}s" in props:
+            return kind
+    return "video"
+
+
 def suggest(word: str, choices: list[str]) -> str:
     """A ``" (did you mean 'x'?)"`` hint, or an empty string."""
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
@@ -216,6 +310,8 @@ def _registry() -> dict[str, Model]:
             output_schema=data.get("output_schema", {}),
             friendly_names=data.get("friendly_names", {}),
             media_inputs=frozenset(data.get("media_inputs", ())),
+            output_kind=data.get("output", "video"),
+            display=data.get("display_name", ""),
         )
         models[model.model_id] = model
     return models
