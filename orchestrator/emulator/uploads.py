@@ -54,16 +54,18 @@ def media_problem(kind: str, value: Any) -> tuple[str, str] | None:
     mime = value[5:].split(",", 1)[0].split(";", 1)[0].strip().lower()
     if not mime.startswith(f"{kind}/"):
         return f"a data: URI of type {mime or 'none'!r} where an {kind} is expected", "media_kind"
+    payload = value.partition(",")[2]
+    size = len(payload) // 4 * 3 - len(payload[-2:]) + len(payload[-2:].rstrip("="))
+    cap = CAPS[kind]
+    if size > cap:  # told by the base64's length, before decoding it
+        return (
+            f"{kind} of {size:,} bytes is over RunComfy's {cap // MIB} MiB cap for an {kind}",
+            "too_large",
+        )
     try:
         data = decode_data_uri(value) or b""
     except ValueError as exc:
         return str(exc), "invalid_data_uri"
-    cap = CAPS[kind]
-    if len(data) > cap:
-        return (
-            f"{kind} of {len(data):,} bytes is over RunComfy's {cap // MIB} MiB cap for an {kind}",
-            "too_large",
-        )
     found = sniff(data)
     if found != kind:
         what = f"are {'an' if found == 'image' else 'a'} {found}" if found else "match no format"
