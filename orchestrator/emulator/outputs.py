@@ -353,17 +353,19 @@ def _samples(inputs: Mapping[str, Any], seconds: float) -> np.ndarray:
     key = _digest(inputs, "tags", "seed")
     tune = _digest(inputs)
     root = 196.0 * 2 ** ((key[0] % 12) / 12)  # G3 .. F#4
-    beats = 2.0 + tune[0] % 5  # notes a second
+    length = AUDIO_RATE // (2 + tune[0] % 5)  # a note's samples: 2 to 6 notes a second
+    t = np.arange(length) / AUDIO_RATE
+    envelope = np.exp(-3.0 * t * AUDIO_RATE / length) * np.minimum(1.0, t * 200)
+    notes = np.array(  # one template per scale degree, the melody indexes them
+        [
+            (np.sin(2 * np.pi * f * t) + 0.3 * np.sin(3 * np.pi * f * t)) * envelope
+            for f in (root * 2 ** (d / 12) for d in _PENTATONIC)
+        ]
+    )
     count = max(1, round(seconds * AUDIO_RATE))
-    t = np.arange(count) / AUDIO_RATE
-    note = (t * beats).astype(np.int64)
-    degrees = np.array(_PENTATONIC)[np.frombuffer(tune * 8, dtype=np.uint8)[note % 256] % 8]
-    pitch = root * 2 ** (degrees / 12)
-    phase = 2 * np.pi * np.cumsum(pitch) / AUDIO_RATE
-    within = t * beats - note
-    envelope = np.exp(-3.0 * within) * np.minimum(1.0, within * 50)
-    wave_ = (np.sin(phase) + 0.3 * np.sin(1.5 * phase)) * envelope
-    result: np.ndarray = (wave_ / 1.3 * 0.6 * 32767).astype(np.int16)
+    melody = np.frombuffer(tune * 8, dtype=np.uint8) % len(_PENTATONIC)
+    degrees = melody[np.arange(-(-count // length)) % len(melody)]
+    result: np.ndarray = (notes[degrees].reshape(-1)[:count] / 1.3 * 0.6 * 32767).astype(np.int16)
     return result
 
 
