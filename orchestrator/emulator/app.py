@@ -88,6 +88,7 @@ class EmulatorState:
             media_dir = Path(self._tmp.name)
         self.media = MediaCache(media_dir)
         self._defaults: dict[str, tuple[dict[str, Any], set[str]]] = {}
+        self._outputs: dict[str, Output] = {}
         # Every request served, by endpoint, and the latest ones as (emulator time, endpoint,
         # HTTP status): how many requests a client spent, and when (tests/test_pacing*.py).
         self.requests: Counter[str] = Counter()
@@ -127,8 +128,11 @@ class EmulatorState:
 
     def output(self, job: Job) -> Output:
         """What a finished job made (a model no longer served: a vace-fun-shaped video)."""
-        offer = self.offers.get(job.model_id) or self.offers[_VACE]
-        return output_of(offer, job.inputs)
+        made = self._outputs.get(job.request_id)
+        if made is None:  # once a job: it may read an input image's size
+            offer = self.offers.get(job.model_id) or self.offers[_VACE]
+            made = self._outputs[job.request_id] = output_of(offer, job.inputs)
+        return made
 
     def render(self, job: Job, made: Output) -> Rendered:
         """The job's output file, rendered unless cached (call from a worker thread)."""

@@ -9,12 +9,14 @@ inputs, so the cells of a sweep differ the way its inputs do:
   or the ``1080p`` in the model id; 720p otherwise) scaled down ``SCALE`` times: its short side
   is the resolution / SCALE, rounded to the nearest size whose sides are even and exactly in the
   ratio (1080p 16:9 -> 384x216, 720p 16:9 -> 256x144, 480p 16:9 -> 160x90); ``auto`` and
-  ``adaptive`` are 16:9.
+  ``adaptive`` are the model's ratio nearest the first input image's when that is a ``data:``
+  URI, else 16:9.
   The picture is media.py's (gradient, disc, scrolling band, burned-in text), with the model's own
   inputs as the words, a LoRA's scale as the hue, and every other input in a hash of colours;
 - **image** (PNG, or JPEG when ``output_format`` asks for ``jpeg``/``jpg``): as many pixels as a
   ``1K`` (1024x1024) or ``2K`` image of the asked ratio, scaled down SCALE times (1K 1:1 -> 205x205,
-  1K 16:9 -> 272x153); ``auto`` is 1:1. The same picture elements, drawn with Pillow;
+  1K 16:9 -> 272x153); ``auto`` is as for a video, else 1:1. The same picture elements, drawn
+  with Pillow;
 - **audio** (WAV, 16-bit mono at ``AUDIO_RATE``, or MP3 when ``output_format`` asks): ``duration``
   seconds of notes whose pitch follows the tags and seed, and whose tempo and melody follow every
   other input (a hash).
@@ -98,7 +100,8 @@ def output_of(offer: Offer, inputs: Mapping[str, Any]) -> Output:
         width, height, frames, fps = video_shape(inputs)
         return Output("video", "mp4", frames / fps, width, height, fps, width * height)
     kind = offer.model.output_kind
-    ratio = _ratio(inputs.get("aspect_ratio"), default=(16, 9) if kind == "video" else (1, 1))
+    default = _image_ratio(offer, inputs) or ((16, 9) if kind == "video" else (1, 1))
+    ratio = _ratio(inputs.get("aspect_ratio"), default)
     fmt = str(inputs.get("output_format", "")).lower()
     if kind == "image":
         side = _IMAGE_SIDE.get(str(inputs.get("resolution", "1K")).lower(), 1024)
@@ -164,6 +167,26 @@ def _ratio(value: Any, default: tuple[int, int]) -> tuple[int, int]:
         return default
     reduced = Fraction(int(match[1]), int(match[2]))
     return reduced.numerator, reduced.denominator
+
+
+def _image_ratio(offer: Offer, inputs: Mapping[str, Any]) -> tuple[int, int] | None:
+    """For ``auto``/``adaptive``: the ratio among the model's ``aspect_ratio`` choices nearest
+    to the first input image's, when that image is a ``data:`` URI Pillow can read."""
+    choices = [
+        _ratio(c, (0, 0)) for c in offer.model.properties.get("aspect_ratio", {}).get("enum", ())
+    ]
+    choices = [c for c in choices if c != (0, 0)] or [(16, 9), (1, 1), (9, 16)]
+    try:
+        data = decode_data_uri(_first_image(offer, inputs))
+        if data is None:
+            return None
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    if not width or not height:
+        return None
+    return min(choices, key=lambda c: abs(math.log(c[0] / c[1] * height / width)))
 
 
 def _area(ratio: tuple[int, int], k: float) -> int:

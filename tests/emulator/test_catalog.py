@@ -432,3 +432,14 @@ def test_mp3_where_an_output_format_asks_for_it(tmp_path: Path) -> None:
         assert container.format.name == "mp3"
         samples = sum(f.samples for f in container.decode(audio=0))
     assert samples / AUDIO_RATE == pytest.approx(2.0, abs=0.1)
+
+
+def test_adaptive_aspect_follows_the_input_image(api: Api) -> None:
+    tall = _uri("image/png", _png((90, 160)))
+    body = {"prompt": "x", "image_url": tall, "duration": 2}  # aspect_ratio: adaptive
+    assert _video_info(_output(api, I2V_WAN, body)[2].content)[:2] == (144, 256)
+    body = {"prompt": "x", "image_url": URL, "duration": 2}  # not readable here: 16:9
+    assert _video_info(_output(api, I2V_WAN, body)[2].content)[:2] == (256, 144)
+    square = {"prompt": "x", "image_urls": [_uri("image/png", _png((50, 50)))]}
+    with Image.open(io.BytesIO(_output(api, EDIT, square)[2].content)) as image:
+        assert image.size == (205, 205)
