@@ -293,6 +293,7 @@ class _Api:
             return api_error(422, 422001, "input does not match the model's schema", detail)
         inputs = self.state.complete(model, body)
         offer = self.state.offers[model_id]
+        made = output_of(offer, inputs)
         try:
             job = self.farm.submit(
                 account,
@@ -300,8 +301,8 @@ class _Api:
                 inputs,
                 input_sha256(inputs),
                 self.state.dice.job_faults(),
-                seconds=gpu_seconds(offer, inputs),
-                cost=job_cost(offer, inputs),
+                seconds=gpu_seconds(offer, inputs, made),
+                cost=job_cost(offer, inputs, made),
             )
         except OutOfBalance:
             log.warning("refused submit: %s has no balance left (400002)", account.name)

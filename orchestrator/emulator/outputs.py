@@ -100,8 +100,9 @@ def output_of(offer: Offer, inputs: Mapping[str, Any]) -> Output:
         width, height, frames, fps = video_shape(inputs)
         return Output("video", "mp4", frames / fps, width, height, fps, width * height)
     kind = offer.model.output_kind
-    default = _image_ratio(offer, inputs) or ((16, 9) if kind == "video" else (1, 1))
-    ratio = _ratio(inputs.get("aspect_ratio"), default)
+    ratio = _ratio(inputs.get("aspect_ratio"), (0, 0))
+    if ratio == (0, 0):  # auto, adaptive or none
+        ratio = _image_ratio(offer, inputs) or ((16, 9) if kind == "video" else (1, 1))
     fmt = str(inputs.get("output_format", "")).lower()
     if kind == "image":
         side = _IMAGE_SIDE.get(str(inputs.get("resolution", "1K")).lower(), 1024)
@@ -119,20 +120,20 @@ def output_of(offer: Offer, inputs: Mapping[str, Any]) -> Output:
     return Output("video", "mp4", seconds, width, height, VIDEO_FPS, real)
 
 
-def job_cost(offer: Offer, inputs: Mapping[str, Any]) -> float:
-    """What a job is billed: per second of output, or per output."""
+def job_cost(offer: Offer, inputs: Mapping[str, Any], made: Output | None = None) -> float:
+    """What a job is billed: per second of output, or per output (``made``: its output_of)."""
     if offer.model_id == _VACE:
         return farm.job_cost(inputs)
     if offer.price_unit == "output":
         return offer.base_price_usd
-    return offer.base_price_usd * output_of(offer, inputs).seconds
+    return offer.base_price_usd * (made or output_of(offer, inputs)).seconds
 
 
-def gpu_seconds(offer: Offer, inputs: Mapping[str, Any]) -> float:
+def gpu_seconds(offer: Offer, inputs: Mapping[str, Any], made: Output | None = None) -> float:
     """Simulated GPU seconds for a job (the module docstring's figures)."""
     if offer.model_id == _VACE:
         return farm.gpu_seconds(inputs)
-    made = output_of(offer, inputs)
+    made = made or output_of(offer, inputs)
     if made.kind == "image":
         return 8.0
     if made.kind == "audio":
