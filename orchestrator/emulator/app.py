@@ -22,12 +22,14 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from orchestrator.canonical import input_sha256
-from orchestrator.emulator.catalog import catalog_entry, categories, list_models
+from orchestrator.emulator.catalog import Offer, catalog_entry, emulated_catalog, list_models
 from orchestrator.emulator.config import EmulatorConfig
 from orchestrator.emulator.farm import Farm, Job, OutOfBalance
 from orchestrator.emulator.faults import FaultDice, FaultSpec
 from orchestrator.emulator.ledger import Account, iso_time, ledger_snapshot
-from orchestrator.emulator.media import MediaCache, decode_data_uri
+from orchestrator.emulator.media import MediaCache, Rendered
+from orchestrator.emulator.outputs import Output, gpu_seconds, job_cost, material, output_of, render
+from orchestrator.emulator.uploads import extra_problems, problem_detail
 from orchestrator.emulator.wire import (
     BodyError,
     RawSend,
@@ -37,11 +39,12 @@ from orchestrator.emulator.wire import (
     fault_response,
     read_json_object,
 )
-from orchestrator.models import Model, known_models
+from orchestrator.models import Model
 
 __all__ = ["EmulatorApp", "EmulatorState", "create_app"]
 
 log = logging.getLogger("orchestrator.emulator")
+_VACE = "community/wan-2-2/vace-fun"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _REFUSALS = (
     "rate_limit",
@@ -60,7 +63,8 @@ class EmulatorState:
 
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
-        self.models: dict[str, Model] = {m.model_id: m for m in known_models()}
+        self.offers: dict[str, Offer] = emulated_catalog()
+        self.models: dict[str, Model] = {i: o.model for i, o in self.offers.items()}
         balance = config.starting_balance
         self.token_accounts = {t: f"account{i + 1}" for i, t in enumerate(config.tokens)}
         accounts = {n: Account(n, balance) for n in self.token_accounts.values()}
@@ -84,6 +88,7 @@ class EmulatorState:
             media_dir = Path(self._tmp.name)
         self.media = MediaCache(media_dir)
         self._defaults: dict[str, tuple[dict[str, Any], set[str]]] = {}
+        self._outputs: dict[str, Output] = {}
         # Every request served, by endpoint, and the latest ones as (emulator time, endpoint,
         # HTTP status): how many requests a client spent, and when (tests/test_pacing*.py).
         self.requests: Counter[str] = Counter()
@@ -120,6 +125,24 @@ class EmulatorState:
             self._defaults[model.model_id] = (defaults, floats)
         defaults, floats = self._defaults[model.model_id]
         return defaults | {k: float(v) if k in floats else v for k, v in body.items()}
+
+    def output(self, job: Job) -> Output:
+        """What a finished job made (a model no longer served: a vace-fun-shaped video)."""
+        made = self._outputs.get(job.request_id)
+        if made is None:  # once a job: it may read an input image's size
+            offer = self.offers.get(job.model_id) or self.offers[_VACE]
+            made = self._outputs[job.request_id] = output_of(offer, job.inputs)
+        return made
+
+    def render(self, job: Job, made: Output) -> Rendered:
+        """The job's output file, rendered unless cached (call from a worker thread)."""
+        offer = self.offers.get(job.model_id)
+        if offer is None or offer.model_id == _VACE:
+            return self.media.get(job.inputs)
+        inputs = job.inputs
+        return self.media.made(
+            material(offer, inputs, made), made.extension, lambda p: render(p, offer, inputs, made)
+        )
 
     def close(self) -> None:
         self.farm.close()
@@ -263,24 +286,23 @@ class _Api:
         except BodyError as refused:
             log.warning("refused submit: %s (%s)", refused.message, refused.status)
             return refused.response()
-        detail = [
-            {"loc": ["body", p.key], "msg": f"{p.name}: {p.message}", "type": p.kind}
-            for p in model.problems(body)
-        ]
-        for key in sorted(model.media_inputs & body.keys()):
-            value = body[key]
-            try:
-                if isinstance(value, str):
-                    decode_data_uri(value)
-            except ValueError as exc:
-                detail.append({"loc": ["body", key], "msg": str(exc), "type": "invalid_data_uri"})
+        detail = [problem_detail(model, body, p) for p in model.problems(body)]
+        detail += extra_problems(model, body, {d["loc"][1] for d in detail})
         if detail:
             log.warning("refused submit: %d invalid field(s) (422001)", len(detail))
             return api_error(422, 422001, "input does not match the model's schema", detail)
         inputs = self.state.complete(model, body)
+        offer = self.state.offers[model_id]
+        made = output_of(offer, inputs)
         try:
             job = self.farm.submit(
-                account, model_id, inputs, input_sha256(inputs), self.state.dice.job_faults()
+                account,
+                model_id,
+                inputs,
+                input_sha256(inputs),
+                self.state.dice.job_faults(),
+                seconds=gpu_seconds(offer, inputs, made),
+                cost=job_cost(offer, inputs, made),
             )
         except OutOfBalance:
             log.warning("refused submit: %s has no balance left (400002)", account.name)
@@ -326,8 +348,10 @@ class _Api:
         if job.terminal:
             body["finished_at"] = iso_time(job.finished_at)
         if job.state == "succeeded":
-            url = f"{_origin(request)}/outputs/{job.output_token}/{job.request_id[:8]}.mp4"
-            body["output"] = url if "bare_output" in job.faults else {"video": url}
+            made = self.state.output(job)
+            name = f"{job.request_id[:8]}.{made.extension}"
+            url = f"{_origin(request)}/outputs/{job.output_token}/{name}"
+            body["output"] = url if "bare_output" in job.faults else {made.kind: url}
         if job.state == "failed":
             body["error"] = job.error
         if request.query_params.get("include_cost", "").lower() in ("true", "1"):
@@ -346,21 +370,21 @@ class _Api:
     async def _model(self, request: Request) -> Response:
         self._account(request)
         model_id = request.path_params["model_id"]
-        model = self.state.models.get(model_id)
-        if model is None:
+        offer = self.state.offers.get(model_id)
+        if offer is None:
             return api_error(400, 400001, f"model {model_id!r} not found")
-        return JSONResponse(catalog_entry(model, schema=True))
+        return JSONResponse(catalog_entry(offer, schema=True))
 
     async def _list(self, request: Request) -> Response:
         self._account(request)
-        problems, listing = list_models(self.state.models.values(), request.query_params)
+        problems, listing = list_models(self.state.offers.values(), request.query_params)
         if problems:
             return api_error(422, 422001, "invalid query parameters", problems)
         return JSONResponse(listing)
 
     async def _categories(self, request: Request) -> Response:
         self._account(request)
-        names = sorted({c for m in self.state.models.values() for c in categories(m)})
+        names = sorted({c for o in self.state.offers.values() for c in o.categories})
         return JSONResponse({"categories": names})
 
     # -- outputs and admin --------------------------------------------------------------------
@@ -383,9 +407,9 @@ class _Api:
         ttl = 0.0 if "early_expiry" in job.faults else self.state.config.output_ttl
         if self.state.config.clock() >= job.finished_at + ttl:
             return Response("Gone: this output has expired", status_code=410)
-        inputs = job.inputs
+        made = self.state.output(job)
         try:
-            rendered = await anyio.to_thread.run_sync(lambda: self.state.media.get(inputs))
+            rendered = await anyio.to_thread.run_sync(lambda: self.state.render(job, made))
         except OSError as exc:  # the emulator's own disk refused the render: a 5xx, not a crash
             why = f"cannot render the output: {exc.strerror or exc}"
             return Response(why, status_code=503, media_type="text/plain")
@@ -398,9 +422,10 @@ class _Api:
             log.warning("fault truncated_download: %d of %d bytes", cut, rendered.size)
             body = rendered.path.read_bytes()[:cut]
             if not fault.param("content_length"):
-                return StreamingResponse(iter([body]), media_type="video/mp4", headers=headers)
-            return TruncatedResponse(body, rendered.size, headers)
-        return FileResponse(rendered.path, media_type="video/mp4", headers=headers)
+                chunks = iter([body])
+                return StreamingResponse(chunks, media_type=made.content_type, headers=headers)
+            return TruncatedResponse(body, rendered.size, headers, made.content_type)
+        return FileResponse(rendered.path, media_type=made.content_type, headers=headers)
 
     async def balance(self, request: Request) -> Response:
         """The token's account balance: what the ledger has not billed yet."""

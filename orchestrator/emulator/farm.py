@@ -11,7 +11,8 @@ default 0) each job's seconds are spread by up to that fraction either way, seed
 the job's inputs: the same inputs always take the same time.
 
 Price: ``PRICE_USD_PER_SECOND`` per second of output video (frames / fps), the catalog's
-``base_price_usd`` with ``price_unit: "second"``; billed when the job ends.
+``base_price_usd`` with ``price_unit: "second"``; billed when the job ends. These are vace-fun's;
+the other emulated models' durations and prices are in emulator/outputs.py.
 """
 
 from __future__ import annotations
@@ -176,16 +177,22 @@ class Farm:
         inputs: dict[str, Any],
         input_sha256: str,
         faults: frozenset[str],
+        *,
+        seconds: float | None = None,
+        cost: float | None = None,
     ) -> Job:
-        """Queue a new job; raises OutOfBalance when the account cannot pay for it."""
+        """Queue a new job; raises OutOfBalance when the account cannot pay for it.
+
+        ``seconds`` (simulated GPU seconds) and ``cost`` default to vace-fun's formulas above;
+        another model's come from emulator/outputs.py."""
         now = self.clock()
         self.advance(now)
-        seconds = gpu_seconds(inputs)
+        seconds = gpu_seconds(inputs) if seconds is None else seconds
         if self.jitter:  # the same inputs always take the same time
             seconds *= 1.0 + random.Random(f"{self.seed}:{input_sha256}").uniform(
                 -self.jitter, self.jitter
             )
-        cost = job_cost(inputs)
+        cost = job_cost(inputs) if cost is None else cost
         if account.available() < cost:
             raise OutOfBalance(account.name)
         record = {

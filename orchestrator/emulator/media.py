@@ -27,7 +27,7 @@ import math
 import os
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from orchestrator.emulator.farm import resolution
 from orchestrator.lettering import Font, fit, font
 
 __all__ = [
+    "WORDS",
     "MediaCache",
     "Rendered",
     "decode_data_uri",
@@ -50,6 +51,9 @@ __all__ = [
 ]
 
 _VERSION = "emulator-media-2"
+# A look's key for the words burned in instead of vace-fun's (seed, steps...): outputs.py draws
+# another model's video through this module with its own inputs as the words.
+WORDS = "_emulator_words"
 
 
 def decode_data_uri(value: str) -> bytes | None:
@@ -140,7 +144,7 @@ def _show(value: Any) -> str:
 
 
 def _sampler_key(inputs: Mapping[str, Any]) -> str | None:
-    return next((key for key in sorted(inputs) if "sampler" in key.lower()), None)
+    return next((key for key in sorted(inputs) if "sampler" in key.lower() and key != WORDS), None)
 
 
 def _lines(inputs: Mapping[str, Any], font: Font, room: int) -> list[str]:
@@ -149,6 +153,8 @@ def _lines(inputs: Mapping[str, Any], font: Font, room: int) -> list[str]:
     sampler = _sampler_key(inputs)
     if sampler is not None:
         words.append(f"sampler {_show(inputs[sampler])}")
+    if WORDS in inputs:  # another model's picture: its own words (outputs.py)
+        words = [str(word) for word in inputs[WORDS]]
     lines: list[str] = []
     for word in words:
         joined = f"{lines[-1]}  {word}" if lines else word
@@ -277,7 +283,7 @@ def _picture_material(inputs: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Rendered:
-    """A cached MP4: where it is, its size and its strong ETag."""
+    """A cached output file: where it is, its size and its strong ETag."""
 
     path: Path
     size: int
@@ -285,7 +291,7 @@ class Rendered:
 
 
 class MediaCache:
-    """Renders each distinct video once into ``folder`` (thread-safe, one render per key)."""
+    """Renders each distinct output once into ``folder`` (thread-safe, one render per key)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -297,18 +303,22 @@ class MediaCache:
 
     def get(self, inputs: Mapping[str, Any]) -> Rendered:
         """The job's video, rendered now unless cached (call from a worker thread)."""
-        key = hashlib.sha256(_picture_material(inputs).encode()).hexdigest()[:32]
+        return self.made(_picture_material(inputs), "mp4", lambda path: render_mp4(path, inputs))
+
+    def made(self, material: str, extension: str, render: Callable[[Path], None]) -> Rendered:
+        """The file ``render`` writes for ``material`` (what it depends on), made once."""
+        key = hashlib.sha256(material.encode()).hexdigest()[:32]
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
             if key in self._done:
                 return self._done[key]
-            path = self.folder / f"{key}.mp4"
+            path = self.folder / f"{key}.{extension}"
             if not path.exists():
-                fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".mp4.part")
+                fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=f".{extension}.part")
                 os.close(fd)
                 try:
-                    render_mp4(Path(tmp), inputs)
+                    render(Path(tmp))
                     os.replace(tmp, path)
                 finally:
                     Path(tmp).unlink(missing_ok=True)

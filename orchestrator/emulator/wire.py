@@ -136,8 +136,10 @@ async def drop_connection(request: Request) -> Response:
 class TruncatedResponse(Response):
     """Headers that promise the whole file, then only part of it, then the connection closes."""
 
-    def __init__(self, body: bytes, total: int, headers: dict[str, str]) -> None:
-        super().__init__(b"", media_type="video/mp4", headers=headers)
+    def __init__(
+        self, body: bytes, total: int, headers: dict[str, str], media_type: str = "video/mp4"
+    ) -> None:
+        super().__init__(b"", media_type=media_type, headers=headers)
         self.partial = body
         self.headers["content-length"] = str(total)
 

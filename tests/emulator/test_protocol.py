@@ -135,9 +135,9 @@ def test_catalog_list_search_and_pages(api: Api) -> None:
     assert "input_schema" not in listing["models"][0]
     with_schema = api.http.get(f"{api.base}/models", params={"include_schema": "true"}).json()
     assert "input_schema" in with_schema["models"][0]
-    none = api.http.get(f"{api.base}/models", params={"category": "audio", "kind": "model"})
+    none = api.http.get(f"{api.base}/models", params={"category": "3d", "kind": "model"})
     assert none.json()["models"] == []
-    later = api.http.get(f"{api.base}/models", params={"offset": 5, "limit": 1}).json()
+    later = api.http.get(f"{api.base}/models", params={"offset": 50, "limit": 1}).json()
     assert later["models"] == []
     assert later["total"] >= 1
     bad = api.http.get(f"{api.base}/models", params={"limit": 501, "kind": "nope"})

@@ -1,0 +1,117 @@
+"""Checks of a submit beyond each field's own schema: list and object shapes, and media inputs.
+
+A media input takes a public https URL, a bare asset name (the documented default of vace-fun's
+image is one), or a base64 ``data:`` URI as RunComfy's own nodes send: its MIME type must be of the
+field's kind (image/video/audio), its decoded bytes must look like that kind (their magic), and
+they must fit RunComfy's caps (``CAPS``; the whole request's 64 MiB is config.MAX_BODY_BYTES).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from orchestrator.emulator.media import decode_data_uri
+from orchestrator.models import FieldProblem, Model
+
+__all__ = ["CAPS", "extra_problems", "media_problem", "problem_detail", "sniff"]
+
+MIB = 1024 * 1024
+# Decoded bytes a data: URI may carry, by kind (RunComfy's partner nodes' documented caps).
+CAPS: dict[str, int] = {"image": 6 * MIB, "video": 32 * MIB, "audio": 16 * MIB}
+
+
+def sniff(data: bytes) -> str | None:
+    """The media kind the bytes' magic says ("image", "video", "audio"), or None."""
+    head = data[:16]
+    if head.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")):
+        return "image"
+    if head.startswith((b"II*\x00", b"MM\x00*")) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return "image"
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "audio"
+    if head.startswith((b"ID3", b"fLaC", b"OggS")) or (len(head) > 1 and _mpeg_audio(head)):
+        return "audio"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        return "audio" if brand in (b"M4A ", b"M4B ") else "video"
+    if head.startswith(b"\x1aE\xdf\xa3") or (head[:4] == b"RIFF" and head[8:11] == b"AVI"):
+        return "video"
+    return None
+
+
+def _mpeg_audio(head: bytes) -> bool:
+    """An MP3 or ADTS AAC frame's sync word."""
+    return head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06 in (0x02, 0x04, 0x06, 0)
+
+
+def media_problem(kind: str, value: Any) -> tuple[str, str] | None:
+    """(message, type) of what is wrong with one media value of ``kind``, or None."""
+    if not isinstance(value, str):
+        return f"must be an {kind} URL or data: URI string", "type"
+    if not value.startswith("data:"):
+        return None
+    mime = value[5:].split(",", 1)[0].split(";", 1)[0].strip().lower()
+    if not mime.startswith(f"{kind}/"):
+        return f"a data: URI of type {mime or 'none'!r} where an {kind} is expected", "media_kind"
+    payload = value.partition(",")[2]
+    size = len(payload) // 4 * 3 - len(payload[-2:]) + len(payload[-2:].rstrip("="))
+    cap = CAPS[kind]
+    if size > cap:  # told by the base64's length, before decoding it
+        return (
+            f"{kind} of {size:,} bytes is over RunComfy's {cap // MIB} MiB cap for an {kind}",
+            "too_large",
+        )
+    try:
+        data = decode_data_uri(value) or b""
+    except ValueError as exc:
+        return str(exc), "invalid_data_uri"
+    found = sniff(data)
+    if found != kind:
+        what = f"are {'an' if found == 'image' else 'a'} {found}" if found else "match no format"
+        return f"{mime} data is not an {kind}: its bytes {what}", "media_kind"
+    return None
+
+
+def extra_problems(model: Model, body: Mapping[str, Any], named: set[str]) -> list[dict[str, Any]]:
+    """422 details for what the field schemas let through: a list or object input of another
+    type, and media values; fields already in ``named`` (reported) are skipped."""
+    detail: list[dict[str, Any]] = []
+    for key in sorted(body.keys() - named):
+        prop = model.properties.get(key)
+        if prop is None:
+            continue
+        value, kind = body[key], model.media_kind(key)
+        if prop.get("type") == "array" and not isinstance(value, list):
+            detail.append(_detail(key, "must be a list", "type"))
+        elif prop.get("type") == "object" and not isinstance(value, dict):
+            detail.append(_detail(key, "must be an object", "type"))
+        elif kind is not None:
+            values = value if isinstance(value, list) else [value]
+            for index, item in enumerate(values):
+                problem = media_problem(kind, item)
+                if problem is not None:
+                    where = f"item {index + 1}: " if isinstance(value, list) else ""
+                    detail.append(_detail(key, where + problem[0], problem[1]))
+                    break
+    return detail
+
+
+def _detail(key: str, message: str, kind: str) -> dict[str, Any]:
+    return {"loc": ["body", key], "msg": f"{key}: {message}", "type": kind}
+
+
+def problem_detail(model: Model, body: Mapping[str, Any], problem: FieldProblem) -> dict[str, Any]:
+    """A field problem as a 422 detail, with a list's item count instead of the whole list (a
+    list of data: URIs would otherwise be quoted whole)."""
+    message = problem.message
+    value = body.get(problem.key)
+    if isinstance(value, list) and problem.kind == "invalid":
+        prop = model.properties.get(problem.key, {})
+        low, high = prop.get("minItems", 0), prop.get("maxItems", "any number of")
+        message = f"has {len(value)} item(s); the schema allows {low} to {high}"
+        if low <= len(value) and (not isinstance(high, int) or len(value) <= high):
+            message = problem.message if len(problem.message) <= 300 else problem.message[:297]
+    elif len(message) > 300:
+        message = message[:297] + "..."
+    return {"loc": ["body", problem.key], "msg": f"{problem.name}: {message}", "type": problem.kind}
