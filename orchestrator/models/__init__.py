@@ -26,7 +26,6 @@ from typing import Any
 import jsonschema
 
 from orchestrator.errors import InputError, SpecError
-from orchestrator.yamlplaces import brief
 
 __all__ = [
     "MEDIA_FORMATS",

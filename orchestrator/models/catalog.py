@@ -195,7 +195,8 @@ def nearest(model_id: str, choices: Iterable[str], n: int = 3) -> list[str]:
     close = difflib.get_close_matches(model_id, pool, n=n, cutoff=0.6)
     if len(close) < n:
         tail = model_id.rsplit("/", 1)[-1].lower()
-        close += [c for c in pool if c not in close and tail and tail in c.lower()][: n - len(close)]
+        ending = [c for c in pool if c not in close and tail and tail in c.lower()]
+        close += ending[: n - len(close)]
     return close
 
 
