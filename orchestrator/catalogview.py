@@ -49,6 +49,8 @@ def models_lines(search: str | None = None, output: str | None = None) -> list[s
             f"no model catalog cached for {source}: run `{catalog.sync_command(source)}` "
             "(listing only the models shipped with comfysweep)"
         )
+        if source != catalog.EMULATOR and catalog.load(catalog.EMULATOR) is not None:
+            head += "; the emulator's is cached: add --emulator"
     else:
         head = f"model catalog of {cache.api_base}, read {cache.read_at} (cached for {source})"
     rows = model_rows(search, output)

@@ -536,3 +536,19 @@ def test_every_emulated_model_plans_offline_after_models_sync_emulator(tmp_path:
         summary = json.loads(planned.output)
         assert summary["jobs"] == 1
         assert summary["estimated_cost_usd"] is not None, (model_id, summary)
+
+
+def test_run_emulator_reads_an_emulated_model_it_has_never_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run --emulator` with no cache: the entry comes from the embedded emulator's catalog
+    (here given one more model), is cached for `emulator`, and the sweep runs against it."""
+    from orchestrator.emulator import app
+
+    shipped = app.known_models
+    extra = Model.from_catalog(sample_entries()[0])
+    monkeypatch.setattr(app, "known_models", lambda: [*shipped(), extra])
+    report = run_sweep(write(tmp_path, WAN3_SPEC), emulator=EmulatorConfig(speed=2000.0))
+    assert report.counts["done"] == 2
+    assert catalog.lookup(WAN3, catalog.EMULATOR) is not None
+    assert models().output.splitlines()[0].endswith("the emulator's is cached: add --emulator")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import difflib
+import functools
 import json
 import os
 import tempfile
@@ -118,8 +119,13 @@ def cache_path(source: str) -> Path:
     """Where ``source``'s cache lives (its name made safe for any file system)."""
     from orchestrator.prices import home
 
+    return _cache_path(str(home()), source)
+
+
+@functools.cache
+def _cache_path(home: str, source: str) -> Path:
     safe = "".join(c if c.isalnum() or c in "-." else "_" for c in source)
-    return home() / "catalog" / f"{safe}.json"
+    return Path(home) / "catalog" / f"{safe}.json"
 
 
 # Parsed caches by path, kept while the file is unchanged (get_model is called per job).
@@ -222,12 +228,22 @@ def unknown_message(model_id: str, shipped: Iterable[str]) -> str:
 
 
 def _caches() -> list[Cache]:
-    """Every source's readable cache."""
+    """Every source's readable cache, read again only when the folder changed (every write is a
+    rename into it)."""
+    folder = cache_path(EMULATOR).parent
     try:
-        files = sorted(cache_path(EMULATOR).parent.glob("*.json"))
+        stamp = folder.stat().st_mtime_ns
     except OSError:
         return []
-    return [c for c in map(_read, files) if c is not None]
+    kept = _ALL.get(folder)
+    if kept is not None and kept[0] == stamp:
+        return kept[1]
+    caches = [c for c in map(_read, sorted(folder.glob("*.json"))) if c is not None]
+    _ALL[folder] = (stamp, caches)
+    return caches
+
+
+_ALL: dict[Path, tuple[int, list[Cache]]] = {}  # folder -> (its mtime, its caches)
 
 
 def _write(source: str, api_base: str, read_at: str, models: dict[str, Any]) -> Cache:
