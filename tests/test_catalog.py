@@ -22,7 +22,7 @@ from orchestrator.grid import count_jobs
 from orchestrator.models import Model, catalog, get_model
 from orchestrator.retry import RetryPolicy
 from orchestrator.spec import load_spec
-from orchestrator.sweep import run_sweep
+from orchestrator.sweep import Overrides, run_sweep
 
 BASE = "https://model-api.example.com/v1"
 WAN3 = "wan-ai/wan-3.0/image-to-video"
@@ -552,3 +552,27 @@ def test_run_emulator_reads_an_emulated_model_it_has_never_seen(
     assert report.counts["done"] == 2
     assert catalog.lookup(WAN3, catalog.EMULATOR) is not None
     assert models().output.splitlines()[0].endswith("the emulator's is cached: add --emulator")
+
+
+def test_the_budget_reserves_each_job_by_its_own_duration(tmp_path: Path) -> None:
+    """At $0.1 a second, the 2 s job ($0.20) fits a $0.25 cap and the 3 s one ($0.30) never does:
+    the reservation before each submit reads the job's duration (it had no frames/fps)."""
+    entry = next(e for e in sample_entries() if e["model_id"] == WAN3)
+    spec = write(
+        tmp_path, WAN3_SPEC.replace("poll_interval: 0.02", "poll_interval: 0.02\n  concurrency: 1")
+    )
+    with Emulator(EmulatorConfig(speed=2000.0)) as emu:
+        assert emu.state is not None
+        emu.state.models[WAN3] = Model.from_catalog(entry)
+        report = run_sweep(
+            spec,
+            base_url=emu.base_url,
+            token=emu.token,
+            price="0.1/second",
+            overrides=Overrides(max_cost=0.25),
+        )
+        billed = emu.ledger()["jobs"]
+    assert report.counts["done"] == 1
+    assert report.counts["pending"] == 1
+    assert len(billed) == 1
+    assert report.stop_kind == "budget"
