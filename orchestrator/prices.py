@@ -2,7 +2,10 @@
 
 RunComfy publishes a model's price only through its catalog endpoint, so comfysweep remembers the
 last one it read in ``$COMFYSWEEP_HOME/prices.json`` (default ``~/.comfysweep``) and the last
-median job duration a run observed. An estimate uses only what was seen: never a made-up figure.
+median job duration a run observed, per API source (its host, or ``emulator`` for any Model API on
+this machine: ``models/catalog.py``). A price is per second of output (frames / fps, or the job's
+``duration``) or per output (one a job). An estimate uses only what was seen: never a made-up
+figure.
 """
 
 from __future__ import annotations
