@@ -106,7 +106,7 @@ def show_lines(model_id: str) -> list[str]:
     """One model as text: its name, output kind and price, then one input a line."""
     data = show_data(model_id)
     title = data["model_id"] + (f" ({data['display_name']})" if data["display_name"] else "")
-    price = _shown_price(data["price_usd"], data["price_unit"])
+    price = _shown_price(data["price_usd"], data["price_unit"]).removeprefix("price ")
     lines = [title, f"output: {data['output']}; price: {price}"]
     if not data["inputs"]:
         return [*lines, "inputs: not published (the server validates them)"]
