@@ -24,8 +24,10 @@ __all__ = [
     "cents_up",
     "charge",
     "checked",
+    "duration_seconds",
     "estimator",
     "no_price_message",
+    "output_seconds",
     "parse_price",
     "per_job",
     "raised_cap",
@@ -104,16 +106,38 @@ def parse_price(text: str) -> Price:
 
 
 def per_job(model: Model, usd: float, unit: str, inputs: Mapping[str, Any]) -> float | None:
-    """One job's price: per second of its own output video (frames / fps), or per output."""
+    """One job's price: per second of its own output (``output_seconds``), or per output."""
     if unit == "output":
         return usd
     if unit != "second":
         return None
+    seconds = output_seconds(model, inputs)
+    return None if seconds is None else usd * seconds
+
+
+def output_seconds(model: Model, inputs: Mapping[str, Any]) -> float | None:
+    """Seconds of output one job makes: frames / fps where the model has both (vace-fun), else
+    its ``duration`` input (5, 5.0, "5" or "5s"; the schema's default when the job leaves it
+    out); None when neither says ("auto", a model without them)."""
     frames = inputs.get(model.raw_key("frames") or "frames")
     fps = inputs.get(model.raw_key("fps") or "fps")
-    if not _count(frames) or not _count(fps) or fps <= 0:
+    if _count(frames) and _count(fps) and fps > 0:
+        return float(frames) / float(fps)
+    key = model.raw_key("duration") or "duration"
+    return duration_seconds(inputs.get(key, model.defaults().get(key)))
+
+
+def duration_seconds(value: Any) -> float | None:
+    """A ``duration`` input's seconds: a number, or a string such as "5" or "5s"; else None."""
+    if isinstance(value, str):
+        text = value.strip().lower().removesuffix("s").strip()
+        try:
+            value = float(text)
+        except ValueError:
+            return None
+    if not _count(value) or value <= 0:
         return None
-    return usd * float(frames) / float(fps)
+    return float(value)
 
 
 def estimator(model: Model, price: Price | None) -> Estimator:

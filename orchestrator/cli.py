@@ -556,6 +556,9 @@ def emulator(
 @_flag(_FLAGS["concurrency"], help="Estimate at this concurrency.")
 @click.option("--online", is_flag=True, help="Read the model's price from the live catalog first.")
 @_STORE
+@click.option(
+    "--emulator", is_flag=True, help="Validate and price with the emulator's cached catalog."
+)
 def plan(
     spec: Path,
     as_json: bool,
@@ -563,9 +566,24 @@ def plan(
     concurrency: int | None,
     online: bool,
     store: str | None,
+    emulator: bool,
 ) -> None:
     """Show, offline, what a sweep will submit and roughly what it will cost (what is left of
     it, once it ran)."""
+    from orchestrator.models import catalog
+
+    with catalog.using(catalog.EMULATOR if emulator else catalog.in_force()):
+        _plan(spec, as_json, as_jobs, concurrency, online, store)
+
+
+def _plan(
+    spec: Path,
+    as_json: bool,
+    as_jobs: bool,
+    concurrency: int | None,
+    online: bool,
+    store: str | None,
+) -> None:
     from rich.console import Console
 
     from orchestrator import load_spec
@@ -782,6 +800,67 @@ def report(
         f"{made.posters_reused} reused)"
     )
     click.echo(f"open {made.path.as_uri()}")
+
+
+_EMULATED = click.option(
+    "--emulator", is_flag=True, help="The embedded emulator's catalog (no token, no cost)."
+)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--search", metavar="TEXT", help="Only the models whose id or name holds TEXT.")
+@click.option(
+    "--output", type=click.Choice(["video", "image", "audio"]), help="Only the models that make it."
+)
+@_EMULATED
+@click.option("--json", "as_json", is_flag=True, help="One JSON list.")
+@click.pass_context
+def models(
+    ctx: click.Context, search: str | None, output: str | None, emulator: bool, as_json: bool
+) -> None:
+    """The model catalog: list the shipped and cached models with their price (`models sync`
+    reads the catalog, `models show ID` prints one model's inputs)."""
+    ctx.obj = {"emulator": emulator}
+    if ctx.invoked_subcommand is not None:
+        return
+    from orchestrator import catalogview
+    from orchestrator.models import catalog
+
+    with catalog.using(catalog.EMULATOR if emulator else catalog.in_force()):
+        if as_json:
+            click.echo(json.dumps(catalogview.model_rows(search, output), indent=2))
+        else:
+            click.echo("\n".join(catalogview.models_lines(search, output)))
+
+
+@models.command("sync")
+@_EMULATED
+@click.pass_context
+def models_sync(ctx: click.Context, emulator: bool) -> None:
+    """Read every page of the catalog, with schemas and prices, into the cache (the home
+    folder): `plan` and `run` validate against it offline."""
+    from orchestrator.catalogsync import sync_catalog
+
+    synced = sync_catalog(emulator=emulator or ctx.obj["emulator"])
+    click.echo(synced.line())
+
+
+@models.command("show")
+@click.argument("model_id", metavar="ID")
+@_EMULATED
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.pass_context
+def models_show(ctx: click.Context, model_id: str, emulator: bool, as_json: bool) -> None:
+    """One model's inputs (type, range, enum, default, required, media), output kind and price."""
+    from orchestrator import catalogview
+    from orchestrator.models import catalog
+
+    emulated = emulator or ctx.obj["emulator"]
+    with catalog.using(catalog.EMULATOR if emulated else catalog.in_force()):
+        if as_json:
+            click.echo(json.dumps(catalogview.show_data(model_id), indent=2))
+        else:
+            click.echo("\n".join(catalogview.show_lines(model_id)))
 
 
 def main() -> None:

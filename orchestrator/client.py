@@ -377,6 +377,24 @@ class ModelApiClient:
             body = await self._read("GET", url, f"catalog entry of {model_id}", model=True)
             return parse_model(model_id, body)
 
+    async def models(
+        self, *, limit: int = 100, offset: int = 0, include_schema: bool = True
+    ) -> dict[str, Any]:
+        """One page of the catalog: ``{"models": [...], "total", "limit", "offset"}`` (retried
+        as every read; an answer without a ``models`` list is unreadable)."""
+        params = {"limit": str(limit), "offset": str(offset)}
+        if include_schema:
+            params["include_schema"] = "true"
+        what = f"model catalog page at offset {offset}"
+        with self._scrubbed():
+            return await self._read(
+                "GET",
+                self._url("models"),
+                what,
+                params=params,
+                usable=lambda body: isinstance(body.get("models"), list),
+            )
+
     async def balance(self) -> float | None:
         """The account's balance in USD, or None when the API does not say (logged, never fatal).
 

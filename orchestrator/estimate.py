@@ -1,8 +1,9 @@
 """What is left of a sweep, and what it will cost: said before the first submit and by ``plan``.
 
 Reads the store (streamed, never materialised) and a price (the catalog answer a run fetches, or
-the remembered one): jobs left, their estimated cost (each job's own, from its frames and fps),
-the wall time from the last observed job duration, and how many jobs the budget still covers.
+the remembered one): jobs left, their estimated cost (each job's own: per output, or per second
+of its output from its frames and fps or its duration), the wall time from the last observed
+job duration, and how many jobs the budget still covers.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Forecast:
     cost_usd: float | None  # pending and unbilled in-flight jobs, each at its own estimate
     job_min_usd: float | None
     job_max_usd: float | None
-    unpriced: int  # jobs left whose cost cannot be estimated (no price, or no frames/fps)
+    unpriced: int  # jobs left whose cost cannot be estimated (no price, or no output seconds)
     spent_usd: float
     cap_usd: float | None
     covered: int | None  # pending jobs the rest of the budget covers (None: no cap, or unknown)
@@ -199,7 +200,7 @@ def _cost_line(f: Forecast) -> str:
     if f.cost_usd is None:
         why = f.price_note or "no catalog price seen yet"
         if f.unpriced and f.job_min_usd is not None:
-            why = f"{f.unpriced} job(s) without frames/fps to price"
+            why = f"{f.unpriced} job(s) without frames/fps or a duration to price"
         return f"estimated cost: unknown ({why})"
     if f.job_min_usd is None or f.job_max_usd is None:
         return f"estimated cost: {_usd(f.cost_usd)}"

@@ -2,7 +2,10 @@
 
 RunComfy publishes a model's price only through its catalog endpoint, so comfysweep remembers the
 last one it read in ``$COMFYSWEEP_HOME/prices.json`` (default ``~/.comfysweep``) and the last
-median job duration a run observed. An estimate uses only what was seen: never a made-up figure.
+median job duration a run observed, per API source (its host, or ``emulator`` for any Model API on
+this machine: ``models/catalog.py``). A price is per second of output (frames / fps, or the job's
+``duration``) or per output (one a job). An estimate uses only what was seen: never a made-up
+figure.
 """
 
 from __future__ import annotations
@@ -11,18 +14,16 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from orchestrator import budget
-from orchestrator.client import BASE_VAR, DEFAULT_BASE
 from orchestrator.grid import GridCount, weighted_total
-from orchestrator.models import Model
+from orchestrator.models import Model, catalog
 from orchestrator.spec import Spec
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "last_price",
     "remember_duration",
     "remember_price",
+    "remember_prices",
 ]
 
 PRICE_UNITS = budget.PRICE_UNITS
@@ -68,7 +70,7 @@ class Estimate:
     wall_seconds: float | None
     price: Price | None
     job_seconds: float | None  # the last observed median seconds a job took
-    output_seconds: float | None  # seconds of video the sweep makes (frames / fps per job)
+    output_seconds: float | None  # seconds of output the sweep makes (frames / fps, or duration)
     cost_note: str  # how the cost was found, or why it is unknown
     time_note: str
 
@@ -79,9 +81,10 @@ def home() -> Path:
 
 
 def api_host(api_base: str | None = None) -> str:
-    """The host:port of the API base: the given one, RUNCOMFY_MODEL_API_BASE, or RunComfy's."""
-    base = api_base or os.environ.get(BASE_VAR) or DEFAULT_BASE
-    return urlsplit(base).netloc or base
+    """The source prices are kept under: the API base's host:port (the given one, else the
+    source in force, else RUNCOMFY_MODEL_API_BASE's, else RunComfy's), or ``emulator`` for a
+    Model API on this machine, whatever port it bound (``models.catalog.source_of``)."""
+    return catalog.source_of(api_base)
 
 
 def remember_price(model_id: str, info: PriceInfo, *, api_base: str | None = None) -> Price | None:
@@ -92,6 +95,21 @@ def remember_price(model_id: str, info: PriceInfo, *, api_base: str | None = Non
     seen = Price(float(price), str(unit), _now())
     _update("prices", api_host(api_base), model_id, seen.__dict__)
     return seen
+
+
+def remember_prices(infos: Mapping[str, PriceInfo], *, api_base: str | None = None) -> int:
+    """Record the price of each model id's catalog entry (``models sync``) in one write; how many
+    were usable."""
+    host = api_host(api_base)
+    seen: dict[str, dict[str, Any]] = {}
+    for model_id, info in infos.items():
+        price, unit = info.base_price_usd, info.price_unit
+        if price is None or unit not in PRICE_UNITS or not math.isfinite(price) or price < 0:
+            continue
+        seen[_key(host, model_id)] = Price(float(price), str(unit), _now()).__dict__
+    if seen:
+        _update_many("prices", seen)
+    return len(seen)
 
 
 def remember_duration(model_id: str, median_seconds: float, *, api_base: str | None = None) -> None:
@@ -140,7 +158,10 @@ def estimate(
         cost = price.base_price_usd * jobs
         cost_note = f"${price.base_price_usd:g} an output (one a job), price seen {price.seen_at}"
     elif seconds is None:
-        cost_note = f"priced by the second, but {spec.model} has no frames/fps inputs"
+        cost_note = (
+            f"priced by the second, but the seconds of output of {spec.model} are unknown "
+            "(no frames/fps or duration input)"
+        )
     else:
         cost = price.base_price_usd * seconds
         cost_note = (
@@ -165,18 +186,36 @@ def job_cost(model: Model, price: PriceInfo, inputs: Mapping[str, Any]) -> float
     return budget.per_job(model, price.base_price_usd, price.price_unit, inputs)
 
 
-def _output_seconds(spec: Spec) -> float | None:
-    """Seconds of video the sweep makes: frames / fps summed over its jobs, by axis arithmetic
-    (frames x 1/fps factors per axis, never a walk over the grid); None unless both are numbers."""
-    model = spec.definition
-    frames, fps = model.raw_key("frames"), model.raw_key("fps")
-    if not frames or not fps or frames not in spec.fixed or fps not in spec.fixed:
+def _output_seconds(spec: Spec, model: Model | None = None) -> float | None:
+    """Seconds of output the sweep makes with ``model`` (default: the spec's), summed over its
+    jobs by axis arithmetic (factors per axis, never a walk over the grid): frames x 1/fps where
+    the model has both (vace-fun), else its ``duration`` input (a number, "5" or "5s"; the
+    schema default fills in); None when a job's seconds are unknown ("auto", no such input)."""
+    model = model or spec.definition
+    varied = {k for d in spec.dimensions for k in d.keys}
+    known = set(spec.fixed) | varied
+    frames, fps, duration = (model.raw_key(n) for n in ("frames", "fps", "duration"))
+    if frames and fps and frames in known and fps in known:
+        factors: dict[str, Callable[[Any], Any]] = {
+            frames: _exact,
+            fps: lambda v: 1 / _positive(v),
+        }
+    elif duration and duration in known:
+        factors = {duration: _seconds}
+    else:
         return None
     try:
-        total = weighted_total(spec, {frames: _exact, fps: lambda v: 1 / _positive(v)})
-    except (TypeError, ValueError):
+        total = weighted_total(spec, factors)
+    except (TypeError, ValueError, KeyError):
         return None
     return float(total * spec.repeat)
+
+
+def _seconds(value: Any) -> Fraction:
+    seconds = budget.duration_seconds(value)
+    if seconds is None:
+        raise ValueError(f"not a duration: {value!r}")
+    return Fraction(seconds)
 
 
 def _exact(value: Any) -> Fraction:
@@ -214,11 +253,15 @@ def _load() -> dict[str, Any]:
 
 
 def _update(section: str, host: str, model_id: str, entry: dict[str, Any]) -> None:
+    _update_many(section, {_key(host, model_id): entry})
+
+
+def _update_many(section: str, entries: Mapping[str, dict[str, Any]]) -> None:
     data = _load()
     table = data.get(section)
     if not isinstance(table, dict):
         table = data[section] = {}
-    table[_key(host, model_id)] = entry
+    table.update(entries)
     data["version"] = 1
     path = _path()
     path.parent.mkdir(parents=True, exist_ok=True)

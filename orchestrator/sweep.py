@@ -22,6 +22,7 @@ from typing import IO, TYPE_CHECKING, Any
 import anyio
 
 from orchestrator import budget, drift, estimate, prices
+from orchestrator.catalogsync import refresh_unseen, sourced
 from orchestrator.client import ModelApiClient, ModelInfo, env_token
 from orchestrator.deadline import Deadline, parse_until
 from orchestrator.errors import ComfysweepError, StoreError
@@ -88,6 +89,7 @@ def store_path(spec: Spec, store: str | Path | None = None) -> str | Path:
     return store if store is not None else spec.results_dir / STORE_FILE
 
 
+@sourced  # the catalog cache and prices of the API this run uses (models/catalog.py)
 def run_sweep(
     spec: Spec | str | Path,
     *,
@@ -119,6 +121,8 @@ def run_sweep(
     the budget reserves.
     """
     given = budget.parse_price(price) if isinstance(price, str) else price
+    if not isinstance(spec, Spec):  # a model the cache has never seen: read its entry first
+        refresh_unseen(spec, emulator=emulator, base_url=base_url, token=token)
     spec = _loaded(spec).with_run(**asdict(overrides or Overrides()))
     deadline = parse_until(until) if isinstance(until, str) else until  # before anything is paid
     options = _options(spec, emulator, abort_on_stop=abort_on_stop, handle_signals=handle_signals)

@@ -100,7 +100,8 @@ BAD: list[tuple[str, str, dict[str, bytes | str], str]] = [
         "model: community/wan-2-2/vace-fan\ninputs: {prompt: a, image: https://x.io/a.png}\n",
         {},
         r":1:8: model: unknown model 'community/wan-2-2/vace-fan' \(did you mean "
-        r"'community/wan-2-2/vace-fun'\?\); known: community/wan-2-2/vace-fun ",
+        r"'community/wan-2-2/vace-fun'\?\): no model catalog cached for model-api.runcomfy.net "
+        r"yet; run `comfysweep models sync`",
     ),
     (
         "prompt file with no lines",

@@ -26,7 +26,6 @@ from typing import Any
 import jsonschema
 
 from orchestrator.errors import InputError, SpecError
-from orchestrator.yamlplaces import brief
 
 __all__ = [
     "MEDIA_FORMATS",
@@ -260,14 +259,23 @@ class Model:
 
 
 def get_model(model_id: str, *, strict: bool = False) -> Model:
-    """The registered model, or (unless ``strict``) a schema-less model validated by the server."""
+    """The shipped model, else the one the catalog cache in force lists (``models/catalog.py``),
+    else (unless ``strict``) any source's cached entry or a schema-less model the server checks.
+
+    ``strict`` (a spec's validation) raises one line naming ``comfysweep models sync`` and the
+    nearest known ids."""
     model = _registry().get(model_id)
     if model is not None:
         return model
+    from orchestrator.models import catalog
+
     if strict:
-        hint = suggest(model_id, list(_registry()))
-        raise SpecError(f"unknown model {brief(model_id)}{hint}", field="model")
-    return Model(model_id=model_id)
+        model = catalog.lookup(model_id)
+        if model is None:
+            message = catalog.unknown_message(model_id, list(_registry()))
+            raise SpecError(message, field="model")
+        return model
+    return catalog.lookup_anywhere(model_id) or Model(model_id=model_id)
 
 
 def known_models() -> list[Model]:
