@@ -1,0 +1,229 @@
+"""Images and audio everywhere a video goes: verification before the rename (an image decodes
+whole, an audio file decodes to the duration asked, a catalog video has the aspect ratio and
+length asked), and a file of another kind than the model makes is refused, by its content."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.errors import OutputInvalid
+from orchestrator.models import Model, get_model
+from orchestrator.results import ResultsFolder
+from orchestrator.store import Store
+from orchestrator.verify import Shape, expected_shape, verify_output
+
+from .media_files import audio_file, finished_sweep, image_bytes, video_file
+
+T2V = "bytedance/seedance-2.5/text-to-video/1080p"
+T2I = "google/nano-banana-2-lite/text-to-image"
+T2A = "acestep-ai/ace-step-1.5/text-to-audio"
+
+
+def catalog_model(model_id: str, output: str, properties: dict[str, Any]) -> Model:
+    """A catalog entry as RunComfy publishes it (the emulated catalog serves these ids)."""
+    entry = {
+        "model_id": model_id,
+        "categories": [output],
+        "input_schema": {"type": "object", "properties": properties},
+    }
+    return Model.from_catalog(entry)
+
+
+SEEDANCE = catalog_model(
+    T2V,
+    "video",
+    {
+        "prompt": {"type": "string"},
+        "aspect_ratio": {"type": "string", "enum": ["16:9", "9:16", "1:1", "21:9", "adaptive"]},
+        "duration": {"type": "integer", "default": 5},
+    },
+)
+BANANA = catalog_model(
+    T2I, "image", {"prompt": {"type": "string"}, "aspect_ratio": {"type": "string"}}
+)
+ACE = catalog_model(
+    T2A, "audio", {"tags": {"type": "string"}, "duration": {"type": "integer", "default": 20}}
+)
+
+
+def png_with_cut_pixels(width: int, height: int) -> bytes:
+    """A PNG whose chunks are whole (IEND and every CRC right) but whose compressed pixels stop
+    halfway: its structure says nothing is missing, only decoding it shows the cut."""
+    rows = b"".join(b"\0" + bytes(range(3 * width)) for _ in range(height))
+    pixels = zlib.compress(rows)[: len(zlib.compress(rows)) // 2]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+def test_an_image_whose_pixels_are_cut_is_refused_though_its_chunks_are_whole(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "x.png"
+    path.write_bytes(png_with_cut_pixels(64, 48))
+    with pytest.raises(OutputInvalid, match="cannot be decoded as an image"):
+        verify_output(path, "png", Shape(), kind="image")
+    with pytest.raises(OutputInvalid, match="cannot be decoded as an image"):
+        verify_output(path, "png", Shape())  # whatever the model: a broken image is never kept
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_a_truncated_image_is_refused(tmp_path: Path, fmt: str) -> None:
+    data = image_bytes(fmt, 64, 48)
+    path = tmp_path / "x"
+    path.write_bytes(data)
+    assert verify_output(path, "", Shape(), kind="image") == {"PNG": "png", "JPEG": "jpg"}[fmt]
+    for cut in (len(data) - 1, len(data) // 2, 20):
+        path.write_bytes(data[:cut])
+        with pytest.raises(OutputInvalid, match=r"cut short|cannot be decoded|not a readable"):
+            verify_output(path, "png", Shape(), kind="image")
+
+
+@pytest.mark.parametrize("ext", ["wav", "mp3", "flac", "ogg", "m4a"])
+def test_audio_decodes_to_the_duration_the_job_asked(tmp_path: Path, ext: str) -> None:
+    path = audio_file(tmp_path / f"a.{ext}", 3.0)
+    assert verify_output(path, "", Shape(seconds=3.0), kind="audio") == ext
+    assert verify_output(path, "", Shape(), kind="audio") == ext
+    with pytest.raises(OutputInvalid, match=r"lasts 3.\d\d s, the job asked for 5 s"):
+        verify_output(path, ext, Shape(seconds=5.0), kind="audio")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(OutputInvalid, match=r"cut short|cannot be decoded|lasts"):
+        verify_output(path, ext, Shape(seconds=3.0), kind="audio")
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac", "ogg"])
+def test_audio_cut_short_is_refused_even_where_no_duration_was_asked(
+    tmp_path: Path, ext: str
+) -> None:
+    """Their headers (WAV, FLAC) or their last page (Ogg) say where they end."""
+    path = audio_file(tmp_path / f"a.{ext}", 3.0)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(OutputInvalid, match=r"cut short|cannot be decoded"):
+        verify_output(path, ext, Shape(), kind="audio")
+
+
+def test_a_file_of_another_kind_than_the_model_makes_is_refused(tmp_path: Path) -> None:
+    wav = audio_file(tmp_path / "a.wav", 1.0)
+    mp4 = video_file(tmp_path / "v.mp4", 64, 36, 8)
+    png = tmp_path / "i.png"
+    png.write_bytes(image_bytes("PNG", 64, 36))
+    with pytest.raises(OutputInvalid, match=r"^is an audio \(wav\), not the video this model"):
+        verify_output(wav, "mp4", Shape(), kind="video")
+    with pytest.raises(OutputInvalid, match=r"^is a video \(mp4\), not the image this model"):
+        verify_output(mp4, "png", Shape(), kind="image")
+    with pytest.raises(OutputInvalid, match=r"^is an image \(png\), not the audio this model"):
+        verify_output(png, "wav", Shape(), kind="audio")
+    text = tmp_path / "t.wav"
+    text.write_text("<html>502 Bad Gateway</html>")
+    with pytest.raises(OutputInvalid, match="cannot be decoded as audio"):
+        verify_output(text, "wav", Shape(), kind="audio")
+
+
+def test_a_catalog_model_fixes_aspect_ratio_and_duration_not_pixels() -> None:
+    inputs = {"prompt": "x", "aspect_ratio": "21:9", "duration": 5}
+    assert expected_shape(SEEDANCE, inputs) == Shape(aspect=(21.0, 9.0), seconds=5.0)
+    assert expected_shape(SEEDANCE, {"aspect_ratio": "adaptive"}) == Shape()
+    for spelled in (5, 5.0, "5", "5s", " 5 s", "5 seconds"):
+        assert expected_shape(ACE, {"duration": spelled}).seconds == 5.0, spelled
+    for nothing in ("auto", True, 0, -1, "five"):
+        assert expected_shape(ACE, {"duration": nothing}).seconds is None, nothing
+    assert expected_shape(BANANA, {"aspect_ratio": "1280x720"}).aspect is None
+    assert expected_shape(BANANA, {"resolution": "1280x720"}) == Shape(aspect=(1280.0, 720.0))
+    vace = get_model("community/wan-2-2/vace-fun")  # shipped: exact pixels, as before
+    assert expected_shape(vace, {"4_valuex3_value": "480x480 (1:1)", "25_value": 81}) == Shape(
+        480, 480, 81
+    )
+
+
+def test_a_catalog_video_is_checked_by_aspect_ratio_and_length(tmp_path: Path) -> None:
+    """The emulator scales a model's pixels down but keeps the ratio exact: 64x36 is 16:9."""
+    path = video_file(tmp_path / "v.mp4", 64, 36, 40)  # 2.5 s at 16 fps
+    assert verify_output(path, "mp4", Shape(aspect=(16.0, 9.0), seconds=2.5), kind="video") == "mp4"
+    with pytest.raises(OutputInvalid, match="is 64x36, not the 9:16 aspect ratio the job asked"):
+        verify_output(path, "mp4", Shape(aspect=(9.0, 16.0)), kind="video")
+    with pytest.raises(OutputInvalid, match=r"lasts 2.50 s, the job asked for 5 s"):
+        verify_output(path, "mp4", Shape(seconds=5.0), kind="video")
+    still = tmp_path / "i.png"
+    still.write_bytes(image_bytes("PNG", 1344, 768))  # nano banana's own "16:9": 1.6% off
+    assert verify_output(still, "png", Shape(aspect=(16.0, 9.0)), kind="image") == "png"
+    with pytest.raises(OutputInvalid, match="not the 1:1 aspect ratio"):
+        verify_output(still, "png", Shape(aspect=(1.0, 1.0)), kind="image")
+
+
+def test_the_extension_is_the_content_then_the_url_then_the_content_type(tmp_path: Path) -> None:
+    path = tmp_path / "x"
+    path.write_bytes(image_bytes("JPEG", 16, 16))
+    assert verify_output(path, "", Shape(), content_type="image/jpeg") == "jpg"
+    assert verify_output(path, "jpeg", Shape(), content_type="image/jpg") == "jpeg"
+    assert verify_output(path, "", Shape(), content_type="image/jpeg; q=1") == "jpg"
+    assert verify_output(path, "png", Shape(), content_type="image/png") == "jpg"  # content wins
+    ogg = audio_file(tmp_path / "a.ogg", 1.0)
+    assert verify_output(ogg, "", Shape(), kind="audio") == "ogg"
+    assert verify_output(ogg, "opus", Shape(), kind="audio") == "opus"
+    assert verify_output(ogg, "", Shape(), kind="audio", content_type="audio/ogg") == "ogg"
+    wav = audio_file(tmp_path / "a.wav", 1.0)
+    assert verify_output(wav, "bin", Shape(), content_type="audio/x-wav") == "wav"
+
+
+def test_the_results_folder_verifies_by_the_job_s_own_model(tmp_path: Path) -> None:
+    """An image model's output is verified as an image, an audio model's as audio of the
+    duration asked; the model is the job's (a sweep may hold several)."""
+    folder = ResultsFolder(tmp_path, get_model("community/wan-2-2/vace-fun"), "{key}")
+    png = tmp_path / "i.part"
+    png.write_bytes(image_bytes("PNG", 32, 18))
+    url = "https://x.runcomfy.net/o/abc"  # no extension: the content decides
+    assert folder.verify(png, {"aspect_ratio": "16:9"}, url, "output 1", model=BANANA) == "png"
+    wav = audio_file(tmp_path / "a.wav", 2.0)
+    got = folder.verify(wav, {"duration": "2s"}, url, "output 1", model=ACE)
+    assert got == "wav"
+    with pytest.raises(OutputInvalid, match=r"^output 1 lasts 2.00 s, the job asked for 9 s$"):
+        folder.verify(wav, {"duration": 9}, url, "output 1", model=ACE)
+    assert not wav.exists()  # refused: removed, downloaded again
+    png.write_bytes(image_bytes("PNG", 32, 18))
+    with pytest.raises(OutputInvalid, match=r"^output 1 is an image \(png\), not the audio"):
+        folder.verify(png, {}, url, "output 1", model=ACE)
+
+
+def manifest_lines(folder: Path, name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (folder / name).read_text().splitlines()]
+
+
+def test_the_manifest_and_metadata_record_each_output_s_kind_and_mime(tmp_path: Path) -> None:
+    folder = tmp_path / "results"
+    store_path = finished_sweep(
+        folder,
+        T2I,
+        [
+            ({"prompt": "a"}, "a.png", image_bytes("PNG", 16, 9)),
+            ({"prompt": "b"}, "b.jpg", image_bytes("JPEG", 16, 9)),
+        ],
+    )
+    with Store.open(store_path) as store:
+        results = ResultsFolder(folder, BANANA, "{prompt}")
+        results.attach(store)
+        results.write_manifest(store.jobs())
+    outputs = [e["outputs"][0] for e in manifest_lines(folder, "manifest.jsonl")]
+    assert [(o["path"], o["kind"], o["mime"]) for o in outputs] == [
+        ("a.png", "image", "image/png"),
+        ("b.jpg", "image", "image/jpeg"),
+    ]
+    assert all({"path", "size", "sha256", "url"} <= set(o) for o in outputs)  # the old keys
+    metadata = manifest_lines(folder, "metadata.jsonl")
+    assert [(m["file_name"], m["kind"], m["mime"]) for m in metadata] == [
+        ("a.png", "image", "image/png"),
+        ("b.jpg", "image", "image/jpeg"),
+    ]
