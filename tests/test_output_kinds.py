@@ -5,20 +5,30 @@ length asked), and a file of another kind than the model makes is refused, by it
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import struct
 import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from orchestrator.errors import OutputInvalid
+from orchestrator.locate import locate
 from orchestrator.models import Model, get_model
+from orchestrator.report.build import write_report
+from orchestrator.report.page import VIDEO_CAP
 from orchestrator.results import ResultsFolder
 from orchestrator.store import Store
 from orchestrator.verify import Shape, expected_shape, verify_output
 
+from . import test_report_browser
 from .media_files import audio_file, finished_sweep, image_bytes, video_file
+from .test_report_browser import until
+
+browser = test_report_browser.browser  # the real Chromium fixture, shared
 
 T2V = "bytedance/seedance-2.5/text-to-video/1080p"
 T2I = "google/nano-banana-2-lite/text-to-image"
@@ -227,3 +237,119 @@ def test_the_manifest_and_metadata_record_each_output_s_kind_and_mime(tmp_path: 
         ("a.png", "image", "image/png"),
         ("b.jpg", "image", "image/jpeg"),
     ]
+
+
+def image_sweep(folder: Path) -> Path:
+    """Four done jobs of an image model (two prompts by two seeds); its store."""
+    outputs = [
+        ({"prompt": p, "seed": s}, f"{p}-{s}.png", image_bytes("PNG", 640, 360, (60 * s, 90, 200)))
+        for p in ("fox", "owl")
+        for s in (1, 2)
+    ]
+    return finished_sweep(folder, T2I, outputs)
+
+
+def audio_sweep(folder: Path, seconds: tuple[float, ...] = (1.0, 2.0, 3.0)) -> Path:
+    """Done jobs of an audio model, one per length; its store."""
+    outputs = []
+    for i, length in enumerate(seconds):
+        made = audio_file(folder.parent / f"made-{i}.wav", length)
+        outputs.append(({"tags": "jazz", "duration": length}, f"a{i}.wav", made.read_bytes()))
+    return finished_sweep(folder, T2A, outputs)
+
+
+def test_report_cells_show_images_and_audio_with_their_posters(tmp_path: Path) -> None:
+    """An image cell's poster is the image scaled down; an audio cell's a waveform card; the
+    page data says each cell's kind, so the page puts a player only where one belongs."""
+    images = image_sweep(tmp_path / "img")
+    written = write_report(locate(None, str(images)))
+    assert (written.cells, written.posters_made) == (4, 4)
+    data = page_data(written.path)
+    assert {c["m"] for c in data["cells"]} == {"image"}
+    assert all(
+        c["f"].endswith(".png") and c["p"].startswith("report_assets/") for c in data["cells"]
+    )
+    with Image.open(written.path.parent / data["cells"][0]["p"]) as poster:
+        assert poster.format == "JPEG"
+        assert poster.size == (320, 180)
+
+    sounds = audio_sweep(tmp_path / "aud")
+    written = write_report(locate(None, str(sounds)))
+    data = page_data(written.path)
+    assert [c["m"] for c in data["cells"]] == ["audio"] * 3
+    with Image.open(written.path.parent / data["cells"][0]["p"]) as poster:
+        assert poster.format == "JPEG"
+        assert poster.width == 320
+    csp = re.search(r'Content-Security-Policy" content="([^"]*)"', written.path.read_text())
+    assert csp is not None
+    # Posters and media are files beside the page: no img-src/media-src/default-src limits them.
+    assert not re.search(r"\b(default|img|media)-src\b", csp[1]), csp[1]
+
+
+def page_data(page: Path) -> dict[str, Any]:
+    text = page.read_text()
+    match = re.search(r'<script id="report-data" type="application/json">(.*?)</script>', text)
+    assert match is not None
+    data: dict[str, Any] = json.loads(match[1])
+    return data
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(shutil.which("chromedriver") is None, reason="needs chromedriver")
+@pytest.mark.timeout(300)
+def test_the_page_shows_images_as_stills_and_plays_audio_on_the_master_clock(
+    tmp_path: Path, browser: Any
+) -> None:
+    images = write_report(locate(None, str(image_sweep(tmp_path / "img")))).path
+    browser.get(images.as_uri())
+    until(
+        browser,
+        "document.querySelectorAll('.tile[data-kind=image] img.poster').length === 4 && "
+        "Array.from(document.querySelectorAll('img.poster')).every("
+        "function (i) { return i.complete && i.naturalWidth > 0; })",
+        "every image shown",
+    )
+    assert browser.execute_script("return window.comfysweepReport.liveCount();") == 0
+    assert browser.execute_script("return document.querySelectorAll('.abpick').length;") == 0
+
+    sounds = write_report(locate(None, str(audio_sweep(tmp_path / "aud")))).path
+    browser.get(sounds.as_uri())
+    until(
+        browser,
+        "document.querySelectorAll('.tile[data-kind=audio] audio.live[controls]').length === 3",
+        "a player on every audio cell in view",
+    )
+    srcs = browser.execute_script(
+        "return Array.from(document.querySelectorAll('audio')).map(function (a) {"
+        "return a.getAttribute('src'); });"
+    )
+    assert sorted(srcs) == ["a0.wav", "a1.wav", "a2.wav"]
+    until(
+        browser,
+        "Array.from(document.querySelectorAll('audio')).every("
+        "function (a) { return a.readyState >= 1; })",
+        "audio loaded",
+    )
+    browser.find_element("id", "play").click()
+    until(
+        browser,
+        "Array.from(document.querySelectorAll('audio')).every(function (a) { return !a.paused; })",
+        "every audio playing with Play all",
+    )
+    browser.find_element("id", "play").click()
+    until(
+        browser,
+        "Array.from(document.querySelectorAll('audio')).every(function (a) { return a.paused; })",
+        "every audio paused with Pause all",
+    )
+    browser.execute_script(  # the master scrub seeks every player, audio too
+        "var s = document.getElementById('scrub'); s.value = 300;"
+        "s.dispatchEvent(new Event('input'));"
+    )
+    until(
+        browser,
+        "(function () { var a = document.querySelector('audio[src=\"a2.wav\"]');"
+        "return Math.abs(a.currentTime - 0.3 * window.comfysweepReport.clock.duration) < 0.2; })()",
+        "the longest audio at the scrubbed time",
+    )
+    assert browser.execute_script("return window.comfysweepReport.liveCount();") <= VIDEO_CAP
