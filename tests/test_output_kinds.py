@@ -12,13 +12,17 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
+from click.testing import CliRunner, Result
 from PIL import Image
 
+from orchestrator.cli import cli
 from orchestrator.errors import OutputInvalid
 from orchestrator.locate import locate
 from orchestrator.models import Model, get_model
 from orchestrator.report.build import write_report
+from orchestrator.report.mosaic import MosaicCell, write_mosaic
 from orchestrator.report.page import VIDEO_CAP
 from orchestrator.results import ResultsFolder
 from orchestrator.store import Store
@@ -353,3 +357,45 @@ def test_the_page_shows_images_as_stills_and_plays_audio_on_the_master_clock(
         "the longest audio at the scrubbed time",
     )
     assert browser.execute_script("return window.comfysweepReport.liveCount();") <= VIDEO_CAP
+
+
+def report_cli(*args: str | Path) -> Result:
+    return CliRunner().invoke(cli, ["report", *map(str, args)])
+
+
+def test_the_mosaic_draws_an_image_sweep_as_stills(tmp_path: Path) -> None:
+    store = image_sweep(tmp_path / "img")
+    result = report_cli("--store", store, "--video", "--x", "prompt", "--y", "seed")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "img" / "report.mp4"
+    with av.open(str(out)) as container:
+        frame = next(container.decode(container.streams.video[0]))
+        picture = frame.to_ndarray(format="rgb24")
+    # Each cell shows its image (a colour by seed), not the grey card of a cell without one.
+    info = write_mosaic(
+        tmp_path / "m.mp4",
+        [
+            [MosaicCell(tmp_path / "img" / f"{p}-{s}.png", "") for p in ("fox", "owl")]
+            for s in (1, 2)
+        ],
+        x_labels=["fox", "owl"],
+        y_labels=["1", "2"],
+    )
+    with av.open(str(info.path)) as container:
+        picture = next(container.decode(container.streams.video[0])).to_ndarray(format="rgb24")
+    for (x, y, width, height), seed in zip(info.boxes, (1, 1, 2, 2), strict=True):
+        r, g, b = picture[y + height // 2, x + width // 2]
+        assert abs(int(r) - 60 * seed) < 20, (r, g, b)
+        assert abs(int(g) - 90) < 20, (r, g, b)
+        assert b > 170, (r, g, b)
+
+
+def test_the_mosaic_of_an_audio_sweep_is_refused_in_one_line(tmp_path: Path) -> None:
+    store = audio_sweep(tmp_path / "aud", (1.0, 2.0))
+    result = report_cli("--store", store, "--video")
+    assert result.exit_code != 0
+    assert result.output == (
+        "Error: report --video: the mosaic is for video and image sweeps, and this sweep's "
+        "outputs are audio; `comfysweep report` writes a page that plays them\n"
+    )
+    assert not (tmp_path / "aud" / "report.mp4").exists()
