@@ -4,10 +4,13 @@ length asked), and a file of another kind than the model makes is refused, by it
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 import json
 import re
 import shutil
 import struct
+import tarfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -399,3 +402,118 @@ def test_the_mosaic_of_an_audio_sweep_is_refused_in_one_line(tmp_path: Path) -> 
         "outputs are audio; `comfysweep report` writes a page that plays them\n"
     )
     assert not (tmp_path / "aud" / "report.mp4").exists()
+
+
+def load(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import datasets
+
+    cache = tmp_path / f"cache-{folder.name}"
+    return datasets.load_dataset(str(folder), split="train", cache_dir=str(cache))
+
+
+def data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def edit_sweep(folder: Path) -> Path:
+    """An image-edit sweep: each job sent a conditioning image (written under inputs/) and made
+    a PNG, like it."""
+    outputs = [
+        ({"prompt": "snow", "image": data_uri(image_bytes("PNG", 8, 8, (i * 50, 0, 0)))})
+        for i in range(3)
+    ]
+    return finished_sweep(
+        folder,
+        "google/nano-banana-2-lite/edit",
+        [(inputs, f"edit-{i}.png", image_bytes("PNG", 32, 18)) for i, inputs in enumerate(outputs)],
+    )
+
+
+def test_the_results_folder_of_an_image_sweep_loads_as_its_images_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its conditioning images (inputs/) and the report's posters are PNGs and JPEGs too: the
+    dataset card names the outputs' own files, so `datasets` loads the outputs alone."""
+    folder = tmp_path / "results"
+    store_path = edit_sweep(folder)
+    with Store.open(store_path) as store:
+        results = ResultsFolder(folder, BANANA, "{key}")
+        results.attach(store)
+        results.write_manifest(store.jobs())
+    assert len(list((folder / "inputs").glob("*.png"))) == 3
+    write_report(locate(None, str(store_path)))  # posters under report_assets/
+    loaded = load(folder, tmp_path, monkeypatch)
+    assert sorted(Path(r["image"].filename).name for r in loaded) == [
+        "edit-0.png",
+        "edit-1.png",
+        "edit-2.png",
+    ]
+    assert {r["image"].size for r in loaded} == {(32, 18)}
+    assert {r["kind"] for r in loaded} == {"image"}
+
+
+def test_an_image_sweep_exports_as_an_image_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = edit_sweep(tmp_path / "results")
+    dest = tmp_path / "dataset"
+    result = CliRunner().invoke(cli, ["export", "--store", str(store), str(dest)])
+    assert result.exit_code == 0, result.output
+    table = manifest_lines(dest, "metadata.jsonl")
+    assert [row["file_name"] for row in table] == [f"data/edit-{i}.png" for i in range(3)]
+    assert '  - name: "image"\n    dtype: image\n' in (dest / "README.md").read_text()
+    import datasets
+
+    loaded = load(dest, tmp_path, monkeypatch)
+    assert loaded.features["image"] == datasets.Image()
+    assert [r["image"].size for r in loaded] == [(32, 18)] * 3
+    # The conditioning image an edit sent is the input_image column (the outputs hold "image").
+    assert all((dest / r["input_image"]).is_file() for r in loaded)
+    assert len(list((dest / "inputs").glob("*.png"))) == 3
+
+
+def test_an_audio_sweep_exports_as_an_audio_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`datasets` 5 encodes even an audio file's path through torchcodec (and torch): where it
+    is missing, the folder is checked to be an audio folder with an Audio column, and not
+    loaded row by row."""
+    store = audio_sweep(tmp_path / "results", (1.0, 2.0))
+    dest = tmp_path / "dataset"
+    result = CliRunner().invoke(cli, ["export", "--store", str(store), str(dest)])
+    assert result.exit_code == 0, result.output
+    table = manifest_lines(dest, "metadata.jsonl")
+    assert [row["file_name"] for row in table] == ["data/a0.wav", "data/a1.wav"]
+    assert '  - name: "audio"\n    dtype: audio\n' in (dest / "README.md").read_text()
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import datasets
+
+    builder = datasets.load_dataset_builder(str(dest), cache_dir=str(tmp_path / "cache"))
+    assert builder.name == "audiofolder"
+    assert isinstance(builder.info.features["audio"], datasets.Audio)
+    assert builder.info.features["duration"] == datasets.Value("float64")
+    if importlib.util.find_spec("torchcodec") is None:
+        pytest.skip("rows not loaded: datasets' Audio feature needs torchcodec (and torch)")
+    loaded = load(dest, tmp_path, monkeypatch).cast_column("audio", datasets.Audio(decode=False))
+    assert [Path(r["audio"]["path"]).name for r in loaded] == ["a0.wav", "a1.wav"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "webdataset"])
+@pytest.mark.parametrize("kind", ["image", "audio"])
+def test_every_other_format_exports_images_and_audio(tmp_path: Path, fmt: str, kind: str) -> None:
+    store = edit_sweep(tmp_path / "r") if kind == "image" else audio_sweep(tmp_path / "r")
+    dest = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["export", "--store", str(store), str(dest), "--format", fmt])
+    assert result.exit_code == 0, result.output
+    ext = "png" if kind == "image" else "wav"
+    if fmt == "webdataset":
+        with tarfile.open(dest / "shard-000000.tar") as tar:
+            names = tar.getnames()
+        assert sum(n.endswith(f".{ext}") and ".image." not in n for n in names) == 3
+    else:
+        assert len(list((dest / "data").glob(f"*.{ext}"))) == 3
