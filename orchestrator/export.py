@@ -474,8 +474,7 @@ def _sample(
     source: _Source, row: JobRow, output: Mapping[str, Any] | None
 ) -> tuple[str, list[tuple[str, bytes | Path]]]:
     """A sample's basename and members: ``json``, the output (``mp4``, ``png``, ``wav``...), and
-    ``<input>.png`` for
-    each conditioning image, which the json names by that member."""
+    ``<input>.png`` for each conditioning image, which the json names by that member."""
     base = row.key
     if output is not None and len(row.outputs) > 1:
         base = f"{row.key}-{row.outputs.index(dict(output)) + 1}"
