@@ -21,6 +21,7 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from orchestrator.cli import cli
+from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.errors import OutputInvalid
 from orchestrator.locate import locate
 from orchestrator.models import Model, get_model
@@ -29,6 +30,7 @@ from orchestrator.report.mosaic import MosaicCell, write_mosaic
 from orchestrator.report.page import VIDEO_CAP
 from orchestrator.results import ResultsFolder
 from orchestrator.store import Store
+from orchestrator.sweep import Overrides, run_sweep
 from orchestrator.verify import Shape, expected_shape, verify_output
 
 from . import test_report_browser
@@ -517,3 +519,65 @@ def test_every_other_format_exports_images_and_audio(tmp_path: Path, fmt: str, k
         assert sum(n.endswith(f".{ext}") and ".image." not in n for n in names) == 3
     else:
         assert len(list((dest / "data").glob(f"*.{ext}"))) == 3
+
+
+EMULATED = [
+    (T2I, "prompt: a red fox in the snow", "aspect_ratio: ['16:9', '1:1']", "png", "image"),
+    (T2A, "tags: calm piano", "duration: [1, 2]", "wav", "audio"),
+]
+SPEC = """\
+name: {name}
+model: {model}
+inputs:
+  {inputs}
+axes:
+  {axis}
+run:
+  output: {output}
+  poll_interval: 0.01
+  rate: 1000
+  retries: 0
+"""
+
+
+@pytest.mark.parametrize(("model_id", "inputs", "axis", "ext", "kind"), EMULATED)
+def test_an_emulated_image_or_audio_model_runs_end_to_end(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    model_id: str,
+    inputs: str,
+    axis: str,
+    ext: str,
+    kind: str,
+) -> None:
+    """Run on the emulated catalog: each output verified, named by its content, in the manifest
+    with its kind, on the report page, and exported as a dataset of its kind."""
+    spec = tmp_path / "sweep.yaml"
+    output = tmp_path / "results"
+    spec.write_text(SPEC.format(name=kind, model=model_id, inputs=inputs, axis=axis, output=output))
+    with Emulator(EmulatorConfig(speed=2000.0, workers=2)) as emu:
+        assert emu.state is not None
+        if model_id not in emu.state.models:
+            pytest.skip(f"the emulator does not serve {model_id} yet (its catalog comes later)")
+        report = run_sweep(spec, base_url=emu.base_url, token=emu.token, overrides=Overrides())
+        assert report.complete, report
+        assert len(emu.ledger()["jobs"]) == 2
+    folder = output / kind
+    entries = manifest_lines(folder, "manifest.jsonl")
+    assert [e["state"] for e in entries] == ["done", "done"]
+    outputs = [e["outputs"][0] for e in entries]
+    assert all(o["path"].endswith(f".{ext}") and o["kind"] == kind for o in outputs), outputs
+    model = get_model(model_id)
+    for entry, out in zip(entries, outputs, strict=True):
+        raw = {model.raw_key(k) or k: v for k, v in entry["inputs"].items()}
+        verify_output(folder / out["path"], ext, expected_shape(model, raw), kind=kind)
+    page = write_report(locate(None, str(folder / "comfysweep.db")))
+    assert {c["m"] for c in page_data(page.path)["cells"]} == {kind}
+    dest = tmp_path / "dataset"
+    result = CliRunner().invoke(
+        cli, ["export", "--store", str(folder / "comfysweep.db"), str(dest)]
+    )
+    assert result.exit_code == 0, result.output
+    assert f'  - name: "{kind}"\n    dtype: {kind}\n' in (dest / "README.md").read_text()
+    if kind == "image":
+        assert len(load(dest, tmp_path, monkeypatch)) == 2
