@@ -524,6 +524,7 @@ def test_every_other_format_exports_images_and_audio(tmp_path: Path, fmt: str, k
 EMULATED = [
     (T2I, "prompt: a red fox in the snow", "aspect_ratio: ['16:9', '1:1']", "png", "image"),
     (T2A, "tags: calm piano", "duration: [1, 2]", "wav", "audio"),
+    (T2V, "prompt: a fox\n  duration: 4", "aspect_ratio: ['16:9', '9:16']", "mp4", "video"),
 ]
 SPEC = """\
 name: {name}
@@ -581,3 +582,7 @@ def test_an_emulated_image_or_audio_model_runs_end_to_end(
     assert f'  - name: "{kind}"\n    dtype: {kind}\n' in (dest / "README.md").read_text()
     if kind == "image":
         assert len(load(dest, tmp_path, monkeypatch)) == 2
+    if kind == "video":  # a catalog video: checked by its ratio and length, not its pixels
+        shapes = [expected_shape(model, e["inputs"]) for e in entries]
+        assert sorted(s.aspect for s in shapes if s.aspect) == [(9.0, 16.0), (16.0, 9.0)]
+        assert {s.seconds for s in shapes} == {4.0}
