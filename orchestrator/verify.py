@@ -231,7 +231,7 @@ def _sniff(head: bytes) -> str | None:
 
 
 def _a(kind: str) -> str:
-    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+    return {"video": "a video", "image": "an image", "audio": "an audio file"}[kind]
 
 
 def _bmff_boxes(handle: IO[bytes], size: int) -> bool:

@@ -140,7 +140,7 @@ def test_a_file_of_another_kind_than_the_model_makes_is_refused(tmp_path: Path) 
     mp4 = video_file(tmp_path / "v.mp4", 64, 36, 8)
     png = tmp_path / "i.png"
     png.write_bytes(image_bytes("PNG", 64, 36))
-    with pytest.raises(OutputInvalid, match=r"^is an audio \(wav\), not the video this model"):
+    with pytest.raises(OutputInvalid, match=r"^is an audio file \(wav\), not the video this model"):
         verify_output(wav, "mp4", Shape(), kind="video")
     with pytest.raises(OutputInvalid, match=r"^is a video \(mp4\), not the image this model"):
         verify_output(mp4, "png", Shape(), kind="image")
