@@ -21,6 +21,7 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 from orchestrator.cli import cli
+from orchestrator.conditioning import output_kind
 from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.errors import OutputInvalid
 from orchestrator.locate import locate
@@ -31,7 +32,7 @@ from orchestrator.report.page import VIDEO_CAP
 from orchestrator.results import ResultsFolder
 from orchestrator.store import Store
 from orchestrator.sweep import Overrides, run_sweep
-from orchestrator.verify import Shape, expected_shape, verify_output
+from orchestrator.verify import Shape, expected_shape, kind_of_extension, verify_output
 
 from . import test_report_browser
 from .media_files import audio_file, finished_sweep, image_bytes, video_file
@@ -586,3 +587,14 @@ def test_an_emulated_image_or_audio_model_runs_end_to_end(
         shapes = [expected_shape(model, e["inputs"]) for e in entries]
         assert sorted(s.aspect for s in shapes if s.aspect) == [(9.0, 16.0), (16.0, 9.0)]
         assert {s.seconds for s in shapes} == {4.0}
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("a.m4v", "video"), ("a.opus", "audio"), ("a.oga", "audio"), ("a.aac", "audio")],
+)
+def test_every_extension_verify_gives_has_its_dataset_kind(name: str, kind: str) -> None:
+    """An export's feature (and the results folder's input columns) follow the output's kind:
+    an .opus output was taken for a video."""
+    assert output_kind(name) == kind
+    assert kind_of_extension(name.rpartition(".")[2]) == kind
