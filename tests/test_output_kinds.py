@@ -5,6 +5,7 @@ length asked), and a file of another kind than the model makes is refused, by it
 from __future__ import annotations
 
 import base64
+import dataclasses
 import importlib.util
 import json
 import re
@@ -15,12 +16,14 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import anyio
 import av
 import pytest
 from click.testing import CliRunner, Result
 from PIL import Image
 
 from orchestrator.cli import cli
+from orchestrator.client import ModelApiClient
 from orchestrator.conditioning import output_kind
 from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.errors import OutputInvalid
@@ -30,7 +33,8 @@ from orchestrator.report.build import write_report
 from orchestrator.report.mosaic import MosaicCell, write_mosaic
 from orchestrator.report.page import VIDEO_CAP
 from orchestrator.results import ResultsFolder
-from orchestrator.store import Store
+from orchestrator.retry import RetryPolicy
+from orchestrator.store import JobState, Store
 from orchestrator.sweep import Overrides, run_sweep
 from orchestrator.verify import Shape, expected_shape, kind_of_extension, verify_output
 
@@ -598,3 +602,85 @@ def test_every_extension_verify_gives_has_its_dataset_kind(name: str, kind: str)
     an .opus output was taken for a video."""
     assert output_kind(name) == kind
     assert kind_of_extension(name.rpartition(".")[2]) == kind
+
+
+ONE_VACE_JOB = """\
+name: one
+model: community/wan-2-2/vace-fun
+inputs:
+  prompt: "a red fox in the snow"
+  image: https://example.com/fox.png
+  resolution: 480x480 (1:1)
+  frames: 81
+run:
+  output: {output}
+  poll_interval: 0.02
+  rate: 1000
+"""
+
+
+def run_one(tmp_path: Path) -> tuple[Any, Path]:
+    spec = tmp_path / "one.yaml"
+    spec.write_text(ONE_VACE_JOB.format(output=tmp_path / "results"))
+    with Emulator(EmulatorConfig(speed=5000.0, workers=2)) as emu:
+        report = run_sweep(
+            spec,
+            base_url=emu.base_url,
+            token=emu.token,
+            overrides=Overrides(poll_interval=0.02),
+            retry=RetryPolicy(wait=False),
+        )
+        assert len(emu.ledger()["jobs"]) == 1
+    return report, tmp_path / "results" / "one"
+
+
+def test_the_runner_names_an_output_by_its_content_type_when_its_url_names_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_result, real_download = ModelApiClient.result, ModelApiClient.download
+
+    async def result(self: ModelApiClient, request_id: str, include_cost: bool = True) -> Any:
+        got = await real_result(self, request_id, include_cost)
+        return dataclasses.replace(got, urls=[u.removesuffix(".mp4") for u in got.urls])
+
+    async def download(self: ModelApiClient, url: str, dest: Path) -> Any:
+        got = await real_download(self, url + ".mp4", dest)
+        return dataclasses.replace(got, content_type="video/quicktime")
+
+    monkeypatch.setattr(ModelApiClient, "result", result)
+    monkeypatch.setattr(ModelApiClient, "download", download)
+    report, folder = run_one(tmp_path)
+    assert report.complete, report
+    (entry,) = manifest_lines(folder, "manifest.jsonl")
+    (output,) = entry["outputs"]
+    assert output["path"].endswith(".mov"), output
+    assert (output["kind"], output["mime"]) == ("video", "video/quicktime")
+
+
+def test_the_runner_refuses_an_output_of_another_kind_than_the_model_makes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A video model that answers with a WAV: never done, the job's error and the run's line
+    say why, and the paid job is not paid again on the next run."""
+    sound = audio_file(tmp_path / "made.wav", 1.0).read_bytes()
+    real_download = ModelApiClient.download
+
+    async def download(self: ModelApiClient, url: str, dest: Path) -> Any:
+        got = await real_download(self, url, dest)
+        await anyio.Path(dest).write_bytes(sound)
+        return dataclasses.replace(got, size=len(sound))
+
+    monkeypatch.setattr(ModelApiClient, "download", download)
+    report, folder = run_one(tmp_path)
+    assert not report.complete
+    with Store.open(folder / "comfysweep.db", readonly=True) as store:
+        (row,) = store.jobs()
+    assert row.state is JobState.SUCCEEDED
+    assert "is an audio file (wav), not the video this model makes" in str(row.error)
+    assert any(
+        m.endswith(
+            "is an audio file (wav), not the video this model makes; run again to download it again"
+        )
+        for m in report.messages
+    ), report.messages
+    assert list(folder.glob("*.wav")) == list(folder.glob("*.mp4")) == []
