@@ -661,7 +661,7 @@ def test_the_runner_refuses_an_output_of_another_kind_than_the_model_makes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A video model that answers with a WAV: never done, the job's error and the run's line
-    say why, and the paid job is not paid again on the next run."""
+    say why; it is paid once."""
     sound = audio_file(tmp_path / "made.wav", 1.0).read_bytes()
     real_download = ModelApiClient.download
 
