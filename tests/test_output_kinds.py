@@ -29,7 +29,7 @@ from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.errors import OutputInvalid
 from orchestrator.locate import locate
 from orchestrator.models import Model, get_model
-from orchestrator.report.build import write_report
+from orchestrator.report.build import Axes, write_report
 from orchestrator.report.mosaic import MosaicCell, write_mosaic
 from orchestrator.report.page import VIDEO_CAP
 from orchestrator.results import ResultsFolder
@@ -684,3 +684,35 @@ def test_the_runner_refuses_an_output_of_another_kind_than_the_model_makes(
         for m in report.messages
     ), report.messages
     assert list(folder.glob("*.wav")) == list(folder.glob("*.mp4")) == []
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(shutil.which("chromedriver") is None, reason="needs chromedriver")
+@pytest.mark.timeout(300)
+def test_a_page_of_audio_cells_never_holds_more_than_the_cap_of_players(
+    tmp_path: Path, browser: Any
+) -> None:
+    """60 audio cells, more than 12 of them in view: the players count in the same cap."""
+    sound = audio_file(tmp_path / "made.wav", 0.5).read_bytes()
+    outputs = [
+        ({"tags": tag, "seed": seed}, f"{tag}-{seed}.wav", sound)
+        for tag in ("jazz", "rock", "folk", "soul", "funk", "blues")
+        for seed in range(10)
+    ]
+    store = finished_sweep(tmp_path / "many", T2A, outputs)
+    page = write_report(locate(None, str(store)), Axes(x="tags", y="seed")).path
+    browser.get(page.as_uri())
+    until(browser, "document.querySelectorAll('.tile').length === 60", "60 tiles")
+    until(browser, "window.comfysweepReport.liveCount() > 0", "players in view")
+    visible = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.tile')).filter(function (t) {"
+        "var r = t.getBoundingClientRect(); return r.bottom > 0 && r.top < innerHeight; }).length;"
+    )
+    assert visible > VIDEO_CAP
+    browser.find_element("id", "play").click()
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    for y in range(0, height, 400):
+        browser.execute_script("window.scrollTo(0, arguments[0])", y)
+        live = browser.execute_script("return window.comfysweepReport.liveCount()")
+        assert live <= VIDEO_CAP
+    assert 0 < browser.execute_script("return window.comfysweepReport.stats.maxLive") <= VIDEO_CAP
