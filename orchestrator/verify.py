@@ -400,11 +400,18 @@ def _ogg_end(handle: IO[bytes], size: int) -> None:
 
 
 def _mp3_counted(path: Path) -> bool:
-    """Whether an MP3 has a Xing/Info frame (its frame count: a cut file decodes shorter than its
-    header says); without one, ffmpeg's length is an estimate from the file's own size."""
+    """Whether an MP3's first frame is a Xing/Info frame (its frame count: a cut file decodes
+    shorter than its header says); without one, ffmpeg's length is an estimate from the file's
+    own size. The tag sits within the first frame's first 64 bytes, after any ID3v2 tag."""
     with open(path, "rb") as handle:
-        head = handle.read(16384)
-    return b"Xing" in head or b"Info" in head
+        head = handle.read(10)
+        start = 0
+        if head[:3] == b"ID3" and len(head) == 10:
+            tag = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]
+            start = 10 + tag + (10 if head[5] & 0x10 else 0)  # a footer follows when flagged
+        handle.seek(start)
+        frame = handle.read(64)
+    return b"Xing" in frame or b"Info" in frame
 
 
 def _check_size(size: tuple[int, int] | None, shape: Shape) -> None:

@@ -128,11 +128,12 @@ def test_audio_decodes_to_the_duration_the_job_asked(tmp_path: Path, ext: str) -
         verify_output(path, ext, Shape(seconds=3.0), kind="audio")
 
 
-@pytest.mark.parametrize("ext", ["wav", "flac", "ogg"])
+@pytest.mark.parametrize("ext", ["wav", "flac", "ogg", "mp3"])
 def test_audio_cut_short_is_refused_even_where_no_duration_was_asked(
     tmp_path: Path, ext: str
 ) -> None:
-    """Their headers (WAV, FLAC) or their last page (Ogg) say where they end."""
+    """Their headers (WAV, FLAC, an MP3's Info frame) or their last page (Ogg) say where they
+    end."""
     path = audio_file(tmp_path / f"a.{ext}", 3.0)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) * 2 // 3])
