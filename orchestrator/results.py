@@ -108,6 +108,7 @@ class ResultsFolder:
         self._reserved_prefixes = _store_prefixes(STORE_FILE)
         self._media = MediaFolder(root)
         self._card: str | None = None  # the dataset card as last written
+        self._models: dict[str, Model] = {}  # the sweep's other models, by id
 
     def attach(self, store: Store) -> None:
         """Take output ownership from ``store``'s recorded outputs, and keep off its files."""
@@ -217,7 +218,9 @@ class ResultsFolder:
         """The model a job of ``model_id`` ran on (the folder's own, or another of the sweep's)."""
         if model_id is None or model_id == self.model.model_id:
             return self.model
-        return get_model(model_id)
+        if model_id not in self._models:  # looked up once: a catalog entry may be read from disk
+            self._models[model_id] = get_model(model_id)
+        return self._models[model_id]
 
     def verify(
         self,
