@@ -40,10 +40,10 @@ __all__ = [
 INPUTS_DIR = "inputs"
 _DIGEST = 16  # hex digits of the sha256 in a file's name: 64 bits, no two inputs of a sweep clash
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "video/mp4": "mp4"}
-_KINDS = {
-    **dict.fromkeys(("mp4", "mov", "mkv", "avi", "mpeg", "webm"), "video"),
+_KINDS = {  # every extension verify gives an output, and a few more
+    **dict.fromkeys(("mp4", "mov", "m4v", "mkv", "avi", "mpeg", "webm"), "video"),
     **dict.fromkeys(("png", "jpg", "jpeg", "webp", "gif", "bmp", "tiff"), "image"),
-    **dict.fromkeys(("wav", "mp3", "flac", "ogg", "m4a"), "audio"),
+    **dict.fromkeys(("wav", "mp3", "flac", "ogg", "oga", "opus", "m4a", "aac"), "audio"),
 }
 _FILE_COLUMNS = ("_file_name", "_file_names")  # `datasets` reads these as file paths
 # What _write_atomically leaves when killed: .<sha>.<ext>.<host>~<pid>~<random>.tmp

@@ -5,8 +5,10 @@ crash or Ctrl-C leaves no half export. ``hf``, ``parquet`` and ``csv`` give the 
 outputs under ``data/`` (hard links when DEST is on the results folder's file system, else
 copies), each conditioning image once under ``inputs/``, and one table of one row per output file
 (``metadata.jsonl``, ``metadata.parquet`` or ``metadata.csv``: every folder form `datasets` loads).
-``webdataset`` gives tar shards of samples grouped by basename: ``KEY.mp4``, ``KEY.json`` and
-``KEY.<input>.png`` for each conditioning image.
+``webdataset`` gives tar shards of samples grouped by basename: ``KEY.mp4`` (or ``.png``,
+``.wav``: the output's own extension), ``KEY.json`` and ``KEY.<input>.png`` for each conditioning
+image. An image sweep's ``hf`` folder loads as an image folder (an ``image`` column), an audio
+sweep's as an audio folder (``audio``), a video sweep's as a video folder (``video``).
 
 Two streaming passes over the store: the first picks the jobs, finds missing files and learns
 each column's type (a column that is an int in one row and a float in another is a float in all:
@@ -439,7 +441,8 @@ def _write_card(folder: Path, plan: _Plan, table: str) -> None:
         "---",
         "",
         f"A comfysweep export: one row per output file (`{table}`), the files under",
-        "`data/`, conditioning images under `inputs/` (their column holds that relative path).",
+        f"`data/` (the `{kind}` column), conditioning images under `inputs/` (their column holds",
+        "that relative path).",
         "",
         "```python",
         "import datasets",
@@ -470,8 +473,8 @@ def _write_shards(
 def _sample(
     source: _Source, row: JobRow, output: Mapping[str, Any] | None
 ) -> tuple[str, list[tuple[str, bytes | Path]]]:
-    """A sample's basename and members: ``json``, the output (``mp4``), and ``<input>.png`` for
-    each conditioning image, which the json names by that member."""
+    """A sample's basename and members: ``json``, the output (``mp4``, ``png``, ``wav``...), and
+    ``<input>.png`` for each conditioning image, which the json names by that member."""
     base = row.key
     if output is not None and len(row.outputs) > 1:
         base = f"{row.key}-{row.outputs.index(dict(output)) + 1}"

@@ -39,7 +39,7 @@ from orchestrator.conditioning import (
 )
 from orchestrator.errors import OutputInvalid, ResultsError
 from orchestrator.leftovers import HOST, abandoned, owner_prefix
-from orchestrator.models import Model
+from orchestrator.models import Model, get_model
 from orchestrator.naming import (
     SHORT_KEY,
     TemplateError,
@@ -48,7 +48,7 @@ from orchestrator.naming import (
     with_tag,
 )
 from orchestrator.store import JobLike, JobRow, Store
-from orchestrator.verify import expected_shape, verify_output
+from orchestrator.verify import MIME_TYPES, expected_shape, kind_of_extension, verify_output
 
 __all__ = [
     "LOG_FILE",
@@ -85,6 +85,8 @@ TOOL_FILES = (
     INPUTS_DIR,  # the conditioning images the jobs sent, one file each (orchestrator.conditioning)
     CARD,
 )
+# The extension a model's output is expected to take, to check the template before a submit.
+KIND_EXTENSIONS = {"video": "mp4", "image": "png", "audio": "wav"}
 _FALLBACKS = 100  # numbered fallback names tried before a folder is declared unusable
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
 # <key>-<n>~<host>~<pid>.part (and the older <key>-<n>.part): the only files prepare() removes.
@@ -106,6 +108,7 @@ class ResultsFolder:
         self._reserved_prefixes = _store_prefixes(STORE_FILE)
         self._media = MediaFolder(root)
         self._card: str | None = None  # the dataset card as last written
+        self._models: dict[str, Model] = {}  # the sweep's other models, by id
 
     def attach(self, store: Store) -> None:
         """Take output ownership from ``store``'s recorded outputs, and keep off its files."""
@@ -204,18 +207,45 @@ class ResultsFolder:
 
     def name_problem(self, job: JobLike) -> str | None:
         """Why the template cannot name ``job``'s outputs, or None; checked before its submit."""
+        ext = KIND_EXTENSIONS.get(self.model_of(job.model_id).output_kind, "bin")
         try:
-            render_output_name(self.template, job, ext="mp4")
+            render_output_name(self.template, job, ext=ext)
         except TemplateError as exc:
             return f"run.filename cannot name this job's output: {exc}"
         return None
 
-    def verify(self, tmp: Path, inputs: Mapping[str, Any], url: str, what: str) -> str:
-        """Raise OutputInvalid, removing ``tmp``, unless the download is whole and of the shape
-        the job's inputs fixed; ``what`` starts the message. Returns the extension the file's
-        content gives it (never one a URL chose, such as ``.exe``)."""
+    def model_of(self, model_id: str | None) -> Model:
+        """The model a job of ``model_id`` ran on (the folder's own, or another of the sweep's)."""
+        if model_id is None or model_id == self.model.model_id:
+            return self.model
+        if model_id not in self._models:  # looked up once: a catalog entry may be read from disk
+            self._models[model_id] = get_model(model_id)
+        return self._models[model_id]
+
+    def verify(
+        self,
+        tmp: Path,
+        inputs: Mapping[str, Any],
+        url: str,
+        what: str,
+        *,
+        content_type: str | None = None,
+        model: Model | None = None,
+    ) -> str:
+        """Raise OutputInvalid, removing ``tmp``, unless the download is whole, of the kind
+        ``model`` (default: the folder's) makes and of the shape the job's inputs fixed; ``what``
+        starts the message. Returns the extension the file's content gives it (else its URL's,
+        else its ``content_type``'s; never one a URL chose, such as ``.exe``)."""
+        model = model or self.model
+        kind = model.output_kind if model.has_schema else None  # a schema-less model: any kind
         try:
-            return verify_output(tmp, extension_of(url), expected_shape(self.model, inputs))
+            return verify_output(
+                tmp,
+                extension_of(url, ""),
+                expected_shape(model, inputs),
+                kind=kind,
+                content_type=content_type,
+            )
         except OutputInvalid as exc:
             tmp.unlink(missing_ok=True)
             raise OutputInvalid(f"{what} {exc}") from None
@@ -385,20 +415,23 @@ class ResultsFolder:
                 manifest.write(_line(entry))
                 columns = inputs | {f"{name}_source": path for name, path in sources.items()}
                 for output in on_disk:
-                    extensions.add(extension_of(str(output["path"]), ""))
+                    extensions.add(_pattern(str(output["path"])))
                     line = {"file_name": output["path"], "job_key": row.key, "rating": rating}
+                    line |= _kind_and_mime(output)
                     kind = output_kind(str(output["path"])) or "video"  # input_video if so named
                     line |= {input_column(k, kind, line): v for k, v in columns.items()}
                     metadata.write(_line(line))
         self._write_card(extensions)
         return count
 
-    def _write_card(self, extensions: set[str]) -> None:
+    def _write_card(self, patterns_seen: set[str]) -> None:
         """README.md, naming the outputs and metadata.jsonl as the dataset's files: `datasets`
         otherwise picks a folder's loader by its commonest extension, and one output beside
         manifest.jsonl loads as JSON, two videos beside two conditioning images as images.
+        The patterns name the outputs' own folders (``*.png``, ``seed-1/**/*.png``), never
+        ``inputs/`` or the report's posters, which an image sweep's ``**/*.png`` would take.
         Written when it changes; a README.md of the user's (without our mark) is left alone."""
-        patterns = [*(f"**/*.{ext}" for ext in sorted(extensions - {""})), METADATA]
+        patterns = [*sorted(patterns_seen), METADATA]
         head = ["---", "configs:", "- config_name: default", "  data_files:", "  - split: train"]
         paths = ["    path:", *(f"    - {json.dumps(p)}" for p in patterns)]
         card = "\n".join([*head, *paths, "---", _CARD_MARK, ""])
@@ -440,12 +473,31 @@ class ResultsFolder:
             "downloaded_at": _iso(row.downloaded_at),
             "cost_usd": row.cost,
             "error": row.error,
-            "outputs": [{k: o.get(k) for k in ("path", "size", "sha256", "url")} for o in outputs],
+            "outputs": [
+                {k: o.get(k) for k in ("path", "size", "sha256", "url")} | _kind_and_mime(o)
+                for o in outputs
+            ],
             "orphaned": not row.in_spec,  # no longer in the spec: kept, never submitted again
         }
 
 
-def extension_of(url: str, default: str = "mp4") -> str:
+def _kind_and_mime(output: Mapping[str, Any]) -> dict[str, str | None]:
+    """An output's ``kind`` (video, image, audio) and ``mime``, from its extension (which its
+    content chose when it was verified)."""
+    ext = extension_of(str(output.get("path", "")), "")
+    return {"kind": kind_of_extension(ext), "mime": MIME_TYPES.get(ext)}
+
+
+def _pattern(path: str) -> str:
+    """The card's pattern that takes an output: its extension under its first folder (outputs
+    never sit in the tool's folders: the first part of their name is never one of those)."""
+    ext = extension_of(path, "")
+    glob_ext = f"*.{ext}" if ext else "*"
+    folder, slash, _ = path.partition("/")
+    return f"{folder}/**/{glob_ext}" if slash else glob_ext
+
+
+def extension_of(url: str, default: str = "bin") -> str:
     """The file extension an output URL names, or ``default``."""
     _, ext = posixpath.splitext(urlsplit(url).path)
     ext = ext.lstrip(".").lower()

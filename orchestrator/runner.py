@@ -11,6 +11,7 @@ client own those, and the client owns every retry.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -770,12 +771,16 @@ class Runner:
             try:
                 got = await self.client.download(url, tmp)
                 what = f"the download of output {n + 1} of job {row.key[:10]}"
-                if got.size > _VERIFY_INLINE:  # reading a big file's header may wait on the disk
-                    ext = await anyio.to_thread.run_sync(
-                        self.folder.verify, tmp, row.inputs, url, what
-                    )
+                model = self.folder.model_of(row.model_id)
+                check = functools.partial(
+                    self.folder.verify, content_type=got.content_type, model=model
+                )
+                # Reading a big file's header may wait on the disk; an image or audio file is
+                # decoded whole: both off the event loop.
+                if got.size > _VERIFY_INLINE or model.output_kind != "video":
+                    ext = await anyio.to_thread.run_sync(check, tmp, row.inputs, url, what)
                 else:
-                    ext = self.folder.verify(tmp, row.inputs, url, what)
+                    ext = check(tmp, row.inputs, url, what)
                 name = self.folder.output_name(row, n, len(urls), url, ext=ext)
                 path = self.folder.final_name(name, row.key)
 

@@ -1,50 +1,107 @@
-"""Is a downloaded output whole, and the shape the job asked for? Cheap checks, no decoding.
+"""Is a downloaded output whole, of the kind its model makes, and the shape the job asked for?
 
 A download without ``Content-Length`` that the connection cut short looks complete to HTTP, so a
-file is checked before it takes its final name. Videos: an MP4/MOV (ISO-BMFF) must be tiled
-exactly by its top-level boxes (a cut file ends inside one), a Matroska/WebM must hold the Segment
-its header sizes, then PyAV opens the container header, which must hold a video stream with the
-frame count and size the request fixed. Frames come from the header, or from demuxing packets
-where it has none or where an MP4's last box runs "to the end of the file" (there a packet the
-file ends inside is a cut); no frame is decoded.
+file is checked before it takes its final name. Its first bytes say what it is (and so its
+extension; then its URL's, then its Content-Type, choose among that kind's spellings), and a file
+of another kind than the model makes (an image from a video model) is refused.
 
-Images are checked by their format's own structure, not PyAV: ffmpeg's image demuxer hands a whole
-file over as one packet and its decoders conceal damage, so an image opening proves little, while
-PNG's ``IEND`` chunk, JPEG's end marker, GIF's trailer and WebP's RIFF length prove the file ends
-where it says, reading a few bytes (and Pillow is not a dependency).
+Videos: an MP4/MOV (ISO-BMFF) must be tiled exactly by its top-level boxes (a cut file ends inside
+one), a Matroska/WebM must hold the Segment its header sizes, then PyAV opens the container
+header, which must hold a video stream with the frame count and size the request fixed. Frames
+come from the header, or from demuxing packets where it has none or where an MP4's last box runs
+"to the end of the file" (there a packet the file ends inside is a cut); no frame is decoded.
+
+Images are checked by their format's own structure (PNG's ``IEND`` chunk, JPEG's end marker,
+GIF's trailer and WebP's RIFF length prove the file ends where it says), then decoded whole by
+Pillow: ffmpeg's image decoders conceal damage, Pillow refuses a truncated image.
+
+Audio (WAV, MP3, FLAC, Ogg, M4A, AAC) is decoded whole by PyAV; a WAV or FLAC must decode to the
+length its header gives, and every file to the ``duration`` the job asked for, within a tolerance.
+
+What the request fixes: a shipped model (vace-fun) states exact pixels and frames; a catalog
+model states an aspect ratio ("16:9"), a resolution class ("720p": no pixel count to compare) and
+a duration in seconds, so for those the aspect ratio and the duration are compared, not pixels.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import struct
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import av
+from PIL import Image
 
 from orchestrator.errors import OutputInvalid
-from orchestrator.models import Model
+from orchestrator.models import Model, known_models
 
-__all__ = ["Shape", "expected_shape", "verify_output"]
+__all__ = ["MIME_TYPES", "Shape", "expected_shape", "kind_of_extension", "verify_output"]
 
 VIDEO_EXTENSIONS = frozenset({"mp4", "mov", "m4v", "webm", "mkv", "avi"})
 IMAGE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "gif"})
 AUDIO_EXTENSIONS = frozenset({"wav", "mp3", "flac", "ogg", "oga", "opus", "m4a", "aac"})
-# The extensions a file of each kind may carry (its URL's if it is one of them, else the first).
-_KIND_EXTENSIONS = {
-    "bmff": ("mp4", "mov", "m4v"),
-    "matroska": ("mkv", "webm"),
-    "avi": ("avi",),
-    "png": ("png",),
-    "jpeg": ("jpg", "jpeg"),
-    "gif": ("gif",),
-    "webp": ("webp",),
+# Each format's extensions (its URL's or Content-Type's if one of them, else the first) and kind.
+_FORMATS: Mapping[str, tuple[tuple[str, ...], str]] = {
+    "bmff": (("mp4", "mov", "m4v"), "video"),
+    "matroska": (("mkv", "webm"), "video"),
+    "avi": (("avi",), "video"),
+    "png": (("png",), "image"),
+    "jpeg": (("jpg", "jpeg"), "image"),
+    "gif": (("gif",), "image"),
+    "webp": (("webp",), "image"),
+    "wav": (("wav",), "audio"),
+    "mp3": (("mp3",), "audio"),
+    "flac": (("flac",), "audio"),
+    "ogg": (("ogg", "oga", "opus"), "audio"),
+    "m4a": (("m4a",), "audio"),
+    "aac": (("aac",), "audio"),
+}
+# The media type of each extension an output takes (the manifest's ``mime``).
+MIME_TYPES: Mapping[str, str] = {
+    "mp4": "video/mp4",
+    "mov": "video/quicktime",
+    "m4v": "video/x-m4v",
+    "mkv": "video/x-matroska",
+    "webm": "video/webm",
+    "avi": "video/x-msvideo",
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "gif": "image/gif",
+    "webp": "image/webp",
+    "wav": "audio/wav",
+    "mp3": "audio/mpeg",
+    "flac": "audio/flac",
+    "ogg": "audio/ogg",
+    "oga": "audio/ogg",
+    "opus": "audio/ogg",
+    "m4a": "audio/mp4",
+    "aac": "audio/aac",
+}
+_TYPE_EXTENSIONS = {
+    **{mime: ext for ext, mime in reversed(list(MIME_TYPES.items()))},
+    "audio/x-wav": "wav",
+    "audio/wave": "wav",
+    "audio/vnd.wave": "wav",
+    "audio/mp3": "mp3",
+    "audio/x-flac": "flac",
+    "audio/x-m4a": "m4a",
+    "image/jpg": "jpg",
 }
 _SIZE = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)")
+_RATIO = re.compile(r"\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*$")
+_SECONDS = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:s|sec|secs|seconds?)?\s*$", re.IGNORECASE)
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_M4A_BRANDS = (b"M4A ", b"M4B ", b"M4P ", b"F4A ")
+# How far an output may be from what was asked: models round sizes to their own grids (nano
+# banana's 16:9 is 1344x768, 1.6% off) and lengths to whole frames or audio blocks.
+ASPECT_TOLERANCE = 0.05  # relative, on width/height
+SECONDS_TOLERANCE = (0.5, 0.1)  # seconds, or that fraction of the length asked, whichever is more
 
 
 @dataclass(frozen=True)
@@ -54,10 +111,16 @@ class Shape:
     width: int | None = None
     height: int | None = None
     frames: int | None = None
+    aspect: tuple[float, float] | None = None  # (16, 9): where only the ratio is fixed
+    seconds: float | None = None  # the length of a video or an audio file
 
 
 def expected_shape(model: Model, inputs: Mapping[str, Any]) -> Shape:
-    """The frame count and size a job's inputs ask for, found by the model's friendly names."""
+    """What a job's inputs ask of its output, found by the model's friendly names.
+
+    A shipped model (vace-fun) fixes exact pixels ("480x480 (1:1)") and frames; a catalog model
+    an aspect ratio and a duration (its pixels depend on the service: only their ratio is
+    compared)."""
 
     def value(name: str) -> Any:
         return inputs.get(model.raw_key(name) or name)
@@ -67,53 +130,108 @@ def expected_shape(model: Model, inputs: Mapping[str, Any]) -> Shape:
     match = _SIZE.match(size) if isinstance(size, str) else None
     if match:
         width, height = int(match[1]), int(match[2])
-    return Shape(width, height, _whole(value("frames")))
+    if any(m.model_id == model.model_id for m in known_models()):
+        return Shape(width, height, _whole(value("frames")))
+    aspect = (float(width), float(height)) if width and height else _ratio(value("aspect_ratio"))
+    return Shape(aspect=aspect, seconds=_seconds(value("duration")))
 
 
-def verify_output(path: Path, ext: str, shape: Shape) -> str:
-    """Raise OutputInvalid unless ``path`` is a whole, readable output of ``shape``; returns the
-    extension it takes.
+def kind_of_extension(ext: str) -> str | None:
+    """ "video", "image" or "audio" for an output's extension; None for one of no media kind."""
+    ext = ext.lower().lstrip(".")
+    return next((kind for names, kind in _FORMATS.values() if ext in names), None)
 
-    The file's first bytes say what it is, and so its extension; ``ext`` (from its URL) says what
-    it must be when they say nothing known. A file of another kind is accepted unchecked, named
-    by its URL if that says audio, else ``.bin``: a server never names a file ``.exe``.
+
+def verify_output(
+    path: Path,
+    ext: str,
+    shape: Shape,
+    *,
+    kind: str | None = None,
+    content_type: str | None = None,
+) -> str:
+    """Raise OutputInvalid unless ``path`` is a whole, readable output of ``shape`` and (where
+    given) of ``kind`` ("video", "image", "audio": what the model makes); returns the extension
+    it takes.
+
+    The file's first bytes say what it is, and so its extension; ``ext`` (from its URL) and then
+    ``content_type`` say what it must be when they say nothing known. A file of no kind we
+    recognise is refused where ``kind`` is given (audio: unless PyAV decodes it); otherwise it
+    is accepted unchecked, named by its URL if that says audio, else ``.bin``: a server never
+    names a file ``.exe``.
     """
+    typed = _TYPE_EXTENSIONS.get((content_type or "").partition(";")[0].strip().lower(), "")
     with open(path, "rb") as handle:
         size = handle.seek(0, 2)
         handle.seek(0)
         head = handle.read(16)
-        kind = _sniff(head)
-        if kind is None:
-            if ext in VIDEO_EXTENSIONS or ext in IMAGE_EXTENSIONS:
-                raise OutputInvalid(f"is not a readable {ext} file ({size} bytes)")
-            return ext if ext in AUDIO_EXTENSIONS else "bin"
-        open_ended = kind == "bmff" and _bmff_boxes(handle, size)
-        if kind == "matroska":
+        found = _sniff(head)
+        if found is None:
+            return _unknown(path, size, ext, typed, shape, kind)
+        names, made = _FORMATS[found]
+        if kind is not None and made != kind:
+            raise OutputInvalid(f"is {_a(made)} ({names[0]}), not the {kind} this model makes")
+        open_ended = found == "bmff" and _bmff_boxes(handle, size)
+        if found == "matroska":
             _matroska_segment(handle, size)
-        if kind in _IMAGE_CHECKS:
-            _check_size(_IMAGE_CHECKS[kind](handle, size), shape)
-    if kind not in _IMAGE_CHECKS:
-        _check_video(path, shape, count_packets=kind != "bmff", open_ended=open_ended)
-    names = _KIND_EXTENSIONS[kind]
-    return ext if ext in names else names[0]
+        if found == "wav":
+            _riff_length(handle, size, "WAV")
+        if found == "ogg":
+            _ogg_end(handle, size)
+        if found in _IMAGE_CHECKS:
+            _check_size(_IMAGE_CHECKS[found](handle, size), shape)
+    if made == "image":
+        _check_size(_decode_image(path), shape)
+    elif made == "audio":
+        exact = found in ("wav", "flac") or (found == "mp3" and _mp3_counted(path))
+        _check_audio(path, shape, exact_header=exact)
+    else:
+        _check_video(path, shape, count_packets=found != "bmff", open_ended=open_ended)
+    return ext if ext in names else typed if typed in names else names[0]
+
+
+def _unknown(path: Path, size: int, ext: str, typed: str, shape: Shape, kind: str | None) -> str:
+    """A file whose first bytes name no format we know."""
+    said = kind or kind_of_extension(ext) or kind_of_extension(typed)
+    if said == "audio":
+        try:
+            _check_audio(path, shape, exact_header=False)
+        except OutputInvalid:
+            if kind is not None:
+                raise
+        return ext if ext in AUDIO_EXTENSIONS else typed if typed in AUDIO_EXTENSIONS else "bin"
+    if said is not None:
+        raise OutputInvalid(f"is not a readable {kind or ext or typed} file ({size} bytes)")
+    return "bin"
 
 
 def _sniff(head: bytes) -> str | None:
     if head[4:8] == b"ftyp":
-        return "bmff"
+        return "m4a" if head[8:12] in _M4A_BRANDS else "bmff"
     if head.startswith(b"\x1a\x45\xdf\xa3"):
         return "matroska"  # and WebM
-    if (head[:4], head[8:12]) == (b"RIFF", b"AVI "):
-        return "avi"
+    if head[:4] == b"RIFF":
+        return {b"AVI ": "avi", b"WEBP": "webp", b"WAVE": "wav"}.get(head[8:12])
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if head.startswith(b"\xff\xd8\xff"):
         return "jpeg"
     if head.startswith((b"GIF87a", b"GIF89a")):
         return "gif"
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
-        return "webp"
+    if head.startswith(b"fLaC"):
+        return "flac"
+    if head.startswith(b"OggS"):
+        return "ogg"
+    if head.startswith(b"ID3"):
+        return "mp3"
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
+        # MPEG audio frame sync: layer bits 00 are AAC's ADTS, 01-11 MPEG layers III-I
+        return "aac" if head[1] & 0x06 == 0 else "mp3"
     return None
+
+
+def _a(kind: str) -> str:
+    return {"video": "a video", "image": "an image", "audio": "an audio file"}[kind]
 
 
 def _bmff_boxes(handle: IO[bytes], size: int) -> bool:
@@ -190,6 +308,10 @@ def _check_video(path: Path, shape: Shape, *, count_packets: bool, open_ended: b
             frames = indexed
             if count_packets or open_ended or not frames:
                 frames = _count_packets(container, stream)
+            rate = stream.average_rate or stream.guessed_rate
+            seconds = float(frames / rate) if rate else None
+            if stream.duration and stream.time_base and not open_ended:
+                seconds = float(stream.duration * stream.time_base)
     except (av.error.FFmpegError, UnicodeError) as exc:
         raise OutputInvalid(f"cannot be read as a video: {exc}") from None
     if open_ended and frames < indexed:
@@ -197,6 +319,7 @@ def _check_video(path: Path, shape: Shape, *, count_packets: bool, open_ended: b
     if shape.frames is not None and frames != shape.frames:
         raise OutputInvalid(f"has {frames} frames, the job asked for {shape.frames}")
     _check_size((width, height), shape)
+    _check_seconds(seconds, shape)
 
 
 def _count_packets(container: Any, stream: Any) -> int:
@@ -209,12 +332,130 @@ def _count_packets(container: Any, stream: Any) -> int:
     return frames
 
 
+def _check_audio(path: Path, shape: Shape, *, exact_header: bool) -> None:
+    """Decode every sample: the file must hold audio, as long as its header says where the
+    header is exact (WAV, FLAC: a cut one decodes shorter), and as long as the job asked."""
+    samples = 0
+    rate = 0
+    try:
+        with av.open(str(path), "r", metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                raise OutputInvalid("holds no audio stream")
+            stream = container.streams.audio[0]
+            stream.codec_context.thread_count = 1
+            base = stream.time_base
+            declared = float(stream.duration * base) if stream.duration and base else None
+            for frame in container.decode(stream):
+                samples += frame.samples
+                rate = frame.sample_rate or rate
+    except (av.error.FFmpegError, UnicodeError, ValueError) as exc:
+        raise OutputInvalid(f"cannot be decoded as audio: {exc}") from None
+    if not samples or not rate:
+        raise OutputInvalid("holds no audio samples")
+    seconds = samples / rate
+    if exact_header and declared is not None and seconds < declared - max(0.05, declared / 100):
+        raise OutputInvalid(
+            f"is cut short: it decodes to {seconds:.2f} s of the {declared:.2f} s its header gives"
+        )
+    _check_seconds(seconds, shape)
+
+
+def _decode_image(path: Path) -> tuple[int, int]:
+    """Decode the whole image with Pillow (a truncated one raises); returns its size."""
+    try:
+        with warnings.catch_warnings():
+            # A very large image is still one a model made: decoded, not refused as a bomb.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return image.size
+    except Image.DecompressionBombError:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
+        raise OutputInvalid(f"cannot be decoded as an image: {exc}") from None
+
+
+def _riff_length(handle: IO[bytes], size: int, what: str) -> None:
+    """A RIFF file (WAV, WebP) must be as long as its header says (a streamed one says 0 or
+    0xFFFFFFFF: nothing to compare)."""
+    handle.seek(4)
+    (length,) = struct.unpack("<I", handle.read(4))
+    if length not in (0, 0xFFFFFFFF) and length + 8 > size:
+        raise OutputInvalid(
+            f"is cut short: the {what} says {length + 8} bytes, the file has {size}"
+        )
+
+
+def _ogg_end(handle: IO[bytes], size: int) -> None:
+    """An Ogg stream's last page carries the end-of-stream flag: a cut one ends before it."""
+    handle.seek(max(0, size - 65536))
+    tail = handle.read()
+    last = tail.rfind(b"OggS")
+    if last < 0 or len(tail) < last + 27 or not tail[last + 5] & 0x04:
+        raise OutputInvalid("is cut short: the Ogg stream has no end-of-stream page")
+    segments = tail[last + 27 : last + 27 + tail[last + 26]]
+    if len(segments) < tail[last + 26] or last + 27 + len(segments) + sum(segments) > len(tail):
+        raise OutputInvalid("is cut short inside its last Ogg page")
+
+
+def _mp3_counted(path: Path) -> bool:
+    """Whether an MP3's first frame is a Xing/Info frame (its frame count: a cut file decodes
+    shorter than its header says); without one, ffmpeg's length is an estimate from the file's
+    own size. The tag sits within the first frame's first 64 bytes, after any ID3v2 tag."""
+    with open(path, "rb") as handle:
+        head = handle.read(10)
+        start = 0
+        if head[:3] == b"ID3" and len(head) == 10:
+            tag = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]
+            start = 10 + tag + (10 if head[5] & 0x10 else 0)  # a footer follows when flagged
+        handle.seek(start)
+        frame = handle.read(64)
+    return b"Xing" in frame or b"Info" in frame
+
+
 def _check_size(size: tuple[int, int] | None, shape: Shape) -> None:
-    if size is None or shape.width is None or shape.height is None:
+    if size is None:
         return
-    if size != (shape.width, shape.height):
+    exact = shape.width is not None and shape.height is not None
+    if exact and size != (shape.width, shape.height):
         got, asked = f"{size[0]}x{size[1]}", f"{shape.width}x{shape.height}"
         raise OutputInvalid(f"is {got}, the job asked for {asked}")
+    if shape.aspect is not None and size[0] > 0 and size[1] > 0:
+        # One pixel of rounding on the shorter side, or the models' own grids, is the same ratio.
+        slack = max(ASPECT_TOLERANCE, 1.5 / min(size))
+        wide, high = shape.aspect
+        if abs(math.log(size[0] / size[1] * high / wide)) > math.log1p(slack):
+            asked = f"{wide:g}:{high:g}"
+            raise OutputInvalid(
+                f"is {size[0]}x{size[1]}, not the {asked} aspect ratio the job asked for"
+            )
+
+
+def _check_seconds(seconds: float | None, shape: Shape) -> None:
+    if seconds is None or shape.seconds is None:
+        return
+    slack = max(SECONDS_TOLERANCE[0], SECONDS_TOLERANCE[1] * shape.seconds)
+    if abs(seconds - shape.seconds) > slack:
+        raise OutputInvalid(f"lasts {seconds:.2f} s, the job asked for {shape.seconds:g} s")
+
+
+def _ratio(value: Any) -> tuple[float, float] | None:
+    """ "16:9" as (16, 9); None for "auto", "adaptive" or anything else that fixes no ratio."""
+    match = _RATIO.match(value) if isinstance(value, str) else None
+    if match is None or not float(match[1]) or not float(match[2]):
+        return None
+    return float(match[1]), float(match[2])
+
+
+def _seconds(value: Any) -> float | None:
+    """A ``duration`` input in seconds: 5, 5.5, "5" or "5s"; None for "auto" and the like."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value > 0 and math.isfinite(value) else None
+    match = _SECONDS.match(value) if isinstance(value, str) else None
+    return float(match[1]) if match and float(match[1]) > 0 else None
 
 
 def _png(handle: IO[bytes], size: int) -> tuple[int, int] | None:
@@ -269,10 +510,7 @@ def _gif(handle: IO[bytes], size: int) -> tuple[int, int] | None:
 
 
 def _webp(handle: IO[bytes], size: int) -> tuple[int, int] | None:
-    handle.seek(4)
-    (length,) = struct.unpack("<I", handle.read(4))
-    if length + 8 > size:
-        raise OutputInvalid(f"is cut short: the WebP says {length + 8} bytes, the file has {size}")
+    _riff_length(handle, size, "WebP")
     return None
 
 

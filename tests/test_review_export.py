@@ -207,6 +207,7 @@ def test_an_input_named_like_a_dataset_column_keeps_the_results_folders_columns(
     lines = (tmp_path / "results" / "metadata.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == [
         {"file_name": f"{i}.mp4", "job_key": row.key, "rating": "up" if i == 0 else None}
+        | {"kind": "video", "mime": "video/mp4"}
         | {"input_video": f"https://x/{i}.mp4", "input_rating": 5}
         | {"input_filename": "a.mp4", "input_job_key": "k"}
         for i, row in enumerate(rows)

@@ -102,6 +102,12 @@ def write_video(located: Located, axes: Axes = DEFAULT_AXES, *, out: Path | None
     out = (out or results / VIDEO).absolute()
     view = load_view(located, axes)
     _check_out(out, located, view, (".mp4",), "the mosaic is an MP4 video")
+    kinds = {cell.kind for cell in view.cells if cell.kind is not None}
+    if kinds and kinds <= {"audio"}:
+        raise ReportError(
+            "report --video: the mosaic is for video and image sweeps, and this sweep's outputs "
+            "are audio; `comfysweep report` writes a page that plays them"
+        )
     grid = xy_grid(view)
     rows = [
         [

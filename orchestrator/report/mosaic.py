@@ -1,7 +1,8 @@
 """The X/Y view as one labelled mosaic MP4, for sharing where an HTML page cannot go.
 
 One H.264 (yuv420p) file: an optional title, a header row of X labels, a left column of Y labels,
-and per cell its video scaled to ``cell_width`` (keeping its aspect) with its caption under it.
+and per cell its video (or image, drawn as a still) scaled to ``cell_width`` (keeping its aspect)
+with its caption under it.
 Everything that does not move (labels, captions, the grey cards of cells without a video) is drawn
 once with Pillow; per frame only the cells' pictures, scaled by libswscale, are pasted in with
 numpy (all in yuv420p: no colour conversion per frame).
@@ -34,6 +35,7 @@ from PIL import Image, ImageDraw
 from orchestrator.errors import ComfysweepError
 from orchestrator.leftovers import owner_prefix
 from orchestrator.lettering import fit, font
+from orchestrator.verify import kind_of_extension
 
 __all__ = ["MAX_CELLS", "MosaicCell", "MosaicError", "MosaicInfo", "write_mosaic"]
 
@@ -105,8 +107,9 @@ def write_mosaic(
     with contextlib.ExitStack() as stack:
         sources = [[_open(cell, stack) for cell in row] for row in rows]
         readable = [s for row in sources for s in row if s is not None]
-        rate = float(fps) if fps else _common_fps(readable)
-        seconds = max((s.frames / s.fps for s in readable), default=1 / rate)
+        moving = [s for s in readable if not s.still]
+        rate = float(fps) if fps else _common_fps(moving)
+        seconds = max((s.frames / s.fps for s in moving), default=1 / rate)
         if max_seconds is not None:
             seconds = min(seconds, max_seconds)
         frames = max(1, math.ceil(seconds * rate - 1e-9))
@@ -142,6 +145,8 @@ def _check(
 class _Source:
     """One cell's video: decoded a frame at a time, each shown frame scaled to its box."""
 
+    still = False
+
     def __init__(self, path: Path, stack: contextlib.ExitStack) -> None:
         self.container = stack.enter_context(av.open(str(path), "r"))
         stream = self.container.streams.video[0]
@@ -174,13 +179,36 @@ class _Source:
         return self._scaler.reformat(frame, width, height, "yuv420p").to_ndarray()
 
 
+class _Still(_Source):
+    """One cell's image: shown from the first mosaic frame on, never changing."""
+
+    still = True
+
+    def __init__(self, path: Path, stack: contextlib.ExitStack) -> None:
+        with Image.open(path) as image:
+            image.draft("RGB", (MAX_SIDE, MAX_SIDE))
+            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        self._frame: av.VideoFrame | None = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        self.height, self.width = rgb.shape[:2]
+        self.fps, self.frames, self.index = DEFAULT_FPS, 1, 0
+        self.size = (self.width, self.height)
+        self._scaler = VideoReformatter()
+
+    def frame_at(self, index: int) -> av.VideoFrame | None:
+        """The image the first time, then None: it stays where it was pasted."""
+        frame, self._frame = self._frame, None
+        return frame
+
+
 def _open(cell: MosaicCell, stack: contextlib.ExitStack) -> _Source | None:
-    """The cell's video ready to decode, or None (no video, or one that cannot be read)."""
+    """The cell's video (or image) ready to decode, or None (no output, or one that cannot be
+    read)."""
     if cell.video is None:
         return None
     inner = contextlib.ExitStack()
+    opener = _Still if kind_of_extension(cell.video.suffix) == "image" else _Source
     try:
-        source = _Source(cell.video, inner)
+        source = opener(cell.video, inner)
     except (OSError, av.error.FFmpegError, IndexError, StopIteration, ValueError):
         inner.close()
         return None
@@ -195,6 +223,8 @@ def _card(cell: MosaicCell) -> str:
     """What the card of a cell without a picture says."""
     if cell.video is None:
         return cell.state
+    if kind_of_extension(cell.video.suffix) == "audio" and os.path.lexists(cell.video):
+        return "audio"
     return "unreadable" if os.path.lexists(cell.video) else "missing"
 
 

@@ -1,4 +1,5 @@
-"""Poster frames: a small JPEG of each video's first frame, made once and kept beside the report.
+"""Posters: a small JPEG of each output, made once and kept beside the report: a video's first
+frame, an image scaled down, an audio file's waveform.
 
 A poster is named after the video's identity on disk (device, inode, size, mtime), so a rerun of
 ``report`` reuses it without decoding, and a video rendered again gets a new one. Written to a
@@ -13,12 +14,17 @@ import logging
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import av
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageDraw
+
+from orchestrator.verify import kind_of_extension
 
 __all__ = ["ASSETS", "Posters"]
 
@@ -27,6 +33,9 @@ log = logging.getLogger("comfysweep.report")
 ASSETS = "report_assets"
 WIDTH = 320
 QUALITY = 75
+_WAVE_HEIGHT = 120
+_WAVE_BACKGROUND = (31, 34, 38)
+_WAVE = (90, 169, 255)
 _POSTER = re.compile(r"[0-9a-f]{20}\.jpg")
 
 
@@ -109,20 +118,19 @@ def _name(video: Path) -> str | None:
 
 
 def _extract(video: Path, target: Path) -> bool:
-    """Write ``video``'s first frame, at most WIDTH wide, as a JPEG at ``target``."""
+    """Write the poster of ``video`` (or image, or audio file), at most WIDTH wide, as a JPEG at
+    ``target``."""
+    kind = kind_of_extension(video.suffix)
     try:
-        with av.open(str(video)) as container:
-            stream = container.streams.video[0]
-            stream.codec_context.thread_count = 1  # one frame: threads only cost their start-up
-            frame = next(container.decode(stream))
-            width, height = frame.width, frame.height
-            if width > WIDTH:  # scaled by FFmpeg while converting: cheaper than after
-                width, height = WIDTH, max(2, round(height * WIDTH / width))
-            pixels = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
-    except (av.error.FFmpegError, IndexError, StopIteration, OSError) as exc:
+        if kind == "image":
+            image = _still(video)
+        elif kind == "audio":
+            image = _waveform(video)
+        else:
+            image = Image.fromarray(_first_frame(video))
+    except (av.error.FFmpegError, IndexError, StopIteration, OSError, ValueError) as exc:
         log.warning("%s: no poster (%s)", video, exc)
         return False
-    image = Image.fromarray(pixels)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
@@ -134,3 +142,55 @@ def _extract(video: Path, target: Path) -> bool:
             os.unlink(tmp)
         raise
     return True
+
+
+def _first_frame(video: Path) -> Any:
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1  # one frame: threads only cost their start-up
+        frame = next(container.decode(stream))
+        width, height = frame.width, frame.height
+        if width > WIDTH:  # scaled by FFmpeg while converting: cheaper than after
+            width, height = WIDTH, max(2, round(height * WIDTH / width))
+        return frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
+
+
+def _still(path: Path) -> Image.Image:
+    """An image scaled down to WIDTH (its first frame, for an animated one), in RGB."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            image.draft("RGB", (WIDTH, WIDTH * 4))  # a JPEG decodes at a fraction of its size
+            still = image.convert("RGB")
+    if still.width > WIDTH:
+        still = still.resize((WIDTH, max(2, round(still.height * WIDTH / still.width))))
+    return still
+
+
+def _waveform(path: Path) -> Image.Image:
+    """The loudest sample of each of WIDTH slices of an audio file, drawn as a waveform card."""
+    chunks: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        for frame in container.decode(stream):
+            samples = frame.to_ndarray().astype(np.float32)
+            if frame.format.name.startswith(("s16", "s16p")):
+                samples /= 32768.0
+            elif frame.format.name.startswith(("s32", "s32p")):
+                samples /= 2147483648.0
+            chunks.append(np.abs(samples).max(axis=0) if samples.ndim == 2 else np.abs(samples))
+    if not chunks:
+        raise ValueError("no audio samples")
+    peaks = np.concatenate(chunks)
+    slices = np.array_split(peaks, min(WIDTH, len(peaks)))
+    heights = [float(s.max()) if len(s) else 0.0 for s in slices]
+    top = max(max(heights), 1e-6)
+    card = Image.new("RGB", (WIDTH, _WAVE_HEIGHT), _WAVE_BACKGROUND)
+    draw = ImageDraw.Draw(card)
+    middle = _WAVE_HEIGHT / 2
+    step = WIDTH / len(heights)
+    for i, peak in enumerate(heights):
+        half = max(1.0, peak / top * (middle - 4))
+        x = i * step
+        draw.rectangle((x, middle - half, x + max(1.0, step - 1), middle + half), fill=_WAVE)
+    return card

@@ -1,4 +1,6 @@
 /* comfysweep report: the X/Y/Z grid, synchronised playback, A/B wipe, summary, ratings.
+ * A cell's output is a video (a live <video> while in view), an image (its poster, a scaled-down
+ * copy) or an audio file (its waveform poster and a live <audio controls> on the same clock). 
  * User text (inputs, errors, keys) only ever goes in through textContent and attributes. */
 (function () {
   "use strict";
@@ -14,7 +16,7 @@
   cells.forEach(function (c) { byKey.set(c.k, c); });
   var $ = function (id) { return document.getElementById(id); };
   var grid = $("grid");
-  var videos = grid.getElementsByTagName("video"); // live: always the grid's players now
+  var videos = grid.getElementsByClassName("live"); // the grid's players now: <video>, <audio>
   var view = { x: D.x, y: D.y, z: D.z, tab: null, filters: {}, ab: [], abOpen: false, summary: false };
   var clock = { playing: false, base: 0, t0: 0, duration: 0 };
   var durations = new Map(); // video src -> seconds, kept after its element is gone
@@ -49,7 +51,7 @@
       }
     });
     view.ab = (p.get("ab") || "").split(",").filter(function (k) { // only cells with a video
-      return byKey.has(k) && !!byKey.get(k).f;
+      return byKey.has(k) && playable(byKey.get(k)) && byKey.get(k).m !== "audio";
     }).slice(0, 2);
     view.abOpen = p.get("abv") === "1" && view.ab.length === 2;
     view.summary = p.get("summary") === "1";
@@ -71,6 +73,8 @@
     if (view.summary) p.set("summary", "1");
     history.replaceState(null, "", "#" + p.toString());
   }
+
+  function playable(c) { return !!c.f && c.m !== "image"; } // a still needs no player
 
   function onAxis(name) { return name === view.x || name === view.y || name === view.z; }
 
@@ -179,6 +183,7 @@
     var t = el("div", "tile");
     t.dataset.key = c.k;
     t.dataset.state = c.s;
+    if (c.m) t.dataset.kind = c.m;
     t.dataset.inputs = JSON.stringify(inputsOf(c));
     t.title = describe(c);
     if (view.ab.indexOf(c.k) >= 0) t.classList.add("picked");
@@ -190,7 +195,7 @@
       img.src = c.p;
       media.appendChild(img);
     } else {
-      media.appendChild(el("div", "noposter", c.f ? "video" : c.s));
+      media.appendChild(el("div", "noposter", c.f ? c.m || "video" : c.s));
     }
     if (c.s !== "done") media.appendChild(el("span", "state state-" + c.s, c.s));
     if (c.o) media.appendChild(el("span", "orphaned", "orphaned"));
@@ -206,7 +211,7 @@
       a.rel = "noopener";
       bar.appendChild(a);
     }
-    if (c.f) {
+    if (playable(c) && c.m !== "audio") {
       var pick = el("button", "abpick", "A/B");
       pick.type = "button";
       bar.appendChild(pick);
@@ -281,7 +286,7 @@
     });
     grid.appendChild(table);
     grid.querySelectorAll(".tile").forEach(function (t) {
-      if (observer && byKey.get(t.dataset.key).f) observer.observe(t);
+      if (observer && playable(byKey.get(t.dataset.key))) observer.observe(t);
     });
   }
 
@@ -289,16 +294,23 @@
 
   function attach(t) {
     var c = byKey.get(t.dataset.key);
-    if (!c.f || live.has(t)) return;
-    var v = document.createElement("video");
-    v.muted = true;
-    v.defaultMuted = true;
-    v.playsInline = true;
-    v.setAttribute("playsinline", "");
-    v.setAttribute("muted", "");
+    if (!playable(c) || live.has(t)) return;
+    var v = document.createElement(c.m === "audio" ? "audio" : "video");
+    if (c.m === "audio") {
+      v.controls = true; // heard, unlike the muted videos: its own volume and seek bar
+      // Played from its own controls while the clock stands: on its own until paused.
+      v.addEventListener("play", function () { if (!clock.playing) v.dataset.solo = "1"; });
+      v.addEventListener("pause", function () { if (!clock.playing) delete v.dataset.solo; });
+    } else {
+      v.muted = true;
+      v.defaultMuted = true;
+      v.playsInline = true;
+      v.setAttribute("playsinline", "");
+      v.setAttribute("muted", "");
+      if (c.p) v.poster = c.p;
+    }
     v.preload = "auto";
     v.className = "live";
-    if (c.p) v.poster = c.p;
     v.addEventListener("loadedmetadata", function () {
       durations.set(c.f, v.duration);
       clock.duration = Math.max(clock.duration, v.duration || 0);
@@ -311,7 +323,7 @@
   }
 
   function drop(t) {
-    var v = t.querySelector("video");
+    var v = t.querySelector(".live");
     if (v) {
       v.pause();
       v.removeAttribute("src");
@@ -411,7 +423,8 @@
     if (!dur || !isFinite(dur)) return;
     var target = loop() ? t % dur : Math.min(t, dur - 0.001);
     if (!clock.playing) {
-      if (v.dataset.solo) return;
+      // A standing audio player keeps where its own seek bar put it, unless the clock moves.
+      if (v.dataset.solo || (v.tagName === "AUDIO" && !force)) return;
       if (!v.paused) v.pause();
       if (force || (!v.seeking && Math.abs(v.currentTime - target) > TOL)) seekTo(v, target, dur);
       return;
@@ -624,8 +637,9 @@
     if (r) { rate(t, r.dataset.rating); return; }
     if (e.target.closest("a")) return;
     if (e.target.closest(".media")) {
+      if (e.target.closest("audio")) return; // its own controls
       makeLive(t);
-      var v = t.querySelector("video");
+      var v = t.querySelector(".live");
       if (!v || clock.playing) return;
       if (v.paused) { v.dataset.solo = "1"; v.loop = true; v.play().catch(function () {}); }
       else { delete v.dataset.solo; v.pause(); }
@@ -636,9 +650,11 @@
     var t = e.target.closest(".tile");
     if (!t || t === hovered) return;
     hovered = t;
-    if (clock.playing || !byKey.get(t.dataset.key).f) return;
+    var hc = byKey.get(t.dataset.key);
+    if (clock.playing || !playable(hc)) return;
     makeLive(t);
-    var v = t.querySelector("video");
+    if (hc.m === "audio") return; // a sound starts on a click, never on a hover
+    var v = t.querySelector(".live");
     if (v) { v.dataset.solo = "1"; v.loop = true; v.play().catch(function () {}); }
   });
 
@@ -646,7 +662,7 @@
     var t = e.target.closest(".tile");
     if (!t || (e.relatedTarget && t.contains(e.relatedTarget))) return;
     hovered = null;
-    var v = t.querySelector("video");
+    var v = t.querySelector(".live");
     if (v && v.dataset.solo && !clock.playing) { delete v.dataset.solo; v.pause(); }
     if (!visible.has(t)) reconcile();
   });
@@ -716,7 +732,7 @@
     view: view,
     clock: clock,
     stats: stats,
-    liveCount: function () { return grid.querySelectorAll("video").length; },
+    liveCount: function () { return grid.querySelectorAll("video, audio").length; },
     masterTime: masterTime,
     setPlaying: setPlaying,
   };

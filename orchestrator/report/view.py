@@ -1,8 +1,9 @@
 """What the report shows: a sweep's jobs as cells on axes, read from the store and the disk.
 
 The axes are the inputs whose value differs between jobs (by friendly name), the largest first;
-every job is one cell holding its inputs as indexes into its axes' values, its state, its video
-(by a path relative to the page) and its poster. A ``done`` job whose file is gone is "missing".
+every job is one cell holding its inputs as indexes into its axes' values, its state, its output
+(a video, an image or an audio file, by a path relative to the page), that output's kind and
+its poster. A ``done`` job whose file is gone is "missing".
 The page (orchestrator/report/page.py) and the mosaic video both draw from this one view.
 """
 
@@ -13,7 +14,7 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
@@ -23,10 +24,10 @@ from orchestrator.models import get_model
 from orchestrator.report.posters import Posters
 from orchestrator.responses import error_message
 from orchestrator.store import JobRow, JobState, Store
+from orchestrator.verify import kind_of_extension
 
 __all__ = ["Axis", "Cell", "ReportError", "View", "add_posters", "build_view", "choose_axes"]
 
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".m4v", ".mkv")
 TOP_ERRORS = 5
 HISTOGRAM_BINS = 12
 REPEAT = "repeat"  # a pseudo-input: jobs that differ only by their repeat number
@@ -60,6 +61,7 @@ class Cell:
     rating: str | None
     seconds: float | None
     orphaned: bool = False  # no longer in the spec: kept, never submitted again
+    kind: str | None = None  # the output's: "video", "image" or "audio" (None: none on disk)
 
 
 @dataclass
@@ -112,6 +114,7 @@ class View:
                     "e": c.error,
                     "r": c.rating,
                     "o": c.orphaned,
+                    "m": c.kind,
                 }
                 for c in self.cells
             ],
@@ -288,7 +291,8 @@ def _ordered(values: list[Any]) -> list[Any]:
 
 
 def add_posters(view: View, results: Path, page_dir: Path, posters: Posters) -> None:
-    """Give every cell with a video its poster (made now, or reused from the cache)."""
+    """Give every cell with an output its poster (made now, or reused from the cache): a
+    video's first frame, an image scaled down, an audio file's waveform."""
     with_video = [cell for cell in view.cells if cell.path is not None]
     made = posters.posters([results / str(cell.path) for cell in with_video])
     for cell, poster in zip(with_video, made, strict=True):
@@ -297,8 +301,8 @@ def add_posters(view: View, results: Path, page_dir: Path, posters: Posters) -> 
 
 def _cell(row: JobRow, inputs: dict[str, Any], results: Path, page_dir: Path) -> Cell:
     state = str(row.state)
-    video = path = None
-    output = _video_output(row.outputs)
+    video = path = kind = None
+    output = _main_output(row.outputs)
     if row.state is JobState.DONE:
         if output is None or not _on_disk(results, output):
             state = "missing"
@@ -306,6 +310,7 @@ def _cell(row: JobRow, inputs: dict[str, Any], results: Path, page_dir: Path) ->
             path = str(output["path"])
             file = results / path
             video = _relative(file, page_dir)
+            kind = kind_of_extension(file.suffix) or "video"
     error = None
     if state == "missing":
         error = "the output file is not on disk (run again to download it)"
@@ -324,14 +329,18 @@ def _cell(row: JobRow, inputs: dict[str, Any], results: Path, page_dir: Path) ->
         rating=None,
         seconds=_seconds(row),
         orphaned=not row.in_spec,
+        kind=kind,
     )
 
 
-def _video_output(outputs: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+def _main_output(outputs: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The output a cell shows: the first video, else the first image or audio file, else the
+    first of any kind."""
     outputs = list(outputs)
-    for output in outputs:
-        if str(output.get("path", "")).lower().endswith(VIDEO_EXTENSIONS):
-            return output
+    for kinds in (("video",), ("image", "audio")):
+        for output in outputs:
+            if kind_of_extension(PurePosixPath(str(output.get("path", ""))).suffix) in kinds:
+                return output
     return outputs[0] if outputs else None
 
 
