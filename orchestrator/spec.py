@@ -516,6 +516,8 @@ class _Builder:
 
 
 def _sample(value: Any) -> Any:
+    if isinstance(value, dict) or value is objects.ABSENT:
+        return objects.label(value)
     return Path(value.label).stem if isinstance(value, LocalImage) else value
 
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Iterable, Mapping
+from functools import cache
 from pathlib import Path
 from random import Random
 from typing import Any
@@ -31,7 +33,8 @@ from dynamicprompts.commands import (
     WildcardCommand,
 )
 from dynamicprompts.enums import SamplingMethod
-from dynamicprompts.parser.parse import parse
+from dynamicprompts.parser.config import default_parser_config
+from dynamicprompts.parser.parse import get_cached_parser, parse
 from dynamicprompts.sampling_context import SamplingContext
 from dynamicprompts.wildcards import WildcardManager
 
@@ -281,7 +284,17 @@ def _text(source: Mapping[str, Any], base: Path) -> str:
     return text
 
 
+@cache
+def _build_parser() -> None:
+    """Build the library's parser once, quietly: it calls pyparsing names that pyparsing 3.2
+    deprecates (a warning our tests turn into an error), and it caches the parser it builds."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        get_cached_parser(default_parser_config)
+
+
 def _parse(text: str) -> Command:
+    _build_parser()
     try:
         return parse(text)
     except pyparsing.ParseBaseException as exc:

@@ -1,0 +1,183 @@
+"""LoRAs as object-valued inputs: mappings in inputs, axes, include/exclude and zip; ``none``
+leaves the field out; the LoRA path rule; one label everywhere a person reads the value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator import count_jobs, iter_jobs, load_spec, naming, objects
+from orchestrator.canonical import job_key
+from orchestrator.cli import cli
+from orchestrator.errors import SpecError
+from orchestrator.models import Model, _registry
+from orchestrator.sources import Problem
+
+BASE = "test/lora-base/text-to-image"
+ENTRY = {
+    "model_id": BASE,
+    "display_name": "A LoRA base",
+    "categories": ["text-to-image"],
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "prompt": {"type": "string"},
+            "seed": {"type": "integer", "minimum": 0, "default": 0},
+            "lora": {
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string"},
+                    "scale": {"type": "float", "minimum": 0, "maximum": 2, "default": 1.0},
+                },
+                "required": ["path"],
+            },
+        },
+        "required": ["prompt"],
+    },
+}
+
+
+@pytest.fixture(autouse=True)
+def lora_base(monkeypatch: pytest.MonkeyPatch) -> Model:
+    """A LoRA base model known to get_model, as the catalog cache would make it known."""
+    model = Model.from_catalog(ENTRY)
+    monkeypatch.setitem(_registry(), BASE, model)
+    return model
+
+
+def spec_file(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "loras.yaml"
+    path.write_text(f"model: {BASE}\ninputs:\n  prompt: a fox\n" + body)
+    return path
+
+
+AXIS = """\
+axes:
+  lora:
+    - {path: my-style.safetensors}
+    - {path: my-style.safetensors, scale: 0.5}
+    - {path: "https://example.com/loras/ink-wash.safetensors?download=1", scale: 2}
+    - none
+    - null
+"""
+
+
+def test_an_axis_of_loras_sends_each_mapping_and_none_leaves_the_field_out(
+    tmp_path: Path,
+) -> None:
+    spec = load_spec(spec_file(tmp_path, AXIS))
+    count = count_jobs(spec)
+    assert (count.jobs, count.duplicates) == (4, 1)  # none and null are one value
+    jobs = list(iter_jobs(spec))
+    assert [job.inputs.get("lora") for job in jobs] == [
+        {"path": "my-style.safetensors", "scale": 1.0},
+        {"path": "my-style.safetensors", "scale": 0.5},
+        {"path": "https://example.com/loras/ink-wash.safetensors?download=1", "scale": 2.0},
+        None,
+    ]
+    assert "lora" not in jobs[3].inputs
+    bare = load_spec(spec_file(tmp_path, ""))
+    (plain,) = iter_jobs(bare)
+    assert jobs[3].key == plain.key == job_key(BASE, {"prompt": "a fox", "seed": 0})
+
+
+def test_the_default_scale_is_part_of_the_value_so_both_spellings_are_one_job(
+    tmp_path: Path,
+) -> None:
+    body = "axes:\n  lora: [{path: a.safetensors}, {path: a.safetensors, scale: 1}]\n"
+    spec = load_spec(spec_file(tmp_path, body))
+    assert (count_jobs(spec).jobs, count_jobs(spec).duplicates) == (1, 1)
+
+
+def test_loras_in_inputs_include_exclude_and_zip(tmp_path: Path) -> None:
+    body = """\
+  lora: {path: base.safetensors, scale: 0.8}
+axes:
+  seed: [1, 2]
+"""
+    spec = load_spec(spec_file(tmp_path, body))
+    assert {job.inputs["lora"]["path"] for job in iter_jobs(spec)} == {"base.safetensors"}
+
+    body = """\
+zip:
+  - lora: [{path: a.safetensors}, none]
+    seed: [1, 2]
+include:
+  - {seed: 3, lora: {path: c.safetensors, scale: 0.25}}
+  - {seed: 4, lora: none}
+exclude:
+  - {lora: none}
+"""
+    spec = load_spec(spec_file(tmp_path, body))
+    jobs = [(job.inputs["seed"], objects.label(job.inputs.get("lora"))) for job in iter_jobs(spec)]
+    # The zip's second row is excluded; an include entry always runs, none there too.
+    assert jobs == [(1, "a@1"), (3, "c@0.25"), (4, "none")]
+
+
+def test_an_exclude_of_none_drops_the_jobs_without_the_field(tmp_path: Path) -> None:
+    body = AXIS + "  seed: [1, 2]\nexclude:\n  - {lora: none, seed: 2}\n"
+    spec = load_spec(spec_file(tmp_path, body))
+    assert count_jobs(spec).jobs == 7
+    assert len(list(iter_jobs(spec))) == 7
+
+
+BAD = [
+    ("axes:\n  lora: [{scale: 0.5}]\n", ":5:10: axes.lora[0]: path: required key missing"),
+    ("axes:\n  lora: [{path: a.safetensors, scale: 3}]\n", "axes.lora[0]: scale: must be between"),
+    ("axes:\n  lora: [{path: a.safetensors, scale: x}]\n", "scale: must be a number, got 'x'"),
+    ("axes:\n  lora: [{path: a.safetensors, weight: 1}]\n", "weight: unknown key; allowed: path"),
+    ("axes:\n  lora: [a.safetensors]\n", "axes.lora[0]: takes a mapping such as {path: my-style"),
+    ("  lora: none\n", "inputs.lora: none leaves the field out; remove it from inputs instead"),
+    ("axes:\n  prompt: [{path: a}]\n", "axes.prompt[0]: must be a single value"),
+    ("  seed: {path: a}\n", "inputs.seed: takes one value"),
+]
+PATHS = ["http://example.com/a.safetensors", "s3://bucket/a.safetensors", "../x.safetensors"]
+PATHS += ["/abs/path/a.safetensors", "", "dir/a.safetensors", "https://"]
+
+
+@pytest.mark.parametrize(("body", "expected"), BAD)
+def test_bad_lora_values_are_one_line_naming_the_field_and_key(
+    tmp_path: Path, body: str, expected: str
+) -> None:
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec_file(tmp_path, body))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(str(tmp_path / "loras.yaml"))
+    assert expected in message
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_lora_path_is_an_asset_name_or_an_https_url(tmp_path: Path, path: str) -> None:
+    spec = spec_file(tmp_path, f'axes:\n  lora: [{{path: "{path}"}}]\n')
+    result = CliRunner().invoke(cli, ["plan", str(spec)])
+    assert result.exit_code != 0
+    (line,) = result.output.strip().splitlines()
+    assert "axes.lora[0]: path:" in line
+    assert "neither a LoRA asset name" in line or "not a valid https URL" in line
+
+
+def test_one_label_for_file_names_and_everywhere_else(tmp_path: Path) -> None:
+    assert objects.label({"path": "my-style.safetensors", "scale": 0.5}) == "my-style@0.5"
+    assert objects.label({"path": "https://x.org/l/ink.safetensors?dl=1"}) == "ink"
+    assert objects.label(None) == objects.label(objects.ABSENT) == "none"
+    assert objects.label({"path": "a.safetensors", "scale": 1.0, "rank": 8}) == "a@1,rank=8"
+    spec = load_spec(spec_file(tmp_path, AXIS))
+    names = [naming.render_output_name(spec, job, ext=".png") for job in iter_jobs(spec)]
+    assert [n.rsplit("_", 1)[0] for n in names] == [
+        "lora-my-style@1",
+        "lora-my-style@0.5",
+        "lora-ink-wash@2",
+        "lora-none",
+    ]
+    named = spec_file(tmp_path, AXIS + "run:\n  filename: '{lora}/{key}'\n")
+    names = [naming.render_output_name(load_spec(named), j, ext=".png") for j in iter_jobs(spec)]
+    assert [n.split("/")[0] for n in names] == ["my-style@1", "my-style@0.5", "ink-wash@2", "none"]
+
+
+def test_normalise_object_without_a_schema_of_keys_keeps_the_mapping() -> None:
+    assert objects.normalise_object({"type": "object"}, {"a": 1}) == {"a": 1}
+    with pytest.raises(Problem, match="takes a mapping"):
+        objects.normalise_object({"type": "object"}, [1])
