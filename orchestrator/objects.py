@@ -16,9 +16,23 @@ from pathlib import PurePosixPath
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from orchestrator.sources import Problem
+__all__ = [
+    "ABSENT",
+    "ObjectProblem",
+    "is_absent",
+    "is_object_field",
+    "label",
+    "normalise_object",
+    "present",
+]
 
-__all__ = ["ABSENT", "is_absent", "is_object_field", "label", "normalise_object", "present"]
+
+class ObjectProblem(ValueError):
+    """A mapping that does not fit its object schema; the message names the key at fault."""
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
 
 
 class _Absent:
@@ -63,18 +77,20 @@ def present(values: dict[str, Any]) -> dict[str, Any]:
 def normalise_object(prop: Mapping[str, Any], value: Any) -> dict[str, Any]:
     """``value`` checked against an object schema, nested defaults applied, numbers as floats.
 
-    Raises Problem with one line naming the key at fault (the caller adds the field's name).
+    Raises ObjectProblem with one line naming the key at fault (the caller adds the field's name).
     """
     if not isinstance(value, Mapping):
-        raise Problem(f"takes a mapping such as {_example(prop)} (or none), got {_show(value)}")
+        raise ObjectProblem(
+            f"takes a mapping such as {_example(prop)} (or none), got {_show(value)}"
+        )
     props: Mapping[str, Mapping[str, Any]] = prop.get("properties") or {}
     unknown = [str(k) for k in value if k not in props]
     if unknown and props:
         allowed = ", ".join(props)
-        raise Problem(f"{unknown[0]}: unknown key; allowed: {allowed}")
+        raise ObjectProblem(f"{unknown[0]}: unknown key; allowed: {allowed}")
     missing = [k for k in prop.get("required") or () if k not in value]
     if missing:
-        raise Problem(f"{missing[0]}: required key missing, as in {_example(prop)}")
+        raise ObjectProblem(f"{missing[0]}: required key missing, as in {_example(prop)}")
     out: dict[str, Any] = {}
     for key, sub in props.items():
         if key in value:
@@ -90,7 +106,7 @@ def _member(key: str, sub: Mapping[str, Any], value: Any) -> Any:
     kind = "number" if sub.get("type") == "float" else sub.get("type")
     if kind == "string":
         if not isinstance(value, str):
-            raise Problem(f"{key}: must be a string, got {_show(value)}")
+            raise ObjectProblem(f"{key}: must be a string, got {_show(value)}")
         if key == "path":
             _check_path(value)
     elif kind in ("number", "integer"):
@@ -98,18 +114,18 @@ def _member(key: str, sub: Mapping[str, Any], value: Any) -> Any:
         ok = isinstance(value, int if whole else int | float) and not isinstance(value, bool)
         if not ok or not math.isfinite(value):
             wanted = "a whole number" if whole else "a number"
-            raise Problem(f"{key}: must be {wanted}, got {_show(value)}")
+            raise ObjectProblem(f"{key}: must be {wanted}, got {_show(value)}")
         low, high = sub.get("minimum"), sub.get("maximum")
         if (low is not None and value < low) or (high is not None and value > high):
             shown_low = "-inf" if low is None else low
             shown_high = "inf" if high is None else high
-            raise Problem(f"{key}: must be between {shown_low} and {shown_high}, got {value}")
+            raise ObjectProblem(f"{key}: must be between {shown_low} and {shown_high}, got {value}")
         value = value if whole else float(value)
     elif kind == "boolean" and not isinstance(value, bool):
-        raise Problem(f"{key}: must be true or false, got {_show(value)}")
+        raise ObjectProblem(f"{key}: must be true or false, got {_show(value)}")
     if "enum" in sub and value not in sub["enum"]:
         allowed = ", ".join(_show(v) for v in sub["enum"])
-        raise Problem(f"{key}: {_show(value)} is not allowed; allowed: {allowed}")
+        raise ObjectProblem(f"{key}: {_show(value)} is not allowed; allowed: {allowed}")
     return value
 
 
@@ -119,10 +135,10 @@ def _check_path(path: str) -> None:
         parts = urlsplit(path)
         if parts.hostname and " " not in path:
             return
-        raise Problem(f"path: {_show(path)} is not a valid https URL")
+        raise ObjectProblem(f"path: {_show(path)} is not a valid https URL")
     if _ASSET.match(path) and ".." not in path:
         return
-    raise Problem(
+    raise ObjectProblem(
         f"path: {_show(path)} is neither a LoRA asset name (a bare file name such as "
         "my-style.safetensors) nor an https URL"
     )

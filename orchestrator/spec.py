@@ -287,7 +287,10 @@ class _Builder:
             if isinstance(place, tuple) and place[:1] == ("inputs",):
                 raise Problem("none leaves the field out; remove it from inputs instead")
             return objects.ABSENT
-        return objects.normalise_object(prop, value)
+        try:
+            return objects.normalise_object(prop, value)
+        except objects.ObjectProblem as exc:
+            raise Problem(exc.message) from None
 
     def _fail(self, place: Any, name: str, exc: Problem) -> SpecError:
         if exc.file is not None:

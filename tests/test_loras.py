@@ -13,7 +13,6 @@ from orchestrator.canonical import job_key
 from orchestrator.cli import cli
 from orchestrator.errors import SpecError
 from orchestrator.models import Model, _registry
-from orchestrator.sources import Problem
 
 BASE = "test/lora-base/text-to-image"
 ENTRY = {
@@ -179,5 +178,16 @@ def test_one_label_for_file_names_and_everywhere_else(tmp_path: Path) -> None:
 
 def test_normalise_object_without_a_schema_of_keys_keeps_the_mapping() -> None:
     assert objects.normalise_object({"type": "object"}, {"a": 1}) == {"a": 1}
-    with pytest.raises(Problem, match="takes a mapping"):
+    with pytest.raises(objects.ObjectProblem, match="takes a mapping"):
         objects.normalise_object({"type": "object"}, [1])
+
+
+def test_the_model_checks_an_object_input_as_the_server_would(lora_base: Model) -> None:
+    """The emulator's 422 and the runner's checks go through Model.problems and complete."""
+    assert lora_base.problems({"prompt": "x", "lora": {"path": "a.safetensors"}}) == []
+    (problem,) = lora_base.problems({"prompt": "x", "lora": {"path": "a", "scale": 5}})
+    assert str(problem) == "lora: scale: must be between 0 and 2, got 5"
+    (problem,) = lora_base.problems({"prompt": "x", "lora": {"path": "../up.safetensors"}})
+    assert str(problem).startswith("lora: path: '../up.safetensors' is neither a LoRA asset name")
+    done = lora_base.complete({"prompt": "x", "lora": {"path": "a.safetensors"}})
+    assert done["lora"] == {"path": "a.safetensors", "scale": 1.0}
