@@ -3,6 +3,9 @@ leaves the field out; the LoRA path rule; one label everywhere a person reads th
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from pathlib import Path
 
 import pytest
@@ -191,3 +194,88 @@ def test_the_model_checks_an_object_input_as_the_server_would(lora_base: Model) 
     assert str(problem).startswith("lora: path: '../up.safetensors' is neither a LoRA asset name")
     done = lora_base.complete({"prompt": "x", "lora": {"path": "a.safetensors"}})
     assert done["lora"] == {"path": "a.safetensors", "scale": 1.0}
+
+
+LORA_VACE = "test/vace-fun-lora"
+LORA_SHOWN = 'my-style@0.5 {"path":"my-style.safetensors","scale":0.5}'
+
+
+@pytest.fixture
+def vace_lora(monkeypatch: pytest.MonkeyPatch) -> Model:
+    """vace-fun's schema with a LoRA input, registered before the emulator starts so that it
+    serves it too (the emulator serves every registered model)."""
+    vace = _registry()["community/wan-2-2/vace-fun"]
+    lora = ENTRY["input_schema"]["properties"]["lora"]  # type: ignore[index]
+    schema = dict(vace.input_schema)
+    schema["properties"] = {**vace.input_schema["properties"], "lora": lora}
+    model = Model(
+        model_id=LORA_VACE,
+        input_schema=schema,
+        output_schema=vace.output_schema,
+        friendly_names=vace.friendly_names,
+        media_inputs=vace.media_inputs,
+    )
+    monkeypatch.setitem(_registry(), LORA_VACE, model)
+    return model
+
+
+RUN = f"""\
+name: loras
+model: {LORA_VACE}
+inputs:
+  prompt: a fox
+  image: https://example.com/fox.png
+  resolution: 480x480 (1:1)
+axes:
+  lora:
+    - {{path: my-style.safetensors, scale: 0.5}}
+    - {{path: "https://h.example/ink.safetensors"}}
+    - none
+run:
+  output: {{output}}
+  poll_interval: 0.02
+  rate: 1000
+"""
+
+
+def test_a_lora_sweep_runs_and_every_view_names_each_lora_by_its_label(
+    tmp_path: Path, vace_lora: Model
+) -> None:
+    from orchestrator.emulator import Emulator, EmulatorConfig
+    from orchestrator.sweep import Overrides, run_sweep
+
+    spec = tmp_path / "loras.yaml"
+    spec.write_text(RUN.replace("{output}", str(tmp_path / "results")))
+    with Emulator(EmulatorConfig(speed=2000.0, workers=3)) as emu:
+        report = run_sweep(
+            spec, base_url=emu.base_url, token=emu.token, overrides=Overrides(poll_interval=0.02)
+        )
+        ledger = emu.ledger()
+    assert report.complete
+    assert len(ledger["jobs"]) == 3
+    folder = tmp_path / "results" / "loras"
+    entries = [json.loads(x) for x in (folder / "manifest.jsonl").read_text().splitlines()]
+    names = sorted(e["outputs"][0]["path"].split("_")[0] for e in entries)
+    assert names == ["lora-ink@1", "lora-my-style@0.5", "lora-none"]
+    assert sorted(str(e["inputs"].get("lora")) for e in entries)[0].startswith("None")
+
+    runner = CliRunner()
+    key = next(e["key"] for e in entries if e["inputs"].get("lora", {}).get("scale") == 0.5)
+    shown = runner.invoke(cli, ["show", key[:12], str(spec)], catch_exceptions=False).output
+    assert "  lora  " in shown
+    assert shown.split("  lora  ")[1].split("\n")[0].strip() == LORA_SHOWN
+
+    out = tmp_path / "export"
+    args = ["export", str(spec), str(out), "--format", "csv"]
+    result = runner.invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    table = (out / "metadata.csv").read_text()
+    rows = list(csv.DictReader(io.StringIO(table)))
+    assert sorted(r["lora_label"] for r in rows) == ["ink@1", "my-style@0.5", "none"]
+    assert {r["lora"] for r in rows} >= {'{"path": "my-style.safetensors", "scale": 0.5}'}
+
+    result = runner.invoke(cli, ["report", str(spec)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    page = (folder / "report.html").read_text()
+    # The axis labels (and so the tiles' hover text): the report calls an absent input (none).
+    assert '"labels":["my-style@0.5","ink@1","(none)"]' in page
