@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from orchestrator import objects
 from orchestrator.estimate import Forecast, forecast_lines
 from orchestrator.grid import Job, count_jobs, iter_jobs
 from orchestrator.models import get_model
@@ -142,7 +143,7 @@ def render_plan(summary: dict[str, Any], console: Console) -> None:
         table = Table(title=f"jobs ({shown})", title_justify="left")
         table.add_column("#", justify="right")
         table.add_column("key")
-        columns = [c for c in summary["varying"] if c in jobs[0]["inputs"]]
+        columns = [c for c in summary["varying"] if any(c in j["inputs"] for j in jobs)]
         for column in columns:
             table.add_column(column)
         for job in jobs:
@@ -173,6 +174,8 @@ def render_plan(summary: dict[str, Any], console: Console) -> None:
 
 def _cell(job: dict[str, Any], column: str) -> str:
     value = job.get("files", {}).get(column, job["inputs"].get(column))
+    if isinstance(value, dict) or column not in job["inputs"]:
+        return escape(objects.label(value))  # a LoRA as my-style@0.5; one left out as none
     return escape(str(short(value, 32)))
 
 

@@ -279,3 +279,11 @@ def test_a_lora_sweep_runs_and_every_view_names_each_lora_by_its_label(
     page = (folder / "report.html").read_text()
     # The axis labels (and so the tiles' hover text): the report calls an absent input (none).
     assert '"labels":["my-style@0.5","ink@1","(none)"]' in page
+
+
+def test_plan_shows_each_lora_by_its_label(tmp_path: Path) -> None:
+    body = "axes:\n  lora: [none, {path: my-style.safetensors, scale: 0.5}]\n"
+    result = CliRunner().invoke(cli, ["plan", str(spec_file(tmp_path, body))])
+    assert result.exit_code == 0, result.output
+    rows = [line.split("│") for line in result.output.splitlines() if "│" in line]
+    assert [r[3].strip() for r in rows] == ["none", "my-style@0.5"]
