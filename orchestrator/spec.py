@@ -271,7 +271,7 @@ class _Builder:
         prop = self.model.properties.get(key)
         try:
             if objects.is_object_field(prop):
-                return self._object(value, place, prop or {})
+                return self._object(key, value, place, prop or {})
             if key in self.model.media_inputs and isinstance(value, str) and not is_url(value):
                 return local_media(value, base, self.base, self.media)
             problem = self.model.check(key, value)
@@ -281,11 +281,13 @@ class _Builder:
         except Problem as exc:
             raise self._fail(place, name, exc) from None
 
-    def _object(self, value: Any, place: Any, prop: Mapping[str, Any]) -> Any:
+    def _object(self, key: str, value: Any, place: Any, prop: Mapping[str, Any]) -> Any:
         """A mapping for an object field (a LoRA), or ABSENT for ``none`` outside ``inputs``."""
         if objects.is_absent(value):
             if isinstance(place, tuple) and place[:1] == ("inputs",):
                 raise Problem("none leaves the field out; remove it from inputs instead")
+            if key in self.model.required:
+                raise Problem("none would leave out a required input; give a mapping")
             return objects.ABSENT
         try:
             return objects.normalise_object(prop, value)

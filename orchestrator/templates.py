@@ -15,6 +15,7 @@ refused by its count, naming ``sample:``, without being expanded.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import warnings
@@ -32,13 +33,14 @@ from dynamicprompts.commands import (
     VariantCommand,
     WildcardCommand,
 )
+from dynamicprompts.commands.variant_command import VariantOption
 from dynamicprompts.enums import SamplingMethod
 from dynamicprompts.parser.config import default_parser_config
 from dynamicprompts.parser.parse import get_cached_parser, parse
 from dynamicprompts.sampling_context import SamplingContext
 from dynamicprompts.wildcards import WildcardManager
 
-from orchestrator.sources import MAX_VALUES, Problem, resolve
+from orchestrator.sources import Problem, resolve
 
 __all__ = ["KEYS", "MAX_PROMPTS", "Template", "count", "expand", "is_template", "read_template"]
 
@@ -47,6 +49,7 @@ KEYS = ("template", "template_file", "wildcards", "sample", "seed")
 MAX_PROMPTS = 100_000
 _DEFAULT_WILDCARDS = "wildcards"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9 ._-]*(/[A-Za-z0-9_*][A-Za-z0-9 ._*-]*)*$|^\*$")
+_SYNTAX = re.compile(r"[{}$]|__")  # what can make a wildcard line more than its own text
 _DRAWS_PER_PROMPT = 20
 _MAX_DEPTH = 20  # wildcards inside wildcard files, nested deeper than this: a cycle
 
@@ -71,7 +74,7 @@ class Template:
     def count(self) -> int | None:
         """How many prompts the combinatorial expansion makes (before textual duplicates
         collapse); None where the syntax (variables, wrap commands) keeps it from being known."""
-        return _Counter(self).of(self.command, 0)
+        return _Counter(self).of(self.command)
 
     def expand(self, sample: int | None = None, seed: int = 0) -> list[str]:
         """Every prompt (combinatorial), or ``sample`` prompts drawn with ``seed``."""
@@ -83,7 +86,9 @@ class Template:
         )
         try:
             if sample is None:
-                prompts = [str(p) for p in context.sample_prompts(self.command, MAX_PROMPTS + 1)]
+                prompts = _Expander(self).of(self.command) or [
+                    str(p) for p in context.sample_prompts(self.command, MAX_PROMPTS + 1)
+                ]
             else:
                 prompts = _distinct_draws(context.sample_prompts(self.command, None), sample)
         except (ValueError, KeyError, RecursionError) as exc:
@@ -95,8 +100,31 @@ class Template:
         return prompts
 
     def values(self, name: str) -> list[str]:
-        """A wildcard's values: its file's lines, sorted and distinct as the library reads them."""
-        return list(self.manager.get_values(name).string_values)
+        """A wildcard's values: its file's lines, sorted and distinct as the library reads them
+        (a weighted value of a YAML/JSON wildcard file repeated by its weight, as it does)."""
+        return list(self.manager.get_values(name).iterate_string_values_weighted())
+
+    def wildcard_values(self, name: str) -> list[Command]:
+        """A wildcard's values, each parsed (once)."""
+        return [self._parse_value(v) for v in self.values(name)]
+
+    def variant(self, command: VariantCommand) -> VariantCommand | None:
+        """The alternatives the library picks among: a wildcard's values for ``{2$$__x__}``,
+        bounds cut to the number of options; None for a wildcard named by a template."""
+        values = command.values
+        if len(values) == 1 and isinstance(values[0], WildcardCommand):
+            name = values[0].wildcard
+            if not isinstance(name, str):
+                return None
+            options = self.wildcard_values(name)
+            command = VariantCommand(
+                [VariantOption(v) for v in options],
+                min(command.min_bound, len(options)),
+                min(command.max_bound, len(options)),
+                command.separator,
+                values[0].sampling_method,
+            )
+        return command.adjust_range()
 
     def _check(self, command: Command, depth: int) -> None:
         """Every wildcard the template names (nested ones too) exists and has values."""
@@ -137,65 +165,126 @@ class Template:
     def _parse_value(self, value: str) -> Command:
         parsed = self._parsed.get(value)
         if parsed is None:
-            parsed = self._parsed[value] = _parse(value)
+            # Most wildcard lines are plain text: no need to run the parser over each of them.
+            plain = not _SYNTAX.search(value)
+            parsed = self._parsed[value] = LiteralCommand(value) if plain else _parse(value)
         return parsed
 
 
 class _Counter:
-    """The combinatorial count of a parsed template, walked as the library's sampler expands it."""
+    """The combinatorial count of a parsed template, walked as the library's sampler expands it
+    (``Template`` refused wildcard cycles already, so the walk ends)."""
 
     def __init__(self, template: Template) -> None:
         self.template = template
 
-    def of(self, command: Command, depth: int) -> int | None:
+    def of(self, command: Command) -> int | None:
         if command.sampling_method in (SamplingMethod.RANDOM, SamplingMethod.CYCLICAL):
             return 1  # one draw per prompt, not a dimension
         if isinstance(command, LiteralCommand):
             return 1
         if isinstance(command, SequenceCommand):
-            return self._product(list(command.tokens), depth)
+            total = 1
+            for token in command.tokens:
+                n = self.of(token)
+                if n is None:
+                    return None
+                total *= n
+            return total
         if isinstance(command, VariantCommand):
-            return self._variant(command, depth)
+            return self._variant(command)
         if isinstance(command, WildcardCommand) and isinstance(command.wildcard, str):
-            counts = [self._value(v, depth) for v in self.template.values(command.wildcard)]
+            counts = [self.of(v) for v in self.template.wildcard_values(command.wildcard)]
             return None if None in counts else sum(c for c in counts if c is not None)
         return None
 
-    def _product(self, commands: list[Command], depth: int) -> int | None:
-        total = 1
-        for token in commands:
-            n = self.of(token, depth)
-            if n is None:
-                return None
-            total *= n
-        return total
-
-    def _value(self, value: str, depth: int) -> int | None:
-        if depth > _MAX_DEPTH:
+    def _variant(self, command: VariantCommand) -> int | None:
+        variant = self.template.variant(command)
+        if variant is None:
             return None
-        return self.of(self.template._parse_value(value), depth + 1)
-
-    def _variant(self, command: VariantCommand, depth: int) -> int | None:
-        values = list(command.values)
-        if len(values) == 1 and isinstance(values[0], WildcardCommand):
-            wildcard = values[0]
-            if not isinstance(wildcard.wildcard, str):
-                return None
-            options = [self._value(v, depth) for v in self.template.values(wildcard.wildcard)]
-            low = min(command.min_bound, len(options))
-            high = min(command.max_bound, len(options))
-        else:
-            command = command.adjust_range()
-            low, high = command.min_bound, command.max_bound
-            distinct: list[Command] = []
-            for value in values:
-                if value not in distinct:
-                    distinct.append(value)
-            options = [self.of(v, depth) for v in distinct]
+        distinct: list[Command] = []
+        for value in variant.values:
+            if value not in distinct:  # the library picks among unequal options only
+                distinct.append(value)
+        options = [self.of(v) for v in distinct]
         if None in options:
             return None
         known = [o for o in options if o is not None]
+        low, high = variant.min_bound, variant.max_bound
         return sum(_ordered_picks(known, k) for k in range(low, high + 1))
+
+
+class _Expander:
+    """Every prompt of a template in the library's combinatorial order, built from the parsed
+    template with each wildcard line parsed once (the library parses each line again for every
+    prompt it is part of: minutes for a large wildcard file). None where it meets a form it
+    does not build (variables, wraps, random or cyclical parts): the library expands those."""
+
+    def __init__(self, template: Template) -> None:
+        self.template = template
+        self.done: dict[int, list[str] | None] = {}  # id(command) -> its texts
+        self.keep: list[Command] = []  # the commands made here, alive while ids key them
+
+    def of(self, command: Command) -> list[str] | None:
+        key = id(command)
+        if key not in self.done:
+            self.done[key] = self._build(command)
+        return self.done[key]
+
+    def _build(self, command: Command) -> list[str] | None:
+        if command.sampling_method not in (None, SamplingMethod.COMBINATORIAL):
+            return None
+        if isinstance(command, LiteralCommand):
+            return [command.literal]
+        if isinstance(command, SequenceCommand) and not command.separator:
+            texts = [""]
+            for token in command.tokens:
+                parts = self.of(token)
+                if parts is None:
+                    return None
+                texts = [t + p for t in texts for p in parts]
+            return texts
+        if isinstance(command, VariantCommand):
+            return self._variant(command)
+        if isinstance(command, WildcardCommand) and isinstance(command.wildcard, str):
+            out: list[str] = []
+            for value in self.template.wildcard_values(command.wildcard):
+                parts = self.of(value)
+                if parts is None:
+                    return None
+                out += parts
+            return out
+        return None
+
+    def _variant(self, command: VariantCommand) -> list[str] | None:
+        variant = self.template.variant(command)
+        if variant is None:
+            return None
+        self.keep.append(variant)
+        out: list[str] = []
+        seen: set[tuple[str, ...]] = set()
+        for bound in range(variant.min_bound, variant.max_bound + 1):
+            for combo in variant.get_value_combinations(bound):
+                choices = [self.of(c) for c in combo]
+                if any(c is None for c in choices):
+                    return None
+                for picked in itertools.product(*(c for c in choices if c is not None)):
+                    kept = tuple(dict.fromkeys(picked))
+                    if len(kept) == bound and kept not in seen:
+                        seen.add(kept)
+                        out.append(_joined(kept, variant.separator))
+        return out
+
+
+def _joined(texts: tuple[str, ...], separator: str) -> str:
+    """As the library's SamplingResult.joined: one text as it is; else joined, and a separator
+    left at either end (by an empty pick) trimmed."""
+    if len(texts) == 1:
+        return texts[0]
+    joined = separator.join(texts)
+    if separator:
+        joined = joined.removeprefix(separator).removesuffix(separator)
+    return joined
 
 
 def _distinct_draws(draws: Iterable[Any], wanted: int) -> list[str]:
@@ -246,8 +335,8 @@ def expand(source: Mapping[str, Any], base: Path) -> list[str]:
         raise Problem(f"{unknown[0]}: not a template key; allowed: {', '.join(KEYS)}")
     sample = source.get("sample")
     seed = source.get("seed", 0)
-    if sample is not None and not _whole(sample, 1, MAX_VALUES):
-        raise Problem(f"sample must be a whole number from 1 to {MAX_VALUES:,}, got {sample!r}")
+    if sample is not None and not _whole(sample, 1, MAX_PROMPTS):
+        raise Problem(f"sample must be a whole number from 1 to {MAX_PROMPTS:,}, got {sample!r}")
     if not _whole(seed, 0, 2**63 - 1):
         raise Problem(f"seed must be a whole number from 0, got {seed!r}")
     if sample is None and "seed" in source:

@@ -287,3 +287,12 @@ def test_plan_shows_each_lora_by_its_label(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     rows = [line.split("│") for line in result.output.splitlines() if "│" in line]
     assert [r[3].strip() for r in rows] == ["none", "my-style@0.5"]
+
+
+def test_none_cannot_leave_out_a_required_object_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema = {**ENTRY["input_schema"], "required": ["prompt", "lora"]}  # type: ignore[dict-item]
+    monkeypatch.setitem(_registry(), BASE, Model.from_catalog({**ENTRY, "input_schema": schema}))
+    with pytest.raises(SpecError, match=r"axes.lora\[1\]: none would leave out a required input"):
+        load_spec(spec_file(tmp_path, "axes:\n  lora: [{path: a.safetensors}, none]\n"))

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from dynamicprompts.generators import CombinatorialPromptGenerator
 from dynamicprompts.sampling_context import SamplingContext
+from dynamicprompts.wildcards import WildcardManager
 
 from orchestrator import count_jobs, iter_jobs, load_spec
 from orchestrator.canonical import job_key
@@ -21,7 +23,7 @@ from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.errors import SpecError
 from orchestrator.sources import Problem
 from orchestrator.sweep import Overrides, run_sweep
-from orchestrator.templates import MAX_PROMPTS, Template, count, expand
+from orchestrator.templates import MAX_PROMPTS, Template, _Expander, count, expand
 
 from .sweeps import SPEC
 
@@ -66,6 +68,42 @@ def test_the_count_walks_the_template_and_equals_the_expansion(
     assert template.count() == expected == len(prompts) == len(set(prompts))
 
 
+SAME_ORDER = [text for text, _ in COUNTED] + [
+    "{2$$ and $$a|b|c}",  # a separator of its own
+    "{0-2$$a|b}",  # an empty pick, trimmed from the join
+    "{a|} z",
+    "{ab|a}{|b}",
+    "{2$$__nest__} {__nest__|q}",  # wildcard lines that are templates, picked among
+    "{1-3$$__colors__|z}",
+    "{2$$x|{x|y}}",  # texts that collide inside one pick
+    "{~a|b} {x|y}",  # a random part: the library expands it, seeded
+    "${c={a|b}} ${c} and ${c}",  # variables: the library too
+]
+
+
+@pytest.mark.parametrize("text", SAME_ORDER)
+def test_the_expansion_is_the_librarys_in_its_order(tmp_path: Path, text: str) -> None:
+    files = WILDCARDS | {"nest.txt": "a __colors__ thing\n{x|y|x}\nplain\n"}
+    wildcards = folder(tmp_path, files)
+    library = CombinatorialPromptGenerator(WildcardManager(wildcards))
+    generated = library.generate(text, max_prompts=None)
+    if "~" in text:  # drawn: which one is the seed's affair, the shape is the library's
+        assert [p.split()[1] for p in Template(text, wildcards, "w").expand()] == ["x", "y"]
+    else:
+        assert Template(text, wildcards, "w").expand() == generated
+
+
+def test_a_large_wildcard_file_is_parsed_once_not_once_per_prompt(tmp_path: Path) -> None:
+    lines = "\n".join(f"thing number {i}" for i in range(50_000))
+    template = Template("{a|b} __big__", folder(tmp_path, {"big.txt": lines}), "wildcards")
+    prompts = template.expand()  # the library alone takes about a minute here
+    assert (len(prompts), prompts[0], prompts[-1]) == (
+        100_000,
+        "a thing number 0",
+        "b thing number 9999",
+    )
+
+
 def test_a_template_of_millions_is_counted_without_expanding_and_refused_naming_sample(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -73,6 +111,7 @@ def test_a_template_of_millions_is_counted_without_expanding_and_refused_naming_
         raise AssertionError("the template was expanded")
 
     monkeypatch.setattr(SamplingContext, "sample_prompts", no_expanding)
+    monkeypatch.setattr(_Expander, "of", no_expanding)
     text = "{a|b|c|d|e|f|g|h|i|j} " * 6 + "{3$$__animals__} {2$$p|q|r|s}"
     assert count(text, folder(tmp_path)) == 10**6 * 6 * 12
     spec = write(tmp_path, f"axes:\n  prompt:\n    template: '{text}'\n")
