@@ -134,7 +134,10 @@ def render_plan(summary: dict[str, Any], console: Console) -> None:
         axes = " x ".join(f"{name} ({size:,})" for name, size in summary["axes"].items())
         console.print(f"axes: {axes}", highlight=False)
     if summary["fixed"]:
-        fixed = ", ".join(f"{k}={short(v, 40)}" for k, v in summary["fixed"].items())
+        fixed = ", ".join(
+            f"{k}={objects.label(v) if isinstance(v, dict) else short(v, 40)}"
+            for k, v in summary["fixed"].items()
+        )
         console.print(f"fixed: {escape(fixed)}", highlight=False)
     console.print(f"results: {summary['results_dir']}  (names: {summary['filename']})")
     jobs = summary["first_jobs"]

@@ -287,6 +287,9 @@ def test_plan_shows_each_lora_by_its_label(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     rows = [line.split("│") for line in result.output.splitlines() if "│" in line]
     assert [r[3].strip() for r in rows] == ["none", "my-style@0.5"]
+    fixed = spec_file(tmp_path, "  lora: {path: a.safetensors, scale: 0.25}\n")
+    result = CliRunner().invoke(cli, ["plan", str(fixed)])
+    assert "fixed: seed=0, prompt=a fox, lora=a@0.25\n" in result.output
 
 
 def test_none_cannot_leave_out_a_required_object_input(
