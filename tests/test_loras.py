@@ -299,3 +299,10 @@ def test_none_cannot_leave_out_a_required_object_input(
     monkeypatch.setitem(_registry(), BASE, Model.from_catalog({**ENTRY, "input_schema": schema}))
     with pytest.raises(SpecError, match=r"axes.lora\[1\]: none would leave out a required input"):
         load_spec(spec_file(tmp_path, "axes:\n  lora: [{path: a.safetensors}, none]\n"))
+
+
+def test_an_exclude_of_none_matches_a_spec_that_never_sets_the_field(tmp_path: Path) -> None:
+    body = "axes:\n  seed: [1, 2]\nexclude:\n  - {lora: none, seed: 2}\n"
+    spec = load_spec(spec_file(tmp_path, body))
+    assert count_jobs(spec).jobs == 1
+    assert [job.inputs["seed"] for job in iter_jobs(spec)] == [1]
