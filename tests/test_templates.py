@@ -261,7 +261,9 @@ def test_plan_counts_the_expansion(tmp_path: Path) -> None:
     assert json.loads(result.output)["jobs"] == 9
 
 
-def test_a_resume_never_re_rolls_the_prompts(tmp_path: Path) -> None:
+def test_a_resume_never_re_rolls_the_prompts_and_the_export_loads_with_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     body = SPEC.replace('  prompt: "a red fox in the snow"\n', "").replace(
         "axes:\n  seed: [1, 2]\n  steps: [4, 8]\n",
         "axes:\n  prompt:\n    template: '{a|the} {red|grey} __animals__'\n    sample: 3\n"
@@ -282,6 +284,15 @@ def test_a_resume_never_re_rolls_the_prompts(tmp_path: Path) -> None:
     assert set(ledger["submissions_by_input"].values()) == {1}
     lines = (tmp_path / "results" / "grid" / "manifest.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["inputs"]["prompt"] for line in lines) == sorted(wanted)
+
+    dest = tmp_path / "dataset"
+    result = CliRunner().invoke(cli, ["export", str(spec), str(dest)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import datasets
+
+    loaded = datasets.load_dataset(str(dest), split="train", cache_dir=str(tmp_path / "cache"))
+    assert sorted(loaded["prompt"]) == sorted(wanted)
 
 
 def test_expand_refuses_what_is_not_a_template(tmp_path: Path) -> None:
