@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from dynamicprompts.generators import CombinatorialPromptGenerator
@@ -273,12 +274,18 @@ def test_a_resume_never_re_rolls_the_prompts_and_the_export_loads_with_them(
     spec = tmp_path / "grid.yaml"
     spec.write_text(body.replace("{name}", "grid").replace("{output}", str(tmp_path / "results")))
     wanted = [j.friendly()["prompt"] for j in iter_jobs(load_spec(spec))]
-    overrides = Overrides(poll_interval=0.02)
     with Emulator(EmulatorConfig(speed=2000.0, workers=4)) as emu:
-        first = run_sweep(spec, base_url=emu.base_url, token=emu.token, overrides=overrides)
+        price = httpx.get(
+            f"{emu.base_url}/models/{VACE}", headers={"Authorization": f"Bearer {emu.token}"}
+        ).json()["base_price_usd"]
+        one_job = price * 81 / 16  # 81 frames at 16 fps, priced by the second
+        budget = Overrides(concurrency=1, max_cost=one_job * 1.5, poll_interval=0.02)
+        first = run_sweep(spec, base_url=emu.base_url, token=emu.token, overrides=budget)
+        assert first.counts["done"] == 1  # the budget stopped it: two prompts wait
+        assert len(emu.ledger()["jobs"]) == 1
+        overrides = Overrides(poll_interval=0.02)
         again = run_sweep(spec, base_url=emu.base_url, token=emu.token, overrides=overrides)
         ledger = emu.ledger()
-    assert first.complete
     assert again.complete
     assert len(ledger["jobs"]) == 3
     assert set(ledger["submissions_by_input"].values()) == {1}
