@@ -306,3 +306,18 @@ def test_an_exclude_of_none_matches_a_spec_that_never_sets_the_field(tmp_path: P
     spec = load_spec(spec_file(tmp_path, body))
     assert count_jobs(spec).jobs == 1
     assert [job.inputs["seed"] for job in iter_jobs(spec)] == [1]
+
+
+def test_a_jsonl_table_gives_loras_per_row_and_null_leaves_it_out(tmp_path: Path) -> None:
+    rows = [
+        {"seed": 1, "lora": {"path": "a.safetensors", "scale": 0.5}},
+        {"seed": 2, "lora": None},
+        {"seed": 3, "lora": "none"},
+    ]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = load_spec(spec_file(tmp_path, "zip:\n  - {file: rows.jsonl}\n"))
+    shown = [(j.inputs["seed"], objects.label(j.inputs.get("lora"))) for j in iter_jobs(spec)]
+    assert shown == [(1, "a@0.5"), (2, "none"), (3, "none")]
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"seed": 1, "lora": {"path": "/x"}}) + "\n")
+    with pytest.raises(SpecError, match=r"^rows.jsonl:1: lora: path: '/x' is neither"):
+        load_spec(spec_file(tmp_path, "zip:\n  - {file: rows.jsonl}\n"))
