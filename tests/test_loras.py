@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -200,8 +201,18 @@ LORA_VACE = "test/vace-fun-lora"
 LORA_SHOWN = 'my-style@0.5 {"path":"my-style.safetensors","scale":0.5}'
 
 
+def _forget_emulated_catalog() -> None:
+    """The emulator's catalog, where it is cached, is built again: with the model registered."""
+    from orchestrator.emulator import catalog
+
+    built = getattr(catalog, "emulated_catalog", None)
+    clear = getattr(built, "cache_clear", None)
+    if clear is not None:
+        clear()
+
+
 @pytest.fixture
-def vace_lora(monkeypatch: pytest.MonkeyPatch) -> Model:
+def vace_lora(monkeypatch: pytest.MonkeyPatch) -> Iterator[Model]:
     """vace-fun's schema with a LoRA input, registered before the emulator starts so that it
     serves it too (the emulator serves every registered model)."""
     vace = _registry()["community/wan-2-2/vace-fun"]
@@ -216,7 +227,10 @@ def vace_lora(monkeypatch: pytest.MonkeyPatch) -> Model:
         media_inputs=vace.media_inputs,
     )
     monkeypatch.setitem(_registry(), LORA_VACE, model)
-    return model
+    _forget_emulated_catalog()
+    yield model
+    monkeypatch.undo()
+    _forget_emulated_catalog()
 
 
 RUN = f"""\
