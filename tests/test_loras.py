@@ -211,10 +211,24 @@ def _forget_emulated_catalog() -> None:
         clear()
 
 
+EMULATED_BASE = "wan-ai/wan-3.0/image-to-video"  # a LoRA base of the emulated catalog
+
+
 @pytest.fixture
-def vace_lora(monkeypatch: pytest.MonkeyPatch) -> Iterator[Model]:
-    """vace-fun's schema with a LoRA input, registered before the emulator starts so that it
-    serves it too (the emulator serves every registered model)."""
+def served_base(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
+    """A LoRA base the emulator serves and the spec knows: (its id, its inputs as YAML).
+
+    The emulated catalog's own LoRA base where the emulator has one (known to the spec here as
+    the catalog cache would make it known); else vace-fun's schema plus a lora input, registered
+    before the emulator starts, which serves every registered model."""
+    from orchestrator.emulator import catalog
+
+    offers = getattr(catalog, "emulated_catalog", None)
+    offer = offers().get(EMULATED_BASE) if offers is not None else None
+    if offer is not None:
+        monkeypatch.setitem(_registry(), EMULATED_BASE, offer.model)
+        yield EMULATED_BASE, "  prompt: a fox\n  image_url: https://example.com/fox.png\n"
+        return
     vace = _registry()["community/wan-2-2/vace-fun"]
     lora = ENTRY["input_schema"]["properties"]["lora"]  # type: ignore[index]
     schema = dict(vace.input_schema)
@@ -228,38 +242,36 @@ def vace_lora(monkeypatch: pytest.MonkeyPatch) -> Iterator[Model]:
     )
     monkeypatch.setitem(_registry(), LORA_VACE, model)
     _forget_emulated_catalog()
-    yield model
+    yield LORA_VACE, "  prompt: a fox\n  image: https://example.com/fox.png\n"
     monkeypatch.undo()
     _forget_emulated_catalog()
 
 
-RUN = f"""\
+RUN = """\
 name: loras
-model: {LORA_VACE}
+model: {model}
 inputs:
-  prompt: a fox
-  image: https://example.com/fox.png
-  resolution: 480x480 (1:1)
-axes:
+{inputs}axes:
   lora:
     - {{path: my-style.safetensors, scale: 0.5}}
     - {{path: "https://h.example/ink.safetensors"}}
     - none
 run:
-  output: {{output}}
+  output: {output}
   poll_interval: 0.02
   rate: 1000
 """
 
 
 def test_a_lora_sweep_runs_and_every_view_names_each_lora_by_its_label(
-    tmp_path: Path, vace_lora: Model
+    tmp_path: Path, served_base: tuple[str, str]
 ) -> None:
     from orchestrator.emulator import Emulator, EmulatorConfig
     from orchestrator.sweep import Overrides, run_sweep
 
     spec = tmp_path / "loras.yaml"
-    spec.write_text(RUN.replace("{output}", str(tmp_path / "results")))
+    model, inputs = served_base
+    spec.write_text(RUN.format(model=model, inputs=inputs, output=tmp_path / "results"))
     with Emulator(EmulatorConfig(speed=2000.0, workers=3)) as emu:
         report = run_sweep(
             spec, base_url=emu.base_url, token=emu.token, overrides=Overrides(poll_interval=0.02)
