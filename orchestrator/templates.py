@@ -1,12 +1,13 @@
 """Prompt templates: an axis source ``{template: "a {red|green} __animals__"}`` for text inputs.
 
-The syntax is the ``dynamicprompts`` library's (parsed and expanded by it): alternatives
-``{a|b}``, weights ``{2::a|b}``, multi-pick ``{2$$a|b|c}`` (ordered picks, ``, `` joined), and
-``__name__`` wildcards read from ``<wildcards>/name.txt`` (one value a line). A template expands
-combinatorially (every prompt it can make, in the library's order) or, with ``sample: N``, into
-N distinct prompts drawn by a random generator seeded with ``seed`` (default 0; fewer when the
-template cannot make N), so the same spec always
-yields the same prompts in the same order and a resume never re-rolls.
+The syntax is the ``dynamicprompts`` library's, parsed by it: alternatives ``{a|b}``, weights
+``{2::a|b}``, multi-pick ``{2$$a|b|c}`` (ordered picks, ``,`` joined), and ``__name__``
+wildcards read from ``<wildcards>/name.txt`` (one value a line). A template expands
+combinatorially (every prompt it can make, in the library's order: built here from the parsed
+template for the common forms, by the library for the rest) or, with ``sample: N``, into N
+distinct prompts drawn by the library's random sampler seeded with ``seed`` (default 0; fewer
+when the template cannot make N). So the same spec always yields the same prompts in the same
+order, and a resume never re-rolls.
 
 Counting a combinatorial expansion walks the parsed template (product over a sequence, sum over
 alternatives, ordered picks of k, a wildcard's values), so a template of millions of prompts is
@@ -133,7 +134,11 @@ class Template:
         for wildcard in _wildcards(command):
             for name in self._names(wildcard):
                 for value in self._values_checked(name):
-                    self._check(self._parse_value(value), depth + 1)
+                    try:
+                        parsed = self._parse_value(value)
+                    except Problem as exc:
+                        raise Problem(f"wildcard __{name}__: {exc.message}") from None
+                    self._check(parsed, depth + 1)
 
     def _names(self, wildcard: WildcardCommand) -> list[str]:
         if isinstance(wildcard.wildcard, str):

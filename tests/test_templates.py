@@ -235,6 +235,8 @@ BAD = [
     ("{template_file: nope.tmpl}", "axes.prompt: template_file nope.tmpl: no such file"),
     ("{template: 'a', file: p.txt}", "axes.prompt: file: not a template key"),
     ("{template: '__x__', wildcards: nowhere/}", "axes.prompt: wildcard __x__: no wildcards"),
+    ("{template: 'a __broken__'}", "axes.prompt: wildcard __broken__: template '{red' does not"),
+    ("{template: '__loop__'}", "axes.prompt: wildcards nest more than 20 deep; does one name"),
 ]
 
 
@@ -242,7 +244,8 @@ BAD = [
 def test_bad_templates_are_one_line_naming_the_spec_and_field(
     tmp_path: Path, source: str, expected: str
 ) -> None:
-    spec = write(tmp_path, f"axes:\n  prompt: {source}\n")
+    files = WILDCARDS | {"broken.txt": "{red\n", "loop.txt": "again __loop__\n"}
+    spec = write(tmp_path, f"axes:\n  prompt: {source}\n", files=files)
     result = CliRunner().invoke(cli, ["plan", str(spec)])
     assert result.exit_code != 0
     (line,) = result.output.strip().splitlines()
