@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from orchestrator import objects
 from orchestrator.conditioning import (
     Media,
     MediaFolder,
@@ -332,7 +333,16 @@ def _inputs(
         out[display(key)] = value if media is None else place(media)
         if media is not None and key in row.sources:
             sources[f"{display(key)}_source"] = row.sources[key]
-    return out | sources
+    return out | sources | _object_labels(row, display)
+
+
+def _object_labels(row: JobRow, display: Callable[[str], str]) -> dict[str, str]:
+    """``<name>_label`` beside each object input's JSON (a LoRA: ``my-style@0.5``, or ``none``
+    for a job that leaves it out), as file names and the report show it."""
+    props = get_model(row.model_id).properties
+    keys = [k for k, p in props.items() if objects.is_object_field(p)]
+    keys += [k for k, v in row.inputs.items() if isinstance(v, dict) and k not in props]
+    return {f"{display(k)}_label": objects.label(row.inputs.get(k)) for k in keys}
 
 
 def _write_folder(source: _Source, tmp: Path, dest: Path, options: ExportOptions) -> ExportReport:

@@ -24,6 +24,7 @@ from orchestrator import order
 from orchestrator.canonical import job_key
 from orchestrator.errors import SpecError
 from orchestrator.models import get_model
+from orchestrator.objects import ABSENT, present
 from orchestrator.sources import LocalImage, Problem
 from orchestrator.spec import Spec, identity
 
@@ -103,9 +104,9 @@ def _cells(
     choices = [[dict(zip(d.keys, row, strict=True)) for row in d.rows] for d in spec.dimensions]
     live = frozenset(range(len(rules)))
     for coords, values in _Walk(rules, choices).below(0, dict(spec.fixed), live, ()):
-        yield coords, 0, values
+        yield coords, 0, present(values)
     for n, values in enumerate(extras):
-        yield None, n, values
+        yield None, n, present(values)
 
 
 def count_jobs(spec: Spec) -> GridCount:
@@ -153,7 +154,8 @@ def _rules(spec: Spec) -> list[Rule]:
         for key, value in entry.items():
             wanted = identity(value)
             if key not in where:
-                alive = alive and key in spec.fixed and identity(spec.fixed[key]) == wanted
+                fixed = identity(spec.fixed[key]) if key in spec.fixed else ABSENT
+                alive = alive and fixed == wanted
                 continue
             d, pos = where[key]
             if key not in index:

@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from orchestrator import objects
 from orchestrator.models import get_model
 
 if TYPE_CHECKING:
@@ -111,7 +112,12 @@ def render_output_name(
     for literal, field, spec, _conversion in _parse(_strip_ext(template)):
         pieces.append(literal.replace("\x00", "_"))
         if field is not None:
-            value = _field_value(field, job, model.raw_key(field) or field)
+            key = model.raw_key(field) or field
+            value = _field_value(field, job, key)
+            if isinstance(value, dict) or (
+                key not in job.inputs and objects.is_object_field(model.properties.get(key))
+            ):
+                value = objects.label(value or None)
             try:
                 text = format(value, spec) if spec else _plain(value)
             except (ValueError, TypeError, OverflowError):

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from orchestrator import objects
 from orchestrator.estimate import Forecast, forecast_lines
 from orchestrator.grid import Job, count_jobs, iter_jobs
 from orchestrator.models import get_model
@@ -133,7 +134,10 @@ def render_plan(summary: dict[str, Any], console: Console) -> None:
         axes = " x ".join(f"{name} ({size:,})" for name, size in summary["axes"].items())
         console.print(f"axes: {axes}", highlight=False)
     if summary["fixed"]:
-        fixed = ", ".join(f"{k}={short(v, 40)}" for k, v in summary["fixed"].items())
+        fixed = ", ".join(
+            f"{k}={objects.label(v) if isinstance(v, dict) else short(v, 40)}"
+            for k, v in summary["fixed"].items()
+        )
         console.print(f"fixed: {escape(fixed)}", highlight=False)
     console.print(f"results: {summary['results_dir']}  (names: {summary['filename']})")
     jobs = summary["first_jobs"]
@@ -142,7 +146,7 @@ def render_plan(summary: dict[str, Any], console: Console) -> None:
         table = Table(title=f"jobs ({shown})", title_justify="left")
         table.add_column("#", justify="right")
         table.add_column("key")
-        columns = [c for c in summary["varying"] if c in jobs[0]["inputs"]]
+        columns = [c for c in summary["varying"] if any(c in j["inputs"] for j in jobs)]
         for column in columns:
             table.add_column(column)
         for job in jobs:
@@ -173,6 +177,8 @@ def render_plan(summary: dict[str, Any], console: Console) -> None:
 
 def _cell(job: dict[str, Any], column: str) -> str:
     value = job.get("files", {}).get(column, job["inputs"].get(column))
+    if isinstance(value, dict) or column not in job["inputs"]:
+        return escape(objects.label(value))  # a LoRA as my-style@0.5; one left out as none
     return escape(str(short(value, 32)))
 
 

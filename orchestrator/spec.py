@@ -15,7 +15,8 @@ from typing import Any, Literal, NamedTuple
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator import naming
+from orchestrator import naming, objects, templates
+from orchestrator.canonical import canonical_json
 from orchestrator.errors import SpecError
 from orchestrator.models import Model, get_model, known_models, suggest
 from orchestrator.settings import RunSettings
@@ -38,7 +39,7 @@ from orchestrator.yamlplaces import Places, dotted, parse_yaml, pydantic_message
 __all__ = ["Dimension", "RunSettings", "Spec", "identity", "load_spec"]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
-_SOURCES = ("start", "step", "stop", "count", "from", "file", "glob")
+_SOURCES = ("start", "step", "stop", "count", "from", "file", "glob", *templates.KEYS)
 
 
 class _Line(NamedTuple):
@@ -129,8 +130,10 @@ class Spec:
 
 def identity(value: Any) -> Any:
     """A hashable stand-in that equals another exactly when both give the same JSON."""
-    if isinstance(value, LocalImage):
+    if isinstance(value, LocalImage) or value is objects.ABSENT:
         return value
+    if isinstance(value, dict):
+        return ("object", canonical_json(value))
     return (type(value).__name__, repr(value)) if isinstance(value, float | bool) else value
 
 
@@ -253,7 +256,10 @@ class _Builder:
                 other = out[key][0]
                 message = f"names the same input as {other!r}; give it once"
                 raise self.where.error((*path, name), message, key=True)
-            if single and isinstance(value, dict | list):
+            takes_object = objects.is_object_field(self.model.properties.get(key))
+            if single and (
+                isinstance(value, list) or (isinstance(value, dict) and not takes_object)
+            ):
                 message = "takes one value; to vary it, move it under axes or zip"
                 raise self.where.error((*path, name), message)
             out[key] = (name, value)
@@ -262,7 +268,10 @@ class _Builder:
     def _norm(self, key: str, value: Any, place: Any, base: Path) -> Any:
         """One value checked against the schema and normalised; local media become LocalImage."""
         name = self.model.display_name(key)
+        prop = self.model.properties.get(key)
         try:
+            if objects.is_object_field(prop):
+                return self._object(key, value, place, prop or {})
             if key in self.model.media_inputs and isinstance(value, str) and not is_url(value):
                 return local_media(value, base, self.base, self.media)
             problem = self.model.check(key, value)
@@ -271,6 +280,19 @@ class _Builder:
             return self.model.normalise(key, value)
         except Problem as exc:
             raise self._fail(place, name, exc) from None
+
+    def _object(self, key: str, value: Any, place: Any, prop: Mapping[str, Any]) -> Any:
+        """A mapping for an object field (a LoRA), or ABSENT for ``none`` outside ``inputs``."""
+        if objects.is_absent(value):
+            if isinstance(place, tuple) and place[:1] == ("inputs",):
+                raise Problem("none leaves the field out; remove it from inputs instead")
+            if key in self.model.required:
+                raise Problem("none would leave out a required input; give a mapping")
+            return objects.ABSENT
+        try:
+            return objects.normalise_object(prop, value)
+        except objects.ObjectProblem as exc:
+            raise Problem(exc.message) from None
 
     def _fail(self, place: Any, name: str, exc: Problem) -> SpecError:
         if exc.file is not None:
@@ -346,6 +368,8 @@ class _Builder:
 
     def _typed(self, key: str, text: str, place: _Line) -> Any:
         kind = str(self.model.properties.get(key, {}).get("type", ""))
+        if kind == "object":
+            return text  # only "none" fits; _norm says so
         try:
             return text_value("number" if kind == "float" else kind, text)
         except Problem as exc:
@@ -357,14 +381,17 @@ class _Builder:
             return self._listed(key, source, path)
         if not isinstance(source, dict):
             message = (
-                "must be a list, {start, stop, step}, {count, from}, {file} or {glob}; "
+                "must be a list, {start, stop, step}, {count, from}, {file}, {glob} or {template}; "
                 "for one fixed value, use inputs"
             )
             raise self.where.error(path, message)
         for k in source:
             if k not in _SOURCES:
                 hint = suggest(str(k), list(_SOURCES))
-                message = f"unknown key{hint}; allowed: start/stop/step, count/from, file, glob"
+                message = (
+                    f"unknown key{hint}; allowed: start/stop/step, count/from, file, glob, "
+                    "template (with template_file, wildcards, sample, seed)"
+                )
                 raise self.where.error((*path, k), message, key=True)
         try:
             raw = self._generated(key, source, path)
@@ -376,8 +403,9 @@ class _Builder:
     def _listed(self, key: str, source: list[Any], path: tuple[str, ...]) -> list[Any]:
         if not source:
             raise self.where.error(path, "empty axis; give at least one value")
+        takes_object = objects.is_object_field(self.model.properties.get(key))
         for i, item in enumerate(source):
-            if isinstance(item, dict | list):
+            if isinstance(item, list) or (isinstance(item, dict) and not takes_object):
                 raise self.where.error((*path, str(i)), "must be a single value")
         return [self._norm(key, v, (*path, str(i)), self.base) for i, v in enumerate(source)]
 
@@ -386,6 +414,11 @@ class _Builder:
     ) -> list[tuple[Any, Any]]:
         """A range, seeds, a file's lines or a glob's files, each with its place; or a Problem."""
         shape = frozenset(source)
+        if templates.is_template(source):
+            kind = str(self.model.properties.get(key, {}).get("type", "string"))
+            if self.model.has_schema and kind != "string":
+                raise Problem("template makes text, so it suits text inputs only")
+            return [(v, path) for v in templates.expand(source, self.base)]
         if shape == {"start", "stop", "step"}:
             return [(v, path) for v in span(**source)]
         if shape in ({"count"}, {"count", "from"}):
@@ -400,7 +433,7 @@ class _Builder:
                 raise Problem("glob must be a pattern such as images/*.png")
             return [(v, path) for v in expand_glob(source["glob"], self.base)]
         raise Problem(
-            "give start, stop and step together, count (with from), file, or glob; "
+            "give start, stop and step together, count (with from), file, glob or template; "
             f"got {', '.join(sorted(shape))}"
         )
 
@@ -488,6 +521,8 @@ class _Builder:
 
 
 def _sample(value: Any) -> Any:
+    if isinstance(value, dict) or value is objects.ABSENT:
+        return objects.label(value)
     return Path(value.label).stem if isinstance(value, LocalImage) else value
 
 

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from orchestrator import objects
+from orchestrator.canonical import canonical_json
 from orchestrator.models import Model
 from orchestrator.responses import error_message
 from orchestrator.store import JobRow
@@ -263,6 +265,10 @@ def _value(value: Any, width: int | None) -> str:
     """A value on one line, cut to ``width`` characters (None: whole); a data: URI shortened."""
     if isinstance(value, str) and value.startswith("data:") and len(value) > 64:
         return f"{value.split(',', 1)[0]},… ({len(value):,} chars)"
-    text = value if isinstance(value, str) else repr(value) if value is None else str(value)
+    if isinstance(value, dict):  # an object input (a LoRA): its label, then (whole) its JSON
+        shown = objects.label(value)
+        text = shown if width is not None else f"{shown} {canonical_json(value)}"
+    else:
+        text = value if isinstance(value, str) else repr(value) if value is None else str(value)
     text = " ".join(text.split())
     return text if width is None or len(text) <= width else text[: width - 1] + "…"

@@ -25,6 +25,7 @@ from typing import Any
 
 import jsonschema
 
+from orchestrator import objects
 from orchestrator.errors import InputError, SpecError
 
 __all__ = [
@@ -187,8 +188,11 @@ class Model:
         problem = self.check(key, value)
         if problem is not None:
             raise InputError(str(problem), field=problem.name)
-        if _schema_type(self.properties.get(key, {})) == "number":
+        kind = _schema_type(self.properties.get(key, {}))
+        if kind == "number":
             return float(value)
+        if kind == "object":
+            return objects.normalise_object(self.properties[key], value)
         return value
 
     def check(self, key: str, value: Any) -> FieldProblem | None:
@@ -201,6 +205,12 @@ class Model:
             hint = suggest(name, self.field_names())
             return FieldProblem(key, name, f"unknown input{hint}", "unknown")
         kind = _schema_type(prop)
+        if kind == "object":
+            try:
+                objects.normalise_object(prop, value)
+            except objects.ObjectProblem as exc:
+                return FieldProblem(key, name, exc.message, "invalid")
+            return None
         problem = _check_type(kind, value)
         if problem:
             return FieldProblem(key, name, f"{problem}, got {_show(value)}", "type")

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
+from orchestrator import objects
 from orchestrator.conditioning import INPUTS_DIR, decode_data_uri
 from orchestrator.errors import ComfysweepError
 from orchestrator.models import get_model
@@ -155,7 +156,7 @@ def build_view(
     errors: Counter[str] = Counter()
     for row, inputs in zip(rows, named, strict=True):
         cell = _cell(row, inputs, results, page_dir)
-        cell.at = [index[a.name][_canon(inputs[a.name])] for a in axes]
+        cell.at = [index[a.name][_canon(inputs.get(a.name))] for a in axes]
         cell.rating = ratings.get(row.key)
         cells.append(cell)
         counts[cell.state] += 1
@@ -376,6 +377,8 @@ def _canon(value: Any) -> str:
 def _label(value: Any) -> str:
     if isinstance(value, str):
         return value
+    if isinstance(value, dict):
+        return objects.label(value)  # a LoRA: my-style@0.5
     if value is None:
         return "(none)"
     return json.dumps(value, ensure_ascii=False)
