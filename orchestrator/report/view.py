@@ -254,10 +254,16 @@ def _media_files(inputs: Mapping[str, Any]) -> dict[str, Any]:
     """``inputs`` with each data: URI as the path of its file under ``inputs/`` (not written)."""
     out = dict(inputs)
     for key, value in inputs.items():
-        media = decode_data_uri(value)
-        if media is not None:
-            out[key] = f"{INPUTS_DIR}/{media.file_name}"
+        if isinstance(value, list):  # a list input: each item's file
+            out[key] = [_media_file(item) for item in value]
+        else:
+            out[key] = _media_file(value)
     return out
+
+
+def _media_file(value: Any) -> Any:
+    media = decode_data_uri(value)
+    return value if media is None else f"{INPUTS_DIR}/{media.file_name}"
 
 
 def _axes(named: Sequence[Mapping[str, Any]]) -> tuple[list[Axis], dict[str, Any]]:

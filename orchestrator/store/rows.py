@@ -43,7 +43,7 @@ class JobLike(Protocol):
     @property
     def repeat(self) -> int: ...
     @property
-    def sources(self) -> Mapping[str, str]: ...
+    def sources(self) -> Mapping[str, str | list[str]]: ...
 
 
 class SyncGuard(Protocol):
@@ -87,7 +87,7 @@ class JobRow:
     updated_at: datetime
     in_spec: bool
     run_id: int | None = None
-    sources: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, str | list[str]] = field(default_factory=dict)
     rank: int = 0  # the run order claim follows (the grid index unless the spec orders otherwise)
 
     @classmethod
