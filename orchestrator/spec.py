@@ -324,7 +324,7 @@ class _Builder:
         scheme = bad_scheme(value)
         if scheme is not None:
             raise Problem(
-                f"{brief(value)}: a {scheme}: URL is not sent; give an https URL or a local file"
+                f"{brief(value)}: {scheme}:// URLs are not sent; give an https URL or a local file"
             )
         if is_url(value):
             return value

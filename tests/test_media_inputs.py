@@ -1,0 +1,431 @@
+"""Media inputs of every shape: single files and lists of images, videos and audio, from local
+files (sent as data: URIs, under RunComfy's caps, known by their content) or https URLs."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator import iter_jobs, load_spec
+from orchestrator import models as registry
+from orchestrator.cli import cli
+from orchestrator.conditioning import MediaFolder, media_inputs
+from orchestrator.errors import SpecError
+from orchestrator.models import Model, get_model
+from orchestrator.sources import MAX_MEDIA_BYTES, sniff
+
+START = Path(__file__).resolve().parents[1] / "sweeps" / "start.png"
+PNG = START.read_bytes()
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"j" * 40
+WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 40
+MP4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\x00" * 40
+MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\x00" * 40
+HEADERS = {"image": PNG[:64], "video": MP4, "audio": WAV}
+EDIT = "google/nano-banana-2-lite/edit"
+REFS = "bytedance/seedance-2.5/reference-to-video/1080p"
+SINGLE = "test/one-of-each/media"
+
+# Schemas as RunComfy's catalog publishes them (../shared/reference/runcomfy-catalog-sample.json).
+ENTRIES: list[dict[str, Any]] = [
+    {
+        "model_id": EDIT,
+        "output": "image",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "prompt": {"type": "string", "default": ""},
+                "aspect_ratio": {"type": "string", "default": "auto", "enum": ["auto", "1:1"]},
+                "image_urls": {
+                    "type": "array",
+                    "format": "image_uris",
+                    "minItems": 1,
+                    "maxItems": 10,
+                },
+            },
+            "required": ["prompt", "image_urls"],
+        },
+    },
+    {
+        "model_id": REFS,
+        "output": "video",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "prompt": {"type": "string", "default": ""},
+                "duration": {"type": "integer", "default": 5, "minimum": 4, "maximum": 30},
+                "images": {"type": "array", "format": "image_uris", "maxItems": 9},
+                "videos": {"type": "array", "format": "video_uris", "maxItems": 3},
+                "audios": {"type": "array", "format": "audio_uris", "maxItems": 3},
+            },
+            "required": ["prompt"],
+        },
+    },
+    {
+        "model_id": SINGLE,
+        "output": "video",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "prompt": {"type": "string", "default": ""},
+                "image": {"type": "string", "format": "image_uri"},
+                "video": {"type": "string", "format": "video_uri"},
+                "audio": {"type": "string", "format": "audio_uri"},
+            },
+            "required": ["prompt"],
+        },
+    },
+]
+
+
+@pytest.fixture
+def catalog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The catalog models these tests use, known to the registry (unless it knows them)."""
+    for entry in ENTRIES:
+        known = get_model(entry["model_id"])
+        if not known.has_schema:
+            model = Model.from_catalog(entry)
+            monkeypatch.setitem(registry._registry(), model.model_id, model)
+
+
+def spec(folder: Path, text: str, files: dict[str, bytes] | None = None) -> Path:
+    for name, content in (files or {}).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(content)
+    path = folder / "sweep.yaml"
+    path.write_text(text)
+    return path
+
+
+def sparse(path: Path, head: bytes, size: int) -> None:
+    """A file of ``size`` bytes that starts with ``head``, written instantly (a sparse file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        handle.write(head)
+        handle.truncate(size)
+
+
+def error(path: Path) -> str:
+    with pytest.raises(SpecError) as caught:
+        list(iter_jobs(load_spec(path)))
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def test_single_image_job_keys_are_those_of_before(tmp_path: Path) -> None:
+    """A sweep of one local image keeps its jobs: the keys main computed for this spec."""
+    path = spec(
+        tmp_path,
+        "model: community/wan-2-2/vace-fun\ninputs:\n  prompt: a fox\n  image: start.png\n"
+        "axes:\n  seed: [1, 2]\n",
+        {"start.png": PNG},
+    )
+    assert [job.key for job in iter_jobs(load_spec(path))] == [
+        "a760b8031fdf9e388087c9cacc70945c9ac2da896f0cfbf7f6e8fd1cda212ce9",
+        "cdb24c58a2d62e29b4233dd1c1c1e3eff3eac8750d86f36e81f0d63805e861c5",
+    ]
+
+
+def test_a_list_in_inputs_is_one_value_sent_as_data_uris_and_urls(
+    tmp_path: Path, catalog: None
+) -> None:
+    path = spec(
+        tmp_path,
+        f"model: {EDIT}\ninputs:\n  prompt: a fox\n"
+        "  image_urls: [a.png, b.jpg, 'https://example.com/c.png']\n",
+        {"a.png": PNG, "b.jpg": JPEG},
+    )
+    (job,) = iter_jobs(load_spec(path))
+    assert job.inputs["image_urls"] == [
+        uri(PNG, "image/png"),
+        uri(JPEG, "image/jpeg"),
+        "https://example.com/c.png",
+    ]
+    # The POST body is plain JSON: the list is a JSON array.
+    assert json.loads(json.dumps(job.inputs))["image_urls"] == job.inputs["image_urls"]
+    assert job.sources == {"image_urls": ["a.png", "b.jpg", "https://example.com/c.png"]}
+
+
+def test_an_axis_of_lists_makes_a_job_per_list(tmp_path: Path, catalog: None) -> None:
+    path = spec(
+        tmp_path,
+        f"model: {EDIT}\ninputs:\n  prompt: a fox\naxes:\n  image_urls: [[a.png], [a.png, b.jpg]]\n",
+        {"a.png": PNG, "b.jpg": JPEG},
+    )
+    jobs = list(iter_jobs(load_spec(path)))
+    assert [job.sources["image_urls"] for job in jobs] == [["a.png"], ["a.png", "b.jpg"]]
+    assert len({job.key for job in jobs}) == 2
+
+
+def test_a_list_longer_than_max_items_is_refused(tmp_path: Path, catalog: None) -> None:
+    names = [f"{i}.png" for i in range(11)]
+    path = spec(
+        tmp_path,
+        f"model: {EDIT}\ninputs:\n  prompt: a fox\n  image_urls: [{', '.join(names)}]\n",
+        dict.fromkeys(names, PNG),
+    )
+    assert error(path) == (
+        f"{path}:4:15: inputs.image_urls: lists 11 images; the model takes at most 10 "
+        "(its maxItems)"
+    )
+    ten = spec(tmp_path, path.read_text().replace(", 10.png", ""))
+    assert len(list(iter_jobs(load_spec(ten)))) == 1
+
+
+@pytest.mark.parametrize("kind", ["image", "video", "audio"])
+@pytest.mark.parametrize("shape", ["single", "list"])
+def test_each_kind_has_its_cap_checked_before_reading(
+    tmp_path: Path, catalog: None, kind: str, shape: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cap = MAX_MEDIA_BYTES[kind]
+    assert cap == {"image": 6, "video": 32, "audio": 16}[kind] * 2**20
+    sparse(tmp_path / "big.bin", HEADERS[kind], cap + 1)
+    sparse(tmp_path / "fits.bin", HEADERS[kind], cap)
+    if shape == "single":
+        text, field = f"model: {SINGLE}\ninputs:\n  prompt: a\n  {kind}: big.bin\n", kind
+    else:
+        field = f"{kind}s"
+        text = f"model: {REFS}\ninputs:\n  prompt: a\n  {field}: [big.bin]\n"
+    path = spec(tmp_path, text)
+    mib = cap // 2**20
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"read {self}"))
+        assert error(path) == (
+            f"{path}:4:{5 + len(field)}: inputs.{field}: big.bin is {mib}.0 MiB, above the "
+            f"{mib} MiB limit for a data: URI {kind}; host it at a public https URL instead"
+        )
+    load_spec(spec(tmp_path, text.replace("big.bin", "fits.bin")))
+
+
+def test_a_job_over_64_mib_is_refused_before_any_file_is_read(
+    tmp_path: Path, catalog: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each list fits, each file fits; together the request is over RunComfy's 64 MiB."""
+    for i in range(4):
+        sparse(tmp_path / f"i{i}.png", PNG[:64], 5 * 2**20 + i)  # sizes differ: none is hashed
+    sparse(tmp_path / "v.mp4", MP4, 28 * 2**20)
+    path = spec(
+        tmp_path,
+        f"model: {REFS}\ninputs:\n  prompt: a\n  images: [i0.png, i1.png, i2.png, i3.png]\n"
+        "axes:\n  videos: [[v.mp4]]\n",
+    )
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"read {self}"))
+    assert error(path) == (
+        f"{path}: job 1 (images: ['i0.png', 'i1.png', 'i2.png', 'i3.png']; videos: ['v.mp4']) "
+        "would send 64.0 MiB, above the 64 MiB limit of a request; host some files at public "
+        "https URLs instead"
+    )
+
+
+def test_the_cli_refuses_an_oversized_request_in_one_line_and_submits_nothing(
+    tmp_path: Path, catalog: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(3):
+        sparse(tmp_path / f"v{i}.mp4", MP4 + bytes([i]), 30 * 2**20)
+    path = spec(
+        tmp_path,
+        f"model: {REFS}\ninputs:\n  prompt: a\n  videos: [v0.mp4, v1.mp4, v2.mp4]\n",
+    )
+    result = CliRunner().invoke(cli, ["plan", str(path)])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {path}:4:11: inputs.videos: v0.mp4, v1.mp4, v2.mp4 make 120.0 MiB as data: "
+        "URIs, above the 64 MiB limit of a request; host some at public https URLs instead"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "field", "tail"),
+    [
+        (
+            "notes.png",
+            b"just some text\n",
+            "image",
+            "notes.png: not an image file (its content is "
+            "no known image format); give a PNG, JPEG, WebP or GIF file, or an https URL",
+        ),
+        ("voice.png", WAV, "image", "voice.png is an audio file (audio/wav), not an image"),
+        ("clip.wav", MP4, "audio", "clip.wav is a video file (video/mp4), not an audio"),
+        ("song.mp4", MP3, "video", "song.mp4 is an audio file (audio/mpeg), not a video"),
+    ],
+)
+def test_a_file_is_known_by_its_content_not_its_name(
+    tmp_path: Path, catalog: None, name: str, content: bytes, field: str, tail: str
+) -> None:
+    path = spec(
+        tmp_path, f"model: {SINGLE}\ninputs:\n  prompt: a\n  {field}: {name}\n", {name: content}
+    )
+    assert error(path) == f"{path}:4:{5 + len(field)}: inputs.{field}: {tail}"
+
+
+def test_content_decides_the_type_sent(tmp_path: Path, catalog: None) -> None:
+    """A WAV with no extension is audio; a PNG named .jpg is still accepted as an image."""
+    path = spec(
+        tmp_path,
+        f"model: {SINGLE}\ninputs:\n  prompt: a\n  audio: take-1\n  image: odd.jpg\n",
+        {"take-1": WAV, "odd.jpg": PNG},
+    )
+    (job,) = iter_jobs(load_spec(path))
+    assert job.inputs["audio"] == uri(WAV, "audio/wav")
+    assert job.inputs["image"].startswith("data:image/")
+    assert sniff(PNG) == "image/png"
+
+
+@pytest.mark.parametrize(
+    ("value", "scheme"),
+    [("http://example.com/a.png", "http"), ("file:///tmp/a.png", "file"), ("ftp://x/a", "ftp")],
+)
+def test_only_https_urls_are_sent(tmp_path: Path, catalog: None, value: str, scheme: str) -> None:
+    single = spec(tmp_path, f"model: {SINGLE}\ninputs:\n  prompt: a\n  image: '{value}'\n")
+    assert error(single).endswith(
+        f"inputs.image: {value!r}: {scheme}:// URLs are not sent; give an https URL or a local file"
+    )
+    listed = spec(tmp_path, f"model: {EDIT}\ninputs:\n  prompt: a\n  image_urls: ['{value}']\n")
+    assert f"inputs.image_urls: {value!r}: {scheme}:// URLs are not sent" in error(listed)
+
+
+def test_glob_per_job_groups_consecutive_sorted_files(tmp_path: Path, catalog: None) -> None:
+    files = {f"refs/{i}.png": PNG + bytes([i]) for i in range(6)}
+    path = spec(
+        tmp_path,
+        f"model: {EDIT}\ninputs:\n  prompt: a\naxes:\n"
+        "  image_urls: {glob: 'refs/*.png', per_job: 3}\n",
+        files,
+    )
+    jobs = list(iter_jobs(load_spec(path)))
+    assert [job.sources["image_urls"] for job in jobs] == [
+        ["refs/0.png", "refs/1.png", "refs/2.png"],
+        ["refs/3.png", "refs/4.png", "refs/5.png"],
+    ]
+
+
+def test_glob_per_job_aligns_with_a_zip_group(tmp_path: Path, catalog: None) -> None:
+    files = {f"refs/{i}.png": PNG + bytes([i]) for i in range(4)}
+    path = spec(
+        tmp_path,
+        f"model: {EDIT}\nzip:\n  - prompt: [one, two]\n"
+        "    image_urls: {glob: 'refs/*.png', per_job: 2}\n",
+        files,
+    )
+    jobs = list(iter_jobs(load_spec(path)))
+    assert [(job.inputs["prompt"], job.sources["image_urls"]) for job in jobs] == [
+        ("one", ["refs/0.png", "refs/1.png"]),
+        ("two", ["refs/2.png", "refs/3.png"]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("source", "tail"),
+    [
+        (
+            "{glob: 'refs/*.png', per_job: 3}",
+            "'refs/*.png' matches 7 files, not a multiple of per_job 3 (1 left over: "
+            "refs/6.png); add or remove files, or change per_job",
+        ),
+        (
+            "{glob: 'refs/*.png'}",
+            "takes a list of files a job: add per_job, the files each job gets, as in "
+            "{glob: 'refs/*.png', per_job: 3}",
+        ),
+        ("{glob: 'refs/*.png', per_job: 0}", "per_job must be a whole number of files per job"),
+    ],
+)
+def test_glob_per_job_mistakes_are_one_line(
+    tmp_path: Path, catalog: None, source: str, tail: str
+) -> None:
+    files = {f"refs/{i}.png": PNG + bytes([i]) for i in range(7)}
+    path = spec(tmp_path, f"model: {EDIT}\ninputs:\n  prompt: a\naxes:\n  image_urls: {source}\n")
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(content)
+    assert error(path).startswith(f"{path}:5:15: axes.image_urls: {tail}")
+
+
+def test_per_job_on_a_single_media_input_is_refused(tmp_path: Path) -> None:
+    path = spec(
+        tmp_path,
+        "model: community/wan-2-2/vace-fun\ninputs:\n  prompt: a\n"
+        "axes:\n  image: {glob: '*.png', per_job: 2}\n",
+        {"a.png": PNG},
+    )
+    assert error(path) == (
+        f"{path}:5:10: axes.image: per_job groups files for a list input; this input takes one "
+        "file a job"
+    )
+
+
+def test_a_jsonl_column_of_lists_feeds_a_list_input(tmp_path: Path, catalog: None) -> None:
+    """Paths in the table are relative to the table's folder; URLs pass through."""
+    rows = [
+        {"prompt": "one", "image_urls": ["a.png", "https://example.com/x.png"]},
+        {"prompt": "two", "image_urls": ["b.jpg"]},
+    ]
+    table = "\n".join(json.dumps(row) for row in rows)
+    path = spec(
+        tmp_path,
+        f"model: {EDIT}\nzip:\n  - file: data/rows.jsonl\n",
+        {"data/rows.jsonl": table.encode(), "data/a.png": PNG, "data/b.jpg": JPEG},
+    )
+    jobs = list(iter_jobs(load_spec(path)))
+    assert [job.inputs["image_urls"] for job in jobs] == [
+        [uri(PNG, "image/png"), "https://example.com/x.png"],
+        [uri(JPEG, "image/jpeg")],
+    ]
+    assert [job.sources["image_urls"] for job in jobs] == [
+        ["data/a.png", "https://example.com/x.png"],
+        ["data/b.jpg"],
+    ]
+    too_many = spec(
+        tmp_path,
+        path.read_text(),
+        {
+            "data/rows.jsonl": b'{"prompt": "a", "image_urls": '
+            + json.dumps(["a.png"] * 11).encode()
+            + b"}"
+        },
+    )
+    assert error(too_many) == (
+        "data/rows.jsonl:1: image_urls: lists 11 images; the model takes at most 10 (its maxItems)"
+    )
+
+
+def test_list_items_are_copied_to_inputs_once_and_named_as_a_list(tmp_path: Path) -> None:
+    """results/inputs/ and metadata.jsonl: a list input is a list of relative paths."""
+    inputs = {
+        "prompt": "a",
+        "image_urls": [uri(PNG, "image/png"), "https://example.com/c.png", uri(PNG, "image/png")],
+    }
+    sources = {"image_urls": ["a.png", "https://example.com/c.png", "again.png"]}
+    folder = MediaFolder(tmp_path)
+    out, origin = media_inputs(inputs, sources, folder)
+    (name,) = {p for p in out["image_urls"] if p.startswith("inputs/")}
+    assert out["image_urls"] == [name, "https://example.com/c.png", name]
+    assert (tmp_path / name).read_bytes() == PNG
+    assert folder.written == 1
+    assert origin == sources
+    assert media_inputs({"prompt": "a"}, {}, folder) == ({"prompt": "a"}, {})
+
+
+def test_plan_shows_each_file_of_a_list_by_the_name_the_spec_gave(
+    tmp_path: Path, catalog: None
+) -> None:
+    path = spec(
+        tmp_path,
+        f"model: {EDIT}\ninputs:\n  prompt: a\n  image_urls: [a.png, b.jpg]\naxes:\n"
+        "  aspect_ratio: [auto, '1:1']\n",
+        {"a.png": PNG, "b.jpg": JPEG},
+    )
+    result = CliRunner().invoke(cli, ["plan", str(path), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["fixed"]["image_urls"] == ["a.png", "b.jpg"]
+    assert plan["first_jobs"][0]["files"] == {"image_urls": ["a.png", "b.jpg"]}
