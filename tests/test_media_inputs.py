@@ -158,7 +158,8 @@ def test_a_list_in_inputs_is_one_value_sent_as_data_uris_and_urls(
 def test_an_axis_of_lists_makes_a_job_per_list(tmp_path: Path, catalog: None) -> None:
     path = spec(
         tmp_path,
-        f"model: {EDIT}\ninputs:\n  prompt: a fox\naxes:\n  image_urls: [[a.png], [a.png, b.jpg]]\n",
+        f"model: {EDIT}\ninputs:\n  prompt: a fox\n"
+        "axes:\n  image_urls: [[a.png], [a.png, b.jpg]]\n",
         {"a.png": PNG, "b.jpg": JPEG},
     )
     jobs = list(iter_jobs(load_spec(path)))
