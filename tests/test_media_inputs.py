@@ -4,10 +4,12 @@ files (sent as data: URIs, under RunComfy's caps, known by their content) or htt
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
@@ -430,3 +432,42 @@ def test_plan_shows_each_file_of_a_list_by_the_name_the_spec_gave(
     plan = json.loads(result.output)
     assert plan["fixed"]["image_urls"] == ["a.png", "b.jpg"]
     assert plan["first_jobs"][0]["files"] == {"image_urls": ["a.png", "b.jpg"]}
+
+
+def test_a_list_input_runs_end_to_end_on_the_emulator(
+    tmp_path: Path, catalog: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two jobs, each sending a list of local images: the emulator takes them, the manifest and
+    metadata.jsonl name each file of the list under inputs/, and `show` names the spec's files."""
+    from orchestrator.emulator import Emulator, EmulatorConfig
+    from orchestrator.sweep import Overrides, run_sweep
+
+    monkeypatch.setenv("COMFYSWEEP_HOME", str(tmp_path / "home"))
+    path = spec(
+        tmp_path,
+        f"name: refs\nmodel: {REFS}\ninputs:\n  prompt: a fox\n  duration: 4\n"
+        "axes:\n  images: [[a.png, b.jpg], [b.jpg]]\n"
+        f"run:\n  output: {tmp_path / 'results'}\n  poll_interval: 0.02\n  rate: 1000\n",
+        {"a.png": PNG, "b.jpg": JPEG},
+    )
+    with Emulator(EmulatorConfig(speed=2000.0, workers=2)) as emu:
+        auth = {"Authorization": f"Bearer {emu.token}"}
+        if httpx.get(f"{emu.base_url}/models/{REFS}", headers=auth).status_code != 200:
+            pytest.skip(f"the emulator does not serve {REFS}")
+        report = run_sweep(path, base_url=emu.base_url, token=emu.token, overrides=Overrides())
+    assert report.complete, report
+    folder = tmp_path / "results" / "refs"
+    entries = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    assert [e["state"] for e in entries] == ["done", "done"]
+    a, b = (
+        f"inputs/{hashlib.sha256(d).hexdigest()[:16]}.{x}" for d, x in ((PNG, "png"), (JPEG, "jpg"))
+    )
+    assert [e["inputs"]["images"] for e in entries] == [[a, b], [b]]
+    assert [e["sources"]["images"] for e in entries] == [["a.png", "b.jpg"], ["b.jpg"]]
+    assert (folder / a).read_bytes() == PNG
+    metadata = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    assert [m["images"] for m in metadata] == [[a, b], [b]]
+    assert [m["images_source"] for m in metadata] == [["a.png", "b.jpg"], ["b.jpg"]]
+    shown = CliRunner().invoke(cli, ["show", entries[0]["key"], str(path)], catch_exceptions=False)
+    assert shown.exit_code == 0, shown.output
+    assert "[a.png, b.jpg], sent as [data:image/png;base64,… (" in shown.output
