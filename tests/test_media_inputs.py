@@ -4,8 +4,10 @@ files (sent as data: URIs, under RunComfy's caps, known by their content) or htt
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -471,3 +473,30 @@ def test_a_list_input_runs_end_to_end_on_the_emulator(
     shown = CliRunner().invoke(cli, ["show", entries[0]["key"], str(path)], catch_exceptions=False)
     assert shown.exit_code == 0, shown.output
     assert "[a.png, b.jpg], sent as [data:image/png;base64,… (" in shown.output
+    for fmt in ("hf", "parquet", "csv", "webdataset"):
+        done = CliRunner().invoke(
+            cli, ["export", str(path), str(tmp_path / fmt), "--format", fmt], catch_exceptions=False
+        )
+        assert done.exit_code == 0, done.output
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "parquet" / "metadata.parquet")
+    assert table.schema.field("images").type == pa.list_(pa.string())
+    assert sorted(map(len, table.column("images").to_pylist())) == [1, 2]
+    assert all((tmp_path / "parquet" / p).is_file() for p in table.column("images")[0].as_py())
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert '  - name: "images"\n    sequence: string\n' in card
+    hf = [
+        json.loads(line)
+        for line in (tmp_path / "hf" / "metadata.jsonl").read_text().split("\n")
+        if line
+    ]
+    assert sorted(len(row["images"]) for row in hf) == [1, 2]
+    with (tmp_path / "csv" / "metadata.csv").open(newline="") as handle:
+        cells = sorted(json.loads(row["images"]) for row in csv.DictReader(handle))
+    assert [len(cell) for cell in cells] == [1, 2]
+    with tarfile.open(next((tmp_path / "webdataset").glob("*.tar"))) as tar:
+        names = tar.getnames()
+    assert sum(name.endswith((".images.0.png", ".images.0.jpg")) for name in names) == 2
+    assert sum(name.endswith(".images.1.jpg") for name in names) == 1
