@@ -500,3 +500,31 @@ def test_a_list_input_runs_end_to_end_on_the_emulator(
         names = tar.getnames()
     assert sum(name.endswith((".images.0.png", ".images.0.jpg")) for name in names) == 2
     assert sum(name.endswith(".images.1.jpg") for name in names) == 1
+
+
+def test_a_list_of_data_uris_is_stored_once_per_file_and_read_back_exactly(
+    tmp_path: Path,
+) -> None:
+    from orchestrator.canonical import canonical_json
+    from orchestrator.store import Store
+    from tests.test_store_blobs import data_uri, real_job, table
+
+    one, two = data_uri(11), data_uri(12)
+    short = "data:image/png;base64,AAAA"  # small: stays inline
+    jobs = [
+        real_job(i, {"56_text": f"job {i}", "image_urls": [one, short, two, "https://x.io/a.png"]})
+        for i in range(20)
+    ] + [real_job(20, {"56_text": "alone", "image_urls": [two]})]
+    target = str(tmp_path / "store.db")
+    with Store.open(target) as store:
+        store.sync_jobs(jobs, jobs[0].model_id)
+        assert len(table(target, "SELECT sha256 FROM blobs")) == 2
+        stored = "".join(text for (text,) in table(target, "SELECT inputs FROM jobs"))
+        assert one not in stored
+        assert two not in stored
+        assert short in stored
+        by_key = {job.key: job for job in jobs}
+        rows = list(store.jobs())
+        assert len(rows) == len(jobs)
+        for row in rows:
+            assert canonical_json(row.inputs) == canonical_json(by_key[row.key].inputs)

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from orchestrator.canonical import canonical_json
+from orchestrator.store.blobs import put_back
 from orchestrator.store.states import JobState
 
 __all__ = [
@@ -95,8 +96,7 @@ class JobRow:
         """The row ``m`` of the jobs table; ``blobs`` holds (at least) the blobs it refers to."""
         inputs = json.loads(m["inputs"])
         if m["blob_refs"]:
-            for name, sha in json.loads(m["blob_refs"]).items():
-                inputs[name] = blobs[sha]
+            put_back(inputs, json.loads(m["blob_refs"]), blobs)
         return cls(
             key=m["key"],
             index=m["index"],
