@@ -231,11 +231,11 @@ def test_a_job_over_64_mib_is_refused_before_any_file_is_read(
     )
 
 
-def test_the_cli_refuses_an_oversized_request_in_one_line_and_submits_nothing(
-    tmp_path: Path, catalog: None, monkeypatch: pytest.MonkeyPatch
+def test_a_list_over_64_mib_is_refused_where_the_spec_writes_it(
+    tmp_path: Path, catalog: None
 ) -> None:
     for i in range(3):
-        sparse(tmp_path / f"v{i}.mp4", MP4 + bytes([i]), 30 * 2**20)
+        sparse(tmp_path / f"v{i}.mp4", MP4, 30 * 2**20 + i)
     path = spec(
         tmp_path,
         f"model: {REFS}\ninputs:\n  prompt: a\n  videos: [v0.mp4, v1.mp4, v2.mp4]\n",
@@ -246,6 +246,36 @@ def test_the_cli_refuses_an_oversized_request_in_one_line_and_submits_nothing(
         f"Error: {path}:4:11: inputs.videos: v0.mp4, v1.mp4, v2.mp4 make 120.0 MiB as data: "
         "URIs, above the 64 MiB limit of a request; host some at public https URLs instead"
     ]
+
+
+def test_run_refuses_a_job_over_64_mib_in_one_line_and_submits_nothing(
+    tmp_path: Path, catalog: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first job fits; the second does not: the run stops before its first submit."""
+    from orchestrator.emulator import Emulator, EmulatorConfig
+
+    for i in range(4):
+        sparse(tmp_path / f"i{i}.png", PNG[:64], 5 * 2**20 + i)
+    sparse(tmp_path / "v.mp4", MP4, 28 * 2**20)
+    path = spec(
+        tmp_path,
+        f"name: big\nmodel: {REFS}\ninputs:\n  prompt: a\n  videos: [v.mp4]\n"
+        "axes:\n  images: [[i0.png], [i0.png, i1.png, i2.png, i3.png]]\n"
+        f"run:\n  output: {tmp_path / 'results'}\n",
+    )
+    monkeypatch.setenv("COMFYSWEEP_HOME", str(tmp_path / "home"))
+    with Emulator(EmulatorConfig(speed=2000.0)) as emu:
+        monkeypatch.setenv("RUNCOMFY_MODEL_API_BASE", emu.base_url)
+        monkeypatch.setenv("RUNCOMFY_API_TOKEN", emu.token)
+        result = CliRunner().invoke(cli, ["run", str(path)])
+        assert result.exit_code == 1, result.output
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"Error: {path}: job 2 (images: ['i0.png', 'i1.png', 'i2.png', 'i3.png']; videos: "
+            "['v.mp4']) would send 64.0 MiB, above the 64 MiB limit of a request; host some files "
+            "at public https URLs instead"
+        )
+        assert emu.ledger()["jobs"] == []
+        assert emu.requests().get("submit", 0) == 0, emu.requests()
 
 
 @pytest.mark.parametrize(
