@@ -564,8 +564,11 @@ class _Builder:
 
 
 def _sample(value: Any) -> Any:
-    if isinstance(value, MediaList):
-        return "+".join(_sample(v) for v in value)
+    if isinstance(value, MediaList):  # as naming shows it: its files' names joined
+        return "+".join(
+            Path(v.label).stem if isinstance(v, LocalImage) else Path(v.split("?")[0]).stem
+            for v in value
+        )
     if isinstance(value, LocalImage):
         return Path(value.label).stem
     return value

@@ -503,6 +503,12 @@ def test_a_list_input_runs_end_to_end_on_the_emulator(
     shown = CliRunner().invoke(cli, ["show", entries[0]["key"], str(path)], catch_exceptions=False)
     assert shown.exit_code == 0, shown.output
     assert "[a.png, b.jpg], sent as [data:image/png;base64,… (" in shown.output
+    page = CliRunner().invoke(cli, ["report", str(path)], catch_exceptions=False)
+    assert page.exit_code == 0, page.output
+    (html,) = folder.glob("report*.html")
+    data = html.read_text().split('<script id="report-data" type="application/json">')[1]
+    (axis,) = json.loads(data.split("</script>")[0])["axes"]
+    assert axis == {"name": "images", "labels": ["a.png, b.jpg", "b.jpg"]}  # hover and axis
     for fmt in ("hf", "parquet", "csv", "webdataset"):
         done = CliRunner().invoke(
             cli, ["export", str(path), str(tmp_path / fmt), "--format", fmt], catch_exceptions=False

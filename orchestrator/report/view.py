@@ -373,6 +373,8 @@ def _canon(value: Any) -> str:
 def _label(value: Any) -> str:
     if isinstance(value, str):
         return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ", ".join(value)  # a list input: its files as the spec names them
     if value is None:
         return "(none)"
     return json.dumps(value, ensure_ascii=False)
