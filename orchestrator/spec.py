@@ -288,7 +288,11 @@ class _Builder:
             if problem is not None:
                 raise Problem(problem.message)
             normal = self.model.normalise(key, value)
-            return tuple(normal) if self._takes_list(key, normal) else normal
+            if not self._takes_list(key, normal):
+                return normal
+            if any(isinstance(item, dict | list) for item in normal):
+                raise Problem("each item of the list must be a single value")
+            return tuple(normal)
         except Problem as exc:
             raise self._fail(place, name, exc) from None
 

@@ -79,6 +79,7 @@ ENTRIES: list[dict[str, Any]] = [
                 "image": {"type": "string", "format": "image_uri"},
                 "video": {"type": "string", "format": "video_uri"},
                 "audio": {"type": "string", "format": "audio_uri"},
+                "stops": {"type": "array", "items": {"type": "number"}, "maxItems": 3},
             },
             "required": ["prompt"],
         },
@@ -169,6 +170,34 @@ def test_an_axis_of_lists_makes_a_job_per_list(tmp_path: Path, catalog: None) ->
     jobs = list(iter_jobs(load_spec(path)))
     assert [job.sources["image_urls"] for job in jobs] == [["a.png"], ["a.png", "b.jpg"]]
     assert len({job.key for job in jobs}) == 2
+
+
+def test_include_and_exclude_take_a_list_as_one_value(tmp_path: Path, catalog: None) -> None:
+    path = spec(
+        tmp_path,
+        f"model: {EDIT}\ninputs:\n  prompt: a fox\n"
+        "axes:\n  image_urls: [[a.png], [b.jpg]]\n"
+        "exclude:\n  - image_urls: [b.jpg]\n"
+        "include:\n  - image_urls: [a.png, b.jpg]\n",
+        {"a.png": PNG, "b.jpg": JPEG},
+    )
+    jobs = list(iter_jobs(load_spec(path)))
+    assert [job.sources["image_urls"] for job in jobs] == [["a.png"], ["a.png", "b.jpg"]]
+
+
+def test_another_list_input_is_one_value_too(tmp_path: Path, catalog: None) -> None:
+    """A schema's plain ``array`` field: a list in inputs is its value, an axis lists lists."""
+    path = spec(
+        tmp_path,
+        f"model: {SINGLE}\ninputs:\n  prompt: a\n  stops: [0.5, 1]\naxes:\n  prompt: [a, b]\n",
+    )
+    jobs = list(iter_jobs(load_spec(path)))
+    assert [job.inputs["stops"] for job in jobs] == [[0.5, 1], [0.5, 1]]
+    assert type(jobs[0].inputs["stops"]) is list  # the POST body, as JSON has it
+    axis = spec(tmp_path, f"model: {SINGLE}\ninputs:\n  prompt: a\naxes:\n  stops: [[1], [1, 2]]\n")
+    assert [job.inputs["stops"] for job in iter_jobs(load_spec(axis))] == [[1], [1, 2]]
+    nested = spec(tmp_path, f"model: {SINGLE}\ninputs:\n  prompt: a\n  stops: [[1]]\n")
+    assert error(nested).endswith("inputs.stops: [1] is not of type 'number'")
 
 
 def test_a_list_longer_than_max_items_is_refused(tmp_path: Path, catalog: None) -> None:
