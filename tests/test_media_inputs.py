@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import hashlib
+import io
 import json
 import tarfile
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from orchestrator import iter_jobs, load_spec
 from orchestrator import models as registry
@@ -23,9 +25,17 @@ from orchestrator.errors import SpecError
 from orchestrator.models import Model, get_model
 from orchestrator.sources import MAX_MEDIA_BYTES, sniff
 
+
+def _jpeg() -> bytes:
+    """A real JPEG (an emulator may decode the images it is sent)."""
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 80, 20)).save(out, "JPEG")
+    return out.getvalue()
+
+
 START = Path(__file__).resolve().parents[1] / "sweeps" / "start.png"
 PNG = START.read_bytes()
-JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"j" * 40
+JPEG = _jpeg()
 WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 40
 MP4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\x00" * 40
 MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\x00" * 40
