@@ -198,6 +198,8 @@ def sniff(head: bytes) -> str | None:
         return "image/gif"
     if head.startswith((b"II*\x00", b"MM\x00*")):
         return "image/tiff"
+    if head.startswith(b"BM") and head[6:10] == b"\x00\x00\x00\x00":  # BMP: reserved zeros
+        return "image/bmp"
     if head.startswith(b"RIFF") and len(head) >= 12:
         return _RIFF.get(head[8:12])
     if head[4:8] == b"ftyp":

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import tarfile
+import wave
 from pathlib import Path
 from typing import Any
 
@@ -603,3 +604,33 @@ def test_a_list_of_data_uris_is_stored_once_per_file_and_read_back_exactly(
         assert len(rows) == len(jobs)
         for row in rows:
             assert canonical_json(row.inputs) == canonical_json(by_key[row.key].inputs)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mime"),
+    [
+        ("PNG", "image/png"),
+        ("JPEG", "image/jpeg"),
+        ("WEBP", "image/webp"),
+        ("GIF", "image/gif"),
+        ("TIFF", "image/tiff"),
+        ("BMP", "image/bmp"),
+    ],
+)
+def test_sniff_knows_real_image_files(fmt: str, mime: str) -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(out, fmt)
+    assert sniff(out.getvalue()[:64]) == mime
+
+
+def test_sniff_knows_real_wav_and_refuses_look_alikes() -> None:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(b"\x00\x00" * 80)
+    assert sniff(out.getvalue()[:64]) == "audio/wav"
+    assert sniff(b"BMW is a car, not a bitmap") is None
+    assert sniff(b"RIFF\x00\x00\x00\x00JUNK") is None
+    assert sniff(b"") is None
