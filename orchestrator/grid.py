@@ -35,7 +35,15 @@ from orchestrator.sources import (
 )
 from orchestrator.spec import Spec, identity
 
-__all__ = ["GridCount", "Job", "count_jobs", "iter_inputs", "iter_jobs", "weighted_total"]
+__all__ = [
+    "GridCount",
+    "Job",
+    "check_requests",
+    "count_jobs",
+    "iter_inputs",
+    "iter_jobs",
+    "weighted_total",
+]
 
 # Data URIs kept between jobs; a grid of a few images reads each file once.
 _MEDIA_CACHE_BYTES = 256 * 1024 * 1024
@@ -86,15 +94,33 @@ def iter_jobs(spec: Spec) -> Iterator[Job]:
     rules = _rules(spec)
     extras = list(_extra(spec, rules))
     rank = order.ranks(spec, jobs=lambda: count_jobs(spec).jobs, extras=len(extras))
+    check_requests(spec)
     index = 0
     for coords, extra, values in _cells(spec, rules, extras):
-        _check_request(spec, index, values, keys)
         inputs, sources = media.materialise(values, keys)
         for repeat in range(spec.repeat):
             key = job_key(spec.model, inputs, repeat)
             at = rank(index, coords, extra, repeat)
             yield Job(key, index, spec.model, inputs, repeat, sources, at)
             index += 1
+
+
+def check_requests(spec: Spec) -> None:
+    """Refuse the spec if any job's POST body would pass RunComfy's 64 MiB per request, before a
+    job is built or sent. The files' sizes say it, no file is read; the jobs are walked only when
+    the largest files of every dimension together could pass the limit."""
+    keys = sorted(spec.definition.media_inputs)
+    if not keys:
+        return
+    varied = {k for d in spec.dimensions for k in d.keys}
+    bound = request_length({k: spec.fixed[k] for k in keys if k in spec.fixed and k not in varied})
+    for dim in spec.dimensions:
+        bound += max(request_length(dict(zip(dim.keys, row, strict=True))) for row in dim.rows)
+    extra = max((request_length(entry) for entry in spec.include), default=0)
+    if max(bound, extra) <= MAX_REQUEST_BYTES - _REQUEST_SLACK:
+        return
+    for n, values in enumerate(iter_inputs(spec)):
+        _check_request(spec, n * spec.repeat, values, keys)
 
 
 def _check_request(spec: Spec, index: int, values: Mapping[str, Any], keys: list[str]) -> None:

@@ -318,6 +318,26 @@ def test_run_refuses_a_job_over_64_mib_in_one_line_and_submits_nothing(
         assert emu.requests().get("submit", 0) == 0, emu.requests()
 
 
+def test_plan_refuses_a_job_over_64_mib_past_the_jobs_it_shows(
+    tmp_path: Path, catalog: None
+) -> None:
+    """The grid is walked (files unread) when its largest files could pass the limit together."""
+    small = {f"s{i}.png": PNG + bytes([i]) for i in range(11)}
+    for i in range(4):
+        sparse(tmp_path / f"i{i}.png", PNG[:64], 5 * 2**20 + i)
+    sparse(tmp_path / "v.mp4", MP4, 28 * 2**20)
+    rows = ", ".join(f"[{name}]" for name in small)
+    path = spec(
+        tmp_path,
+        f"model: {REFS}\ninputs:\n  prompt: a\n  videos: [v.mp4]\n"
+        f"axes:\n  images: [{rows}, [i0.png, i1.png, i2.png, i3.png]]\n",
+        small,
+    )
+    result = CliRunner().invoke(cli, ["plan", str(path)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"Error: {path}: job 12 (images: ['i0.png', ")
+
+
 @pytest.mark.parametrize(
     ("name", "content", "field", "tail"),
     [
