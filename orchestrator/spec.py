@@ -89,7 +89,7 @@ class Dimension:
 
     name: str  # "seed", or "prompt+image" for a zip group
     keys: tuple[str, ...]  # raw keys
-    rows: tuple[tuple[Any, ...], ...]  # distinct, normalised; LocalImage for local media
+    rows: tuple[tuple[Any, ...], ...]  # distinct, normalised; LocalMedia/MediaList for local media
     raw_size: int  # rows before duplicates were collapsed
 
 

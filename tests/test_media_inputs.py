@@ -211,6 +211,20 @@ def test_another_list_input_is_one_value_too(tmp_path: Path, catalog: None) -> N
     assert error(nested).endswith("inputs.stops: [1] is not of type 'number'")
 
 
+def test_a_list_input_given_single_files_says_it_takes_lists(tmp_path: Path, catalog: None) -> None:
+    takes = (
+        "takes a list of image files or https URLs, such as [a.png, b.png]; in an axis, each "
+        "value is such a list"
+    )
+    inputs = spec(tmp_path, f"model: {EDIT}\ninputs:\n  prompt: a\n  image_urls: a.png\n")
+    assert error(inputs) == f"{inputs}:4:15: inputs.image_urls: {takes}"
+    axis = spec(
+        tmp_path,
+        f"model: {EDIT}\ninputs:\n  prompt: a\naxes:\n  image_urls: [a.png, b.png]\n",
+    )
+    assert error(axis) == f"{axis}:5:16: axes.image_urls[0]: {takes}"
+
+
 def test_a_list_longer_than_max_items_is_refused(tmp_path: Path, catalog: None) -> None:
     names = [f"{i}.png" for i in range(11)]
     path = spec(
