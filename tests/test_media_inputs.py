@@ -10,6 +10,7 @@ import io
 import json
 import tarfile
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,13 +100,26 @@ ENTRIES: list[dict[str, Any]] = [
 
 
 @pytest.fixture
-def catalog(monkeypatch: pytest.MonkeyPatch) -> None:
+def catalog(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The catalog models these tests use, known to the registry (unless it knows them)."""
     for entry in ENTRIES:
         known = get_model(entry["model_id"])
         if not known.has_schema:
             model = Model.from_catalog(entry)
             monkeypatch.setitem(registry._registry(), model.model_id, model)
+    _forget_catalogs()
+    yield
+    monkeypatch.undo()
+    _forget_catalogs()
+
+
+def _forget_catalogs() -> None:
+    """A cache built from the registry (the emulator's catalog) keeps no test model after us."""
+    from orchestrator.emulator import catalog as emulated
+
+    clear = getattr(getattr(emulated, "emulated_catalog", None), "cache_clear", None)
+    if clear is not None:
+        clear()
 
 
 def spec(folder: Path, text: str, files: dict[str, bytes] | None = None) -> Path:
