@@ -1,8 +1,9 @@
 """Conditioning media: the ``data:`` URIs a job sent, as files named by their content.
 
-A local image travels to the API as a base64 ``data:`` URI in every job's input. A dataset wants
-the file instead: ``inputs/<sha256 prefix>.<ext>``, written once however many jobs sent it, and
-referenced by that relative path (the results folder's metadata.jsonl and every export do this).
+A local image, video or audio file travels to the API as a base64 ``data:`` URI in every job's
+input (a list input: a list of them). A dataset wants the file instead: ``inputs/<sha256
+prefix>.<ext>``, written once however many jobs sent it, and referenced by that relative path (a
+list input by a list of paths): the results folder's metadata.jsonl and every export do this.
 """
 
 from __future__ import annotations
@@ -39,7 +40,21 @@ __all__ = [
 
 INPUTS_DIR = "inputs"
 _DIGEST = 16  # hex digits of the sha256 in a file's name: 64 bits, no two inputs of a sweep clash
-_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "video/mp4": "mp4"}
+_EXTENSIONS = {
+    "image/jpeg": "jpg",
+    "image/png": "png",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "video/mp4": "mp4",
+    "video/quicktime": "mov",
+    "video/webm": "webm",
+    "video/x-matroska": "mkv",
+    "audio/wav": "wav",
+    "audio/mpeg": "mp3",
+    "audio/flac": "flac",
+    "audio/ogg": "ogg",
+    "audio/mp4": "m4a",
+}
 _KINDS = {  # every extension verify gives an output, and a few more
     **dict.fromkeys(("mp4", "mov", "m4v", "mkv", "avi", "mpeg", "webm"), "video"),
     **dict.fromkeys(("png", "jpg", "jpeg", "webp", "gif", "bmp", "tiff"), "image"),
@@ -143,24 +158,36 @@ class MediaFolder:
 
 
 def media_inputs(
-    inputs: Mapping[str, str | Any], sources: Mapping[str, str], folder: MediaFolder | None
-) -> tuple[dict[str, Any], dict[str, str]]:
+    inputs: Mapping[str, str | Any],
+    sources: Mapping[str, str | list[str]],
+    folder: MediaFolder | None,
+) -> tuple[dict[str, Any], dict[str, str | list[str]]]:
     """``inputs`` (by raw key) with each data: URI replaced by its file's relative path in
-    ``folder`` (written there if new), and the source file each came from, by raw key.
+    ``folder`` (written there if new), and the source file each came from, by raw key. A list
+    input's data: URIs become a list of paths (its URLs stay), its sources the list of its files.
 
     Without a folder a URI becomes its file name alone (``<sha>.png``): the value stays readable.
     """
     out: dict[str, Any] = {}
-    origin: dict[str, str] = {}
+    origin: dict[str, str | list[str]] = {}
     for key, value in inputs.items():
-        media = decode_data_uri(value)
-        if media is None:
-            out[key] = value
-            continue
-        out[key] = folder.place(media) if folder is not None else media.file_name
-        if key in sources:
+        if isinstance(value, list):
+            out[key] = [_placed(item, folder) for item in value]
+            changed = any(a is not b for a, b in zip(out[key], value, strict=True))
+        else:
+            out[key] = _placed(value, folder)
+            changed = out[key] is not value
+        if changed and key in sources:
             origin[key] = sources[key]
     return out, origin
+
+
+def _placed(value: Any, folder: MediaFolder | None) -> Any:
+    """A data: URI's file path (in ``folder``) or name; any other value as it is."""
+    media = decode_data_uri(value)
+    if media is None:
+        return value
+    return folder.place(media) if folder is not None else media.file_name
 
 
 def output_kind(name: str) -> str | None:

@@ -80,7 +80,13 @@ _FIXED = {
 # A ComfyUI seed goes up to 2**64-1: an int past int64 makes its column text (exact, and what
 # `datasets` reads: its JSON reader overflows on a uint64), never an overflow in pyarrow.
 _INT64 = range(-(2**63), 2**63)
-_FEATURES = {"int": "int64", "float": "float64", "bool": "bool", "string": "string"}
+_FEATURES = {
+    "int": "int64",
+    "float": "float64",
+    "bool": "bool",
+    "string": "string",
+    "strings": "string",  # a list of them (a list input's files): `sequence: string`
+}
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 _SIZE = re.compile(r"(?i)\s*(\d+(?:\.\d+)?)\s*(k|m|g|t)i?b\s*")
 _UNITS = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
@@ -245,6 +251,8 @@ def _kind(value: Any) -> str | None:
         return "int" if value in _INT64 else "string"
     if isinstance(value, float):
         return "float"
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return "strings"  # a list input's files or URLs: a list column
     return "string" if isinstance(value, str) else "json"
 
 
@@ -329,9 +337,11 @@ def _inputs(
     out: dict[str, Any] = {}
     sources: dict[str, Any] = {}
     for key, value in row.inputs.items():
-        media = decode_data_uri(value)
-        out[display(key)] = value if media is None else place(media)
-        if media is not None and key in row.sources:
+        items = value if isinstance(value, list) else [value]
+        found = [decode_data_uri(item) for item in items]
+        placed = [item if m is None else place(m) for item, m in zip(items, found, strict=True)]
+        out[display(key)] = placed if isinstance(value, list) else placed[0]
+        if any(m is not None for m in found) and key in row.sources:
             sources[f"{display(key)}_source"] = row.sources[key]
     return out | sources | _object_labels(row, display)
 
@@ -402,10 +412,18 @@ def _table(fmt: str, path: Path, columns: Mapping[str, str]) -> Iterator[_Sink]:
         elif fmt == "csv":
             writer = csv.DictWriter(handle, fieldnames=list(columns))
             writer.writeheader()
-            yield writer.writerow
+            lists = [c for c, kind in columns.items() if kind == "strings"]
+            yield lambda record: writer.writerow(_cells(record, lists))
         else:
             with _parquet(handle, columns) as sink:
                 yield sink
+
+
+def _cells(record: Mapping[str, Any], lists: list[str]) -> Mapping[str, Any]:
+    """A CSV row: a list column's value as JSON text (a cell holds no list)."""
+    if not lists:
+        return record
+    return {c: json.dumps(v) if c in lists and v is not None else v for c, v in record.items()}
 
 
 def _text(fmt: str) -> dict[str, Any]:
@@ -419,7 +437,13 @@ def _parquet(handle: IO[Any], columns: Mapping[str, str]) -> Iterator[_Sink]:
     import pyarrow as pa  # type: ignore[import-untyped]
     import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-    types = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "string": pa.string()}
+    types = {
+        "int": pa.int64(),
+        "float": pa.float64(),
+        "bool": pa.bool_(),
+        "string": pa.string(),
+        "strings": pa.list_(pa.string()),
+    }
     schema = pa.schema([(name, types[kind]) for name, kind in columns.items()])
     batch: list[Mapping[str, Any]] = []
     with pq.ParquetWriter(handle, schema) as writer:
@@ -446,7 +470,7 @@ def _write_card(folder: Path, plan: _Plan, table: str) -> None:
     for name, column in plan.columns.items():
         dtype = kind if name == "file_name" else _FEATURES[column]
         lines += [f"  - name: {json.dumps(kind if name == 'file_name' else name)}"]
-        lines += [f"    dtype: {dtype}"]
+        lines += [f"    sequence: {dtype}" if column == "strings" else f"    dtype: {dtype}"]
     lines += [
         "---",
         "",
@@ -490,9 +514,12 @@ def _sample(
         base = f"{row.key}-{row.outputs.index(dict(output)) + 1}"
     named = {}
     for key, value in row.inputs.items():
-        found = decode_data_uri(value)
-        if found is not None:
-            named[found.sha256] = _MEMBER.sub("_", source.plan.display(key))
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            found = decode_data_uri(item)
+            if found is not None:
+                name = _MEMBER.sub("_", source.plan.display(key))
+                named[found.sha256] = f"{name}.{i}" if isinstance(value, list) else name
     images: dict[str, bytes] = {}
 
     def member(media: Media) -> str:

@@ -14,6 +14,7 @@ That order is each job's ``index``; the order jobs are submitted in is its ``ran
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -25,13 +26,31 @@ from orchestrator.canonical import job_key
 from orchestrator.errors import SpecError
 from orchestrator.models import get_model
 from orchestrator.objects import ABSENT, present
-from orchestrator.sources import LocalImage, Problem
+from orchestrator.sources import (
+    MAX_REQUEST_BYTES,
+    LocalMedia,
+    MediaList,
+    Problem,
+    request_length,
+    shown,
+)
 from orchestrator.spec import Spec, identity
 
-__all__ = ["GridCount", "Job", "count_jobs", "iter_inputs", "iter_jobs", "weighted_total"]
+__all__ = [
+    "GridCount",
+    "Job",
+    "check_requests",
+    "count_jobs",
+    "iter_inputs",
+    "iter_jobs",
+    "weighted_total",
+]
 
 # Data URIs kept between jobs; a grid of a few images reads each file once.
 _MEDIA_CACHE_BYTES = 256 * 1024 * 1024
+# Below this many characters of data: URIs a job's request is not measured (the rest of the JSON
+# is prompts and numbers, far less than this).
+_REQUEST_SLACK = 2**20
 # Counting the jobs exclude rules drop looks at most this many (rule, case) pairs: a few seconds.
 _MAX_COUNT_WORK = 10_000_000
 
@@ -48,7 +67,8 @@ class Job:
     model_id: str
     inputs: dict[str, Any]  # raw keys, complete, normalised: exactly the POST body (do not mutate)
     repeat: int = 0
-    sources: Mapping[str, str] = field(default_factory=dict)  # raw key -> local file of a data: URI
+    # raw key -> the local file a data: URI came from (for a list input, each item's file or URL)
+    sources: Mapping[str, str | list[str]] = field(default_factory=dict)
     rank: int | None = None  # the run order (orchestrator/order.py); None: the index
 
     def friendly(self) -> dict[str, Any]:
@@ -75,6 +95,7 @@ def iter_jobs(spec: Spec) -> Iterator[Job]:
     rules = _rules(spec)
     extras = list(_extra(spec, rules))
     rank = order.ranks(spec, jobs=lambda: count_jobs(spec).jobs, extras=len(extras))
+    check_requests(spec)
     index = 0
     for coords, extra, values in _cells(spec, rules, extras):
         inputs, sources = media.materialise(values, keys)
@@ -83,6 +104,47 @@ def iter_jobs(spec: Spec) -> Iterator[Job]:
             at = rank(index, coords, extra, repeat)
             yield Job(key, index, spec.model, inputs, repeat, sources, at)
             index += 1
+
+
+def check_requests(spec: Spec) -> None:
+    """Refuse the spec if any job's POST body would pass RunComfy's 64 MiB per request, before a
+    job is built or sent. The files' sizes say it, no file is read; the jobs are walked only when
+    the largest files of every dimension together could pass the limit."""
+    keys = sorted(spec.definition.media_inputs)
+    if not keys:
+        return
+    varied = {k for d in spec.dimensions for k in d.keys}
+    bound = request_length({k: spec.fixed[k] for k in keys if k in spec.fixed and k not in varied})
+    for dim in spec.dimensions:
+        bound += max(request_length(dict(zip(dim.keys, row, strict=True))) for row in dim.rows)
+    extra = max((request_length(entry) for entry in spec.include), default=0)
+    if max(bound, extra) <= MAX_REQUEST_BYTES - _REQUEST_SLACK:
+        return
+    for n, values in enumerate(iter_inputs(spec)):
+        _check_request(spec, n * spec.repeat, values, keys)
+
+
+def _check_request(spec: Spec, index: int, values: Mapping[str, Any], keys: list[str]) -> None:
+    """Refuse a job whose POST body would pass RunComfy's 64 MiB per request, before any is
+    sent: the files' sizes say it (no file is read), plus the rest of the JSON when near."""
+    media = request_length({k: values[k] for k in keys if k in values})
+    if media <= MAX_REQUEST_BYTES - _REQUEST_SLACK:
+        return
+    rest = {k: v for k, v in values.items() if not isinstance(v, LocalMedia | MediaList)}
+    size = media + len(json.dumps(rest, default=list))
+    if size <= MAX_REQUEST_BYTES:
+        return
+    model = spec.definition
+    files = "; ".join(
+        f"{model.display_name(k)}: {shown(values[k])}"
+        for k in keys
+        if isinstance(values.get(k), LocalMedia | MediaList)
+    )
+    raise SpecError(
+        f"{spec.path}: job {index + 1} ({files}) would send {size / 2**20:.1f} MiB, above the "
+        f"{MAX_REQUEST_BYTES // 2**20} MiB limit of a request; host some files at public https "
+        "URLs instead"
+    )
 
 
 def iter_inputs(spec: Spec) -> Iterator[dict[str, Any]]:
@@ -323,21 +385,29 @@ class _MediaCache:
     def __init__(self, budget: int = _MEDIA_CACHE_BYTES) -> None:
         self.budget = budget
         self.used = 0
-        self.uris: OrderedDict[LocalImage, str] = OrderedDict()
+        self.uris: OrderedDict[LocalMedia, str] = OrderedDict()
 
     def materialise(
         self, values: dict[str, Any], keys: list[str]
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        """``values`` with local files under ``keys`` swapped for data URIs, and those files."""
-        sources: dict[str, str] = {}
+    ) -> tuple[dict[str, Any], dict[str, str | list[str]]]:
+        """``values`` with local files under ``keys`` swapped for data URIs, and those files;
+        a list input becomes a JSON list (its items' files or URLs in ``sources``)."""
+        sources: dict[str, str | list[str]] = {}
         for key in keys:
             value = values.get(key)
-            if isinstance(value, LocalImage):
+            if isinstance(value, LocalMedia):
                 values[key] = self.uri(value)
                 sources[key] = value.label
+            elif isinstance(value, MediaList):
+                values[key] = [self.uri(v) if isinstance(v, LocalMedia) else v for v in value]
+                if any(isinstance(v, LocalMedia) for v in value):
+                    sources[key] = value.labels()
+        for key, value in values.items():
+            if type(value) is tuple:  # another list input's value (hashable in the grid)
+                values[key] = list(value)
         return values, sources
 
-    def uri(self, image: LocalImage) -> str:
+    def uri(self, image: LocalMedia) -> str:
         uri = self.uris.get(image)
         if uri is not None:
             self.uris.move_to_end(image)

@@ -163,8 +163,17 @@ def _field_value(field: str, job: JobLike, key: str) -> Any:
     if field == "repeat":
         return job.repeat
     if key in job.sources:
-        return PurePosixPath(job.sources[key]).stem
+        source = job.sources[key]
+        if isinstance(source, list):  # a list input: its files' names joined
+            return "+".join(PurePosixPath(s.split("?")[0]).stem or "url" for s in source)
+        return PurePosixPath(source).stem
     value = job.inputs.get(key, "")
+    if isinstance(value, list):
+        return "+".join(str(_one_value(v)) for v in value)
+    return _one_value(value)
+
+
+def _one_value(value: Any) -> Any:
     if isinstance(value, str) and value.startswith("data:"):
         # Without the job's sources the file name is gone; a content hash still tells files apart.
         return "data-" + hashlib.sha256(value.encode()).hexdigest()[:8]

@@ -19,7 +19,7 @@ from orchestrator.estimate import Forecast, forecast_lines
 from orchestrator.grid import Job, count_jobs, iter_jobs
 from orchestrator.models import get_model
 from orchestrator.prices import estimate
-from orchestrator.sources import LocalImage
+from orchestrator.sources import shown
 from orchestrator.spec import Spec
 
 __all__ = ["job_record", "plan_summary", "render_plan", "short", "stream_jobs", "varying_fields"]
@@ -57,7 +57,7 @@ def plan_summary(
         "repeat": spec.repeat,
         "axes": count.axes,
         "fixed": {
-            model.display_name(k): short(v.label if isinstance(v, LocalImage) else v, 60)
+            model.display_name(k): short(shown(v), 60)
             for k, v in spec.fixed.items()
             if model.display_name(k) not in varied
         },
@@ -100,6 +100,8 @@ def varying_fields(spec: Spec) -> list[str]:
 
 def short(value: Any, width: int) -> Any:
     """A string cut to ``width`` characters with an ellipsis; a data: URI shows its type only."""
+    if isinstance(value, list):  # a list input: each item cut alike
+        return [short(item, width) for item in value]
     if not isinstance(value, str):
         return value
     if value.startswith("data:") and len(value) > 64:

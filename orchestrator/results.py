@@ -447,7 +447,7 @@ class ResultsFolder:
                 handle.write(card)
         self._card = card
 
-    def dataset_inputs(self, row: JobRow) -> tuple[dict[str, Any], dict[str, str]]:
+    def dataset_inputs(self, row: JobRow) -> tuple[dict[str, Any], dict[str, Any]]:
         """A job's inputs by friendly name, each data: URI as the path of its file under
         ``inputs/`` (written once), and the local file each of those came from."""
         raw, origin = media_inputs(row.inputs, row.sources, self._media)

@@ -1,6 +1,6 @@
-"""Where a sweep's values come from: lists, ranges, seeds, text files, tables, globs, local images.
+"""Where a sweep's values come from: lists, ranges, seeds, text files, tables, globs, local media.
 
-Every function here returns plain values (or ``LocalImage`` placeholders) and raises ``Problem``
+Every function here returns plain values (or ``LocalMedia`` placeholders) and raises ``Problem``
 with a message and, for data files, the file and line; ``spec.py`` adds the YAML place.
 """
 
@@ -14,6 +14,7 @@ import json
 import math
 import mimetypes
 import re
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -22,23 +23,33 @@ from orchestrator.errors import SpecError
 
 __all__ = [
     "MAX_MEDIA_BYTES",
+    "MAX_REQUEST_BYTES",
     "MAX_VALUES",
     "LocalImage",
+    "LocalMedia",
     "MediaFiles",
+    "MediaList",
     "Problem",
+    "bad_scheme",
     "expand_glob",
     "is_url",
     "local_media",
+    "per_job_groups",
     "random_seeds",
     "read_lines",
     "read_table",
+    "request_length",
     "resolve",
+    "shown",
+    "sniff",
     "span",
     "text_value",
 ]
 
-# RunComfy's partner nodes cap data: URIs at 6 MiB for an image and 32 MiB for a video.
-MAX_MEDIA_BYTES = {"image": 6 * 1024 * 1024, "video": 32 * 1024 * 1024}
+# RunComfy's partner nodes cap a data: URI's decoded bytes at 6 MiB for an image, 32 MiB for a
+# video and 16 MiB for audio, and a whole request at 64 MiB.
+MAX_MEDIA_BYTES = {"image": 6 * 2**20, "video": 32 * 2**20, "audio": 16 * 2**20}
+MAX_REQUEST_BYTES = 64 * 2**20
 # One axis or range may not list more values than this (a typo such as step 0.0001 would hang).
 MAX_VALUES = 1_000_000
 SEED_SPACE = 2**32
@@ -56,8 +67,9 @@ class Problem(Exception):
         self.line = line
 
 
-class LocalImage:
-    """A local media file that becomes a base64 ``data:`` URI when a job is built.
+class LocalMedia:
+    """A local media file (image, video or audio) that becomes a base64 ``data:`` URI when a job
+    is built.
 
     Two files with the same bytes and type make the same data URI, so they compare equal and the
     grid collapses them like any other duplicate value. ``content`` says which bytes a file holds
@@ -76,6 +88,16 @@ class LocalImage:
         self._digest: str | None = None
 
     @property
+    def kind(self) -> str:
+        """ "image", "video" or "audio"."""
+        return self.mime.split("/")[0]
+
+    @property
+    def uri_length(self) -> int:
+        """The length of this file's data: URI, known without reading it."""
+        return len(f"data:{self.mime};base64,") + 4 * math.ceil(self.size / 3)
+
+    @property
     def sha256(self) -> str:
         """The file's sha256 (hex), read once."""
         if self._digest is None:
@@ -86,7 +108,7 @@ class LocalImage:
         return self._digest
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, LocalImage):
+        if not isinstance(other, LocalMedia):
             return NotImplemented
         return self.content == other.content
 
@@ -94,7 +116,7 @@ class LocalImage:
         return hash(self.content)
 
     def __repr__(self) -> str:
-        return f"LocalImage({self.label!r}, {self.mime}, {self.size} bytes)"
+        return f"LocalMedia({self.label!r}, {self.mime}, {self.size} bytes)"
 
     def data_uri(self) -> str:
         """The file as a ``data:`` URI (read now; callers cache it)."""
@@ -105,9 +127,109 @@ class LocalImage:
         return f"data:{self.mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
+# The old name: a local image was the only local media once.
+LocalImage = LocalMedia
+
+
+class MediaList(tuple[Any, ...]):
+    """The value of a list input (``image_uris``...): LocalMedia and https URLs, in order.
+
+    A tuple, so a list is one hashable value of an axis or zip row like any other; the grid
+    turns it into a JSON list of data: URIs and URLs when it builds a job.
+    """
+
+    __slots__ = ()
+
+    def labels(self) -> list[str]:
+        """Each item as the spec gave it: a local file's label, or the URL."""
+        return [item.label if isinstance(item, LocalMedia) else str(item) for item in self]
+
+    def uri_length(self) -> int:
+        """The characters the local files of this list add to a request."""
+        return sum(item.uri_length for item in self if isinstance(item, LocalMedia))
+
+    def __repr__(self) -> str:
+        return f"MediaList({self.labels()!r})"
+
+
+def shown(value: Any) -> Any:
+    """A spec value as a person reads it: a local file by its label, a list by its labels."""
+    if isinstance(value, LocalMedia):
+        return value.label
+    if isinstance(value, MediaList):
+        return value.labels()
+    return value
+
+
+def request_length(values: Mapping[str, Any]) -> int:
+    """The characters of the local files' data: URIs among ``values`` (lists included)."""
+    total = 0
+    for value in values.values():
+        if isinstance(value, LocalMedia):
+            total += value.uri_length
+        elif isinstance(value, MediaList):
+            total += value.uri_length()
+    return total
+
+
 def is_url(text: str) -> bool:
-    """True for values that pass through to the API untouched (http(s) URLs and data URIs)."""
-    return text.startswith(("http://", "https://", "data:"))
+    """True for values that pass through to the API untouched (https URLs and data URIs)."""
+    return text.startswith(("https://", "data:"))
+
+
+def bad_scheme(text: str) -> str | None:
+    """The scheme of a URL comfysweep does not send (``http``, ``file``, ``ftp``...), or None."""
+    found = _SCHEME.match(text)
+    if found is None or is_url(text):
+        return None
+    return (found.group(1) or found.group(2)).lower()
+
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://|(file):")
+
+
+def sniff(head: bytes) -> str | None:
+    """The media type the first bytes of a file say (its magic number), or None."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "image/tiff"
+    if head.startswith(b"BM") and head[6:10] == b"\x00\x00\x00\x00":  # BMP: reserved zeros
+        return "image/bmp"
+    if head.startswith(b"RIFF") and len(head) >= 12:
+        return _RIFF.get(head[8:12])
+    if head[4:8] == b"ftyp":
+        return _BRANDS.get(head[8:12], "video/mp4")
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "video/webm" if b"webm" in head[:64] else "video/x-matroska"
+    if head.startswith(b"OggS"):
+        return "video/ogg" if b"theora" in head[:64] else "audio/ogg"
+    if head.startswith(b"fLaC"):
+        return "audio/flac"
+    if head.startswith(b"ID3"):
+        return "audio/mpeg"
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
+        # MPEG audio frame sync; a layer of 00 is AAC's ADTS header instead
+        return "audio/mpeg" if head[1] & 0x06 else "audio/aac"
+    return None
+
+
+_RIFF = {b"WEBP": "image/webp", b"WAVE": "audio/wav", b"AVI ": "video/x-msvideo"}
+_BRANDS = {
+    b"qt  ": "video/quicktime",
+    b"M4A ": "audio/mp4",
+    b"M4B ": "audio/mp4",
+    b"avif": "image/avif",
+    b"avis": "image/avif",
+    b"heic": "image/heic",
+    b"heix": "image/heic",
+    b"mif1": "image/heif",
+}
+_SNIFF_BYTES = 64
 
 
 class MediaFiles:
@@ -116,14 +238,14 @@ class MediaFiles:
     The first file of each type and size keeps its path as its content key, unread; a later one
     of the same type and size is hashed (and so is the first, once) and takes the first's key if
     their bytes match, else its own hash. Equal bytes get equal keys in one pass over the files;
-    comparing LocalImages of two different specs means nothing.
+    comparing LocalMedia of two different specs means nothing.
     """
 
     def __init__(self) -> None:
-        self.by_path: dict[Path, LocalImage] = {}
-        self.first: dict[tuple[str, int], LocalImage] = {}
+        self.by_path: dict[Path, LocalMedia] = {}
+        self.first: dict[tuple[str, int], LocalMedia] = {}
 
-    def add(self, image: LocalImage) -> None:
+    def add(self, image: LocalMedia) -> None:
         """Register a new file, setting its ``content`` key (before anything hashes it)."""
         first = self.first.setdefault((image.mime, image.size), image)
         if first is not image:
@@ -140,27 +262,28 @@ def resolve(base: Path, written: str) -> Path:
         raise Problem(f"{written!r}: a file name cannot contain a NUL byte") from None
 
 
-def local_media(text: str, base: Path, label_base: Path, seen: MediaFiles) -> LocalImage:
-    """A local media path (relative to ``base``) checked for existence, type and size."""
+def local_media(
+    text: str, base: Path, label_base: Path, seen: MediaFiles, kind: str = "image"
+) -> LocalMedia:
+    """A local file (relative to ``base``) for a media input of ``kind``, checked for existence,
+    size (against the cap of a data: URI of that kind, before reading) and content: its type is
+    what its first bytes say, never its name's extension."""
     path = resolve(base, text)
     cached = seen.by_path.get(path)
     if cached is not None:
+        if cached.kind != kind:
+            raise Problem(f"{cached.label} is {_a(cached.kind)} file, not {_a(kind)}")
         return cached
     label = _label(path, label_base, text)
-    mime = mimetypes.guess_type(path.name)[0] or ""
-    kind = mime.split("/")[0]
-    if kind not in MAX_MEDIA_BYTES:
-        raise Problem(
-            f"{label}: not an image or video file name; use .png, .jpg, .webp, .gif or .mp4, "
-            "or an http(s) URL"
-        )
     try:
         size = path.stat().st_size
         if not path.is_file():
-            raise Problem(f"{label}: not a file; give an image file or an http(s) URL")
+            raise Problem(f"{label}: not a file; give {_a(kind)} file or an https URL")
+        with path.open("rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
     except FileNotFoundError:
         raise Problem(
-            f"image file not found: {label}; give an existing file or an http(s) URL"
+            f"{kind} file not found: {label}; give an existing file or an https URL"
         ) from None
     except OSError as exc:
         raise Problem(f"cannot read {label}: {exc.strerror or exc}") from exc
@@ -168,11 +291,41 @@ def local_media(text: str, base: Path, label_base: Path, seen: MediaFiles) -> Lo
     if size > limit:
         raise Problem(
             f"{label} is {size / 2**20:.1f} MiB, above the {limit // 2**20} MiB limit for a data: "
-            f"URI {kind}; host it at a public http(s) URL instead"
+            f"URI {kind}; host it at a public https URL instead"
         )
-    image = LocalImage(mime=mime, path=path, label=label, size=size)
-    seen.add(image)
-    return image
+    sniffed = sniff(head)
+    if sniffed is None:
+        raise Problem(
+            f"{label}: not {_a(kind)} file (its content is no known {kind} format); give "
+            f"{_FORMATS[kind]}, or an https URL"
+        )
+    found = sniffed.split("/")[0]
+    if found != kind:
+        raise Problem(f"{label} is {_a(found)} file ({sniffed}), not {_a(kind)}")
+    media = LocalMedia(mime=_mime(path, sniffed), path=path, label=label, size=size)
+    seen.add(media)
+    return media
+
+
+_FORMATS = {
+    "image": "a PNG, JPEG, WebP or GIF file",
+    "video": "an MP4, MOV or WebM file",
+    "audio": "a WAV, MP3, FLAC or OGG file",
+}
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
+def _mime(path: Path, sniffed: str) -> str:
+    """The type a data: URI says: the content's, or, when the name says an image or video of the
+    same kind, the name's (as before content was read: the job keys of existing sweeps stay)."""
+    named = mimetypes.guess_type(path.name)[0] or ""
+    kind = sniffed.split("/")[0]
+    if kind in ("image", "video") and named.split("/")[0] == kind:
+        return named
+    return sniffed
 
 
 def span(start: Any, stop: Any, step: Any) -> list[int | float]:
@@ -249,6 +402,21 @@ def expand_glob(pattern: str, base: Path) -> list[str]:
     if len(found) > MAX_VALUES:
         raise Problem(f"{pattern!r} matches {len(found)} files; at most {MAX_VALUES} are allowed")
     return found
+
+
+def per_job_groups(files: list[str], per_job: Any, pattern: str) -> list[list[str]]:
+    """``files`` in consecutive groups of ``per_job`` (one list input per job); the count must
+    be a multiple of ``per_job``: a short last group would quietly send fewer files."""
+    if isinstance(per_job, bool) or not isinstance(per_job, int) or per_job < 1:
+        raise Problem(f"per_job must be a whole number of files per job, got {per_job!r}")
+    if len(files) % per_job:
+        left = len(files) % per_job
+        raise Problem(
+            f"{pattern!r} matches {len(files)} files, not a multiple of per_job {per_job} "
+            f"({left} left over: {', '.join(files[-left:])}); add or remove files, or change "
+            "per_job"
+        )
+    return [files[i : i + per_job] for i in range(0, len(files), per_job)]
 
 
 def text_value(kind: str, text: str) -> Any:

@@ -21,12 +21,16 @@ from orchestrator.errors import SpecError
 from orchestrator.models import Model, get_model, known_models, suggest
 from orchestrator.settings import RunSettings
 from orchestrator.sources import (
+    MAX_REQUEST_BYTES,
     LocalImage,
     MediaFiles,
+    MediaList,
     Problem,
+    bad_scheme,
     expand_glob,
     is_url,
     local_media,
+    per_job_groups,
     random_seeds,
     read_lines,
     read_table,
@@ -34,12 +38,12 @@ from orchestrator.sources import (
     span,
     text_value,
 )
-from orchestrator.yamlplaces import Places, dotted, parse_yaml, pydantic_message
+from orchestrator.yamlplaces import Places, brief, dotted, parse_yaml, pydantic_message
 
 __all__ = ["Dimension", "RunSettings", "Spec", "identity", "load_spec"]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
-_SOURCES = ("start", "step", "stop", "count", "from", "file", "glob", *templates.KEYS)
+_SOURCES = ("start", "step", "stop", "count", "from", "file", "glob", "per_job", *templates.KEYS)
 
 
 class _Line(NamedTuple):
@@ -86,7 +90,7 @@ class Dimension:
 
     name: str  # "seed", or "prompt+image" for a zip group
     keys: tuple[str, ...]  # raw keys
-    rows: tuple[tuple[Any, ...], ...]  # distinct, normalised; LocalImage for local media
+    rows: tuple[tuple[Any, ...], ...]  # distinct, normalised; LocalMedia/MediaList for local media
     raw_size: int  # rows before duplicates were collapsed
 
 
@@ -256,28 +260,48 @@ class _Builder:
                 other = out[key][0]
                 message = f"names the same input as {other!r}; give it once"
                 raise self.where.error((*path, name), message, key=True)
-            takes_object = objects.is_object_field(self.model.properties.get(key))
-            if single and (
-                isinstance(value, list) or (isinstance(value, dict) and not takes_object)
-            ):
+            if single and isinstance(value, dict | list) and not self._one_value(key, value):
                 message = "takes one value; to vary it, move it under axes or zip"
                 raise self.where.error((*path, name), message)
             out[key] = (name, value)
         return out
 
+    def _one_value(self, key: str, value: Any) -> bool:
+        """Whether ``value`` is one value of ``key``: a list for a list-typed input, a mapping
+        for an object input (a LoRA)."""
+        if isinstance(value, dict):
+            return objects.is_object_field(self.model.properties.get(key))
+        if not isinstance(value, list):
+            return False
+        kind = self.model.properties.get(key, {}).get("type")
+        return key in self.model.media_lists or kind == "array"
+
     def _norm(self, key: str, value: Any, place: Any, base: Path) -> Any:
-        """One value checked against the schema and normalised; local media become LocalImage."""
+        """One value checked against the schema and normalised; local media become LocalMedia,
+        a media list a MediaList, another list a tuple (hashable, like every grid value)."""
         name = self.model.display_name(key)
         prop = self.model.properties.get(key)
         try:
             if objects.is_object_field(prop):
                 return self._object(key, value, place, prop or {})
-            if key in self.model.media_inputs and isinstance(value, str) and not is_url(value):
-                return local_media(value, base, self.base, self.media)
+            kind = self.model.media_kind(key)
+            if kind is not None and key in self.model.media_lists:
+                return self._media_list(key, kind, value, base)
+            if kind is not None:
+                if isinstance(value, list):
+                    raise Problem(f"takes one {kind} file or https URL, not a list")
+                value = self._one_media(kind, value, base)
+                if not isinstance(value, str):
+                    return value
             problem = self.model.check(key, value)
             if problem is not None:
                 raise Problem(problem.message)
-            return self.model.normalise(key, value)
+            normal = self.model.normalise(key, value)
+            if not isinstance(normal, list) or not self._one_value(key, normal):
+                return normal
+            if any(isinstance(item, dict | list) for item in normal):
+                raise Problem("each item of the list must be a single value")
+            return tuple(normal)
         except Problem as exc:
             raise self._fail(place, name, exc) from None
 
@@ -293,6 +317,44 @@ class _Builder:
             return objects.normalise_object(prop, value)
         except objects.ObjectProblem as exc:
             raise Problem(exc.message) from None
+
+    def _media_list(self, key: str, kind: str, value: Any, base: Path) -> MediaList:
+        """A list input's value: each item a local file (checked) or an https URL."""
+        if not isinstance(value, list):
+            raise Problem(
+                f"takes a list of {kind} files or https URLs, such as [a.png, b.png]; "
+                "in an axis, each value is such a list"
+            )
+        limit = self.model.max_items(key)
+        if limit is not None and len(value) > limit:
+            raise Problem(
+                f"lists {len(value)} {kind}s; the model takes at most {limit} (its maxItems)"
+            )
+        items = MediaList(self._one_media(kind, item, base) for item in value)
+        problem = self.model.check(key, items.labels())
+        if problem is not None:
+            raise Problem(problem.message)
+        size = items.uri_length()
+        if size > MAX_REQUEST_BYTES:
+            raise Problem(
+                f"{', '.join(items.labels())} make {size / 2**20:.1f} MiB as data: URIs, above "
+                f"the {MAX_REQUEST_BYTES // 2**20} MiB limit of a request; host some at public "
+                "https URLs instead"
+            )
+        return items
+
+    def _one_media(self, kind: str, value: Any, base: Path) -> Any:
+        """One media value: an https URL or data: URI as it is, a local file as LocalMedia."""
+        if not isinstance(value, str):
+            raise Problem(f"must be a path of a {kind} file or an https URL, got {brief(value)}")
+        scheme = bad_scheme(value)
+        if scheme is not None:
+            raise Problem(
+                f"{brief(value)}: {scheme}:// URLs are not sent; give an https URL or a local file"
+            )
+        if is_url(value):
+            return value
+        return local_media(value, base, self.base, self.media, kind)
 
     def _fail(self, place: Any, name: str, exc: Problem) -> SpecError:
         if exc.file is not None:
@@ -389,8 +451,8 @@ class _Builder:
             if k not in _SOURCES:
                 hint = suggest(str(k), list(_SOURCES))
                 message = (
-                    f"unknown key{hint}; allowed: start/stop/step, count/from, file, glob, "
-                    "template (with template_file, wildcards, sample, seed)"
+                    f"unknown key{hint}; allowed: start/stop/step, count/from, file, "
+                    "glob (with per_job), template (with template_file, wildcards, sample, seed)"
                 )
                 raise self.where.error((*path, k), message, key=True)
         try:
@@ -403,9 +465,8 @@ class _Builder:
     def _listed(self, key: str, source: list[Any], path: tuple[str, ...]) -> list[Any]:
         if not source:
             raise self.where.error(path, "empty axis; give at least one value")
-        takes_object = objects.is_object_field(self.model.properties.get(key))
         for i, item in enumerate(source):
-            if isinstance(item, list) or (isinstance(item, dict) and not takes_object):
+            if isinstance(item, dict | list) and not self._one_value(key, item):
                 raise self.where.error((*path, str(i)), "must be a single value")
         return [self._norm(key, v, (*path, str(i)), self.base) for i, v in enumerate(source)]
 
@@ -425,17 +486,33 @@ class _Builder:
             return [(v, path) for v in random_seeds(source["count"], source.get("from", 0))]
         if shape == {"file"}:
             return self._lines(key, source["file"], path)
-        if shape == {"glob"}:
-            if key not in self.model.media_inputs:
-                media = ", ".join(self.model.display_name(k) for k in self.model.media_inputs)
-                raise Problem(f"glob lists files, so it suits media inputs only ({media})")
-            if not isinstance(source["glob"], str):
-                raise Problem("glob must be a pattern such as images/*.png")
-            return [(v, path) for v in expand_glob(source["glob"], self.base)]
+        if shape in ({"glob"}, {"glob", "per_job"}):
+            return [(v, path) for v in self._globbed(key, source)]
         raise Problem(
-            "give start, stop and step together, count (with from), file, glob or template; "
+            "give start, stop and step together, count (with from), file, glob (with per_job) "
+            "or template; "
             f"got {', '.join(sorted(shape))}"
         )
+
+    def _globbed(self, key: str, source: dict[str, Any]) -> list[Any]:
+        """A glob's files, one a job; or for a list input, ``per_job`` files a job."""
+        if key not in self.model.media_inputs:
+            media = ", ".join(self.model.display_name(k) for k in self.model.media_inputs)
+            raise Problem(f"glob lists files, so it suits media inputs only ({media})")
+        pattern = source["glob"]
+        if not isinstance(pattern, str):
+            raise Problem("glob must be a pattern such as images/*.png")
+        files = expand_glob(pattern, self.base)
+        if key in self.model.media_lists:
+            if "per_job" not in source:
+                raise Problem(
+                    "takes a list of files a job: add per_job, the files each job gets, "
+                    f"as in {{glob: {pattern!r}, per_job: 3}}"
+                )
+            return per_job_groups(files, source["per_job"], pattern)
+        if "per_job" in source:
+            raise Problem("per_job groups files for a list input; this input takes one file a job")
+        return list(files)
 
     def _lines(self, key: str, file: Any, path: tuple[str, ...]) -> list[tuple[Any, Any]]:
         if not isinstance(file, str):
@@ -523,7 +600,14 @@ class _Builder:
 def _sample(value: Any) -> Any:
     if isinstance(value, dict) or value is objects.ABSENT:
         return objects.label(value)
-    return Path(value.label).stem if isinstance(value, LocalImage) else value
+    if isinstance(value, MediaList):  # as naming shows it: its files' names joined
+        return "+".join(
+            Path(v.label).stem if isinstance(v, LocalImage) else Path(v.split("?")[0]).stem
+            for v in value
+        )
+    if isinstance(value, LocalImage):
+        return Path(value.label).stem
+    return value
 
 
 def _distinct(rows: list[tuple[Any, ...]]) -> tuple[tuple[Any, ...], ...]:

@@ -130,7 +130,7 @@ def job_lines(view: Mapping[str, Any]) -> list[str]:
     for name, v in view["inputs"].items():
         value = _value(v, None)
         if name in files:  # a local file the spec names, sent as a data: URI
-            value = f"{files[name]}, sent as {value}"
+            value = f"{_value(files[name], None)}, sent as {value}"
         lines.append(f"  {name:<{width}}  {value}")
     lines.append("attempts" if view["attempts"] else "attempts: none yet")
     for a in view["attempts"]:
@@ -265,6 +265,9 @@ def _value(value: Any, width: int | None) -> str:
     """A value on one line, cut to ``width`` characters (None: whole); a data: URI shortened."""
     if isinstance(value, str) and value.startswith("data:") and len(value) > 64:
         return f"{value.split(',', 1)[0]},… ({len(value):,} chars)"
+    if isinstance(value, list):  # a list input: each item on the line, data: URIs shortened
+        text = ", ".join(_value(item, None) for item in value)
+        return _value(f"[{text}]", width)
     if isinstance(value, dict):  # an object input (a LoRA): its label, then (whole) its JSON
         shown = objects.label(value)
         text = shown if width is not None else f"{shown} {canonical_json(value)}"

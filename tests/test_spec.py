@@ -121,7 +121,7 @@ BAD: list[tuple[str, str, dict[str, bytes | str], str]] = [
         "model: community/wan-2-2/vace-fun\ninputs: {prompt: a, image: big.png}\n",
         {"big.png": b"\0" * (MAX_MEDIA_BYTES["image"] + 1)},
         r":2:28: inputs.image: big.png is 6.0 MiB, above the 6 MiB limit for a data: URI image; "
-        r"host it at a public http\(s\) URL instead$",
+        r"host it at a public https URL instead$",
     ),
     (
         "zip lists differ in length",

@@ -28,6 +28,8 @@ inputs:
   image: https://example.com/a.png
 """
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"  # a file is an image by its content, not its name
+
 
 def one_line_error(path: Path, *, run: bool = True) -> str:
     """The message of the one-line error `plan` (and `run --emulator`) exit 1 with."""
@@ -148,7 +150,7 @@ NO_IMAGE = HEAD.replace("  image: https://example.com/a.png\n", "")
     ],
 )
 def test_a_nul_byte_in_a_path_is_one_line(tmp_path: Path, body: str, field: str) -> None:
-    (tmp_path / "one.png").write_bytes(b"png")
+    (tmp_path / "one.png").write_bytes(PNG_MAGIC)
     path = write(tmp_path, NO_IMAGE + body)
     message = one_line_error(path)
     assert message.startswith(f"{path}:{field}"), message
@@ -230,7 +232,7 @@ def test_glob_of_images_of_one_size_reads_each_once_and_compares_linearly(
     n = 1500
     (tmp_path / "images").mkdir()
     for i in range(n):
-        (tmp_path / "images" / f"{i:05d}.png").write_bytes(b"%05d" % (i % (n - 1)))
+        (tmp_path / "images" / f"{i:05d}.png").write_bytes(PNG_MAGIC + b"%05d" % (i % (n - 1)))
     reads: list[Path] = []
     compares = itertools.count()
     read_bytes, equal = Path.read_bytes, LocalImage.__eq__

@@ -163,7 +163,7 @@ class Model:
         return names.get(key, key)
 
     def shown_inputs(
-        self, inputs: Mapping[str, Any], sources: Mapping[str, str] | None = None
+        self, inputs: Mapping[str, Any], sources: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
         """Inputs as a person reads them: by friendly name, a local file by the name the spec
         gave it (``sources``), another data: URI as its type and size."""
@@ -368,7 +368,9 @@ def _show(value: Any) -> str:
 
 
 def _shorten(value: Any) -> Any:
-    """A data: URI as its type and size; anything else as it is."""
+    """A data: URI as its type and size (each of a list's); anything else as it is."""
+    if isinstance(value, list):
+        return [_shorten(item) for item in value]
     if isinstance(value, str) and value.startswith("data:") and len(value) > 64:
         return f"{value.split(',', 1)[0]},… ({len(value):,} chars)"
     return value

@@ -258,10 +258,16 @@ def _media_files(inputs: Mapping[str, Any]) -> dict[str, Any]:
     """``inputs`` with each data: URI as the path of its file under ``inputs/`` (not written)."""
     out = dict(inputs)
     for key, value in inputs.items():
-        media = decode_data_uri(value)
-        if media is not None:
-            out[key] = f"{INPUTS_DIR}/{media.file_name}"
+        if isinstance(value, list):  # a list input: each item's file
+            out[key] = [_media_file(item) for item in value]
+        else:
+            out[key] = _media_file(value)
     return out
+
+
+def _media_file(value: Any) -> Any:
+    media = decode_data_uri(value)
+    return value if media is None else f"{INPUTS_DIR}/{media.file_name}"
 
 
 def _axes(named: Sequence[Mapping[str, Any]]) -> tuple[list[Axis], dict[str, Any]]:
@@ -379,6 +385,9 @@ def _label(value: Any) -> str:
         return value
     if isinstance(value, dict):
         return objects.label(value)  # a LoRA: my-style@0.5
+
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ", ".join(value)  # a list input: its files as the spec names them
     if value is None:
         return "(none)"
     return json.dumps(value, ensure_ascii=False)

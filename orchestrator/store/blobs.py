@@ -3,7 +3,8 @@
 A sweep sends each local image as a base64 data: URI inside every job's input: stored inline,
 10,000 jobs over one 6 MiB image would write 80 GB. A job's stored inputs hold the sha256 in the
 URI's place and its ``blob_refs`` column says which keys those are, so no input value is ever
-mistaken for a reference (a ``{"$blob": ...}`` marker could be a real input).
+mistaken for a reference (a ``{"$blob": ...}`` marker could be a real input). A list input's
+reference is a list as long as its value: each item's sha256, or null for an item kept inline.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["BLOB_MIN", "BlobCache", "Splitter", "blob_shas", "is_blob"]
+__all__ = ["BLOB_MIN", "BlobCache", "Splitter", "blob_shas", "is_blob", "put_back"]
 
 # Strings this long or shorter stay inline: a 64-character reference would save next to nothing.
 BLOB_MIN = 1024
@@ -31,7 +32,27 @@ def is_blob(value: Any) -> bool:
 
 def blob_shas(refs: str | None) -> list[str]:
     """The sha256s a job's ``blob_refs`` column names (NULL: none)."""
-    return list(json.loads(refs).values()) if refs else []
+    if not refs:
+        return []
+    found: list[str] = []
+    for ref in json.loads(refs).values():
+        if isinstance(ref, list):
+            found.extend(sha for sha in ref if sha)
+        else:
+            found.append(ref)
+    return found
+
+
+def put_back(inputs: dict[str, Any], refs: Mapping[str, Any], blobs: Mapping[str, str]) -> None:
+    """``inputs`` as stored, with each referenced blob put back in its place (lists too)."""
+    for name, ref in refs.items():
+        if isinstance(ref, list):
+            inputs[name] = [
+                item if sha is None else blobs[sha]
+                for item, sha in zip(inputs[name], ref, strict=True)
+            ]
+        else:
+            inputs[name] = blobs[ref]
 
 
 class Splitter:
@@ -48,17 +69,24 @@ class Splitter:
         self._pending: dict[str, str] = {}  # sha256 -> data, not yet handed to the database
         self._taken: set[str] = set()  # sha256s this sync has already written
 
-    def split(self, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    def split(self, inputs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """``inputs`` with each large data: URI replaced by its sha256, and {key: sha256}."""
         stored = dict(inputs)
-        refs: dict[str, str] = {}
+        refs: dict[str, Any] = {}
         for name, value in inputs.items():
             if is_blob(value):
-                sha = self._sha256(value)
-                stored[name] = refs[name] = sha
-                if sha not in self._taken:
-                    self._pending[sha] = value
+                stored[name] = refs[name] = self._take(value)
+            elif isinstance(value, list) and any(is_blob(item) for item in value):
+                shas = [self._take(item) if is_blob(item) else None for item in value]
+                stored[name] = [i if s is None else s for i, s in zip(value, shas, strict=True)]
+                refs[name] = shas
         return stored, refs
+
+    def _take(self, value: str) -> str:
+        sha = self._sha256(value)
+        if sha not in self._taken:
+            self._pending[sha] = value
+        return sha
 
     def take(self) -> list[dict[str, Any]]:
         """Rows for the blobs found since the last take (insert-or-ignore them)."""

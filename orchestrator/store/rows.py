@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from orchestrator.canonical import canonical_json
+from orchestrator.store.blobs import put_back
 from orchestrator.store.states import JobState
 
 __all__ = [
@@ -43,7 +44,7 @@ class JobLike(Protocol):
     @property
     def repeat(self) -> int: ...
     @property
-    def sources(self) -> Mapping[str, str]: ...
+    def sources(self) -> Mapping[str, str | list[str]]: ...
 
 
 class SyncGuard(Protocol):
@@ -87,7 +88,7 @@ class JobRow:
     updated_at: datetime
     in_spec: bool
     run_id: int | None = None
-    sources: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, str | list[str]] = field(default_factory=dict)
     rank: int = 0  # the run order claim follows (the grid index unless the spec orders otherwise)
 
     @classmethod
@@ -95,8 +96,7 @@ class JobRow:
         """The row ``m`` of the jobs table; ``blobs`` holds (at least) the blobs it refers to."""
         inputs = json.loads(m["inputs"])
         if m["blob_refs"]:
-            for name, sha in json.loads(m["blob_refs"]).items():
-                inputs[name] = blobs[sha]
+            put_back(inputs, json.loads(m["blob_refs"]), blobs)
         return cls(
             key=m["key"],
             index=m["index"],

@@ -91,7 +91,8 @@ class JobTable(_Base, table=True):
     # The run order: claim takes pending jobs by (rank, key); rank = index in grid order.
     rank: int = Field(default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"})
     model_id: str = Field(sa_type=sa.Text)
-    # The POST body; a large data: URI under key k is in `blobs`, its sha256 in blob_refs[k].
+    # The POST body; a large data: URI under key k is in `blobs`, its sha256 in blob_refs[k]
+    # (for a list input, a list of them, null for an item kept inline).
     inputs: str = Field(sa_type=sa.Text)
     blob_refs: str | None = Field(default=None, sa_type=sa.Text)  # {raw key: sha256}; NULL: none
     sources: str | None = Field(default=None, sa_type=sa.Text)  # {raw key: local file}; NULL: none
