@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import anyio
 import httpx
-import yaml
 
 from orchestrator import prices
 from orchestrator.client import ModelApiClient
@@ -27,6 +26,7 @@ from orchestrator.errors import ComfysweepError, ModelNotFound
 from orchestrator.models import catalog, known_models
 from orchestrator.responses import parse_model
 from orchestrator.retry import RetryPolicy
+from orchestrator.yamlplaces import parse_yaml
 
 if TYPE_CHECKING:
     from orchestrator.emulator import EmulatorConfig
@@ -132,10 +132,11 @@ def sync_catalog(
 def spec_model_ids(path: str | Path) -> list[str]:
     """The model id(s) a spec names, read cheaply before it is loaded: ``model:`` is an id, or a
     list of ids or of mappings with an ``id``. Anything else: none (loading it says what is
-    wrong)."""
+    wrong). Read by the spec's own bounded parser: a hostile YAML (nested 5,000 deep, an alias
+    bomb) must get its one-line error from the load, not a RecursionError here."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data, _ = parse_yaml(Path(path), Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ComfysweepError):
         return []
     given = data.get("model") if isinstance(data, dict) else None
     items = given if isinstance(given, list) else [given]
