@@ -530,10 +530,6 @@ def test_every_emulated_model_plans_offline_after_models_sync_emulator(tmp_path:
         with catalog.using(catalog.EMULATOR):
             model = get_model(model_id, strict=True)
             price = prices.last_price(model_id)
-        # LEAD: a list in `inputs` (a required image_urls) comes with helper "inputs"'s media
-        # lists; once merged, drop this `if` so every emulated model is planned.
-        if set(model.required) & model.media_lists:
-            continue
         required = {
             k: ["https://example.com/a.png"]
             if k in model.media_lists
