@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.models import get_model
+from orchestrator.models import Model, get_model
 
 if TYPE_CHECKING:
     from orchestrator.spec import Spec
@@ -25,6 +25,7 @@ __all__ = [
     "TemplateError",
     "default_template",
     "fit_part",
+    "model_labels",
     "render_output_name",
     "sanitise",
     "validate_template",
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 SPECIAL_FIELDS = ("key", "index", "repeat")
+MODEL_FIELD = "model"  # the model's short label, unless the model has an input of that name
 SHORT_KEY = 10
 _MAX_PART = 255  # bytes: the file-name limit of ext4, APFS and NTFS alike
 _MAX_VALUE = 60  # characters of one long value (a prompt) kept in a name
@@ -98,20 +100,33 @@ def default_template(varied: list[str]) -> str:
 
 
 def render_output_name(
-    spec_or_template: Spec | str, job: JobLike, *, n: int = 1, count: int = 1, ext: str
+    spec_or_template: Spec | str,
+    job: JobLike,
+    *,
+    n: int = 1,
+    count: int = 1,
+    ext: str,
+    model: Model | None = None,
+    label: str | None = None,
 ) -> str:
     """The relative POSIX path of output ``n`` of ``count`` of ``job``, safe inside the folder.
 
+    ``model`` is the job's model as the spec has it (its ``map`` among its names; by default the
+    registry's), ``label`` its short label, the value of ``{model}`` (by default from its id).
     Raises TemplateError when a format spec does not suit one of this job's values (the spec's
     check tries only one value of each field).
     """
     template = spec_or_template if isinstance(spec_or_template, str) else spec_or_template.filename
-    model = get_model(job.model_id)
+    model = model or get_model(job.model_id)
     pieces = []
     for literal, field, spec, _conversion in _parse(_strip_ext(template)):
         pieces.append(literal.replace("\x00", "_"))
         if field is not None:
-            value = _field_value(field, job, model.raw_key(field) or field)
+            key = model.raw_key(field)
+            if key is None and field == MODEL_FIELD:
+                value: Any = label or model_labels([job.model_id])[0]
+            else:
+                value = _field_value(field, job, key or field)
             try:
                 text = format(value, spec) if spec else _plain(value)
             except (ValueError, TypeError, OverflowError):
@@ -127,6 +142,18 @@ def render_output_name(
     name = str(PurePosixPath(*parts))
     assert not name.startswith(("/", "..")), name  # sanitise() makes this impossible
     return name
+
+
+def model_labels(model_ids: list[str]) -> list[str]:
+    """Short, distinct labels of model ids, for names and reports: the family and version
+    (``wan-3.0``), with the following parts of the id added where two would be the same
+    (``seedance-2.5-image-to-video``); ``community/wan-2-2/vace-fun`` is ``wan-2-2``."""
+    parts = [m.split("/") for m in model_ids]
+    for width in range(1, max((len(p) for p in parts), default=1) + 1):
+        labels = ["-".join((p[1:] if len(p) > 1 else p)[:width]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return [sanitise(label) for label in labels]
+    return [sanitise(m.replace("/", "-")) for m in model_ids]
 
 
 def with_tag(name: str, tag: str) -> str:

@@ -106,6 +106,9 @@ class ResultsFolder:
         self._reserved_prefixes = _store_prefixes(STORE_FILE)
         self._media = MediaFolder(root)
         self._card: str | None = None  # the dataset card as last written
+        # Model id -> (its Model as the spec has it, its short label): names by the spec's
+        # common names and ``{model}`` in a sweep of several models (orchestrator.spec).
+        self.models: dict[str, tuple[Model, str]] = {}
 
     def attach(self, store: Store) -> None:
         """Take output ownership from ``store``'s recorded outputs, and keep off its files."""
@@ -197,7 +200,9 @@ class ResultsFolder:
         """
         ext = ext or extension_of(url)
         try:
-            return render_output_name(self.template, row, n=n + 1, count=count, ext=ext)
+            return render_output_name(
+                self.template, row, n=n + 1, count=count, ext=ext, **self._naming(row.model_id)
+            )
         except TemplateError as exc:
             log.warning("job %s: output name: %s; named by its key", row.key[:SHORT_KEY], exc)
             return render_output_name("{key}", row, n=n + 1, count=count, ext=ext)
@@ -205,10 +210,14 @@ class ResultsFolder:
     def name_problem(self, job: JobLike) -> str | None:
         """Why the template cannot name ``job``'s outputs, or None; checked before its submit."""
         try:
-            render_output_name(self.template, job, ext="mp4")
+            render_output_name(self.template, job, ext="mp4", **self._naming(job.model_id))
         except TemplateError as exc:
             return f"run.filename cannot name this job's output: {exc}"
         return None
+
+    def _naming(self, model_id: str) -> dict[str, Any]:
+        known = self.models.get(model_id)
+        return {} if known is None else {"model": known[0], "label": known[1]}
 
     def verify(self, tmp: Path, inputs: Mapping[str, Any], url: str, what: str) -> str:
         """Raise OutputInvalid, removing ``tmp``, unless the download is whole and of the shape
@@ -418,7 +427,7 @@ class ResultsFolder:
         """A job's inputs by friendly name, each data: URI as the path of its file under
         ``inputs/`` (written once), and the local file each of those came from."""
         raw, origin = media_inputs(row.inputs, row.sources, self._media)
-        name = self.model.display_name
+        name = self.models.get(row.model_id, (self.model, ""))[0].display_name
         return {name(k): v for k, v in raw.items()}, {name(k): v for k, v in origin.items()}
 
     def _manifest_entry(

@@ -16,7 +16,7 @@ import os
 import socket
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -295,7 +295,11 @@ class Store:
     # -- jobs in --------------------------------------------------------------------------------
 
     def sync_jobs(
-        self, jobs: Iterable[JobLike], model_id: str, *, guard: SyncGuard | None = None
+        self,
+        jobs: Iterable[JobLike],
+        model_id: str | Collection[str],
+        *,
+        guard: SyncGuard | None = None,
     ) -> SyncResult:
         """Record the spec's jobs: insert new keys, renumber known ones, mark which are in the spec.
 
@@ -312,6 +316,7 @@ class Store:
         mark = "?" if self.is_sqlite else "%s"
         total = 0
         split = Splitter()
+        models = {model_id} if isinstance(model_id, str) else set(model_id)  # several: a list
         with self._tx(write=True) as conn:
             before = conn.execute(count).scalar_one()
             # This sync's keys, on the side (a temp table: no WAL, private to the connection).
@@ -321,7 +326,7 @@ class Store:
             while batch := list(itertools.islice(iterator, SYNC_BATCH)):
                 by_key = {job.key: job for job in batch}
                 for job in by_key.values():
-                    if job.model_id != model_id:
+                    if job.model_id not in models:
                         raise ValueError(f"job {job.key} is for {job.model_id}, not {model_id}")
                 known = {
                     key: (index, in_spec, sources, rank)
