@@ -149,10 +149,17 @@ def model_labels(model_ids: list[str]) -> list[str]:
     (``wan-3.0``), with the following parts of the id added where two would be the same
     (``seedance-2.5-image-to-video``); ``community/wan-2-2/vace-fun`` is ``wan-2-2``."""
     parts = [m.split("/") for m in model_ids]
-    for width in range(1, max((len(p) for p in parts), default=1) + 1):
-        labels = ["-".join((p[1:] if len(p) > 1 else p)[:width]) for p in parts]
-        if len(set(labels)) == len(labels):
-            return [sanitise(label) for label in labels]
+    tails = [p[1:] if len(p) > 1 else p for p in parts]
+    labels = []
+    for tail in tails:
+        width = 1
+        while width < len(tail) and any(
+            other != tail and other[:width] == tail[:width] for other in tails
+        ):
+            width += 1
+        labels.append(sanitise("-".join(tail[:width])))
+    if len(set(labels)) == len(labels):
+        return labels
     return [sanitise(m.replace("/", "-")) for m in model_ids]
 
 

@@ -185,6 +185,7 @@ class _Builder:
         self.several = False  # a sweep of several models (the model axis)
         self.varied: list[str] = []  # the names that vary, over every model read so far
         self.model_names: dict[str, str] = {}  # model id or short label -> model id
+        self.all_fields: list[str] = []
         self.path = path
         self.base = path.parent.resolve()
         self.data = data
@@ -198,13 +199,16 @@ class _Builder:
         labels = naming.model_labels([e.model.model_id for e in entries])
         self.model_names = {e.model.model_id: e.model.model_id for e in entries}
         self.model_names |= {lab: e.model.model_id for e, lab in zip(entries, labels, strict=True)}
+        # A name template may use any model's fields (a job of a model without one shows "").
+        self.all_fields = [name for e in entries for name in e.model.field_names()]
+        if self.several:
+            self._check_kinds(raw, entries)
         parts = []
         for entry, label in zip(entries, labels, strict=True):
             self.model = entry.model
             parts.append(self._part(raw, entry, label))
         if not self.several:
             return parts[0]
-        self._check_kinds(raw, entries)
         template = self._several_template(raw, parts)
         parts = [replace(part, filename=template) for part in parts]
         first = parts[0]
@@ -651,13 +655,15 @@ class _Builder:
         if raw.repeat > 1:
             groups.append(("repeat",))
         varied = list(dict.fromkeys(self.model.display_name(k) for g in groups for k in g))
+        self.varied += varied
         if raw.run.filename is None:
             return naming.default_template(varied)
         sample = dict(base_input) | {
             k: v for d in dims for k, v in zip(d.keys, d.rows[0], strict=True)
         }
         samples = {self.model.display_name(k): _sample(v) for k, v in sample.items()}
-        fields = list(dict.fromkeys([*self.model.field_names(), *samples, MODEL]))
+        fields = [*self.model.field_names(), *samples, *self.all_fields, MODEL]
+        fields = list(dict.fromkeys(fields))
         try:
             used = naming.validate_template(raw.run.filename, fields, samples)
         except naming.TemplateError as exc:
