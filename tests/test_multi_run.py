@@ -1,0 +1,112 @@
+"""Several models and added axes, run end to end against the embedded emulator: each model's
+jobs submitted with its own fields (the emulator validates each against its own schema), and an
+axis added later, or a model list whose first entry is the original model, pays only for the
+new jobs (the emulator's ledger)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.emulator import Emulator, EmulatorConfig
+from orchestrator.sweep import Overrides, run_sweep
+from tests.catalog_models import I2V_SEEDANCE, I2V_WAN, use_catalog
+
+VACE = "community/wan-2-2/vace-fun"
+FAST = Overrides(poll_interval=0.02)
+ONE = """\
+name: grow
+model: {model}
+inputs:
+  prompt: a red fox in the snow
+  image: https://example.com/fox.png
+  resolution: 480x480 (1:1)
+axes:
+  seed: [1, 2]
+run: {{output: {output}, poll_interval: 0.02, rate: 1000}}
+"""
+WAN = f"{{id: {I2V_WAN}, map: {{image: image_url}}, inputs: {{resolution: 480p, duration: 2}}}}"
+
+
+@pytest.fixture
+def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
+    """An emulator serving vace-fun and the catalog models these tests use."""
+    use_catalog(monkeypatch, I2V_WAN, I2V_SEEDANCE)
+    with Emulator(EmulatorConfig(speed=2000.0, workers=4)) as emu:
+        served = getattr(getattr(emu, "state", None), "models", None)
+        if served is not None and I2V_WAN not in served:
+            pytest.skip("the emulator does not serve the catalog models")
+        yield emu
+
+
+def run(spec: Path, emu: Emulator) -> Any:
+    return run_sweep(spec, base_url=emu.base_url, token=emu.token, overrides=FAST)
+
+
+def write(tmp_path: Path, model: str, extra: str = "") -> Path:
+    path = tmp_path / "grow.yaml"
+    path.write_text(ONE.format(model=model, output=tmp_path / "results") + extra)
+    return path
+
+
+def billed(emu: Emulator) -> Counter[str]:
+    ledger = emu.ledger()
+    assert set(ledger["submissions_by_input"].values()) == {1}  # nothing paid twice
+    return Counter(job["model_id"] for job in ledger["jobs"])
+
+
+def test_two_models_run_each_with_its_own_fields_and_names(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    model = f"\n  - {VACE}\n  - {WAN}"
+    spec = write(tmp_path, model).read_text().replace("  resolution: 480x480 (1:1)\n", "")
+    path = tmp_path / "grow.yaml"
+    path.write_text(spec)
+    report = run(path, emulator)
+    assert report.complete, report
+    assert billed(emulator) == {VACE: 2, I2V_WAN: 2}
+    folder = tmp_path / "results" / "grow"
+    entries = [json.loads(x) for x in (folder / "manifest.jsonl").read_text().splitlines()]
+    wan = [e for e in entries if e["model"] == I2V_WAN]
+    assert {e["inputs"]["image"] for e in wan} == {"https://example.com/fox.png"}
+    names = sorted(e["outputs"][0]["path"] for e in entries)
+    assert [n.split("_")[0] for n in names] == ["model-wan-2-2"] * 2 + ["model-wan-3.0"] * 2
+    assert run(path, emulator).complete  # resumed: nothing more submitted
+    assert billed(emulator) == {VACE: 2, I2V_WAN: 2}
+
+
+def test_an_axis_added_later_runs_only_the_new_jobs(tmp_path: Path, emulator: Emulator) -> None:
+    spec = write(tmp_path, VACE)
+    assert run(spec, emulator).complete
+    assert billed(emulator) == {VACE: 2}
+    # steps' schema default is 12: the axis [12, 20] keeps both finished jobs.
+    spec.write_text(
+        spec.read_text().replace("  seed: [1, 2]\n", "  seed: [1, 2]\n  steps: [12, 20]\n")
+    )
+    assert run(spec, emulator).complete
+    assert billed(emulator) == {VACE: 4}
+    # A fixed input turned into an axis that includes its value: the same again.
+    text = spec.read_text().replace("  resolution: 480x480 (1:1)\n", "")
+    text = text.replace(
+        "  steps: [12, 20]\n", "  steps: [12, 20]\n  resolution: [480x480 (1:1), 720x720 (1:1)]\n"
+    )
+    spec.write_text(text)
+    assert run(spec, emulator).complete
+    assert billed(emulator) == {VACE: 8}
+    # A model list whose first entry is the original model: only the new model's jobs.
+    text = spec.read_text().replace(f"model: {VACE}", f"model:\n  - {VACE}\n  - {WAN}")
+    text = text.replace("  steps: [12, 20]\n  resolution: [480x480 (1:1), 720x720 (1:1)]\n", "")
+    text = text.replace(
+        f"  - {VACE}\n",
+        f"  - {{id: {VACE}, axes: {{steps: [12, 20], resolution: "
+        "[480x480 (1:1), 720x720 (1:1)]}}\n",
+    )
+    spec.write_text(text)
+    report = run(spec, emulator)
+    assert report.complete, report
+    assert billed(emulator) == {VACE: 8, I2V_WAN: 2}
