@@ -18,6 +18,7 @@ from orchestrator.canonical import canonical_json, job_key
 from orchestrator.errors import DefaultsChanged
 from orchestrator.spec import Spec
 from orchestrator.store import JobLike, JobRow, JobState
+from orchestrator.sweepmodels import NAMES, names_meta
 
 __all__ = ["DefaultsDrift", "SeveralDrift", "current_defaults", "recorded"]
 
@@ -33,6 +34,9 @@ def current_defaults(spec: Spec) -> dict[str, Any]:
     out: dict[str, Any] = {"model": first, "values": each[first]}
     if spec.parts:
         out["models"] = each
+    names = names_meta([(part.model, part.definition) for part in spec.each()])
+    if names:  # the spec's common names, for the report and exports (orchestrator.sweepmodels)
+        out[NAMES] = names
     return out
 
 

@@ -411,9 +411,10 @@ def varying_inputs(db: Store, located: Located) -> list[str]:
     """Raw keys of the inputs that differ between jobs: the spec's axes when it is given, else
     those that differ among the grid's first and last jobs."""
     if located.spec is not None:
-        spec = located.spec
-        keys = [k for d in spec.dimensions for k in d.keys]
-        keys += [k for e in spec.include for k, v in e.items() if spec.fixed.get(k) != v]
+        keys = []
+        for spec in located.spec.each():  # every model's, in a sweep of several
+            keys += [k for d in spec.dimensions for k in d.keys]
+            keys += [k for e in spec.include for k, v in e.items() if spec.fixed.get(k) != v]
         return list(dict.fromkeys(keys))
     samples = db.input_samples(SAMPLE)
     if not samples:

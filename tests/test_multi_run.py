@@ -5,6 +5,7 @@ new jobs (the emulator's ledger)."""
 
 from __future__ import annotations
 
+import csv
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -12,8 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from orchestrator.cli import cli
 from orchestrator.emulator import Emulator, EmulatorConfig
+from orchestrator.report.view import build_view, choose_axes
+from orchestrator.store import Store
 from orchestrator.sweep import Overrides, run_sweep
 from tests.catalog_models import I2V_SEEDANCE, I2V_WAN, use_catalog
 
@@ -78,6 +83,19 @@ def test_two_models_run_each_with_its_own_fields_and_names(
     assert [n.split("_")[0] for n in names] == ["model-wan-2-2"] * 2 + ["model-wan-3.0"] * 2
     assert run(path, emulator).complete  # resumed: nothing more submitted
     assert billed(emulator) == {VACE: 2, I2V_WAN: 2}
+    # The report puts model on an axis; the image is one input (its common name) on both.
+    with Store.open(folder / "comfysweep.db", readonly=True) as db:
+        view = choose_axes(build_view(db, folder), x="model")
+    assert view.axis("model").labels == ["wan-2-2", "wan-3.0"]
+    assert view.fixed["image"] == "https://example.com/fox.png"
+    assert "image_url" not in view.fixed
+    dest = tmp_path / "dataset"
+    result = CliRunner().invoke(cli, ["export", str(path), str(dest), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    with (dest / "metadata.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["model"] for r in rows) == [VACE] * 2 + [I2V_WAN] * 2
+    assert {r["image"] for r in rows} == {"https://example.com/fox.png"}
 
 
 def test_an_axis_added_later_runs_only_the_new_jobs(tmp_path: Path, emulator: Emulator) -> None:
