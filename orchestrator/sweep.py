@@ -469,14 +469,18 @@ async def _catalog(client: ModelApiClient, model_id: str) -> ModelInfo | None:
 def refresh_price(
     spec: Spec | str | Path, *, base_url: str | None = None, token: str | None = None
 ) -> ModelInfo:
-    """Read the model's price from the live catalog and remember it for later estimates."""
+    """Read the model's price from the live catalog and remember it for later estimates (every
+    model's, in a sweep of several; the first's is returned)."""
     spec = _loaded(spec)
 
     async def fetch() -> ModelInfo:
         async with ModelApiClient(base_url, token) as client:
-            info = await client.model(spec.model)
-            prices.remember_price(spec.model, info, api_base=client.base_url)
-            return info
+            found = []
+            for model_id in spec.models:
+                info = await client.model(model_id)
+                prices.remember_price(model_id, info, api_base=client.base_url)
+                found.append(info)
+            return found[0]
 
     return anyio.run(fetch)
 
@@ -511,6 +515,14 @@ def sweep_left(
         _check_owner(spec, db)
         kept = budget.Price.from_meta(db.get_meta(PRICE_META))
         cap = spec.run.max_cost if spec.run.max_cost is not None else db.ledger().cap_usd
+        each = None
+        if spec.parts:  # each model at its price: the first's kept one, else the last seen
+            each = budget.several_estimator(
+                [
+                    (p.definition, (kept if i == 0 else None) or _seen(p.model))
+                    for i, p in enumerate(spec.parts)
+                ]
+            )
         return estimate.forecast(
             db,
             get_model(spec.model),
@@ -519,7 +531,13 @@ def sweep_left(
             cap_usd=cap,
             job_seconds=prices.last_duration(spec.model),
             price_note=f"no catalog price seen yet for {spec.model}",
+            each=each,
         )
+
+
+def _seen(model_id: str) -> budget.Price | None:
+    seen = prices.last_price(model_id)
+    return None if seen is None else budget.checked(seen.base_price_usd, seen.price_unit)
 
 
 def retry_jobs(

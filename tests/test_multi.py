@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from orchestrator import count_jobs, iter_jobs, load_spec
+from orchestrator import budget, count_jobs, drift, iter_jobs, load_spec
 from orchestrator.canonical import job_key
 from orchestrator.cli import cli
 from orchestrator.errors import SpecError
+from orchestrator.models import get_model
 from orchestrator.naming import render_output_name
 from orchestrator.plan import plan_summary
 from tests.catalog_models import I2V_SEEDANCE, I2V_WAN, T2V_SEEDANCE, use_catalog
@@ -248,3 +249,44 @@ def test_bad_model_lists_are_one_line(tmp_path: Path, case: str, text: str, tail
     import re
 
     assert re.search(tail, message[len(str(path)) :]), message
+
+
+def test_each_job_is_reserved_at_its_own_models_price(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store hands the estimator a job's inputs: the models those fit price it, the highest
+    estimate wins (a reservation is never below the job's own), a model without a price makes
+    it unknown."""
+    t2i, t2v = use_catalog(monkeypatch, "google/nano-banana-2-lite/text-to-image", T2V_SEEDANCE)
+    vace = get_model(VACE)
+    per_second = budget.Price(0.05, "second", "test")
+    priced = [(vace, per_second), (t2i, budget.Price(0.1, "output", "test"))]
+    priced.append((t2v, budget.Price(0.5, "output", "test")))
+    estimate = budget.several_estimator(priced)
+    vace_job = vace.complete({"prompt": "a", "image": "https://x.io/a.png"})
+    assert estimate(vace_job) == pytest.approx(0.05 * 81 / 16)
+    assert estimate(t2v.complete({"prompt": "a"})) == 0.5
+    # A text-to-image input fits the text-to-video schema too: reserved at the higher price.
+    assert estimate(t2i.complete({"prompt": "a"})) == 0.5
+    unpriced = budget.several_estimator([(vace, per_second), (t2v, None)])
+    assert unpriced(t2v.complete({"prompt": "a"})) is None
+    assert unpriced(vace_job) == pytest.approx(0.05 * 81 / 16)
+
+
+def test_defaults_are_recorded_and_checked_per_model(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, THREE))
+    meta = drift.current_defaults(spec)
+    assert meta["model"] == I2V_WAN
+    assert set(meta["models"]) == set(spec.models)
+    assert meta["names"] == {I2V_WAN: {"image": "image_url"}}
+    # A store of the first model alone (before the list): its defaults are the first's.
+    single = {"model": I2V_WAN, "values": meta["models"][I2V_WAN]}
+    assert drift.recorded(single, None, spec) == {I2V_WAN: meta["models"][I2V_WAN]}
+    # One model's default changed since: a guard for that model's jobs only.
+    old = dict(meta["models"])
+    old[T2V_SEEDANCE] = old[T2V_SEEDANCE] | {"generate_audio": False}
+    guard = drift.DefaultsDrift.between(spec, old)
+    assert isinstance(guard, drift.SeveralDrift)
+    assert set(guard.guards) == {T2V_SEEDANCE}
+    jobs = list(iter_jobs(spec))
+    assert all(guard.twin(j) is None for j in jobs if j.model_id != T2V_SEEDANCE)
+    twin = guard.twin(jobs[-1])
+    assert twin == job_key(T2V_SEEDANCE, jobs[-1].inputs | {"generate_audio": False}, 0)
