@@ -228,12 +228,12 @@ def _model_lines(summary: dict[str, Any]) -> list[str]:
     for entry in models:
         usd = entry["estimated_cost_usd"]
         cost = "cost unknown" if usd is None else f"estimated ${usd:,.2f}"
-        lines.append(f"  {escape(entry['model'])}: {entry['jobs']:,} jobs, {cost}")
+        lines.append(f"  {escape(entry['model'])}: {entry['jobs']:,} job(s), {cost}")
     return lines
 
 
 def _cell(job: dict[str, Any], column: str) -> str:
-    value = job.get("files", {}).get(column, job["inputs"].get(column))
+    value = job.get("files", {}).get(column, job["inputs"].get(column, ""))  # "": not its input
     if column == MODEL and column not in job["inputs"]:
         value = job.get(MODEL)
     return escape(str(short(value, 32)))

@@ -167,7 +167,7 @@ def test_plan_shows_jobs_and_cost_per_model(tmp_path: Path) -> None:
     assert [m["jobs"] for m in data["models"]] == [4, 2, 2]
     shown = CliRunner().invoke(cli, ["plan", str(spec.path)])
     assert shown.exit_code == 0, shown.output
-    assert f"{T2V_SEEDANCE}: 2 jobs" in shown.output
+    assert f"{T2V_SEEDANCE}: 2 job(s), cost unknown" in shown.output
 
 
 # (case, spec text, the exact tail of the one-line error after "<file>:")
@@ -290,3 +290,14 @@ def test_defaults_are_recorded_and_checked_per_model(tmp_path: Path) -> None:
     assert all(guard.twin(j) is None for j in jobs if j.model_id != T2V_SEEDANCE)
     twin = guard.twin(jobs[-1])
     assert twin == job_key(T2V_SEEDANCE, jobs[-1].inputs | {"generate_audio": False}, 0)
+
+
+def test_the_example_sweeps_three_models() -> None:
+    spec = load_spec(Path(__file__).parents[1] / "sweeps" / "three-models.yaml")
+    assert spec.models == (I2V_WAN, I2V_SEEDANCE, VACE)
+    assert [p.label for p in spec.parts] == ["wan-3.0", "seedance-2.5", "wan-2-2"]
+    assert count_jobs(spec).jobs == 5
+    jobs = list(iter_jobs(spec))
+    assert jobs[0].inputs["image_url"].startswith("data:image/png;base64,")
+    assert jobs[2].inputs["image"] == jobs[0].inputs["image_url"]
+    assert {j.sources.get("image_url") or j.sources.get("image") for j in jobs} != {None}
