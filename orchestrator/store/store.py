@@ -363,7 +363,8 @@ class Store:
             )
             conn.exec_driver_sql("DELETE FROM sync_keys")
             new = conn.execute(count).scalar_one() - before
-            self._set_meta(conn, "model_id", model_id)
+            first = model_id if isinstance(model_id, str) else next(iter(model_id), "")
+            self._set_meta(conn, "model_id", first)  # several models: the first
             if guard is not None:
                 guard.check()
         return SyncResult(total=total, new=new)
