@@ -151,7 +151,8 @@ class Spec:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"])
             raise SpecError(f"--{field.replace('_', '-')}: {pydantic_message(first)}") from None
-        return replace(self, run=run)
+        parts = tuple(replace(part, run=run) for part in self.parts)
+        return replace(self, run=run, parts=parts)
 
 
 def identity(value: Any) -> Any:

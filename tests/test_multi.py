@@ -301,3 +301,10 @@ def test_the_example_sweeps_three_models() -> None:
     assert jobs[0].inputs["image_url"].startswith("data:image/png;base64,")
     assert jobs[2].inputs["image"] == jobs[0].inputs["image_url"]
     assert {j.sources.get("image_url") or j.sources.get("image") for j in jobs} != {None}
+
+
+def test_run_flags_reach_every_model(tmp_path: Path) -> None:
+    spec = load_spec(write(tmp_path, THREE)).with_run(order="shuffle", concurrency=2)
+    assert {part.run.order for part in spec.parts} == {"shuffle"}
+    ranks = sorted(j.rank for j in iter_jobs(spec))
+    assert ranks == list(range(8))  # one permutation of the whole sweep
