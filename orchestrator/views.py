@@ -29,6 +29,7 @@ from orchestrator.spec import Spec
 from orchestrator.store import JobRow, JobState, Store
 from orchestrator.store.books import Ledger
 from orchestrator.store.rows import RunRecord
+from orchestrator.sweepmodels import StoreModels
 
 __all__ = [
     "MIN_PREFIX",
@@ -431,10 +432,17 @@ def varying_inputs(db: Store, located: Located) -> list[str]:
     return sorted(varying, key=lambda k: -first_change(k))
 
 
-def model_of(db: Store, located: Located) -> Model:
-    """The sweep's model (its friendly names): the spec's, else the one the store records."""
+def model_of(db: Store, located: Located, job_model: str | None = None) -> Model:
+    """The sweep's model (its friendly names): the spec's, else the one the store records; with
+    ``job_model``, that model of the sweep (a sweep may have several), by the spec's names."""
     if located.spec is not None:
-        return located.spec.definition
+        for part in located.spec.each():
+            if part.model == job_model:
+                return part.definition
+        if job_model is None:
+            return located.spec.definition
+    if job_model is not None:
+        return StoreModels(db).model(job_model)
     model_id = db.get_meta("model_id")
     return get_model(str(model_id)) if model_id else Model(model_id="")
 
@@ -464,7 +472,7 @@ def show_job(
     """``show JOB``: one job whole, by key or unique prefix (job_view)."""
     with open_sweep(spec, store, cwd=cwd) as (located, db):
         row = find_job(db, job)
-        return job_view(db, row, model_of(db, located), located.results)
+        return job_view(db, row, model_of(db, located, row.model_id), located.results)
 
 
 def list_runs(
