@@ -11,7 +11,7 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -68,7 +68,7 @@ class _SpecFile(BaseModel):
 
     name: str | None = Field(None, pattern=_NAME)
     # An id, or several (an axis named ``model``), each an id or {id, map, inputs, axes}.
-    model: Annotated[str, Field(min_length=1)] | dict[str, Any] | list[str | dict[str, Any]]
+    model: Any  # checked by _Builder._entries
     schema_: Literal["local", "server"] = Field("local", alias="schema")
     inputs: dict[str, Any] = {}
     axes: dict[str, Any] = {}
@@ -269,6 +269,9 @@ class _Builder:
         listed = raw.model if isinstance(raw.model, list) else [raw.model]
         if not listed:
             raise self.where.error(("model",), "empty list; give at least one model id")
+        if not isinstance(raw.model, str | dict | list):
+            message = "must be a model id, a list of them, or {id, map, inputs, axes}, got "
+            raise self.where.error(("model",), message + repr(raw.model))
         entries: list[_Entry] = []
         seen: dict[str, tuple[str, ...]] = {}
         for i, item in enumerate(listed):
@@ -286,7 +289,7 @@ class _Builder:
         return entries
 
     def _entry(self, item: Any, place: tuple[str, ...], schema: str) -> _Entry:
-        if isinstance(item, str):
+        if isinstance(item, str) and item:
             return _Entry(self._model(item, schema, place), {}, {}, place)
         if not isinstance(item, dict):
             raise self.where.error(place, "must be a model id or a mapping {id, map, inputs, axes}")

@@ -15,12 +15,24 @@ import pytest
 from orchestrator import models
 from orchestrator.models import Model
 
-__all__ = ["I2V_SEEDANCE", "I2V_WAN", "T2V_SEEDANCE", "catalog_entry", "use_catalog"]
+__all__ = [
+    "I2V_SEEDANCE",
+    "I2V_WAN",
+    "T2V_SEEDANCE",
+    "catalog_entry",
+    "catalog_ids",
+    "use_catalog",
+]
 
 I2V_WAN = "wan-ai/wan-3.0/image-to-video"
 I2V_SEEDANCE = "bytedance/seedance-2.5/image-to-video/1080p"
 T2V_SEEDANCE = "bytedance/seedance-2.5/text-to-video/1080p"
 _SAMPLE = Path(__file__).with_name("catalog_sample.json")
+
+
+def catalog_ids() -> list[str]:
+    """Every model id of the sample (the emulator's catalog serves these, and vace-fun)."""
+    return [e["model_id"] for e in json.loads(_SAMPLE.read_text(encoding="utf-8"))["models"]]
 
 
 def catalog_entry(model_id: str) -> dict[str, object]:
