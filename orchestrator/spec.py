@@ -439,7 +439,13 @@ class _Builder:
                 hint = suggest(name, self.model.field_names())
                 allowed = ", ".join(self.model.friendly_names or self.model.properties)
                 message = f"unknown input{hint}; inputs: {allowed}"
-                if self.several and path[0] != "model":
+                if self.several and path[0] in ("include", "exclude"):
+                    message = (
+                        f"{self.model.model_id} has no input {name!r}{hint}; map it "
+                        f"(map: {{{name}: <its field>}} under that model) or name the model "
+                        f"this entry is for ({MODEL}: <id or label>)"
+                    )
+                elif self.several and path[0] != "model":
                     message = (
                         f"{self.model.model_id} has no input {name!r}{hint}; map it "
                         f"(map: {{{name}: <its field>}} under that model) or move {name!r} into "

@@ -180,6 +180,13 @@ BAD = [
         r"that model\) or move 'image_url' into the own inputs/axes of the models that have it$",
     ),
     (
+        "an include entry with a field one model lacks",
+        TWO + "include:\n  - {duration: 9, resolution: 1080p}\n",
+        r":11:19: include\[0\].resolution: bytedance/seedance-2.5/image-to-video/1080p has no "
+        r"input 'resolution'; map it \(map: \{resolution: <its field>\} under that model\) or "
+        r"name the model this entry is for \(model: <id or label>\)$",
+    ),
+    (
         "an unknown model",
         THREE.replace(T2V_SEEDANCE, "bytedance/seedance-2.5/text-to-vide/1080p"),
         r":6:9: model\[2\].id: unknown model 'bytedance/seedance-2.5/text-to-vide/1080p' "
@@ -308,3 +315,12 @@ def test_run_flags_reach_every_model(tmp_path: Path) -> None:
     assert {part.run.order for part in spec.parts} == {"shuffle"}
     ranks = sorted(j.rank for j in iter_jobs(spec))
     assert ranks == list(range(8))  # one permutation of the whole sweep
+
+
+def test_a_bad_model_list_is_one_line_from_the_cli(tmp_path: Path) -> None:
+    path = write(tmp_path, TWO.replace("  image:", "  image_url:"))
+    result = CliRunner().invoke(cli, ["plan", str(path)])
+    assert result.exit_code != 0
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"Error: {path}:7:3: inputs.image_url: {I2V_SEEDANCE} has no input")
+    assert not (tmp_path / "results").exists()
