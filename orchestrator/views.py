@@ -459,7 +459,11 @@ def sweep_status(
 ) -> dict[str, Any]:
     """``status``: the figures of the sweep ``spec``/``store``/``cwd`` names (status_figures)."""
     with open_sweep(spec, store, cwd=cwd) as (located, db):
-        return status_figures(db, located, top=top)
+        figures = status_figures(db, located, top=top)
+        by_model = db.counts_by_model(in_spec=True)
+        if len(by_model) > 1:  # a sweep of several models: each one's counts per state
+            figures["models"] = by_model
+        return figures
 
 
 def show_job(

@@ -19,7 +19,7 @@ from orchestrator.cli import cli
 from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.report.view import build_view, choose_axes
 from orchestrator.store import Store
-from orchestrator.sweep import Overrides, run_sweep
+from orchestrator.sweep import Overrides, run_sweep, sweep_status
 from tests.catalog_models import I2V_SEEDANCE, I2V_WAN, use_catalog
 
 VACE = "community/wan-2-2/vace-fun"
@@ -83,6 +83,9 @@ def test_two_models_run_each_with_its_own_fields_and_names(
     assert [n.split("_")[0] for n in names] == ["model-wan-2-2"] * 2 + ["model-wan-3.0"] * 2
     assert run(path, emulator).complete  # resumed: nothing more submitted
     assert billed(emulator) == {VACE: 2, I2V_WAN: 2}
+    by_model = sweep_status(path)["models"]
+    assert list(by_model) == [VACE, I2V_WAN]
+    assert {m: c["done"] for m, c in by_model.items()} == {VACE: 2, I2V_WAN: 2}
     # The report puts model on an axis; the image is one input (its common name) on both.
     with Store.open(folder / "comfysweep.db", readonly=True) as db:
         view = choose_axes(build_view(db, folder), x="model")

@@ -630,6 +630,22 @@ class Store:
                 return
             position = {"p_index": page[-1]["index"], "p_key": page[-1]["key"]}
 
+    def counts_by_model(self, *, in_spec: bool | None = None) -> dict[str, dict[str, int]]:
+        """Jobs per model id, then per state name (every state present), models in job order."""
+        jobs = sql.JOBS.c
+        stmt = (
+            sa.select(jobs.model_id, jobs.state, sa.func.count(), sa.func.min(jobs.index))
+            .group_by(jobs.model_id, jobs.state)
+            .order_by(sa.func.min(jobs.index))
+        )
+        if in_spec is not None:
+            stmt = stmt.where(jobs.in_spec == in_spec)
+        out: dict[str, dict[str, int]] = {}
+        with self._tx() as conn:
+            for model_id, state, n, _ in conn.execute(stmt):
+                out.setdefault(model_id, dict.fromkeys((s.value for s in JobState), 0))[state] = n
+        return out
+
     def counts(self, *, in_spec: bool | None = None) -> dict[str, int]:
         """Jobs per state name, every state present (zeros included)."""
         stmt = sa.select(sql.JOBS.c.state, sa.func.count()).group_by(sql.JOBS.c.state)
