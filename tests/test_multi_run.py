@@ -86,6 +86,8 @@ def test_two_models_run_each_with_its_own_fields_and_names(
     by_model = sweep_status(path)["models"]
     assert list(by_model) == [VACE, I2V_WAN]
     assert {m: c["done"] for m, c in by_model.items()} == {VACE: 2, I2V_WAN: 2}
+    shown = CliRunner().invoke(cli, ["status", str(path)])
+    assert f"  {I2V_WAN}: 2 done" in shown.output.splitlines()
     # The report puts model on an axis; the image is one input (its common name) on both.
     with Store.open(folder / "comfysweep.db", readonly=True) as db:
         view = choose_axes(build_view(db, folder), x="model")
