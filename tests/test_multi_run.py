@@ -21,8 +21,10 @@ from orchestrator.report.view import build_view, choose_axes
 from orchestrator.store import Store
 from orchestrator.sweep import Overrides, run_sweep, sweep_status
 from tests.catalog_models import I2V_SEEDANCE, I2V_WAN, use_catalog
+from tests.sweeps import run_until_killed
 
 VACE = "community/wan-2-2/vace-fun"
+DRIVER = Path(__file__).with_name("kill_driver.py")
 FAST = Overrides(poll_interval=0.02)
 ONE = """\
 name: grow
@@ -133,3 +135,20 @@ def test_an_axis_added_later_runs_only_the_new_jobs(tmp_path: Path, emulator: Em
     report = run(spec, emulator)
     assert report.complete, report
     assert billed(emulator) == {VACE: 8, I2V_WAN: 2}
+
+
+@pytest.mark.timeout(300)  # runs in a subprocess: slow on a busy machine
+@pytest.mark.parametrize("point", ["submit-sent", "downloading"])
+def test_two_models_resume_after_a_kill_without_paying_twice(
+    tmp_path: Path, emulator: Emulator, monkeypatch: pytest.MonkeyPatch, point: str
+) -> None:
+    monkeypatch.setenv("COMFYSWEEP_TEST_CATALOG", I2V_WAN)  # the killed process knows it too
+    spec = write(tmp_path, f"\n  - {VACE}\n  - {WAN}")
+    spec.write_text(spec.read_text().replace("  resolution: 480x480 (1:1)\n", ""))
+    run_until_killed(DRIVER, spec, emulator, point, "3")
+    report = run(spec, emulator)
+    assert report.counts["done"] + report.counts["unknown"] == 4
+    # A submit in flight at the kill is unknown, never resent: every input was submitted once.
+    ledger = billed(emulator)
+    assert ledger[VACE] == 2
+    assert ledger[I2V_WAN] == 2
