@@ -7,7 +7,7 @@ own transaction) and no HTTP (the price comes from the catalog call the run make
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeGuard
 
@@ -31,6 +31,7 @@ __all__ = [
     "parse_price",
     "per_job",
     "raised_cap",
+    "several_estimator",
     "stop_message",
 ]
 
@@ -147,6 +148,29 @@ def estimator(model: Model, price: Price | None) -> Estimator:
         return None if price is None else per_job(model, price.usd, price.unit, inputs)
 
     return estimate
+
+
+def several_estimator(priced: Sequence[tuple[Model, Price | None]]) -> Estimator:
+    """The estimator of a sweep of several models, each at its own price.
+
+    The store hands an estimator a job's inputs only, so a job is estimated by every model its
+    inputs fit (each key a field of that model, its required fields there; a model without a
+    schema fits any) at the highest of their estimates: a reservation is never below the job's
+    own. None (unknown) when one of them has no estimate."""
+
+    def estimate(inputs: Mapping[str, Any]) -> float | None:
+        fits = [(m, p) for m, p in priced if _fits(m, inputs)] or list(priced)
+        guesses = [None if p is None else per_job(m, p.usd, p.unit, inputs) for m, p in fits]
+        known = [g for g in guesses if g is not None]
+        return max(known) if known and len(known) == len(guesses) else None
+
+    return estimate
+
+
+def _fits(model: Model, inputs: Mapping[str, Any]) -> bool:
+    if not model.has_schema:
+        return True
+    return set(inputs) <= set(model.properties) and all(k in inputs for k in model.required)
 
 
 def charge(cost: float | None, estimate: float) -> tuple[float, bool]:

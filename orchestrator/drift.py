@@ -18,32 +18,74 @@ from orchestrator.canonical import canonical_json, job_key
 from orchestrator.errors import DefaultsChanged
 from orchestrator.spec import Spec
 from orchestrator.store import JobLike, JobRow, JobState
+from orchestrator.sweepmodels import NAMES, names_meta
 
-__all__ = ["DefaultsDrift", "current_defaults", "recorded"]
+__all__ = ["DefaultsDrift", "SeveralDrift", "current_defaults", "recorded"]
 
 META = "defaults"
 _MISSING = object()  # a key one side's defaults do not have
 
 
 def current_defaults(spec: Spec) -> dict[str, Any]:
-    """What the store records: the model and its schema defaults, normalised, as this code has."""
+    """What the store records: the model and its schema defaults, normalised, as this code has;
+    with several models, the first's as before and every model's under ``models``."""
+    each = {part.model: _defaults(part) for part in spec.each()}
+    first = spec.each()[0].model
+    out: dict[str, Any] = {"model": first, "values": each[first]}
+    if spec.parts:
+        out["models"] = each
+    names = names_meta([(part.model, part.definition) for part in spec.each()])
+    if names:  # the spec's common names, for the report and exports (orchestrator.sweepmodels)
+        out[NAMES] = names
+    return out
+
+
+def _defaults(spec: Spec) -> dict[str, Any]:
     model = spec.definition
-    values = {k: model.normalise(k, v) for k, v in model.defaults().items()}
-    return {"model": spec.model, "values": values}
+    return {k: model.normalise(k, v) for k, v in model.defaults().items()}
 
 
 def recorded(meta: Any, sample: JobRow | None, spec: Spec) -> dict[str, Any] | None:
     """The defaults the store's jobs were made with, if it can tell.
 
     A store written before defaults were recorded tells by one of its jobs: what that job holds
-    under each key the spec now leaves to the schema is what the schema gave it then.
+    under each key the spec now leaves to the schema is what the schema gave it then. A spec of
+    several models gets model id -> its recorded defaults, for the models the store tells of.
     """
+    if spec.parts:
+        found = {part.model: recorded(meta, sample, part) for part in spec.parts}
+        return {model: values for model, values in found.items() if values is not None}
+    if isinstance(meta, dict) and isinstance(meta.get("models"), dict):
+        values = meta["models"].get(spec.model)
+        return dict(values) if isinstance(values, dict) else None
     if isinstance(meta, dict) and meta.get("model") == spec.model:
         values = meta.get("values")
         return dict(values) if isinstance(values, dict) else None
     if meta is None and sample is not None and sample.model_id == spec.model:
         return {k: sample.inputs[k] for k in spec.defaulted if k in sample.inputs}
     return None
+
+
+@dataclass
+class SeveralDrift:
+    """The sync guard of a spec of several models: each model's own DefaultsDrift, by job."""
+
+    guards: dict[str, DefaultsDrift]
+
+    @property
+    def jobs(self) -> int:
+        return sum(guard.jobs for guard in self.guards.values())
+
+    def twin(self, job: JobLike) -> str | None:
+        guard = self.guards.get(job.model_id)
+        return None if guard is None else guard.twin(job)
+
+    def found(self, job: JobLike, state: JobState) -> None:
+        self.guards[job.model_id].found(job, state)
+
+    def check(self) -> None:
+        for guard in self.guards.values():
+            guard.check()
 
 
 @dataclass
@@ -62,10 +104,19 @@ class DefaultsDrift:
         spec: Spec,
         old: Mapping[str, Any] | None,
         confirm: Callable[[str], bool] | None = None,
-    ) -> DefaultsDrift | None:
-        """A guard when a default the spec relies on changed since ``old``; None otherwise."""
+    ) -> DefaultsDrift | SeveralDrift | None:
+        """A guard when a default the spec relies on changed since ``old``; None otherwise.
+
+        A spec of several models: ``old`` is ``recorded``'s model id -> defaults."""
         if old is None:
             return None
+        if spec.parts:
+            guards = {}
+            for part in spec.parts:
+                guard = cls.between(part, old.get(part.model), confirm)
+                if isinstance(guard, DefaultsDrift):
+                    guards[part.model] = guard
+            return SeveralDrift(guards) if guards else None
         new = current_defaults(spec)["values"]
         changed = {}
         for key in sorted(set(old) | set(new)):

@@ -98,26 +98,26 @@ def forecast(
     cap_usd: float | None,
     job_seconds: float | None,
     price_note: str = "",
+    each: Callable[[Mapping[str, Any]], float | None] | None = None,
 ) -> Forecast:
-    """The forecast of the store's spec jobs left, each priced from its own inputs."""
+    """The forecast of the store's spec jobs left, each priced from its own inputs (by
+    ``each``, the run's estimator, when given: a sweep of several models has one per model)."""
     counts = store.counts(in_spec=True)
     books = store.ledger()
+    job = each if each is not None or price is None else _estimator(model, price)
     # As the claim counts it, once the run counted at this price what was held at $0 (jobs in
     # flight or unknown from before the ledger or a price; Store.reserve_unpriced).
-    held, charged = (0.0, 0.0) if price is None else store.unpriced(_estimator(model, price))
+    held, charged = (0.0, 0.0) if job is None else store.unpriced(job)
     spent = books.spent_usd + charged
     reserved = books.reserved_usd + held
-    unbilled = list(_costs(store, model, price, _UNBILLED))  # at most the jobs in flight
+    unbilled = list(_costs(store, job, _UNBILLED))  # at most the jobs in flight
     remaining = None if cap_usd is None else cap_usd - spent - reserved
     pending_usd: float | None = 0.0
     costs: list[float | None] = list(unbilled)
     covered: int | None = 0
     running_total = 0.0
     # In the order claims take them (rank): the cap covers a prefix of that order.
-    pending_costs = (
-        None if price is None else job_cost(model, price, inputs)
-        for inputs in store.pending_inputs()
-    )
+    pending_costs = (None if job is None else job(inputs) for inputs in store.pending_inputs())
     for cost in pending_costs:
         costs.append(cost)
         pending_usd = None if cost is None or pending_usd is None else pending_usd + cost
@@ -168,10 +168,12 @@ def _estimator(model: Model, price: PriceInfo) -> Callable[[Mapping[str, Any]], 
 
 
 def _costs(
-    store: Store, model: Model, price: PriceInfo | None, states: tuple[JobState, ...]
+    store: Store,
+    job: Callable[[Mapping[str, Any]], float | None] | None,
+    states: tuple[JobState, ...],
 ) -> Iterator[float | None]:
     for row in store.jobs(states, in_spec=True):
-        yield None if price is None else job_cost(model, price, row.inputs)
+        yield None if job is None else job(row.inputs)
 
 
 def forecast_lines(f: Forecast) -> list[str]:

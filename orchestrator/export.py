@@ -50,6 +50,7 @@ from orchestrator.locate import Located
 from orchestrator.models import get_model
 from orchestrator.responses import error_message
 from orchestrator.store import JobRow, JobState, Store
+from orchestrator.sweepmodels import StoreModels
 
 __all__ = [
     "FORMATS",
@@ -69,6 +70,7 @@ _KEEP = {"up": {"up", "pick"}, "down": {"down"}, "pick": {"pick"}}
 _FIXED = {
     "file_name": "string",
     "job_key": "string",
+    "model": "string",  # the job's model id (a sweep may have several)
     "index": "int",
     "repeat": "int",  # which copy of its combination (run.repeat): copies differ only there
     "orphaned": "bool",  # an edit of the spec removed it (paid, kept; `status` counts it apart)
@@ -187,19 +189,22 @@ class _Plan:
     dropped: int = 0  # of those, in jobs left out whole (the rest are skipped as they come)
     first_missing: str | None = None
     kind: str | None = None  # video, image or audio: the `datasets` feature of the outputs
-    display: Callable[[str], str] = str
+    models: StoreModels | None = None  # each model's names as the spec gave them
+
+    def display(self, row: JobRow) -> Callable[[str], str]:
+        """How ``row``'s inputs are named: by its model's names as the spec gave them."""
+        model = self.models.model(row.model_id) if self.models else get_model(row.model_id)
+        return model.display_name
 
 
 def _survey(
     store: Store, results: Path, options: ExportOptions, ratings: Mapping[str, str]
 ) -> _Plan:
-    plan = _Plan()
+    plan = _Plan(models=StoreModels(store))
     inputs: dict[str, str | None] = {}  # friendly name -> kind (None: no value seen yet)
     for row in store.jobs():
         if not _chosen(row, options, ratings):
             continue
-        if plan.display is str:
-            plan.display = get_model(row.model_id).display_name
         if row.state == JobState.DONE:
             present = [o for o in row.outputs if _on_disk(results, o)]
             gone = len(row.outputs) - len(present) if row.outputs else 1
@@ -213,7 +218,7 @@ def _survey(
                 continue
             plan.kind = plan.kind or output_kind(str(present[0]["path"]))
         plan.keys.add(row.key)
-        for name, value in _inputs(row, plan.display, lambda m: m.file_name).items():
+        for name, value in _inputs(row, plan.display(row), lambda m: m.file_name).items():
             inputs[name] = _merge(inputs.get(name), _kind(value))
     for name, kind in inputs.items():
         plan.names[name] = _column(name, plan.kind or "video", options.format)
@@ -316,6 +321,7 @@ class _Source:
         values: dict[str, Any] = {
             "file_name": file_name,
             "job_key": row.key,
+            "model": row.model_id,
             "index": row.index,
             "repeat": row.repeat,
             "orphaned": not row.in_spec,
@@ -324,7 +330,7 @@ class _Source:
             "cost_usd": row.cost,
             "error": error_message(row.error),
         }
-        for name, value in _inputs(row, self.plan.display, place).items():
+        for name, value in _inputs(row, self.plan.display(row), place).items():
             values[self.plan.names.get(name, name)] = value
         return {c: _coerce(values.get(c), kind) for c, kind in self.plan.columns.items()}
 
@@ -518,7 +524,7 @@ def _sample(
         for i, item in enumerate(items):
             found = decode_data_uri(item)
             if found is not None:
-                name = _MEMBER.sub("_", source.plan.display(key))
+                name = _MEMBER.sub("_", source.plan.display(row)(key))
                 named[found.sha256] = f"{name}.{i}" if isinstance(value, list) else name
     images: dict[str, bytes] = {}
 

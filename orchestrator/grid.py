@@ -24,7 +24,7 @@ from typing import Any
 from orchestrator import order
 from orchestrator.canonical import job_key
 from orchestrator.errors import SpecError
-from orchestrator.models import get_model
+from orchestrator.models import Model, get_model
 from orchestrator.objects import ABSENT, present
 from orchestrator.sources import (
     MAX_REQUEST_BYTES,
@@ -34,7 +34,7 @@ from orchestrator.sources import (
     request_length,
     shown,
 )
-from orchestrator.spec import Spec, identity
+from orchestrator.spec import MODEL, Spec, identity
 
 __all__ = [
     "GridCount",
@@ -43,6 +43,7 @@ __all__ = [
     "count_jobs",
     "iter_inputs",
     "iter_jobs",
+    "iter_model_inputs",
     "weighted_total",
 ]
 
@@ -70,10 +71,12 @@ class Job:
     # raw key -> the local file a data: URI came from (for a list input, each item's file or URL)
     sources: Mapping[str, str | list[str]] = field(default_factory=dict)
     rank: int | None = None  # the run order (orchestrator/order.py); None: the index
+    # The spec's Model of this job (its map among its names); None: the registry's.
+    definition: Model | None = field(default=None, compare=False, repr=False)
 
     def friendly(self) -> dict[str, Any]:
-        """The inputs keyed by friendly name where the model has one."""
-        model = get_model(self.model_id)
+        """The inputs keyed by friendly name (the spec's common name) where the model has one."""
+        model = self.definition or get_model(self.model_id)
         return {model.display_name(k): v for k, v in self.inputs.items()}
 
 
@@ -89,21 +92,28 @@ class GridCount:
 
 
 def iter_jobs(spec: Spec) -> Iterator[Job]:
-    """Every job of the spec, lazily, in grid order, duplicates collapsed; reads each image once."""
+    """Every job of the spec, lazily, in grid order, duplicates collapsed; reads each image once.
+
+    A sweep of several models runs through its models in order (the slowest dimension), each
+    model's jobs keyed by its own id and its own complete input, the index running on."""
     media = _MediaCache()
-    keys = sorted(spec.definition.media_inputs)
-    rules = _rules(spec)
-    extras = list(_extra(spec, rules))
-    rank = order.ranks(spec, jobs=lambda: count_jobs(spec).jobs, extras=len(extras))
-    check_requests(spec)
+    parts = spec.each()
     index = 0
-    for coords, extra, values in _cells(spec, rules, extras):
-        inputs, sources = media.materialise(values, keys)
-        for repeat in range(spec.repeat):
-            key = job_key(spec.model, inputs, repeat)
-            at = rank(index, coords, extra, repeat)
-            yield Job(key, index, spec.model, inputs, repeat, sources, at)
-            index += 1
+    for m, part in enumerate(parts):
+        keys = sorted(part.definition.media_inputs)
+        rules = _rules(part)
+        extras = list(_extra(part, rules))
+        rank = order.ranks(
+            part, jobs=lambda: count_jobs(spec).jobs, extras=len(extras), model=(m, len(parts))
+        )
+        check_requests(part)
+        for coords, extra, values in _cells(part, rules, extras):
+            inputs, sources = media.materialise(values, keys)
+            for repeat in range(part.repeat):
+                key = job_key(part.model, inputs, repeat)
+                at = rank(index, coords, extra, repeat)
+                yield Job(key, index, part.model, inputs, repeat, sources, at, part.definition)
+                index += 1
 
 
 def check_requests(spec: Spec) -> None:
@@ -148,14 +158,22 @@ def _check_request(spec: Spec, index: int, values: Mapping[str, Any], keys: list
 
 
 def iter_inputs(spec: Spec) -> Iterator[dict[str, Any]]:
-    """Each distinct combination's complete input in grid order, repeats not expanded.
+    """Each distinct combination's complete input in grid order, repeats not expanded (every
+    model's in turn: see ``iter_model_inputs`` for which model each is of).
 
     Local media are still ``LocalImage`` placeholders here (cheap: no file is read). A block of
     the grid an exclude rule drops whole is skipped at once, not walked job by job.
     """
-    rules = _rules(spec)
-    for _, _, values in _cells(spec, rules, _extra(spec, rules)):
+    for _, values in iter_model_inputs(spec):
         yield values
+
+
+def iter_model_inputs(spec: Spec) -> Iterator[tuple[Spec, dict[str, Any]]]:
+    """``iter_inputs`` with the single-model part of the spec each input belongs to."""
+    for part in spec.each():
+        rules = _rules(part)
+        for _, _, values in _cells(part, rules, _extra(part, rules)):
+            yield part, values
 
 
 def _cells(
@@ -172,7 +190,28 @@ def _cells(
 
 
 def count_jobs(spec: Spec) -> GridCount:
-    """The job count, duplicates collapsed and exclusions: arithmetic unless rules force a walk."""
+    """The job count, duplicates collapsed and exclusions: arithmetic unless rules force a walk.
+
+    Several models: the sum of each model's count; ``axes`` leads with ``model``, and a name's
+    size is its distinct values over every model."""
+    if not spec.parts:
+        return _count(spec)
+    counts = [_count(part) for part in spec.parts]
+    values: dict[str, set[Any]] = {}
+    for part in spec.parts:
+        for dim in part.dimensions:
+            rows = {tuple(identity(v) for v in row) for row in dim.rows}
+            values.setdefault(dim.name, set()).update(rows)
+    return GridCount(
+        jobs=sum(c.jobs for c in counts),
+        duplicates=sum(c.duplicates for c in counts),
+        axes={MODEL: len(spec.parts)} | {name: len(rows) for name, rows in values.items()},
+        excluded=sum(c.excluded for c in counts),
+        included=sum(c.included for c in counts),
+    )
+
+
+def _count(spec: Spec) -> GridCount:
     sizes = [len(d.rows) for d in spec.dimensions]
     grid, grid_raw = math.prod(sizes), math.prod(d.raw_size for d in spec.dimensions)
     rules = _rules(spec)
@@ -190,7 +229,9 @@ def count_jobs(spec: Spec) -> GridCount:
 
 def weighted_total(spec: Spec, factors: Mapping[str, Callable[[Any], Any]]) -> Any:
     """The sum over the spec's distinct jobs (repeats not expanded) of the product of
-    ``factors[key](value)`` over the given keys, by axis arithmetic like ``count_jobs``."""
+    ``factors[key](value)`` over the given keys, by axis arithmetic like ``count_jobs``.
+
+    Raw keys are one model's: give a single-model spec (one of ``Spec.each()``)."""
     varied = {k for d in spec.dimensions for k in d.keys}
     weights: Weights = []
     for dim in spec.dimensions:

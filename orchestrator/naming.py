@@ -15,7 +15,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import objects
-from orchestrator.models import get_model
+from orchestrator.models import Model, get_model
 
 if TYPE_CHECKING:
     from orchestrator.spec import Spec
@@ -26,6 +26,7 @@ __all__ = [
     "TemplateError",
     "default_template",
     "fit_part",
+    "model_labels",
     "render_output_name",
     "sanitise",
     "validate_template",
@@ -33,6 +34,7 @@ __all__ = [
 ]
 
 SPECIAL_FIELDS = ("key", "index", "repeat")
+MODEL_FIELD = "model"  # the model's short label, unless the model has an input of that name
 SHORT_KEY = 10
 _MAX_PART = 255  # bytes: the file-name limit of ext4, APFS and NTFS alike
 _MAX_VALUE = 60  # characters of one long value (a prompt) kept in a name
@@ -99,25 +101,29 @@ def default_template(varied: list[str]) -> str:
 
 
 def render_output_name(
-    spec_or_template: Spec | str, job: JobLike, *, n: int = 1, count: int = 1, ext: str
+    spec_or_template: Spec | str,
+    job: JobLike,
+    *,
+    n: int = 1,
+    count: int = 1,
+    ext: str,
+    model: Model | None = None,
+    label: str | None = None,
 ) -> str:
     """The relative POSIX path of output ``n`` of ``count`` of ``job``, safe inside the folder.
 
+    ``model`` is the job's model as the spec has it (its ``map`` among its names; by default the
+    registry's), ``label`` its short label, the value of ``{model}`` (by default from its id).
     Raises TemplateError when a format spec does not suit one of this job's values (the spec's
     check tries only one value of each field).
     """
     template = spec_or_template if isinstance(spec_or_template, str) else spec_or_template.filename
-    model = get_model(job.model_id)
+    model = model or get_model(job.model_id)
     pieces = []
     for literal, field, spec, _conversion in _parse(_strip_ext(template)):
         pieces.append(literal.replace("\x00", "_"))
         if field is not None:
-            key = model.raw_key(field) or field
-            value = _field_value(field, job, key)
-            if isinstance(value, dict) or (
-                key not in job.inputs and objects.is_object_field(model.properties.get(key))
-            ):
-                value = objects.label(value or None)
+            value = _template_value(field, job, model, label)
             try:
                 text = format(value, spec) if spec else _plain(value)
             except (ValueError, TypeError, OverflowError):
@@ -135,6 +141,25 @@ def render_output_name(
     return name
 
 
+def model_labels(model_ids: list[str]) -> list[str]:
+    """Short, distinct labels of model ids, for names and reports: the family and version
+    (``wan-3.0``), with the following parts of the id added where two would be the same
+    (``seedance-2.5-image-to-video``); ``community/wan-2-2/vace-fun`` is ``wan-2-2``."""
+    parts = [m.split("/") for m in model_ids]
+    tails = [p[1:] if len(p) > 1 else p for p in parts]
+    labels = []
+    for tail in tails:
+        width = 1
+        while width < len(tail) and any(
+            other != tail and other[:width] == tail[:width] for other in tails
+        ):
+            width += 1
+        labels.append(sanitise("-".join(tail[:width])))
+    if len(set(labels)) == len(labels):
+        return labels
+    return [sanitise(m.replace("/", "-")) for m in model_ids]
+
+
 def with_tag(name: str, tag: str) -> str:
     """``name`` (a relative path) with ``_<tag>`` before its extension, still within 255 bytes."""
     folder, _, last = name.rpartition("/")
@@ -143,6 +168,21 @@ def with_tag(name: str, tag: str) -> str:
     stem = last[: len(last) - len(ext)]
     tagged = fit_part(stem, f"_{tag}{ext}")
     return f"{folder}/{tagged}" if folder else tagged
+
+
+def _template_value(field: str, job: JobLike, model: Model, label: str | None) -> Any:
+    """What ``{field}`` renders for ``job``: its input's value, an object input (a LoRA) by its
+    label (``none`` when left out), ``{model}`` by the model's short label."""
+    key = model.raw_key(field)
+    if key is None and field == MODEL_FIELD:
+        return label or model_labels([job.model_id])[0]
+    key = key or field
+    value = _field_value(field, job, key)
+    if isinstance(value, dict) or (
+        key not in job.inputs and objects.is_object_field(model.properties.get(key))
+    ):
+        return objects.label(value or None)
+    return value
 
 
 def sanitise(text: str) -> str:

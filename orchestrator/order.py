@@ -48,18 +48,37 @@ class Ranks(Protocol):
     ) -> int: ...
 
 
-def ranks(spec: Spec, *, jobs: Callable[[], int], extras: int) -> Ranks:
+def ranks(
+    spec: Spec, *, jobs: Callable[[], int], extras: int, model: tuple[int, int] = (0, 1)
+) -> Ranks:
     """The rank function of ``spec.run.order``; ``jobs()`` counts the spec's jobs (for shuffle),
-    ``extras`` is the number of include entries outside the grid."""
+    ``extras`` is the number of include entries outside the grid.
+
+    ``model`` is (this part's model number, how many models) in a sweep of several: the grid and
+    shuffle orders run over the whole sweep's index; breadth interleaves the models, so each
+    pass gives every model's cells their next job (rank x models + model number)."""
     order = spec.run.order
     if order == "shuffle":
         seed = spec.run.shuffle_seed
         return Shuffle(jobs(), _name_seed(spec.name) if seed is None else seed)
     if order == "breadth":
         breadth = Breadth(spec.dimensions, spec.repeat, extras, spec.definition.display_name)
-        if breadth.bound < _MAX_RANK:
+        m, models = model
+        if models == 1 and breadth.bound < _MAX_RANK:
             return breadth
+        if breadth.bound * models < _MAX_RANK:
+            return _Interleaved(breadth, m, models)
     return _grid
+
+
+class _Interleaved:
+    """One model's breadth ranks spread among the other models' (see ``ranks``)."""
+
+    def __init__(self, breadth: Breadth, m: int, models: int) -> None:
+        self.breadth, self.m, self.models = breadth, m, models
+
+    def __call__(self, index: int, coords: tuple[int, ...] | None, extra: int, repeat: int) -> int:
+        return self.breadth(index, coords, extra, repeat) * self.models + self.m
 
 
 def _grid(index: int, coords: tuple[int, ...] | None, extra: int, repeat: int) -> int:

@@ -18,9 +18,9 @@ from orchestrator import objects
 from orchestrator.estimate import Forecast, forecast_lines
 from orchestrator.grid import Job, count_jobs, iter_jobs
 from orchestrator.models import get_model
-from orchestrator.prices import estimate
+from orchestrator.prices import Estimate, estimate
 from orchestrator.sources import shown
-from orchestrator.spec import Spec
+from orchestrator.spec import MODEL, Spec
 
 __all__ = ["job_record", "plan_summary", "render_plan", "short", "stream_jobs", "varying_fields"]
 
@@ -42,8 +42,9 @@ def plan_summary(
     """
     count = count_jobs(spec)
     workers = concurrency or spec.run.concurrency
-    guess = estimate(spec, count, concurrency=workers)
-    model = spec.definition
+    each = [(part, count_jobs(part)) for part in spec.each()]
+    guesses = [estimate(part, n, concurrency=workers) for part, n in each]
+    guess = guesses[0] if not spec.parts else _total(guesses)
     varied = set(varying_fields(spec))
     return {
         "spec": str(spec.path),
@@ -56,11 +57,7 @@ def plan_summary(
         "included": count.included,
         "repeat": spec.repeat,
         "axes": count.axes,
-        "fixed": {
-            model.display_name(k): short(shown(v), 60)
-            for k, v in spec.fixed.items()
-            if model.display_name(k) not in varied
-        },
+        "fixed": {k: v for k, v in _fixed(spec).items() if k not in varied},
         "concurrency": workers,
         "max_cost": spec.run.max_cost,
         "estimated_cost_usd": None if guess.cost_usd is None else round(guess.cost_usd, 4),
@@ -73,7 +70,46 @@ def plan_summary(
         "varying": varying_fields(spec),
         "first_jobs": [job_record(job) for job in itertools.islice(iter_jobs(spec), first)],
         "left": None if left is None else left.as_dict(),
+        # Per model, in the sweep's order (one entry for a sweep of one model).
+        "models": [
+            {
+                "model": part.model,
+                "label": part.label,
+                "jobs": n.jobs,
+                "estimated_cost_usd": None if g.cost_usd is None else round(g.cost_usd, 4),
+                "cost_note": g.cost_note,
+            }
+            for (part, n), g in zip(each, guesses, strict=True)
+        ],
     }
+
+
+def _total(guesses: list[Estimate]) -> Estimate:
+    """The estimate of a sweep of several models: the sum of each model's, unknown if one is."""
+    costs = [g.cost_usd for g in guesses]
+    walls = [g.wall_seconds for g in guesses]
+    seconds = [g.output_seconds for g in guesses]
+    unknown = [g for g in guesses if g.cost_usd is None]
+    first = guesses[0]
+    return dataclasses.replace(
+        first,
+        cost_usd=None if unknown else sum(c for c in costs if c is not None),
+        wall_seconds=None if None in walls else sum(w for w in walls if w is not None),
+        output_seconds=None if None in seconds else sum(s for s in seconds if s is not None),
+        price=None,
+        cost_note=unknown[0].cost_note if unknown else "the sum of each model's (see models)",
+        time_note=next((g.time_note for g in guesses if g.wall_seconds is None), "per model"),
+    )
+
+
+def _fixed(spec: Spec) -> dict[str, Any]:
+    """The inputs every job has the same value of, by the name the spec gives them."""
+    fixed = []
+    for part in spec.each():
+        model = part.definition
+        fixed.append({model.display_name(k): short(shown(v), 60) for k, v in part.fixed.items()})
+    first = fixed[0]
+    return {k: v for k, v in first.items() if all(k in o and o[k] == v for o in fixed[1:])}
 
 
 def job_record(job: Job, width: int = 48) -> dict[str, Any]:
@@ -83,19 +119,24 @@ def job_record(job: Job, width: int = 48) -> dict[str, Any]:
         "index": job.index,
         "repeat": job.repeat,
         "inputs": {name: short(value, width) for name, value in job.friendly().items()},
+        "model": job.model_id,
     }
     if job.sources:
-        model = get_model(job.model_id)
+        model = job.definition or get_model(job.model_id)
         record["files"] = {model.display_name(k): path for k, path in job.sources.items()}
     return record
 
 
 def varying_fields(spec: Spec) -> list[str]:
-    """Friendly names of the fields that differ between jobs, in grid order."""
-    model = spec.definition
-    keys = [k for d in spec.dimensions for k in d.keys]
-    keys += [k for e in spec.include for k, v in e.items() if spec.fixed.get(k) != v]
-    return list(dict.fromkeys(model.display_name(k) for k in keys))
+    """Friendly names of the fields that differ between jobs, in grid order (``model`` first
+    in a sweep of several models, then each model's by the spec's common names)."""
+    names = [MODEL] if spec.parts else []
+    for part in spec.each():
+        model = part.definition
+        keys = [k for d in part.dimensions for k in d.keys]
+        keys += [k for e in part.include for k, v in e.items() if part.fixed.get(k) != v]
+        names += [model.display_name(k) for k in keys]
+    return list(dict.fromkeys(names))
 
 
 def short(value: Any, width: int) -> Any:
@@ -132,6 +173,8 @@ def render_plan(summary: dict[str, Any], console: Console) -> None:
     if summary["repeat"] > 1:
         facts.append(f"each x{summary['repeat']}")
     console.print(", ".join(facts), highlight=False)
+    for line in _model_lines(summary):
+        console.print(line, highlight=False)
     if summary["axes"]:
         axes = " x ".join(f"{name} ({size:,})" for name, size in summary["axes"].items())
         console.print(f"axes: {axes}", highlight=False)
@@ -148,7 +191,9 @@ def render_plan(summary: dict[str, Any], console: Console) -> None:
         table = Table(title=f"jobs ({shown})", title_justify="left")
         table.add_column("#", justify="right")
         table.add_column("key")
-        columns = [c for c in summary["varying"] if any(c in j["inputs"] for j in jobs)]
+        columns = [
+            c for c in summary["varying"] if c == MODEL or any(c in j["inputs"] for j in jobs)
+        ]
         for column in columns:
             table.add_column(column)
         for job in jobs:
@@ -177,9 +222,24 @@ def render_plan(summary: dict[str, Any], console: Console) -> None:
         )
 
 
+def _model_lines(summary: dict[str, Any]) -> list[str]:
+    """A sweep of several models: each model's jobs and estimated cost, a line each."""
+    models = summary.get("models") or []
+    if len(models) < 2:
+        return []
+    lines = []
+    for entry in models:
+        usd = entry["estimated_cost_usd"]
+        cost = "cost unknown" if usd is None else f"estimated ${usd:,.2f}"
+        lines.append(f"  {escape(entry['model'])}: {entry['jobs']:,} job(s), {cost}")
+    return lines
+
+
 def _cell(job: dict[str, Any], column: str) -> str:
     value = job.get("files", {}).get(column, job["inputs"].get(column))
-    if isinstance(value, dict) or column not in job["inputs"]:
+    if column == MODEL and column not in job["inputs"]:
+        value = job.get(MODEL)
+    elif isinstance(value, dict) or column not in job["inputs"]:
         return escape(objects.label(value))  # a LoRA as my-style@0.5; one left out as none
     return escape(str(short(value, 32)))
 

@@ -109,6 +109,9 @@ class ResultsFolder:
         self._media = MediaFolder(root)
         self._card: str | None = None  # the dataset card as last written
         self._models: dict[str, Model] = {}  # the sweep's other models, by id
+        # Model id -> (its Model as the spec has it, its short label): names by the spec's
+        # common names and ``{model}`` in a sweep of several models (orchestrator.spec).
+        self.models: dict[str, tuple[Model, str]] = {}
 
     def attach(self, store: Store) -> None:
         """Take output ownership from ``store``'s recorded outputs, and keep off its files."""
@@ -200,7 +203,9 @@ class ResultsFolder:
         """
         ext = ext or extension_of(url)
         try:
-            return render_output_name(self.template, row, n=n + 1, count=count, ext=ext)
+            return render_output_name(
+                self.template, row, n=n + 1, count=count, ext=ext, **self._naming(row.model_id)
+            )
         except TemplateError as exc:
             log.warning("job %s: output name: %s; named by its key", row.key[:SHORT_KEY], exc)
             return render_output_name("{key}", row, n=n + 1, count=count, ext=ext)
@@ -209,18 +214,25 @@ class ResultsFolder:
         """Why the template cannot name ``job``'s outputs, or None; checked before its submit."""
         ext = KIND_EXTENSIONS.get(self.model_of(job.model_id).output_kind, "bin")
         try:
-            render_output_name(self.template, job, ext=ext)
+            render_output_name(self.template, job, ext=ext, **self._naming(job.model_id))
         except TemplateError as exc:
             return f"run.filename cannot name this job's output: {exc}"
         return None
 
     def model_of(self, model_id: str | None) -> Model:
-        """The model a job of ``model_id`` ran on (the folder's own, or another of the sweep's)."""
+        """The model a job of ``model_id`` ran on: the folder's own, another of the sweep's as
+        the spec has it (its map among its names), else the registry's."""
         if model_id is None or model_id == self.model.model_id:
             return self.model
+        if model_id in self.models:
+            return self.models[model_id][0]
         if model_id not in self._models:  # looked up once: a catalog entry may be read from disk
             self._models[model_id] = get_model(model_id)
         return self._models[model_id]
+
+    def _naming(self, model_id: str) -> dict[str, Any]:
+        known = self.models.get(model_id)
+        return {} if known is None else {"model": known[0], "label": known[1]}
 
     def verify(
         self,
@@ -451,7 +463,7 @@ class ResultsFolder:
         """A job's inputs by friendly name, each data: URI as the path of its file under
         ``inputs/`` (written once), and the local file each of those came from."""
         raw, origin = media_inputs(row.inputs, row.sources, self._media)
-        name = self.model.display_name
+        name = self.models.get(row.model_id, (self.model, ""))[0].display_name
         return {name(k): v for k, v in raw.items()}, {name(k): v for k, v in origin.items()}
 
     def _manifest_entry(

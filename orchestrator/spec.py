@@ -7,6 +7,7 @@ what is allowed`` (the line and column come from the YAML node tree), or ``<data
 
 from __future__ import annotations
 
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,10 +41,13 @@ from orchestrator.sources import (
 )
 from orchestrator.yamlplaces import Places, brief, dotted, parse_yaml, pydantic_message
 
-__all__ = ["Dimension", "RunSettings", "Spec", "identity", "load_spec"]
+__all__ = ["MODEL", "Dimension", "RunSettings", "Spec", "identity", "load_spec"]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 _SOURCES = ("start", "step", "stop", "count", "from", "file", "glob", "per_job", *templates.KEYS)
+_ENTRY_KEYS = ("id", "map", "inputs", "axes")
+# The name of the model axis, in name templates, include/exclude entries and reports.
+MODEL = naming.MODEL_FIELD
 
 
 class _Line(NamedTuple):
@@ -53,13 +57,23 @@ class _Line(NamedTuple):
     line: int
 
 
+class _Entry(NamedTuple):
+    """One model of the spec: its Model (its map added to its names), its own inputs and axes."""
+
+    model: Model
+    inputs: dict[str, Any]
+    axes: dict[str, Any]
+    place: tuple[str, ...]  # ("model",), or ("model", "2") in a list
+
+
 class _SpecFile(BaseModel):
     """The YAML file's shape; values inside inputs/axes/zip are checked against the model later."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str | None = Field(None, pattern=_NAME)
-    model: str = Field(min_length=1)
+    # An id, or several (an axis named ``model``), each an id or {id, map, inputs, axes}.
+    model: Any  # checked by _Builder._entries
     schema_: Literal["local", "server"] = Field("local", alias="schema")
     inputs: dict[str, Any] = {}
     axes: dict[str, Any] = {}
@@ -112,6 +126,19 @@ class Spec:
     filename: str  # the output name template (the spec's or the default)
     # Raw keys of ``fixed`` that come from the model's schema defaults, not from the spec.
     defaulted: frozenset[str] = frozenset()
+    # A sweep of several models: one single-model Spec per model, in the order listed (the model
+    # axis, slowest). Empty for a sweep of one model, which is its own only part (``each``).
+    parts: tuple[Spec, ...] = ()
+    label: str = ""  # the model's short label: ``{model}`` in names, reports and exports
+
+    def each(self) -> tuple[Spec, ...]:
+        """The single-model parts, in model order: ``parts``, or this spec itself."""
+        return self.parts or (self,)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The model ids of the sweep, in order (one for a single-model spec)."""
+        return tuple(part.model for part in self.each())
 
     @property
     def results_dir(self) -> Path:
@@ -129,7 +156,8 @@ class Spec:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"])
             raise SpecError(f"--{field.replace('_', '-')}: {pydantic_message(first)}") from None
-        return replace(self, run=run)
+        parts = tuple(replace(part, run=run) for part in self.parts)
+        return replace(self, run=run, parts=parts)
 
 
 def identity(value: Any) -> Any:
@@ -162,6 +190,10 @@ class _Builder:
     """Turns the parsed YAML into a Spec, one section at a time, with exact error places."""
 
     def __init__(self, path: Path, data: dict[str, Any], where: Places) -> None:
+        self.several = False  # a sweep of several models (the model axis)
+        self.varied: list[str] = []  # the names that vary, over every model read so far
+        self.model_names: dict[str, str] = {}  # model id or short label -> model id
+        self.all_fields: list[str] = []
         self.path = path
         self.base = path.parent.resolve()
         self.data = data
@@ -170,21 +202,55 @@ class _Builder:
 
     def build(self) -> Spec:
         raw = self._validate_shape()
-        self.model = self._model(raw)
+        entries = self._entries(raw)
+        self.several = len(entries) > 1
+        labels = naming.model_labels([e.model.model_id for e in entries])
+        self.model_names = {e.model.model_id: e.model.model_id for e in entries}
+        self.model_names |= {lab: e.model.model_id for e, lab in zip(entries, labels, strict=True)}
+        # A name template may use any model's fields (a job of a model without one shows "").
+        self.all_fields = [name for e in entries for name in e.model.field_names()]
+        if self.several:
+            self._check_kinds(raw, entries)
+        parts = []
+        for entry, label in zip(entries, labels, strict=True):
+            self.model = entry.model
+            parts.append(self._part(raw, entry, label))
+        if not self.several:
+            return parts[0]
+        template = self._several_template(raw, parts)
+        parts = [replace(part, filename=template) for part in parts]
+        first = parts[0]
+        return replace(first, filename=template, parts=tuple(parts), label="")
+
+    def _part(self, raw: _SpecFile, entry: _Entry, label: str) -> Spec:
+        """The single-model spec of one model: the common sections plus its own."""
         given = self._fields(raw.inputs, ("inputs",), single=True)
-        fixed = {k: self._norm(k, v, ("inputs", name), self.base) for k, (name, v) in given.items()}
+        own = self._fields(entry.inputs, (*entry.place, "inputs"), single=True)
+        places: dict[str, tuple[str, ...]] = {k: ("inputs", n) for k, (n, _) in given.items()}
+        places |= {k: (*entry.place, "inputs", name) for k, (name, _) in own.items()}
+        merged = given | own
+        fixed = {k: self._norm(k, v, places[k], self.base) for k, (_, v) in merged.items()}
         defaults = {k: self.model.normalise(k, v) for k, v in self.model.defaults().items()}
         placed = self._zips(raw.zip) + self._axes(raw.axes)
+        placed += self._axes(entry.axes, (*entry.place, "axes"))
         self._check_disjoint(placed)
         dims = [dim for dim, _ in placed]
         varied = {k for d in dims for k in d.keys}
         missing = [k for k in self.model.required if k not in fixed and k not in varied]
         if missing:
             name = self.model.display_name(missing[0])
+            if self.several:
+                message = (
+                    f"{name}: required input of {self.model.model_id} missing; add it to inputs"
+                    " (or to this model's own inputs)"
+                )
+                raise self.where.error(entry.place, message)
             raise self.where.error(("inputs",), f"{name}: required input missing; add it to inputs")
         base_input = defaults | fixed
-        include = tuple(self._include(i, e, base_input) for i, e in enumerate(raw.include))
-        exclude = tuple(self._exclude(i, e) for i, e in enumerate(raw.exclude))
+        includes = self._mine(raw.include, "include", entry)
+        excludes = self._mine(raw.exclude, "exclude", entry)
+        include = tuple(self._include(i, e, base_input) for i, e in includes)
+        exclude = tuple(self._exclude(i, e) for i, e in excludes)
         name = raw.name or self._default_name()
         run = raw.run.model_copy(update={"output": self._path(raw.run.output, ("run", "output"))})
         template = self._template(raw, dims, base_input)
@@ -202,7 +268,132 @@ class _Builder:
             repeat=raw.repeat,
             filename=template,
             defaulted=frozenset(defaults) - set(fixed) - varied,
+            label=label,
         )
+
+    def _entries(self, raw: _SpecFile) -> list[_Entry]:
+        """The models of the spec, each with its map applied and its own inputs and axes."""
+        listed = raw.model if isinstance(raw.model, list) else [raw.model]
+        if not listed:
+            raise self.where.error(("model",), "empty list; give at least one model id")
+        if not isinstance(raw.model, str | dict | list):
+            message = "must be a model id, a list of them, or {id, map, inputs, axes}, got "
+            raise self.where.error(("model",), message + repr(raw.model))
+        entries: list[_Entry] = []
+        seen: dict[str, tuple[str, ...]] = {}
+        for i, item in enumerate(listed):
+            place = ("model", str(i)) if isinstance(raw.model, list) else ("model",)
+            entry = self._entry(item, place, raw.schema_)
+            model_id = entry.model.model_id
+            if model_id in seen:
+                message = (
+                    f"{model_id} is listed twice (first at {dotted(seen[model_id])}); list a "
+                    "model once and vary its inputs with axes (its own, for that model only)"
+                )
+                raise self.where.error(place, message)
+            seen[model_id] = place
+            entries.append(entry)
+        return entries
+
+    def _entry(self, item: Any, place: tuple[str, ...], schema: str) -> _Entry:
+        if isinstance(item, str) and item:
+            return _Entry(self._model(item, schema, place), {}, {}, place)
+        if not isinstance(item, dict):
+            raise self.where.error(place, "must be a model id or a mapping {id, map, inputs, axes}")
+        for key in item:
+            if key not in _ENTRY_KEYS:
+                hint = suggest(str(key), list(_ENTRY_KEYS))
+                message = f"unknown key{hint}; allowed: {', '.join(_ENTRY_KEYS)}"
+                raise self.where.error((*place, key), message, key=True)
+        model_id = item.get("id")
+        if not isinstance(model_id, str) or not model_id:
+            raise self.where.error(place, "id: give the model id, e.g. id: owner/model")
+        sections = {}
+        for key in ("map", "inputs", "axes"):
+            value = item.get(key, {})
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise self.where.error((*place, key), "must be a mapping of names")
+            sections[key] = value
+        model = self._model(model_id, schema, (*place, "id"))
+        mapped = self._mapped(model, sections["map"], (*place, "map"))
+        return _Entry(mapped, sections["inputs"], sections["axes"], place)
+
+    def _mapped(self, model: Model, names: dict[str, Any], place: tuple[str, ...]) -> Model:
+        """``model`` with its ``map`` (common name -> its field) added to its friendly names, so
+        the common name reads and shows as that field."""
+        if not names:
+            return model
+        friendly = dict(model.friendly_names)
+        for common, target in names.items():
+            if not isinstance(target, str):
+                raise self.where.error((*place, common), "must name one of this model's inputs")
+            key = model.raw_key(target)
+            if key is None:
+                hint = suggest(target, model.field_names())
+                shown = ", ".join(model.friendly_names or model.properties)
+                message = f"{model.model_id} has no input {target!r}{hint}; inputs: {shown}"
+                raise self.where.error((*place, common), message)
+            already = model.raw_key(common) if model.has_schema else None
+            if already is not None and already != key:
+                message = (
+                    f"{common!r} already names {model.model_id}'s input "
+                    f"{model.display_name(already)!r}; map another common name onto {target!r}"
+                )
+                raise self.where.error((*place, common), message, key=True)
+            friendly[common] = key
+        return replace(model, friendly_names=friendly)
+
+    def _mine(
+        self, entries: list[dict[str, Any]], section: str, entry: _Entry
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """The include/exclude entries of this model, each with its number: those without a
+        ``model`` key, and those whose ``model`` names it (its id or short label)."""
+        out = []
+        for i, given in enumerate(entries):
+            if not self.several or MODEL not in given:
+                out.append((i, given))
+                continue
+            wanted = given[MODEL]
+            if not isinstance(wanted, str) or wanted not in self.model_names:
+                names = list(self.model_names)
+                hint = suggest(str(wanted), names)
+                message = f"not a model of this sweep{hint}; models: {', '.join(names)}"
+                raise self.where.error((section, str(i), MODEL), message)
+            if self.model_names[wanted] == entry.model.model_id:
+                out.append((i, {k: v for k, v in given.items() if k != MODEL}))
+        return out
+
+    def _check_kinds(self, raw: _SpecFile, entries: list[_Entry]) -> None:
+        """A common name must mean the same kind of field on every model: an image on one and
+        text on another would send a file's name as text."""
+        named: list[tuple[str, ...]] = [("inputs", n) for n in raw.inputs]
+        named += [("axes", n) for n in raw.axes]
+        named += [("zip", str(i), n) for i, g in enumerate(raw.zip) for n in g if n != "file"]
+        for place in named:
+            kinds = {}
+            for entry in entries:
+                key = entry.model.raw_key(place[-1])
+                if key is not None and entry.model.has_schema:
+                    kinds[entry.model.model_id] = entry.model.media_kind(key) or "non-media"
+            if len(set(kinds.values())) > 1:
+                shown = ", ".join(f"{kind} on {m}" for m, kind in kinds.items())
+                message = (
+                    f"means different kinds of input ({shown}); give each model its own value "
+                    "in its own inputs or axes"
+                )
+                raise self.where.error(place, message, key=True)
+
+    def _several_template(self, raw: _SpecFile, parts: list[Spec]) -> str:
+        """The name template of a sweep of several models: the model's label first by default;
+        a given one must tell jobs apart within each model, and models apart."""
+        if raw.run.filename is None:
+            return naming.default_template(list(dict.fromkeys([MODEL, *self.varied])))
+        template = raw.run.filename
+        used = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+        if not used & {MODEL, "key", "index"}:
+            message = f"names would repeat across models: add {{{MODEL}}} or {{key}}"
+            raise self.where.error(("run", "filename"), message)
+        return template
 
     def _validate_shape(self) -> _SpecFile:
         try:
@@ -231,15 +422,15 @@ class _Builder:
         except Problem as exc:
             raise self.where.error(place, exc.message) from None
 
-    def _model(self, raw: _SpecFile) -> Model:
-        if raw.schema_ == "server":
-            return get_model(raw.model)
+    def _model(self, model_id: str, schema: str, place: tuple[str, ...]) -> Model:
+        if schema == "server":
+            return get_model(model_id)
         try:
-            return get_model(raw.model, strict=True)
+            return get_model(model_id, strict=True)
         except SpecError as exc:
             known = ", ".join(m.model_id for m in known_models())
             message = f"{exc}; known: {known} (or set schema: server to skip local validation)"
-            raise self.where.error(("model",), message) from None
+            raise self.where.error(place, message) from None
 
     def _fields(
         self, mapping: Mapping[str, Any], path: tuple[str, ...], *, single: bool
@@ -255,6 +446,18 @@ class _Builder:
                 hint = suggest(name, self.model.field_names())
                 allowed = ", ".join(self.model.friendly_names or self.model.properties)
                 message = f"unknown input{hint}; inputs: {allowed}"
+                if self.several and path[0] in ("include", "exclude"):
+                    message = (
+                        f"{self.model.model_id} has no input {name!r}{hint}; map it "
+                        f"(map: {{{name}: <its field>}} under that model) or name the model "
+                        f"this entry is for ({MODEL}: <id or label>)"
+                    )
+                elif self.several and path[0] != "model":
+                    message = (
+                        f"{self.model.model_id} has no input {name!r}{hint}; map it "
+                        f"(map: {{{name}: <its field>}} under that model) or move {name!r} into "
+                        "the own inputs/axes of the models that have it"
+                    )
                 raise self.where.error((*path, name), message, key=True)
             if key in out:
                 other = out[key][0]
@@ -363,13 +566,15 @@ class _Builder:
             return SpecError(f"{place.file}:{place.line}: {name}: {exc.message}")
         return self.where.error(place, exc.message)
 
-    def _axes(self, axes: Mapping[str, Any]) -> list[tuple[Dimension, tuple[str, ...]]]:
+    def _axes(
+        self, axes: Mapping[str, Any], at: tuple[str, ...] = ("axes",)
+    ) -> list[tuple[Dimension, tuple[str, ...]]]:
         dims: list[tuple[Dimension, tuple[str, ...]]] = []
-        for key, (name, source) in self._fields(axes, ("axes",), single=False).items():
-            values = self._source(key, source, ("axes", name))
+        for key, (name, source) in self._fields(axes, at, single=False).items():
+            values = self._source(key, source, (*at, name))
             rows = _distinct([(v,) for v in values])
             dim = Dimension(self.model.display_name(key), (key,), rows, len(values))
-            dims.append((dim, ("axes", name)))
+            dims.append((dim, (*at, name)))
         return dims
 
     def _zips(self, groups: list[dict[str, Any]]) -> list[tuple[Dimension, tuple[str, ...]]]:
@@ -570,13 +775,15 @@ class _Builder:
         if raw.repeat > 1:
             groups.append(("repeat",))
         varied = list(dict.fromkeys(self.model.display_name(k) for g in groups for k in g))
+        self.varied += varied
         if raw.run.filename is None:
             return naming.default_template(varied)
         sample = dict(base_input) | {
             k: v for d in dims for k, v in zip(d.keys, d.rows[0], strict=True)
         }
         samples = {self.model.display_name(k): _sample(v) for k, v in sample.items()}
-        fields = list(dict.fromkeys([*self.model.field_names(), *samples]))
+        fields = [*self.model.field_names(), *samples, *self.all_fields, MODEL]
+        fields = list(dict.fromkeys(fields))
         try:
             used = naming.validate_template(raw.run.filename, fields, samples)
         except naming.TemplateError as exc:

@@ -192,7 +192,7 @@ def _sync(db: Store, spec: Spec, confirm: Callable[[str], bool] | None) -> None:
     meta = db.get_meta(drift.META)
     sample = next(iter(db.jobs()), None) if meta is None else None
     guard = drift.DefaultsDrift.between(spec, drift.recorded(meta, sample, spec), confirm)
-    synced = db.sync_jobs(iter_jobs(spec), spec.model, guard=guard)
+    synced = db.sync_jobs(iter_jobs(spec), spec.models, guard=guard)
     db.set_meta(drift.META, drift.current_defaults(spec))
     log.info("sweep %s: %d jobs in the spec, %d new", spec.name, synced.total, synced.new)
     if guard is not None and guard.jobs:
@@ -234,15 +234,17 @@ async def _run(
 ) -> RunReport:
     model = get_model(spec.model)
     folder = ResultsFolder(spec.results_dir, model, spec.filename)
+    folder.models = {part.model: (part.definition, part.label) for part in spec.each()}
     morning = start.account
     async with client:
         info = given or await _catalog(client, spec.model)
         price = _price(info, db, spec, client.base_url)
-        _before_paying(db, spec, client, price, start)
+        each = await _several_prices(client, spec, given, price) if spec.parts else None
+        _before_paying(db, spec, client, price, start, each)
         morning.balance_before = await client.balance()
         morning.started = time.monotonic()
         progress = make_progress(start.stream) if start.stream is not None else None
-        estimate = budget.estimator(model, price)
+        estimate = each or budget.estimator(model, price)
         runner = Runner(
             db, client, folder, options, progress=progress, estimate=estimate, command=command
         )
@@ -257,15 +259,35 @@ async def _run(
             raise
         if progress is not None:
             progress.close()
-        report.account = await _account_of_end(db, spec, client, price, report, morning)
+        report.account = await _account_of_end(db, spec, client, price, report, morning, each)
     if runner.durations:
         median = statistics.median(runner.durations)
         prices.remember_duration(spec.model, median, api_base=client.base_url)
     return report
 
 
+async def _several_prices(
+    client: ModelApiClient, spec: Spec, given: budget.Price | None, first: budget.Price | None
+) -> budget.Estimator:
+    """The estimator of a sweep of several models: ``--price`` for every model, else each
+    model's catalog price (the first model's is ``first``)."""
+    priced = [(spec.parts[0].definition, first)]
+    for part in spec.parts[1:]:
+        price = given
+        if price is None:
+            info = await _catalog(client, part.model)
+            found = None if info is None else budget.checked(info.base_price_usd, info.price_unit)
+            price = None if found is None else _honest(found, spec)
+        priced.append((part.definition, price))
+    return budget.several_estimator(priced)
+
+
 def _forecast(
-    db: Store, spec: Spec, client: ModelApiClient, price: budget.Price | None
+    db: Store,
+    spec: Spec,
+    client: ModelApiClient,
+    price: budget.Price | None,
+    each: budget.Estimator | None = None,
 ) -> estimate.Forecast:
     """What is left, priced as the budget reserves it (``--price``, the catalog, the store's)."""
     return estimate.forecast(
@@ -276,14 +298,20 @@ def _forecast(
         cap_usd=spec.run.max_cost,
         job_seconds=prices.last_duration(spec.model, api_base=client.base_url),
         price_note=f"no price known for {spec.model} (give one: --price 0.05/second)",
+        each=each,
     )
 
 
 def _before_paying(
-    db: Store, spec: Spec, client: ModelApiClient, price: budget.Price | None, start: _Start
+    db: Store,
+    spec: Spec,
+    client: ModelApiClient,
+    price: budget.Price | None,
+    start: _Start,
+    each: budget.Estimator | None = None,
 ) -> None:
     """Say what is left and what it costs; above ``run.confirm_above``, ask (on a terminal)."""
-    ahead = _forecast(db, spec, client, price)
+    ahead = _forecast(db, spec, client, price, each)
     for line in estimate.forecast_lines(ahead):
         start.account.say(line)
     payable = ahead.payable_usd
@@ -303,12 +331,13 @@ async def _account_of_end(
     price: budget.Price | None,
     report: RunReport,
     morning: RunAccount,
+    each: budget.Estimator | None = None,
 ) -> dict[str, Any]:
     """The account of a run that ended (done, budget, Ctrl-C, a fatal stop): said and written."""
     after = await client.balance()
     left = None
     if report.stop_kind == "budget":  # the --max-cost that would go on: priced like the start
-        ahead = _forecast(db, spec, client, price)  # beyond spent, as the claim counts it
+        ahead = _forecast(db, spec, client, price, each)  # beyond spent, as the claim counts it
         finish = ahead.finishing_cap_usd
         left = None if finish is None else finish - ahead.spent_usd
     data = morning.data(
@@ -444,14 +473,18 @@ async def _catalog(client: ModelApiClient, model_id: str) -> ModelInfo | None:
 def refresh_price(
     spec: Spec | str | Path, *, base_url: str | None = None, token: str | None = None
 ) -> ModelInfo:
-    """Read the model's price from the live catalog and remember it for later estimates."""
+    """Read the model's price from the live catalog and remember it for later estimates (every
+    model's, in a sweep of several; the first's is returned)."""
     spec = _loaded(spec)
 
     async def fetch() -> ModelInfo:
         async with ModelApiClient(base_url, token) as client:
-            info = await client.model(spec.model)
-            prices.remember_price(spec.model, info, api_base=client.base_url)
-            return info
+            found = []
+            for model_id in spec.models:
+                info = await client.model(model_id)
+                prices.remember_price(model_id, info, api_base=client.base_url)
+                found.append(info)
+            return found[0]
 
     return anyio.run(fetch)
 
@@ -486,6 +519,14 @@ def sweep_left(
         _check_owner(spec, db)
         kept = budget.Price.from_meta(db.get_meta(PRICE_META))
         cap = spec.run.max_cost if spec.run.max_cost is not None else db.ledger().cap_usd
+        each = None
+        if spec.parts:  # each model at its price: the first's kept one, else the last seen
+            each = budget.several_estimator(
+                [
+                    (p.definition, (kept if i == 0 else None) or _seen(p.model))
+                    for i, p in enumerate(spec.parts)
+                ]
+            )
         return estimate.forecast(
             db,
             get_model(spec.model),
@@ -494,7 +535,13 @@ def sweep_left(
             cap_usd=cap,
             job_seconds=prices.last_duration(spec.model),
             price_note=f"no catalog price seen yet for {spec.model}",
+            each=each,
         )
+
+
+def _seen(model_id: str) -> budget.Price | None:
+    seen = prices.last_price(model_id)
+    return None if seen is None else budget.checked(seen.base_price_usd, seen.price_unit)
 
 
 def retry_jobs(

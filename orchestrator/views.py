@@ -29,6 +29,7 @@ from orchestrator.spec import Spec
 from orchestrator.store import JobRow, JobState, Store
 from orchestrator.store.books import Ledger
 from orchestrator.store.rows import RunRecord
+from orchestrator.sweepmodels import StoreModels
 
 __all__ = [
     "MIN_PREFIX",
@@ -411,9 +412,10 @@ def varying_inputs(db: Store, located: Located) -> list[str]:
     """Raw keys of the inputs that differ between jobs: the spec's axes when it is given, else
     those that differ among the grid's first and last jobs."""
     if located.spec is not None:
-        spec = located.spec
-        keys = [k for d in spec.dimensions for k in d.keys]
-        keys += [k for e in spec.include for k, v in e.items() if spec.fixed.get(k) != v]
+        keys = []
+        for spec in located.spec.each():  # every model's, in a sweep of several
+            keys += [k for d in spec.dimensions for k in d.keys]
+            keys += [k for e in spec.include for k, v in e.items() if spec.fixed.get(k) != v]
         return list(dict.fromkeys(keys))
     samples = db.input_samples(SAMPLE)
     if not samples:
@@ -430,10 +432,17 @@ def varying_inputs(db: Store, located: Located) -> list[str]:
     return sorted(varying, key=lambda k: -first_change(k))
 
 
-def model_of(db: Store, located: Located) -> Model:
-    """The sweep's model (its friendly names): the spec's, else the one the store records."""
+def model_of(db: Store, located: Located, job_model: str | None = None) -> Model:
+    """The sweep's model (its friendly names): the spec's, else the one the store records; with
+    ``job_model``, that model of the sweep (a sweep may have several), by the spec's names."""
     if located.spec is not None:
-        return located.spec.definition
+        for part in located.spec.each():
+            if part.model == job_model:
+                return part.definition
+        if job_model is None:
+            return located.spec.definition
+    if job_model is not None:
+        return StoreModels(db).model(job_model)
     model_id = db.get_meta("model_id")
     return get_model(str(model_id)) if model_id else Model(model_id="")
 
@@ -450,7 +459,11 @@ def sweep_status(
 ) -> dict[str, Any]:
     """``status``: the figures of the sweep ``spec``/``store``/``cwd`` names (status_figures)."""
     with open_sweep(spec, store, cwd=cwd) as (located, db):
-        return status_figures(db, located, top=top)
+        figures = status_figures(db, located, top=top)
+        by_model = db.counts_by_model(in_spec=True)
+        if len(by_model) > 1:  # a sweep of several models: each one's counts per state
+            figures["models"] = by_model
+        return figures
 
 
 def show_job(
@@ -463,7 +476,7 @@ def show_job(
     """``show JOB``: one job whole, by key or unique prefix (job_view)."""
     with open_sweep(spec, store, cwd=cwd) as (located, db):
         row = find_job(db, job)
-        return job_view(db, row, model_of(db, located), located.results)
+        return job_view(db, row, model_of(db, located, row.model_id), located.results)
 
 
 def list_runs(

@@ -42,6 +42,9 @@ def status_lines(info: Mapping[str, Any]) -> list[str]:
     lines += [f"  {state:<11} {n}" for state, n in info["counts"].items() if n]
     if info["orphaned"]:
         lines.append(f"  {info['orphaned']} orphaned: {ORPHANED}")
+    for model, counts in (info.get("models") or {}).items():  # a sweep of several models
+        states = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+        lines.append(f"  {model}: {states}")
     lines.append(_run_line(info))
     if pace := _pace_line(info):
         lines.append(pace)

@@ -28,6 +28,16 @@ from orchestrator.store import schema
 from orchestrator.store.journal import RequestJournal
 from orchestrator.sweep import Overrides, run_sweep, store_path
 
+# COMFYSWEEP_TEST_CATALOG: catalog model ids the test registered (tests/catalog_models.py),
+# registered here too, so a sweep of several models dies and resumes like one of vace-fun.
+for _model_id in filter(None, os.environ.get("COMFYSWEEP_TEST_CATALOG", "").split(",")):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from orchestrator import models
+    from orchestrator.models import Model
+    from tests.catalog_models import catalog_entry
+
+    models._registry()[_model_id] = Model.from_catalog(catalog_entry(_model_id))
+
 spec, point = sys.argv[1], sys.argv[2]
 after = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 seen = 0

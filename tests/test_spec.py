@@ -13,6 +13,7 @@ from orchestrator import count_jobs, iter_jobs, load_spec
 from orchestrator.cli import cli
 from orchestrator.errors import SpecError
 from orchestrator.sources import MAX_MEDIA_BYTES, random_seeds, span
+from tests.catalog_models import catalog_ids, use_catalog
 
 PNG = Path(__file__).resolve().parents[1] / "sweeps" / "start.png"
 HEAD = """\
@@ -407,7 +408,8 @@ def test_files_named_in_data_files_resolve_beside_them(tmp_path: Path) -> None:
     assert job.sources == {"118_image": "data/pics/a.png"}
 
 
-def test_shipped_example_specs_load() -> None:
+def test_shipped_example_specs_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_catalog(monkeypatch, *catalog_ids())  # the emulated catalog's models
     sweeps = Path(__file__).resolve().parents[1] / "sweeps"
     counts = {p.name: count_jobs(load_spec(p)).jobs for p in sorted(sweeps.rglob("*.yaml"))}
     assert counts == {
@@ -415,6 +417,7 @@ def test_shipped_example_specs_load() -> None:
         "dataset-rows.yaml": 8,
         "dataset.yaml": 8,
         "quickstart.yaml": 8,
+        "three-models.yaml": 2 + 1 + 2,
     }
     quickstart = load_spec(sweeps / "quickstart.yaml")
     for job in iter_jobs(quickstart):

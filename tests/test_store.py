@@ -252,6 +252,17 @@ def test_sync_rejects_a_job_of_another_model(store: Store) -> None:
     assert sum(store.counts().values()) == 0  # one transaction: nothing half-synced
 
 
+def test_sync_takes_several_models_and_counts_each(store: Store) -> None:
+    jobs = [FakeJob("a", 0), FakeJob("b", 1, model_id="other/model"), FakeJob("c", 2)]
+    store.sync_jobs(jobs, (MODEL, "other/model"))
+    assert store.get_meta("model_id") == MODEL  # the first model
+    by_model = store.counts_by_model(in_spec=True)
+    assert list(by_model) == [MODEL, "other/model"]
+    assert by_model[MODEL]["pending"] == 2
+    assert by_model["other/model"]["pending"] == 1
+    assert set(by_model[MODEL]) == {s.value for s in JobState}
+
+
 def test_sync_streams_without_holding_the_jobs(store: Store) -> None:
     alive: weakref.WeakSet[FakeJob] = weakref.WeakSet()
     most = 0

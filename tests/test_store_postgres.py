@@ -36,6 +36,7 @@ from tests.test_store import (  # noqa: F401  (collected again here, against Pos
     test_sync_counts_new_jobs_renumbers_and_marks_the_spec,
     test_sync_rejects_a_job_of_another_model,
     test_sync_streams_without_holding_the_jobs,
+    test_sync_takes_several_models_and_counts_each,
     test_transition_of_an_unknown_job_says_so,
     test_unknown_field_is_a_bug_in_the_caller,
     test_update_sets_fields_without_an_event,

@@ -25,6 +25,7 @@ from orchestrator.models import get_model
 from orchestrator.report.posters import Posters
 from orchestrator.responses import error_message
 from orchestrator.store import JobRow, JobState, Store
+from orchestrator.sweepmodels import StoreModels, with_model
 from orchestrator.verify import kind_of_extension
 
 __all__ = ["Axis", "Cell", "ReportError", "View", "add_posters", "build_view", "choose_axes"]
@@ -147,7 +148,8 @@ def build_view(
     if not rows:
         raise ReportError(f"store {store.name} has no jobs yet: `comfysweep run SPEC` makes them")
     ratings = store.ratings()
-    named = [_shown(row) for row in rows]
+    models = StoreModels(store)
+    named = with_model(rows, [_shown(row, models) for row in rows])
     axes, fixed = _axes(named)
     index = {a.name: {_canon(v): i for i, v in enumerate(a.values)} for a in axes}
     cells = []
@@ -246,12 +248,13 @@ def _not_varying(name: str, view: View) -> str:
     return f"{what}; the inputs that vary: {', '.join(varying)}"
 
 
-def _shown(row: JobRow) -> dict[str, Any]:
-    """A job's inputs as a person reads them (Model.shown_inputs): a local file by the name the
-    spec gave it, another data: URI by its file under inputs/ (as the manifest names it); and its
-    repeat."""
+def _shown(row: JobRow, models: StoreModels | None = None) -> dict[str, Any]:
+    """A job's inputs as a person reads them (Model.shown_inputs, by the spec's names): a local
+    file by the name the spec gave it, another data: URI by its file under inputs/ (as the
+    manifest names it); and its repeat."""
     inputs = _media_files(row.inputs)
-    return get_model(row.model_id).shown_inputs(inputs, row.sources) | {REPEAT: row.repeat}
+    model = models.model(row.model_id) if models is not None else get_model(row.model_id)
+    return model.shown_inputs(inputs, row.sources) | {REPEAT: row.repeat}
 
 
 def _media_files(inputs: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import os
 import socket
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -295,7 +295,11 @@ class Store:
     # -- jobs in --------------------------------------------------------------------------------
 
     def sync_jobs(
-        self, jobs: Iterable[JobLike], model_id: str, *, guard: SyncGuard | None = None
+        self,
+        jobs: Iterable[JobLike],
+        model_id: str | Collection[str],
+        *,
+        guard: SyncGuard | None = None,
     ) -> SyncResult:
         """Record the spec's jobs: insert new keys, renumber known ones, mark which are in the spec.
 
@@ -312,6 +316,7 @@ class Store:
         mark = "?" if self.is_sqlite else "%s"
         total = 0
         split = Splitter()
+        models = {model_id} if isinstance(model_id, str) else set(model_id)  # several: a list
         with self._tx(write=True) as conn:
             before = conn.execute(count).scalar_one()
             # This sync's keys, on the side (a temp table: no WAL, private to the connection).
@@ -321,7 +326,7 @@ class Store:
             while batch := list(itertools.islice(iterator, SYNC_BATCH)):
                 by_key = {job.key: job for job in batch}
                 for job in by_key.values():
-                    if job.model_id != model_id:
+                    if job.model_id not in models:
                         raise ValueError(f"job {job.key} is for {job.model_id}, not {model_id}")
                 known = {
                     key: (index, in_spec, sources, rank)
@@ -358,7 +363,8 @@ class Store:
             )
             conn.exec_driver_sql("DELETE FROM sync_keys")
             new = conn.execute(count).scalar_one() - before
-            self._set_meta(conn, "model_id", model_id)
+            first = model_id if isinstance(model_id, str) else next(iter(model_id), "")
+            self._set_meta(conn, "model_id", first)  # several models: the first
             if guard is not None:
                 guard.check()
         return SyncResult(total=total, new=new)
@@ -623,6 +629,22 @@ class Store:
             if len(page) < PAGE:
                 return
             position = {"p_index": page[-1]["index"], "p_key": page[-1]["key"]}
+
+    def counts_by_model(self, *, in_spec: bool | None = None) -> dict[str, dict[str, int]]:
+        """Jobs per model id, then per state name (every state present), models in job order."""
+        jobs = sql.JOBS.c
+        stmt = (
+            sa.select(jobs.model_id, jobs.state, sa.func.count(), sa.func.min(jobs.index))
+            .group_by(jobs.model_id, jobs.state)
+            .order_by(sa.func.min(jobs.index))
+        )
+        if in_spec is not None:
+            stmt = stmt.where(jobs.in_spec == in_spec)
+        out: dict[str, dict[str, int]] = {}
+        with self._tx() as conn:
+            for model_id, state, n, _ in conn.execute(stmt):
+                out.setdefault(model_id, dict.fromkeys((s.value for s in JobState), 0))[state] = n
+        return out
 
     def counts(self, *, in_spec: bool | None = None) -> dict[str, int]:
         """Jobs per state name, every state present (zeros included)."""
