@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator import naming, objects, templates
 from orchestrator.canonical import canonical_json
 from orchestrator.errors import SpecError
-from orchestrator.models import Model, get_model, known_models, suggest
+from orchestrator.models import Model, get_model, suggest
 from orchestrator.settings import RunSettings
 from orchestrator.sources import (
     MAX_REQUEST_BYTES,
@@ -428,8 +428,7 @@ class _Builder:
         try:
             return get_model(model_id, strict=True)
         except SpecError as exc:
-            known = ", ".join(m.model_id for m in known_models())
-            message = f"{exc}; known: {known} (or set schema: server to skip local validation)"
+            message = f"{exc} (or set schema: server to skip local validation)"
             raise self.where.error(place, message) from None
 
     def _fields(

@@ -190,7 +190,9 @@ BAD = [
         "an unknown model",
         THREE.replace(T2V_SEEDANCE, "bytedance/seedance-2.5/text-to-vide/1080p"),
         r":6:9: model\[2\].id: unknown model 'bytedance/seedance-2.5/text-to-vide/1080p' "
-        r"\(did you mean 'bytedance/seedance-2.5/text-to-video/1080p'\?\); known: ",
+        r"\(did you mean 'bytedance/seedance-2.5/text-to-video/1080p', "
+        r"'bytedance/seedance-2.5/image-to-video/1080p'\?\): .*run `comfysweep models sync`"
+        r" \(or set schema: server to skip local validation\)$",
     ),
     (
         "a model listed twice",
