@@ -17,7 +17,7 @@ from dynamicprompts.generators import CombinatorialPromptGenerator
 from dynamicprompts.sampling_context import SamplingContext
 from dynamicprompts.wildcards import WildcardManager
 
-from orchestrator import count_jobs, iter_jobs, load_spec
+from orchestrator import count_jobs, iter_jobs, load_spec, templates
 from orchestrator.canonical import job_key
 from orchestrator.cli import cli
 from orchestrator.emulator import Emulator, EmulatorConfig
@@ -86,6 +86,7 @@ SAME_ORDER = [text for text, _ in COUNTED] + [
 def test_the_expansion_is_the_librarys_in_its_order(tmp_path: Path, text: str) -> None:
     files = WILDCARDS | {"nest.txt": "a __colors__ thing\n{x|y|x}\nplain\n"}
     wildcards = folder(tmp_path, files)
+    templates._build_parser()  # quietly: first built here, it warns (an error under pytest)
     library = CombinatorialPromptGenerator(WildcardManager(wildcards))
     generated = library.generate(text, max_prompts=None)
     if "~" in text:  # drawn: which one is the seed's affair, the shape is the library's
