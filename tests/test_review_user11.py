@@ -1,0 +1,75 @@
+"""What a new user hit following the README's "Models, media, LoRAs and templates", each pinned."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import cli
+from orchestrator.grid import iter_jobs
+from orchestrator.models import catalog
+from orchestrator.naming import render_output_name
+from orchestrator.results import STORE_FILE
+from orchestrator.spec import load_spec
+from orchestrator.store import Store
+
+from .catalog_models import I2V_SEEDANCE, I2V_WAN, use_catalog
+
+_SAMPLE = Path(__file__).with_name("catalog_sample.json")
+
+
+def _emulated_cache() -> None:
+    """The sample catalog cached for the emulator, as `models sync --emulator` leaves it."""
+    entries = json.loads(_SAMPLE.read_text(encoding="utf-8"))["models"]
+    catalog.save(catalog.EMULATOR, "http://127.0.0.1:1/v1", entries)
+
+
+def _wan_spec(tmp_path: Path) -> Path:
+    spec = tmp_path / "w.yaml"
+    spec.write_text(
+        f"name: w\nmodel: {I2V_WAN}\n"
+        "inputs: {prompt: a fox, image_url: 'https://example.com/fox.png'}\n"
+        "axes: {duration: [2, 3]}\nrun: {output: out}\n"
+    )
+    return spec
+
+
+def test_status_of_a_sweep_run_with_emulator_finds_the_emulators_catalog(tmp_path: Path) -> None:
+    # `models sync --emulator`, `run three-models.yaml --emulator`, then `status SPEC` said
+    # "unknown model ...: add --emulator", and status, show, report and export take no --emulator.
+    _emulated_cache()
+    spec = _wan_spec(tmp_path)
+    out = CliRunner().invoke(cli, ["status", str(spec)])
+    assert out.exit_code == 1  # no store yet: the catalog's line stands
+    assert "unknown model" in out.output
+    (tmp_path / "out" / "w").mkdir(parents=True)
+    Store.open(tmp_path / "out" / "w" / STORE_FILE).close()
+    out = CliRunner().invoke(cli, ["status", str(spec)])
+    assert out.exit_code == 0, out.output
+    assert out.output.startswith("w: 0 jobs")
+
+
+def test_a_default_name_leaves_out_a_field_the_jobs_model_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # sweeps/three-models.yaml said seedance's files are model-seedance-2.5_<key>.mp4; they were
+    # model-seedance-2.5_seed-__<key>.mp4 (seedance has no seed).
+    use_catalog(monkeypatch, I2V_WAN, I2V_SEEDANCE)
+    spec_path = tmp_path / "two.yaml"
+    spec_path.write_text(
+        f"name: two\nmodel:\n"
+        f"  - {{id: {I2V_WAN}, map: {{image: image_url}}, axes: {{seed: [1]}}}}\n"
+        f"  - {I2V_SEEDANCE}\n"
+        "inputs: {prompt: a fox, image: 'https://example.com/a.png'}\n"
+    )
+    spec = load_spec(spec_path)
+    labels = {p.definition.model_id: p.label for p in spec.parts}
+    names = [
+        render_output_name(spec, j, ext="mp4", model=j.definition, label=labels[j.model_id])
+        for j in iter_jobs(spec)
+    ]
+    keys = [j.key[:10] for j in iter_jobs(spec)]
+    assert names == [f"model-wan-3.0_seed-1_{keys[0]}.mp4", f"model-seedance-2.5_{keys[1]}.mp4"]
