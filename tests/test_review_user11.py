@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,17 @@ def test_a_default_name_leaves_out_a_field_the_jobs_model_lacks(
     ]
     keys = [j.key[:10] for j in iter_jobs(spec)]
     assert names == [f"model-wan-3.0_seed-1_{keys[0]}.mp4", f"model-seedance-2.5_{keys[1]}.mp4"]
+
+
+def test_the_emulated_catalogs_commands_say_emulator() -> None:
+    # After `models sync --emulator`, the README's `models --output image --search banana` listed
+    # vace-fun alone, and three-models.yaml's `plan sweeps/three-models.yaml` said unknown model.
+    root = Path(__file__).parent.parent
+    for text in ((root / "README.md").read_text(), (root / "sweeps/three-models.yaml").read_text()):
+        lines = re.findall(r"comfysweep (?:plan|run) sweeps/three-models\.yaml[^`\n]*", text)
+        assert lines
+        assert all("--emulator" in line for line in lines), lines
+    assert (
+        "add `--emulator` to\n`models`, `models show`, `plan` and `run`"
+        in (root / "README.md").read_text()
+    )
