@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -88,3 +89,24 @@ def test_the_emulated_catalogs_commands_say_emulator() -> None:
         "add `--emulator` to\n`models`, `models show`, `plan` and `run`"
         in (root / "README.md").read_text()
     )
+
+
+def test_the_report_puts_no_axis_the_model_already_decides_on_z() -> None:
+    # `report done.yaml --x model --y lora` of wan (duration 2), seedance (4), vace-fun (none) put
+    # duration on Z: each tab showed one model alone, the model axis all "no job" but one column.
+    from orchestrator.report.view import Axis, Cell, View, choose_axes
+
+    def axis(name: str, values: list[Any]) -> Axis:
+        return Axis(name, values, [str(v) for v in values])
+
+    def cell(at: list[int]) -> Cell:
+        return Cell("k", "done", at, {}, None, None, None, None, None, None)
+
+    axes = [axis("model", ["a", "b", "c"]), axis("duration", [2, 4, None]), axis("lora", [1, 2])]
+    cells = [cell([m, m, lo]) for m in range(3) for lo in range(2)]
+    view = View("s", axes, {}, cells, {}, {}, [], [])
+    chosen = choose_axes(view, x="model", y="lora")
+    assert (chosen.x, chosen.y, chosen.z) == ("model", "lora", None)
+    chosen = choose_axes(view)
+    assert (chosen.x, chosen.y, chosen.z) == ("model", "lora", None)
+    assert choose_axes(view, z="duration").z == "duration"  # asked for: given
