@@ -110,3 +110,21 @@ def test_the_report_puts_no_axis_the_model_already_decides_on_z() -> None:
     chosen = choose_axes(view)
     assert (chosen.x, chosen.y, chosen.z) == ("model", "lora", None)
     assert choose_axes(view, z="duration").z == "duration"  # asked for: given
+
+
+def test_the_readme_dataset_examples_first_prompt_is_the_one_it_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The README said ds[0]["prompt"] is "a pencil drawing of a young lynx in tall reeds"; its own
+    # spec and wildcard files give another (expansion is the same on every machine).
+    use_catalog(monkeypatch, "google/nano-banana-2-lite/text-to-image")
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("```yaml\n# animals/animals.yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "wildcards").mkdir()
+    (tmp_path / "wildcards/animals.txt").write_text("fox\nheron\nlynx\notter\n")
+    (tmp_path / "wildcards/places.txt").write_text("a birch forest\na frozen lake\ntall reeds\n")
+    (tmp_path / "animals.yaml").write_text(block)
+    first = next(iter(iter_jobs(load_spec(tmp_path / "animals.yaml"))))
+    shown = re.search(r'ds\[0\]\["prompt"\]  # "([^"]+)"', readme)
+    assert shown is not None
+    assert first.inputs["prompt"] == shown.group(1)
