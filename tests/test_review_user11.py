@@ -128,3 +128,23 @@ def test_the_readme_dataset_examples_first_prompt_is_the_one_it_shows(
     shown = re.search(r'ds\[0\]\["prompt"\]  # "([^"]+)"', readme)
     assert shown is not None
     assert first.inputs["prompt"] == shown.group(1)
+
+
+def test_plan_of_several_models_says_plainly_where_its_total_comes_from(tmp_path: Path) -> None:
+    # `plan three-models.yaml --emulator` ended "estimated cost: $1.39 (the sum of each model's
+    # (see models))": a sentence cut short, and `models` is no line of plan's output.
+    from orchestrator import budget, prices
+
+    _emulated_cache()
+    infos = {I2V_WAN: budget.Price(0.1, "second"), I2V_SEEDANCE: budget.Price(0.12, "second")}
+    prices.remember_prices(infos, api_base="http://127.0.0.1:1/v1")
+    spec = tmp_path / "two.yaml"
+    spec.write_text(
+        f"name: two\nmodel:\n  - {{id: {I2V_WAN}, map: {{image: image_url}}}}\n"
+        f"  - {I2V_SEEDANCE}\n"
+        "inputs: {prompt: a fox, image: 'https://example.com/a.png', duration: 5}\n"
+    )
+    out = CliRunner().invoke(cli, ["plan", str(spec), "--emulator"])
+    assert out.exit_code == 0, out.output
+    line = next(x for x in out.output.splitlines() if x.startswith("estimated cost:"))
+    assert line.endswith("(the sum of the models' estimates above)"), line
