@@ -148,3 +148,28 @@ def test_plan_of_several_models_says_plainly_where_its_total_comes_from(tmp_path
     assert out.exit_code == 0, out.output
     line = next(x for x in out.output.splitlines() if x.startswith("estimated cost:"))
     assert line.endswith("(the sum of the models' estimates above)"), line
+
+
+def test_show_names_the_jobs_model() -> None:
+    # `show 1202 three-models.yaml` told inputs, attempts and files, but not which of the three
+    # models made the job.
+    from orchestrator.viewtext import job_lines
+
+    view = {
+        "key": "k" * 64,
+        "state": "done",
+        "attempts_made": 1,
+        "index": 2,
+        "orphaned": False,
+        "model": I2V_SEEDANCE,
+        "request_id": "r",
+        "cost_usd": 0.48,
+        "rating": None,
+        "error_text": None,
+        "inputs": {"prompt": "a fox"},
+        "attempts": [],
+        "events": [],
+        "files": [],
+    }
+    lines = job_lines(view)
+    assert f"  model      {I2V_SEEDANCE}" in lines
