@@ -173,3 +173,24 @@ def test_show_names_the_jobs_model() -> None:
     }
     lines = job_lines(view)
     assert f"  model      {I2V_SEEDANCE}" in lines
+
+
+def test_the_readme_glob_example_is_an_axis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The README's `image_urls: {glob: "refs/*.png", per_job: 3}` put under `inputs` (where a list
+    # input's list goes) said "takes one value; to vary it, move it under axes or zip".
+    from PIL import Image
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    shown = re.search(r"`(axes: \{image_urls: \{glob: [^`]+\}\})`", readme)
+    assert shown is not None
+    (tmp_path / "refs").mkdir()
+    for i in range(6):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / f"refs/r{i}.png")
+    spec = tmp_path / "g.yaml"
+    spec.write_text(
+        "model: google/nano-banana-2-lite/edit\ninputs: {prompt: blend}\n" + shown.group(1) + "\n"
+    )
+    use_catalog(monkeypatch, "google/nano-banana-2-lite/edit")
+    assert len(list(iter_jobs(load_spec(spec)))) == 2
