@@ -194,3 +194,17 @@ def test_the_readme_glob_example_is_an_axis(
     )
     use_catalog(monkeypatch, "google/nano-banana-2-lite/edit")
     assert len(list(iter_jobs(load_spec(spec)))) == 2
+
+
+def test_plans_wall_time_note_is_readable(tmp_path: Path) -> None:
+    # `plan lora.yaml --emulator` said "0m00s (0.402458 s a job (last median) x 1 rounds of 8)".
+    from orchestrator import prices
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "name: s\nmodel: community/wan-2-2/vace-fun\n"
+        "inputs: {prompt: p, image: 'https://example.com/x.png'}\nrun: {output: out}\n"
+    )
+    prices.remember_duration("community/wan-2-2/vace-fun", 0.402458)
+    guess = prices.estimate(load_spec(spec), 1)
+    assert guess.time_note == "0.402 s a job (last median) x 1 round(s) of 8"
