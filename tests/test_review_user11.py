@@ -208,3 +208,18 @@ def test_plans_wall_time_note_is_readable(tmp_path: Path) -> None:
     prices.remember_duration("community/wan-2-2/vace-fun", 0.402458)
     guess = prices.estimate(load_spec(spec), 1)
     assert guess.time_note == "0.402 s a job (last median) x 1 round(s) of 8"
+
+
+def test_the_readme_says_how_to_read_an_audio_export_without_torch(tmp_path: Path) -> None:
+    # `load_dataset(DEST)` of an audio export fails with DatasetGenerationError (torchcodec) before
+    # any cast_column; the README's way without torch must work.
+    datasets = pytest.importorskip("datasets")
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    shown = re.search(r'`datasets\.load_dataset\("json", data_files="DEST/metadata\.jsonl"', readme)
+    assert shown is not None
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/a.wav").write_bytes(b"RIFF")
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "data/a.wav", "tags": "lofi"}\n')
+    files = str(tmp_path / "metadata.jsonl")
+    ds = datasets.load_dataset("json", data_files=files, split="train")
+    assert ds[0]["file_name"] == "data/a.wav"
