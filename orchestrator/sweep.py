@@ -10,9 +10,11 @@ import os
 import re
 import shlex
 import socket
+import sqlite3
 import stat
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -517,6 +519,7 @@ def sweep_left(
         return None
     with Store.open(path, readonly=True) as db:
         _check_owner(spec, db)
+    with _as_synced(spec, path) as db:
         kept = budget.Price.from_meta(db.get_meta(PRICE_META))
         cap = spec.run.max_cost if spec.run.max_cost is not None else db.ledger().cap_usd
         each = None
@@ -537,6 +540,30 @@ def sweep_left(
             price_note=f"no catalog price seen yet for {spec.model}",
             each=each,
         )
+
+
+@contextlib.contextmanager
+def _as_synced(spec: Spec, path: str | Path) -> Iterator[Store]:
+    """The store as the next run will see it: a SQLite store is copied aside and the spec's jobs
+    synced into the copy (an axis added since the last run: its jobs are pending), so ``plan``
+    counts what is left of this spec without writing to the sweep; a database store is read as
+    it is."""
+    if "://" in str(path):
+        with Store.open(path, readonly=True) as db:
+            yield db
+        return
+    with tempfile.TemporaryDirectory(prefix="comfysweep-plan-") as tmp:
+        copy = Path(tmp) / "plan.db"
+        source = sqlite3.connect(f"file:{Path(path).absolute()}?mode=ro", uri=True)
+        target = sqlite3.connect(copy)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+        with Store.open(copy) as db:
+            db.sync_jobs(iter_jobs(spec), spec.models)
+            yield db
 
 
 def _seen(model_id: str) -> budget.Price | None:

@@ -223,3 +223,27 @@ def test_the_readme_says_how_to_read_an_audio_export_without_torch(tmp_path: Pat
     files = str(tmp_path / "metadata.jsonl")
     ds = datasets.load_dataset("json", data_files=files, split="train")
     assert ds[0]["file_name"] == "data/a.wav"
+
+
+def test_plan_after_an_axis_is_added_counts_the_new_jobs_as_left(tmp_path: Path) -> None:
+    # README: "plan shows the new total and, once the sweep ran, what is left of it". After an
+    # axis value was added, plan said "10 jobs" then "left: 0 of 6 job(s); 6 done" and "$0.00":
+    # it counted the store's jobs of the old spec; the run then said "left: 4 of 10".
+    from orchestrator.sweep import sweep_left
+
+    from .sweeps import write_spec
+
+    spec_path = write_spec(tmp_path)
+    first = load_spec(spec_path)
+    store = first.results_dir / STORE_FILE
+    first.results_dir.mkdir(parents=True)
+    with Store.open(store) as db, db.lock(owner="test"):
+        db.sync_jobs(iter_jobs(first), first.models)
+    stamp = store.stat().st_mtime_ns
+    spec_path.write_text(spec_path.read_text().replace("steps: [4, 8]", "steps: [4, 8, 12]"))
+    left = sweep_left(load_spec(spec_path))
+    assert left is not None
+    assert (left.total, left.pending, left.done) == (6, 6, 0)
+    assert store.stat().st_mtime_ns == stamp  # plan never writes to the sweep
+    with Store.open(store, readonly=True) as db:
+        assert sum(db.counts().values()) == 4
