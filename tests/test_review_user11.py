@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from orchestrator.cli import cli
 from orchestrator.grid import iter_jobs
+from orchestrator.models import _registry as models_registry
 from orchestrator.models import catalog
 from orchestrator.naming import render_output_name
 from orchestrator.results import STORE_FILE
@@ -247,3 +248,32 @@ def test_plan_after_an_axis_is_added_counts_the_new_jobs_as_left(tmp_path: Path)
     assert store.stat().st_mtime_ns == stamp  # plan never writes to the sweep
     with Store.open(store, readonly=True) as db:
         assert sum(db.counts().values()) == 4
+
+
+def test_an_export_of_a_lora_base_swept_without_loras_has_no_lora_label_column(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The README's animals dataset (a LoRA base, no lora in the spec) loaded with a lora_label
+    # column of "none" in all 40 rows, and no lora column beside it.
+    from orchestrator.emulator import Emulator, EmulatorConfig
+    from orchestrator.emulator.catalog import emulated_catalog
+    from orchestrator.sweep import Overrides, run_sweep
+
+    t2i = "google/nano-banana-2-lite/text-to-image"
+    monkeypatch.setitem(models_registry(), t2i, emulated_catalog()[t2i].model)
+    spec = tmp_path / "a.yaml"
+    spec.write_text(
+        f"name: a\nmodel: {t2i}\naxes: {{prompt: [a fox, an owl]}}\n"
+        f"run: {{output: {tmp_path / 'results'}, poll_interval: 0.02, rate: 1000}}\n"
+    )
+    with Emulator(EmulatorConfig(speed=2000.0, workers=2)) as emu:
+        report = run_sweep(
+            spec, base_url=emu.base_url, token=emu.token, overrides=Overrides(poll_interval=0.02)
+        )
+    assert report.complete
+    out = tmp_path / "export"
+    result = CliRunner().invoke(cli, ["export", str(spec), str(out), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    header = (out / "metadata.csv").read_text().splitlines()[0].split(",")
+    assert "prompt" in header
+    assert "lora_label" not in header
