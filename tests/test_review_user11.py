@@ -277,3 +277,16 @@ def test_an_export_of_a_lora_base_swept_without_loras_has_no_lora_label_column(
     header = (out / "metadata.csv").read_text().splitlines()[0].split(",")
     assert "prompt" in header
     assert "lora_label" not in header
+
+
+def test_the_readme_says_where_run_emulator_keeps_its_ledger() -> None:
+    # The issue's "resumes after a kill without paying twice", checked with the emulator's ledger:
+    # the README's ledger needs a standalone emulator; `run --emulator`'s was nowhere said.
+    import inspect
+
+    from orchestrator import sweep
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert 'state_path=spec.results_dir / ".emulator"' in inspect.getsource(sweep._backend)
+    assert "cp results/quickstart/.emulator /tmp/ledger.jsonl" in readme
+    assert "comfysweep emulator --state /tmp/ledger.jsonl --port 8199 &" in readme
