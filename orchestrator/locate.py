@@ -15,7 +15,7 @@ from orchestrator.models import catalog
 from orchestrator.results import STORE_FILE
 from orchestrator.spec import Spec, load_spec
 
-__all__ = ["Located", "locate", "no_store_file", "require_store"]
+__all__ = ["Located", "locate", "no_store_file", "read_spec", "require_store"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def locate(spec: Path | None, store: str | None = None, *, cwd: Path | None = No
     Raises StoreError (one line) when neither names a store that exists.
     """
     if spec is not None:
-        loaded = _load(spec, store)
+        loaded = read_spec(spec, store)
         target: str | Path = store if store is not None else loaded.results_dir / STORE_FILE
         require_store(target)
         return Located(loaded, target, loaded.results_dir)
@@ -57,7 +57,7 @@ def locate(spec: Path | None, store: str | None = None, *, cwd: Path | None = No
     return Located(None, here / STORE_FILE, here)
 
 
-def _load(spec: Path, store: str | None) -> Spec:
+def read_spec(spec: Path, store: str | Path | None = None) -> Spec:
     """The spec, validated by the catalog cache in force; a sweep run with ``--emulator`` names
     models only the emulator's cache lists, so when that cache validates the spec and its store
     exists, the sweep is the emulator's (these commands read the store, they take no --emulator)."""

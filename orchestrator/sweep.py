@@ -29,7 +29,7 @@ from orchestrator.client import ModelApiClient, ModelInfo, env_token
 from orchestrator.deadline import Deadline, parse_until
 from orchestrator.errors import ComfysweepError, StoreError
 from orchestrator.grid import iter_jobs
-from orchestrator.locate import no_store_file, require_store
+from orchestrator.locate import no_store_file, read_spec, require_store
 from orchestrator.models import get_model
 from orchestrator.notify import Notifier
 from orchestrator.pacing import Pacer
@@ -580,7 +580,7 @@ def retry_jobs(
 ) -> int:
     """Put the sweep's jobs in ``states`` (that ``where`` matches) back to pending, on purpose;
     returns how many. A ``where`` that matches none of them is an error: nothing changes."""
-    spec = _loaded(spec)
+    spec = spec if isinstance(spec, Spec) else read_spec(Path(spec), store)
     chosen = {JobState(s) for s in states}
     wrong = chosen - RETRYABLE
     if wrong:

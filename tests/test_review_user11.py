@@ -53,6 +53,9 @@ def test_status_of_a_sweep_run_with_emulator_finds_the_emulators_catalog(tmp_pat
     out = CliRunner().invoke(cli, ["status", str(spec)])
     assert out.exit_code == 0, out.output
     assert out.output.startswith("w: 0 jobs")
+    out = CliRunner().invoke(cli, ["retry", str(spec), "--failed"])  # no --emulator either
+    assert out.exit_code == 0, out.output
+    assert out.output.startswith("0 job(s) back to pending")
 
 
 def test_a_default_name_leaves_out_a_field_the_jobs_model_lacks(
