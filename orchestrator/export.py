@@ -202,6 +202,7 @@ def _survey(
 ) -> _Plan:
     plan = _Plan(models=StoreModels(store))
     inputs: dict[str, str | None] = {}  # friendly name -> kind (None: no value seen yet)
+    given: set[str] = set()  # the inputs' own names (not the labels beside them)
     for row in store.jobs():
         if not _chosen(row, options, ratings):
             continue
@@ -218,8 +219,12 @@ def _survey(
                 continue
             plan.kind = plan.kind or output_kind(str(present[0]["path"]))
         plan.keys.add(row.key)
+        given.update(plan.display(row)(k) for k in row.inputs)
         for name, value in _inputs(row, plan.display(row), lambda m: m.file_name).items():
             inputs[name] = _merge(inputs.get(name), _kind(value))
+    for name in [n for n in inputs if n.endswith("_label") and n not in given]:
+        if name[: -len("_label")] not in inputs:  # an object input no job set (a LoRA base
+            del inputs[name]  # swept without one): no column of "none"
     for name, kind in inputs.items():
         plan.names[name] = _column(name, plan.kind or "video", options.format)
         plan.columns[plan.names[name]] = kind if kind in _FEATURES else "string"  # json: text

@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.errors import StoreError
+from orchestrator.errors import SpecError, StoreError
+from orchestrator.models import catalog
 from orchestrator.results import STORE_FILE
 from orchestrator.spec import Spec, load_spec
 
-__all__ = ["Located", "locate", "no_store_file", "require_store"]
+__all__ = ["Located", "locate", "no_store_file", "read_spec", "require_store"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def locate(spec: Path | None, store: str | None = None, *, cwd: Path | None = No
     Raises StoreError (one line) when neither names a store that exists.
     """
     if spec is not None:
-        loaded = load_spec(spec)
+        loaded = read_spec(spec, store)
         target: str | Path = store if store is not None else loaded.results_dir / STORE_FILE
         require_store(target)
         return Located(loaded, target, loaded.results_dir)
@@ -54,6 +55,25 @@ def locate(spec: Path | None, store: str | None = None, *, cwd: Path | None = No
             "or run this inside a sweep's results folder"
         )
     return Located(None, here / STORE_FILE, here)
+
+
+def read_spec(spec: Path, store: str | Path | None = None) -> Spec:
+    """The spec, validated by the catalog cache in force; a sweep run with ``--emulator`` names
+    models only the emulator's cache lists, so when that cache validates the spec and its store
+    exists, the sweep is the emulator's (these commands read the store, they take no --emulator)."""
+    try:
+        return load_spec(spec)
+    except SpecError as first:
+        if catalog.in_force() == catalog.EMULATOR or catalog.load(catalog.EMULATOR) is None:
+            raise
+        try:
+            with catalog.using(catalog.EMULATOR):
+                loaded = load_spec(spec)
+        except SpecError:
+            raise first from None
+        if store is None and no_store_file(loaded.results_dir / STORE_FILE):
+            raise
+        return loaded
 
 
 def require_store(target: str | Path) -> None:

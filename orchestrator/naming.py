@@ -120,8 +120,14 @@ def render_output_name(
     template = spec_or_template if isinstance(spec_or_template, str) else spec_or_template.filename
     model = model or get_model(job.model_id)
     pieces = []
+    skip = False  # the "_" after a field this job's model lacks
     for literal, field, spec, _conversion in _parse(_strip_ext(template)):
-        pieces.append(literal.replace("\x00", "_"))
+        literal = literal.replace("\x00", "_")
+        pieces.append(literal[1:] if skip and literal.startswith("_") else literal)
+        skip = field is not None and _lacks(field, job, model) and pieces[-1].endswith(f"{field}-")
+        if skip:  # `seed-{seed}_` of a model without seed (a sweep of several): left out whole
+            pieces[-1] = pieces[-1].removesuffix(f"{field}-")
+            continue
         if field is not None:
             value = _template_value(field, job, model, label)
             try:
@@ -168,6 +174,12 @@ def with_tag(name: str, tag: str) -> str:
     stem = last[: len(last) - len(ext)]
     tagged = fit_part(stem, f"_{tag}{ext}")
     return f"{folder}/{tagged}" if folder else tagged
+
+
+def _lacks(field: str, job: JobLike, model: Model) -> bool:
+    """Whether ``field`` is no input of ``job``'s model (another model of the sweep has it)."""
+    special = field in SPECIAL_FIELDS or field == MODEL_FIELD
+    return not special and model.raw_key(field) is None and field not in job.inputs
 
 
 def _template_value(field: str, job: JobLike, model: Model, label: str | None) -> Any:

@@ -97,7 +97,7 @@ def _total(guesses: list[Estimate]) -> Estimate:
         wall_seconds=None if None in walls else sum(w for w in walls if w is not None),
         output_seconds=None if None in seconds else sum(s for s in seconds if s is not None),
         price=None,
-        cost_note=unknown[0].cost_note if unknown else "the sum of each model's (see models)",
+        cost_note=unknown[0].cost_note if unknown else "the sum of the models' estimates above",
         time_note=next((g.time_note for g in guesses if g.wall_seconds is None), "per model"),
     )
 

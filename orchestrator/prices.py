@@ -170,11 +170,12 @@ def estimate(
         )
     per_job = last_duration(spec.model, api_base=api_base)
     workers = concurrency or spec.run.concurrency
-    wall = None if per_job is None else per_job * math.ceil(jobs / workers)
+    rounds = math.ceil(jobs / workers)
+    wall = None if per_job is None else per_job * rounds
     time_note = (
         f"no run of {spec.model} at {host} seen yet"
         if per_job is None
-        else f"{per_job:g} s a job (last median) x {math.ceil(jobs / workers)} rounds of {workers}"
+        else f"{per_job:.3g} s a job (last median) x {rounds} round(s) of {workers}"
     )
     return Estimate(host, cost, wall, price, per_job, seconds, cost_note, time_note)
 

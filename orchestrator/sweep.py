@@ -10,9 +10,11 @@ import os
 import re
 import shlex
 import socket
+import sqlite3
 import stat
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -27,7 +29,7 @@ from orchestrator.client import ModelApiClient, ModelInfo, env_token
 from orchestrator.deadline import Deadline, parse_until
 from orchestrator.errors import ComfysweepError, StoreError
 from orchestrator.grid import iter_jobs
-from orchestrator.locate import no_store_file, require_store
+from orchestrator.locate import no_store_file, read_spec, require_store
 from orchestrator.models import get_model
 from orchestrator.notify import Notifier
 from orchestrator.pacing import Pacer
@@ -517,6 +519,7 @@ def sweep_left(
         return None
     with Store.open(path, readonly=True) as db:
         _check_owner(spec, db)
+    with _as_synced(spec, path) as db:
         kept = budget.Price.from_meta(db.get_meta(PRICE_META))
         cap = spec.run.max_cost if spec.run.max_cost is not None else db.ledger().cap_usd
         each = None
@@ -539,6 +542,30 @@ def sweep_left(
         )
 
 
+@contextlib.contextmanager
+def _as_synced(spec: Spec, path: str | Path) -> Iterator[Store]:
+    """The store as the next run will see it: a SQLite store is copied aside and the spec's jobs
+    synced into the copy (an axis added since the last run: its jobs are pending), so ``plan``
+    counts what is left of this spec without writing to the sweep; a database store is read as
+    it is."""
+    if "://" in str(path):
+        with Store.open(path, readonly=True) as db:
+            yield db
+        return
+    with tempfile.TemporaryDirectory(prefix="comfysweep-plan-") as tmp:
+        copy = Path(tmp) / "plan.db"
+        source = sqlite3.connect(f"file:{Path(path).absolute()}?mode=ro", uri=True)
+        target = sqlite3.connect(copy)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+        with Store.open(copy) as db:
+            db.sync_jobs(iter_jobs(spec), spec.models)
+            yield db
+
+
 def _seen(model_id: str) -> budget.Price | None:
     seen = prices.last_price(model_id)
     return None if seen is None else budget.checked(seen.base_price_usd, seen.price_unit)
@@ -553,7 +580,7 @@ def retry_jobs(
 ) -> int:
     """Put the sweep's jobs in ``states`` (that ``where`` matches) back to pending, on purpose;
     returns how many. A ``where`` that matches none of them is an error: nothing changes."""
-    spec = _loaded(spec)
+    spec = spec if isinstance(spec, Spec) else read_spec(Path(spec), store)
     chosen = {JobState(s) for s in states}
     wrong = chosen - RETRYABLE
     if wrong:

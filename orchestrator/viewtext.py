@@ -123,6 +123,8 @@ def job_lines(view: Mapping[str, Any]) -> list[str]:
         lines.append(f"  request    {view['request_id']}")
     if view["cost_usd"] is not None:
         lines.append(f"  cost       {_usd(view['cost_usd'])}")
+    if view.get("model"):  # which model made it (a sweep may have several)
+        lines.append(f"  model      {view['model']}")
     if view["rating"]:
         lines.append(f"  rating     {view['rating']}")
     if view["error_text"]:

@@ -119,7 +119,7 @@ def test_names_carry_the_model_label_and_common_names(tmp_path: Path) -> None:
         for j, p in zip(jobs, [spec.parts[0]] * 4 + [spec.parts[1]] * 2, strict=True)
     ]
     assert names[0].startswith("model-wan-3.0_duration-5_resolution-480p_")
-    assert names[4].startswith("model-seedance-2.5_duration-5_resolution-_")
+    assert names[4] == f"model-seedance-2.5_duration-5_{jobs[4].key[:10]}.mp4"  # no resolution
     given = text + "run: {filename: '{model}/{image}-{duration}-{resolution}'}\n"
     spec = load_spec(write(tmp_path, given))
     job = next(iter_jobs(spec))

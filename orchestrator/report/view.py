@@ -204,10 +204,12 @@ def choose_axes(
     twice = next((n for n in named if named.count(n) > 1), None)
     if twice is not None:
         raise ReportError(f"{twice!r} is given for two axes; each axis needs its own input")
-    rest = iter(n for n in varying if n not in named)
-    view.x = x if x is not None else next(rest, None)
-    view.y = y if y is not None else next(rest, None)
-    view.z = z if z is not None else next(rest, None)
+    picked = list(named)
+    for axis, given in (("x", x), ("y", y), ("z", z)):
+        if given is None:  # the largest input left that the axes chosen do not already decide
+            given = next((n for n in varying if n not in picked and _free(view, picked, n)), None)
+            picked += [given] if given is not None else []
+        setattr(view, axis, given)
     view.filters = {}
     for name, value in (filters or {}).items():
         if name not in varying:
@@ -220,6 +222,20 @@ def choose_axes(
             )
         view.filters[name] = value
     return view
+
+
+def _free(view: View, picked: list[str], name: str) -> bool:
+    """Whether ``name`` takes more than one value for some values of the ``picked`` axes: a
+    model's own fixed ``duration`` in a sweep of several models is decided by ``model`` (as Z,
+    each of its tabs would show one model alone)."""
+    if not picked:
+        return True
+    where = [i for i, a in enumerate(view.axes) if a.name in picked]
+    at = next(i for i, a in enumerate(view.axes) if a.name == name)
+    seen: dict[tuple[int, ...], int] = {}
+    return any(
+        seen.setdefault(tuple(c.at[i] for i in where), c.at[at]) != c.at[at] for c in view.cells
+    )
 
 
 def _same_number(value: str, labels: Sequence[str]) -> str:
