@@ -87,12 +87,17 @@ class Template:
         )
         try:
             if sample is None:
-                prompts = _Expander(self).of(self.command) or [
-                    str(p) for p in context.sample_prompts(self.command, MAX_PROMPTS + 1)
-                ]
+                built = _Expander(self).of(self.command)
+                prompts = (
+                    built
+                    if built is not None
+                    else [str(p) for p in context.sample_prompts(self.command, MAX_PROMPTS + 1)]
+                )
             else:
                 prompts = _distinct_draws(context.sample_prompts(self.command, None), sample)
-        except (ValueError, KeyError, RecursionError) as exc:
+        except (ValueError, KeyError, RecursionError, RuntimeError) as exc:
+            # RuntimeError: the library's generator ends with StopIteration on a part that makes
+            # no text (such as a{2$$a|a}).
             raise Problem(f"template cannot expand: {exc}") from None
         if sample is None and len(prompts) > MAX_PROMPTS:
             raise _too_many(None)
