@@ -16,8 +16,10 @@ refused by its count, naming ``sample:``, without being expanded.
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import math
+import os
 import re
 import warnings
 from collections.abc import Iterable, Mapping
@@ -68,6 +70,8 @@ class Template:
         self.folder = wildcards
         self.shown_folder = shown_folder
         self.command = _parse(text)
+        if wildcards.is_dir():
+            _check_links(wildcards, shown_folder)
         self.manager = WildcardManager(wildcards) if wildcards.is_dir() else WildcardManager()
         self._parsed: dict[str, Command] = {}
         self._check(self.command, 0)
@@ -166,6 +170,10 @@ class Template:
                 "(set wildcards: to the folder holding its .txt files)"
             )
         values = self.values(name)
+        for collection in self.manager.match_collections(name):
+            path = getattr(collection, "_path", None)  # a text file's; the library reads it
+            if isinstance(path, Path):  # with errors="ignore": a byte it cannot read is dropped
+                _check_utf8(path, f"wildcard __{name}__: {self.shown_folder}/{name}{path.suffix}")
         if values:
             return values
         if any(self.folder.glob(f"{name}.*")):
@@ -421,6 +429,38 @@ def _wildcards(command: Command) -> list[WildcardCommand]:
         else:
             stack.extend(v for v in vars(node).values() if isinstance(v, Command))
     return found
+
+
+def _check_links(folder: Path, shown: str) -> None:
+    """Refuse a symlink in the wildcards folder that leads out of it (the library follows them:
+    a prompt could carry any file of the machine to the API) or back up into it (a loop the
+    library would walk without end)."""
+    root = folder.resolve()
+    for dirname, dirnames, filenames in os.walk(folder):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirname) / name
+            if not path.is_symlink():
+                continue
+            target = path.resolve()
+            relative = path.relative_to(folder).as_posix()
+            if not target.is_relative_to(root):
+                raise Problem(f"wildcards: {shown}/{relative} links outside {shown}/")
+            if path.is_dir() and path.parent.resolve().is_relative_to(target):
+                raise Problem(f"wildcards: {shown}/{relative} links to a folder holding it")
+
+
+def _check_utf8(path: Path, shown: str) -> None:
+    """Refuse a wildcard file that is not UTF-8 text, rather than send its lines cut short."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with path.open("rb") as file:
+            while chunk := file.read(1 << 20):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        raise Problem(f"{shown} is not UTF-8 text (byte {exc.start + 1} of a block)") from None
+    except OSError as exc:
+        raise Problem(f"{shown}: cannot read: {exc.strerror}") from None
 
 
 def _whole(value: Any, low: int, high: int) -> bool:

@@ -34,3 +34,30 @@ def test_a_part_that_makes_no_text_is_one_line_not_a_runtime_error(
     with pytest.raises(Problem, match=r"^template makes no prompt$"):
         template.expand()
     templates._build_parser()
+
+
+def test_a_symlink_out_of_the_wildcards_folder_is_refused_not_read(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "key.txt").write_text("hunter2\n")
+    root = wildcards(tmp_path, {"animals.txt": "fox\n"})
+    (root / "leak").symlink_to(secret)
+    (root / "key.txt").symlink_to(secret / "key.txt")
+    for text in ("__animals__", "__leak/key__", "__*__", "__key__"):
+        with pytest.raises(Problem, match=r"^wildcards: wildcards/(leak|key.txt) links outside"):
+            Template(text, root, "wildcards").expand()
+
+
+def test_a_symlink_loop_in_the_wildcards_folder_is_refused(tmp_path: Path) -> None:
+    root = wildcards(tmp_path, {"a/animals.txt": "fox\n"})
+    (root / "a" / "up").symlink_to(root)
+    (root / "a" / "again").symlink_to(root / "a")
+    with pytest.raises(Problem, match=r"^wildcards: wildcards/a/\w+ links to a folder holding"):
+        Template("__a/animals__", root, "wildcards").expand()
+
+
+def test_a_wildcard_file_that_is_not_utf8_is_refused_not_cut_short(tmp_path: Path) -> None:
+    root = wildcards(tmp_path, {"cafe.txt": "café\n".encode("latin-1"), "ok.txt": "thé\n"})
+    assert Template("__ok__", root, "wildcards").expand() == ["thé"]
+    with pytest.raises(Problem, match=r"^wildcard __cafe__: wildcards/cafe.txt is not UTF-8"):
+        Template("a __cafe__", root, "wildcards")
