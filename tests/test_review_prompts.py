@@ -61,3 +61,17 @@ def test_a_wildcard_file_that_is_not_utf8_is_refused_not_cut_short(tmp_path: Pat
     assert Template("__ok__", root, "wildcards").expand() == ["thé"]
     with pytest.raises(Problem, match=r"^wildcard __cafe__: wildcards/cafe.txt is not UTF-8"):
         Template("a __cafe__", root, "wildcards")
+
+
+def test_two_loras_of_one_label_stay_apart_in_the_report() -> None:
+    from orchestrator.report.view import _axes
+
+    first = {"path": "https://a.example/x/style.safetensors", "scale": 1.0}
+    second = {"path": "https://b.example/y/style.safetensors", "scale": 1.0}
+    named = [{"lora": first, "seed": 1}, {"lora": second, "seed": 1}, {"lora": None, "seed": 1}]
+    (axis,), _fixed = _axes(named)
+    assert axis.values == [first, second, None]
+    # the page finds a value by its label (tabs, filters): each must find its own
+    assert [axis.labels.index(label) for label in axis.labels] == [0, 1, 2]
+    assert axis.labels[0].startswith("style@1 #")
+    assert axis.labels[2] == "(none)"
