@@ -75,3 +75,16 @@ def test_two_loras_of_one_label_stay_apart_in_the_report() -> None:
     assert [axis.labels.index(label) for label in axis.labels] == [0, 1, 2]
     assert axis.labels[0].startswith("style@1 #")
     assert axis.labels[2] == "(none)"
+
+
+def test_a_lora_label_stays_short_for_a_10kb_url_and_two_such_urls_stay_apart() -> None:
+    from orchestrator import objects
+
+    first = {"path": "https://x.example/" + "a" * 10_000 + ".safetensors", "scale": 0.5}
+    second = {"path": "https://y.example/" + "a" * 10_000 + ".safetensors", "scale": 0.5}
+    shown = [objects.label(first), objects.label(second)]
+    assert all(len(text) <= 60 for text in shown)
+    assert shown[0] != shown[1]
+    assert shown[0].startswith("aaaa")
+    assert shown[0].endswith("@0.5")
+    assert objects.label({"path": "my-style.safetensors", "scale": 0.5}) == "my-style@0.5"
