@@ -88,3 +88,67 @@ def test_a_lora_label_stays_short_for_a_10kb_url_and_two_such_urls_stay_apart() 
     assert shown[0].startswith("aaaa")
     assert shown[0].endswith("@0.5")
     assert objects.label({"path": "my-style.safetensors", "scale": 0.5}) == "my-style@0.5"
+
+
+DATASET = """\
+name: animals
+model: google/nano-banana-2-lite/text-to-image
+axes:
+  prompt:
+    template: "a {watercolor|linocut} of a __animals__"
+  lora:
+    - {path: "https://a.example/x/style.safetensors", scale: 0.5}
+    - {path: "https://b.example/y/style.safetensors", scale: 0.5}
+run:
+  output: OUT
+  filename: "{lora}_{prompt}"
+  poll_interval: 0.02
+  rate: 1000
+"""
+
+
+def test_a_dataset_of_a_template_and_two_loras_of_one_label_loses_no_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two LoRAs named alike render to one file name: each paid output still gets its own
+    file, and the image dataset `datasets` loads holds all of them with their prompts."""
+    import json
+
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+    from orchestrator.emulator import Emulator, EmulatorConfig, catalog
+    from orchestrator.models import _registry
+    from orchestrator.sweep import Overrides, run_sweep
+
+    model = "google/nano-banana-2-lite/text-to-image"
+    monkeypatch.setitem(_registry(), model, catalog.emulated_catalog()[model].model)
+    (tmp_path / "wildcards").mkdir()
+    (tmp_path / "wildcards" / "animals.txt").write_text("fox\r\nheron\r\n# a comment\r\n")
+    spec = tmp_path / "animals.yaml"
+    spec.write_text(DATASET.replace("OUT", str(tmp_path / "results")))
+    with Emulator(EmulatorConfig(speed=2000.0, workers=4)) as emu:
+        report = run_sweep(
+            spec, base_url=emu.base_url, token=emu.token, overrides=Overrides(poll_interval=0.02)
+        )
+        paid = len(emu.ledger()["jobs"])
+    assert report.complete
+    assert paid == 8
+    folder = tmp_path / "results" / "animals"
+    entries = [json.loads(x) for x in (folder / "manifest.jsonl").read_text().splitlines()]
+    paths = [e["outputs"][0]["path"] for e in entries]
+    assert len(set(paths)) == 8
+    assert all((folder / p).is_file() for p in paths)
+    assert len({e["outputs"][0]["sha256"] for e in entries}) == 8
+    out = tmp_path / "export"
+    result = CliRunner().invoke(cli, ["export", str(spec), str(out), "--format", "hf"])
+    assert result.exit_code == 0, result.output
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import datasets
+
+    loaded = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache"))
+    assert loaded.features["image"] == datasets.Image()
+    made = [f"a {s} of a {a}" for s in ("watercolor", "linocut") for a in ("fox", "heron")]
+    assert sorted(r["prompt"] for r in loaded) == sorted(made * 2)
