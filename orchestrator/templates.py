@@ -169,8 +169,11 @@ class Template:
                 f"wildcard __{name}__: no wildcards folder {self.shown_folder}/ "
                 "(set wildcards: to the folder holding its .txt files)"
             )
+        matched = list(self.manager.match_collections(name))
+        if not matched:  # the library would try **/name: a file of that name in any sub-folder
+            raise Problem(f"wildcard __{name}__: no file {self.shown_folder}/{name}.txt")
         values = self.values(name)
-        for collection in self.manager.match_collections(name):
+        for collection in matched:
             path = getattr(collection, "_path", None)  # a text file's; the library reads it
             if isinstance(path, Path):  # with errors="ignore": a byte it cannot read is dropped
                 _check_utf8(path, f"wildcard __{name}__: {self.shown_folder}/{name}{path.suffix}")

@@ -152,3 +152,12 @@ def test_a_dataset_of_a_template_and_two_loras_of_one_label_loses_no_output(
     assert loaded.features["image"] == datasets.Image()
     made = [f"a {s} of a {a}" for s in ("watercolor", "linocut") for a in ("fox", "heron")]
     assert sorted(r["prompt"] for r in loaded) == sorted(made * 2)
+
+
+def test_a_missing_wildcard_is_an_error_not_a_file_of_that_name_in_a_sub_folder(
+    tmp_path: Path,
+) -> None:
+    root = wildcards(tmp_path, {"old/birds.txt": "dodo\n", "animals.txt": "fox\n"})
+    with pytest.raises(Problem, match=r"^wildcard __birds__: no file wildcards/birds.txt$"):
+        Template("a __birds__", root, "wildcards")
+    assert Template("a __old/birds__", root, "wildcards").expand() == ["a dodo"]
