@@ -4,6 +4,7 @@ failed before the fix committed with it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,3 +162,45 @@ def test_a_missing_wildcard_is_an_error_not_a_file_of_that_name_in_a_sub_folder(
     with pytest.raises(Problem, match=r"^wildcard __birds__: no file wildcards/birds.txt$"):
         Template("a __birds__", root, "wildcards")
     assert Template("a __old/birds__", root, "wildcards").expand() == ["a dodo"]
+
+
+def _fuzz_template(draw: Any, depth: int, letters: list[str]) -> str:
+    """A small template whose every literal is a fresh word (so no two prompts collide)."""
+    from hypothesis import strategies as st
+
+    kind = draw(st.sampled_from(["lit", "alt", "pick", "seq"] if depth < 3 else ["lit"]))
+    if kind == "lit":
+        letters.append(f"w{len(letters)}")
+        return letters[-1]
+    parts = [_fuzz_template(draw, depth + 1, letters) for _ in range(draw(st.integers(1, 3)))]
+    if kind == "seq":
+        return " ".join(parts)
+    head = (
+        draw(st.sampled_from(["", "2::", "2$$", "1-2$$", "2$$ and $$"])) if kind == "pick" else ""
+    )
+    return "{" + head + "|".join(parts) + "}"
+
+
+def test_fuzz_count_equals_the_expansion_and_the_expansion_is_the_librarys(
+    tmp_path: Path,
+) -> None:
+    from dynamicprompts.generators import CombinatorialPromptGenerator
+    from dynamicprompts.wildcards import WildcardManager
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    root = wildcards(tmp_path, {"w.txt": "wa\nwb\n{wc|wd}\n"})
+    templates._build_parser()
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.data(), st.booleans())
+    def check(data: Any, with_wildcard: bool) -> None:
+        text = _fuzz_template(data.draw, 0, [])
+        text = f"{text} __w__" if with_wildcard else text
+        template = Template(text, root, "wildcards")
+        prompts = template.expand()
+        library = CombinatorialPromptGenerator(WildcardManager(root)).generate(text)
+        assert prompts == library
+        assert template.count() == len(prompts) == len(set(prompts))
+
+    check()
