@@ -3,6 +3,7 @@ failed before the fix committed with it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +114,6 @@ def test_a_dataset_of_a_template_and_two_loras_of_one_label_loses_no_output(
 ) -> None:
     """Two LoRAs named alike render to one file name: each paid output still gets its own
     file, and the image dataset `datasets` loads holds all of them with their prompts."""
-    import json
-
     from click.testing import CliRunner
 
     from orchestrator.cli import cli
@@ -204,3 +203,35 @@ def test_fuzz_count_equals_the_expansion_and_the_expansion_is_the_librarys(
         assert template.count() == len(prompts) == len(set(prompts))
 
     check()
+
+
+def test_a_resume_after_a_wildcard_file_is_edited_keeps_the_done_jobs_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line added to a wildcard file: the prompts it adds are new jobs, every prompt still
+    made is a job already done (not paid again); the README says what an edit does."""
+    from orchestrator.emulator import Emulator, EmulatorConfig, catalog
+    from orchestrator.models import _registry
+    from orchestrator.sweep import Overrides, run_sweep
+
+    model = "google/nano-banana-2-lite/text-to-image"
+    monkeypatch.setitem(_registry(), model, catalog.emulated_catalog()[model].model)
+    root = wildcards(tmp_path, {"animals.txt": "fox\nheron\n"})
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        f"model: {model}\naxes:\n  prompt: {{template: 'a {{red|blue}} __animals__'}}\n"
+        f"run:\n  output: {tmp_path / 'results'}\n  poll_interval: 0.02\n  rate: 1000\n"
+    )
+    fast = Overrides(poll_interval=0.02)
+    with Emulator(EmulatorConfig(speed=2000.0, workers=4)) as emu:
+        assert run_sweep(spec, base_url=emu.base_url, token=emu.token, overrides=fast).complete
+        (root / "animals.txt").write_text("fox\nlynx\nheron\n")
+        assert run_sweep(spec, base_url=emu.base_url, token=emu.token, overrides=fast).complete
+        paid = [job["input_sha256"] for job in emu.ledger()["jobs"]]
+    assert len(paid) == len(set(paid)) == 6  # 4, then the 2 of lynx: none paid twice
+    manifest = (tmp_path / "results" / "s" / "manifest.jsonl").read_text().splitlines()
+    prompts = sorted(json.loads(line)["inputs"]["prompt"] for line in manifest)
+    made = [f"a {c} {a}" for c in ("red", "blue") for a in ("fox", "heron", "lynx")]
+    assert prompts == sorted(made)
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "**Editing a wildcard file**" in readme
