@@ -235,3 +235,25 @@ def test_a_resume_after_a_wildcard_file_is_edited_keeps_the_done_jobs_and_says_s
     assert prompts == sorted(made)
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert "**Editing a wildcard file**" in readme
+
+
+def test_an_include_of_none_for_a_field_the_grid_never_sets_is_the_grids_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``include: [{seed: 1, lora: none}]`` is the grid's seed-1 job (one key): it was listed
+    twice, counted in plan and the budget's estimate as one more job."""
+    from orchestrator import count_jobs, iter_jobs, load_spec
+    from orchestrator.models import Model, _registry
+
+    from .test_loras import BASE, ENTRY
+
+    monkeypatch.setitem(_registry(), BASE, Model.from_catalog(ENTRY))
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        f"model: {BASE}\ninputs:\n  prompt: a fox\naxes:\n  seed: [1, 2]\n"
+        "include:\n  - {seed: 1, lora: none}\n  - {seed: 3, lora: none}\n"
+    )
+    loaded = load_spec(spec)
+    keys = [job.key for job in iter_jobs(loaded)]
+    assert len(keys) == len(set(keys)) == 3
+    assert count_jobs(loaded).jobs == 3
