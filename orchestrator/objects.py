@@ -134,8 +134,15 @@ def _member(key: str, sub: Mapping[str, Any], value: Any) -> Any:
 def _check_path(path: str) -> None:
     """A LoRA path: an asset name or an https URL; RunComfy reads nothing else."""
     if path.startswith("https://"):
-        parts = urlsplit(path)
-        if parts.hostname and " " not in path:
+        # urlsplit drops tabs and newlines silently (the label would not show them) and raises
+        # ValueError for a broken [IPv6] host or port: each is refused here in one line.
+        clean = not any(c.isspace() or not c.isprintable() for c in path)
+        try:
+            parts = urlsplit(path)
+            valid = clean and bool(parts.hostname) and (parts.port or 443) > 0
+        except ValueError:
+            valid = False
+        if valid:
             return
         raise ObjectProblem(f"path: {_show(path)} is not a valid https URL")
     if _ASSET.match(path) and ".." not in path:

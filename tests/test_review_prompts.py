@@ -167,7 +167,7 @@ def _fuzz_template(draw: Any, depth: int, letters: list[str]) -> str:
     """A small template whose every literal is a fresh word (so no two prompts collide)."""
     from hypothesis import strategies as st
 
-    kind = draw(st.sampled_from(["lit", "alt", "pick", "seq"] if depth < 3 else ["lit"]))
+    kind = draw(st.sampled_from(["lit", "alt", "pick", "seq"] if depth < 2 else ["lit"]))
     if kind == "lit":
         letters.append(f"w{len(letters)}")
         return letters[-1]
@@ -197,10 +197,14 @@ def test_fuzz_count_equals_the_expansion_and_the_expansion_is_the_librarys(
         text = _fuzz_template(data.draw, 0, [])
         text = f"{text} __w__" if with_wildcard else text
         template = Template(text, root, "wildcards")
+        counted = template.count()
+        assert counted is not None
+        if counted > 2_000:  # kept fast
+            return
         prompts = template.expand()
-        library = CombinatorialPromptGenerator(WildcardManager(root)).generate(text)
-        assert prompts == library
-        assert template.count() == len(prompts) == len(set(prompts))
+        library = CombinatorialPromptGenerator(WildcardManager(root))
+        assert prompts == library.generate(text, max_prompts=None)
+        assert counted == len(prompts) == len(set(prompts))
 
     check()
 
@@ -257,3 +261,22 @@ def test_an_include_of_none_for_a_field_the_grid_never_sets_is_the_grids_job(
     keys = [job.key for job in iter_jobs(loaded)]
     assert len(keys) == len(set(keys)) == 3
     assert count_jobs(loaded).jobs == 3
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "https://[::1/a.safetensors",  # ValueError: a traceback
+        "https://x.example:99999/a.safetensors",
+        "https://x.example/a\tb.safetensors",  # urlsplit drops the tab: label ab, sent a\tb
+        "https://x.example/a\nb.safetensors",
+        "https://x.example/a\u200bb.safetensors",
+    ],
+)
+def test_a_broken_https_lora_path_is_one_line(tmp_path: Path, path: str) -> None:
+    from orchestrator import objects
+
+    prop = {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}
+    with pytest.raises(objects.ObjectProblem, match=r"^path: .* is not a valid https URL$"):
+        objects.normalise_object(prop, {"path": path})
+    assert objects.normalise_object(prop, {"path": "https://x.example:8443/é.safetensors?a=1"})
