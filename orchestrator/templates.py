@@ -367,7 +367,16 @@ def expand(source: Mapping[str, Any], base: Path) -> list[str]:
         n = template.count()
         if n is not None and n > MAX_PROMPTS:
             raise _too_many(n)
-    return template.expand(sample, seed)
+    prompts = template.expand(sample, seed)
+    if sample is not None and len(prompts) < sample:
+        # The draws stop short of N: a weight such as {1000::a|b} can hide a prompt from them.
+        # A template that makes no more than N prompts gives every one of them instead.
+        n = template.count()
+        if n is not None and len(prompts) < n <= sample:
+            every = list(dict.fromkeys(template.expand(None, seed)))
+            if len(prompts) < len(every) <= sample:
+                return every
+    return prompts
 
 
 def _text(source: Mapping[str, Any], base: Path) -> str:

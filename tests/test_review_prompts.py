@@ -280,3 +280,16 @@ def test_a_broken_https_lora_path_is_one_line(tmp_path: Path, path: str) -> None
     with pytest.raises(objects.ObjectProblem, match=r"^path: .* is not a valid https URL$"):
         objects.normalise_object(prop, {"path": path})
     assert objects.normalise_object(prop, {"path": "https://x.example:8443/é.safetensors?a=1"})
+
+
+def test_sample_is_every_prompt_when_a_weight_hides_one_from_the_draws(tmp_path: Path) -> None:
+    from orchestrator.templates import expand
+
+    assert sorted(expand({"template": "{1000::a|b}", "sample": 2}, tmp_path)) == ["a", "b"]
+    drawn = expand({"template": "{50::a|b} {50::c|d}", "sample": 4, "seed": 3}, tmp_path)
+    assert sorted(drawn) == ["a c", "a d", "b c", "b d"]
+    assert len(expand({"template": "{~a|b} {c|d}", "sample": 9}, tmp_path)) == 4
+    # draws that find N prompts stay as they were (a resume finds the same jobs)
+    assert expand({"template": "{a|b|c}", "sample": 2, "seed": 5}, tmp_path) == expand(
+        {"template": "{a|b|c}", "sample": 2, "seed": 5}, tmp_path
+    )
