@@ -42,6 +42,7 @@ from dynamicprompts.parser.config import default_parser_config
 from dynamicprompts.parser.parse import get_cached_parser, parse
 from dynamicprompts.sampling_context import SamplingContext
 from dynamicprompts.wildcards import WildcardManager
+from dynamicprompts.wildcards.collection import WildcardTextFile
 
 from orchestrator.sources import Problem, resolve
 
@@ -73,6 +74,11 @@ class Template:
         if wildcards.is_dir():
             _check_links(wildcards, shown_folder)
         self.manager = WildcardManager(wildcards) if wildcards.is_dir() else WildcardManager()
+        for collection in self.manager.tree.map.values():
+            if isinstance(collection, WildcardTextFile):
+                # A byte-order mark (Excel, old Notepad) would start the first line's prompt
+                # with an invisible U+FEFF, and sort it last; other sources read it as utf-8-sig.
+                collection._encoding = "utf-8-sig"
         self._parsed: dict[str, Command] = {}
         self._check(self.command, 0)
 
@@ -388,7 +394,7 @@ def _text(source: Mapping[str, Any], base: Path) -> str:
             raise Problem("template_file must be a path such as prompts.tmpl")
         path = resolve(base, written)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")
         except FileNotFoundError:
             raise Problem(f"template_file {written}: no such file") from None
         except (OSError, UnicodeDecodeError) as exc:

@@ -293,3 +293,12 @@ def test_sample_is_every_prompt_when_a_weight_hides_one_from_the_draws(tmp_path:
     assert expand({"template": "{a|b|c}", "sample": 2, "seed": 5}, tmp_path) == expand(
         {"template": "{a|b|c}", "sample": 2, "seed": 5}, tmp_path
     )
+
+
+def test_a_byte_order_mark_is_not_sent_as_part_of_a_prompt(tmp_path: Path) -> None:
+    from orchestrator.templates import expand
+
+    root = wildcards(tmp_path, {"animals.txt": b"\xef\xbb\xbffox\r\nheron\r\n"})
+    (tmp_path / "p.tmpl").write_bytes(b"\xef\xbb\xbfa __animals__\r\n")
+    assert Template("__animals__", root, "wildcards").expand() == ["fox", "heron"]
+    assert expand({"template_file": "p.tmpl"}, tmp_path) == ["a fox", "a heron"]
