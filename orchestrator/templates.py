@@ -55,6 +55,9 @@ _DEFAULT_WILDCARDS = "wildcards"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9 ._-]*(/[A-Za-z0-9_*][A-Za-z0-9 ._*-]*)*$|^\*$")
 _SYNTAX = re.compile(r"[{}$]|__")  # what can make a wildcard line more than its own text
 _DRAWS_PER_PROMPT = 20
+# Counts stop growing here: 2**(3**15) prompts took seconds to count (and more than 4,300
+# digits cannot even be printed); a template of 10^30 or more is refused alike.
+_BEYOND = 10**30
 _MAX_DEPTH = 20  # wildcards inside wildcard files, nested deeper than this: a cycle
 
 
@@ -80,11 +83,13 @@ class Template:
                 # with an invisible U+FEFF, and sort it last; other sources read it as utf-8-sig.
                 collection._encoding = "utf-8-sig"
         self._parsed: dict[str, Command] = {}
+        self._checked: set[str] = set()  # wildcards whose files (and theirs) are checked
         self._check(self.command, 0)
 
     def count(self) -> int | None:
         """How many prompts the combinatorial expansion makes (before textual duplicates
-        collapse); None where the syntax (variables, wrap commands) keeps it from being known."""
+        collapse; at most 10^30); None where the syntax (variables, wrap commands) keeps it
+        from being known."""
         return _Counter(self).of(self.command)
 
     def expand(self, sample: int | None = None, seed: int = 0) -> list[str]:
@@ -148,12 +153,15 @@ class Template:
             raise Problem(f"wildcards nest more than {_MAX_DEPTH} deep; does one name itself?")
         for wildcard in _wildcards(command):
             for name in self._names(wildcard):
+                if name in self._checked:  # once each: a file naming another twice, and that
+                    continue  # one the next twice, ... was walked 2**depth times
                 for value in self._values_checked(name):
                     try:
                         parsed = self._parse_value(value)
                     except Problem as exc:
                         raise Problem(f"wildcard __{name}__: {exc.message}") from None
                     self._check(parsed, depth + 1)
+                self._checked.add(name)
 
     def _names(self, wildcard: WildcardCommand) -> list[str]:
         if isinstance(wildcard.wildcard, str):
@@ -204,6 +212,7 @@ class _Counter:
 
     def __init__(self, template: Template) -> None:
         self.template = template
+        self.wildcards: dict[str, int | None] = {}  # a wildcard's count, by its name
 
     def of(self, command: Command) -> int | None:
         if command.sampling_method in (SamplingMethod.RANDOM, SamplingMethod.CYCLICAL):
@@ -216,13 +225,17 @@ class _Counter:
                 n = self.of(token)
                 if n is None:
                     return None
-                total *= n
+                total = min(total * n, _BEYOND)
             return total
         if isinstance(command, VariantCommand):
             return self._variant(command)
         if isinstance(command, WildcardCommand) and isinstance(command.wildcard, str):
-            counts = [self.of(v) for v in self.template.wildcard_values(command.wildcard)]
-            return None if None in counts else sum(c for c in counts if c is not None)
+            name = command.wildcard
+            if name not in self.wildcards:  # once per name, however often it is named
+                counts = [self.of(v) for v in self.template.wildcard_values(name)]
+                known = None if None in counts else min(sum(c for c in counts if c), _BEYOND)
+                self.wildcards[name] = known
+            return self.wildcards[name]
         return None
 
     def _variant(self, command: VariantCommand) -> int | None:
@@ -238,7 +251,7 @@ class _Counter:
             return None
         known = [o for o in options if o is not None]
         low, high = variant.min_bound, variant.max_bound
-        return sum(_ordered_picks(known, k) for k in range(low, high + 1))
+        return min(sum(_ordered_picks(known, k) for k in range(low, high + 1)), _BEYOND)
 
 
 class _Expander:
@@ -486,7 +499,10 @@ def _whole(value: Any, low: int, high: int) -> bool:
 
 
 def _too_many(n: int | None) -> Problem:
-    size = f"{n:,} prompts" if n is not None else f"more than {MAX_PROMPTS:,} prompts"
+    if n is None:
+        size = f"more than {MAX_PROMPTS:,} prompts"
+    else:
+        size = f"{n:,} prompts" if n < _BEYOND else "more than 10^30 prompts"
     return Problem(
         f"template expands to {size}, over the limit of {MAX_PROMPTS:,}; "
         "add sample: N to draw N of them (seed: S picks which)"

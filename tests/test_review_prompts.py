@@ -302,3 +302,17 @@ def test_a_byte_order_mark_is_not_sent_as_part_of_a_prompt(tmp_path: Path) -> No
     (tmp_path / "p.tmpl").write_bytes(b"\xef\xbb\xbfa __animals__\r\n")
     assert Template("__animals__", root, "wildcards").expand() == ["fox", "heron"]
     assert expand({"template_file": "p.tmpl"}, tmp_path) == ["a fox", "a heron"]
+
+
+def test_wildcards_naming_each_other_thrice_over_are_checked_and_counted_once_each(
+    tmp_path: Path,
+) -> None:
+    """16 files of one line each, each naming the next three times: plan hung (3**15 walks)."""
+    from orchestrator.templates import expand
+
+    files = {f"w{i}.txt": f"__w{i + 1}__ __w{i + 1}__ __w{i + 1}__\n" for i in range(15)}
+    root = wildcards(tmp_path, {**files, "w15.txt": "x\ny\n"})
+    template = Template("__w0__", root, "wildcards")
+    assert template.count() == 10**30  # 2 ** (3**15): each of 3**15 slots takes x or y
+    with pytest.raises(Problem, match=r"^template expands to more than 10\^30 prompts, over"):
+        expand({"template": "__w0__"}, tmp_path)
