@@ -84,13 +84,19 @@ class Template:
                 collection._encoding = "utf-8-sig"
         self._parsed: dict[str, Command] = {}
         self._checked: set[str] = set()  # wildcards whose files (and theirs) are checked
-        self._check(self.command, 0)
+        try:
+            self._check(self.command, 0)
+        except RecursionError:
+            raise _too_deep() from None
 
     def count(self) -> int | None:
         """How many prompts the combinatorial expansion makes (before textual duplicates
         collapse; at most 10^30); None where the syntax (variables, wrap commands) keeps it
         from being known."""
-        return _Counter(self).of(self.command)
+        try:
+            return _Counter(self).of(self.command)
+        except RecursionError:  # braces nested in wildcard files nested in wildcard files ...
+            raise _too_deep() from None
 
     def expand(self, sample: int | None = None, seed: int = 0) -> list[str]:
         """Every prompt (combinatorial), or ``sample`` prompts drawn with ``seed``."""
@@ -496,6 +502,10 @@ def _check_utf8(path: Path, shown: str) -> None:
 
 def _whole(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _too_deep() -> Problem:
+    return Problem("template nests too deep (braces and wildcards within wildcards) to expand")
 
 
 def _too_many(n: int | None) -> Problem:

@@ -316,3 +316,15 @@ def test_wildcards_naming_each_other_thrice_over_are_checked_and_counted_once_ea
     assert template.count() == 10**30  # 2 ** (3**15): each of 3**15 slots takes x or y
     with pytest.raises(Problem, match=r"^template expands to more than 10\^30 prompts, over"):
         expand({"template": "__w0__"}, tmp_path)
+
+
+def test_braces_nested_in_a_chain_of_wildcard_files_are_one_line_not_a_recursion_error(
+    tmp_path: Path,
+) -> None:
+    from orchestrator.templates import expand
+
+    nest = 30
+    files = {f"w{i}.txt": "{" * nest + f"__w{i + 1}__|b" + "}" * nest + "\n" for i in range(19)}
+    wildcards(tmp_path, {**files, "w19.txt": "x\n"})
+    with pytest.raises(Problem, match=r"^template nests too deep|^template cannot expand"):
+        expand({"template": "__w0__"}, tmp_path)
