@@ -328,3 +328,22 @@ def test_braces_nested_in_a_chain_of_wildcard_files_are_one_line_not_a_recursion
     wildcards(tmp_path, {**files, "w19.txt": "x\n"})
     with pytest.raises(Problem, match=r"^template nests too deep|^template cannot expand"):
         expand({"template": "__w0__"}, tmp_path)
+
+
+def test_schema_server_takes_mappings_as_axis_values_and_inputs(tmp_path: Path) -> None:
+    """With schema: server nothing knows lora is an object: its mappings were refused ("must
+    be a single value", "takes one value"), so no LoRA sweep on a model not cached yet."""
+    from orchestrator import iter_jobs, load_spec
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "model: someone/new-model/text-to-image\nschema: server\n"
+        "inputs:\n  prompt: a fox\n  style: {name: ink, strength: 2}\n"
+        "axes:\n  lora: [{path: a.safetensors}, {path: b.safetensors, scale: 0.5}]\n"
+    )
+    jobs = list(iter_jobs(load_spec(spec)))
+    assert [job.inputs["lora"] for job in jobs] == [
+        {"path": "a.safetensors"},
+        {"path": "b.safetensors", "scale": 0.5},
+    ]
+    assert jobs[0].inputs["style"] == {"name": "ink", "strength": 2}
