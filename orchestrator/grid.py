@@ -389,7 +389,10 @@ def _extra(spec: Spec, rules: list[Rule]) -> Iterator[dict[str, Any]]:
     lookup = [{tuple(identity(v) for v in row): i for i, row in enumerate(d.rows)} for d in dims]
     grid_keys = set(spec.fixed).union(*(d.keys for d in dims))
     seen: set[tuple[Any, ...]] = set()
-    for entry in spec.include:
+    for written in spec.include:
+        # ``none`` for a field the grid never sets is the same as not naming it: that entry is
+        # the grid's job (one key), not one more.
+        entry = {k: v for k, v in written.items() if v is not ABSENT or k in grid_keys}
         ident = tuple(sorted((k, identity(v)) for k, v in entry.items()))
         if ident in seen:
             continue

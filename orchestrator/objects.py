@@ -9,6 +9,7 @@ name such as ``my-style.safetensors``) or an https URL: RunComfy fetches nothing
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Mapping
@@ -55,6 +56,7 @@ class _Absent:
 ABSENT: Final = _Absent()
 _ASSET = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _NONE_WORDS = frozenset({"none"})
+_MAX_LABEL = 48  # characters of a path's stem (or the other keys) kept in a label
 
 
 def is_object_field(prop: Mapping[str, Any] | None) -> bool:
@@ -132,8 +134,15 @@ def _member(key: str, sub: Mapping[str, Any], value: Any) -> Any:
 def _check_path(path: str) -> None:
     """A LoRA path: an asset name or an https URL; RunComfy reads nothing else."""
     if path.startswith("https://"):
-        parts = urlsplit(path)
-        if parts.hostname and " " not in path:
+        # urlsplit drops tabs and newlines silently (the label would not show them) and raises
+        # ValueError for a broken [IPv6] host or port: each is refused here in one line.
+        clean = not any(c.isspace() or not c.isprintable() for c in path)
+        try:
+            parts = urlsplit(path)
+            valid = clean and bool(parts.hostname) and (parts.port or 443) > 0
+        except ValueError:
+            valid = False
+        if valid:
             return
         raise ObjectProblem(f"path: {_show(path)} is not a valid https URL")
     if _ASSET.match(path) and ".." not in path:
@@ -163,15 +172,26 @@ def label(value: Any) -> str:
     if scale is not None:
         parts.append(f"@{_number(scale)}")
     extra = ",".join(f"{k}={_number(v)}" for k, v in sorted(rest.items()))
+    extra = _short(extra, extra)
     if extra:
         parts.append(("," if parts else "") + extra)
     return "".join(parts) or "{}"
 
 
 def _stem(path: str) -> str:
+    whole = path
     if path.startswith(("https://", "http://")):
         path = urlsplit(path).path
-    return PurePosixPath(path).stem or PurePosixPath(path).name or "lora"
+    return _short(PurePosixPath(path).stem or PurePosixPath(path).name or "lora", whole)
+
+
+def _short(text: str, whole: str) -> str:
+    """``text`` as it is when short; else its start and a hash of ``whole`` (a 10 kB URL is
+    still a short label in a plan, a report or a CSV, and two such URLs stay apart)."""
+    if len(text) <= _MAX_LABEL:
+        return text
+    digest = hashlib.sha256(whole.encode()).hexdigest()[:8]
+    return f"{text[: _MAX_LABEL - 9]}~{digest}"
 
 
 def _number(value: Any) -> str:

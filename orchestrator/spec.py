@@ -471,8 +471,9 @@ class _Builder:
     def _one_value(self, key: str, value: Any) -> bool:
         """Whether ``value`` is one value of ``key``: a list for a list-typed input, a mapping
         for an object input (a LoRA)."""
-        if isinstance(value, dict):
-            return objects.is_object_field(self.model.properties.get(key))
+        if isinstance(value, dict):  # schema: server knows no field's type: the server checks
+            prop = self.model.properties.get(key)
+            return objects.is_object_field(prop) or not self.model.has_schema
         if not isinstance(value, list):
             return False
         kind = self.model.properties.get(key, {}).get("type")

@@ -16,8 +16,10 @@ refused by its count, naming ``sample:``, without being expanded.
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import math
+import os
 import re
 import warnings
 from collections.abc import Iterable, Mapping
@@ -40,6 +42,7 @@ from dynamicprompts.parser.config import default_parser_config
 from dynamicprompts.parser.parse import get_cached_parser, parse
 from dynamicprompts.sampling_context import SamplingContext
 from dynamicprompts.wildcards import WildcardManager
+from dynamicprompts.wildcards.collection import WildcardTextFile
 
 from orchestrator.sources import Problem, resolve
 
@@ -52,6 +55,9 @@ _DEFAULT_WILDCARDS = "wildcards"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9 ._-]*(/[A-Za-z0-9_*][A-Za-z0-9 ._*-]*)*$|^\*$")
 _SYNTAX = re.compile(r"[{}$]|__")  # what can make a wildcard line more than its own text
 _DRAWS_PER_PROMPT = 20
+# Counts stop growing here: 2**(3**15) prompts took seconds to count (and more than 4,300
+# digits cannot even be printed); a template of 10^30 or more is refused alike.
+_BEYOND = 10**30
 _MAX_DEPTH = 20  # wildcards inside wildcard files, nested deeper than this: a cycle
 
 
@@ -68,14 +74,29 @@ class Template:
         self.folder = wildcards
         self.shown_folder = shown_folder
         self.command = _parse(text)
+        if wildcards.is_dir():
+            _check_links(wildcards, shown_folder)
         self.manager = WildcardManager(wildcards) if wildcards.is_dir() else WildcardManager()
+        for collection in self.manager.tree.map.values():
+            if isinstance(collection, WildcardTextFile):
+                # A byte-order mark (Excel, old Notepad) would start the first line's prompt
+                # with an invisible U+FEFF, and sort it last; other sources read it as utf-8-sig.
+                collection._encoding = "utf-8-sig"
         self._parsed: dict[str, Command] = {}
-        self._check(self.command, 0)
+        self._checked: set[str] = set()  # wildcards whose files (and theirs) are checked
+        try:
+            self._check(self.command, 0)
+        except RecursionError:
+            raise _too_deep() from None
 
     def count(self) -> int | None:
         """How many prompts the combinatorial expansion makes (before textual duplicates
-        collapse); None where the syntax (variables, wrap commands) keeps it from being known."""
-        return _Counter(self).of(self.command)
+        collapse; at most 10^30); None where the syntax (variables, wrap commands) keeps it
+        from being known."""
+        try:
+            return _Counter(self).of(self.command)
+        except RecursionError:  # braces nested in wildcard files nested in wildcard files ...
+            raise _too_deep() from None
 
     def expand(self, sample: int | None = None, seed: int = 0) -> list[str]:
         """Every prompt (combinatorial), or ``sample`` prompts drawn with ``seed``."""
@@ -87,12 +108,17 @@ class Template:
         )
         try:
             if sample is None:
-                prompts = _Expander(self).of(self.command) or [
-                    str(p) for p in context.sample_prompts(self.command, MAX_PROMPTS + 1)
-                ]
+                built = _Expander(self).of(self.command)
+                prompts = (
+                    built
+                    if built is not None
+                    else [str(p) for p in context.sample_prompts(self.command, MAX_PROMPTS + 1)]
+                )
             else:
                 prompts = _distinct_draws(context.sample_prompts(self.command, None), sample)
-        except (ValueError, KeyError, RecursionError) as exc:
+        except (ValueError, KeyError, RecursionError, RuntimeError) as exc:
+            # RuntimeError: the library's generator ends with StopIteration on a part that makes
+            # no text (such as a{2$$a|a}).
             raise Problem(f"template cannot expand: {exc}") from None
         if sample is None and len(prompts) > MAX_PROMPTS:
             raise _too_many(None)
@@ -133,12 +159,15 @@ class Template:
             raise Problem(f"wildcards nest more than {_MAX_DEPTH} deep; does one name itself?")
         for wildcard in _wildcards(command):
             for name in self._names(wildcard):
+                if name in self._checked:  # once each: a file naming another twice, and that
+                    continue  # one the next twice, ... was walked 2**depth times
                 for value in self._values_checked(name):
                     try:
                         parsed = self._parse_value(value)
                     except Problem as exc:
                         raise Problem(f"wildcard __{name}__: {exc.message}") from None
                     self._check(parsed, depth + 1)
+                self._checked.add(name)
 
     def _names(self, wildcard: WildcardCommand) -> list[str]:
         if isinstance(wildcard.wildcard, str):
@@ -160,7 +189,14 @@ class Template:
                 f"wildcard __{name}__: no wildcards folder {self.shown_folder}/ "
                 "(set wildcards: to the folder holding its .txt files)"
             )
+        matched = list(self.manager.match_collections(name))
+        if not matched:  # the library would try **/name: a file of that name in any sub-folder
+            raise Problem(f"wildcard __{name}__: no file {self.shown_folder}/{name}.txt")
         values = self.values(name)
+        for collection in matched:
+            path = getattr(collection, "_path", None)  # a text file's; the library reads it
+            if isinstance(path, Path):  # with errors="ignore": a byte it cannot read is dropped
+                _check_utf8(path, f"wildcard __{name}__: {self.shown_folder}/{name}{path.suffix}")
         if values:
             return values
         if any(self.folder.glob(f"{name}.*")):
@@ -182,6 +218,7 @@ class _Counter:
 
     def __init__(self, template: Template) -> None:
         self.template = template
+        self.wildcards: dict[str, int | None] = {}  # a wildcard's count, by its name
 
     def of(self, command: Command) -> int | None:
         if command.sampling_method in (SamplingMethod.RANDOM, SamplingMethod.CYCLICAL):
@@ -194,13 +231,17 @@ class _Counter:
                 n = self.of(token)
                 if n is None:
                     return None
-                total *= n
+                total = min(total * n, _BEYOND)
             return total
         if isinstance(command, VariantCommand):
             return self._variant(command)
         if isinstance(command, WildcardCommand) and isinstance(command.wildcard, str):
-            counts = [self.of(v) for v in self.template.wildcard_values(command.wildcard)]
-            return None if None in counts else sum(c for c in counts if c is not None)
+            name = command.wildcard
+            if name not in self.wildcards:  # once per name, however often it is named
+                counts = [self.of(v) for v in self.template.wildcard_values(name)]
+                known = None if None in counts else min(sum(c for c in counts if c), _BEYOND)
+                self.wildcards[name] = known
+            return self.wildcards[name]
         return None
 
     def _variant(self, command: VariantCommand) -> int | None:
@@ -216,7 +257,7 @@ class _Counter:
             return None
         known = [o for o in options if o is not None]
         low, high = variant.min_bound, variant.max_bound
-        return sum(_ordered_picks(known, k) for k in range(low, high + 1))
+        return min(sum(_ordered_picks(known, k) for k in range(low, high + 1)), _BEYOND)
 
 
 class _Expander:
@@ -351,7 +392,16 @@ def expand(source: Mapping[str, Any], base: Path) -> list[str]:
         n = template.count()
         if n is not None and n > MAX_PROMPTS:
             raise _too_many(n)
-    return template.expand(sample, seed)
+    prompts = template.expand(sample, seed)
+    if sample is not None and len(prompts) < sample:
+        # The draws stop short of N: a weight such as {1000::a|b} can hide a prompt from them.
+        # A template that makes no more than N prompts gives every one of them instead.
+        n = template.count()
+        if n is not None and len(prompts) < n <= sample:
+            every = list(dict.fromkeys(template.expand(None, seed)))
+            if len(prompts) < len(every) <= sample:
+                return every
+    return prompts
 
 
 def _text(source: Mapping[str, Any], base: Path) -> str:
@@ -363,7 +413,7 @@ def _text(source: Mapping[str, Any], base: Path) -> str:
             raise Problem("template_file must be a path such as prompts.tmpl")
         path = resolve(base, written)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")
         except FileNotFoundError:
             raise Problem(f"template_file {written}: no such file") from None
         except (OSError, UnicodeDecodeError) as exc:
@@ -418,12 +468,51 @@ def _wildcards(command: Command) -> list[WildcardCommand]:
     return found
 
 
+def _check_links(folder: Path, shown: str) -> None:
+    """Refuse a symlink in the wildcards folder that leads out of it (the library follows them:
+    a prompt could carry any file of the machine to the API) or back up into it (a loop the
+    library would walk without end)."""
+    root = folder.resolve()
+    for dirname, dirnames, filenames in os.walk(folder):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirname) / name
+            if not path.is_symlink():
+                continue
+            target = path.resolve()
+            relative = path.relative_to(folder).as_posix()
+            if not target.is_relative_to(root):
+                raise Problem(f"wildcards: {shown}/{relative} links outside {shown}/")
+            if path.is_dir() and path.parent.resolve().is_relative_to(target):
+                raise Problem(f"wildcards: {shown}/{relative} links to a folder holding it")
+
+
+def _check_utf8(path: Path, shown: str) -> None:
+    """Refuse a wildcard file that is not UTF-8 text, rather than send its lines cut short."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with path.open("rb") as file:
+            while chunk := file.read(1 << 20):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        raise Problem(f"{shown} is not UTF-8 text (byte {exc.start + 1} of a block)") from None
+    except OSError as exc:
+        raise Problem(f"{shown}: cannot read: {exc.strerror}") from None
+
+
 def _whole(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
+def _too_deep() -> Problem:
+    return Problem("template nests too deep (braces and wildcards within wildcards) to expand")
+
+
 def _too_many(n: int | None) -> Problem:
-    size = f"{n:,} prompts" if n is not None else f"more than {MAX_PROMPTS:,} prompts"
+    if n is None:
+        size = f"more than {MAX_PROMPTS:,} prompts"
+    else:
+        size = f"{n:,} prompts" if n < _BEYOND else "more than 10^30 prompts"
     return Problem(
         f"template expands to {size}, over the limit of {MAX_PROMPTS:,}; "
         "add sample: N to draw N of them (seed: S picks which)"

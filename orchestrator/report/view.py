@@ -9,6 +9,7 @@ The page (orchestrator/report/page.py) and the mosaic video both draw from this 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
@@ -306,9 +307,24 @@ def _axes(named: Sequence[Mapping[str, Any]]) -> tuple[list[Axis], dict[str, Any
             fixed[k] = next(iter(seen.values()))
             continue
         ordered = _ordered(list(seen.values()))
-        axes.append(Axis(k, ordered, [_label(v) for v in ordered]))
+        axes.append(Axis(k, ordered, _distinct_labels(ordered)))
     axes.sort(key=lambda a: -len(a.values))  # stable: ties keep the inputs' order
     return axes, fixed
+
+
+def _distinct_labels(values: list[Any]) -> list[str]:
+    """Each value's label, told apart where two values share one (two LoRAs of one file stem
+    from two URLs): the page, tabs and ``--filter`` find a value by its label, so a shared one
+    hid the second value's cells. The clash gets a short hash of the value added."""
+    labels = [_label(v) for v in values]
+    counts = Counter(labels)
+    if all(n == 1 for n in counts.values()):
+        return labels
+    out = []
+    for value, text in zip(values, labels, strict=True):
+        digest = hashlib.sha256(_canon(value).encode()).hexdigest()[:6]
+        out.append(text if counts[text] == 1 else f"{text} #{digest}")
+    return out
 
 
 def _ordered(values: list[Any]) -> list[Any]:
