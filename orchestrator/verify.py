@@ -360,8 +360,9 @@ def _check_audio(path: Path, shape: Shape, *, exact_header: bool) -> None:
     _check_seconds(seconds, shape)
 
 
-def _decode_image(path: Path) -> tuple[int, int]:
-    """Decode the whole image with Pillow (a truncated one raises); returns its size."""
+def _decode_image(path: Path) -> tuple[int, int] | None:
+    """Decode the whole image with Pillow (a truncated one raises); returns its size, or None
+    for one past Pillow's bomb limit (not decoded: its structure was checked already)."""
     try:
         with warnings.catch_warnings():
             # A very large image is still one a model made: decoded, not refused as a bomb.
@@ -370,8 +371,8 @@ def _decode_image(path: Path) -> tuple[int, int]:
                 image.load()
                 return image.size
     except Image.DecompressionBombError:
-        with Image.open(path) as image:
-            return image.size
+        # Pillow refuses even to open it (each open raises again): too big to decode here.
+        return None
     except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
         raise OutputInvalid(f"cannot be decoded as an image: {exc}") from None
 
