@@ -3,11 +3,18 @@ size, files that change under a run, outputs of mixed kinds, images too large to
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import zlib
 from pathlib import Path
 
+from click.testing import CliRunner
+
+from orchestrator.cli import cli
+from orchestrator.store import JobState, Store
 from orchestrator.verify import Shape, verify_output
+
+from .media_files import _Job, image_bytes, video_file
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
@@ -36,3 +43,54 @@ def test_an_image_past_pillow_s_bomb_limit_is_judged_by_its_structure_not_a_trac
     path.write_bytes(huge_png(40000, 40000))
     assert verify_output(path, "png", Shape(), kind="image") == "png"
     assert verify_output(path, "png", Shape(aspect=(1.0, 1.0)), kind="image") == "png"
+
+
+T2V = "bytedance/seedance-2.5/text-to-video/1080p"
+T2I = "google/nano-banana-2-lite/text-to-image"
+
+
+def mixed_sweep(folder: Path) -> Path:
+    """A done sweep over a video model and an image model (a `model` axis); its store."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = [
+        (T2V, {"prompt": "fox"}, "v.mp4", video_file(folder.parent / "v.mp4", 64, 36, 4)),
+        (T2I, {"prompt": "fox"}, "i.png", None),
+    ]
+    jobs = [
+        _Job(hashlib.sha256(f"{model}{i}".encode()).hexdigest(), i, inputs, model)
+        for i, (model, inputs, _, _) in enumerate(made)
+    ]
+    with Store.open(folder / "comfysweep.db") as store:
+        store.sync_jobs(jobs, [T2V, T2I])
+        for row in store.claim(len(jobs)):
+            _, _, name, src = made[row.index]
+            data = src.read_bytes() if src else image_bytes("PNG", 32, 18)
+            (folder / name).write_bytes(data)
+            digest = hashlib.sha256(data).hexdigest()
+            output = {"path": name, "size": len(data), "sha256": digest, "url": f"u/{name}"}
+            store.transition(row.key, JobState.QUEUED, request_id=f"r{row.index}")
+            store.transition(row.key, JobState.SUCCEEDED, cost=0.5)
+            store.transition(row.key, JobState.DONE, outputs=[output])
+    return folder / "comfysweep.db"
+
+
+def test_an_hf_export_of_videos_and_images_is_refused_in_one_line(tmp_path: Path) -> None:
+    """The dataset card took the first output's kind: a folder of an MP4 and a PNG typed as one
+    `video` column, which `datasets` cannot load. An hf folder holds one kind: refused, naming
+    the kinds and the formats that take them; the other formats export them."""
+    store = mixed_sweep(tmp_path / "results")
+    dest = tmp_path / "dataset"
+    result = CliRunner().invoke(cli, ["export", "--store", str(store), str(dest)])
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: an hf folder holds outputs of one kind; this sweep made image and video: "
+        "export with --format parquet, csv or webdataset"
+    )
+    assert not dest.exists()
+    result = CliRunner().invoke(
+        cli, ["export", "--store", str(store), str(dest), "--format", "parquet"]
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (dest / "data").iterdir()) == ["i.png", "v.mp4"]
+    card = (dest / "README.md").read_text()
+    assert '  - name: "file_name"\n    dtype: string\n' in card
