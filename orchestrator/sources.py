@@ -13,7 +13,9 @@ import hashlib
 import json
 import math
 import mimetypes
+import os
 import re
+import stat
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -119,12 +121,31 @@ class LocalMedia:
         return f"LocalMedia({self.label!r}, {self.mime}, {self.size} bytes)"
 
     def data_uri(self) -> str:
-        """The file as a ``data:`` URI (read now; callers cache it)."""
+        """The file as a ``data:`` URI (read now; callers cache it). The file is checked again
+        as it is read: one changed since the plan (past its cap, of another kind, a FIFO that
+        would block for ever) is a Problem, never sent."""
+        limit = MAX_MEDIA_BYTES[self.kind]
         try:
-            data = self.path.read_bytes()
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as handle:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise self._changed(f"not a file; give {_a(self.kind)} file")
+                data = handle.read(limit + 1)
         except OSError as exc:
             raise Problem(f"cannot read {self.label}: {exc.strerror or exc}") from exc
-        return f"data:{self.mime};base64,{base64.b64encode(data).decode('ascii')}"
+        if len(data) > limit:
+            raise self._changed(
+                f"{os.stat(self.path).st_size / 2**20:.1f} MiB, above the {limit // 2**20} MiB "
+                f"limit for a data: URI {self.kind}"
+            )
+        sniffed = sniff(data[:_SNIFF_BYTES])
+        if sniffed is None or sniffed.split("/")[0] != self.kind:
+            raise self._changed(f"not {_a(self.kind)} file now")
+        mime = _mime(self.path, sniffed)
+        return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+    def _changed(self, why: str) -> Problem:
+        return Problem(f"{self.label} changed since the sweep was planned: {why}")
 
 
 # The old name: a local image was the only local media once.

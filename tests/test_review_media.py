@@ -4,13 +4,16 @@ size, files that change under a run, outputs of mixed kinds, images too large to
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import zlib
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
+from orchestrator.sources import LocalMedia, MediaFiles, Problem, local_media
 from orchestrator.store import JobState, Store
 from orchestrator.verify import Shape, verify_output
 
@@ -94,3 +97,34 @@ def test_an_hf_export_of_videos_and_images_is_refused_in_one_line(tmp_path: Path
     assert sorted(p.name for p in (dest / "data").iterdir()) == ["i.png", "v.mp4"]
     card = (dest / "README.md").read_text()
     assert '  - name: "file_name"\n    dtype: string\n' in card
+
+
+def planned_png(tmp_path: Path) -> LocalMedia:
+    (tmp_path / "a.png").write_bytes(image_bytes("PNG", 8, 8))
+    return local_media("a.png", tmp_path, tmp_path, MediaFiles(), "image")
+
+
+def test_a_file_grown_past_its_cap_after_the_plan_is_refused_when_its_job_is_built(
+    tmp_path: Path,
+) -> None:
+    """The cap was checked on the size at load; the job read whatever the file held later (7
+    MiB sent as an image, or a text file sent as image/png)."""
+    media = planned_png(tmp_path)
+    with (tmp_path / "a.png").open("ab") as handle:
+        handle.truncate(7 * 2**20)
+    with pytest.raises(Problem, match=r"^a.png changed since the sweep was planned: 7.0 MiB, "):
+        media.data_uri()
+    (tmp_path / "a.png").write_text("not an image at all")
+    with pytest.raises(Problem, match=r"^a.png changed since the sweep was planned: not an image"):
+        media.data_uri()
+
+
+def test_a_file_replaced_by_a_fifo_after_the_plan_is_refused_not_waited_on(
+    tmp_path: Path,
+) -> None:
+    """Reading a FIFO with no writer blocks for ever: the run hung building the job."""
+    media = planned_png(tmp_path)
+    (tmp_path / "a.png").unlink()
+    os.mkfifo(tmp_path / "a.png")
+    with pytest.raises(Problem, match=r"^a.png changed since the sweep was planned: not a file"):
+        media.data_uri()
