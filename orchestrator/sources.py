@@ -16,6 +16,8 @@ import mimetypes
 import os
 import re
 import stat
+import struct
+import warnings
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -320,12 +322,99 @@ def local_media(
             f"{label}: not {_a(kind)} file (its content is no known {kind} format); give "
             f"{_FORMATS[kind]}, or an https URL"
         )
+    if head[4:8] == b"ftyp" and not sniffed.startswith("image/"):
+        sniffed = _bmff_type(path, sniffed)
     found = sniffed.split("/")[0]
     if found != kind:
         raise Problem(f"{label} is {_a(found)} file ({sniffed}), not {_a(kind)}")
+    _check_content(path, label, kind, sniffed)
     media = LocalMedia(mime=_mime(path, sniffed), path=path, label=label, size=size)
     seen.add(media)
     return media
+
+
+def _check_content(path: Path, label: str, kind: str, sniffed: str) -> None:
+    """An image's header must read as what its first bytes say (a PNG signature on garbage
+    does not); only the header is read, no pixel decoded."""
+    if kind != "image" or sniffed not in _PILLOW_READS:
+        return
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.open(path).close()
+    except Image.DecompressionBombError:
+        return  # a header that reads: the size is the service's to judge
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
+        raise Problem(
+            f"{label}: cannot be read as an image ({exc}); give {_FORMATS['image']}, or an "
+            "https URL"
+        ) from None
+
+
+_PILLOW_READS = frozenset(
+    {"image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp", "image/tiff"}
+)
+
+
+def _bmff_type(path: Path, sniffed: str) -> str:
+    """An MP4/MOV's type by its tracks (its ``hdlr`` boxes), not its brand: one of sound alone
+    is audio/mp4, whatever its brand says; else ``sniffed`` (no ``moov`` found, as in a
+    header alone: the brand is all there is)."""
+    try:
+        with path.open("rb") as handle:
+            handlers = _bmff_handlers(handle, os.fstat(handle.fileno()).st_size)
+    except OSError:
+        return sniffed
+    if handlers is not None and b"soun" in handlers and b"vide" not in handlers:
+        return "audio/mp4"
+    return sniffed
+
+
+def _bmff_handlers(handle: Any, size: int) -> set[bytes] | None:
+    """The handler types of the tracks of the top-level ``moov`` box; None without one."""
+    pos = 0
+    for _ in range(_MAX_BOXES):
+        handle.seek(pos)
+        head = handle.read(16)
+        if len(head) < 8:
+            return None
+        length, name = struct.unpack(">I4s", head[:8])
+        start = 8
+        if length == 1 and len(head) == 16:
+            length, start = struct.unpack(">Q", head[8:16])[0], 16
+        elif length == 0:
+            length = size - pos
+        if length < start:
+            return None
+        if name == b"moov":
+            handle.seek(pos + start)
+            body = handle.read(min(length - start, MAX_MEDIA_BYTES["video"]))
+            return {
+                hdlr[8:12]
+                for trak in _boxes(body, b"trak")
+                for mdia in _boxes(trak, b"mdia")
+                for hdlr in _boxes(mdia, b"hdlr")
+            }
+        pos += length
+    return None
+
+
+_MAX_BOXES = 1000
+
+
+def _boxes(data: bytes, wanted: bytes) -> list[bytes]:
+    """The bodies of the boxes named ``wanted`` directly inside ``data``."""
+    found, pos = [], 0
+    while pos + 8 <= len(data):
+        length, name = struct.unpack(">I4s", data[pos : pos + 8])
+        if length < 8:
+            break
+        if name == wanted:
+            found.append(data[pos + 8 : pos + length])
+        pos += length
+    return found
 
 
 _FORMATS = {

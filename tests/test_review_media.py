@@ -9,6 +9,8 @@ import struct
 import zlib
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -17,7 +19,7 @@ from orchestrator.sources import LocalMedia, MediaFiles, Problem, local_media
 from orchestrator.store import JobState, Store
 from orchestrator.verify import Shape, verify_output
 
-from .media_files import _Job, image_bytes, video_file
+from .media_files import _Job, audio_file, image_bytes, video_file
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
@@ -128,3 +130,49 @@ def test_a_file_replaced_by_a_fifo_after_the_plan_is_refused_not_waited_on(
     os.mkfifo(tmp_path / "a.png")
     with pytest.raises(Problem, match=r"^a.png changed since the sweep was planned: not a file"):
         media.data_uri()
+
+
+def audio_only_mp4(path: Path) -> Path:
+    """An ISO-BMFF file (brand isom, as ffmpeg writes any .mp4) with one AAC track, no video."""
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=8000)
+        stream.layout = "mono"
+        for i in range(8):
+            frame = av.AudioFrame.from_ndarray(
+                np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono"
+            )
+            frame.sample_rate = 8000
+            frame.pts = i * 1024
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_an_mp4_with_no_video_stream_given_as_a_video_is_refused_by_its_content(
+    tmp_path: Path,
+) -> None:
+    """Its first bytes say MP4 (`ftyp isom`), so the sniffer called it a video and the job sent
+    sound to a video input; given as audio, the same file was refused as a video. Its tracks
+    decide."""
+    audio_only_mp4(tmp_path / "clip.mp4")
+    with pytest.raises(Problem, match=r"^clip.mp4 is an audio file \(audio/mp4\), not a video$"):
+        local_media("clip.mp4", tmp_path, tmp_path, MediaFiles(), "video")
+    sound = local_media("clip.mp4", tmp_path, tmp_path, MediaFiles(), "audio")
+    assert sound.mime == "audio/mp4"
+
+
+def test_a_png_header_on_garbage_is_refused_by_its_content(tmp_path: Path) -> None:
+    """Eight bytes of PNG signature were all the sniffer asked of an image."""
+    (tmp_path / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40)
+    with pytest.raises(Problem, match=r"^x.png: cannot be read as an image \(.*\); give a PNG"):
+        local_media("x.png", tmp_path, tmp_path, MediaFiles(), "image")
+    # A real image of each kind still passes, and a file of a format Pillow does not read is
+    # judged by its first bytes alone, as before.
+    (tmp_path / "ok.webp").write_bytes(image_bytes("WEBP", 8, 8))
+    assert local_media("ok.webp", tmp_path, tmp_path, MediaFiles(), "image").mime == "image/webp"
+    audio_file(tmp_path / "ok.wav", 0.5)
+    assert local_media("ok.wav", tmp_path, tmp_path, MediaFiles(), "audio").kind == "audio"
+    video_file(tmp_path / "ok.mp4", 32, 32, 2)
+    assert local_media("ok.mp4", tmp_path, tmp_path, MediaFiles(), "video").kind == "video"
