@@ -17,6 +17,7 @@ import os
 import re
 import stat
 import struct
+import urllib.parse
 import warnings
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
@@ -35,6 +36,7 @@ __all__ = [
     "MediaList",
     "Problem",
     "bad_scheme",
+    "check_url",
     "expand_glob",
     "is_url",
     "local_media",
@@ -196,8 +198,37 @@ def request_length(values: Mapping[str, Any]) -> int:
 
 
 def is_url(text: str) -> bool:
-    """True for values that pass through to the API untouched (https URLs and data URIs)."""
-    return text.startswith(("https://", "data:"))
+    """True for values that pass through to the API untouched (https URLs, whatever the case
+    of their scheme, and data URIs)."""
+    return text[:8].lower() == "https://" or text.startswith("data:")
+
+
+def check_url(text: str, kind: str) -> None:
+    """A Problem unless ``text`` (an ``is_url`` value) can hold media of ``kind``: an https
+    URL names a host; a data: URI says a type of that kind, and its first bytes agree."""
+    if not text.startswith("data:"):
+        try:
+            host = urllib.parse.urlsplit(text).hostname
+        except ValueError:
+            host = None
+        if not host:
+            raise Problem(f"{text[:60]!r}: an https URL names a host")
+        return
+    header, _, payload = text[5:].partition(",")
+    mime = header.split(";")[0].strip().lower()
+    if mime.split("/")[0] != kind:
+        raise Problem(
+            f"a data: URI of {mime or 'no type'}; give {_a(kind)} (data:{kind}/...;base64,...), "
+            "a file or an https URL"
+        )
+    if header.lower().endswith(";base64"):
+        try:
+            head = base64.b64decode(payload[: 4 * (_SNIFF_BYTES // 3)], validate=True)
+        except ValueError:
+            raise Problem(f"a data: URI of {mime} whose payload is not base64") from None
+        sniffed = sniff(head)
+        if sniffed is not None and sniffed.split("/")[0] != kind:
+            raise Problem(f"a data: URI of {mime} whose content is {sniffed}; give {_a(kind)}")
 
 
 def bad_scheme(text: str) -> str | None:

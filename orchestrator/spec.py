@@ -28,6 +28,7 @@ from orchestrator.sources import (
     MediaList,
     Problem,
     bad_scheme,
+    check_url,
     expand_glob,
     is_url,
     local_media,
@@ -555,6 +556,7 @@ class _Builder:
                 f"{brief(value)}: {scheme}:// URLs are not sent; give an https URL or a local file"
             )
         if is_url(value):
+            check_url(value, kind)
             return value
         return local_media(value, base, self.base, self.media, kind)
 

@@ -3,6 +3,7 @@ size, files that change under a run, outputs of mixed kinds, images too large to
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import struct
@@ -15,11 +16,19 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli import cli
+from orchestrator.emulator import Emulator, EmulatorConfig
+from orchestrator.emulator.faults import FaultProfile
+from orchestrator.grid import iter_jobs
 from orchestrator.sources import LocalMedia, MediaFiles, Problem, local_media
+from orchestrator.spec import load_spec
 from orchestrator.store import JobState, Store
+from orchestrator.sweep import Overrides, run_sweep
 from orchestrator.verify import Shape, verify_output
 
 from .media_files import _Job, audio_file, image_bytes, video_file
+from .test_media_inputs import EDIT, catalog, error, spec
+
+__all__ = ["catalog"]  # a fixture, shared
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
@@ -176,3 +185,95 @@ def test_a_png_header_on_garbage_is_refused_by_its_content(tmp_path: Path) -> No
     assert local_media("ok.wav", tmp_path, tmp_path, MediaFiles(), "audio").kind == "audio"
     video_file(tmp_path / "ok.mp4", 32, 32, 2)
     assert local_media("ok.mp4", tmp_path, tmp_path, MediaFiles(), "video").kind == "video"
+
+
+T2A = "acestep-ai/ace-step-1.5/text-to-audio"
+RUN_SPEC = """\
+name: {name}
+model: {model}
+inputs:
+  {inputs}
+axes:
+  {axis}
+run:
+  output: {output}
+  poll_interval: 0.01
+  rate: 1000
+"""
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "axis", "ext"),
+    [
+        (T2I, "prompt: a fox", "aspect_ratio: ['16:9', '1:1']", "png"),
+        (T2A, "tags: calm piano", "duration: [1, 2]", "wav"),
+    ],
+)
+def test_a_cut_image_or_audio_download_is_downloaded_again_never_resubmitted(
+    tmp_path: Path, model: str, inputs: str, axis: str, ext: str
+) -> None:
+    """A body cut with no Content-Length looks whole to HTTP: verification refuses it and the
+    run downloads again (the ledger counts the downloads), submitting each job once."""
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(
+        RUN_SPEC.format(name="cut", model=model, inputs=inputs, axis=axis, output=tmp_path / "r")
+    )
+    profile = FaultProfile.parse(
+        {"faults": {"truncated_download": {"rate": 1.0, "limit": 2, "content_length": 0}}}
+    )
+    with Emulator(EmulatorConfig(speed=2000.0, workers=2, faults=profile)) as emu:
+        report = run_sweep(spec, base_url=emu.base_url, token=emu.token, overrides=Overrides())
+        ledger = emu.ledger()
+    assert report.complete, report
+    assert set(ledger["submissions_by_input"].values()) == {1}
+    assert len(ledger["jobs"]) == 2
+    assert sum(job["downloads"] for job in ledger["jobs"]) == 4
+    files = sorted((tmp_path / "r" / "cut").glob(f"*.{ext}"))
+    assert len(files) == 2
+    kind = "image" if ext == "png" else "audio"
+    for path in files:
+        verify_output(path, ext, Shape(), kind=kind)
+
+
+def spec_error(tmp_path: Path, value: str) -> str:
+    path = spec(tmp_path, f"model: {EDIT}\ninputs:\n  prompt: a\n  image_urls: ['{value}']\n")
+    return error(path).split("inputs.image_urls: ", 1)[1]
+
+
+def test_a_data_uri_of_another_kind_is_refused_like_a_file_of_that_kind(
+    tmp_path: Path, catalog: None
+) -> None:
+    """A data: URI passed through unread: text (or audio) went to an image input."""
+    assert spec_error(tmp_path, "data:text/plain;base64,aGVsbG8=") == (
+        "a data: URI of text/plain; give an image (data:image/...;base64,...), a file or an "
+        "https URL"
+    )
+    wav = base64.b64encode(audio_file(tmp_path / "a.wav", 0.1).read_bytes()).decode()
+    assert spec_error(tmp_path, f"data:image/png;base64,{wav}") == (
+        "a data: URI of image/png whose content is audio/wav; give an image"
+    )
+    png = base64.b64encode(image_bytes("PNG", 4, 4)).decode()
+    (job,) = iter_jobs(
+        load_spec(
+            spec(
+                tmp_path,
+                f"model: {EDIT}\ninputs:\n  prompt: a\n"
+                f"  image_urls: ['data:image/png;base64,{png}']\n",
+            )
+        )
+    )
+    assert job.inputs["image_urls"] == [f"data:image/png;base64,{png}"]
+
+
+def test_an_https_url_is_known_whatever_the_case_of_its_scheme_and_needs_a_host(
+    tmp_path: Path, catalog: None
+) -> None:
+    """'HTTPS://...' was refused with 'https:// URLs are not sent; give an https URL', and
+    'https://' alone was sent."""
+    path = spec(
+        tmp_path,
+        f"model: {EDIT}\ninputs:\n  prompt: a\n  image_urls: ['HTTPS://x.example/b.png']\n",
+    )
+    (job,) = iter_jobs(load_spec(path))
+    assert job.inputs["image_urls"] == ["HTTPS://x.example/b.png"]
+    assert spec_error(tmp_path, "https://") == "'https://': an https URL names a host"
