@@ -549,7 +549,10 @@ class _Builder:
     def _one_media(self, kind: str, value: Any, base: Path) -> Any:
         """One media value: an https URL or data: URI as it is, a local file as LocalMedia."""
         if not isinstance(value, str):
-            raise Problem(f"must be a path of a {kind} file or an https URL, got {brief(value)}")
+            raise Problem(
+                f"must be the path of {'an' if kind[0] in 'aeiou' else 'a'} {kind} file or an "
+                f"https URL, got {brief(value)}"
+            )
         scheme = bad_scheme(value)
         if scheme is not None:
             raise Problem(

@@ -277,3 +277,10 @@ def test_an_https_url_is_known_whatever_the_case_of_its_scheme_and_needs_a_host(
     (job,) = iter_jobs(load_spec(path))
     assert job.inputs["image_urls"] == ["HTTPS://x.example/b.png"]
     assert spec_error(tmp_path, "https://") == "'https://': an https URL names a host"
+
+
+def test_a_list_item_that_is_no_path_is_named_in_english(tmp_path: Path, catalog: None) -> None:
+    path = spec(tmp_path, f"model: {EDIT}\ninputs:\n  prompt: a\n  image_urls: [3]\n")
+    assert error(path).endswith(
+        "inputs.image_urls: must be the path of an image file or an https URL, got 3"
+    )
