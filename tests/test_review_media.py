@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import struct
 import zlib
@@ -26,6 +27,8 @@ from orchestrator.sweep import Overrides, run_sweep
 from orchestrator.verify import Shape, verify_output
 
 from .media_files import _Job, audio_file, image_bytes, video_file
+from .sweeps import run_until_killed
+from .test_kill import DRIVER
 from .test_media_inputs import EDIT, catalog, error, spec
 
 __all__ = ["catalog"]  # a fixture, shared
@@ -284,3 +287,40 @@ def test_a_list_item_that_is_no_path_is_named_in_english(tmp_path: Path, catalog
     assert error(path).endswith(
         "inputs.image_urls: must be the path of an image file or an https URL, got 3"
     )
+
+
+@pytest.mark.timeout(300)  # runs in a subprocess: slow on a busy machine
+@pytest.mark.parametrize(
+    ("model", "inputs", "axis", "ext"),
+    [
+        (T2I, "prompt: a fox", "aspect_ratio: ['16:9', '1:1', '4:3', '9:16']", "png"),
+        (T2A, "tags: calm piano", "duration: [1, 2, 3, 4]", "wav"),
+    ],
+)
+def test_a_kill_mid_image_or_audio_download_loses_nothing_and_pays_nothing_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str, inputs: str, axis: str, ext: str
+) -> None:
+    monkeypatch.setenv("COMFYSWEEP_TEST_CATALOG", model)  # the killed process knows it too
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(
+        RUN_SPEC.format(name="k", model=model, inputs=inputs, axis=axis, output=tmp_path / "r")
+    )
+    with Emulator(EmulatorConfig(speed=2000.0, workers=4)) as emu:
+        run_until_killed(DRIVER, spec, emu, "downloading", "2")
+        report = run_sweep(spec, base_url=emu.base_url, token=emu.token, overrides=Overrides())
+        ledger = emu.ledger()
+    assert report.complete, report
+    assert len(ledger["jobs"]) == 4
+    assert set(ledger["submissions_by_input"].values()) == {1}
+    folder = tmp_path / "r" / "k"
+    assert not list((folder / ".partial").iterdir())
+    entries = [json.loads(x) for x in (folder / "manifest.jsonl").read_text().splitlines()]
+    kind = "image" if ext == "png" else "audio"
+    for entry in entries:
+        (output,) = entry["outputs"]
+        path = folder / output["path"]
+        assert path.suffix == f".{ext}"
+        assert output["kind"] == kind
+        assert path.stat().st_size == output["size"]
+        verify_output(path, ext, Shape(), kind=kind)
+    assert len(list(folder.glob(f"*.{ext}"))) == 4
