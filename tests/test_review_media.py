@@ -324,3 +324,28 @@ def test_a_kill_mid_image_or_audio_download_loses_nothing_and_pays_nothing_twice
         assert path.stat().st_size == output["size"]
         verify_output(path, ext, Shape(), kind=kind)
     assert len(list(folder.glob(f"*.{ext}"))) == 4
+
+
+@pytest.mark.parametrize(
+    ("model", "field"),
+    [
+        ("google/nano-banana-2-lite/edit", "image_urls"),
+        ("wan-ai/wan-3.0/image-to-video", "image_url"),
+    ],
+)
+def test_the_emulator_renders_past_an_input_image_that_claims_a_huge_size(
+    tmp_path: Path, model: str, field: str
+) -> None:
+    """The emulator decoded the first input image for its colour: a 600-byte PNG claiming
+    40000x40000 raised DecompressionBombError out of the render (a 500 on every download of
+    the paid job). An image past a pixel budget lends no colour; the output still renders."""
+    from orchestrator.emulator.catalog import emulated_catalog
+    from orchestrator.emulator.outputs import output_of, render
+
+    offer = emulated_catalog()[model]
+    uri = "data:image/png;base64," + base64.b64encode(huge_png(40000, 40000)).decode()
+    inputs = {"prompt": "x", field: [uri] if field == "image_urls" else uri, "duration": 2}
+    made = output_of(offer, inputs)
+    path = tmp_path / f"out.{made.extension}"
+    render(path, offer, inputs, made)
+    assert verify_output(path, made.extension, Shape(), kind=made.kind) == made.extension
