@@ -36,6 +36,7 @@ __all__ = [
     "MediaList",
     "Problem",
     "bad_scheme",
+    "bmff_handlers",
     "check_url",
     "expand_glob",
     "is_url",
@@ -395,7 +396,7 @@ def _bmff_type(path: Path, sniffed: str) -> str:
     header alone: the brand is all there is)."""
     try:
         with path.open("rb") as handle:
-            handlers = _bmff_handlers(handle, os.fstat(handle.fileno()).st_size)
+            handlers = bmff_handlers(handle, os.fstat(handle.fileno()).st_size)
     except OSError:
         return sniffed
     if handlers is not None and b"soun" in handlers and b"vide" not in handlers:
@@ -403,7 +404,7 @@ def _bmff_type(path: Path, sniffed: str) -> str:
     return sniffed
 
 
-def _bmff_handlers(handle: Any, size: int) -> set[bytes] | None:
+def bmff_handlers(handle: Any, size: int) -> set[bytes] | None:
     """The handler types of the tracks of the top-level ``moov`` box; None without one."""
     pos = 0
     for _ in range(_MAX_BOXES):

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from orchestrator.cli import cli
 from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.emulator.faults import FaultProfile
+from orchestrator.errors import OutputInvalid
 from orchestrator.grid import iter_jobs
 from orchestrator.sources import LocalMedia, MediaFiles, Problem, local_media
 from orchestrator.spec import load_spec
@@ -349,3 +350,13 @@ def test_the_emulator_renders_past_an_input_image_that_claims_a_huge_size(
     path = tmp_path / f"out.{made.extension}"
     render(path, offer, inputs, made)
     assert verify_output(path, made.extension, Shape(), kind=made.kind) == made.extension
+
+
+def test_an_audio_model_s_mp4_of_sound_alone_is_kept_as_audio(tmp_path: Path) -> None:
+    """An MP4 of one AAC track with ffmpeg's brand (isom, not M4A) was taken for a video by its
+    brand: refused as 'a video (mp4), not the audio this model makes', on every download of
+    the paid job. Its tracks decide its kind; a video model still refuses it."""
+    path = audio_only_mp4(tmp_path / "a")
+    assert verify_output(path, "mp4", Shape(), kind="audio") == "m4a"
+    with pytest.raises(OutputInvalid, match=r"is an audio file \(m4a\), not the video"):
+        verify_output(path, "mp4", Shape(), kind="video")
