@@ -360,3 +360,28 @@ def test_an_audio_model_s_mp4_of_sound_alone_is_kept_as_audio(tmp_path: Path) ->
     assert verify_output(path, "mp4", Shape(), kind="audio") == "m4a"
     with pytest.raises(OutputInvalid, match=r"is an audio file \(m4a\), not the video"):
         verify_output(path, "mp4", Shape(), kind="video")
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "axis"),
+    [
+        (T2A, "tags: calm piano", "seed: [1, 2]"),
+        (T2V, "duration: 4", "prompt: [a fox, an owl]"),
+        ("blackforestlabs/flux-3/text-to-video", "duration: '5'", "prompt: [a fox, an owl]"),
+        (T2I, "aspect_ratio: auto", "prompt: [a fox, an owl]"),
+    ],
+)
+def test_a_model_run_with_its_defaults_makes_outputs_verify_accepts(
+    tmp_path: Path, model: str, inputs: str, axis: str
+) -> None:
+    """No duration, ratio or resolution given: what the emulator renders by the defaults must
+    be what verification expects by the same defaults."""
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(
+        RUN_SPEC.format(name="d", model=model, inputs=inputs, axis=axis, output=tmp_path / "r")
+    )
+    with Emulator(EmulatorConfig(speed=2000.0, workers=2)) as emu:
+        report = run_sweep(spec, base_url=emu.base_url, token=emu.token, overrides=Overrides())
+        ledger = emu.ledger()
+    assert report.complete, report
+    assert sum(job["downloads"] for job in ledger["jobs"]) == 2
