@@ -310,11 +310,14 @@ class MediaFiles:
 
 
 def resolve(base: Path, written: str) -> Path:
-    """``written`` (relative to ``base``) as an absolute path; a NUL byte in it is a Problem."""
+    """``written`` (relative to ``base``) as an absolute path; a NUL byte in it, or a symlink
+    loop, is a Problem."""
     try:
         return (base / written).resolve()
     except ValueError:  # the OS takes no NUL in a path
         raise Problem(f"{written!r}: a file name cannot contain a NUL byte") from None
+    except RuntimeError:  # Python before 3.13 on a symlink loop
+        raise Problem(f"{written!r}: a symlink loop, not a file") from None
 
 
 def local_media(

@@ -385,3 +385,10 @@ def test_a_model_run_with_its_defaults_makes_outputs_verify_accepts(
         ledger = emu.ledger()
     assert report.complete, report
     assert sum(job["downloads"] for job in ledger["jobs"]) == 2
+
+
+def test_a_symlink_loop_given_as_a_file_is_one_line(tmp_path: Path, catalog: None) -> None:
+    """Path.resolve raises RuntimeError on a loop (Python 3.11, 3.12): a traceback."""
+    os.symlink("loop.png", tmp_path / "loop.png")
+    path = spec(tmp_path, f"model: {EDIT}\ninputs:\n  prompt: a\n  image_urls: [loop.png]\n")
+    assert error(path).endswith("inputs.image_urls: 'loop.png': a symlink loop, not a file")
