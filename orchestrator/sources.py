@@ -144,6 +144,8 @@ class LocalMedia:
                 f"limit for a data: URI {self.kind}"
             )
         sniffed = sniff(data[:_SNIFF_BYTES])
+        if sniffed is not None and data[4:8] == b"ftyp" and not sniffed.startswith("image/"):
+            sniffed = _bmff_type(self.path, sniffed)
         if sniffed is None or sniffed.split("/")[0] != self.kind:
             raise self._changed(f"not {_a(self.kind)} file now")
         mime = _mime(self.path, sniffed)

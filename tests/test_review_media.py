@@ -174,6 +174,7 @@ def test_an_mp4_with_no_video_stream_given_as_a_video_is_refused_by_its_content(
         local_media("clip.mp4", tmp_path, tmp_path, MediaFiles(), "video")
     sound = local_media("clip.mp4", tmp_path, tmp_path, MediaFiles(), "audio")
     assert sound.mime == "audio/mp4"
+    assert sound.data_uri().startswith("data:audio/mp4;base64,AAAA")
 
 
 def test_a_png_header_on_garbage_is_refused_by_its_content(tmp_path: Path) -> None:
