@@ -393,3 +393,18 @@ def test_a_symlink_loop_given_as_a_file_is_one_line(tmp_path: Path, catalog: Non
     os.symlink("loop.png", tmp_path / "loop.png")
     path = spec(tmp_path, f"model: {EDIT}\ninputs:\n  prompt: a\n  image_urls: [loop.png]\n")
     assert error(path).endswith("inputs.image_urls: 'loop.png': a symlink loop, not a file")
+
+
+def test_the_emulator_takes_an_mp4_of_sound_alone_as_audio_not_video(tmp_path: Path) -> None:
+    """comfysweep sends such a file as audio (its tracks); the emulator judged it by its brand
+    and refused it (422) as a video."""
+    from orchestrator.emulator.uploads import media_problem
+
+    data = audio_only_mp4(tmp_path / "a.mp4").read_bytes()
+    uri = "data:audio/mp4;base64," + base64.b64encode(data).decode()
+    assert media_problem("audio", uri) is None
+    video = "data:video/mp4;base64," + base64.b64encode(data).decode()
+    assert media_problem("video", video) == (
+        "video/mp4 data is not a video: its bytes are audio data",
+        "media_kind",
+    )
