@@ -27,7 +27,7 @@ from orchestrator.store import JobState, Store
 from orchestrator.sweep import Overrides, run_sweep
 from orchestrator.verify import Shape, verify_output
 
-from .media_files import _Job, audio_file, image_bytes, video_file
+from .media_files import _Job, audio_file, finished_sweep, image_bytes, video_file
 from .sweeps import run_until_killed
 from .test_kill import DRIVER
 from .test_media_inputs import EDIT, catalog, error, spec
@@ -408,3 +408,20 @@ def test_the_emulator_takes_an_mp4_of_sound_alone_as_audio_not_video(tmp_path: P
         "video/mp4 data is not a video: its bytes are audio data",
         "media_kind",
     )
+
+
+def test_report_and_mosaic_show_an_image_past_pillow_s_limit_as_unreadable(
+    tmp_path: Path,
+) -> None:
+    """verify keeps such an image (its structure is whole); the report's poster and the
+    mosaic's still then raised DecompressionBombError: a traceback instead of a page."""
+    outputs = [
+        ({"prompt": "a"}, "0.png", huge_png(40000, 40000)),
+        ({"prompt": "b"}, "1.png", image_bytes("PNG", 64, 64)),
+    ]
+    store = finished_sweep(tmp_path / "r", T2I, outputs)
+    page = CliRunner().invoke(cli, ["report", "--store", str(store)])
+    assert page.exit_code == 0, page.output
+    mosaic = CliRunner().invoke(cli, ["report", "--store", str(store), "--video", "--x", "prompt"])
+    assert mosaic.exit_code == 0, mosaic.output
+    assert (tmp_path / "r" / "report.mp4").is_file()
