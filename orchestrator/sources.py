@@ -558,12 +558,17 @@ def per_job_groups(files: list[str], per_job: Any, pattern: str) -> list[list[st
         raise Problem(f"per_job must be a whole number of files per job, got {per_job!r}")
     if len(files) % per_job:
         left = len(files) % per_job
+        named = ", ".join(files[-left:][:_NAMED])
+        if left > _NAMED:
+            named += f" and {left - _NAMED} more"
         raise Problem(
             f"{pattern!r} matches {len(files)} files, not a multiple of per_job {per_job} "
-            f"({left} left over: {', '.join(files[-left:])}); add or remove files, or change "
-            "per_job"
+            f"({left} left over: {named}); add or remove files, or change per_job"
         )
     return [files[i : i + per_job] for i in range(0, len(files), per_job)]
+
+
+_NAMED = 3  # leftover files a per_job message names
 
 
 def text_value(kind: str, text: str) -> Any:

@@ -21,7 +21,7 @@ from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.emulator.faults import FaultProfile
 from orchestrator.errors import OutputInvalid
 from orchestrator.grid import iter_jobs
-from orchestrator.sources import LocalMedia, MediaFiles, Problem, local_media
+from orchestrator.sources import LocalMedia, MediaFiles, Problem, local_media, per_job_groups
 from orchestrator.spec import load_spec
 from orchestrator.store import JobState, Store
 from orchestrator.sweep import Overrides, run_sweep
@@ -425,3 +425,15 @@ def test_report_and_mosaic_show_an_image_past_pillow_s_limit_as_unreadable(
     mosaic = CliRunner().invoke(cli, ["report", "--store", str(store), "--video", "--x", "prompt"])
     assert mosaic.exit_code == 0, mosaic.output
     assert (tmp_path / "r" / "report.mp4").is_file()
+
+
+def test_a_per_job_remainder_names_a_few_leftover_files_not_thousands(tmp_path: Path) -> None:
+    """The line listed every file left over: per_job 1000 over 1999 files named 999 of them."""
+    files = [f"refs/{i:04d}.png" for i in range(1999)]
+    with pytest.raises(Problem) as caught:
+        per_job_groups(files, 1000, "refs/*.png")
+    assert caught.value.message == (
+        "'refs/*.png' matches 1999 files, not a multiple of per_job 1000 (999 left over: "
+        "refs/1000.png, refs/1001.png, refs/1002.png and 996 more); add or remove files, or "
+        "change per_job"
+    )
