@@ -44,6 +44,7 @@ __all__ = [
     "per_job_groups",
     "random_seeds",
     "read_lines",
+    "read_regular",
     "read_table",
     "request_length",
     "resolve",
@@ -604,9 +605,19 @@ def _decimal(value: int | float) -> Decimal:
         raise Problem(f"not a number: {value!r}") from exc
 
 
+def read_regular(path: Path, label: str) -> bytes:
+    """A regular file's bytes; a Problem for anything else (a FIFO would block for ever,
+    /dev/zero never end). Raises OSError as reading does (FileNotFoundError...)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Problem(f"{label}: not a regular file (a folder, FIFO or device); give a file")
+        return handle.read()
+
+
 def _read_text(path: Path, label: str) -> str:
     try:
-        return path.read_text(encoding="utf-8-sig")
+        return read_regular(path, label).decode("utf-8-sig")
     except FileNotFoundError:
         raise Problem(f"file not found: {label}") from None
     except UnicodeDecodeError:

@@ -41,7 +41,7 @@ from dynamicprompts.parser.parse import get_cached_parser, parse
 from dynamicprompts.sampling_context import SamplingContext
 from dynamicprompts.wildcards import WildcardManager
 
-from orchestrator.sources import Problem, resolve
+from orchestrator.sources import Problem, read_regular, resolve
 
 __all__ = ["KEYS", "MAX_PROMPTS", "Template", "count", "expand", "is_template", "read_template"]
 
@@ -363,7 +363,7 @@ def _text(source: Mapping[str, Any], base: Path) -> str:
             raise Problem("template_file must be a path such as prompts.tmpl")
         path = resolve(base, written)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_regular(path, f"template_file {written}").decode("utf-8")
         except FileNotFoundError:
             raise Problem(f"template_file {written}: no such file") from None
         except (OSError, UnicodeDecodeError) as exc:

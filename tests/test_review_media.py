@@ -437,3 +437,24 @@ def test_a_per_job_remainder_names_a_few_leftover_files_not_thousands(tmp_path: 
         "refs/1000.png, refs/1001.png, refs/1002.png and 996 more); add or remove files, or "
         "change per_job"
     )
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_text_source_that_is_a_fifo_or_dev_zero_is_one_line_not_a_hang(
+    tmp_path: Path, catalog: None, kind: str
+) -> None:
+    """`{file: ...}` read its file whole: /dev/zero ate memory to a MemoryError, a FIFO with no
+    writer blocked the plan for ever. A template_file too."""
+    target = tmp_path / "lines.txt"
+    if kind == "fifo":
+        os.mkfifo(target)
+    else:
+        os.symlink("/dev/zero", target)
+    for source in ("{file: lines.txt}", "{template_file: lines.txt}"):
+        path = spec(
+            tmp_path,
+            f"model: {EDIT}\ninputs:\n  image_urls: [a.png]\naxes:\n  prompt: {source}\n",
+            {"a.png": image_bytes("PNG", 4, 4)},
+        )
+        assert "not a regular file (a folder, FIFO or device); give a file" in error(path)
