@@ -718,7 +718,10 @@ class _Builder:
                     "takes a list of files a job: add per_job, the files each job gets, "
                     f"as in {{glob: {pattern!r}, per_job: 3}}"
                 )
-            return per_job_groups(files, source["per_job"], pattern)
+            limit, per_job = self.model.max_items(key), source["per_job"]
+            if limit is not None and isinstance(per_job, int) and per_job > limit:
+                raise Problem(f"per_job {per_job} is above the {limit} files the model takes")
+            return per_job_groups(files, per_job, pattern)
         if "per_job" in source:
             raise Problem("per_job groups files for a list input; this input takes one file a job")
         return list(files)

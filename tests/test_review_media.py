@@ -458,3 +458,18 @@ def test_a_text_source_that_is_a_fifo_or_dev_zero_is_one_line_not_a_hang(
             {"a.png": image_bytes("PNG", 4, 4)},
         )
         assert "not a regular file (a folder, FIFO or device); give a file" in error(path)
+
+
+def test_per_job_above_max_items_is_said_before_any_remainder(
+    tmp_path: Path, catalog: None
+) -> None:
+    """per_job 11 for a list of at most 10 first asked to add or remove files to make a
+    multiple of 11; once done, every group was refused as too long."""
+    files = {f"refs/{i:02d}.png": image_bytes("PNG", 4, 4, (i, 0, 0)) for i in range(12)}
+    path = spec(
+        tmp_path,
+        f"model: {EDIT}\ninputs:\n  prompt: a\naxes:\n"
+        "  image_urls: {glob: 'refs/*.png', per_job: 11}\n",
+        files,
+    )
+    assert error(path).endswith("axes.image_urls: per_job 11 is above the 10 files the model takes")
