@@ -225,14 +225,15 @@ def check_url(text: str, kind: str) -> None:
             f"a data: URI of {mime or 'no type'}; give {_a(kind)} (data:{kind}/...;base64,...), "
             "a file or an https URL"
         )
-    if header.lower().endswith(";base64"):
-        try:
-            head = base64.b64decode(payload[: 4 * (_SNIFF_BYTES // 3)], validate=True)
-        except ValueError:
-            raise Problem(f"a data: URI of {mime} whose payload is not base64") from None
-        sniffed = sniff(head)
-        if sniffed is not None and sniffed.split("/")[0] != kind:
-            raise Problem(f"a data: URI of {mime} whose content is {sniffed}; give {_a(kind)}")
+    if not header.lower().endswith(";base64"):
+        raise Problem(f"a data: URI of {mime} not in base64; give data:{mime};base64,...")
+    try:
+        head = base64.b64decode(payload[: 4 * (_SNIFF_BYTES // 3)], validate=True)
+    except ValueError:
+        raise Problem(f"a data: URI of {mime} whose payload is not base64") from None
+    sniffed = sniff(head)
+    if sniffed is not None and sniffed.split("/")[0] != kind:
+        raise Problem(f"a data: URI of {mime} whose content is {sniffed}; give {_a(kind)}")
 
 
 def bad_scheme(text: str) -> str | None:

@@ -473,3 +473,12 @@ def test_per_job_above_max_items_is_said_before_any_remainder(
         files,
     )
     assert error(path).endswith("axes.image_urls: per_job 11 is above the 10 files the model takes")
+
+
+def test_a_data_uri_not_in_base64_is_refused_as_the_emulator_and_runcomfy_do(
+    tmp_path: Path, catalog: None
+) -> None:
+    """A URL-encoded data: URI (an SVG, say) was sent, for the service to refuse (422)."""
+    assert spec_error(tmp_path, "data:image/svg+xml,%3Csvg%3E%3C/svg%3E") == (
+        "a data: URI of image/svg+xml not in base64; give data:image/svg+xml;base64,..."
+    )
