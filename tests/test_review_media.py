@@ -21,6 +21,8 @@ from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.emulator.faults import FaultProfile
 from orchestrator.errors import OutputInvalid
 from orchestrator.grid import iter_jobs
+from orchestrator.models import get_model
+from orchestrator.results import ResultsFolder
 from orchestrator.sources import LocalMedia, MediaFiles, Problem, local_media, per_job_groups
 from orchestrator.spec import load_spec
 from orchestrator.store import JobState, Store
@@ -482,3 +484,27 @@ def test_a_data_uri_not_in_base64_is_refused_as_the_emulator_and_runcomfy_do(
     assert spec_error(tmp_path, "data:image/svg+xml,%3Csvg%3E%3C/svg%3E") == (
         "a data: URI of image/svg+xml not in base64; give data:image/svg+xml;base64,..."
     )
+
+
+def test_the_results_folder_of_a_video_and_image_sweep_loads_as_its_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its card named *.mp4 and *.png: `datasets` took it for an image folder, an `image`
+    column holding the MP4 too (a row that cannot decode). Of several kinds, the card names
+    metadata.jsonl alone: file_name a path, kind and mime beside it."""
+    folder = tmp_path / "results"
+    store_path = mixed_sweep(folder)
+    with Store.open(store_path) as store:
+        results = ResultsFolder(folder, get_model(T2V), "{key}")
+        results.attach(store)
+        results.write_manifest(store.jobs())
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import datasets
+
+    loaded = datasets.load_dataset(str(folder), split="train", cache_dir=str(tmp_path / "c"))
+    assert sorted((r["file_name"], r["kind"]) for r in loaded) == [
+        ("i.png", "image"),
+        ("v.mp4", "video"),
+    ]
