@@ -189,6 +189,7 @@ class _Plan:
     dropped: int = 0  # of those, in jobs left out whole (the rest are skipped as they come)
     first_missing: str | None = None
     kind: str | None = None  # video, image or audio: the `datasets` feature of the outputs
+    kinds: set[str] = field(default_factory=set)  # every output's kind: several, no feature
     models: StoreModels | None = None  # each model's names as the spec gave them
 
     def display(self, row: JobRow) -> Callable[[str], str]:
@@ -218,6 +219,7 @@ def _survey(
                 plan.dropped += gone
                 continue
             plan.kind = plan.kind or output_kind(str(present[0]["path"]))
+            plan.kinds.update(k for o in present if (k := output_kind(str(o["path"]))))
         plan.keys.add(row.key)
         given.update(plan.display(row)(k) for k in row.inputs)
         for name, value in _inputs(row, plan.display(row), lambda m: m.file_name).items():
@@ -228,6 +230,12 @@ def _survey(
     for name, kind in inputs.items():
         plan.names[name] = _column(name, plan.kind or "video", options.format)
         plan.columns[plan.names[name]] = kind if kind in _FEATURES else "string"  # json: text
+    if len(plan.kinds) > 1 and options.format == "hf":
+        others = ", ".join(f for f in FORMATS if f not in ("hf", "webdataset"))
+        raise ExportError(
+            f"an hf folder holds outputs of one kind; this sweep made "
+            f"{' and '.join(sorted(plan.kinds))}: export with --format {others} or webdataset"
+        )
     if plan.missing and not options.skip_missing:
         raise ExportError(
             f"{plan.first_missing} ({plan.missing} output file(s) of done jobs gone); "
@@ -475,11 +483,12 @@ def _write_card(folder: Path, plan: _Plan, table: str) -> None:
     otherwise picks the loader by the commonest extension: one video beside its conditioning
     image loads as an image folder); its features fix each column's type (else guessed from the
     first 10 MB of the table, failing on a column that is empty there)."""
-    kind = plan.kind or "video"
+    # Outputs of several kinds have no one `datasets` feature: their column is their path.
+    kind = "file_name" if len(plan.kinds) > 1 else plan.kind or "video"
     lines = ["---", "configs:", "- config_name: default", "  data_files:", "  - split: train"]
     lines += ["    path:", f'    - "{DATA_DIR}/**"', f"    - {json.dumps(table)}", "  features:"]
     for name, column in plan.columns.items():
-        dtype = kind if name == "file_name" else _FEATURES[column]
+        dtype = kind if name == "file_name" and kind != name else _FEATURES[column]
         lines += [f"  - name: {json.dumps(kind if name == 'file_name' else name)}"]
         lines += [f"    sequence: {dtype}" if column == "strings" else f"    dtype: {dtype}"]
     lines += [

@@ -444,6 +444,9 @@ class ResultsFolder:
         ``inputs/`` or the report's posters, which an image sweep's ``**/*.png`` would take.
         Written when it changes; a README.md of the user's (without our mark) is left alone."""
         patterns = [*sorted(patterns_seen), METADATA]
+        kinds = {kind_of_extension(p.rpartition(".")[2]) for p in patterns_seen} - {None}
+        if len(kinds) > 1:  # no one `datasets` feature: the table alone, file_name a path
+            patterns = [METADATA]
         head = ["---", "configs:", "- config_name: default", "  data_files:", "  - split: train"]
         paths = ["    path:", *(f"    - {json.dumps(p)}" for p in patterns)]
         card = "\n".join([*head, *paths, "---", _CARD_MARK, ""])

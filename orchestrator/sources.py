@@ -13,7 +13,12 @@ import hashlib
 import json
 import math
 import mimetypes
+import os
 import re
+import stat
+import struct
+import urllib.parse
+import warnings
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -31,12 +36,15 @@ __all__ = [
     "MediaList",
     "Problem",
     "bad_scheme",
+    "bmff_handlers",
+    "check_url",
     "expand_glob",
     "is_url",
     "local_media",
     "per_job_groups",
     "random_seeds",
     "read_lines",
+    "read_regular",
     "read_table",
     "request_length",
     "resolve",
@@ -119,12 +127,33 @@ class LocalMedia:
         return f"LocalMedia({self.label!r}, {self.mime}, {self.size} bytes)"
 
     def data_uri(self) -> str:
-        """The file as a ``data:`` URI (read now; callers cache it)."""
+        """The file as a ``data:`` URI (read now; callers cache it). The file is checked again
+        as it is read: one changed since the plan (past its cap, of another kind, a FIFO that
+        would block for ever) is a Problem, never sent."""
+        limit = MAX_MEDIA_BYTES[self.kind]
         try:
-            data = self.path.read_bytes()
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as handle:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise self._changed(f"not a file; give {_a(self.kind)} file")
+                data = handle.read(limit + 1)
         except OSError as exc:
             raise Problem(f"cannot read {self.label}: {exc.strerror or exc}") from exc
-        return f"data:{self.mime};base64,{base64.b64encode(data).decode('ascii')}"
+        if len(data) > limit:
+            raise self._changed(
+                f"{os.stat(self.path).st_size / 2**20:.1f} MiB, above the {limit // 2**20} MiB "
+                f"limit for a data: URI {self.kind}"
+            )
+        sniffed = sniff(data[:_SNIFF_BYTES])
+        if sniffed is not None and data[4:8] == b"ftyp" and not sniffed.startswith("image/"):
+            sniffed = _bmff_type(self.path, sniffed)
+        if sniffed is None or sniffed.split("/")[0] != self.kind:
+            raise self._changed(f"not {_a(self.kind)} file now")
+        mime = _mime(self.path, sniffed)
+        return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+    def _changed(self, why: str) -> Problem:
+        return Problem(f"{self.label} changed since the sweep was planned: {why}")
 
 
 # The old name: a local image was the only local media once.
@@ -173,8 +202,38 @@ def request_length(values: Mapping[str, Any]) -> int:
 
 
 def is_url(text: str) -> bool:
-    """True for values that pass through to the API untouched (https URLs and data URIs)."""
-    return text.startswith(("https://", "data:"))
+    """True for values that pass through to the API untouched (https URLs, whatever the case
+    of their scheme, and data URIs)."""
+    return text[:8].lower() == "https://" or text.startswith("data:")
+
+
+def check_url(text: str, kind: str) -> None:
+    """A Problem unless ``text`` (an ``is_url`` value) can hold media of ``kind``: an https
+    URL names a host; a data: URI says a type of that kind, and its first bytes agree."""
+    if not text.startswith("data:"):
+        try:
+            host = urllib.parse.urlsplit(text).hostname
+        except ValueError:
+            host = None
+        if not host:
+            raise Problem(f"{text[:60]!r}: an https URL names a host")
+        return
+    header, _, payload = text[5:].partition(",")
+    mime = header.split(";")[0].strip().lower()
+    if mime.split("/")[0] != kind:
+        raise Problem(
+            f"a data: URI of {mime or 'no type'}; give {_a(kind)} (data:{kind}/...;base64,...), "
+            "a file or an https URL"
+        )
+    if not header.lower().endswith(";base64"):
+        raise Problem(f"a data: URI of {mime} not in base64; give data:{mime};base64,...")
+    try:
+        head = base64.b64decode(payload[: 4 * (_SNIFF_BYTES // 3)], validate=True)
+    except ValueError:
+        raise Problem(f"a data: URI of {mime} whose payload is not base64") from None
+    sniffed = sniff(head)
+    if sniffed is not None and sniffed.split("/")[0] != kind:
+        raise Problem(f"a data: URI of {mime} whose content is {sniffed}; give {_a(kind)}")
 
 
 def bad_scheme(text: str) -> str | None:
@@ -255,11 +314,14 @@ class MediaFiles:
 
 
 def resolve(base: Path, written: str) -> Path:
-    """``written`` (relative to ``base``) as an absolute path; a NUL byte in it is a Problem."""
+    """``written`` (relative to ``base``) as an absolute path; a NUL byte in it, or a symlink
+    loop, is a Problem."""
     try:
         return (base / written).resolve()
     except ValueError:  # the OS takes no NUL in a path
         raise Problem(f"{written!r}: a file name cannot contain a NUL byte") from None
+    except RuntimeError:  # Python before 3.13 on a symlink loop
+        raise Problem(f"{written!r}: a symlink loop, not a file") from None
 
 
 def local_media(
@@ -299,12 +361,99 @@ def local_media(
             f"{label}: not {_a(kind)} file (its content is no known {kind} format); give "
             f"{_FORMATS[kind]}, or an https URL"
         )
+    if head[4:8] == b"ftyp" and not sniffed.startswith("image/"):
+        sniffed = _bmff_type(path, sniffed)
     found = sniffed.split("/")[0]
     if found != kind:
         raise Problem(f"{label} is {_a(found)} file ({sniffed}), not {_a(kind)}")
+    _check_content(path, label, kind, sniffed)
     media = LocalMedia(mime=_mime(path, sniffed), path=path, label=label, size=size)
     seen.add(media)
     return media
+
+
+def _check_content(path: Path, label: str, kind: str, sniffed: str) -> None:
+    """An image's header must read as what its first bytes say (a PNG signature on garbage
+    does not); only the header is read, no pixel decoded."""
+    if kind != "image" or sniffed not in _PILLOW_READS:
+        return
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.open(path).close()
+    except Image.DecompressionBombError:
+        return  # a header that reads: the size is the service's to judge
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
+        raise Problem(
+            f"{label}: cannot be read as an image ({exc}); give {_FORMATS['image']}, or an "
+            "https URL"
+        ) from None
+
+
+_PILLOW_READS = frozenset(
+    {"image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp", "image/tiff"}
+)
+
+
+def _bmff_type(path: Path, sniffed: str) -> str:
+    """An MP4/MOV's type by its tracks (its ``hdlr`` boxes), not its brand: one of sound alone
+    is audio/mp4, whatever its brand says; else ``sniffed`` (no ``moov`` found, as in a
+    header alone: the brand is all there is)."""
+    try:
+        with path.open("rb") as handle:
+            handlers = bmff_handlers(handle, os.fstat(handle.fileno()).st_size)
+    except OSError:
+        return sniffed
+    if handlers is not None and b"soun" in handlers and b"vide" not in handlers:
+        return "audio/mp4"
+    return sniffed
+
+
+def bmff_handlers(handle: Any, size: int) -> set[bytes] | None:
+    """The handler types of the tracks of the top-level ``moov`` box; None without one."""
+    pos = 0
+    for _ in range(_MAX_BOXES):
+        handle.seek(pos)
+        head = handle.read(16)
+        if len(head) < 8:
+            return None
+        length, name = struct.unpack(">I4s", head[:8])
+        start = 8
+        if length == 1 and len(head) == 16:
+            length, start = struct.unpack(">Q", head[8:16])[0], 16
+        elif length == 0:
+            length = size - pos
+        if length < start:
+            return None
+        if name == b"moov":
+            handle.seek(pos + start)
+            body = handle.read(min(length - start, MAX_MEDIA_BYTES["video"]))
+            return {
+                hdlr[8:12]
+                for trak in _boxes(body, b"trak")
+                for mdia in _boxes(trak, b"mdia")
+                for hdlr in _boxes(mdia, b"hdlr")
+            }
+        pos += length
+    return None
+
+
+_MAX_BOXES = 1000
+
+
+def _boxes(data: bytes, wanted: bytes) -> list[bytes]:
+    """The bodies of the boxes named ``wanted`` directly inside ``data``."""
+    found, pos = [], 0
+    while pos + 8 <= len(data):
+        length, name = struct.unpack(">I4s", data[pos : pos + 8])
+        if length < 8:
+            break
+        if name == wanted:
+            found.append(data[pos + 8 : pos + length])
+        pos += length
+    return found
 
 
 _FORMATS = {
@@ -411,12 +560,17 @@ def per_job_groups(files: list[str], per_job: Any, pattern: str) -> list[list[st
         raise Problem(f"per_job must be a whole number of files per job, got {per_job!r}")
     if len(files) % per_job:
         left = len(files) % per_job
+        named = ", ".join(files[-left:][:_NAMED])
+        if left > _NAMED:
+            named += f" and {left - _NAMED} more"
         raise Problem(
             f"{pattern!r} matches {len(files)} files, not a multiple of per_job {per_job} "
-            f"({left} left over: {', '.join(files[-left:])}); add or remove files, or change "
-            "per_job"
+            f"({left} left over: {named}); add or remove files, or change per_job"
         )
     return [files[i : i + per_job] for i in range(0, len(files), per_job)]
+
+
+_NAMED = 3  # leftover files a per_job message names
 
 
 def text_value(kind: str, text: str) -> Any:
@@ -452,9 +606,19 @@ def _decimal(value: int | float) -> Decimal:
         raise Problem(f"not a number: {value!r}") from exc
 
 
+def read_regular(path: Path, label: str) -> bytes:
+    """A regular file's bytes; a Problem for anything else (a FIFO would block for ever,
+    /dev/zero never end). Raises OSError as reading does (FileNotFoundError...)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Problem(f"{label}: not a regular file (a folder, FIFO or device); give a file")
+        return handle.read()
+
+
 def _read_text(path: Path, label: str) -> str:
     try:
-        return path.read_text(encoding="utf-8-sig")
+        return read_regular(path, label).decode("utf-8-sig")
     except FileNotFoundError:
         raise Problem(f"file not found: {label}") from None
     except UnicodeDecodeError:

@@ -28,6 +28,7 @@ from orchestrator.sources import (
     MediaList,
     Problem,
     bad_scheme,
+    check_url,
     expand_glob,
     is_url,
     local_media,
@@ -549,13 +550,17 @@ class _Builder:
     def _one_media(self, kind: str, value: Any, base: Path) -> Any:
         """One media value: an https URL or data: URI as it is, a local file as LocalMedia."""
         if not isinstance(value, str):
-            raise Problem(f"must be a path of a {kind} file or an https URL, got {brief(value)}")
+            raise Problem(
+                f"must be the path of {'an' if kind[0] in 'aeiou' else 'a'} {kind} file or an "
+                f"https URL, got {brief(value)}"
+            )
         scheme = bad_scheme(value)
         if scheme is not None:
             raise Problem(
                 f"{brief(value)}: {scheme}:// URLs are not sent; give an https URL or a local file"
             )
         if is_url(value):
+            check_url(value, kind)
             return value
         return local_media(value, base, self.base, self.media, kind)
 
@@ -714,7 +719,10 @@ class _Builder:
                     "takes a list of files a job: add per_job, the files each job gets, "
                     f"as in {{glob: {pattern!r}, per_job: 3}}"
                 )
-            return per_job_groups(files, source["per_job"], pattern)
+            limit, per_job = self.model.max_items(key), source["per_job"]
+            if limit is not None and isinstance(per_job, int) and per_job > limit:
+                raise Problem(f"per_job {per_job} is above the {limit} files the model takes")
+            return per_job_groups(files, per_job, pattern)
         if "per_job" in source:
             raise Problem("per_job groups files for a list input; this input takes one file a job")
         return list(files)

@@ -44,7 +44,7 @@ from dynamicprompts.sampling_context import SamplingContext
 from dynamicprompts.wildcards import WildcardManager
 from dynamicprompts.wildcards.collection import WildcardTextFile
 
-from orchestrator.sources import Problem, resolve
+from orchestrator.sources import Problem, read_regular, resolve
 
 __all__ = ["KEYS", "MAX_PROMPTS", "Template", "count", "expand", "is_template", "read_template"]
 
@@ -413,7 +413,7 @@ def _text(source: Mapping[str, Any], base: Path) -> str:
             raise Problem("template_file must be a path such as prompts.tmpl")
         path = resolve(base, written)
         try:
-            text = path.read_text(encoding="utf-8-sig")
+            text = read_regular(path, f"template_file {written}").decode("utf-8-sig")
         except FileNotFoundError:
             raise Problem(f"template_file {written}: no such file") from None
         except (OSError, UnicodeDecodeError) as exc:

@@ -39,6 +39,7 @@ from PIL import Image
 
 from orchestrator.errors import OutputInvalid
 from orchestrator.models import Model, known_models
+from orchestrator.sources import bmff_handlers
 
 __all__ = ["MIME_TYPES", "Shape", "expected_shape", "kind_of_extension", "verify_output"]
 
@@ -168,6 +169,8 @@ def verify_output(
         found = _sniff(head)
         if found is None:
             return _unknown(path, size, ext, typed, shape, kind)
+        if found == "bmff" and _sound_alone(handle, size):
+            found = "m4a"  # its tracks say audio, whatever its brand (ffmpeg's: isom)
         names, made = _FORMATS[found]
         if kind is not None and made != kind:
             raise OutputInvalid(f"is {_a(made)} ({names[0]}), not the {kind} this model makes")
@@ -228,6 +231,12 @@ def _sniff(head: bytes) -> str | None:
         # MPEG audio frame sync: layer bits 00 are AAC's ADTS, 01-11 MPEG layers III-I
         return "aac" if head[1] & 0x06 == 0 else "mp3"
     return None
+
+
+def _sound_alone(handle: IO[bytes], size: int) -> bool:
+    """Whether an MP4/MOV's tracks are sound and no picture (by its ``hdlr`` boxes)."""
+    handlers = bmff_handlers(handle, size) or set()
+    return b"soun" in handlers and b"vide" not in handlers
 
 
 def _a(kind: str) -> str:
@@ -360,8 +369,9 @@ def _check_audio(path: Path, shape: Shape, *, exact_header: bool) -> None:
     _check_seconds(seconds, shape)
 
 
-def _decode_image(path: Path) -> tuple[int, int]:
-    """Decode the whole image with Pillow (a truncated one raises); returns its size."""
+def _decode_image(path: Path) -> tuple[int, int] | None:
+    """Decode the whole image with Pillow (a truncated one raises); returns its size, or None
+    for one past Pillow's bomb limit (not decoded: its structure was checked already)."""
     try:
         with warnings.catch_warnings():
             # A very large image is still one a model made: decoded, not refused as a bomb.
@@ -370,8 +380,8 @@ def _decode_image(path: Path) -> tuple[int, int]:
                 image.load()
                 return image.size
     except Image.DecompressionBombError:
-        with Image.open(path) as image:
-            return image.size
+        # Pillow refuses even to open it (each open raises again): too big to decode here.
+        return None
     except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
         raise OutputInvalid(f"cannot be decoded as an image: {exc}") from None
 

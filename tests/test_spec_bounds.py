@@ -28,7 +28,12 @@ inputs:
   image: https://example.com/a.png
 """
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"  # a file is an image by its content, not its name
+# A file is an image by its content, not its name: a whole (1x1) PNG, whose header opens.
+PNG_MAGIC = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00"
+    b"\x00\x90wS\xde\x00\x00\x00\x0cIDATx\x9cc\xf8\xcf\xc0\x00\x00\x03\x01\x01\x00\xc9\xfe"
+    b"\x92\xef\x00\x00\x00\x00IEND\xaeB`\x82"
+)
 
 
 def one_line_error(path: Path, *, run: bool = True) -> str:

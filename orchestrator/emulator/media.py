@@ -41,9 +41,11 @@ from orchestrator.emulator.farm import resolution
 from orchestrator.lettering import Font, fit, font
 
 __all__ = [
+    "MAX_DECODED_PIXELS",
     "WORDS",
     "MediaCache",
     "Rendered",
+    "decodable",
     "decode_data_uri",
     "render_mp4",
     "text_overlay",
@@ -78,9 +80,30 @@ def video_shape(inputs: Mapping[str, Any]) -> tuple[int, int, int, int]:
     return width, height, int(inputs.get("25_value", 81)), int(inputs.get("38_value", 16))
 
 
-def _mean_colour(data: bytes) -> tuple[float, float, float]:
-    """The decoded image's mean RGB, or (for bytes PyAV cannot decode) the raw bytes' mean."""
+# An input image is decoded for its colour only up to this many pixels (its header says): a
+# small PNG may claim 40000x40000, which would take gigabytes and minutes to decode.
+MAX_DECODED_PIXELS = 32_000_000
+
+
+def decodable(data: bytes) -> bool:
+    """Whether an input image is small enough to decode, by its header; True where Pillow
+    cannot read the header (PyAV may, and bounds its own sizes)."""
     try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:
+        return False
+    except (OSError, ValueError, SyntaxError, EOFError):
+        return True
+    return width * height <= MAX_DECODED_PIXELS
+
+
+def _mean_colour(data: bytes) -> tuple[float, float, float]:
+    """The decoded image's mean RGB, or (for bytes PyAV cannot decode, or too large to) the raw
+    bytes' mean."""
+    try:
+        if not decodable(data):
+            raise ValueError("too large to decode")
         with av.open(io.BytesIO(data), "r") as container:
             frame = next(container.decode(video=0))
         pixels = frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)

@@ -47,7 +47,13 @@ from PIL import Image, ImageDraw
 from orchestrator.canonical import canonical_json
 from orchestrator.emulator import farm
 from orchestrator.emulator.catalog import Offer
-from orchestrator.emulator.media import WORDS, decode_data_uri, render_mp4, video_shape
+from orchestrator.emulator.media import (
+    WORDS,
+    decodable,
+    decode_data_uri,
+    render_mp4,
+    video_shape,
+)
 from orchestrator.lettering import fit, font
 
 __all__ = [
@@ -358,6 +364,8 @@ def _hue_rgb(degrees: float) -> tuple[int, int, int]:
 
 
 def _mean_rgb(data: bytes) -> np.ndarray:
+    if not decodable(data):
+        return np.zeros(3)
     try:
         with Image.open(io.BytesIO(data)) as image:
             small = image.convert("RGB").resize((8, 8))

@@ -8,11 +8,13 @@ they must fit RunComfy's caps (``CAPS``; the whole request's 64 MiB is config.MA
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.emulator.media import decode_data_uri
 from orchestrator.models import FieldProblem, Model
+from orchestrator.sources import bmff_handlers
 
 __all__ = ["CAPS", "extra_problems", "media_problem", "problem_detail", "sniff"]
 
@@ -33,11 +35,23 @@ def sniff(data: bytes) -> str | None:
     if head.startswith((b"ID3", b"fLaC", b"OggS")) or (len(head) > 1 and _mpeg_audio(head)):
         return "audio"
     if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        return "audio" if brand in (b"M4A ", b"M4B ") else "video"
+        # Its tracks say its kind where it has any (ffmpeg brands an AAC-only MP4 isom), else
+        # its brand.
+        handlers = bmff_handlers(io.BytesIO(data), len(data)) or set()
+        if b"soun" in handlers and b"vide" not in handlers:
+            return "audio"
+        return "audio" if head[8:12] in (b"M4A ", b"M4B ") else "video"
     if head.startswith(b"\x1aE\xdf\xa3") or (head[:4] == b"RIFF" and head[8:11] == b"AVI"):
         return "video"
     return None
+
+
+def _an(kind: str) -> str:
+    return "an" if kind[0] in "aeiou" else "a"
+
+
+def _a(kind: str) -> str:
+    return {"image": "an image", "video": "a video"}.get(kind, f"{kind} data")
 
 
 def _mpeg_audio(head: bytes) -> bool:
@@ -48,18 +62,22 @@ def _mpeg_audio(head: bytes) -> bool:
 def media_problem(kind: str, value: Any) -> tuple[str, str] | None:
     """(message, type) of what is wrong with one media value of ``kind``, or None."""
     if not isinstance(value, str):
-        return f"must be an {kind} URL or data: URI string", "type"
+        return f"must be {_an(kind)} {kind} URL or data: URI string", "type"
     if not value.startswith("data:"):
         return None
     mime = value[5:].split(",", 1)[0].split(";", 1)[0].strip().lower()
     if not mime.startswith(f"{kind}/"):
-        return f"a data: URI of type {mime or 'none'!r} where an {kind} is expected", "media_kind"
+        return (
+            f"a data: URI of type {mime or 'none'!r} where {_an(kind)} {kind} is expected",
+            "media_kind",
+        )
     payload = value.partition(",")[2]
     size = len(payload) // 4 * 3 - len(payload[-2:]) + len(payload[-2:].rstrip("="))
     cap = CAPS[kind]
     if size > cap:  # told by the base64's length, before decoding it
         return (
-            f"{kind} of {size:,} bytes is over RunComfy's {cap // MIB} MiB cap for an {kind}",
+            f"{kind} of {size:,} bytes is over RunComfy's {cap // MIB} MiB cap for "
+            f"{_an(kind)} {kind}",
             "too_large",
         )
     try:
@@ -68,8 +86,8 @@ def media_problem(kind: str, value: Any) -> tuple[str, str] | None:
         return str(exc), "invalid_data_uri"
     found = sniff(data)
     if found != kind:
-        what = f"are {'an' if found == 'image' else 'a'} {found}" if found else "match no format"
-        return f"{mime} data is not an {kind}: its bytes {what}", "media_kind"
+        what = f"are {_a(found)}" if found else "match no format"
+        return f"{mime} data is not {_a(kind)}: its bytes {what}", "media_kind"
     return None
 
 

@@ -209,7 +209,14 @@ def _open(cell: MosaicCell, stack: contextlib.ExitStack) -> _Source | None:
     opener = _Still if kind_of_extension(cell.video.suffix) == "image" else _Source
     try:
         source = opener(cell.video, inner)
-    except (OSError, av.error.FFmpegError, IndexError, StopIteration, ValueError):
+    except (
+        OSError,
+        av.error.FFmpegError,
+        IndexError,
+        StopIteration,
+        ValueError,
+        Image.DecompressionBombError,  # an image past Pillow's limit: verify kept it undecoded
+    ):
         inner.close()
         return None
     if source.width <= 0 or source.height <= 0:

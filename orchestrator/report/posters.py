@@ -128,7 +128,14 @@ def _extract(video: Path, target: Path) -> bool:
             image = _waveform(video)
         else:
             image = Image.fromarray(_first_frame(video))
-    except (av.error.FFmpegError, IndexError, StopIteration, OSError, ValueError) as exc:
+    except (
+        av.error.FFmpegError,
+        IndexError,
+        StopIteration,
+        OSError,
+        ValueError,
+        Image.DecompressionBombError,  # past Pillow's limit: verify kept it undecoded
+    ) as exc:
         log.warning("%s: no poster (%s)", video, exc)
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
