@@ -24,6 +24,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from orchestrator import magic
 from orchestrator.errors import SpecError
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
     "MediaList",
     "Problem",
     "bad_scheme",
-    "bmff_handlers",
     "check_url",
     "expand_glob",
     "is_url",
@@ -49,7 +49,6 @@ __all__ = [
     "request_length",
     "resolve",
     "shown",
-    "sniff",
     "span",
     "text_value",
 ]
@@ -144,7 +143,7 @@ class LocalMedia:
                 f"{os.stat(self.path).st_size / 2**20:.1f} MiB, above the {limit // 2**20} MiB "
                 f"limit for a data: URI {self.kind}"
             )
-        sniffed = sniff(data[:_SNIFF_BYTES])
+        sniffed = magic.media_type(data[:_SNIFF_BYTES])
         if sniffed is not None and data[4:8] == b"ftyp" and not sniffed.startswith("image/"):
             sniffed = _bmff_type(self.path, sniffed)
         if sniffed is None or sniffed.split("/")[0] != self.kind:
@@ -231,7 +230,7 @@ def check_url(text: str, kind: str) -> None:
         head = base64.b64decode(payload[: 4 * (_SNIFF_BYTES // 3)], validate=True)
     except ValueError:
         raise Problem(f"a data: URI of {mime} whose payload is not base64") from None
-    sniffed = sniff(head)
+    sniffed = magic.media_type(head)
     if sniffed is not None and sniffed.split("/")[0] != kind:
         raise Problem(f"a data: URI of {mime} whose content is {sniffed}; give {_a(kind)}")
 
@@ -247,48 +246,7 @@ def bad_scheme(text: str) -> str | None:
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://|(file):")
 
 
-def sniff(head: bytes) -> str | None:
-    """The media type the first bytes of a file say (its magic number), or None."""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "image/gif"
-    if head.startswith((b"II*\x00", b"MM\x00*")):
-        return "image/tiff"
-    if head.startswith(b"BM") and head[6:10] == b"\x00\x00\x00\x00":  # BMP: reserved zeros
-        return "image/bmp"
-    if head.startswith(b"RIFF") and len(head) >= 12:
-        return _RIFF.get(head[8:12])
-    if head[4:8] == b"ftyp":
-        return _BRANDS.get(head[8:12], "video/mp4")
-    if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return "video/webm" if b"webm" in head[:64] else "video/x-matroska"
-    if head.startswith(b"OggS"):
-        return "video/ogg" if b"theora" in head[:64] else "audio/ogg"
-    if head.startswith(b"fLaC"):
-        return "audio/flac"
-    if head.startswith(b"ID3"):
-        return "audio/mpeg"
-    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
-        # MPEG audio frame sync; a layer of 00 is AAC's ADTS header instead
-        return "audio/mpeg" if head[1] & 0x06 else "audio/aac"
-    return None
-
-
-_RIFF = {b"WEBP": "image/webp", b"WAVE": "audio/wav", b"AVI ": "video/x-msvideo"}
-_BRANDS = {
-    b"qt  ": "video/quicktime",
-    b"M4A ": "audio/mp4",
-    b"M4B ": "audio/mp4",
-    b"avif": "image/avif",
-    b"avis": "image/avif",
-    b"heic": "image/heic",
-    b"heix": "image/heic",
-    b"mif1": "image/heif",
-}
-_SNIFF_BYTES = 64
+_SNIFF_BYTES = magic.HEAD_BYTES
 
 
 class MediaFiles:
@@ -355,7 +313,7 @@ def local_media(
             f"{label} is {size / 2**20:.1f} MiB, above the {limit // 2**20} MiB limit for a data: "
             f"URI {kind}; host it at a public https URL instead"
         )
-    sniffed = sniff(head)
+    sniffed = magic.media_type(head)
     if sniffed is None:
         raise Problem(
             f"{label}: not {_a(kind)} file (its content is no known {kind} format); give "
@@ -403,57 +361,10 @@ def _bmff_type(path: Path, sniffed: str) -> str:
     header alone: the brand is all there is)."""
     try:
         with path.open("rb") as handle:
-            handlers = bmff_handlers(handle, os.fstat(handle.fileno()).st_size)
+            alone = magic.sound_alone(handle, os.fstat(handle.fileno()).st_size)
     except OSError:
         return sniffed
-    if handlers is not None and b"soun" in handlers and b"vide" not in handlers:
-        return "audio/mp4"
-    return sniffed
-
-
-def bmff_handlers(handle: Any, size: int) -> set[bytes] | None:
-    """The handler types of the tracks of the top-level ``moov`` box; None without one."""
-    pos = 0
-    for _ in range(_MAX_BOXES):
-        handle.seek(pos)
-        head = handle.read(16)
-        if len(head) < 8:
-            return None
-        length, name = struct.unpack(">I4s", head[:8])
-        start = 8
-        if length == 1 and len(head) == 16:
-            length, start = struct.unpack(">Q", head[8:16])[0], 16
-        elif length == 0:
-            length = size - pos
-        if length < start:
-            return None
-        if name == b"moov":
-            handle.seek(pos + start)
-            body = handle.read(min(length - start, MAX_MEDIA_BYTES["video"]))
-            return {
-                hdlr[8:12]
-                for trak in _boxes(body, b"trak")
-                for mdia in _boxes(trak, b"mdia")
-                for hdlr in _boxes(mdia, b"hdlr")
-            }
-        pos += length
-    return None
-
-
-_MAX_BOXES = 1000
-
-
-def _boxes(data: bytes, wanted: bytes) -> list[bytes]:
-    """The bodies of the boxes named ``wanted`` directly inside ``data``."""
-    found, pos = [], 0
-    while pos + 8 <= len(data):
-        length, name = struct.unpack(">I4s", data[pos : pos + 8])
-        if length < 8:
-            break
-        if name == wanted:
-            found.append(data[pos + 8 : pos + length])
-        pos += length
-    return found
+    return "audio/mp4" if alone else sniffed
 
 
 _FORMATS = {

@@ -37,9 +37,9 @@ from typing import IO, Any
 import av
 from PIL import Image
 
+from orchestrator import magic
 from orchestrator.errors import OutputInvalid
 from orchestrator.models import Model, known_models
-from orchestrator.sources import bmff_handlers
 
 __all__ = ["MIME_TYPES", "Shape", "expected_shape", "kind_of_extension", "verify_output"]
 
@@ -165,11 +165,11 @@ def verify_output(
     with open(path, "rb") as handle:
         size = handle.seek(0, 2)
         handle.seek(0)
-        head = handle.read(16)
+        head = handle.read(magic.HEAD_BYTES)
         found = _sniff(head)
         if found is None:
             return _unknown(path, size, ext, typed, shape, kind)
-        if found == "bmff" and _sound_alone(handle, size):
+        if found == "bmff" and magic.sound_alone(handle, size):
             found = "m4a"  # its tracks say audio, whatever its brand (ffmpeg's: isom)
         names, made = _FORMATS[found]
         if kind is not None and made != kind:
@@ -209,34 +209,28 @@ def _unknown(path: Path, size: int, ext: str, typed: str, shape: Shape, kind: st
 
 
 def _sniff(head: bytes) -> str | None:
-    if head[4:8] == b"ftyp":
+    """The format (a key of _FORMATS) the first bytes say, by the one sniffer of inputs too."""
+    mime = magic.media_type(head)
+    if mime is not None and head[4:8] == b"ftyp":  # every ISO-BMFF: audio by an M4A brand
         return "m4a" if head[8:12] in _M4A_BRANDS else "bmff"
-    if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return "matroska"  # and WebM
-    if head[:4] == b"RIFF":
-        return {b"AVI ": "avi", b"WEBP": "webp", b"WAVE": "wav"}.get(head[8:12])
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith((b"GIF87a", b"GIF89a")):
-        return "gif"
-    if head.startswith(b"fLaC"):
-        return "flac"
-    if head.startswith(b"OggS"):
-        return "ogg"
-    if head.startswith(b"ID3"):
-        return "mp3"
-    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
-        # MPEG audio frame sync: layer bits 00 are AAC's ADTS, 01-11 MPEG layers III-I
-        return "aac" if head[1] & 0x06 == 0 else "mp3"
-    return None
+    return _FORMAT_OF_TYPE.get(mime or "")
 
 
-def _sound_alone(handle: IO[bytes], size: int) -> bool:
-    """Whether an MP4/MOV's tracks are sound and no picture (by its ``hdlr`` boxes)."""
-    handlers = bmff_handlers(handle, size) or set()
-    return b"soun" in handlers and b"vide" not in handlers
+_FORMAT_OF_TYPE = {
+    "video/webm": "matroska",
+    "video/x-matroska": "matroska",
+    "video/x-msvideo": "avi",
+    "image/webp": "webp",
+    "audio/wav": "wav",
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "image/gif": "gif",
+    "audio/flac": "flac",
+    "audio/ogg": "ogg",
+    "video/ogg": "ogg",
+    "audio/mpeg": "mp3",
+    "audio/aac": "aac",
+}
 
 
 def _a(kind: str) -> str:

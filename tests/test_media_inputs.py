@@ -24,8 +24,9 @@ from orchestrator import models as registry
 from orchestrator.cli import cli
 from orchestrator.conditioning import MediaFolder, media_inputs
 from orchestrator.errors import SpecError
+from orchestrator.magic import media_type as sniff
 from orchestrator.models import Model, get_model
-from orchestrator.sources import MAX_MEDIA_BYTES, sniff
+from orchestrator.sources import MAX_MEDIA_BYTES
 
 
 def _jpeg() -> bytes:

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from orchestrator.cli import cli
 from orchestrator.emulator import Emulator, EmulatorConfig, FaultProfile
+from orchestrator.errors import SpecError
 from orchestrator.retry import RetryPolicy
 from orchestrator.store import JobState, Store
 from orchestrator.sweep import Overrides, run_sweep, sweep_status
@@ -351,18 +352,23 @@ def test_an_empty_balance_stops_submitting_with_one_message(tmp_path: Path) -> N
     assert len(ledger["jobs"]) == 1
 
 
-def test_an_input_the_server_refuses_on_the_first_job_stops_the_sweep(
-    tmp_path: Path, emulator: Emulator
-) -> None:
-    # Passes the local schema (any string), but the server cannot decode it.
-    body = SPEC.replace("https://example.com/fox.png", "'data:image/png;base64,@@not-base64@@'")
-    spec = write_spec(tmp_path, body=body)
-    report = run(spec, emulator, retry=NO_WAITS)
+def test_an_input_the_server_refuses_on_the_first_job_stops_the_sweep(tmp_path: Path) -> None:
+    # Every input the local schema passes, the server refuses (the refuse_input fault: 422001).
+    report, ledger, _ = fault_run(tmp_path, "refuse_input")
     assert report.fatal
     assert "refused" in (report.stop_reason or "")
-    assert "118_image" in (report.stop_reason or "")
     assert report.counts["failed"] >= 1
     assert report.counts["pending"] + report.counts["failed"] == 4
+    assert ledger["jobs"] == []
+
+
+def test_a_data_uri_that_is_not_base64_is_refused_before_anything_is_sent(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    body = SPEC.replace("https://example.com/fox.png", "'data:image/png;base64,@@not-base64@@'")
+    spec = write_spec(tmp_path, body=body)
+    with pytest.raises(SpecError, match=r"inputs\.image: a data: URI of image/png whose payload"):
+        run(spec, emulator, retry=NO_WAITS)
     assert emulator.ledger()["jobs"] == []
 
 

@@ -12,9 +12,9 @@ import io
 from collections.abc import Mapping
 from typing import Any
 
+from orchestrator import magic
 from orchestrator.emulator.media import decode_data_uri
 from orchestrator.models import FieldProblem, Model
-from orchestrator.sources import bmff_handlers
 
 __all__ = ["CAPS", "extra_problems", "media_problem", "problem_detail", "sniff"]
 
@@ -24,26 +24,12 @@ CAPS: dict[str, int] = {"image": 6 * MIB, "video": 32 * MIB, "audio": 16 * MIB}
 
 
 def sniff(data: bytes) -> str | None:
-    """The media kind the bytes' magic says ("image", "video", "audio"), or None."""
-    head = data[:16]
-    if head.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")):
-        return "image"
-    if head.startswith((b"II*\x00", b"MM\x00*")) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
-        return "image"
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+    """The media kind the bytes' magic says ("image", "video", "audio"), or None: an MP4 by its
+    tracks where it has any (ffmpeg brands an AAC-only MP4 isom), else by its brand."""
+    kind = magic.kind_of_type(magic.media_type(data[: magic.HEAD_BYTES]))
+    if kind == "video" and data[4:8] == b"ftyp" and magic.sound_alone(io.BytesIO(data), len(data)):
         return "audio"
-    if head.startswith((b"ID3", b"fLaC", b"OggS")) or (len(head) > 1 and _mpeg_audio(head)):
-        return "audio"
-    if head[4:8] == b"ftyp":
-        # Its tracks say its kind where it has any (ffmpeg brands an AAC-only MP4 isom), else
-        # its brand.
-        handlers = bmff_handlers(io.BytesIO(data), len(data)) or set()
-        if b"soun" in handlers and b"vide" not in handlers:
-            return "audio"
-        return "audio" if head[8:12] in (b"M4A ", b"M4B ") else "video"
-    if head.startswith(b"\x1aE\xdf\xa3") or (head[:4] == b"RIFF" and head[8:11] == b"AVI"):
-        return "video"
-    return None
+    return kind
 
 
 def _an(kind: str) -> str:
@@ -52,11 +38,6 @@ def _an(kind: str) -> str:
 
 def _a(kind: str) -> str:
     return {"image": "an image", "video": "a video"}.get(kind, f"{kind} data")
-
-
-def _mpeg_audio(head: bytes) -> bool:
-    """An MP3 or ADTS AAC frame's sync word."""
-    return head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06 in (0x02, 0x04, 0x06, 0)
 
 
 def media_problem(kind: str, value: Any) -> tuple[str, str] | None:
