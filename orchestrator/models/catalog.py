@@ -45,6 +45,7 @@ __all__ = [
     "lookup_anywhere",
     "nearest",
     "save",
+    "sound",
     "source_of",
     "sync_command",
     "unknown_message",
@@ -150,7 +151,7 @@ def _read(path: Path) -> Cache | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         entries = {
-            str(k): v
+            str(k): sound(v)
             for k, v in data["models"].items()
             if isinstance(v, dict) and isinstance(v.get("model_id"), str)
         }
@@ -166,7 +167,7 @@ def save(
     source: str, api_base: str, entries: Iterable[Mapping[str, Any]], read_at: str | None = None
 ) -> Cache:
     """Write ``source``'s whole cache (a temporary file renamed over the old one)."""
-    models = {str(e["model_id"]): dict(e) for e in entries}
+    models = {str(e["model_id"]): sound(e) for e in entries}
     return _write(source, api_base, read_at or _now(), models)
 
 
@@ -174,8 +175,45 @@ def add(source: str, api_base: str, entry: Mapping[str, Any]) -> Cache:
     """Add or replace one model's entry (``run`` fetching a model it has never seen)."""
     old = load(source)
     models = dict(old.entries) if old is not None else {}
-    models[str(entry["model_id"])] = dict(entry)
+    models[str(entry["model_id"])] = sound(entry)
     return _write(source, api_base, old.read_at if old else _now(), models)
+
+
+_SCHEMA_WORDS = {  # a property's word -> the shape it must have, else it is dropped
+    "enum": lambda v: isinstance(v, list),
+    "minimum": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "maximum": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "maxItems": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "type": lambda v: isinstance(v, str),
+    "format": lambda v: isinstance(v, str),
+    "items": lambda v: isinstance(v, dict),
+    "properties": lambda v: isinstance(v, dict),
+}
+
+
+def sound(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A catalog entry whose schema has the shapes the code reads: ``input_schema`` a mapping,
+    its ``properties`` a mapping of mappings, ``required`` a list of names, and each property's
+    enum/range/type/format of its shape; anything else a hostile or broken catalog served is
+    dropped (the server still validates), never a traceback in ``models`` or a spec's check."""
+    out = dict(entry)
+    schema = entry.get("input_schema")
+    if schema is None or not isinstance(schema, Mapping):
+        out.pop("input_schema", None)
+        return out
+    props = schema.get("properties")
+    clean = {
+        str(k): {w: v for w, v in p.items() if w not in _SCHEMA_WORDS or _SCHEMA_WORDS[w](v)}
+        for k, p in (props.items() if isinstance(props, Mapping) else ())
+        if isinstance(p, Mapping)
+    }
+    required = schema.get("required")
+    needed = [r for r in required if isinstance(r, str)] if isinstance(required, list) else []
+    out["input_schema"] = {**schema, "properties": clean, "required": needed}
+    for key in ("output_schema", "friendly_names"):
+        if not isinstance(out.get(key), Mapping):
+            out.pop(key, None)
+    return out
 
 
 def lookup(model_id: str, source: str | None = None) -> Model | None:

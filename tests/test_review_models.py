@@ -1,0 +1,64 @@
+"""A hostile review of the model catalog and of several models in one sweep: each test failed
+before the fix it names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from click.testing import CliRunner
+
+from orchestrator import catalogsync
+from orchestrator.cli import cli
+from orchestrator.models import catalog
+from orchestrator.retry import RetryPolicy
+
+BASE = "https://model-api.example.com/v1"
+SOURCE = "model-api.example.com"
+
+
+def served(entries: list[dict[str, Any]]) -> httpx.MockTransport:
+    def answer(request: httpx.Request) -> httpx.Response:
+        offset = int(request.url.params["offset"])
+        page = entries[offset:]
+        return httpx.Response(200, json={"models": page, "total": len(entries)})
+
+    return httpx.MockTransport(answer)
+
+
+def sync(entries: list[dict[str, Any]]) -> catalogsync.Synced:
+    return catalogsync.sync_catalog(
+        base_url=BASE,
+        token="test-token-0123",
+        retry=RetryPolicy(attempts=1, wait=False),
+        transport=served(entries),
+    )
+
+
+def cli_run(*args: str, env: dict[str, str] | None = None) -> Any:
+    return CliRunner().invoke(cli, list(args), env=env)
+
+
+def test_a_malformed_catalog_entry_breaks_neither_models_nor_models_show() -> None:
+    good = {
+        "model_id": "acme/good",
+        "input_schema": {"properties": {"prompt": {"type": "string"}}, "required": ["prompt"]},
+    }
+    hostile = [
+        {"model_id": "acme/schema-list", "input_schema": [1, 2]},
+        {"model_id": "acme/props-list", "input_schema": {"properties": [1]}},
+        {"model_id": "acme/prop-text", "input_schema": {"properties": {"a": "text"}}},
+        {"model_id": "acme/enum-int", "input_schema": {"properties": {"a": {"enum": 5}}}},
+        {"model_id": "acme/req-text", "input_schema": {"properties": {}, "required": 7}},
+    ]
+    sync([good, *hostile])
+    env = {"RUNCOMFY_MODEL_API_BASE": BASE}
+    listed = cli_run("models", env=env)
+    assert listed.exit_code == 0, listed.output
+    assert "acme/good" in listed.output
+    assert "acme/enum-int" in listed.output
+    for entry in hostile:
+        shown = cli_run("models", "show", entry["model_id"], env=env)
+        assert shown.exit_code == 0, shown.output
+        assert shown.output.startswith(entry["model_id"])
+    assert catalog.lookup("acme/good", SOURCE) is not None
