@@ -62,3 +62,13 @@ def test_a_malformed_catalog_entry_breaks_neither_models_nor_models_show() -> No
         assert shown.exit_code == 0, shown.output
         assert shown.output.startswith(entry["model_id"])
     assert catalog.lookup("acme/good", SOURCE) is not None
+
+
+def test_two_models_never_share_a_short_label() -> None:
+    from orchestrator.naming import model_labels
+
+    for ids in (["p/a:b", "p/a?b"], ["acme/v 1", "acme/v\x001"], ["a/x*y", "a/x|y", "a/x<y"]):
+        labels = model_labels(ids)
+        assert len(set(labels)) == len(ids), (ids, labels)
+        assert all("/" not in label and "\x00" not in label for label in labels)
+    assert model_labels(["wan-ai/wan-3.0/image-to-video", "acme/x/y"]) == ["wan-3.0", "x"]
