@@ -72,3 +72,20 @@ def test_two_models_never_share_a_short_label() -> None:
         assert len(set(labels)) == len(ids), (ids, labels)
         assert all("/" not in label and "\x00" not in label for label in labels)
     assert model_labels(["wan-ai/wan-3.0/image-to-video", "acme/x/y"]) == ["wan-3.0", "x"]
+
+
+def test_the_unknown_model_line_of_a_user_without_a_token_says_what_works(tmp_path: Any) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text("model: wan-ai/wan-3.0/image-to-video\ninputs: {prompt: hi}\n")
+    result = cli_run("plan", str(spec))
+    assert result.exit_code == 1
+    line = result.stderr.strip()
+    assert "\n" not in line
+    # `models sync` alone would fail at once with "no API token": the line says the token.
+    assert "set RUNCOMFY_API_TOKEN and run `comfysweep models sync`" in line
+    # and that the model is one the emulator serves, offline.
+    assert (
+        "the emulator serves it (`comfysweep models sync --emulator`, then add --emulator)" in line
+    )
+    with_token = cli_run("plan", str(spec), env={"RUNCOMFY_API_TOKEN": "tok-0123456789"})
+    assert "; run `comfysweep models sync`" in with_token.stderr

@@ -261,8 +261,25 @@ def unknown_message(model_id: str, shipped: Iterable[str]) -> str:
         where += f"; it is cached for {', '.join(elsewhere)}"
         if EMULATOR in elsewhere:
             where += " (add --emulator)"
+    elif source != EMULATOR and _emulated(model_id):
+        where += f"; the emulator serves it (`{sync_command(EMULATOR)}`, then add --emulator)"
     shown = brief(model_id)
-    return f"unknown model {shown}{hint}: {where}; run `{sync_command(source)}`"
+    return f"unknown model {shown}{hint}: {where}; {_sync_step(source)}"
+
+
+def _sync_step(source: str) -> str:
+    """What to do to fill ``source``'s cache: a real API's catalog needs a token first."""
+    from orchestrator.client import env_token
+
+    if source == EMULATOR or env_token() is not None:
+        return f"run `{sync_command(source)}`"
+    return f"set RUNCOMFY_API_TOKEN and run `{sync_command(source)}`"
+
+
+def _emulated(model_id: str) -> bool:
+    from orchestrator.emulator.catalog import emulated_catalog
+
+    return model_id in emulated_catalog()
 
 
 def _caches() -> list[Cache]:
