@@ -6,6 +6,7 @@ own transaction) and no HTTP (the price comes from the catalog call the run make
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ _UNITS = {
 _EXAMPLE = "e.g. --price 0.05/second (per second of output video) or --price 0.25/output"
 
 Estimator = Callable[[Mapping[str, Any]], float | None]
+JOB_MODEL = "\x00model_id"  # the job's model id among the inputs the store hands an estimator
 
 
 @dataclass(frozen=True)
@@ -159,12 +161,23 @@ def several_estimator(priced: Sequence[tuple[Model, Price | None]]) -> Estimator
     own. None (unknown) when one of them has no estimate."""
 
     def estimate(inputs: Mapping[str, Any]) -> float | None:
-        fits = [(m, p) for m, p in priced if _fits(m, inputs)] or list(priced)
+        own = [(m, p) for m, p in priced if m.model_id == inputs.get(JOB_MODEL)]
+        inputs = {k: v for k, v in inputs.items() if k != JOB_MODEL}
+        fits = own or [(m, p) for m, p in priced if _fits(m, inputs)] or list(priced)
         guesses = [None if p is None else per_job(m, p.usd, p.unit, inputs) for m, p in fits]
         known = [g for g in guesses if g is not None]
         return max(known) if known and len(known) == len(guesses) else None
 
     return estimate
+
+
+def job_inputs(inputs: str, model_id: str) -> dict[str, Any]:
+    """What the store hands an estimator: a job's stored inputs (JSON) with its model id under
+    ``JOB_MODEL`` (no field name can be it), so a job of several models is priced by its own
+    model, not by every model its inputs happen to fit (a text-to-image job of a sweep with a
+    text-to-video model was reserved at the video's price: the cap stopped the sweep early)."""
+    loaded: dict[str, Any] = json.loads(inputs)
+    return loaded | {JOB_MODEL: model_id}
 
 
 def _fits(model: Model, inputs: Mapping[str, Any]) -> bool:

@@ -173,7 +173,7 @@ def _costs(
     states: tuple[JobState, ...],
 ) -> Iterator[float | None]:
     for row in store.jobs(states, in_spec=True):
-        yield None if job is None else job(row.inputs)
+        yield None if job is None else job({**row.inputs, budget.JOB_MODEL: row.model_id})
 
 
 def forecast_lines(f: Forecast) -> list[str]:

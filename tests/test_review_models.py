@@ -3,15 +3,21 @@ before the fix it names."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from click.testing import CliRunner
 
 from orchestrator import catalogsync
 from orchestrator.cli import cli
+from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.models import catalog
 from orchestrator.retry import RetryPolicy
+from orchestrator.sweep import run_sweep
 
 BASE = "https://model-api.example.com/v1"
 SOURCE = "model-api.example.com"
@@ -89,3 +95,41 @@ def test_the_unknown_model_line_of_a_user_without_a_token_says_what_works(tmp_pa
     )
     with_token = cli_run("plan", str(spec), env={"RUNCOMFY_API_TOKEN": "tok-0123456789"})
     assert "; run `comfysweep models sync`" in with_token.stderr
+
+
+T2I = "google/nano-banana-2-lite/text-to-image"
+T2V = "bytedance/seedance-2.5/text-to-video/1080p"
+AUDIO = "acestep-ai/ace-step-1.5/text-to-audio"
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    with Emulator(EmulatorConfig(speed=2000.0, workers=4)) as emu:
+        catalogsync.sync_catalog(base_url=emu.base_url, token=emu.token)
+        yield emu
+
+
+def billed(emu: Emulator) -> tuple[Counter[str], float]:
+    ledger = emu.ledger()
+    assert set(ledger["submissions_by_input"].values()) <= {1}  # nothing paid twice
+    jobs = ledger["jobs"]
+    return Counter(j["model_id"] for j in jobs), float(ledger["billed_usd"])
+
+
+def test_a_capped_sweep_of_several_models_reserves_each_job_at_its_own_model_price(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    # A text-to-image job ($0.02 an output) has inputs that fit the text-to-video schema too:
+    # it was reserved at the video's price ($0.12 x 5 s), so a $0.10 cap ran nothing at all.
+    spec = tmp_path / "cap.yaml"
+    spec.write_text(
+        f"name: cap\nmodel:\n  - {T2I}\n  - {{id: {T2V}, inputs: {{duration: 4}}}}\n"
+        "axes:\n  prompt: [a fox, a cat, a dog]\n"
+        f"run: {{output: {tmp_path / 'out'}, poll_interval: 0.02, order: grid, max_cost: 0.10}}\n"
+    )
+    report = run_sweep(spec, base_url=emulator.base_url, token=emulator.token)
+    assert report.stop_kind == "budget", report
+    models, total = billed(emulator)
+    assert models == {T2I: 3}
+    assert total <= 0.10 + 1e-9
+    assert "about $1.44" in (report.stop_reason or "")  # the three video jobs left, at $0.48
