@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import StoreError
+from orchestrator.models import catalog
 from orchestrator.results import STORE_FILE
 from orchestrator.spec import Spec, load_spec
 
-__all__ = ["Located", "locate", "no_store_file", "require_store"]
+__all__ = ["Located", "load_recorded", "locate", "no_store_file", "require_store"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def locate(spec: Path | None, store: str | None = None, *, cwd: Path | None = No
     Raises StoreError (one line) when neither names a store that exists.
     """
     if spec is not None:
-        loaded = load_spec(spec)
+        loaded = load_recorded(spec)
         target: str | Path = store if store is not None else loaded.results_dir / STORE_FILE
         require_store(target)
         return Located(loaded, target, loaded.results_dir)
@@ -54,6 +55,15 @@ def locate(spec: Path | None, store: str | None = None, *, cwd: Path | None = No
             "or run this inside a sweep's results folder"
         )
     return Located(None, here / STORE_FILE, here)
+
+
+def load_recorded(spec: str | Path) -> Spec:
+    """The spec of a sweep that may have run already, checked against the catalog cache that
+    knows its models (``catalog.knowing``) unless a command chose the API."""
+    from orchestrator.catalogsync import spec_model_ids
+
+    with catalog.using(catalog.knowing(spec_model_ids(spec))):
+        return load_spec(spec)
 
 
 def require_store(target: str | Path) -> None:

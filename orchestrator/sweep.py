@@ -27,7 +27,7 @@ from orchestrator.client import ModelApiClient, ModelInfo, env_token
 from orchestrator.deadline import Deadline, parse_until
 from orchestrator.errors import ComfysweepError, StoreError
 from orchestrator.grid import iter_jobs
-from orchestrator.locate import no_store_file, require_store
+from orchestrator.locate import load_recorded, no_store_file, require_store
 from orchestrator.models import get_model
 from orchestrator.notify import Notifier
 from orchestrator.pacing import Pacer
@@ -36,7 +36,7 @@ from orchestrator.results import LOG_FILE, STORE_FILE, ResultsFolder
 from orchestrator.retry import RetryPolicy
 from orchestrator.runner import CancelReport, Runner, RunOptions, RunReport, cancel_queued
 from orchestrator.settings import emulated_poll
-from orchestrator.spec import Spec, load_spec
+from orchestrator.spec import Spec
 from orchestrator.store import RETRYABLE, JobState, Store
 from orchestrator.summary import Invocation, RunAccount
 from orchestrator.where import select
@@ -631,7 +631,7 @@ def _options(
 
 
 def _loaded(spec: Spec | str | Path) -> Spec:
-    return spec if isinstance(spec, Spec) else load_spec(spec)
+    return spec if isinstance(spec, Spec) else load_recorded(spec)
 
 
 @contextlib.contextmanager

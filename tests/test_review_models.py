@@ -133,3 +133,26 @@ def test_a_capped_sweep_of_several_models_reserves_each_job_at_its_own_model_pri
     assert models == {T2I: 3}
     assert total <= 0.10 + 1e-9
     assert "about $1.44" in (report.stop_reason or "")  # the three video jobs left, at $0.48
+
+
+def test_a_sweep_run_on_the_emulator_is_read_by_commands_without_an_emulator_flag(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    spec = tmp_path / "img.yaml"
+    spec.write_text(
+        f"name: img\nmodel:\n  - {T2I}\n  - {{id: {AUDIO}, map: {{prompt: tags}}}}\n"
+        f"inputs: {{prompt: a fox}}\nrun: {{output: {tmp_path / 'out'}, poll_interval: 0.02}}\n"
+    )
+    assert run_sweep(spec, base_url=emulator.base_url, token=emulator.token).complete
+    # status, failures, runs, report, export have no --emulator: they said "add --emulator".
+    for args in (
+        ["status", str(spec)],
+        ["failures", str(spec)],
+        ["runs", str(spec)],
+        ["report", str(spec)],
+        ["export", str(spec), str(tmp_path / "ex"), "--format", "csv"],
+    ):
+        result = cli_run(*args)
+        assert result.exit_code == 0, (args, result.output)
+    shown = cli_run("status", str(spec))
+    assert f"  {T2I}: 1 done" in shown.output.splitlines()

@@ -40,6 +40,7 @@ __all__ = [
     "add",
     "cache_path",
     "in_force",
+    "knowing",
     "load",
     "lookup",
     "lookup_anywhere",
@@ -108,6 +109,27 @@ def using(source: str) -> Iterator[None]:
         yield
     finally:
         _SOURCE.reset(token)
+
+
+def knowing(model_ids: Iterable[str]) -> str:
+    """The source whose cache should read a spec of a sweep that ran already (``status``,
+    ``report``, ``retry``...): the one in force when a command set it (``run``, ``plan``) or
+    when it lists every model, else a cached source that does (the emulator's first). A sweep
+    run with ``--emulator`` is read by commands that have no such flag."""
+    source = in_force()
+    if _SOURCE.get() is not None:
+        return source
+    from orchestrator.models import known_models
+
+    shipped = {m.model_id for m in known_models()}
+    unknown = [i for i in model_ids if i not in shipped]
+    cache = load(source)
+    if not unknown or (cache is not None and all(i in cache.entries for i in unknown)):
+        return source
+    for other in sorted(_caches(), key=lambda c: c.source != EMULATOR):
+        if all(i in other.entries for i in unknown):
+            return other.source
+    return source
 
 
 def sync_command(source: str | None = None) -> str:
