@@ -116,17 +116,22 @@ def billed(emu: Emulator) -> tuple[Counter[str], float]:
     return Counter(j["model_id"] for j in jobs), float(ledger["billed_usd"])
 
 
-def test_a_capped_sweep_of_several_models_reserves_each_job_at_its_own_model_price(
-    tmp_path: Path, emulator: Emulator
-) -> None:
-    # A text-to-image job ($0.02 an output) has inputs that fit the text-to-video schema too:
-    # it was reserved at the video's price ($0.12 x 5 s), so a $0.10 cap ran nothing at all.
+def capped(tmp_path: Path) -> Path:
     spec = tmp_path / "cap.yaml"
     spec.write_text(
         f"name: cap\nmodel:\n  - {T2I}\n  - {{id: {T2V}, inputs: {{duration: 4}}}}\n"
         "axes:\n  prompt: [a fox, a cat, a dog]\n"
         f"run: {{output: {tmp_path / 'out'}, poll_interval: 0.02, order: grid, max_cost: 0.10}}\n"
     )
+    return spec
+
+
+def test_a_capped_sweep_of_several_models_reserves_each_job_at_its_own_model_price(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    # A text-to-image job ($0.02 an output) has inputs that fit the text-to-video schema too:
+    # it was reserved at the video's price ($0.12 x 5 s), so a $0.10 cap ran nothing at all.
+    spec = capped(tmp_path)
     report = run_sweep(spec, base_url=emulator.base_url, token=emulator.token)
     assert report.stop_kind == "budget", report
     models, total = billed(emulator)
@@ -156,3 +161,17 @@ def test_a_sweep_run_on_the_emulator_is_read_by_commands_without_an_emulator_fla
         assert result.exit_code == 0, (args, result.output)
     shown = cli_run("status", str(spec))
     assert f"  {T2I}: 1 done" in shown.output.splitlines()
+
+
+def test_cancel_and_retry_where_name_a_model(tmp_path: Path, emulator: Emulator) -> None:
+    spec = capped(tmp_path)
+    run_sweep(spec, base_url=emulator.base_url, token=emulator.token)
+    where = f"model == '{T2V}'"
+    result = cli_run("cancel", str(spec), "--emulator", "--where", where)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("3 pending cancelled")
+    result = cli_run("retry", str(spec), "--cancelled", "--where", where)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("3 job(s) back to pending")
+    typo = cli_run("cancel", str(spec), "--where", "modl == 'x'")
+    assert "no input named 'modl' (did you mean 'model'?)" in typo.stderr
