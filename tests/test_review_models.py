@@ -175,3 +175,28 @@ def test_cancel_and_retry_where_name_a_model(tmp_path: Path, emulator: Emulator)
     assert result.output.startswith("3 job(s) back to pending")
     typo = cli_run("cancel", str(spec), "--where", "modl == 'x'")
     assert "no input named 'modl' (did you mean 'model'?)" in typo.stderr
+
+
+def test_a_model_id_that_is_no_id_never_reaches_a_url_the_cache_or_a_submit(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    # "../../v2/balance" was POSTed (normalised to /v2/balance, with the token) under schema:
+    # server, and GET before the spec loaded; a catalog's NUL, 10 kB or ".." ids were cached.
+    spec = tmp_path / "dd.yaml"
+    spec.write_text(
+        'name: dd\nmodel: "../../v2/balance"\nschema: server\ninputs: {prompt: hi}\n'
+        f"run: {{output: {tmp_path / 'out'}, poll_interval: 0.02}}\n"
+    )
+    result = cli_run("run", str(spec), "--emulator")
+    assert result.exit_code == 1
+    assert result.stderr.strip().endswith(
+        "model: '../../v2/balance' is not a model id (segments of letters, digits, '.', '_' "
+        "and '-' separated by '/', such as owner/model)"
+    )
+    assert catalogsync.refresh_unseen(spec, base_url=emulator.base_url, token=emulator.token) == []
+    good = {"model_id": "acme/good", "input_schema": {"properties": {}}}
+    bad = ["../../etc/passwd", "acme/n\x00ul", "acme/" + "L" * 10_000, "acme//x", "/acme/x"]
+    sync([good, *({"model_id": b, "input_schema": {"properties": {}}} for b in bad)])
+    cache = catalog.load(SOURCE)
+    assert cache is not None
+    assert list(cache.entries) == ["acme/good"]

@@ -21,6 +21,7 @@ import difflib
 import functools
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ __all__ = [
     "source_of",
     "sync_command",
     "unknown_message",
+    "usable_id",
     "using",
 ]
 
@@ -78,6 +80,18 @@ class Cache:
 
             found = self._models[model_id] = Model.from_catalog(self.entries[model_id])
         return found
+
+
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
+MAX_ID = 300  # RunComfy's longest ids are under 80 characters
+
+
+def usable_id(model_id: str) -> bool:
+    """Whether ``model_id`` can be a model id: ``/``-separated segments of letters, digits,
+    ``.``, ``_`` and ``-``, each starting with a letter or digit, at most MAX_ID long. An id is
+    a URL path (``POST /v1/models/{id}``): ``..`` there would reach another endpoint with the
+    token, a NUL or 10 kB id has no place in a cache, a store or a file name."""
+    return len(model_id) <= MAX_ID and _MODEL_ID.fullmatch(model_id) is not None
 
 
 def source_of(api_base: str | None = None) -> str:
@@ -175,7 +189,7 @@ def _read(path: Path) -> Cache | None:
         entries = {
             str(k): sound(v)
             for k, v in data["models"].items()
-            if isinstance(v, dict) and isinstance(v.get("model_id"), str)
+            if isinstance(v, dict) and v.get("model_id") == k and usable_id(k)
         }
         source, base, read_at = (str(data[k]) for k in ("source", "api_base", "read_at"))
         cache = Cache(source, base, read_at, entries, path)
@@ -189,7 +203,7 @@ def save(
     source: str, api_base: str, entries: Iterable[Mapping[str, Any]], read_at: str | None = None
 ) -> Cache:
     """Write ``source``'s whole cache (a temporary file renamed over the old one)."""
-    models = {str(e["model_id"]): sound(e) for e in entries}
+    models = {str(e["model_id"]): sound(e) for e in entries if usable_id(str(e["model_id"]))}
     return _write(source, api_base, read_at or _now(), models)
 
 
