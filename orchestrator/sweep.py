@@ -26,7 +26,7 @@ from orchestrator.catalogsync import refresh_unseen, sourced
 from orchestrator.client import ModelApiClient, ModelInfo, env_token
 from orchestrator.deadline import Deadline, parse_until
 from orchestrator.errors import ComfysweepError, StoreError
-from orchestrator.grid import iter_jobs
+from orchestrator.grid import count_jobs, iter_jobs
 from orchestrator.locate import load_recorded, no_store_file, require_store
 from orchestrator.models import get_model
 from orchestrator.notify import Notifier
@@ -536,7 +536,21 @@ def sweep_left(
             job_seconds=prices.last_duration(spec.model),
             price_note=f"no catalog price seen yet for {spec.model}",
             each=each,
+            new=_new_jobs(spec, db),
         )
+
+
+PLAN_NEW_LIMIT = 100_000  # a larger grid is not walked by plan to find the jobs a change adds
+
+
+def _new_jobs(spec: Spec, db: Store) -> list[dict[str, Any]]:
+    """The inputs (as the store hands them to an estimator) of the spec's jobs the store does not
+    hold: an axis or a model added since the last run (``plan`` says what is left of it)."""
+    if count_jobs(spec).jobs > PLAN_NEW_LIMIT:
+        return []
+    jobs = list(iter_jobs(spec))
+    known = db.known_keys([job.key for job in jobs])
+    return [{**job.inputs, budget.JOB_MODEL: job.model_id} for job in jobs if job.key not in known]
 
 
 def _seen(model_id: str) -> budget.Price | None:

@@ -3,6 +3,7 @@ before the fix it names."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,3 +201,23 @@ def test_a_model_id_that_is_no_id_never_reaches_a_url_the_cache_or_a_submit(
     cache = catalog.load(SOURCE)
     assert cache is not None
     assert list(cache.entries) == ["acme/good"]
+
+
+def test_plan_after_an_axis_is_added_says_what_is_left_of_the_new_sweep(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    # plan said "left: 0 of 1 job(s); estimated cost: $0.00" for a spec of three jobs, one done:
+    # it read the store only, which holds no job of the axis added since the run.
+    spec = tmp_path / "grow.yaml"
+    head = f"name: grow\nmodel: {T2I}\ninputs: {{prompt: a fox}}\n"
+    run = f"run: {{output: {tmp_path / 'out'}, poll_interval: 0.02}}\n"
+    spec.write_text(head + run)
+    assert run_sweep(spec, base_url=emulator.base_url, token=emulator.token).complete
+    spec.write_text(head + 'axes: {aspect_ratio: [auto, "1:1", "4:3"]}\n' + run)
+    result = cli_run("plan", str(spec), "--emulator", "--json")
+    assert result.exit_code == 0, result.output
+    left = json.loads(result.output)["left"]
+    assert (left["total"], left["done"], left["pending"]) == (3, 1, 2)
+    assert left["cost_usd"] == pytest.approx(0.04)
+    assert run_sweep(spec, base_url=emulator.base_url, token=emulator.token).complete
+    assert billed(emulator)[0] == {T2I: 3}  # the done job was kept: two more paid

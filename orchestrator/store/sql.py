@@ -132,6 +132,8 @@ CLAIM_PG = CLAIM.where(JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True)))
 # claim_within(): one job at a time, its estimate reserved by RESERVE in the same transaction.
 PICK_ONE = PICK.with_only_columns(JOBS.c.key, JOBS.c.inputs, JOBS.c.model_id)
 PICK_ONE_PG = PICK_ONE.with_for_update(skip_locked=True)
+# Which of a batch of keys the store holds (plan: the jobs a changed spec adds).
+KEYS_KNOWN = sa.select(JOBS.c.key).where(JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True)))
 
 # -- the budget ledger (orchestrator/store/books.py) ---------------------------------------------
 _L = LEDGER.c

@@ -593,6 +593,15 @@ class Store:
 
     # -- reading --------------------------------------------------------------------------------
 
+    def known_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` the store holds, in any state (read in batches)."""
+        out: set[str] = set()
+        with self._tx() as conn:
+            for i in range(0, len(keys), 500):
+                batch = list(keys[i : i + 500])
+                out.update(conn.execute(sql.KEYS_KNOWN, {"p_keys": batch}).scalars())
+        return out
+
     def get(self, key: str) -> JobRow | None:
         with self._tx() as conn:
             row = conn.execute(sa.select(sql.JOBS).where(sql.JOBS.c.key == key)).mappings().first()
