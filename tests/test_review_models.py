@@ -221,3 +221,17 @@ def test_plan_after_an_axis_is_added_says_what_is_left_of_the_new_sweep(
     assert left["cost_usd"] == pytest.approx(0.04)
     assert run_sweep(spec, base_url=emulator.base_url, token=emulator.token).complete
     assert billed(emulator)[0] == {T2I: 3}  # the done job was kept: two more paid
+
+
+def test_show_of_a_job_of_a_sweep_of_several_models_names_its_model(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    from orchestrator.store import Store
+
+    spec = capped(tmp_path)
+    run_sweep(spec, base_url=emulator.base_url, token=emulator.token)
+    with Store.open(tmp_path / "out" / "cap" / "comfysweep.db", readonly=True) as db:
+        job = next(j for j in db.jobs() if j.model_id == T2V)
+    result = cli_run("show", job.key[:10], str(spec))
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[2] == f"  model      {T2V}"
