@@ -202,6 +202,7 @@ def _survey(
 ) -> _Plan:
     plan = _Plan(models=StoreModels(store))
     inputs: dict[str, str | None] = {}  # friendly name -> kind (None: no value seen yet)
+    kinds: set[str] = set()  # the outputs' kinds: a `datasets` folder holds one
     for row in store.jobs():
         if not _chosen(row, options, ratings):
             continue
@@ -217,9 +218,16 @@ def _survey(
                 plan.dropped += gone
                 continue
             plan.kind = plan.kind or output_kind(str(present[0]["path"]))
+            kinds.update(k for o in present if (k := output_kind(str(o["path"]))) is not None)
         plan.keys.add(row.key)
         for name, value in _inputs(row, plan.display(row), lambda m: m.file_name).items():
             inputs[name] = _merge(inputs.get(name), _kind(value))
+    if options.format == "hf" and len(kinds) > 1:
+        raise ExportError(
+            f"--format hf: the outputs are of several kinds ({', '.join(sorted(kinds))}) and a "
+            "`datasets` folder loads one kind (its rows had no file at all); "
+            "give --format parquet, csv or webdataset"
+        )
     for name, kind in inputs.items():
         plan.names[name] = _column(name, plan.kind or "video", options.format)
         plan.columns[plan.names[name]] = kind if kind in _FEATURES else "string"  # json: text

@@ -235,3 +235,27 @@ def test_show_of_a_job_of_a_sweep_of_several_models_names_its_model(
     result = cli_run("show", job.key[:10], str(spec))
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[2] == f"  model      {T2V}"
+
+
+def test_export_hf_of_outputs_of_several_kinds_is_refused_not_a_dataset_without_files(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    # An image and an audio model in one sweep: `export` wrote an image folder holding .wav files
+    # too, and `datasets.load_dataset` gave every row, the images' too, no file.
+    spec = tmp_path / "mix.yaml"
+    spec.write_text(
+        f"name: mix\nmodel:\n  - {T2I}\n  - {{id: {AUDIO}, map: {{prompt: tags}}}}\n"
+        f"inputs: {{prompt: a fox}}\nrun: {{output: {tmp_path / 'out'}, poll_interval: 0.02}}\n"
+    )
+    assert run_sweep(spec, base_url=emulator.base_url, token=emulator.token).complete
+    dest = tmp_path / "hf"
+    result = cli_run("export", str(spec), str(dest))
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "Error: --format hf: the outputs are of several kinds (audio, image) and a `datasets` "
+        "folder loads one kind (its rows had no file at all); give --format parquet, csv or "
+        "webdataset"
+    )
+    assert not dest.exists()
+    result = cli_run("export", str(spec), str(tmp_path / "csv"), "--format", "csv")
+    assert result.exit_code == 0, result.output
