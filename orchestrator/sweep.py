@@ -433,14 +433,24 @@ def _price(
     if isinstance(info, ModelInfo):
         fresh = budget.checked(info.base_price_usd, info.price_unit)
     if fresh is not None:
-        db.set_meta(PRICE_META, fresh.to_meta())
+        db.set_meta(PRICE_META, fresh.to_meta() | {"model": spec.model})
         return _honest(fresh, spec)
-    kept = budget.Price.from_meta(db.get_meta(PRICE_META))
+    kept = _kept(db, spec.model)
     if kept is not None:
         return _honest(kept, spec)
     seen = prices.last_price(spec.model, api_base=api_base)
     found = None if seen is None else budget.checked(seen.base_price_usd, seen.price_unit)
     return None if found is None else _honest(found, spec)
+
+
+def _kept(db: Store, model_id: str) -> budget.Price | None:
+    """The price an earlier run kept in the store, if it was ``model_id``'s: a sweep whose
+    first model changed (a model list reordered, a model replaced) must not price its jobs at
+    another model's price (an older store's price names no model: it was its one model's)."""
+    meta = db.get_meta(PRICE_META)
+    if isinstance(meta, dict) and meta.get("model", model_id) != model_id:
+        return None
+    return budget.Price.from_meta(meta)
 
 
 def _honest(price: budget.Price, spec: Spec) -> budget.Price | None:
@@ -517,7 +527,7 @@ def sweep_left(
         return None
     with Store.open(path, readonly=True) as db:
         _check_owner(spec, db)
-        kept = budget.Price.from_meta(db.get_meta(PRICE_META))
+        kept = _kept(db, spec.model)
         cap = spec.run.max_cost if spec.run.max_cost is not None else db.ledger().cap_usd
         each = None
         if spec.parts:  # each model at its price: the first's kept one, else the last seen

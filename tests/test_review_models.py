@@ -259,3 +259,19 @@ def test_export_hf_of_outputs_of_several_kinds_is_refused_not_a_dataset_without_
     assert not dest.exists()
     result = cli_run("export", str(spec), str(tmp_path / "csv"), "--format", "csv")
     assert result.exit_code == 0, result.output
+
+
+def test_a_kept_price_is_never_another_models(tmp_path: Path, emulator: Emulator) -> None:
+    # The store kept the first model's price ($0.02 an image) without its model: with the model
+    # list reordered, plan priced the video jobs, now first, at $0.02 each (a run without a
+    # catalog price would have reserved them so, and paid past its cap).
+    spec = capped(tmp_path)
+    run_sweep(spec, base_url=emulator.base_url, token=emulator.token)
+    text = spec.read_text()
+    first, second = f"  - {T2I}\n", f"  - {{id: {T2V}, inputs: {{duration: 4}}}}\n"
+    spec.write_text(text.replace(first + second, second + first))
+    result = cli_run("plan", str(spec), "--emulator", "--json")
+    assert result.exit_code == 0, result.output
+    left = json.loads(result.output)["left"]
+    assert left["pending"] == 3
+    assert left["cost_usd"] == pytest.approx(1.44)
