@@ -275,3 +275,21 @@ def test_a_kept_price_is_never_another_models(tmp_path: Path, emulator: Emulator
     left = json.loads(result.output)["left"]
     assert left["pending"] == 3
     assert left["cost_usd"] == pytest.approx(1.44)
+
+
+def test_a_cache_another_process_rewrote_in_the_same_tick_is_read_again() -> None:
+    # The parsed cache was kept by (mtime, size): another process's sync renaming a cache of the
+    # same size in the same clock tick (a coarse file system clock) went unseen.
+    import os
+
+    first = [{"model_id": "acme/aaaa", "input_schema": {"properties": {}}}]
+    cache = catalog.save(SOURCE, BASE, first, read_at="2026-01-01T00:00:00+00:00")
+    assert catalog.lookup("acme/aaaa", SOURCE) is not None
+    stat = cache.path.stat()
+    other = cache.path.with_suffix(".other")
+    text = cache.path.read_text().replace("acme/aaaa", "acme/bbbb")
+    other.write_text(text)
+    os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(other, cache.path)  # what a second process's sync does
+    assert catalog.lookup("acme/bbbb", SOURCE) is not None
+    assert catalog.lookup("acme/aaaa", SOURCE) is None

@@ -166,7 +166,7 @@ def _cache_path(home: str, source: str) -> Path:
 
 
 # Parsed caches by path, kept while the file is unchanged (get_model is called per job).
-_READ: dict[Path, tuple[tuple[int, int], Cache]] = {}
+_READ: dict[Path, tuple[tuple[int, int, int], Cache]] = {}
 
 
 def load(source: str | None = None) -> Cache | None:
@@ -180,7 +180,7 @@ def _read(path: Path) -> Cache | None:
         stat = path.stat()
     except OSError:
         return None
-    stamp = (stat.st_mtime_ns, stat.st_size)
+    stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # a rename is a new inode
     kept = _READ.get(path)
     if kept is not None and kept[0] == stamp:
         return kept[1]
