@@ -293,3 +293,34 @@ def test_a_cache_another_process_rewrote_in_the_same_tick_is_read_again() -> Non
     os.replace(other, cache.path)  # what a second process's sync does
     assert catalog.lookup("acme/bbbb", SOURCE) is not None
     assert catalog.lookup("acme/aaaa", SOURCE) is None
+
+
+def test_a_sync_while_a_run_adds_a_model_is_not_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `run` adding a model (read the cache, add, write) while `models sync` wrote the whole
+    # catalog: the add wrote back the cache it had read, and the sync's new catalog was lost.
+    import threading
+
+    entry = {"model_id": "acme/old", "input_schema": {"properties": {}}}
+    catalog.save(SOURCE, BASE, [entry])
+    synced = [entry | {"model_id": f"acme/new-{i}"} for i in range(3)]
+    sync_done = threading.Event()
+    real_load = catalog.load
+
+    def load_then_sync(source: str | None = None) -> Any:
+        found = real_load(source)
+        if not sync_done.is_set() and threading.current_thread() is threading.main_thread():
+            other = threading.Thread(
+                target=lambda: (catalog.save(SOURCE, BASE, synced), sync_done.set())
+            )
+            other.start()
+            sync_done.wait(0.5)  # without the lock the sync finishes now; with it, it waits
+            load_then_sync.thread = other  # type: ignore[attr-defined]
+        return found
+
+    monkeypatch.setattr(catalog, "load", load_then_sync)
+    catalog.add(SOURCE, BASE, entry | {"model_id": "acme/added"})
+    load_then_sync.thread.join(10)  # type: ignore[attr-defined]
+    monkeypatch.setattr(catalog, "load", real_load)
+    cache = catalog.load(SOURCE)
+    assert cache is not None
+    assert {"acme/new-0", "acme/new-1", "acme/new-2"} <= set(cache.entries)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import difflib
+import fcntl
 import functools
 import json
 import os
@@ -204,15 +205,31 @@ def save(
 ) -> Cache:
     """Write ``source``'s whole cache (a temporary file renamed over the old one)."""
     models = {str(e["model_id"]): sound(e) for e in entries if usable_id(str(e["model_id"]))}
-    return _write(source, api_base, read_at or _now(), models)
+    with _locked(source):
+        return _write(source, api_base, read_at or _now(), models)
 
 
 def add(source: str, api_base: str, entry: Mapping[str, Any]) -> Cache:
     """Add or replace one model's entry (``run`` fetching a model it has never seen)."""
-    old = load(source)
-    models = dict(old.entries) if old is not None else {}
-    models[str(entry["model_id"])] = sound(entry)
-    return _write(source, api_base, old.read_at if old else _now(), models)
+    with _locked(source):  # read, add, write: a sync renaming a cache in between is kept
+        old = load(source)
+        models = dict(old.entries) if old is not None else {}
+        models[str(entry["model_id"])] = sound(entry)
+        return _write(source, api_base, old.read_at if old else _now(), models)
+
+
+@contextlib.contextmanager
+def _locked(source: str) -> Iterator[None]:
+    """Hold ``source``'s cache lock (a ``.lock`` file beside it, flock'd) inside the block: two
+    processes writing the cache at once (``models sync``, ``run`` adding a model) take turns."""
+    path = cache_path(source).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 _SCHEMA_WORDS = {  # a property's word -> the shape it must have, else it is dropped
