@@ -220,9 +220,11 @@ def add(source: str, api_base: str, entry: Mapping[str, Any]) -> Cache:
 
 @contextlib.contextmanager
 def _locked(source: str) -> Iterator[None]:
-    """Hold ``source``'s cache lock (a ``.lock`` file beside it, flock'd) inside the block: two
-    processes writing the cache at once (``models sync``, ``run`` adding a model) take turns."""
-    path = cache_path(source).with_suffix(".lock")
+    """Hold ``source``'s cache lock (``catalog.locks/<source>.lock`` in the home, flock'd)
+    inside the block: two processes writing the cache at once (``models sync``, ``run`` adding a
+    model) take turns. Kept out of the cache folder, which holds caches only."""
+    cache = cache_path(source)
+    path = cache.parent.with_name("catalog.locks") / cache.with_suffix(".lock").name
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
