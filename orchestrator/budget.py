@@ -230,8 +230,17 @@ def stop_message(
     )
 
 
-def no_price_message(command: str) -> str:
-    """The line a run with a cap but no known price stops with, before paying anything."""
+def no_price_message(command: str, *, given: bool = False) -> str:
+    """The line a run with a cap but no known price stops with, before paying anything. A run
+    given ``--price`` (``given``) stops so when that price cannot price the next job (a price
+    per second for a job without a duration: an image model's, in a sweep of several models)."""
+    if given:
+        return (
+            "no price known for the next job, so the budget cannot be kept: nothing submitted; "
+            "the --price given does not price it (a price per second needs the job's duration, "
+            "or frames and fps; an image is priced per output): leave --price out to price "
+            "each model at its catalog price, or give a price of the job's unit"
+        )
     return (
         "no price known, so the budget cannot be kept: nothing submitted; the model catalog "
         f"gave none; give one: {command} --price 0.05/second (or --price 0.25/output)"

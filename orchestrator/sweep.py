@@ -249,6 +249,7 @@ async def _run(
             db, client, folder, options, progress=progress, estimate=estimate, command=command
         )
         runner.on_event = morning.event
+        runner.price_given = given is not None
         runner.polls.remember(prices.last_duration(spec.model, api_base=client.base_url))
         try:
             report = await runner.run()

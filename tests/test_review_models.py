@@ -324,3 +324,16 @@ def test_a_sync_while_a_run_adds_a_model_is_not_lost(monkeypatch: pytest.MonkeyP
     cache = catalog.load(SOURCE)
     assert cache is not None
     assert {"acme/new-0", "acme/new-1", "acme/new-2"} <= set(cache.entries)
+
+
+def test_a_price_per_second_that_cannot_price_an_image_job_says_so(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    # The stop told a user who gave --price 0.05/second to "give one: ... --price 0.05/second".
+    spec = capped(tmp_path)
+    report = run_sweep(spec, base_url=emulator.base_url, token=emulator.token, price="0.05/second")
+    reason = report.stop_reason or ""
+    assert reason.startswith("no price known for the next job, so the budget cannot be kept")
+    assert "the --price given does not price it" in reason
+    assert "give one" not in reason
+    assert billed(emulator) == (Counter(), 0.0)
