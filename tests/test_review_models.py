@@ -337,3 +337,20 @@ def test_a_price_per_second_that_cannot_price_an_image_job_says_so(
     assert "the --price given does not price it" in reason
     assert "give one" not in reason
     assert billed(emulator) == (Counter(), 0.0)
+
+
+def test_a_catalog_s_text_cannot_forge_lines_or_drive_the_terminal() -> None:
+    entry = {
+        "model_id": "acme/esc",
+        "display_name": "Nice\x1b]0;pwned\x07\nFAKE LINE",
+        "input_schema": {"properties": {"p\x1b[31m": {"type": "string", "default": "x\ny"}}},
+    }
+    sync([entry])
+    env = {"RUNCOMFY_MODEL_API_BASE": BASE}
+    for args in (["models"], ["models", "show", "acme/esc"]):
+        result = cli_run(*args, env=env)
+        assert result.exit_code == 0, result.output
+        assert "FAKE LINE" not in result.output.splitlines()
+        assert not any(line.startswith("FAKE") for line in result.output.splitlines())
+        assert "\x1b" not in result.output
+        assert "\x07" not in result.output
