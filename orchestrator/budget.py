@@ -155,10 +155,11 @@ def estimator(model: Model, price: Price | None) -> Estimator:
 def several_estimator(priced: Sequence[tuple[Model, Price | None]]) -> Estimator:
     """The estimator of a sweep of several models, each at its own price.
 
-    The store hands an estimator a job's inputs only, so a job is estimated by every model its
-    inputs fit (each key a field of that model, its required fields there; a model without a
-    schema fits any) at the highest of their estimates: a reservation is never below the job's
-    own. None (unknown) when one of them has no estimate."""
+    The store hands an estimator a job's inputs with its model id (``JOB_MODEL``): the job is
+    estimated by its own model. Inputs without it are estimated by every model they fit (each
+    key a field of that model, its required fields there; a model without a schema fits any) at
+    the highest of their estimates: never below the job's own. None (unknown) when one of them
+    has no estimate."""
 
     def estimate(inputs: Mapping[str, Any]) -> float | None:
         own = [(m, p) for m, p in priced if m.model_id == inputs.get(JOB_MODEL)]
