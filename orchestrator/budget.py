@@ -6,6 +6,7 @@ own transaction) and no HTTP (the price comes from the catalog call the run make
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ _UNITS = {
 _EXAMPLE = "e.g. --price 0.05/second (per second of output video) or --price 0.25/output"
 
 Estimator = Callable[[Mapping[str, Any]], float | None]
+JOB_MODEL = "\x00model_id"  # the job's model id among the inputs the store hands an estimator
 
 
 @dataclass(frozen=True)
@@ -153,18 +155,30 @@ def estimator(model: Model, price: Price | None) -> Estimator:
 def several_estimator(priced: Sequence[tuple[Model, Price | None]]) -> Estimator:
     """The estimator of a sweep of several models, each at its own price.
 
-    The store hands an estimator a job's inputs only, so a job is estimated by every model its
-    inputs fit (each key a field of that model, its required fields there; a model without a
-    schema fits any) at the highest of their estimates: a reservation is never below the job's
-    own. None (unknown) when one of them has no estimate."""
+    The store hands an estimator a job's inputs with its model id (``JOB_MODEL``): the job is
+    estimated by its own model. Inputs without it are estimated by every model they fit (each
+    key a field of that model, its required fields there; a model without a schema fits any) at
+    the highest of their estimates: never below the job's own. None (unknown) when one of them
+    has no estimate."""
 
     def estimate(inputs: Mapping[str, Any]) -> float | None:
-        fits = [(m, p) for m, p in priced if _fits(m, inputs)] or list(priced)
+        own = [(m, p) for m, p in priced if m.model_id == inputs.get(JOB_MODEL)]
+        inputs = {k: v for k, v in inputs.items() if k != JOB_MODEL}
+        fits = own or [(m, p) for m, p in priced if _fits(m, inputs)] or list(priced)
         guesses = [None if p is None else per_job(m, p.usd, p.unit, inputs) for m, p in fits]
         known = [g for g in guesses if g is not None]
         return max(known) if known and len(known) == len(guesses) else None
 
     return estimate
+
+
+def job_inputs(inputs: str, model_id: str) -> dict[str, Any]:
+    """What the store hands an estimator: a job's stored inputs (JSON) with its model id under
+    ``JOB_MODEL`` (no field name can be it), so a job of several models is priced by its own
+    model, not by every model its inputs happen to fit (a text-to-image job of a sweep with a
+    text-to-video model was reserved at the video's price: the cap stopped the sweep early)."""
+    loaded: dict[str, Any] = json.loads(inputs)
+    return loaded | {JOB_MODEL: model_id}
 
 
 def _fits(model: Model, inputs: Mapping[str, Any]) -> bool:
@@ -217,8 +231,17 @@ def stop_message(
     )
 
 
-def no_price_message(command: str) -> str:
-    """The line a run with a cap but no known price stops with, before paying anything."""
+def no_price_message(command: str, *, given: bool = False) -> str:
+    """The line a run with a cap but no known price stops with, before paying anything. A run
+    given ``--price`` (``given``) stops so when that price cannot price the next job (a price
+    per second for a job without a duration: an image model's, in a sweep of several models)."""
+    if given:
+        return (
+            "no price known for the next job, so the budget cannot be kept: nothing submitted; "
+            "the --price given does not price it (a price per second needs the job's duration, "
+            "or frames and fps; an image is priced per output): leave --price out to price "
+            "each model at its catalog price, or give a price of the job's unit"
+        )
     return (
         "no price known, so the budget cannot be kept: nothing submitted; the model catalog "
         f"gave none; give one: {command} --price 0.05/second (or --price 0.25/output)"

@@ -88,7 +88,7 @@ async def read_catalog(
         new = 0
         for entry in served:
             model_id = entry.get("model_id") if isinstance(entry, dict) else None
-            if isinstance(model_id, str) and model_id:
+            if isinstance(model_id, str) and catalog.usable_id(model_id):
                 new += model_id not in entries
                 entries[model_id] = entry
         offset += len(served)
@@ -157,7 +157,9 @@ def refresh_unseen(
     left to the spec's own unknown-model error; a catalog that does not answer, to a warning."""
     shipped = {m.model_id for m in known_models()}
     unseen = [
-        i for i in spec_model_ids(spec_path) if i not in shipped and catalog.lookup(i) is None
+        i
+        for i in spec_model_ids(spec_path)
+        if i not in shipped and catalog.usable_id(i) and catalog.lookup(i) is None
     ]
     if not unseen:
         return []

@@ -42,6 +42,16 @@ def model_rows(search: str | None = None, output: str | None = None) -> list[dic
 
 def models_lines(search: str | None = None, output: str | None = None) -> list[str]:
     """The listing as text: where the cache came from and when, then one model a line."""
+    return [_printable(line) for line in _models_lines(search, output)]
+
+
+def _printable(line: str) -> str:
+    """A line with no control character: a catalog's names and values are a server's text, and
+    a newline or an escape sequence there must not forge lines or drive the terminal."""
+    return "".join(c if c.isprintable() else "?" for c in line)
+
+
+def _models_lines(search: str | None, output: str | None) -> list[str]:
     cache = catalog.load()
     source = catalog.in_force()
     if cache is None:
@@ -104,6 +114,10 @@ def show_data(model_id: str) -> dict[str, Any]:
 
 def show_lines(model_id: str) -> list[str]:
     """One model as text: its name, output kind and price, then one input a line."""
+    return [_printable(line) for line in _show_lines(model_id)]
+
+
+def _show_lines(model_id: str) -> list[str]:
     data = show_data(model_id)
     title = data["model_id"] + (f" ({data['display_name']})" if data["display_name"] else "")
     price = _shown_price(data["price_usd"], data["price_unit"]).removeprefix("price ")

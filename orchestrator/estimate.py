@@ -8,8 +8,10 @@ job duration, and how many jobs the budget still covers.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -99,10 +101,14 @@ def forecast(
     job_seconds: float | None,
     price_note: str = "",
     each: Callable[[Mapping[str, Any]], float | None] | None = None,
+    new: Sequence[Mapping[str, Any]] = (),
 ) -> Forecast:
     """The forecast of the store's spec jobs left, each priced from its own inputs (by
-    ``each``, the run's estimator, when given: a sweep of several models has one per model)."""
-    counts = store.counts(in_spec=True)
+    ``each``, the run's estimator, when given: a sweep of several models has one per model).
+    ``new``: the inputs of the spec's jobs the store does not hold yet (an axis added since the
+    last run), pending after the store's own."""
+    counts = Counter(store.counts(in_spec=True))
+    counts[JobState.PENDING.value] += len(new)
     books = store.ledger()
     job = each if each is not None or price is None else _estimator(model, price)
     # As the claim counts it, once the run counted at this price what was held at $0 (jobs in
@@ -117,7 +123,10 @@ def forecast(
     covered: int | None = 0
     running_total = 0.0
     # In the order claims take them (rank): the cap covers a prefix of that order.
-    pending_costs = (None if job is None else job(inputs) for inputs in store.pending_inputs())
+    pending_costs = (
+        None if job is None else job(inputs)
+        for inputs in itertools.chain(store.pending_inputs(), new)
+    )
     for cost in pending_costs:
         costs.append(cost)
         pending_usd = None if cost is None or pending_usd is None else pending_usd + cost
@@ -173,7 +182,7 @@ def _costs(
     states: tuple[JobState, ...],
 ) -> Iterator[float | None]:
     for row in store.jobs(states, in_spec=True):
-        yield None if job is None else job(row.inputs)
+        yield None if job is None else job({**row.inputs, budget.JOB_MODEL: row.model_id})
 
 
 def forecast_lines(f: Forecast) -> list[str]:

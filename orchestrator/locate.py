@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.errors import SpecError, StoreError
+from orchestrator.errors import StoreError
 from orchestrator.models import catalog
 from orchestrator.results import STORE_FILE
 from orchestrator.spec import Spec, load_spec
 
-__all__ = ["Located", "locate", "no_store_file", "read_spec", "require_store"]
+__all__ = ["Located", "load_recorded", "locate", "no_store_file", "require_store"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def locate(spec: Path | None, store: str | None = None, *, cwd: Path | None = No
     Raises StoreError (one line) when neither names a store that exists.
     """
     if spec is not None:
-        loaded = read_spec(spec, store)
+        loaded = load_recorded(spec)
         target: str | Path = store if store is not None else loaded.results_dir / STORE_FILE
         require_store(target)
         return Located(loaded, target, loaded.results_dir)
@@ -57,23 +57,13 @@ def locate(spec: Path | None, store: str | None = None, *, cwd: Path | None = No
     return Located(None, here / STORE_FILE, here)
 
 
-def read_spec(spec: Path, store: str | Path | None = None) -> Spec:
-    """The spec, validated by the catalog cache in force; a sweep run with ``--emulator`` names
-    models only the emulator's cache lists, so when that cache validates the spec and its store
-    exists, the sweep is the emulator's (these commands read the store, they take no --emulator)."""
-    try:
+def load_recorded(spec: str | Path) -> Spec:
+    """The spec of a sweep that may have run already, checked against the catalog cache that
+    knows its models (``catalog.knowing``) unless a command chose the API."""
+    from orchestrator.catalogsync import spec_model_ids
+
+    with catalog.using(catalog.knowing(spec_model_ids(spec))):
         return load_spec(spec)
-    except SpecError as first:
-        if catalog.in_force() == catalog.EMULATOR or catalog.load(catalog.EMULATOR) is None:
-            raise
-        try:
-            with catalog.using(catalog.EMULATOR):
-                loaded = load_spec(spec)
-        except SpecError:
-            raise first from None
-        if store is None and no_store_file(loaded.results_dir / STORE_FILE):
-            raise
-        return loaded
 
 
 def require_store(target: str | Path) -> None:

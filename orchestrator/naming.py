@@ -163,7 +163,15 @@ def model_labels(model_ids: list[str]) -> list[str]:
         labels.append(sanitise("-".join(tail[:width])))
     if len(set(labels)) == len(labels):
         return labels
-    return [sanitise(m.replace("/", "-")) for m in model_ids]
+    labels = [sanitise(m.replace("/", "-")) for m in model_ids]
+    if len(set(labels)) == len(labels):
+        return labels
+    # Ids that differ only in characters a file name cannot hold (``a:b``, ``a?b``): the id's
+    # digest tells them apart, so no two models share a label in names, reports and includes.
+    return [
+        f"{label}-{hashlib.sha256(m.encode()).hexdigest()[:6]}"
+        for label, m in zip(labels, model_ids, strict=True)
+    ]
 
 
 def with_tag(name: str, tag: str) -> str:

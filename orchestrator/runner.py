@@ -142,6 +142,7 @@ class Runner:
         # A job's estimated cost from its inputs (None: no price known); reserved at its claim.
         self.estimate: budget.Estimator = estimate or (lambda inputs: None)
         self.command = command  # how the user runs this sweep again, for the messages
+        self.price_given = False  # --price priced the jobs (its refusal says so, not "give one")
         self._stop_reason: str | None = None
         self._stop_kind: str | None = None
         # Told of "stall" and "budget" events (the notifier, set by sweep.run_sweep).
@@ -374,7 +375,7 @@ class Runner:
     def _budget_stop(self, claim: Claim) -> str:
         """The line a run stopped by its budget says: what is left, and how to go on."""
         if claim.refused == "price":
-            return budget.no_price_message(self.command)
+            return budget.no_price_message(self.command, given=self.price_given)
         assert self.options.max_cost is not None
         books = claim.ledger
         jobs, usd, unpriced = self.store.undone(self.estimate)

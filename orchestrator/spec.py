@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator import naming, objects, templates
 from orchestrator.canonical import canonical_json
 from orchestrator.errors import SpecError
-from orchestrator.models import Model, get_model, suggest
+from orchestrator.models import Model, catalog, get_model, suggest
 from orchestrator.settings import RunSettings
 from orchestrator.sources import (
     MAX_REQUEST_BYTES,
@@ -424,6 +424,12 @@ class _Builder:
             raise self.where.error(place, exc.message) from None
 
     def _model(self, model_id: str, schema: str, place: tuple[str, ...]) -> Model:
+        if not catalog.usable_id(model_id):
+            message = (
+                f"{brief(model_id)} is not a model id (segments of letters, digits, '.', '_' "
+                "and '-' separated by '/', such as owner/model)"
+            )
+            raise self.where.error(place, message)
         if schema == "server":
             return get_model(model_id)
         try:

@@ -10,11 +10,9 @@ import os
 import re
 import shlex
 import socket
-import sqlite3
 import stat
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -28,8 +26,8 @@ from orchestrator.catalogsync import refresh_unseen, sourced
 from orchestrator.client import ModelApiClient, ModelInfo, env_token
 from orchestrator.deadline import Deadline, parse_until
 from orchestrator.errors import ComfysweepError, StoreError
-from orchestrator.grid import iter_jobs
-from orchestrator.locate import no_store_file, read_spec, require_store
+from orchestrator.grid import count_jobs, iter_jobs
+from orchestrator.locate import load_recorded, no_store_file, require_store
 from orchestrator.models import get_model
 from orchestrator.notify import Notifier
 from orchestrator.pacing import Pacer
@@ -38,7 +36,7 @@ from orchestrator.results import LOG_FILE, STORE_FILE, ResultsFolder
 from orchestrator.retry import RetryPolicy
 from orchestrator.runner import CancelReport, Runner, RunOptions, RunReport, cancel_queued
 from orchestrator.settings import emulated_poll
-from orchestrator.spec import Spec, load_spec
+from orchestrator.spec import Spec
 from orchestrator.store import RETRYABLE, JobState, Store
 from orchestrator.summary import Invocation, RunAccount
 from orchestrator.where import select
@@ -251,6 +249,7 @@ async def _run(
             db, client, folder, options, progress=progress, estimate=estimate, command=command
         )
         runner.on_event = morning.event
+        runner.price_given = given is not None
         runner.polls.remember(prices.last_duration(spec.model, api_base=client.base_url))
         try:
             report = await runner.run()
@@ -435,14 +434,24 @@ def _price(
     if isinstance(info, ModelInfo):
         fresh = budget.checked(info.base_price_usd, info.price_unit)
     if fresh is not None:
-        db.set_meta(PRICE_META, fresh.to_meta())
+        db.set_meta(PRICE_META, fresh.to_meta() | {"model": spec.model})
         return _honest(fresh, spec)
-    kept = budget.Price.from_meta(db.get_meta(PRICE_META))
+    kept = _kept(db, spec.model)
     if kept is not None:
         return _honest(kept, spec)
     seen = prices.last_price(spec.model, api_base=api_base)
     found = None if seen is None else budget.checked(seen.base_price_usd, seen.price_unit)
     return None if found is None else _honest(found, spec)
+
+
+def _kept(db: Store, model_id: str) -> budget.Price | None:
+    """The price an earlier run kept in the store, if it was ``model_id``'s: a sweep whose
+    first model changed (a model list reordered, a model replaced) must not price its jobs at
+    another model's price (an older store's price names no model: it was its one model's)."""
+    meta = db.get_meta(PRICE_META)
+    if isinstance(meta, dict) and meta.get("model", model_id) != model_id:
+        return None
+    return budget.Price.from_meta(meta)
 
 
 def _honest(price: budget.Price, spec: Spec) -> budget.Price | None:
@@ -519,8 +528,7 @@ def sweep_left(
         return None
     with Store.open(path, readonly=True) as db:
         _check_owner(spec, db)
-    with _as_synced(spec, path) as db:
-        kept = budget.Price.from_meta(db.get_meta(PRICE_META))
+        kept = _kept(db, spec.model)
         cap = spec.run.max_cost if spec.run.max_cost is not None else db.ledger().cap_usd
         each = None
         if spec.parts:  # each model at its price: the first's kept one, else the last seen
@@ -539,31 +547,21 @@ def sweep_left(
             job_seconds=prices.last_duration(spec.model),
             price_note=f"no catalog price seen yet for {spec.model}",
             each=each,
+            new=_new_jobs(spec, db),
         )
 
 
-@contextlib.contextmanager
-def _as_synced(spec: Spec, path: str | Path) -> Iterator[Store]:
-    """The store as the next run will see it: a SQLite store is copied aside and the spec's jobs
-    synced into the copy (an axis added since the last run: its jobs are pending), so ``plan``
-    counts what is left of this spec without writing to the sweep; a database store is read as
-    it is."""
-    if "://" in str(path):
-        with Store.open(path, readonly=True) as db:
-            yield db
-        return
-    with tempfile.TemporaryDirectory(prefix="comfysweep-plan-") as tmp:
-        copy = Path(tmp) / "plan.db"
-        source = sqlite3.connect(f"file:{Path(path).absolute()}?mode=ro", uri=True)
-        target = sqlite3.connect(copy)
-        try:
-            source.backup(target)
-        finally:
-            target.close()
-            source.close()
-        with Store.open(copy) as db:
-            db.sync_jobs(iter_jobs(spec), spec.models)
-            yield db
+PLAN_NEW_LIMIT = 100_000  # a larger grid is not walked by plan to find the jobs a change adds
+
+
+def _new_jobs(spec: Spec, db: Store) -> list[dict[str, Any]]:
+    """The inputs (as the store hands them to an estimator) of the spec's jobs the store does not
+    hold: an axis or a model added since the last run (``plan`` says what is left of it)."""
+    if count_jobs(spec).jobs > PLAN_NEW_LIMIT:
+        return []
+    jobs = list(iter_jobs(spec))
+    known = db.known_keys([job.key for job in jobs])
+    return [{**job.inputs, budget.JOB_MODEL: job.model_id} for job in jobs if job.key not in known]
 
 
 def _seen(model_id: str) -> budget.Price | None:
@@ -580,7 +578,7 @@ def retry_jobs(
 ) -> int:
     """Put the sweep's jobs in ``states`` (that ``where`` matches) back to pending, on purpose;
     returns how many. A ``where`` that matches none of them is an error: nothing changes."""
-    spec = spec if isinstance(spec, Spec) else read_spec(Path(spec), store)
+    spec = spec if isinstance(spec, Spec) else load_recorded(spec)
     chosen = {JobState(s) for s in states}
     wrong = chosen - RETRYABLE
     if wrong:
@@ -658,7 +656,7 @@ def _options(
 
 
 def _loaded(spec: Spec | str | Path) -> Spec:
-    return spec if isinstance(spec, Spec) else load_spec(spec)
+    return spec if isinstance(spec, Spec) else load_recorded(spec)
 
 
 @contextlib.contextmanager

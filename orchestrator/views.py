@@ -341,6 +341,7 @@ def job_view(db: Store, row: JobRow, model: Model, results: Path | None) -> dict
         "state": str(row.state),
         "orphaned": not row.in_spec,
         "model": row.model_id,
+        "several_models": len(db.counts_by_model()) > 1,
         "request_id": row.request_id,
         "attempts_made": row.attempts,
         "cost_usd": row.cost,

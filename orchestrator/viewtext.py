@@ -119,6 +119,8 @@ def job_lines(view: Mapping[str, Any]) -> list[str]:
     if view["orphaned"]:
         head += ", orphaned (no longer in the spec)"
     lines = [f"job {view['key']}", f"  state      {head}"]
+    if view.get("several_models"):  # which of the sweep's models made it
+        lines.append(f"  model      {view['model']}")
     if view["request_id"]:
         lines.append(f"  request    {view['request_id']}")
     if view["cost_usd"] is not None:

@@ -10,7 +10,8 @@ The grammar is tiny and parsed by hand (never ``eval``)::
     value := number | 'string' | "string" | true | false
 
 A NAME is an input's friendly name (``cfg``, ``steps``, ``seed``) or its raw field name
-(``108_cfg``); a local image or video is compared by its file name as the spec wrote it.
+(``108_cfg``); a local image or video is compared by its file name as the spec wrote it;
+``model`` is the job's model id (``model == 'wan-ai/wan-3.0/image-to-video'``).
 ``parse`` checks the syntax; ``Where.bind`` checks the names and the kinds of values against
 the sweep's jobs, so a typo or a string compared to a number is one line that names it, before
 anything is changed.
@@ -29,6 +30,7 @@ from orchestrator.models import get_model, suggest
 
 __all__ = ["Where", "WhereError", "job_values", "parse", "select"]
 
+MODEL = "model"  # the pseudo-input naming a job's model (by its id)
 # Deeper nesting than this is no filter anyone writes; it would only exhaust the stack.
 MAX_DEPTH = 64
 MAX_LENGTH = 4000
@@ -241,10 +243,14 @@ def select(where: Where | str | None, jobs: Iterable[J], pick: Callable[[J], boo
             name = model.display_name(key)
             shown.add(name)
             values.setdefault(name, values[key])
+        # ``model``: the job's model id (a sweep of several models), unless an input has the name.
+        values.setdefault(MODEL, job.model_id)
         for name, value in values.items():
             kinds.setdefault(name, set()).add(_kind(value))
         if pick(job):
             chosen.append((job, values))
+    if len(models) > 1:  # said among the names only where it tells jobs apart
+        shown.add(MODEL)
     parsed.bind(kinds, shown=shown)
     return [job for job, values in chosen if parsed(values)]
 

@@ -102,7 +102,7 @@ BAD: list[tuple[str, str, dict[str, bytes | str], str]] = [
         {},
         r":1:8: model: unknown model 'community/wan-2-2/vace-fan' \(did you mean "
         r"'community/wan-2-2/vace-fun'\?\): no model catalog cached for model-api.runcomfy.net "
-        r"yet; run `comfysweep models sync`",
+        r"yet; set RUNCOMFY_API_TOKEN and run `comfysweep models sync`",
     ),
     (
         "prompt file with no lines",

@@ -18,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import difflib
+import fcntl
 import functools
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -40,14 +42,17 @@ __all__ = [
     "add",
     "cache_path",
     "in_force",
+    "knowing",
     "load",
     "lookup",
     "lookup_anywhere",
     "nearest",
     "save",
+    "sound",
     "source_of",
     "sync_command",
     "unknown_message",
+    "usable_id",
     "using",
 ]
 
@@ -76,6 +81,18 @@ class Cache:
 
             found = self._models[model_id] = Model.from_catalog(self.entries[model_id])
         return found
+
+
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
+MAX_ID = 300  # RunComfy's longest ids are under 80 characters
+
+
+def usable_id(model_id: str) -> bool:
+    """Whether ``model_id`` can be a model id: ``/``-separated segments of letters, digits,
+    ``.``, ``_`` and ``-``, each starting with a letter or digit, at most MAX_ID long. An id is
+    a URL path (``POST /v1/models/{id}``): ``..`` there would reach another endpoint with the
+    token, a NUL or 10 kB id has no place in a cache, a store or a file name."""
+    return len(model_id) <= MAX_ID and _MODEL_ID.fullmatch(model_id) is not None
 
 
 def source_of(api_base: str | None = None) -> str:
@@ -109,6 +126,27 @@ def using(source: str) -> Iterator[None]:
         _SOURCE.reset(token)
 
 
+def knowing(model_ids: Iterable[str]) -> str:
+    """The source whose cache should read a spec of a sweep that ran already (``status``,
+    ``report``, ``retry``...): the one in force when a command set it (``run``, ``plan``) or
+    when it lists every model, else a cached source that does (the emulator's first). A sweep
+    run with ``--emulator`` is read by commands that have no such flag."""
+    source = in_force()
+    if _SOURCE.get() is not None:
+        return source
+    from orchestrator.models import known_models
+
+    shipped = {m.model_id for m in known_models()}
+    unknown = [i for i in model_ids if i not in shipped]
+    cache = load(source)
+    if not unknown or (cache is not None and all(i in cache.entries for i in unknown)):
+        return source
+    for other in sorted(_caches(), key=lambda c: c.source != EMULATOR):
+        if all(i in other.entries for i in unknown):
+            return other.source
+    return source
+
+
 def sync_command(source: str | None = None) -> str:
     """The command that fills ``source``'s cache."""
     source = source or in_force()
@@ -129,7 +167,7 @@ def _cache_path(home: str, source: str) -> Path:
 
 
 # Parsed caches by path, kept while the file is unchanged (get_model is called per job).
-_READ: dict[Path, tuple[tuple[int, int], Cache]] = {}
+_READ: dict[Path, tuple[tuple[int, int, int], Cache]] = {}
 
 
 def load(source: str | None = None) -> Cache | None:
@@ -143,16 +181,16 @@ def _read(path: Path) -> Cache | None:
         stat = path.stat()
     except OSError:
         return None
-    stamp = (stat.st_mtime_ns, stat.st_size)
+    stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # a rename is a new inode
     kept = _READ.get(path)
     if kept is not None and kept[0] == stamp:
         return kept[1]
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         entries = {
-            str(k): v
+            str(k): sound(v)
             for k, v in data["models"].items()
-            if isinstance(v, dict) and isinstance(v.get("model_id"), str)
+            if isinstance(v, dict) and v.get("model_id") == k and usable_id(k)
         }
         source, base, read_at = (str(data[k]) for k in ("source", "api_base", "read_at"))
         cache = Cache(source, base, read_at, entries, path)
@@ -166,16 +204,71 @@ def save(
     source: str, api_base: str, entries: Iterable[Mapping[str, Any]], read_at: str | None = None
 ) -> Cache:
     """Write ``source``'s whole cache (a temporary file renamed over the old one)."""
-    models = {str(e["model_id"]): dict(e) for e in entries}
-    return _write(source, api_base, read_at or _now(), models)
+    models = {str(e["model_id"]): sound(e) for e in entries if usable_id(str(e["model_id"]))}
+    with _locked(source):
+        return _write(source, api_base, read_at or _now(), models)
 
 
 def add(source: str, api_base: str, entry: Mapping[str, Any]) -> Cache:
     """Add or replace one model's entry (``run`` fetching a model it has never seen)."""
-    old = load(source)
-    models = dict(old.entries) if old is not None else {}
-    models[str(entry["model_id"])] = dict(entry)
-    return _write(source, api_base, old.read_at if old else _now(), models)
+    with _locked(source):  # read, add, write: a sync renaming a cache in between is kept
+        old = load(source)
+        models = dict(old.entries) if old is not None else {}
+        models[str(entry["model_id"])] = sound(entry)
+        return _write(source, api_base, old.read_at if old else _now(), models)
+
+
+@contextlib.contextmanager
+def _locked(source: str) -> Iterator[None]:
+    """Hold ``source``'s cache lock (``catalog.locks/<source>.lock`` in the home, flock'd)
+    inside the block: two processes writing the cache at once (``models sync``, ``run`` adding a
+    model) take turns. Kept out of the cache folder, which holds caches only."""
+    cache = cache_path(source)
+    path = cache.parent.with_name("catalog.locks") / cache.with_suffix(".lock").name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+_SCHEMA_WORDS = {  # a property's word -> the shape it must have, else it is dropped
+    "enum": lambda v: isinstance(v, list),
+    "minimum": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "maximum": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "maxItems": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "type": lambda v: isinstance(v, str),
+    "format": lambda v: isinstance(v, str),
+    "items": lambda v: isinstance(v, dict),
+    "properties": lambda v: isinstance(v, dict),
+}
+
+
+def sound(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A catalog entry whose schema has the shapes the code reads: ``input_schema`` a mapping,
+    its ``properties`` a mapping of mappings, ``required`` a list of names, and each property's
+    enum/range/type/format of its shape; anything else a hostile or broken catalog served is
+    dropped (the server still validates), never a traceback in ``models`` or a spec's check."""
+    out = dict(entry)
+    schema = entry.get("input_schema")
+    if schema is None or not isinstance(schema, Mapping):
+        out.pop("input_schema", None)
+        return out
+    props = schema.get("properties")
+    clean = {
+        str(k): {w: v for w, v in p.items() if w not in _SCHEMA_WORDS or _SCHEMA_WORDS[w](v)}
+        for k, p in (props.items() if isinstance(props, Mapping) else ())
+        if isinstance(p, Mapping)
+    }
+    required = schema.get("required")
+    needed = [r for r in required if isinstance(r, str)] if isinstance(required, list) else []
+    out["input_schema"] = {**schema, "properties": clean, "required": needed}
+    for key in ("output_schema", "friendly_names"):
+        if not isinstance(out.get(key), Mapping):
+            out.pop(key, None)
+    return out
 
 
 def lookup(model_id: str, source: str | None = None) -> Model | None:
@@ -223,8 +316,25 @@ def unknown_message(model_id: str, shipped: Iterable[str]) -> str:
         where += f"; it is cached for {', '.join(elsewhere)}"
         if EMULATOR in elsewhere:
             where += " (add --emulator)"
+    elif source != EMULATOR and _emulated(model_id):
+        where += f"; the emulator serves it (`{sync_command(EMULATOR)}`, then add --emulator)"
     shown = brief(model_id)
-    return f"unknown model {shown}{hint}: {where}; run `{sync_command(source)}`"
+    return f"unknown model {shown}{hint}: {where}; {_sync_step(source)}"
+
+
+def _sync_step(source: str) -> str:
+    """What to do to fill ``source``'s cache: a real API's catalog needs a token first."""
+    from orchestrator.client import env_token
+
+    if source == EMULATOR or env_token() is not None:
+        return f"run `{sync_command(source)}`"
+    return f"set RUNCOMFY_API_TOKEN and run `{sync_command(source)}`"
+
+
+def _emulated(model_id: str) -> bool:
+    from orchestrator.emulator.catalog import emulated_catalog
+
+    return model_id in emulated_catalog()
 
 
 def _caches() -> list[Cache]:

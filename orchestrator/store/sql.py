@@ -130,8 +130,10 @@ CLAIM_SQLITE = _CLAIM.where(JOBS.c.key.in_(PICK))
 PICK_PG = PICK.with_for_update(skip_locked=True)
 CLAIM_PG = CLAIM.where(JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True)))
 # claim_within(): one job at a time, its estimate reserved by RESERVE in the same transaction.
-PICK_ONE = PICK.with_only_columns(JOBS.c.key, JOBS.c.inputs)
+PICK_ONE = PICK.with_only_columns(JOBS.c.key, JOBS.c.inputs, JOBS.c.model_id)
 PICK_ONE_PG = PICK_ONE.with_for_update(skip_locked=True)
+# Which of a batch of keys the store holds (plan: the jobs a changed spec adds).
+KEYS_KNOWN = sa.select(JOBS.c.key).where(JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True)))
 
 # -- the budget ledger (orchestrator/store/books.py) ---------------------------------------------
 _L = LEDGER.c
@@ -201,7 +203,7 @@ ATTEMPT_NOTE = (
 # run that knows a price raises each to its estimate, once (the WHERE makes a second runner's
 # same UPDATE match nothing).
 ATTEMPTS_UNPRICED = (
-    sa.select(_A.id, JOBS.c.inputs)
+    sa.select(_A.id, JOBS.c.inputs, JOBS.c.model_id)
     .join(JOBS, JOBS.c.key == _A.job_key)
     .where(_A.closed_at.is_(None), _A.estimate_usd == 0)
 )
@@ -209,7 +211,7 @@ ATTEMPTS_UNPRICED = (
 # invalid, or an unknown job put back by `retry` with a $0 reservation): charged their estimate
 # once a price is known. Released attempts ("not created") cost nothing and stay at $0.
 ATTEMPTS_UNCHARGED = (
-    sa.select(_A.id, JOBS.c.inputs)
+    sa.select(_A.id, JOBS.c.inputs, JOBS.c.model_id)
     .join(JOBS, JOBS.c.key == _A.job_key)
     .where(
         _A.closed_at.is_not(None),

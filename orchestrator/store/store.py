@@ -463,7 +463,7 @@ class Store:
             found = conn.execute(pick, {"p_limit": 1}).first()
             if found is None:
                 return Claim(None, None, None, books.read_ledger(conn))
-            guess = estimate(json.loads(found.inputs))
+            guess = estimate(budget.job_inputs(found.inputs, found.model_id))
             if cap is not None and guess is None:
                 return Claim(None, "price", None, books.read_ledger(conn))
             params = {"p_e": guess or 0.0, "p_cap": cap, "p_conc": concurrency}
@@ -488,8 +488,8 @@ class Store:
         out = [0.0, 0.0]
         with self._tx() as conn:
             for i, query in enumerate((sql.ATTEMPTS_UNPRICED, sql.ATTEMPTS_UNCHARGED)):
-                for _, inputs in conn.execute(query):
-                    guess = estimate(json.loads(inputs))
+                for _, inputs, model_id in conn.execute(query):
+                    guess = estimate(budget.job_inputs(inputs, model_id))
                     out[i] += guess if guess is not None and guess > 0 else 0.0
         return out[0], out[1]
 
@@ -507,8 +507,8 @@ class Store:
                 (sql.ATTEMPTS_UNPRICED, sql.ATTEMPT_REPRICE),
                 (sql.ATTEMPTS_UNCHARGED, sql.ATTEMPT_RECHARGE),
             ):
-                for attempt_id, inputs in conn.execute(query).all():
-                    guess = estimate(json.loads(inputs))
+                for attempt_id, inputs, model_id in conn.execute(query).all():
+                    guess = estimate(budget.job_inputs(inputs, model_id))
                     if guess is None or guess <= 0:
                         continue
                     if conn.execute(update, {"p_id": attempt_id, "p_e": guess}).rowcount:
@@ -527,12 +527,12 @@ class Store:
         """The spec's pending jobs: how many, their estimated total, how many have no estimate."""
         count = unpriced = 0
         total = 0.0
-        stmt = sa.select(sql.JOBS.c.inputs).where(
+        stmt = sa.select(sql.JOBS.c.inputs, sql.JOBS.c.model_id).where(
             sql.JOBS.c.state == JobState.PENDING.value, sql.JOBS.c.in_spec
         )
         with self._tx() as conn:
-            for (inputs,) in conn.execute(stmt):
-                guess = estimate(json.loads(inputs))
+            for inputs, model_id in conn.execute(stmt):
+                guess = estimate(budget.job_inputs(inputs, model_id))
                 count += 1
                 if guess is None:
                     unpriced += 1
@@ -542,13 +542,14 @@ class Store:
 
     def pending_inputs(self) -> Iterator[dict[str, Any]]:
         """The spec's pending jobs' inputs in the order claims take them (rank, key), streamed a
-        page at a time; large data: URIs stay as the store's references (never priced on)."""
+        page at a time; large data: URIs stay as the store's references (never priced on); each
+        with its model id as ``budget.job_inputs`` hands it to an estimator."""
         c = sql.JOBS.c
         after = sa.tuple_(c.rank, c.key) > sa.tuple_(
             sa.bindparam("p_rank", type_=sa.BigInteger), sa.bindparam("p_key", type_=sa.Text)
         )
         stmt = (
-            sa.select(c.rank, c.key, c.inputs)
+            sa.select(c.rank, c.key, c.inputs, c.model_id)
             .where(c.state == JobState.PENDING.value, c.in_spec, after)
             .order_by(c.rank, c.key)
             .limit(PAGE)
@@ -557,8 +558,8 @@ class Store:
         while True:
             with self._tx() as conn:
                 page = conn.execute(stmt, position).all()
-            for _, _, inputs in page:
-                yield json.loads(inputs)
+            for _, _, inputs, model_id in page:
+                yield budget.job_inputs(inputs, model_id)
             if len(page) < PAGE:
                 return
             position = {"p_rank": page[-1].rank, "p_key": page[-1].key}
@@ -591,6 +592,15 @@ class Store:
         )
 
     # -- reading --------------------------------------------------------------------------------
+
+    def known_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` the store holds, in any state (read in batches)."""
+        out: set[str] = set()
+        with self._tx() as conn:
+            for i in range(0, len(keys), 500):
+                batch = list(keys[i : i + 500])
+                out.update(conn.execute(sql.KEYS_KNOWN, {"p_keys": batch}).scalars())
+        return out
 
     def get(self, key: str) -> JobRow | None:
         with self._tx() as conn:
