@@ -252,9 +252,8 @@ def test_export_hf_of_outputs_of_several_kinds_is_refused_not_a_dataset_without_
     result = cli_run("export", str(spec), str(dest))
     assert result.exit_code == 1
     assert result.stderr.strip() == (
-        "Error: --format hf: the outputs are of several kinds (audio, image) and a `datasets` "
-        "folder loads one kind (its rows had no file at all); give --format parquet, csv or "
-        "webdataset"
+        "Error: an hf folder holds outputs of one kind; this sweep made audio and image: "
+        "export with --format parquet, csv or webdataset"
     )
     assert not dest.exists()
     result = cli_run("export", str(spec), str(tmp_path / "csv"), "--format", "csv")

@@ -46,8 +46,8 @@ def test_status_of_a_sweep_run_with_emulator_finds_the_emulators_catalog(tmp_pat
     _emulated_cache()
     spec = _wan_spec(tmp_path)
     out = CliRunner().invoke(cli, ["status", str(spec)])
-    assert out.exit_code == 1  # no store yet: the catalog's line stands
-    assert "unknown model" in out.output
+    assert out.exit_code == 1  # the emulator's catalog knows the model: no store yet is the news
+    assert "no store yet" in out.output
     (tmp_path / "out" / "w").mkdir(parents=True)
     Store.open(tmp_path / "out" / "w" / STORE_FILE).close()
     out = CliRunner().invoke(cli, ["status", str(spec)])
