@@ -239,6 +239,8 @@ def _cell(job: dict[str, Any], column: str) -> str:
     value = job.get("files", {}).get(column, job["inputs"].get(column))
     if column == MODEL and column not in job["inputs"]:
         value = job.get(MODEL)
+    elif column not in job["inputs"] and get_model(job[MODEL]).raw_key(column) is None:
+        return "-"  # a field this job's model does not have (seed, on a model without one)
     elif isinstance(value, dict) or column not in job["inputs"]:
         return escape(objects.label(value))  # a LoRA as my-style@0.5; one left out as none
     return escape(str(short(value, 32)))
