@@ -169,7 +169,8 @@ def test_plan_shows_jobs_and_cost_per_model(tmp_path: Path) -> None:
     assert shown.exit_code == 0, shown.output
     assert f"{T2V_SEEDANCE}: 2 job(s), cost unknown" in shown.output
     # Seedance has no resolution: its rows show a dash there, not "none" (a LoRA left out).
-    row = next(line for line in shown.output.splitlines() if "bytedance/seedance" in line)
+    rows = [line for line in shown.output.splitlines() if "│" in line]
+    row = next(line for line in rows if "bytedance/seedance" in line)
     assert row.split("│")[-2].strip() == "-"
 
 
