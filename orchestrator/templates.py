@@ -471,11 +471,15 @@ def _wildcards(command: Command) -> list[WildcardCommand]:
 def _check_links(folder: Path, shown: str) -> None:
     """Refuse a symlink in the wildcards folder that leads out of it (the library follows them:
     a prompt could carry any file of the machine to the API) or back up into it (a loop the
-    library would walk without end)."""
+    library would walk without end), and a file that is not a regular file (a FIFO: the library
+    would wait on it for ever)."""
     root = folder.resolve()
     for dirname, dirnames, filenames in os.walk(folder):
         for name in [*dirnames, *filenames]:
             path = Path(dirname) / name
+            if name in filenames and not path.is_symlink() and not path.is_file():
+                relative = path.relative_to(folder).as_posix()  # a FIFO would hang the library
+                raise Problem(f"wildcards: {shown}/{relative} is not a regular file")
             if not path.is_symlink():
                 continue
             target = path.resolve()

@@ -4,6 +4,7 @@ failed before the fix committed with it."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,13 @@ def test_a_symlink_loop_in_the_wildcards_folder_is_refused(tmp_path: Path) -> No
     (root / "a" / "again").symlink_to(root / "a")
     with pytest.raises(Problem, match=r"^wildcards: wildcards/a/\w+ links to a folder holding"):
         Template("__a/animals__", root, "wildcards").expand()
+
+
+def test_a_fifo_in_the_wildcards_folder_is_refused_not_waited_on(tmp_path: Path) -> None:
+    root = wildcards(tmp_path, {"animals.txt": "fox\n"})
+    os.mkfifo(root / "birds.txt")  # the library would block reading it, for ever
+    with pytest.raises(Problem, match=r"^wildcards: wildcards/birds.txt is not a regular file$"):
+        Template("__birds__", root, "wildcards").expand()
 
 
 def test_a_wildcard_file_that_is_not_utf8_is_refused_not_cut_short(tmp_path: Path) -> None:
