@@ -570,39 +570,27 @@ def plan(
 ) -> None:
     """Show, offline, what a sweep will submit and roughly what it will cost (what is left of
     it, once it ran)."""
-    from orchestrator.models import catalog
-
-    with catalog.using(catalog.EMULATOR if emulator else catalog.in_force()):
-        _plan(spec, as_json, as_jobs, concurrency, online, store)
-
-
-def _plan(
-    spec: Path,
-    as_json: bool,
-    as_jobs: bool,
-    concurrency: int | None,
-    online: bool,
-    store: str | None,
-) -> None:
     from rich.console import Console
 
     from orchestrator import load_spec
     from orchestrator import plan as planning
+    from orchestrator.models import catalog
 
     if as_json and as_jobs:
         raise click.UsageError("give --json or --jobs, not both")
-    loaded = load_spec(spec).with_run(concurrency=concurrency)
-    if online:
-        from orchestrator.sweep import refresh_price
+    with catalog.using(catalog.EMULATOR if emulator else catalog.in_force()):
+        loaded = load_spec(spec).with_run(concurrency=concurrency)
+        if online:
+            from orchestrator.sweep import refresh_price
 
-        refresh_price(loaded)
-    if as_jobs:
-        for record in planning.stream_jobs(loaded):
-            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
-        return
-    from orchestrator.sweep import sweep_left
+            refresh_price(loaded)
+        if as_jobs:
+            for record in planning.stream_jobs(loaded):
+                sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+            return
+        from orchestrator.sweep import sweep_left
 
-    summary = planning.plan_summary(loaded, left=sweep_left(loaded, store=store))
+        summary = planning.plan_summary(loaded, left=sweep_left(loaded, store=store))
     if as_json:
         click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
     else:
