@@ -283,11 +283,11 @@ def status(
     watch: float | None,
     max_refresh: int | None,
 ) -> None:
-    from orchestrator import sweep
+    from orchestrator import views  # not sweep: status imports only what it reads with
     from orchestrator.viewtext import status_lines
 
     def render() -> str:
-        info = sweep.sweep_status(spec, store=store)
+        info = views.sweep_status(spec, store=store)
         return json.dumps(info) if as_json else "\n".join(status_lines(info))
 
     if watch is None:

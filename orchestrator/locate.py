@@ -12,8 +12,8 @@ from pathlib import Path
 
 from orchestrator.errors import StoreError
 from orchestrator.models import catalog
-from orchestrator.results import STORE_FILE
 from orchestrator.spec import Spec, load_spec
+from orchestrator.store import STORE_FILE
 
 __all__ = ["Located", "load_recorded", "locate", "no_store_file", "require_store"]
 

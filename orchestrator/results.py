@@ -47,7 +47,7 @@ from orchestrator.naming import (
     render_output_name,
     with_tag,
 )
-from orchestrator.store import JobLike, JobRow, Store
+from orchestrator.store import STORE_FILE, JobLike, JobRow, Store
 from orchestrator.verify import MIME_TYPES, expected_shape, kind_of_extension, verify_output
 
 __all__ = [
@@ -68,7 +68,6 @@ METADATA = "metadata.jsonl"
 CARD = "README.md"  # the results folder's dataset card: which files `datasets` loads
 _CARD_MARK = "<!-- comfysweep rewrites this card with metadata.jsonl -->"
 LOG_FILE = "run.log"
-STORE_FILE = "comfysweep.db"
 PARTIAL = ".partial"
 # The report's posters folder and its mosaic video (orchestrator/report): no output takes them.
 REPORT_FILES = ("report_assets", "report.mp4")

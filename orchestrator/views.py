@@ -24,9 +24,8 @@ from orchestrator.errors import StoreError
 from orchestrator.locate import Located, locate
 from orchestrator.models import Model, get_model
 from orchestrator.responses import error_message
-from orchestrator.results import STORE_FILE
 from orchestrator.spec import Spec
-from orchestrator.store import JobRow, JobState, Store
+from orchestrator.store import STORE_FILE, JobRow, JobState, Store
 from orchestrator.store.books import Ledger
 from orchestrator.store.rows import RunRecord
 from orchestrator.sweepmodels import StoreModels

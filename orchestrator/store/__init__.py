@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from orchestrator.store.books import Attempt, Ledger
 from orchestrator.store.rows import Event, JobLike, JobRow, SyncGuard, SyncResult
+from orchestrator.store.schema import STORE_FILE
 from orchestrator.store.states import FINAL, RETRYABLE, TRANSITIONS, JobState, allowed_from
 from orchestrator.store.store import Claim, Store
 
 __all__ = [
     "FINAL",
     "RETRYABLE",
+    "STORE_FILE",
     "TRANSITIONS",
     "Attempt",
     "Claim",

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # alembic is imported only when a store is not at SCHEMA_REVI
 __all__ = [
     "BUSY_TIMEOUT_MS",
     "SCHEMA_REVISION",
+    "STORE_FILE",
     "connect",
     "head_revision",
     "migrate",
@@ -34,6 +35,8 @@ __all__ = [
     "resolve",
     "script_directory",
 ]
+
+STORE_FILE = "comfysweep.db"  # a SQLite store's name in its results folder
 
 # The head of migrations/versions (tests/test_migrations.py checks): a store already there opens
 # without importing alembic at all.
