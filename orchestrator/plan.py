@@ -76,6 +76,7 @@ def plan_summary(
                 "model": part.model,
                 "label": part.label,
                 "jobs": n.jobs,
+                "axes": n.axes,
                 "estimated_cost_usd": None if g.cost_usd is None else round(g.cost_usd, 4),
                 "cost_note": g.cost_note,
             }
@@ -175,9 +176,9 @@ def render_plan(summary: dict[str, Any], console: Console) -> None:
     console.print(", ".join(facts), highlight=False)
     for line in _model_lines(summary):
         console.print(line, highlight=False)
-    if summary["axes"]:
-        axes = " x ".join(f"{name} ({size:,})" for name, size in summary["axes"].items())
-        console.print(f"axes: {axes}", highlight=False)
+    axes = _axes_line(summary)
+    if axes:
+        console.print(axes, highlight=False)
     if summary["fixed"]:
         fixed = ", ".join(
             f"{k}={objects.label(v) if isinstance(v, dict) else short(v, 40)}"
@@ -231,8 +232,23 @@ def _model_lines(summary: dict[str, Any]) -> list[str]:
     for entry in models:
         usd = entry["estimated_cost_usd"]
         cost = "cost unknown" if usd is None else f"estimated ${usd:,.2f}"
-        lines.append(f"  {escape(entry['model'])}: {entry['jobs']:,} job(s), {cost}")
+        axes = _axes_text(entry.get("axes") or {})
+        own = f"; axes: {axes}" if axes else ""
+        lines.append(f"  {escape(entry['model'])}: {entry['jobs']:,} job(s), {cost}{own}")
     return lines
+
+
+def _axes_line(summary: dict[str, Any]) -> str | None:
+    """The axes and their sizes; with several models, each model's own are on its line above
+    (their product is not the sweep's: an axis of one model multiplies its jobs alone)."""
+    models = summary.get("models") or []
+    if len(models) > 1:
+        return f"axes: model ({len(models)}), each model's own on its line above"
+    return f"axes: {_axes_text(summary['axes'])}" if summary["axes"] else None
+
+
+def _axes_text(axes: dict[str, int]) -> str:
+    return " x ".join(f"{name} ({size:,})" for name, size in axes.items())
 
 
 def _cell(job: dict[str, Any], column: str) -> str:

@@ -167,7 +167,12 @@ def test_plan_shows_jobs_and_cost_per_model(tmp_path: Path) -> None:
     assert [m["jobs"] for m in data["models"]] == [4, 2, 2]
     shown = CliRunner().invoke(cli, ["plan", str(spec.path)])
     assert shown.exit_code == 0, shown.output
-    assert f"{T2V_SEEDANCE}: 2 job(s), cost unknown" in shown.output
+    assert f"{T2V_SEEDANCE}: 2 job(s), cost unknown; axes: duration (2)" in shown.output
+    # Each model's axes on its own line: "model (3) x duration (2) x resolution (2)" read as 12.
+    assert f"{I2V_WAN}: 4 job(s), cost unknown; axes: duration (2) x resolution (2)" in (
+        shown.output
+    )
+    assert "axes: model (3), each model's own on its line above" in shown.output
     # Seedance has no resolution: its rows show a dash there, not "none" (a LoRA left out).
     rows = [line for line in shown.output.splitlines() if "│" in line]
     row = next(line for line in rows if "bytedance/seedance" in line)
