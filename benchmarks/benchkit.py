@@ -46,12 +46,17 @@ def figure(
     value: float,
     unit: str,
     target: str,
-    met: bool,
+    goal: float,
     reference: float | None = None,
     reference_name: str | None = None,
+    *,
+    higher: bool = False,
 ) -> dict[str, Any]:
-    """One row of the issue's table; ``ratio`` is value / reference when there is one."""
+    """One row of the issue's table: met when ``value`` <= ``goal`` (>= with ``higher``);
+    ``ratio`` is value / reference when there is one, ``miss`` how many times off the goal."""
     ratio = round(value / reference, 3) if reference else None
+    met = value >= goal if higher else value <= goal
+    off = (goal / value if value else float("inf")) if higher else (value / goal if goal else 0)
     return {
         "figure": name,
         "value": round(value, 4),
@@ -60,7 +65,9 @@ def figure(
         "reference_name": reference_name,
         "ratio": ratio,
         "target": target,
+        "goal": round(goal, 4),
         "met": met,
+        "miss": None if met else round(off, 2),
     }
 
 

@@ -188,15 +188,17 @@ def _spawn(side: str, base: str, spec: Path, conc: int, poll: float) -> subproce
 def throughput_round(side: str, base: str, jobs: int, conc: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="comfysweep-throughput-") as tmp:
         spec = write_spec(Path(tmp), jobs, conc, 0.01)
+        before = sum(benchkit.served(base).values())
         proc = _spawn(side, base, spec, conc, 0.01)
         out, _ = proc.communicate(timeout=3600)
+        requests = sum(benchkit.served(base).values()) - before
         if proc.returncode:
             raise SystemExit(f"{side}: exit {proc.returncode}")
         done = len(list((Path(tmp) / "results").rglob("*.mp4")))
         if done != jobs:
             raise SystemExit(f"{side}: {done} of {jobs} outputs on disk")
         figures: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-    return figures
+    return figures | {"requests_job": requests / jobs}
 
 
 def inflight_round(side: str, base: str, jobs: int) -> dict[str, float]:
@@ -262,10 +264,12 @@ def main() -> None:
     cpu = {s: med(runs, s, "cpu_s") / args.jobs * 1000 for s in sides}
     flight = {s: med(flights, s, "inflight_s") for s in sides}
     rss = {s: med(flights, s, "peak_rss_mb") for s in sides}
+    asks = {s: med(runs, s, "requests_job") for s in sides}
     print(f"{args.jobs} jobs at concurrency {args.concurrency}, median of {args.rounds} rounds")
     print(f"{'side':<11} {'jobs/s':>8} {'CPU ms/job':>11} {'to in flight s':>15} {'RSS MB':>8}")
     for s in sides:
         print(f"{s:<11} {rate[s]:8.1f} {cpu[s]:11.2f} {flight[s]:15.2f} {rss[s]:8.1f}")
+    print("requests/job: " + ", ".join(f"{s} {asks[s]:.2f}" for s in sides))
     figures = []
     if "comfysweep" in sides:
         figures = _figures(args, rate, cpu, flight, rss)
@@ -282,6 +286,7 @@ def main() -> None:
                 "cpu_ms_job": cpu[s],
                 "inflight_s": flight[s],
                 "peak_rss_mb": rss[s],
+                "requests_job": asks[s],
             }
             for s in sides
         },
@@ -306,9 +311,10 @@ def _figures(
                 rate[us],
                 "jobs/s",
                 f">= {bound[loop]}x the {loop} loop",
-                rate[us] >= bound[loop] * rate[loop],
+                bound[loop] * rate[loop],
                 rate[loop],
                 f"{loop} loop",
+                higher=True,
             )
         )
     # comfysweep speaks httpx today: the loop on the same transport is the httpx one.
@@ -320,7 +326,7 @@ def _figures(
                 cpu[us],
                 "ms",
                 "<= 1.5x the loop on the same transport (httpx)",
-                cpu[us] <= 1.5 * cpu[same],
+                1.5 * cpu[same],
                 cpu[same],
                 "httpx loop",
             )
@@ -331,7 +337,7 @@ def _figures(
                 flight[us],
                 "s",
                 "<= 1.2x the loop on the same transport (httpx)",
-                flight[us] <= 1.2 * flight[same],
+                1.2 * flight[same],
                 flight[same],
                 "httpx loop",
             )
@@ -342,7 +348,7 @@ def _figures(
                 rss[us],
                 "MB",
                 "<= 1.5x the httpx loop",
-                rss[us] <= 1.5 * rss[same],
+                1.5 * rss[same],
                 rss[same],
                 "httpx loop",
             )
