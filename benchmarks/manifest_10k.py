@@ -7,6 +7,8 @@ emulator in its own process at its fastest, with ResultsFolder.write_manifest wr
 its calls, the time they take and the bytes of manifest.jsonl + metadata.jsonl after each one
 (each call rewrites both whole). The figure is the bytes written over the final files' size:
 1 for a manifest written once, or appended to as jobs change; N for N whole rewrites.
+Rewrites are paced by time, and this run is bound by the emulator encoding each job's video at
+its first download (~16 jobs/s on 2 cores), so the count is that of a run of that length.
 """
 
 from __future__ import annotations
