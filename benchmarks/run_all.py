@@ -40,6 +40,23 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
+NOTES = [
+    "- The loops make 4 requests a job (submit, status until done, result, download); comfysweep "
+    "makes 3 (it polls the result endpoint). Each client is a process of its own, timed from "
+    "after its imports; CPU is its getrusage user + system time.",
+    "- The emulator encodes each job's video at its first download (~0.06 s of its CPU: ~16 "
+    "jobs/s on 2 cores). throughput.py and profile_run.py first pass every job once with the "
+    "aiohttp loop so no measured run pays it; manifest_10k.py does not, so its run goes at that "
+    "pace, and rewrites are paced by time: the count is that of a run of that length (the "
+    "issue's 10,000 jobs: `python benchmarks/manifest_10k.py`, about ten minutes).",
+    "- PostgreSQL claim stores past 1,000 jobs are filled with SQL copies of a synced job "
+    "(sync_jobs of 100,000 rows there takes minutes); SQLite stores are synced whole.",
+    '- `plan --json` has no target but "keep": it is compared with the issue\'s 0.73 s (+20%).',
+    "- Not measured here: claims per second with several runners on one PostgreSQL store "
+    "(the issue's part 4).",
+]
+
+
 def machine() -> dict[str, str]:
     def first(path: str, key: str) -> str:
         try:
@@ -161,6 +178,7 @@ def write(out: Path, quick: bool, info: dict[str, str], results: dict[str, Any],
                 f"| {s['peak_rss_mb']:.0f} | {s.get('requests_job', 0):.2f} |"
             )
         lines.append("")
+    lines += ["## How to read them", "", *NOTES, ""]
     if "profile_run" in results:
         lines += ["## Where a full-speed run's CPU goes", "", *profile(results["profile_run"]), ""]
     missing = [name for name in BENCHMARKS if name not in results]
