@@ -6,7 +6,8 @@ Builds an SQLite store the way a long sweep leaves it: 90% done, 5% failed with 
 error (request ids inside), the rest pending or in flight; five events and one attempt per job
 that ran. Then times the read-only views: in process (the library call, median of --rounds),
 and as a user runs them (a fresh `python -m orchestrator` process each, imports included).
-The last line is one JSON object.
+Beside them, the bare reference: a raw sqlite3 count of the jobs by state, in process. The
+last line is one JSON object (benchkit's figures: status in process and as a command).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import benchkit
 
 from orchestrator.store import Store
 from orchestrator.views import list_failures, show_job, sweep_status
@@ -135,11 +138,20 @@ def main() -> None:
 
         show = timed(lambda: show_job(key[:8], store=store), args.rounds)
         failed = timed(failures, max(1, args.rounds // 2))
-        status_cli = cli_seconds("status", "--store", store)
+
+        def bare_count() -> None:
+            raw = sqlite3.connect(store)
+            raw.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
+            raw.close()
+
+        counted = timed(bare_count, args.rounds)
+        status_cli = statistics.median(
+            cli_seconds("status", "--store", store) for _ in range(max(1, args.rounds // 2))
+        )
         bare = cli_seconds("--help")
-        figures = {
-            "benchmark": "status_100k",
+        extra = {
             "jobs": args.jobs,
+            "bare_count_s": round(counted, 4),
             "status_s": round(status, 4),
             "status_cli_s": round(status_cli, 3),
             "cli_startup_s": round(bare, 3),
@@ -150,7 +162,29 @@ def main() -> None:
     print(f"status: {status * 1000:.1f} ms in process, {status_cli:.2f} s as a command")
     print(f"(a bare `comfysweep --help` takes {bare:.2f} s: Python and imports)")
     print(f"show JOB: {show * 1000:.1f} ms; failures (every failed job): {failed:.2f} s")
-    print(json.dumps(figures))
+    print(f"bare sqlite3 count by state: {counted * 1000:.1f} ms")
+    n = f"{args.jobs:,}"
+    figures = [
+        benchkit.figure(
+            f"`status` on a {n}-job store, in process",
+            status,
+            "s",
+            "<= 0.3 s",
+            0.3,
+            counted,
+            "bare sqlite3 count",
+        ),
+        benchkit.figure(
+            f"`comfysweep status` on a {n}-job store, as a command (imports too)",
+            status_cli,
+            "s",
+            "<= 0.3 s",
+            0.3,
+            bare,
+            "`comfysweep --help`",
+        ),
+    ]
+    benchkit.report("status_100k", figures, **extra)
 
 
 if __name__ == "__main__":
