@@ -249,14 +249,14 @@ def test_a_store_error_from_the_database_is_one_line_without_its_sql_or_link(
 
     import sqlalchemy as sa
 
-    import orchestrator.sweep
+    import orchestrator.views
 
     def status(spec: Path, store: str | None = None) -> object:
         driver = sqlite3.OperationalError("database or disk is full")
         full = sa.exc.OperationalError("INSERT INTO jobs VALUES (?)", ("a fox",), driver)
         raise StoreError("store s.db: database or disk is full") from full
 
-    monkeypatch.setattr(orchestrator.sweep, "sweep_status", status)
+    monkeypatch.setattr(orchestrator.views, "sweep_status", status)
     result = CliRunner().invoke(cli, ["status", str(write_spec(tmp_path))])
     assert result.exit_code == 1
     assert result.stderr == "Error: store s.db: database or disk is full\n"
