@@ -13,11 +13,31 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 TOKEN = "bench-token"
+MODEL = "community/wan-2-2/vace-fun"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as Store.sync_jobs takes it, without a spec behind it."""
+
+    key: str
+    index: int
+    model_id: str = MODEL
+    inputs: dict[str, Any] = field(default_factory=dict)
+    repeat: int = 0
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def jobs(n: int) -> Iterator[Job]:
+    """``n`` distinct vace-fun jobs, keys in index order."""
+    for i in range(n):
+        yield Job(f"{i:064x}", i, inputs={"56_text": f"a fox, take {i}", "47_value": 8})
 
 
 @contextlib.contextmanager

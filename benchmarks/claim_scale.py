@@ -16,32 +16,13 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import benchkit
 import sqlalchemy as sa
+from benchkit import MODEL, jobs
 
 from orchestrator.store import Store
-
-MODEL = "community/wan-2-2/vace-fun"
-
-
-@dataclass(frozen=True)
-class Job:
-    key: str
-    index: int
-    model_id: str = MODEL
-    inputs: dict[str, Any] = field(default_factory=dict)
-    repeat: int = 0
-    sources: dict[str, str] = field(default_factory=dict)
-
-
-def jobs(n: int) -> Iterator[Job]:
-    for i in range(n):
-        yield Job(f"{i:064x}", i, inputs={"56_text": f"a fox, take {i}", "47_value": 8})
 
 
 def copies(target: str, first: int, size: int) -> None:

@@ -19,32 +19,15 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
+from benchkit import MODEL, Job, jobs
 
 from orchestrator.store import FINAL, JobState, Store
 
-MODEL = "community/wan-2-2/vace-fun"
 S = JobState
-
-
-@dataclass(frozen=True)
-class Job:
-    key: str
-    index: int
-    model_id: str = MODEL
-    inputs: dict[str, Any] = field(default_factory=dict)
-    repeat: int = 0
-    sources: dict[str, str] = field(default_factory=dict)
-
-
-def jobs(n: int) -> Iterator[Job]:
-    for i in range(n):
-        yield Job(f"{i:064x}", i, inputs={"56_text": f"a fox, take {i}", "47_value": 8})
 
 
 def median_us(samples: list[float]) -> float:
