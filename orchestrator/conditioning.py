@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from orchestrator import magic
 from orchestrator.leftovers import owner_prefix
 
 __all__ = [
@@ -40,21 +41,6 @@ __all__ = [
 
 INPUTS_DIR = "inputs"
 _DIGEST = 16  # hex digits of the sha256 in a file's name: 64 bits, no two inputs of a sweep clash
-_EXTENSIONS = {
-    "image/jpeg": "jpg",
-    "image/png": "png",
-    "image/webp": "webp",
-    "image/gif": "gif",
-    "video/mp4": "mp4",
-    "video/quicktime": "mov",
-    "video/webm": "webm",
-    "video/x-matroska": "mkv",
-    "audio/wav": "wav",
-    "audio/mpeg": "mp3",
-    "audio/flac": "flac",
-    "audio/ogg": "ogg",
-    "audio/mp4": "m4a",
-}
 _KINDS = {  # every extension verify gives an output, and a few more
     **dict.fromkeys(("mp4", "mov", "m4v", "mkv", "avi", "mpeg", "webm"), "video"),
     **dict.fromkeys(("png", "jpg", "jpeg", "webp", "gif", "bmp", "tiff"), "image"),
@@ -126,7 +112,7 @@ def _payload(value: str) -> bytes | None:
 
 
 def _extension(mime: str) -> str:
-    known = _EXTENSIONS.get(mime) or mimetypes.guess_extension(mime) or ".bin"
+    known = magic.EXTENSIONS.get(mime) or mimetypes.guess_extension(mime) or ".bin"
     return known.lstrip(".")
 
 

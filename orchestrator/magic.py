@@ -6,12 +6,46 @@ uploads. Reads bytes only: no decoding, no other module of comfysweep.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["HEAD_BYTES", "bmff_handlers", "kind_of_type", "media_type", "sound_alone"]
+__all__ = [
+    "EXTENSIONS",
+    "HEAD_BYTES",
+    "MIME_TYPES",
+    "bmff_handlers",
+    "kind_of_type",
+    "media_type",
+    "sound_alone",
+]
 
 HEAD_BYTES = 64  # what media_type needs to see (WebM's doctype and Ogg's codec sit early)
 _MOOV_READ = 32 * 2**20  # a moov box is read up to this much (RunComfy's video cap)
+
+# The media type of each extension a media file takes (the manifest's ``mime``, a served
+# file's Content-Type), and back: a type's first extension (a data: URI's file in inputs/).
+MIME_TYPES: Mapping[str, str] = {
+    "mp4": "video/mp4",
+    "mov": "video/quicktime",
+    "m4v": "video/x-m4v",
+    "mkv": "video/x-matroska",
+    "webm": "video/webm",
+    "avi": "video/x-msvideo",
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "gif": "image/gif",
+    "webp": "image/webp",
+    "wav": "audio/wav",
+    "mp3": "audio/mpeg",
+    "flac": "audio/flac",
+    "ogg": "audio/ogg",
+    "oga": "audio/ogg",
+    "opus": "audio/ogg",
+    "m4a": "audio/mp4",
+    "aac": "audio/aac",
+}
+EXTENSIONS: Mapping[str, str] = {mime: ext for ext, mime in reversed(list(MIME_TYPES.items()))}
 
 
 def media_type(head: bytes) -> str | None:

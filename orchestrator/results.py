@@ -39,6 +39,7 @@ from orchestrator.conditioning import (
 )
 from orchestrator.errors import OutputInvalid, ResultsError
 from orchestrator.leftovers import HOST, abandoned, owner_prefix
+from orchestrator.magic import MIME_TYPES
 from orchestrator.models import Model, get_model
 from orchestrator.naming import (
     SHORT_KEY,
@@ -48,7 +49,7 @@ from orchestrator.naming import (
     with_tag,
 )
 from orchestrator.store import STORE_FILE, JobLike, JobRow, Store
-from orchestrator.verify import MIME_TYPES, expected_shape, kind_of_extension, verify_output
+from orchestrator.verify import expected_shape, kind_of_extension, verify_output
 
 __all__ = [
     "LOG_FILE",

@@ -41,7 +41,7 @@ from orchestrator import magic
 from orchestrator.errors import OutputInvalid
 from orchestrator.models import Model, known_models
 
-__all__ = ["MIME_TYPES", "Shape", "expected_shape", "kind_of_extension", "verify_output"]
+__all__ = ["Shape", "expected_shape", "kind_of_extension", "verify_output"]
 
 VIDEO_EXTENSIONS = frozenset({"mp4", "mov", "m4v", "webm", "mkv", "avi"})
 IMAGE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "gif"})
@@ -62,30 +62,8 @@ _FORMATS: Mapping[str, tuple[tuple[str, ...], str]] = {
     "m4a": (("m4a",), "audio"),
     "aac": (("aac",), "audio"),
 }
-# The media type of each extension an output takes (the manifest's ``mime``).
-MIME_TYPES: Mapping[str, str] = {
-    "mp4": "video/mp4",
-    "mov": "video/quicktime",
-    "m4v": "video/x-m4v",
-    "mkv": "video/x-matroska",
-    "webm": "video/webm",
-    "avi": "video/x-msvideo",
-    "png": "image/png",
-    "jpg": "image/jpeg",
-    "jpeg": "image/jpeg",
-    "gif": "image/gif",
-    "webp": "image/webp",
-    "wav": "audio/wav",
-    "mp3": "audio/mpeg",
-    "flac": "audio/flac",
-    "ogg": "audio/ogg",
-    "oga": "audio/ogg",
-    "opus": "audio/ogg",
-    "m4a": "audio/mp4",
-    "aac": "audio/aac",
-}
 _TYPE_EXTENSIONS = {
-    **{mime: ext for ext, mime in reversed(list(MIME_TYPES.items()))},
+    **magic.EXTENSIONS,
     "audio/x-wav": "wav",
     "audio/wave": "wav",
     "audio/vnd.wave": "wav",

@@ -44,6 +44,7 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw
 
+from orchestrator import magic
 from orchestrator.canonical import canonical_json
 from orchestrator.emulator import farm
 from orchestrator.emulator.catalog import Offer
@@ -74,13 +75,6 @@ _VERSION = "emulator-outputs-1"
 _VACE = "community/wan-2-2/vace-fun"
 _SHORT_SIDE = {"480p": 480, "540p": 540, "720p": 720, "1080p": 1080, "1440p": 1440, "2160p": 2160}
 _IMAGE_SIDE = {"1k": 1024, "2k": 2048, "4k": 4096}
-_TYPES = {
-    "mp4": "video/mp4",
-    "png": "image/png",
-    "jpg": "image/jpeg",
-    "wav": "audio/wav",
-    "mp3": "audio/mpeg",
-}
 
 
 @dataclass(frozen=True)
@@ -97,7 +91,7 @@ class Output:
 
     @property
     def content_type(self) -> str:
-        return _TYPES[self.extension]
+        return magic.MIME_TYPES[self.extension]
 
 
 def output_of(offer: Offer, inputs: Mapping[str, Any]) -> Output:
