@@ -27,6 +27,7 @@ from urllib.parse import unquote_to_bytes
 
 from orchestrator import magic
 from orchestrator.leftovers import owner_prefix
+from orchestrator.verify import kind_of_extension
 
 __all__ = [
     "INPUTS_DIR",
@@ -41,11 +42,6 @@ __all__ = [
 
 INPUTS_DIR = "inputs"
 _DIGEST = 16  # hex digits of the sha256 in a file's name: 64 bits, no two inputs of a sweep clash
-_KINDS = {  # every extension verify gives an output, and a few more
-    **dict.fromkeys(("mp4", "mov", "m4v", "mkv", "avi", "mpeg", "webm"), "video"),
-    **dict.fromkeys(("png", "jpg", "jpeg", "webp", "gif", "bmp", "tiff"), "image"),
-    **dict.fromkeys(("wav", "mp3", "flac", "ogg", "oga", "opus", "m4a", "aac"), "audio"),
-}
 _FILE_COLUMNS = ("_file_name", "_file_names")  # `datasets` reads these as file paths
 # What _write_atomically leaves when killed: .<sha>.<ext>.<host>~<pid>~<random>.tmp
 LEFTOVER = re.compile(r"\.[0-9a-f]{16}\.\w+\.(?P<host>[^~/]+)~(?P<pid>\d+)~\w+\.tmp")
@@ -177,9 +173,9 @@ def _placed(value: Any, folder: MediaFolder | None) -> Any:
 
 
 def output_kind(name: str) -> str | None:
-    """The `datasets` feature an output file loads as (``video``, ``image``, ``audio``), or None."""
-    ext = name.rpartition(".")[2].lower() if "." in name else ""
-    return _KINDS.get(ext)
+    """The `datasets` feature an output file loads as (``video``, ``image``, ``audio``), or None:
+    the kind verify gives its extension."""
+    return kind_of_extension(name.rpartition(".")[2]) if "." in name else None
 
 
 def input_column(name: str, kind: str, fixed: Collection[str]) -> str:
