@@ -196,3 +196,29 @@ def test_resume_adopts_only_the_jobs_of_runs_that_died(target: str) -> None:
             with Store.open(target) as third, third.lock("third runner"):
                 # The second run ended cleanly (lock released), so its jobs are orphans now.
                 assert len(list(third.adopt([JobState.SUBMITTING, JobState.QUEUED]))) == 2
+
+
+def test_sync_finds_the_jobs_that_left_the_spec_by_an_anti_join(target: str) -> None:
+    """NOT IN (SELECT ...) over keys that outgrow work_mem is a subplan rescanned for every job:
+    quadratic, minutes at 100,000 jobs. The orphan UPDATE must plan as an anti-join."""
+    plans: list[str] = []
+
+    def explain(
+        conn: sa.Connection, cursor: object, statement: str, params: object, *_: object
+    ) -> None:
+        if statement.startswith("UPDATE jobs SET in_spec"):
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            with raw.cursor() as cur:
+                cur.execute(f"EXPLAIN {statement}", params)
+                plans.append("\n".join(row[0] for row in cur.fetchall()))
+
+    small = f"{target}%20-cwork_mem%3D64kB"  # 2,000 keys outgrow it, as 100,000 outgrow 4 MB
+    with Store.open(small) as store:
+        store.sync_jobs(make_jobs(2000), MODEL)
+        sa.event.listen(store._engine, "before_cursor_execute", explain)
+        assert store.sync_jobs(make_jobs(1500), MODEL).total == 1500
+        assert store.counts(in_spec=False)["pending"] == 500
+    (plan,) = plans
+    assert "Anti Join" in plan, plan
+    assert "SubPlan" not in plan, plan

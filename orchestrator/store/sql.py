@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from orchestrator.canonical import canonical_json
 from orchestrator.store.blobs import Splitter
@@ -78,6 +79,29 @@ MOVE = (
             "sources": sa.bindparam("p_src"),
         }
     )
+)
+# Jobs that left the spec: every in_spec job whose key this sync did not see. SQLite runs NOT IN
+# through an ephemeral index; on PostgreSQL NOT IN (SELECT ...) is a subplan rescanned per row once
+# the keys outgrow work_mem (100,000 keys: minutes), so it gets the anti-join NOT EXISTS plans.
+ORPHAN = (
+    JOBS.update()
+    .where(JOBS.c.in_spec, JOBS.c.key.not_in(sa.select(SYNC_KEYS.c.key)))
+    .values(in_spec=False)
+)
+ORPHAN_PG = (
+    JOBS.update()
+    .where(JOBS.c.in_spec, ~sa.exists().where(SYNC_KEYS.c.key == JOBS.c.key))
+    .values(in_spec=False)
+)
+# sync_jobs on PostgreSQL: a batch's keys (and moves) travel as arrays, one parameter each, not a
+# bound parameter (or a statement) per key: one round trip per batch, and no 1,000-term IN to parse.
+_KEY_ARRAY = sa.bindparam("p_keys", type_=postgresql.ARRAY(sa.Text))
+KNOWN_PG = sa.select(JOBS.c.key, *_PLACE).where(JOBS.c.key == sa.any_(_KEY_ARRAY))
+SYNC_KEYS_ADD_PG = sa.text("INSERT INTO sync_keys (key) SELECT unnest(CAST(:p_keys AS text[]))")
+MOVE_PG = sa.text(
+    'UPDATE jobs SET "index" = m.i, rank = m.r, in_spec = true, sources = m.s '
+    "FROM unnest(CAST(:p_keys AS text[]), CAST(:p_index AS integer[]), "
+    "CAST(:p_rank AS bigint[]), CAST(:p_src AS text[])) AS m (k, i, r, s) WHERE jobs.key = m.k"
 )
 BLOBS_GET = sa.select(BLOBS.c.sha256, BLOBS.c.data).where(
     BLOBS.c.sha256.in_(sa.bindparam("p_shas", expanding=True))

@@ -313,7 +313,6 @@ class Store:
         ``guard`` sees each new job's twin found in the store, and may refuse the whole sync.
         """
         count = sa.select(sa.func.count()).select_from(sql.JOBS)
-        mark = "?" if self.is_sqlite else "%s"
         total = 0
         split = Splitter()
         models = {model_id} if isinstance(model_id, str) else set(model_id)  # several: a list
@@ -328,39 +327,14 @@ class Store:
                 for job in by_key.values():
                     if job.model_id not in models:
                         raise ValueError(f"job {job.key} is for {job.model_id}, not {model_id}")
-                known = {
-                    key: (index, in_spec, sources, rank)
-                    for key, index, in_spec, sources, rank in conn.execute(
-                        sql.KNOWN, {"p_keys": list(by_key)}
-                    )
-                }
-                now = _now()
-                fresh = [job for key, job in by_key.items() if key not in known]
-                if guard is not None and fresh:
-                    self._find_twins(conn, guard, fresh)
-                new_rows = [sql.new_job(job, split, now, self._run_id) for job in fresh]
-                moved = []
-                for key, job in by_key.items():
-                    src, rank = sql.sources_text(job), sql.rank_of(job)
-                    if key in known and known[key] != (job.index, True, src, rank):
-                        moved.append(
-                            {"p_key": key, "p_index": job.index, "p_src": src, "p_rank": rank}
-                        )
-                # Known keys in place are not written: re-running a spec costs reads, not writes.
-                if blob_rows := split.take():
-                    conn.execute(self._insert(sql.BLOBS).on_conflict_do_nothing(), blob_rows)
-                if new_rows:
-                    conn.execute(self._insert(sql.JOBS).on_conflict_do_nothing(), new_rows)
-                if moved:
-                    conn.execute(sql.MOVE, moved)
-                insert_keys = f"INSERT INTO sync_keys (key) VALUES ({mark})"
-                conn.exec_driver_sql(insert_keys, [(key,) for key in by_key])
+                self._sync_batch(conn, by_key, split, guard)
                 total += len(batch)
-            conn.execute(
-                sql.JOBS.update()
-                .where(sql.JOBS.c.in_spec, sql.JOBS.c.key.not_in(sa.select(sql.SYNC_KEYS.c.key)))
-                .values(in_spec=False)
-            )
+            if self.is_sqlite:
+                conn.execute(sql.ORPHAN)
+            else:
+                # The planner's row count of the keys, so the orphan UPDATE hashes them.
+                conn.exec_driver_sql("ANALYZE sync_keys")
+                conn.execute(sql.ORPHAN_PG)
             conn.exec_driver_sql("DELETE FROM sync_keys")
             new = conn.execute(count).scalar_one() - before
             first = model_id if isinstance(model_id, str) else next(iter(model_id), "")
@@ -368,6 +342,45 @@ class Store:
             if guard is not None:
                 guard.check()
         return SyncResult(total=total, new=new)
+
+    def _sync_batch(
+        self,
+        conn: Connection,
+        by_key: Mapping[str, JobLike],
+        split: Splitter,
+        guard: SyncGuard | None,
+    ) -> None:
+        """One batch of sync_jobs: insert its new keys, renumber its moved ones, note its keys."""
+        keys = list(by_key)
+        known_stmt = sql.KNOWN if self.is_sqlite else sql.KNOWN_PG
+        known = {
+            key: (index, in_spec, sources, rank)
+            for key, index, in_spec, sources, rank in conn.execute(known_stmt, {"p_keys": keys})
+        }
+        now = _now()
+        fresh = [job for key, job in by_key.items() if key not in known]
+        if guard is not None and fresh:
+            self._find_twins(conn, guard, fresh)
+        new_rows = [sql.new_job(job, split, now, self._run_id) for job in fresh]
+        moved = []
+        for key, job in by_key.items():
+            src, rank = sql.sources_text(job), sql.rank_of(job)
+            if key in known and known[key] != (job.index, True, src, rank):
+                moved.append({"p_key": key, "p_index": job.index, "p_src": src, "p_rank": rank})
+        # Known keys in place are not written: re-running a spec costs reads, not writes.
+        if blob_rows := split.take():
+            conn.execute(self._insert(sql.BLOBS).on_conflict_do_nothing(), blob_rows)
+        if new_rows:
+            conn.execute(self._insert(sql.JOBS).on_conflict_do_nothing(), new_rows)
+        if self.is_sqlite:
+            if moved:
+                conn.execute(sql.MOVE, moved)
+            conn.exec_driver_sql("INSERT INTO sync_keys (key) VALUES (?)", [(k,) for k in keys])
+            return
+        if moved:
+            columns = {name: [m[name] for m in moved] for name in moved[0]}
+            conn.execute(sql.MOVE_PG, columns | {"p_keys": columns.pop("p_key")})
+        conn.execute(sql.SYNC_KEYS_ADD_PG, {"p_keys": keys})
 
     @staticmethod
     def _find_twins(conn: Connection, guard: SyncGuard, fresh: Sequence[JobLike]) -> None:
