@@ -68,7 +68,11 @@ class Attempt:
 
 
 def read_ledger(conn: Connection) -> Ledger:
-    m = conn.execute(sql.LEDGER_GET).mappings().one()
+    return ledger_of(conn.execute(sql.LEDGER_GET).mappings().one())
+
+
+def ledger_of(m: Mapping[Any, Any]) -> Ledger:
+    """The Ledger of the ledger row's columns."""
     return Ledger(
         spent_usd=float(m["spent_usd"]),
         reserved_usd=float(m["reserved_usd"]),

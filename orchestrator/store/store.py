@@ -479,20 +479,44 @@ class Store:
             guess = estimate(budget.job_inputs(found.inputs, found.model_id))
             if cap is not None and guess is None:
                 return Claim(None, "price", None, books.read_ledger(conn))
-            params = {"p_e": guess or 0.0, "p_cap": cap, "p_conc": concurrency}
-            reserve = sql.reserve(cap is not None, concurrency is not None)
-            if not conn.execute(reserve, params | {"p_eps": budget.EPSILON}).rowcount:
-                ledger = books.read_ledger(conn)
+            params: dict[str, Any] = {"p_e": guess or 0.0, "p_cap": cap, "p_conc": concurrency}
+            params |= {"p_eps": budget.EPSILON, "p_key": found.key, "p_now": now}
+            capped, limited = cap is not None, concurrency is not None
+            if self.is_sqlite:
+                row, ledger = self._claim_found(conn, params, capped, limited)
+            else:
+                row, ledger = self._claim_found_pg(conn, params, capped, limited)
+            if row is None:
                 # The budget first: a slot freeing up would not make this job fit.
                 need = ledger.committed_usd + (guess or 0.0)
                 over = cap is not None and need > cap + budget.EPSILON
                 return Claim(None, "budget" if over else "busy", guess, ledger)
-            claim = {"p_keys": [found.key], "p_now": now, "p_run": self._run_id}
-            row = conn.execute(sql.CLAIM_PG, claim).mappings().one()
-            conn.execute(sql.EVENT_INSERT, [sql.event_row(row, now, "claimed")])
-            conn.execute(sql.ATTEMPT_INSERT, [books.attempt_row(row, now, guess or 0.0)])
-            ledger = books.read_ledger(conn)
         return Claim(self._rows([row])[0], None, guess, ledger)
+
+    def _claim_found(
+        self, conn: Connection, params: dict[str, Any], capped: bool, limited: bool
+    ) -> tuple[Mapping[Any, Any] | None, books.Ledger]:
+        """Reserve ``p_e`` under the cap, then move the picked job ``p_key`` to submitting and
+        open its attempt: (its row, the ledger), or (None, the ledger) when refused."""
+        if not conn.execute(sql.reserve(capped, limited), params).rowcount:
+            return None, books.read_ledger(conn)
+        claim = {"p_keys": [params["p_key"]], "p_now": params["p_now"], "p_run": self._run_id}
+        row = conn.execute(sql.CLAIM_PG, claim).mappings().one()
+        conn.execute(sql.EVENT_INSERT, [sql.event_row(row, params["p_now"], "claimed")])
+        conn.execute(sql.ATTEMPT_INSERT, [books.attempt_row(row, params["p_now"], params["p_e"])])
+        return row, books.read_ledger(conn)
+
+    def _claim_found_pg(
+        self, conn: Connection, params: dict[str, Any], capped: bool, limited: bool
+    ) -> tuple[Mapping[Any, Any] | None, books.Ledger]:
+        """_claim_found in one statement (sql.claim_one_pg): one round trip, not five."""
+        stmt = sql.claim_one_pg(capped, limited)
+        found = conn.execute(stmt, params | {"p_run": self._run_id}).mappings().first()
+        if found is None:
+            return None, books.read_ledger(conn)
+        if found["key"] is None:  # reserved, yet the job locked by the pick did not move
+            raise StoreError(f"store {self.name}: job {params['p_key']} left pending mid-claim")
+        return found, books.ledger_of({n: found[label] for label, n in sql.LEDGER_OUT.items()})
 
     def unpriced(
         self, estimate: Callable[[Mapping[str, Any]], float | None]
