@@ -1,9 +1,11 @@
-"""`Store.claim(1)` on stores of 1k, 10k and 100k pending jobs: is a claim flat in store size?
+"""One claim on stores of 1k, 10k and 100k pending jobs: is a claim flat in store size?
 
     python benchmarks/claim_scale.py [--sizes 1000,10000,100000] [--claims 50] [--postgres URL]
 
-Each store is synced with SIZE pending jobs, then claims one job at a time --claims times (each
-a committed transaction, as the runner does); the median is reported. SQLite always (a file in
+Each store is synced with SIZE pending jobs (all of them, PostgreSQL's too), then claims one job
+at a time --claims times with `Store.claim(1)` and as many with `Store.claim_within` (the
+runner's claim: pick, estimate, reserve under the cap), alternating (each a committed
+transaction, as the runner does); the medians are reported. SQLite always (a file in
 a temporary folder); PostgreSQL too given --postgres or COMFYSWEEP_TEST_POSTGRES_URL (a schema
 of its own, dropped afterwards). Also prints SQLite's query plan of the claim.
 """
@@ -25,39 +27,26 @@ from benchkit import MODEL, jobs
 from orchestrator.store import Store
 
 
-def copies(target: str, first: int, size: int) -> None:
-    """Jobs ``first`` to ``size`` as SQL copies of job 0 (PostgreSQL's sync_jobs of 100k rows
-    takes minutes: building the store is not what is measured)."""
-    from orchestrator.store import sql
-
-    names = [c.name for c in sql.JOBS.c]
-    picked = {"key": "lpad(to_hex(g), 64, '0')", "index": "g", "rank": "g"}
-    columns = ", ".join(f'"{n}"' for n in names)
-    values = ", ".join(picked.get(n, f'"{n}"') for n in names)
-    engine = sa.create_engine(target)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(
-            f"INSERT INTO jobs ({columns}) SELECT {values} FROM jobs "
-            f'CROSS JOIN generate_series({first}, {size - 1}) AS g WHERE "index" = 0'
-        )
-        conn.exec_driver_sql("ANALYZE jobs")
-    engine.dispose()
-
-
-def claim_ms(target: str, size: int, claims: int, synced: int | None = None) -> float:
-    """Median milliseconds of one claim(1) on a store of ``size`` pending jobs (the first
-    ``synced`` of them by sync_jobs, the rest SQL copies)."""
+def claim_ms(target: str, size: int, claims: int) -> dict[str, float]:
+    """Median milliseconds of one claim on a store of ``size`` pending jobs, by kind: claim(1),
+    and claim_within (what the runner calls: the pick, the estimate, the reservation under a cap
+    and a store-wide concurrency), ``claims`` of each, alternating."""
     with Store.open(target) as store:
-        store.sync_jobs(jobs(min(size, synced or size)), MODEL)
-        if synced is not None and size > synced:
-            copies(target, synced, size)
-        times = []
+        store.sync_jobs(jobs(size), MODEL)
+        kinds = {
+            "claim(1)": lambda: len(store.claim(1)) == 1,
+            "claim_within": lambda: (
+                store.claim_within(lambda _: 0.01, cap=1e9, concurrency=10**9).row is not None
+            ),
+        }
+        times: dict[str, list[float]] = {kind: [] for kind in kinds}
         for _ in range(claims):
-            began = time.perf_counter()
-            got = store.claim(1)
-            times.append(time.perf_counter() - began)
-            assert len(got) == 1
-    return statistics.median(times) * 1000
+            for kind, claim in kinds.items():
+                began = time.perf_counter()
+                got = claim()
+                times[kind].append(time.perf_counter() - began)
+                assert got
+    return {kind: statistics.median(t) * 1000 for kind, t in times.items()}
 
 
 def sqlite_plan(target: str) -> str:
@@ -80,7 +69,7 @@ def sqlite_plan(target: str) -> str:
     return "; ".join(str(row[-1]) for row in rows)
 
 
-def postgres_sizes(url: str, sizes: list[int], claims: int) -> dict[int, float]:
+def postgres_sizes(url: str, sizes: list[int], claims: int) -> dict[int, dict[str, float]]:
     admin = sa.create_engine(url)
     out = {}
     try:
@@ -90,7 +79,7 @@ def postgres_sizes(url: str, sizes: list[int], claims: int) -> dict[int, float]:
                 conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
             try:
                 target = f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
-                out[size] = claim_ms(target, size, claims, synced=1000)
+                out[size] = claim_ms(target, size, claims)
             finally:
                 with admin.begin() as conn:
                     conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
@@ -106,27 +95,34 @@ def main() -> None:
     parser.add_argument("--postgres", default=os.environ.get("COMFYSWEEP_TEST_POSTGRES_URL"))
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    results: dict[str, dict[int, float]] = {"sqlite": {}}
+    by_size: dict[str, dict[int, dict[str, float]]] = {"sqlite": {}}
     plan = ""
     with tempfile.TemporaryDirectory(prefix="comfysweep-claim-") as tmp:
         for size in sizes:
             target = str(Path(tmp, f"claim{size}.db"))
-            results["sqlite"][size] = claim_ms(target, size, args.claims)
+            by_size["sqlite"][size] = claim_ms(target, size, args.claims)
             plan = sqlite_plan(target)
     if args.postgres:
-        results["postgresql"] = postgres_sizes(args.postgres, sizes, args.claims)
-    print(f"claim(1), median of {args.claims} claims, milliseconds")
-    print(f"{'store':<12}" + "".join(f"{s:>12,}" for s in sizes))
+        by_size["postgresql"] = postgres_sizes(args.postgres, sizes, args.claims)
+    # "postgresql claim_within": {size: ms}
+    results = {
+        f"{backend} {kind}": {size: row[size][kind] for size in sizes}
+        for backend, row in by_size.items()
+        for kind in row[sizes[0]]
+    }
+    print(f"one claim, median of {args.claims} claims, milliseconds")
+    print(f"{'store':<26}" + "".join(f"{s:>12,}" for s in sizes))
     for name, row in results.items():
-        print(f"{name:<12}" + "".join(f"{row[s]:12.3f}" for s in sizes))
+        print(f"{name:<26}" + "".join(f"{row[s]:12.3f}" for s in sizes))
     print(f"SQLite plan of the claim: {plan}")
     largest, smallest = max(sizes), min(sizes)
     figures = []
     for name, row in results.items():
+        backend, kind = name.split(" ")
         growth = row[largest] / row[smallest]
         figures.append(
             benchkit.figure(
-                f"claim(1) on {largest:,} pending jobs ({name}; {row[smallest]:.2f} ms "
+                f"{kind} on {largest:,} pending jobs ({backend}; {row[smallest]:.2f} ms "
                 f"at {smallest:,}, {growth:.1f}x)",
                 row[largest],
                 "ms",

@@ -49,8 +49,8 @@ NOTES = [
     "aiohttp loop so no measured run pays it; manifest_10k.py does not, so its run goes at that "
     "pace, and rewrites are paced by time: the count is that of a run of that length (the "
     "issue's 10,000 jobs: `python benchmarks/manifest_10k.py`, about ten minutes).",
-    "- PostgreSQL claim stores past 1,000 jobs are filled with SQL copies of a synced job "
-    "(sync_jobs of 100,000 rows there takes minutes); SQLite stores are synced whole.",
+    "- claim_scale's stores are synced whole by Store.sync_jobs on both backends; claim_within "
+    "is the runner's claim (pick, estimate, reservation under a cap and a concurrency).",
     '- `plan --json` has no target but "keep": it is compared with the issue\'s 0.73 s (+20%).',
     "- Not measured here: claims per second with several runners on one PostgreSQL store "
     "(the issue's part 4).",
