@@ -198,7 +198,7 @@ def reserve(capped: bool, limited: bool) -> sa.Update:
     return stmt.values(reserved_usd=_L.reserved_usd + e, in_flight=_L.in_flight + 1)
 
 
-# What the ledger reads after a claim, as CLAIM_ONE_PG returns it beside the job's columns.
+# The ledger after a claim, as claim_one_pg() returns it beside the job's columns.
 LEDGER_OUT = {
     f"ledger_{name}": name
     for name in ("spent_usd", "reserved_usd", "cap_usd", "in_flight", "concurrency")
@@ -209,7 +209,7 @@ LEDGER_OUT = {
 def claim_one_pg(capped: bool, limited: bool) -> sa.Select[Any]:
     """claim_within() on PostgreSQL after its pick, in one statement (one round trip, not five).
 
-    The reserve (RESERVE's conditional UPDATE of the ledger row), the job's move to submitting
+    The reservation (reserve()'s conditional UPDATE of the ledger row), the job's move to submitting
     (only if the reserve matched), its event and its open attempt are data-modifying CTEs of one
     statement, in the pick's transaction; it returns the job's row and the ledger after the
     claim, or no row when the cap or the concurrency refused (then nothing was written). The
