@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
         ["--jobs", "200", "--concurrency", "64", "--rounds", "1", "--inflight", "200"],
     ),
     "claim_scale": ([], ["--sizes", "1000,10000", "--claims", "20"]),
+    "runners": (["--jobs", "1000"], ["--jobs", "200"]),
     "resume_100k": ([], ["--sizes", "1000,10000", "--rounds", "1"]),
     "status_100k": ([], ["--jobs", "10000", "--rounds", "3"]),
     "manifest_10k": (["--jobs", "2000"], ["--jobs", "400"]),
@@ -52,8 +53,10 @@ NOTES = [
     "- claim_scale's stores are synced whole by Store.sync_jobs on both backends; claim_within "
     "is the runner's claim (pick, estimate, reservation under a cap and a concurrency).",
     '- `plan --json` has no target but "keep": it is compared with the issue\'s 0.73 s (+20%).',
-    "- Not measured here: claims per second with several runners on one PostgreSQL store "
-    "(the issue's part 4).",
+    "- runners.py: SQLite's single runner, then 1, 2 and 4 `comfysweep run` processes on one "
+    "PostgreSQL store, same spec, one emulator at its fastest, warmed; claims/s is the store's "
+    "attempts over their span, jobs/s the jobs over the runners' wall time; lock waits are "
+    "sampled from pg_locks every 2 ms (a lower bound: shorter waits go unseen).",
 ]
 
 
@@ -146,6 +149,28 @@ def profile(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def runners_table(result: dict[str, Any] | None) -> list[str]:
+    """runners.py's rows: one store, several `comfysweep run` processes."""
+    if not result or "rows" not in result:
+        return []
+    lines = [
+        f"Several runners ({result['jobs']} jobs, store-wide concurrency "
+        f"{result['concurrency']}, emulator fastest; `benchmarks/runners.py`):",
+        "",
+        "| store x runners | claims/s | jobs/s | longest lock wait ms | median lock wait ms |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, r in result["rows"].items():
+        longest = r.get("longest_wait_ms")
+        median = r.get("median_wait_ms")
+        lines.append(
+            f"| {name} | {r['claims_s']:.1f} | {r['jobs_s']:.1f} "
+            f"| {'' if longest is None else f'{longest:.2f}'} "
+            f"| {'' if median is None else f'{median:.2f}'} |"
+        )
+    return [*lines, ""]
+
+
 def write(out: Path, quick: bool, info: dict[str, str], results: dict[str, Any], took: float):
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -178,6 +203,7 @@ def write(out: Path, quick: bool, info: dict[str, str], results: dict[str, Any],
                 f"| {s['peak_rss_mb']:.0f} | {s.get('requests_job', 0):.2f} |"
             )
         lines.append("")
+    lines += runners_table(results.get("runners"))
     lines += ["## How to read them", "", *NOTES, ""]
     if "profile_run" in results:
         lines += ["## Where a full-speed run's CPU goes", "", *profile(results["profile_run"]), ""]
