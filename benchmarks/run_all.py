@@ -57,6 +57,8 @@ NOTES = [
     "PostgreSQL store, same spec, one emulator at its fastest, warmed; claims/s is the store's "
     "attempts over their span, jobs/s the jobs over the runners' wall time; lock waits are "
     "sampled from pg_locks every 2 ms (a lower bound: shorter waits go unseen).",
+    "- The PostgreSQL of `.ci/postgres` runs with fsync=off (a throwaway test cluster): its "
+    "commits skip the flush that SQLite's durable commits (`submitting`, `queued`) pay here.",
 ]
 
 

@@ -17,6 +17,9 @@ schema (their concurrency is the store's, shared). For each:
   issue's promise is that no runner waits on another's transaction longer than one claim.
   Sampling sees waits longer than its interval; the longest one is a lower bound of the truth.
 
+The PostgreSQL of `.ci/postgres` runs with fsync=off: its commits skip the disk flush that
+SQLite's durable commits pay (synchronous_commit stays on; a real server flushes).
+
 Also checks the emulator billed each job once (its ledger: one submission per input).
 Needs --postgres or COMFYSWEEP_TEST_POSTGRES_URL.
 """
