@@ -382,3 +382,12 @@ JOB_STATES = sa.select(JOBS.c.key, JOBS.c.state).where(
     JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True))
 )
 CONTROL_INSERT = sa.insert(CONTROLS).returning(_C.id)
+# -- the live manifest (orchestrator/manifest.py): what changed since its last write -------------
+_E = EVENTS.c
+EVENTS_LAST = sa.select(sa.func.coalesce(sa.func.max(_E.id), 0))
+# Walked along the primary key from the last event written: O(changes), never the whole table.
+CHANGED_AFTER = sa.select(_E.id, _E.job_key).where(_E.id > sa.bindparam("p_after")).order_by(_E.id)
+CHANGED_AFTER_RUN = CHANGED_AFTER.where(_E.run_id == sa.bindparam("p_run", type_=sa.Integer))
+JOBS_OF = sa.select(JOBS).where(JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True)))
+# Whether anything changed the jobs since the manifest was last written whole (a sync, a retry).
+JOBS_FINGERPRINT = sa.select(sa.func.count(), sa.func.max(JOBS.c.updated_at))

@@ -672,6 +672,41 @@ class Store:
         with self._tx() as conn:
             return [Event.from_row(m) for m in conn.execute(stmt).mappings()]
 
+    # -- the live manifest (orchestrator/manifest.py) ------------------------------------------
+
+    def last_event_id(self) -> int:
+        """The newest event's id (0 for none): a mark to ask ``changed_since`` from."""
+        with self._tx() as conn:
+            return int(conn.execute(sql.EVENTS_LAST).scalar_one())
+
+    def changed_since(self, after: int) -> tuple[int, list[str]]:
+        """The jobs that moved since event ``after`` (on PostgreSQL, this run's moves only: other
+        runners write their own), in the order they moved; and the new mark."""
+        mine = not self.is_sqlite and self._run_id is not None
+        stmt = sql.CHANGED_AFTER_RUN if mine else sql.CHANGED_AFTER
+        with self._tx() as conn:
+            found = conn.execute(stmt, {"p_after": after, "p_run": self._run_id}).all()
+        if not found:
+            return after, []
+        return int(found[-1][0]), list(dict.fromkeys(str(key) for _, key in found))
+
+    def jobs_of(self, keys: Sequence[str]) -> list[JobRow]:
+        """The jobs ``keys`` name (unknown keys skipped), read 500 at a time."""
+        rows: list[Mapping[Any, Any]] = []
+        with self._tx() as conn:
+            for i in range(0, len(keys), 500):
+                rows += conn.execute(sql.JOBS_OF, {"p_keys": list(keys[i : i + 500])}).mappings()
+        return self._rows(rows)
+
+    def fingerprint(self) -> str:
+        """Changes when any job or rating changes (count, last update, last event, ratings): the
+        manifest written whole with one fingerprint is still the store's while it holds."""
+        with self._tx() as conn:
+            count, updated = conn.execute(sql.JOBS_FINGERPRINT).one()
+            last = conn.execute(sql.EVENTS_LAST).scalar_one()
+        ratings = canonical_json(sorted(self.ratings().items()))
+        return f"{count}:{updated}:{last}:{ratings}"
+
     # -- views: what status, show, failures and runs read (never the runner's lock) -------------
 
     def finish_times(self, *, scan: int = 20_000) -> tuple[list[datetime], datetime | None]:
