@@ -144,3 +144,14 @@ def test_an_append_cuts_a_torn_line_off_and_readers_skip_one(tmp_path: Path) -> 
     path.write_text('{"key": "a"}\nnot json\n{"key": "b"}\n')
     with pytest.raises(ResultsError, match=r"manifest.jsonl:2: not a JSON object line"):
         read_manifest(path)
+
+
+def test_a_spec_edit_between_runs_is_in_the_next_runs_manifest(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    spec = write_spec(tmp_path)
+    assert run(spec, emulator).complete
+    spec.write_text(spec.read_text().replace("seed: [1, 2]", "seed: [1]"))
+    assert run(spec, emulator).complete  # nothing to submit: two jobs left the spec
+    entries = raw_lines(tmp_path / "results" / "grid" / "manifest.jsonl")
+    assert sorted(e["orphaned"] for e in entries) == [False, False, True, True]

@@ -76,6 +76,7 @@ MOVE = (
             "rank": sa.bindparam("p_rank"),
             "in_spec": True,
             "sources": sa.bindparam("p_src"),
+            "updated_at": sa.bindparam("p_now"),  # the manifest's fingerprint sees the move
         }
     )
 )

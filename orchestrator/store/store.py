@@ -345,6 +345,7 @@ class Store:
                     if key in known and known[key] != (job.index, True, src, rank):
                         moved.append(
                             {"p_key": key, "p_index": job.index, "p_src": src, "p_rank": rank}
+                            | {"p_now": now}
                         )
                 # Known keys in place are not written: re-running a spec costs reads, not writes.
                 if blob_rows := split.take():
@@ -359,7 +360,7 @@ class Store:
             conn.execute(
                 sql.JOBS.update()
                 .where(sql.JOBS.c.in_spec, sql.JOBS.c.key.not_in(sa.select(sql.SYNC_KEYS.c.key)))
-                .values(in_spec=False)
+                .values(in_spec=False, updated_at=_now())
             )
             conn.exec_driver_sql("DELETE FROM sync_keys")
             new = conn.execute(count).scalar_one() - before
