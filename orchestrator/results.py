@@ -1,8 +1,9 @@
 """The results folder: output file names, atomic writes, the manifest and metadata.jsonl.
 
 Everything about one sweep lives in ``<output>/<name>/``: the outputs, the store, ``manifest.jsonl``
-(one line per job, always describing files that exist), ``metadata.jsonl`` (Hugging Face
-``datasets`` folder-loader form: a ``file_name`` column) and ``run.log``. Downloads land in
+(a line per job, always describing files that exist; during a run appended to, a job's last line
+winning: orchestrator/manifest.py), ``metadata.jsonl`` (Hugging Face ``datasets`` folder-loader
+form: a ``file_name`` column) and ``run.log``. Downloads land in
 ``.partial/`` first and are renamed into place only once complete and verified, so a partial file
 never carries a final name.
 
@@ -40,6 +41,7 @@ from orchestrator.conditioning import (
 from orchestrator.errors import OutputInvalid, ResultsError
 from orchestrator.leftovers import HOST, abandoned, owner_prefix
 from orchestrator.magic import MIME_TYPES
+from orchestrator.manifest import append_text, folder_lock, read_lines
 from orchestrator.models import Model, get_model
 from orchestrator.naming import (
     SHORT_KEY,
@@ -108,6 +110,11 @@ class ResultsFolder:
         self._reserved_prefixes = _store_prefixes(STORE_FILE)
         self._media = MediaFolder(root)
         self._card: str | None = None  # the dataset card as last written
+        self._patterns: set[str] = set()  # the card's patterns of the outputs listed so far
+        self._listed: set[str] | None = None  # jobs metadata.jsonl holds lines of (if known)
+        self._listed_in: tuple[int, int] | None = None  # ... in this file (device, inode)
+        self.bytes_written = 0  # bytes written to manifest.jsonl and metadata.jsonl in all
+        self.manifest_files = (MANIFEST, METADATA)
         self._models: dict[str, Model] = {}  # the sweep's other models, by id
         # Model id -> (its Model as the spec has it, its short label): names by the spec's
         # common names and ``{model}`` in a sweep of several models (orchestrator.spec).
@@ -407,34 +414,103 @@ class ResultsFolder:
 
         One pass over the rows writes both files, so memory stays flat however many jobs there are.
         Conditioning images (data: URIs) are written once each under ``inputs/`` and named by that
-        path; each job's rating (the attached store's) is its ``rating``, null when unrated.
+        path; each job's rating (the attached store's) is its ``rating``, null when unrated. Under
+        the folder's lock: a runner beside this one (a shared store) never appends meanwhile.
         """
         count = 0
         ratings = self._store.ratings() if self._store is not None else {}
-        extensions: set[str] = set()
-        with (
-            atomic_file(self.root / MANIFEST) as manifest,
-            atomic_file(self.root / METADATA) as metadata,
-        ):
-            for row in rows:
-                count += 1
-                on_disk = [o for o in row.outputs if self.has(o)] if row.state == "done" else []
-                inputs, sources = self.dataset_inputs(row)
-                rating = ratings.get(row.key)
-                entry = self._manifest_entry(row, inputs, on_disk) | {"rating": rating}
-                if sources:
-                    entry["sources"] = sources
-                manifest.write(_line(entry))
-                columns = inputs | {f"{name}_source": path for name, path in sources.items()}
-                for output in on_disk:
-                    extensions.add(_pattern(str(output["path"])))
-                    line = {"file_name": output["path"], "job_key": row.key, "rating": rating}
-                    line |= _kind_and_mime(output)
-                    kind = output_kind(str(output["path"])) or "video"  # input_video if so named
-                    line |= {input_column(k, kind, line): v for k, v in columns.items()}
-                    metadata.write(_line(line))
-        self._write_card(extensions)
+        patterns: set[str] = set()
+        listed: set[str] = set()
+        with folder_lock(self.root):
+            with (
+                atomic_file(self.root / MANIFEST) as manifest,
+                atomic_file(self.root / METADATA) as metadata,
+            ):
+                for row in rows:
+                    count += 1
+                    entry, outputs = self._lines(row, ratings, patterns)
+                    manifest.write(entry)
+                    if outputs:
+                        metadata.write(outputs)
+                        listed.add(row.key)
+            self._listed, self._listed_in = listed, _identity(self.root / METADATA)
+            self.bytes_written += sum(
+                (self.root / name).stat().st_size for name in self.manifest_files
+            )
+        self._patterns = patterns
+        self._write_card(patterns)
         return count
+
+    def append_manifest(self, rows: Iterable[JobRow]) -> int:
+        """Append a line to manifest.jsonl for each of ``rows`` (jobs that moved: a job's last
+        line wins), and to metadata.jsonl the output lines of each now done and not listed there
+        yet (never twice); returns the lines appended to the manifest. Fsynced, under the
+        folder's lock (orchestrator/manifest.py)."""
+        ratings = self._store.ratings() if self._store is not None else {}
+        manifest: list[str] = []
+        metadata: list[str] = []
+        with folder_lock(self.root):
+            listed = self._listed_now()
+            newly: list[str] = []
+            for row in rows:
+                entry, outputs = self._lines(
+                    row, ratings, self._patterns, metadata=row.key not in listed
+                )
+                manifest.append(entry)
+                if outputs:
+                    metadata.append(outputs)
+                    newly.append(row.key)
+            if manifest:
+                self.bytes_written += append_text(self.root / MANIFEST, "".join(manifest))
+            if metadata:
+                self.bytes_written += append_text(self.root / METADATA, "".join(metadata))
+                listed.update(newly)
+                self._listed_in = _identity(self.root / METADATA)
+        if metadata:
+            self._write_card(self._patterns)
+        return len(manifest)
+
+    def _listed_now(self) -> set[str]:
+        """The jobs metadata.jsonl holds lines of: known since this process last wrote it, else
+        (a first append, or another runner rewrote it since) read from the file once."""
+        path = self.root / METADATA
+        if self._listed is None or self._listed_in != _identity(path):
+            listed: set[str] = set()
+            with contextlib.suppress(FileNotFoundError):
+                for line in read_lines(path):
+                    listed.add(str(line.get("job_key")))
+                    self._patterns.add(_pattern(str(line.get("file_name", ""))))
+            self._listed, self._listed_in = listed, _identity(path)
+        return self._listed
+
+    def _lines(
+        self,
+        row: JobRow,
+        ratings: Mapping[str, str],
+        patterns: set[str],
+        *,
+        metadata: bool = True,
+    ) -> tuple[str, str]:
+        """A job's manifest line, and (``metadata``) its metadata.jsonl lines: one per output
+        on disk when it is done; the patterns of those outputs go into ``patterns``."""
+        on_disk = [o for o in row.outputs if self.has(o)] if row.state == "done" else []
+        inputs, sources = self.dataset_inputs(row)
+        rating = ratings.get(row.key)
+        entry = self._manifest_entry(row, inputs, on_disk) | {"rating": rating}
+        if sources:
+            entry["sources"] = sources
+        if not metadata:
+            return _line(entry), ""
+        columns = inputs | {f"{name}_source": path for name, path in sources.items()}
+        lines = []
+        for output in on_disk:
+            patterns.add(_pattern(str(output["path"])))
+            line = {"file_name": output["path"], "job_key": row.key, "rating": rating}
+            line |= _kind_and_mime(output)
+            kind = output_kind(str(output["path"])) or "video"  # input_video if so named
+            line |= {input_column(k, kind, line): v for k, v in columns.items()}
+            lines.append(_line(line))
+        return _line(entry), "".join(lines)
 
     def _write_card(self, patterns_seen: set[str]) -> None:
         """README.md, naming the outputs and metadata.jsonl as the dataset's files: `datasets`
@@ -611,6 +687,15 @@ def _folder_or_absent(path: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file is at ``path`` (device, inode): another runner's rewrite makes another one."""
+    try:
+        info = path.stat(follow_symlinks=False)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def _line(entry: Mapping[str, Any]) -> str:

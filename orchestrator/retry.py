@@ -13,13 +13,16 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 log = logging.getLogger("comfysweep.client")
+P = ParamSpec("P")
+T = TypeVar("T")
 
 # A Retry-After far in the future (or a hostile one) must not park a sweep for hours.
 RETRY_AFTER_CAP = 300.0
@@ -72,11 +75,22 @@ class RetryPolicy:
         retryable: Callable[[BaseException], bool],
         what: str,
         scrub: Callable[[str], str] = str,
-    ) -> AsyncRetrying:
-        """A tenacity controller that retries ``retryable`` failures and re-raises the last one.
+    ) -> Retrying:
+        """A controller that retries ``retryable`` failures and re-raises the last one.
 
         Its log lines go through ``scrub``: a failure's text may repeat what a server sent.
         """
+        return Retrying(self, retryable, what, scrub)
+
+    def tenacity(
+        self,
+        retryable: Callable[[BaseException], bool],
+        what: str,
+        scrub: Callable[[str], str] = str,
+        sleep: Callable[[float], Awaitable[None] | None] | None = None,
+    ) -> AsyncRetrying:
+        """The tenacity controller of this policy: backoff or Retry-After, one log line a retry;
+        ``sleep`` instead of tenacity's own (tests record the waits)."""
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
@@ -93,13 +107,57 @@ class RetryPolicy:
                 state.upcoming_sleep,
             )
 
-        return AsyncRetrying(
+        controller = AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
             wait=wait,
             retry=retry_if_exception(retryable),
             before_sleep=before_sleep,
             reraise=True,
         )
+        if sleep is not None:
+            return controller.copy(sleep=sleep)
+        return controller
+
+
+class Retrying:
+    """Runs a call under a policy: the first attempt bare, tenacity only after a failure it may
+    retry. Nearly every call succeeds at once, and tenacity's controller (its state, its hooks,
+    its loop) cost more than the call's own bookkeeping: built only when a retry may follow.
+
+    Tenacity then replays that first failure as its own attempt 1, so the waits, the attempt
+    numbers in the log lines and the last error re-raised are what they are without the bare try.
+    """
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        retryable: Callable[[BaseException], bool],
+        what: str,
+        scrub: Callable[[str], str],
+    ) -> None:
+        self.policy = policy
+        self.retryable = retryable
+        self.what = what
+        self.scrub = scrub
+        self.sleep: Callable[[float], Awaitable[None] | None] | None = None  # tenacity's unless set
+
+    async def __call__(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except Exception as exc:
+            if not self.retryable(exc):
+                raise
+            first: Exception | None = exc
+        controller = self.policy.tenacity(self.retryable, self.what, self.scrub, self.sleep)
+
+        async def attempt() -> T:
+            nonlocal first
+            if first is not None:  # attempt 1 is the bare one that failed
+                failed, first = first, None
+                raise failed
+            return await fn(*args, **kwargs)
+
+        return await controller(attempt)
 
 
 def describe(exc: BaseException | None) -> str:

@@ -48,6 +48,7 @@ from orchestrator.errors import (
     ValidationFailed,
 )
 from orchestrator.failures import FailureLimit, Failures
+from orchestrator.manifest import LiveManifest
 from orchestrator.pacing import PollPlanner, server_duration
 from orchestrator.progress import Progress, Snapshot
 from orchestrator.responses import integer
@@ -182,6 +183,7 @@ class Runner:
         self._sending: set[str] = set()  # jobs whose POST is under way
         if client.pacer is not None:
             client.pacer.on_change = self._wake  # more submits allowed in flight
+        self.manifest = LiveManifest(folder, store)  # appended each tick, whole at the end
 
     # -- public -----------------------------------------------------------------------------
 
@@ -215,6 +217,7 @@ class Runner:
     async def run(self) -> RunReport:
         """Resume what a previous run left, submit every pending job, wait for all of it."""
         started = time.monotonic()
+        self.manifest.start()  # before any job moves: the moves from here on are appended
         self._recover()
         self._mailbox = control.Mailbox(self.store)
         if self.deadline is not None:
@@ -251,7 +254,7 @@ class Runner:
                 raise
         if error is not None:  # raised out here, so it does not chain the group as its context
             raise error
-        self._write_manifest()
+        self._write_manifest(whole=True)
         counts = self.store.counts(in_spec=True)
         books = self.store.ledger()
         if self.progress is not None:
@@ -970,8 +973,6 @@ class Runner:
             await self._changed.wait()
 
     async def _ticker(self, snapshot: Snapshot) -> None:
-        last_manifest = 0.0
-        manifest_cost = 0.0
         ticks = 0
         while True:
             await anyio.sleep(self.options.tick)
@@ -985,11 +986,7 @@ class Runner:
                 self.progress.update(snapshot)
             now = time.monotonic()
             self._check_stall(now)
-            # Rewriting the manifest costs O(jobs): do it less often as the sweep grows.
-            if self._dirty and now - last_manifest >= max(2.0, 10 * manifest_cost):
-                self._write_manifest()
-                manifest_cost = time.monotonic() - now
-                last_manifest = time.monotonic()
+            self._write_manifest()  # the lines of the jobs that moved since the last tick
 
     def _cancelled(self, key: str) -> bool:
         """Whether a cancel request covers ``key``, the mailbox read first: checked just before
@@ -1083,11 +1080,19 @@ class Runner:
         except StoreError as exc:  # a glitch: the next look tries again
             log.warning("looking for a dead runner's jobs: %s", exc)
 
-    def _write_manifest(self) -> None:
+    def _write_manifest(self, *, whole: bool = False) -> None:
+        """Append the jobs that moved (each tick), or write both files whole (``whole``: the
+        run's end); orphaned jobs too: one a spec edit left in flight is paid, its files listed."""
         self._dirty = False
-        # Orphaned jobs too: one a spec edit left in flight is paid, and its files are listed.
         try:
-            self.folder.write_manifest(self.store.jobs())
+            if whole:
+                self.manifest.finish()
+            else:
+                self.manifest.write()
+        except StoreError as exc:  # a glitch reading the jobs: the next tick appends them
+            if whole:
+                raise
+            log.warning("the manifest waits for the store: %s", exc)
         except OSError as exc:  # a full or read-only folder; the store keeps every job safe
             self.stop(
                 f"stopped submitting: cannot write the manifest in {self.folder.root}: "

@@ -7,9 +7,10 @@ of another kind than the model makes (an image from a video model) is refused.
 
 Videos: an MP4/MOV (ISO-BMFF) must be tiled exactly by its top-level boxes (a cut file ends inside
 one), a Matroska/WebM must hold the Segment its header sizes, then PyAV opens the container
-header, which must hold a video stream with the frame count and size the request fixed. Frames
-come from the header, or from demuxing packets where it has none or where an MP4's last box runs
-"to the end of the file" (there a packet the file ends inside is a cut); no frame is decoded.
+header, which must hold a video stream with the frame count and size the request fixed; a whole
+MP4 of the usual layout is read from its index alone, by hand (bmff.py), with the same checks.
+Frames come from the header, or from demuxing packets where it has none or where an MP4's last box
+runs "to the end of the file" (there a packet the file ends inside is a cut); no frame is decoded.
 
 Images are checked by their format's own structure (PNG's ``IEND`` chunk, JPEG's end marker,
 GIF's trailer and WebP's RIFF length prove the file ends where it says), then decoded whole by
@@ -37,7 +38,7 @@ from typing import IO, Any
 import av
 from PIL import Image
 
-from orchestrator import magic
+from orchestrator import bmff, magic
 from orchestrator.errors import OutputInvalid
 from orchestrator.models import Model, known_models
 
@@ -152,7 +153,10 @@ def verify_output(
         names, made = _FORMATS[found]
         if kind is not None and made != kind:
             raise OutputInvalid(f"is {_a(made)} ({names[0]}), not the {kind} this model makes")
-        open_ended = found == "bmff" and _bmff_boxes(handle, size)
+        open_ended, moov = _bmff_boxes(handle, size) if found == "bmff" else (False, None)
+        # A whole MP4's index answers without PyAV; an unusual one (or one whose data runs to
+        # the end of the file, where only its packets prove it whole) is opened by PyAV.
+        index = None if open_ended or moov is None else bmff.video_index(handle, *moov)
         if found == "matroska":
             _matroska_segment(handle, size)
         if found == "wav":
@@ -166,6 +170,8 @@ def verify_output(
     elif made == "audio":
         exact = found in ("wav", "flac") or (found == "mp3" and _mp3_counted(path))
         _check_audio(path, shape, exact_header=exact)
+    elif index is not None:
+        _check_index(index, shape)
     else:
         _check_video(path, shape, count_packets=found != "bmff", open_ended=open_ended)
     return ext if ext in names else typed if typed in names else names[0]
@@ -215,10 +221,12 @@ def _a(kind: str) -> str:
     return {"video": "a video", "image": "an image", "audio": "an audio file"}[kind]
 
 
-def _bmff_boxes(handle: IO[bytes], size: int) -> bool:
+def _bmff_boxes(handle: IO[bytes], size: int) -> tuple[bool, tuple[int, int] | None]:
     """Every top-level box must fit in the file: a cut MP4 ends inside its last one. True when
-    the last box says it runs to the end of the file, which a cut cannot show."""
+    the last box says it runs to the end of the file, which a cut cannot show; and where the
+    first ``moov`` (the index) is, and its length."""
     pos, open_ended = 0, False
+    moov: tuple[int, int] | None = None
     while pos < size:
         handle.seek(pos)
         head = handle.read(16)
@@ -238,8 +246,10 @@ def _bmff_boxes(handle: IO[bytes], size: int) -> bool:
             raise OutputInvalid(
                 f"is cut short: its {kind!r} box needs {pos + length} bytes, the file has {size}"
             )
+        if kind == "moov" and moov is None:
+            moov = (pos, length)
         pos += length
-    return open_ended
+    return open_ended, moov
 
 
 def _matroska_segment(handle: IO[bytes], size: int) -> None:
@@ -301,6 +311,14 @@ def _check_video(path: Path, shape: Shape, *, count_packets: bool, open_ended: b
         raise OutputInvalid(f"has {frames} frames, the job asked for {shape.frames}")
     _check_size((width, height), shape)
     _check_seconds(seconds, shape)
+
+
+def _check_index(index: bmff.VideoIndex, shape: Shape) -> None:
+    """The checks of ``_check_video``, on what a whole MP4's index says."""
+    if shape.frames is not None and index.frames != shape.frames:
+        raise OutputInvalid(f"has {index.frames} frames, the job asked for {shape.frames}")
+    _check_size((index.width, index.height), shape)
+    _check_seconds(index.seconds, shape)
 
 
 def _count_packets(container: Any, stream: Any) -> int:

@@ -8,7 +8,9 @@ answer arrived, the job still in flight), ``downloading`` (half of an output is 
 ``journaled`` (another connection locked the store right after a submit was answered, and the
 runner could only write the request id to its journal), ``waiting-result`` or
 ``waiting-download`` (another connection locked the store as a job's result came, or as its
-output landed, and the runner is waiting to record it). The API comes from the usual
+output landed, and the runner is waiting to record it), or ``manifest-torn`` (ticking every
+20 ms, at the AFTER-th append to manifest.jsonl after one to metadata.jsonl, half of it written:
+a torn last line). The API comes from the usual
 environment (RUNCOMFY_MODEL_API_BASE, RUNCOMFY_API_TOKEN).
 """
 
@@ -21,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from orchestrator import results
 from orchestrator.client import Downloaded, ModelApiClient, Result, Status, Submitted
 from orchestrator.runner import Runner
 from orchestrator.spec import load_spec
@@ -117,6 +120,37 @@ async def download(self: ModelApiClient, url: str, dest: Path) -> Downloaded:
     return got
 
 
+real_append_text, real_init = results.append_text, Runner.__init__
+listed: list[Path] = []
+
+
+def append_text(path: Path, text: str) -> int:
+    if path.name == "metadata.jsonl":
+        listed.append(path)
+    elif listed and point == "manifest-torn":
+        maybe_die_torn(path, text)
+    return real_append_text(path, text)
+
+
+def maybe_die_torn(path: Path, text: str) -> None:
+    global seen
+    seen += 1
+    if seen >= after:
+        with path.open("ab") as handle:
+            handle.write(text.encode()[: len(text) // 2])
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def init(self: Runner, *args: Any, **kwargs: Any) -> None:
+    real_init(self, *args, **kwargs)
+    if point == "manifest-torn":  # many ticks, so a run of a few jobs appends many times
+        self.options = self.options.model_copy(update={"tick": 0.02})
+
+
+results.append_text = append_text  # type: ignore[assignment]
+Runner.__init__ = init  # type: ignore[method-assign]
 ModelApiClient.submit = submit  # type: ignore[method-assign]
 ModelApiClient.status = status  # type: ignore[method-assign]
 ModelApiClient.result = result  # type: ignore[method-assign]

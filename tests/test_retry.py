@@ -104,3 +104,33 @@ async def test_retrying_does_not_retry_what_the_predicate_refuses() -> None:
     with pytest.raises(KeyError):
         await retrying(refused)
     assert calls == 1
+
+
+@pytest.mark.anyio
+async def test_a_call_that_succeeds_at_once_builds_no_tenacity_controller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from orchestrator import retry
+
+    built: list[object] = []
+    real = retry.AsyncRetrying
+
+    def counted(*args: object, **kwargs: object) -> object:
+        built.append(args)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(retry, "AsyncRetrying", counted)
+    policy = RetryPolicy(attempts=3, wait=False)
+    calls = 0
+
+    async def once_flaky(answer: str) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise ConnectionError("dropped")
+        return answer
+
+    assert await policy.retrying(lambda e: True, "call")(once_flaky, "a") == "a"
+    assert built == []  # the common case: no controller, no retry state
+    assert await policy.retrying(lambda e: True, "call")(once_flaky, "b") == "b"
+    assert (calls, len(built)) == (3, 1)  # the failure, then tenacity's retry

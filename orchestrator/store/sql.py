@@ -77,6 +77,7 @@ MOVE = (
             "rank": sa.bindparam("p_rank"),
             "in_spec": True,
             "sources": sa.bindparam("p_src"),
+            "updated_at": sa.bindparam("p_now"),  # the manifest's fingerprint sees the move
         }
     )
 )
@@ -86,12 +87,12 @@ MOVE = (
 ORPHAN = (
     JOBS.update()
     .where(JOBS.c.in_spec, JOBS.c.key.not_in(sa.select(SYNC_KEYS.c.key)))
-    .values(in_spec=False)
+    .values(in_spec=False, updated_at=sa.bindparam("p_now"))
 )
 ORPHAN_PG = (
     JOBS.update()
     .where(JOBS.c.in_spec, ~sa.exists().where(SYNC_KEYS.c.key == JOBS.c.key))
-    .values(in_spec=False)
+    .values(in_spec=False, updated_at=sa.bindparam("p_now"))
 )
 # sync_jobs on PostgreSQL: a batch's keys (and moves) travel as arrays, one parameter each, not a
 # bound parameter (or a statement) per key: one round trip per batch, and no 1,000-term IN to parse.
@@ -99,7 +100,8 @@ _KEY_ARRAY = sa.bindparam("p_keys", type_=postgresql.ARRAY(sa.Text))
 KNOWN_PG = sa.select(JOBS.c.key, *_PLACE).where(JOBS.c.key == sa.any_(_KEY_ARRAY))
 SYNC_KEYS_ADD_PG = sa.text("INSERT INTO sync_keys (key) SELECT unnest(CAST(:p_keys AS text[]))")
 MOVE_PG = sa.text(
-    'UPDATE jobs SET "index" = m.i, rank = m.r, in_spec = true, sources = m.s '
+    'UPDATE jobs SET "index" = m.i, rank = m.r, in_spec = true, sources = m.s, '
+    "updated_at = CAST(:p_now AS timestamptz) "
     "FROM unnest(CAST(:p_keys AS text[]), CAST(:p_index AS integer[]), "
     "CAST(:p_rank AS bigint[]), CAST(:p_src AS text[])) AS m (k, i, r, s) WHERE jobs.key = m.k"
 )
@@ -451,3 +453,12 @@ JOB_STATES = sa.select(JOBS.c.key, JOBS.c.state).where(
     JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True))
 )
 CONTROL_INSERT = sa.insert(CONTROLS).returning(_C.id)
+# -- the live manifest (orchestrator/manifest.py): what changed since its last write -------------
+_E = EVENTS.c
+EVENTS_LAST = sa.select(sa.func.coalesce(sa.func.max(_E.id), 0))
+# Walked along the primary key from the last event written: O(changes), never the whole table.
+CHANGED_AFTER = sa.select(_E.id, _E.job_key).where(_E.id > sa.bindparam("p_after")).order_by(_E.id)
+CHANGED_AFTER_RUN = CHANGED_AFTER.where(_E.run_id == sa.bindparam("p_run", type_=sa.Integer))
+JOBS_OF = sa.select(JOBS).where(JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True)))
+# Whether anything changed the jobs since the manifest was last written whole (a sync, a retry).
+JOBS_FINGERPRINT = sa.select(sa.func.count(), sa.func.max(JOBS.c.updated_at))

@@ -329,12 +329,13 @@ class Store:
                         raise ValueError(f"job {job.key} is for {job.model_id}, not {model_id}")
                 self._sync_batch(conn, by_key, split, guard)
                 total += len(batch)
+            # Stamped: the manifest's fingerprint sees jobs leave the spec.
             if self.is_sqlite:
-                conn.execute(sql.ORPHAN)
+                conn.execute(sql.ORPHAN, {"p_now": _now()})
             else:
                 # The planner's row count of the keys, so the orphan UPDATE hashes them.
                 conn.exec_driver_sql("ANALYZE sync_keys")
-                conn.execute(sql.ORPHAN_PG)
+                conn.execute(sql.ORPHAN_PG, {"p_now": _now()})
             conn.exec_driver_sql("DELETE FROM sync_keys")
             new = conn.execute(count).scalar_one() - before
             first = model_id if isinstance(model_id, str) else next(iter(model_id), "")
@@ -367,6 +368,7 @@ class Store:
             src, rank = sql.sources_text(job), sql.rank_of(job)
             if key in known and known[key] != (job.index, True, src, rank):
                 moved.append({"p_key": key, "p_index": job.index, "p_src": src, "p_rank": rank})
+        # Each moved job is stamped: the manifest's fingerprint sees the move.
         # Known keys in place are not written: re-running a spec costs reads, not writes.
         if blob_rows := split.take():
             conn.execute(self._insert(sql.BLOBS).on_conflict_do_nothing(), blob_rows)
@@ -374,12 +376,12 @@ class Store:
             conn.execute(self._insert(sql.JOBS).on_conflict_do_nothing(), new_rows)
         if self.is_sqlite:
             if moved:
-                conn.execute(sql.MOVE, moved)
+                conn.execute(sql.MOVE, [m | {"p_now": now} for m in moved])
             conn.exec_driver_sql("INSERT INTO sync_keys (key) VALUES (?)", [(k,) for k in keys])
             return
         if moved:
             columns = {name: [m[name] for m in moved] for name in moved[0]}
-            conn.execute(sql.MOVE_PG, columns | {"p_keys": columns.pop("p_key")})
+            conn.execute(sql.MOVE_PG, columns | {"p_keys": columns.pop("p_key"), "p_now": now})
         conn.execute(sql.SYNC_KEYS_ADD_PG, {"p_keys": keys})
 
     @staticmethod
@@ -708,6 +710,41 @@ class Store:
         stmt = sa.select(sql.EVENTS).where(sql.EVENTS.c.job_key == key).order_by(sql.EVENTS.c.id)
         with self._tx() as conn:
             return [Event.from_row(m) for m in conn.execute(stmt).mappings()]
+
+    # -- the live manifest (orchestrator/manifest.py) ------------------------------------------
+
+    def last_event_id(self) -> int:
+        """The newest event's id (0 for none): a mark to ask ``changed_since`` from."""
+        with self._tx() as conn:
+            return int(conn.execute(sql.EVENTS_LAST).scalar_one())
+
+    def changed_since(self, after: int) -> tuple[int, list[str]]:
+        """The jobs that moved since event ``after`` (on PostgreSQL, this run's moves only: other
+        runners write their own), in the order they moved; and the new mark."""
+        mine = not self.is_sqlite and self._run_id is not None
+        stmt = sql.CHANGED_AFTER_RUN if mine else sql.CHANGED_AFTER
+        with self._tx() as conn:
+            found = conn.execute(stmt, {"p_after": after, "p_run": self._run_id}).all()
+        if not found:
+            return after, []
+        return int(found[-1][0]), list(dict.fromkeys(str(key) for _, key in found))
+
+    def jobs_of(self, keys: Sequence[str]) -> list[JobRow]:
+        """The jobs ``keys`` name (unknown keys skipped), read 500 at a time."""
+        rows: list[Mapping[Any, Any]] = []
+        with self._tx() as conn:
+            for i in range(0, len(keys), 500):
+                rows += conn.execute(sql.JOBS_OF, {"p_keys": list(keys[i : i + 500])}).mappings()
+        return self._rows(rows)
+
+    def fingerprint(self) -> str:
+        """Changes when any job or rating changes (count, last update, last event, ratings): the
+        manifest written whole with one fingerprint is still the store's while it holds."""
+        with self._tx() as conn:
+            count, updated = conn.execute(sql.JOBS_FINGERPRINT).one()
+            last = conn.execute(sql.EVENTS_LAST).scalar_one()
+        ratings = canonical_json(sorted(self.ratings().items()))
+        return f"{count}:{updated}:{last}:{ratings}"
 
     # -- views: what status, show, failures and runs read (never the runner's lock) -------------
 
