@@ -104,11 +104,11 @@ DEFAULT_TIMEOUT = 30.0  # seconds to wait for each answer; `comfysweep run --tim
 # An API answer is a small JSON document: a bigger one is read no further (a hostile or broken
 # server, or a compressed bomb, cannot make the runner hold gigabytes).
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
-# What moves the bytes under httpx's API: httpx's own transport (httpcore), or aiohttp
-# (orchestrator/transport.py); `comfysweep run --http-transport` chooses.
+# What moves the bytes under httpx's API: aiohttp (orchestrator/transport.py), or httpx's own
+# transport (httpcore); `comfysweep run --http-transport` chooses.
 HttpTransport = Literal["httpx", "aiohttp"]
 HTTP_TRANSPORTS: tuple[str, ...] = get_args(HttpTransport)
-DEFAULT_HTTP_TRANSPORT: HttpTransport = "httpx"
+DEFAULT_HTTP_TRANSPORT: HttpTransport = "aiohttp"  # benchmarks/transports.py: less CPU per job
 TRANSPORT_VAR = "COMFYSWEEP_HTTP_TRANSPORT"  # beats the spec's run.http_transport, as the flag does
 NO_TOKEN = (
     "no API token: set RUNCOMFY_API_TOKEN (or RUNCOMFY_TOKEN) to the token on your profile page "

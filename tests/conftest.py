@@ -38,9 +38,9 @@ def _isolated_home(
     return home
 
 
-# The chaos suite and the kill tests run their runs on the aiohttp transport (the rest of the
-# suite on the default one), so its safe error mapping meets kills and faults without a second
-# pass of the suite; COMFYSWEEP_TEST_CHAOS_TRANSPORT=httpx puts them on httpx's own.
+# The chaos suite and the kill tests run their runs on the aiohttp transport, whatever the default
+# or COMFYSWEEP_HTTP_TRANSPORT says, so its error mapping always meets kills and faults;
+# COMFYSWEEP_TEST_CHAOS_TRANSPORT=httpx puts them on httpx's own (one pass either way).
 CHAOS_TRANSPORT = os.environ.get("COMFYSWEEP_TEST_CHAOS_TRANSPORT", "aiohttp")
 
 
