@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 import httpx
 from aiohttp.client_middlewares import ClientHandlerType
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 __all__ = ["AiohttpTransport", "translate"]
@@ -44,7 +45,7 @@ _PROTOCOL_ERRORS = (
 def translate(exc: BaseException, request: httpx.Request) -> httpx.TransportError:
     """The httpx error for an aiohttp failure; only a failure before a connection was had may
     say "not sent" (ConnectError, ConnectTimeout): the client resubmits on those."""
-    message = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    message = _said(exc)
     # Before a connection: waiting for a free one, resolving, connecting, the TLS handshake.
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return httpx.ConnectTimeout(message, request=request)
@@ -60,6 +61,25 @@ def translate(exc: BaseException, request: httpx.Request) -> httpx.TransportErro
     if isinstance(exc, _PROTOCOL_ERRORS):
         return httpx.RemoteProtocolError(message, request=request)
     return httpx.ReadError(message, request=request)
+
+
+def _said(exc: BaseException) -> str:
+    """One line naming the failure; never a URL (a signed download URL holds credentials in its
+    query), nor aiohttp's parser code 400, which would read as the server's HTTP status."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        said = "no connection within the connect timeout (waiting for a free one, or connecting)"
+    elif isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
+        said = "not a URL that can be sent to"
+    elif isinstance(exc, aiohttp.ClientResponseError):
+        said = f"an answer that is not valid HTTP: {exc.message}"
+    elif isinstance(exc, aiohttp.ClientPayloadError) and isinstance(
+        exc.__cause__, HttpProcessingError
+    ):
+        said = f"the answer's body was cut short: {exc.__cause__.message}"
+    else:
+        said = str(exc)
+    said = " ".join(word for word in said.split() if word != "^")  # aiohttp's caret line
+    return f"{type(exc).__name__}: {said}" if said else type(exc).__name__
 
 
 @contextmanager

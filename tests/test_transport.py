@@ -21,6 +21,8 @@ import httpx
 import pytest
 from aiohttp.client_reqrep import ConnectionKey
 from click.testing import CliRunner
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from orchestrator.cli import cli
 from orchestrator.client import NOT_SENT, ModelApiClient
@@ -69,6 +71,30 @@ def test_only_failures_before_a_connection_say_not_sent(
     assert type(error).__name__.startswith(mapped)
     assert isinstance(error, NOT_SENT) is (not sent)
     assert type(raised).__name__ in str(error)
+
+
+SIGNED = "https://cdn.example/out.mp4?Signature=SECRET"
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        aiohttp.ConnectionTimeoutError(f"Connection timeout to host {SIGNED}"),
+        aiohttp.ClientResponseError(
+            aiohttp.RequestInfo(URL(SIGNED), "GET", CIMultiDictProxy(CIMultiDict()), URL(SIGNED)),
+            (),
+            status=400,
+            message="Invalid header token:\n\n  b'x'\n       ^",
+        ),
+        aiohttp.InvalidUrlClientError(SIGNED),
+    ],
+)
+def test_no_url_and_no_parser_400_in_the_message(raised: BaseException) -> None:
+    """A signed download URL holds credentials in its query; aiohttp's parser says 400."""
+    message = str(translate(raised, REQUEST))
+    assert "SECRET" not in message
+    assert "400" not in message
+    assert "\n" not in message
 
 
 # -- the client over it, on real sockets --------------------------------------------------------
