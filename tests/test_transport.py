@@ -198,12 +198,17 @@ async def keep_alive_then_hang_up() -> AsyncIterator[tuple[list[bytes], str]]:
 
 
 @pytest.mark.anyio
-async def test_a_get_on_a_dropped_keep_alive_connection_is_not_resent() -> None:
+@pytest.mark.parametrize("resend_on", [False, True], ids=["as-built", "guard-alone"])
+async def test_a_get_on_a_dropped_keep_alive_connection_is_not_resent(resend_on: bool) -> None:
     """aiohttp alone resends a GET once here; through the transport it arrives once, and the
-    failure reaches the client (whose retry policy decides)."""
+    failure reaches the client (whose retry policy decides). With aiohttp's resend switched back
+    on, the transport's guard alone still refuses the second attempt."""
+    transport = AiohttpTransport()
+    if resend_on:
+        transport._open()._retry_connection = True
     async with (
         keep_alive_then_hang_up() as (heads, base),
-        httpx.AsyncClient(transport=AiohttpTransport()) as http,
+        httpx.AsyncClient(transport=transport) as http,
     ):
         assert (await http.get(base + "/one")).status_code == 200
         with pytest.raises(httpx.RemoteProtocolError, match="ServerDisconnectedError"):
