@@ -38,6 +38,10 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "manifest_10k": (["--jobs", "2000"], ["--jobs", "400"]),
     "plan_grid": ([], ["--seeds", "100"]),
     "profile_run": (["--jobs", "1000"], ["--jobs", "200"]),
+    "transports": (
+        ["--jobs", "1000", "--concurrency", "64", "--rounds", "3", "--inflight", "1000"],
+        ["--jobs", "200", "--concurrency", "64", "--rounds", "1", "--inflight", "200"],
+    ),
 }
 
 
@@ -174,6 +178,33 @@ def runners_table(result: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
+def transport_sides(result: dict[str, Any] | None) -> list[str]:
+    """transports.py's sides: each HTTP transport under the same loop, and comfysweep on each."""
+    if not result or "sides" not in result:
+        return []
+    lines = [
+        f"HTTP transports ({result['jobs']} jobs, concurrency {result['concurrency']}, median of "
+        f"{result['rounds']} rounds; `httpx:N` is httpx's own transport with a pool of N, "
+        "`httpx+aiohttp` httpx.AsyncClient on orchestrator/transport.py; in flight: "
+        f"{result['inflight']} jobs at that concurrency on an emulator at speed 1):",
+        "",
+        "| side | jobs/s | CPU ms/job | s to all in flight | peak RSS MB |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for side, s in result["sides"].items():
+        lines.append(
+            f"| {side} | {s['jobs_s']:.1f} | {s['cpu_ms_job']:.2f} | {s['inflight_s']:.2f} "
+            f"| {s['peak_rss_mb']:.0f} |"
+        )
+    if result.get("http2") != "h2":
+        lines += [
+            "",
+            f"HTTP/2 is not measured: the emulator (uvicorn) answers an HTTP/2 preface with "
+            f"`{result.get('http2')}`; it speaks HTTP/1.1 only.",
+        ]
+    return [*lines, ""]
+
+
 def write(out: Path, quick: bool, info: dict[str, str], results: dict[str, Any], took: float):
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -207,6 +238,7 @@ def write(out: Path, quick: bool, info: dict[str, str], results: dict[str, Any],
             )
         lines.append("")
     lines += runners_table(results.get("runners"))
+    lines += transport_sides(results.get("transports"))
     lines += ["## How to read them", "", *NOTES, ""]
     if "profile_run" in results:
         lines += ["## Where a full-speed run's CPU goes", "", *profile(results["profile_run"]), ""]

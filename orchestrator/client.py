@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, get_args
 from urllib.parse import quote
 
 import anyio
@@ -69,12 +69,16 @@ from orchestrator.retry import (
 )
 
 __all__ = [
+    "DEFAULT_HTTP_TRANSPORT",
     "DEFAULT_TIMEOUT",
+    "HTTP_TRANSPORTS",
     "MAX_ANSWER_BYTES",
     "MAX_REQUEST_ID",
     "MAX_URLS",
+    "TRANSPORT_VAR",
     "CancelOutcome",
     "Downloaded",
+    "HttpTransport",
     "ModelApiClient",
     "ModelInfo",
     "RemoteState",
@@ -83,6 +87,7 @@ __all__ = [
     "Status",
     "Submitted",
     "collect_urls",
+    "env_http_transport",
     "env_token",
     "error_message",
 ]
@@ -99,6 +104,12 @@ DEFAULT_TIMEOUT = 30.0  # seconds to wait for each answer; `comfysweep run --tim
 # An API answer is a small JSON document: a bigger one is read no further (a hostile or broken
 # server, or a compressed bomb, cannot make the runner hold gigabytes).
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
+# What moves the bytes under httpx's API: aiohttp (orchestrator/transport.py), or httpx's own
+# transport (httpcore); `comfysweep run --http-transport` chooses.
+HttpTransport = Literal["httpx", "aiohttp"]
+HTTP_TRANSPORTS: tuple[str, ...] = get_args(HttpTransport)
+DEFAULT_HTTP_TRANSPORT: HttpTransport = "aiohttp"  # benchmarks/transports.py: less CPU per job
+TRANSPORT_VAR = "COMFYSWEEP_HTTP_TRANSPORT"  # beats the spec's run.http_transport, as the flag does
 NO_TOKEN = (
     "no API token: set RUNCOMFY_API_TOKEN (or RUNCOMFY_TOKEN) to the token on your profile page "
     "at https://www.runcomfy.com, or use --emulator"
@@ -145,6 +156,7 @@ class ModelApiClient:
         max_download_bytes: int = 2 * 1024**3,
         max_connections: int = 8,
         pacer: Pacer | None = None,
+        http_transport: str = DEFAULT_HTTP_TRANSPORT,
     ) -> None:
         self.pacer = pacer  # shared by every request, downloads too (pacing.py)
         self.requests_sent = 0  # every HTTP request, retries and downloads included
@@ -161,6 +173,7 @@ class ModelApiClient:
             max_keepalive_connections=max_connections,
             keepalive_expiry=4.0,
         )
+        api_transport, files_transport = _transports(http_transport, transport, limits)
         hooks: dict[str, list[Callable[..., Any]]] = {
             "request": [self._sending],
             "response": [self._answered],
@@ -169,7 +182,7 @@ class ModelApiClient:
             headers={"Authorization": f"Bearer {self._token}", "Accept": "application/json"},
             timeout=self._timeout,
             limits=limits,
-            transport=transport,
+            transport=api_transport,
             follow_redirects=False,
             event_hooks=hooks,
         )
@@ -177,7 +190,7 @@ class ModelApiClient:
         self._files = httpx.AsyncClient(
             timeout=self._timeout,
             limits=limits,
-            transport=transport,
+            transport=files_transport,
             follow_redirects=False,
             event_hooks=hooks,
         )
@@ -509,6 +522,20 @@ class ModelApiClient:
             return await self._downloader.download(url, dest)
 
 
+def _transports(
+    name: str, given: httpx.AsyncBaseTransport | None, limits: httpx.Limits
+) -> tuple[httpx.AsyncBaseTransport | None, httpx.AsyncBaseTransport | None]:
+    """The API's and the downloads' transports: ``given`` for both, else one pool each of the
+    transport named (None: httpx's own, built by each client from ``limits``)."""
+    if name not in HTTP_TRANSPORTS:
+        raise ValueError(f"http_transport: expected one of {HTTP_TRANSPORTS}, got {name!r}")
+    if given is not None or name == "httpx":
+        return given, given
+    from orchestrator.transport import AiohttpTransport  # imported by the runs that use it only
+
+    return AiohttpTransport(limits=limits), AiohttpTransport(limits=limits)
+
+
 def _scrub_chain(exc: BaseException, clean: Callable[[str], str]) -> None:
     """Rewrite the text of ``exc`` and of the exceptions behind it, in place."""
     seen: set[int] = set()
@@ -563,6 +590,16 @@ def env_token() -> tuple[str, str] | None:
         if value:
             return value, name
     return None
+
+
+def env_http_transport() -> str | None:
+    """The transport COMFYSWEEP_HTTP_TRANSPORT names, if set (checked: one line when unknown)."""
+    value = os.environ.get(TRANSPORT_VAR, "").strip()
+    if value and value not in HTTP_TRANSPORTS:
+        raise TransportError(
+            f"{TRANSPORT_VAR}: expected one of {', '.join(HTTP_TRANSPORTS)}, got {value[:100]!r}"
+        )
+    return value or None
 
 
 def _token(value: str | None) -> str:

@@ -17,7 +17,7 @@ import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from orchestrator.client import DEFAULT_TIMEOUT
+from orchestrator.client import DEFAULT_HTTP_TRANSPORT, DEFAULT_TIMEOUT, HttpTransport
 from orchestrator.failures import FailureLimit
 
 __all__ = [
@@ -140,6 +140,14 @@ class RunSettings(BaseModel):
             flag="R",
         ),
     ] = Field(10.0, gt=0)
+    http_transport: Annotated[
+        HttpTransport,
+        Setting(
+            "what carries the HTTP requests under httpx's API (see The HTTP transport); "
+            "`COMFYSWEEP_HTTP_TRANSPORT` beats the spec's value",
+            flag="NAME",
+        ),
+    ] = DEFAULT_HTTP_TRANSPORT
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import anyio
 
 from orchestrator import budget, drift, estimate, prices
 from orchestrator.catalogsync import refresh_unseen, sourced
-from orchestrator.client import ModelApiClient, ModelInfo, env_token
+from orchestrator.client import ModelApiClient, ModelInfo, env_http_transport, env_token
 from orchestrator.deadline import Deadline, parse_until
 from orchestrator.errors import ComfysweepError, StoreError
 from orchestrator.grid import count_jobs, iter_jobs
@@ -82,6 +82,7 @@ class Overrides:
     max_failures: str | None = None
     retries: int | None = None
     rate: float | None = None
+    http_transport: str | None = None
 
 
 def store_path(spec: Spec, store: str | Path | None = None) -> str | Path:
@@ -123,7 +124,9 @@ def run_sweep(
     given = budget.parse_price(price) if isinstance(price, str) else price
     if not isinstance(spec, Spec):  # a model the cache has never seen: read its entry first
         refresh_unseen(spec, emulator=emulator, base_url=base_url, token=token)
-    spec = _loaded(spec).with_run(**asdict(overrides or Overrides()))
+    given_run = asdict(overrides or Overrides())
+    given_run["http_transport"] = given_run["http_transport"] or env_http_transport()
+    spec = _loaded(spec).with_run(**given_run)
     deadline = parse_until(until) if isinstance(until, str) else until  # before anything is paid
     options = _options(spec, emulator, abort_on_stop=abort_on_stop, handle_signals=handle_signals)
     # Malformed: said before any cost. Never given the token (held to scrub it from notices).
@@ -141,7 +144,12 @@ def run_sweep(
         _backend(emulator, spec, base_url, token) as (url, key),
     ):
         client = ModelApiClient(
-            url, key, retry=retry, timeout=options.timeout, pacer=Pacer(options.rate)
+            url,
+            key,
+            retry=retry,
+            timeout=options.timeout,
+            pacer=Pacer(options.rate),
+            http_transport=options.http_transport,
         )
         if notifier is not None:
             notifier.token = key or _env_token()

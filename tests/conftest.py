@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,15 @@ def _isolated_home(
     for name in ("RUNCOMFY_API_TOKEN", "RUNCOMFY_TOKEN", "RUNCOMFY_MODEL_API_BASE"):
         monkeypatch.delenv(name, raising=False)
     return home
+
+
+# The chaos suite and the kill tests run their runs on the aiohttp transport, whatever the default
+# or COMFYSWEEP_HTTP_TRANSPORT says, so its error mapping always meets kills and faults;
+# COMFYSWEEP_TEST_CHAOS_TRANSPORT=httpx puts them on httpx's own (one pass either way).
+CHAOS_TRANSPORT = os.environ.get("COMFYSWEEP_TEST_CHAOS_TRANSPORT", "aiohttp")
+
+
+@pytest.fixture(autouse=True)
+def _chaos_transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("chaos") or request.module.__name__.endswith(".test_kill"):
+        monkeypatch.setenv("COMFYSWEEP_HTTP_TRANSPORT", CHAOS_TRANSPORT)

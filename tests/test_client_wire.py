@@ -92,9 +92,9 @@ async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 def api(base: str, *, timeout: float = 60.0, attempts: int = 3) -> ModelApiClient:
-    return ModelApiClient(
-        base, TOKEN, timeout=timeout, retry=RetryPolicy(attempts=attempts, wait=False)
-    )
+    retry = RetryPolicy(attempts=attempts, wait=False)
+    # httpx's own transport here; tests/test_transport.py runs the aiohttp one on these servers.
+    return ModelApiClient(base, TOKEN, timeout=timeout, retry=retry, http_transport="httpx")
 
 
 @contextmanager
