@@ -33,7 +33,7 @@ from orchestrator.errors import (
     ServerError,
     TransportError,
 )
-from orchestrator.pacing import Pacer
+from orchestrator.pacing import DEFAULT_TIMEOUT, Pacer
 from orchestrator.responses import (
     MAX_REQUEST_ID,
     MAX_URLS,
@@ -95,7 +95,6 @@ BASE_VAR = "RUNCOMFY_MODEL_API_BASE"
 BALANCE_BASE = "https://api.runcomfy.net/prod/v2"
 BALANCE_VAR = "RUNCOMFY_SERVERLESS_API_BASE"
 MAX_TOKEN = 4096  # RunComfy's are a few dozen characters; a longer header is refused anyway
-DEFAULT_TIMEOUT = 30.0  # seconds to wait for each answer; `comfysweep run --timeout` overrides it
 # An API answer is a small JSON document: a bigger one is read no further (a hostile or broken
 # server, or a compressed bomb, cannot make the runner hold gigabytes).
 MAX_ANSWER_BYTES = 16 * 1024 * 1024

@@ -17,8 +17,8 @@ import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from orchestrator.client import DEFAULT_TIMEOUT
 from orchestrator.failures import FailureLimit
+from orchestrator.pacing import DEFAULT_TIMEOUT  # not the client: settings never import httpx
 
 __all__ = [
     "MIN_POLL_INTERVAL",

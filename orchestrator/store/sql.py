@@ -14,30 +14,20 @@ from typing import Any
 import sqlalchemy as sa
 
 from orchestrator.canonical import canonical_json
+from orchestrator.store import tables
 from orchestrator.store.blobs import Splitter
 from orchestrator.store.rows import JobLike
 from orchestrator.store.states import FINAL, JobState
-from orchestrator.store.tables import (
-    AttemptTable,
-    BlobTable,
-    ControlTable,
-    EventTable,
-    JobTable,
-    LedgerTable,
-    MetaTable,
-    RatingTable,
-    RunTable,
-)
 
-JOBS: sa.Table = JobTable.__table__  # type: ignore[attr-defined]
-EVENTS: sa.Table = EventTable.__table__  # type: ignore[attr-defined]
-META: sa.Table = MetaTable.__table__  # type: ignore[attr-defined]
-RUNS: sa.Table = RunTable.__table__  # type: ignore[attr-defined]
-BLOBS: sa.Table = BlobTable.__table__  # type: ignore[attr-defined]
-ATTEMPTS: sa.Table = AttemptTable.__table__  # type: ignore[attr-defined]
-LEDGER: sa.Table = LedgerTable.__table__  # type: ignore[attr-defined]
-CONTROLS: sa.Table = ControlTable.__table__  # type: ignore[attr-defined]
-RATINGS: sa.Table = RatingTable.__table__  # type: ignore[attr-defined]
+JOBS = tables.JOBS
+EVENTS = tables.EVENTS
+META = tables.META
+RUNS = tables.RUNS
+BLOBS = tables.BLOBS
+ATTEMPTS = tables.ATTEMPTS
+LEDGER = tables.LEDGER
+CONTROLS = tables.CONTROLS
+RATINGS = tables.RATINGS
 
 _S = JobState
 # Which timestamp a target state stamps (DESIGN: submitted on queued, started on running, ...).

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from orchestrator import budget
@@ -53,6 +53,7 @@ _S = JobState
 # resubmit a job that may have been sent; losing `queued` would forget the request id of a paid job.
 DURABLE = frozenset({_S.SUBMITTING, _S.QUEUED})
 PAGE = 500
+MODELS_META = "models"  # the spec's model ids, as the last sync_jobs recorded them
 SYNC_BATCH = 1000
 # Streaming reads this many distinct uncached blobs at a time, not a whole page's worth at once.
 BLOB_WINDOW = 8
@@ -60,6 +61,14 @@ BLOB_WINDOW = 8
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _pg_insert() -> Any:
+    """PostgreSQL's INSERT (with ON CONFLICT), imported only for a PostgreSQL store: `status`
+    on an SQLite store never loads that dialect."""
+    from sqlalchemy.dialects import postgresql
+
+    return postgresql.insert
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,7 @@ class Store:
         # The file itself, whatever spelling opened it (symlink, `..`): the runner lock and the
         # files kept beside the store hang off this, so two spellings never make two locks.
         self.real_path = None if path is None else Path(os.path.realpath(path))
-        self._insert = sqlite.insert if self.is_sqlite else postgresql.insert
+        self._insert = sqlite.insert if self.is_sqlite else _pg_insert()
         self._synchronous = "NORMAL"
         self._run_id: int | None = None
         self._lock_held = False
@@ -365,6 +374,7 @@ class Store:
             new = conn.execute(count).scalar_one() - before
             first = model_id if isinstance(model_id, str) else next(iter(model_id), "")
             self._set_meta(conn, "model_id", first)  # several models: the first
+            self._set_meta(conn, MODELS_META, sorted(models))  # one or several, read in O(1)
             if guard is not None:
                 guard.check()
         return SyncResult(total=total, new=new)
@@ -655,6 +665,14 @@ class Store:
             for model_id, state, n, _ in conn.execute(stmt):
                 out.setdefault(model_id, dict.fromkeys((s.value for s in JobState), 0))[state] = n
         return out
+
+    def several_models(self) -> bool:
+        """Whether the spec's jobs are of more than one model: from the models the last sync
+        recorded (one read), else (a store synced before they were) from a GROUP BY of them."""
+        recorded = self.get_meta(MODELS_META)
+        if isinstance(recorded, list):
+            return len(recorded) > 1
+        return len(self.counts_by_model(in_spec=True)) > 1
 
     def counts(self, *, in_spec: bool | None = None) -> dict[str, int]:
         """Jobs per state name, every state present (zeros included)."""

@@ -1,4 +1,6 @@
-"""The store's tables, declared once as SQLModel classes; migrations must produce exactly these."""
+"""The store's tables, declared once as SQLAlchemy Core tables; migrations must produce exactly
+these (tests/test_migrations.py). Core, not an ORM: opening a store imports SQLAlchemy's engine
+and nothing above it, so `comfysweep status` starts fast (benchmarks/status_100k.py)."""
 
 from __future__ import annotations
 
@@ -7,19 +9,17 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import registry
-from sqlmodel import Field, SQLModel
 
 __all__ = [
-    "AttemptTable",
-    "BlobTable",
-    "ControlTable",
-    "EventTable",
-    "JobTable",
-    "LedgerTable",
-    "MetaTable",
-    "RatingTable",
-    "RunTable",
+    "ATTEMPTS",
+    "BLOBS",
+    "CONTROLS",
+    "EVENTS",
+    "JOBS",
+    "LEDGER",
+    "META",
+    "RATINGS",
+    "RUNS",
     "UTCDateTime",
     "metadata",
 ]
@@ -45,182 +45,180 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-# A registry of our own, so tables other modules declare never leak into the store's schema.
-_registry = registry()
+# A metadata of our own, so tables other modules declare never leak into the store's schema.
+metadata = sa.MetaData()
 
 
-class _Base(SQLModel, registry=_registry):
-    pass
+def _col(name: str, kind: Any, *args: Any, null: bool = False, **kw: Any) -> sa.Column[Any]:
+    """A column, NOT NULL unless ``null``."""
+    return sa.Column(name, kind, *args, nullable=null, **kw)
 
 
-def _ts(*, nullable: bool = True) -> Any:
-    return Field(default=None, sa_type=UTCDateTime, nullable=nullable)
+def _id() -> sa.Column[Any]:
+    return sa.Column("id", sa.Integer, primary_key=True)
 
 
-class RunTable(_Base, table=True):
-    """One row per `Store.lock()`: who ran, where, when."""
-
-    __tablename__ = "runs"
-
-    id: int | None = Field(default=None, primary_key=True)
-    owner: str = Field(sa_type=sa.Text)
-    pid: int
-    host: str = Field(sa_type=sa.Text)
-    version: str = Field(sa_type=sa.Text)
-    started_at: datetime = _ts(nullable=False)
-    finished_at: datetime | None = _ts()
+def _text(name: str, *, null: bool = False) -> sa.Column[Any]:
+    return _col(name, sa.Text, null=null)
 
 
-class JobTable(_Base, table=True):
-    """One row per job key; JSON columns hold canonical JSON text."""
+def _ts(name: str, *, null: bool = True) -> sa.Column[Any]:
+    return _col(name, UTCDateTime, null=null)
 
-    __tablename__ = "jobs"
-    __table_args__ = (
-        # Claim reads `state = 'pending' ORDER BY index`; counts group by state.
-        sa.Index("ix_jobs_state_index", "state", "index"),
-        # Streaming in grid order, keyset-paged on (index, key).
-        sa.Index("ix_jobs_index_key", "index", "key"),
-        # The spec's jobs (or the orphans) only: claim's pick in order, counts per state covered.
-        sa.Index("ix_jobs_spec_state_index", "in_spec", "state", "index", "key"),
-        # Claim's pick in run order (rank), which may differ from the grid order (index).
-        sa.Index("ix_jobs_spec_state_rank", "in_spec", "state", "rank", "key"),
-    )
 
-    key: str = Field(sa_type=sa.Text, primary_key=True)
-    index: int  # the grid position (file names, the manifest)
+def _run_id() -> sa.Column[Any]:
+    return _col("run_id", sa.Integer, sa.ForeignKey("runs.id"), null=True)
+
+
+# One row per `Store.lock()`: who ran, where, when.
+RUNS = sa.Table(
+    "runs",
+    metadata,
+    _id(),
+    _text("owner"),
+    _col("pid", sa.Integer),
+    _text("host"),
+    _text("version"),
+    _ts("started_at", null=False),
+    _ts("finished_at"),
+)
+
+# One row per job key; JSON columns hold canonical JSON text.
+JOBS = sa.Table(
+    "jobs",
+    metadata,
+    _text("key", null=False),
+    _col("index", sa.Integer),  # the grid position (file names, the manifest)
     # The run order: claim takes pending jobs by (rank, key); rank = index in grid order.
-    rank: int = Field(default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"})
-    model_id: str = Field(sa_type=sa.Text)
+    _col("rank", sa.BigInteger, default=0, server_default="0"),
+    _text("model_id"),
     # The POST body; a large data: URI under key k is in `blobs`, its sha256 in blob_refs[k]
     # (for a list input, a list of them, null for an item kept inline).
-    inputs: str = Field(sa_type=sa.Text)
-    blob_refs: str | None = Field(default=None, sa_type=sa.Text)  # {raw key: sha256}; NULL: none
-    sources: str | None = Field(default=None, sa_type=sa.Text)  # {raw key: local file}; NULL: none
-    repeat: int = 0
-    state: str = Field(sa_type=sa.Text)
-    prev_state: str | None = Field(default=None, sa_type=sa.Text)
-    request_id: str | None = Field(default=None, sa_type=sa.Text)
-    attempts: int = 0
-    error: str | None = Field(default=None, sa_type=sa.Text)
-    cost: float | None = Field(default=None, sa_type=sa.Float)
-    outputs: str = Field(default="[]", sa_type=sa.Text)
-    result: str | None = Field(default=None, sa_type=sa.Text)
-    in_spec: bool = True
-    run_id: int | None = Field(default=None, foreign_key="runs.id")
-    created_at: datetime = _ts(nullable=False)
-    submitted_at: datetime | None = _ts()
-    started_at: datetime | None = _ts()
-    finished_at: datetime | None = _ts()
-    downloaded_at: datetime | None = _ts()
-    updated_at: datetime = _ts(nullable=False)
+    _text("inputs"),
+    _text("blob_refs", null=True),  # {raw key: sha256}; NULL: none
+    _text("sources", null=True),  # {raw key: local file}; NULL: none
+    _col("repeat", sa.Integer, default=0),
+    _text("state"),
+    _text("prev_state", null=True),
+    _text("request_id", null=True),
+    _col("attempts", sa.Integer, default=0),
+    _text("error", null=True),
+    _col("cost", sa.Float, null=True),
+    _col("outputs", sa.Text, default="[]"),
+    _text("result", null=True),
+    _col("in_spec", sa.Boolean, default=True),
+    _run_id(),
+    _ts("created_at", null=False),
+    _ts("submitted_at"),
+    _ts("started_at"),
+    _ts("finished_at"),
+    _ts("downloaded_at"),
+    _ts("updated_at", null=False),
+    sa.PrimaryKeyConstraint("key"),
+    # Claim reads `state = 'pending' ORDER BY index`; counts group by state.
+    sa.Index("ix_jobs_state_index", "state", "index"),
+    # Streaming in grid order, keyset-paged on (index, key).
+    sa.Index("ix_jobs_index_key", "index", "key"),
+    # The spec's jobs (or the orphans) only: claim's pick in order, counts per state covered.
+    sa.Index("ix_jobs_spec_state_index", "in_spec", "state", "index", "key"),
+    # Claim's pick in run order (rank), which may differ from the grid order (index).
+    sa.Index("ix_jobs_spec_state_rank", "in_spec", "state", "rank", "key"),
+)
 
+# The append-only log of transitions, so `show JOB` can tell a job's story.
+EVENTS = sa.Table(
+    "events",
+    metadata,
+    _id(),
+    _col("job_key", sa.Text, sa.ForeignKey("jobs.key")),
+    _text("from_state", null=True),
+    _text("to_state"),
+    _ts("at", null=False),
+    _text("detail", null=True),
+    _text("request_id", null=True),
+    _run_id(),
+    sa.Index("ix_events_job_key_id", "job_key", "id"),
+)
 
-class EventTable(_Base, table=True):
-    """The append-only log of transitions, so `show JOB` can tell a job's story."""
+# Large input strings (data: URIs) stored once, by the sha256 of their UTF-8 bytes.
+BLOBS = sa.Table(
+    "blobs",
+    metadata,
+    _text("sha256"),
+    _col("size", sa.Integer),  # len(data), so a reader can budget a fetch without reading it
+    _text("data"),
+    sa.PrimaryKeyConstraint("sha256"),
+)
 
-    __tablename__ = "events"
-    __table_args__ = (sa.Index("ix_events_job_key_id", "job_key", "id"),)
+# Store-wide settings and facts, JSON values by name.
+META = sa.Table(
+    "meta",
+    metadata,
+    _text("name"),
+    _text("value"),
+    sa.PrimaryKeyConstraint("name"),
+)
 
-    id: int | None = Field(default=None, primary_key=True)
-    job_key: str = Field(sa_type=sa.Text, foreign_key="jobs.key")
-    from_state: str | None = Field(default=None, sa_type=sa.Text)
-    to_state: str = Field(sa_type=sa.Text)
-    at: datetime = _ts(nullable=False)
-    detail: str | None = Field(default=None, sa_type=sa.Text)
-    request_id: str | None = Field(default=None, sa_type=sa.Text)
-    run_id: int | None = Field(default=None, foreign_key="runs.id")
+# One row per submit attempt of a job: what was reserved for it and what it was charged.
+# Open (``closed_at`` NULL) while its money is reserved: from the claim until the result settles
+# it, or until it is released (provably never sent, refused) or charged at its estimate (an
+# ``unknown`` or ``lost`` job put back by `retry`). At most one open attempt per job.
+ATTEMPTS = sa.Table(
+    "attempts",
+    metadata,
+    _id(),
+    _col("job_key", sa.Text, sa.ForeignKey("jobs.key")),
+    _col("attempt", sa.Integer),  # jobs.attempts of that submit
+    _run_id(),
+    _text("request_id", null=True),
+    _col("estimate_usd", sa.Float, default=0.0),  # reserved while open
+    _col("cost_usd", sa.Float, null=True),  # as the API reported it
+    _col("charge_usd", sa.Float, null=True),  # what spend counts; closed
+    _text("outcome", null=True),  # the state it closed (or sits) in
+    _ts("opened_at", null=False),
+    _ts("closed_at"),
+    sa.UniqueConstraint("job_key", "attempt", name="uq_attempts_job_attempt"),
+)
 
+# The budget's running totals, one row (id 1): a claim checks them in O(1), never a SUM.
+# ``spent_usd`` sums the closed attempts' charges, ``reserved_usd`` the open attempts'
+# estimates, ``in_flight`` counts jobs submitting, queued or running (every runner's). ``cap_usd``
+# and ``concurrency`` are the settings of the run that started last, for status and summaries.
+LEDGER = sa.Table(
+    "ledger",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, default=1),
+    _col("spent_usd", sa.Float, default=0.0),
+    _col("reserved_usd", sa.Float, default=0.0),
+    _col("in_flight", sa.Integer, default=0),
+    _col("cap_usd", sa.Float, null=True),
+    _col("concurrency", sa.Integer, null=True),
+)
 
-class BlobTable(_Base, table=True):
-    """Large input strings (data: URIs) stored once, by the sha256 of their UTF-8 bytes."""
+# A request from another shell to a live run (`stop`, `cancel`): its mailbox, one row each.
+# ``keys`` is a JSON list of the job keys a cancel covers (NULL: the whole sweep); ``where_text``
+# the ``--where`` as typed. The live run sets ``seen_at``/``run_id`` when it takes the request and
+# ``outcome`` (one line) when it has acted on it.
+CONTROLS = sa.Table(
+    "controls",
+    metadata,
+    _id(),
+    _text("kind"),  # "stop" | "cancel"
+    _text("keys", null=True),
+    _text("where_text", null=True),
+    _ts("requested_at", null=False),
+    _text("requested_by"),  # host:pid
+    _ts("seen_at"),
+    _run_id(),
+    _text("outcome", null=True),
+)
 
-    __tablename__ = "blobs"
-
-    sha256: str = Field(sa_type=sa.Text, primary_key=True)
-    size: int  # len(data), so a reader can budget a fetch without reading the data
-    data: str = Field(sa_type=sa.Text)
-
-
-class MetaTable(_Base, table=True):
-    """Store-wide settings and facts, JSON values by name."""
-
-    __tablename__ = "meta"
-
-    name: str = Field(sa_type=sa.Text, primary_key=True)
-    value: str = Field(sa_type=sa.Text)
-
-
-class AttemptTable(_Base, table=True):
-    """One row per submit attempt of a job: what was reserved for it and what it was charged.
-
-    Open (``closed_at`` NULL) while its money is reserved: from the claim until the result settles
-    it, or until it is released (provably never sent, refused) or charged at its estimate (an
-    ``unknown`` or ``lost`` job put back by `retry`). At most one open attempt per job.
-    """
-
-    __tablename__ = "attempts"
-    __table_args__ = (sa.UniqueConstraint("job_key", "attempt", name="uq_attempts_job_attempt"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    job_key: str = Field(sa_type=sa.Text, foreign_key="jobs.key")
-    attempt: int  # jobs.attempts of that submit
-    run_id: int | None = Field(default=None, foreign_key="runs.id")
-    request_id: str | None = Field(default=None, sa_type=sa.Text)
-    estimate_usd: float = Field(default=0.0, sa_type=sa.Float)  # reserved while open
-    cost_usd: float | None = Field(default=None, sa_type=sa.Float)  # as the API reported it
-    charge_usd: float | None = Field(default=None, sa_type=sa.Float)  # what spend counts; closed
-    outcome: str | None = Field(default=None, sa_type=sa.Text)  # the state it closed (or sits) in
-    opened_at: datetime = _ts(nullable=False)
-    closed_at: datetime | None = _ts()
-
-
-class LedgerTable(_Base, table=True):
-    """The budget's running totals, one row (id 1): a claim checks them in O(1), never a SUM.
-
-    ``spent_usd`` sums the closed attempts' charges, ``reserved_usd`` the open attempts'
-    estimates, ``in_flight`` counts jobs submitting, queued or running (every runner's). ``cap_usd``
-    and ``concurrency`` are the settings of the run that started last, for status and summaries.
-    """
-
-    __tablename__ = "ledger"
-
-    id: int = Field(default=1, primary_key=True)
-    spent_usd: float = Field(default=0.0, sa_type=sa.Float)
-    reserved_usd: float = Field(default=0.0, sa_type=sa.Float)
-    in_flight: int = 0
-    cap_usd: float | None = Field(default=None, sa_type=sa.Float)
-    concurrency: int | None = None
-
-
-class ControlTable(_Base, table=True):
-    """A request from another shell to a live run (`stop`, `cancel`): its mailbox, one row each.
-
-    ``keys`` is a JSON list of the job keys a cancel covers (NULL: the whole sweep);
-    ``where_text`` the ``--where`` as typed. The live run sets ``seen_at``/``run_id`` when it
-    takes the request and ``outcome`` (one line) when it has acted on it.
-    """
-
-    __tablename__ = "controls"
-
-    id: int | None = Field(default=None, primary_key=True)
-    kind: str = Field(sa_type=sa.Text)  # "stop" | "cancel"
-    keys: str | None = Field(default=None, sa_type=sa.Text)
-    where_text: str | None = Field(default=None, sa_type=sa.Text)
-    requested_at: datetime = _ts(nullable=False)
-    requested_by: str = Field(sa_type=sa.Text)  # host:pid
-    seen_at: datetime | None = _ts()
-    run_id: int | None = Field(default=None, foreign_key="runs.id")
-    outcome: str | None = Field(default=None, sa_type=sa.Text)
-
-
-class RatingTable(_Base, table=True):
-    """A user's verdict on a job: "up", "down" or "pick" (the best of its row), one per job."""
-
-    __tablename__ = "ratings"
-
-    job_key: str = Field(sa_type=sa.Text, primary_key=True, foreign_key="jobs.key")
-    rating: str = Field(sa_type=sa.Text)
-    rated_at: datetime = _ts(nullable=False)
-
-
-metadata: sa.MetaData = _registry.metadata
+# A user's verdict on a job: "up", "down" or "pick" (the best of its row), one per job.
+RATINGS = sa.Table(
+    "ratings",
+    metadata,
+    _col("job_key", sa.Text, sa.ForeignKey("jobs.key")),
+    _text("rating"),
+    _ts("rated_at", null=False),
+    sa.PrimaryKeyConstraint("job_key"),
+)

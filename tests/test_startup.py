@@ -1,0 +1,113 @@
+"""Start-up: the read-only commands import only what they use, and `status` reads in O(1) what
+it can (benchmarks/status_100k.py measures the time; these prove the behaviour)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.store import Store
+from orchestrator.views import sweep_status
+from tests.test_store import MODEL, FakeJob, make_jobs
+
+# What a read-only command on an SQLite store never needs: the spec's and the settings' pydantic,
+# the ORM, the HTTP stack, YAML, the terminal UI, schema validation, prompt templates, PostgreSQL.
+HEAVY = (
+    "pydantic",
+    "sqlmodel",
+    "sqlalchemy.orm",
+    "httpx",
+    "yaml",
+    "rich",
+    "jsonschema",
+    "dynamicprompts",
+    "alembic",
+    "sqlalchemy.dialects.postgresql",
+    "orchestrator.settings",
+    "orchestrator.spec",
+    "orchestrator.client",
+)
+
+_IMPORTED = """\
+import runpy, sys, json
+sys.argv = ["comfysweep", *json.loads(sys.argv[1])]
+try:
+    runpy.run_module("orchestrator", run_name="__main__")
+except SystemExit as exc:
+    assert not exc.code, exc.code
+sys.stdout.flush()
+print(json.dumps(sorted(sys.modules)), file=sys.stderr)
+"""
+
+
+def imported_by(*args: str) -> set[str]:
+    """The modules a fresh ``comfysweep ARGS`` process has loaded when it ends."""
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORTED, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(json.loads(done.stderr.strip().splitlines()[-1]))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    path = tmp_path / "comfysweep.db"
+    with Store.open(path) as db:
+        db.sync_jobs(make_jobs(3), MODEL)
+    return path
+
+
+def test_read_only_commands_import_only_what_they_use(store: Path) -> None:
+    for args in (["status", "--store", str(store)], ["runs", "--store", str(store)], ["--help"]):
+        loaded = imported_by(*args)
+        assert [m for m in HEAVY if m in loaded] == [], args
+
+
+def test_run_and_plan_still_take_every_setting_flag() -> None:
+    from click.testing import CliRunner
+
+    from orchestrator.cli import cli
+    from orchestrator.settings import flags
+
+    shown = CliRunner().invoke(cli, ["run", "--help"], terminal_width=200).stdout
+    assert all(flag.option in shown for flag in flags())
+    shown = CliRunner().invoke(cli, ["plan", "--help"], terminal_width=200).stdout
+    assert re.search(r"--concurrency N +Estimate at this concurrency\.", shown)
+    assert "--max-cost" not in shown
+
+
+def test_a_sync_records_its_models_so_status_never_groups_by_model(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store.open(store, readonly=True) as db:
+        assert db.get_meta("models") == [MODEL]
+        assert not db.several_models()
+
+    def grouped(*_: object, **__: object) -> None:
+        raise AssertionError("status read every job to learn there is one model")
+
+    monkeypatch.setattr(Store, "counts_by_model", grouped)
+    assert "models" not in sweep_status(store=store)
+
+
+def test_status_of_several_models_counts_each(tmp_path: Path) -> None:
+    path = tmp_path / "comfysweep.db"
+    with Store.open(path) as db:
+        db.sync_jobs([FakeJob("a", 0), FakeJob("b", 1, model_id="other/m")], (MODEL, "other/m"))
+        assert db.several_models()
+    assert sweep_status(store=path)["models"][MODEL]["pending"] == 1
+
+
+def test_a_store_synced_before_models_were_recorded_still_tells(tmp_path: Path) -> None:
+    path = tmp_path / "comfysweep.db"
+    with Store.open(path) as db:
+        db.sync_jobs([FakeJob("a", 0), FakeJob("b", 1, model_id="other/m")], (MODEL, "other/m"))
+        db.set_meta("models", None)  # as an older comfysweep left it
+        assert db.several_models()
