@@ -314,6 +314,12 @@ OLDEST_FLYING = (
     .order_by(_SINCE, JOBS.c.key)
     .limit(1)
 )
+# A state's jobs, (key, outputs) only, along ix_jobs_state_index (no sort).
+OUTPUTS_OF = (
+    sa.select(JOBS.c.key, JOBS.c.outputs)
+    .where(JOBS.c.state == sa.bindparam("p_state", type_=sa.Text))
+    .order_by(JOBS.c.state, JOBS.c["index"])
+)
 ERROR_GROUPS = (
     sa.select(JOBS.c.state, JOBS.c.error, sa.func.count().label("n"))
     .where(JOBS.c.state.in_(sa.bindparam("p_states", expanding=True)), JOBS.c.in_spec)
