@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from orchestrator.store import Store
+from orchestrator.store import store as store_module
 from orchestrator.views import sweep_status
 from tests.test_store import MODEL, FakeJob, make_jobs
 
@@ -111,3 +113,40 @@ def test_a_store_synced_before_models_were_recorded_still_tells(tmp_path: Path) 
         db.sync_jobs([FakeJob("a", 0), FakeJob("b", 1, model_id="other/m")], (MODEL, "other/m"))
         db.set_meta("models", None)  # as an older comfysweep left it
         assert db.several_models()
+
+
+def _statements(db: Store) -> list[str]:
+    seen: list[str] = []
+    sa.event.listen(db._engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+    return seen
+
+
+def test_a_resync_of_the_same_jobs_reads_and_writes_no_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "SYNC_BATCH", 10)
+    with Store.open(tmp_path / "s.db") as db:
+        db.sync_jobs(make_jobs(25), MODEL)
+        seen = _statements(db)
+        assert db.sync_jobs(make_jobs(25), MODEL).new == 0
+        touched = [s for s in seen if "jobs" in s and "count(" not in s]
+        assert touched == []  # no lookup of known keys, no renumbering, no orphan update
+        assert db.counts(in_spec=True)["pending"] == 25
+
+
+@pytest.mark.parametrize("kept", [range(20), range(5, 25), [*range(12), *range(13, 25)]])
+def test_a_resync_that_changes_some_batches_still_marks_every_orphan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kept: range | list[int]
+) -> None:
+    monkeypatch.setattr(store_module, "SYNC_BATCH", 10)
+    jobs = list(make_jobs(25))
+    with Store.open(tmp_path / "s.db") as db:
+        db.sync_jobs(jobs, MODEL)
+        renumbered = [FakeJob(jobs[i].key, n, inputs=jobs[i].inputs) for n, i in enumerate(kept)]
+        db.sync_jobs([*renumbered, FakeJob("new", len(renumbered))], MODEL)
+        rows = {row.key: row for row in db.jobs()}
+        assert {k for k, r in rows.items() if r.in_spec} == {jobs[i].key for i in kept} | {"new"}
+        assert [rows[jobs[i].key].index for i in kept] == list(range(len(renumbered)))
+        db.sync_jobs(jobs, MODEL)  # back as it was: every job in the spec again, in place
+        assert [r.key for r in db.jobs(in_spec=False)] == ["new"]
+        assert [r.key for r in db.jobs(in_spec=True)] == [j.key for j in jobs]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import itertools
 import json
 import os
@@ -55,6 +56,9 @@ DURABLE = frozenset({_S.SUBMITTING, _S.QUEUED})
 PAGE = 500
 OUTPUTS_BATCH = 5000  # rows of (key, outputs) fetched at once: a few hundred bytes each
 MODELS_META = "models"  # the spec's model ids, as the last sync_jobs recorded them
+# A digest of each batch of jobs the last sync_jobs recorded (key, index, sources, rank): a batch
+# whose digest is the same is known already, every job of it in the spec at the same place.
+SYNCED_META = "synced_batches"
 SYNC_BATCH = 1000
 # Streaming reads this many distinct uncached blobs at a time, not a whole page's worth at once.
 BLOB_WINDOW = 8
@@ -62,6 +66,19 @@ BLOB_WINDOW = 8
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _digest(batch: Sequence[JobLike]) -> str:
+    """What sync_jobs writes of these jobs, in this order, as 32 hex digits."""
+    h = hashlib.blake2b(digest_size=16)
+    for job in batch:
+        src = sql.sources_text(job)
+        h.update(f"{job.key}\0{job.index}\0{sql.rank_of(job)}\0{src}\1".encode())
+    return h.hexdigest()
+
+
+def _at(recorded: Sequence[str] | None, i: int) -> str | None:
+    return recorded[i] if recorded is not None and i < len(recorded) else None
 
 
 def _pg_insert() -> Any:
@@ -332,12 +349,20 @@ class Store:
             # This sync's keys, on the side (a temp table: no WAL, private to the connection).
             conn.exec_driver_sql("CREATE TEMPORARY TABLE IF NOT EXISTS sync_keys (key TEXT)")
             conn.exec_driver_sql("DELETE FROM sync_keys")
+            recorded = self._get_meta(conn, SYNCED_META)  # None: synced before digests were
+            digests: list[str] = []
             iterator = iter(jobs)
             while batch := list(itertools.islice(iterator, SYNC_BATCH)):
                 by_key = {job.key: job for job in batch}
                 for job in by_key.values():
                     if job.model_id not in models:
                         raise ValueError(f"job {job.key} is for {job.model_id}, not {model_id}")
+                digests.append(_digest(batch))
+                insert_keys = f"INSERT INTO sync_keys (key) VALUES ({mark})"
+                conn.exec_driver_sql(insert_keys, [(key,) for key in by_key])
+                total += len(batch)
+                if digests[-1] == _at(recorded, len(digests) - 1):
+                    continue  # the last sync wrote these very jobs at these places: all known
                 known = {
                     key: (index, in_spec, sources, rank)
                     for key, index, in_spec, sources, rank in conn.execute(
@@ -363,14 +388,16 @@ class Store:
                     conn.execute(self._insert(sql.JOBS).on_conflict_do_nothing(), new_rows)
                 if moved:
                     conn.execute(sql.MOVE, moved)
-                insert_keys = f"INSERT INTO sync_keys (key) VALUES ({mark})"
-                conn.exec_driver_sql(insert_keys, [(key,) for key in by_key])
-                total += len(batch)
-            conn.execute(
-                sql.JOBS.update()
-                .where(sql.JOBS.c.in_spec, sql.JOBS.c.key.not_in(sa.select(sql.SYNC_KEYS.c.key)))
-                .values(in_spec=False)
-            )
+            if digests != recorded:  # else the spec's jobs are the last sync's: no orphan is new
+                conn.execute(
+                    sql.JOBS.update()
+                    .where(
+                        sql.JOBS.c.in_spec == True,  # noqa: E712 (SQL, and rides an index)
+                        sql.JOBS.c.key.not_in(sa.select(sql.SYNC_KEYS.c.key)),
+                    )
+                    .values(in_spec=False)
+                )
+                self._set_meta(conn, SYNCED_META, digests)
             conn.exec_driver_sql("DELETE FROM sync_keys")
             new = conn.execute(count).scalar_one() - before
             first = model_id if isinstance(model_id, str) else next(iter(model_id), "")
@@ -964,7 +991,11 @@ class Store:
     def get_meta(self, name: str) -> Any:
         """The JSON value stored under ``name``, or None."""
         with self._tx() as conn:
-            raw = conn.execute(sa.select(sql.META.c.value).where(sql.META.c.name == name)).scalar()
+            return self._get_meta(conn, name)
+
+    @staticmethod
+    def _get_meta(conn: Connection, name: str) -> Any:
+        raw = conn.execute(sa.select(sql.META.c.value).where(sql.META.c.name == name)).scalar()
         return None if raw is None else json.loads(raw)
 
     def set_meta(self, name: str, value: Any) -> None:
