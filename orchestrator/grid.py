@@ -183,8 +183,11 @@ def _cells(
     among the include entries outside the grid."""
     choices = [[dict(zip(d.keys, row, strict=True)) for row in d.rows] for d in spec.dimensions]
     live = frozenset(range(len(rules)))
+    # A field a job leaves out can only come from a value the spec wrote (`none`): without one,
+    # no combination needs looking at.
+    absent = ABSENT in spec.fixed.values() or any(ABSENT in r.values() for c in choices for r in c)
     for coords, values in _Walk(rules, choices).below(0, dict(spec.fixed), live, ()):
-        yield coords, 0, present(values)
+        yield coords, 0, present(values) if absent else values
     for n, values in enumerate(extras):
         yield None, n, present(values)
 
@@ -430,6 +433,7 @@ class _MediaCache:
         self.budget = budget
         self.used = 0
         self.uris: OrderedDict[LocalMedia, str] = OrderedDict()
+        self._last: tuple[LocalMedia | None, str] = (None, "")
 
     def materialise(
         self, values: dict[str, Any], keys: list[str]
@@ -446,12 +450,19 @@ class _MediaCache:
                 values[key] = [self.uri(v) if isinstance(v, LocalMedia) else v for v in value]
                 if any(isinstance(v, LocalMedia) for v in value):
                     sources[key] = value.labels()
-        for key, value in values.items():
-            if type(value) is tuple:  # another list input's value (hashable in the grid)
-                values[key] = list(value)
+        if tuple in map(type, values.values()):  # another list input's value (hashable here)
+            for key, value in values.items():
+                if type(value) is tuple:
+                    values[key] = list(value)
         return values, sources
 
     def uri(self, image: LocalMedia) -> str:
+        if image is self._last[0]:  # the same file as the job before: most grids' case
+            return self._last[1]
+        self._last = (image, self._uri(image))
+        return self._last[1]
+
+    def _uri(self, image: LocalMedia) -> str:
         uri = self.uris.get(image)
         if uri is not None:
             self.uris.move_to_end(image)

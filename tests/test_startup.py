@@ -3,6 +3,7 @@ it can (benchmarks/status_100k.py measures the time; these prove the behaviour).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from orchestrator.canonical import canonical_json, job_key
 from orchestrator.store import Store
 from orchestrator.store import store as store_module
 from orchestrator.views import sweep_status
@@ -150,3 +152,42 @@ def test_a_resync_that_changes_some_batches_still_marks_every_orphan(
         db.sync_jobs(jobs, MODEL)  # back as it was: every job in the spec again, in place
         assert [r.key for r in db.jobs(in_spec=False)] == ["new"]
         assert [r.key for r in db.jobs(in_spec=True)] == [j.key for j in jobs]
+
+
+# Keys computed by the first canonical.job_key (json.dumps of {"input", "model"[, "repeat"]}):
+# a faster job_key must keep every one of them, or every store would resubmit its jobs.
+PINNED = [
+    (
+        ("community/wan-2-2/vace-fun", {"56_text": "a fox", "98_seed": 7, "108_cfg": 3.5}, 0),
+        "ab4c39fcc88aa39d285293a274b378ed1cc3c53c893a70543815be0b24853fb5",
+    ),
+    (
+        ("community/wan-2-2/vace-fun", {"56_text": "a fox", "98_seed": 7, "108_cfg": 3.5}, 2),
+        "de562d11a167a65363bfbfe141c0155a1fb92dde51b23c189e30d88bc7887231",
+    ),
+    (
+        ("m/é", {"z": [1, 2.0, "ü"], "a": {"y": None, "b": True}, "n": -0.0}, 0),
+        "bdb5df590137798310eb7e583c7182c859bb7d10eadc47154ecb6d991e6e267e",
+    ),
+    (("m", {}, 1), "1a73d656455656f0a26f0b3e4fbb02099088311080ff499747ea5f563e6a20f7"),
+]
+
+
+@pytest.mark.parametrize(("args", "key"), PINNED)
+def test_job_keys_stay_what_they_always_were(
+    args: tuple[str, dict[str, object], int], key: str
+) -> None:
+    assert job_key(*args) == key
+    model_id, inputs, repeat = args
+    material = {"input": inputs, "model": model_id} | ({"repeat": repeat} if repeat else {})
+    text = json.dumps(
+        material, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    assert hashlib.sha256(text.encode()).hexdigest() == key
+
+
+def test_canonical_json_is_json_dumps_with_the_canonical_options() -> None:
+    value = {"b": [1, {"d": 1, "c": "\u2028é"}], "a": 1e300, "n": None}
+    assert canonical_json(value) == '{"a":1e+300,"b":[1,{"c":"\u2028é","d":1}],"n":null}'
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        canonical_json({"x": float("nan")})
