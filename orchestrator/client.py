@@ -33,8 +33,9 @@ from orchestrator.errors import (
     ServerError,
     TransportError,
 )
-from orchestrator.pacing import DEFAULT_TIMEOUT, Pacer
+from orchestrator.pacing import Pacer
 from orchestrator.responses import (
+    DEFAULT_TIMEOUT,
     MAX_REQUEST_ID,
     MAX_URLS,
     CancelOutcome,

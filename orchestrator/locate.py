@@ -62,11 +62,10 @@ def locate(spec: Path | None, store: str | None = None, *, cwd: Path | None = No
 def load_recorded(spec: str | Path) -> Spec:
     """The spec of a sweep that may have run already, checked against the catalog cache that
     knows its models (``catalog.knowing``) unless a command chose the API."""
-    from orchestrator.catalogsync import spec_model_ids
     from orchestrator.models import catalog
     from orchestrator.spec import load_spec
 
-    with catalog.using(catalog.knowing(spec_model_ids(spec))):
+    with catalog.using(catalog.knowing(catalog.spec_model_ids(spec))):
         return load_spec(spec)
 
 

@@ -36,7 +36,6 @@ from orchestrator.retry import RETRY_AFTER_CAP
 __all__ = [
     "DEFAULT_BURST",
     "DEFAULT_RATE",
-    "DEFAULT_TIMEOUT",
     "Pacer",
     "PollPlanner",
     "TokenBucket",
@@ -48,9 +47,6 @@ log = logging.getLogger("comfysweep.pacing")
 
 DEFAULT_RATE = 10.0  # requests a second: RunComfy documents no limit; its CLI polls every 2 s
 DEFAULT_BURST = 10  # the most a burst may hold, whatever the rate
-# Seconds to wait for each answer; `comfysweep run --timeout` overrides it. Here, not in the
-# client, so the run settings declare it without importing the HTTP stack.
-DEFAULT_TIMEOUT = 30.0
 # A 429 without Retry-After pauses the client this long.
 DEFAULT_PAUSE = 1.0
 # Successful answers in a row, with no 429 between, that end a throttling episode.

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "MAX_REQUEST_ID",
     "MAX_URLS",
     "CancelOutcome",
@@ -39,6 +40,9 @@ log = logging.getLogger("comfysweep.client")
 # RunComfy's request ids are [A-Za-z0-9_-]{1,128}; "." and ":" are let in too. Anything else (a
 # slash, a space, a newline, 64 KiB) would end up in URLs, file names and log lines.
 MAX_REQUEST_ID = 128
+# Seconds to wait for each answer; `comfysweep run --timeout` overrides it. Here, not in the
+# client: the run settings declare it without importing the HTTP stack.
+DEFAULT_TIMEOUT = 30.0
 _MAX_DIGITS = 300  # a JSON integer longer than this is read as null, like 1e999
 _REQUEST_ID = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_REQUEST_ID}}}")
 # A video model returns a handful of files; thousands of URLs are a broken or hostile server, and

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from orchestrator.failures import FailureLimit
-from orchestrator.pacing import DEFAULT_TIMEOUT  # not the client: settings never import httpx
+from orchestrator.responses import DEFAULT_TIMEOUT  # not the client: no httpx for settings
 
 __all__ = [
     "MIN_POLL_INTERVAL",

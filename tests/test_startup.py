@@ -17,6 +17,7 @@ from orchestrator.canonical import canonical_json, job_key
 from orchestrator.store import Store
 from orchestrator.store import store as store_module
 from orchestrator.views import sweep_status
+from tests.sweeps import write_spec
 from tests.test_store import MODEL, FakeJob, make_jobs
 
 # What a read-only command on an SQLite store never needs: the spec's and the settings' pydantic,
@@ -72,6 +73,16 @@ def test_read_only_commands_import_only_what_they_use(store: Path) -> None:
     for args in (["status", "--store", str(store)], ["runs", "--store", str(store)], ["--help"]):
         loaded = imported_by(*args)
         assert [m for m in HEAVY if m in loaded] == [], args
+
+
+def test_status_of_a_spec_loads_the_spec_but_not_the_runner(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path)
+    (tmp_path / "results" / "grid").mkdir(parents=True)
+    Store.open(tmp_path / "results" / "grid" / "comfysweep.db").close()
+    loaded = imported_by("status", str(spec))
+    assert "orchestrator.spec" in loaded
+    runner = ("orchestrator.catalogsync", "orchestrator.runner", "orchestrator.sweep", "sqlmodel")
+    assert [m for m in runner if m in loaded] == []
 
 
 def test_run_and_plan_still_take_every_setting_flag() -> None:
