@@ -107,8 +107,10 @@ def iter_jobs(spec: Spec) -> Iterator[Job]:
             part, jobs=lambda: count_jobs(spec).jobs, extras=len(extras), model=(m, len(parts))
         )
         check_requests(part)
+        written = [*part.fixed.values(), *(v for d in part.dimensions for r in d.rows for v in r)]
+        lists = any(type(v) is tuple for v in [*written, *(v for e in extras for v in e.values())])
         for coords, extra, values in _cells(part, rules, extras):
-            inputs, sources = media.materialise(values, keys)
+            inputs, sources = media.materialise(values, keys, lists=lists)
             for repeat in range(part.repeat):
                 key = job_key(part.model, inputs, repeat)
                 at = rank(index, coords, extra, repeat)
@@ -436,10 +438,11 @@ class _MediaCache:
         self._last: tuple[LocalMedia | None, str] = (None, "")
 
     def materialise(
-        self, values: dict[str, Any], keys: list[str]
+        self, values: dict[str, Any], keys: list[str], *, lists: bool = True
     ) -> tuple[dict[str, Any], dict[str, str | list[str]]]:
         """``values`` with local files under ``keys`` swapped for data URIs, and those files;
-        a list input becomes a JSON list (its items' files or URLs in ``sources``)."""
+        a list input becomes a JSON list (its items' files or URLs in ``sources``). ``lists``
+        False: the spec wrote no list value (no tuple to look for among the values)."""
         sources: dict[str, str | list[str]] = {}
         for key in keys:
             value = values.get(key)
@@ -450,7 +453,7 @@ class _MediaCache:
                 values[key] = [self.uri(v) if isinstance(v, LocalMedia) else v for v in value]
                 if any(isinstance(v, LocalMedia) for v in value):
                     sources[key] = value.labels()
-        if tuple in map(type, values.values()):  # another list input's value (hashable here)
+        if lists and tuple in map(type, values.values()):  # a list input's value (hashable here)
             for key, value in values.items():
                 if type(value) is tuple:
                     values[key] = list(value)
