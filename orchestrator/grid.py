@@ -109,12 +109,13 @@ def iter_jobs(spec: Spec) -> Iterator[Job]:
         check_requests(part)
         written = [*part.fixed.values(), *(v for d in part.dimensions for r in d.rows for v in r)]
         lists = any(type(v) is tuple for v in [*written, *(v for e in extras for v in e.values())])
+        model, definition, copies = part.model, part.definition, range(part.repeat)
         for coords, extra, values in _cells(part, rules, extras):
             inputs, sources = media.materialise(values, keys, lists=lists)
-            for repeat in range(part.repeat):
-                key = job_key(part.model, inputs, repeat)
+            for repeat in copies:
+                key = job_key(model, inputs, repeat)
                 at = rank(index, coords, extra, repeat)
-                yield Job(key, index, part.model, inputs, repeat, sources, at, part.definition)
+                yield Job(key, index, model, inputs, repeat, sources, at, definition)
                 index += 1
 
 
