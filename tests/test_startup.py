@@ -202,3 +202,24 @@ def test_canonical_json_is_json_dumps_with_the_canonical_options() -> None:
     assert canonical_json(value) == '{"a":1e+300,"b":[1,{"c":"\u2028é","d":1}],"n":null}'
     with pytest.raises(ValueError, match="not JSON compliant"):
         canonical_json({"x": float("nan")})
+
+
+def test_a_resume_reads_no_whole_row_of_a_done_job_whose_files_are_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.store import JobState
+    from tests.test_views import emulator, run
+
+    spec = write_spec(tmp_path)
+    streamed: list[object] = []
+    whole = Store.jobs
+
+    def spy(self: Store, states: object = None, **kwargs: object) -> object:
+        streamed.append(None if states is None else sorted(states))  # type: ignore[call-overload]
+        return whole(self, states, **kwargs)  # type: ignore[arg-type]
+
+    with emulator() as emu:
+        assert run(spec, emu).counts["done"] == 4
+        monkeypatch.setattr(Store, "jobs", spy)
+        assert run(spec, emu).counts["done"] == 4
+    assert [JobState.DONE] not in streamed  # their files were checked from (key, outputs) only
