@@ -223,3 +223,12 @@ def test_a_resume_reads_no_whole_row_of_a_done_job_whose_files_are_there(
         monkeypatch.setattr(Store, "jobs", spy)
         assert run(spec, emu).counts["done"] == 4
     assert [JobState.DONE] not in streamed  # their files were checked from (key, outputs) only
+
+
+def test_reading_outputs_leaves_the_stores_connection_as_it_was(store: Path) -> None:
+    from orchestrator.store import JobState
+
+    with Store.open(store) as db:
+        assert len(list(db.recorded_outputs(JobState.PENDING))) == 3
+        assert db._conn is not None
+        assert "yield_per" not in db._conn.get_execution_options()  # PostgreSQL: no named cursor
