@@ -16,11 +16,16 @@ from typing import Any
 __all__ = ["canonical_json", "input_sha256", "job_key"]
 
 
+# What json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+# allow_nan=False) builds at each call, built once: the same bytes, without a new encoder per job.
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical_json(value: Any) -> str:
     """``value`` as canonical JSON text."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return _ENCODER.encode(value)
 
 
 def input_sha256(inputs: Mapping[str, Any]) -> str:
@@ -34,7 +39,8 @@ def job_key(model_id: str, inputs: Mapping[str, Any], repeat: int = 0) -> str:
     ``repeat`` tells apart the copies that a spec's ``repeat: N`` asks for; copy 0 has the key of
     the bare input, so raising ``repeat`` later reuses the jobs that already ran.
     """
-    material: dict[str, Any] = {"input": inputs, "model": model_id}
-    if repeat:
-        material["repeat"] = repeat
-    return hashlib.sha256(canonical_json(material).encode()).hexdigest()
+    # canonical_json({"input": inputs, "model": model_id, "repeat": repeat}) (repeat only when
+    # not 0), its keys in their sorted order, written out without a dict built per job.
+    text = f'{{"input":{_ENCODER.encode(inputs)},"model":{_ENCODER.encode(model_id)}'
+    text += f',"repeat":{_ENCODER.encode(repeat)}}}' if repeat else "}"
+    return hashlib.sha256(text.encode()).hexdigest()

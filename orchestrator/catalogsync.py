@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -24,9 +24,9 @@ from orchestrator import prices
 from orchestrator.client import ModelApiClient
 from orchestrator.errors import ComfysweepError, ModelNotFound
 from orchestrator.models import catalog, known_models
+from orchestrator.models.catalog import spec_model_ids
 from orchestrator.responses import parse_model
 from orchestrator.retry import RetryPolicy
-from orchestrator.yamlplaces import parse_yaml
 
 if TYPE_CHECKING:
     from orchestrator.emulator import EmulatorConfig
@@ -127,21 +127,6 @@ def sync_catalog(
     infos = {e["model_id"]: parse_model(e["model_id"], e) for e in entries}
     priced = prices.remember_prices(infos, api_base=base)
     return Synced(source, base, cache.read_at, len(entries), total, pages, priced, cache.path)
-
-
-def spec_model_ids(path: str | Path) -> list[str]:
-    """The model id(s) a spec names, read cheaply before it is loaded: ``model:`` is an id, or a
-    list of ids or of mappings with an ``id``. Anything else: none (loading it says what is
-    wrong). Read by the spec's own bounded parser: a hostile YAML (nested 5,000 deep, an alias
-    bomb) must get its one-line error from the load, not a RecursionError here."""
-    try:
-        data, _ = parse_yaml(Path(path), Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ComfysweepError):
-        return []
-    given = data.get("model") if isinstance(data, dict) else None
-    items = given if isinstance(given, list) else [given]
-    ids = [item.get("id") if isinstance(item, Mapping) else item for item in items]
-    return list(dict.fromkeys(i for i in ids if isinstance(i, str) and i))
 
 
 def refresh_unseen(

@@ -15,18 +15,17 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from orchestrator import settings
 from orchestrator.__main__ import interrupted
 from orchestrator.errors import ComfysweepError
-from orchestrator.settings import Flag
 
-F = TypeVar("F", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    from orchestrator.settings import Flag
 
 
 class _Group(click.Group):
@@ -95,7 +94,7 @@ class _Finite(click.FloatRange):
         return number
 
 
-def _flag(flag: Flag, help: str | None = None) -> Callable[[F], F]:
+def _flag(flag: Flag, help: str | None = None) -> click.Option:
     """A run setting as an option: same bounds as the spec's ``run:``, no default (the spec's)."""
     kind: click.ParamType[Any] = _Finite(flag.low, flag.high, min_open=flag.low_open)
     if flag.kind is str:
@@ -103,16 +102,39 @@ def _flag(flag: Flag, help: str | None = None) -> Callable[[F], F]:
     elif flag.kind is int:
         low, high = (None if b is None else int(b) for b in (flag.low, flag.high))
         kind = click.IntRange(low, high, min_open=flag.low_open)
-    return click.option(flag.option, type=kind, metavar=flag.metavar, help=help or flag.help)
+    return click.Option([flag.option], type=kind, metavar=flag.metavar, help=help or flag.help)
 
 
-_FLAGS = {flag.name: flag for flag in settings.flags()}
+class _WithSettings(click.Command):
+    """A command that takes run settings as flags (``settings.flags()``), after its parameter
+    ``after``: every flag, or those ``chosen`` (name -> help, None: the setting's own).
 
+    The options are built the first time click asks for the parameters: the settings are a
+    pydantic model, which the read-only commands (status, show, failures, runs) never import.
+    """
 
-def _settings_flags(command: F) -> F:
-    for flag in reversed(_FLAGS.values()):
-        command = _flag(flag)(command)
-    return command
+    def __init__(
+        self,
+        *args: Any,
+        after: str,
+        chosen: Mapping[str, str | None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._after = after
+        self._chosen = chosen
+        self._built = False
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not self._built:
+            from orchestrator.settings import flags
+
+            self._built = True
+            known = {flag.name: flag for flag in flags()}
+            chosen = self._chosen or dict.fromkeys(known)
+            at = 1 + next(i for i, p in enumerate(self.params) if p.name == self._after)
+            self.params[at:at] = [_flag(known[name], help) for name, help in chosen.items()]
+        return super().get_params(ctx)
 
 
 _SPEC = click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
@@ -123,13 +145,12 @@ _STORE = click.option(
 )
 
 
-@cli.command()
+@cli.command(cls=_WithSettings, after="store")
 @_SPEC
 @click.option(
     "--emulator", is_flag=True, help="Run against the embedded emulator (no token, no cost)."
 )
 @_STORE
-@_settings_flags
 @click.option(
     "--until",
     metavar="TIME",
@@ -549,11 +570,12 @@ def emulator(
     emu.serve(config)
 
 
-@cli.command()
+@cli.command(
+    cls=_WithSettings, after="as_jobs", chosen={"concurrency": "Estimate at this concurrency."}
+)
 @click.argument("spec", metavar="SPEC", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON object.")
 @click.option("--jobs", "as_jobs", is_flag=True, help="Stream every job as JSONL (key, inputs).")
-@_flag(_FLAGS["concurrency"], help="Estimate at this concurrency.")
 @click.option("--online", is_flag=True, help="Read the model's price from the live catalog first.")
 @_STORE
 @click.option(

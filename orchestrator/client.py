@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, get_args
+from typing import Any
 from urllib.parse import quote
 
 import anyio
@@ -35,9 +35,15 @@ from orchestrator.errors import (
 )
 from orchestrator.pacing import Pacer
 from orchestrator.responses import (
+    BASE_VAR,
+    DEFAULT_BASE,
+    DEFAULT_HTTP_TRANSPORT,
+    DEFAULT_TIMEOUT,
+    HTTP_TRANSPORTS,
     MAX_REQUEST_ID,
     MAX_URLS,
     CancelOutcome,
+    HttpTransport,
     ModelInfo,
     RemoteState,
     Result,
@@ -94,21 +100,13 @@ __all__ = [
 
 log = logging.getLogger("comfysweep.client")
 
-DEFAULT_BASE = "https://model-api.runcomfy.net/v1"
-BASE_VAR = "RUNCOMFY_MODEL_API_BASE"
 # The account balance lives on RunComfy's serverless API (as RunComfy's own CLI reads it).
 BALANCE_BASE = "https://api.runcomfy.net/prod/v2"
 BALANCE_VAR = "RUNCOMFY_SERVERLESS_API_BASE"
 MAX_TOKEN = 4096  # RunComfy's are a few dozen characters; a longer header is refused anyway
-DEFAULT_TIMEOUT = 30.0  # seconds to wait for each answer; `comfysweep run --timeout` overrides it
 # An API answer is a small JSON document: a bigger one is read no further (a hostile or broken
 # server, or a compressed bomb, cannot make the runner hold gigabytes).
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
-# What moves the bytes under httpx's API: aiohttp (orchestrator/transport.py), or httpx's own
-# transport (httpcore); `comfysweep run --http-transport` chooses.
-HttpTransport = Literal["httpx", "aiohttp"]
-HTTP_TRANSPORTS: tuple[str, ...] = get_args(HttpTransport)
-DEFAULT_HTTP_TRANSPORT: HttpTransport = "aiohttp"  # benchmarks/transports.py: less CPU per job
 TRANSPORT_VAR = "COMFYSWEEP_HTTP_TRANSPORT"  # beats the spec's run.http_transport, as the flag does
 NO_TOKEN = (
     "no API token: set RUNCOMFY_API_TOKEN (or RUNCOMFY_TOKEN) to the token on your profile page "

@@ -107,12 +107,15 @@ def iter_jobs(spec: Spec) -> Iterator[Job]:
             part, jobs=lambda: count_jobs(spec).jobs, extras=len(extras), model=(m, len(parts))
         )
         check_requests(part)
+        written = [*part.fixed.values(), *(v for d in part.dimensions for r in d.rows for v in r)]
+        lists = any(type(v) is tuple for v in [*written, *(v for e in extras for v in e.values())])
+        model, definition, copies = part.model, part.definition, range(part.repeat)
         for coords, extra, values in _cells(part, rules, extras):
-            inputs, sources = media.materialise(values, keys)
-            for repeat in range(part.repeat):
-                key = job_key(part.model, inputs, repeat)
+            inputs, sources = media.materialise(values, keys, lists=lists)
+            for repeat in copies:
+                key = job_key(model, inputs, repeat)
                 at = rank(index, coords, extra, repeat)
-                yield Job(key, index, part.model, inputs, repeat, sources, at, part.definition)
+                yield Job(key, index, model, inputs, repeat, sources, at, definition)
                 index += 1
 
 
@@ -183,8 +186,11 @@ def _cells(
     among the include entries outside the grid."""
     choices = [[dict(zip(d.keys, row, strict=True)) for row in d.rows] for d in spec.dimensions]
     live = frozenset(range(len(rules)))
+    # A field a job leaves out can only come from a value the spec wrote (`none`): without one,
+    # no combination needs looking at.
+    absent = ABSENT in spec.fixed.values() or any(ABSENT in r.values() for c in choices for r in c)
     for coords, values in _Walk(rules, choices).below(0, dict(spec.fixed), live, ()):
-        yield coords, 0, present(values)
+        yield coords, 0, present(values) if absent else values
     for n, values in enumerate(extras):
         yield None, n, present(values)
 
@@ -430,12 +436,14 @@ class _MediaCache:
         self.budget = budget
         self.used = 0
         self.uris: OrderedDict[LocalMedia, str] = OrderedDict()
+        self._last: tuple[LocalMedia | None, str] = (None, "")
 
     def materialise(
-        self, values: dict[str, Any], keys: list[str]
+        self, values: dict[str, Any], keys: list[str], *, lists: bool = True
     ) -> tuple[dict[str, Any], dict[str, str | list[str]]]:
         """``values`` with local files under ``keys`` swapped for data URIs, and those files;
-        a list input becomes a JSON list (its items' files or URLs in ``sources``)."""
+        a list input becomes a JSON list (its items' files or URLs in ``sources``). ``lists``
+        False: the spec wrote no list value (no tuple to look for among the values)."""
         sources: dict[str, str | list[str]] = {}
         for key in keys:
             value = values.get(key)
@@ -446,12 +454,19 @@ class _MediaCache:
                 values[key] = [self.uri(v) if isinstance(v, LocalMedia) else v for v in value]
                 if any(isinstance(v, LocalMedia) for v in value):
                     sources[key] = value.labels()
-        for key, value in values.items():
-            if type(value) is tuple:  # another list input's value (hashable in the grid)
-                values[key] = list(value)
+        if lists and tuple in map(type, values.values()):  # a list input's value (hashable here)
+            for key, value in values.items():
+                if type(value) is tuple:
+                    values[key] = list(value)
         return values, sources
 
     def uri(self, image: LocalMedia) -> str:
+        if image is self._last[0]:  # the same file as the job before: most grids' case
+            return self._last[1]
+        self._last = (image, self._uri(image))
+        return self._last[1]
+
+    def _uri(self, image: LocalMedia) -> str:
         uri = self.uris.get(image)
         if uri is not None:
             self.uris.move_to_end(image)

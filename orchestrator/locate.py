@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.errors import StoreError
-from orchestrator.models import catalog
-from orchestrator.spec import Spec, load_spec
-from orchestrator.store import STORE_FILE
+from orchestrator.store.schema import STORE_FILE
+
+if TYPE_CHECKING:  # a spec is loaded only when one is given: `status --store` never parses YAML
+    from orchestrator.spec import Spec
 
 __all__ = ["Located", "load_recorded", "locate", "no_store_file", "require_store"]
 
@@ -60,9 +62,10 @@ def locate(spec: Path | None, store: str | None = None, *, cwd: Path | None = No
 def load_recorded(spec: str | Path) -> Spec:
     """The spec of a sweep that may have run already, checked against the catalog cache that
     knows its models (``catalog.knowing``) unless a command chose the API."""
-    from orchestrator.catalogsync import spec_model_ids
+    from orchestrator.models import catalog
+    from orchestrator.spec import load_spec
 
-    with catalog.using(catalog.knowing(spec_model_ids(spec))):
+    with catalog.using(catalog.knowing(catalog.spec_model_ids(spec))):
         return load_spec(spec)
 
 

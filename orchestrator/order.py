@@ -135,10 +135,8 @@ class Breadth:
     def __call__(self, index: int, coords: tuple[int, ...] | None, extra: int, repeat: int) -> int:
         if coords is None:
             return repeat * self.width + self.grid_width + extra
-        rank = repeat * self.width
-        for table, row in zip(self.tables, coords, strict=True):
-            rank += table[row]
-        return rank
+        # One lookup per dimension (coords has one row per table), summed in C.
+        return repeat * self.width + sum(map(list.__getitem__, self.tables, coords))
 
 
 class Shuffle:

@@ -14,12 +14,18 @@ import math
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal, get_args
 
 __all__ = [
+    "BASE_VAR",
+    "DEFAULT_BASE",
+    "DEFAULT_HTTP_TRANSPORT",
+    "DEFAULT_TIMEOUT",
+    "HTTP_TRANSPORTS",
     "MAX_REQUEST_ID",
     "MAX_URLS",
     "CancelOutcome",
+    "HttpTransport",
     "ModelInfo",
     "RemoteState",
     "Result",
@@ -39,6 +45,17 @@ log = logging.getLogger("comfysweep.client")
 # RunComfy's request ids are [A-Za-z0-9_-]{1,128}; "." and ":" are let in too. Anything else (a
 # slash, a space, a newline, 64 KiB) would end up in URLs, file names and log lines.
 MAX_REQUEST_ID = 128
+# Seconds to wait for each answer; `comfysweep run --timeout` overrides it. Here, not in the
+# client: the run settings declare it without importing the HTTP stack.
+DEFAULT_TIMEOUT = 30.0
+# Where the Model API is, and the variable that moves it (the emulator, a proxy).
+DEFAULT_BASE = "https://model-api.runcomfy.net/v1"
+BASE_VAR = "RUNCOMFY_MODEL_API_BASE"
+# What moves the bytes under httpx's API: aiohttp (orchestrator/transport.py), or httpx's own
+# transport (httpcore); `comfysweep run --http-transport` chooses.
+HttpTransport = Literal["httpx", "aiohttp"]
+HTTP_TRANSPORTS: tuple[str, ...] = get_args(HttpTransport)
+DEFAULT_HTTP_TRANSPORT: HttpTransport = "aiohttp"  # benchmarks/transports.py: less CPU per job
 _MAX_DIGITS = 300  # a JSON integer longer than this is read as null, like 1e999
 _REQUEST_ID = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_REQUEST_ID}}}")
 # A video model returns a handful of files; thousands of URLs are a broken or hostile server, and

@@ -286,10 +286,17 @@ class Runner:
         for line in self._journal.replay(self.store):
             self._say(line)
         self._adopt_submitting()
+        # One lean read of the done jobs' outputs; whole rows only for those whose files are gone.
+        gone = {
+            key
+            for key, outputs in self.store.recorded_outputs(JobState.DONE)
+            if not all(self.folder.has(o) for o in outputs)
+        }
         missing = self.store.adopt(
-            [JobState.DONE], where=lambda row: not all(self.folder.has(o) for o in row.outputs)
+            [JobState.DONE],
+            where=lambda row: row.key in gone and not all(self.folder.has(o) for o in row.outputs),
         )
-        for row in missing:
+        for row in missing if gone else ():
             self.store.transition(
                 row.key, JobState.SUCCEEDED, detail="output missing on disk: download again"
             )

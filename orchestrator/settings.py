@@ -17,8 +17,12 @@ import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from orchestrator.client import DEFAULT_HTTP_TRANSPORT, DEFAULT_TIMEOUT, HttpTransport
 from orchestrator.failures import FailureLimit
+from orchestrator.responses import (  # not the client: no httpx for settings
+    DEFAULT_HTTP_TRANSPORT,
+    DEFAULT_TIMEOUT,
+    HttpTransport,
+)
 
 __all__ = [
     "MIN_POLL_INTERVAL",

@@ -31,6 +31,7 @@ __all__ = [
     "MAX_MEDIA_BYTES",
     "MAX_REQUEST_BYTES",
     "MAX_VALUES",
+    "TEMPLATE_KEYS",
     "LocalImage",
     "LocalMedia",
     "MediaFiles",
@@ -39,6 +40,7 @@ __all__ = [
     "bad_scheme",
     "check_url",
     "expand_glob",
+    "is_template",
     "is_url",
     "local_media",
     "per_job_groups",
@@ -62,6 +64,14 @@ MAX_VALUES = 1_000_000
 SEED_SPACE = 2**32
 # Python refuses to read or print an integer of more digits (sys.get_int_max_str_digits()).
 MAX_INT_DIGITS = 4300
+# The keys of a prompt template source (orchestrator/templates.py expands it). Here, so the spec
+# tells a template apart without importing the template engine (dynamicprompts, pyparsing).
+TEMPLATE_KEYS = ("template", "template_file", "wildcards", "sample", "seed")
+
+
+def is_template(source: Mapping[str, Any]) -> bool:
+    """Whether an axis source is a template (it has ``template`` or ``template_file``)."""
+    return "template" in source or "template_file" in source
 
 
 class Problem(Exception):

@@ -16,13 +16,14 @@ from typing import Any, Literal, NamedTuple
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator import naming, objects, templates
+from orchestrator import naming, objects
 from orchestrator.canonical import canonical_json
 from orchestrator.errors import SpecError
 from orchestrator.models import Model, catalog, get_model, suggest
 from orchestrator.settings import RunSettings
 from orchestrator.sources import (
     MAX_REQUEST_BYTES,
+    TEMPLATE_KEYS,
     LocalImage,
     MediaFiles,
     MediaList,
@@ -30,6 +31,7 @@ from orchestrator.sources import (
     bad_scheme,
     check_url,
     expand_glob,
+    is_template,
     is_url,
     local_media,
     per_job_groups,
@@ -45,7 +47,7 @@ from orchestrator.yamlplaces import Places, brief, dotted, parse_yaml, pydantic_
 __all__ = ["MODEL", "Dimension", "RunSettings", "Spec", "identity", "load_spec"]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
-_SOURCES = ("start", "step", "stop", "count", "from", "file", "glob", "per_job", *templates.KEYS)
+_SOURCES = ("start", "step", "stop", "count", "from", "file", "glob", "per_job", *TEMPLATE_KEYS)
 _ENTRY_KEYS = ("id", "map", "inputs", "axes")
 # The name of the model axis, in name templates, include/exclude entries and reports.
 MODEL = naming.MODEL_FIELD
@@ -691,10 +693,12 @@ class _Builder:
     ) -> list[tuple[Any, Any]]:
         """A range, seeds, a file's lines or a glob's files, each with its place; or a Problem."""
         shape = frozenset(source)
-        if templates.is_template(source):
+        if is_template(source):
             kind = str(self.model.properties.get(key, {}).get("type", "string"))
             if self.model.has_schema and kind != "string":
                 raise Problem("template makes text, so it suits text inputs only")
+            from orchestrator import templates  # dynamicprompts: only for a spec with a template
+
             return [(v, path) for v in templates.expand(source, self.base)]
         if shape == {"start", "stop", "step"}:
             return [(v, path) for v in span(**source)]

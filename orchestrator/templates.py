@@ -44,11 +44,11 @@ from dynamicprompts.sampling_context import SamplingContext
 from dynamicprompts.wildcards import WildcardManager
 from dynamicprompts.wildcards.collection import WildcardTextFile
 
-from orchestrator.sources import Problem, read_regular, resolve
+from orchestrator.sources import TEMPLATE_KEYS, Problem, is_template, read_regular, resolve
 
 __all__ = ["KEYS", "MAX_PROMPTS", "Template", "count", "expand", "is_template", "read_template"]
 
-KEYS = ("template", "template_file", "wildcards", "sample", "seed")
+KEYS = TEMPLATE_KEYS
 # A combinatorial expansion past this many prompts is refused (sample: N draws some of them).
 MAX_PROMPTS = 100_000
 _DEFAULT_WILDCARDS = "wildcards"
@@ -59,11 +59,6 @@ _DRAWS_PER_PROMPT = 20
 # digits cannot even be printed); a template of 10^30 or more is refused alike.
 _BEYOND = 10**30
 _MAX_DEPTH = 20  # wildcards inside wildcard files, nested deeper than this: a cycle
-
-
-def is_template(source: Mapping[str, Any]) -> bool:
-    """Whether an axis source is a template (it has ``template`` or ``template_file``)."""
-    return "template" in source or "template_file" in source
 
 
 class Template:

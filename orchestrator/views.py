@@ -13,22 +13,24 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import StoreError
 from orchestrator.locate import Located, locate
-from orchestrator.models import Model, get_model
 from orchestrator.responses import error_message
-from orchestrator.spec import Spec
 from orchestrator.store import STORE_FILE, JobRow, JobState, Store
 from orchestrator.store.books import Ledger
 from orchestrator.store.rows import RunRecord
-from orchestrator.sweepmodels import StoreModels
+
+if TYPE_CHECKING:  # the spec and the models load only when a view needs them (show, failures)
+    from orchestrator.models import Model
+    from orchestrator.spec import Spec
 
 __all__ = [
     "MIN_PREFIX",
@@ -72,7 +74,7 @@ def open_sweep(
     spec: Spec | str | Path | None, store: str | Path | None = None, *, cwd: Path | None = None
 ) -> Iterator[tuple[Located, Store]]:
     """The sweep ``SPEC``/``--store``/the current folder names, its store open read-only."""
-    if isinstance(spec, Spec):
+    if spec is not None and not isinstance(spec, str | os.PathLike):  # a loaded Spec
         target = store if store is not None else spec.results_dir / STORE_FILE
         if "://" not in str(target) and not Path(target).exists():
             raise StoreError(f"{target}: no store yet; `comfysweep run` creates it")
@@ -435,6 +437,9 @@ def varying_inputs(db: Store, located: Located) -> list[str]:
 def model_of(db: Store, located: Located, job_model: str | None = None) -> Model:
     """The sweep's model (its friendly names): the spec's, else the one the store records; with
     ``job_model``, that model of the sweep (a sweep may have several), by the spec's names."""
+    from orchestrator.models import Model, get_model
+    from orchestrator.sweepmodels import StoreModels
+
     if located.spec is not None:
         for part in located.spec.each():
             if part.model == job_model:
@@ -460,9 +465,8 @@ def sweep_status(
     """``status``: the figures of the sweep ``spec``/``store``/``cwd`` names (status_figures)."""
     with open_sweep(spec, store, cwd=cwd) as (located, db):
         figures = status_figures(db, located, top=top)
-        by_model = db.counts_by_model(in_spec=True)
-        if len(by_model) > 1:  # a sweep of several models: each one's counts per state
-            figures["models"] = by_model
+        if db.several_models():  # a sweep of several models: each one's counts per state
+            figures["models"] = db.counts_by_model(in_spec=True)
         return figures
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import objects
 from orchestrator.canonical import canonical_json
-from orchestrator.models import Model
 from orchestrator.responses import error_message
-from orchestrator.store import JobRow
+
+if TYPE_CHECKING:
+    from orchestrator.models import Model
+    from orchestrator.store import JobRow
 
 __all__ = [
     "ORPHANED",

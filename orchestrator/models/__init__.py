@@ -21,12 +21,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any
-
-import jsonschema
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import objects
 from orchestrator.errors import InputError, SpecError
+
+if TYPE_CHECKING:  # jsonschema loads when a value is first checked: `status` never checks one
+    import jsonschema
 
 __all__ = [
     "MEDIA_FORMATS",
@@ -214,7 +215,9 @@ class Model:
         problem = _check_type(kind, value)
         if problem:
             return FieldProblem(key, name, f"{problem}, got {_show(value)}", "type")
-        error = jsonschema.exceptions.best_match(
+        from jsonschema.exceptions import best_match
+
+        error = best_match(
             self._validator(key).iter_errors(float(value) if kind == "number" else value)
         )
         if error is None:
@@ -238,7 +241,9 @@ class Model:
         if cached is None:
             prop = self.properties[key]
             subschema = {k: v for k, v in prop.items() if k not in ("type", "default")}
-            cached = self._validators[key] = jsonschema.Draft7Validator(subschema)
+            from jsonschema import Draft7Validator
+
+            cached = self._validators[key] = Draft7Validator(subschema)
         return cached
 
     def problems(self, inputs: Mapping[str, Any]) -> list[FieldProblem]:

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from orchestrator.yamlplaces import brief
+from orchestrator.errors import ComfysweepError
+from orchestrator.yamlplaces import brief, parse_yaml
 
 if TYPE_CHECKING:
     from orchestrator.models import Model
@@ -50,6 +51,7 @@ __all__ = [
     "save",
     "sound",
     "source_of",
+    "spec_model_ids",
     "sync_command",
     "unknown_message",
     "usable_id",
@@ -102,7 +104,7 @@ def source_of(api_base: str | None = None) -> str:
         given = _SOURCE.get()
         if given is not None:
             return given
-        from orchestrator.client import BASE_VAR, DEFAULT_BASE
+        from orchestrator.responses import BASE_VAR, DEFAULT_BASE
 
         api_base = os.environ.get(BASE_VAR) or DEFAULT_BASE
     parts = urlsplit(api_base)
@@ -124,6 +126,21 @@ def using(source: str) -> Iterator[None]:
         yield
     finally:
         _SOURCE.reset(token)
+
+
+def spec_model_ids(path: str | Path) -> list[str]:
+    """The model id(s) a spec names, read cheaply before it is loaded: ``model:`` is an id, or a
+    list of ids or of mappings with an ``id``. Anything else: none (loading it says what is
+    wrong). Read by the spec's own bounded parser: a hostile YAML (nested 5,000 deep, an alias
+    bomb) must get its one-line error from the load, not a RecursionError here."""
+    try:
+        data, _ = parse_yaml(Path(path), Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ComfysweepError):
+        return []
+    given = data.get("model") if isinstance(data, dict) else None
+    items = given if isinstance(given, list) else [given]
+    ids = [item.get("id") if isinstance(item, Mapping) else item for item in items]
+    return list(dict.fromkeys(i for i in ids if isinstance(i, str) and i))
 
 
 def knowing(model_ids: Iterable[str]) -> str:

@@ -12,33 +12,22 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 
 from orchestrator.canonical import canonical_json
+from orchestrator.store import tables
 from orchestrator.store.blobs import Splitter
 from orchestrator.store.rows import JobLike
 from orchestrator.store.states import FINAL, JobState
-from orchestrator.store.tables import (
-    AttemptTable,
-    BlobTable,
-    ControlTable,
-    EventTable,
-    JobTable,
-    LedgerTable,
-    MetaTable,
-    RatingTable,
-    RunTable,
-)
 
-JOBS: sa.Table = JobTable.__table__  # type: ignore[attr-defined]
-EVENTS: sa.Table = EventTable.__table__  # type: ignore[attr-defined]
-META: sa.Table = MetaTable.__table__  # type: ignore[attr-defined]
-RUNS: sa.Table = RunTable.__table__  # type: ignore[attr-defined]
-BLOBS: sa.Table = BlobTable.__table__  # type: ignore[attr-defined]
-ATTEMPTS: sa.Table = AttemptTable.__table__  # type: ignore[attr-defined]
-LEDGER: sa.Table = LedgerTable.__table__  # type: ignore[attr-defined]
-CONTROLS: sa.Table = ControlTable.__table__  # type: ignore[attr-defined]
-RATINGS: sa.Table = RatingTable.__table__  # type: ignore[attr-defined]
+JOBS = tables.JOBS
+EVENTS = tables.EVENTS
+META = tables.META
+RUNS = tables.RUNS
+BLOBS = tables.BLOBS
+ATTEMPTS = tables.ATTEMPTS
+LEDGER = tables.LEDGER
+CONTROLS = tables.CONTROLS
+RATINGS = tables.RATINGS
 
 _S = JobState
 # Which timestamp a target state stamps (DESIGN: submitted on queued, started on running, ...).
@@ -86,7 +75,7 @@ MOVE = (
 # the keys outgrow work_mem (100,000 keys: minutes), so it gets the anti-join NOT EXISTS plans.
 ORPHAN = (
     JOBS.update()
-    .where(JOBS.c.in_spec, JOBS.c.key.not_in(sa.select(SYNC_KEYS.c.key)))
+    .where(JOBS.c.in_spec == True, JOBS.c.key.not_in(sa.select(SYNC_KEYS.c.key)))  # noqa: E712
     .values(in_spec=False, updated_at=sa.bindparam("p_now"))
 )
 ORPHAN_PG = (
@@ -96,7 +85,7 @@ ORPHAN_PG = (
 )
 # sync_jobs on PostgreSQL: a batch's keys (and moves) travel as arrays, one parameter each, not a
 # bound parameter (or a statement) per key: one round trip per batch, and no 1,000-term IN to parse.
-_KEY_ARRAY = sa.bindparam("p_keys", type_=postgresql.ARRAY(sa.Text))
+_KEY_ARRAY = sa.bindparam("p_keys", type_=sa.ARRAY(sa.Text))  # generic: no dialect import
 KNOWN_PG = sa.select(JOBS.c.key, *_PLACE).where(JOBS.c.key == sa.any_(_KEY_ARRAY))
 SYNC_KEYS_ADD_PG = sa.text("INSERT INTO sync_keys (key) SELECT unnest(CAST(:p_keys AS text[]))")
 MOVE_PG = sa.text(
@@ -394,6 +383,12 @@ OLDEST_FLYING = (
     .where(JOBS.c.state.in_(_FLYING_NAMES))
     .order_by(_SINCE, JOBS.c.key)
     .limit(1)
+)
+# A state's jobs, (key, outputs) only, along ix_jobs_state_index (no sort).
+OUTPUTS_OF = (
+    sa.select(JOBS.c.key, JOBS.c.outputs)
+    .where(JOBS.c.state == sa.bindparam("p_state", type_=sa.Text))
+    .order_by(JOBS.c.state, JOBS.c["index"])
 )
 ERROR_GROUPS = (
     sa.select(JOBS.c.state, JOBS.c.error, sa.func.count().label("n"))
