@@ -90,6 +90,10 @@ def book(
     flight = (to in REMOTE) - (prev in REMOTE)
     spent = reserved = 0.0
     valid: bool | None = None
+    if not _touches_attempt(prev, to):  # running, done, expired...: no money moves, no read
+        if flight:
+            conn.execute(sql.LEDGER_MOVE, {"p_spent": 0.0, "p_reserved": 0.0, "p_flight": flight})
+        return None
     found = conn.execute(sql.ATTEMPT_OPEN, {"p_key": row["key"]}).first()
     close: dict[str, Any] | None = None
     if prev is _S.SUBMITTING and to in (_S.PENDING, _S.FAILED):
@@ -119,6 +123,16 @@ def book(
             sql.LEDGER_MOVE, {"p_spent": spent, "p_reserved": reserved, "p_flight": flight}
         )
     return valid
+
+
+def _touches_attempt(prev: JobState, to: JobState) -> bool:
+    """Whether ``book`` closes or notes the job's open attempt on this move (else it reads none)."""
+    return (
+        (prev is _S.SUBMITTING and to in (_S.PENDING, _S.FAILED))
+        or (prev in (_S.QUEUED, _S.RUNNING) and to in _SETTLED)
+        or (prev in _MAYBE_BILLED and to is _S.PENDING)
+        or to in (_S.QUEUED, _S.UNKNOWN, _S.LOST)
+    )
 
 
 def _open(conn: Connection, row: Mapping[Any, Any], now: datetime, estimate: float) -> Any:

@@ -115,6 +115,14 @@ def transition(to: JobState, sources: frozenset[JobState], fields: frozenset[str
     )
 
 
+@functools.cache
+def update_fields(fields: frozenset[str]) -> sa.Update:
+    """The UPDATE of a job's non-state ``fields`` (Store.update), one per set of names."""
+    values: dict[str, Any] = {name: sa.bindparam(f"v_{name}") for name in fields}
+    values["updated_at"] = sa.bindparam("p_now")
+    return JOBS.update().where(JOBS.c.key == sa.bindparam("p_key")).values(values)
+
+
 # claim(): the oldest pending jobs of the spec -> submitting (statements built once).
 PICK = (
     sa.select(JOBS.c.key)
@@ -129,7 +137,7 @@ CLAIM = _CLAIM.where(JOBS.c.state == _S.PENDING.value)
 CLAIM_SQLITE = _CLAIM.where(JOBS.c.key.in_(PICK))
 PICK_PG = PICK.with_for_update(skip_locked=True)
 CLAIM_PG = CLAIM.where(JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True)))
-# claim_within(): one job at a time, its estimate reserved by RESERVE in the same transaction.
+# claim_batch(): up to p_limit jobs in rank order, each priced and reserved in the same transaction.
 PICK_ONE = PICK.with_only_columns(JOBS.c.key, JOBS.c.inputs, JOBS.c.model_id)
 PICK_ONE_PG = PICK_ONE.with_for_update(skip_locked=True)
 # Which of a batch of keys the store holds (plan: the jobs a changed spec adds).
@@ -144,6 +152,17 @@ LEDGER_MOVE = (
     .values(
         spent_usd=_L.spent_usd + sa.bindparam("p_spent", type_=sa.Float),
         reserved_usd=_L.reserved_usd + sa.bindparam("p_reserved", type_=sa.Float),
+        in_flight=_L.in_flight + sa.bindparam("p_flight", type_=sa.Integer),
+    )
+)
+# claim_batch(): the ledger read once, under its row lock on PostgreSQL (other runners' claims
+# wait for this one's commit), every job of the batch checked in Python, then one write.
+LEDGER_LOCK = LEDGER_GET.with_for_update()
+LEDGER_RESERVE = (
+    LEDGER.update()
+    .where(_L.id == 1)
+    .values(
+        reserved_usd=sa.bindparam("p_reserved", type_=sa.Float),
         in_flight=_L.in_flight + sa.bindparam("p_flight", type_=sa.Integer),
     )
 )
