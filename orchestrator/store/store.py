@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -153,6 +154,9 @@ class Store:
         self._lock_held = False
         self._blobs = BlobCache()
         self._rated = True  # the ratings table exists (see open)
+        # The one connection, used by one thread at a time: the runner's group commit may run a
+        # transaction in a worker thread (store/batch.py) while the loop thread wants a read.
+        self._guard = threading.RLock()
 
     # -- opening and closing ------------------------------------------------------------------
 
@@ -199,27 +203,31 @@ class Store:
             raise StoreError(f"store {self.name} is closed")
         if write and self.readonly:
             raise StoreError(f"store {self.name} is open read-only")
-        conn = self._conn
-        tx = conn.begin()
-        try:
-            if self.is_sqlite and write:
-                # Straight to the driver: these two carry no parameters and run on every write.
-                raw = conn.connection.driver_connection
-                assert raw is not None
-                wanted = "FULL" if durable else "NORMAL"
-                if wanted != self._synchronous:
-                    raw.execute(f"PRAGMA synchronous = {wanted}")
-                    self._synchronous = wanted
-                raw.execute("BEGIN IMMEDIATE")
-            yield conn
-            tx.commit()
-        except (sa.exc.DBAPIError, sqlite3.Error) as exc:
-            tx.rollback()
-            kind = StoreBusyError if schema.busy(exc) else StoreError
-            raise kind(f"store {self.name}: {schema.reason(exc)}") from exc
-        except BaseException:
-            tx.rollback()
-            raise
+        with self._guard:
+            conn = self._conn
+            tx = conn.begin()
+            try:
+                if self.is_sqlite and write:
+                    self._begin_immediate(conn, durable)
+                yield conn
+                tx.commit()
+            except (sa.exc.DBAPIError, sqlite3.Error) as exc:
+                tx.rollback()
+                kind = StoreBusyError if schema.busy(exc) else StoreError
+                raise kind(f"store {self.name}: {schema.reason(exc)}") from exc
+            except BaseException:
+                tx.rollback()
+                raise
+
+    def _begin_immediate(self, conn: Connection, durable: bool) -> None:
+        # Straight to the driver: these two carry no parameters and run on every write.
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        wanted = "FULL" if durable else "NORMAL"
+        if wanted != self._synchronous:
+            raw.execute(f"PRAGMA synchronous = {wanted}")
+            self._synchronous = wanted
+        raw.execute("BEGIN IMMEDIATE")
 
     # -- the runner lock ----------------------------------------------------------------------
 
