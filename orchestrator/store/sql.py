@@ -217,6 +217,15 @@ ATTEMPT_NOTE = (
         request_id=sa.func.coalesce(sa.bindparam("p_rid", type_=sa.Text), _A.request_id),
     )
 )
+# A job's open attempt noted (queued, unknown, lost: still reserved), found by its job: no read.
+ATTEMPT_NOTE_OPEN = (
+    ATTEMPTS.update()
+    .where(_A.job_key == sa.bindparam("p_key"), _A.closed_at.is_(None))
+    .values(
+        outcome=sa.bindparam("p_outcome"),
+        request_id=sa.func.coalesce(sa.bindparam("p_rid", type_=sa.Text), _A.request_id),
+    )
+)
 
 # Open attempts reserved at $0 (from before the ledger, or claimed while no price was known): a
 # run that knows a price raises each to its estimate, once (the WHERE makes a second runner's

@@ -483,19 +483,26 @@ class Store:
         durable = any(w.to in DURABLE for w in writes)
         outcomes: list[Mapping[Any, Any] | StoreError | None] = []
         events: list[dict[str, Any]] = []
+        money = books.Money()  # the ledger moved once for the whole batch
         with self._tx(write=True, durable=durable) as conn:
             for w in writes:
                 if w.to is None:
                     outcomes.append(self._update_in(conn, w, now))
                 else:
-                    outcomes.append(self._transition_in(conn, w, now, events))
+                    outcomes.append(self._transition_in(conn, w, now, events, money))
             if events:
                 conn.execute(sql.EVENT_INSERT, events)
+            money.move(conn)
         rows = iter(self._rows([o for o in outcomes if isinstance(o, Mapping)]))
         return [next(rows) if isinstance(o, Mapping) else o for o in outcomes]
 
     def _transition_in(
-        self, conn: Connection, w: Write, now: datetime, events: list[dict[str, Any]]
+        self,
+        conn: Connection,
+        w: Write,
+        now: datetime,
+        events: list[dict[str, Any]],
+        money: books.Money,
     ) -> Mapping[Any, Any] | StoreError:
         """One transition inside ``apply``'s transaction: the row after it, or its refusal."""
         assert w.to is not None
@@ -510,7 +517,7 @@ class Store:
         if row is None:
             return self._refusal(conn, w.key, w.to, w.expect)
         events.append(sql.event_row(row, now, w.detail))
-        books.book(conn, row, w.fields, now)
+        money.add(books.book(conn, row, w.fields, now))
         return row
 
     def _update_in(self, conn: Connection, w: Write, now: datetime) -> StoreError | None:
