@@ -2,10 +2,11 @@
 
 A job's coroutine hands its write (a transition, or new field values) to ``GroupCommit.write``
 and resumes only once that write is committed. The first writer of a batch leads it: it lets the
-tasks that are ready run first (a checkpoint), so the answers that came in together join it, then
-commits the whole batch inline, on the event loop, with one ``Store.apply``: one BEGIN, one COMMIT
-(one fsync when durable), where each write used to pay its own. No thread hop: the store's one
-connection is never used by two threads, and no other code waits on a lock for it.
+tasks that are ready run first (a few checkpoints), so the answers that came in together join it,
+then commits the whole batch inline, on the event loop, with one ``Store.apply``: one BEGIN, one
+COMMIT (one fsync when durable), where each write used to pay its own. No thread hop (measured
+slower here, benchmarks/store_path.py): the store's one connection stays on the loop's thread.
+Writes of one job keep their order: its coroutine waits for each before it makes the next.
 
 What is refused is told to the writer it concerns only: a transition the state machine refuses
 (TransitionError) fails that write alone and the rest commit; a store that refuses the
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
     from orchestrator.store.store import Store
 
 __all__ = ["GroupCommit", "Write"]
+
+# Checkpoints a batch's leader lets pass before it commits. Measured on a 400-job run at
+# concurrency 64: 1 made batches of 2.1 writes on average (972 transactions), 3 made 3.6 (558).
+JOINS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +68,7 @@ class _Waiter:
 class GroupCommit:
     """Batches the writes handed to it while a batch is gathered or committed; see the module."""
 
-    def __init__(self, store: Store, *, joins: int = 1) -> None:
+    def __init__(self, store: Store, *, joins: int = JOINS) -> None:
         self.store = store
         self.joins = joins  # checkpoints a leader waits for others to join
         self._queue: list[tuple[Write, _Waiter]] = []
