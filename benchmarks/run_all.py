@@ -37,6 +37,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "manifest_10k": (["--jobs", "2000"], ["--jobs", "400"]),
     "plan_grid": ([], ["--seeds", "100"]),
     "profile_run": (["--jobs", "1000"], ["--jobs", "200"]),
+    "store_path": (["--jobs", "2000", "--rounds", "3"], ["--jobs", "500", "--rounds", "1"]),
 }
 
 
