@@ -8,6 +8,7 @@ a store that refuses a batch fails every writer of it, and each tries again.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from orchestrator.sweep import Overrides, run_sweep
 
 from .sweeps import write_spec
 from .test_store import MODEL
+from .test_store_postgres import admin, target  # noqa: F401  (fixtures)
 
 S = JobState
 
@@ -107,6 +109,36 @@ def test_a_batch_of_claims_stops_at_a_job_without_price_or_a_full_shared_concurr
     busy = store.claim_batch(lambda _: 0.1, cap=None, concurrency=3, limit=10)
     assert [r.key for r in busy.rows] == ["job-2"]  # two in flight already, three allowed
     assert busy.refused == "busy"
+
+
+@pytest.mark.postgres
+def test_runners_claiming_batches_on_postgresql_take_each_job_once_and_never_pass_the_cap(
+    target: str,  # noqa: F811
+) -> None:
+    with Store.open(target) as db:
+        db.sync_jobs(ranked(12), MODEL)
+    taken: list[str] = []
+    errors: list[BaseException] = []
+
+    def claimer() -> None:
+        try:
+            with Store.open(target) as mine:
+                while rows := mine.claim_batch(lambda _: 0.10, cap=0.85, limit=3).rows:
+                    taken.extend(r.key for r in rows)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(taken) == len(set(taken)) == 8  # $0.80: a ninth job would make $0.90
+    with Store.open(target, readonly=True) as db:
+        assert db.ledger().reserved_usd == pytest.approx(0.80)
+        assert db.ledger().in_flight == 8
+        assert sorted(a.job_key for a in db.attempts()) == sorted(taken)
 
 
 # -- the group commit -----------------------------------------------------------------------

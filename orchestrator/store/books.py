@@ -67,8 +67,9 @@ class Attempt:
         return cls(**{name: m[name] for name in cls.__dataclass_fields__})
 
 
-def read_ledger(conn: Connection) -> Ledger:
-    m = conn.execute(sql.LEDGER_GET).mappings().one()
+def read_ledger(conn: Connection, *, lock: bool = False) -> Ledger:
+    """The ledger's row; ``lock``: held until the transaction ends (PostgreSQL's FOR UPDATE)."""
+    m = conn.execute(sql.LEDGER_LOCK if lock else sql.LEDGER_GET).mappings().one()
     return Ledger(
         spent_usd=float(m["spent_usd"]),
         reserved_usd=float(m["reserved_usd"]),

@@ -1,9 +1,10 @@
-"""The job store: every write to a sweep's state, one short transaction each.
+"""The job store: every write to a sweep's state, in short transactions.
 
 The per-job path (transition, claim, update, sync) is SQLAlchemy Core with statements built once
 (orchestrator/store/sql.py), never the ORM: a transition with its event costs ~120 us on SQLite,
-~45 us of it the commit, so the runner calls it inline from the event loop. A Store is one
-connection: use it from one thread at a time.
+~45 us of it the commit, so the runner calls it inline from the event loop, and commits the
+writes of many jobs together (``apply``, through store/batch.py's group commit) and claims a
+batch of jobs at once (``claim_batch``). A Store is one connection, used by one thread at a time.
 """
 
 from __future__ import annotations
@@ -91,18 +92,6 @@ class Claims:
     refused: str | None
     estimate: float | None
     ledger: books.Ledger
-
-
-def _locked_ledger(conn: Connection) -> books.Ledger:
-    """The ledger, its row locked until the transaction ends (PostgreSQL)."""
-    m = conn.execute(sql.LEDGER_LOCK).mappings().one()
-    return books.Ledger(
-        spent_usd=float(m["spent_usd"]),
-        reserved_usd=float(m["reserved_usd"]),
-        cap_usd=m["cap_usd"],
-        in_flight=int(m["in_flight"]),
-        concurrency=m["concurrency"],
-    )
 
 
 def _fitting(
@@ -591,7 +580,7 @@ class Store:
         with self._tx(write=True, durable=True) as conn:
             pick = sql.PICK_ONE if self.is_sqlite else sql.PICK_ONE_PG
             found = conn.execute(pick, {"p_limit": max(1, limit)}).all()
-            ledger = books.read_ledger(conn) if self.is_sqlite else _locked_ledger(conn)
+            ledger = books.read_ledger(conn, lock=not self.is_sqlite)
             if not found:
                 return Claims([], None, None, ledger)
             taken, refused, guess = _fitting(found, estimate, ledger, cap, concurrency)
