@@ -595,7 +595,9 @@ class Store:
             conn.execute(sql.EVENT_INSERT, [sql.event_row(row, now, "claimed") for row in rows])
             attempts = [books.attempt_row(r, now, taken[r["key"]]) for r in rows]
             conn.execute(sql.ATTEMPT_INSERT, attempts)
-            ledger = books.read_ledger(conn)
+        # What the ledger row now holds (no other writer could move it meanwhile): not read again.
+        flight = ledger.in_flight + len(rows)
+        ledger = dataclasses.replace(ledger, reserved_usd=reserved, in_flight=flight)
         claimed = sorted(self._rows(rows), key=lambda r: (r.rank, r.key))
         return Claims(claimed, refused, guess, ledger)
 
