@@ -471,7 +471,6 @@ class Runner:
         try:
             submitted = await self.client.submit(row.model_id, row.inputs)
         except ComfysweepError as exc:
-            self._release(row.key)
             to, stop = self._after_refusal(exc)
             self._unknown_in_a_row = self._unknown_in_a_row + 1 if to == "unknown" else 0
             if stop is None and self._unknown_in_a_row >= _UNKNOWN_IN_A_ROW:
@@ -479,12 +478,17 @@ class Runner:
                     f"{self._unknown_in_a_row} submits in a row lost their answer, and each may "
                     f"have created a billed job: {_text(exc)}"
                 )
-            error = {"error": _error(exc)} if isinstance(exc, ApiError) and to == "failed" else {}
-            await self._commit(row.key, to, detail=_text(exc), **error)
+            # Decided before the write's commit (the group commit lets other tasks run): no job
+            # claimed meanwhile goes out past a stop, and the slot frees only once it is written.
             if to == "failed":
                 self._ended(_text(exc))
             if stop is not None:
                 self.stop(f"stopped submitting: {stop}", fatal=True)
+            error = {"error": _error(exc)} if isinstance(exc, ApiError) and to == "failed" else {}
+            try:
+                await self._commit(row.key, to, detail=_text(exc), **error)
+            finally:
+                self._release(row.key)
             return
         finally:
             self._sending.discard(row.key)
@@ -696,32 +700,45 @@ class Runner:
                 "estimate instead (and does so for every such job)"
             )
         if result.state is RemoteState.SUCCEEDED:
-            self._release(row.key, cost=result.cost)
             if not result.urls:
+                self._release(row.key, cost=result.cost)
                 no_url = "succeeded without any output URL"  # billed all the same
                 await self._commit(row.key, JobState.FAILED, cost=result.cost, error=no_url)
                 return True
-            # Held in memory while the store refuses it; a run that dies first leaves the job
-            # queued or running with its request id, and the next run asks for the result again.
-            row = await self._commit(
-                row.key,
-                JobState.SUCCEEDED,
-                cost=result.cost,
-                result={"urls": result.urls, "raw": result.raw},
-            )
-            self._ended(None)
+            # Counted before the slot frees (the commit lets other tasks run): no new job goes
+            # out before this one's outputs are downloaded.
             self._download_backlog += 1
+            self._release(row.key, cost=result.cost)
+            try:
+                # Held in memory while the store refuses it; a run that dies first leaves the job
+                # queued or running with its request id, and the next run asks for its result.
+                row = await self._commit(
+                    row.key,
+                    JobState.SUCCEEDED,
+                    cost=result.cost,
+                    result={"urls": result.urls, "raw": result.raw},
+                )
+            except BaseException:
+                self._download_backlog -= 1
+                raise
+            self._ended(None)
             self._spawn_download(row)
             return True
         if result.state is RemoteState.FAILED:
             message = result.error_message or "the job failed"
             self._retrying += 1  # counted before the slot frees: the submitter waits for it
             try:
-                self._release(row.key, cost=result.cost)
-                row = await self._commit(
-                    row.key, JobState.FAILED, cost=result.cost, error=result.error, detail=message
-                )
-                self._ended(message)
+                try:  # the slot frees once written and counted (max_failures may stop the run)
+                    row = await self._commit(
+                        row.key,
+                        JobState.FAILED,
+                        cost=result.cost,
+                        error=result.error,
+                        detail=message,
+                    )
+                    self._ended(message)
+                finally:
+                    self._release(row.key, cost=result.cost)
                 await self._retry(row, message)
             finally:
                 self._retrying -= 1

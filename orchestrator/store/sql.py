@@ -393,6 +393,7 @@ LAST_INPUTS = _SAMPLE.order_by(JOBS.c["index"].desc(), JOBS.c.key.desc())
 _C = CONTROLS.c
 # A live run asks this every tick: one lookup at the end of the primary key's index.
 CONTROLS_LAST = sa.select(sa.func.coalesce(sa.func.max(_C.id), 0))
+CONTROLS_LAST_SQLITE = "SELECT coalesce(max(id), 0) FROM controls"  # by the driver, per POST
 CONTROLS_AFTER = sa.select(CONTROLS).where(_C.id > sa.bindparam("p_after")).order_by(_C.id)
 CONTROL_GET = sa.select(CONTROLS).where(_C.id == sa.bindparam("p_id"))
 CONTROL_SEEN = (

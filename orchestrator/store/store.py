@@ -908,9 +908,25 @@ class Store:
     # -- the controls mailbox (stop and cancel from another shell) -----------------------------
 
     def controls_last(self) -> int:
-        """The newest request's id (0: none): what a live run asks every tick, in O(1)."""
+        """The newest request's id (0: none): what a live run asks every tick and before each
+        POST, in O(1); on SQLite straight through the driver (a tenth of SQLAlchemy's cost)."""
+        if self.is_sqlite:
+            return int(self._driver_scalar(sql.CONTROLS_LAST_SQLITE))
         with self._tx() as conn:
             return int(conn.execute(sql.CONTROLS_LAST).scalar_one())
+
+    def _driver_scalar(self, text: str) -> Any:
+        """One read of one value by the SQLite driver, in a transaction of its own (autocommit)."""
+        if self._conn is None:
+            raise StoreError(f"store {self.name} is closed")
+        with self._guard:
+            raw = self._conn.connection.driver_connection
+            assert raw is not None
+            try:
+                return raw.execute(text).fetchone()[0]
+            except sqlite3.Error as exc:
+                kind = StoreBusyError if schema.busy(exc) else StoreError
+                raise kind(f"store {self.name}: {schema.reason(exc)}") from exc
 
     def controls_after(self, after: int) -> list[Control]:
         """The requests newer than ``after``, oldest first."""
