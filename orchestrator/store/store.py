@@ -96,19 +96,18 @@ class Claims:
 
 def _fitting(
     found: Sequence[Any],
-    estimate: Callable[[Mapping[str, Any]], float | None],
+    guesses: Sequence[float | None],
     ledger: books.Ledger,
     cap: float | None,
     concurrency: int | None,
 ) -> tuple[dict[str, float], str | None, float | None]:
     """The picked jobs that fit, in order ({key: reservation}), the refusal that ended the run
-    of them, and the estimate of the last job priced. The same sums, in the same order, as the
+    of them, and the estimate of the last job looked at. The same sums, in the same order, as the
     ledger's conditional UPDATE would make one job at a time."""
     taken: dict[str, float] = {}
     reserved = ledger.reserved_usd
     guess: float | None = None
-    for job in found:
-        guess = estimate(budget.job_inputs(job.inputs, job.model_id))
+    for job, guess in zip(found, guesses, strict=True):
         if cap is not None and guess is None:
             return taken, "price", None
         e = guess or 0.0
@@ -580,10 +579,12 @@ class Store:
         with self._tx(write=True, durable=True) as conn:
             pick = sql.PICK_ONE if self.is_sqlite else sql.PICK_ONE_PG
             found = conn.execute(pick, {"p_limit": max(1, limit)}).all()
+            # Priced before the ledger's row lock is taken: other runners wait less for it.
+            guesses = [estimate(budget.job_inputs(j.inputs, j.model_id)) for j in found]
             ledger = books.read_ledger(conn, lock=not self.is_sqlite)
             if not found:
                 return Claims([], None, None, ledger)
-            taken, refused, guess = _fitting(found, estimate, ledger, cap, concurrency)
+            taken, refused, guess = _fitting(found, guesses, ledger, cap, concurrency)
             if not taken:
                 return Claims([], refused, guess, ledger)
             claim = {"p_keys": list(taken), "p_now": now, "p_run": self._run_id}
