@@ -42,6 +42,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
         ["--jobs", "1000", "--concurrency", "64", "--rounds", "3", "--inflight", "1000"],
         ["--jobs", "200", "--concurrency", "64", "--rounds", "1", "--inflight", "200"],
     ),
+    "store_path": (["--jobs", "2000", "--rounds", "3"], ["--jobs", "500", "--rounds", "1"]),
 }
 
 

@@ -100,6 +100,13 @@ class TokenBucket:
         self._tokens -= 1.0
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
+    def ready(self, now: float) -> int:
+        """Tokens saved up at ``now``: requests that may leave at once (none taken)."""
+        tokens = self._tokens
+        if self._stamp is not None:
+            tokens = min(self.burst, tokens + (now - self._stamp) * self.rate)
+        return max(0, int(tokens))
+
     def give_back(self) -> None:
         """A token taken but never used (its request was cancelled while it waited)."""
         self._tokens = min(self.burst, self._tokens + 1.0)
@@ -208,6 +215,11 @@ class Pacer:
                 self._limit = None
             if self.on_change is not None:
                 self.on_change()
+
+    def ready(self) -> int:
+        """Requests that may leave at once: none during a 429 pause, else the bucket's tokens."""
+        now = self._clock()
+        return 0 if self.paused_until > now else self.bucket.ready(now)
 
     def pause_left(self) -> float:
         """Seconds until the 429 pause ends (0 when none is under way)."""

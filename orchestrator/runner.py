@@ -15,7 +15,7 @@ import functools
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,7 +54,8 @@ from orchestrator.progress import Progress, Snapshot
 from orchestrator.responses import integer
 from orchestrator.results import ResultsFolder
 from orchestrator.settings import RunSettings
-from orchestrator.store import Claim, JobRow, JobState, Store
+from orchestrator.store import Claims, JobRow, JobState, Store
+from orchestrator.store.batch import GroupCommit, Write
 from orchestrator.store.journal import RequestJournal
 
 __all__ = ["CancelReport", "RunOptions", "RunReport", "Runner", "cancel_queued"]
@@ -181,6 +182,7 @@ class Runner:
         self._mailbox: control.Mailbox | None = None  # stop/cancel from another shell
         self._cancel_keys: set[str] = set()  # jobs a cancel request covers: never sent
         self._sending: set[str] = set()  # jobs whose POST is under way
+        self._writes = GroupCommit(store)  # the jobs' writes, committed together (batch.py)
         if client.pacer is not None:
             client.pacer.on_change = self._wake  # more submits allowed in flight
         self.manifest = LiveManifest(folder, store)  # appended each tick, whole at the end
@@ -344,27 +346,28 @@ class Runner:
             await self._wait_until(self._may_submit)
             if self.stopping:
                 return
-            claim = await self._persist("claiming a job", self._claim)
-            if claim.row is None:
-                if claim.refused == "busy":  # other runners fill the shared concurrency
+            claims = await self._persist("claiming jobs", self._claim)
+            for row in claims.rows:  # durable, all of them, before any POST leaves
+                problem = self.folder.name_problem(row)  # found now, not after the job is paid
+                if problem is not None:
+                    await self._commit(row.key, JobState.FAILED, detail=problem, error=problem)
+                    continue
+                self._remote += 1
+                self._submits += 1
+                jobs.start_soon(self._submit, row)
+            if claims.refused == "busy":  # other runners fill the shared concurrency
+                if not claims.rows:
                     with anyio.move_on_after(self.options.tick):
                         await self._wait_until(lambda: self.stopping)
-                    continue
-                if claim.refused is not None:
-                    self.stop(self._budget_stop(claim), kind="budget")
-                    return
-                if not (self._remote or self._retrying):
-                    return
-                await self._await_requeue()  # a failed job may come back (``retries``)
                 continue
-            row = claim.row
-            problem = self.folder.name_problem(row)  # found now, not after the job is paid
-            if problem is not None:
-                await self._commit(row.key, JobState.FAILED, detail=problem, error=problem)
+            if claims.refused is not None:
+                self.stop(self._budget_stop(claims), kind="budget")
+                return
+            if claims.rows:
                 continue
-            self._remote += 1
-            self._submits += 1
-            jobs.start_soon(self._submit, row)
+            if not (self._remote or self._retrying):
+                return
+            await self._await_requeue()  # a failed job may come back (``retries``)
 
     async def _await_requeue(self) -> None:
         """Until a job comes back to pending (``retries``), or none still out can."""
@@ -373,16 +376,32 @@ class Runner:
             lambda: self.stopping or self._requeued != seen or not (self._remote or self._retrying)
         )
 
-    def _claim(self) -> Claim:
-        return self.store.claim_within(
-            self.estimate, cap=self.options.max_cost, concurrency=self._shared_concurrency()
+    async def _claim(self) -> Claims:
+        """As many jobs as may be sent now, claimed in one durable transaction."""
+        return self.store.claim_batch(
+            self.estimate,
+            cap=self.options.max_cost,
+            concurrency=self._shared_concurrency(),
+            limit=self._claim_size(),
         )
+
+    def _claim_size(self) -> int:
+        """The free slots, no more than the client may send at once (its rate's saved tokens): a
+        job claimed and not sent yet is ``unknown`` if the run is killed, so none waits long.
+        One at a time under ``--until``, whose first wave is counted job by job."""
+        if self.deadline is not None:
+            return 1
+        free = self._concurrency() - self._remote
+        pacer = self.client.pacer
+        if pacer is not None:
+            free = min(free, pacer.ready())
+        return max(1, free)
 
     def _shared_concurrency(self) -> int | None:
         """The concurrency every runner on the store shares (PostgreSQL); SQLite has one runner."""
         return None if self.store.is_sqlite else self.options.concurrency
 
-    def _budget_stop(self, claim: Claim) -> str:
+    def _budget_stop(self, claim: Claims) -> str:
         """The line a run stopped by its budget says: what is left, and how to go on."""
         if claim.refused == "price":
             return budget.no_price_message(self.command, given=self.price_given)
@@ -462,7 +481,6 @@ class Runner:
         try:
             submitted = await self.client.submit(row.model_id, row.inputs)
         except ComfysweepError as exc:
-            self._release(row.key)
             to, stop = self._after_refusal(exc)
             self._unknown_in_a_row = self._unknown_in_a_row + 1 if to == "unknown" else 0
             if stop is None and self._unknown_in_a_row >= _UNKNOWN_IN_A_ROW:
@@ -470,12 +488,17 @@ class Runner:
                     f"{self._unknown_in_a_row} submits in a row lost their answer, and each may "
                     f"have created a billed job: {_text(exc)}"
                 )
-            error = {"error": _error(exc)} if isinstance(exc, ApiError) and to == "failed" else {}
-            await self._commit(row.key, to, detail=_text(exc), **error)
+            # Decided before the write's commit (the group commit lets other tasks run): no job
+            # claimed meanwhile goes out past a stop, and the slot frees only once it is written.
             if to == "failed":
                 self._ended(_text(exc))
             if stop is not None:
                 self.stop(f"stopped submitting: {stop}", fatal=True)
+            error = {"error": _error(exc)} if isinstance(exc, ApiError) and to == "failed" else {}
+            try:
+                await self._commit(row.key, to, detail=_text(exc), **error)
+            finally:
+                self._release(row.key)
             return
         finally:
             self._sending.discard(row.key)
@@ -502,7 +525,7 @@ class Runner:
         memory, new submits wait, and the write is retried until the store takes it.
         """
         try:
-            return self._move(row.key, JobState.QUEUED, request_id=request_id)
+            return await self._amove(row.key, JobState.QUEUED, request_id=request_id)
         except TransitionError:
             raise
         except StoreError as exc:
@@ -687,33 +710,48 @@ class Runner:
                 "estimate instead (and does so for every such job)"
             )
         if result.state is RemoteState.SUCCEEDED:
-            self._release(row.key, cost=result.cost)
             if not result.urls:
+                self._release(row.key, cost=result.cost)
                 no_url = "succeeded without any output URL"  # billed all the same
                 await self._commit(row.key, JobState.FAILED, cost=result.cost, error=no_url)
                 return True
-            # Held in memory while the store refuses it; a run that dies first leaves the job
-            # queued or running with its request id, and the next run asks for the result again.
-            row = await self._commit(
-                row.key,
-                JobState.SUCCEEDED,
-                cost=result.cost,
-                result={"urls": result.urls, "raw": result.raw},
-            )
-            self._ended(None)
+            # Counted before the slot frees (the commit lets other tasks run): no new job goes
+            # out before this one's outputs are downloaded.
             self._download_backlog += 1
+            self._release(row.key, cost=result.cost)
+            try:
+                # Held in memory while the store refuses it; a run that dies first leaves the job
+                # queued or running with its request id, and the next run asks for its result.
+                row = await self._commit(
+                    row.key,
+                    JobState.SUCCEEDED,
+                    cost=result.cost,
+                    result={"urls": result.urls, "raw": result.raw},
+                )
+            except BaseException:
+                self._download_backlog -= 1
+                raise
+            self._ended(None)
             self._spawn_download(row)
             return True
         if result.state is RemoteState.FAILED:
             message = result.error_message or "the job failed"
             self._retrying += 1  # counted before the slot frees: the submitter waits for it
             try:
-                self._release(row.key, cost=result.cost)
-                row = await self._commit(
-                    row.key, JobState.FAILED, cost=result.cost, error=result.error, detail=message
-                )
-                self._ended(message)
-                await self._retry(row, message)
+                # The slot frees once the failure is written and counted (max_failures may stop
+                # the run) and a retried job is pending again: it keeps its place in the order.
+                try:
+                    row = await self._commit(
+                        row.key,
+                        JobState.FAILED,
+                        cost=result.cost,
+                        error=result.error,
+                        detail=message,
+                    )
+                    self._ended(message)
+                    await self._retry(row, message)
+                finally:
+                    self._release(row.key, cost=result.cost)
             finally:
                 self._retrying -= 1
                 self._wake()
@@ -867,6 +905,20 @@ class Runner:
         row = self.store.transition(key, to, detail=detail, **fields)
         if to is JobState.PENDING and key in self._cancel_keys:  # back, but cancelled meanwhile
             row = self.store.transition(key, JobState.CANCELLED, detail="cancelled on request")
+        return self._moved(key, to, row, detail)
+
+    async def _amove(
+        self, key: str, to: JobState, *, detail: str | None = None, **fields: Any
+    ) -> JobRow:
+        """``_move`` through the group commit: committed with the other jobs' writes of now."""
+        row = await self._writes.write(Write(key, to, fields, detail))
+        if to is JobState.PENDING and key in self._cancel_keys:  # back, but cancelled meanwhile
+            row = await self._writes.write(Write(key, JobState.CANCELLED, {}, _CANCELLED))
+        assert row is not None
+        return self._moved(key, to, row, detail)
+
+    def _moved(self, key: str, to: JobState, row: JobRow, detail: str | None) -> JobRow:
+        """The runner's side of a move the store committed."""
         if row.state in (JobState.CANCELLED, JobState.DONE):  # a request carried out: a later
             self._cancel_keys.discard(key)  # `retry` (PostgreSQL, beside this run) is new
         self._dirty = True
@@ -887,12 +939,12 @@ class Runner:
 
         return await self._persist(
             f"job {key[:10]} -> {to}",
-            lambda: self._move(key, to, detail=detail, **fields),
+            lambda: self._amove(key, to, detail=detail, **fields),
             landed,
         )
 
     async def _update(self, key: str, **fields: Any) -> None:
-        await self._persist(f"job {key[:10]}", lambda: self.store.update(key, **fields))
+        await self._persist(f"job {key[:10]}", lambda: self._writes.write(Write(key, None, fields)))
 
     def _note(self, key: str, **fields: Any) -> None:
         """A remark on a job (its last error): worth one try, never worth stopping for."""
@@ -902,7 +954,10 @@ class Runner:
             log.warning("job %s: the store did not take a note: %s", key[:10], exc)
 
     async def _persist(
-        self, what: str, write: Callable[[], T], landed: Callable[[], T | None] | None = None
+        self,
+        what: str,
+        write: Callable[[], Awaitable[T]],
+        landed: Callable[[], T | None] | None = None,
     ) -> T:
         """``write()``, tried again with backoff while the store refuses it; new submits wait.
 
@@ -917,7 +972,7 @@ class Runner:
         try:
             while True:
                 try:
-                    written = write()
+                    written = await write()
                 except TransitionError:
                     found = None if refused is None or landed is None else landed()
                     if found is None:
@@ -1178,6 +1233,9 @@ async def cancel_queued(client: ModelApiClient, rows: Iterable[JobRow]) -> Cance
         else:
             running += 1
     return CancelReport(len(keys), running, failed, tuple(keys))
+
+
+_CANCELLED = "cancelled on request"
 
 
 def _ours(group: BaseExceptionGroup[BaseException]) -> ComfysweepError | None:

@@ -12,7 +12,7 @@ import json
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from orchestrator.client import ModelApiClient, Submitted
 from orchestrator.emulator import Emulator, EmulatorConfig
 from orchestrator.errors import StoreError
 from orchestrator.store import JobState, Store, schema
+from orchestrator.store.batch import Write
 from orchestrator.store.journal import RequestJournal
 from orchestrator.sweep import Overrides, run_sweep
 
@@ -113,22 +114,24 @@ def test_a_store_locked_right_after_a_submit_answer_still_records_the_paid_job(
 
 
 class Refusing:
-    """Store.transition that refuses to record the first answered job until ``until`` holds."""
+    """A store that refuses to record the first answered job until ``until`` holds (the whole
+    transaction its write is in: Store.apply, which transitions and group commits go through)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, until: Any) -> None:
         self.key: str | None = None
         self.refused = 0
-        real = Store.transition
+        real = Store.apply
 
-        def transition(store: Store, key: str, to: JobState, **kwargs: Any) -> Any:
-            if to is S.QUEUED and self.key in (None, key):
-                self.key = key
-                if not until(store, self.refused):
-                    self.refused += 1
-                    raise StoreError(f"store {store.name}: database or disk is full")
-            return real(store, key, to, **kwargs)
+        def apply(store: Store, writes: Sequence[Write]) -> Any:
+            for w in writes:
+                if w.to is S.QUEUED and self.key in (None, w.key):
+                    self.key = w.key
+                    if not until(store, self.refused):
+                        self.refused += 1
+                        raise StoreError(f"store {store.name}: database or disk is full")
+            return real(store, writes)
 
-        monkeypatch.setattr(Store, "transition", transition)
+        monkeypatch.setattr(Store, "apply", apply)
 
 
 def test_no_new_submit_leaves_until_the_refused_request_id_is_recorded(

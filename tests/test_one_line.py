@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ from orchestrator.emulator.media import MediaCache
 from orchestrator.errors import StoreError
 from orchestrator.retry import RetryPolicy
 from orchestrator.store import JobState, Store
+from orchestrator.store.batch import Write
 from orchestrator.sweep import Overrides, run_sweep
 
 from .sweeps import write_spec
@@ -97,14 +98,14 @@ def test_a_store_error_inside_the_run_is_that_error_not_a_group(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A write the store refuses while jobs are in flight stops the run as itself, one line."""
-    real = Store.transition
+    real = Store.apply
 
-    def transition(self: Store, key: str, to: JobState, **kwargs: object) -> object:
-        if to is JobState.SUCCEEDED:
+    def apply(self: Store, writes: Sequence[Write]) -> object:
+        if any(w.to is JobState.SUCCEEDED for w in writes):
             raise StoreError(f"store {self.name}: database or disk is full")
-        return real(self, key, to, **kwargs)  # type: ignore[arg-type]
+        return real(self, writes)
 
-    monkeypatch.setattr(Store, "transition", transition)
+    monkeypatch.setattr(Store, "apply", apply)
     spec = write_spec(tmp_path)
     with Emulator(EmulatorConfig(speed=2000.0, workers=4)) as emu:
         with pytest.raises(StoreError, match="database or disk is full"):

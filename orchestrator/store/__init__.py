@@ -9,7 +9,7 @@ from orchestrator.store.books import Attempt, Ledger
 from orchestrator.store.rows import Event, JobLike, JobRow, SyncGuard, SyncResult
 from orchestrator.store.schema import STORE_FILE
 from orchestrator.store.states import FINAL, RETRYABLE, TRANSITIONS, JobState, allowed_from
-from orchestrator.store.store import Claim, Store
+from orchestrator.store.store import Claim, Claims, Store
 
 __all__ = [
     "FINAL",
@@ -18,6 +18,7 @@ __all__ = [
     "TRANSITIONS",
     "Attempt",
     "Claim",
+    "Claims",
     "Event",
     "JobLike",
     "JobRow",

@@ -24,7 +24,7 @@ from orchestrator.budget import charge
 from orchestrator.store import sql
 from orchestrator.store.states import JobState
 
-__all__ = ["Attempt", "Ledger", "book", "read_ledger"]
+__all__ = ["Attempt", "Ledger", "Money", "book", "read_ledger"]
 
 _S = JobState
 REMOTE = frozenset({_S.SUBMITTING, _S.QUEUED, _S.RUNNING})
@@ -67,8 +67,9 @@ class Attempt:
         return cls(**{name: m[name] for name in cls.__dataclass_fields__})
 
 
-def read_ledger(conn: Connection) -> Ledger:
-    return ledger_of(conn.execute(sql.LEDGER_GET).mappings().one())
+def read_ledger(conn: Connection, *, lock: bool = False) -> Ledger:
+    """The ledger's row; ``lock``: held until the transaction ends (PostgreSQL's FOR UPDATE)."""
+    return ledger_of(conn.execute(sql.LEDGER_LOCK if lock else sql.LEDGER_GET).mappings().one())
 
 
 def ledger_of(m: Mapping[Any, Any]) -> Ledger:
@@ -84,15 +85,22 @@ def ledger_of(m: Mapping[Any, Any]) -> Ledger:
 
 def book(
     conn: Connection, row: Mapping[Any, Any], fields: Mapping[str, Any], now: datetime
-) -> bool | None:
-    """Apply a transition's money to the ledger; returns whether a settled cost was valid.
+) -> Money:
+    """Book a transition's money on the job's attempt; returns what the ledger's totals move by.
 
     ``row`` is the job as the UPDATE returned it (``prev_state`` is where it came from), and
-    ``fields`` what the caller set (a settled result's ``cost``). None when nothing settled.
+    ``fields`` what the caller set (a settled result's ``cost``). The caller moves the ledger (one
+    LEDGER_MOVE for a whole batch of transitions, in the same transaction).
     """
     prev, to = _S(row["prev_state"]), _S(row["state"])
     flight = (to in REMOTE) - (prev in REMOTE)
-    spent = reserved = 0.0
+    if to in (_S.QUEUED, _S.UNKNOWN, _S.LOST):  # never a close: the attempt is only noted
+        note = {"p_key": row["key"], "p_rid": row["request_id"], "p_outcome": str(to)}
+        conn.execute(sql.ATTEMPT_NOTE_OPEN, note)
+        return Money(flight=flight)
+    if not _closes_attempt(prev, to):  # running, done, expired...: no money moves, no read
+        return Money(flight=flight)
+    spent = 0.0
     valid: bool | None = None
     found = conn.execute(sql.ATTEMPT_OPEN, {"p_key": row["key"]}).first()
     close: dict[str, Any] | None = None
@@ -109,20 +117,43 @@ def book(
     elif prev in _MAYBE_BILLED and to is _S.PENDING and found is not None:
         spent = float(found.estimate_usd)
         close = {"p_cost": None, "p_charge": spent, "p_outcome": f"{prev}: charged its estimate"}
-    if found is not None and close is not None:
-        reserved = -float(found.estimate_usd)
-        conn.execute(
-            sql.ATTEMPT_CLOSE, {"p_id": found.id, "p_rid": row["request_id"], "p_now": now, **close}
-        )
-    elif found is not None and to in (_S.QUEUED, _S.UNKNOWN, _S.LOST):
-        conn.execute(
-            sql.ATTEMPT_NOTE, {"p_id": found.id, "p_rid": row["request_id"], "p_outcome": str(to)}
-        )
-    if flight or spent or reserved:
-        conn.execute(
-            sql.LEDGER_MOVE, {"p_spent": spent, "p_reserved": reserved, "p_flight": flight}
-        )
-    return valid
+    if found is None or close is None:
+        return Money(flight=flight)
+    conn.execute(
+        sql.ATTEMPT_CLOSE, {"p_id": found.id, "p_rid": row["request_id"], "p_now": now, **close}
+    )
+    return Money(spent, -float(found.estimate_usd), flight, valid)
+
+
+@dataclass
+class Money:
+    """What one transition (or a batch of them, added up) moves the ledger's totals by; ``valid``
+    whether a settled cost was valid (None: nothing settled)."""
+
+    spent: float = 0.0
+    reserved: float = 0.0
+    flight: int = 0
+    valid: bool | None = None
+
+    def add(self, other: Money) -> None:
+        self.spent += other.spent
+        self.reserved += other.reserved
+        self.flight += other.flight
+
+    def move(self, conn: Connection) -> None:
+        """Move the ledger by this much (nothing when it is nothing)."""
+        if self.spent or self.reserved or self.flight:
+            moved = {"p_spent": self.spent, "p_reserved": self.reserved, "p_flight": self.flight}
+            conn.execute(sql.LEDGER_MOVE, moved)
+
+
+def _closes_attempt(prev: JobState, to: JobState) -> bool:
+    """Whether ``book`` may close the job's open attempt on this move (else it reads none)."""
+    return (
+        (prev is _S.SUBMITTING and to in (_S.PENDING, _S.FAILED))
+        or (prev in (_S.QUEUED, _S.RUNNING) and to in _SETTLED)
+        or (prev in _MAYBE_BILLED and to is _S.PENDING)
+    )
 
 
 def _open(conn: Connection, row: Mapping[Any, Any], now: datetime, estimate: float) -> Any:

@@ -130,6 +130,14 @@ def transition(to: JobState, sources: frozenset[JobState], fields: frozenset[str
     )
 
 
+@functools.cache
+def update_fields(fields: frozenset[str]) -> sa.Update:
+    """The UPDATE of a job's non-state ``fields`` (Store.update), one per set of names."""
+    values: dict[str, Any] = {name: sa.bindparam(f"v_{name}") for name in fields}
+    values["updated_at"] = sa.bindparam("p_now")
+    return JOBS.update().where(JOBS.c.key == sa.bindparam("p_key")).values(values)
+
+
 # claim(): the oldest pending jobs of the spec -> submitting (statements built once).
 PICK = (
     sa.select(JOBS.c.key)
@@ -144,7 +152,7 @@ CLAIM = _CLAIM.where(JOBS.c.state == _S.PENDING.value)
 CLAIM_SQLITE = _CLAIM.where(JOBS.c.key.in_(PICK))
 PICK_PG = PICK.with_for_update(skip_locked=True)
 CLAIM_PG = CLAIM.where(JOBS.c.key.in_(sa.bindparam("p_keys", expanding=True)))
-# claim_within(): one job at a time, its estimate reserved by RESERVE in the same transaction.
+# claim_batch(): up to p_limit jobs in rank order, each priced and reserved in the same transaction.
 PICK_ONE = PICK.with_only_columns(JOBS.c.key, JOBS.c.inputs, JOBS.c.model_id)
 PICK_ONE_PG = PICK_ONE.with_for_update(skip_locked=True)
 # Which of a batch of keys the store holds (plan: the jobs a changed spec adds).
@@ -162,6 +170,17 @@ LEDGER_MOVE = (
         in_flight=_L.in_flight + sa.bindparam("p_flight", type_=sa.Integer),
     )
 )
+# claim_batch(): the ledger read once, under its row lock on PostgreSQL (other runners' claims
+# wait for this one's commit), every job of the batch checked in Python, then one write.
+LEDGER_LOCK = LEDGER_GET.with_for_update()
+LEDGER_RESERVE = (
+    LEDGER.update()
+    .where(_L.id == 1)
+    .values(
+        reserved_usd=sa.bindparam("p_reserved", type_=sa.Float),
+        in_flight=_L.in_flight + sa.bindparam("p_flight", type_=sa.Integer),
+    )
+)
 LEDGER_SETTINGS = (
     LEDGER.update()
     .where(_L.id == 1)
@@ -170,68 +189,6 @@ LEDGER_SETTINGS = (
         concurrency=sa.bindparam("p_conc", type_=sa.Integer),
     )
 )
-
-
-@functools.cache
-def reserve(capped: bool, limited: bool) -> sa.Update:
-    """Reserve ``p_e`` and one slot if the cap and the store-wide concurrency allow it.
-
-    One conditional UPDATE of the one ledger row: on PostgreSQL its row lock serialises every
-    runner's check-and-reserve; on SQLite BEGIN IMMEDIATE already does. No match: refused.
-    """
-    e = sa.bindparam("p_e", type_=sa.Float)
-    stmt = LEDGER.update().where(_L.id == 1)
-    if capped:
-        cap = sa.bindparam("p_cap", type_=sa.Float)
-        stmt = stmt.where(_L.spent_usd + _L.reserved_usd + e <= cap + sa.bindparam("p_eps"))
-    if limited:
-        stmt = stmt.where(_L.in_flight < sa.bindparam("p_conc", type_=sa.Integer))
-    return stmt.values(reserved_usd=_L.reserved_usd + e, in_flight=_L.in_flight + 1)
-
-
-# The ledger after a claim, as claim_one_pg() returns it beside the job's columns.
-LEDGER_OUT = {
-    f"ledger_{name}": name
-    for name in ("spent_usd", "reserved_usd", "cap_usd", "in_flight", "concurrency")
-}
-
-
-@functools.cache
-def claim_one_pg(capped: bool, limited: bool) -> sa.Select[Any]:
-    """claim_within() on PostgreSQL after its pick, in one statement (one round trip, not five).
-
-    The reservation (reserve()'s conditional UPDATE of the ledger row), the job's move to submitting
-    (only if the reserve matched), its event and its open attempt are data-modifying CTEs of one
-    statement, in the pick's transaction; it returns the job's row and the ledger after the
-    claim, or no row when the cap or the concurrency refused (then nothing was written). The
-    ledger row stays locked from this statement to the COMMIT right after it: one claim.
-    """
-    e = sa.bindparam("p_e", type_=sa.Float)
-    now = sa.bindparam("p_now", type_=JOBS.c.updated_at.type)
-    booked = reserve(capped, limited).returning(*LEDGER.c).cte("reserve")
-    claimed = (
-        JOBS.update()
-        .where(JOBS.c.key == sa.bindparam("p_key"), JOBS.c.state == _S.PENDING.value)
-        .where(sa.select(booked.c.id).exists())
-        .values(set_clause(_S.SUBMITTING, frozenset()))
-        .returning(*JOBS.c)
-        .cte("claimed")
-    )
-    c = claimed.c
-    event = EVENTS.insert().from_select(
-        ["job_key", "from_state", "to_state", "at", "detail", "request_id", "run_id"],
-        sa.select(c.key, c.prev_state, c.state, now, sa.literal("claimed"), c.request_id, c.run_id),
-    )
-    attempt = ATTEMPTS.insert().from_select(
-        ["job_key", "attempt", "run_id", "request_id", "estimate_usd", "opened_at"],
-        sa.select(c.key, c.attempts, c.run_id, sa.null(), e, now),
-    )
-    ledger = [booked.c[name].label(label) for label, name in LEDGER_OUT.items()]
-    return (
-        sa.select(*claimed.c, *ledger)
-        .select_from(booked.outerjoin(claimed, sa.true()))
-        .add_cte(event.cte("event"), attempt.cte("attempt"))
-    )
 
 
 _A = ATTEMPTS.c
@@ -253,6 +210,15 @@ ATTEMPT_CLOSE = (
 ATTEMPT_NOTE = (
     ATTEMPTS.update()
     .where(_A.id == sa.bindparam("p_id"))
+    .values(
+        outcome=sa.bindparam("p_outcome"),
+        request_id=sa.func.coalesce(sa.bindparam("p_rid", type_=sa.Text), _A.request_id),
+    )
+)
+# A job's open attempt noted (queued, unknown, lost: still reserved), found by its job: no read.
+ATTEMPT_NOTE_OPEN = (
+    ATTEMPTS.update()
+    .where(_A.job_key == sa.bindparam("p_key"), _A.closed_at.is_(None))
     .values(
         outcome=sa.bindparam("p_outcome"),
         request_id=sa.func.coalesce(sa.bindparam("p_rid", type_=sa.Text), _A.request_id),
@@ -431,6 +397,7 @@ LAST_INPUTS = _SAMPLE.order_by(JOBS.c["index"].desc(), JOBS.c.key.desc())
 _C = CONTROLS.c
 # A live run asks this every tick: one lookup at the end of the primary key's index.
 CONTROLS_LAST = sa.select(sa.func.coalesce(sa.func.max(_C.id), 0))
+CONTROLS_LAST_SQLITE = "SELECT coalesce(max(id), 0) FROM controls"  # by the driver, per POST
 CONTROLS_AFTER = sa.select(CONTROLS).where(_C.id > sa.bindparam("p_after")).order_by(_C.id)
 CONTROL_GET = sa.select(CONTROLS).where(_C.id == sa.bindparam("p_id"))
 CONTROL_SEEN = (

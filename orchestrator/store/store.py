@@ -1,9 +1,10 @@
-"""The job store: every write to a sweep's state, one short transaction each.
+"""The job store: every write to a sweep's state, in short transactions.
 
 The per-job path (transition, claim, update, sync) is SQLAlchemy Core with statements built once
 (orchestrator/store/sql.py), never the ORM: a transition with its event costs ~120 us on SQLite,
-~45 us of it the commit, so the runner calls it inline from the event loop. A Store is one
-connection: use it from one thread at a time.
+~45 us of it the commit, so the runner calls it inline from the event loop, and commits the
+writes of many jobs together (``apply``, through store/batch.py's group commit) and claims a
+batch of jobs at once (``claim_batch``). A Store is one connection, used by one thread at a time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from orchestrator import budget
 from orchestrator.canonical import canonical_json
 from orchestrator.errors import StoreBusyError, StoreError, TransitionError
 from orchestrator.store import books, schema, sql
+from orchestrator.store.batch import Write
 from orchestrator.store.blobs import BlobCache, Splitter, blob_shas
 from orchestrator.store.lock import FileLock, is_held
 from orchestrator.store.rows import (
@@ -47,7 +50,7 @@ from orchestrator.store.rows import (
 )
 from orchestrator.store.states import TRANSITIONS, JobState, allowed_from
 
-__all__ = ["RATING_VALUES", "Claim", "RunRecord", "Store"]
+__all__ = ["RATING_VALUES", "Claim", "Claims", "RunRecord", "Store"]
 
 _S = JobState
 # Committed with an fsync on SQLite (synchronous=FULL): losing `submitting` to a power cut would
@@ -105,6 +108,47 @@ class Claim:
     ledger: books.Ledger
 
 
+@dataclass(frozen=True)
+class Claims:
+    """What claim_batch() did: the jobs now submitting, in rank order, and why it took no more.
+
+    ``refused`` and ``estimate`` are Claim's, for the job after the last one taken (None with
+    ``refused`` None: the batch is full, or no more job of the spec is pending).
+    """
+
+    rows: list[JobRow]
+    refused: str | None
+    estimate: float | None
+    ledger: books.Ledger
+
+
+def _fitting(
+    found: Sequence[Any],
+    guesses: Sequence[float | None],
+    ledger: books.Ledger,
+    cap: float | None,
+    concurrency: int | None,
+) -> tuple[dict[str, float], str | None, float | None]:
+    """The picked jobs that fit, in order ({key: reservation}), the refusal that ended the run
+    of them, and the estimate of the last job looked at. The same sums, in the same order, as the
+    ledger's conditional UPDATE would make one job at a time."""
+    taken: dict[str, float] = {}
+    reserved = ledger.reserved_usd
+    guess: float | None = None
+    for job, guess in zip(found, guesses, strict=True):
+        if cap is not None and guess is None:
+            return taken, "price", None
+        e = guess or 0.0
+        # The budget first: a slot freeing up would not make this job fit.
+        if cap is not None and not ledger.spent_usd + reserved + e <= cap + budget.EPSILON:
+            return taken, "budget", guess
+        if concurrency is not None and ledger.in_flight + len(taken) >= concurrency:
+            return taken, "busy", guess
+        taken[job.key] = e
+        reserved += e
+    return taken, None, guess
+
+
 class Store:
     """A sweep's jobs, their states and history, in an SQLite file or a PostgreSQL database."""
 
@@ -126,6 +170,9 @@ class Store:
         self._lock_held = False
         self._blobs = BlobCache()
         self._rated = True  # the ratings table exists (see open)
+        # The one connection, used by one thread at a time: the runner's group commit may run a
+        # transaction in a worker thread (store/batch.py) while the loop thread wants a read.
+        self._guard = threading.RLock()
 
     # -- opening and closing ------------------------------------------------------------------
 
@@ -172,27 +219,31 @@ class Store:
             raise StoreError(f"store {self.name} is closed")
         if write and self.readonly:
             raise StoreError(f"store {self.name} is open read-only")
-        conn = self._conn
-        tx = conn.begin()
-        try:
-            if self.is_sqlite and write:
-                # Straight to the driver: these two carry no parameters and run on every write.
-                raw = conn.connection.driver_connection
-                assert raw is not None
-                wanted = "FULL" if durable else "NORMAL"
-                if wanted != self._synchronous:
-                    raw.execute(f"PRAGMA synchronous = {wanted}")
-                    self._synchronous = wanted
-                raw.execute("BEGIN IMMEDIATE")
-            yield conn
-            tx.commit()
-        except (sa.exc.DBAPIError, sqlite3.Error) as exc:
-            tx.rollback()
-            kind = StoreBusyError if schema.busy(exc) else StoreError
-            raise kind(f"store {self.name}: {schema.reason(exc)}") from exc
-        except BaseException:
-            tx.rollback()
-            raise
+        with self._guard:
+            conn = self._conn
+            tx = conn.begin()
+            try:
+                if self.is_sqlite and write:
+                    self._begin_immediate(conn, durable)
+                yield conn
+                tx.commit()
+            except (sa.exc.DBAPIError, sqlite3.Error) as exc:
+                tx.rollback()
+                kind = StoreBusyError if schema.busy(exc) else StoreError
+                raise kind(f"store {self.name}: {schema.reason(exc)}") from exc
+            except BaseException:
+                tx.rollback()
+                raise
+
+    def _begin_immediate(self, conn: Connection, durable: bool) -> None:
+        # Straight to the driver: these two carry no parameters and run on every write.
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        wanted = "FULL" if durable else "NORMAL"
+        if wanted != self._synchronous:
+            raw.execute(f"PRAGMA synchronous = {wanted}")
+            self._synchronous = wanted
+        raw.execute("BEGIN IMMEDIATE")
 
     # -- the runner lock ----------------------------------------------------------------------
 
@@ -460,21 +511,73 @@ class Store:
         The legality check is the UPDATE's WHERE clause, so it holds with several runners; the
         event is appended in the same transaction. Raises TransitionError when no row matched.
         """
-        to = JobState(to)
-        expect = None if expect is None else frozenset(JobState(s) for s in expect)
-        sources = allowed_from(to, expect)
-        values = encode_fields(fields)
-        stmt = sql.transition(to, sources, frozenset(values))
+        expected = None if expect is None else frozenset(JobState(s) for s in expect)
+        (outcome,) = self.apply([Write(key, JobState(to), fields, detail, expected)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        assert outcome is not None
+        return outcome
+
+    def apply(self, writes: Sequence[Write]) -> list[JobRow | StoreError | None]:
+        """Several jobs' writes (transitions and field updates) in one transaction, in order.
+
+        Each outcome is the job's row after a transition, None after an update, or the error of
+        that write alone (TransitionError: refused by the state machine; StoreError: no such job),
+        which wrote nothing; the others commit. A refused transaction raises StoreError for all.
+        Durable (fsync'd on SQLite) when any write moves a job to ``submitting`` or ``queued``.
+        """
+        if not writes:
+            return []
         now = _now()
-        params = {"p_key": key, "p_now": now, "p_run": self._run_id}
+        durable = any(w.to in DURABLE for w in writes)
+        outcomes: list[Mapping[Any, Any] | StoreError | None] = []
+        events: list[dict[str, Any]] = []
+        money = books.Money()  # the ledger moved once for the whole batch
+        with self._tx(write=True, durable=durable) as conn:
+            for w in writes:
+                if w.to is None:
+                    outcomes.append(self._update_in(conn, w, now))
+                else:
+                    outcomes.append(self._transition_in(conn, w, now, events, money))
+            if events:
+                conn.execute(sql.EVENT_INSERT, events)
+            money.move(conn)
+        rows = iter(self._rows([o for o in outcomes if isinstance(o, Mapping)]))
+        return [next(rows) if isinstance(o, Mapping) else o for o in outcomes]
+
+    def _transition_in(
+        self,
+        conn: Connection,
+        w: Write,
+        now: datetime,
+        events: list[dict[str, Any]],
+        money: books.Money,
+    ) -> Mapping[Any, Any] | StoreError:
+        """One transition inside ``apply``'s transaction: the row after it, or its refusal."""
+        assert w.to is not None
+        sources = allowed_from(w.to, w.expect)
+        values = encode_fields(w.fields)
+        if not sources:
+            return self._refusal(conn, w.key, w.to, w.expect)
+        params = {"p_key": w.key, "p_now": now, "p_run": self._run_id}
         params.update({f"v_{name}": value for name, value in values.items()})
-        with self._tx(write=True, durable=to in DURABLE) as conn:
-            row = conn.execute(stmt, params).mappings().first() if sources else None
-            if row is None:
-                raise self._refusal(conn, key, to, expect)
-            conn.execute(sql.EVENT_INSERT, [sql.event_row(row, now, detail)])
-            books.book(conn, row, fields, now)
-        return self._rows([row])[0]
+        stmt = sql.transition(w.to, sources, frozenset(values))
+        row = conn.execute(stmt, params).mappings().first()
+        if row is None:
+            return self._refusal(conn, w.key, w.to, w.expect)
+        events.append(sql.event_row(row, now, w.detail))
+        money.add(books.book(conn, row, w.fields, now))
+        return row
+
+    def _update_in(self, conn: Connection, w: Write, now: datetime) -> StoreError | None:
+        values = encode_fields(w.fields)
+        if not values:
+            return None
+        params = {"p_key": w.key, "p_now": now}
+        params.update({f"v_{name}": value for name, value in values.items()})
+        if not conn.execute(sql.update_fields(frozenset(values)), params).rowcount:
+            return StoreError(f"store {self.name} has no job {w.key}")
+        return None
 
     def claim(self, limit: int) -> list[JobRow]:
         """Take up to ``limit`` pending jobs of the spec, oldest index first: pending -> submitting.
@@ -511,60 +614,54 @@ class Store:
         cap: float | None,
         concurrency: int | None = None,
     ) -> Claim:
-        """Take the next pending job of the spec if its estimate fits: pending -> submitting.
+        """Take the next pending job of the spec if its estimate fits (``claim_batch`` of one)."""
+        got = self.claim_batch(estimate, cap=cap, concurrency=concurrency, limit=1)
+        return Claim(got.rows[0] if got.rows else None, got.refused, got.estimate, got.ledger)
 
-        One transaction picks the job, computes ``estimate(inputs)``, reserves it in the ledger
-        only if spent + reserved + estimate <= ``cap`` (and, given ``concurrency``, fewer jobs
-        than that are in flight store-wide), moves the job and opens its attempt. Refused, the
-        job stays pending and nothing is written. Committed durably before returning.
+    def claim_batch(
+        self,
+        estimate: Callable[[Mapping[str, Any]], float | None],
+        *,
+        cap: float | None,
+        concurrency: int | None = None,
+        limit: int = 1,
+    ) -> Claims:
+        """Take up to ``limit`` pending jobs of the spec, in rank order, while each one fits.
+
+        One transaction picks them (FOR UPDATE SKIP LOCKED on PostgreSQL), reads the ledger
+        (under its row lock on PostgreSQL: other runners' claims wait for this commit), and
+        takes each job in order only if spent + reserved + its estimate <= ``cap`` (and, given
+        ``concurrency``, fewer jobs than that are in flight store-wide), stopping at the first
+        that does not fit: later ones never jump the queue. The jobs taken move to submitting
+        with their attempts opened and their estimates reserved; the rest stay pending. Committed
+        durably before returning, so the caller may send the POSTs.
         """
         now = _now()
         with self._tx(write=True, durable=True) as conn:
             pick = sql.PICK_ONE if self.is_sqlite else sql.PICK_ONE_PG
-            found = conn.execute(pick, {"p_limit": 1}).first()
-            if found is None:
-                return Claim(None, None, None, books.read_ledger(conn))
-            guess = estimate(budget.job_inputs(found.inputs, found.model_id))
-            if cap is not None and guess is None:
-                return Claim(None, "price", None, books.read_ledger(conn))
-            params: dict[str, Any] = {"p_e": guess or 0.0, "p_cap": cap, "p_conc": concurrency}
-            params |= {"p_eps": budget.EPSILON, "p_key": found.key, "p_now": now}
-            capped, limited = cap is not None, concurrency is not None
-            if self.is_sqlite:
-                row, ledger = self._claim_found(conn, params, capped, limited)
-            else:
-                row, ledger = self._claim_found_pg(conn, params, capped, limited)
-            if row is None:
-                # The budget first: a slot freeing up would not make this job fit.
-                need = ledger.committed_usd + (guess or 0.0)
-                over = cap is not None and need > cap + budget.EPSILON
-                return Claim(None, "budget" if over else "busy", guess, ledger)
-        return Claim(self._rows([row])[0], None, guess, ledger)
-
-    def _claim_found(
-        self, conn: Connection, params: dict[str, Any], capped: bool, limited: bool
-    ) -> tuple[Mapping[Any, Any] | None, books.Ledger]:
-        """Reserve ``p_e`` under the cap, then move the picked job ``p_key`` to submitting and
-        open its attempt: (its row, the ledger), or (None, the ledger) when refused."""
-        if not conn.execute(sql.reserve(capped, limited), params).rowcount:
-            return None, books.read_ledger(conn)
-        claim = {"p_keys": [params["p_key"]], "p_now": params["p_now"], "p_run": self._run_id}
-        row = conn.execute(sql.CLAIM_PG, claim).mappings().one()
-        conn.execute(sql.EVENT_INSERT, [sql.event_row(row, params["p_now"], "claimed")])
-        conn.execute(sql.ATTEMPT_INSERT, [books.attempt_row(row, params["p_now"], params["p_e"])])
-        return row, books.read_ledger(conn)
-
-    def _claim_found_pg(
-        self, conn: Connection, params: dict[str, Any], capped: bool, limited: bool
-    ) -> tuple[Mapping[Any, Any] | None, books.Ledger]:
-        """_claim_found in one statement (sql.claim_one_pg): one round trip, not five."""
-        stmt = sql.claim_one_pg(capped, limited)
-        found = conn.execute(stmt, params | {"p_run": self._run_id}).mappings().first()
-        if found is None:
-            return None, books.read_ledger(conn)
-        if found["key"] is None:  # reserved, yet the job locked by the pick did not move
-            raise StoreError(f"store {self.name}: job {params['p_key']} left pending mid-claim")
-        return found, books.ledger_of({n: found[label] for label, n in sql.LEDGER_OUT.items()})
+            found = conn.execute(pick, {"p_limit": max(1, limit)}).all()
+            # Priced before the ledger's row lock is taken: other runners wait less for it.
+            guesses = [estimate(budget.job_inputs(j.inputs, j.model_id)) for j in found]
+            ledger = books.read_ledger(conn, lock=not self.is_sqlite)
+            if not found:
+                return Claims([], None, None, ledger)
+            taken, refused, guess = _fitting(found, guesses, ledger, cap, concurrency)
+            if not taken:
+                return Claims([], refused, guess, ledger)
+            claim = {"p_keys": list(taken), "p_now": now, "p_run": self._run_id}
+            rows = conn.execute(sql.CLAIM_PG, claim).mappings().all()
+            reserved = ledger.reserved_usd
+            for key in taken:  # added one by one, as each job's reservation was checked
+                reserved += taken[key]
+            conn.execute(sql.LEDGER_RESERVE, {"p_reserved": reserved, "p_flight": len(rows)})
+            conn.execute(sql.EVENT_INSERT, [sql.event_row(row, now, "claimed") for row in rows])
+            attempts = [books.attempt_row(r, now, taken[r["key"]]) for r in rows]
+            conn.execute(sql.ATTEMPT_INSERT, attempts)
+        # What the ledger row now holds (no other writer could move it meanwhile): not read again.
+        flight = ledger.in_flight + len(rows)
+        ledger = dataclasses.replace(ledger, reserved_usd=reserved, in_flight=flight)
+        claimed = sorted(self._rows(rows), key=lambda r: (r.rank, r.key))
+        return Claims(claimed, refused, guess, ledger)
 
     def unpriced(
         self, estimate: Callable[[Mapping[str, Any]], float | None]
@@ -664,16 +761,9 @@ class Store:
 
     def update(self, key: str, **fields: Any) -> None:
         """Set non-state fields (e.g. outputs as they land); no event."""
-        values = encode_fields(fields)
-        if not values:
-            return
-        values["updated_at"] = _now()
-        with self._tx(write=True) as conn:
-            matched = conn.execute(
-                sql.JOBS.update().where(sql.JOBS.c.key == key).values(values)
-            ).rowcount
-            if not matched:
-                raise StoreError(f"store {self.name} has no job {key}")
+        (outcome,) = self.apply([Write(key, None, fields)])
+        if isinstance(outcome, Exception):
+            raise outcome
 
     def _refusal(
         self, conn: Connection, key: str, to: JobState, expect: Iterable[JobState] | None
@@ -936,9 +1026,25 @@ class Store:
     # -- the controls mailbox (stop and cancel from another shell) -----------------------------
 
     def controls_last(self) -> int:
-        """The newest request's id (0: none): what a live run asks every tick, in O(1)."""
+        """The newest request's id (0: none): what a live run asks every tick and before each
+        POST, in O(1); on SQLite straight through the driver (a tenth of SQLAlchemy's cost)."""
+        if self.is_sqlite:
+            return int(self._driver_scalar(sql.CONTROLS_LAST_SQLITE))
         with self._tx() as conn:
             return int(conn.execute(sql.CONTROLS_LAST).scalar_one())
+
+    def _driver_scalar(self, text: str) -> Any:
+        """One read of one value by the SQLite driver, in a transaction of its own (autocommit)."""
+        if self._conn is None:
+            raise StoreError(f"store {self.name} is closed")
+        with self._guard:
+            raw = self._conn.connection.driver_connection
+            assert raw is not None
+            try:
+                return raw.execute(text).fetchone()[0]
+            except sqlite3.Error as exc:
+                kind = StoreBusyError if schema.busy(exc) else StoreError
+                raise kind(f"store {self.name}: {schema.reason(exc)}") from exc
 
     def controls_after(self, after: int) -> list[Control]:
         """The requests newer than ``after``, oldest first."""
