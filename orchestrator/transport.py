@@ -70,6 +70,9 @@ def _said(exc: BaseException) -> str:
         said = "no connection within the connect timeout (waiting for a free one, or connecting)"
     elif isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
         said = "not a URL that can be sent to"
+    elif isinstance(exc, aiohttp.ServerDisconnectedError):
+        # Its message may be the answer's head read so far: a Location holding a signed URL.
+        said = "the server closed the connection before its answer was complete"
     elif isinstance(exc, aiohttp.ClientResponseError):
         said = f"an answer that is not valid HTTP: {exc.message}"
     elif isinstance(exc, aiohttp.ClientPayloadError) and isinstance(

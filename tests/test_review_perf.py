@@ -3,9 +3,13 @@ manifest and the sync's skip of unchanged batches. Each test failed before its f
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
 from orchestrator.client import ModelApiClient
+from orchestrator.errors import DownloadError
 from orchestrator.retry import RetryPolicy
 
 from .test_client_wire import MODEL, TOKEN, closed_port, reply, wire
@@ -32,3 +36,28 @@ async def test_a_proxy_from_the_environment_carries_the_default_transport(
     assert submitted.request_id == "abc-123"
     assert len(proxy.requests) == 1
     assert proxy.requests[0].startswith(f"POST http://127.0.0.1:{port}/v1/models/".encode())
+
+
+async def _cut_redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A redirect's head, its signed Location included, then a hang-up mid-answer."""
+    writer.write(
+        b"HTTP/1.1 302 Found\r\nLocation: https://cdn.example/o.png?Signature=SECRET\r\n"
+        b"x-amz-security-token: TOKSECRET\r\n"
+    )
+    await writer.drain()
+
+
+@pytest.mark.anyio
+async def test_an_answer_cut_in_its_head_leaks_no_header_into_the_message(tmp_path: Path) -> None:
+    """aiohttp's ServerDisconnectedError carries the head read so far (its repr: every header,
+    a redirect's signed Location among them); the job's error and run.log showed it."""
+    async with wire(_cut_redirect) as (server, base):
+        retry = RetryPolicy(attempts=2, wait=False)
+        async with ModelApiClient(base, TOKEN, retry=retry, http_transport="aiohttp") as client:
+            url = base.removesuffix("/v1") + "/file/o.png?Signature=REQSECRET"
+            with pytest.raises(DownloadError) as info:
+                await client.download(url, tmp_path / "o.png")
+    said = str(info.value)
+    assert "ServerDisconnectedError: the server closed the connection" in said
+    assert "SECRET" not in said
+    assert len(server.requests) == 2
