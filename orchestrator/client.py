@@ -529,9 +529,20 @@ def _transports(
         raise ValueError(f"http_transport: expected one of {HTTP_TRANSPORTS}, got {name!r}")
     if given is not None or name == "httpx":
         return given, given
+    if _environment_proxy():
+        # httpx applies a proxy from the environment only to its own transport.
+        log.debug("a proxy is set in the environment: httpx's own transport carries the run")
+        return None, None
     from orchestrator.transport import AiohttpTransport  # imported by the runs that use it only
 
     return AiohttpTransport(limits=limits), AiohttpTransport(limits=limits)
+
+
+def _environment_proxy() -> bool:
+    """Whether HTTP(S)_PROXY or ALL_PROXY is set (as httpx reads them, through urllib)."""
+    import urllib.request
+
+    return any(scheme in ("http", "https", "all") for scheme in urllib.request.getproxies())
 
 
 def _scrub_chain(exc: BaseException, clean: Callable[[str], str]) -> None:

@@ -34,6 +34,9 @@ __all__ = ["AiohttpTransport", "translate"]
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
+# The most of an answer's body handed to httpx at once (its decoder expands each piece whole).
+_CHUNK = 64 * 1024
+
 # The server hung up before answering, cut the answer short, or sent something that is not HTTP.
 _PROTOCOL_ERRORS = (
     aiohttp.ServerDisconnectedError,
@@ -70,6 +73,9 @@ def _said(exc: BaseException) -> str:
         said = "no connection within the connect timeout (waiting for a free one, or connecting)"
     elif isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
         said = "not a URL that can be sent to"
+    elif isinstance(exc, aiohttp.ServerDisconnectedError):
+        # Its message may be the answer's head read so far: a Location holding a signed URL.
+        said = "the server closed the connection before its answer was complete"
     elif isinstance(exc, aiohttp.ClientResponseError):
         said = f"an answer that is not valid HTTP: {exc.message}"
     elif isinstance(exc, aiohttp.ClientPayloadError) and isinstance(
@@ -130,7 +136,9 @@ class _Body(httpx.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         with _translated(self._request):
-            async for chunk in self._response.content.iter_any():
+            # At most _CHUNK at a time, as httpcore reads: what httpx's decoder expands in one
+            # go stays bounded (all that aiohttp had buffered, hundreds of MiB of a gzip bomb).
+            async for chunk in self._response.content.iter_chunked(_CHUNK):
                 yield chunk
 
     async def aclose(self) -> None:
