@@ -224,13 +224,18 @@ def test_sync_finds_the_jobs_that_left_the_spec_by_an_anti_join(target: str) -> 
     assert "SubPlan" not in plan, plan
 
 
-def test_a_budgeted_claim_reserves_opens_its_attempt_and_refuses_past_the_cap(target: str) -> None:
+def test_a_budgeted_claim_is_two_statements_its_reservation_and_move_in_one(target: str) -> None:
+    """Each statement is a round trip to the server while the ledger row is locked: the pick,
+    then the reservation, the move to submitting, the event and the attempt in one statement."""
+    sent: list[str] = []
     with Store.open(target) as store:
         store.sync_jobs(make_jobs(3), MODEL)
+        sa.event.listen(store._engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
         claim = store.claim_within(lambda _: 0.25, cap=0.6, concurrency=5)
         assert claim.row is not None
         assert claim.row.key == "job-000000"
         assert claim.row.state is JobState.SUBMITTING
+        assert len(sent) == 2, sent
         assert (claim.ledger.reserved_usd, claim.ledger.in_flight) == (0.25, 1)
         assert store.claim_within(lambda _: 0.25, cap=0.6).row is not None
         refused = store.claim_within(lambda _: 0.25, cap=0.6)  # $0.75 would pass the cap

@@ -637,6 +637,8 @@ class Store:
         durably before returning, so the caller may send the POSTs.
         """
         now = _now()
+        if limit <= 1 and not self.is_sqlite:  # a runner's usual claim: one slot just freed
+            return self._claim_one_pg(estimate, cap, concurrency, now)
         with self._tx(write=True, durable=True) as conn:
             pick = sql.PICK_ONE if self.is_sqlite else sql.PICK_ONE_PG
             found = conn.execute(pick, {"p_limit": max(1, limit)}).all()
@@ -662,6 +664,39 @@ class Store:
         ledger = dataclasses.replace(ledger, reserved_usd=reserved, in_flight=flight)
         claimed = sorted(self._rows(rows), key=lambda r: (r.rank, r.key))
         return Claims(claimed, refused, guess, ledger)
+
+    def _claim_one_pg(
+        self,
+        estimate: Callable[[Mapping[str, Any]], float | None],
+        cap: float | None,
+        concurrency: int | None,
+        now: datetime,
+    ) -> Claims:
+        """claim_batch of one on PostgreSQL in two statements: the pick, then the reservation
+        under the cap, the move to submitting, its event and its attempt in one (sql.claim_one_pg):
+        the ledger row stays locked from that statement to the COMMIT right after it."""
+        with self._tx(write=True, durable=True) as conn:
+            found = conn.execute(sql.PICK_ONE_PG, {"p_limit": 1}).first()
+            if found is None:
+                return Claims([], None, None, books.read_ledger(conn))
+            guess = estimate(budget.job_inputs(found.inputs, found.model_id))
+            if cap is not None and guess is None:
+                return Claims([], "price", None, books.read_ledger(conn))
+            params: dict[str, Any] = {"p_e": guess or 0.0, "p_cap": cap, "p_conc": concurrency}
+            params |= {"p_eps": budget.EPSILON, "p_key": found.key, "p_now": now}
+            stmt = sql.claim_one_pg(cap is not None, concurrency is not None)
+            row = conn.execute(stmt, params | {"p_run": self._run_id}).mappings().first()
+            if row is None:  # refused: nothing written
+                ledger = books.read_ledger(conn)
+                # The budget first: a slot freeing up would not make this job fit.
+                over = (
+                    cap is not None and ledger.committed_usd + (guess or 0.0) > cap + budget.EPSILON
+                )
+                return Claims([], "budget" if over else "busy", guess, ledger)
+            if row["key"] is None:  # reserved, yet the job locked by the pick did not move
+                raise StoreError(f"store {self.name}: job {found.key} left pending mid-claim")
+            ledger = books.ledger_of({n: row[label] for label, n in sql.LEDGER_OUT.items()})
+        return Claims(self._rows([row]), None, guess, ledger)
 
     def unpriced(
         self, estimate: Callable[[Mapping[str, Any]], float | None]
