@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,14 +91,23 @@ def _finished(word: str) -> bool:
 
 
 async def httpx_loop(
-    base: str, bodies: list[dict[str, Any]], conc: int, poll: float, out: Path, *, aio: bool = False
+    base: str,
+    bodies: list[dict[str, Any]],
+    conc: int,
+    poll: float,
+    out: Path,
+    *,
+    aio: bool = False,
+    pool: int | None = None,
 ):
-    """The httpx loop; ``aio``: httpx's API over comfysweep's aiohttp transport (its default)."""
+    """The httpx loop, a pool of ``pool`` connections (``conc``: one a job); ``aio``: httpx's API
+    over comfysweep's aiohttp transport (its default)."""
     import httpx
 
     slots = asyncio.Semaphore(conc)
     headers = {"Authorization": f"Bearer {benchkit.TOKEN}"}
-    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
+    pool = pool or conc
+    limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
     transport: httpx.AsyncBaseTransport | None = None
     if aio:
         from orchestrator.transport import AiohttpTransport
@@ -122,12 +132,20 @@ async def httpx_loop(
         await asyncio.gather(*(one(n, body) for n, body in enumerate(bodies)))
 
 
-async def aiohttp_loop(base: str, bodies: list[dict[str, Any]], conc: int, poll: float, out: Path):
+async def aiohttp_loop(
+    base: str,
+    bodies: list[dict[str, Any]],
+    conc: int,
+    poll: float,
+    out: Path,
+    *,
+    pool: int | None = None,
+):
     import aiohttp
 
     slots = asyncio.Semaphore(conc)
     headers = {"Authorization": f"Bearer {benchkit.TOKEN}"}
-    connector = aiohttp.TCPConnector(limit=conc)
+    connector = aiohttp.TCPConnector(limit=pool or conc)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(headers=headers, connector=connector, timeout=timeout) as http:
 
@@ -153,16 +171,22 @@ async def aiohttp_loop(base: str, bodies: list[dict[str, Any]], conc: int, poll:
 
 
 def child(side: str, base: str, spec: Path, conc: int, poll: float) -> None:
-    """One client, timed from after its imports; prints a JSON line of its own costs."""
+    """One client, timed from after its imports; prints a JSON line of its own costs.
+
+    ``side``: ``comfysweep`` (``comfysweep:T``: `run --http-transport T`), or a loop: ``httpx``,
+    ``httpx+aiohttp`` (httpx over orchestrator/transport.py) or ``aiohttp``, ``:N`` a pool of N
+    connections (one a job by default)."""
     os.environ["RUNCOMFY_MODEL_API_BASE"] = base
     os.environ["RUNCOMFY_API_TOKEN"] = benchkit.TOKEN
     os.environ["COMFYSWEEP_HOME"] = str(spec.parent / "home")  # cold: no duration remembered
-    if side == "comfysweep":
+    os.environ.pop("COMFYSWEEP_HTTP_TRANSPORT", None)
+    kind, _, how = side.partition(":")
+    if kind == "comfysweep":
         import logging
 
         from orchestrator.cli import cli
 
-        run = ["run", str(spec), "--yes"]
+        run = ["run", str(spec), "--yes", *(["--http-transport", how] if how else [])]
 
         def go() -> None:
             logging.disable(logging.INFO)  # no per-job lines on the terminal, as with the loops
@@ -176,13 +200,20 @@ def child(side: str, base: str, spec: Path, conc: int, poll: float) -> None:
         bodies = api_inputs(spec)
         out = spec.parent / "results"
         out.mkdir(exist_ok=True)
+        pool = int(how) if how else None
 
         def go() -> None:
-            if side == "aiohttp":
-                asyncio.run(aiohttp_loop(base, bodies, conc, poll, out))
+            if kind == "aiohttp":
+                asyncio.run(aiohttp_loop(base, bodies, conc, poll, out, pool=pool))
             else:
-                asyncio.run(httpx_loop(base, bodies, conc, poll, out, aio=side != "httpx"))
+                aio = kind == "httpx+aiohttp"
+                asyncio.run(httpx_loop(base, bodies, conc, poll, out, aio=aio, pool=pool))
 
+    timed(go)
+
+
+def timed(go: Callable[[], None]) -> None:
+    """Run a child's ``go`` after START; print its wall time, CPU (getrusage) and peak RSS."""
     before = resource.getrusage(resource.RUSAGE_SELF)
     print("START", flush=True)
     began = time.perf_counter()
@@ -193,8 +224,10 @@ def child(side: str, base: str, spec: Path, conc: int, poll: float) -> None:
     print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": after.ru_maxrss / 1024}))
 
 
-def _spawn(side: str, base: str, spec: Path, conc: int, poll: float) -> subprocess.Popen[str]:
-    argv = [sys.executable, __file__, "--child", side, base, str(spec), str(conc), str(poll)]
+def _spawn(
+    side: str, base: str, spec: Path, conc: int, poll: float, script: str
+) -> subprocess.Popen[str]:
+    argv = [sys.executable, script, "--child", side, base, str(spec), str(conc), str(poll)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "START":
@@ -202,11 +235,14 @@ def _spawn(side: str, base: str, spec: Path, conc: int, poll: float) -> subproce
     return proc
 
 
-def throughput_round(side: str, base: str, jobs: int, conc: int) -> dict[str, float]:
+def throughput_round(
+    side: str, base: str, jobs: int, conc: int, script: str = __file__
+) -> dict[str, float]:
+    """One client (``script --child side``) doing ``jobs`` at ``conc``: its costs, requests/job."""
     with tempfile.TemporaryDirectory(prefix="comfysweep-throughput-") as tmp:
         spec = write_spec(Path(tmp), jobs, conc, 0.01)
         before = sum(benchkit.served(base).values())
-        proc = _spawn(side, base, spec, conc, 0.01)
+        proc = _spawn(side, base, spec, conc, 0.01, script)
         out, _ = proc.communicate(timeout=3600)
         requests = sum(benchkit.served(base).values()) - before
         if proc.returncode:
@@ -218,13 +254,13 @@ def throughput_round(side: str, base: str, jobs: int, conc: int) -> dict[str, fl
     return figures | {"requests_job": requests / jobs}
 
 
-def inflight_round(side: str, base: str, jobs: int) -> dict[str, float]:
+def inflight_round(side: str, base: str, jobs: int, script: str = __file__) -> dict[str, float]:
     """Start a client of ``jobs`` at that concurrency; the time until the emulator has answered
     ``jobs`` submits; then kill it and read its peak RSS."""
     with tempfile.TemporaryDirectory(prefix="comfysweep-inflight-") as tmp:
         spec = write_spec(Path(tmp), jobs, jobs, 2.0)
         before = benchkit.served(base).get("submit", 0)
-        proc = _spawn(side, base, spec, jobs, 2.0)
+        proc = _spawn(side, base, spec, jobs, 2.0, script)
         began = time.perf_counter()
         while benchkit.served(base).get("submit", 0) - before < jobs:
             if proc.poll() is not None or time.perf_counter() - began > 1800:

@@ -20,144 +20,23 @@ peak RSS; rounds alternate the sides, medians are reported. Then time to --infli
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
-import resource
-import signal
 import socket
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import benchkit
 import throughput
-from throughput import MODEL, api_inputs, write_spec
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 
-async def httpx_loop(
-    base: str, bodies: list[dict[str, Any]], conc: int, poll: float, out: Path, side: str
-) -> None:
-    """throughput.py's httpx loop, on the transport and pool the side names."""
-    import httpx
-
-    kind, pool = side.split(":")
-    limits = httpx.Limits(max_connections=int(pool), max_keepalive_connections=int(pool))
-    transport: httpx.AsyncBaseTransport | None = None
-    if kind == "httpx+aiohttp":
-        from orchestrator.transport import AiohttpTransport
-
-        transport = AiohttpTransport(limits=limits)
-    slots = asyncio.Semaphore(conc)
-    headers = {"Authorization": f"Bearer {benchkit.TOKEN}"}
-    async with httpx.AsyncClient(
-        headers=headers, timeout=120.0, limits=limits, transport=transport
-    ) as http:
-
-        async def one(n: int, body: dict[str, Any]) -> None:
-            async with slots:
-                rid = (await http.post(f"{base}/models/{MODEL}", json=body)).json()["request_id"]
-                while True:
-                    status = (await http.get(f"{base}/requests/{rid}/status")).json()
-                    if throughput._finished(status["status"]):
-                        break
-                    await asyncio.sleep(poll)
-                result = (await http.get(f"{base}/requests/{rid}/result")).json()
-                url = next(iter(result["output"].values()))
-                (out / f"{n}.mp4").write_bytes((await http.get(url)).content)
-
-        await asyncio.gather(*(one(n, body) for n, body in enumerate(bodies)))
-
-
-def child(side: str, base: str, spec: Path, conc: int, poll: float) -> None:
-    """One client, timed from after its imports; prints a JSON line of its own costs."""
-    os.environ["RUNCOMFY_MODEL_API_BASE"] = base
-    os.environ["RUNCOMFY_API_TOKEN"] = benchkit.TOKEN
-    os.environ["COMFYSWEEP_HOME"] = str(spec.parent / "home")
-    os.environ.pop("COMFYSWEEP_HTTP_TRANSPORT", None)
-    kind, how = side.split(":")
-    if kind == "comfysweep":
-        import logging
-
-        from orchestrator.cli import cli
-
-        run = ["run", str(spec), "--yes", "--http-transport", how]
-
-        def go() -> None:
-            logging.disable(logging.INFO)
-            cli.main(run, standalone_mode=False)
-    else:
-        import aiohttp  # noqa: F401  (imports outside the timing)
-        import httpx  # noqa: F401
-
-        import orchestrator.transport  # noqa: F401
-
-        bodies = api_inputs(spec)
-        out = spec.parent / "results"
-        out.mkdir(exist_ok=True)
-
-        def go() -> None:
-            if kind == "aiohttp":
-                asyncio.run(throughput.aiohttp_loop(base, bodies, conc, poll, out))
-            else:
-                asyncio.run(httpx_loop(base, bodies, conc, poll, out, side))
-
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    print("START", flush=True)
-    began = time.perf_counter()
-    go()
-    wall = time.perf_counter() - began
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": after.ru_maxrss / 1024}))
-
-
-def _spawn(side: str, base: str, spec: Path, conc: int, poll: float) -> subprocess.Popen[str]:
-    argv = [sys.executable, __file__, "--child", side, base, str(spec), str(conc), str(poll)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    if proc.stdout.readline().strip() != "START":
-        raise SystemExit(f"{side}: the client did not start")
-    return proc
-
-
 def throughput_round(side: str, base: str, jobs: int, conc: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory(prefix="comfysweep-transports-") as tmp:
-        spec = write_spec(Path(tmp), jobs, conc, 0.01)
-        before = sum(benchkit.served(base).values())
-        proc = _spawn(side, base, spec, conc, 0.01)
-        out, _ = proc.communicate(timeout=3600)
-        requests = sum(benchkit.served(base).values()) - before
-        if proc.returncode:
-            raise SystemExit(f"{side}: exit {proc.returncode}")
-        done = len(list((Path(tmp) / "results").rglob("*.mp4")))
-        if done != jobs:
-            raise SystemExit(f"{side}: {done} of {jobs} outputs on disk")
-        figures: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-    return figures | {"requests_job": requests / jobs}
+    return throughput.throughput_round(side, base, jobs, conc, script=__file__)
 
 
 def inflight_round(side: str, base: str, jobs: int) -> dict[str, float]:
-    """Time from a client's start until the emulator has answered ``jobs`` submits."""
-    with tempfile.TemporaryDirectory(prefix="comfysweep-transports-") as tmp:
-        spec = write_spec(Path(tmp), jobs, jobs, 2.0)
-        before = benchkit.served(base).get("submit", 0)
-        proc = _spawn(side, base, spec, jobs, 2.0)
-        began = time.perf_counter()
-        while benchkit.served(base).get("submit", 0) - before < jobs:
-            if proc.poll() is not None or time.perf_counter() - began > 1800:
-                raise SystemExit(f"{side}: stopped before {jobs} jobs were in flight")
-            time.sleep(0.02)
-        took = time.perf_counter() - began
-        proc.send_signal(signal.SIGKILL)
-        _, _, usage = os.wait4(proc.pid, 0)
-    return {"inflight_s": took, "peak_rss_mb": usage.ru_maxrss / 1024}
+    return throughput.inflight_round(side, base, jobs, script=__file__)
 
 
 def speaks_h2(base: str) -> str:
@@ -184,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         side, base, spec, conc, poll = args.child
-        child(side, base, Path(spec), int(conc), float(poll))
+        throughput.child(side, base, Path(spec), int(conc), float(poll))
         return
     conc = args.concurrency
     sides = [f"httpx:{n}" for n in args.pools.split(",")]
