@@ -522,9 +522,11 @@ class Runner:
             await self._commit(row.key, JobState.PENDING, detail=f"not sent: {why}")
             return
         self._sending.add(row.key)
+        answered = False
         try:
             with prepaid():  # its token was taken before its claim (_paced)
                 submitted = await self.client.submit(row.model_id, row.inputs)
+            answered = True
         except ComfysweepError as exc:
             to, stop = self._after_refusal(exc)
             self._unknown_in_a_row = self._unknown_in_a_row + 1 if to == "unknown" else 0
@@ -546,11 +548,15 @@ class Runner:
                 self._release(row.key)
             return
         finally:
-            self._sending.discard(row.key)
+            if not answered:
+                self._sending.discard(row.key)
         self._any_submit_ok = True
         self._unknown_in_a_row = self._refused_in_a_row = 0
         self._started[row.key] = time.monotonic()
-        row = await self._record(row, submitted.request_id)
+        try:
+            row = await self._record(row, submitted.request_id)
+        finally:  # `submitting` in the store until then: a cancel request reads "being sent"
+            self._sending.discard(row.key)
         if row.key in self._cancel_keys:  # cancelled while its POST was under way
             await cancel_queued(self.client, [row])  # the tracker records what the API says
         await self._track(row, self.options.poll_interval)

@@ -76,3 +76,44 @@ def test_ctrl_c_sends_no_job_that_waited_for_the_rate_and_leaves_none_claimed(
     assert _submitting(db_file) == 0
     # A job is claimed only once its POST may leave at once: one token saved up, one job.
     assert claimed_at_post == [1]
+
+
+def test_a_cancel_read_while_a_paid_jobs_request_id_waits_for_its_batch_says_being_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The group commit lets other tasks run before it commits a request id: a cancel request
+    read then found the paid job still ``submitting`` and no longer being sent, and answered
+    "claimed never sent" for a job the API had created (and billed, once it runs)."""
+    from orchestrator import control
+    from orchestrator.runner import Runner
+    from orchestrator.store import JobState, Store
+    from orchestrator.store.batch import Write
+
+    runners: list[Runner] = []
+    real_init = Runner.__init__
+
+    def init(self: Runner, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        runners.append(self)
+
+    told: list[str] = []
+    real_apply = Store.apply
+
+    def apply(self: Store, writes: Any) -> Any:
+        paid = {w.key for w in writes if isinstance(w, Write) and w.to is JobState.QUEUED}
+        if paid and runners:  # what a cancel request read now would answer for those jobs
+            rows = [r for r in self.jobs([JobState.SUBMITTING]) if r.key in paid]
+            _, _, not_sent, sending = control.split_in_flight(rows, runners[0]._sending)
+            told.append(control.cancel_outcome(not_sent, sending, 0, 0))
+        return real_apply(self, writes)
+
+    monkeypatch.setattr(Runner, "__init__", init)
+    monkeypatch.setattr(Store, "apply", apply)
+    spec = write_spec(tmp_path)
+    with Emulator(EmulatorConfig(speed=500.0, workers=4)) as emu:
+        report = run_sweep(
+            spec, base_url=emu.base_url, token=emu.token, overrides=Overrides(poll_interval=0.02)
+        )
+    assert report.complete
+    assert told, "no request id was committed through the group commit"
+    assert not [line for line in told if "never sent" in line], told
