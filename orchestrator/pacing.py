@@ -20,11 +20,13 @@ each answer's status; the runner asks the planner how long to sleep.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import contextvars
 import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -40,6 +42,7 @@ __all__ = [
     "PollPlanner",
     "TokenBucket",
     "check_rate",
+    "prepaid",
     "server_duration",
 ]
 
@@ -47,6 +50,8 @@ log = logging.getLogger("comfysweep.pacing")
 
 DEFAULT_RATE = 10.0  # requests a second: RunComfy documents no limit; its CLI polls every 2 s
 DEFAULT_BURST = 10  # the most a burst may hold, whatever the rate
+# Set by ``prepaid()``: this task's next request has its token already (Pacer.take_ready).
+_PREPAID: contextvars.ContextVar[bool] = contextvars.ContextVar("prepaid", default=False)
 # A 429 without Retry-After pauses the client this long.
 DEFAULT_PAUSE = 1.0
 # Successful answers in a row, with no 429 between, that end a throttling episode.
@@ -138,7 +143,14 @@ class Pacer:
         self.on_change: Callable[[], None] | None = None  # called when the limit grows
 
     async def wait(self) -> None:
-        """Return when a request may leave: after any 429 pause, then one token of the bucket."""
+        """Return when a request may leave: after any 429 pause, then one token of the bucket.
+
+        At once, taking nothing, for the first request of a task inside ``prepaid()``: its
+        caller took the token (and waited out the pause) before it.
+        """
+        if _PREPAID.get():
+            _PREPAID.set(False)
+            return
         await self._paused()
         delay = self.bucket.take(self._clock())
         try:
@@ -221,6 +233,21 @@ class Pacer:
         now = self._clock()
         return 0 if self.paused_until > now else self.bucket.ready(now)
 
+    def take_ready(self, most: int) -> int:
+        """Take up to ``most`` of the tokens saved up now, without waiting (none during a 429
+        pause): requests that may leave at once, counted as sent (``prepaid``)."""
+        now = self._clock()
+        if self.paused_until > now:
+            return 0
+        n = min(most, self.bucket.ready(now))
+        for _ in range(n):
+            self.bucket.take(now)
+        return n
+
+    def give_back(self) -> None:
+        """A token taken (``take_ready``, ``wait``) for a request that will not be made."""
+        self.bucket.give_back()
+
     def pause_left(self) -> float:
         """Seconds until the 429 pause ends (0 when none is under way)."""
         return max(0.0, self.paused_until - self._clock())
@@ -229,6 +256,18 @@ class Pacer:
     def throttling(self) -> bool:
         """A throttling episode is under way."""
         return self._episode is not None
+
+
+@contextlib.contextmanager
+def prepaid() -> Iterator[None]:
+    """The first request the current task makes inside uses a token its caller took already
+    (``Pacer.take_ready`` or ``wait``): the runner takes a submit's token before claiming its
+    job, so the POST of a claimed job never waits behind the rate."""
+    mark = _PREPAID.set(True)
+    try:
+        yield
+    finally:
+        _PREPAID.reset(mark)
 
 
 class PollPlanner:

@@ -49,7 +49,7 @@ from orchestrator.errors import (
 )
 from orchestrator.failures import FailureLimit, Failures
 from orchestrator.manifest import LiveManifest
-from orchestrator.pacing import PollPlanner, server_duration
+from orchestrator.pacing import PollPlanner, prepaid, server_duration
 from orchestrator.progress import Progress, Snapshot
 from orchestrator.responses import integer
 from orchestrator.results import ResultsFolder
@@ -346,15 +346,21 @@ class Runner:
             await self._wait_until(self._may_submit)
             if self.stopping:
                 return
-            claims = await self._persist("claiming jobs", self._claim)
+            paced = await self._paced(self._claim_size())
+            if not paced:  # a stop, or a finished job's download, came first
+                continue
+            claims = await self._persist("claiming jobs", functools.partial(self._claim, paced))
+            unsent = paced - len(claims.rows)
             for row in claims.rows:  # durable, all of them, before any POST leaves
                 problem = self.folder.name_problem(row)  # found now, not after the job is paid
                 if problem is not None:
+                    unsent += 1
                     await self._commit(row.key, JobState.FAILED, detail=problem, error=problem)
                     continue
                 self._remote += 1
                 self._submits += 1
                 jobs.start_soon(self._submit, row)
+            self._give_back(unsent)
             if claims.refused == "busy":  # other runners fill the shared concurrency
                 if not claims.rows:
                     with anyio.move_on_after(self.options.tick):
@@ -376,19 +382,56 @@ class Runner:
             lambda: self.stopping or self._requeued != seen or not (self._remote or self._retrying)
         )
 
-    async def _claim(self) -> Claims:
-        """As many jobs as may be sent now, claimed in one durable transaction."""
+    async def _claim(self, limit: int) -> Claims:
+        """Up to ``limit`` jobs (as many as may be sent now), claimed in one durable transaction."""
         return self.store.claim_batch(
             self.estimate,
             cap=self.options.max_cost,
             concurrency=self._shared_concurrency(),
-            limit=self._claim_size(),
+            limit=limit,
         )
 
+    async def _paced(self, want: int) -> int:
+        """Up to ``want`` of the client's rate tokens, at least one waited for, taken before the
+        jobs they are for are claimed: a claimed job's POST then leaves at once, never queued
+        behind the rate (polls take tokens too), where a stop would not hold it back and a kill
+        would leave it ``unknown`` though never sent. 0 when a stop, or a finished job's
+        download, comes first (no token kept)."""
+        pacer = self.client.pacer
+        if pacer is None:
+            return want
+        got = pacer.take_ready(want)
+        if got:
+            return got
+        taken = False
+        async with anyio.create_task_group() as waiting:
+
+            async def give_up() -> None:
+                await self._wait_until(lambda: self.stopping or not self._may_submit())
+                waiting.cancel_scope.cancel()
+
+            waiting.start_soon(give_up)
+            await pacer.wait()  # gives its token back if cancelled
+            taken = True
+            waiting.cancel_scope.cancel()
+        if not taken:
+            return 0
+        if self.stopping or not self._may_submit():
+            pacer.give_back()
+            return 0
+        return 1 + pacer.take_ready(want - 1)
+
+    def _give_back(self, tokens: int) -> None:
+        """Rate tokens taken for submits that will not be made (``_paced``)."""
+        pacer = self.client.pacer
+        if pacer is not None:
+            for _ in range(tokens):
+                pacer.give_back()
+
     def _claim_size(self) -> int:
-        """The free slots, no more than the client may send at once (its rate's saved tokens): a
-        job claimed and not sent yet is ``unknown`` if the run is killed, so none waits long.
-        One at a time under ``--until``, whose first wave is counted job by job."""
+        """The free slots, no more than the client may send at once (its rate's saved tokens,
+        taken by ``_paced``): a job claimed and not sent yet is ``unknown`` if the run is killed,
+        so none waits. One at a time under ``--until``, whose first wave is counted job by job."""
         if self.deadline is not None:
             return 1
         free = self._concurrency() - self._remote
@@ -471,6 +514,7 @@ class Runner:
             raise
         cancelled = self._cancelled(row.key)  # reads the mailbox: a stop may come with it
         if self._halted or cancelled:
+            self._give_back(1)
             self._release(row.key)
             why = "the run stopped first"
             if row.key in self._cancel_keys:
@@ -478,8 +522,11 @@ class Runner:
             await self._commit(row.key, JobState.PENDING, detail=f"not sent: {why}")
             return
         self._sending.add(row.key)
+        answered = False
         try:
-            submitted = await self.client.submit(row.model_id, row.inputs)
+            with prepaid():  # its token was taken before its claim (_paced)
+                submitted = await self.client.submit(row.model_id, row.inputs)
+            answered = True
         except ComfysweepError as exc:
             to, stop = self._after_refusal(exc)
             self._unknown_in_a_row = self._unknown_in_a_row + 1 if to == "unknown" else 0
@@ -501,11 +548,15 @@ class Runner:
                 self._release(row.key)
             return
         finally:
-            self._sending.discard(row.key)
+            if not answered:
+                self._sending.discard(row.key)
         self._any_submit_ok = True
         self._unknown_in_a_row = self._refused_in_a_row = 0
         self._started[row.key] = time.monotonic()
-        row = await self._record(row, submitted.request_id)
+        try:
+            row = await self._record(row, submitted.request_id)
+        finally:  # `submitting` in the store until then: a cancel request reads "being sent"
+            self._sending.discard(row.key)
         if row.key in self._cancel_keys:  # cancelled while its POST was under way
             await cancel_queued(self.client, [row])  # the tracker records what the API says
         await self._track(row, self.options.poll_interval)
