@@ -170,8 +170,9 @@ class Store:
         self._lock_held = False
         self._blobs = BlobCache()
         self._rated = True  # the ratings table exists (see open)
-        # The one connection, used by one thread at a time: the runner's group commit may run a
-        # transaction in a worker thread (store/batch.py) while the loop thread wants a read.
+        # The one connection, used by one thread at a time. The runner's group commit commits on
+        # the event loop; the guard holds for any caller that opens a transaction from a worker
+        # thread (benchmarks/store_path.py's threaded side does) while the loop wants a read.
         self._guard = threading.RLock()
 
     # -- opening and closing ------------------------------------------------------------------
