@@ -182,6 +182,7 @@ class Runner:
         self._mailbox: control.Mailbox | None = None  # stop/cancel from another shell
         self._cancel_keys: set[str] = set()  # jobs a cancel request covers: never sent
         self._sending: set[str] = set()  # jobs whose POST is under way
+        self._abort_sending: set[str] = set()  # ... when `--abort` began: cancelled once recorded
         self._writes = GroupCommit(store)  # the jobs' writes, committed together (batch.py)
         if client.pacer is not None:
             client.pacer.on_change = self._wake  # more submits allowed in flight
@@ -557,8 +558,10 @@ class Runner:
             row = await self._record(row, submitted.request_id)
         finally:  # `submitting` in the store until then: a cancel request reads "being sent"
             self._sending.discard(row.key)
-        if row.key in self._cancel_keys:  # cancelled while its POST was under way
-            await cancel_queued(self.client, [row])  # the tracker records what the API says
+        if row.key in self._cancel_keys or row.key in self._abort_sending:
+            # Cancelled (a request, or `--abort`) while its POST was under way: the tracker
+            # records what the API says.
+            await cancel_queued(self.client, [row])
         await self._track(row, self.options.poll_interval)
 
     async def _pause_out(self) -> None:
@@ -1230,7 +1233,14 @@ class Runner:
                     await self._cancel_queued()
 
     async def _cancel_queued(self) -> None:
-        mine = [r for r in self.store.jobs(_IN_FLIGHT) if r.run_id == self.store.run_id]
+        # A job whose POST is under way, or whose request id waits in a group commit, is
+        # cancelled by its own submit once recorded (``_submit``); the rest from the store.
+        self._abort_sending |= self._sending
+        mine = [
+            r
+            for r in self.store.jobs(_IN_FLIGHT)
+            if r.run_id == self.store.run_id and r.key not in self._abort_sending
+        ]
         report = await cancel_queued(self.client, mine)  # the trackers record what changed
         for failure in report.failed:
             log.warning("cancelling %s", failure)
